@@ -1,0 +1,58 @@
+"""The ``particleseg`` command line.
+
+Each workflow registers its subcommand in a module of this package (a ``register(subparsers)``
+function that adds a parser whose ``func`` returns the exit status). Errors meant for the user
+(:class:`~particleseg.errors.ParticlesegError`) are printed as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import ParticlesegError
+
+# subcommand modules, in the order ``particleseg --help`` lists them
+SUBCOMMANDS = ("segment", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="particleseg",
+        description="Deep-learning segmentation and measurement of particles in microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"particleseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ParticlesegError as exc:
+        print(f"particleseg: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("particleseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_range(text: str) -> tuple[float | None, float | None]:
+    """``"MIN:MAX"`` with either side optional (``"10:"``, ``":0.9"``) -> (min, max)."""
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX (either may be empty), got {text!r}")
+    lo, hi = text.split(":", 1)
+    try:
+        return (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in MIN:MAX, got {text!r}") from None

@@ -1,0 +1,471 @@
+"""Reading images with their spatial calibration, and writing outputs that ImageJ and Fiji open.
+
+Readers return gray-value arrays, ``(Y, X)`` for an image and ``(Z, Y, X)`` for a stack, in
+their original data type (RGB is converted to float32 luminance), together with a
+:class:`Calibration`. Calibration is taken, in this order, from ImageJ metadata, OME-XML, the
+Zeiss SEM tag (``CZ_SEM``) and the FEI/Thermo Fisher SEM tag.
+
+Writers never modify inputs, write atomically (a temporary file in the target folder, then an
+atomic rename) and refuse to replace an existing file unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError, OutputExistsError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+# Unit spellings met in TIFF metadata, mapped to a canonical name and its size in nanometres.
+_UNITS = {
+    "nm": ("nm", 1.0),
+    "nanometer": ("nm", 1.0),
+    "nanometre": ("nm", 1.0),
+    "um": ("µm", 1e3),
+    "µm": ("µm", 1e3),
+    "μm": ("µm", 1e3),  # Greek mu, not the micro sign
+    "micron": ("µm", 1e3),
+    "microns": ("µm", 1e3),
+    "micrometer": ("µm", 1e3),
+    "micrometre": ("µm", 1e3),
+    "mm": ("mm", 1e6),
+    "a": ("Å", 0.1),
+    "å": ("Å", 0.1),
+    "angstrom": ("Å", 0.1),
+    "m": ("m", 1e9),
+    "px": ("px", None),
+    "pixel": ("px", None),
+    "pixels": ("px", None),
+}
+
+
+def canonical_unit(unit: str) -> str:
+    """Return the canonical spelling of a length unit (``nm``, ``µm``, ``mm``, ``Å``, ``m``, ``px``).
+
+    Raises
+    ------
+    ValueError
+        If the unit is not a known length unit.
+    """
+    # ImageJ sometimes stores the micro sign as the escape text "\\u00B5".
+    key = unit.strip().lower().replace("\\u00b5", "µ")
+    if key not in _UNITS:
+        raise ValueError(f"unknown length unit {unit!r} (use nm, um, mm, A or px)")
+    return _UNITS[key][0]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Pixel size of an image: ``pixel_size`` units per pixel (square pixels).
+
+    An uncalibrated image has ``unit == "px"`` and ``pixel_size == 1``.
+    """
+
+    pixel_size: float = 1.0
+    unit: str = "px"
+
+    def __post_init__(self):
+        object.__setattr__(self, "unit", canonical_unit(self.unit))
+        if not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
+            raise ValueError(f"pixel size must be a positive number, got {self.pixel_size}")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.unit != "px"
+
+    def nm_per_unit(self) -> float | None:
+        """Nanometres per unit, or None for an uncalibrated image."""
+        return _UNITS[self.unit.lower()][1]
+
+    def scaled(self, factor: float) -> "Calibration":
+        """Calibration of the image resampled by ``factor`` (``factor > 1`` enlarges)."""
+        return Calibration(self.pixel_size / factor, self.unit)
+
+
+def calibration_from_width(image_width: float, width_px: int, unit: str = "nm") -> Calibration:
+    """Calibration from the width of the whole field of view, as SEM data bars state it."""
+    if not image_width > 0:
+        raise ValueError(f"image width must be positive, got {image_width}")
+    return Calibration(image_width / width_px, unit)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files (non-recursive for folders)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(p)
+    return found
+
+
+def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[np.ndarray, Calibration]:
+    """Read a gray-value image or stack and its calibration.
+
+    Parameters
+    ----------
+    path : path-like
+        TIFF (including ImageJ hyperstacks and OME-TIFF), PNG or JPEG file.
+    channel_axis_ok : bool
+        If True, a multi-channel image is returned as ``(C, Y, X)`` (or ``(Z, C, Y, X)``)
+        instead of raising. Used by the multi-channel workflows.
+
+    Returns
+    -------
+    image : ndarray
+        ``(Y, X)`` or ``(Z, Y, X)``. RGB(A) images are converted to float32 luminance
+        (ITU-R BT.709 weights, as :func:`skimage.color.rgb2gray`).
+    calibration : Calibration
+
+    Raises
+    ------
+    InputError
+        One line naming the file and the problem: missing, unreadable or truncated file,
+        unsupported dimensions, NaNs, an empty or constant image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an image file")
+    suffix = path.suffix.lower()
+    try:
+        with warnings.catch_warnings():
+            # tifffile reports truncated strips as warnings and fills with zeros; treat as errors
+            warnings.simplefilter("error")
+            if suffix in (".tif", ".tiff"):
+                data, axes, calibration = _read_tiff(path)
+            elif suffix in (".png", ".jpg", ".jpeg"):
+                data, axes, calibration = _read_plain(path)
+            else:
+                raise InputError(f"{path}: unsupported file type {suffix!r} (use TIFF, PNG or JPEG)")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read image ({detail})") from None
+    data = _to_gray(path, data, axes, channel_axis_ok)
+    check_image(data, path)
+    return data, calibration
+
+
+def _read_tiff(path: Path):
+    import logging
+
+    import tifffile
+
+    # tifffile logs damaged structures and carries on; we report them as one error instead
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series or not len(tif.pages):
+            raise InputError(f"{path}: cannot read image (not a valid TIFF, or truncated)")
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        calibration = _tiff_calibration(tif)
+    return data, axes, calibration
+
+
+def _tiff_calibration(tif) -> Calibration:
+    """Pixel size from ImageJ, OME, Zeiss or FEI metadata; uncalibrated if none is usable."""
+    page = tif.pages.first
+    ij = tif.imagej_metadata
+    if ij and ij.get("unit") and "XResolution" in page.tags:
+        num, den = page.tags["XResolution"].value
+        try:
+            if num > 0:
+                return Calibration(den / num, ij["unit"])
+        except ValueError:
+            pass
+    if tif.is_ome:
+        import re
+
+        xml = tif.ome_metadata or ""
+        size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+        if size:
+            try:
+                return Calibration(float(size.group(1)), unit.group(1) if unit else "µm")
+            except ValueError:
+                pass
+    sem = tif.sem_metadata
+    if sem and "ap_image_pixel_size" in sem:
+        entry = sem["ap_image_pixel_size"]
+        if len(entry) >= 3:
+            try:
+                return Calibration(float(entry[1]), str(entry[2]))
+            except ValueError:
+                pass
+    fei = tif.fei_metadata
+    if fei:
+        width = fei.get("Scan", {}).get("PixelWidth") or fei.get("EScan", {}).get("PixelWidth")
+        if width:
+            return Calibration(float(width) * 1e9, "nm")  # stored in metres
+    return Calibration()
+
+
+def _read_plain(path: Path):
+    import imageio.v3 as iio
+
+    data = np.asarray(iio.imread(path))
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        axes = "YXS"
+    elif data.ndim == 2:
+        axes = "YX"
+    else:
+        axes = "QYX"[-data.ndim:] if data.ndim <= 3 else "?" * data.ndim
+    return data, axes, Calibration()
+
+
+def _to_gray(path: Path, data: np.ndarray, axes: str, channel_axis_ok: bool) -> np.ndarray:
+    """Drop singleton axes, convert RGB samples to luminance, and check the layout."""
+    keep = [i for i, n in enumerate(data.shape) if n > 1 or axes[i] in "YX"]
+    data = data.reshape([data.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if "S" in axes and data.shape[axes.index("S")] in (3, 4):
+        data = np.moveaxis(data, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+        rgb = data[..., :3].astype(np.float32)
+        data = rgb @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+        axes = axes[:-1]
+    if "C" in axes:
+        if not channel_axis_ok:
+            n = data.shape[axes.index("C")]
+            raise InputError(
+                f"{path}: has {n} channels; this command expects a single-channel image "
+                "(split the channels first, or use a multi-channel model)"
+            )
+    if not axes.endswith("YX"):
+        raise InputError(f"{path}: unsupported axis order {axes!r} (expected ...YX)")
+    if data.ndim not in (2, 3, 4) or (data.ndim == 4 and "C" not in axes):
+        raise InputError(f"{path}: unsupported dimensions {data.shape} (axes {axes}); expected an image or a stack")
+    return data
+
+
+def check_image(image: np.ndarray, name: str | os.PathLike = "image", min_size: int = 16) -> None:
+    """Raise :class:`InputError` if an array cannot be segmented.
+
+    Checks: numeric data type, at least ``min_size`` pixels along Y and X, no NaN or infinite
+    values, and not constant.
+    """
+    if image.dtype.kind not in "uifb":
+        raise InputError(f"{name}: unsupported data type {image.dtype}")
+    if image.ndim < 2 or min(image.shape[-2:]) < min_size:
+        raise InputError(f"{name}: image of shape {image.shape} is too small (need at least {min_size}x{min_size} pixels)")
+    if image.dtype.kind == "f":
+        bad = ~np.isfinite(image)
+        if bad.any():
+            raise InputError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel values")
+    lo, hi = image.min(), image.max()
+    if lo == hi:
+        raise InputError(f"{name}: image is constant (every pixel is {lo}); nothing to segment")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if any of ``paths`` exists and ``overwrite`` is False."""
+    if overwrite:
+        return
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]}: output exists{more}; use --overwrite to replace it")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one atomic rename.
+
+    A reader never sees a half-written file, and an interrupted run leaves no partial output.
+    """
+    path = Path(path)
+    check_outputs([path], overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _imagej_unit(unit: str) -> str:
+    # ImageJ's TIFF reader understands "micron" and turns it into µm; the description is ASCII.
+    return {"µm": "micron", "Å": "angstrom", "px": "pixel"}.get(unit, unit)
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    calibration: Calibration | None = None,
+    overwrite: bool = False,
+    z_spacing: float | None = None,
+) -> Path:
+    """Write an ImageJ-compatible TIFF (2D image or ``(Z, Y, X)`` stack) with its calibration.
+
+    ImageJ reads 8-bit, 16-bit and 32-bit float images; other types are converted: integers
+    that fit in uint16 become uint16, wider integers become float32, booleans become 0/255 uint8.
+    """
+    import tifffile
+
+    data = np.asarray(data)
+    if data.dtype == bool:
+        data = data.astype(np.uint8) * 255
+    elif data.dtype.kind in "iu" and data.dtype not in (np.uint8, np.uint16):
+        data = data.astype(np.uint16 if data.size == 0 or (data.min() >= 0 and data.max() < 65536) else np.float32)
+    elif data.dtype.kind == "f" and data.dtype != np.float32:
+        data = data.astype(np.float32)
+    calibration = calibration or Calibration()
+    metadata = {"unit": _imagej_unit(calibration.unit)}
+    if data.ndim == 3:
+        metadata["axes"] = "ZYX"
+        if z_spacing:
+            metadata["spacing"] = z_spacing
+    resolution = (1.0 / calibration.pixel_size, 1.0 / calibration.pixel_size)
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, imagej=True, resolution=resolution, metadata=metadata)
+
+    return write_atomic(path, write, overwrite)
+
+
+def write_csv(path: str | os.PathLike, table, overwrite: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV (UTF-8, no index), atomically."""
+    return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False), overwrite)
+
+
+def trace_outline(mask: np.ndarray) -> np.ndarray:
+    """Outline of a binary region along pixel edges, as ImageJ's wand traces it.
+
+    Returns the vertices (x, y) of the outer boundary of the largest 8-connected component,
+    in pixel-corner coordinates, clockwise as displayed (y down), with collinear
+    vertices removed. The polygon's area equals the component's pixel count (holes aside).
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros((0, 2), np.int32)
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        mask = lab == (np.argmax(sizes) + 1)
+    mask = ndi.binary_fill_holes(mask)
+    p = np.pad(mask, 1)
+    # Directed boundary edges, clockwise as displayed, so the region lies to the right of each
+    # step. Corner (x, y) is the top-left corner of pixel (y, x).
+    y, x = np.nonzero(p[1:-1, 1:-1])
+    y = y + 1
+    x = x + 1
+    nxt: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def add(a, b):
+        for s, e in zip(zip(*a), zip(*b)):
+            nxt.setdefault(s, []).append(e)
+
+    up, down, left, right = ~p[y - 1, x], ~p[y + 1, x], ~p[y, x - 1], ~p[y, x + 1]
+    add((x[up], y[up]), (x[up] + 1, y[up]))                         # top edge, left to right
+    add((x[down] + 1, y[down] + 1), (x[down], y[down] + 1))         # bottom edge, right to left
+    add((x[left], y[left] + 1), (x[left], y[left]))                 # left edge, bottom to top
+    add((x[right] + 1, y[right]), (x[right] + 1, y[right] + 1))     # right edge, top to bottom
+    # Start at the top-left-most corner, which lies on the outer boundary.
+    start = min(nxt, key=lambda c: (c[1], c[0]))
+    path = [start]
+    prev_dir = (1, 0)
+    cur = start
+    while True:
+        options = nxt[cur]
+        if len(options) == 1:
+            nb = options[0]
+        else:
+            # Two pixels touch only at this corner: take the turn that keeps them one region
+            # (8-connectivity, as ImageJ's wand), which is the left turn as displayed.
+            def turn(o):
+                d = (o[0] - cur[0], o[1] - cur[1])
+                return prev_dir[0] * d[1] - prev_dir[1] * d[0]
+
+            nb = min(options, key=turn)
+        options.remove(nb)
+        prev_dir = (nb[0] - cur[0], nb[1] - cur[1])
+        cur = nb
+        if cur == start:
+            break
+        path.append(cur)
+    pts = np.array(path, np.int32) - 1  # undo padding
+    # Drop vertices in the middle of straight runs.
+    prev = np.roll(pts, 1, axis=0)
+    nxt_pts = np.roll(pts, -1, axis=0)
+    cross = (pts[:, 0] - prev[:, 0]) * (nxt_pts[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (nxt_pts[:, 0] - pts[:, 0])
+    return pts[cross != 0]
+
+
+def label_outlines(labels: np.ndarray, ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """Pixel-edge outline (see :func:`trace_outline`) of each labelled particle."""
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels)
+    slices = ndi.find_objects(labels)
+    wanted = set(ids) if ids is not None else None
+    out = {}
+    for i, sl in enumerate(slices, start=1):
+        if sl is None or (wanted is not None and i not in wanted):
+            continue
+        poly = trace_outline(labels[sl] == i)
+        out[i] = poly + np.array([sl[1].start, sl[0].start], np.int32)
+    return out
+
+
+def write_rois(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    ids: Iterable[int] | None = None,
+    overwrite: bool = False,
+    slice_index: np.ndarray | None = None,
+) -> Path:
+    """Write the particles of a label image as an ImageJ ROI set (a ``.zip`` for the ROI Manager).
+
+    Each particle becomes a traced polygon ROI named ``particle-<label>``. For a ``(Z, Y, X)``
+    label stack, ROIs carry their slice position.
+    """
+    import zipfile
+
+    import roifile
+
+    labels = np.asarray(labels)
+    stack = labels if labels.ndim == 3 else labels[None]
+    rois = []
+    for z, plane in enumerate(stack):
+        for lab, poly in label_outlines(plane, ids).items():
+            roi = roifile.ImagejRoi.frompoints(poly, name=f"particle-{lab}")
+            roi.roitype = roifile.ROI_TYPE.TRACED
+            if labels.ndim == 3:
+                roi.position = z + 1
+            rois.append(roi)
+
+    def write(tmp: Path) -> None:
+        # roifile appends to an existing zip; write a fresh archive explicitly.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for i, roi in enumerate(rois):
+                zf.writestr(f"{i + 1:05d}-{roi.name}.roi", roi.tobytes())
+
+    return write_atomic(path, write, overwrite)

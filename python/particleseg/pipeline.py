@@ -1,0 +1,428 @@
+"""The segmentation pipeline: image -> probabilities -> particles -> measurements -> outputs.
+
+:func:`segment_image` works on arrays and returns a :class:`Segmentation`;
+:func:`segment_file` adds reading, calibration and the output files;
+:func:`segment_files` runs a batch that goes on past bad files and reports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import postprocess as pp
+from .errors import InputError, ParticlesegError
+from .inference import predict_tiled
+from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
+from .measure import measure_particles, summarize
+from .models import Bundle, load_bundle
+from .preprocess import detect_data_bar, normalize_percentile, rescale, resize_to
+
+OUTPUT_SUFFIXES = ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png")
+
+
+@dataclass
+class SegmentParams:
+    """Settings of one segmentation run. ``None`` means: take the model bundle's default.
+
+    Attributes
+    ----------
+    threshold : float
+        Foreground probability threshold.
+    split : bool
+        Separate touching particles by watershed.
+    seed_threshold : float
+        Seed level on the network's distance output (higher splits more).
+    h : float
+        h-maxima depth in pixels for the distance-transform watershed (lower splits more).
+    min_area : int
+        Particles smaller than this many pixels are removed as noise.
+    fill_holes : bool
+    exclude_border : bool
+        Reject particles touching the image border (or the cropped data bar).
+    intensity_filter : {"li", "otsu", "mean", "median"} or None
+        Reject particles whose mean gray value lies on the background side of this threshold.
+    polarity : {"bright", "dark"}
+        Particles brighter than the background (SEM) or darker (TEM brightfield).
+    shape : dict
+        Column -> (min, max) ranges in calibrated units, see :func:`postprocess.shape_filter`.
+    classifier_threshold : float or None
+        Keep particles whose mean classifier score reaches this (bundles with a classifier).
+    crop_rows : int, "auto" or None
+        Rows at the bottom to ignore (the microscope's data bar); "auto" detects them.
+    rescale : float or None
+        Resample the image by this factor before inference (results are mapped back).
+    particle_size : float or None
+        Typical particle diameter in pixels in this image; the image is resampled so that it
+        matches the model's training data (overrides ``rescale``).
+    tile, overlap, batch_size : int
+        Tiled inference settings.
+    """
+
+    threshold: float | None = None
+    split: bool | None = None
+    seed_threshold: float | None = None
+    h: float | None = None
+    min_area: int | None = None
+    fill_holes: bool | None = None
+    exclude_border: bool | None = None
+    intensity_filter: str | None = None
+    polarity: str | None = None
+    shape: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    classifier_threshold: float | None = None
+    crop_rows: int | str | None = "auto"
+    rescale: float | None = None
+    particle_size: float | None = None
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    progress: bool | None = None
+
+    def resolved(self, bundle: Bundle) -> "SegmentParams":
+        """Copy with every ``None`` replaced by the bundle's default."""
+        d = bundle.postprocess
+        meta = bundle.metadata
+        classifier_thr = (meta.get("classifier") or {}).get("threshold", 0.5) if bundle.has_classifier else None
+        return dataclasses.replace(
+            self,
+            threshold=_first(self.threshold, d["threshold"]),
+            split=_first(self.split, d["split"]),
+            seed_threshold=_first(self.seed_threshold, d["seed_threshold"]),
+            h=_first(self.h, d["h"]),
+            min_area=_first(self.min_area, d["min_area"]),
+            fill_holes=_first(self.fill_holes, d["fill_holes"]),
+            exclude_border=_first(self.exclude_border, d["exclude_border"]),
+            polarity=_first(self.polarity, meta["input"].get("polarity", "bright")),
+            classifier_threshold=_first(self.classifier_threshold, classifier_thr),
+            tile=_first(self.tile, bundle.tile),
+            overlap=_first(self.overlap, bundle.overlap),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+@dataclass
+class Segmentation:
+    """Result of :func:`segment_image` for one 2D image, at the input's size.
+
+    ``labels`` holds every particle found (kept and rejected); ``table`` has one row per
+    particle with the measurements, ``kept`` and ``reject_reason``.
+    """
+
+    probabilities: np.ndarray  # (Y, X, K) float32 network output, 0 in cropped rows
+    labels: np.ndarray  # (Y, X) int32
+    table: pd.DataFrame
+    calibration: Calibration
+    crop_rows: int
+    scale_factor: float
+    params: SegmentParams
+
+    @property
+    def kept_labels(self) -> np.ndarray:
+        """Label image of the kept particles only."""
+        keep = self.table.loc[self.table["kept"], "label"].to_numpy()
+        return np.where(np.isin(self.labels, keep), self.labels, 0).astype(np.int32)
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """The foreground probability map (Y, X)."""
+        return self.probabilities[..., 0]
+
+
+def predict_probabilities(
+    image: np.ndarray,
+    bundle: Bundle,
+    params: SegmentParams | None = None,
+    predictor=None,
+) -> np.ndarray:
+    """Normalise ``image`` ((Y, X) or (Y, X, C)) as the bundle says and run tiled inference.
+
+    Returns the network output ``(Y, X, K)`` float32 at the size of ``image``.
+    """
+    params = (params or SegmentParams()).resolved(bundle)
+    img = np.asarray(image, np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    bundle.check_channels(img.shape[-1])
+    norm = bundle.metadata["input"]["normalization"]
+    if norm["method"] == "percentile":
+        clip = tuple(norm["clip"]) if norm.get("clip") else None
+        img = np.stack([normalize_percentile(img[..., c], norm["low"], norm["high"], clip) for c in range(img.shape[-1])], -1)
+    return predict_tiled(
+        predictor or bundle.predictor(), img, tile=params.tile, overlap=params.overlap,
+        batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, progress=params.progress,
+    )
+
+
+def segment_image(
+    image: np.ndarray,
+    bundle: Bundle | str | os.PathLike | None = None,
+    params: SegmentParams | None = None,
+    calibration: Calibration | None = None,
+    name: str = "image",
+    predictor=None,
+) -> Segmentation:
+    """Segment, split, filter and measure the particles of one 2D gray image.
+
+    Parameters
+    ----------
+    image : (Y, X) array
+        Raw gray values (any numeric type).
+    bundle : Bundle, path or name
+        Model bundle; the shipped default model when None.
+    params : SegmentParams
+    calibration : Calibration
+        Pixel size for the measurements.
+    name : str
+        Used in error messages.
+    predictor : callable, optional
+        Replaces the bundle's network (batch -> output), e.g. an ONNX Runtime session.
+    """
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    params = (params or SegmentParams()).resolved(bundle)
+    cal = calibration or Calibration()
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"{name}: expected a 2D image, got shape {image.shape}")
+    check_image(image, name)
+
+    # 1. crop the data bar
+    if params.crop_rows == "auto":
+        crop = detect_data_bar(image)
+    else:
+        crop = int(params.crop_rows or 0)
+        if not 0 <= crop < image.shape[0] - 16:
+            raise InputError(f"{name}: cannot crop {crop} rows from an image {image.shape[0]} rows high")
+    work = image[: image.shape[0] - crop] if crop else image
+    check_image(work, name)
+
+    # 2. resample so that particles have the size the model was trained on
+    factor = 1.0
+    if params.particle_size:
+        if not bundle.particle_size_px:
+            raise InputError(f"{name}: --particle-size needs a model that records its training particle size")
+        factor = bundle.particle_size_px / params.particle_size
+    elif params.rescale:
+        factor = params.rescale
+    if not 0.05 <= factor <= 20:
+        raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.05 to 20)")
+    net_in = rescale(work, factor) if factor != 1 else work
+
+    # 3. network
+    prob = predict_probabilities(net_in, bundle, params, predictor)
+    if factor != 1:
+        prob = resize_to(prob, work.shape, order=1)
+
+    # 4. particles
+    heads = bundle.heads
+    fg = prob[..., heads.index("foreground")]
+    mask = fg > params.threshold
+    if params.split:
+        dist = prob[..., heads.index("distance")] if "distance" in heads else None
+        labels = pp.split_touching(mask, dist, params.seed_threshold, params.h)
+    else:
+        labels = pp.label_mask(mask)
+    if params.fill_holes:
+        labels = pp.fill_holes(labels)
+    labels = pp.relabel_sequential(pp.remove_small(labels, params.min_area))
+
+    # 5. measure and filter (border = image edges and the cropped rows)
+    border = np.zeros(work.shape, bool)
+    border[[0, -1], :] = True
+    border[:, [0, -1]] = True
+    table = measure_particles(labels, work, cal, border=border)
+    table["kept"] = True
+    table["reject_reason"] = ""
+
+    def reject(mask_rows, reason):
+        sel = mask_rows & table["kept"]
+        table.loc[sel, "reject_reason"] = reason if isinstance(reason, str) else reason[sel]
+        table.loc[sel, "kept"] = False
+
+    if len(table):
+        if params.exclude_border:
+            reject(table["touches_border"].to_numpy(), "border")
+        if params.intensity_filter:
+            ids, keep, thr = pp.intensity_filter(labels, work, params.intensity_filter, params.polarity)
+            reject(~keep, f"intensity<{params.intensity_filter}" if params.polarity == "bright" else f"intensity>{params.intensity_filter}")
+        if params.shape:
+            reasons = pp.shape_filter(table, params.shape)
+            reject((reasons != "").to_numpy(), reasons)
+        if params.classifier_threshold is not None and bundle.has_classifier:
+            score_map = classifier_map(work, labels > 0, bundle, params)
+            ids, scores = pp.particle_scores(labels, score_map)
+            table["classifier_score"] = scores
+            reject(scores < params.classifier_threshold, "classifier")
+
+    # 6. back to the full image size (zeros in the cropped rows)
+    if crop:
+        labels = np.pad(labels, ((0, crop), (0, 0)))
+        prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
+    return Segmentation(prob.astype(np.float32), labels, table, cal, crop, factor, params)
+
+
+def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: SegmentParams) -> np.ndarray:
+    """Per-pixel score of the bundle's particle classifier, whose input is the normalised
+    image and the segmentation mask as two channels and whose output is the probability that
+    a pixel belongs to a particle worth keeping."""
+    from .models import NetworkConfig, keras_predictor
+
+    norm = bundle.metadata["input"]["normalization"]
+    img = normalize_percentile(image, norm.get("low", 1.0), norm.get("high", 99.8), tuple(norm.get("clip") or (-0.5, 1.5)))
+    x = np.stack([img, mask.astype(np.float32)], -1)
+    out = predict_tiled(keras_predictor(bundle.classifier), x, tile=params.tile, overlap=params.overlap,
+                        batch_size=params.batch_size,
+                        multiple_of=NetworkConfig.from_dict(bundle.metadata["classifier"]["network"]).multiple_of,
+                        progress=params.progress, desc="classifier")
+    return out[..., 0]
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The output files written for one image, by kind (labels, mask, prob, rois, particles, overview)."""
+    stem = Path(image_path).stem
+    out = Path(out_dir)
+    return {s[1:].split(".")[0]: out / f"{stem}{s}" for s in OUTPUT_SUFFIXES}
+
+
+def resolve_calibration(
+    file_calibration: Calibration,
+    width_px: int,
+    pixel_size: float | None = None,
+    unit: str | None = None,
+    image_width: float | None = None,
+) -> Calibration:
+    """Calibration from the options, else from the file: ``pixel_size`` (with ``unit``, default
+    nm) wins over ``image_width`` (field-of-view width, in ``unit``, default nm) wins over the
+    file's metadata."""
+    if pixel_size is not None:
+        return Calibration(pixel_size, unit or "nm")
+    if image_width is not None:
+        return Calibration(image_width / width_px, unit or "nm")
+    return file_calibration
+
+
+def segment_file(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    bundle: Bundle,
+    params: SegmentParams | None = None,
+    pixel_size: float | None = None,
+    unit: str | None = None,
+    image_width: float | None = None,
+    overwrite: bool = False,
+    write_overview: bool = True,
+) -> dict[str, Any]:
+    """Segment one image file (2D or a stack, slice by slice) and write its outputs.
+
+    Returns a summary row (see :func:`particleseg.measure.summarize`) with the file name,
+    the calibration and the number of rejected particles.
+    """
+    path = Path(path)
+    paths = output_paths(path, out_dir)
+    check_outputs(list(paths.values()), overwrite)  # fail before any work
+    image, file_cal = read_image(path)
+    cal = resolve_calibration(file_cal, image.shape[-1], pixel_size, unit, image_width)
+    stack = image if image.ndim == 3 else image[None]
+    results = []
+    for z, plane in enumerate(stack):
+        name = f"{path} (slice {z + 1})" if image.ndim == 3 else str(path)
+        results.append(segment_image(plane, bundle, params, cal, name=name))
+
+    # make labels unique across the slices of a stack
+    tables, label_planes, kept_planes = [], [], []
+    offset = 0
+    for z, seg in enumerate(results):
+        t = seg.table.copy()
+        lab = np.where(seg.labels > 0, seg.labels + offset, 0)
+        t["label"] = t["label"] + offset
+        if image.ndim == 3:
+            t.insert(1, "slice", z + 1)
+        kept_ids = t.loc[t["kept"], "label"].to_numpy()
+        tables.append(t)
+        label_planes.append(lab)
+        kept_planes.append(np.where(np.isin(lab, kept_ids), lab, 0))
+        offset = int(lab.max()) if lab.max() > 0 else offset
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
+    kept = squeeze(np.stack(kept_planes))
+    prob = squeeze(np.stack([seg.foreground for seg in results]))
+
+    write_tiff(paths["labels"], kept.astype(np.int32), cal, overwrite)
+    write_tiff(paths["mask"], kept > 0, cal, overwrite)
+    write_tiff(paths["prob"], prob, cal, overwrite)
+    write_rois(paths["rois"], kept, overwrite=overwrite)
+    write_csv(paths["particles"], table, overwrite)
+    if write_overview:
+        from .report import overview_figure
+
+        title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
+        overview_figure(stack[0], label_planes[0], tables[0], cal.unit, title=title,
+                        path=paths["overview"], overwrite=overwrite)
+    row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
+           "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
+           "rejected": int((~table["kept"]).sum()) if len(table) else 0}
+    row.update(summarize(table, cal.unit, cal.nm_per_unit()))
+    return row
+
+
+def segment_files(
+    paths: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    bundle: Bundle | str | os.PathLike | None = None,
+    params: SegmentParams | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **calibration,
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Segment many files; a bad file is reported and the batch goes on.
+
+    Writes ``summary.csv`` (one row per image, failures included with their error) into
+    ``out_dir``. Returns the summary and the list of ``(file, error)`` failures.
+    """
+    from tqdm.auto import tqdm
+
+    from .io import list_images
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    files = list_images(paths)
+    if not files:
+        raise InputError(f"{', '.join(map(str, paths))}: no image files (TIFF, PNG, JPEG) found")
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.csv"
+    check_outputs([summary_path], overwrite)
+    rows, failures = [], []
+    for f in tqdm(files, desc="segment", unit="image", disable=not progress or len(files) < 2):
+        t0 = time.perf_counter()
+        try:
+            row = segment_file(f, out_dir, bundle, params, overwrite=overwrite, **calibration)
+        except (ParticlesegError, OSError, ValueError) as exc:
+            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            failures.append((str(f), msg))
+            row = {"file": Path(f).name, "status": "failed", "error": msg}
+            tqdm.write(f"particleseg: error: {msg}")
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    for col in ("slices", "crop_rows", "rejected", "count"):
+        if col in summary:
+            summary[col] = summary[col].astype("Int64")  # integers even with failed rows
+    write_csv(summary_path, summary, overwrite)
+    return summary, failures

@@ -1,0 +1,233 @@
+"""From network output to particles: threshold, split touching particles, clean up, filter.
+
+Every step is a small function over arrays. Filters do not delete particles; they return
+which particles to keep and why the others were rejected, so reports can show both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
+SHAPE_COLUMNS = ("area", "ecd", "feret_min", "feret_max", "solidity", "circularity", "aspect_ratio", "feret_ratio")
+
+_FOUR = ndi.generate_binary_structure(2, 1)
+
+
+def label_mask(mask: np.ndarray) -> np.ndarray:
+    """Label a binary mask with 4-connectivity, so one-pixel background lines (the convention
+    of annotated masks with touching particles) separate particles."""
+    return ndi.label(np.asarray(mask, bool), structure=_FOUR)[0].astype(np.int32)
+
+
+def split_touching(
+    mask: np.ndarray,
+    distance: np.ndarray | None = None,
+    seed_threshold: float = 0.5,
+    h: float = 1.0,
+) -> np.ndarray:
+    """Separate touching particles of a binary mask by a marker-controlled watershed.
+
+    Parameters
+    ----------
+    mask : (Y, X) bool array
+    distance : (Y, X) float array, optional
+        A predicted map that is high in particle centres and falls to 0 at particle borders
+        (the ``distance`` head of a network). Seeds are its connected regions above
+        ``seed_threshold``. Without it, the Euclidean distance transform of ``mask`` is used,
+        with the regional maxima deeper than ``h`` as seeds (the classic approach).
+    seed_threshold : float
+        Seed level on ``distance`` in [0, 1]: higher splits more.
+    h : float
+        h-maxima depth in pixels on the distance transform: lower splits more. Also applied
+        (scaled to ``distance``'s range) to suppress spurious seeds in the predicted map.
+
+    Returns
+    -------
+    (Y, X) int32 label image. Parts of the mask that no seed reaches keep their own labels,
+    so no foreground is lost.
+
+    References
+    ----------
+    .. [1] P. Soille, "Morphological Image Analysis", 2nd ed., Springer (2003), ch. 9.
+    .. [2] S. Beucher, F. Meyer, "The morphological approach to segmentation: the watershed
+           transformation", in Mathematical Morphology in Image Processing (1993), 433-481.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    if distance is None:
+        surface = ndi.distance_transform_edt(mask)
+        seeds = h_maxima(surface, h) > 0 if h > 0 else _local_maxima(surface)
+    else:
+        surface = np.where(mask, np.asarray(distance, np.float32), 0)
+        seeds = (surface > seed_threshold) & mask
+    markers = ndi.label(seeds & mask, structure=np.ones((3, 3)))[0]
+    labels = watershed(-surface, markers, mask=mask)
+    # components of the mask without a seed: keep as particles of their own
+    rest = mask & (labels == 0)
+    if rest.any():
+        extra = label_mask(rest)
+        labels = np.where(rest, extra + labels.max(), labels)
+    return labels.astype(np.int32)
+
+
+def _local_maxima(surface: np.ndarray) -> np.ndarray:
+    from skimage.morphology import local_maxima
+
+    return local_maxima(surface, connectivity=2) & (surface > 0)
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    from skimage.segmentation import relabel_sequential as _rs
+
+    return _rs(np.asarray(labels))[0].astype(np.int32)
+
+
+def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Set particles with fewer than ``min_area`` pixels to background (noise, not particles)."""
+    labels = np.asarray(labels)
+    if min_area <= 1 or labels.max() == 0:
+        return labels
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area
+    small[0] = False
+    return np.where(small[labels], 0, labels).astype(labels.dtype)
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill holes inside particles.
+
+    A hole is a background region not connected to the image border and surrounded by a single
+    particle; background enclosed by a ring of several particles (a gap in an agglomerate) is
+    left alone.
+    """
+    labels = np.asarray(labels)
+    background = labels == 0
+    holes = background & ndi.binary_fill_holes(~background, structure=_FOUR)
+    if not holes.any():
+        return labels
+    hole_lab, _ = ndi.label(holes, structure=_FOUR)
+    out = labels.copy()
+    for k, sl in enumerate(ndi.find_objects(hole_lab), start=1):
+        sl = tuple(slice(max(d.start - 1, 0), d.stop + 1) for d in sl)
+        hole = hole_lab[sl] == k
+        ring = ndi.binary_dilation(hole, structure=_FOUR) & ~hole
+        neighbours = np.unique(labels[sl][ring])
+        if len(neighbours) == 1 and neighbours[0] != 0:
+            out[sl][hole] = neighbours[0]
+    return out
+
+
+def border_labels(labels: np.ndarray, border: np.ndarray | None = None) -> np.ndarray:
+    """Labels of the particles that touch the image border (or the pixels of ``border``)."""
+    labels = np.asarray(labels)
+    if border is None:
+        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    else:
+        edge = labels[border]
+    return np.setdiff1d(np.unique(edge), [0])
+
+
+def threshold_value(values: np.ndarray, method: str = "li") -> float:
+    """Global threshold of gray values by Li's minimum cross entropy, Otsu, the mean or the median.
+
+    References
+    ----------
+    .. [1] C. H. Li, P. K. S. Tam, "An iterative algorithm for minimum cross entropy
+           thresholding", Pattern Recognition Letters 19, 771-776 (1998).
+    .. [2] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans.
+           Systems, Man, and Cybernetics 9, 62-66 (1979).
+    """
+    from skimage import filters
+
+    v = np.asarray(values, float).ravel()
+    if method == "li":
+        return float(filters.threshold_li(v))
+    if method == "otsu":
+        return float(filters.threshold_otsu(v))
+    if method == "mean":
+        return float(v.mean())
+    if method == "median":
+        return float(np.median(v))
+    raise ValueError(f"unknown threshold method {method!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
+
+
+def intensity_filter(
+    labels: np.ndarray,
+    image: np.ndarray,
+    method: str = "li",
+    polarity: str = "bright",
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The intensity artifact filter of Rühle et al. (2021): keep a particle when its mean gray
+    value lies on the particle side of a global threshold of the image.
+
+    Parameters
+    ----------
+    labels : (Y, X) int array
+    image : (Y, X) array
+    method : {"li", "otsu", "mean", "median"}
+        Threshold of all image pixels.
+    polarity : {"bright", "dark"}
+        ``bright``: particles brighter than the background (SEM); ``dark``: darker (TEM
+        brightfield).
+
+    Returns
+    -------
+    ids : int array
+        The particle labels, ascending.
+    keep : bool array
+        Whether each particle passes.
+    threshold : float
+
+    References
+    ----------
+    .. [1] B. Ruehle, J. F. Krumrey, V.-D. Hodoroaba, "Workflow towards automated
+           segmentation of agglomerated, non-spherical particles from electron microscopy
+           images using artificial neural networks", Sci. Rep. 11, 4942 (2021).
+    """
+    if polarity not in ("bright", "dark"):
+        raise ValueError(f"polarity must be 'bright' or 'dark', got {polarity!r}")
+    ids = np.setdiff1d(np.unique(labels), [0])
+    thr = threshold_value(image, method)
+    if len(ids) == 0:
+        return ids, np.zeros(0, bool), thr
+    means = np.asarray(ndi.mean(np.asarray(image, float), labels, ids))
+    keep = means > thr if polarity == "bright" else means < thr
+    return ids, keep, thr
+
+
+def shape_filter(table: pd.DataFrame, ranges: dict[str, tuple[float | None, float | None]]) -> pd.Series:
+    """Reason each particle fails the shape ranges, or ``""`` if it passes.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Measurements (see :func:`particleseg.measure.measure_particles`), calibrated units.
+    ranges : dict
+        Column -> ``(min, max)``, either bound may be None. Columns: those of
+        :data:`SHAPE_COLUMNS`.
+    """
+    reasons = pd.Series("", index=table.index, dtype=object)
+    for col, (lo, hi) in ranges.items():
+        if col not in SHAPE_COLUMNS:
+            raise ValueError(f"unknown shape filter {col!r}; choose from {', '.join(SHAPE_COLUMNS)}")
+        v = table[col]
+        if lo is not None:
+            reasons[(reasons == "") & (v < lo)] = f"{col}<{lo:g}"
+        if hi is not None:
+            reasons[(reasons == "") & (v > hi)] = f"{col}>{hi:g}"
+    return reasons
+
+
+def particle_scores(labels: np.ndarray, score_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of a per-pixel score map (a classifier network's output) over each particle."""
+    ids = np.setdiff1d(np.unique(labels), [0])
+    if len(ids) == 0:
+        return ids, np.zeros(0)
+    return ids, np.asarray(ndi.mean(np.asarray(score_map, float), labels, ids))

@@ -1,0 +1,127 @@
+"""Preparing an image for a network: data-bar cropping, resampling and contrast normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalize_percentile(
+    image: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    clip: tuple[float, float] | None = (-0.5, 1.5),
+    max_samples: int = 4_000_000,
+) -> np.ndarray:
+    """Map the ``low`` and ``high`` percentiles of ``image`` to 0 and 1 (float32).
+
+    Percentiles rather than the minimum and maximum keep hot and cold pixels, text labels and
+    saturated spots from compressing the contrast of the particles, as in CSBDeep's
+    ``normalize``. Values beyond the percentiles are kept (then clipped to ``clip``) so the
+    network still sees that a pixel is brighter than the particles.
+
+    Parameters
+    ----------
+    image : ndarray
+        Any shape; the percentiles are taken over all values (a regular subsample of at most
+        ``max_samples`` values for very large images).
+    low, high : float
+        Percentiles in [0, 100], ``low < high``.
+    clip : (float, float) or None
+        Range the result is clipped to.
+
+    Returns
+    -------
+    ndarray of float32
+
+    References
+    ----------
+    .. [1] M. Weigert et al., "Content-aware image restoration: pushing the limits of
+           fluorescence microscopy", Nature Methods 15, 1090-1097 (2018).
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    flat = np.asarray(image).ravel()
+    step = max(1, flat.size // max_samples)
+    lo, hi = np.percentile(flat[::step], [low, high])
+    if hi <= lo:  # almost constant image: fall back to the full range
+        lo, hi = float(flat.min()), float(flat.max())
+    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    out = (np.asarray(image, np.float32) - np.float32(lo)) * np.float32(scale)
+    if clip is not None:
+        np.clip(out, clip[0], clip[1], out=out)
+    return out
+
+
+def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction: float = 0.3) -> int:
+    """Number of rows at the bottom of an SEM image that hold the microscope's data bar.
+
+    A data bar is a band of rows on a uniform background (with text and a scale bar on it):
+    in each of its rows more than half of the pixels share one value, which almost never
+    happens in a noisy micrograph. The band must end within a few rows of the bottom edge
+    (1 % of the height; those rows are cropped too), cover between
+    ``min_fraction`` and ``max_fraction`` of the height, and the rows just above it must look
+    like a micrograph. Returns 0 when no such band is found.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D gray image in its original data type (exact equality of values is used).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype.kind == "f" and not np.all(np.mod(image[-8:], 1) == 0):
+        # Float images rarely hold a data bar with exact values; only integer-valued ones can.
+        return 0
+    h = image.shape[0]
+    top = int(h * (1 - max_fraction))
+    rows = image[top:]
+    mode_fraction = np.array([_mode_fraction(r) for r in rows])
+    is_bar = mode_fraction > 0.5
+    # Some microscopes leave a few picture rows below the bar; they are cropped with it.
+    tail = max(2, int(0.01 * h))
+    bottom = next((i for i in range(len(rows) - 1, len(rows) - 1 - tail, -1) if is_bar[i]), None)
+    if bottom is None:
+        return 0
+    # Grow the band upwards, allowing short gaps (lines of large text).
+    start = bottom
+    gap = 0
+    for i in range(bottom, -1, -1):
+        if is_bar[i]:
+            start, gap = i, 0
+        else:
+            gap += 1
+            if gap > 3:
+                break
+    n = len(rows) - start
+    if bottom - start + 1 < max(3, min_fraction * h) or start == 0:
+        return 0
+    above = image[max(0, top + start - 20): top + start]
+    if np.mean([_mode_fraction(r) for r in above]) > 0.4:
+        return 0  # the band continues into the picture: a uniform region, not a data bar
+    return int(n)
+
+
+def _mode_fraction(row: np.ndarray) -> float:
+    _, counts = np.unique(row, return_counts=True)
+    return counts.max() / row.size
+
+
+def rescale(image: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
+    """Resample a 2D image by ``factor`` (``factor > 1`` enlarges), anti-aliased when shrinking."""
+    if factor == 1:
+        return image
+    from skimage.transform import rescale as _rescale
+
+    return _rescale(
+        np.asarray(image, np.float32), factor, order=order, preserve_range=True,
+        anti_aliasing=factor < 1, mode="reflect",
+    ).astype(np.float32)
+
+
+def resize_to(image: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resample a ``(Y, X)`` or ``(Y, X, C)`` array to the spatial ``shape``."""
+    if tuple(image.shape[:2]) == tuple(shape):
+        return image
+    from skimage.transform import resize
+
+    out_shape = tuple(shape) + tuple(image.shape[2:])
+    return resize(image, out_shape, order=order, preserve_range=True, anti_aliasing=False, mode="reflect").astype(image.dtype)
