@@ -1,0 +1,55 @@
+"""Locating the real TiO2 SEM data set used for evaluation, and its fixed train/validation split.
+
+The data (Rühle et al. 2021, CC BY-NC-ND 4.0) lives outside the repository, by default in
+``../shared/datasets/tio2-sem`` relative to the project root, or where ``$PARTICLESEG_TIO2``
+points. It is read, never copied, and no model trained on it is shipped.
+
+The split is fixed once for every experiment of the project: sorted by name, every fourth
+image starting with the fourth is a validation image (8 of 32), the rest are training images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TIO2_CROP_ROWS = 712  # rows 712-767 hold the microscope's data bar
+
+
+def tio2_root() -> Path:
+    """Folder of the TiO2 data set (it may not exist)."""
+    env = os.environ.get("PARTICLESEG_TIO2")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "tio2-sem"
+
+
+@dataclass(frozen=True)
+class Tio2Item:
+    stem: str
+    image: Path
+    mask: Path
+    keep_mask: Path | None
+
+
+def tio2_items(root: str | os.PathLike | None = None, split: str = "all") -> list[Tio2Item]:
+    """Images with their manual and keep masks; ``split`` is ``all``, ``train`` or ``validation``."""
+    root = Path(root) if root else tio2_root()
+    images = sorted((root / "images").glob("*.tif"))
+    if not images:
+        raise FileNotFoundError(f"{root}: TiO2 data set not found (expected images/*.tif)")
+    items = []
+    for i, img in enumerate(images):
+        is_val = i % 4 == 3
+        if split == "train" and is_val or split == "validation" and not is_val:
+            continue
+        keep = root / "keep_masks" / f"{img.stem}_cm.tif"
+        items.append(Tio2Item(img.stem, img, root / "masks" / f"{img.stem}_m.tif", keep if keep.exists() else None))
+    return items
+
+
+def tio2_outlines(root: str | os.PathLike | None = None) -> list[Path]:
+    """The 40 hand-drawn single-particle outlines (input of the from-scratch workflow)."""
+    root = Path(root) if root else tio2_root()
+    return sorted((root / "outlines").glob("*.tif"))
