@@ -60,8 +60,10 @@ def test_classify_input_rules_and_errors():
     assert kind == "prob" and np.allclose(prob, [[0, 0.2, 1]])  # 8-bit map scaled by 255
     with pytest.raises(InputError, match="p.tif: contains 1 NaN"):
         M.classify_input(np.array([[0.5, np.nan]]), name="p.tif")
-    with pytest.raises(InputError, match="outside \\[0, 1\\]"):
+    with pytest.raises(InputError, match="values 0.5 to 1.5 lie outside \\[0, 1\\]"):
         M.classify_input(np.array([[0.5, 1.5]]))
+    kind, prob = M.classify_input(np.array([[-1e-17, 0.5, 1 + 1e-12]]))  # rounding of a smoothed map
+    assert kind == "prob" and prob.min() == 0 and prob.max() == 1
     with pytest.raises(InputError, match="not a binary mask \\(3 distinct values"):
         M.classify_input(np.array([[0, 1, 2]]), "mask")
     with pytest.raises(InputError, match="fractional values; the ground truth"):

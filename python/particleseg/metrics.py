@@ -192,10 +192,11 @@ def classify_input(array: np.ndarray, kind: str = "auto", name: str = "image", r
             kind = "mask" if n_values == 1 or n_values == 2 and lo == 0 else "labels"
     if kind == "prob":
         if a.dtype.kind == "f":
-            if lo < 0 or hi > 1:
-                raise InputError(f"{name}: values {float(lo):g} to {float(hi):g} lie outside [0, 1]; not a probability map "
-                                 "(declare it a mask or label image, or rescale it)")
-            return "prob", a.astype(np.float32, copy=False)
+            if lo < -_ROUNDING or hi > 1 + _ROUNDING:
+                raise InputError(f"{name}: values {float(lo):.6g} to {float(hi):.6g} lie outside [0, 1]; not a probability "
+                                 "map (declare it a mask or label image, or rescale it)")
+            a = a.astype(np.float32, copy=False)
+            return "prob", (np.clip(a, 0, 1) if lo < 0 or hi > 1 else a)
         if lo < 0:
             raise InputError(f"{name}: negative values in a probability map")
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0)
@@ -219,6 +220,9 @@ def classify_input(array: np.ndarray, kind: str = "auto", name: str = "image", r
         raise InputError(f"{name}: looks like a gray-value image, not a mask or a label image "
                          "(most neighbouring pixels differ)")
     return "labels", a.astype(np.int64 if hi > np.iinfo(np.int32).max else np.int32)
+
+
+_ROUNDING = 1e-6  # probability maps may overshoot [0, 1] by rounding (e.g. after smoothing)
 
 
 def _count_values(a: np.ndarray, lo, hi) -> int:
