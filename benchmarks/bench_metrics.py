@@ -1,0 +1,80 @@
+"""Seconds per metric of ``particleseg.metrics.evaluate_pair`` on one 1024x712 TiO2 pair.
+
+    python benchmarks/bench_metrics.py [--image N] [--repeat 3]
+
+Proposals: a stand-in probability map (a logistic function of the smoothed SEM image around
+its Li threshold, saturated like a network output) with the publication's 11-step sweep, with
+and without the watershed; and the Li-threshold mask (one level). Prints a Markdown table with
+the median over the repeats. The TiO2 data are read in place (../shared/datasets/tio2-sem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from particleseg import metrics as M
+from particleseg.datasets import tio2_items
+from particleseg.io import read_image
+from particleseg.postprocess import threshold_value
+
+
+def stand_in_probability(image: np.ndarray) -> np.ndarray:
+    smooth = ndi.gaussian_filter(image.astype(np.float32), 1.5)
+    return (1 / (1 + np.exp(-(smooth - threshold_value(image, "li")) / 8))).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", type=int, default=3, help="index into the sorted TiO2 images (default 3, the first validation image)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    item = tio2_items()[args.image]
+    image = read_image(item.image)[0][:712]
+    truth = M.read_array(item.mask)[:712]
+    prob = stand_in_probability(image)
+    cases = {
+        "probability map, 11 thresholds": dict(pred=prob),
+        "probability map, 11 thresholds, watershed": dict(pred=prob, watershed=True),
+        "Li-threshold mask": dict(pred=image > threshold_value(image, "li")),
+    }
+    M.evaluate_pair(cases["Li-threshold mask"]["pred"], truth)  # warm up imports and lookup tables
+    results = {}
+    for name, kw in cases.items():
+        runs = []
+        for _ in range(args.repeat):
+            timings: dict = {}
+            t0 = time.perf_counter()
+            res = M.evaluate_pair(kw["pred"], truth, watershed=kw.get("watershed", False), timings=timings)
+            timings["total"] = time.perf_counter() - t0
+            runs.append(timings)
+        keys = list(runs[0])
+        results[name] = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in keys}
+        results[name]["_res"] = res
+
+    print(f"TiO2 image {item.stem} (1024x712), {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+          f"median of {args.repeat} runs, seconds\n")
+    names = list(cases)
+    keys = []
+    for n in names:
+        keys += [k for k in results[n] if k not in keys and k != "_res"]
+    keys.remove("total")
+    print("| step | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for k in keys + ["total"]:
+        label = f"**{k}**" if k == "total" else k
+        print(f"| {label} | " + " | ".join(f"{results[n].get(k, 0.0):.3f}" for n in names) + " |")
+    print()
+    for n in names:
+        r = results[n]["_res"]
+        print(f"{n}: " + ", ".join(f"{h} {r[k]:.4f}" for k, h in M.TABLE1_COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
