@@ -135,7 +135,8 @@ def measure_particles(
         local = rp.image
         fmax, fmax_a, fmin, fmin_a = feret_diameters(_pixel_corners(local))
         area_px = float(rp.area)
-        perim_px = float(rp.perimeter) if area_px > 1 else 4.0
+        # skimage gives 0 for one- and two-pixel particles: use their outer edge length instead
+        perim_px = float(rp.perimeter) or 2.0 * (x1 - x0 + y1 - y0)
         major, minor = rp.axis_major_length, rp.axis_minor_length
         cy, cx = rp.centroid
         rows.append({
