@@ -1,0 +1,145 @@
+"""NumPy arrays <-> ImageJ 1.x ``ImagePlus``, keeping the spatial calibration.
+
+ImageJ 1.x holds 8-bit (``byte``, signed in Java), 16-bit (``short``, signed in Java) and 32-bit
+float images; the pixels cross JPype as one bulk copy of a primitive array. Other NumPy types
+are converted the way :func:`particleseg.io.write_tiff` writes them: bool -> 8-bit 0/255,
+integers that fit -> 16-bit, wider integers and float64 -> 32-bit float.
+
+Calibration: :class:`particleseg.io.Calibration` (square pixels, ``nm``/``µm``/``mm``/``Å``/
+``px``) <-> ``ij.measure.Calibration`` (``pixelWidth``, ``pixelHeight``, unit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import Calibration, canonical_unit
+
+
+def _j(name: str):
+    import scyjava
+
+    return scyjava.jimport(name)
+
+
+def to_processor(plane: np.ndarray):
+    """A 2D array as an ImageJ ``ImageProcessor`` (Byte-, Short- or FloatProcessor)."""
+    import jpype
+
+    a = np.asarray(plane)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2D plane, got shape {a.shape}")
+    h, w = a.shape
+    a = _ij_dtype(a)
+    flat = np.ascontiguousarray(a).ravel()
+    if a.dtype == np.uint8:
+        return _j("ij.process.ByteProcessor")(w, h, jpype.JArray(jpype.JByte)(flat.view(np.int8)))
+    if a.dtype == np.uint16:
+        return _j("ij.process.ShortProcessor")(w, h, jpype.JArray(jpype.JShort)(flat.view(np.int16)), None)
+    return _j("ij.process.FloatProcessor")(w, h, jpype.JArray(jpype.JFloat)(flat))
+
+
+def _ij_dtype(a: np.ndarray) -> np.ndarray:
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if a.dtype in (np.uint8, np.uint16, np.float32):
+        return a
+    if a.dtype.kind in "iu":
+        if a.size == 0 or (a.min() >= 0 and a.max() < 65536):
+            return a.astype(np.uint16)
+        return a.astype(np.float32)
+    if a.dtype.kind == "f":
+        return a.astype(np.float32)
+    raise InputError(f"cannot show an array of type {a.dtype} in ImageJ")
+
+
+def to_imageplus(array: np.ndarray, calibration: Calibration | None = None, title: str = "image", z_spacing: float | None = None):
+    """A ``(Y, X)`` image or ``(Z, Y, X)`` stack as an ``ImagePlus`` with its calibration."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        imp = _j("ij.ImagePlus")(title, to_processor(a))
+    elif a.ndim == 3:
+        stack = _j("ij.ImageStack")(a.shape[2], a.shape[1])
+        a = _ij_dtype(a)  # one type for every slice
+        for z in range(a.shape[0]):
+            stack.addSlice(f"{z + 1}", to_processor(a[z]))
+        imp = _j("ij.ImagePlus")(title, stack)
+        imp.setDimensions(1, a.shape[0], 1)
+    else:
+        raise InputError(f"{title}: cannot make an ImageJ image of shape {a.shape} (expected (Y, X) or (Z, Y, X))")
+    set_calibration(imp, calibration or Calibration(), z_spacing)
+    return imp
+
+
+def set_calibration(imp, calibration: Calibration, z_spacing: float | None = None) -> None:
+    cal = imp.getCalibration().copy()
+    if calibration.calibrated:
+        cal.pixelWidth = cal.pixelHeight = float(calibration.pixel_size)
+        cal.pixelDepth = float(z_spacing or calibration.pixel_size)
+        cal.setUnit("um" if calibration.unit == "µm" else calibration.unit)
+    else:
+        cal.pixelWidth = cal.pixelHeight = cal.pixelDepth = 1.0
+        cal.setUnit("pixel")
+    imp.setCalibration(cal)
+
+
+def get_calibration(imp, name: str | None = None) -> Calibration:
+    """The ImagePlus' calibration as a :class:`Calibration` (square pixels required)."""
+    cal = imp.getCalibration()
+    name = name or str(imp.getTitle())
+    unit = str(cal.getUnit())
+    if not cal.scaled() or unit.lower() in ("pixel", "pixels", ""):
+        return Calibration()
+    pw, ph = float(cal.pixelWidth), float(cal.pixelHeight)
+    if abs(pw - ph) > 1e-6 * max(pw, ph):
+        raise InputError(f"{name}: pixels are not square ({pw:g} x {ph:g} {unit}); set equal sizes in Image > Properties")
+    try:
+        return Calibration(pw, canonical_unit(unit))
+    except ValueError:
+        raise InputError(f"{name}: unit {unit!r} is not supported; use nm, µm, mm or Å in Image > Properties") from None
+
+
+_GRAY = {0: "8-bit", 1: "16-bit", 2: "32-bit"}
+_OTHER = {3: "8-bit color (indexed)", 4: "RGB"}
+
+
+def from_processor(ip) -> np.ndarray:
+    """Pixels of an ImageProcessor as a NumPy array (uint8, uint16 or float32)."""
+    h, w = int(ip.getHeight()), int(ip.getWidth())
+    pixels = np.array(ip.getPixels(), copy=True)
+    if pixels.dtype == np.int8:
+        pixels = pixels.view(np.uint8)
+    elif pixels.dtype == np.int16:
+        pixels = pixels.view(np.uint16)
+    elif pixels.dtype == np.int32:  # ColorProcessor: packed RGB
+        rgb = pixels.view(np.uint8).reshape(h, w, 4)
+        return rgb[..., [2, 1, 0]].copy()
+    return pixels.reshape(h, w)
+
+
+def from_imageplus(imp, allow_stack: bool = True, allow_rgb: bool = False) -> tuple[np.ndarray, Calibration]:
+    """Pixels and calibration of an ImagePlus: ``(Y, X)`` or, for a stack, ``(Z, Y, X)``.
+
+    Raises
+    ------
+    InputError
+        For RGB/indexed-color images (unless ``allow_rgb``, which gives ``(Y, X, 3)`` uint8),
+        for stacks when ``allow_stack`` is False, for multi-channel hyperstacks.
+    """
+    name = str(imp.getTitle())
+    itype = int(imp.getType())
+    if itype not in _GRAY and not (allow_rgb and itype == 4):
+        kind = _OTHER.get(itype, f"type {itype}")
+        raise InputError(f"{name}: is an {kind} image; convert it to a gray image first (Image > Type > 8-bit or 32-bit)")
+    n = int(imp.getStackSize())
+    if int(imp.getNChannels()) > 1:
+        raise InputError(f"{name}: has {imp.getNChannels()} channels; split them first (Image > Color > Split Channels)")
+    if n > 1 and not allow_stack:
+        raise InputError(f"{name}: is a stack of {n} slices; this command works on one 2D image "
+                         "(Image > Duplicate... one slice, or use Batch Segment Folder...)")
+    cal = get_calibration(imp, name)
+    if n == 1:
+        return from_processor(imp.getProcessor()), cal
+    stack = imp.getStack()
+    return np.stack([from_processor(stack.getProcessor(z + 1)) for z in range(n)]), cal
