@@ -1,0 +1,426 @@
+"""Routing ImageJ 1.x commands to Python.
+
+How a command reaches Python
+----------------------------
+ImageJ 1.x runs every menu command and every macro ``run("...")`` through ``ij.Executer``,
+which first offers the command name to each registered ``ij.CommandListener``. This module
+registers one, implemented in Python through JPype; for the commands of
+:data:`particleseg.fiji.options.COMMAND_NAMES` it shows a GenericDialog (which a macro fills
+from its option string, as for built-in commands), runs the command and returns ``null`` so
+ImageJ does nothing more; any other command passes through untouched. No Java is compiled, and
+the same code works with a plain ``ij.jar`` and inside Fiji (imagej-legacy keeps
+``ij.Executer``).
+
+Because the listener takes the command before ``Executer`` records it, the bridge does the
+recorder's part itself (``Recorder.setCommand`` / ``saveCommand``), so the macro recorder
+writes ``run("Segment Particles...", "model=default threshold=0.50 split ...")``.
+
+Errors
+------
+A problem in a command is shown the ImageJ way: ``IJ.error`` with the command as title; in a
+macro this aborts the macro and the macro interpreter reports it ("Macro Error ... in line N")
+like any built-in command's error. Nothing reaches the user as a Java or Python stack trace;
+unexpected failures (bugs) put their traceback in the Log window only.
+
+Headless sessions install a *dialog guard*: any modal dialog that opens (a macro error, a
+message, a dialog without macro options) is logged and closed at once, so a batch run can
+never hang waiting for a click.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from typing import Any
+
+from ..errors import ParticlesegError
+from . import commands as cmds
+from .options import (
+    COMMAND_NAMES,
+    NONE,
+    SPECS,
+    CommandSpec,
+    build_specs,
+    normalize_options,
+    parse_macro_options,
+)
+
+MENU_LABEL = "Particle Segmentation"
+MACRO_CANCELED = "Macro canceled"
+
+_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None}
+_last_values: dict[str, dict] = {}
+#: callables (what, done, total) told about progress, e.g. the headless batch runner's bar
+PROGRESS_HOOKS: list = []
+#: (title, text) of the dialogs the guard closed
+CLOSED_DIALOGS: list[tuple[str, str]] = []
+
+
+class CommandError(ParticlesegError):
+    """A command failed outside a macro and without a GUI (raised to the Python caller)."""
+
+
+def _j(name: str):
+    import scyjava
+
+    return scyjava.jimport(name)
+
+
+# ------------------------------------------------------------------------------------------
+# installation
+
+
+def install(menus: bool = True, guard: bool = False) -> None:
+    """Register the command listener (once per JVM), the commands in ImageJ's command table
+    (so Command Finder and ``List.setCommands`` know them) and, with an ImageJ window, the
+    Plugins > Particle Segmentation menu. ``guard`` closes modal dialogs (headless runs)."""
+    import jpype
+
+    if not _state["installed"]:
+
+        @jpype.JImplements("ij.CommandListener")
+        class _Listener:
+            @jpype.JOverride
+            def commandExecuting(self, command):
+                name = str(command)
+                if name not in SPECS:
+                    return command
+                run_command(name, from_java=True)
+                return None
+
+        listener = _Listener()
+        _j("ij.Executer").addCommandListener(listener)
+        _state["listener"] = listener
+        _state["installed"] = True
+    register_commands()
+    if menus:
+        install_menu()
+    if guard and _state["guard"] is None:
+        install_dialog_guard()
+
+
+def installed() -> bool:
+    return bool(_state["installed"])
+
+
+def register_commands() -> None:
+    table = _j("ij.Menus").getCommands()
+    if table is None:
+        return
+    for name in COMMAND_NAMES:
+        if not table.containsKey(name):
+            table.put(name, "particleseg.fiji (Python)")
+
+
+def install_menu() -> bool:
+    """Add Plugins > Particle Segmentation to the ImageJ 1.x menu bar, if there is one."""
+    IJ = _j("ij.IJ")
+    ij = IJ.getInstance()
+    if ij is None:
+        return False
+    plugins = _j("ij.Menus").getImageJMenu("Plugins")
+    if plugins is None:
+        return False
+    for i in range(plugins.getItemCount()):
+        if str(plugins.getItem(i).getLabel()) == MENU_LABEL:
+            return True  # a SciJava-scripts menu of the same name (Fiji) or ours
+    Menu = _j("java.awt.Menu")
+    MenuItem = _j("java.awt.MenuItem")
+    sub = Menu(MENU_LABEL)
+    for name in COMMAND_NAMES:
+        item = MenuItem(name)
+        item.addActionListener(ij)
+        sub.add(item)
+    plugins.add(sub)
+    return True
+
+
+def install_dialog_guard() -> None:
+    """Close every modal dialog as soon as it opens and remember its text (headless only)."""
+    import jpype
+
+    WindowEvent = _j("java.awt.event.WindowEvent")
+    Dialog = _j("java.awt.Dialog")
+
+    @jpype.JImplements("java.awt.event.AWTEventListener")
+    class _Guard:
+        @jpype.JOverride
+        def eventDispatched(self, event):
+            try:
+                if event.getID() != WindowEvent.WINDOW_OPENED:
+                    return
+                window = event.getWindow()
+                if not isinstance(window, Dialog) or not window.isModal():
+                    return
+                title, text = str(window.getTitle()), dialog_text(window)
+                CLOSED_DIALOGS.append((title, text))
+                if title != "Macro Error":  # run_macro reports those itself
+                    sys.stderr.write(f"ImageJ: closed dialog {title!r} (no user in a headless run): {text}\n")
+                window.dispatchEvent(WindowEvent(window, WindowEvent.WINDOW_CLOSING))
+                if window.isVisible():
+                    window.dispose()
+            except Exception:  # noqa: BLE001 - never break the event thread
+                pass
+
+    guard = _Guard()
+    AWTEvent = _j("java.awt.AWTEvent")
+    _j("java.awt.Toolkit").getDefaultToolkit().addAWTEventListener(guard, AWTEvent.WINDOW_EVENT_MASK)
+    _state["guard"] = guard
+
+
+def dialog_text(container) -> str:
+    """The text shown in a dialog: labels, text fields and ImageJ's MultiLineLabels."""
+    parts: list[str] = []
+    Container = _j("java.awt.Container")
+    Button = _j("java.awt.Button")
+
+    def walk(c):
+        for comp in c.getComponents():
+            name = str(comp.getClass().getName())
+            if name == "ij.gui.MultiLineLabel":
+                try:
+                    f = comp.getClass().getDeclaredField("lines")
+                    f.setAccessible(True)
+                    parts.extend(str(s) for s in (f.get(comp) or []) if s is not None)
+                except Exception:  # noqa: BLE001
+                    pass
+            elif hasattr(comp, "getText") and not isinstance(comp, Button):
+                try:
+                    parts.append(str(comp.getText()))
+                except Exception:  # noqa: BLE001
+                    pass
+            if isinstance(comp, Container):
+                walk(comp)
+
+    walk(container)
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+# ------------------------------------------------------------------------------------------
+# running a command
+
+
+def run_command(name: str, values: dict | None = None, macro_options: str | None = None, imp=None,
+                from_java: bool = False) -> Any:
+    """Run a command: from a menu or a macro (``values`` None: GenericDialog, filled from the
+    macro options when a macro runs) or from a SciJava script (``values`` given).
+
+    Errors are shown the ImageJ way (see :func:`report_error`); only a Python caller outside
+    macros and without an ImageJ window gets them raised (:class:`CommandError`)."""
+    Macro = _j("ij.Macro")
+    Recorder = _j("ij.plugin.frame.Recorder")
+    IJ = _j("ij.IJ")
+    options = macro_options
+    if values is None and options is None:
+        opts = Macro.getOptions()
+        options = None if opts is None else str(opts)
+    macro = options is not None or bool(IJ.isMacro())
+    record = values is None and bool(Recorder.record)
+    try:
+        if record:
+            Recorder.setCommand(name)
+        normalized = None if options is None else normalize_options(SPECS[name], options)  # unknown keys first
+        spec, defaults = prepare(name, options, macro)
+        if values is None:
+            if normalized is not None:
+                Macro.setOptions(normalized)
+            values = show_dialog(spec, defaults)
+            if values is None:  # canceled by the user
+                if record:
+                    Recorder.setCommand(None)
+                return None
+        else:
+            values = {**defaults, **values}
+        values = cmds.validate(spec, values)
+        if not macro:
+            _last_values[name] = dict(values)
+        if record:
+            Recorder.saveCommand()
+        ctx = cmds.Context.current(name, macro, PROGRESS_HOOKS)
+        if imp is not None:
+            ctx.imp = imp
+        fn = cmds.IMPLEMENTATIONS[name]
+        background = spec.long_running and (
+            (not macro and IJ.getInstance() is not None) or (name == "Train Model..." and not values.get("wait"))
+        )
+        if background:
+            t = threading.Thread(target=_run_background, args=(name, fn, ctx, values), name=f"particleseg: {name}", daemon=True)
+            t.start()
+            return t
+        return fn(ctx, values)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one ImageJ error
+        if is_macro_abort(exc):
+            raise
+        report_error(name, exc, macro=macro, background=from_java)
+        return None
+
+
+def _run_background(name, fn, ctx, values) -> None:
+    try:
+        fn(ctx, values)
+    except BaseException as exc:  # noqa: BLE001
+        if not is_macro_abort(exc):
+            try:
+                report_error(name, exc, background=True, macro=False)
+            except BaseException:  # noqa: BLE001
+                pass
+
+
+def is_macro_abort(exc: BaseException) -> bool:
+    """The RuntimeException ImageJ throws to unwind an aborted macro (must propagate)."""
+    try:
+        import jpype
+
+        if isinstance(exc, jpype.JException):
+            return str(exc.getMessage()) == MACRO_CANCELED
+    except ImportError:
+        pass
+    return False
+
+
+def error_message(name: str, exc: BaseException) -> str:
+    if isinstance(exc, ParticlesegError):
+        msg = str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        msg = "interrupted"
+    else:
+        msg = f"unexpected error, please report it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return msg if msg.startswith(name) else f"{name}: {msg}"
+
+
+def report_error(name: str, exc: BaseException, background: bool = False, macro: bool | None = None) -> None:
+    """Show an error the ImageJ way: abort the running macro with the message, or an error
+    dialog in the GUI; headless outside a macro, log it and (for a Python caller, not
+    ``background``) raise :class:`CommandError`."""
+    IJ = _j("ij.IJ")
+    message = error_message(name, exc)
+    if not isinstance(exc, (ParticlesegError, KeyboardInterrupt)):
+        IJ.log(f"{message}\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    if macro is None:
+        macro = bool(IJ.isMacro())
+    if macro:
+        IJ.error(name, message)  # aborts the macro: raises "Macro canceled" through us
+        return
+    if IJ.getInstance() is not None:
+        IJ.error(name.rstrip("."), message[len(name) + 2:] if message.startswith(name + ": ") else message)
+        return
+    IJ.log(message)
+    if not background:
+        raise CommandError(message) from None
+
+
+# ------------------------------------------------------------------------------------------
+# dialogs
+
+
+def prepare(name: str, options: str | None, macro: bool) -> tuple[CommandSpec, dict]:
+    """The command's spec with the model list and the chosen bundle's defaults, and the values
+    the dialog starts from (last used values in the GUI, defaults in macros)."""
+    spec = SPECS[name]
+    if "model" not in spec.keys:
+        defaults = {f.key: f.default for f in spec.fields if f.kind != "message"}
+        if not macro and name in _last_values:
+            defaults.update(_last_values[name])
+        return spec, _macro_defaults(spec, defaults, macro, options)
+    from ..models import list_bundles
+
+    last = _last_values.get(name, {}) if not macro else {}
+    if options is not None:
+        model = str(parse_macro_options(options).get("model", "default"))
+    else:
+        model = str(last.get("model", _last_values.get("Segment Particles...", {}).get("model", "default")))
+    models = list(list_bundles()) or ["default"]
+    if "default" not in models:
+        models.insert(0, "default")
+    if model not in models:
+        models.append(model)
+    try:
+        bundle_defaults = dict(cmds.get_bundle(model).postprocess)
+    except ParticlesegError:
+        if macro:
+            raise  # an unknown model in a macro is an error now
+        bundle_defaults = {}
+    spec = build_specs(model, models, bundle_defaults)[name]
+    defaults = {f.key: f.default for f in spec.fields if f.kind != "message"}
+    defaults.update({k: v for k, v in last.items() if k in defaults and k != "model"})
+    return spec, _macro_defaults(spec, defaults, macro, options)
+
+
+def _macro_defaults(spec: CommandSpec, defaults: dict, macro: bool, options: str | None) -> dict:
+    """In a macro, check boxes start as the macro sets them (absent: unchecked), so that
+    ImageJ's recorder, which records the boxes' own state when it records inside macros,
+    writes what the macro did."""
+    if macro:
+        given = parse_macro_options(options)
+        checked = {k for k, v in given.items() if v is True or str(v).lower() in ("true", "1", "yes", "on")}
+        defaults = {k: ((k in checked) if spec.field(k).kind == "bool" else v) for k, v in defaults.items()}
+    return defaults
+
+
+def show_dialog(spec: CommandSpec, defaults: dict) -> dict | None:
+    """Build the GenericDialog, show it (or let ImageJ fill it from the macro options), and
+    return the values by key; None when canceled."""
+    GenericDialog = _j("ij.gui.GenericDialog")
+    WindowManager = _j("ij.WindowManager")
+    gd = GenericDialog(spec.name.rstrip("."))
+    if not spec.fields:
+        return {}
+    titles = [str(t) for t in (WindowManager.getImageTitles() or [])]
+    current = WindowManager.getCurrentImage()
+    for f in spec.fields:
+        d = defaults.get(f.key, f.default)
+        if f.kind == "number":
+            gd.addNumericField(f.label, float(d), f.digits)
+        elif f.kind == "int":
+            gd.addNumericField(f.label, float(d), 0)
+        elif f.kind == "bool":
+            gd.addCheckbox(f.label, bool(d))
+        elif f.kind in ("string", "range"):
+            gd.addStringField(f.label, str(d), f.columns or 12)
+        elif f.kind == "dir":
+            gd.addDirectoryField(f.label, str(d or ""), 28)
+        elif f.kind == "choice":
+            choices = list(f.choices)
+            if str(d) not in choices:
+                choices.append(str(d))
+            gd.addChoice(f.label, choices, str(d))
+        elif f.kind == "image":
+            choices = ([NONE] if f.optional else []) + titles
+            if not choices:
+                choices = [NONE]
+            if str(d) in choices:
+                default = str(d)
+            elif not f.optional and current is not None and str(current.getTitle()) in choices:
+                default = str(current.getTitle())
+            else:
+                default = choices[0]
+            gd.addChoice(f.label, choices, default)
+        elif f.kind == "message":
+            gd.addMessage(f.label)
+    gd.addHelp(_help_html(spec))
+    gd.showDialog()
+    if gd.wasCanceled():
+        return None
+    values: dict[str, Any] = {}
+    for f in spec.fields:
+        if f.kind in ("number", "int"):
+            values[f.key] = float(gd.getNextNumber())
+        elif f.kind == "bool":
+            values[f.key] = bool(gd.getNextBoolean())
+        elif f.kind in ("string", "range", "dir"):
+            values[f.key] = str(gd.getNextString()).strip()
+        elif f.kind in ("choice", "image"):
+            values[f.key] = str(gd.getNextChoice())
+    if gd.invalidNumber():
+        raise cmds.InputError(f"{spec.name}: {gd.getErrorMessage() or 'invalid number'}")
+    return values
+
+
+def _help_html(spec: CommandSpec) -> str:
+    rows = "".join(
+        f"<tr><td><tt>{f.key}</tt></td><td>{f.help or f.label.replace('_', ' ')}</td></tr>"
+        for f in spec.fields if f.kind != "message"
+    )
+    return (f"<html><h3>{spec.name}</h3><p>{spec.help}</p>"
+            f"<table>{rows}</table><p>See docs/fiji.md of particleseg.</p></html>")

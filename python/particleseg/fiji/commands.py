@@ -1,0 +1,498 @@
+"""What each Fiji command does, once its parameters are known.
+
+Each implementation takes a :class:`Context` (the active image, the open images, where to
+report) and the parameter values (already read from a GenericDialog, a macro option string or
+a SciJava script's ``#@`` parameters), calls the core pipeline on NumPy arrays, and publishes
+the results (:mod:`particleseg.fiji.publish`). Problems are raised as
+:class:`~particleseg.errors.ParticlesegError` with one line; the bridge shows them the ImageJ
+way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError, ParticlesegError
+from ..io import Calibration
+from . import publish
+from .convert import from_imageplus
+from .options import NONE, parse_crop_rows, parse_range, parse_thresholds, segment_params
+
+#: one entry per command run in this process (command, image, counts, seconds, error); the
+#: headless batch runner summarises them
+RECORDS: list[dict[str, Any]] = []
+_RECORDS_LOCK = threading.Lock()
+
+
+def record(**entry) -> None:
+    with _RECORDS_LOCK:
+        RECORDS.append(entry)
+
+
+def _j(name: str):
+    import scyjava
+
+    return scyjava.jimport(name)
+
+
+@dataclass
+class Context:
+    """Where a command runs: the active image and how to report."""
+
+    command: str
+    macro: bool = False
+    imp: Any = None
+    progress_hooks: list[Callable[[str, int, int], None]] = field(default_factory=list)
+
+    @classmethod
+    def current(cls, command: str, macro: bool = False, hooks=None) -> "Context":
+        imp = _j("ij.WindowManager").getCurrentImage()
+        return cls(command, macro, imp, list(hooks or []))
+
+    def require_image(self):
+        if self.imp is None:
+            raise InputError("no image open (open an image first, e.g. File > Open...)")
+        return self.imp
+
+    def image(self, title: str, role: str):
+        """An open image by title (batch-mode images included)."""
+        if title is None or str(title) in ("", NONE):
+            raise InputError(f"no {role} image chosen")
+        imp = _j("ij.WindowManager").getImage(str(title))
+        if imp is None:
+            open_titles = ", ".join(str(t) for t in (_j("ij.WindowManager").getImageTitles() or [])) or "none"
+            raise InputError(f"{title}: no open image of that title for the {role} (open images: {open_titles})")
+        return imp
+
+    def optional_image(self, title: str, role: str):
+        return None if title is None or str(title) in ("", NONE) else self.image(title, role)
+
+    def log(self, message: str) -> None:
+        publish.log(message)
+
+    def status(self, message: str) -> None:
+        publish.status(message)
+
+    def progress(self, done: int, total: int, what: str = "") -> None:
+        publish.progress(done, total)
+        for hook in self.progress_hooks:
+            hook(what or self.command, done, total)
+
+
+# ------------------------------------------------------------------------------------------
+# model bundles (loaded once per process; the Keras model inside is loaded on first use)
+
+_BUNDLES: dict[tuple, Any] = {}
+_BUNDLES_LOCK = threading.Lock()
+
+
+def get_bundle(name: str):
+    from ..models import load_bundle, resolve_bundle
+
+    path = resolve_bundle(str(name).strip() or None)
+    stamp_file = path if path.is_file() else path / "bundle.json"
+    try:
+        stamp = stamp_file.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    key = (str(path.resolve()), stamp)
+    with _BUNDLES_LOCK:
+        if key not in _BUNDLES:
+            _BUNDLES[key] = load_bundle(path)
+        return _BUNDLES[key]
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def _gray_2d(imp, role: str = "image") -> tuple[np.ndarray, Calibration]:
+    return from_imageplus(imp, allow_stack=False)
+
+
+def _labels_from_image(imp) -> tuple[np.ndarray, Calibration]:
+    """A label image from a mask (any two values: nonzero is particle, 4-connected components)
+    or a label image (integer values, 0 background)."""
+    from ..postprocess import label_mask
+
+    arr, cal = _gray_2d(imp)
+    name = str(imp.getTitle())
+    values = np.unique(arr)
+    if len(values) <= 2 and (values.min() == 0 or len(values) == 1):
+        return label_mask(arr > 0), cal
+    if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
+        raise InputError(f"{name}: is neither a mask nor a label image (non-integer values); "
+                         "give a binary mask or a label image (0 = background)")
+    if arr.min() < 0:
+        raise InputError(f"{name}: label image has negative values")
+    return arr.astype(np.int32), cal
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise InputError(f"{name_b}: has shape {b.shape[::-1]} but {name_a} has {a.shape[::-1]} (width x height must match)")
+
+
+def _reject_summary(table: pd.DataFrame) -> str:
+    if not len(table) or table["kept"].all():
+        return ""
+    reasons = table.loc[~table["kept"], "reject_reason"].astype(str).str.replace(r"[<>].*", "", regex=True).value_counts()
+    return " (" + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ")"
+
+
+def _reselect(imp) -> None:
+    """Make ``imp`` the active image again after new result images were shown."""
+    try:
+        _j("ij.IJ").selectWindow(int(imp.getID()))
+    except Exception:  # noqa: BLE001 - closed meanwhile
+        pass
+
+
+def _publish_particles(ctx: Context, v: dict, imp, labels: np.ndarray, table: pd.DataFrame,
+                       cal: Calibration, row_label: str, overlay_imp=None) -> dict:
+    """Results table, ROI Manager, overlay and histogram for a labelled, filtered particle set."""
+    kept_ids = table.loc[table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
+    rejected_ids = table.loc[~table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
+    kept_table = table[table["kept"]].drop(columns=["kept", "reject_reason"], errors="ignore") if len(table) else table
+    out = {"kept": int(len(kept_ids)), "rejected": int(len(rejected_ids))}
+    out["results"] = publish.fill_results(kept_table, row_label, clear=bool(v.get("clear", True)))
+    if v.get("add"):
+        out["rois"] = publish.fill_roi_manager(labels, kept_ids.tolist(), clear=bool(v.get("clear", True)), imp=imp)
+    if v.get("overlay"):
+        publish.set_overlay(overlay_imp or imp, labels, kept_ids.tolist(), rejected_ids.tolist())
+    if v.get("histogram"):
+        col = v.get("histogram_of", "feret_min")
+        values = kept_table[col].to_numpy(float) if len(kept_table) else np.zeros(0)
+        unit = cal.unit + "²" if col == "area" else cal.unit
+        publish.histogram_plot(values, col, unit, f"{publish.title_stem(row_label)} {col} histogram")
+    return out
+
+
+def _apply_filters(labels: np.ndarray, intensity: np.ndarray | None, cal: Calibration, v: dict, command: str) -> pd.DataFrame:
+    """Measure, then reject by border contact, intensity and shape (the order of the pipeline)."""
+    from .. import postprocess as pp
+    from ..measure import measure_particles
+
+    table = measure_particles(labels, intensity, cal)
+    table["kept"] = True
+    table["reject_reason"] = ""
+    if not len(table):
+        return table
+
+    def reject(rows, reason):
+        sel = rows & table["kept"].to_numpy()
+        table.loc[sel, "reject_reason"] = reason if isinstance(reason, str) else np.asarray(reason)[sel]
+        table.loc[sel, "kept"] = False
+
+    if v.get("exclude_border"):
+        reject(table["touches_border"].to_numpy(bool), "border")
+    method = v.get("intensity_filter", NONE)
+    if method and method != NONE:
+        if intensity is None:
+            raise InputError(f"intensity_filter={method} needs an intensity image (choose one in 'Intensity image')")
+        polarity = v.get("polarity", "bright")
+        ids, keep, _thr = pp.intensity_filter(labels, intensity, method, polarity)
+        order = pd.Series(keep, index=ids).reindex(table["label"].to_numpy()).to_numpy(bool)
+        reject(~order, f"intensity<{method}" if polarity == "bright" else f"intensity>{method}")
+    shape = {}
+    for name in ("area", "ecd", "feret_min", "feret_max", "circularity", "solidity", "aspect_ratio"):
+        lo, hi = parse_range(v.get(name, "0-Infinity"), f"{command}: {name}")
+        if lo is not None or hi is not None:
+            shape[name] = (lo, hi)
+    if shape:
+        reasons = pp.shape_filter(table, shape)
+        reject((reasons != "").to_numpy(), reasons.to_numpy())
+    return table
+
+
+# ------------------------------------------------------------------------------------------
+# the commands
+
+
+def segment_particles(ctx: Context, v: dict) -> dict:
+    from ..pipeline import segment_image
+
+    imp = ctx.require_image()
+    title = str(imp.getTitle())
+    image, cal = _gray_2d(imp)
+    bundle = get_bundle(v["model"])
+    params = segment_params(v, ctx.command)
+    t0 = time.perf_counter()
+    ctx.status(f"Segment Particles: {title} ({bundle.name})...")
+    seg = segment_image(image, bundle, params, cal, name=title)
+    stem = publish.title_stem(title)
+    kept = seg.kept_labels
+    if v.get("probability"):
+        publish.show_array(seg.foreground, publish.image_title(stem, "prob"), cal, display_range=(0.0, 1.0))
+    if v.get("labels"):
+        publish.show_array(kept, publish.image_title(stem, "labels"), cal, lut="labels")
+    if v.get("mask"):
+        publish.show_array((kept > 0).astype(np.uint8) * 255, publish.image_title(stem, "mask"), cal)
+    out = _publish_particles(ctx, v, imp, seg.labels, seg.table, cal, title)
+    _reselect(imp)
+    seconds = time.perf_counter() - t0
+    med = ""
+    if out["kept"]:
+        m = float(np.median(seg.table.loc[seg.table["kept"], "feret_min"]))
+        med = f", median min Feret {m:.4g} {cal.unit}"
+    crop = f", {seg.crop_rows} data-bar rows ignored" if seg.crop_rows else ""
+    ctx.log(f"Segment Particles: {title}: {out['kept']} particles kept, {out['rejected']} rejected"
+            f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]")
+    ctx.status(f"Segment Particles: {out['kept']} particles")
+    record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds)
+    return out
+
+
+def split_touching_particles(ctx: Context, v: dict) -> dict:
+    from .. import postprocess as pp
+
+    imp = ctx.require_image()
+    title = str(imp.getTitle())
+    arr, cal = _gray_2d(imp)
+    mask = arr > 0
+    if not mask.any():
+        raise InputError(f"{title}: has no foreground pixels (nonzero pixels are particles)")
+    dist = None
+    dimp = ctx.optional_image(v.get("distance"), "distance map")
+    if dimp is not None:
+        darr, _ = _gray_2d(dimp)
+        _same_shape(arr, darr, title, str(dimp.getTitle()))
+        dist = darr.astype(np.float32)
+        top = float(dist.max())
+        if top > 1:
+            dist = dist / top
+    before = int(pp.label_mask(mask).max())
+    labels = pp.split_touching(mask, dist, float(v["seed_level"]), float(v["split_level"]))
+    labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
+    stem = publish.title_stem(title)
+    publish.show_array(labels, publish.image_title(stem, "split"), cal, lut="labels")
+    if v.get("mask"):
+        publish.show_array(separated_mask(labels), publish.image_title(stem, "split_mask"), cal)
+    n = int(labels.max())
+    if v.get("add"):
+        publish.fill_roi_manager(labels, None, clear=True)
+    ctx.log(f"Split Touching Particles: {title}: {before} regions -> {n} particles")
+    record(command=ctx.command, image=title, kept=n, rejected=0, seconds=0.0)
+    return {"before": before, "particles": n}
+
+
+def separated_mask(labels: np.ndarray) -> np.ndarray:
+    """A 0/255 mask in which touching particles are separated by background lines."""
+    lab = np.asarray(labels)
+    line = np.zeros(lab.shape, bool)
+    for axis in (0, 1):
+        a = np.swapaxes(lab, 0, axis)
+        diff = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
+        np.swapaxes(line, 0, axis)[1:] |= diff
+    return ((lab > 0) & ~line).astype(np.uint8) * 255
+
+
+def filter_particles(ctx: Context, v: dict) -> dict:
+    from .. import postprocess as pp
+
+    imp = ctx.require_image()
+    title = str(imp.getTitle())
+    labels, cal = _labels_from_image(imp)
+    iimp = ctx.optional_image(v.get("intensity"), "intensity")
+    intensity = None
+    if iimp is not None:
+        intensity, _ = _gray_2d(iimp)
+        _same_shape(labels, intensity, title, str(iimp.getTitle()))
+    if int(v.get("min_size", 0)) > 1:
+        labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
+    table = _apply_filters(labels, intensity, cal, v, ctx.command)
+    kept_ids = table.loc[table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
+    filtered = np.where(np.isin(labels, kept_ids), labels, 0).astype(np.int32)
+    stem = publish.title_stem(title)
+    publish.show_array(filtered, publish.image_title(stem, "filtered"), cal, lut="labels")
+    out = _publish_particles(ctx, v, imp, labels, table, cal, title, overlay_imp=iimp or imp)
+    _reselect(iimp or imp)
+    ctx.log(f"Filter Particles: {title}: {out['kept']} kept, {out['rejected']} rejected{_reject_summary(table)}")
+    record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=0.0)
+    return out
+
+
+def measure_particles_command(ctx: Context, v: dict) -> dict:
+    from ..measure import measure_particles
+
+    imp = ctx.require_image()
+    title = str(imp.getTitle())
+    labels, cal = _labels_from_image(imp)
+    iimp = ctx.optional_image(v.get("intensity"), "intensity")
+    intensity = None
+    if iimp is not None:
+        intensity, _ = _gray_2d(iimp)
+        _same_shape(labels, intensity, title, str(iimp.getTitle()))
+    table = measure_particles(labels, intensity, cal)
+    table["kept"] = True
+    out = _publish_particles(ctx, {**v, "overlay": False}, imp, labels, table, cal, title)
+    ctx.log(f"Measure Particles: {title}: {len(table)} particles measured ({cal.unit})")
+    record(command=ctx.command, image=title, kept=len(table), rejected=0, seconds=0.0)
+    return out
+
+
+def evaluate_segmentation(ctx: Context, v: dict) -> dict:
+    try:
+        from .. import metrics
+    except ImportError:
+        raise ParticlesegError("not available: this particleseg has no particleseg.metrics module") from None
+    pimp = ctx.image(v.get("prediction"), "prediction")
+    timp = ctx.image(v.get("ground_truth"), "ground truth")
+    pred, _ = from_imageplus(pimp, allow_stack=True)
+    truth, _ = from_imageplus(timp, allow_stack=True)
+    thresholds = parse_thresholds(v.get("thresholds", "0:1:0.1"))
+    crop = int(v.get("crop_rows") or 0)
+    ctx.status("Evaluate Segmentation...")
+    res = metrics.evaluate_pair(pred, truth, thresholds=thresholds, watershed=bool(v.get("watershed")),
+                                crop_rows=crop or None, exclude_border=bool(v.get("exclude_border", True)),
+                                name=str(pimp.getTitle()), truth_name=str(timp.getTitle()))
+    row = {"prediction": str(pimp.getTitle()), "ground_truth": str(timp.getTitle())}
+    row.update({k: (float(x) if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) else x)
+                for k, x in res.items()})
+    publish.show_table("Evaluation", pd.DataFrame([row]))
+    keys = [k for k in ("iou_image", "iou_instance", "f1_50", "ap", "rand_error", "warping_error") if k in res]
+    ctx.log("Evaluate Segmentation: " + f"{row['prediction']} vs {row['ground_truth']}: "
+            + ", ".join(f"{k} {res[k]:.4g}" for k in keys))
+    record(command=ctx.command, image=row["prediction"], kept=0, rejected=0, seconds=0.0)
+    return res
+
+
+def batch_segment_folder(ctx: Context, v: dict) -> dict:
+    from ..io import check_outputs, list_images, write_csv
+    from ..pipeline import segment_file
+
+    src, dst = str(v.get("input") or "").strip(), str(v.get("output") or "").strip()
+    if not src:
+        raise InputError("no input folder given")
+    if not dst:
+        raise InputError("no output folder given")
+    if not Path(src).is_dir():
+        raise InputError(f"{src}: input folder not found")
+    files = list_images([src])
+    if not files:
+        raise InputError(f"{src}: no image files (TIFF, PNG, JPEG) in this folder")
+    bundle = get_bundle(v["model"])
+    params = segment_params(v, ctx.command)
+    overwrite = bool(v.get("overwrite"))
+    check_outputs([Path(dst) / "summary.csv"], overwrite)
+    rows, failures = [], []
+    t_start = time.perf_counter()
+    _j("ij.IJ").resetEscape()
+    canceled = False
+    for i, f in enumerate(files):
+        if _j("ij.IJ").escapePressed():
+            canceled = True
+            ctx.log(f"Batch Segment Folder: canceled after {i} of {len(files)} images")
+            break
+        ctx.status(f"Batch Segment Folder: {i + 1}/{len(files)} {f.name}")
+        ctx.progress(i, len(files), "Batch Segment Folder")
+        t0 = time.perf_counter()
+        try:
+            row = segment_file(f, dst, bundle, params, overwrite=overwrite, write_overview=bool(v.get("overview", True)))
+            ctx.log(f"  {f.name}: {row['count']} particles")
+        except (ParticlesegError, OSError, ValueError) as exc:
+            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            failures.append((str(f), msg))
+            row = {"file": f.name, "status": "failed", "error": msg}
+            ctx.log(f"  {f.name}: FAILED: {msg}")
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+    ctx.progress(1, 1, "Batch Segment Folder")
+    summary = pd.DataFrame(rows)
+    for col in ("slices", "crop_rows", "rejected", "count"):
+        if col in summary:
+            summary[col] = summary[col].astype("Int64")
+    write_csv(Path(dst) / "summary.csv", summary, overwrite)
+    shown = summary[[c for c in ("file", "status", "count", "feret_min_median", "unit", "rejected", "seconds", "error") if c in summary]]
+    publish.show_table("Batch Summary", shown.astype(object).where(shown.notna(), None))
+    ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
+    total = time.perf_counter() - t_start
+    ctx.log(f"Batch Segment Folder: {ok} of {len(files)} images segmented, {len(failures)} failed"
+            f"{' (canceled)' if canceled else ''}, {total:.1f} s; outputs and summary.csv in {dst}")
+    ctx.status(f"Batch Segment Folder: {ok}/{len(files)} done")
+    record(command=ctx.command, image=src, kept=int(summary.get("count", pd.Series(dtype=float)).fillna(0).sum()) if len(summary) else 0,
+           rejected=0, seconds=total, failed=len(failures))
+    if failures and ok == 0:
+        raise InputError(f"{src}: all {len(failures)} images failed; first: {failures[0][1]}")
+    return {"ok": ok, "failed": len(failures), "canceled": canceled}
+
+
+def train_model(ctx: Context, v: dict) -> dict:
+    try:
+        from .. import train
+    except ImportError:
+        train = None
+    fn = getattr(train, "train_segmentation", None) if train is not None else None
+    if fn is None:
+        raise ParticlesegError(
+            "training is not available in this particleseg yet (particleseg.train.train_segmentation "
+            "is missing); train on the command line once it exists, or update particleseg"
+        )
+    raise ParticlesegError(  # pragma: no cover - replaced once train_segmentation exists
+        "training is not wired to particleseg.train.train_segmentation in this version of the Fiji bridge"
+    )
+
+
+def list_models(ctx: Context, v: dict) -> dict:
+    from ..models import list_bundles, load_bundle, model_search_path
+
+    rows = []
+    for name, path in list_bundles().items():
+        try:
+            b = load_bundle(path)
+            rows.append({"name": name, "architecture": b.network.architecture, "heads": "+".join(b.heads),
+                         "tile": b.tile, "description": str(b.metadata.get("description", ""))[:80], "path": str(path)})
+        except ParticlesegError as exc:
+            rows.append({"name": name, "architecture": "", "heads": "", "tile": float("nan"),
+                         "description": f"broken: {exc}", "path": str(path)})
+    table = pd.DataFrame(rows, columns=["name", "architecture", "heads", "tile", "description", "path"])
+    publish.show_table("Models", table)
+    where = ", ".join(str(p) for p in model_search_path())
+    if rows:
+        ctx.log(f"Models: {len(rows)} installed: " + ", ".join(r["name"] for r in rows) + f" (searched {where})")
+    else:
+        ctx.log(f"Models: none installed (searched {where}; set PARTICLESEG_MODELS to add folders)")
+    return {"models": [r["name"] for r in rows]}
+
+
+IMPLEMENTATIONS: dict[str, Callable[[Context, dict], Any]] = {
+    "Segment Particles...": segment_particles,
+    "Split Touching Particles...": split_touching_particles,
+    "Filter Particles...": filter_particles,
+    "Measure Particles...": measure_particles_command,
+    "Evaluate Segmentation...": evaluate_segmentation,
+    "Batch Segment Folder...": batch_segment_folder,
+    "Train Model...": train_model,
+    "Models...": list_models,
+}
+
+
+def validate(spec, values: dict) -> dict:
+    """Check every value before any work (numbers in range, ranges and crop rows parse, the
+    model exists), so a bad macro fails at once with one message."""
+    from .options import check_value
+
+    out = dict(values)
+    for f in spec.fields:
+        if f.kind == "message" or f.key not in out:
+            continue
+        out[f.key] = check_value(spec, f.key, out[f.key])
+        if f.kind == "range":
+            parse_range(out[f.key], f.key)
+    if "crop_rows" in out and spec.field("crop_rows").kind == "string":
+        parse_crop_rows(out["crop_rows"])
+    if "thresholds" in out:
+        parse_thresholds(out["thresholds"])
+    if "model" in out:
+        get_bundle(out["model"])
+    return out
+
+
+__all__ = ["Context", "IMPLEMENTATIONS", "RECORDS", "get_bundle", "validate", "separated_mask"]
