@@ -1,0 +1,37 @@
+#@ File (label="Input folder", style="directory") input
+#@ File (label="Output folder", style="directory") output
+#@ String (label="Model", description="installed model bundle, or in a macro the path of a bundle folder or zip", value="default") model
+#@ Double (label="Threshold", description="foreground probability threshold", value=0.5, min=0, max=1, style="format:0.00") threshold
+#@ Boolean (label="Split touching particles", description="watershed splitting", value=true) split
+#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
+#@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed (lower splits more)", value=1, min=0, style="format:0.00") split_level
+#@ Integer (label="Min size (px)", description="particles of fewer pixels are noise and removed", value=15, min=0) min_size
+#@ Boolean (label="Fill holes", value=true) fill_holes
+#@ Boolean (label="Exclude border particles", description="reject particles touching the image border (or the data bar)", value=true) exclude_border
+#@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
+#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM) than the background", choices={"bright","dark"}, value="bright") polarity
+#@ String (label="Area (unit²)", description="keep particles whose area (calibrated) is in MIN-MAX", value="0-Infinity") area
+#@ String (label="ECD (unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
+#@ String (label="Feret min (unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
+#@ String (label="Feret max (unit)", description="keep particles whose maximum Feret diameter is in MIN-MAX", value="0-Infinity") feret_max
+#@ String (label="Circularity (0-1)", description="keep particles whose circularity 4 pi area / perimeter² is in MIN-MAX", value="0.00-1.00") circularity
+#@ String (label="Solidity (0-1)", description="keep particles whose solidity (area / convex area) is in MIN-MAX", value="0.00-1.00") solidity
+#@ String (label="Aspect ratio", description="keep particles whose aspect ratio (major / minor axis) is in MIN-MAX", value="0-Infinity") aspect_ratio
+#@ String (label="Crop rows (auto or N)", description="rows of the microscope's data bar at the bottom to ignore", value="auto") crop_rows
+#@ Double (label="Particle size (px, 0 = as trained)", description="typical particle diameter in this image; it is resampled to the model's scale", value=0, min=0, style="format:0.00") particle_size
+#@ Boolean (label="Overwrite existing outputs", value=false) overwrite
+#@ Boolean (label="Overview figures", value=true) overview
+
+# Batch Segment Folder... - particleseg, for Fiji's Python mode (Edit > Options > Python...).
+# Segment every image of a folder and write the labels, mask, probability, ROI set, particle table and overview of each, and summary.csv (as `particleseg segment`).
+# Generated from particleseg.fiji.options by particleseg.fiji.scripting; do not edit by hand.
+# Parameter names are the macro keys: run("Batch Segment Folder...", "key=value ...").
+try:
+    from particleseg.fiji.scripting import run
+except ImportError:  # Jython, or a Python without particleseg
+    from ij import IJ
+    IJ.error("Particle Segmentation", "Batch Segment Folder... needs Fiji's Python mode with particleseg installed:\n"
+             "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
+             "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
+else:
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, seed_level=seed_level, split_level=split_level, min_size=min_size, fill_holes=fill_holes, exclude_border=exclude_border, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, overwrite=overwrite, overview=overview)

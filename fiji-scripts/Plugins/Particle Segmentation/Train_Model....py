@@ -1,0 +1,23 @@
+#@ File (label="Images folder", style="directory") images
+#@ File (label="Masks folder", description="label or mask images with the images' names", style="directory") masks
+#@ File (label="Output bundle folder", style="directory") output
+#@ String (label="Name of the model", value="my-model") name
+#@ String (label="Architecture", choices={"multires_unet","unet","fcn"}, value="multires_unet") architecture
+#@ Integer (label="Epochs", value=50, min=1) epochs
+#@ Integer (label="Tile (px)", value=256, min=32) tile
+#@ String (label="Base model (fine-tune; none)", value="none") base_model
+#@ Boolean (label="Wait until done (macros)", description="block until training ends; from the menu, training always runs in the background", value=false) wait
+
+# Train Model... - particleseg, for Fiji's Python mode (Edit > Options > Python...).
+# Train a segmentation network on image/mask pairs in the background, with progress in the status bar and the Log; the result is a model bundle.
+# Generated from particleseg.fiji.options by particleseg.fiji.scripting; do not edit by hand.
+# Parameter names are the macro keys: run("Train Model...", "key=value ...").
+try:
+    from particleseg.fiji.scripting import run
+except ImportError:  # Jython, or a Python without particleseg
+    from ij import IJ
+    IJ.error("Particle Segmentation", "Train Model... needs Fiji's Python mode with particleseg installed:\n"
+             "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
+             "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
+else:
+    run('Train Model...', images=images, masks=masks, output=output, name=name, architecture=architecture, epochs=epochs, tile=tile, base_model=base_model, wait=wait)
