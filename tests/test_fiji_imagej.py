@@ -1,0 +1,556 @@
+"""The Fiji bridge against a real ImageJ 1.x (Debian's ij.jar) under Xvfb, in this process.
+
+One JVM for the whole session (JPype cannot restart one). Every test drives ImageJ through
+real macro code, the way users and the recorder do, and compares what ImageJ shows (Results
+table, ROI Manager, images, calibration) with the Python pipeline on the same pixels and
+parameters, so the tests do not depend on what the (untrained) test network predicts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from particleseg.io import Calibration, read_image, write_tiff
+
+IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
+
+pytestmark = [
+    pytest.mark.imagej,
+    pytest.mark.skipif(not Path(IJ_JAR).is_file(), reason=f"ImageJ 1.x jar not found at {IJ_JAR} (apt-get install libij-java)"),
+    pytest.mark.skipif(not (os.environ.get("JAVA_HOME") or shutil.which("java")), reason="Java not found"),
+    pytest.mark.skipif(not (os.environ.get("DISPLAY") or shutil.which("Xvfb")), reason="no DISPLAY and no Xvfb (apt-get install xvfb)"),
+]
+
+
+@pytest.fixture(scope="session")
+def ij():
+    pytest.importorskip("jpype")
+    pytest.importorskip("scyjava")
+    from particleseg import fiji
+
+    return fiji.start(ij_jar=IJ_JAR, mode="headless")
+
+
+@pytest.fixture(autouse=True)
+def _clean(ij):
+    ij.close_all()
+    yield
+    ij.close_all()
+
+
+def jclass(name):
+    import scyjava
+
+    return scyjava.jimport(name)
+
+
+def macro_path(p: Path) -> str:
+    return str(p).replace("\\", "/")
+
+
+def blobs_image(rng, shape=(96, 128), n=7, radius=7):
+    img = (rng.random(shape) * 60 + 40).astype(np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centers = [(10, 10)] + [tuple(rng.integers(radius + 4, np.array(shape) - radius - 4)) for _ in range(n - 1)]
+    for cy, cx in centers:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 220
+    return img
+
+
+def run_with_deadline(fn, seconds=120):
+    """Run fn in a thread; fail (instead of hanging the suite) if it does not return."""
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "ImageJ did not return: a dialog or a deadlock would hang a headless run"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+# ------------------------------------------------------------------------------------------
+# NumPy <-> ImagePlus
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_roundtrip_2d_keeps_values_type_and_calibration(ij, rng, dtype):
+    from particleseg.fiji import from_imageplus, to_imageplus
+
+    a = (rng.random((37, 53)) * (200 if dtype == np.uint8 else 60000)).astype(dtype)
+    imp = to_imageplus(a, Calibration(0.25, "µm"), "rt")
+    assert int(imp.getBitDepth()) == {np.uint8: 8, np.uint16: 16, np.float32: 32}[dtype]
+    assert (int(imp.getWidth()), int(imp.getHeight())) == (53, 37)
+    assert str(imp.getCalibration().getUnit()) == "µm" and float(imp.getCalibration().pixelWidth) == 0.25
+    back, cal = from_imageplus(imp)
+    assert back.dtype == dtype and np.array_equal(back, a)
+    assert cal == Calibration(0.25, "µm")
+    # pixel order as ImageJ sees it (x, y)
+    assert float(imp.getProcessor().getPixelValue(7, 3)) == pytest.approx(float(a[3, 7]))
+
+
+def test_roundtrip_stack_and_converted_types(ij, rng):
+    from particleseg.fiji import from_imageplus, to_imageplus
+
+    stack = (rng.random((3, 20, 30)) * 1000).astype(np.uint16)
+    imp = to_imageplus(stack, Calibration(4.0, "nm"), "stack")
+    assert int(imp.getStackSize()) == 3 and int(imp.getNSlices()) == 3
+    back, cal = from_imageplus(imp)
+    assert np.array_equal(back, stack) and cal == Calibration(4.0, "nm")
+    with pytest.raises(Exception, match="stack of 3 slices"):
+        from_imageplus(imp, allow_stack=False)
+    # labels wider than 16 bits become 32-bit float; booleans 0/255; uncalibrated stays px
+    big = np.arange(600, dtype=np.int32).reshape(20, 30) * 200
+    b, cal = from_imageplus(to_imageplus(big))
+    assert b.dtype == np.float32 and np.array_equal(b, big) and cal == Calibration()
+    m, _ = from_imageplus(to_imageplus(big > 50000))
+    assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 255}
+
+
+def test_tiff_opened_by_imagej_equals_python_reader(ij, tmp_path, rng):
+    from particleseg.fiji import from_imageplus
+
+    a = (rng.random((40, 50)) * 4000).astype(np.uint16)
+    write_tiff(tmp_path / "a.tif", a, Calibration(1.5, "nm"))
+    ij.run_macro(f'setBatchMode(true); open("{macro_path(tmp_path / "a.tif")}");', end_batch_mode=False)
+    arr, cal = from_imageplus(ij.image())
+    ref, ref_cal = read_image(tmp_path / "a.tif")
+    assert np.array_equal(arr, ref) and cal == ref_cal == Calibration(1.5, "nm")
+
+
+def test_rgb_is_refused_with_one_line(ij):
+    from particleseg.fiji import from_imageplus
+
+    ij.run_macro('setBatchMode(true); newImage("colour", "RGB ramp", 32, 32, 1);', end_batch_mode=False)
+    with pytest.raises(Exception, match="colour: is an RGB image; convert it"):
+        from_imageplus(ij.image())
+
+
+# ------------------------------------------------------------------------------------------
+# Segment Particles... against the Python pipeline
+
+
+@pytest.fixture
+def sem_image(tmp_path, rng):
+    path = tmp_path / "sem one.tif"  # a space in the name, as real files have
+    write_tiff(path, blobs_image(rng), Calibration(2.5, "nm"))
+    return path
+
+
+def threshold_with_particles(path, bundle) -> float:
+    """A threshold at which the (untrained) test network gives some particles on this image."""
+    from particleseg.pipeline import SegmentParams, predict_probabilities
+
+    img, _ = read_image(path)
+    fg = predict_probabilities(img, bundle, SegmentParams(crop_rows=0))[..., 0]
+    return float(np.round(np.quantile(fg, 0.75), 4))
+
+
+def test_segment_particles_macro_matches_python_pipeline(ij, sem_image, tiny_bundle):
+    from particleseg.fiji import from_imageplus
+    from particleseg.pipeline import SegmentParams, segment_image
+
+    thr = threshold_with_particles(sem_image, tiny_bundle)
+    options = (f"model=[{tiny_bundle.path}] threshold={thr} split seed_level=0.5 split_level=1 min_size=4 fill_holes "
+               "exclude_border intensity_filter=none polarity=bright crop_rows=0 particle_size=0 "
+               "probability labels mask clear add overlay histogram histogram_of=feret_min")
+    result = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(sem_image)}");
+        run("Segment Particles...", "{options}");
+        getPixelSize(unit, pw, ph);
+        return "" + nResults + "|" + roiManager("count") + "|" + getTitle() + "|" + unit + "|" + pw;
+    """, end_batch_mode=False)
+    n_results, n_rois, title, unit, pw = result.split("|")
+
+    image, cal = read_image(sem_image)
+    params = SegmentParams(threshold=thr, split=True, seed_threshold=0.5, h=1.0, min_area=4, fill_holes=True,
+                           exclude_border=True, crop_rows=0)
+    seg = segment_image(image, tiny_bundle, params, cal, name="sem one.tif")
+    kept = seg.table[seg.table["kept"]]
+    assert len(kept) > 0 and (~seg.table["kept"]).sum() > 0, "test image should give kept and rejected particles"
+
+    # the input stays active, with its calibration
+    assert title == "sem one.tif" and unit == "nm" and float(pw) == 2.5
+    # Results table: one row per kept particle, calibrated, equal to the Python table
+    assert int(n_results) == len(kept) and int(n_rois) == len(kept)
+    res = ij.results()
+    assert list(res["label"].astype(int)) == list(kept["label"])
+    for col in ("area", "feret_min", "feret_max", "ecd", "perimeter", "circularity", "mean_intensity", "centroid_x"):
+        np.testing.assert_allclose(res[col].to_numpy(float), kept[col].to_numpy(float), rtol=1e-6, err_msg=col)
+    assert set(res["unit"]) == {"nm"} and res["Label"].iloc[0] == f"sem one.tif:particle-{kept['label'].iloc[0]}"
+    # output images: same pixels as the Python result, same calibration as the input
+    for suffix, expected in (("labels", seg.kept_labels), ("mask", (seg.kept_labels > 0) * 255), ("prob", seg.foreground)):
+        imp = ij.image(f"sem one_{suffix}")
+        assert imp is not None, suffix
+        arr, ocal = from_imageplus(imp)
+        assert ocal == Calibration(2.5, "nm"), suffix
+        np.testing.assert_allclose(arr.astype(float), np.asarray(expected, float), atol=1e-6, err_msg=suffix)
+    # histogram plot as an image (batch mode)
+    assert any("feret_min histogram" in t for t in ij.image_titles())
+
+
+def test_overlay_marks_rejected_particles_red_and_roi_names(ij, sem_image, tiny_bundle):
+    thr = threshold_with_particles(sem_image, tiny_bundle)
+    ret = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(sem_image)}");
+        run("Segment Particles...", "model=[{tiny_bundle.path}] threshold={thr} split min_size=4 exclude_border crop_rows=0 clear add overlay");
+        roiManager("select", 0);
+        getStatistics(area);
+        return "" + roiManager("count") + "|" + Roi.getName + "|" + area;
+    """, end_batch_mode=False)
+    n_rois, first_name, first_area = ret.split("|")
+    imp = ij.image("sem one.tif")
+    ov = imp.getOverlay()
+    res = ij.results()
+    assert ov is not None and int(ov.size()) > len(res)
+    colors = [(int(ov.get(i).getStrokeColor().getRed()), int(ov.get(i).getStrokeColor().getGreen())) for i in range(int(ov.size()))]
+    n_red = sum(1 for r, g in colors if r > 200 and g < 100)
+    n_green = sum(1 for r, g in colors if g > 200 and r < 100)
+    assert n_green == len(res) and n_red == int(ov.size()) - len(res) > 0
+    assert int(n_rois) == len(res)
+    assert first_name == f"particle-{int(res['label'].iloc[0])}"
+    # ImageJ's own measurement of the traced ROI equals the particle's calibrated area
+    assert float(first_area) == pytest.approx(res["area"].iloc[0])
+
+
+def test_segment_folder_example_macro(ij, tmp_path, rng, tiny_bundle):
+    src = tmp_path / "in"
+    out = tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        write_tiff(src / f"img{i}.tif", blobs_image(rng), Calibration(3.0, "nm"))
+    macro = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples" / "Segment_Folder.ijm"
+    thr = threshold_with_particles(src / "img0.tif", tiny_bundle)
+    ret = ij.run_macro_file(macro, f"input=[{src}] output=[{out}] model=[{tiny_bundle.path}] threshold={thr} min_size=4 crop_rows=0")
+    n_images, n_particles = map(int, ret.split())
+    assert n_images == 2 and n_particles > 0
+    total = 0
+    for i in range(2):
+        labels, cal = read_image(out / f"img{i}_labels.tif")
+        assert cal.unit == "nm" and cal.pixel_size == pytest.approx(3.0, rel=1e-5)  # ImageJ's TIFF rationals
+        n = len(np.setdiff1d(np.unique(labels), [0]))
+        csv = out / f"img{i}_particles.csv"
+        assert len(pd.read_csv(csv)) == n if n else csv.read_text() == ""
+        assert (out / f"img{i}_rois.zip").is_file() == (n > 0)
+        total += n
+    assert total == n_particles
+
+
+# ------------------------------------------------------------------------------------------
+# the other commands
+
+
+def test_split_touching_particles_macro(ij, tmp_path):
+    from particleseg import postprocess as pp
+    from particleseg.fiji import from_imageplus
+
+    yy, xx = np.mgrid[:60, :90]
+    mask = ((yy - 30) ** 2 + (xx - 30) ** 2 < 15**2) | ((yy - 30) ** 2 + (xx - 55) ** 2 < 15**2)
+    write_tiff(tmp_path / "pair.tif", mask, Calibration(5.0, "nm"))
+    n_rois = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(tmp_path / 'pair.tif')}");
+        run("Split Touching Particles...", "distance=none seed_level=0.5 split_level=1 min_size=0 mask add");
+        return "" + roiManager("count");
+    """, end_batch_mode=False)
+    labels, cal = from_imageplus(ij.image("pair_split"))
+    expected = pp.relabel_sequential(pp.split_touching(mask, None, 0.5, 1.0))
+    assert labels.max() == 2 and np.array_equal(labels, expected) and cal == Calibration(5.0, "nm")
+    sep, _ = from_imageplus(ij.image("pair_split_mask"))
+    assert pp.label_mask(sep > 0).max() == 2
+    assert int(n_rois) == 2
+
+
+def particles_label_image():
+    lab = np.zeros((64, 96), np.int32)
+    yy, xx = np.mgrid[:64, :96]
+    for i, (cy, cx, r) in enumerate([(20, 20, 3), (20, 50, 7), (45, 30, 9), (45, 75, 5), (2, 90, 4)], start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
+    return lab
+
+
+def test_measure_particles_macro_equals_measure_particles(ij, tmp_path):
+    from particleseg.measure import measure_particles
+
+    lab = particles_label_image()
+    gray = (lab * 30 + 20).astype(np.uint8)
+    write_tiff(tmp_path / "lab.tif", lab.astype(np.uint16), Calibration(0.5, "µm"))
+    write_tiff(tmp_path / "gray.tif", gray, Calibration(0.5, "µm"))
+    ret = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(tmp_path / 'gray.tif')}");
+        open("{macro_path(tmp_path / 'lab.tif')}");
+        run("Measure Particles...", "intensity=gray.tif clear add histogram histogram_of=ecd");
+        return "" + nResults + " " + getResult("feret_max", 2) + " " + getResultString("unit", 0) + " " + roiManager("count");
+    """, end_batch_mode=False)
+    ref = measure_particles(lab, gray, Calibration(0.5, "µm"))
+    n, fmax, unit, n_rois = ret.split()
+    assert int(n) == len(ref) == 5 and unit == "µm" and float(fmax) == pytest.approx(ref["feret_max"].iloc[2], rel=1e-4)
+    res = ij.results()
+    for col in ("area", "feret_min", "feret_max", "solidity", "mean_intensity", "touches_border"):
+        np.testing.assert_allclose(res[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-6, err_msg=col)
+    assert int(n_rois) == 5 and any("ecd histogram" in t for t in ij.image_titles())
+
+
+def test_filter_particles_macro(ij, tmp_path):
+    from particleseg.fiji import from_imageplus
+
+    lab = particles_label_image()
+    write_tiff(tmp_path / "lab.tif", lab.astype(np.uint16), Calibration(1.0, "nm"))
+    n_rois = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(tmp_path / 'lab.tif')}");
+        run("Filter Particles...", "intensity=none min_size=0 exclude_border area=40-Infinity clear add overlay");
+        return "" + roiManager("count");
+    """, end_batch_mode=False)
+    res = ij.results()
+    # particle 1 is too small (area < 40), particle 5 touches the border
+    assert list(res["label"].astype(int)) == [2, 3, 4]
+    assert int(n_rois) == 3
+    filtered, _ = from_imageplus(ij.image("lab_filtered"))
+    assert set(np.unique(filtered)) == {0, 2, 3, 4}
+    ov = ij.image("lab.tif").getOverlay()
+    assert int(ov.size()) == 5
+    with pytest.raises(Exception, match="intensity_filter=otsu needs an intensity image"):
+        ij.run_macro('run("Filter Particles...", "intensity=none intensity_filter=otsu");')
+
+
+def test_evaluate_segmentation_macro_equals_evaluate_pair(ij, tmp_path):
+    from particleseg.metrics import evaluate_pair
+
+    truth = particles_label_image()
+    pred = truth.copy()
+    pred[pred == 4] = 0  # one particle missed
+    write_tiff(tmp_path / "truth.tif", truth.astype(np.uint16))
+    write_tiff(tmp_path / "pred.tif", (pred > 0))
+    ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(tmp_path / 'truth.tif')}");
+        open("{macro_path(tmp_path / 'pred.tif')}");
+        run("Evaluate Segmentation...", "prediction=pred.tif ground_truth=truth.tif thresholds=0.5 crop_rows=0 exclude_border");
+    """, end_batch_mode=False)
+    table = ij.results("Evaluation")
+    ref = evaluate_pair((pred > 0).astype(np.uint8) * 255, truth.astype(np.uint16), thresholds=(0.5,))
+    assert len(table) == 1
+    for key in ("f1_50", "tp", "fn", "iou_image", "ap", "rand_error"):
+        assert table[key].iloc[0] == pytest.approx(ref[key], rel=1e-9), key
+    assert ref["fn"] == 1
+
+
+def test_batch_segment_folder_macro(ij, tmp_path, rng, tiny_bundle):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write_tiff(src / "a.tif", blobs_image(rng), Calibration(2.0, "nm"))
+    write_tiff(src / "flat.tif", np.full((40, 40), 9, np.uint8))
+    ij.run_macro(f'run("Batch Segment Folder...", "input=[{src}] output=[{out}] model=[{tiny_bundle.path}] '
+                 f'threshold=0.5 split crop_rows=0 overview");')
+    summary = pd.read_csv(out / "summary.csv")
+    assert dict(zip(summary["file"], summary["status"])) == {"a.tif": "ok", "flat.tif": "failed"}
+    assert "constant" in summary.loc[summary["file"] == "flat.tif", "error"].iloc[0]
+    for suffix in ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png"):
+        assert (out / f"a{suffix}").is_file(), suffix
+    assert len(ij.results("Batch Summary")) == 2
+
+
+def test_models_lists_installed_bundles(ij, tiny_bundle, monkeypatch):
+    monkeypatch.setenv("PARTICLESEG_MODELS", str(Path(tiny_bundle.path).parent))
+    ij.run_macro('run("Models...");')
+    table = ij.results("Models")
+    row = table[table["name"] == "tiny"]
+    assert len(row) == 1 and row["architecture"].iloc[0] == "unet" and row["heads"].iloc[0] == "foreground+distance"
+    # and by name, in a macro
+    ij.run_macro('newImage("n", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=tiny threshold=0.5 crop_rows=0");')
+
+
+def test_train_model_says_when_training_is_not_available(ij, tmp_path):
+    import particleseg.train as train
+
+    if hasattr(train, "train_segmentation"):
+        pytest.skip("particleseg.train.train_segmentation exists")
+    with pytest.raises(Exception, match="training is not available in this particleseg yet"):
+        ij.run_macro(f'run("Train Model...", "images=[{tmp_path}] masks=[{tmp_path}] output=[{tmp_path / "m"}] name=x epochs=1 tile=64 wait");')
+
+
+# ------------------------------------------------------------------------------------------
+# the recorder
+
+
+def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle):
+    Recorder = jclass("ij.plugin.frame.Recorder")
+    rec = Recorder(False)
+    Recorder.recordInMacros = True
+    try:
+        ij.run_macro(f"""
+            open("{macro_path(sem_image)}");
+            run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.45 split min_size=4 crop_rows=0 clear add");
+        """)
+        text = str(rec.getText())
+    finally:
+        Recorder.recordInMacros = False
+        rec.close()
+    line = next(l for l in text.splitlines() if "Segment Particles..." in l)
+    assert line == (f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split seed_level=0.50 '
+                    'split_level=1 min_size=4 intensity_filter=none polarity=bright area=0-Infinity ecd=0-Infinity '
+                    'feret_min=0-Infinity feret_max=0-Infinity circularity=0.00-1.00 solidity=0.00-1.00 '
+                    'aspect_ratio=0-Infinity crop_rows=0 particle_size=0 clear add histogram_of=feret_min");')
+
+
+def test_menu_command_shows_dialog_records_and_runs(ij, tmp_path):
+    """The GUI path: the command runs on ImageJ's Executer thread, its GenericDialog opens
+    (unfilled, no macro), the user presses OK, the recorder gets the line."""
+    from particleseg.fiji import bridge
+
+    imp = ij.to_imageplus(particles_label_image().astype(np.uint16), Calibration(1.0, "nm"), "lab.tif")
+    Recorder = jclass("ij.plugin.frame.Recorder")
+    rec = Recorder(False)
+    guard = bridge._state["guard"]
+    Toolkit = jclass("java.awt.Toolkit")
+    Toolkit.getDefaultToolkit().removeAWTEventListener(guard)
+    try:
+        jclass("ij.Executer")("Measure Particles...", imp)  # what a menu click does
+        GenericDialog = jclass("ij.gui.GenericDialog")
+        Window = jclass("java.awt.Window")
+        deadline = time.time() + 60
+        gd = None
+        while gd is None and time.time() < deadline:
+            for w in Window.getWindows():
+                if isinstance(w, GenericDialog) and w.isVisible() and str(w.getTitle()) == "Measure Particles":
+                    gd = w
+            time.sleep(0.05)
+        assert gd is not None, "the dialog did not open"
+        ActionEvent = jclass("java.awt.event.ActionEvent")
+        ok = gd.getButtons()[0]
+        gd.actionPerformed(ActionEvent(ok, ActionEvent.ACTION_PERFORMED, "OK"))
+        while time.time() < deadline and "Measure Particles" not in str(rec.getText()):
+            time.sleep(0.05)
+        while time.time() < deadline and len(ij.results()) < 5:
+            time.sleep(0.05)
+        text = str(rec.getText())
+    finally:
+        Toolkit.getDefaultToolkit().addAWTEventListener(guard, jclass("java.awt.AWTEvent").WINDOW_EVENT_MASK)
+        rec.close()
+    assert 'run("Measure Particles...", "intensity=none clear histogram_of=feret_min");' in text
+    assert len(ij.results()) == 5
+
+
+# ------------------------------------------------------------------------------------------
+# errors: one ImageJ message, no stack trace, no hang
+
+
+def assert_clean(message: str) -> None:
+    for bad in ("Traceback", "Exception", "\tat ", "java.lang.", "jpype"):
+        assert bad not in message, message
+
+
+@pytest.mark.parametrize("setup, options, expected", [
+    ('close("*");', "threshold=0.5", "Segment Particles...: no image open (open an image first"),
+    ('newImage("rgb", "RGB ramp", 64, 64, 1);', "threshold=0.5", "Segment Particles...: rgb: is an RGB image; convert it"),
+    ('newImage("st", "8-bit ramp", 64, 64, 3);', "threshold=0.5", "Segment Particles...: st: is a stack of 3 slices"),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "model=no-such-model threshold=0.5", "Segment Particles...: no-such-model: model not found"),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "treshold=0.5", 'Segment Particles...: unknown option "treshold" (valid options: model, threshold,'),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=1.5", "Segment Particles...: threshold must be between 0 and 1, got 1.5"),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=abc", 'Numeric value expected in run() function'),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 area=big", "area: expected MIN-MAX such as 10-500"),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 split=maybe", 'option "split" is a check box'),
+    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 crop_rows=-3", "crop_rows: must not be negative"),
+])
+def test_bad_input_gives_one_clear_macro_error(ij, tiny_bundle, setup, options, expected):
+    from particleseg.fiji import MacroError
+
+    if "model=" not in options:
+        options = f"model=[{tiny_bundle.path}] {options}"
+    with pytest.raises(MacroError) as info:
+        run_with_deadline(lambda: ij.run_macro(f'{setup}\nrun("Segment Particles...", "{options}");'))
+    message = str(info.value)
+    assert expected in message
+    assert message.endswith("(line 2)")
+    assert_clean(message)
+
+
+def test_error_in_a_command_aborts_the_macro_there(ij, tiny_bundle):
+    from particleseg.fiji import MacroError
+
+    System = jclass("java.lang.System")
+    System.clearProperty("psg.after")
+    with pytest.raises(MacroError, match=r"Segment Particles...: flat: image is constant .* \(line \d\)") as info:
+        run_with_deadline(lambda: ij.run_macro(
+            'newImage("flat", "8-bit black", 64, 64, 1);\n'
+            f'run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.5 crop_rows=0");\n'
+            'call("java.lang.System.setProperty", "psg.after", "reached");'))
+    assert System.getProperty("psg.after") is None
+    assert_clean(str(info.value))
+
+
+def test_unexpected_failure_is_one_message_with_traceback_only_in_log(ij, monkeypatch):
+    from particleseg.fiji import MacroError, commands
+
+    def broken(ctx, values):
+        return 1 / 0
+
+    monkeypatch.setitem(commands.IMPLEMENTATIONS, "Models...", broken)
+    with pytest.raises(MacroError) as info:
+        run_with_deadline(lambda: ij.run_macro('run("Models...");'))
+    message = str(info.value)
+    assert "Models...: unexpected error, please report it: ZeroDivisionError: division by zero" in message
+    assert "Traceback" not in message
+
+
+def test_dialog_in_a_headless_run_is_closed_not_waited_for(ij):
+    """A dialog that would wait for a click (here a macro's own Dialog) is closed at once in a
+    headless session; the macro ends as canceled instead of hanging."""
+    from particleseg.fiji import bridge
+
+    from particleseg.fiji import MacroError
+
+    n = len(bridge.CLOSED_DIALOGS)
+    with pytest.raises(MacroError, match="stopped at the dialog 'Question', which needs a user and was closed"):
+        run_with_deadline(lambda: ij.run_macro(
+            'Dialog.create("Question"); Dialog.addNumber("n", 1); Dialog.show(); return "answered";'), 60)
+    assert [t for t, _ in bridge.CLOSED_DIALOGS[n:]] == ["Question"]
+
+
+# ------------------------------------------------------------------------------------------
+# the SciJava scripts (Fiji's Python mode) run the same code
+
+
+def test_scijava_script_runs_and_equals_the_dialog_route(ij, sem_image, tiny_bundle):
+    from particleseg.fiji.options import SPECS
+    from particleseg.fiji.scripting import parse_parameters
+
+    thr = threshold_with_particles(sem_image, tiny_bundle)
+    ij.run_macro(f'setBatchMode(true); open("{macro_path(sem_image)}");', end_batch_mode=False)
+    imp = ij.image("sem one.tif")
+    script = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / SPECS["Segment Particles..."].script_name
+    text = script.read_text()
+    spec = SPECS["Segment Particles..."]
+    values = {f.key: f.default for f in spec.fields}
+    values.update(model=str(tiny_bundle.path), threshold=thr, min_size=4, crop_rows="0", probability=False,
+                  labels=False, mask=False, histogram=False, overlay=False)
+    names = [n for _, n in parse_parameters(text)]
+    assert names == ["imp"] + list(spec.keys)
+    namespace = {"imp": imp, **values, "__name__": "__main__"}
+    exec(compile(text, str(script), "exec"), namespace)  # what Fiji's Python mode does
+    by_script = ij.results()
+    ij.run_macro(f'setBatchMode(true); selectImage("sem one.tif"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
+                 f'threshold={thr} split=true seed_level=0.5 split_level=1 min_size=4 fill_holes=true exclude_border=true '
+                 'crop_rows=0 clear=true add=true");', end_batch_mode=False)
+    by_macro = ij.results()
+    assert len(by_script) > 0
+    pd.testing.assert_frame_equal(by_script, by_macro)
