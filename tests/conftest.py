@@ -37,3 +37,46 @@ def tiny_bundle(tmp_path_factory):
     cfg = NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=2, base_filters=4)
     meta = make_metadata("tiny", cfg, tile=64, overlap=8, description="untrained test network")
     return save_bundle(tmp_path_factory.mktemp("bundles") / "tiny", build_network(cfg), meta)
+
+
+@pytest.fixture(scope="session")
+def threshold_bundle(tmp_path_factory):
+    """A bundle whose "network" has known weights: foreground = sigmoid(20 (x - 0.5)) of the
+    normalised image, distance = sigmoid(20 (erosion15x15(x) - 0.5)), high in the centres of
+    bright blobs wider than 15 pixels and low across narrow necks. The pipeline's behaviour on
+    drawn disks is then predictable."""
+    import keras
+
+    from particleseg.models import Head, NetworkConfig, make_metadata, save_bundle
+
+    inp = keras.Input((None, None, 1))
+    fg = keras.layers.Conv2D(1, 1, activation="sigmoid", name="fg")(inp)
+    # grey erosion as -maxpool(-x)
+    neg = keras.layers.Rescaling(-1.0)(inp)
+    eroded = keras.layers.Rescaling(-1.0)(keras.layers.MaxPooling2D(15, strides=1, padding="same")(neg))
+    dist = keras.layers.Conv2D(1, 1, activation="sigmoid", name="dist")(eroded)
+    model = keras.Model(inp, keras.layers.Concatenate()([fg, dist]))
+    model.get_layer("fg").set_weights([np.full((1, 1, 1, 1), 20.0), np.array([-10.0])])
+    model.get_layer("dist").set_weights([np.full((1, 1, 1, 1), 20.0), np.array([-10.0])])
+    cfg = NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=1, base_filters=1)
+    meta = make_metadata(
+        "threshold", cfg, tile=128, overlap=16, particle_size_px=20.0,
+        normalization={"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]},
+        postprocess={"threshold": 0.5, "seed_threshold": 0.5, "min_area": 10},
+        description="hand-made test network with known weights",
+    )
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "threshold", model, meta)
+
+
+def draw_disks(shape, disks, background=40, foreground=200, noise=5, seed=0):
+    """A uint8 image of bright disks ``(cy, cx, r)`` on a noisy background, and their labels."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = rng.normal(background, noise, shape)
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx, r) in enumerate(disks, start=1):
+        rr, cc = disk((cy, cx), r, shape=shape)
+        img[rr, cc] = foreground + rng.normal(0, noise, len(rr))
+        labels[rr, cc] = i
+    return np.clip(img, 0, 255).astype(np.uint8), labels

@@ -458,6 +458,9 @@ def write_rois(
         for lab, poly in label_outlines(plane, ids).items():
             roi = roifile.ImagejRoi.frompoints(poly, name=f"particle-{lab}")
             roi.roitype = roifile.ROI_TYPE.TRACED
+            # vertices are pixel corners, so the bounds end at the largest vertex (roifile
+            # assumes pixel indices and adds one)
+            roi.right, roi.bottom = int(poly[:, 0].max()), int(poly[:, 1].max())
             if labels.ndim == 3:
                 roi.position = z + 1
             rois.append(roi)

@@ -55,7 +55,6 @@ def split_touching(
     .. [2] S. Beucher, F. Meyer, "The morphological approach to segmentation: the watershed
            transformation", in Mathematical Morphology in Image Processing (1993), 433-481.
     """
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     mask = np.asarray(mask, bool)
@@ -63,7 +62,7 @@ def split_touching(
         return np.zeros(mask.shape, np.int32)
     if distance is None:
         surface = ndi.distance_transform_edt(mask)
-        seeds = h_maxima(surface, h) > 0 if h > 0 else _local_maxima(surface)
+        seeds = h_maxima(surface, h) if h > 0 else _local_maxima(surface)
     else:
         surface = np.where(mask, np.asarray(distance, np.float32), 0)
         seeds = (surface > seed_threshold) & mask
@@ -75,6 +74,27 @@ def split_touching(
         extra = label_mask(rest)
         labels = np.where(rest, extra + labels.max(), labels)
     return labels.astype(np.int32)
+
+
+def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """Regional maxima of the h-maximum transform: the peaks of ``image`` whose dynamic
+    (depth of the saddle that separates them from a higher peak) is at least ``h``.
+
+    Two peaks joined by a saddle less than ``h`` below them give a single connected marker.
+    (``skimage.morphology.h_maxima`` marks each peak that rises ``h`` above the
+    reconstruction instead, which keeps both.)
+
+    References
+    ----------
+    .. [1] P. Soille, "Morphological Image Analysis", 2nd ed., Springer (2003), sec. 6.3.4.
+    """
+    from skimage.morphology import local_maxima, reconstruction
+
+    image = np.asarray(image, float)
+    if h <= 0 or not np.any(image > image.min()):
+        return _local_maxima(image)
+    hmax = reconstruction(image - h, image, method="dilation")
+    return local_maxima(hmax, connectivity=2) & (image > image.min())
 
 
 def _local_maxima(surface: np.ndarray) -> np.ndarray:

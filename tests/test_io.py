@@ -1,0 +1,184 @@
+"""Reading images with calibration, writing ImageJ-compatible outputs, ROI sets."""
+
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+
+from particleseg.errors import InputError, OutputExistsError
+from particleseg.io import (
+    Calibration,
+    canonical_unit,
+    list_images,
+    read_image,
+    trace_outline,
+    write_rois,
+    write_tiff,
+)
+
+
+def test_units_are_canonicalised():
+    assert canonical_unit("micron") == "µm"
+    assert canonical_unit("um") == "µm"
+    assert canonical_unit("\\u00B5m") == "µm"
+    assert canonical_unit("pixel") == "px"
+    assert Calibration(2.5, "um").nm_per_unit() == 1000
+    with pytest.raises(ValueError, match="unknown length unit"):
+        canonical_unit("furlong")
+
+
+def test_tiff_roundtrip_keeps_calibration(tmp_path, rng):
+    data = rng.integers(0, 4000, (40, 50)).astype(np.uint16)
+    p = write_tiff(tmp_path / "a.tif", data, Calibration(7.5, "nm"))
+    img, cal = read_image(p)
+    assert img.dtype == np.uint16 and np.array_equal(img, data)
+    assert cal.unit == "nm" and cal.pixel_size == pytest.approx(7.5, rel=1e-6)
+
+
+def test_micron_calibration_is_written_as_imagej_understands(tmp_path, rng):
+    p = write_tiff(tmp_path / "a.tif", rng.random((20, 20)).astype(np.float32), Calibration(0.25, "µm"))
+    with tifffile.TiffFile(p) as tif:
+        assert tif.imagej_metadata["unit"] == "micron"
+    assert read_image(p)[1] == Calibration(0.25, "µm")
+
+
+def test_zeiss_sem_pixel_size_is_read(tmp_path, rng):
+    # The Zeiss CZ_SEM tag (34118) as the microscope writes it: a text block of NAME / value lines.
+    text = "\r\n".join(["", "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 7.346 nm", "DP_DETECTOR_CHANNEL", "Signal A = InLens"])
+    p = tmp_path / "zeiss.tif"
+    tifffile.imwrite(p, rng.integers(0, 255, (30, 30)).astype(np.uint8), extratags=[(34118, "s", 0, text, True)])
+    _, cal = read_image(p)
+    assert cal == Calibration(7.346, "nm")
+
+
+def test_uncalibrated_tiff_gives_pixels(tmp_path, rng):
+    p = tmp_path / "plain.tif"
+    tifffile.imwrite(p, rng.integers(0, 255, (30, 30)).astype(np.uint8))
+    assert read_image(p)[1] == Calibration()
+
+
+def test_rgb_png_is_converted_to_luminance(tmp_path):
+    import imageio.v3 as iio
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red
+    rgb[5:10, 5:10] = 255
+    iio.imwrite(tmp_path / "c.png", rgb)
+    img, _ = read_image(tmp_path / "c.png")
+    assert img.shape == (20, 30)
+    assert img[0, 0] == pytest.approx(0.2125 * 200, abs=0.01)
+    assert img[6, 6] == pytest.approx(255, abs=0.01)
+
+
+def test_stack_is_read_as_zyx(tmp_path, rng):
+    data = rng.integers(0, 255, (3, 20, 25)).astype(np.uint8)
+    p = write_tiff(tmp_path / "s.tif", data, Calibration(1.0, "µm"))
+    img, cal = read_image(p)
+    assert img.shape == (3, 20, 25) and np.array_equal(img, data)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"II*\x00garbage"), "not a valid TIFF"),
+        (lambda p: tifffile.imwrite(p, np.full((30, 30), 7, np.uint8)), "constant"),
+        (lambda p: tifffile.imwrite(p, np.where(np.eye(30) > 0, np.nan, 1.0).astype(np.float32)), "NaN"),
+        (lambda p: tifffile.imwrite(p, np.arange(8, dtype=np.uint8).reshape(2, 4)), "too small"),
+    ],
+)
+def test_bad_files_give_one_line_naming_the_file(tmp_path, make, message):
+    p = tmp_path / "bad.tif"
+    make(p)
+    with pytest.raises(InputError) as err:
+        read_image(p)
+    text = str(err.value)
+    assert str(p) in text and message in text and "\n" not in text
+
+
+def test_truncated_tiff_is_an_error(tmp_path, rng):
+    p = tmp_path / "full.tif"
+    tifffile.imwrite(p, rng.integers(0, 255, (200, 300)).astype(np.uint8))
+    data = p.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.tif: cannot read image"):
+        read_image(tmp_path / "cut.tif")
+
+
+def test_missing_file_and_unsupported_type(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_image(tmp_path / "nope.tif")
+    (tmp_path / "x.bmp").write_bytes(b"BM")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_image(tmp_path / "x.bmp")
+
+
+def test_writers_refuse_to_overwrite(tmp_path):
+    p = write_tiff(tmp_path / "a.tif", np.ones((4, 4), np.uint8))
+    before = p.read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_tiff(p, np.zeros((4, 4), np.uint8))
+    assert p.read_bytes() == before
+    write_tiff(p, np.zeros((4, 4), np.uint8), overwrite=True)
+    assert not np.any(tifffile.imread(p))
+    assert [q.name for q in tmp_path.iterdir()] == ["a.tif"]  # no temporary files left
+
+
+def test_label_images_are_written_as_16_bit(tmp_path):
+    lab = np.zeros((10, 10), np.int32)
+    lab[2:4, 2:4] = 300
+    p = write_tiff(tmp_path / "l.tif", lab)
+    assert tifffile.imread(p).dtype == np.uint16
+
+
+def test_list_images_expands_folders(tmp_path):
+    for name in ("b.tif", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_images([tmp_path])] == ["a.png", "b.tif"]
+
+
+def _polygon_area(poly):
+    x, y = poly[:, 0].astype(float), poly[:, 1].astype(float)
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_traced_outline_encloses_exactly_the_pixels(seed):
+    from skimage.draw import polygon as draw_polygon
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((40, 40), bool)
+    ang = np.sort(rng.uniform(0, 2 * np.pi, 9))
+    r = rng.uniform(5, 15, 9)
+    rr, cc = draw_polygon(20 + r * np.sin(ang), 20 + r * np.cos(ang), mask.shape)
+    mask[rr, cc] = True
+    mask = label(mask, connectivity=2) == 1
+    poly = trace_outline(mask)
+    assert _polygon_area(poly) == mask.sum()
+    # every vertex is a pixel corner on the mask's boundary
+    assert poly.min() >= 0 and poly[:, 0].max() <= 40 and poly[:, 1].max() <= 40
+
+
+def test_outline_keeps_diagonal_pixels_together():
+    mask = np.zeros((5, 5), bool)
+    mask[1, 1] = mask[2, 2] = True  # touch only at a corner: one 8-connected particle
+    poly = trace_outline(mask)
+    assert _polygon_area(poly) == 2
+
+
+def test_rois_open_as_imagej_polygons(tmp_path):
+    import roifile
+
+    lab = np.zeros((30, 30), np.int32)
+    lab[2:8, 3:10] = 1
+    lab[15:25, 15:20] = 4
+    p = write_rois(tmp_path / "r.zip", lab)
+    with zipfile.ZipFile(p) as zf:
+        assert len(zf.namelist()) == 2
+    rois = roifile.roiread(p)
+    assert [r.name for r in rois] == ["particle-1", "particle-4"]
+    # areas of the polygons equal the pixel counts: ImageJ measures the same particles
+    assert sorted(_polygon_area(r.coordinates()) for r in rois) == [42, 50]
+    b = rois[0]
+    assert (b.left, b.top, b.right, b.bottom) == (3, 2, 10, 8)

@@ -1,0 +1,102 @@
+"""Normalisation, data-bar detection, resampling and tiled inference."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from particleseg.inference import blend_window, even_tile_size, predict_tiled, tile_starts
+from particleseg.preprocess import detect_data_bar, normalize_percentile, rescale, resize_to
+
+
+def test_percentile_normalisation_ignores_hot_pixels(rng):
+    img = rng.normal(100, 10, (200, 200))
+    img[0, :5] = 65535  # hot pixels
+    img[1, :5] = -1000  # cold pixels
+    out = normalize_percentile(img, 1, 99, clip=None)
+    assert out.dtype == np.float32
+    assert np.percentile(out, 1) == pytest.approx(0, abs=1e-3)
+    assert np.percentile(out, 99) == pytest.approx(1, abs=1e-3)
+    # min-max scaling would have squeezed the particles into a sliver of the range
+    assert np.median(out) == pytest.approx(0.5, abs=0.05)
+    assert normalize_percentile(img, 1, 99)[0, 0] == 1.5  # clipped
+
+
+def test_normalisation_of_an_almost_constant_image_is_finite():
+    img = np.zeros((50, 50))
+    img[0, 0] = 1
+    assert np.isfinite(normalize_percentile(img)).all()
+
+
+def _sem_like(rng, h=300, w=400, bar=0):
+    img = np.clip(rng.normal(50, 8, (h, w)), 0, 255).astype(np.uint8)
+    if bar:
+        img[h - bar:] = 0
+        img[h - bar + 5: h - bar + 12, 10:120] = 255  # text
+        img[h - bar + 20, 300:360] = 255  # scale bar
+    return img
+
+
+def test_data_bar_is_detected(rng):
+    assert detect_data_bar(_sem_like(rng, bar=30)) == 30
+    assert detect_data_bar(_sem_like(rng, bar=0)) == 0
+
+
+def test_dark_region_at_the_bottom_that_continues_upwards_is_no_data_bar(rng):
+    img = _sem_like(rng)
+    img[150:] = 0  # a saturated black half, not a data bar
+    assert detect_data_bar(img) == 0
+
+
+def test_rescale_and_resize(rng):
+    img = rng.random((40, 60)).astype(np.float32)
+    small = rescale(img, 0.5)
+    assert small.shape == (20, 30)
+    back = resize_to(small[..., None], (40, 60))
+    assert back.shape == (40, 60, 1)
+
+
+def test_tile_layout_covers_and_is_even():
+    for length, tile in [(1024, 256), (768, 512), (4096, 1024), (256, 256)]:
+        t = even_tile_size(length, tile, 32, 16)
+        starts = tile_starts(length, t, 32)
+        assert t % 16 == 0 and t <= tile
+        assert starts[0] == 0 and starts[-1] + t == length
+        assert all(b - a <= t - 32 for a, b in zip(starts, starts[1:]))  # overlap at least 32
+        # evenly spread: the only repeated work is the overlaps and the rounding to 16
+        n = len(starts)
+        assert n * t <= length + (n - 1) * 32 + 16 * n
+
+
+def test_blend_window_is_smooth_and_positive():
+    w = blend_window((64, 64), 16)
+    assert w.min() > 0 and w.max() == 1 and w[32, 32] == 1
+    assert w[0, 32] < 0.02
+
+
+def _box(batch):
+    # a local operator standing in for a network: 5x5 mean, per channel
+    return np.stack([ndi.uniform_filter(x, (5, 5, 1), mode="reflect") for x in batch])
+
+
+@pytest.mark.parametrize("shape", [(300, 410), (64, 64), (40, 500), (17, 23)])
+def test_tiled_prediction_matches_whole_image(rng, shape):
+    img = rng.random(shape + (2,)).astype(np.float32)
+    whole = predict_tiled(_box, img, tile=None, multiple_of=16)
+    tiled = predict_tiled(_box, img, tile=96, overlap=24, batch_size=3, multiple_of=16)
+    assert tiled.shape == shape + (2,)
+    inner = (slice(3, -3), slice(3, -3))  # away from the padding of the whole-image run
+    assert np.abs(tiled[inner] - whole[inner]).max() < 0.02
+
+
+def test_tiled_prediction_writes_into_a_memmap(tmp_path, rng):
+    img = rng.random((200, 150)).astype(np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=(200, 150, 1))
+    res = predict_tiled(_box, img, tile=64, overlap=16, multiple_of=16, out=out)
+    assert res is out
+    ref = predict_tiled(_box, img, tile=64, overlap=16, multiple_of=16)
+    assert np.allclose(np.load(tmp_path / "out.npy"), ref)
+
+
+def test_prediction_of_wrong_shape_is_reported(rng):
+    with pytest.raises(ValueError, match="prediction has shape"):
+        predict_tiled(lambda b: b[:, ::2], rng.random((64, 64)).astype(np.float32), tile=64, multiple_of=16)
