@@ -113,7 +113,7 @@ def run_per_image(session: ImageJSession, macro: Path, files: list[Path], args: 
         try:
             result = session.run_macro(prefix + code, argument.strip(), name=macro.name)
         except MacroError as exc:
-            status, error = "failed", f"{f.name}: {exc}"
+            status, error = "failed", str(exc) if f.name in str(exc) else f"{f.name}: {exc}"
             failures.append((str(f), error))
             tqdm.write(f"run-macro: error: {error}", file=stream)
         finally:

@@ -221,6 +221,8 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
         if record:
             Recorder.setCommand(name)
         normalized = None if options is None else normalize_options(SPECS[name], options)  # unknown keys first
+        if SPECS[name].needs_image and imp is None and _j("ij.WindowManager").getCurrentImage() is None:
+            raise cmds.InputError("no image open (open an image first, e.g. File > Open...)")  # before any dialog
         spec, defaults = prepare(name, options, macro)
         if values is None:
             if normalized is not None:

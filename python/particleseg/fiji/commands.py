@@ -23,7 +23,7 @@ from ..errors import InputError, ParticlesegError
 from ..io import Calibration
 from . import publish
 from .convert import from_imageplus
-from .options import NONE, parse_crop_rows, parse_range, parse_thresholds, segment_params
+from .options import NONE, parse_crop_rows, parse_range, parse_thresholds, segment_params, shape_ranges
 
 #: one entry per command run in this process (command, image, counts, seconds, error); the
 #: headless batch runner summarises them
@@ -201,11 +201,7 @@ def _apply_filters(labels: np.ndarray, intensity: np.ndarray | None, cal: Calibr
         ids, keep, _thr = pp.intensity_filter(labels, intensity, method, polarity)
         order = pd.Series(keep, index=ids).reindex(table["label"].to_numpy()).to_numpy(bool)
         reject(~order, f"intensity<{method}" if polarity == "bright" else f"intensity>{method}")
-    shape = {}
-    for name in ("area", "ecd", "feret_min", "feret_max", "circularity", "solidity", "aspect_ratio"):
-        lo, hi = parse_range(v.get(name, "0-Infinity"), f"{command}: {name}")
-        if lo is not None or hi is not None:
-            shape[name] = (lo, hi)
+    shape = shape_ranges(v, command)
     if shape:
         reasons = pp.shape_filter(table, shape)
         reject((reasons != "").to_numpy(), reasons.to_numpy())

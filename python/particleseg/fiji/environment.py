@@ -16,6 +16,7 @@ do; nothing downloads a JDK (scyjava is told ``fetch="never"``).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import glob
 import os
@@ -248,23 +249,43 @@ def _require_jpype() -> None:
 def start_imagej1(ij_jar: str | os.PathLike | None = None, max_heap: str | None = None) -> Path:
     """Start a JVM with a plain ImageJ 1.x jar on the class path (under a display)."""
     _require_jpype()
-    import scyjava
+    import jpype
 
     jar = find_ij_jar(ij_jar)
     check_ij_jar(jar)
     if jvm_started():
         raise FijiError("Java is already running in this process (JPype cannot restart it); use the ImageJ session started first")
-    configure_java()
+    home = configure_java()
     ensure_display()
-    scyjava.config.add_classpath(str(jar))
-    if max_heap:
-        scyjava.config.add_option(f"-Xmx{max_heap}")
+    # JPype directly, not scyjava.start_jvm: that would also resolve the Maven endpoints and
+    # run the start-up hooks other imports registered (pyimagej's imglyb needs imglib2 and
+    # the network); ImageJ 1.x needs only its jar. scyjava.jimport works on this JVM.
+    options = [f"-Xmx{max_heap}"] if max_heap else []
     try:
-        scyjava.start_jvm()
+        jvm = jpype.getDefaultJVMPath()
+    except Exception as exc:  # noqa: BLE001 - jpype.JVMNotFoundException
+        raise FijiError(f"{home}: no Java virtual machine library found in this JAVA_HOME ({_first_line(exc)})") from None
+    try:
+        jpype.startJVM(jvm, *options, classpath=[str(jar)], convertStrings=False)
     except Exception as exc:  # noqa: BLE001 - JVM start failures are environment problems
         raise FijiError(f"cannot start Java for ImageJ ({_first_line(exc)})") from None
     check_display_from_java()
+    atexit.register(_dispose_windows)  # runs before JPype's own exit handler (last in, first out)
+    # ImageJ leaves AWT threads that are not daemons; do not wait for them at exit (scyjava's
+    # start_jvm disposes the windows for the same reason)
+    jpype.config.destroy_jvm = False
     return jar
+
+
+def _dispose_windows() -> None:
+    try:
+        import jpype
+
+        if jpype.isJVMStarted():
+            for w in jpype.JClass("java.awt.Window").getWindows():
+                w.dispose()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass
 
 
 def check_display_from_java() -> None:
@@ -313,6 +334,8 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
     configure_java(fiji_dir, fetch="auto")
     if mode != "headless" and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         raise FijiError(f"no display: Fiji's {mode} mode needs a desktop (DISPLAY is not set); use mode headless")
+    if fiji_dir is not None:
+        _use_local_imglyb(fiji_dir)
     if on_start is not None:
         imagej.when_imagej_starts(on_start)
     try:
@@ -321,7 +344,12 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
         raise
     except Exception as exc:  # noqa: BLE001
         where = "the SciJava Maven repository" if fiji_dir is None else str(fiji_dir)
-        raise FijiError(f"{fiji}: cannot start Fiji through pyimagej from {where} ({_first_line(exc)})") from None
+        detail = _first_line(exc)
+        hint = ""
+        if any(k in detail for k in ("NameResolution", "Max retries", "ConnectionError", "Connection refused", "timed out")):
+            hint = ("; pyimagej needed the network to resolve Maven artifacts"
+                    + (" (a Fiji folder with jars/imglib2-imglyb-*.jar avoids that)" if fiji_dir else ""))
+        raise FijiError(f"{fiji}: cannot start Fiji through pyimagej from {where} ({detail}){hint}") from None
     if not gateway or not hasattr(gateway, "legacy"):
         raise FijiError(f"{fiji}: pyimagej started Java but found no ImageJ2 (net.imagej.ImageJ) in it; is this a complete Fiji?")
     try:
@@ -334,6 +362,18 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
     return gateway
 
 
+def _use_local_imglyb(fiji_dir: Path) -> None:
+    """pyimagej's imglyb asks scyjava to resolve ``net.imglib2:imglib2-imglyb`` from Maven
+    even for a local Fiji; when the Fiji has that jar, use it and need no network."""
+    import scyjava
+
+    if list((fiji_dir / "jars").glob("imglib2-imglyb*.jar")):
+        scyjava.config.endpoints[:] = [e for e in scyjava.config.endpoints if not str(e).startswith("net.imglib2:imglib2-imglyb")]
+
+
 def _first_line(exc: BaseException) -> str:
+    """First line of an error, without a Java exception class prefix (java.awt.AWTError: ...)."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return re.sub(r"^(?:[a-z_]\w*\.)+[A-Z]\w*(?:Error|Exception): ", "", text[0])

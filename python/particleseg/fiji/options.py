@@ -459,15 +459,24 @@ def check_value(spec: CommandSpec, key: str, value):
     return value
 
 
+def shape_ranges(values: dict[str, Any], command: str = "") -> dict[str, tuple[float | None, float | None]]:
+    """The shape filter of the range fields: only real constraints (circularity and solidity
+    never exceed 1, so ``0-1`` is no constraint)."""
+    shape = {}
+    for name in SHAPE_FIELDS:
+        lo, hi = parse_range(values.get(name, "0-Infinity"), f"{command}: {name}" if command else name)
+        if name in ("circularity", "solidity") and hi is not None and hi >= 1:
+            hi = None
+        if lo is not None or hi is not None:
+            shape[name] = (lo, hi)
+    return shape
+
+
 def segment_params(values: dict[str, Any], command: str = "Segment Particles..."):
     """:class:`~particleseg.pipeline.SegmentParams` from the values of the segmentation fields."""
     from ..pipeline import SegmentParams
 
-    shape = {}
-    for name in SHAPE_FIELDS:
-        lo, hi = parse_range(values.get(name, "0-Infinity"), f"{command}: {name}")
-        if lo is not None or hi is not None:
-            shape[name] = (lo, hi)
+    shape = shape_ranges(values, command)
     method = values.get("intensity_filter", NONE)
     size = float(values.get("particle_size") or 0)
     return SegmentParams(

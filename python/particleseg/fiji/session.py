@@ -78,11 +78,7 @@ class ImageJSession:
                 self.end_batch_mode()
         if interp.wasError() or (aborted and interp.getErrorMessage() is not None):
             msg = str(interp.getErrorMessage() or "macro error")
-            line = None
-            try:
-                line = int(interp.getLineNumber())
-            except Exception:  # noqa: BLE001
-                pass
+            line = _error_line(interp)
             raise MacroError(_clean(msg) + (f" (line {line})" if line else ""), line)
         if aborted:
             closed = CLOSED_DIALOGS[n_closed:]
@@ -202,6 +198,23 @@ def table_to_frame(rt) -> pd.DataFrame:
         else:
             data[h] = np.asarray(rt.getColumnAsDoubles(col), float) if n else np.zeros(0)
     return pd.DataFrame(data)
+
+
+def _error_line(interp) -> int | None:
+    """The line ImageJ's "Macro Error" dialog names (the interpreter's ``lineNumber`` field,
+    set when the error happened; ``getLineNumber()`` has moved on by now)."""
+    try:
+        f = interp.getClass().getDeclaredField("lineNumber")
+        f.setAccessible(True)
+        n = int(f.getInt(interp))
+        if n > 0:
+            return n
+    except Exception:  # noqa: BLE001 - another ImageJ version
+        pass
+    try:
+        return int(interp.getLineNumber()) or None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _clean(msg: str) -> str:

@@ -1,0 +1,325 @@
+"""The Fiji bridge without Java: option strings, specs, scripts, environment checks, install."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from particleseg.errors import InputError, OutputExistsError
+from particleseg.fiji import environment as env
+from particleseg.fiji.options import (
+    COMMAND_NAMES,
+    SPECS,
+    build_specs,
+    check_option_keys,
+    format_macro_options,
+    key_clashes,
+    normalize_options,
+    parse_crop_rows,
+    parse_macro_options,
+    parse_range,
+    parse_thresholds,
+    segment_params,
+)
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_importing_the_bridge_starts_no_java():
+    import subprocess
+
+    code = ("import sys, particleseg.fiji, particleseg.fiji.options, particleseg.fiji.scripting; "
+            "print(any(m in sys.modules for m in ('jpype', 'scyjava', 'imagej', 'keras', 'tensorflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_parse_and_format_macro_options():
+    opts = parse_macro_options("model=[my model] threshold=0.5 split area=10-Infinity crop_rows=auto")
+    assert opts == {"model": "my model", "threshold": "0.5", "split": True, "area": "10-Infinity", "crop_rows": "auto"}
+    assert parse_macro_options(None) == {} and parse_macro_options("   ") == {}
+    assert parse_macro_options("Threshold=0.3") == {"threshold": "0.3"}
+    assert parse_macro_options(format_macro_options(opts)) == opts
+    assert format_macro_options({"a": True, "b": False, "c": None, "d": 0.25, "e": float("inf"), "f": ""}) == "a d=0.25 e=Infinity f=[]"
+
+
+def test_normalize_accepts_scijava_booleans_and_refuses_unknown_keys():
+    spec = SPECS["Segment Particles..."]
+    assert normalize_options(spec, "threshold=0.5 split=true fill_holes=false add imp=sem.tif") == "threshold=0.5 split add "
+    with pytest.raises(InputError, match='unknown option "treshold" .valid options: model, threshold, split'):
+        normalize_options(spec, "treshold=0.5")
+    with pytest.raises(InputError, match='"split" is a check box'):
+        normalize_options(spec, "split=maybe")
+    check_option_keys(SPECS["Models..."], {})
+
+
+def test_no_key_is_read_out_of_another():
+    """ImageJ finds key= anywhere not after a letter: area= inside min_area= would clash."""
+    assert key_clashes(["area", "min_area", "threshold", "seed_threshold"]) == [("area", "min_area"), ("threshold", "seed_threshold")]
+    for spec in SPECS.values():
+        assert key_clashes(spec.keys) == [], spec.name
+
+
+def test_labels_record_as_their_keys():
+    for spec in build_specs("m", ["default", "m"], {"threshold": 0.4}).values():
+        for f in spec.fields:
+            assert f.label.split(" ")[0].lower() == f.key
+    assert SPECS["Segment Particles..."].field("threshold").default == 0.5
+    assert build_specs(defaults={"threshold": 0.4})["Segment Particles..."].field("threshold").default == 0.4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10-500", (10.0, 500.0)), ("0-Infinity", (None, None)), ("0.2-1.00", (0.2, 1.0)),
+    ("1e-3-5e-2", (0.001, 0.05)), ("5:", (5.0, None)), (":7", (None, 7.0)), ("10-", (10.0, None)),
+])
+def test_parse_range(text, expected):
+    assert parse_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "5", "9-3", "-", "nan-4"])
+def test_parse_range_errors(text):
+    with pytest.raises(InputError, match="area"):
+        parse_range(text, "area")
+
+
+def test_crop_rows_and_thresholds():
+    assert parse_crop_rows("auto") == "auto" and parse_crop_rows(" 12 ") == 12 and parse_crop_rows("") == "auto"
+    with pytest.raises(InputError, match="negative"):
+        parse_crop_rows("-1")
+    with pytest.raises(InputError, match="number of rows"):
+        parse_crop_rows("lots")
+    assert parse_thresholds("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert parse_thresholds("0.3, 0.5") == (0.3, 0.5)
+    for bad in ("0:1:0", "2", "a,b", ""):
+        with pytest.raises(InputError, match="thresholds"):
+            parse_thresholds(bad)
+
+
+def test_segment_params_from_dialog_values():
+    spec = SPECS["Segment Particles..."]
+    values = {f.key: f.default for f in spec.fields}
+    values.update(threshold=0.4, split=False, seed_level=0.6, split_level=2.0, min_size=9, intensity_filter="otsu",
+                  feret_min="5-50", circularity="0.5-1", solidity="0-0.9", crop_rows="12", particle_size=20)
+    p = segment_params(values)
+    assert (p.threshold, p.split, p.seed_threshold, p.h, p.min_area) == (0.4, False, 0.6, 2.0, 9)
+    assert p.intensity_filter == "otsu" and p.crop_rows == 12 and p.particle_size == 20
+    assert p.shape == {"feret_min": (5.0, 50.0), "circularity": (0.5, None), "solidity": (None, 0.9)}
+    values.update(intensity_filter="none", particle_size=0, crop_rows="auto", feret_min="0-Infinity", circularity="0.00-1.00", solidity="0-1")
+    p = segment_params(values)
+    assert p.intensity_filter is None and p.particle_size is None and p.crop_rows == "auto" and p.shape == {}
+
+
+# ------------------------------------------------------------------------------------------
+# the SciJava scripts
+
+
+def test_committed_scripts_are_generated_from_the_specs(tmp_path):
+    from particleseg.fiji.scripting import MENU_FOLDER, write_scripts
+
+    write_scripts(tmp_path)
+    generated = sorted(p.name for p in (tmp_path / MENU_FOLDER).glob("*.py"))
+    committed = sorted(p.name for p in (ROOT / "fiji-scripts" / MENU_FOLDER).glob("*.py"))
+    assert generated == committed == sorted(s.script_name for s in SPECS.values())
+    for name in generated:
+        assert (tmp_path / MENU_FOLDER / name).read_text() == (ROOT / "fiji-scripts" / MENU_FOLDER / name).read_text(), (
+            f"{name} is out of date: python -m particleseg.fiji.scripting fiji-scripts")
+
+
+def test_script_parameters_are_the_macro_keys():
+    from particleseg.fiji.scripting import MENU_FOLDER, parse_parameters
+
+    for spec in SPECS.values():
+        text = (ROOT / "fiji-scripts" / MENU_FOLDER / spec.script_name).read_text()
+        compile(text, spec.script_name, "exec")
+        params = parse_parameters(text)
+        names = [n for _, n in params]
+        assert names == (["imp"] if spec.needs_image else []) + list(spec.keys), spec.name
+        types_ = dict((n, t) for t, n in params)
+        for f in spec.fields:
+            expected = {"number": "Double", "int": "Integer", "bool": "Boolean", "dir": "File", "image": "ImagePlus"}.get(f.kind, "String")
+            assert types_[f.key] == expected, (spec.name, f.key)
+    # menu labels: Fiji turns "_" into " " and drops the extension after the last dot
+    assert [s.script_name.replace("_", " ")[:-3] for s in SPECS.values()] == list(COMMAND_NAMES)
+
+
+def test_script_falls_back_to_an_imagej_error_without_particleseg(monkeypatch):
+    """Under Jython (classic Fiji) the import fails; the script shows IJ.error, not a trace."""
+    from particleseg.fiji.scripting import MENU_FOLDER
+
+    calls = []
+    fake_ij = types.ModuleType("ij")
+    fake_ij.IJ = types.SimpleNamespace(error=lambda title, msg: calls.append((title, msg)))
+    monkeypatch.setitem(sys.modules, "ij", fake_ij)
+    monkeypatch.setitem(sys.modules, "particleseg.fiji.scripting", None)  # import fails
+    text = (ROOT / "fiji-scripts" / MENU_FOLDER / SPECS["Models..."].script_name).read_text()
+    exec(compile(text, "Models....py", "exec"), {"__name__": "__main__"})
+    assert calls and calls[0][0] == "Particle Segmentation" and "needs Fiji's Python mode" in calls[0][1]
+
+
+def test_example_macros_call_only_known_commands_and_keys():
+    import re
+
+    for ijm in (ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples").glob("*.ijm"):
+        text = ijm.read_text()
+        for command in re.findall(r'run\("([^"]+)"', text):
+            assert command in SPECS, (ijm.name, command)
+            call = text[text.index(f'run("{command}"'):]
+            call = call[: call.index(");")]
+            literal_keys = {k for k in re.findall(r"[\s\"]([a-z_]+)(?==)", call)}
+            assert literal_keys <= set(SPECS[command].keys), (ijm.name, literal_keys - set(SPECS[command].keys))
+
+
+# ------------------------------------------------------------------------------------------
+# environment
+
+
+def test_find_java_errors_say_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nojdk"))
+    with pytest.raises(env.FijiError, match="nojdk: JAVA_HOME does not contain bin/java"):
+        env.find_java()
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(env.FijiError, match="^Java not found: no JAVA_HOME and no java on the PATH"):
+        env.find_java()
+    # a Fiji's bundled Java is used before the PATH
+    java = tmp_path / "Fiji.app" / "java" / "linux-x64" / "zulu21" / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text("")
+    assert env.find_java(tmp_path / "Fiji.app") == java.parent.parent
+
+
+def test_java_version_from_release_file(tmp_path):
+    (tmp_path / "release").write_text('JAVA_VERSION="17.0.15"\n')
+    assert env.java_major_version(tmp_path) == 17
+    (tmp_path / "release").write_text('JAVA_VERSION="1.8.0_402"\n')
+    assert env.java_major_version(tmp_path) == 8
+    assert env.java_major_version(tmp_path / "none") is None
+
+
+def test_no_display_without_xvfb(monkeypatch):
+    monkeypatch.setattr(env.shutil, "which", lambda name: None)
+    with pytest.raises(env.FijiError, match="^no display: DISPLAY is not set and Xvfb is not installed"):
+        env.VirtualDisplay()
+
+
+def test_imagej_and_fiji_locations(tmp_path, monkeypatch):
+    monkeypatch.delenv("PARTICLESEG_IJ_JAR", raising=False)
+    with pytest.raises(env.FijiError, match="nope.jar: ImageJ jar not found"):
+        env.find_ij_jar(tmp_path / "nope.jar")
+    bad = tmp_path / "bad.jar"
+    bad.write_text("not a zip")
+    with pytest.raises(env.FijiError, match="bad.jar: not a jar file"):
+        env.check_ij_jar(bad)
+    with pytest.raises(env.FijiError, match="Fiji folder not found"):
+        env.check_fiji_dir(tmp_path / "Fiji.app")
+    (tmp_path / "Fiji.app" / "jars").mkdir(parents=True)
+    with pytest.raises(env.FijiError, match="no jars/imagej-legacy"):
+        env.check_fiji_dir(tmp_path / "Fiji.app")
+    (tmp_path / "Fiji.app" / "jars" / "imagej-legacy-2.0.jar").write_text("")
+    assert env.check_fiji_dir(tmp_path / "Fiji.app") == (tmp_path / "Fiji.app").resolve()
+    assert env.is_endpoint("sc.fiji:fiji") and env.is_endpoint("net.imagej:imagej:2.14.0")
+    assert not env.is_endpoint(str(tmp_path / "Fiji.app")) and not env.is_endpoint("C:\\Fiji.app")
+
+
+def test_start_fiji_passes_folder_and_mode_to_pyimagej(monkeypatch, tmp_path):
+    """The pyimagej call itself, with pyimagej replaced (no Fiji can be downloaded here)."""
+    fiji = tmp_path / "Fiji.app"
+    (fiji / "jars").mkdir(parents=True)
+    (fiji / "jars" / "imagej-legacy-2.0.jar").write_text("")
+    calls = {}
+
+    class Legacy:
+        def isActive(self):
+            return True
+
+    def init(target, mode):
+        calls["init"] = (target, mode)
+        gateway = types.SimpleNamespace(legacy=Legacy())
+        for cb in calls.get("callbacks", []):
+            cb(gateway)
+        return gateway
+
+    fake = types.ModuleType("imagej")
+    fake.init = init
+    fake.when_imagej_starts = lambda cb: calls.setdefault("callbacks", []).append(cb)
+    monkeypatch.setitem(sys.modules, "imagej", fake)
+    monkeypatch.setattr(env, "jvm_started", lambda: False)
+    monkeypatch.setattr(env, "configure_java", lambda fiji_dir=None, fetch="never": calls.setdefault("fetch", fetch))
+    monkeypatch.setattr(env, "_use_local_imglyb", lambda d: None)
+    started = []
+    gw = env.start_fiji(fiji, "headless", on_start=started.append)
+    assert calls["init"] == (str(fiji.resolve()), "headless") and started == [gw] and calls["fetch"] == "auto"
+    gw = env.start_fiji("sc.fiji:fiji", "headless")
+    assert calls["init"] == ("sc.fiji:fiji", "headless")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    with pytest.raises(env.FijiError, match="gui mode needs a desktop"):
+        env.start_fiji(fiji, "gui")
+    with pytest.raises(env.FijiError, match="unknown mode"):
+        env.start_fiji(fiji, "batch")
+
+    def failing(target, mode):
+        raise RuntimeError("Failed to create a JVM with the requested environment.")
+
+    fake.init = failing
+    with pytest.raises(env.FijiError, match=r"Fiji.app: cannot start Fiji through pyimagej from .*Fiji.app \(Failed to create a JVM"):
+        env.start_fiji(fiji, "headless")
+    fake.init = lambda target, mode: types.SimpleNamespace(legacy=None)
+    with pytest.raises(env.FijiError, match="without its ImageJ 1.x layer"):
+        env.start_fiji(fiji, "headless")
+
+
+def test_java_exception_class_is_dropped_from_messages():
+    assert env._first_line(Exception("java.awt.AWTError: Can't connect to X11\n\tat x")) == "Can't connect to X11"
+    assert env._first_line(Exception("")) == "Exception"
+
+
+# ------------------------------------------------------------------------------------------
+# install and the command line
+
+
+def test_install_copies_scripts_and_refuses_to_clobber(tmp_path):
+    from particleseg.fiji.install import install
+
+    fiji = tmp_path / "Fiji.app"
+    with pytest.raises(InputError, match="Fiji folder not found"):
+        install(fiji)
+    (fiji / "jars").mkdir(parents=True)
+    copied, same = install(fiji, env=True)
+    menu = fiji / "scripts" / "Plugins" / "Particle Segmentation"
+    assert (menu / "Segment_Particles....py").is_file() and (menu / "Examples" / "Segment_Folder.ijm").is_file()
+    yml = (fiji / "config" / "environment.yml").read_text()
+    assert f"particleseg[tf,fiji] @ {ROOT.resolve().as_uri()}" in yml and "-e ." not in yml
+    assert len(copied) == len(list((ROOT / "fiji-scripts").rglob("*.*"))) + 1 and same == []
+    copied, same = install(fiji, env=True)
+    assert copied == [] and len(same) > 0
+    (menu / "Models....py").write_text("# edited\n")
+    with pytest.raises(OutputExistsError, match="Models....py: exists and differs; use --overwrite"):
+        install(fiji)
+    copied, _ = install(fiji, overwrite=True)
+    assert copied == [menu / "Models....py"]
+
+
+def test_run_macro_options_after_the_macro_file(tmp_path):
+    import argparse
+
+    from particleseg.cli import build_parser
+    from particleseg.cli.fiji import _split_remainder
+    from particleseg.fiji.batch import format_arguments
+
+    args = build_parser().parse_args(["fiji", "run-macro", "m.ijm", "--ij-jar", "J", "input=/a b", "--input", "D", "t=1"])
+    _split_remainder(args)
+    assert (args.macro, args.ij_jar, args.input, args.args) == ("m.ijm", "J", "D", ["input=/a b", "t=1"])
+    assert format_arguments(args.args) == "input=[/a b] t=1"
+    args = build_parser().parse_args(["fiji", "run-macro", "--fiji", "F", "m.ijm", "x=1"])
+    _split_remainder(args)
+    assert (args.fiji, args.args) == ("F", ["x=1"])
+    args = build_parser().parse_args(["fiji", "run-macro", "m.ijm", "--fiji", "F", "--ij-jar", "J"])
+    with pytest.raises(env.FijiError, match="either --fiji or --ij-jar"):
+        _split_remainder(args)
+    args = build_parser().parse_args(["fiji", "run-macro", "m.ijm", "--bogus"])
+    with pytest.raises(InputError, match="--bogus: unknown option"):
+        _split_remainder(args)
+    assert isinstance(args, argparse.Namespace)
