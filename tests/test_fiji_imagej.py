@@ -384,7 +384,7 @@ def test_train_model_says_when_training_is_not_available(ij, tmp_path):
 
     if hasattr(train, "train_segmentation"):
         pytest.skip("particleseg.train.train_segmentation exists")
-    with pytest.raises(Exception, match="training is not available in this particleseg yet"):
+    with pytest.raises(Exception, match="Train Model...: training is not available in this particleseg yet .* nothing was started"):
         ij.run_macro(f'run("Train Model...", "images=[{tmp_path}] masks=[{tmp_path}] output=[{tmp_path / "m"}] name=x epochs=1 tile=64 wait");')
 
 

@@ -216,9 +216,9 @@ def run_check(args) -> int:
             from importlib import metadata
 
             name = {"jpype": "JPype1", "imagej": "pyimagej"}.get(mod, mod)
-            line(mod, metadata.version(name))
+            line(name.lower(), metadata.version(name))
         except Exception:  # noqa: BLE001
-            line(mod, "not installed (pip install 'particleseg[fiji]')", mod == "imagej" and not args.fiji)
+            line(name.lower(), "not installed (pip install 'particleseg[fiji]')", mod == "imagej" and not args.fiji)
     if args.start and ok:
         from ..fiji.session import start
 

@@ -69,7 +69,7 @@ def run_once(session: ImageJSession, macro: Path, args: list[str], stream=sys.st
     }
     print(f"run-macro: {macro.name}: {summary['status']}"
           f"{' (' + error + ')' if error else ''}; {summary['commands']} Particle Segmentation command(s), "
-          f"{summary['images_segmented']} image(s) segmented, {summary['particles']} particles kept, "
+          f"{summary['images_segmented']} image(s) segmented, {summary['particles']} particle(s) kept, "
           f"{seconds:.1f} s" + (f"; macro returned {result!r}" if result else ""), file=stream)
     return summary
 
@@ -137,7 +137,7 @@ def run_per_image(session: ImageJSession, macro: Path, files: list[Path], args: 
     total = float(summary["seconds"].sum())
     particles = int(summary["particles"].fillna(0).sum())
     print(f"run-macro: {macro.name}: {ok} of {len(files)} image(s) ok, {len(failures)} failed, "
-          f"{particles} particles kept, {total:.1f} s ({total / max(len(files), 1):.2f} s per image)"
+          f"{particles} particle(s) kept, {total:.1f} s ({total / max(len(files), 1):.2f} s per image)"
           + (f"; summary in {summary_path}" if summary_path else ""), file=stream)
     for _, msg in failures[:10]:
         print(f"  failed: {msg}", file=stream)

@@ -140,6 +140,8 @@ def install_dialog_guard() -> None:
     """Close every modal dialog as soon as it opens and remember its text (headless only)."""
     import jpype
 
+    if bool(_j("java.awt.GraphicsEnvironment").isHeadless()):
+        return  # no window can open (Fiji headless through pyimagej)
     WindowEvent = _j("java.awt.event.WindowEvent")
     Dialog = _j("java.awt.Dialog")
 
@@ -221,6 +223,8 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
         if record:
             Recorder.setCommand(name)
         normalized = None if options is None else normalize_options(SPECS[name], options)  # unknown keys first
+        if name == "Train Model...":
+            cmds.training_function()  # says so before asking for parameters
         if SPECS[name].needs_image and imp is None and _j("ij.WindowManager").getCurrentImage() is None:
             raise cmds.InputError("no image open (open an image first, e.g. File > Open...)")  # before any dialog
         spec, defaults = prepare(name, options, macro)

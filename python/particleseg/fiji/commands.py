@@ -147,6 +147,10 @@ def _reject_summary(table: pd.DataFrame) -> str:
     return " (" + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ")"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _reselect(imp) -> None:
     """Make ``imp`` the active image again after new result images were shown."""
     try:
@@ -239,9 +243,9 @@ def segment_particles(ctx: Context, v: dict) -> dict:
         m = float(np.median(seg.table.loc[seg.table["kept"], "feret_min"]))
         med = f", median min Feret {m:.4g} {cal.unit}"
     crop = f", {seg.crop_rows} data-bar rows ignored" if seg.crop_rows else ""
-    ctx.log(f"Segment Particles: {title}: {out['kept']} particles kept, {out['rejected']} rejected"
+    ctx.log(f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
             f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]")
-    ctx.status(f"Segment Particles: {out['kept']} particles")
+    ctx.status(f"Segment Particles: {_n(out['kept'], 'particle')}")
     record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds)
     return out
 
@@ -420,7 +424,8 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
     return {"ok": ok, "failed": len(failures), "canceled": canceled}
 
 
-def train_model(ctx: Context, v: dict) -> dict:
+def training_function():
+    """``particleseg.train.train_segmentation``, or a clear error while it does not exist."""
     try:
         from .. import train
     except ImportError:
@@ -429,8 +434,13 @@ def train_model(ctx: Context, v: dict) -> dict:
     if fn is None:
         raise ParticlesegError(
             "training is not available in this particleseg yet (particleseg.train.train_segmentation "
-            "is missing); train on the command line once it exists, or update particleseg"
+            "does not exist); nothing was started"
         )
+    return fn
+
+
+def train_model(ctx: Context, v: dict) -> dict:
+    training_function()
     raise ParticlesegError(  # pragma: no cover - replaced once train_segmentation exists
         "training is not wired to particleseg.train.train_segmentation in this version of the Fiji bridge"
     )

@@ -346,7 +346,7 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
         where = "the SciJava Maven repository" if fiji_dir is None else str(fiji_dir)
         detail = _first_line(exc)
         hint = ""
-        if any(k in detail for k in ("NameResolution", "Max retries", "ConnectionError", "Connection refused", "timed out")):
+        if any(k in detail for k in ("NameResolution", "Max retries", "ConnectionError", "Connection refused", "timed out", "Could not resolve")):
             hint = ("; pyimagej needed the network to resolve Maven artifacts"
                     + (" (a Fiji folder with jars/imglib2-imglyb-*.jar avoids that)" if fiji_dir else ""))
         raise FijiError(f"{fiji}: cannot start Fiji through pyimagej from {where} ({detail}){hint}") from None
