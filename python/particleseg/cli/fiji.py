@@ -159,15 +159,8 @@ def run_gui(args) -> int:
         raise FijiError("no display: 'particleseg fiji gui' needs a desktop (DISPLAY is not set)")
     session = start(fiji=args.fiji, ij_jar=args.ij_jar, mode="gui")
     if session.kind == "imagej1":
-        import scyjava
-
-        IJ = scyjava.jimport("ij.IJ")
         print("ImageJ is open: Plugins > Particle Segmentation; close ImageJ to return", file=sys.stderr)
-        while True:
-            ij = IJ.getInstance()
-            if ij is None or bool(ij.quitting()) or not bool(ij.isShowing()):
-                break
-            time.sleep(0.5)
+        session.wait_until_closed()
     _flush_and_exit(0)
     return 0
 

@@ -104,6 +104,15 @@ class ImageJSession:
         esc = options.replace("\\", "\\\\").replace('"', '\\"')
         return self.run_macro(f'run("{command}", "{esc}");', name=command)
 
+    def wait_until_closed(self, poll: float = 0.5) -> None:
+        """Block until the ImageJ window is closed (GUI mode)."""
+        IJ = _j("ij.IJ")
+        while True:
+            ij = IJ.getInstance()
+            if ij is None or bool(ij.quitting()) or not bool(ij.isShowing()):
+                return
+            time.sleep(poll)
+
     # -- images and tables ---------------------------------------------------------------
 
     def to_imageplus(self, array, calibration=None, title: str = "image"):
