@@ -1,0 +1,265 @@
+"""SIMS particle screening: reading fields, ratios with Poisson errors, batch runs, simulator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from particleseg import sims
+from particleseg.errors import InputError, OutputExistsError
+from particleseg.sims_simulate import REFERENCE_MATERIALS, SimsSettings, simulate_field, simulate_fields, write_field
+
+SMALL = SimsSettings(shape=(64, 64), particles=(1, 4), diameter=(5.0, 10.0))
+
+
+def _field(sim, name="f"):
+    return sims.Field(name, {iso: sim.counts[i] for i, iso in enumerate(sim.isotopes)})
+
+
+def threshold_predictor(level: float = 0.3):
+    """A stand-in for a trained network: particle probability from the local contrast of the
+    smoothed detection input. Deterministic, so the batch machinery and post-processing can be
+    tested without training."""
+
+    def predict(batch):
+        x = np.asarray(batch, np.float32)[..., 0]
+        sm = np.stack([ndi.gaussian_filter(b, 1.0) - ndi.median_filter(b, 21) for b in x])
+        p = 1 / (1 + np.exp(-(sm - level) * 30))
+        return p[..., None].astype(np.float32)
+
+    return predict
+
+
+@pytest.fixture(scope="module")
+def fcn_bundle(tmp_path_factory):
+    """An untrained tiny FCN bundle with the SIMS metadata (its network is replaced by a
+    stand-in predictor where detection quality matters)."""
+    import keras
+
+    from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
+
+    keras.utils.set_random_seed(0)
+    cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
+    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
+                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
+    meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
+    return save_bundle(tmp_path_factory.mktemp("b") / "sims-tiny", build_network(cfg), meta, zip_copy=False)
+
+
+# ------------------------------------------------------------------------------------------
+# names and reading
+
+
+@pytest.mark.parametrize("name,iso", [("235U+", "235U"), ("U238", "238U"), ("U-234", "234U"), ("238UH+", "238U1H"),
+                                      ("238U1H", "238U1H"), ("238 U 1H+", "238U1H"), ("236u", "236U"),
+                                      ("16O", None), ("237U", None), ("SE", None)])
+def test_canonical_isotope(name, iso):
+    assert sims.canonical_isotope(name) == iso
+
+
+def test_read_stack_names_from_imagej_labels_and_option(tmp_path):
+    sim = simulate_field(1, SMALL)
+    write_field(sim, tmp_path, "a")
+    f = sims.read_field(tmp_path / "fields" / "a.tif")
+    assert f.isotopes == list(sims.ISOTOPES)
+    np.testing.assert_array_equal(f.counts["235U"], sim.counts[sim.isotopes.index("235U")])
+    # a plain stack without names needs --channels, in order
+    tifffile.imwrite(tmp_path / "plain.tif", sim.counts[[1, 3]].astype(np.uint16), photometric="minisblack")
+    with pytest.raises(InputError, match=r"plain\.tif: channel names unknown.*--channels"):
+        sims.read_field(tmp_path / "plain.tif")
+    f = sims.read_field(tmp_path / "plain.tif", ["235U+", "238U+"])
+    np.testing.assert_array_equal(f.counts["238U"], sim.counts[3])
+    with pytest.raises(InputError, match=r"has 2 channels but 3 channel names"):
+        sims.read_field(tmp_path / "plain.tif", ["235U", "238U", "234U"])
+    with pytest.raises(InputError, match=r"lacks the 238U channel"):
+        sims.read_field(tmp_path / "plain.tif", ["235U", "16O"])
+    with pytest.raises(InputError, match=r"appears twice"):
+        sims.read_field(tmp_path / "plain.tif", ["235U", "U235"])
+    tifffile.imwrite(tmp_path / "one.tif", sim.counts[0].astype(np.uint16))
+    with pytest.raises(InputError, match=r"one\.tif: has one channel"):
+        sims.read_field(tmp_path / "one.tif")
+
+
+def test_per_isotope_files_by_pattern_and_mismatches(tmp_path):
+    sim = simulate_field(2, SMALL)
+    d = tmp_path / "d"
+    d.mkdir()
+    for i, iso in enumerate(sim.isotopes):
+        tifffile.imwrite(d / f"run7-{iso}+_fieldA.tif", sim.counts[i].astype(np.uint16))
+    srcs = sims.find_fields(d, "run7-{isotope}_{field}.tif")
+    assert [s.name for s in srcs] == ["fieldA"] and set(srcs[0].files) == set(sims.ISOTOPES)
+    f = sims.read_field(srcs[0])
+    np.testing.assert_array_equal(f.counts["238U1H"], sim.counts[4])
+    # missing 238U, and images of different sizes
+    (d / "run7-238U+_fieldA.tif").unlink()
+    with pytest.raises(InputError, match=r"fieldA.*lacks the 238U image"):
+        sims.read_field(sims.find_fields(d, "run7-{isotope}_{field}.tif")[0])
+    tifffile.imwrite(d / "run7-238U+_fieldA.tif", np.zeros((32, 64), np.uint16))
+    with pytest.raises(InputError, match=r"differ in size \(.*238U 32x64"):
+        sims.read_field(sims.find_fields(d, "run7-{isotope}_{field}.tif")[0])
+    # the default pattern {field}_{isotope}; other files are stacks
+    e = tmp_path / "e"
+    write_field(sim, e, "g7", layout="files")
+    write_field(sim, e, "h8", layout="stack")
+    names = {s.name: s for s in sims.find_fields(e / "fields")}
+    assert set(names) == {"g7", "h8"} and names["g7"].stack is None and names["h8"].stack is not None
+    with pytest.raises(InputError, match=r"needs both \{field\} and \{isotope\}"):
+        sims.find_fields(e / "fields", "{field}.tif")
+
+
+# ------------------------------------------------------------------------------------------
+# measurement
+
+
+def test_hand_placed_particle_ratios_within_poisson_error():
+    """A U500 particle on a strong, varying background: every ratio within 3 sigma, and over
+    many fields the pulls (R - R_true) / sigma have mean ~0 and spread ~1, so the counting
+    uncertainties are right (neither too small nor too large)."""
+    mat = REFERENCE_MATERIALS["U500"]
+    pulls = {iso: [] for iso in sims.RATIO_ISOTOPES}
+    for seed in range(40):
+        sim = simulate_field(seed, SimsSettings(shape=(64, 64), spikes=0),
+                             particles=[{"y": 30, "x": 33, "diameter": 9, "material": mat, "rate_238": 40.0}],
+                             background_238=1.5)
+        t = sims.measure_particles(_field(sim), sim.labels)
+        assert len(t) == 1
+        for iso in sims.RATIO_ISOTOPES:
+            rc, ec = sims.ratio_columns(iso)
+            pulls[iso].append((t[rc].iloc[0] - mat.ratio(iso)) / t[ec].iloc[0])
+    for iso in ("235U", "234U", "238U1H"):
+        p = np.array(pulls[iso])
+        assert np.all(np.abs(p) < 4), (iso, p)
+        assert abs(p.mean()) < 0.5, (iso, p.mean())
+        assert 0.6 < p.std() < 1.5, (iso, p.std())
+    # the 235U/238U ratio of U500 (about 1) is measured to a few per cent
+    assert np.mean(np.abs(pulls["235U"])) < 1.5
+
+
+def test_background_subtraction_removes_bias():
+    """Without subtraction the minor isotopes of a faint natural-uranium particle are biased
+    high by the background; with the annulus they are not."""
+    mat = REFERENCE_MATERIALS["NU"]
+    raw, sub = [], []
+    for seed in range(15):
+        sim = simulate_field(seed, SimsSettings(shape=(64, 64), spikes=0, background_variation=0.0),
+                             particles=[{"y": 32, "x": 32, "diameter": 8, "material": mat, "rate_238": 30.0}],
+                             background_238=2.0)
+        f = _field(sim)
+        rc = sims.ratio_columns("235U")[0]
+        raw.append(sims.measure_particles(f, sim.labels, background="none")[rc].iloc[0])
+        sub.append(sims.measure_particles(f, sim.labels, background="annulus")[rc].iloc[0])
+    assert np.mean(raw) > 1.3 * mat.ratio("235U")
+    assert abs(np.mean(sub) / mat.ratio("235U") - 1) < 0.2
+
+
+def test_ratio_uncertainty_formula():
+    r, e = sims._ratio(np.array([10.0, 0.0, 5.0]), np.array([100.0, 50.0, 0.0]), np.sqrt([10.0, 1.0, 5.0]), np.sqrt([100.0, 50.0, 1.0]))
+    assert r[0] == pytest.approx(0.1) and e[0] == pytest.approx(0.1 * np.sqrt(1 / 10 + 1 / 100))
+    assert r[1] == 0 and e[1] == pytest.approx(1 / 50)  # defined also for zero counts
+    assert np.isnan(r[2]) and np.isnan(e[2])
+
+
+# ------------------------------------------------------------------------------------------
+# detection and the batch
+
+
+def test_empty_field_gives_no_particles_and_particle_is_found(fcn_bundle):
+    det = sims.FieldDetector(fcn_bundle, predictor=threshold_predictor())
+    empty = simulate_field(5, SMALL, n_particles=0, background_238=2.0)
+    one = simulate_field(6, SMALL, particles=[{"y": 20, "x": 40, "diameter": 8, "material": "U010", "rate_238": 50.0}],
+                         background_238=0.5)
+    probs = det.probabilities([_field(empty).total(), _field(one).total()])
+    assert det.labels(probs[0]).max() == 0
+    lab = det.labels(probs[1])
+    assert lab.max() == 1
+    assert sims.match_particles(lab, one.labels) == {1: 1}
+
+
+def test_batched_prediction_equals_one_at_a_time(fcn_bundle):
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 40, 56)).astype(np.float32)  # not a multiple of the network's grid: padded
+    predict = fcn_bundle.predictor()
+    a = sims.predict_fields(predict, x, fcn_bundle.network.multiple_of, batch_size=5)
+    b = sims.predict_fields(predict, x, fcn_bundle.network.multiple_of, batch_size=1)
+    assert a.shape == (5, 40, 56, 1)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_run_fields_batch_outputs_and_bad_field(tmp_path, fcn_bundle):
+    truth, _ = simulate_fields(7, tmp_path / "sim", SMALL, seed=3, progress=False)
+    tifffile.imwrite(tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16),
+                     photometric="minisblack")  # unnamed channels
+    parts, fields = sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out",
+                                    sims.SimsParams(batch_size=3), predictor=threshold_predictor(), progress=False,
+                                    save_labels=True)
+    assert len(fields) == 8
+    bad = fields[fields["status"] == "error"]
+    assert list(bad["field"]) == ["broken"] and "channel names unknown" in bad["error"].iloc[0]
+    assert (tmp_path / "out" / "ratios.png").stat().st_size > 1000
+    csv = pd.read_csv(tmp_path / "out" / "particles.csv")
+    for col in ("field", "y", "x", "235U_counts", "238U_net_err", "ratio_235U_238U", "ratio_236U_238U_err"):
+        assert col in csv.columns
+    ok = fields[fields["status"] == "ok"].set_index("field")["particles"]
+    assert ok.sum() == len(csv)
+    # fields without true particles give none; most true particles are found
+    empty = set(ok.index) - set(truth["field"])
+    assert all(ok[f] == 0 for f in empty)
+    assert len(csv) >= 0.6 * len(truth)
+    with pytest.raises(OutputExistsError, match="particles.csv: output exists"):
+        sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(), progress=False)
+
+
+def test_score_against_truth_is_perfect_for_true_labels():
+    tables, matches, truths = [], [], []
+    for i in range(4):
+        sim = simulate_field(i + 10, SMALL)
+        t = sims.measure_particles(_field(sim), sim.labels)
+        t.insert(0, "field", f"f{i}")
+        tables.append(t)
+        tr = sim.truth.copy()
+        tr.insert(0, "field", f"f{i}")
+        truths.append(tr)
+        matches += [{"field": f"f{i}", "particle": p, "truth_label": q} for p, q in sims.match_particles(sim.labels, sim.labels).items()]
+    parts = sims.concat_particles(tables)
+    truth = pd.concat(truths, ignore_index=True)
+    sc = sims.score_detection(parts, truth, pd.DataFrame(matches))
+    assert sc["count_error"] == 0 and sc["recall"] == 1 and sc["precision"] == 1
+    assert sc["ratio_distance"] < 0.15
+
+
+def test_simulator_truth_and_empty_fields():
+    s = SimsSettings(shape=(64, 64), empty_fraction=0.5)
+    sizes = [len(simulate_field(i, s).truth) for i in range(20)]
+    assert 3 <= sizes.count(0) <= 17
+    sim = next(simulate_field(i, s) for i in range(20) if len(simulate_field(i, s).truth) >= 2)
+    assert sim.labels.max() == len(sim.truth)
+    assert set(sim.truth["material"]) <= set(REFERENCE_MATERIALS)
+    for _, row in sim.truth.iterrows():
+        mat = REFERENCE_MATERIALS[row["material"]]
+        assert row["ratio_235U_238U"] == mat.ratio("235U")
+        assert (sim.labels == row["label"]).sum() == row["area"]
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_simulate_and_run(tmp_path, fcn_bundle, capsys):
+    from particleseg.cli import main
+
+    assert main(["sims", "simulate", "--out", str(tmp_path / "s"), "--fields", "3", "--size", "64",
+                 "--layout", "files", "--isotopes", "235U,238U", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "fields").iterdir())[:2] == ["field_0000_235U.tif", "field_0000_238U.tif"]
+    assert main(["sims", "run", str(tmp_path / "s" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o"),
+                 "--quiet", "--threshold", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "fields/s" in out and (tmp_path / "o" / "particles.csv").exists()
+    # a missing channel: one line naming the field, exit status 1
+    (tmp_path / "s" / "fields" / "field_0001_238U.tif").unlink()
+    assert main(["sims", "run", str(tmp_path / "s" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "field_0001" in err and "lacks the 238U image" in err
