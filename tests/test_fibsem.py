@@ -1,0 +1,310 @@
+"""FIB-SEM phase segmentation: streaming stacks, context, resume, bad slices, fractions, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from particleseg import fibsem
+from particleseg.errors import InputError, OutputExistsError
+from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack, write_simulation
+
+CLASSES = ["matrix", "pore", "inclusion"]
+TINY = FibsemSettings(shape=(7, 48, 48))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_stack(0, TINY)
+
+
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory):
+    """An untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
+    import keras
+
+    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
+
+    keras.utils.set_random_seed(1)
+    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
+    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
+    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], CLASSES)
+    return save_bundle(tmp_path_factory.mktemp("b") / "phases-tiny", build_network(net), meta, zip_copy=False)
+
+
+def _write_stacks(sim, folder, compress=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in range(sim.channels.shape[0]):
+        p = folder / f"ch{c}.tif"
+        tifffile.imwrite(p, sim.channels[c], compression="zlib" if compress else None, photometric="minisblack")
+        paths.append(p)
+    return paths
+
+
+def _corrupt_page(path, z):
+    """Overwrite the compressed data of page ``z`` with garbage (a damaged slice mid-stack)."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[z]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * count)
+
+
+# ------------------------------------------------------------------------------------------
+# stacks and context
+
+
+def test_context_indices_mirror_and_window_check():
+    assert fibsem.context_indices(0, 5, 2) == [2, 1, 0, 1, 2]
+    assert fibsem.context_indices(4, 5, 1) == [3, 4, 3]
+    assert fibsem.context_indices(2, 5, 0) == [2]
+    with pytest.raises(InputError, match=r"context window of 7 slices .* larger than the stack \(5 slices\); use --context 2"):
+        fibsem.context_indices(0, 5, 3)
+    assert fibsem.input_names(["a", "b"], 1) == ["a@z-1", "b@z-1", "a@z", "b@z", "a@z+1", "b@z+1"]
+
+
+def test_sources_memmap_pages_folder_agree(tmp_path, sim):
+    plain = _write_stacks(sim, tmp_path / "plain")
+    packed = _write_stacks(sim, tmp_path / "packed", compress=True)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(sim.labels.shape[0]):
+        tifffile.imwrite(folder / f"s_{z}.tif", sim.channels[0, z])  # natural sort: s_10 after s_9
+    a = fibsem.TiffStackSource(plain[0])
+    b = fibsem.TiffStackSource(packed[0])
+    c = fibsem.FolderSource(folder)
+    assert a._mm is not None and b._mm is None  # memory-mapped vs page by page
+    for z in (0, 3, 6):
+        np.testing.assert_array_equal(a.read(z), sim.channels[0, z])
+        np.testing.assert_array_equal(b.read(z), sim.channels[0, z])
+        np.testing.assert_array_equal(c.read(z), sim.channels[0, z])
+    a.close()
+    b.close()
+    # an ImageJ hyperstack holding both channels
+    tifffile.imwrite(tmp_path / "hyper.tif", np.moveaxis(sim.channels, 0, 1), imagej=True, metadata={"axes": "ZCYX"})
+    with fibsem.open_stack([tmp_path / "hyper.tif"]) as st:
+        assert st.n_channels == 2 and st.n_slices == 7
+        np.testing.assert_array_equal(st.read(4), sim.channels[:, 4])
+
+
+def test_bad_stacks_are_reported(tmp_path, sim):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(4):
+        tifffile.imwrite(folder / f"slice_{z:03d}.tif", sim.channels[0, z] if z != 2 else sim.channels[0, z, :40])
+    with pytest.raises(InputError, match=r"slice_002\.tif: slice of shape \(40, 48\) differs from the first slice"):
+        fibsem.FolderSource(folder)
+    p = _write_stacks(sim, tmp_path / "s")
+    tifffile.imwrite(tmp_path / "short.tif", sim.channels[1, :5], photometric="minisblack")
+    with pytest.raises(InputError, match=r"short\.tif: has 5 slices but .*ch0\.tif has 7"):
+        fibsem.open_stack([p[0], tmp_path / "short.tif"])
+    with pytest.raises(InputError, match=r"nope\.tif: not found"):
+        fibsem.open_stack([tmp_path / "nope.tif"])
+    packed = _write_stacks(sim, tmp_path / "packed", compress=True)
+    _corrupt_page(packed[0], 3)
+    src = fibsem.TiffStackSource(packed[0])
+    np.testing.assert_array_equal(src.read(2), sim.channels[0, 2])
+    with pytest.raises(InputError, match=r"ch0\.tif: slice 3 cannot be read"):
+        src.read(3)
+    src.close()
+
+
+# ------------------------------------------------------------------------------------------
+# segmentation
+
+
+def test_streaming_output_equals_in_memory(tmp_path, sim, phase_bundle):
+    """Slices streamed from disk (memory-mapped and page by page), segmented and written one by
+    one, equal the labels computed from the whole stack in memory with plain NumPy."""
+    paths = _write_stacks(sim, tmp_path / "in", compress=True)
+    with fibsem.open_stack(paths) as st:
+        fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
+    out = tifffile.imread(tmp_path / "out" / "phases.tif")
+    # in memory: percentiles over all slices, mirrored context, one network call per slice
+    vol = sim.channels.astype(np.float32)
+    norm = [np.percentile(sim.channels[c], [1.0, 99.8]) for c in range(2)]
+    # (the same float32 operations as the streaming code: an untrained network's classes are
+    # nearly tied, so even a last-bit difference of the input would flip some pixels)
+    x = np.stack([np.clip((vol[c] - np.float32(lo)) * np.float32(1.0 / (hi - lo)), -0.5, 1.5)
+                  for c, (lo, hi) in enumerate(norm)], -1)  # Z Y X C
+    model = phase_bundle.model
+    n = vol.shape[1]  # (C, Z, Y, X)
+    for z in range(n):
+        idx = [abs(z - 1), z, z + 1 if z + 1 < n else 2 * (n - 1) - (z + 1)]
+        inp = np.concatenate([x[i] for i in idx], -1)[None]
+        expect = np.argmax(np.asarray(model.predict_on_batch(inp))[0], -1) + 1
+        np.testing.assert_array_equal(out[z], expect, err_msg=f"slice {z}")
+        np.testing.assert_array_equal(tifffile.imread(fibsem.slice_path(tmp_path / "out", z)), expect)
+    # fractions: per slice and for the stack, from the labels
+    stack_row = fr[fr["slice"] == "stack"].iloc[0]
+    for i, name in enumerate(CLASSES):
+        assert stack_row[name] == pytest.approx((out == i + 1).mean())
+    assert (tmp_path / "out" / "volume_fractions.png").exists()
+
+
+def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, phase_bundle):
+    paths = _write_stacks(sim, tmp_path / "in")
+    calls = []
+    predict = phase_bundle.predictor()
+
+    def counting(batch):
+        calls.append(len(batch))
+        return predict(batch)
+
+    with fibsem.open_stack(paths) as st:
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting)
+        first = tifffile.imread(tmp_path / "out" / "phases.tif")
+        assert len(calls) == 7
+        with pytest.raises(OutputExistsError, match="output exists"):
+            fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting)
+        for z in (2, 5):
+            fibsem.slice_path(tmp_path / "out", z).unlink()
+        calls.clear()
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting, resume=True)
+        assert len(calls) == 2  # only the two missing slices were predicted
+    status = pd.read_csv(tmp_path / "out" / "slices.csv")
+    assert list(status["status"]) == ["resumed", "resumed", "ok", "resumed", "resumed", "ok", "resumed"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "phases.tif"), first)
+    # a resume with another stack shape is refused
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    run["n_slices"] = 99
+    (tmp_path / "out" / "run.json").write_text(json.dumps(run))
+    with fibsem.open_stack(paths) as st, pytest.raises(OutputExistsError, match="from another run"):
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", progress=False, resume=True)
+
+
+def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle):
+    paths = _write_stacks(sim, tmp_path / "in", compress=True)
+    _corrupt_page(paths[1], 3)
+    with fibsem.open_stack(paths) as st:
+        fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "cont", tile=48, progress=False)
+    status = pd.read_csv(tmp_path / "cont" / "slices.csv").set_index("slice")
+    assert status.loc[3, "status"] == "error" and "ch1.tif: slice 3 cannot be read" in status.loc[3, "message"]
+    assert status.loc[2, "status"] == "ok (context substituted)" and "context slice 3 unreadable" in status.loc[2, "message"]
+    assert (status["status"] != "error").sum() == 6
+    assert 3 not in set(fr["slice"]) and (tifffile.imread(tmp_path / "cont" / "phases.tif")[3] == 0).all()
+    # stop: finished slices are kept, the reports are written, resume finishes the rest
+    with fibsem.open_stack(paths) as st:
+        with pytest.raises(InputError, match=r"stopped at slice 3; 3 finished slice\(s\) kept"):
+            fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, on_error="stop")
+    assert sorted(p.name for p in (tmp_path / "stop" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]
+    assert len(pd.read_csv(tmp_path / "stop" / "volume_fractions.csv")) == 4  # 3 slices + stack
+    good = _write_stacks(sim, tmp_path / "fixed", compress=True)
+    with fibsem.open_stack(good) as st:
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, resume=True)
+    assert len(list((tmp_path / "stop" / "slices").iterdir())) == 7
+
+
+def test_volume_fractions_of_a_known_stack(tmp_path, phase_bundle):
+    """A stack whose channel 0 holds the phase (0, 1, 2 -> phases 1..3) and a stand-in network
+    that reads it off the centre slice: the fractions equal those of the known phases."""
+    rng = np.random.default_rng(3)
+    truth = rng.integers(1, 4, (5, 32, 40)).astype(np.uint8)
+    truth[2] = 1  # one slice all matrix
+    ch0 = ((truth - 1) * 100).astype(np.uint8)
+    ch1 = rng.integers(0, 255, truth.shape).astype(np.uint8)
+
+    def oracle(batch):  # channels: z-1 (2), z (2), z+1 (2); centre channel 0 is index 2
+        k = np.clip(np.round(batch[..., 2] * 2), 0, 2).astype(int)
+        return np.eye(3, dtype=np.float32)[k]
+
+    with fibsem.open_stack([ch0, ch1]) as st:
+        fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "o", tile=32, progress=False, predictor=oracle)
+    fr = fr.set_index("slice")
+    for z in range(5):
+        for i, name in enumerate(CLASSES):
+            assert fr.loc[z, name] == pytest.approx((truth[z] == i + 1).mean())
+    assert fr.loc[2, "matrix"] == 1.0
+    for i, name in enumerate(CLASSES):
+        assert fr.loc["stack", name] == pytest.approx((truth == i + 1).mean())
+    with fibsem.open_stack([ch0]) as st, pytest.raises(InputError, match=r"1 channel\(s\) but model 'phases-tiny' expects 2"):
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "o2", progress=False)
+    with fibsem.open_stack([ch0[:2], ch1[:2]]) as st, pytest.raises(InputError, match="larger than the stack"):
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "o3", progress=False)
+
+
+def test_large_slice_probabilities_through_memmap(tmp_path, sim, phase_bundle):
+    """Over the memory limit the probability map goes to a temporary memmap: same labels, no
+    temporary file left behind."""
+    x = np.random.default_rng(0).random((48, 48, 6)).astype(np.float32)
+    predict = phase_bundle.predictor()
+    a = fibsem.predict_slice(predict, x, tile=32, overlap=8, multiple_of=4)
+    b = fibsem.predict_slice(predict, x, tile=32, overlap=8, multiple_of=4, memmap_dir=tmp_path, memory_limit=1000, n_outputs=3)
+    np.testing.assert_array_equal(a, b)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# annotations, metrics, training
+
+
+def test_phase_metrics_hand_computed():
+    truth = np.array([[1, 1, 2, 2], [3, 3, 0, 0]])
+    pred = np.array([[1, 2, 2, 2], [3, 1, 3, 1]])
+    m = fibsem.phase_metrics(pred, truth, CLASSES)
+    assert m["pixels"] == 6 and m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["matrix"]["iou"] == pytest.approx(1 / 3)
+    assert m["per_class"]["pore"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["pore"]["recall"] == 1
+    assert m["per_class"]["inclusion"]["f1"] == pytest.approx(2 / 3)
+    assert m["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_read_annotations(tmp_path, sim):
+    ann = np.zeros_like(sim.labels)
+    ann[[1, 4]] = sim.labels[[1, 4]]
+    tifffile.imwrite(tmp_path / "a.tif", ann, photometric="minisblack")
+    got = fibsem.read_annotations(tmp_path / "a.tif", 7, (48, 48))
+    assert sorted(got) == [1, 4]
+    with pytest.raises(InputError, match=r"does not match the image stack \(9 slices"):
+        fibsem.read_annotations(tmp_path / "a.tif", 9, (48, 48))
+    with pytest.raises(InputError, match=r"slice\(s\) 2 are not annotated"):
+        fibsem.read_annotations(tmp_path / "a.tif", 7, (48, 48), slices=[1, 2])
+    d = tmp_path / "d"
+    d.mkdir()
+    tifffile.imwrite(d / "slice_0005.tif", sim.labels[5])
+    assert sorted(fibsem.read_annotations(d, 7, (48, 48))) == [5]
+
+
+def test_simulator_phases_and_channel_contrast(sim):
+    lab, ch = sim.labels, sim.channels.astype(float)
+    fr = [(lab == k).mean() for k in (1, 2, 3)]
+    assert fr[0] > 0.4 and 0.1 < fr[1] < 0.4 and 0.05 < fr[2] < 0.3
+    mean = lambda c, k: ch[c][lab == k].mean()  # noqa: E731
+    # channel 0 separates pores, channel 1 inclusions; each confuses the other pair more
+    assert mean(0, 1) - mean(0, 2) > 3 * abs(mean(0, 3) - mean(0, 1))
+    assert mean(1, 3) - mean(1, 1) > 3 * abs(mean(1, 1) - mean(1, 2))
+    # neighbouring slices share structure but not noise
+    same = (lab[2] == lab[3]).mean()
+    assert 0.7 < same < 1.0
+    assert annotation_slices(32, 3) == [8, 16, 23]
+
+
+@pytest.mark.slow
+def test_train_from_annotated_slices_and_cli(tmp_path, capsys):
+    """Training end to end from the command line (a couple of steps): bundle with the context
+    and phase names, per-phase metrics on the independent slice; then segment with it."""
+    from particleseg.cli import main
+
+    assert main(["fibsem", "simulate", "--out", str(tmp_path / "sim"), "--slices", "6", "--size", "48", "--annotate", "3"]) == 0
+    chans = [str(tmp_path / "sim" / "ch0_in-chamber.tif"), str(tmp_path / "sim" / "ch1_in-lens.tif")]
+    assert main(["fibsem", "train", *chans, "--labels", str(tmp_path / "sim" / "annotations.tif"), "--out", str(tmp_path / "b"),
+                 "--classes", "matrix,pore,inclusion", "--context", "1", "--depth", "2", "--filters", "4", "--tile", "32",
+                 "--epochs", "1", "--steps", "2", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation on independent slice(s) [4]" in out and "inclusion" in out
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["fibsem"]["context"] == 1 and meta["classes"] == CLASSES
+    assert meta["training"]["split"]["train"] == [1, 2] and set(meta["metrics"]["evaluation"]["all"]["per_class"]) == set(CLASSES)
+    assert main(["fibsem", "segment", *chans, "--model", str(tmp_path / "b"), "--out", str(tmp_path / "seg"), "--quiet"]) == 0
+    assert tifffile.imread(tmp_path / "seg" / "phases.tif").shape == (6, 48, 48)
+    # a context window larger than the stack: one line, exit 1
+    assert main(["fibsem", "train", *chans, "--labels", str(tmp_path / "sim" / "annotations.tif"), "--out", str(tmp_path / "b2"),
+                 "--context", "3"]) == 1
+    assert "larger than the stack (6 slices)" in capsys.readouterr().err
