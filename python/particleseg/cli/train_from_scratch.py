@@ -1,0 +1,156 @@
+"""``particleseg train-from-scratch``: a segmentation model from micrographs and outlines only."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from . import parse_range
+
+
+def _crop(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
+    return n
+
+
+def _count(text: str):
+    lo, hi = parse_range(text)
+    if lo is None or hi is None or lo < 0 or hi < lo or lo != int(lo) or hi != int(hi):
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX particle counts with 0 <= MIN <= MAX, got {text!r}")
+    return int(lo), int(hi)
+
+
+def register(sub) -> None:
+    from ..scratch.workflow import STAGES
+
+    p = sub.add_parser(
+        "train-from-scratch",
+        help="train a model without manual masks (shape GAN, simulated masks, CycleGAN)",
+        description=(
+            "Train a segmentation model from representative micrographs and a few dozen outlines of single "
+            "particles, without any manual mask (the workflow of Ruehle, Krumrey & Hodoroaba, Sci. Rep. 2021): "
+            "1. a shape GAN learns particle shapes from the outlines; 2. masks are simulated from generated shapes; "
+            "3. a CycleGAN turns them into fake micrographs; 4. an artifact filter drops particles the fakes do not "
+            "show; 5. a network is trained on the fake pairs. Each stage is cached in the work folder (one "
+            "subfolder per stage, with PNG sample grids); an interrupted run continues where it stopped."
+        ),
+        epilog="Without a GPU use --preset cpu (about 1.5-2 hours on two cores); see docs/from-scratch.md.",
+    )
+    p.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILE", help="real micrographs (same size and bit depth)")
+    p.add_argument("--outlines", required=True, metavar="DIR", help="binary images, each one white particle on black (about 40)")
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle to write")
+    p.add_argument("--work", metavar="DIR", help="work folder with one subfolder per stage (default: BUNDLE_DIR.work)")
+    p.add_argument("--preset", choices=("default", "cpu", "tiny"), default="default",
+                   help="default: the publication's scale (GPU); cpu: about 1.5-2 h on two CPU cores; tiny: a smoke test")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--redo", choices=STAGES, help="run this stage and all later ones again")
+    p.add_argument("--stop-after", choices=STAGES, help="stop after this stage (inspect its samples.png first)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("general")
+    g.add_argument("--pairs", type=int, help="fake training pairs (default 1000; cpu preset 400)")
+    g.add_argument("--polarity", choices=("bright", "dark"), help="particles brighter (SEM, default) or darker (brightfield TEM) than the background")
+    g.add_argument("--crop-rows", type=_crop, metavar="N|auto", help="rows of the data bar at the bottom to ignore (default auto)")
+    g.add_argument("--name", help="bundle name (default from-scratch)")
+    g.add_argument("--seed", type=int, help="seed of every stage (default 0)")
+
+    g = p.add_argument_group("stage 1: shape GAN")
+    g.add_argument("--shape-size", type=int, help="side of the outline canvas in pixels (default 64)")
+    g.add_argument("--shape-steps", type=int, help="generator updates")
+    g.add_argument("--shape-batch", type=int, help="batch size")
+    g.add_argument("--shape-filters", type=int, help="network width")
+
+    g = p.add_argument_group("stage 2: mask simulation")
+    g.add_argument("--tile", type=int, help="side of the simulated masks in pixels (default 384)")
+    g.add_argument("--particles", type=_count, metavar="MIN:MAX", help="particles per tile (default 100:150 for a 384x384 tile, scaled for other tiles)")
+    g.add_argument("--size-distribution", metavar="SPEC", help="size scales: normal:1.0,0.1 (default, cut at 3 SD), lognormal:MEDIAN,SIGMA, uniform:LO,HI, file:PATH, values:A,B,...")
+    g.add_argument("--perlin-threshold", type=float, help="place particles where the Perlin noise exceeds this (default 0.5; 0: uniform)")
+    g.add_argument("--perlin-cells", type=float, help="Perlin lattice cells across the canvas (default 4)")
+    g.add_argument("--max-overlap", type=float, help="largest covered fraction of a particle (default 0.5 for SEM; 0.05 for TEM)")
+    g.add_argument("--attach", type=float, help="probability of placing a particle against another (default 0)")
+    g.add_argument("--rotate", action="store_true", default=None, help="rotate shapes by random angles")
+
+    g = p.add_argument_group("stage 3: CycleGAN")
+    g.add_argument("--cyclegan-steps", type=int, help="training steps")
+    g.add_argument("--cyclegan-crop", type=int, help="training crop side (multiple of 4)")
+    g.add_argument("--cyclegan-batch", type=int, help="batch size")
+    g.add_argument("--cyclegan-filters", type=int, help="generator width (publication 64)")
+    g.add_argument("--cyclegan-res-blocks", type=int, help="generator residual blocks (publication 9)")
+    g.add_argument("--cycle-weight", type=float, help="cycle-consistency loss weight (default 10)")
+    g.add_argument("--identity-weight", type=float, help="identity loss weight (default 5; 0 skips it)")
+
+    g = p.add_argument_group("stage 4: artifact filter")
+    g.add_argument("--filter-method", choices=("li", "otsu", "mean", "median", "none"), help="threshold of the filter (default li)")
+
+    g = p.add_argument_group("stage 5: segmentation training")
+    g.add_argument("--architecture", choices=("multires-unet", "unet", "fcn"), help="network (default multires-unet; cpu preset unet)")
+    g.add_argument("--depth", type=int, help="network depth")
+    g.add_argument("--base-filters", type=int, help="filters of the first level")
+    g.add_argument("--seg-tile", type=int, help="training tile side")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--steps-per-epoch", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--val-fraction", type=float, help="fake pairs held out for validation (default 0.05)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    """A :class:`~particleseg.scratch.ScratchConfig` from the preset and the options given."""
+    from ..scratch import ScratchConfig
+
+    cfg = ScratchConfig.preset(args.preset)
+
+    def upd(obj, **kw):
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return dataclasses.replace(obj, **kw) if kw else obj
+
+    seed = args.seed
+    shapes = upd(cfg.shapes, size=args.shape_size, steps=args.shape_steps, batch_size=args.shape_batch,
+                 filters=args.shape_filters, seed=seed)
+    masks = upd(cfg.masks, tile=args.tile, count=args.particles, size=args.size_distribution,
+                perlin_threshold=args.perlin_threshold, perlin_cells=args.perlin_cells, max_overlap=args.max_overlap,
+                attach=args.attach, rotate=args.rotate, seed=seed)
+    cyc = upd(cfg.cyclegan, steps=args.cyclegan_steps, crop=args.cyclegan_crop, batch_size=args.cyclegan_batch,
+              filters=args.cyclegan_filters, res_blocks=args.cyclegan_res_blocks, cycle_weight=args.cycle_weight,
+              identity_weight=args.identity_weight, seed=seed)
+    seg = cfg.segmentation
+    net = upd(seg.network, architecture=args.architecture, depth=args.depth, base_filters=args.base_filters)
+    seg = upd(seg, network=net, tile=args.seg_tile, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+              batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed)
+    return upd(cfg, shapes=shapes, masks=masks, cyclegan=cyc, segmentation=seg, pairs=args.pairs,
+               polarity=args.polarity, crop_rows=args.crop_rows, filter_method=args.filter_method,
+               val_fraction=args.val_fraction, name=args.name)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # so that the running stage records its time and stays resumable
+
+
+def run(args) -> int:
+    import signal
+
+    from ..scratch import train_from_scratch
+
+    config = config_from_args(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result = train_from_scratch(args.images, args.outlines, args.out, work=args.work, config=config,
+                                    overwrite=args.overwrite, redo=args.redo, progress=not args.quiet,
+                                    stop_after=args.stop_after)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result is None:
+        return 0
+    minutes = {k: round(v / 60, 1) for k, v in result.seconds.items()}
+    seg = result.summaries.get("segmentation", {})
+    print(f"wrote {args.out}: trained on {config.pairs} fake pairs; minutes per stage {minutes}; "
+          f"instance IoU on held-out fake pairs {seg.get('fake_validation_instance_iou')}")
+    return 0
