@@ -227,17 +227,7 @@ def segment_image(
         prob = resize_to(prob, work.shape, order=1)
 
     # 4. particles
-    heads = bundle.heads
-    fg = prob[..., heads.index("foreground")]
-    mask = fg > params.threshold
-    if params.split:
-        dist = prob[..., heads.index("distance")] if "distance" in heads else None
-        labels = pp.split_touching(mask, dist, params.seed_threshold, params.h)
-    else:
-        labels = pp.label_mask(mask)
-    if params.fill_holes:
-        labels = pp.fill_holes(labels)
-    labels = pp.relabel_sequential(pp.remove_small(labels, params.min_area))
+    labels = particles_from_probabilities(prob, bundle.heads, params)
 
     # 5. measure and filter (border = image edges and the cropped rows)
     border = np.zeros(work.shape, bool)
@@ -272,6 +262,31 @@ def segment_image(
         labels = np.pad(labels, ((0, crop), (0, 0)))
         prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
     return Segmentation(prob.astype(np.float32), labels, table, cal, crop, factor, params)
+
+
+def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: SegmentParams) -> np.ndarray:
+    """Label image of the particles in a network output ``(Y, X, K)`` whose channels are ``heads``.
+
+    Threshold the ``foreground`` channel, split touching particles by a watershed (seeded by
+    the ``distance`` head, or by ``foreground * (1 - boundary)`` with a ``boundary`` head, or
+    by the distance transform of the mask without either), fill holes, remove small particles.
+    ``params`` must be resolved (see :meth:`SegmentParams.resolved`).
+    """
+    fg = prob[..., heads.index("foreground")]
+    mask = fg > params.threshold
+    if params.split:
+        if "distance" in heads:
+            seeds = prob[..., heads.index("distance")]
+        elif "boundary" in heads:
+            seeds = fg * (1 - prob[..., heads.index("boundary")])
+        else:
+            seeds = None
+        labels = pp.split_touching(mask, seeds, params.seed_threshold, params.h)
+    else:
+        labels = pp.label_mask(mask)
+    if params.fill_holes:
+        labels = pp.fill_holes(labels)
+    return pp.relabel_sequential(pp.remove_small(labels, params.min_area))
 
 
 def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: SegmentParams) -> np.ndarray:

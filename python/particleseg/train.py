@@ -137,6 +137,7 @@ class Augmentation:
     noise: float = 0.03
     elastic: float = 0.0
     elastic_sigma: float = 10.0
+    intensity_channels: tuple[int, ...] | None = None  # channels the intensity changes apply to (None: all)
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator):
         if self.flips:
@@ -149,7 +150,14 @@ class Augmentation:
             image, target = np.rot90(image, k), np.rot90(target, k)
         if self.elastic > 0:
             image, target = _elastic(image, target, self.elastic, self.elastic_sigma, rng)
-        image = np.array(image, np.float32)
+        full = np.array(image, np.float32)
+        sel = None
+        if self.intensity_channels is not None and full.ndim == 3:
+            # e.g. the particle classifier: change the gray image, never its mask channel
+            sel = [c for c in self.intensity_channels if c < full.shape[-1]]
+            image = full[..., sel]
+        else:
+            image = full
         if self.contrast:
             m = image.mean()
             image = (image - m) * rng.uniform(1 - self.contrast, 1 + self.contrast) + m
@@ -162,6 +170,9 @@ class Augmentation:
             image = ((image - lo) / span) ** g * span + lo
         if self.noise:
             image += rng.normal(0, rng.uniform(0, self.noise), image.shape).astype(np.float32)
+        if sel is not None:
+            full[..., sel] = image
+            image = full
         return image, np.ascontiguousarray(target, np.float32)
 
 
@@ -314,8 +325,16 @@ def fit(
     workdir: str | os.PathLike,
     resume: bool = True,
     verbose: int = 1,
+    train_classes: Sequence[np.ndarray] | None = None,
+    val_classes: Sequence[np.ndarray] | None = None,
+    callbacks: Sequence[Any] = (),
+    initial_weights: list[np.ndarray] | None = None,
 ):
     """Train a network on normalised images ``(Y, X, C)`` float32 and instance label images.
+
+    ``train_classes``/``val_classes`` are class-label images for a ``classes`` head (phases),
+    ``callbacks`` extra Keras callbacks (progress reports), ``initial_weights`` the weights
+    a new run starts from (fine-tuning; a resumed run ignores them).
 
     Writes into ``workdir``: ``checkpoint.keras`` (model and optimiser state after the last
     finished epoch), ``best.keras`` (lowest validation loss), ``log.csv`` (one row per epoch)
@@ -333,8 +352,8 @@ def fit(
     _check_pairs(train_images, train_labels, config.tile)
     _check_pairs(val_images, val_labels, config.tile)
     heads = config.network.heads
-    train_t = [make_targets(l, heads) for l in train_labels]
-    val_t = [make_targets(l, heads) for l in val_labels]
+    train_t = [make_targets(l, heads, c) for l, c in zip(train_labels, train_classes or [None] * len(train_labels))]
+    val_t = [make_targets(l, heads, c) for l, c in zip(val_labels, val_classes or [None] * len(val_labels))]
     fg_frac = float(np.mean([(l > 0).mean() for l in train_labels])) if config.class_balance else None
     if fg_frac is not None and fg_frac == 0:
         raise InputError("training masks are all empty: nothing to learn")
@@ -349,6 +368,8 @@ def fit(
         initial_epoch = json.loads(state_path.read_text())["epochs_done"]
     else:
         model = build_network(config.network)
+        if initial_weights is not None:
+            model.set_weights(initial_weights)
         for p in (log_path, best, ckpt, state_path):
             p.unlink(missing_ok=True)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
@@ -366,6 +387,7 @@ def fit(
         keras.callbacks.CSVLogger(str(log_path), append=initial_epoch > 0),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True),
         _Checkpoint(ckpt, state_path, workdir / "optimizer.npz"),
+        *callbacks,
     ]
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
@@ -464,3 +486,731 @@ def plot_loss(log: list[dict], path: str | os.PathLike) -> None:
     ax.legend()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# training data from files: images, masks and how to read the masks
+
+MASK_KINDS = ("auto", "binary", "labels", "classes")
+MASK_SUFFIXES = ("", "_mask", "_masks", "_m", "_label", "_labels", "_cm", "_keep", "-mask", "-labels")
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
+
+
+@dataclass
+class TrainingItem:
+    """One training image with its annotation, as read and checked by :func:`read_training_data`.
+
+    ``image`` is ``(Y, X, C)`` float32, normalised; ``labels`` the instance labels (0
+    background); ``classes`` the class-label image (multi-class masks only); ``keep`` the
+    instance labels of the particles an expert kept (classifier training only).
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    calibration: Any = None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask or label image (TIFF, PNG) as a 2D array, without the checks of
+    :func:`particleseg.io.read_image` that refuse empty (constant) images.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or not a 2D single-channel image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: mask file not found")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            data = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            data = iio.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read mask ({detail})") from None
+    data = np.squeeze(np.asarray(data))
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and np.all(data[..., :3] == data[..., :1]):
+        data = data[..., 0]  # a gray mask saved as RGB(A)
+    if data.ndim != 2:
+        raise InputError(f"{path}: mask has shape {data.shape}; expected a 2D single-channel image")
+    if data.dtype.kind not in "uifb":
+        raise InputError(f"{path}: unsupported mask data type {data.dtype}")
+    return data
+
+
+def interpret_mask(mask: np.ndarray, kind: str = "auto", name: str = "mask",
+                   n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Instance labels (and class labels) of an annotation.
+
+    Parameters
+    ----------
+    mask : (Y, X) array
+    kind : {"auto", "binary", "labels", "classes"}
+        ``binary``: two values, the larger is particle; touching particles are separated by
+        one-pixel background lines and labelled with 4-connectivity (the TiO2 convention).
+        ``labels``: one integer per particle, 0 background. ``classes``: a class per pixel,
+        0 background, ``1..n_classes-1`` phases. ``auto``: binary with at most two distinct
+        values, labels otherwise (multi-class masks must be asked for).
+    name : str
+        The file, for error messages.
+    n_classes : int, optional
+        Number of classes including background (``classes`` only; checked).
+
+    Returns
+    -------
+    labels : (Y, X) int32
+    classes : (Y, X) int32 or None
+    """
+    if kind not in MASK_KINDS:
+        raise InputError(f"{name}: unknown mask type {kind!r}; choose one of {', '.join(MASK_KINDS)}")
+    mask = np.asarray(mask)
+    values = np.unique(mask)
+    if mask.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+        raise InputError(f"{name}: mask holds fractional values; expected a binary mask or a label image")
+    if values.min() < 0:
+        raise InputError(f"{name}: mask holds negative values; expected a binary mask or a label image")
+    if kind == "auto":
+        kind = "binary" if len(values) <= 2 else "labels"
+    classes = None
+    if kind == "binary":
+        if len(values) > 2:
+            raise InputError(f"{name}: mask has {len(values)} distinct values, not a binary mask "
+                             "(use mask type 'labels' or 'classes')")
+        fg = mask == values.max() if len(values) == 2 else mask > 0
+        if len(values) == 2 and values.min() > 0:
+            raise InputError(f"{name}: binary mask has no 0 background (values {values[0]:g} and {values[1]:g})")
+        labels = label_mask_4(fg)
+    elif kind == "labels":
+        labels = mask.astype(np.int32)
+    else:
+        classes = mask.astype(np.int32)
+        if n_classes is not None and classes.max() >= n_classes:
+            raise InputError(f"{name}: class value {classes.max()} but only {n_classes} classes "
+                             f"(0..{n_classes - 1}) were given")
+        labels = label_mask_4(classes > 0)
+    if labels.size and (labels > 0).all():
+        raise InputError(f"{name}: mask marks every pixel as particle (inverted mask?)")
+    return labels, classes
+
+
+def label_mask_4(mask: np.ndarray) -> np.ndarray:
+    """4-connected labels of a binary mask (int32)."""
+    from .postprocess import label_mask
+
+    return label_mask(np.asarray(mask, bool)).astype(np.int32)
+
+
+def match_masks(images: Sequence[Path], mask_dir: Path, role: str = "mask") -> list[Path]:
+    """The mask file of each image in ``mask_dir``: same stem, or the stem followed by one of
+    :data:`MASK_SUFFIXES` (``a.tif`` -> ``a.tif``, ``a_mask.png``, ``a_m.tif``, ...)."""
+    from .io import IMAGE_SUFFIXES
+
+    if not mask_dir.is_dir():
+        raise InputError(f"{mask_dir}: {role} folder not found")
+    by_stem: dict[str, list[Path]] = {}
+    for q in sorted(mask_dir.iterdir()):
+        if q.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(q.stem, []).append(q)
+    out = []
+    for im in images:
+        found = [q for s in MASK_SUFFIXES for q in by_stem.get(im.stem + s, [])]
+        if not found:
+            raise InputError(f"{im}: no {role} for this image in {mask_dir} "
+                             f"(expected {im.stem}.tif, {im.stem}_mask.tif, ...)")
+        if len(found) > 1 and found[0].stem == found[1].stem:
+            raise InputError(f"{im}: several {role}s match it in {mask_dir} ({found[0].name}, {found[1].name})")
+        out.append(found[0])
+    return out
+
+
+def _as_list(x, role: str) -> tuple[list, list[str]]:
+    """Arrays or paths: a folder, a file, or a sequence of files or arrays -> (items, names)."""
+    from .io import list_images
+
+    if isinstance(x, np.ndarray):
+        x = [x] if x.ndim == 2 else list(x)
+    if isinstance(x, (str, os.PathLike)):
+        p = Path(x)
+        if not p.exists():
+            raise InputError(f"{p}: {role} folder or file not found")
+        files = list_images([p])
+        if not files:
+            raise InputError(f"{p}: no image files (TIFF, PNG, JPEG) found")
+        return files, [str(f) for f in files]
+    items = list(x)
+    names = [str(it) if isinstance(it, (str, os.PathLike)) else f"{role} {i}" for i, it in enumerate(items)]
+    return [Path(it) if isinstance(it, (str, os.PathLike)) else np.asarray(it) for it in items], names
+
+
+def read_training_data(
+    images,
+    masks,
+    keep_masks=None,
+    mask_kind: str = "auto",
+    n_classes: int | None = None,
+    crop_rows: int = 0,
+    normalization: dict | None = None,
+) -> list[TrainingItem]:
+    """Read, check and normalise training pairs before any training starts.
+
+    Parameters
+    ----------
+    images : folder, file, sequence of files, or sequence of arrays
+        Gray images ``(Y, X)``; multi-channel inputs as ``(C, Y, X)`` files (multi-page TIFF
+        or ImageJ hyperstacks) or ``(Y, X, C)`` arrays.
+    masks : folder or sequence of files or arrays
+        One annotation per image (see :func:`interpret_mask`). A folder is matched to the
+        images by file name (:func:`match_masks`).
+    keep_masks : folder or sequence, optional
+        Masks of the particles an expert kept (particle-classifier training).
+    mask_kind, n_classes : see :func:`interpret_mask`.
+    crop_rows : int
+        Rows at the bottom of every image and mask to drop (a microscope's data bar).
+    normalization : dict
+        Percentile normalisation settings (as stored in a bundle).
+
+    Raises
+    ------
+    InputError
+        One line naming the file: a missing mask, sizes that differ, an unreadable file, a
+        mask that is not a binary or label image, all masks empty.
+    """
+    from .io import Calibration, read_image
+    from .preprocess import normalize_percentile
+
+    norm = normalization or NORMALIZATION
+    img_items, img_names = _as_list(images, "image")
+    from_folder = isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir()
+    if from_folder and all(isinstance(i, Path) for i in img_items):
+        mask_items = match_masks(img_items, Path(masks))
+        mask_names = [str(m) for m in mask_items]
+    elif isinstance(masks, (str, os.PathLike)) and not Path(masks).exists():
+        raise InputError(f"{masks}: mask folder or file not found")
+    else:
+        mask_items, mask_names = _as_list(masks, "mask")
+    if len(mask_items) != len(img_items):
+        raise InputError(f"{len(img_items)} images but {len(mask_items)} masks "
+                         f"({img_names[0] if img_names else 'no images'} ...); give one mask per image")
+    keep_items: list = [None] * len(img_items)
+    keep_names: list = [None] * len(img_items)
+    if keep_masks is not None:
+        if isinstance(keep_masks, (str, os.PathLike)) and Path(keep_masks).is_dir() and all(isinstance(i, Path) for i in img_items):
+            keep_items = match_masks(img_items, Path(keep_masks), "keep mask")
+            keep_names = [str(m) for m in keep_items]
+        else:
+            keep_items, keep_names = _as_list(keep_masks, "keep mask")
+        if len(keep_items) != len(img_items):
+            raise InputError(f"{len(img_items)} images but {len(keep_items)} keep masks; give one keep mask per image")
+    if not img_items:
+        raise InputError("no training images given")
+
+    out: list[TrainingItem] = []
+    n_channels = None
+    for item, name, m_item, m_name, k_item, k_name in zip(img_items, img_names, mask_items, mask_names, keep_items, keep_names):
+        if isinstance(item, Path):
+            img, cal = read_image(item, channel_axis_ok=True)
+            if img.ndim == 4:
+                raise InputError(f"{name}: a stack of multi-channel images; give one 2D (multi-channel) image per file")
+            img = img[..., None] if img.ndim == 2 else np.moveaxis(img, 0, -1)  # (C, Y, X) pages -> channels
+        else:
+            img, cal = np.asarray(item), Calibration()
+            if img.ndim == 2:
+                img = img[..., None]
+            if img.ndim != 3:
+                raise InputError(f"{name}: expected a (Y, X) or (Y, X, C) array, got shape {img.shape}")
+        if n_channels is None:
+            n_channels = img.shape[-1]
+        elif img.shape[-1] != n_channels:
+            raise InputError(f"{name}: has {img.shape[-1]} channel(s) but the first image has {n_channels}")
+        mask = read_mask(m_item) if isinstance(m_item, Path) else np.asarray(m_item)
+        if mask.ndim != 2:
+            raise InputError(f"{m_name}: mask has shape {mask.shape}; expected a 2D image")
+        keep = None
+        if k_item is not None:
+            keep = read_mask(k_item) if isinstance(k_item, Path) else np.asarray(k_item)
+        if crop_rows:
+            if crop_rows >= img.shape[0] - 16:
+                raise InputError(f"{name}: cannot crop {crop_rows} rows from an image {img.shape[0]} rows high")
+            img = img[: img.shape[0] - crop_rows]
+            mask = mask[: img.shape[0]]
+            keep = keep[: img.shape[0]] if keep is not None else None
+        if mask.shape != img.shape[:2]:
+            raise InputError(f"{m_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                             f"{name} ({img.shape[1]}x{img.shape[0]})")
+        if keep is not None and keep.shape != img.shape[:2]:
+            raise InputError(f"{k_name}: keep mask size {keep.shape[1]}x{keep.shape[0]} differs from its image "
+                             f"{name} ({img.shape[1]}x{img.shape[0]})")
+        labels, classes = interpret_mask(mask, mask_kind, m_name, n_classes)
+        keep_labels = interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0] if keep is not None else None
+        x = np.stack([normalize_percentile(img[..., c], norm["low"], norm["high"], tuple(norm["clip"]) if norm.get("clip") else None)
+                      for c in range(img.shape[-1])], -1)
+        out.append(TrainingItem(name, x, labels, classes, keep_labels, cal))
+    if all(it.labels.max() == 0 for it in out):
+        raise InputError(f"{mask_names[0]}: all {len(out)} masks are empty (no particle annotated); nothing to learn")
+    return out
+
+
+def split_validation(n: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of training and validation images: ``round(n * validation_split)`` (at least
+    one) validation images chosen with ``seed``."""
+    if not 0 < validation_split < 1:
+        raise InputError(f"validation split must be between 0 and 1, got {validation_split}")
+    if n < 2:
+        raise InputError(f"too few images for a validation split ({n}; need at least 2, "
+                         "or give validation images separately)")
+    n_val = min(n - 1, max(1, int(round(n * validation_split))))
+    order = np.random.default_rng(seed).permutation(n)
+    val = sorted(order[:n_val].tolist())
+    return [i for i in range(n) if i not in val], val
+
+
+def particle_size_px(labels: Sequence[np.ndarray]) -> float | None:
+    """Median equivalent circular diameter (pixels) of the annotated particles."""
+    areas = np.concatenate([np.bincount(l.ravel())[1:] for l in labels if l.max() > 0] or [np.zeros(0)])
+    areas = areas[areas > 0]
+    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None
+
+
+# --------------------------------------------------------------------------------------------
+# validation scores and default post-processing
+
+
+def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], heads: list[str],
+                      thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+                      seed_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+                      min_area: int = 15) -> tuple[dict, dict]:
+    """Choose the threshold (and the seed level of a distance/boundary head) that maximise the
+    mean instance IoU on the validation images, and score them there.
+
+    Returns the post-processing defaults and the metrics: foreground IoU, instance IoU
+    (averaged over annotated particles), pixel error (``1 - F1`` of the foreground pixels)
+    at the chosen settings.
+    """
+    from . import metrics
+    from .pipeline import SegmentParams, particles_from_probabilities
+
+    seeds = seed_thresholds if ("distance" in heads or "boundary" in heads) else (0.5,)
+    best = None
+    for thr in thresholds:
+        for st in seeds:
+            params = SegmentParams(threshold=thr, split=True, seed_threshold=st, h=1.0, min_area=min_area, fill_holes=True)
+            preds = [particles_from_probabilities(p, heads, params) for p in probs]
+            inst = float(np.mean([metrics.instance_iou(pr, lab, average="truth") for pr, lab in zip(preds, labels)]))
+            if best is None or inst > best[0]:
+                best = (inst, thr, st, preds)
+    inst, thr, st, preds = best
+    fg = float(np.mean([metrics.foreground_iou(pr > 0, lab > 0) for pr, lab in zip(preds, labels)]))
+    perr = float(np.mean([metrics.pixel_error((pr > 0).astype(np.uint8), (lab > 0).astype(np.uint8), (0.5,))
+                          for pr, lab in zip(preds, labels)]))
+    post = {"threshold": thr, "seed_threshold": st, "min_area": min_area}
+    return post, {"foreground_iou": round(fg, 4), "instance_iou": round(inst, 4), "pixel_error": round(perr, 4)}
+
+
+# --------------------------------------------------------------------------------------------
+# the public API
+
+
+def _progress_callback(progress, epochs: int):
+    """A Keras callback that reports ``progress(epochs_done, epochs, logs)`` after each epoch."""
+    import keras
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            progress(epoch + 1, epochs, dict(logs or {}))
+
+    return Report()
+
+
+def _workdir_config(workdir: Path, settings: dict, resume: bool) -> None:
+    """Refuse to resume a run made with other settings; record the settings of a new run."""
+    path = workdir / "settings.json"
+    text = json.dumps(settings, indent=1, sort_keys=True, default=str)
+    if resume and path.exists() and (workdir / "checkpoint.keras").exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(text):
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
+            raise InputError(f"{workdir}: holds an unfinished run with other settings ({', '.join(diff)}); "
+                             "resume with the same settings, or start over (--no-resume / resume=False)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def train_segmentation(
+    images,
+    masks,
+    out: str | os.PathLike,
+    *,
+    arch: str = "multires-unet",
+    depth: int = 4,
+    base_filters: int = 16,
+    dropout: float = 0.0,
+    normalization: str = "batch",
+    extra_head: str | None = "distance",
+    mask_kind: str = "auto",
+    class_names: Sequence[str] | None = None,
+    channel_names: Sequence[str] | None = None,
+    crop_rows: int = 0,
+    validation_images=None,
+    validation_masks=None,
+    validation_split: float = 0.2,
+    tile: int = 256,
+    batch_size: int = 8,
+    epochs: int = 50,
+    steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
+    learning_rate: float = 1e-3,
+    lr_step_epochs: int | None = None,
+    dice: bool = False,
+    patience: int = 15,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+    keep_masks=None,
+    classifier_epochs: int | None = None,
+    classifier_learning_rate: float | None = None,
+    classifier_network=None,
+    base_model: str | os.PathLike | None = None,
+    name: str | None = None,
+    description: str = "",
+    pixel_size: float | None = None,
+    unit: str | None = None,
+    polarity: str = "bright",
+    export: Sequence[str] = (),
+    zip_copy: bool = False,
+    workdir: str | os.PathLike | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int, dict], None] = True,
+    jit_compile: bool | None = None,
+):
+    """Train a segmentation network on annotated images and write a model bundle.
+
+    Every input is read and checked before training starts. Checkpoints go to ``workdir``
+    after every epoch; an interrupted run started again with the same settings continues
+    after the last finished epoch.
+
+    Parameters
+    ----------
+    images, masks : folder, files or arrays
+        See :func:`read_training_data`: binary masks with one-pixel lines between touching
+        particles, instance label images, or class-label images (``mask_kind="classes"``).
+    out : path
+        Bundle folder to write (refused if it exists, unless ``overwrite``).
+    arch : {"multires-unet", "unet", "fcn"}
+    depth, base_filters, dropout, normalization
+        Network size and regularisation (:class:`~particleseg.models.NetworkConfig`).
+    extra_head : {"distance", "boundary", None}
+        A second output the watershed takes its seeds from (``distance``: each particle's
+        normalised distance to its border; ``boundary``: particle borders).
+    mask_kind : {"auto", "binary", "labels", "classes"}
+    class_names : sequence of str
+        Names of the classes of a multi-class mask, background first; the network then has a
+        ``foreground`` head (any phase) and a softmax ``classes`` head.
+    channel_names : sequence of str
+        What each input channel is (stored in the bundle).
+    crop_rows : int
+        Rows at the bottom of each image to ignore (data bar).
+    validation_images, validation_masks : optional
+        Separate validation data; otherwise ``validation_split`` of the images (at least one)
+        is held out, chosen with ``seed``.
+    tile, batch_size, epochs, steps_per_epoch, validation_steps
+        Random training tiles per batch and batches per epoch; ``None`` steps: about two
+        passes over the training pixels per epoch (10 to 200 batches).
+    learning_rate, lr_step_epochs
+        Adam's learning rate, halved every ``lr_step_epochs`` (default ``epochs // 3``).
+    dice : bool
+        Add the soft Dice loss to the class-balanced cross-entropy of the foreground.
+    patience : int
+        Early stopping after this many epochs without a better validation loss (0: never).
+    augmentation : Augmentation
+    seed : int
+        Seeds the split, the weights and every batch: a run is reproducible.
+    keep_masks : folder, files or arrays, optional
+        Masks of the particles worth keeping: also trains the particle classifier
+        (:func:`train_classifier`) and stores it in the bundle.
+    classifier_epochs, classifier_learning_rate : optional
+        Epochs and learning rate of the classifier (default ``epochs``, ``learning_rate``).
+    classifier_network : NetworkConfig, optional
+        The classifier's network (default: a depth-3 UNet with 8 base filters, two inputs).
+    base_model : bundle, optional
+        Start from this bundle's network (fine-tuning); its architecture, heads and
+        normalisation replace ``arch``, ``depth``, ... .
+    name, description : str
+        Bundle name (default: the folder name) and a description of the training data.
+    pixel_size, unit : optional
+        Pixel size of the training images (default: from the files when they agree).
+    polarity : {"bright", "dark"}
+    export : sequence of {"onnx", "saved_model"}
+        Also export the network in these formats (checked against Keras).
+    zip_copy : bool
+        Also write ``out.zip``.
+    workdir : path
+        Checkpoints, ``log.csv`` and ``loss.png`` (default ``<out>.work``).
+    resume : bool
+        Continue an interrupted run found in ``workdir``.
+    overwrite : bool
+    progress : bool or callable
+        Keras' progress bar, or a function called as ``progress(epochs_done, epochs, logs)``.
+
+    Returns
+    -------
+    Bundle
+        The written bundle, loaded.
+    """
+    import keras
+
+    from .io import check_outputs
+    from .models import ARCHITECTURES, Head, NetworkConfig, load_bundle, make_metadata, save_bundle
+
+    t0 = time.time()
+    out = Path(out)
+    arch = arch.replace("_", "-")
+    if arch not in ARCHITECTURES:
+        raise InputError(f"{arch}: unknown architecture; choose one of {', '.join(ARCHITECTURES)}")
+    if extra_head not in (None, "none", "distance", "boundary"):
+        raise InputError(f"{extra_head}: unknown extra head; choose distance, boundary or none")
+    extra_head = None if extra_head == "none" else extra_head
+    for fmt in export:
+        if fmt not in ("onnx", "saved_model"):
+            raise InputError(f"{fmt}: unknown export format; choose onnx or saved_model")
+    check_outputs([out] + ([out.with_suffix(".zip")] if zip_copy else []), overwrite)
+    classes = list(class_names) if class_names else None
+    if mask_kind == "classes" and not classes:
+        raise InputError("multi-class masks need the class names (background first)")
+    if classes and len(classes) > 2:
+        mask_kind = "classes"
+
+    base = load_bundle(base_model) if base_model else None
+    norm = dict(base.metadata["input"]["normalization"]) if base else dict(NORMALIZATION)
+    if base:
+        network = base.network
+    else:
+        heads = [Head("foreground")]
+        if extra_head:
+            heads.append(Head(extra_head))
+        if mask_kind == "classes":
+            heads.append(Head("classes", len(classes), "softmax"))
+        try:
+            network = NetworkConfig(arch, 1, tuple(heads), depth, base_filters, dropout, normalization)
+        except ValueError as exc:
+            raise InputError(f"{out}: {exc}") from None
+    if tile % network.multiple_of:
+        raise InputError(f"tile {tile} must be a multiple of {network.multiple_of} (2**depth)")
+
+    # 1. every input, before any training
+    items = read_training_data(images, masks, keep_masks, mask_kind, len(classes) if classes else None, crop_rows, norm)
+    if validation_images is not None:
+        if validation_masks is None:
+            raise InputError("validation images given without validation masks")
+        val_items = read_training_data(validation_images, validation_masks, None, mask_kind,
+                                       len(classes) if classes else None, crop_rows, norm)
+        train_items = items
+    else:
+        tr, va = split_validation(len(items), validation_split, seed)
+        train_items, val_items = [items[i] for i in tr], [items[i] for i in va]
+    n_ch = items[0].image.shape[-1]
+    if base:
+        base.check_channels(n_ch, items[0].name)
+    else:
+        network = dataclasses.replace(network, input_channels=n_ch)
+    if val_items[0].image.shape[-1] != n_ch:
+        raise InputError(f"{val_items[0].name}: has {val_items[0].image.shape[-1]} channel(s) but the training images have {n_ch}")
+    for it in train_items + val_items:
+        if min(it.image.shape[:2]) < tile:
+            raise InputError(f"{it.name}: size {it.image.shape[1]}x{it.image.shape[0]} is smaller than the "
+                             f"training tile {tile} (use a smaller tile)")
+    if all(it.labels.max() == 0 for it in train_items):
+        raise InputError(f"{train_items[0].name}: all training masks are empty; nothing to learn")
+
+    train_px = sum(it.image.shape[0] * it.image.shape[1] for it in train_items)
+    val_px = sum(it.image.shape[0] * it.image.shape[1] for it in val_items)
+    if steps_per_epoch is None:
+        steps_per_epoch = int(np.clip(round(2 * train_px / (batch_size * tile * tile)), 10, 200))
+    if validation_steps is None:
+        validation_steps = int(np.clip(round(val_px / (batch_size * tile * tile)), 2, 50))
+    config = TrainConfig(
+        network=network, tile=tile, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps, learning_rate=learning_rate,
+        lr_step_epochs=lr_step_epochs or max(1, epochs // 3), lr_step_factor=0.5, dice=dice,
+        class_balance=True, patience=patience, seed=seed, jit_compile=jit_compile,
+        augmentation=augmentation or Augmentation(),
+    )
+
+    # 2. train (checkpointed; resumable)
+    workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
+    seg_dir = workdir / "segmentation"
+    settings = {"config": config.to_dict(), "images": [it.name for it in train_items],
+                "validation": [it.name for it in val_items], "base_model": str(base.path) if base else None}
+    _workdir_config(seg_dir, settings, resume)
+    callbacks = [_progress_callback(progress, epochs)] if callable(progress) else []
+    model, log = fit(
+        [it.image for it in train_items], [it.labels for it in train_items],
+        [it.image for it in val_items], [it.labels for it in val_items],
+        config, seg_dir, resume=resume, verbose=1 if progress is True else 0,
+        train_classes=[it.classes for it in train_items] if mask_kind == "classes" else None,
+        val_classes=[it.classes for it in val_items] if mask_kind == "classes" else None,
+        callbacks=callbacks, initial_weights=base.model.get_weights() if base else None,
+    )
+
+    # 3. defaults of the post-processing and validation metrics
+    from .inference import predict_tiled
+    from .models import keras_predictor
+
+    head_kinds = [h.kind for h in network.heads]
+    infer_tile = max(512, tile) // network.multiple_of * network.multiple_of
+    overlap = min(max(16, 2 * network.multiple_of), infer_tile // 4)
+    predict = keras_predictor(model)
+    probs = [predict_tiled(predict, it.image, tile=infer_tile, overlap=overlap, multiple_of=network.multiple_of,
+                           progress=False) for it in val_items]
+    size_px = particle_size_px([it.labels for it in train_items])
+    min_area = int(np.clip(round(0.1 * np.pi * (size_px / 2) ** 2), 1, 15)) if size_px else 15
+    post, scores = validation_scores(probs, [it.labels for it in val_items], head_kinds, min_area=min_area)
+    if mask_kind == "classes":
+        k = head_kinds.index("classes")
+        off = sum(h.channels for h in network.heads[:k])
+        pred_c = [p[..., off:off + len(classes)].argmax(-1) for p in probs]
+        scores["class_accuracy"] = round(float(np.mean([(pc == it.classes).mean() for pc, it in zip(pred_c, val_items)])), 4)
+    scores.update({"validation_images": len(val_items), "final_loss": log[-1].get("loss") if log else None,
+                   "final_val_loss": log[-1].get("val_loss") if log else None,
+                   "best_val_loss": min((r["val_loss"] for r in log if "val_loss" in r), default=None)})
+
+    # 4. the particle classifier
+    classifier = classifier_meta = None
+    if keep_masks is not None:
+        classifier, classifier_meta = train_classifier(
+            train_items, val_items, workdir / "classifier", network=classifier_network, tile=tile, batch_size=batch_size,
+            epochs=classifier_epochs or epochs, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            learning_rate=classifier_learning_rate or learning_rate, seed=seed, resume=resume, progress=progress,
+            normalization=norm,
+            jit_compile=jit_compile)
+
+    # 5. the bundle
+    cals = {(it.calibration.pixel_size, it.calibration.unit) for it in items if it.calibration is not None}
+    if pixel_size is None and len(cals) == 1:
+        ps, un = cals.pop()
+        if un != "px":
+            pixel_size, unit = ps, un
+    minutes = (time.time() - t0) / 60
+    kind_text = {"binary": "binary masks", "labels": "label images", "classes": "class-label images"}.get(mask_kind, "masks (binary or labels)")
+    data_text = (f"{len(train_items)} training and {len(val_items)} validation images "
+                 f"({train_px / 1e6:.2f} and {val_px / 1e6:.2f} Mpx) with {kind_text}, "
+                 f"{sum(int(it.labels.max() > 0 and len(np.unique(it.labels)) - 1) for it in train_items)} annotated particles "
+                 f"in the training images" + (f"; {description}" if description else ""))
+    meta = make_metadata(
+        name or out.name, network, description=description or f"trained on {len(items)} annotated images",
+        channels=list(channel_names) if channel_names else (base.metadata["input"]["channels"] if base else None),
+        normalization=norm, tile=infer_tile, overlap=overlap, pixel_size=pixel_size, unit=unit or "px",
+        particle_size_px=round(size_px, 2) if size_px else None, classes=classes, polarity=polarity,
+        postprocess={**(base.postprocess if base else {}), **post},
+        training={
+            "data": data_text,
+            "images": [it.name for it in train_items], "validation_images": [it.name for it in val_items],
+            "mask_kind": mask_kind, "crop_rows": crop_rows, "config": config.to_dict(),
+            "base_model": str(base.path) if base else None,
+            "epochs_run": len(log), "minutes": round(minutes, 1), "workdir": str(workdir),
+            "keras_backend": keras.backend.backend(),
+        },
+        metrics={"validation": scores},
+    )
+    if classifier_meta:
+        meta["classifier"] = classifier_meta
+    extra = {f"training/{f}": seg_dir / f for f in ("log.csv", "loss.png") if (seg_dir / f).exists()}
+    bundle = save_bundle(out, model, meta, classifier=classifier, overwrite=overwrite, zip_copy=False, extra_files=extra)
+    if export:
+        from .models.export import export_bundle
+
+        bundle = export_bundle(bundle, export, overwrite=True)
+    if zip_copy:
+        from .models import zip_bundle
+
+        zip_bundle(out, out.with_suffix(".zip"), overwrite=overwrite)
+    return bundle
+
+
+def train_classifier(
+    train_items: Sequence[TrainingItem],
+    val_items: Sequence[TrainingItem],
+    workdir: str | os.PathLike,
+    *,
+    network=None,
+    tile: int = 256,
+    batch_size: int = 8,
+    epochs: int = 30,
+    steps_per_epoch: int = 50,
+    validation_steps: int = 10,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool | Callable = True,
+    normalization: dict | None = None,
+    jit_compile: bool | None = None,
+):
+    """Train the particle classifier: which annotated particles an expert kept.
+
+    Its input is what :func:`particleseg.pipeline.classifier_map` gives it: the normalised
+    image and the particle mask as two channels; its target is the mask of the kept
+    particles (the items' ``keep`` labels), so its output is the probability that a pixel
+    belongs to a particle worth keeping. The pipeline scores each particle by the mean of
+    its pixels and keeps those at or above the threshold. Intensity augmentation changes the
+    image channel only.
+
+    Returns
+    -------
+    model : keras.Model
+    metadata : dict
+        ``network``, ``threshold`` (0.5) and validation ``metrics`` (particle accuracy at the
+        threshold), for ``bundle.json``'s ``classifier`` entry.
+    """
+    from .models import Head, NetworkConfig
+
+    for it in list(train_items) + list(val_items):
+        if it.keep is None:
+            raise InputError(f"{it.name}: no keep mask for this image")
+        if it.image.shape[-1] != 1:
+            raise InputError(f"{it.name}: the particle classifier takes gray images (one channel)")
+        if ((it.keep > 0) & (it.labels == 0)).mean() > 0.01:
+            raise InputError(f"{it.name}: its keep mask marks pixels outside the particles of its mask "
+                             "(keep masks must be subsets of the masks)")
+    network = network or NetworkConfig("unet", 2, (Head("foreground"),), depth=3, base_filters=8)
+
+    def x_of(it):
+        return np.concatenate([it.image, (it.labels > 0).astype(np.float32)[..., None]], -1)
+
+    config = TrainConfig(network=network, tile=tile, batch_size=batch_size, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                         learning_rate=learning_rate, lr_step_epochs=max(1, epochs // 3), patience=0, seed=seed + 1, jit_compile=jit_compile,
+                         augmentation=Augmentation(intensity_channels=(0,)))
+    workdir = Path(workdir)
+    _workdir_config(workdir, {"config": config.to_dict(), "images": [it.name for it in train_items]}, resume)
+    callbacks = [_progress_callback(progress, epochs)] if callable(progress) else []
+    model, log = fit([x_of(it) for it in train_items], [it.keep for it in train_items],
+                     [x_of(it) for it in val_items], [it.keep for it in val_items],
+                     config, workdir, resume=resume, verbose=1 if progress is True else 0, callbacks=callbacks)
+    # particle accuracy on the validation images: a particle counts as kept when most of it is
+    from .inference import predict_tiled
+    from .models import keras_predictor
+    from .postprocess import particle_scores
+
+    predict = keras_predictor(model)
+    right = total = 0
+    for it in val_items:
+        score = predict_tiled(predict, x_of(it), tile=max(256, tile), overlap=16, multiple_of=network.multiple_of,
+                              progress=False)[..., 0]
+        ids, s = particle_scores(it.labels, score)
+        if len(ids):
+            _, kept_frac = particle_scores(it.labels, (it.keep > 0).astype(float))
+            right += int(((s >= 0.5) == (kept_frac > 0.5)).sum())
+            total += len(ids)
+    meta = {"threshold": 0.5, "network": network.to_dict(),
+            "metrics": {"validation_particle_accuracy": round(right / total, 4) if total else None,
+                        "validation_particles": total, "epochs_run": len(log)},
+            "input": ["normalised image", "particle mask (0/1)"]}
+    return model, meta

@@ -331,8 +331,12 @@ def save_bundle(
     classifier=None,
     overwrite: bool = False,
     zip_copy: bool = True,
+    extra_files: dict[str, str | os.PathLike] | None = None,
 ) -> Bundle:
     """Write a bundle folder atomically (and a ``.zip`` of it beside, if ``zip_copy``).
+
+    ``extra_files`` maps paths inside the bundle to files copied there (e.g. the training
+    log and loss curve).
 
     The folder is assembled under a temporary name next to ``path`` and renamed at the end, so
     an interrupted save never leaves a half-written bundle.
@@ -349,6 +353,9 @@ def save_bundle(
         if classifier is not None:
             classifier.save(tmp / CLASSIFIER_FILE)
             meta["classifier"] = {"model_file": CLASSIFIER_FILE, **(meta.get("classifier") or {})}
+        for rel, src in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
         if path.exists():
             shutil.rmtree(path)

@@ -1,0 +1,118 @@
+"""``particleseg train``: train a segmentation network (and the particle classifier) on
+annotated images and write a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
+def register(sub) -> None:
+    from ..models import ARCHITECTURES
+
+    p = sub.add_parser(
+        "train",
+        help="train a network on your annotated images; writes a model bundle",
+        description=(
+            "Train a segmentation network on images and their masks and write a model bundle that "
+            "'particleseg segment --model BUNDLE_DIR', the Python API and the Fiji commands use. Masks "
+            "are matched to images by file name (a.tif -> a.tif, a_mask.tif, a_m.tif, ...) and may be "
+            "binary with one-pixel lines between touching particles, label images (one integer per "
+            "particle) or class-label images (--classes). Every file is checked before training starts. "
+            "Checkpoints go to BUNDLE_DIR.work after every epoch; running the same command again after an "
+            "interruption continues after the last finished epoch."
+        ),
+        epilog="Example: particleseg train --images data/images --masks data/masks --out runs/my-model --epochs 40",
+    )
+    p.add_argument("--images", required=True, metavar="DIR", help="training images (TIFF, PNG, JPEG; multi-page TIFF = channels)")
+    p.add_argument("--masks", required=True, metavar="DIR", help="one mask or label image per image, same names")
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle folder to write")
+    p.add_argument("--name", help="bundle name (default: the folder name)")
+    p.add_argument("--description", default="", help="a short description of the training data")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--zip", action="store_true", help="also write BUNDLE_DIR.zip")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--mask-type", choices=("auto", "binary", "labels", "classes"), default="auto",
+                   help="how masks are read (auto: binary with two values, label image otherwise)")
+    g.add_argument("--classes", nargs="+", metavar="NAME", help="class names of multi-class masks, background first (e.g. pore matrix particle)")
+    g.add_argument("--channels", nargs="+", metavar="NAME", help="what each input channel is (e.g. SE BSE)")
+    g.add_argument("--crop-rows", type=int, default=0, metavar="N", help="rows at the bottom to ignore (data bar)")
+    g.add_argument("--validation-images", metavar="DIR", help="separate validation images (default: hold out --validation-split)")
+    g.add_argument("--validation-masks", metavar="DIR", help="masks of --validation-images")
+    g.add_argument("--validation-split", type=float, default=0.2, metavar="F", help="fraction of the images held out for validation (default 0.2, at least one)")
+    g.add_argument("--pixel-size", type=float, help="pixel size of the training images (default: from the files)")
+    g.add_argument("--unit", help="unit of --pixel-size (default nm)")
+    g.add_argument("--polarity", choices=("bright", "dark"), default="bright", help="particles brighter (SEM) or darker than the background")
+    g.add_argument("--keep-masks", metavar="DIR", help="masks of the particles worth keeping: also train the particle classifier")
+
+    g = p.add_argument_group("network")
+    g.add_argument("--arch", choices=ARCHITECTURES, default="multires-unet", help="architecture (default multires-unet)")
+    g.add_argument("--depth", type=_positive_int, default=4, help="resolution levels (default 4)")
+    g.add_argument("--base-filters", type=_positive_int, default=16, help="filters of the first level (default 16)")
+    g.add_argument("--dropout", type=float, default=0.0, help="spatial dropout at the bottleneck")
+    g.add_argument("--normalization", choices=("batch", "group", "none"), default="batch")
+    g.add_argument("--extra-head", choices=("distance", "boundary", "none"), default="distance",
+                   help="second output the watershed takes its seeds from (default distance)")
+    g.add_argument("--base-model", metavar="BUNDLE", help="fine-tune this bundle's network instead of a new one")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--tile", type=_positive_int, default=256, help="training tile size (default 256; multiple of 2**depth)")
+    g.add_argument("--batch-size", type=_positive_int, default=8)
+    g.add_argument("--epochs", type=_positive_int, default=50)
+    g.add_argument("--steps", type=_positive_int, help="batches per epoch (default: about two passes over the training pixels)")
+    g.add_argument("--learning-rate", type=float, default=1e-3)
+    g.add_argument("--dice", action="store_true", help="add the Dice loss to the balanced cross-entropy")
+    g.add_argument("--patience", type=int, default=15, help="stop after this many epochs without a better validation loss (0: never)")
+    g.add_argument("--elastic", type=float, default=0.0, metavar="PX", help="elastic deformation amplitude in pixels (0: off)")
+    g.add_argument("--classifier-epochs", type=_positive_int, help="epochs of the particle classifier (default --epochs)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workdir", metavar="DIR", help="checkpoints and logs (default BUNDLE_DIR.work)")
+    g.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if an interrupted run is found")
+    g.add_argument("--xla", action="store_true", help="compile with XLA (faster on TensorFlow CPU for long runs)")
+
+    g = p.add_argument_group("exports")
+    g.add_argument("--export", nargs="+", choices=("onnx", "saved_model"), default=[],
+                   help="also export the network (checked against Keras on a test image)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import Augmentation, train_segmentation
+
+    bundle = train_segmentation(
+        args.images, args.masks, args.out,
+        arch=args.arch, depth=args.depth, base_filters=args.base_filters, dropout=args.dropout,
+        normalization=args.normalization, extra_head=args.extra_head, mask_kind=args.mask_type,
+        class_names=args.classes, channel_names=args.channels, crop_rows=args.crop_rows,
+        validation_images=args.validation_images, validation_masks=args.validation_masks,
+        validation_split=args.validation_split, tile=args.tile, batch_size=args.batch_size, epochs=args.epochs,
+        steps_per_epoch=args.steps, learning_rate=args.learning_rate, dice=args.dice, patience=args.patience,
+        augmentation=Augmentation(elastic=args.elastic), seed=args.seed, keep_masks=args.keep_masks,
+        classifier_epochs=args.classifier_epochs, base_model=args.base_model, name=args.name,
+        description=args.description, pixel_size=args.pixel_size, unit=args.unit, polarity=args.polarity,
+        export=args.export, zip_copy=args.zip, workdir=args.workdir, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.quiet, jit_compile=True if args.xla else None,
+    )
+    m = bundle.metadata["metrics"]["validation"]
+    post = bundle.postprocess
+    print(f"wrote {bundle.path}: {bundle.network.architecture}, heads {'+'.join(bundle.heads)}, "
+          f"{bundle.metadata['training']['epochs_run']} epochs in {bundle.metadata['training']['minutes']} min")
+    print(f"validation: foreground IoU {m['foreground_iou']:.4f}, instance IoU {m['instance_iou']:.4f}, "
+          f"pixel error {m['pixel_error']:.4f} at threshold {post['threshold']} (seed level {post['seed_threshold']})")
+    if bundle.has_classifier:
+        acc = bundle.metadata["classifier"]["metrics"]["validation_particle_accuracy"]
+        print(f"particle classifier: validation particle accuracy {acc}")
+    for fmt, e in bundle.metadata.get("exports", {}).items():
+        print(f"exported {fmt}: {bundle.path / e['file']} (max difference from Keras {e.get('max_abs_diff', float('nan')):.2g})")
+    return 0

@@ -1,0 +1,186 @@
+"""Exports of a bundle's network for other runtimes: ONNX (ONNX Runtime, DeepImageJ-style
+Java runtimes) and TensorFlow SavedModel, each checked against Keras on a test image.
+
+Exports live in the bundle's ``export/`` folder and are listed in ``bundle.json`` under
+``exports``, with the largest difference from the Keras output that the check found::
+
+    "exports": {"onnx": {"file": "export/model.onnx", "input": "image", "output": "...",
+                         "layout": "NHWC", "max_abs_diff": 3e-07, "checked_on": "64x64 test image"}}
+
+Exporting needs the TensorFlow backend (``keras.Model.export``); running an ONNX export needs
+only ``onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BundleError, OutputExistsError
+
+FORMATS = ("onnx", "saved_model")
+EXPORT_DIR = "export"
+FILES = {"onnx": "model.onnx", "saved_model": "saved_model"}
+TOLERANCE = 1e-4
+
+
+def test_image(size: int = 64, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A ``(1, size, size, channels)`` float32 test batch: smooth blobs plus noise in [0, 1]."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    x = ndi.gaussian_filter(rng.random((size, size, channels)), (3, 3, 0))
+    x = (x - x.min()) / max(np.ptp(x), 1e-6) + rng.normal(0, 0.02, x.shape)
+    return x[None].astype(np.float32)
+
+
+def onnx_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+    """Batch prediction with ONNX Runtime: ``(N, H, W, C)`` float32 -> ``(N, H, W, K)``.
+
+    Usable as the ``predictor`` of :func:`particleseg.pipeline.segment_image`.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BundleError(f"{path}: onnxruntime is not installed (pip install onnxruntime)") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise BundleError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+    name = session.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.asarray(batch, np.float32)})[0]
+
+    return predict
+
+
+def saved_model_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+    """Batch prediction with a TensorFlow SavedModel's ``serve`` endpoint (TensorFlow only)."""
+    import tensorflow as tf  # noqa: PLC0415 - the TF-only export path
+
+    loaded = tf.saved_model.load(str(path))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(loaded.serve(tf.constant(np.asarray(batch, np.float32))))
+
+    return predict
+
+
+def check_export(model, predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray | None = None,
+                 tolerance: float = TOLERANCE, source: str = "export") -> float:
+    """Largest absolute difference between Keras and an exported model on a test image.
+
+    Parameters
+    ----------
+    model : keras.Model
+    predict : callable
+        The exported model as a batch function (:func:`onnx_predictor`, ...).
+    image : array, optional
+        ``(H, W, C)`` or ``(N, H, W, C)``; default :func:`test_image` (sides must suit the
+        network: multiples of ``2 ** depth``).
+    tolerance : float
+        Raise :class:`BundleError` when the difference is larger.
+    """
+    from .bundle import keras_predictor
+
+    x = test_image(64, model.inputs[0].shape[-1]) if image is None else np.asarray(image, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    want = keras_predictor(model)(x)
+    got = np.asarray(predict(x))
+    if got.shape != want.shape:
+        raise BundleError(f"{source}: output shape {got.shape} differs from Keras {want.shape}")
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= tolerance:
+        raise BundleError(f"{source}: output differs from Keras by up to {diff:.3g} (tolerance {tolerance:g})")
+    return diff
+
+
+def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
+    """Write ``model`` as ``fmt`` (``onnx`` file or ``saved_model`` folder) to ``path``."""
+    import contextlib
+    import io
+
+    if fmt not in FORMATS:
+        raise BundleError(f"{fmt}: unknown export format; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    try:
+        if not getattr(model, "_called", True):  # Keras exports only a model that was called once
+            model(test_image(64, model.inputs[0].shape[-1]), training=False)
+        # tf2onnx and the SavedModel writer print pages of progress; keep them off the terminal
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.export(str(path), format="onnx" if fmt == "onnx" else "tf_saved_model", verbose=False)
+    except Exception as exc:  # noqa: BLE001
+        raise BundleError(f"{path}: cannot export as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return path
+
+
+def export_bundle(bundle, formats=FORMATS, overwrite: bool = False, check: bool = True, tolerance: float = TOLERANCE):
+    """Export a bundle's segmentation network and record the exports in its metadata.
+
+    Each export is written under a temporary name in ``export/``, checked against Keras on a
+    test image (:func:`check_export`), then moved into place; ``bundle.json`` is replaced
+    atomically, and a ``.zip`` of the bundle beside it is rewritten to match.
+
+    Returns the bundle, loaded again.
+    """
+    from .bundle import Bundle, load_bundle, write_metadata, zip_bundle
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    if bundle.path.parent.name == "bundles" and ".cache" in bundle.path.parts:
+        raise BundleError(f"{bundle.path}: a zipped bundle cannot be changed; unzip it and export the folder")
+    formats = list(dict.fromkeys(formats))
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise BundleError(f"{fmt}: unknown export format; choose one of {', '.join(FORMATS)}")
+    out_dir = bundle.path / EXPORT_DIR
+    targets = {fmt: out_dir / FILES[fmt] for fmt in formats}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]}: export exists; use --overwrite to replace it")
+    out_dir.mkdir(exist_ok=True)
+    model = bundle.model
+    image = test_image(max(64, bundle.network.multiple_of), bundle.network.input_channels)
+    meta = dict(bundle.metadata)
+    exports = dict(meta.get("exports") or {})
+    try:
+        _export_all(model, bundle, targets, out_dir, image, check, tolerance, exports)
+    finally:
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+    meta["exports"] = exports
+    write_metadata(bundle.path, meta)
+    zipped = bundle.path.with_suffix(".zip")
+    if zipped.is_file():
+        zip_bundle(bundle.path, zipped, overwrite=True)
+    return load_bundle(bundle.path)
+
+
+def _export_all(model, bundle, targets, out_dir, image, check, tolerance, exports) -> None:
+    for fmt, target in targets.items():
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{fmt}.", dir=out_dir))
+        try:
+            tmp = export_model(model, tmp_dir / FILES[fmt], fmt)
+            entry = {"file": f"{EXPORT_DIR}/{FILES[fmt]}", "layout": "NHWC",
+                     "input": "(N, H, W, C) float32, normalised as in 'input'; H and W multiples of "
+                              f"{bundle.network.multiple_of}",
+                     "output": f"(N, H, W, {bundle.network.output_channels}) float32: " + ", ".join(bundle.heads)}
+            if check:
+                predict = onnx_predictor(tmp) if fmt == "onnx" else saved_model_predictor(tmp)
+                entry["max_abs_diff"] = check_export(model, predict, image, tolerance, str(target))
+                entry["checked_on"] = f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)"
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        exports[fmt] = entry
