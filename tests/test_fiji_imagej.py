@@ -379,13 +379,32 @@ def test_models_lists_installed_bundles(ij, tiny_bundle, monkeypatch):
     ij.run_macro('newImage("n", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=tiny threshold=0.5 crop_rows=0");')
 
 
-def test_train_model_says_when_training_is_not_available(ij, tmp_path):
-    import particleseg.train as train
+def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
+    """Train Model... from a macro (wait: block until done) calls particleseg.train.train_segmentation
+    on the folders and writes a bundle that Segment Particles... then uses."""
+    from conftest import draw_disks
 
-    if hasattr(train, "train_segmentation"):
-        pytest.skip("particleseg.train.train_segmentation exists")
-    with pytest.raises(Exception, match="Train Model...: training is not available in this particleseg yet .* nothing was started"):
-        ij.run_macro(f'run("Train Model...", "images=[{tmp_path}] masks=[{tmp_path}] output=[{tmp_path / "m"}] name=x epochs=1 tile=64 wait");')
+    from particleseg.models import load_bundle
+
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "tiny-trained"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        img, lab = draw_disks((64, 64), [(16 + 8 * i, 20, 7), (44, 40 - 4 * i, 8)], seed=i)
+        write_tiff(images / f"im{i}.tif", img)
+        write_tiff(masks / f"im{i}_mask.tif", ((lab > 0) * 255).astype(np.uint8))
+    ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
+                 f'output=[{macro_path(out)}] name=tiny-trained architecture=unet epochs=1 tile=32 wait");')
+    bundle = load_bundle(out)
+    assert bundle.name == "tiny-trained" and bundle.network.architecture == "unet"
+    assert bundle.metadata["training"]["epochs_run"] == 1 and bundle.metadata["training"]["config"]["tile"] == 32
+    log = capfd.readouterr().out  # the Log window's lines (stdout in a headless ImageJ)
+    assert "Train Model: epoch 1/1" in log and f"Train Model: wrote {out}" in log
+    ij.run_macro(f'open("{macro_path(images / "im0.tif")}"); run("Segment Particles...", "model=[{macro_path(out)}] crop_rows=0");')
+    # an existing bundle is refused with one line, before any training
+    with pytest.raises(Exception, match="Train Model...: .*tiny-trained: output exists; use --overwrite"):
+        ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
+                     f'output=[{macro_path(out)}] name=x architecture=unet epochs=1 tile=32 wait");')
 
 
 # ------------------------------------------------------------------------------------------

@@ -440,10 +440,38 @@ def training_function():
 
 
 def train_model(ctx: Context, v: dict) -> dict:
-    training_function()
-    raise ParticlesegError(  # pragma: no cover - replaced once train_segmentation exists
-        "training is not wired to particleseg.train.train_segmentation in this version of the Fiji bridge"
+    """Train Model...: :func:`particleseg.train.train_segmentation` on an images and a masks
+    folder, with progress in the status bar and the Log; the bundle is written to ``output``."""
+    train = training_function()
+    for key, role in (("images", "images"), ("masks", "masks"), ("output", "output bundle")):
+        if not str(v.get(key) or "").strip():
+            raise InputError(f"no {role} folder chosen")
+    base = str(v.get("base_model") or "").strip()
+    epochs = int(v["epochs"])
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int, logs: dict) -> None:
+        loss = logs.get("loss")
+        val = logs.get("val_loss")
+        text = f"Train Model: epoch {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + (
+            f", validation loss {val:.4f}" if val is not None else "")
+        ctx.status(text)
+        ctx.log(text)
+        ctx.progress(done, total, "Train Model")
+
+    ctx.log(f"Train Model: {v['images']} + {v['masks']} -> {v['output']} ({v['architecture']}, {epochs} epochs, tile {v['tile']})")
+    bundle = train(
+        v["images"], v["masks"], v["output"], arch=str(v["architecture"]).replace("_", "-"), epochs=epochs,
+        tile=int(v["tile"]), name=str(v.get("name") or "").strip() or None,
+        base_model=None if base.lower() in ("", NONE) else base, progress=report,
     )
+    m = bundle.metadata["metrics"]["validation"]
+    seconds = time.perf_counter() - t0
+    ctx.log(f"Train Model: wrote {bundle.path} in {seconds:.0f} s; validation foreground IoU {m['foreground_iou']:.4f}, "
+            f"instance IoU {m['instance_iou']:.4f}; use it with model=[{bundle.path}]")
+    ctx.status(f"Train Model: done ({bundle.path.name})")
+    ctx.progress(1, 1, "Train Model")
+    return {"bundle": str(bundle.path), "metrics": m}
 
 
 def list_models(ctx: Context, v: dict) -> dict:
