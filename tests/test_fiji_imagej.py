@@ -379,6 +379,7 @@ def test_models_lists_installed_bundles(ij, tiny_bundle, monkeypatch):
     ij.run_macro('newImage("n", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=tiny threshold=0.5 crop_rows=0");')
 
 
+@pytest.mark.slow
 def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
     """Train Model... from a macro (wait: block until done) calls particleseg.train.train_segmentation
     on the folders and writes a bundle that Segment Particles... then uses."""

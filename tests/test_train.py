@@ -2,8 +2,8 @@
 on a learnable task, masks of each kind, resuming, bundles through load_bundle and the
 pipeline, the particle classifier, exports checked against Keras, and bad inputs.
 
-Tiny networks (depth 2, a few filters) on 64x64 images, so the file runs in about two minutes
-on two CPU cores.
+Tiny networks (depth 2, a few filters) on 64x64 images. The tests that train are marked slow
+(seconds each; the file takes 2-5 minutes on two shared CPU cores, most of it graph tracing).
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def test_bad_masks_are_named(mask, kind, message):
 # training
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_bundle_segments_the_disks(trained):
     from particleseg import metrics, segment_image
     from particleseg.pipeline import SegmentParams
@@ -137,6 +138,7 @@ def test_loss_falls_and_the_bundle_segments_the_disks(trained):
     assert (bundle.path / "training" / "loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_bundle_metadata_is_complete_and_round_trips(trained, tmp_path):
     from particleseg import segment_image
     from particleseg.models import load_bundle, zip_bundle
@@ -157,6 +159,7 @@ def test_bundle_metadata_is_complete_and_round_trips(trained, tmp_path):
     assert np.array_equal(segment_image(images[1], again, p).labels, segment_image(images[1], bundle, p).labels)
 
 
+@pytest.mark.slow
 def test_classifier_rejects_the_particles_the_expert_did_not_keep(trained):
     from particleseg import segment_image
     from particleseg.pipeline import SegmentParams
@@ -179,6 +182,7 @@ def test_classifier_rejects_the_particles_the_expert_did_not_keep(trained):
     assert (seg.table["reject_reason"] != "classifier").all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["multires-unet", "fcn", "unet"])
 def test_each_architecture_trains_from_files_and_segments(arch, tmp_path):
     from particleseg import segment_image
@@ -200,6 +204,7 @@ def test_each_architecture_trains_from_files_and_segments(arch, tmp_path):
     assert seg.labels.shape == (64, 64) and seg.probabilities.shape[-1] == len(b.heads)
 
 
+@pytest.mark.slow
 def test_multiclass_masks_train_a_classes_head(tmp_path):
     from particleseg import segment_image
     from particleseg.pipeline import SegmentParams
@@ -216,6 +221,7 @@ def test_multiclass_masks_train_a_classes_head(tmp_path):
     assert np.allclose(seg.probabilities[..., 1:].sum(-1), 1, atol=1e-4)  # softmax over the classes
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
     from particleseg.train import train_segmentation
 
@@ -246,6 +252,7 @@ def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
 # exports
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_keras_and_runs_the_pipeline(trained, tmp_path, capsys):
     from particleseg import segment_image
     from particleseg.cli import main
@@ -341,6 +348,7 @@ def test_other_bad_inputs(folders, tmp_path):
     assert main(["train", "--images", str(folders / "im"), "--masks", str(folders / "nope"), "--out", str(tmp_path / "o")]) == 1
 
 
+@pytest.mark.slow
 def test_train_command_writes_a_bundle_segment_uses(folders, capsys):
     from particleseg.cli import main
 

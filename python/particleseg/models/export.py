@@ -108,6 +108,7 @@ def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
     """Write ``model`` as ``fmt`` (``onnx`` file or ``saved_model`` folder) to ``path``."""
     import contextlib
     import io
+    import warnings
 
     if fmt not in FORMATS:
         raise BundleError(f"{fmt}: unknown export format; choose one of {', '.join(FORMATS)}")
@@ -115,8 +116,9 @@ def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
     try:
         if not getattr(model, "_called", True):  # Keras exports only a model that was called once
             model(test_image(64, model.inputs[0].shape[-1]), training=False)
-        # tf2onnx and the SavedModel writer print pages of progress; keep them off the terminal
-        with contextlib.redirect_stdout(io.StringIO()):
+        # tf2onnx and the SavedModel writer print pages of progress and NumPy deprecation warnings
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             model.export(str(path), format="onnx" if fmt == "onnx" else "tf_saved_model", verbose=False)
     except Exception as exc:  # noqa: BLE001
         raise BundleError(f"{path}: cannot export as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
