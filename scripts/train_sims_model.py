@@ -35,7 +35,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-LEVELS = (None, 0.5, 1.0, 2.0, 3.0)
+LEVELS = (None, 0.0, 0.25, 0.5, 1.0, 2.0, 3.0)  # watershed level h (None: no split)
 
 
 def simulated(n: int, seed: int, workdir: Path, settings):
@@ -68,8 +68,9 @@ def simulated(n: int, seed: int, workdir: Path, settings):
     return np.stack(counts), np.stack(labels), truth, isotopes
 
 
-def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, log):
-    """Score every (threshold, level) pair on the validation fields."""
+def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, min_significance, log):
+    """Score every (threshold, level) pair on the validation fields (detections below
+    ``min_significance`` sigma dropped, as ``run_fields`` does)."""
     from particleseg import sims
     from particleseg.models import keras_predictor
 
@@ -82,7 +83,7 @@ def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, log)
             tables, matches = [], []
             for f, p, lab in zip(fields, prob, labels):
                 det = sims.detect_particles(p, thr, level, min_area)
-                t = sims.measure_particles(f, det)
+                t, det = sims.significant(sims.measure_particles(f, det), det, min_significance)
                 t.insert(0, "field", f.name)
                 tables.append(t)
                 for pid, tid in sims.match_particles(det, lab).items():
@@ -119,29 +120,37 @@ def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
         tl = tifffile.imread(data / "masks" / f"{name}_mask.tif") if truth["field"].eq(name).any() else None
         if det is None or tl is None or det.max() == 0:
             continue
-        for pid, tid in sims.match_particles(det.astype(np.int32), tl.astype(np.int32)).items():
-            matches.append({"field": name, "particle": pid, "truth_label": tid})
-    matches = pd.DataFrame(matches, columns=["field", "particle", "truth_label"])
+        det, tl = det.astype(np.int32), tl.astype(np.int32)
+        for pid, tid in sims.match_particles(det, tl).items():
+            own = det == pid
+            # pixels of the detection on *other* true particles: a merge with a neighbour
+            foreign = float(((tl > 0) & (tl != tid) & own).sum() / own.sum())
+            matches.append({"field": name, "particle": pid, "truth_label": tid, "foreign": foreign})
+    matches = pd.DataFrame(matches, columns=["field", "particle", "truth_label", "foreign"])
     sc = sims.score_detection(parts, truth, matches)
     # recovered vs true per material: counts-weighted mean of matched particles, pooled ratio
     m = matches.merge(parts, on=["field", "particle"]).merge(truth, left_on=["field", "truth_label"],
                                                              right_on=["field", "label"], suffixes=("", "_true"))
     per_material = []
+    n_true = truth.groupby("material").size()
     for mat, g in m.groupby("material"):
-        row = {"material": mat, "matched": len(g)}
+        clean = g[g["foreign"] == 0]
+        row = {"material": mat, "true": int(n_true.get(mat, 0)), "matched": len(g),
+               "recall": len(g) / max(int(n_true.get(mat, 0)), 1), "merged": int((g["foreign"] > 0).sum())}
         for iso in sims.RATIO_ISOTOPES:
             rc, ec = sims.ratio_columns(iso)
-            net = g[f"{iso}_net"].sum()
-            ref = g["238U_net"].sum()
-            var_n = (g[f"{iso}_net_err"] ** 2).sum()
-            var_r = (g["238U_net_err"] ** 2).sum()
-            pooled = net / ref
             row[f"{iso}/238U true"] = float(g[rc + "_true"].iloc[0])
+            row[f"{iso}/238U median"] = float(g[rc].median())
+            # counts-pooled ratio of the detections not merged with a neighbour
+            net, ref = clean[f"{iso}_net"].sum(), clean["238U_net"].sum()
+            pooled = net / ref
             row[f"{iso}/238U pooled"] = float(pooled)
-            row[f"{iso}/238U pooled err"] = float(np.sqrt(var_n + pooled**2 * var_r) / ref)
+            row[f"{iso}/238U pooled err"] = float(np.sqrt((clean[f"{iso}_net_err"] ** 2).sum()
+                                                          + pooled**2 * (clean["238U_net_err"] ** 2).sum()) / ref)
             pull = ((g[rc] - g[rc + "_true"]) / g[ec]).replace([np.inf, -np.inf], np.nan).dropna()
             row[f"{iso}/238U pull median"] = float(pull.median()) if len(pull) else float("nan")
             row[f"{iso}/238U pull sigma"] = float((pull.quantile(0.75) - pull.quantile(0.25)) / 1.349) if len(pull) > 3 else float("nan")
+            row[f"{iso}/238U within 3 sigma"] = float((pull.abs() < 3).mean()) if len(pull) else float("nan")
         per_material.append(row)
     empty = set(fields.loc[fields["particles"] == 0, "field"])
     true_empty = set(fields["field"]) - set(truth["field"])
@@ -200,17 +209,21 @@ def main(argv=None):
     model, history = fit(inputs(tr_counts), list(tr_labels), inputs(va_counts), list(va_labels), cfg,
                          workdir / "train", resume=True, verbose=2)
     train_seconds = time.time() - t0
+    if train_seconds < 60 and (workdir / "summary.json").exists():  # resumed a finished training
+        train_seconds = json.loads((workdir / "summary.json").read_text()).get("train_seconds", train_seconds)
     log(f"trained in {train_seconds / 60:.1f} min; last val loss {history[-1].get('val_loss', float('nan')):.4f}")
 
     log("sweep on the validation fields:")
-    table = sweep(model, va_counts, va_labels, va_truth, isotopes, input_settings, 4, log)
+    min_sig = sims.DEFAULT_SIMS_POSTPROCESS["min_significance"]
+    log(f"detections below {min_sig} sigma of uranium counts are dropped (sims.significant)")
+    table = sweep(model, va_counts, va_labels, va_truth, isotopes, input_settings, 4, min_sig, log)
     table.to_csv(workdir / "sweep.csv", index=False)
     best = table.loc[table["score"].idxmin()]
     level = None if best["level"] == "none" else float(best["level"])
     log(f"best: threshold {best['threshold']} level {best['level']} (score {best['score']:.3f})")
 
     post = {**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": float(best["threshold"]),
-            "split": level is not None, "h": level if level is not None else 1.0}
+            "split": level is not None, "h": level if level is not None else 1.0, "min_significance": min_sig}
     meta = make_metadata(
         Path(args.out).name, net,
         description=("FCN detecting uranium-bearing particles in SIMS fields of view, on the Anscombe-"

@@ -178,6 +178,21 @@ def test_empty_field_gives_no_particles_and_particle_is_found(fcn_bundle):
     assert sims.match_particles(lab, one.labels) == {1: 1}
 
 
+def test_significance_filter_drops_background_blobs_and_keeps_particles():
+    # a "detection" on pure background and a real particle in the same field
+    sim = simulate_field(8, SMALL, particles=[{"y": 40, "x": 40, "diameter": 6, "material": "NU", "rate_238": 20.0}],
+                         background_238=1.0)
+    labels = sim.labels.copy()
+    labels[5:9, 5:9] = 2  # a 16 px blob of background
+    t = sims.measure_particles(_field(sim), labels)
+    assert t.loc[t["particle"] == 1, "significance"].iloc[0] > 10
+    assert abs(t.loc[t["particle"] == 2, "significance"].iloc[0]) < 4
+    kept, lab = sims.significant(t, labels, 5.0)
+    assert list(kept["particle"]) == [1]
+    assert set(np.unique(lab)) == {0, 1} and (lab == 1).sum() == (labels == 1).sum()
+    assert len(sims.significant(t, min_significance=0)) == 2
+
+
 def test_batched_prediction_equals_one_at_a_time(fcn_bundle):
     rng = np.random.default_rng(0)
     x = rng.random((5, 40, 56)).astype(np.float32)  # not a multiple of the network's grid: padded
@@ -241,6 +256,53 @@ def test_simulator_truth_and_empty_fields():
         mat = REFERENCE_MATERIALS[row["material"]]
         assert row["ratio_235U_238U"] == mat.ratio("235U")
         assert (sim.labels == row["label"]).sum() == row["area"]
+
+
+# ------------------------------------------------------------------------------------------
+# the shipped SIMS model (models/sims-fcn, trained on simulated fields only)
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle():
+    from particleseg.models import load_bundle
+
+    return load_bundle("sims-fcn")
+
+
+def test_shipped_bundle_is_installed_and_documented(shipped_bundle):
+    from particleseg.cli.sims import DEFAULT_SIMS_MODEL
+
+    meta = shipped_bundle.metadata
+    assert DEFAULT_SIMS_MODEL == meta["name"] == "sims-fcn"
+    assert meta["training"]["simulator"].startswith("particleseg.sims_simulate")
+    pp = meta["postprocess"]
+    assert 0 < pp["threshold"] < 1 and pp["min_significance"] > 0
+    assert pp["threshold"] == meta["metrics"]["sweep_best"]["threshold"]
+    assert meta["metrics"]["test"]["recall"] > 0.85
+
+
+def test_shipped_bundle_finds_particles_and_nothing_in_empty_fields(shipped_bundle):
+    det = sims.FieldDetector(shipped_bundle)
+    s = SimsSettings(shape=(128, 128))
+    spots = [{"y": 30, "x": 30, "diameter": 8, "material": "NU", "rate_238": 30.0},
+             {"y": 90, "x": 40, "diameter": 6, "material": "U500", "rate_238": 100.0},
+             {"y": 60, "x": 100, "diameter": 10, "material": "U010", "rate_238": 10.0}]
+    one = simulate_field(21, s, particles=spots, background_238=0.5)
+    empties = [simulate_field(30 + i, s, n_particles=0, background_238=bg) for i, bg in enumerate((0.02, 0.3, 2.0))]
+    fields = [_field(f) for f in [one, *empties]]
+    probs = det.probabilities([f.total() for f in fields])
+    lab = det.labels(probs[0])
+    t, lab = sims.significant(sims.measure_particles(fields[0], lab), lab, det.params.min_significance)
+    m = sims.match_particles(lab, one.labels)
+    assert len(t) == 3 and sorted(m.values()) == [1, 2, 3]
+    t = t.set_index("particle")
+    for p, q in m.items():  # each particle's 235U/238U within its counting uncertainty (and 5 %)
+        true = REFERENCE_MATERIALS[spots[q - 1]["material"]].ratio("235U")
+        assert abs(t.loc[p, "ratio_235U_238U"] - true) < 4 * t.loc[p, "ratio_235U_238U_err"] + 0.05 * true
+    for f, prob in zip(fields[1:], probs[1:]):
+        lab = det.labels(prob)
+        kept = sims.significant(sims.measure_particles(f, lab), min_significance=det.params.min_significance)
+        assert len(kept) == 0
 
 
 # ------------------------------------------------------------------------------------------

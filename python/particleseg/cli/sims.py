@@ -52,6 +52,9 @@ def register(sub) -> None:
                    help="watershed level: h-maxima depth in pixels on the distance transform; lower splits more (default: from the bundle)")
     r.add_argument("--no-split", dest="split", action="store_false", default=None, help="do not split touching particles")
     r.add_argument("--min-area", type=int, metavar="PX", help="remove particles smaller than this (default: from the bundle)")
+    r.add_argument("--min-significance", type=float, metavar="SIGMA",
+                   help="drop detections whose uranium net counts are less than SIGMA standard deviations above "
+                        "the background (default: from the bundle, 5; 0 keeps all)")
     r.add_argument("--background", choices=("annulus", "global", "none"), default="annulus",
                    help="background subtraction: local ring around each particle (default), whole field, or none")
     r.add_argument("--ring", type=_ring, default=(3, 8), metavar="IN:OUT", help="background ring in pixels from the particle (default 3:8)")
@@ -106,7 +109,7 @@ def run(args) -> int:
     bundle = load_bundle(args.model)
     params = SimsParams(threshold=args.threshold, level=args.level, split=args.split, min_area=args.min_area,
                         background=args.background, grow=args.grow, ring=args.ring, batch_size=args.batch_size,
-                        channels=parse_channels(args.channels))
+                        channels=parse_channels(args.channels), min_significance=args.min_significance)
     particles, fields = run_fields(args.inputs, bundle, args.out, params, pattern=args.pattern,
                                    overwrite=args.overwrite, progress=not args.quiet, save_labels=args.save_labels)
     ok = fields[fields["status"] == "ok"]
