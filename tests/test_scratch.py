@@ -218,6 +218,30 @@ def test_simulated_mask_has_separated_touching_particles():
     assert target.sum() < (lab > 0).sum()  # the lines cost pixels
 
 
+def test_perlin_placement_agglomerates_particles():
+    from scipy import ndimage as ndi
+
+    from particleseg.scratch.masks import MaskConfig, simulate_mask
+
+    yy, xx = np.mgrid[:32, :32]
+    shapes = np.stack([(yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 5 ** 2] * 2)
+
+    def dispersion(threshold):
+        # variance / mean of the particle counts in 6x6 cells: about 1 for random placement
+        # (a little below with the overlap bound), well above 1 for clustered particles
+        out = []
+        for seed in range(4):
+            cfg = MaskConfig(tile=192, count=(60, 60), margin=0, perlin_threshold=threshold, perlin_cells=3)
+            lab = simulate_mask(shapes, cfg, np.random.default_rng(seed))
+            c = np.array(ndi.center_of_mass(lab > 0, lab, range(1, lab.max() + 1)))
+            h = np.histogram2d(c[:, 0], c[:, 1], bins=6, range=[[0, 192], [0, 192]])[0]
+            out.append(h.var() / h.mean())
+        return float(np.mean(out))
+
+    uniform, perlin = dispersion(0.0), dispersion(0.6)
+    assert uniform < 1.2 and perlin > 1.5 * uniform
+
+
 def test_simulated_masks_resume_identically(tmp_path):
     from particleseg.scratch.masks import MaskConfig, simulate_masks
 
@@ -269,6 +293,22 @@ def test_cyclegan_networks_keep_the_size():
     assert d.shape[0] == 2 and d.shape[-1] == 1
 
 
+def test_dark_polarity_inverts_the_mask_domain_and_prefers_dark_crops():
+    from particleseg.scratch.cyclegan import mask_domain, real_crop
+
+    target = np.zeros((8, 8), bool)
+    target[2:5, 2:5] = True
+    assert mask_domain(target, "bright")[3, 3] == 1 and mask_domain(target, "bright")[0, 0] == -1
+    assert np.array_equal(mask_domain(target, "dark"), -mask_domain(target, "bright"))
+    # left half bright, right half dark: 16-px crops from the dark side are preferred for dark particles
+    image = np.full((16, 64), 0.8, np.float32)
+    image[:, 32:] = -0.8
+    rng = np.random.default_rng(0)
+    dark = [real_crop([image], 16, rng, True, "dark").mean() for _ in range(40)]
+    bright = [real_crop([image], 16, rng, True, "bright").mean() for _ in range(40)]
+    assert np.mean(dark) < -0.5 and np.mean(bright) > 0.5
+
+
 def test_artifact_filter_drops_faint_particles():
     from particleseg.scratch.filtering import filter_pair
 
@@ -299,13 +339,30 @@ def test_filter_removing_everything_names_polarity(tmp_path):
         filter_pairs([tmp_path / "l.tif"], [tmp_path / "i.tif"], tmp_path / "f", "li", "bright", progress=False)
 
 
+def test_filter_keeping_too_few_particles_stops_the_run(tmp_path):
+    from particleseg.scratch.filtering import filter_pairs
+
+    # four particles, three rendered darker than the background (an inverted CycleGAN)
+    lab = np.zeros((40, 40), np.uint16)
+    img = np.full((40, 40), 100, np.uint8)
+    for k, (y, x) in enumerate([(2, 2), (2, 22), (22, 2), (22, 22)], start=1):
+        lab[y:y + 12, x:x + 12] = k
+        img[y:y + 12, x:x + 12] = 220 if k == 1 else 20
+    tifffile.imwrite(tmp_path / "l.tif", lab)
+    tifffile.imwrite(tmp_path / "i.tif", img)
+    args = [tmp_path / "l.tif"], [tmp_path / "i.tif"]
+    with pytest.raises(InputError, match=r"kept only 1 of 4 particles \(25.0 %, 0 pairs empty\).*stage 4.*--cyclegan-steps"):
+        filter_pairs(*args, tmp_path / "f1", "li", "bright", progress=False, min_kept=0.5)
+    assert len(filter_pairs(*args, tmp_path / "f2", "li", "bright", progress=False, min_kept=0.2)) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # the whole run
 
 
 @pytest.mark.slow
 def test_tiny_run_produces_every_stage_and_a_bundle_that_segments(tiny_run, inputs):
-    from particleseg.pipeline import segment_image
+    from particleseg.pipeline import SegmentParams, predict_probabilities, segment_image
 
     result, root = tiny_run
     work = root / "work"
@@ -335,9 +392,14 @@ def test_tiny_run_produces_every_stage_and_a_bundle_that_segments(tiny_run, inpu
     assert training["config"]["pairs"] == cfg.pairs and training["config"]["masks"]["tile"] == 64
     assert training["outlines"]["count"] == 8 and training["images"]["count"] == 3
     assert bundle.metadata["scale"]["particle_size_px"] > 5
+    assert 0.3 <= bundle.postprocess["threshold"] <= 0.7  # chosen on the held-out fake pairs
+    assert 0 <= bundle.metadata["metrics"]["fake_validation_instance_iou"] <= 1
     image = tifffile.imread(sorted(inputs[0].glob("*.tif"))[0])
     seg = segment_image(image, bundle)
     assert seg.labels.shape == image.shape and seg.labels.dtype == np.int32
+    # the network responds to the image (an untrained or collapsed one gives a constant map)
+    prob = predict_probabilities(image, bundle, SegmentParams(crop_rows=0, progress=False))[..., 0]
+    assert prob.shape == image.shape and prob.std() > 1e-3
 
 
 @pytest.mark.slow
@@ -464,11 +526,12 @@ def test_cli_options_reach_the_config():
     args = build_parser().parse_args([
         "train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b", "--preset", "cpu",
         "--pairs", "50", "--particles", "20:30", "--size-distribution", "lognormal:1,0.2", "--polarity", "dark",
-        "--filter-method", "otsu", "--cyclegan-steps", "7", "--architecture", "multires-unet", "--epochs", "3",
+        "--filter-method", "otsu", "--min-kept-fraction", "0.1", "--cyclegan-steps", "7", "--architecture", "multires-unet", "--epochs", "3",
         "--seed", "4", "--rotate"])
     cfg = config_from_args(args)
     assert cfg.pairs == 50 and cfg.masks.count == (20, 30) and cfg.masks.size == "lognormal:1,0.2"
     assert cfg.polarity == "dark" and cfg.filter_method == "otsu" and cfg.cyclegan.steps == 7
+    assert cfg.min_kept_fraction == 0.1 and cfg.cyclegan.identity_weight == 5.0
     assert cfg.segmentation.network.architecture == "multires-unet" and cfg.segmentation.epochs == 3
     assert cfg.shapes.seed == cfg.masks.seed == cfg.cyclegan.seed == cfg.segmentation.seed == 4 and cfg.masks.rotate
     with pytest.raises(SystemExit):

@@ -41,21 +41,22 @@ def register(sub) -> None:
             "show; 5. a network is trained on the fake pairs. Each stage is cached in the work folder (one "
             "subfolder per stage, with PNG sample grids); an interrupted run continues where it stopped."
         ),
-        epilog="Without a GPU use --preset cpu (about 1.5-2 hours on two cores); see docs/from-scratch.md.",
+        epilog="Without a GPU, --preset cpu runs the whole workflow at a much reduced scale in under an hour on two "
+               "cores (far from the publication's accuracy); see docs/from-scratch.md.",
     )
     p.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILE", help="real micrographs (same size and bit depth)")
     p.add_argument("--outlines", required=True, metavar="DIR", help="binary images, each one white particle on black (about 40)")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle to write")
     p.add_argument("--work", metavar="DIR", help="work folder with one subfolder per stage (default: BUNDLE_DIR.work)")
     p.add_argument("--preset", choices=("default", "cpu", "tiny"), default="default",
-                   help="default: the publication's scale (GPU); cpu: about 1.5-2 h on two CPU cores; tiny: a smoke test")
+                   help="default: the publication's scale (GPU); cpu: reduced scale, under 1 h on two CPU cores; tiny: a smoke test")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--redo", choices=STAGES, help="run this stage and all later ones again")
     p.add_argument("--stop-after", choices=STAGES, help="stop after this stage (inspect its samples.png first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     g = p.add_argument_group("general")
-    g.add_argument("--pairs", type=int, help="fake training pairs (default 1000; cpu preset 400)")
+    g.add_argument("--pairs", type=int, help="fake training pairs (default 1000; cpu preset 200)")
     g.add_argument("--polarity", choices=("bright", "dark"), help="particles brighter (SEM, default) or darker (brightfield TEM) than the background")
     g.add_argument("--crop-rows", type=_crop, metavar="N|auto", help="rows of the data bar at the bottom to ignore (default auto)")
     g.add_argument("--name", help="bundle name (default from-scratch)")
@@ -88,6 +89,8 @@ def register(sub) -> None:
 
     g = p.add_argument_group("stage 4: artifact filter")
     g.add_argument("--filter-method", choices=("li", "otsu", "mean", "median", "none"), help="threshold of the filter (default li)")
+    g.add_argument("--min-kept-fraction", type=float, metavar="F",
+                   help="stop when the filter keeps fewer of the simulated particles (default 0.25)")
 
     g = p.add_argument_group("stage 5: segmentation training")
     g.add_argument("--architecture", choices=("multires-unet", "unet", "fcn"), help="network (default multires-unet; cpu preset unet)")
@@ -127,6 +130,7 @@ def config_from_args(args):
               batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed)
     return upd(cfg, shapes=shapes, masks=masks, cyclegan=cyc, segmentation=seg, pairs=args.pairs,
                polarity=args.polarity, crop_rows=args.crop_rows, filter_method=args.filter_method,
+               min_kept_fraction=args.min_kept_fraction,
                val_fraction=args.val_fraction, name=args.name)
 
 

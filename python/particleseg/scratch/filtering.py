@@ -42,12 +42,15 @@ def filter_pair(labels: np.ndarray, image: np.ndarray, method: str = "li", polar
 
 
 def filter_pairs(label_paths: Sequence[Path], image_paths: Sequence[Path], workdir: str | os.PathLike,
-                 method: str = "li", polarity: str = "bright", progress: bool = True) -> list[Path]:
+                 method: str = "li", polarity: str = "bright", progress: bool = True,
+                 min_kept: float = 0.0) -> list[Path]:
     """Filter every fake pair into ``workdir/labels/NNNNN.tif`` (resumable), write
     ``summary.csv`` (particles before and after, threshold per pair), ``summary.json`` and
     ``samples.png`` (fake micrographs with kept particles outlined in red, dropped in blue).
 
-    Raises InputError when no particle survives in any pair.
+    Raises InputError when no particle survives, or fewer than the fraction ``min_kept`` of
+    all particles: the fake micrographs do not show the simulated particles (a CycleGAN that
+    inverted the contrast, or the wrong polarity), and training on them would teach nothing.
     """
     import pandas as pd
     import tifffile
@@ -84,11 +87,16 @@ def filter_pairs(label_paths: Sequence[Path], image_paths: Sequence[Path], workd
                "empty_after_filter": int((table["kept"] == 0).sum())}
     write_atomic(workdir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)), overwrite=True)
     save_grid(workdir / "samples.png", tiles, columns=4, gap=4)
-    if total and kept_total == 0:
+    if total and (kept_total == 0 or kept_total < min_kept * total):
         other = "dark" if polarity == "bright" else "bright"
+        what = (f"removed all {total} particles" if kept_total == 0 else
+                f"kept only {kept_total} of {total} particles ({100 * kept_total / total:.1f} %, "
+                f"{summary['empty_after_filter']} pairs empty)")
         raise InputError(
-            f"{workdir}: the {method} filter removed all {total} particles of the {len(table)} fake pairs "
-            f"({STAGE}: the fake micrographs do not show the particles {polarity}er than the background; "
-            f"check --polarity (try {other}), use --filter-method otsu or none, or train the CycleGAN longer)"
+            f"{workdir}: the {method} filter {what} of the {len(table)} fake pairs "
+            f"({STAGE}: the fake micrographs do not show the particles {polarity}er than the background, "
+            f"see {workdir.parent / '3_cyclegan' / 'samples.png'}; train the CycleGAN longer (--cyclegan-steps, "
+            f"--redo cyclegan) with the identity loss, check --polarity (try {other}), "
+            f"or lower --min-kept-fraction)"
         )
     return outs

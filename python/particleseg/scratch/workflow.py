@@ -70,6 +70,10 @@ class ScratchConfig:
         Rows at the bottom of the micrographs to ignore (data bar); ``auto`` detects them.
     filter_method : {"li", "otsu", "mean", "median", "none"}
         Threshold of the artifact filter (stage 4).
+    min_kept_fraction : float
+        Stage 4 stops with a message when its filter keeps fewer of the simulated particles:
+        the fake micrographs then do not show them (typically a CycleGAN that rendered the
+        particles with inverted contrast, or the wrong ``polarity``).
     val_fraction : float
         Fake pairs held out to validate the segmentation training and choose its
         post-processing (no real mask is ever used).
@@ -85,6 +89,7 @@ class ScratchConfig:
     polarity: str = "bright"
     crop_rows: int | str = "auto"
     filter_method: str = "li"
+    min_kept_fraction: float = 0.25
     val_fraction: float = 0.05
     name: str = "from-scratch"
 
@@ -98,7 +103,8 @@ class ScratchConfig:
         return {
             "shapes": self.shapes.to_dict(), "masks": self.masks.to_dict(), "cyclegan": self.cyclegan.to_dict(),
             "segmentation": self.segmentation.to_dict(), "pairs": self.pairs, "polarity": self.polarity,
-            "crop_rows": self.crop_rows, "filter_method": self.filter_method, "val_fraction": self.val_fraction,
+            "crop_rows": self.crop_rows, "filter_method": self.filter_method, "min_kept_fraction": self.min_kept_fraction,
+            "val_fraction": self.val_fraction,
             "name": self.name,
         }
 
@@ -125,7 +131,7 @@ class ScratchConfig:
                 shapes=ShapeGanConfig(filters=16, steps=300, batch_size=16, jit=False),
                 masks=MaskConfig(tile=384),
                 cyclegan=CycleGanConfig(filters=16, res_blocks=4, disc_filters=16, disc_layers=3, crop=128,
-                                        batch_size=1, steps=600, identity_weight=0.0, checkpoint_every=100,
+                                        batch_size=1, steps=600, checkpoint_every=100,
                                         inference_batch=2, jit=False),
                 segmentation=TrainConfig(
                     network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16),
@@ -142,9 +148,14 @@ class ScratchConfig:
                 cyclegan=CycleGanConfig(filters=4, res_blocks=1, disc_filters=4, disc_layers=2, crop=32, batch_size=2,
                                         steps=10, pool_size=4, checkpoint_every=5, jit=False),
                 segmentation=TrainConfig(
-                    network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=2, base_filters=4),
-                    tile=32, batch_size=4, epochs=2, steps_per_epoch=3, validation_steps=1, patience=0, jit_compile=False),
+                    # group normalisation: batch normalisation's moving statistics need hundreds of
+                    # steps, so after a few the network would output a constant in inference mode
+                    network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=2, base_filters=4,
+                                          normalization="group"),
+                    tile=32, batch_size=4, epochs=2, steps_per_epoch=3, validation_steps=1, learning_rate=3e-3,
+                    patience=0, jit_compile=False),
                 pairs=12, val_fraction=0.2,
+                min_kept_fraction=0.0,  # ten CycleGAN steps render noise: keep the run going
             )
         else:
             raise InputError(f"{name}: unknown preset (choose default, cpu or tiny)")
@@ -381,7 +392,8 @@ def train_from_scratch(
     params["masks"] = {**params["shapes"], "masks": cfg["masks"], "pairs": config.pairs}
     params["cyclegan"] = {**params["masks"], "cyclegan": cfg["cyclegan"], "polarity": config.polarity,
                           "images": inputs.fingerprint["images"], "crop_rows": inputs.crop_rows}
-    params["filter"] = {**params["cyclegan"], "filter_method": config.filter_method}
+    params["filter"] = {**params["cyclegan"], "filter_method": config.filter_method,
+                        "min_kept_fraction": config.min_kept_fraction}
     params["segmentation"] = {**params["filter"], "segmentation": cfg["segmentation"], "val_fraction": config.val_fraction}
     stages = {name: Stage(work, name, params[name]) for name in STAGES}
     for s in stages.values():  # refuse changed settings before doing any work
@@ -497,7 +509,8 @@ def _run_filter(st: Stage, ctx: dict) -> dict:
     from .filtering import filter_pairs
 
     cfg: ScratchConfig = ctx["config"]
-    filter_pairs(ctx["labels"], ctx["fakes"], st.dir, cfg.filter_method, cfg.polarity, ctx["progress"])
+    filter_pairs(ctx["labels"], ctx["fakes"], st.dir, cfg.filter_method, cfg.polarity, ctx["progress"],
+                 min_kept=cfg.min_kept_fraction)
     return json.loads((st.dir / "summary.json").read_text())
 
 
