@@ -16,6 +16,8 @@ channel with one slice before and after; both channels with one slice before and
     nice -n 10 python scripts/fibsem_context_experiment.py --out runs/fibsem-context
     # the run reported in docs/fibsem.md (about 17 min on 2 shared CPU cores):
     nice -n 10 python scripts/fibsem_context_experiment.py --epochs 10 --steps 20 --only 0 2 4
+    # evaluate the saved checkpoints again (batch-norm statistics recalibrated), no training:
+    python scripts/fibsem_context_experiment.py --only 0 2 4 --evaluate-only
     python scripts/fibsem_context_experiment.py --plot-only   # results.png from results.json
 """
 
@@ -59,6 +61,11 @@ def evaluate(model, sim, channels, k, norm_from, slices, classes):
     return fibsem.phase_metrics(np.concatenate(preds), np.concatenate(truths), classes)
 
 
+def eval_slice_per_phase(metrics: dict, classes) -> dict:
+    """``eval_{iou,precision,recall}_{phase}`` of the independent slice's :func:`phase_metrics`."""
+    return {f"eval_{k}_{c}": metrics["per_class"][c][k] for c in classes for k in ("iou", "precision", "recall")}
+
+
 def plot_results(table: pd.DataFrame, path: Path) -> None:
     """Bar chart of mean IoU (and accuracy) per configuration on the three evaluation sets."""
     import matplotlib
@@ -67,7 +74,7 @@ def plot_results(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sets = [("eval_slice", "independent slice"), ("stack", "other slices"), ("other_stack", "second stack")]
-    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.5, 3.6), layout="constrained")
     w = 0.8 / len(sets)
     x = np.arange(len(table))
     for i, (key, label) in enumerate(sets):
@@ -77,7 +84,7 @@ def plot_results(table: pd.DataFrame, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
     ax.set_title("FIB-SEM phases: detector channels and context slices (simulated stacks)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     tmp = path.with_name(".tmp-" + path.name)
     fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
@@ -94,6 +101,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", type=int, nargs="*", help="run only these configurations (indices)")
     ap.add_argument("--plot-only", action="store_true", help="only redraw results.png from results.json")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="no training: evaluate each configuration's saved OUT/configN/best.keras again")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.plot_only:
@@ -119,13 +128,29 @@ def main(argv=None):
     for i, (name, chans, k) in enumerate(CONFIGS):
         if args.only and i not in args.only:
             continue
+        if args.evaluate_only and not (out / f"config{i}" / "best.keras").exists():
+            continue
         stack = fibsem.open_stack([sim.channels[c] for c in chans], [sim.channel_names[c] for c in chans])
         cfg = fibsem.PhaseTrainConfig(context=k, depth=3, base_filters=8, tile=96, batch_size=8, epochs=args.epochs,
                                       steps_per_epoch=args.steps, validation_steps=6, seed=args.seed)
         ann = {z: sim.labels[z].astype(np.int32) for z in annotated}
         t0 = time.time()
-        model, log, ev, split, _ = fibsem.train_phases(stack, ann, classes, cfg, out / f"config{i}", train_z, None, eval_z, verbose=0)
-        secs = time.time() - t0
+        if args.evaluate_only:
+            import keras
+
+            model = keras.saving.load_model(out / f"config{i}" / "best.keras", compile=False)
+            # as train_phases does after loading the best checkpoint: batch-norm statistics of
+            # the training rows (the top 80 % of each training slice)
+            norm = fibsem.stack_normalization(stack, *cfg.percentiles)
+            builder = fibsem.InputBuilder(stack, k, norm)
+            train_x = [builder(z)[:int(round(args.size * (1 - cfg.val_fraction)))] for z in train_z]
+            fibsem.recalibrate_batchnorm(model, train_x, min(cfg.tile, args.size), seed=cfg.seed)
+            ev = {"all": evaluate(model, sim, chans, k, None, eval_z, classes)}
+            secs = results.get(name, {}).get("train_seconds", 0)
+        else:
+            model, log, ev, split, _ = fibsem.train_phases(stack, ann, classes, cfg, out / f"config{i}", train_z, None,
+                                                           eval_z, verbose=0)
+            secs = time.time() - t0
         m_rest = evaluate(model, sim, chans, k, None, rest, classes)
         m_other = evaluate(model, sim2, chans, k, None, list(range(args.slices)), classes)
         r = {"config": name, "channels": len(chans), "context_k": k, "train_seconds": round(secs),
@@ -134,6 +159,7 @@ def main(argv=None):
              "other_stack_accuracy": m_other["accuracy"], "other_stack_mean_iou": m_other["mean_iou"]}
         for c in classes:
             r[f"iou_{c}"] = m_other["per_class"][c]["iou"]
+        r.update(eval_slice_per_phase(ev["all"], classes))
         results[name] = r
         results_path.write_text(json.dumps(results, indent=2))
         print(f"{name}: eval slice acc {r['eval_slice_accuracy']:.3f} mIoU {r['eval_slice_mean_iou']:.3f}; "

@@ -308,3 +308,21 @@ def test_train_from_annotated_slices_and_cli(tmp_path, capsys):
     assert main(["fibsem", "train", *chans, "--labels", str(tmp_path / "sim" / "annotations.tif"), "--out", str(tmp_path / "b2"),
                  "--context", "3"]) == 1
     assert "larger than the stack (6 slices)" in capsys.readouterr().err
+
+
+def test_batchnorm_recalibration_makes_inference_match_training_statistics():
+    import keras
+
+    from particleseg.models import Head, NetworkConfig, build_network
+
+    keras.utils.set_random_seed(0)
+    model = build_network(NetworkConfig("unet", 2, (Head("classes", 3, "softmax"),), depth=2, base_filters=4))
+    rng = np.random.default_rng(0)
+    images = [(rng.normal(3.0, 2.0, (48, 48, 2))).astype(np.float32) for _ in range(3)]  # far from 0 mean, 1 variance
+    x = np.stack([im[:32, :32] for im in images])
+    before = np.abs(np.asarray(model(x, training=False)) - np.asarray(model(x, training=True))).max()
+    fibsem.recalibrate_batchnorm(model, images, 32, n_tiles=64)
+    after = np.abs(np.asarray(model(x, training=False)) - np.asarray(model(x, training=True))).max()
+    assert after < 0.25 * before
+    bn = next(l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization))
+    assert bn.momentum == pytest.approx(0.99)  # restored
