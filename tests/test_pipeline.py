@@ -88,6 +88,24 @@ def test_intensity_filter_rejects_a_faint_particle(threshold_bundle):
     assert (t.loc[~centre, "reject_reason"] == "").all()
 
 
+def test_min_confidence_drops_a_half_believed_detection(threshold_bundle):
+    # a dim disk (~110 on 40, normalised ~0.45-0.5) gets a foreground probability near the
+    # threshold: segmented at a low threshold, dropped by the confidence filter; the bright
+    # disks (probability ~1) stay
+    bright = [(40, 40, 20), (160, 160, 20)]
+    img, _ = draw_disks((200, 200), bright + [(100, 100, 15)], background=40, foreground=220)
+    from skimage.draw import disk
+
+    rr, cc = disk((100, 100), 15)
+    img[rr, cc] = np.clip(np.random.default_rng(1).normal(120, 5, len(rr)), 0, 255)
+    loose = segment_image(img, threshold_bundle, SegmentParams(threshold=0.05))
+    strict = segment_image(img, threshold_bundle, SegmentParams(threshold=0.05, min_confidence=0.9))
+    assert len(loose.table) == 3
+    assert len(strict.table) == 2
+    assert (strict.table.centroid_x - 100).abs().min() > 30
+    assert strict.labels[100, 100] == 0
+
+
 def test_constant_image_and_bad_crop_are_clear_errors(threshold_bundle):
     with pytest.raises(InputError, match="x.tif: image is constant"):
         segment_image(np.full((50, 50), 3, np.uint8), threshold_bundle, name="x.tif")

@@ -14,6 +14,7 @@ from particleseg.postprocess import (
     label_mask,
     particle_scores,
     remove_small,
+    remove_uncertain,
     shape_filter,
     split_touching,
     threshold_value,
@@ -131,6 +132,15 @@ def test_particle_scores_are_means():
     lab = np.array([[1, 1, 0, 2]])
     ids, s = particle_scores(lab, np.array([[0.2, 0.4, 0.9, 1.0]]))
     assert list(ids) == [1, 2] and np.allclose(s, [0.3, 1.0])
+
+
+def test_remove_uncertain_uses_the_mean_probability():
+    lab = np.array([[1, 1, 0, 2, 2, 3]])
+    prob = np.array([[0.6, 0.9, 0.0, 0.95, 1.0, 0.5]])
+    out = remove_uncertain(lab, prob, 0.8)
+    assert out.tolist() == [[0, 0, 0, 2, 2, 0]]
+    assert remove_uncertain(lab, prob, 0.0).tolist() == lab.tolist()
+    assert not remove_uncertain(np.zeros((3, 3), int), np.ones((3, 3)), 0.9).any()
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ class SegmentParams:
         h-maxima depth in pixels for the distance-transform watershed (lower splits more).
     min_area : int
         Particles smaller than this many pixels are removed as noise.
+    min_confidence : float
+        Detections whose mean foreground probability is below this are removed as uncertain
+        (faint background structures the network half believes in); 0 keeps all.
     fill_holes : bool
     exclude_border : bool
         Reject particles touching the image border (or the cropped data bar).
@@ -71,6 +74,7 @@ class SegmentParams:
     seed_threshold: float | None = None
     h: float | None = None
     min_area: int | None = None
+    min_confidence: float | None = None
     fill_holes: bool | None = None
     exclude_border: bool | None = None
     intensity_filter: str | None = None
@@ -97,6 +101,7 @@ class SegmentParams:
             seed_threshold=_first(self.seed_threshold, d["seed_threshold"]),
             h=_first(self.h, d["h"]),
             min_area=_first(self.min_area, d["min_area"]),
+            min_confidence=_first(self.min_confidence, d["min_confidence"]),
             fill_holes=_first(self.fill_holes, d["fill_holes"]),
             exclude_border=_first(self.exclude_border, d["exclude_border"]),
             polarity=_first(self.polarity, meta["input"].get("polarity", "bright")),
@@ -269,7 +274,8 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
 
     Threshold the ``foreground`` channel, split touching particles by a watershed (seeded by
     the ``distance`` head, or by ``foreground * (1 - boundary)`` with a ``boundary`` head, or
-    by the distance transform of the mask without either), fill holes, remove small particles.
+    by the distance transform of the mask without either), fill holes, remove small particles
+    and those whose mean foreground probability is below ``params.min_confidence``.
     ``params`` must be resolved (see :meth:`SegmentParams.resolved`).
     """
     fg = prob[..., heads.index("foreground")]
@@ -286,7 +292,10 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
         labels = pp.label_mask(mask)
     if params.fill_holes:
         labels = pp.fill_holes(labels)
-    return pp.relabel_sequential(pp.remove_small(labels, params.min_area))
+    labels = pp.remove_small(labels, params.min_area)
+    if params.min_confidence:
+        labels = pp.remove_uncertain(labels, fg, params.min_confidence)
+    return pp.relabel_sequential(labels)
 
 
 def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: SegmentParams) -> np.ndarray:

@@ -120,6 +120,20 @@ def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     return np.where(small[labels], 0, labels).astype(labels.dtype)
 
 
+def remove_uncertain(labels: np.ndarray, probability: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Set particles whose mean ``probability`` is below ``min_confidence`` to background.
+
+    A thresholded probability map keeps every region above the threshold, also faint
+    background structures (rings, blobs) that the network rates just above it; a real particle
+    is rated near 1 over most of its area, so its mean stays high.
+    """
+    labels = np.asarray(labels)
+    ids, scores = particle_scores(labels, probability)
+    if len(ids) == 0:
+        return labels
+    return np.where(np.isin(labels, ids[scores < min_confidence]), 0, labels).astype(labels.dtype)
+
+
 def fill_holes(labels: np.ndarray) -> np.ndarray:
     """Fill holes inside particles.
 

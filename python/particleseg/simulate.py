@@ -24,6 +24,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -137,6 +138,8 @@ def place_particles(
     attach: float = 0.6,
     max_overlap: float = 0.25,
     tries: int = 20,
+    attach_distance: tuple[float, float] = (0.75, 1.05),
+    sample_position: Callable[[np.random.Generator], tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, list[Particle]]:
     """Place particles in painter's order (later ones on top) and return the visible labels.
 
@@ -156,6 +159,13 @@ def place_particles(
         earlier particle's visible area that may be covered.
     tries : int
         Placement attempts per particle before it is dropped.
+    attach_distance : (float, float)
+        Range of the centre distance of an attached particle, as a fraction of the sum of the
+        two equivalent radii (below 1: overlapping).
+    sample_position : callable, optional
+        ``rng -> (y, x)``: draws the centre of a particle not attached to another, instead of
+        sampling ``density`` (e.g. a precomputed inverse-CDF sampler, much faster for many
+        particles on large canvases).
 
     Returns
     -------
@@ -168,8 +178,8 @@ def place_particles(
     placed: list[Particle] = []
     visible = np.zeros(len(shapes) + 1, np.int64)  # visible pixels of each placed particle
     if density is not None:
-        p = np.asarray(density, float).ravel()
-        p = p / p.sum()
+        cdf = np.cumsum(np.asarray(density, float).ravel())
+        cdf /= cdf[-1]
     for mask, height in shapes:
         if height is None:
             d = ndi.distance_transform_edt(mask)
@@ -184,10 +194,12 @@ def place_particles(
                 oy, ox = np.argwhere(other.mask).mean(0) + (other.y0, other.x0)
                 ang = rng.uniform(0, 2 * np.pi)
                 r_sum = 0.5 * (np.sqrt(other.mask.sum() / np.pi) + np.sqrt(area / np.pi)) * 2
-                dist = r_sum * rng.uniform(0.75, 1.05)
+                dist = r_sum * rng.uniform(*attach_distance)
                 cy, cx = oy + dist * np.sin(ang), ox + dist * np.cos(ang)
+            elif sample_position is not None:
+                cy, cx = sample_position(rng)
             elif density is not None:
-                idx = rng.choice(p.size, p=p)
+                idx = min(int(np.searchsorted(cdf, rng.random())), cdf.size - 1)
                 cy, cx = divmod(idx, w)
             else:
                 cy, cx = rng.uniform(0, h), rng.uniform(0, w)
@@ -233,6 +245,7 @@ def render_sem(
     debris: float = 0.08,
     blur: float = 0.8,
     noise: float = 0.05,
+    brightness_range: tuple[float, float] = (0.75, 1.15),
 ) -> np.ndarray:
     """Secondary-electron image of placed particles, as float32 (background ~``background``,
     flat particle tops ~1).
@@ -244,7 +257,8 @@ def render_sem(
     border of a particle lying on it; ``debris`` adds faint rings, blobs and wrinkles to the
     background, which the network must learn to ignore. The image is blurred with a Gaussian
     of ``blur`` pixels and gets signal-dependent noise of relative size ``noise`` plus scan-line
-    jitter.
+    jitter. Each particle's yield is scaled by a factor drawn from ``brightness_range``
+    (real samples mix bright and dim particles).
     """
     h, w = labels.shape
     n = len(particles)
@@ -266,7 +280,7 @@ def render_sem(
         slope = np.minimum(np.hypot(gx, gy), 6.0)
         tilt = np.sqrt(1 + slope**2) ** edge_exponent  # 1/cos(theta)
         shade = 1 + directional * np.clip((gx * ux + gy * uy) / (1 + slope), -1, 1)
-        brightness = rng.uniform(0.75, 1.15)
+        brightness = rng.uniform(brightness_range[0], brightness_range[1])
         y = brightness * tilt * shade
         y = y[ly, lx] * (1 + texture * fine[ys, xs])
         region = img[ys, xs]
@@ -323,6 +337,7 @@ def simulate_sem_image(
     rng: np.random.Generator | int | None = None,
     particle_size: float | tuple[float, float] = (14.0, 44.0),
     coverage: float | tuple[float, float] = (0.05, 0.45),
+    empty_fraction: float = 0.04,
 ) -> SemSimulation:
     """One simulated SEM image with randomised particles, agglomeration and imaging settings.
 
@@ -335,13 +350,16 @@ def simulate_sem_image(
         individual sizes are log-normal around it.
     coverage : float or (min, max)
         Fraction of the image area the particles would cover if they did not overlap.
+    empty_fraction : float
+        Probability of an image with background only.
     """
     rng = np.random.default_rng(rng)
     size = rng.uniform(*particle_size) if np.ndim(particle_size) else float(particle_size)
     cov = rng.uniform(*coverage) if np.ndim(coverage) else float(coverage)
     sigma = rng.uniform(0.12, 0.3)
     mean_area = np.pi * (size / 2) ** 2 * np.exp(2 * sigma**2)
-    n = max(1, int(rng.poisson(cov * shape[0] * shape[1] / mean_area)))
+    # a few fields hold no particle at all: the model must then find none
+    n = 0 if rng.random() < empty_fraction else max(1, int(rng.poisson(cov * shape[0] * shape[1] / mean_area)))
     elongation = rng.uniform(1.05, 1.8)
     roughness = rng.uniform(0.03, 0.12)
     shapes = [
@@ -350,11 +368,11 @@ def simulate_sem_image(
     ]
     gamma = rng.uniform(1.0, 4.0)
     density = perlin_noise(shape, rng.uniform(60, 200), rng, octaves=2) ** gamma
-    labels, placed = place_particles(shape, shapes, rng, density, attach=rng.uniform(0.3, 0.85),
-                                     max_overlap=rng.uniform(0.05, 0.35))
+    labels, placed = place_particles(shape, shapes, rng, density, attach=rng.uniform(0.4, 0.95),
+                                     max_overlap=rng.uniform(0.05, 0.35), attach_distance=(0.65, 1.0))
     img = render_sem(
         labels, placed, rng,
-        edge_exponent=rng.uniform(0.6, 1.5),
+        edge_exponent=rng.uniform(0.7, 2.0),
         directional=rng.uniform(0.0, 0.35),
         texture=rng.uniform(0.02, 0.12),
         crevice=rng.uniform(0.0, 0.6),
@@ -362,11 +380,13 @@ def simulate_sem_image(
         debris=rng.uniform(0.0, 0.25),
         blur=rng.uniform(0.4, 1.3),
         noise=rng.uniform(0.02, 0.12),
+        brightness_range=(rng.uniform(0.25, 0.7), rng.uniform(0.9, 1.2)),
     )
     # detector gain and offset to 8 bits, background ~30-80, sometimes saturating
     bg = np.percentile(img, 20)
-    top = np.percentile(img[labels > 0], 60) if (labels > 0).any() else img.max()
-    lo_t, hi_t = rng.uniform(25, 80), rng.uniform(140, 235)
+    top = np.percentile(img[labels > 0], 60) if (labels > 0).any() else bg + 0.6
+    # particle interiors well below saturation, so that the bright rims keep their contrast
+    lo_t, hi_t = rng.uniform(25, 80), rng.uniform(100, 190)
     scale = (hi_t - lo_t) / max(top - bg, 1e-3)
     out = np.clip(np.round(lo_t + (img - bg) * scale), 0, 255).astype(np.uint8)
     return SemSimulation(out, labels, size)

@@ -53,6 +53,7 @@ def register(sub) -> None:
     g.add_argument("--seed-threshold", type=float, help="watershed seed level on the network's distance map (higher splits more)")
     g.add_argument("--split-level", dest="h", type=float, metavar="H", help="h-maxima depth in pixels of the distance-transform watershed (lower splits more)")
     g.add_argument("--min-area", type=int, metavar="PX", help="remove particles smaller than this many pixels")
+    g.add_argument("--min-confidence", type=float, metavar="P", help="remove particles whose mean foreground probability is below this (0 keeps all)")
     g.add_argument("--no-fill-holes", dest="fill_holes", action="store_false", default=None)
     g.add_argument("--keep-border", dest="exclude_border", action="store_false", default=None, help="keep particles touching the image border")
 
@@ -78,7 +79,7 @@ def params_from_args(args):
     shape = {name: getattr(args, f"shape_{name}") for name in SHAPE_OPTIONS if getattr(args, f"shape_{name}", None)}
     return SegmentParams(
         threshold=args.threshold, split=args.split, seed_threshold=args.seed_threshold, h=args.h,
-        min_area=args.min_area, fill_holes=args.fill_holes, exclude_border=args.exclude_border,
+        min_area=args.min_area, min_confidence=args.min_confidence, fill_holes=args.fill_holes, exclude_border=args.exclude_border,
         intensity_filter=args.intensity_filter, polarity=args.polarity, shape=shape,
         classifier_threshold=None if args.no_classifier else args.classifier_threshold,
         crop_rows=args.crop_rows, rescale=args.rescale, particle_size=args.particle_size,

@@ -47,6 +47,7 @@ DEFAULT_POSTPROCESS = {
     "seed_threshold": 0.5,  # distance-head seeds: centre region of each particle
     "h": 1.0,               # h-maxima depth (pixels) of the distance-transform watershed
     "min_area": 15,
+    "min_confidence": 0.0,  # mean foreground probability a detection needs (0: keep all)
     "fill_holes": True,
     "exclude_border": True,
 }
