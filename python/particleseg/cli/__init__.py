@@ -15,7 +15,7 @@ import sys
 from ..errors import ParticlesegError
 
 # subcommand modules, in the order ``particleseg --help`` lists them
-SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "sims", "fibsem")
+SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "train", "train_from_scratch", "sims", "fibsem")
 
 
 def build_parser() -> argparse.ArgumentParser:
