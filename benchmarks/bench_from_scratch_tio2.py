@@ -36,7 +36,6 @@ def table1(bundle, split: str) -> dict:
     """``metrics.evaluate_pair`` over the stacked probability maps of a split."""
     import tifffile
 
-    from particleseg import metrics
     from particleseg.datasets import TIO2_CROP_ROWS, tio2_items
     from particleseg.pipeline import SegmentParams, predict_probabilities
 
@@ -45,8 +44,19 @@ def table1(bundle, split: str) -> dict:
         image = tifffile.imread(item.image)[:TIO2_CROP_ROWS]
         probs.append(predict_probabilities(image, bundle, SegmentParams(progress=False))[..., 0])
         truths.append(tifffile.imread(item.mask)[:TIO2_CROP_ROWS] > 0)
-    return metrics.evaluate_pair(np.clip(np.stack(probs), 0, 1), np.stack(truths), watershed=True,
-                                 pred_kind="prob", truth_kind="mask")
+    return table1_scores(probs, truths)
+
+
+def table1_scores(preds, truths, pred_kind: str = "prob") -> dict:
+    """The Table-1 scoring of :func:`table1` for given proposals: ``metrics.evaluate_pair`` on
+    the stacked maps (``pred_kind="prob"``: probabilities, thresholds 0.0-1.0; ``"mask"``:
+    binary masks, one level) against the stacked binary masks, watershed before scoring."""
+    from particleseg import metrics
+
+    pred = np.stack(preds)
+    if pred_kind == "prob":
+        pred = np.clip(pred, 0, 1)
+    return metrics.evaluate_pair(pred, np.stack(truths), watershed=True, pred_kind=pred_kind, truth_kind="mask")
 
 
 def main(argv=None) -> int:

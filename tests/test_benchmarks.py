@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark runner (benchmarks/run.py): it runs and writes a report with every
+section. Benchmarks are not tests: nothing here looks at a timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_report_structure(runner, tiny_bundle, tmp_path):
+    out = tmp_path / "REPORT.md"
+    rc = runner.main(["--quick", "--only", "inference,postprocess,evaluation,gpu", "--model", str(tiny_bundle.path),
+                      "--out", str(out)])
+    assert rc == 0
+    text = out.read_text()
+    assert text.startswith("# particleseg benchmark report\n")
+    for key in ("**Date**", "**Command**", "**Machine**", "**Accelerator**", "| python |", "| numpy |", "| keras |",
+                "| keras backend |", "| particleseg |", "git "):
+        assert key in text, key
+    # every section has its heading; those run say how to reproduce them, the others how to run them
+    for name, title in runner.TITLES.items():
+        assert f"\n## {title}\n" in text
+    for name in ("inference", "postprocess", "evaluation"):
+        assert f"Reproduce: `python benchmarks/run.py --quick --only {name}" in text
+    for name in ("memory", "sims", "accuracy"):
+        assert f"Run it with `python benchmarks/run.py --only {name}`" in text
+    assert "Mpx/s" in text and "/ untiled" in text
+    assert "`measure_particles` / `regionprops_table`" in text
+    assert "| **total** |" in text
+    assert "KERAS_BACKEND=torch python benchmarks/run.py" in text
+    assert "Failed" not in text and "in progress" not in text
+
+
+def test_bad_arguments(runner, tmp_path):
+    with pytest.raises(SystemExit):
+        runner.main(["--only", "nonsense", "--out", str(tmp_path / "R.md")])
+    with pytest.raises(SystemExit):
+        runner.main(["--bundle", "nopath", "--out", str(tmp_path / "R.md")])
+    assert not (tmp_path / "R.md").exists()
