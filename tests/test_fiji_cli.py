@@ -161,7 +161,15 @@ def test_check_starts_imagej_and_lists_models(tiny_bundle):
     r = particleseg("fiji", "check", "--ij-jar", IJ_JAR, "--start", env={"PARTICLESEG_MODELS": str(Path(tiny_bundle.path).parent)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   imagej" in r.stdout and "ok   started" in r.stdout
-    assert "Models: 1 installed: tiny" in r.stdout
+    # the test's folder comes first on the search path, then the repository's shipped bundles
+    from particleseg.models import list_bundles
+
+    names = ", ".join(sorted(list_bundles()))
+    assert "tiny" not in names
+    line = next(l for l in r.stdout.splitlines() if "Models:" in l)
+    assert "Models: " in line and "installed: tiny" in line
+    listed = line.split("installed: ", 1)[1].split(" (searched")[0].split(", ")
+    assert listed[0] == "tiny" and sorted(listed[1:]) == sorted(list_bundles())
 
 
 GUI_SCRIPT = r'''
