@@ -20,7 +20,6 @@ values below are used.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -174,7 +174,6 @@ def main(argv=None):
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
-    import keras
 
     from particleseg import sims
     from particleseg.models import Head, NetworkConfig, make_metadata, save_bundle, write_metadata

@@ -11,7 +11,7 @@ import tifffile
 
 from particleseg import fibsem
 from particleseg.errors import InputError, OutputExistsError
-from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack, write_simulation
+from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack
 
 CLASSES = ["matrix", "pore", "inclusion"]
 TINY = FibsemSettings(shape=(7, 48, 48))

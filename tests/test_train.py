@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from particleseg.errors import BundleError, InputError, OutputExistsError, ParticlesegError
+from particleseg.errors import BundleError, InputError, OutputExistsError
 from particleseg.io import write_tiff
 from particleseg.models import Head, NetworkConfig
 

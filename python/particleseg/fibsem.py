@@ -222,7 +222,7 @@ class FolderSource(SliceSource):
             try:
                 with tifffile.TiffFile(f) as tif:
                     shapes.append(tuple(tif.series[0].shape))
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 shapes.append(None)  # unreadable header: reported when the slice is read
         good = [s for s in shapes if s is not None]
         if not good:

@@ -163,6 +163,40 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
     return data, calibration
 
 
+def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """Read an image file (TIFF, PNG, JPEG) as a squeezed array, without the checks of
+    :func:`read_image` (a mask or proposal may be empty, a label image is not gray levels).
+    RGB(A) data whose channels are equal is reduced to one channel; ``what`` names the file's
+    role in error messages.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file.
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix.lower() in (".tif", ".tiff"):
+                data = _read_tiff(path)[0]
+            else:
+                import imageio.v3 as iio
+
+                data = iio.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read {what} ({detail})") from None
+    data = np.squeeze(np.asarray(data))
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and np.all(data[..., :3] == data[..., :1]):
+        data = data[..., 0]  # gray values saved as RGB(A)
+    return data
+
+
 def _read_tiff(path: Path):
     import logging
 

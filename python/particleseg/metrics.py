@@ -1391,40 +1391,19 @@ def pair_files(pred_paths, truth_paths, pred_kind: str = "auto"):
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an array without the checks of :func:`particleseg.io.read_image`
-    (an empty mask is a valid proposal). RGB(A) images with equal channels are reduced to one.
+    """Read a probability map, mask or label image (see :func:`particleseg.io.read_array`;
+    an empty mask is a valid proposal).
 
     Raises
     ------
     InputError
-        Missing or unreadable file.
+        Missing or unreadable file, or a color image.
     """
-    import warnings
+    from .io import read_array as _read
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if path.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                data = tifffile.imread(path)
-            else:
-                import imageio.v3 as iio
-
-                data = iio.imread(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read image ({detail})") from None
-    data = np.squeeze(np.asarray(data))
+    data = _read(path)
     if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
-        rgb = data[..., :3]
-        if np.all(rgb == rgb[..., :1]):
-            data = rgb[..., 0]
-        else:
-            raise InputError(f"{path}: is a color image; expected a probability map, mask or label image")
+        raise InputError(f"{path}: is a color image; expected a probability map, mask or label image")
     return data
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -254,7 +253,6 @@ def make_loss(heads: Sequence[Head], foreground_fraction: float | None = None, d
     ----------
     .. [1] O. Ronneberger et al., "U-Net", MICCAI 2015 (pixel-wise loss weights).
     """
-    import keras
     from keras import ops
 
     weights = list(head_weights or [1.0] * len(heads))
@@ -522,24 +520,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     InputError
         Missing or unreadable file, or not a 2D single-channel image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: mask file not found")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    from .io import read_array
 
-            data = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            data = iio.imread(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read mask ({detail})") from None
-    data = np.squeeze(np.asarray(data))
-    if data.ndim == 3 and data.shape[-1] in (3, 4) and np.all(data[..., :3] == data[..., :1]):
-        data = data[..., 0]  # a gray mask saved as RGB(A)
+    data = read_array(path, "mask")
     if data.ndim != 2:
         raise InputError(f"{path}: mask has shape {data.shape}; expected a 2D single-channel image")
     if data.dtype.kind not in "uifb":

@@ -56,3 +56,16 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
         return (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers in MIN:MAX, got {text!r}") from None
+
+
+def parse_crop_rows(text: str) -> int | str:
+    """``--crop-rows``: a number of rows at the bottom, or ``auto`` (detect the data bar)."""
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
+    return n

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from . import parse_range
+from . import parse_crop_rows, parse_range
 
 SHAPE_OPTIONS = ("area", "ecd", "feret_min", "feret_max", "solidity", "circularity", "aspect_ratio")
-
-
-def _crop(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
-    return n
 
 
 def register(sub) -> None:
@@ -45,7 +32,7 @@ def register(sub) -> None:
     g.add_argument("--image-width", type=float, metavar="WIDTH", help="width of the whole field of view (as in the SEM data bar), in --unit")
     g.add_argument("--rescale", type=float, metavar="FACTOR", help="resample the image by FACTOR before inference")
     g.add_argument("--particle-size", type=float, metavar="PX", help="typical particle diameter in pixels; the image is resampled to the model's training scale")
-    g.add_argument("--crop-rows", type=_crop, default="auto", metavar="N|auto", help="rows of the data bar at the bottom to ignore (default: auto-detect; 0 keeps all)")
+    g.add_argument("--crop-rows", type=parse_crop_rows, default="auto", metavar="N|auto", help="rows of the data bar at the bottom to ignore (default: auto-detect; 0 keeps all)")
 
     g = p.add_argument_group("particles (defaults come from the model bundle)")
     g.add_argument("--threshold", type=float, help="foreground probability threshold")

@@ -18,7 +18,7 @@ References
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 ARCHITECTURES = ("multires-unet", "unet", "fcn")
 NORMALIZATIONS = ("batch", "group", "none")
