@@ -294,9 +294,9 @@ def separated_mask(labels: np.ndarray) -> np.ndarray:
     return ((lab > 0) & ~line).astype(np.uint8) * 255
 
 
-def filter_particles(ctx: Context, v: dict) -> dict:
-    from .. import postprocess as pp
-
+def _labels_and_intensity(ctx: Context, v: dict):
+    """The current label image (with its title and calibration) and the optional intensity
+    image chosen in the dialog, as arrays of the same shape."""
     imp = ctx.require_image()
     title = str(imp.getTitle())
     labels, cal = _labels_from_image(imp)
@@ -305,6 +305,13 @@ def filter_particles(ctx: Context, v: dict) -> dict:
     if iimp is not None:
         intensity, _ = _gray_2d(iimp)
         _same_shape(labels, intensity, title, str(iimp.getTitle()))
+    return imp, title, labels, cal, iimp, intensity
+
+
+def filter_particles(ctx: Context, v: dict) -> dict:
+    from .. import postprocess as pp
+
+    imp, title, labels, cal, iimp, intensity = _labels_and_intensity(ctx, v)
     if int(v.get("min_size", 0)) > 1:
         labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
     table = _apply_filters(labels, intensity, cal, v, ctx.command)
@@ -322,14 +329,7 @@ def filter_particles(ctx: Context, v: dict) -> dict:
 def measure_particles_command(ctx: Context, v: dict) -> dict:
     from ..measure import measure_particles
 
-    imp = ctx.require_image()
-    title = str(imp.getTitle())
-    labels, cal = _labels_from_image(imp)
-    iimp = ctx.optional_image(v.get("intensity"), "intensity")
-    intensity = None
-    if iimp is not None:
-        intensity, _ = _gray_2d(iimp)
-        _same_shape(labels, intensity, title, str(iimp.getTitle()))
+    imp, title, labels, cal, iimp, intensity = _labels_and_intensity(ctx, v)
     table = measure_particles(labels, intensity, cal)
     table["kept"] = True
     out = _publish_particles(ctx, {**v, "overlay": False}, imp, labels, table, cal, title)
