@@ -62,27 +62,16 @@ def simulated_set(n: int, seed: int, workdir: Path):
 
 
 def choose_postprocess(model, images, labels, heads):
-    """Pick threshold and seed level that maximise the instance IoU on simulated validation
-    images (never on real data)."""
-    from particleseg import metrics
+    """Threshold and seed level that maximise the instance IoU on simulated validation images
+    (never on real data)."""
     from particleseg.inference import predict_tiled
     from particleseg.models import keras_predictor
-    from particleseg.postprocess import remove_small, split_touching
+    from particleseg.train import validation_scores
 
     predict = keras_predictor(model)
     probs = [predict_tiled(predict, im, tile=512, overlap=32, multiple_of=16, progress=False) for im in images]
-    best = None
-    for thr in (0.4, 0.5, 0.6):
-        for seed_thr in (0.3, 0.4, 0.5, 0.6, 0.7):
-            scores = []
-            for p, lab in zip(probs, labels):
-                dist = p[..., heads.index("distance")] if "distance" in heads else None
-                pred = remove_small(split_touching(p[..., 0] > thr, dist, seed_thr), 15)
-                scores.append(metrics.instance_iou(pred, lab, average="truth"))
-            s = float(np.mean(scores))
-            if best is None or s > best[0]:
-                best = (s, thr, seed_thr)
-    return {"threshold": best[1], "seed_threshold": best[2]}, best[0]
+    post, scores = validation_scores(probs, labels, heads, thresholds=(0.4, 0.5, 0.6))
+    return post, scores["instance_iou"]
 
 
 def choose_detection_on_tio2(bundle, seed_threshold: float):

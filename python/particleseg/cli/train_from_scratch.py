@@ -5,19 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from . import parse_range
-
-
-def _crop(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
-    return n
+from . import parse_crop_rows, parse_range
 
 
 def _count(text: str):
@@ -58,7 +46,7 @@ def register(sub) -> None:
     g = p.add_argument_group("general")
     g.add_argument("--pairs", type=int, help="fake training pairs (default 1000; cpu preset 200)")
     g.add_argument("--polarity", choices=("bright", "dark"), help="particles brighter (SEM, default) or darker (brightfield TEM) than the background")
-    g.add_argument("--crop-rows", type=_crop, metavar="N|auto", help="rows of the data bar at the bottom to ignore (default auto)")
+    g.add_argument("--crop-rows", type=parse_crop_rows, metavar="N|auto", help="rows of the data bar at the bottom to ignore (default auto)")
     g.add_argument("--name", help="bundle name (default from-scratch)")
     g.add_argument("--seed", type=int, help="seed of every stage (default 0)")
 

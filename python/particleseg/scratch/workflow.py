@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -581,22 +581,11 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
 def choose_postprocess(model, images, labels, heads, multiple_of: int = 16) -> tuple[dict, float]:
     """Threshold and watershed seed level that maximise the instance IoU on held-out *fake*
     pairs (never on real masks)."""
-    from .. import metrics
     from ..inference import predict_tiled
     from ..models import keras_predictor
-    from ..postprocess import remove_small, split_touching
+    from ..train import validation_scores
 
     predict = keras_predictor(model)
     probs = [predict_tiled(predict, im, tile=512, overlap=32, multiple_of=multiple_of, progress=False) for im in images]
-    best = None
-    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for seed_thr in ((0.3, 0.4, 0.5, 0.6, 0.7) if "distance" in heads else (0.5,)):
-            scores = []
-            for p, lab in zip(probs, labels):
-                dist = p[..., heads.index("distance")] if "distance" in heads else None
-                pred = remove_small(split_touching(p[..., 0] > thr, dist, seed_thr), 15)
-                scores.append(metrics.instance_iou(pred, lab, average="truth"))
-            s = float(np.mean(scores))
-            if best is None or s > best[0]:
-                best = (s, thr, seed_thr)
-    return {"threshold": best[1], "seed_threshold": best[2]}, best[0]
+    post, scores = validation_scores(probs, labels, heads, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7))
+    return post, scores["instance_iou"]
