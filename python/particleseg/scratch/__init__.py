@@ -13,6 +13,13 @@ each stage resumable in a work folder (:mod:`.workflow`). Use :func:`train_from_
 ``particleseg train-from-scratch``.
 """
 
-from .workflow import STAGES, ScratchConfig, ScratchResult, load_inputs, redo_stages, train_from_scratch
+from .workflow import (
+    STAGES,
+    ScratchConfig,
+    ScratchResult,
+    load_inputs,
+    redo_stages,
+    train_from_scratch,
+)
 
 __all__ = ["STAGES", "ScratchConfig", "ScratchResult", "load_inputs", "redo_stages", "train_from_scratch"]

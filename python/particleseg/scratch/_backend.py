@@ -21,9 +21,10 @@ with NumPy outside the step and passed in, so a run is reproducible and resumes 
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -287,3 +288,56 @@ def load_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, sta
         for key, (opt, _) in list(state.optimizers.items()):
             state.optimizers[key] = (opt, [v.value for v in opt.variables])
     return {k[len("extra/"):]: data[k] for k in data.files if k.startswith("extra/")}
+
+
+# --------------------------------------------------------------------------------------------
+# resumable GAN training: checkpoint.npz and log.csv in the stage's work folder
+
+CHECKPOINT, LOG = "checkpoint.npz", "log.csv"
+
+
+def resume(workdir: Path, models: dict, optimizers: dict, state=None) -> int:
+    """Restore the last checkpoint of ``workdir`` (log rows after it are dropped) and return
+    its step; 0 (and a fresh log) when there is none."""
+    ckpt, log_path = workdir / CHECKPOINT, workdir / LOG
+    if ckpt.exists():
+        start = int(load_checkpoint(ckpt, models, optimizers, state)["step"])
+        _truncate_log(log_path, start)
+        return start
+    if log_path.exists():
+        log_path.unlink()
+    return 0
+
+
+def checkpoint(workdir: Path, models: dict, optimizers: dict, step: int, state, rows: list[dict]) -> None:
+    """Save the models and optimisers at ``step`` and append the log rows since the last one."""
+    save_checkpoint(workdir / CHECKPOINT, models, optimizers, {"step": step}, state)
+    _append_log(workdir / LOG, rows)
+
+
+def save_model(model, path: Path) -> None:
+    """Save a Keras model atomically (temporary file, then rename)."""
+    tmp = path.with_name(".tmp-" + path.name)
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _append_log(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step`` (written after the last checkpoint of an interrupted run)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    path.unlink()
+    _append_log(path, rows)

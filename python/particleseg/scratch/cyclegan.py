@@ -21,9 +21,9 @@ References
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -252,7 +252,6 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
 
     from . import _backend as B
     from .grids import save_grid
-    from .shapegan import _append_log, _truncate_log
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -273,13 +272,7 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
     step_d = B.Step(models, ["d_a", "d_b"], opt_d, _discriminator_loss, config.jit, state)
     optimizers = {"g": opt_g, "d": opt_d}
 
-    ckpt, log_path = workdir / "checkpoint.npz", workdir / "log.csv"
-    start = 0
-    if ckpt.exists():
-        start = int(B.load_checkpoint(ckpt, models, optimizers, state)["step"])
-        _truncate_log(log_path, start)
-    elif log_path.exists():
-        log_path.unlink()
+    start = B.resume(workdir, models, optimizers, state)
 
     pool_a, pool_b = ImagePool(config.pool_size), ImagePool(config.pool_size)
     show_rng = np.random.default_rng([config.seed, 777])
@@ -301,8 +294,7 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
             bar.update(1)
             bar.set_postfix(cycle=f"{m['cycle']:.3f}", d_b=f"{m['d_b']:.3f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                B.save_checkpoint(ckpt, models, optimizers, {"step": step + 1}, state)
-                _append_log(log_path, rows)
+                B.checkpoint(workdir, models, optimizers, step + 1, state, rows)
                 rows = []
                 fb = translate(models["g_ab"], show_a[..., 0])
                 fa = translate(models["g_ba"], show_b[..., 0])
@@ -312,9 +304,7 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
         bar.close()
     if state is not None:
         state.sync()
-    tmp = workdir / ".tmp-g_ab.keras"
-    models["g_ab"].save(tmp)
-    os.replace(tmp, workdir / "g_ab.keras")
+    B.save_model(models["g_ab"], workdir / "g_ab.keras")
     return models["g_ab"]
 
 

@@ -16,11 +16,10 @@ References
 
 from __future__ import annotations
 
-import csv
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -239,13 +238,7 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
     step_g = B.Step(models, ["generator"], opt_g, _generator_loss, config.jit, state)
     optimizers = {"critic": opt_c, "generator": opt_g}
 
-    ckpt, log_path = workdir / "checkpoint.npz", workdir / "log.csv"
-    start = 0
-    if ckpt.exists():
-        start = int(B.load_checkpoint(ckpt, models, optimizers, state)["step"])
-        _truncate_log(log_path, start)
-    elif log_path.exists():
-        log_path.unlink()
+    start = B.resume(workdir, models, optimizers, state)
 
     bs, zd = config.batch_size, config.latent_dim
     fixed_z = np.random.default_rng([config.seed, 999]).normal(size=(32, zd)).astype(np.float32)
@@ -263,8 +256,7 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
             bar.update(1)
             bar.set_postfix(w=f"{m['critic_w']:.3f}", gp=f"{m['gp']:.3f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                B.save_checkpoint(ckpt, models, optimizers, {"step": step + 1}, state)
-                _append_log(log_path, rows)
+                B.checkpoint(workdir, models, optimizers, step + 1, state, rows)
                 rows = []
                 shapes = _to_masks(_predict(gen, fixed_z))
                 save_grid(workdir / "progress.png", [s.astype(np.uint8) * 255 for s in shapes], columns=8)
@@ -272,31 +264,8 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
         bar.close()
     if state is not None:
         state.sync()
-    tmp = workdir / ".tmp-generator.keras"
-    gen.save(tmp)
-    os.replace(tmp, workdir / "generator.keras")
+    B.save_model(gen, workdir / "generator.keras")
     return gen
-
-
-def _append_log(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows after ``step`` (written after the last checkpoint of an interrupted run)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    path.unlink()
-    _append_log(path, rows)
 
 
 def _predict(gen, z: np.ndarray, batch: int = 256) -> np.ndarray:

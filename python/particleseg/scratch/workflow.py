@@ -26,9 +26,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class ScratchConfig:
         }
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> "ScratchConfig":
+    def preset(cls, name: str = "default", **overrides) -> ScratchConfig:
         """Named configurations.
 
         ``default``: the publication's scale (1000 pairs of 384x384, CycleGAN with 64-filter
