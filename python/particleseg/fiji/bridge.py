@@ -29,8 +29,11 @@ never hang waiting for a click.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -49,12 +52,14 @@ from .options import (
 MENU_LABEL = "Particle Segmentation"
 MACRO_CANCELED = "Macro canceled"
 
-_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None}
+_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None, "guard_paused": False}
 _last_values: dict[str, dict] = {}
 #: callables (what, done, total) told about progress, e.g. the headless batch runner's bar
 PROGRESS_HOOKS: list = []
 #: (title, text) of the dialogs the guard closed
 CLOSED_DIALOGS: list[tuple[str, str]] = []
+#: how often the dialog guard looks for dialogs, and how long it disposes a closed one again
+DIALOG_SWEEP_S, DIALOG_REDISPOSE_S = 0.2, 10.0
 
 
 class CommandError(ParticlesegError):
@@ -137,38 +142,96 @@ def install_menu() -> bool:
 
 
 def install_dialog_guard() -> None:
-    """Close every modal dialog as soon as it opens and remember its text (headless only)."""
+    """Close every modal dialog as soon as it opens and remember its text (headless only).
+
+    Closing a modal dialog from its WINDOW_OPENED event races with ``Dialog.show``: the
+    showing thread enters its modal loop only after the window is visible, and a dialog
+    disposed before that leaves the thread (and with it the macro and every later ``run``)
+    blocked for good, which a loaded machine makes likely. So a sweeper thread disposes each
+    closed dialog again for a while (a second ``dispose`` ends a modal loop entered late) and
+    closes any modal dialog whose opening event was missed.
+    """
     import jpype
 
     if bool(_j("java.awt.GraphicsEnvironment").isHeadless()):
         return  # no window can open (Fiji headless through pyimagej)
     WindowEvent = _j("java.awt.event.WindowEvent")
     Dialog = _j("java.awt.Dialog")
+    Window = _j("java.awt.Window")
+    lock = threading.Lock()
+    recent: list[tuple[Any, float]] = []  # (dialog, when closed)
+
+    def close(window) -> None:
+        if _state["guard_paused"]:
+            return
+        with lock:
+            if any(w.equals(window) for w, _ in recent):
+                return
+            recent.append((window, time.monotonic()))
+        title, text = str(window.getTitle()), dialog_text(window)
+        CLOSED_DIALOGS.append((title, text))
+        if title != "Macro Error":  # run_macro reports those itself
+            sys.stderr.write(f"ImageJ: closed dialog {title!r} (no user in a headless run): {text}\n")
+        window.dispatchEvent(WindowEvent(window, WindowEvent.WINDOW_CLOSING))
+        if window.isVisible():
+            window.dispose()
+
+    def is_modal_dialog(window) -> bool:
+        return isinstance(window, Dialog) and bool(window.isModal())
 
     @jpype.JImplements("java.awt.event.AWTEventListener")
     class _Guard:
         @jpype.JOverride
         def eventDispatched(self, event):
             try:
-                if event.getID() != WindowEvent.WINDOW_OPENED:
-                    return
-                window = event.getWindow()
-                if not isinstance(window, Dialog) or not window.isModal():
-                    return
-                title, text = str(window.getTitle()), dialog_text(window)
-                CLOSED_DIALOGS.append((title, text))
-                if title != "Macro Error":  # run_macro reports those itself
-                    sys.stderr.write(f"ImageJ: closed dialog {title!r} (no user in a headless run): {text}\n")
-                window.dispatchEvent(WindowEvent(window, WindowEvent.WINDOW_CLOSING))
-                if window.isVisible():
-                    window.dispose()
+                if event.getID() == WindowEvent.WINDOW_OPENED and is_modal_dialog(event.getWindow()):
+                    close(event.getWindow())
             except Exception:  # noqa: BLE001 - never break the event thread
+                pass
+
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(DIALOG_SWEEP_S):
+            try:
+                now = time.monotonic()
+                with lock:
+                    recent[:] = [(w, t) for w, t in recent if now - t < DIALOG_REDISPOSE_S]
+                    again = [w for w, _ in recent]
+                for window in again:
+                    window.dispose()
+                for window in Window.getWindows():
+                    if is_modal_dialog(window) and window.isShowing():
+                        close(window)
+            except Exception:  # noqa: BLE001 - the JVM shutting down; keep the sweeper quiet
                 pass
 
     guard = _Guard()
     AWTEvent = _j("java.awt.AWTEvent")
     _j("java.awt.Toolkit").getDefaultToolkit().addAWTEventListener(guard, AWTEvent.WINDOW_EVENT_MASK)
+    sweeper = threading.Thread(target=sweep, name="particleseg-dialog-guard", daemon=True)
+    sweeper.start()
+
+    def stop_sweeper() -> None:
+        # before JPype's own exit handler (registered earlier) stops the JVM: a thread still
+        # inside Java at that moment aborts the process
+        stop.set()
+        sweeper.join(5)
+
+    atexit.register(stop_sweeper)
     _state["guard"] = guard
+
+
+@contextlib.contextmanager
+def dialogs_allowed():
+    """Let modal dialogs stay open while the block runs (for a person, or a test, to answer
+    them in a session with the dialog guard)."""
+    paused = _state["guard_paused"]
+    _state["guard_paused"] = True
+    try:
+        yield
+    finally:
+        _state["guard_paused"] = paused
 
 
 def dialog_text(container) -> str:
