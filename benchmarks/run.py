@@ -141,7 +141,7 @@ class Config:
         else:
             c = cls("full" if full else "default", 5, 3, (768, 1024), 28.0, 0.14, (2048, 2048), 512,
                     (1024, 2048, 4096), 256, 4096, 3, None,
-                    2500 if full else 500, 200 if full else 100, 64, "all", True)
+                    2500 if full else 500, 200, 64, "all", True)
         if repeat:
             c.repeat = c.compare_repeat = c.eval_repeat = repeat
         return c
@@ -307,8 +307,9 @@ def device_line() -> str:
 
 
 def section_inference(ctx: Context) -> tuple[list[str], dict]:
-    from particleseg.inference import even_tile_size, tile_starts
+    from particleseg.inference import even_tile_size, predict_tiled, tile_starts
     from particleseg.pipeline import SegmentParams, predict_probabilities
+    from particleseg.preprocess import normalize_percentile
 
     cfg = ctx.cfg
     bundle, predict = ctx.bundle, ctx.predictor
@@ -332,31 +333,44 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
     ch, cw = cfg.compare_shape
     big = np.tile(img, (int(np.ceil(ch / h)), int(np.ceil(cw / w))))[:ch, :cw]
     m = bundle.network.multiple_of
-    variants = [("untiled (one call on the padded image)", SegmentParams(progress=False, tile=None)),
-                (f"tiled, bundle default (tile {bundle.tile}, overlap {bundle.overlap})", SegmentParams(progress=False)),
-                (f"tiled, tile {cfg.compare_tile}, overlap {bundle.overlap}", SegmentParams(progress=False, tile=cfg.compare_tile))]
+    # predict_tiled directly (SegmentParams(tile=None) means the bundle's tile, not untiled),
+    # on the image normalised once as predict_probabilities does
+    norm = bundle.metadata["input"]["normalization"]
+    big_n = normalize_percentile(big.astype(np.float32), norm["low"], norm["high"],
+                                 tuple(norm["clip"]) if norm.get("clip") else None).astype(np.float32)
+    variants = [("untiled (one call on the padded image)", None),
+                (f"tiled, bundle default (tile {bundle.tile}, overlap {bundle.overlap})", bundle.tile),
+                (f"tiled, tile {cfg.compare_tile}, overlap {bundle.overlap}", cfg.compare_tile)]
 
-    def tiling_of(p: SegmentParams) -> tuple[str, float, int]:
+    def tiling_of(tile: int | None) -> tuple[str, float, int]:
         """Tiles as ``predict_tiled`` makes them, network megapixels, rows of the first strip."""
-        if p.tile is None:
+        if tile is None:
             th, tw = -(-ch // m) * m, -(-cw // m) * m
             return f"1 of {tw}x{th}", th * tw / 1e6, ch
-        th, tw = even_tile_size(ch, p.tile or bundle.tile, bundle.overlap, m), even_tile_size(cw, p.tile or bundle.tile, bundle.overlap, m)
+        th, tw = even_tile_size(ch, tile, bundle.overlap, m), even_tile_size(cw, tile, bundle.overlap, m)
         ov = min(bundle.overlap, th // 2 - 1, tw // 2 - 1)
         n = len(tile_starts(max(ch, th), th, ov)) * len(tile_starts(max(cw, tw), tw, ov))
         return f"{n} of {tw}x{th}", n * th * tw / 1e6, th
 
+    def run_variant(tile: int | None, rows: int | None = None) -> np.ndarray:
+        return predict_tiled(predict, big_n[:rows] if rows else big_n, tile=tile, overlap=bundle.overlap,
+                             batch_size=4, multiple_of=m, progress=False)
+
     log(f"inference: tiled vs untiled on {cw}x{ch}, warm-up (tiled: first strip of tiles only)")
-    for _, p in variants:
-        predict_probabilities(big[: tiling_of(p)[2]], bundle, p, predict)
+    outs = {}
+    for name, tile in variants:
+        outs[name] = run_variant(tile, None if tile is None else tiling_of(tile)[2])
     ctimes: dict[str, list[float]] = {name: [] for name, _ in variants}
     for r in range(cfg.compare_repeat):
-        for name, p in variants:
+        for name, tile in variants:
             t0 = time.perf_counter()
-            predict_probabilities(big, bundle, p, predict)
+            out = run_variant(tile)
             ctimes[name].append(time.perf_counter() - t0)
+            if r == 0:
+                outs[name] = out
         log(f"inference: tiled vs untiled repeat {r + 1}/{cfg.compare_repeat}: "
             + ", ".join(f"{v[-1]:.1f} s" for v in ctimes.values()))
+    diffs = {name: float(np.abs(outs[name] - outs[variants[0][0]]).max()) for name, _ in variants}
     base_name = variants[0][0]
     base = ctimes[base_name]
 
@@ -379,19 +393,22 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
         "",
         f"**Tiled against untiled** on the same {cw}x{ch} image (the {w}x{h} image repeated), repeats interleaved "
         f"(untiled, default tiling, tile {cfg.compare_tile}, then again), ratio of the medians; per-repeat ratios in brackets. "
-        "The untiled call is one network call on the whole image padded to a multiple of "
-        f"{m}. The network-pixel overhead is the pixels the network sees (tiles overlap) over the image's pixels.",
+        "All three call `particleseg.inference.predict_tiled(predict, image, tile=..., overlap="
+        f"{bundle.overlap}, batch_size=4)` on the image normalised once; untiled is `tile=None`: one network call on "
+        f"the whole image padded to a multiple of {m}. Warm-up: one call of each (tiled: the first strip of tiles). "
+        "*Network pixels / image pixels*: what the network sees (tiles overlap) over the image's pixels. "
+        "*Max abs difference*: largest difference of any output channel (probabilities) to the untiled output.",
         "",
-        "| tiling | tiles | network pixels / image pixels | median s | Mpx/s | time / untiled |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| tiling | tiles | network pixels / image pixels | median s | Mpx/s | time / untiled | max abs difference to untiled |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, p in variants:
-        desc, net_mpx, _ = tiling_of(p)
+    for name, tile in variants:
+        desc, net_mpx, _ = tiling_of(tile)
         tm = median(ctimes[name])
         ratios = [a / b for a, b in zip(ctimes[name], base)]
         ratio = tm / median(base)
         lines.append(f"| {name} | {desc} | {net_mpx / (ch * cw / 1e6):.3f} | {tm:.2f} | {ch * cw / 1e6 / tm:.3f} | "
-                     f"**{ratio:.3f}** ({', '.join(f'{x:.2f}' for x in ratios)}) |")
+                     f"**{ratio:.3f}** ({', '.join(f'{x:.2f}' for x in ratios)}) | {diffs[name]:.3f} |")
         if name != base_name:
             head.setdefault("tiling_ratios", []).append((name, ratio))
     lines += ["", ctx.reproduce("inference")]
@@ -906,7 +923,7 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
                      + " | ".join(f"{v:.4f}" for v in pl_vals) + " |" + " |" * (len(cols) - len(pl_vals) + 2))
         lines += ["", "Best thresholds (models): " + "; ".join(
             f"{n}: IoU (image) at {r['iou_image_thr']}, IoU (instance) at {r['iou_instance_thr']}"
-            for n, r in table1_rows.items() if r.get("iou_image_thr") not in (None, ""))]
+            for n, r in table1_rows.items() if isinstance(r.get("iou_image_thr"), float) and np.isfinite(r["iou_image_thr"]))]
     else:
         lines += ["", "The Table-1 columns are not computed with `--quick` (about 18 s per image and model)."]
     extra = " ".join(f"--bundle {shlex.quote(b)}" for b in (ctx.args.bundle or []))
