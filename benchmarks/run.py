@@ -767,21 +767,6 @@ def section_gpu(ctx: Context) -> tuple[list[str], dict]:
     return lines, head
 
 
-def score_labels(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """The per-image scores of :func:`particleseg.datasets.evaluate_tio2`, for a label image."""
-    from particleseg import metrics
-
-    match = metrics.match_instances(truth, pred, 0.5)
-    return {
-        "foreground_iou": metrics.foreground_iou(pred > 0, truth > 0),
-        "instance_iou": metrics.instance_iou(pred, truth, average="truth"),
-        "instance_iou_pred": metrics.instance_iou(pred, truth, average="pred"),
-        "f1_iou50": match["f1"],
-        "n_truth": int(truth.max()),
-        "n_pred": int(len(np.unique(pred)) - 1),
-    }
-
-
 def classic_labels(image: np.ndarray, method: str, min_area: int = 15) -> tuple[np.ndarray, np.ndarray]:
     """Classic baseline: global threshold (``li`` or ``otsu``) of the gray values, then the
     distance-transform watershed (h-maxima, h = 1 px) and removal of particles under ``min_area``."""
@@ -798,7 +783,7 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
     from tqdm.auto import tqdm
 
     import bench_from_scratch_tio2 as bfs
-    from particleseg.datasets import TIO2_CROP_ROWS, evaluate_tio2, tio2_items, tio2_root
+    from particleseg.datasets import TIO2_CROP_ROWS, evaluate_tio2, score_labels, tio2_items, tio2_root
     from particleseg.models import load_bundle
     from particleseg.postprocess import label_mask
 
@@ -877,7 +862,7 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
         "**Pipeline scores**, means over the images (label images as segmented, before the border filter): "
         "foreground IoU; instance IoU averaged over the true particles (a missed particle counts 0) and over the "
         "segmented particles (the publication's convention); F1 of one-to-one matches at IoU 0.5. "
-        "The baselines are scored with the same per-image scores as `evaluate_tio2` (`score_labels` in this file).",
+        "The baselines are scored with the same per-image scores as `evaluate_tio2` (`particleseg.datasets.score_labels`).",
         "",
         "| method | split | images | foreground IoU | instance IoU (truth-avg) | instance IoU (pred-avg) | F1@0.5 | particles found / true |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -654,3 +654,22 @@ def test_tio2_manual_mask_against_itself_and_a_li_threshold(tio2_dir):
         ious.append(M.foreground_iou(image > threshold_value(image, "li"), truth))
     assert np.mean(ious) == pytest.approx(0.85, abs=0.03)
     assert min(ious) > 0.6
+
+
+def test_tio2_score_labels_on_a_worked_case():
+    """The per-image TiO2 scores: truth has particles 1 (4x4) and 2 (2x2); the prediction finds
+    particle 1 exactly and adds a false 2x2 particle elsewhere."""
+    from particleseg.datasets import score_labels
+
+    truth = np.zeros((10, 10), np.int32)
+    truth[1:5, 1:5] = 1
+    truth[7:9, 7:9] = 2
+    pred = np.zeros_like(truth)
+    pred[1:5, 1:5] = 5
+    pred[7:9, 1:3] = 9
+    s = score_labels(pred, truth)
+    assert s["foreground_iou"] == pytest.approx(16 / 24)  # 16 shared of 16 + 4 + 4 pixels
+    assert s["instance_iou"] == pytest.approx(0.5)  # truth average: 1 and 0
+    assert s["instance_iou_pred"] == pytest.approx(0.5)  # prediction average: 1 and 0
+    assert s["f1_iou50"] == pytest.approx(0.5)  # 1 TP, 1 FP, 1 FN
+    assert (s["n_truth"], s["n_pred"]) == (2, 2)

@@ -57,6 +57,23 @@ def tio2_outlines(root: str | os.PathLike | None = None) -> list[Path]:
     return sorted((root / "outlines").glob("*.tif"))
 
 
+def score_labels(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """The per-image scores of :func:`evaluate_tio2` for a label image ``pred`` against the
+    label image ``truth``: foreground IoU, instance IoU averaged over ground-truth and over
+    segmented particles, F1 at IoU 0.5 and both particle counts."""
+    from . import metrics
+
+    match = metrics.match_instances(truth, pred, 0.5)
+    return {
+        "foreground_iou": metrics.foreground_iou(pred > 0, truth > 0),
+        "instance_iou": metrics.instance_iou(pred, truth, average="truth"),
+        "instance_iou_pred": metrics.instance_iou(pred, truth, average="pred"),
+        "f1_iou50": match["f1"],
+        "n_truth": int(truth.max()),
+        "n_pred": int(len(np.unique(pred)) - 1),
+    }
+
+
 def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progress: bool = True):
     """Segment the TiO2 images (cropped to 1024x712) and score them against the manual masks.
 
@@ -72,7 +89,6 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
     import tifffile
     from tqdm.auto import tqdm
 
-    from . import metrics
     from .models import Bundle, load_bundle
     from .pipeline import SegmentParams, segment_image
     from .postprocess import label_mask
@@ -87,15 +103,5 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
         image = tifffile.imread(item.image)[:TIO2_CROP_ROWS]
         truth = label_mask(tifffile.imread(item.mask)[:TIO2_CROP_ROWS] > 0)
         seg = segment_image(image, bundle, params, name=str(item.image))
-        pred = seg.labels
-        match = metrics.match_instances(truth, pred, 0.5)
-        rows.append({
-            "image": item.stem,
-            "foreground_iou": metrics.foreground_iou(pred > 0, truth > 0),
-            "instance_iou": metrics.instance_iou(pred, truth, average="truth"),
-            "instance_iou_pred": metrics.instance_iou(pred, truth, average="pred"),
-            "f1_iou50": match["f1"],
-            "n_truth": int(truth.max()),
-            "n_pred": int(len(np.unique(pred)) - 1),
-        })
+        rows.append({"image": item.stem, **score_labels(seg.labels, truth)})
     return pd.DataFrame(rows)
