@@ -164,7 +164,7 @@ def test_classifier_rejects_the_particles_the_expert_did_not_keep(trained):
     from particleseg.pipeline import SegmentParams
 
     bundle, _, (images, labels, keeps) = trained
-    assert bundle.has_classifier and bundle.metadata["classifier"]["threshold"] == 0.5
+    assert bundle.has_classifier and 0.05 <= bundle.metadata["classifier"]["threshold"] <= 0.95
     assert bundle.metadata["classifier"]["metrics"]["validation_particle_accuracy"] >= 0.75
     right = total = 0
     for img, lab, keep in zip(images, labels, keeps):
@@ -360,3 +360,19 @@ def test_train_command_writes_a_bundle_segment_uses(folders, capsys):
     assert main(["segment", str(folders / "im" / "a0.tif"), "--out", str(folders / "seg"), "--model",
                  str(folders / "b.zip"), "--crop-rows", "0", "--quiet"]) == 0
     assert (folders / "seg" / "a0_labels.tif").is_file()
+
+
+def test_classifier_threshold_is_the_best_separation_of_the_validation_particles():
+    from particleseg.train import balanced_accuracy, choose_classifier_threshold
+
+    kept = np.array([True, True, True, False])
+    # keeping all: rate 1 for the kept, 0 for the discarded
+    assert balanced_accuracy(np.ones(4, bool), kept) == pytest.approx(0.5)
+    assert balanced_accuracy(np.array([True, True, False, False]), kept) == pytest.approx((2 / 3 + 1) / 2)
+    # scores all above 0.5 but ranked right: the threshold goes between 0.80 and 0.90
+    scores = np.array([0.95, 0.92, 0.91, 0.80])
+    t = choose_classifier_threshold(scores, kept)
+    assert 0.80 < t <= 0.91 and balanced_accuracy(scores >= t, kept) == 1.0
+    # among equally good thresholds the one nearest 0.5; one class only: 0.5
+    assert choose_classifier_threshold(np.array([0.9, 0.1]), np.array([True, False])) == 0.5
+    assert choose_classifier_threshold(np.array([0.9, 0.8]), np.array([True, True])) == 0.5
