@@ -309,7 +309,7 @@ def device_line() -> str:
 def section_inference(ctx: Context) -> tuple[list[str], dict]:
     from particleseg.inference import even_tile_size, predict_tiled, tile_starts
     from particleseg.pipeline import SegmentParams, predict_probabilities
-    from particleseg.preprocess import normalize_percentile
+    from particleseg.preprocess import normalize_input
 
     cfg = ctx.cfg
     bundle, predict = ctx.bundle, ctx.predictor
@@ -335,9 +335,7 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
     m = bundle.network.multiple_of
     # predict_tiled directly (SegmentParams(tile=None) means the bundle's tile, not untiled),
     # on the image normalised once as predict_probabilities does
-    norm = bundle.metadata["input"]["normalization"]
-    big_n = normalize_percentile(big.astype(np.float32), norm["low"], norm["high"],
-                                 tuple(norm["clip"]) if norm.get("clip") else None).astype(np.float32)
+    big_n = normalize_input(big[..., None], bundle.metadata["input"]["normalization"])
     variants = [("untiled (one call on the padded image)", None),
                 (f"tiled, bundle default (tile {bundle.tile}, overlap {bundle.overlap})", bundle.tile),
                 (f"tiled, tile {cfg.compare_tile}, overlap {bundle.overlap}", cfg.compare_tile)]
@@ -451,7 +449,7 @@ def child_memory(spec: dict) -> dict:
 
     from particleseg.inference import even_tile_size, predict_tiled, tile_starts
     from particleseg.models import load_bundle
-    from particleseg.preprocess import normalize_percentile
+    from particleseg.preprocess import normalize_input
     from particleseg.simulate import simulate_sem_image
 
     size, work = int(spec["size"]), Path(spec["workdir"])
@@ -468,9 +466,7 @@ def child_memory(spec: dict) -> dict:
     base_shape = tuple(spec["base_shape"])
     sim = simulate_sem_image(base_shape, rng=SIM_SEED, particle_size=spec["particle_size"], coverage=spec["coverage"],
                              empty_fraction=0.0)
-    norm = bundle.metadata["input"]["normalization"]
-    base = normalize_percentile(sim.image.astype(np.float32), norm["low"], norm["high"],
-                                tuple(norm["clip"]) if norm.get("clip") else None).astype(np.float32)
+    base = normalize_input(sim.image[..., None], bundle.metadata["input"]["normalization"])[..., 0]
     in_path, out_path = work / f"input-{size}.npy", work / f"output-{size}.npy"
     inp = np.lib.format.open_memmap(in_path, mode="w+", dtype=np.float32, shape=(size, size, 1))
     reps = -(-size // base.shape[1])

@@ -122,7 +122,6 @@ def main(argv=None):
     train_z, eval_z = annotated[:-1], annotated[-1:]
     rest = [z for z in range(args.slices) if z not in train_z]
     print(f"training slices {train_z}, independent evaluation slice {eval_z}; {len(rest)} non-training slices")
-    rows = []
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for i, (name, chans, k) in enumerate(CONFIGS):

@@ -21,13 +21,17 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from scipy.stats import rankdata
 
 from particleseg.datasets import tio2_items
 from particleseg.models import NetworkConfig
-from particleseg.postprocess import particle_scores
-from particleseg.train import read_training_data, split_validation, train_classifier
+from particleseg.train import (
+    balanced_accuracy,
+    classifier_particle_scores,
+    read_training_data,
+    split_validation,
+    train_classifier,
+)
 
 KEEP_ROWS = 704  # keep masks are 1024x704: crop images and masks to that
 
@@ -39,34 +43,21 @@ def read_split(split: str):
 
 
 def particle_table(model, items, network, threshold: float) -> dict:
-    """Per-particle decisions on ``items``: the classifier's (mean score >= 0.5) and the expert's
-    (most of the particle inside the keep mask); ROC AUC of the scores."""
-    from particleseg.inference import predict_tiled
-    from particleseg.models import keras_predictor
-
-    predict = keras_predictor(model)
-    ours, expert, scores = [], [], []
-    for it in items:
-        x = np.concatenate([it.image, (it.labels > 0).astype(np.float32)[..., None]], -1)
-        score = predict_tiled(predict, x, tile=256, overlap=16, multiple_of=network.multiple_of, progress=False)[..., 0]
-        ids, s = particle_scores(it.labels, score)
-        _, kept = particle_scores(it.labels, (it.keep > 0).astype(float))
-        ours.append(s >= threshold)
-        expert.append(kept > 0.5)
-        scores.append(s)
-    ours, expert, scores = np.concatenate(ours), np.concatenate(expert), np.concatenate(scores)
+    """The classifier's decisions (score >= ``threshold``) against the expert's over the
+    particles of ``items``; ROC AUC of the scores."""
+    scores, expert = classifier_particle_scores(model, items, network)
+    ours = scores >= threshold
     # ROC AUC from the Mann-Whitney U statistic: how well the scores rank kept above discarded
-    ranks = rankdata(scores)
     n_pos, n_neg = int(expert.sum()), int((~expert).sum())
-    auc = (ranks[expert].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1)
+    auc = (rankdata(scores)[expert].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1)
     tp, tn = int((ours & expert).sum()), int((~ours & ~expert).sum())
     fp, fn = int((ours & ~expert).sum()), int((~ours & expert).sum())
     return {
         "particles": len(ours),
-        "expert_kept": int(expert.sum()),
+        "expert_kept": n_pos,
         "accuracy": (tp + tn) / len(ours),
         "accuracy_keep_all": float(expert.mean()),
-        "balanced_accuracy": 0.5 * (tp / max(tp + fn, 1) + tn / max(tn + fp, 1)),
+        "balanced_accuracy": balanced_accuracy(ours, expert),
         "precision_keep": tp / max(tp + fp, 1),
         "recall_keep": tp / max(tp + fn, 1),
         "roc_auc": float(auc),

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from particleseg.inference import blend_window, even_tile_size, predict_tiled, tile_starts
-from particleseg.preprocess import detect_data_bar, normalize_percentile, rescale, resize_to
+from particleseg.preprocess import detect_data_bar, normalize_input, normalize_percentile, rescale, resize_to
 
 
 def test_percentile_normalisation_ignores_hot_pixels(rng):
@@ -19,6 +19,17 @@ def test_percentile_normalisation_ignores_hot_pixels(rng):
     # min-max scaling would have squeezed the particles into a sliver of the range
     assert np.median(out) == pytest.approx(0.5, abs=0.05)
     assert normalize_percentile(img, 1, 99)[0, 0] == 1.5  # clipped
+
+
+def test_bundle_normalisation_is_per_channel_or_none(rng):
+    img = np.stack([rng.normal(100, 10, (40, 50)), rng.normal(5000, 800, (40, 50))], -1)
+    norm = {"method": "percentile", "low": 1.0, "high": 99.0, "clip": None}
+    out = normalize_input(img, norm)
+    assert out.shape == img.shape and out.dtype == np.float32
+    for c in range(2):  # each channel on its own percentiles, whatever its range
+        assert np.allclose(out[..., c], normalize_percentile(img[..., c], 1.0, 99.0, None), atol=1e-5)
+    assert normalize_input(img, {**norm, "clip": [0, 1]}).max() == 1.0
+    assert np.array_equal(normalize_input(img, {"method": "none"}), img.astype(np.float32))
 
 
 def test_normalisation_of_an_almost_constant_image_is_finite():

@@ -23,7 +23,7 @@ from .inference import predict_tiled
 from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
 from .measure import measure_particles, summarize
 from .models import Bundle, load_bundle
-from .preprocess import detect_data_bar, normalize_percentile, rescale, resize_to
+from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png")
 
@@ -161,10 +161,7 @@ def predict_probabilities(
     if img.ndim == 2:
         img = img[..., None]
     bundle.check_channels(img.shape[-1])
-    norm = bundle.metadata["input"]["normalization"]
-    if norm["method"] == "percentile":
-        clip = tuple(norm["clip"]) if norm.get("clip") else None
-        img = np.stack([normalize_percentile(img[..., c], norm["low"], norm["high"], clip) for c in range(img.shape[-1])], -1)
+    img = normalize_input(img, bundle.metadata["input"]["normalization"])
     return predict_tiled(
         predictor or bundle.predictor(), img, tile=params.tile, overlap=params.overlap,
         batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, progress=params.progress,
@@ -304,9 +301,8 @@ def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: 
     a pixel belongs to a particle worth keeping."""
     from .models import NetworkConfig, keras_predictor
 
-    norm = bundle.metadata["input"]["normalization"]
-    img = normalize_percentile(image, norm.get("low", 1.0), norm.get("high", 99.8), tuple(norm.get("clip") or (-0.5, 1.5)))
-    x = np.stack([img, mask.astype(np.float32)], -1)
+    img = normalize_input(np.asarray(image)[..., None], bundle.metadata["input"]["normalization"])
+    x = np.concatenate([img, mask.astype(np.float32)[..., None]], -1)
     out = predict_tiled(keras_predictor(bundle.classifier), x, tile=params.tile, overlap=params.overlap,
                         batch_size=params.batch_size,
                         multiple_of=NetworkConfig.from_dict(bundle.metadata["classifier"]["network"]).multiple_of,

@@ -52,6 +52,24 @@ def normalize_percentile(
     return out
 
 
+def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
+    """Normalise a network input ``(Y, X, C)`` channel by channel as a bundle's
+    ``input.normalization`` says: ``percentile`` (:func:`normalize_percentile` with its
+    ``low``, ``high`` and ``clip``) or ``none``. Training and inference both call this, so a
+    network sees the same values in both.
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``image``
+    """
+    img = np.asarray(image, np.float32)
+    if normalization.get("method", "percentile") == "none":
+        return img
+    low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+    clip = tuple(normalization["clip"]) if normalization.get("clip") else None
+    return np.stack([normalize_percentile(img[..., c], low, high, clip) for c in range(img.shape[-1])], -1)
+
+
 def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction: float = 0.3) -> int:
     """Number of rows at the bottom of an SEM image that hold the microscope's data bar.
 

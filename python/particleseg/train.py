@@ -668,7 +668,7 @@ def read_training_data(
         mask that is not a binary or label image, all masks empty.
     """
     from .io import Calibration, read_image
-    from .preprocess import normalize_percentile
+    from .preprocess import normalize_input
 
     norm = normalization or NORMALIZATION
     img_items, img_names = _as_list(images, "image")
@@ -734,8 +734,7 @@ def read_training_data(
                              f"{name} ({img.shape[1]}x{img.shape[0]})")
         labels, classes = interpret_mask(mask, mask_kind, m_name, n_classes)
         keep_labels = interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0] if keep is not None else None
-        x = np.stack([normalize_percentile(img[..., c], norm["low"], norm["high"], tuple(norm["clip"]) if norm.get("clip") else None)
-                      for c in range(img.shape[-1])], -1)
+        x = normalize_input(img, norm)
         out.append(TrainingItem(name, x, labels, classes, keep_labels, cal))
     if all(it.labels.max() == 0 for it in out):
         raise InputError(f"{mask_names[0]}: all {len(out)} masks are empty (no particle annotated); nothing to learn")
@@ -1168,9 +1167,6 @@ def train_classifier(
                              "(keep masks must be subsets of the masks)")
     network = network or NetworkConfig("unet", 2, (Head("foreground"),), depth=3, base_filters=8)
 
-    def x_of(it):
-        return np.concatenate([it.image, (it.labels > 0).astype(np.float32)[..., None]], -1)
-
     config = TrainConfig(network=network, tile=tile, batch_size=batch_size, epochs=epochs,
                          steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                          learning_rate=learning_rate, lr_step_epochs=max(1, epochs // 3), patience=0, seed=seed + 1, jit_compile=jit_compile,
@@ -1178,26 +1174,10 @@ def train_classifier(
     workdir = Path(workdir)
     _workdir_config(workdir, {"config": config.to_dict(), "images": [it.name for it in train_items]}, resume)
     callbacks = [_progress_callback(progress, epochs)] if callable(progress) else []
-    model, log = fit([x_of(it) for it in train_items], [it.keep for it in train_items],
-                     [x_of(it) for it in val_items], [it.keep for it in val_items],
+    model, log = fit([_classifier_input(it) for it in train_items], [it.keep for it in train_items],
+                     [_classifier_input(it) for it in val_items], [it.keep for it in val_items],
                      config, workdir, resume=resume, verbose=1 if progress is True else 0, callbacks=callbacks)
-    # particle decisions on the validation images: the expert kept a particle when most of it is
-    # in the keep mask; the classifier's score is the mean of its output over the particle
-    from .inference import predict_tiled
-    from .models import keras_predictor
-    from .postprocess import particle_scores
-
-    predict = keras_predictor(model)
-    scores, kept = [], []
-    for it in val_items:
-        score = predict_tiled(predict, x_of(it), tile=max(256, tile), overlap=16, multiple_of=network.multiple_of,
-                              progress=False)[..., 0]
-        ids, s = particle_scores(it.labels, score)
-        if len(ids):
-            scores.append(s)
-            kept.append(particle_scores(it.labels, (it.keep > 0).astype(float))[1] > 0.5)
-    scores = np.concatenate(scores) if scores else np.zeros(0)
-    kept = np.concatenate(kept) if kept else np.zeros(0, bool)
+    scores, kept = classifier_particle_scores(model, val_items, network, tile=max(256, tile))
     threshold = choose_classifier_threshold(scores, kept)
     decided = scores >= threshold
     meta = {"threshold": threshold, "network": network.to_dict(),
@@ -1207,6 +1187,39 @@ def train_classifier(
             "threshold_chosen_by": "best balanced accuracy on the validation images of the training run",
             "input": ["normalised image", "particle mask (0/1)"]}
     return model, meta
+
+
+def _classifier_input(item: TrainingItem) -> np.ndarray:
+    """The classifier's two input channels: the normalised image and the particle mask."""
+    return np.concatenate([item.image, (item.labels > 0).astype(np.float32)[..., None]], -1)
+
+
+def classifier_particle_scores(model, items: Sequence[TrainingItem], network, tile: int = 256):
+    """Each annotated particle's classifier score and the expert's decision, over ``items``.
+
+    The score is the mean of the classifier's output over the particle (as
+    :func:`particleseg.pipeline.classifier_map` and the pipeline score it); the expert kept a
+    particle when most of it lies in the keep mask.
+
+    Returns
+    -------
+    scores : ndarray of float
+    kept : ndarray of bool
+    """
+    from .inference import predict_tiled
+    from .models import keras_predictor
+    from .postprocess import particle_scores
+
+    predict = keras_predictor(model)
+    scores, kept = [], []
+    for it in items:
+        out = predict_tiled(predict, _classifier_input(it), tile=tile, overlap=16, multiple_of=network.multiple_of, progress=False)[..., 0]
+        ids, s = particle_scores(it.labels, out)
+        if len(ids):
+            scores.append(s)
+            kept.append(particle_scores(it.labels, (it.keep > 0).astype(float))[1] > 0.5)
+    return (np.concatenate(scores) if scores else np.zeros(0),
+            np.concatenate(kept) if kept else np.zeros(0, bool))
 
 
 def balanced_accuracy(decided: np.ndarray, truth: np.ndarray) -> float:

@@ -58,14 +58,16 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
         raise argparse.ArgumentTypeError(f"expected numbers in MIN:MAX, got {text!r}") from None
 
 
-def parse_crop_rows(text: str) -> int | str:
-    """``--crop-rows``: a number of rows at the bottom, or ``auto`` (detect the data bar)."""
-    if text == "auto":
+def parse_crop_rows(text: str, auto: bool = True) -> int | str:
+    """``--crop-rows``: a number of rows at the bottom, or (with ``auto``) ``auto``: detect the
+    data bar."""
+    if auto and text == "auto":
         return "auto"
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {text!r}") from None
+        choices = "a number of rows or 'auto'" if auto else "a number of rows"
+        raise argparse.ArgumentTypeError(f"expected {choices}, got {text!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError("--crop-rows must not be negative")
     return n

@@ -6,6 +6,8 @@ import argparse
 import math
 import sys
 
+from . import parse_crop_rows
+
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
     """``START:STOP:STEP`` (STOP included) or a comma-separated list -> thresholds in [0, 1]."""
@@ -30,16 +32,6 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _rows(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of rows, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
-    return n
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -58,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--pred", nargs="+", required=True, metavar="PATH", help="proposal image files or folders")
     p.add_argument("--truth", nargs="+", required=True, metavar="PATH", help="ground-truth image files or folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--crop-rows", type=_rows, default=None, metavar="N", help="rows at the bottom of every image to ignore (an SEM data bar; 56 for the TiO2 images)")
+    p.add_argument("--crop-rows", type=lambda t: parse_crop_rows(t, auto=False), default=None, metavar="N", help="rows at the bottom of every image to ignore (an SEM data bar; 56 for the TiO2 images)")
     p.add_argument("--thresholds", type=parse_thresholds, default=None, metavar="START:STOP:STEP",
                    help="threshold sweep of probability maps (default 0:1:0.1; a list like 0.3,0.5 also works)")
     p.add_argument("--watershed", action="store_true", help="split touching particles of the thresholded proposal by a distance-transform watershed before scoring")
