@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import postprocess as pp
-from .errors import InputError, ParticlesegError
+from .errors import InputError, OutputExistsError, ParticlesegError
 from .inference import predict_tiled
 from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
 from .measure import measure_particles, summarize
@@ -414,7 +414,9 @@ def segment_files(
     """Segment many files; a bad file is reported and the batch goes on.
 
     Writes ``summary.csv`` (one row per image, failures included with their error) into
-    ``out_dir``. Returns the summary and the list of ``(file, error)`` failures.
+    ``out_dir``; a later batch into the same folder adds its rows to it (see
+    :func:`merge_summary`). Returns the summary of this batch and the list of
+    ``(file, error)`` failures.
     """
     from tqdm.auto import tqdm
 
@@ -427,22 +429,69 @@ def segment_files(
         raise InputError(f"{', '.join(map(str, paths))}: no image files (TIFF, PNG, JPEG) found")
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.csv"
-    check_outputs([summary_path], overwrite)
-    rows, failures = [], []
+    earlier = read_summary(summary_path, overwrite)  # fail before any work if it is not ours
+    rows, failures, kept_files = [], [], []
     for f in tqdm(files, desc="segment", unit="image", disable=not progress or len(files) < 2):
         t0 = time.perf_counter()
         try:
             row = segment_file(f, out_dir, bundle, params, overwrite=overwrite, **calibration)
         except (ParticlesegError, OSError, ValueError) as exc:
+            if isinstance(exc, OutputExistsError):
+                kept_files.append(Path(f).name)
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             failures.append((str(f), msg))
             row = {"file": Path(f).name, "status": "failed", "error": msg}
             tqdm.write(f"particleseg: error: {msg}")
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-    summary = pd.DataFrame(rows)
-    for col in ("slices", "crop_rows", "rejected", "count"):
+    summary = typed_summary(pd.DataFrame(rows))
+    write_csv(summary_path, merge_summary(earlier, summary, kept_files), overwrite=True)
+    return summary, failures
+
+
+SUMMARY_INTEGERS = ("slices", "crop_rows", "rejected", "count")
+
+
+def typed_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    for col in SUMMARY_INTEGERS:
         if col in summary:
             summary[col] = summary[col].astype("Int64")  # integers even with failed rows
-    write_csv(summary_path, summary, overwrite)
-    return summary, failures
+    return summary
+
+
+def read_summary(path: str | os.PathLike, overwrite: bool = False) -> pd.DataFrame | None:
+    """The ``summary.csv`` of earlier batches into a folder, or None if there is none.
+
+    A file of that name that is not a particleseg summary (unreadable, or no ``file`` and
+    ``status`` columns) is refused as an existing output, as any other output is, or with
+    ``overwrite`` replaced (None).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        problem = "" if {"file", "status"} <= set(table.columns) else "no file and status columns"
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem:
+        if overwrite:
+            return None
+        raise OutputExistsError(f"{path}: output exists and is not a particleseg summary ({problem}); "
+                                "use another output folder or --overwrite to replace it")
+    table["error"] = table["error"].fillna("") if "error" in table else ""
+    return table
+
+
+def merge_summary(earlier: pd.DataFrame | None, summary: pd.DataFrame, keep_earlier: Iterable[str] = ()) -> pd.DataFrame:
+    """One summary of everything segmented into a folder: the rows of earlier batches,
+    then this batch's rows. A file of this batch replaces its earlier row (segmented again
+    with ``--overwrite``, or failed this time), except the files in ``keep_earlier`` (this
+    batch refused them because their outputs exist: the earlier row still describes them)."""
+    if earlier is None or not len(earlier):
+        return summary
+    keep_earlier = set(keep_earlier)
+    old_files = set(earlier["file"].astype(str))
+    new = summary[~(summary["file"].astype(str).isin(keep_earlier & old_files))]
+    old = earlier[~earlier["file"].astype(str).isin(set(new["file"].astype(str)))]
+    return typed_summary(pd.concat([old, new], ignore_index=True))

@@ -95,8 +95,9 @@ def run(args) -> int:
         nano = row.get("nano_by_median_feret")
         verdict = "" if nano is None or nano != nano else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
         print(f"{row['file']}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
-    print(f"wrote {len(ok)} result set(s) and summary.csv to {args.out}")
+    print(f"wrote {len(ok)} result set(s) to {args.out}; its summary.csv lists every image segmented into it")
     if failures:
-        print(f"particleseg: {len(failures)} of {len(summary)} image(s) failed (listed in summary.csv)", file=sys.stderr)
+        if len(summary) > 1:  # one image: its error line says it all
+            print(f"particleseg: {len(failures)} of {len(summary)} image(s) failed (errors above)", file=sys.stderr)
         return 1
     return 0

@@ -365,8 +365,9 @@ def evaluate_segmentation(ctx: Context, v: dict) -> dict:
 
 
 def batch_segment_folder(ctx: Context, v: dict) -> dict:
-    from ..io import check_outputs, list_images, write_csv
-    from ..pipeline import segment_file
+    from ..errors import OutputExistsError
+    from ..io import list_images, write_csv
+    from ..pipeline import typed_summary, merge_summary, read_summary, segment_file
 
     src, dst = str(v.get("input") or "").strip(), str(v.get("output") or "").strip()
     if not src:
@@ -381,8 +382,8 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
     bundle = get_bundle(v["model"])
     params = segment_params(v, ctx.command)
     overwrite = bool(v.get("overwrite"))
-    check_outputs([Path(dst) / "summary.csv"], overwrite)
-    rows, failures = [], []
+    earlier = read_summary(Path(dst) / "summary.csv", overwrite)  # a later batch adds its rows
+    rows, failures, kept_files = [], [], []
     t_start = time.perf_counter()
     _j("ij.IJ").resetEscape()
     canceled = False
@@ -398,6 +399,8 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
             row = segment_file(f, dst, bundle, params, overwrite=overwrite, write_overview=bool(v.get("overview", True)))
             ctx.log(f"  {f.name}: {row['count']} particles")
         except (ParticlesegError, OSError, ValueError) as exc:
+            if isinstance(exc, OutputExistsError):
+                kept_files.append(f.name)
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             failures.append((str(f), msg))
             row = {"file": f.name, "status": "failed", "error": msg}
@@ -405,11 +408,8 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
     ctx.progress(1, 1, "Batch Segment Folder")
-    summary = pd.DataFrame(rows)
-    for col in ("slices", "crop_rows", "rejected", "count"):
-        if col in summary:
-            summary[col] = summary[col].astype("Int64")
-    write_csv(Path(dst) / "summary.csv", summary, overwrite)
+    summary = typed_summary(pd.DataFrame(rows))
+    write_csv(Path(dst) / "summary.csv", merge_summary(earlier, summary, kept_files), overwrite=True)
     shown = summary[[c for c in ("file", "status", "count", "feret_min_median", "unit", "rejected", "seconds", "error") if c in summary]]
     publish.show_table("Batch Summary", shown.astype(object).where(shown.notna(), None))
     ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
