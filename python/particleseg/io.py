@@ -214,15 +214,47 @@ def _read_tiff(path: Path):
     return data, axes, calibration
 
 
+def read_calibration(path: str | os.PathLike) -> tuple[Calibration, str]:
+    """The calibration in an image file's metadata, exactly as :func:`read_image` reads it,
+    without reading the pixels; and where it came from: ``ImageJ``, ``OME``, ``Zeiss SEM``,
+    ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG).
+
+    Raises
+    ------
+    InputError
+        The file is missing or not a readable TIFF.
+    """
+    import logging
+
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return Calibration(), ""
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_calibration_and_source(tif)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read the metadata ({detail})") from None
+
+
 def _tiff_calibration(tif) -> Calibration:
     """Pixel size from ImageJ, OME, Zeiss or FEI metadata; uncalibrated if none is usable."""
+    return _tiff_calibration_and_source(tif)[0]
+
+
+def _tiff_calibration_and_source(tif) -> tuple[Calibration, str]:
     page = tif.pages.first
     ij = tif.imagej_metadata
     if ij and ij.get("unit") and "XResolution" in page.tags:
         num, den = page.tags["XResolution"].value
         try:
             if num > 0:
-                return Calibration(den / num, ij["unit"])
+                return Calibration(den / num, ij["unit"]), "ImageJ"
         except ValueError:
             pass
     if tif.is_ome:
@@ -233,7 +265,7 @@ def _tiff_calibration(tif) -> Calibration:
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
         if size:
             try:
-                return Calibration(float(size.group(1)), unit.group(1) if unit else "µm")
+                return Calibration(float(size.group(1)), unit.group(1) if unit else "µm"), "OME"
             except ValueError:
                 pass
     sem = tif.sem_metadata
@@ -241,15 +273,15 @@ def _tiff_calibration(tif) -> Calibration:
         entry = sem["ap_image_pixel_size"]
         if len(entry) >= 3:
             try:
-                return Calibration(float(entry[1]), str(entry[2]))
+                return Calibration(float(entry[1]), str(entry[2])), "Zeiss SEM"
             except ValueError:
                 pass
     fei = tif.fei_metadata
     if fei:
         width = fei.get("Scan", {}).get("PixelWidth") or fei.get("EScan", {}).get("PixelWidth")
         if width:
-            return Calibration(float(width) * 1e9, "nm")  # stored in metres
-    return Calibration()
+            return Calibration(float(width) * 1e9, "nm"), "FEI/Thermo Fisher SEM"  # stored in metres
+    return Calibration(), ""
 
 
 def _read_plain(path: Path):

@@ -38,12 +38,14 @@ class SegmentParams:
         Foreground probability threshold.
     split : bool
         Separate touching particles by watershed.
-    seed_threshold : float
-        Seed level on the network's distance output (higher splits more).
-    h : float
+    seed_level : float
+        Seed level on the network's distance output (higher splits more). Formerly
+        ``seed_threshold`` (still accepted, also as an attribute).
+    split_level : float
         h-maxima depth in pixels for the distance-transform watershed (lower splits more).
-    min_area : int
-        Particles smaller than this many pixels are removed as noise.
+        Formerly ``h``.
+    min_size : int
+        Particles smaller than this many pixels are removed as noise. Formerly ``min_area``.
     min_confidence : float
         Detections whose mean foreground probability is below this are removed as uncertain
         (faint background structures the network half believes in); 0 keeps all.
@@ -56,8 +58,9 @@ class SegmentParams:
         Particles brighter than the background (SEM) or darker (TEM brightfield).
     shape : dict
         Column -> (min, max) ranges in calibrated units, see :func:`postprocess.shape_filter`.
-    classifier_threshold : float or None
+    min_score : float or None
         Keep particles whose mean classifier score reaches this (bundles with a classifier).
+        Formerly ``classifier_threshold``.
     crop_rows : int, "auto" or None
         Rows at the bottom to ignore (the microscope's data bar); "auto" detects them.
     rescale : float or None
@@ -71,16 +74,16 @@ class SegmentParams:
 
     threshold: float | None = None
     split: bool | None = None
-    seed_threshold: float | None = None
-    h: float | None = None
-    min_area: int | None = None
+    seed_level: float | None = None
+    split_level: float | None = None
+    min_size: int | None = None
     min_confidence: float | None = None
     fill_holes: bool | None = None
     exclude_border: bool | None = None
     intensity_filter: str | None = None
     polarity: str | None = None
     shape: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    classifier_threshold: float | None = None
+    min_score: float | None = None
     crop_rows: int | str | None = "auto"
     rescale: float | None = None
     particle_size: float | None = None
@@ -90,28 +93,47 @@ class SegmentParams:
     progress: bool | None = None
 
     def resolved(self, bundle: Bundle) -> "SegmentParams":
-        """Copy with every ``None`` replaced by the bundle's default."""
-        d = bundle.postprocess
-        meta = bundle.metadata
-        classifier_thr = (meta.get("classifier") or {}).get("threshold", 0.5) if bundle.has_classifier else None
+        """Copy with every ``None`` replaced by the bundle's default
+        (:func:`particleseg.params.bundle_defaults`)."""
+        from .params import bundle_defaults
+
+        d = bundle_defaults(bundle)
+        names = ("threshold", "split", "seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
+                 "exclude_border", "polarity")
         return dataclasses.replace(
             self,
-            threshold=_first(self.threshold, d["threshold"]),
-            split=_first(self.split, d["split"]),
-            seed_threshold=_first(self.seed_threshold, d["seed_threshold"]),
-            h=_first(self.h, d["h"]),
-            min_area=_first(self.min_area, d["min_area"]),
-            min_confidence=_first(self.min_confidence, d["min_confidence"]),
-            fill_holes=_first(self.fill_holes, d["fill_holes"]),
-            exclude_border=_first(self.exclude_border, d["exclude_border"]),
-            polarity=_first(self.polarity, meta["input"].get("polarity", "bright")),
-            classifier_threshold=_first(self.classifier_threshold, classifier_thr),
+            **{name: _first(getattr(self, name), d[name]) for name in names},
+            min_score=_first(self.min_score, d["min_score"] if bundle.has_classifier else None),
             tile=_first(self.tile, bundle.tile),
             overlap=_first(self.overlap, bundle.overlap),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _accept_former_names(cls):
+    """Let ``SegmentParams`` take and give its former field names (``seed_threshold``, ``h``,
+    ``min_area``, ``classifier_threshold``; see :data:`particleseg.params.ALIASES`)."""
+    from .params import ALIASES
+
+    init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        for old, new in ALIASES.items():
+            if old in kwargs:  # wins over the new name, as in dataclasses.replace(params, h=2)
+                kwargs[new] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    for old, new in ALIASES.items():
+        setattr(cls, old, property(lambda self, n=new: getattr(self, n),
+                                   lambda self, value, n=new: setattr(self, n, value), doc=f"Former name of {new}."))
+    return cls
+
+
+_accept_former_names(SegmentParams)
 
 
 def _first(*values):
@@ -253,11 +275,11 @@ def segment_image(
         if params.shape:
             reasons = pp.shape_filter(table, params.shape)
             reject((reasons != "").to_numpy(), reasons)
-        if params.classifier_threshold is not None and bundle.has_classifier:
+        if params.min_score is not None and bundle.has_classifier:
             score_map = classifier_map(work, labels > 0, bundle, params)
             ids, scores = pp.particle_scores(labels, score_map)
             table["classifier_score"] = scores
-            reject(scores < params.classifier_threshold, "classifier")
+            reject(scores < params.min_score, "classifier")
 
     # 6. back to the full image size (zeros in the cropped rows)
     if crop:
@@ -284,12 +306,12 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
             seeds = fg * (1 - prob[..., heads.index("boundary")])
         else:
             seeds = None
-        labels = pp.split_touching(mask, seeds, params.seed_threshold, params.h)
+        labels = pp.split_touching(mask, seeds, params.seed_level, params.split_level)
     else:
         labels = pp.label_mask(mask)
     if params.fill_holes:
         labels = pp.fill_holes(labels)
-    labels = pp.remove_small(labels, params.min_area)
+    labels = pp.remove_small(labels, params.min_size)
     if params.min_confidence:
         labels = pp.remove_uncertain(labels, fg, params.min_confidence)
     return pp.relabel_sequential(labels)
