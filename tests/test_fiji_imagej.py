@@ -179,7 +179,7 @@ def test_segment_particles_macro_matches_python_pipeline(ij, sem_image, tiny_bun
     n_results, n_rois, title, unit, pw = result.split("|")
 
     image, cal = read_image(sem_image)
-    params = SegmentParams(threshold=thr, split=True, seed_threshold=0.5, h=1.0, min_area=4, fill_holes=True,
+    params = SegmentParams(threshold=thr, split=True, seed_level=0.5, split_level=1.0, min_size=4, fill_holes=True,
                            exclude_border=True, crop_rows=0)
     seg = segment_image(image, tiny_bundle, params, cal, name="sem one.tif")
     kept = seg.table[seg.table["kept"]]
@@ -191,18 +191,28 @@ def test_segment_particles_macro_matches_python_pipeline(ij, sem_image, tiny_bun
     assert int(n_results) == len(kept) and int(n_rois) == len(kept)
     res = ij.results()
     assert list(res["label"].astype(int)) == list(kept["label"])
-    for col in ("area", "feret_min", "feret_max", "ecd", "perimeter", "circularity", "mean_intensity", "centroid_x"):
-        np.testing.assert_allclose(res[col].to_numpy(float), kept[col].to_numpy(float), rtol=1e-6, err_msg=col)
-    assert set(res["unit"]) == {"nm"} and res["Label"].iloc[0] == f"sem one.tif:particle-{kept['label'].iloc[0]}"
+    assert_same_columns(res, kept)
+    assert res["Label"].iloc[0] == f"sem one.tif:particle-{kept['label'].iloc[0]}"
     # output images: same pixels as the Python result, same calibration as the input
-    for suffix, expected in (("labels", seg.kept_labels), ("mask", (seg.kept_labels > 0) * 255), ("prob", seg.foreground)):
+    from particleseg.postprocess import labels_to_mask
+
+    mask = labels_to_mask(seg.kept_labels) * 255  # touching particles separated by a line
+    for suffix, expected in (("labels", seg.kept_labels), ("mask", mask), ("prob", seg.foreground)):
         imp = ij.image(f"sem one_{suffix}")
         assert imp is not None, suffix
         arr, ocal = from_imageplus(imp)
         assert ocal == Calibration(2.5, "nm"), suffix
         np.testing.assert_allclose(arr.astype(float), np.asarray(expected, float), atol=1e-6, err_msg=suffix)
     # histogram plot as an image (batch mode)
-    assert any("feret_min histogram" in t for t in ij.image_titles())
+    assert any(t.endswith("histogram") for t in ij.image_titles())
+
+
+def assert_same_columns(res: pd.DataFrame, ref: pd.DataFrame, at_least: int = 8) -> None:
+    """The numeric columns the Results table shares with a measurement table are equal."""
+    shared = [c for c in ref.columns if c in res.columns and c != "label" and pd.api.types.is_numeric_dtype(ref[c])]
+    assert len(shared) >= at_least, (list(res.columns), list(ref.columns))
+    for col in shared:
+        np.testing.assert_allclose(res[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-6, err_msg=col)
 
 
 def test_overlay_marks_rejected_particles_red_and_roi_names(ij, sem_image, tiny_bundle):
@@ -227,7 +237,9 @@ def test_overlay_marks_rejected_particles_red_and_roi_names(ij, sem_image, tiny_
     assert int(n_rois) == len(res)
     assert first_name == f"particle-{int(res['label'].iloc[0])}"
     # ImageJ's own measurement of the traced ROI equals the particle's calibrated area
-    assert float(first_area) == pytest.approx(res["area"].iloc[0])
+    from particleseg.measure import PARAMETER_COLUMNS
+
+    assert float(first_area) == pytest.approx(res[PARAMETER_COLUMNS["area"]].iloc[0])
 
 
 def test_segment_folder_example_macro(ij, tmp_path, rng, tiny_bundle):
@@ -287,8 +299,9 @@ def particles_label_image():
 
 
 def test_measure_particles_macro_equals_measure_particles(ij, tmp_path):
-    from particleseg.measure import measure_particles
+    from particleseg.measure import PARAMETER_COLUMNS, measure_particles
 
+    feret = PARAMETER_COLUMNS["feret_max"]
     lab = particles_label_image()
     gray = (lab * 30 + 20).astype(np.uint8)
     write_tiff(tmp_path / "lab.tif", lab.astype(np.uint16), Calibration(0.5, "µm"))
@@ -298,15 +311,16 @@ def test_measure_particles_macro_equals_measure_particles(ij, tmp_path):
         open("{macro_path(tmp_path / 'gray.tif')}");
         open("{macro_path(tmp_path / 'lab.tif')}");
         run("Measure Particles...", "intensity=gray.tif clear add histogram histogram_of=ecd");
-        return "" + nResults + " " + getResult("feret_max", 2) + " " + getResultString("unit", 0) + " " + roiManager("count");
+        selectImage("lab.tif");
+        getPixelSize(unit, pw, ph);
+        return "" + nResults + "|" + getResult("{feret}", 2) + "|" + unit + "|" + roiManager("count");
     """, end_batch_mode=False)
     ref = measure_particles(lab, gray, Calibration(0.5, "µm"))
-    n, fmax, unit, n_rois = ret.split()
-    assert int(n) == len(ref) == 5 and unit == "µm" and float(fmax) == pytest.approx(ref["feret_max"].iloc[2], rel=1e-4)
+    n, fmax, unit, n_rois = ret.split("|")
+    assert int(n) == len(ref) == 5 and unit in ("µm", "microns") and float(fmax) == pytest.approx(ref[feret].iloc[2], rel=1e-4)
     res = ij.results()
-    for col in ("area", "feret_min", "feret_max", "solidity", "mean_intensity", "touches_border"):
-        np.testing.assert_allclose(res[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-6, err_msg=col)
-    assert int(n_rois) == 5 and any("ecd histogram" in t for t in ij.image_titles())
+    assert_same_columns(res, ref)
+    assert int(n_rois) == 5 and any(t.endswith("histogram") for t in ij.image_titles())
 
 
 def test_filter_particles_macro(ij, tmp_path):
@@ -322,10 +336,11 @@ def test_filter_particles_macro(ij, tmp_path):
     """, end_batch_mode=False)
     res = ij.results()
     # particle 1 is too small (area < 40), particle 5 touches the border
-    assert list(res["label"].astype(int)) == [2, 3, 4]
+    # the kept particles are numbered 1..N, as their ROIs
+    assert len(res) == 3 and list(res["label"].astype(int)) == [1, 2, 3]
     assert int(n_rois) == 3
     filtered, _ = from_imageplus(ij.image("lab_filtered"))
-    assert set(np.unique(filtered)) == {0, 2, 3, 4}
+    assert set(np.unique(filtered)) == {0, 1, 2, 3}
     ov = ij.image("lab.tif").getOverlay()
     assert int(ov.size()) == 5
     with pytest.raises(Exception, match="intensity_filter=otsu needs an intensity image"):
@@ -413,23 +428,38 @@ def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
 
 
 def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle):
+    """The recorder gets every parameter of a successful call (an unchecked box whose default
+    is on as key=false; a key left out takes its default, so the line repeats the run), and
+    nothing of a failed call."""
+    from particleseg.fiji import MacroError
+
     Recorder = jclass("ij.plugin.frame.Recorder")
     rec = Recorder(False)
     Recorder.recordInMacros = True
     try:
         ij.run_macro(f"""
             open("{macro_path(sem_image)}");
-            run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.45 split min_size=4 crop_rows=0 clear add");
+            run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.45 split=false min_size=4 crop_rows=0 probability=false");
         """)
+        n_first = len(ij.results())
+        with pytest.raises(MacroError, match="threshold must be between 0 and 1"):
+            ij.run_macro(f'newImage("x", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=1.5");')
+        with pytest.raises(MacroError, match="image is constant"):
+            ij.run_macro(f'newImage("flat", "8-bit black", 64, 64, 1); run("Segment Particles...", "model=[{tiny_bundle.path}]");')
         text = str(rec.getText())
     finally:
         Recorder.recordInMacros = False
         rec.close()
-    line = next(l for l in text.splitlines() if "Segment Particles..." in l)
-    assert line == (f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split seed_level=0.50 '
-                    'split_level=1 min_size=4 intensity_filter=none polarity=bright area=0-Infinity ecd=0-Infinity '
-                    'feret_min=0-Infinity feret_max=0-Infinity circularity=0.00-1.00 solidity=0.00-1.00 '
-                    'aspect_ratio=0-Infinity crop_rows=0 particle_size=0 clear add histogram_of=feret_min");')
+    lines = [line for line in text.splitlines() if "Segment Particles..." in line]
+    assert lines == [
+        f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border seed_level=0.5 '
+        'split_level=1 min_size=4 min_confidence=0 fill_holes min_score=0 intensity_filter=none polarity=bright '
+        'area=0-Infinity ecd=0-Infinity feret_min=0-Infinity feret_max=0-Infinity circularity=0-1 solidity=0-1 '
+        'aspect_ratio=0-Infinity crop_rows=0 particle_size=0 probability=false labels mask clear add overlay histogram '
+        'histogram_of=feret_min");']
+    ij.close_all()
+    ij.run_macro(f'open("{macro_path(sem_image)}");\n' + lines[0])
+    assert len(ij.results()) == n_first
 
 
 def test_menu_command_shows_dialog_records_and_runs(ij, tmp_path):
@@ -580,11 +610,11 @@ def test_scijava_script_runs_and_equals_the_dialog_route(ij, sem_image, tiny_bun
     script = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / SPECS["Segment Particles..."].script_name
     text = script.read_text()
     spec = SPECS["Segment Particles..."]
-    values = {f.key: f.default for f in spec.fields}
+    values = {f.key: f.default for f in spec.parameters}
     values.update(model=str(tiny_bundle.path), threshold=thr, min_size=4, crop_rows="0", probability=False,
                   labels=False, mask=False, histogram=False, overlay=False)
     names = [n for _, n in parse_parameters(text)]
-    assert names == ["imp"] + list(spec.keys)
+    assert names == ["imp"] + list(values)
     namespace = {"imp": imp, **values, "__name__": "__main__"}
     exec(compile(text, str(script), "exec"), namespace)  # what Fiji's Python mode does
     by_script = ij.results()

@@ -104,7 +104,7 @@ def test_segment_params_from_dialog_values():
     values.update(threshold=0.4, split=False, seed_level=0.6, split_level=2.0, min_size=9, intensity_filter="otsu",
                   feret_min="5-50", circularity="0.5-1", solidity="0-0.9", crop_rows="12", particle_size=20)
     p = segment_params(values)
-    assert (p.threshold, p.split, p.seed_threshold, p.h, p.min_area) == (0.4, False, 0.6, 2.0, 9)
+    assert (p.threshold, p.split, p.seed_level, p.split_level, p.min_size) == (0.4, False, 0.6, 2.0, 9)
     assert p.intensity_filter == "otsu" and p.crop_rows == 12 and p.particle_size == 20
     assert p.shape == {"feret_min": (5.0, 50.0), "circularity": (0.5, None), "solidity": (None, 0.9)}
     values.update(intensity_filter="none", particle_size=0, crop_rows="auto", feret_min="0-Infinity", circularity="0.00-1.00", solidity="0-1")
@@ -136,9 +136,9 @@ def test_script_parameters_are_the_macro_keys():
         compile(text, spec.script_name, "exec")
         params = parse_parameters(text)
         names = [n for _, n in params]
-        assert names == (["imp"] if spec.needs_image else []) + list(spec.keys), spec.name
+        assert names == (["imp"] if spec.needs_image else []) + [f.key for f in spec.parameters], spec.name
         types_ = dict((n, t) for t, n in params)
-        for f in spec.fields:
+        for f in spec.parameters:
             expected = {"number": "Double", "int": "Integer", "bool": "Boolean", "dir": "File", "image": "ImagePlus"}.get(f.kind, "String")
             assert types_[f.key] == expected, (spec.name, f.key)
     # menu labels: Fiji turns "_" into " " and drops the extension after the last dot
@@ -160,9 +160,16 @@ def test_script_falls_back_to_an_imagej_error_without_particleseg(monkeypatch):
 
 
 def test_example_macros_call_only_known_commands_and_keys():
+    """The example macros name only known commands and keys, and give no segmentation
+    parameter a value of their own: left out, each takes the bundle's default."""
     import re
 
-    for ijm in (ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples").glob("*.ijm"):
+    from particleseg.params import PARAMETERS
+
+    macros = list((ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples").glob("*.ijm"))
+    assert len(macros) == 3
+    names = {p.name for p in PARAMETERS}
+    for ijm in macros:
         text = ijm.read_text()
         for command in re.findall(r'run\("([^"]+)"', text):
             assert command in SPECS, (ijm.name, command)
@@ -170,6 +177,69 @@ def test_example_macros_call_only_known_commands_and_keys():
             call = call[: call.index(");")]
             literal_keys = {k for k in re.findall(r"[\s\"]([a-z_]+)(?==)", call)}
             assert literal_keys <= set(SPECS[command].keys), (ijm.name, literal_keys - set(SPECS[command].keys))
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+        assert not {k for k in re.findall(r"([a-z_]+)=", code)} & names, ijm.name
+
+
+def test_one_vocabulary_for_the_command_line_the_dialogs_and_the_scripts():
+    """Every segmentation parameter has the same name, range and help as a command-line
+    option, a field of Segment Particles... and Batch Segment Folder..., a SciJava script
+    parameter, and a SegmentParams field; former names still work."""
+    import dataclasses
+
+    from particleseg.cli import build_parser
+    from particleseg.cli.segment import params_from_args
+    from particleseg.params import PARAMETERS
+    from particleseg.pipeline import SegmentParams
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices["segment"]
+    options = {o: a for a in sub._actions for o in a.option_strings}
+    fields = {f.name for f in dataclasses.fields(SegmentParams)}
+    for p in PARAMETERS:
+        if p.cli:
+            assert options[p.option].dest == p.name and p.help in options[p.option].help, p.name
+        if p.kind != "range":
+            assert p.name in fields, p.name
+        for command in ("Segment Particles...", "Batch Segment Folder..."):
+            if p.fiji:
+                f = SPECS[command].field(p.name)
+                assert (f.kind, f.help, f.minimum, f.maximum) == (p.kind, p.help, p.minimum, p.maximum), p.name
+    args = parser.parse_args(["segment", "x.tif", "--out", "o", "--seed-threshold", "0.3", "--min-area", "5",
+                              "--keep-border", "--area", "10:", "--circularity", "0.5-1", "--no-split",
+                              "--classifier-threshold", "0.7", "--split-level", "2"])
+    p = params_from_args(args)
+    assert (p.seed_level, p.min_size, p.exclude_border, p.split, p.min_score, p.split_level) == (0.3, 5, False, False, 0.7, 2.0)
+    assert p.shape == {"area": (10.0, None), "circularity": (0.5, None)}
+    assert segment_params({"seed_level": 0.3, "min_size": 5, "threshold": 0.4, "area": "10-Infinity"}).shape == {"area": (10.0, None)}
+    old = SegmentParams(seed_threshold=0.3, h=2.0, min_area=5, classifier_threshold=0.7)
+    assert (old.seed_level, old.split_level, old.min_size, old.min_score) == (0.3, 2.0, 5, 0.7)
+    assert (old.seed_threshold, old.h, old.min_area, old.classifier_threshold) == (0.3, 2.0, 5, 0.7)
+
+
+def test_dialog_defaults_and_labels_come_from_the_bundle_and_the_image():
+    from particleseg.models import load_bundle
+    from particleseg.params import bundle_defaults
+
+    d = bundle_defaults(load_bundle("default"))
+    assert d["seed_level"] == 0.6 and d["min_confidence"] == 0.925  # the shipped bundle's values
+    spec = build_specs(defaults=d)["Segment Particles..."]
+    assert spec.field("seed_level").default == 0.6 and spec.field("min_confidence").default == 0.925
+    assert spec.field("area").label_for("nm") == "Area (nm²)" and spec.field("feret_min").label_for("µm") == "Feret_min (µm)"
+    assert spec.field("area").label_for("px") == "Area (px²)" and spec.field("min_size").label_for("nm") == "Min_size (px)"
+    main = [f.key for f in spec.fields if not f.advanced]
+    assert len(main) <= 13 and {"min_confidence", "min_score"} <= {f.key for f in spec.fields if f.advanced}
+
+
+def test_recorded_options_write_every_parameter_and_unchecked_default_boxes():
+    from particleseg.fiji.options import recorded_options
+
+    spec = SPECS["Segment Particles..."]
+    values = {f.key: f.default for f in spec.fields}
+    values.update(split=False, threshold=0.45, min_size=4, histogram=False, advanced=True)
+    rec = dict(recorded_options(spec, values))
+    assert rec["split"] == "false" and rec["threshold"] == "0.45" and rec["min_size"] == "4" and rec["exclude_border"] is None
+    assert "advanced" not in rec and rec["histogram"] == "false" and rec["area"] == "0-Infinity"
 
 
 # ------------------------------------------------------------------------------------------

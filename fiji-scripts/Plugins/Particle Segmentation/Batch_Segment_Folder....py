@@ -2,23 +2,25 @@
 #@ File (label="Output folder", style="directory") output
 #@ String (label="Model", description="installed model bundle, or in a macro the path of a bundle folder or zip", value="default") model
 #@ Double (label="Threshold", description="foreground probability threshold", value=0.5, min=0, max=1, style="format:0.00") threshold
-#@ Boolean (label="Split touching particles", description="watershed splitting", value=true) split
-#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
-#@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed (lower splits more)", value=1, min=0, style="format:0.00") split_level
-#@ Integer (label="Min size (px)", description="particles of fewer pixels are noise and removed", value=15, min=0) min_size
-#@ Boolean (label="Fill holes", value=true) fill_holes
-#@ Boolean (label="Exclude border particles", description="reject particles touching the image border (or the data bar)", value=true) exclude_border
-#@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
-#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM) than the background", choices={"bright","dark"}, value="bright") polarity
-#@ String (label="Area (unit²)", description="keep particles whose area (calibrated) is in MIN-MAX", value="0-Infinity") area
-#@ String (label="ECD (unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
-#@ String (label="Feret min (unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
-#@ String (label="Feret max (unit)", description="keep particles whose maximum Feret diameter is in MIN-MAX", value="0-Infinity") feret_max
-#@ String (label="Circularity (0-1)", description="keep particles whose circularity 4 pi area / perimeter² is in MIN-MAX", value="0.00-1.00") circularity
-#@ String (label="Solidity (0-1)", description="keep particles whose solidity (area / convex area) is in MIN-MAX", value="0.00-1.00") solidity
+#@ Boolean (label="Split touching particles", description="split touching particles (watershed)", value=true) split
+#@ Boolean (label="Exclude border particles", description="reject particles touching the image border or the data bar", value=true) exclude_border
+#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.6, min=0, max=1, style="format:0.00") seed_level
+#@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)", value=1, min=0, style="format:0.00") split_level
+#@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=15, min=0) min_size
+#@ Double (label="Min confidence", description="remove particles whose mean foreground probability is below this (0 keeps all)", value=0.925, min=0, max=1, style="format:0.00") min_confidence
+#@ Boolean (label="Fill holes", description="fill holes inside particles", value=true) fill_holes
+#@ Double (label="Min score (classifier)", description="keep particles whose particle-classifier score reaches this (bundles with a classifier; 0 keeps all)", value=0, min=0, max=1, style="format:0.00") min_score
+#@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this global threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
+#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background", choices={"bright","dark"}, value="bright") polarity
+#@ String (label="Area (calibrated unit²)", description="keep particles whose area is in MIN-MAX", value="0-Infinity") area
+#@ String (label="ECD (calibrated unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
+#@ String (label="Feret min (calibrated unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
+#@ String (label="Feret max (calibrated unit)", description="keep particles whose maximum Feret diameter is in MIN-MAX", value="0-Infinity") feret_max
+#@ String (label="Circularity", description="keep particles whose circularity (4 pi area / perimeter², 0-1) is in MIN-MAX", value="0-1") circularity
+#@ String (label="Solidity", description="keep particles whose solidity (area / convex area, 0-1) is in MIN-MAX", value="0-1") solidity
 #@ String (label="Aspect ratio", description="keep particles whose aspect ratio (major / minor axis) is in MIN-MAX", value="0-Infinity") aspect_ratio
-#@ String (label="Crop rows (auto or N)", description="rows of the microscope's data bar at the bottom to ignore", value="auto") crop_rows
-#@ Double (label="Particle size (px, 0 = as trained)", description="typical particle diameter in this image; it is resampled to the model's scale", value=0, min=0, style="format:0.00") particle_size
+#@ String (label="Crop rows (auto or N)", description="rows of the microscope's data bar at the bottom to ignore (auto detects them, 0 keeps all)", value="auto") crop_rows
+#@ Double (label="Particle size (px)", description="typical particle diameter in this image, in pixels; the image is resampled to the model's training scale (0: as it is)", value=0, min=0, style="format:0.00") particle_size
 #@ Boolean (label="Overwrite existing outputs", value=false) overwrite
 #@ Boolean (label="Overview figures", value=true) overview
 
@@ -34,4 +36,4 @@ except ImportError:  # Jython, or a Python without particleseg
              "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
              "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
 else:
-    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, seed_level=seed_level, split_level=split_level, min_size=min_size, fill_holes=fill_holes, exclude_border=exclude_border, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, overwrite=overwrite, overview=overview)
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, overwrite=overwrite, overview=overview)

@@ -1,19 +1,19 @@
 #@ ImagePlus imp
 #@ ImagePlus (label="Intensity image", description="gray image for the intensity filter and columns, and for the overlay", required=false) intensity
-#@ Integer (label="Min size (px)", value=0, min=0) min_size
-#@ Boolean (label="Exclude border particles", description="reject particles touching the image border (or the data bar)", value=true) exclude_border
-#@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
-#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM) than the background", choices={"bright","dark"}, value="bright") polarity
-#@ String (label="Area (unit²)", description="keep particles whose area (calibrated) is in MIN-MAX", value="0-Infinity") area
-#@ String (label="ECD (unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
-#@ String (label="Feret min (unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
-#@ String (label="Feret max (unit)", description="keep particles whose maximum Feret diameter is in MIN-MAX", value="0-Infinity") feret_max
-#@ String (label="Circularity (0-1)", description="keep particles whose circularity 4 pi area / perimeter² is in MIN-MAX", value="0.00-1.00") circularity
-#@ String (label="Solidity (0-1)", description="keep particles whose solidity (area / convex area) is in MIN-MAX", value="0.00-1.00") solidity
+#@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=0, min=0) min_size
+#@ Boolean (label="Exclude border particles", description="reject particles touching the image border or the data bar", value=true) exclude_border
+#@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this global threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
+#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background", choices={"bright","dark"}, value="bright") polarity
+#@ String (label="Area (calibrated unit²)", description="keep particles whose area is in MIN-MAX", value="0-Infinity") area
+#@ String (label="ECD (calibrated unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
+#@ String (label="Feret min (calibrated unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
+#@ String (label="Feret max (calibrated unit)", description="keep particles whose maximum Feret diameter is in MIN-MAX", value="0-Infinity") feret_max
+#@ String (label="Circularity", description="keep particles whose circularity (4 pi area / perimeter², 0-1) is in MIN-MAX", value="0-1") circularity
+#@ String (label="Solidity", description="keep particles whose solidity (area / convex area, 0-1) is in MIN-MAX", value="0-1") solidity
 #@ String (label="Aspect ratio", description="keep particles whose aspect ratio (major / minor axis) is in MIN-MAX", value="0-Infinity") aspect_ratio
-#@ Boolean (label="Clear results", value=true) clear
+#@ Boolean (label="Clear results", description="reset the Results table (and ROI Manager) first", value=true) clear
 #@ Boolean (label="Add to ROI Manager", value=true) add
-#@ Boolean (label="Overlay on image", value=true) overlay
+#@ Boolean (label="Overlay on image", description="kept particles green, rejected red", value=true) overlay
 #@ Boolean (label="Histogram plot", value=false) histogram
 #@ String (label="Histogram of", choices={"feret_min","feret_max","ecd","area"}, value="feret_min") histogram_of
 

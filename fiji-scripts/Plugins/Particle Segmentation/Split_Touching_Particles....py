@@ -1,8 +1,8 @@
 #@ ImagePlus imp
 #@ ImagePlus (label="Distance map", description="a map that is high in particle centres (the probability or distance output); none: the Euclidean distance transform of the mask", required=false) distance
-#@ Double (label="Seed level", description="seed level on the distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
-#@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed (lower splits more)", value=1, min=0, style="format:0.00") split_level
-#@ Integer (label="Min size (px)", value=0, min=0) min_size
+#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
+#@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)", value=1, min=0, style="format:0.00") split_level
+#@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=0, min=0) min_size
 #@ Boolean (label="Mask image (with separating lines)", value=false) mask
 #@ Boolean (label="Add to ROI Manager", value=false) add
 

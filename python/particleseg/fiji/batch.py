@@ -61,10 +61,10 @@ def run_once(session: ImageJSession, macro: Path, args: list[str], stream=sys.st
         error = str(exc)
     seconds = time.perf_counter() - t0
     records = cmds.RECORDS[start_records:]
-    segmented = [r for r in records if r["command"] == "Segment Particles..."]
+    segmented = [r for r in records if r.get("images")]  # Segment Particles... (1) and Batch Segment Folder... (its images)
     summary = {
         "macro": str(macro), "status": "failed" if error else "ok", "error": error, "result": result,
-        "commands": len(records), "images_segmented": len(segmented),
+        "commands": len(records), "images_segmented": int(sum(r["images"] for r in segmented)),
         "particles": int(sum(r.get("kept", 0) for r in segmented)), "seconds": round(seconds, 2),
     }
     print(f"run-macro: {macro.name}: {summary['status']}"
@@ -119,7 +119,7 @@ def run_per_image(session: ImageJSession, macro: Path, files: list[Path], args: 
         finally:
             session.close_all()
         records = cmds.RECORDS[start_records:]
-        seg = [r for r in records if r["command"] == "Segment Particles..."]
+        seg = [r for r in records if r.get("images")]
         rows.append({
             "file": f.name, "status": status, "error": error, "result": result,
             "particles": int(sum(r.get("kept", 0) for r in seg)) if seg else None,

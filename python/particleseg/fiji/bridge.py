@@ -40,13 +40,16 @@ from typing import Any
 from ..errors import ParticlesegError
 from . import commands as cmds
 from .options import (
+    ADVANCED,
     COMMAND_NAMES,
     NONE,
     SPECS,
     CommandSpec,
     build_specs,
+    given_booleans,
     normalize_options,
     parse_macro_options,
+    recorded_options,
 )
 
 MENU_LABEL = "Particle Segmentation"
@@ -271,8 +274,11 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
     """Run a command: from a menu or a macro (``values`` None: GenericDialog, filled from the
     macro options when a macro runs) or from a SciJava script (``values`` given).
 
-    Errors are shown the ImageJ way (see :func:`report_error`); only a Python caller outside
-    macros and without an ImageJ window gets them raised (:class:`CommandError`)."""
+    A key left out of a macro takes its default (the bundle's, for the segmentation
+    parameters), check boxes included. The recorder gets the command's line only when it ran
+    (a long command from the menu: when it started). Errors are shown the ImageJ way (see
+    :func:`report_error`); only a Python caller outside macros and without an ImageJ window
+    gets them raised (:class:`CommandError`)."""
     Macro = _j("ij.Macro")
     Recorder = _j("ij.plugin.frame.Recorder")
     IJ = _j("ij.IJ")
@@ -284,28 +290,32 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
     record = values is None and bool(Recorder.record)
     try:
         if record:
-            Recorder.setCommand(name)
+            Recorder.setCommand(None)  # recorded below, once the command has run
         normalized = None if options is None else normalize_options(SPECS[name], options)  # unknown keys first
         if name == "Train Model...":
             cmds.training_function()  # says so before asking for parameters
-        if SPECS[name].needs_image and imp is None and _j("ij.WindowManager").getCurrentImage() is None:
-            raise cmds.InputError("no image open (open an image first, e.g. File > Open...)")  # before any dialog
+        unit = None
+        if SPECS[name].needs_image:
+            target = imp if imp is not None else _j("ij.WindowManager").getCurrentImage()
+            if target is None:
+                raise cmds.InputError("no image open (open an image first, e.g. File > Open...)")  # before any dialog
+            unit = cmds.image_calibration(target, name).unit
         spec, defaults = prepare(name, options, macro)
         if values is None:
             if normalized is not None:
                 Macro.setOptions(normalized)
-            values = show_dialog(spec, defaults)
+            values = show_dialog(spec, defaults, unit, macro)
             if values is None:  # canceled by the user
-                if record:
-                    Recorder.setCommand(None)
                 return None
+            if macro:  # a check box left out takes its default, as a number does
+                given = given_booleans(spec, options)
+                values.update({f.key: given.get(f.key, bool(defaults.get(f.key, f.default)))
+                               for f in spec.fields if f.kind == "bool"})
         else:
             values = {**defaults, **values}
         values = cmds.validate(spec, values)
         if not macro:
             _last_values[name] = dict(values)
-        if record:
-            Recorder.saveCommand()
         ctx = cmds.Context.current(name, macro, PROGRESS_HOOKS)
         if imp is not None:
             ctx.imp = imp
@@ -316,13 +326,30 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
         if background:
             t = threading.Thread(target=_run_background, args=(name, fn, ctx, values), name=f"particleseg: {name}", daemon=True)
             t.start()
+            if record:
+                record_command(spec, values)
             return t
-        return fn(ctx, values)
+        result = fn(ctx, values)
+        if record:
+            record_command(spec, values)
+        return result
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one ImageJ error
         if is_macro_abort(exc):
             raise
         report_error(name, exc, macro=macro, background=from_java)
         return None
+
+
+def record_command(spec: CommandSpec, values: dict) -> None:
+    """Write ``run("COMMAND", "key=value ...");`` to the macro recorder (in its language)."""
+    Recorder = _j("ij.plugin.frame.Recorder")
+    Recorder.setCommand(spec.name)
+    for key, value in recorded_options(spec, values):
+        if value is None:
+            Recorder.recordOption(key)
+        else:
+            Recorder.recordOption(key, value)
+    Recorder.saveCommand()
 
 
 def _run_background(name, fn, ctx, values) -> None:
@@ -391,8 +418,9 @@ def prepare(name: str, options: str | None, macro: bool) -> tuple[CommandSpec, d
         defaults = {f.key: f.default for f in spec.fields if f.kind != "message"}
         if not macro and name in _last_values:
             defaults.update(_last_values[name])
-        return spec, _macro_defaults(spec, defaults, macro, options)
+        return spec, defaults
     from ..models import list_bundles
+    from ..params import bundle_defaults
 
     last = _last_values.get(name, {}) if not macro else {}
     if options is not None:
@@ -405,55 +433,82 @@ def prepare(name: str, options: str | None, macro: bool) -> tuple[CommandSpec, d
     if model not in models:
         models.append(model)
     try:
-        bundle_defaults = dict(cmds.get_bundle(model).postprocess)
+        defaults_of_bundle = bundle_defaults(cmds.get_bundle(model))
     except ParticlesegError:
         if macro:
             raise  # an unknown model in a macro is an error now
-        bundle_defaults = {}
-    spec = build_specs(model, models, bundle_defaults)[name]
+        defaults_of_bundle = {}
+    spec = build_specs(model, models, defaults_of_bundle)[name]
     defaults = {f.key: f.default for f in spec.fields if f.kind != "message"}
     defaults.update({k: v for k, v in last.items() if k in defaults and k != "model"})
-    return spec, _macro_defaults(spec, defaults, macro, options)
+    return spec, defaults
 
 
-def _macro_defaults(spec: CommandSpec, defaults: dict, macro: bool, options: str | None) -> dict:
-    """In a macro, check boxes start as the macro sets them (absent: unchecked), so that
-    ImageJ's recorder, which records the boxes' own state when it records inside macros,
-    writes what the macro did."""
-    if macro:
-        given = parse_macro_options(options)
-        checked = {k for k, v in given.items() if v is True or str(v).lower() in ("true", "1", "yes", "on")}
-        defaults = {k: ((k in checked) if spec.field(k).kind == "bool" else v) for k, v in defaults.items()}
-    return defaults
+def show_dialog(spec: CommandSpec, defaults: dict, unit: str | None = None, macro: bool = False) -> dict | None:
+    """Show the command's GenericDialog (or let ImageJ fill it from the macro options) and
+    return the values by key; None when canceled.
+
+    Commands with many parameters have a compact main dialog and a second, "advanced" one
+    (as StarDist's Fiji plugin): it opens when its check box is ticked, and in a macro it is
+    always read (from the same option string), so every parameter can be given in one line.
+    """
+    main = [f for f in spec.fields if not f.advanced]
+    advanced = [f for f in spec.fields if f.advanced]
+    values = _dialog(spec.name.rstrip("."), spec, main, defaults, unit)
+    if values is None:
+        return None
+    if advanced:
+        if macro or values.get(ADVANCED):
+            more = _dialog(spec.name.rstrip(".") + " (advanced)", spec, advanced, defaults, unit)
+            if more is None:
+                return None
+            values.update(more)
+        else:
+            values.update({f.key: defaults.get(f.key, f.default) for f in advanced})
+    values.pop(ADVANCED, None)
+    return values
 
 
-def show_dialog(spec: CommandSpec, defaults: dict) -> dict | None:
-    """Build the GenericDialog, show it (or let ImageJ fill it from the macro options), and
-    return the values by key; None when canceled."""
+def _dialog(title: str, spec: CommandSpec, fields: list, defaults: dict, unit: str | None) -> dict | None:
     GenericDialog = _j("ij.gui.GenericDialog")
     WindowManager = _j("ij.WindowManager")
-    gd = GenericDialog(spec.name.rstrip("."))
-    if not spec.fields:
+    gd = GenericDialog(title)
+    if not fields:
         return {}
     titles = [str(t) for t in (WindowManager.getImageTitles() or [])]
     current = WindowManager.getCurrentImage()
-    for f in spec.fields:
+    i = 0
+    while i < len(fields):
+        f = fields[i]
         d = defaults.get(f.key, f.default)
+        label = f.label_for(unit)
+        if f.same_row and i > 0:
+            gd.addToSameRow()
+        if f.kind == "bool" and f.group:
+            group = [f]
+            while i + len(group) < len(fields) and fields[i + len(group)].group == f.group:
+                group.append(fields[i + len(group)])
+            columns = min(len(group), 4)
+            rows = -(-len(group) // columns)
+            gd.addCheckboxGroup(rows, columns, [g.label for g in group],
+                                [bool(defaults.get(g.key, g.default)) for g in group])
+            i += len(group)
+            continue
         if f.kind == "number":
-            gd.addNumericField(f.label, float(d), f.digits)
+            gd.addNumericField(label, float(d), f.digits)
         elif f.kind == "int":
-            gd.addNumericField(f.label, float(d), 0)
+            gd.addNumericField(label, float(d), 0)
         elif f.kind == "bool":
-            gd.addCheckbox(f.label, bool(d))
+            gd.addCheckbox(label, bool(d))
         elif f.kind in ("string", "range"):
-            gd.addStringField(f.label, str(d), f.columns or 12)
+            gd.addStringField(label, str(d), f.columns or 12)
         elif f.kind == "dir":
-            gd.addDirectoryField(f.label, str(d or ""), 28)
+            gd.addDirectoryField(label, str(d or ""), 28)
         elif f.kind == "choice":
             choices = list(f.choices)
             if str(d) not in choices:
                 choices.append(str(d))
-            gd.addChoice(f.label, choices, str(d))
+            gd.addChoice(label, choices, str(d))
         elif f.kind == "image":
             choices = ([NONE] if f.optional else []) + titles
             if not choices:
@@ -464,15 +519,16 @@ def show_dialog(spec: CommandSpec, defaults: dict) -> dict | None:
                 default = str(current.getTitle())
             else:
                 default = choices[0]
-            gd.addChoice(f.label, choices, default)
+            gd.addChoice(label, choices, default)
         elif f.kind == "message":
             gd.addMessage(f.label)
+        i += 1
     gd.addHelp(_help_html(spec))
     gd.showDialog()
     if gd.wasCanceled():
         return None
     values: dict[str, Any] = {}
-    for f in spec.fields:
+    for f in fields:
         if f.kind in ("number", "int"):
             values[f.key] = float(gd.getNextNumber())
         elif f.kind == "bool":
@@ -489,7 +545,7 @@ def show_dialog(spec: CommandSpec, defaults: dict) -> dict | None:
 def _help_html(spec: CommandSpec) -> str:
     rows = "".join(
         f"<tr><td><tt>{f.key}</tt></td><td>{f.help or f.label.replace('_', ' ')}</td></tr>"
-        for f in spec.fields if f.kind != "message"
+        for f in spec.parameters
     )
     return (f"<html><h3>{spec.name}</h3><p>{spec.help}</p>"
             f"<table>{rows}</table><p>See docs/fiji.md of particleseg.</p></html>")

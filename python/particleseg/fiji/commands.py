@@ -22,7 +22,7 @@ import pandas as pd
 from ..errors import InputError, ParticlesegError
 from ..io import Calibration
 from . import publish
-from .convert import from_imageplus
+from .convert import calibrate_from_file, from_imageplus
 from .options import NONE, parse_crop_rows, parse_range, parse_thresholds, segment_params, shape_ranges
 
 #: one entry per command run in this process (command, image, counts, seconds, error); the
@@ -111,6 +111,15 @@ def get_bundle(name: str):
 
 # ------------------------------------------------------------------------------------------
 # helpers
+
+
+def image_calibration(imp, command: str) -> Calibration:
+    """The calibration to measure ``imp`` in: ImageJ's, else the one in its file's microscope
+    metadata (set on the image), else pixels; said in the Log when it is not ImageJ's."""
+    cal, note = calibrate_from_file(imp)
+    if note:
+        publish.log(f"{command.rstrip('.')}: {note}")
+    return cal
 
 
 def _gray_2d(imp, role: str = "image") -> tuple[np.ndarray, Calibration]:
@@ -246,7 +255,7 @@ def segment_particles(ctx: Context, v: dict) -> dict:
     ctx.log(f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
             f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]")
     ctx.status(f"Segment Particles: {_n(out['kept'], 'particle')}")
-    record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds)
+    record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds, images=1)
     return out
 
 
@@ -418,7 +427,7 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
             f"{' (canceled)' if canceled else ''}, {total:.1f} s; outputs and summary.csv in {dst}")
     ctx.status(f"Batch Segment Folder: {ok}/{len(files)} done")
     record(command=ctx.command, image=src, kept=int(summary.get("count", pd.Series(dtype=float)).fillna(0).sum()) if len(summary) else 0,
-           rejected=0, seconds=total, failed=len(failures))
+           rejected=0, seconds=total, failed=len(failures), images=ok)
     if failures and ok == 0:
         raise InputError(f"{src}: all {len(failures)} images failed; first: {failures[0][1]}")
     return {"ok": ok, "failed": len(failures), "canceled": canceled}

@@ -84,12 +84,57 @@ def set_calibration(imp, calibration: Calibration, z_spacing: float | None = Non
     imp.setCalibration(cal)
 
 
+#: ImageJ units that are no scale: none, pixels, and the inch of a TIFF's resolution tags
+#: (microscopes write 1 pixel per inch, or a screen resolution)
+NO_SCALE_UNITS = ("", "pixel", "pixels", "px", "inch", "inches", "in")
+
+
+def has_scale(imp) -> bool:
+    """Whether the ImagePlus has a usable spatial calibration (not blank, pixels or inches)."""
+    cal = imp.getCalibration()
+    return bool(cal.scaled()) and str(cal.getUnit()).strip().lower() not in NO_SCALE_UNITS
+
+
+def calibrate_from_file(imp) -> tuple[Calibration, str]:
+    """The calibration to measure an ImagePlus in, and a line for the Log when it does not
+    come from ImageJ.
+
+    An image without a usable ImageJ calibration (:func:`has_scale`; a microscope's TIFF opened
+    in ImageJ has a blank unit or inches) gets the one in its file's microscope metadata (Zeiss,
+    FEI/Thermo Fisher, OME, ImageJ), read by :func:`particleseg.io.read_calibration` as the
+    command line reads it, and it is set on the image; without any, it is measured in pixels.
+    """
+    from ..io import read_calibration
+
+    if has_scale(imp):
+        return get_calibration(imp), ""
+    name = str(imp.getTitle())
+    unit = str(imp.getCalibration().getUnit()).strip()
+    what = f"unit {unit!r}" if unit and unit.lower() not in ("pixel", "pixels") else "no scale"
+    fi = imp.getOriginalFileInfo()
+    path = None
+    if fi is not None and fi.fileName is not None and fi.directory is not None:
+        path = str(fi.directory) + str(fi.fileName)
+    if path:
+        try:
+            cal, source = read_calibration(path)
+        except InputError:
+            cal, source = Calibration(), ""
+        if cal.calibrated:
+            set_calibration(imp, cal)
+            return cal, (f"{name}: {what} in ImageJ; {cal.pixel_size:g} {cal.unit} per pixel from the file's "
+                         f"{source} metadata, set as the image's scale")
+    return Calibration(), (f"{name}: {what} in ImageJ and no scale in the file's metadata; measuring in pixels "
+                           "(set the scale with Analyze > Set Scale or Image > Properties)")
+
+
 def get_calibration(imp, name: str | None = None) -> Calibration:
-    """The ImagePlus' calibration as a :class:`Calibration` (square pixels required)."""
+    """The ImagePlus' calibration as a :class:`Calibration` (square pixels required); pixels
+    when it has none usable (:func:`has_scale`)."""
     cal = imp.getCalibration()
     name = name or str(imp.getTitle())
     unit = str(cal.getUnit())
-    if not cal.scaled() or unit.lower() in ("pixel", "pixels", ""):
+    if not has_scale(imp):
         return Calibration()
     pw, ph = float(cal.pixelWidth), float(cal.pixelHeight)
     if abs(pw - ph) > 1e-6 * max(pw, ph):
@@ -97,7 +142,8 @@ def get_calibration(imp, name: str | None = None) -> Calibration:
     try:
         return Calibration(pw, canonical_unit(unit))
     except ValueError:
-        raise InputError(f"{name}: unit {unit!r} is not supported; use nm, µm, mm or Å in Image > Properties") from None
+        raise InputError(f"{name}: unit {unit!r} is not a length ImageJ's scale can be measured in here; "
+                         "use nm, µm, mm or Å in Image > Properties") from None
 
 
 _GRAY = {0: "8-bit", 1: "16-bit", 2: "32-bit"}

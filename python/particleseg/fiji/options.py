@@ -1,37 +1,53 @@
 """The Fiji commands' parameters, and ImageJ macro option strings, in pure Python (no Java).
 
 Every command is described once, by a :class:`CommandSpec` whose :class:`Field` s give the
-macro key, the dialog label, the type and the default of each parameter. The ImageJ 1.x
-GenericDialog (:mod:`particleseg.fiji.bridge`) and the SciJava scripts in ``fiji-scripts/``
-use the same keys, so one macro line works with both::
+macro key, the dialog label, the type and the default of each parameter. The segmentation
+parameters come from :data:`particleseg.params.PARAMETERS` (the same names, ranges, help and
+bundle defaults as the command line's options). The ImageJ 1.x GenericDialog
+(:mod:`particleseg.fiji.bridge`) and the SciJava scripts in ``fiji-scripts/`` use the same keys,
+so one macro line works with both::
 
-    run("Segment Particles...", "model=default threshold=0.50 split display add");
+    run("Segment Particles...", "model=default threshold=0.5");
+
+A key left out of a macro takes its default (the chosen bundle's, for the segmentation
+parameters), check boxes included: ``split=false`` turns one off, a bare ``split`` (ImageJ's way
+of writing a checked box) or ``split=true`` turns it on. Fiji's SciJava scripts read their
+parameters the same way.
 
 ImageJ turns a GenericDialog label into a macro key by taking its first word in lower case
 (``Macro.trimKey``); labels here are written with underscores so that key and parameter name
-agree (``Seed_level`` displays as "Seed level" and is recorded as ``seed_level=``).
-Check boxes are recorded as a bare key when checked and left out when not (ImageJ's rule);
-``key=true`` / ``key=false``, as Fiji records SciJava script parameters, are accepted too.
+agree (``Seed_level`` displays as "Seed level").
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from ..errors import InputError
+from ..params import (  # noqa: F401 - re-exported: one implementation of each
+    INTENSITY_METHODS,
+    NONE,
+    PARAMETERS,
+    POLARITIES,
+    SHAPE_NAMES,
+    Parameter,
+    parse_crop_rows,
+    parse_range,
+    shape_ranges,
+)
+from ..params import segment_params as _segment_params
 
-NONE = "none"
-INTENSITY_METHODS = (NONE, "li", "otsu", "mean", "median")
-POLARITIES = ("bright", "dark")
 SIZE_COLUMNS = ("feret_min", "feret_max", "ecd", "area")
 #: shape ranges, in calibrated units; the order is the dialog's
-SHAPE_FIELDS = ("area", "ecd", "feret_min", "feret_max", "circularity", "solidity", "aspect_ratio")
+SHAPE_FIELDS = SHAPE_NAMES
 #: keys a macro may carry that are not parameters: Fiji records a SciJava script's image and
 #: gateway inputs under these names
 IGNORED_KEYS = ("imp", "ij")
+#: the check box of a main dialog that opens its second, "advanced" dialog
+ADVANCED = "advanced"
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,10 @@ class Field:
 
     kind : ``number``, ``int``, ``bool``, ``string``, ``choice``, ``range``, ``dir``,
     ``image`` (title of an open image, or ``none`` when ``optional``), ``message`` (text only).
+    advanced : in the second dialog. group : consecutive check boxes of one group share rows.
+    same_row : shown to the right of the field before it. unit : ``px``, ``length`` or
+    ``area`` (the label names the image's unit). dialog_only : not a parameter (the
+    ``advanced`` check box); neither recorded nor a script parameter.
     """
 
     key: str
@@ -53,10 +73,24 @@ class Field:
     optional: bool = False
     help: str = ""
     columns: int = 0
+    advanced: bool = False
+    group: str = ""
+    same_row: bool = False
+    unit: str = ""
+    dialog_only: bool = False
 
     def __post_init__(self):
         if self.kind != "message" and self.label.split(" ")[0].lower() != self.key:
             raise ValueError(f"label {self.label!r} would be recorded as {self.label.split(' ')[0].lower()!r}, not {self.key!r}")
+
+    def label_for(self, unit: str | None) -> str:
+        """The label with the unit of the image (``Area (nm²)``); ``unit`` None: generic."""
+        if self.unit in ("length", "area"):
+            u = "calibrated unit" if unit is None else ("px" if unit in ("px", "pixel", "") else unit)
+            return f"{self.label} ({u}{'²' if self.unit == 'area' else ''})"
+        if self.unit == "px":
+            return f"{self.label} (px)"
+        return self.label
 
 
 @dataclass(frozen=True)
@@ -69,7 +103,13 @@ class CommandSpec:
 
     @property
     def keys(self) -> tuple[str, ...]:
+        """The macro keys (the ``advanced`` check box included: ImageJ may record it)."""
         return tuple(f.key for f in self.fields if f.kind != "message")
+
+    @property
+    def parameters(self) -> tuple[Field, ...]:
+        """The fields that are parameters (recorded, script parameters)."""
+        return tuple(f for f in self.fields if f.kind != "message" and not f.dialog_only)
 
     def field(self, key: str) -> Field:
         for f in self.fields:
@@ -87,83 +127,84 @@ class CommandSpec:
 # the parameters shared by the commands
 
 
-def _particle_fields(defaults: dict[str, Any] | None = None) -> tuple[Field, ...]:
-    d = {"threshold": 0.5, "split": True, "seed_threshold": 0.5, "h": 1.0, "min_area": 15,
-         "fill_holes": True, "exclude_border": True, **(defaults or {})}
-    return (
-        Field("threshold", "Threshold", "number", d["threshold"], minimum=0, maximum=1,
-              help="foreground probability threshold"),
-        Field("split", "Split touching particles", "bool", d["split"], help="watershed splitting"),
-        Field("seed_level", "Seed_level", "number", d["seed_threshold"], minimum=0, maximum=1,
-              help="watershed seed level on the network's distance map (higher splits more)"),
-        Field("split_level", "Split_level (px)", "number", d["h"], minimum=0,
-              help="h-maxima depth of the distance-transform watershed (lower splits more)"),
-        Field("min_size", "Min_size (px)", "int", d["min_area"], minimum=0,
-              help="particles of fewer pixels are noise and removed"),
-        Field("fill_holes", "Fill_holes", "bool", d["fill_holes"]),
-    )
+def _label(p: Parameter) -> str:
+    return {"ecd": "ECD", "split": "Split touching particles", "exclude_border": "Exclude_border particles",
+            "min_score": "Min_score (classifier)", "crop_rows": "Crop_rows (auto or N)",
+            "particle_size": "Particle_size"}.get(p.name, p.name[0].upper() + p.name[1:])
 
 
-def _filter_fields(exclude_border: bool = True) -> tuple[Field, ...]:
-    return (
-        Field("exclude_border", "Exclude_border particles", "bool", exclude_border,
-              help="reject particles touching the image border (or the data bar)"),
-        Field("intensity_filter", "Intensity_filter", "choice", NONE, INTENSITY_METHODS,
-              help="reject particles whose mean gray value is on the background side of this threshold"),
-        Field("polarity", "Polarity", "choice", "bright", POLARITIES,
-              help="particles brighter (SEM) or darker (TEM) than the background"),
-    ) + tuple(
-        Field(name, label, "range", "0.00-1.00" if name in ("circularity", "solidity") else "0-Infinity", help=hint, columns=14)
-        for name, (label, hint) in _SHAPE_LABELS.items()
-    )
+def parameter_field(name: str, default: Any = None, **changes) -> Field:
+    """The Field of a segmentation parameter (:data:`particleseg.params.PARAMETERS`)."""
+    p = next(q for q in PARAMETERS if q.name == name)
+    value = p.default if default is None else default
+    if p.kind == "range" and isinstance(value, tuple):
+        from ..params import format_range
+
+        value = format_range(*value)
+    f = Field(p.name, _label(p), p.kind, value, p.choices, digits=2, minimum=p.minimum, maximum=p.maximum,
+              help=p.help, columns=10 if p.kind == "range" else (6 if p.kind == "string" else 0),
+              advanced=p.advanced, unit=p.unit)
+    return replace(f, **changes) if changes else f
 
 
-_SHAPE_LABELS = {
-    "area": ("Area (unit²)", "keep particles whose area (calibrated) is in MIN-MAX"),
-    "ecd": ("ECD (unit)", "keep particles whose equivalent circular diameter is in MIN-MAX"),
-    "feret_min": ("Feret_min (unit)", "keep particles whose minimum Feret diameter is in MIN-MAX"),
-    "feret_max": ("Feret_max (unit)", "keep particles whose maximum Feret diameter is in MIN-MAX"),
-    "circularity": ("Circularity (0-1)", "keep particles whose circularity 4 pi area / perimeter² is in MIN-MAX"),
-    "solidity": ("Solidity (0-1)", "keep particles whose solidity (area / convex area) is in MIN-MAX"),
-    "aspect_ratio": ("Aspect_ratio", "keep particles whose aspect ratio (major / minor axis) is in MIN-MAX"),
-}
+def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[Field, ...]:
+    d = defaults or {}
+    fields = []
+    for p in PARAMETERS:
+        if not p.fiji:
+            continue
+        changes = {}
+        if p.name in ("split", "exclude_border"):
+            changes["group"] = "particles"
+        if p.name in ("split_level", "min_confidence", "ecd", "feret_max", "solidity", "polarity"):
+            changes["same_row"] = True
+        fields.append(parameter_field(p.name, d.get(p.name), **changes))
+    return tuple(fields)
+
+
+def _advanced_toggle() -> Field:
+    return Field(ADVANCED, "Advanced options (second dialog)", "bool", False, dialog_only=True,
+                 help="show the second dialog with the other parameters (watershed, confidence, classifier, "
+                      "filters, data bar, scale); in a macro they are read from the option string anyway")
+
+
+def _outputs(*names: str, on: bool = True) -> tuple[Field, ...]:
+    labels = {"probability": "Probability image", "labels": "Labels image", "mask": "Mask image",
+              "clear": "Clear results", "add": "Add to ROI Manager", "overlay": "Overlay on image",
+              "histogram": "Histogram plot"}
+    helps = {"clear": "reset the Results table (and ROI Manager) first", "overlay": "kept particles green, rejected red"}
+    return tuple(Field(n, labels[n], "bool", on, help=helps.get(n, ""), group="outputs") for n in names)
 
 
 _HISTOGRAM_OF = Field("histogram_of", "Histogram_of", "choice", "feret_min", SIZE_COLUMNS)
 
 
 def segment_fields(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> tuple[Field, ...]:
-    """Parameters of Segment Particles... (and of the batch), with a bundle's defaults."""
+    """Parameters of Segment Particles... (and of the batch), with a bundle's defaults
+    (:func:`particleseg.params.bundle_defaults`)."""
     return (
         Field("model", "Model", "choice", model, tuple(models),
               help="installed model bundle, or in a macro the path of a bundle folder or zip"),
-        *_particle_fields(defaults),
-        *_filter_fields((defaults or {}).get("exclude_border", True)),
-        Field("crop_rows", "Crop_rows (auto or N)", "string", "auto", columns=6,
-              help="rows of the microscope's data bar at the bottom to ignore"),
-        Field("particle_size", "Particle_size (px, 0 = as trained)", "number", 0.0, minimum=0,
-              help="typical particle diameter in this image; it is resampled to the model's scale"),
+        *_segmentation_fields(defaults),
     )
 
 
-SEGMENT_OUTPUTS = (
-    Field("probability", "Probability image", "bool", True),
-    Field("labels", "Labels image", "bool", True),
-    Field("mask", "Mask image", "bool", True),
-    Field("clear", "Clear results", "bool", True, help="reset the Results table (and ROI Manager) first"),
-    Field("add", "Add to ROI Manager", "bool", True),
-    Field("overlay", "Overlay on image", "bool", True, help="kept particles green, rejected red"),
-    Field("histogram", "Histogram plot", "bool", True),
-    _HISTOGRAM_OF,
-)
+SEGMENT_OUTPUTS = _outputs("probability", "labels", "mask", "clear", "add", "overlay", "histogram") + (_HISTOGRAM_OF,)
+
+
+def _filter_fields() -> tuple[Field, ...]:
+    fields = [parameter_field("exclude_border", True, group="", advanced=False)]
+    for name in ("intensity_filter", "polarity", *SHAPE_NAMES):
+        fields.append(parameter_field(name, advanced=False, same_row=name in ("polarity", "ecd", "feret_max", "solidity")))
+    return tuple(fields)
 
 
 def build_specs(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> dict[str, CommandSpec]:
-    """All commands, with the model choice and particle defaults of the given bundle."""
+    """All commands, with the model choice and segmentation defaults of the given bundle."""
     seg = segment_fields(model, models, defaults)
     specs = [
         CommandSpec(
-            "Segment Particles...", seg + SEGMENT_OUTPUTS,
+            "Segment Particles...", seg + SEGMENT_OUTPUTS + (_advanced_toggle(),),
             "Segment the particles of the active 2D image with a model bundle, split, filter and "
             "measure them: Results table, ROI Manager, probability/labels/mask images, overlay and histogram.",
         ),
@@ -173,11 +214,9 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
                 Field("distance", "Distance map", "image", NONE, optional=True,
                       help="a map that is high in particle centres (the probability or distance output); "
                            "none: the Euclidean distance transform of the mask"),
-                Field("seed_level", "Seed_level", "number", 0.5, minimum=0, maximum=1,
-                      help="seed level on the distance map (higher splits more)"),
-                Field("split_level", "Split_level (px)", "number", 1.0, minimum=0,
-                      help="h-maxima depth of the distance-transform watershed (lower splits more)"),
-                Field("min_size", "Min_size (px)", "int", 0, minimum=0),
+                parameter_field("seed_level", 0.5, advanced=False),
+                parameter_field("split_level", 1.0, advanced=False, same_row=True),
+                parameter_field("min_size", 0, advanced=False),
                 Field("mask", "Mask image (with separating lines)", "bool", False),
                 Field("add", "Add to ROI Manager", "bool", False),
             ),
@@ -188,12 +227,10 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
             (
                 Field("intensity", "Intensity image", "image", NONE, optional=True,
                       help="gray image for the intensity filter and columns, and for the overlay"),
-                Field("min_size", "Min_size (px)", "int", 0, minimum=0),
-                *_filter_fields(True),
-                Field("clear", "Clear results", "bool", True),
-                Field("add", "Add to ROI Manager", "bool", True),
-                Field("overlay", "Overlay on image", "bool", True),
-                Field("histogram", "Histogram plot", "bool", False),
+                parameter_field("min_size", 0, advanced=False),
+                *_filter_fields(),
+                *_outputs("clear", "add", "overlay"),
+                *_outputs("histogram", on=False),
                 _HISTOGRAM_OF,
             ),
             "Reject particles of the active mask or label image by size, shape, border contact and intensity.",
@@ -231,8 +268,9 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
                 Field("input", "Input folder", "dir", ""),
                 Field("output", "Output folder", "dir", ""),
                 *seg,
-                Field("overwrite", "Overwrite existing outputs", "bool", False),
-                Field("overview", "Overview figures", "bool", True),
+                Field("overwrite", "Overwrite existing outputs", "bool", False, group="outputs"),
+                Field("overview", "Overview figures", "bool", True, group="outputs"),
+                _advanced_toggle(),
             ),
             "Segment every image of a folder and write the labels, mask, probability, ROI set, "
             "particle table and overview of each, and summary.csv (as `particleseg segment`).",
@@ -339,8 +377,11 @@ def check_option_keys(spec: CommandSpec, options: dict[str, Any]) -> None:
     allowed = set(spec.keys) | set(IGNORED_KEYS)
     unknown = [k for k in options if k not in allowed and not k.startswith("&")]
     if unknown:
-        valid = ", ".join(spec.keys) or "none"
-        raise InputError(f'{spec.name}: unknown option "{unknown[0]}" (valid options: {valid})')
+        from ..params import ALIASES
+
+        valid = ", ".join(k for k in spec.keys if k != ADVANCED) or "none"
+        now = f'now "{ALIASES[unknown[0]]}"; ' if ALIASES.get(unknown[0]) in spec.keys else ""
+        raise InputError(f'{spec.name}: unknown option "{unknown[0]}" ({now}valid options: {valid})')
 
 
 def normalize_options(spec: CommandSpec, text: str | None) -> str:
@@ -367,6 +408,16 @@ def normalize_options(spec: CommandSpec, text: str | None) -> str:
     return " ".join(out) + " "
 
 
+def given_booleans(spec: CommandSpec, text: str | None) -> dict[str, bool]:
+    """The check boxes a macro option string sets (``key``, ``key=true``, ``key=false``); the
+    others take their defaults."""
+    out = {}
+    for key, v in parse_macro_options(text).items():
+        if key in spec.keys and spec.field(key).kind == "bool":
+            out[key] = v is True or str(v).lower() in ("true", "1", "yes", "on")
+    return out
+
+
 def _split_raw(text: str) -> list[tuple[str, str]]:
     tokens = []
     pos = 0
@@ -382,41 +433,6 @@ def _split_raw(text: str) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------
 # values
-
-
-def parse_range(text: str, name: str = "range") -> tuple[float | None, float | None]:
-    """ImageJ's ``MIN-MAX`` (``10-500``, ``0-Infinity``, ``0.2-1.00``; also ``MIN:MAX``)
-    -> ``(min, max)``, with None for an open side (0 below, Infinity above).
-
-    >>> parse_range("10-Infinity")
-    (10.0, None)
-    """
-    s = str(text).strip()
-    sep = s.find(":") if ":" in s else next((i for i in range(1, len(s)) if s[i] == "-" and s[i - 1] not in "eE"), -1)
-    try:
-        if sep < 0:
-            raise ValueError
-        lo_s, hi_s = s[:sep].strip(), s[sep + 1:].strip()
-        lo = float(lo_s) if lo_s else 0.0
-        hi = float(hi_s.replace("Infinity", "inf").replace("infinity", "inf")) if hi_s else math.inf
-    except ValueError:
-        raise InputError(f"{name}: expected MIN-MAX such as 10-500 or 0-Infinity, got {text!r}") from None
-    if math.isnan(lo) or math.isnan(hi) or lo > hi:
-        raise InputError(f"{name}: invalid range {text!r} (MIN must not exceed MAX)")
-    return (lo if lo > 0 else None, hi if math.isfinite(hi) else None)
-
-
-def parse_crop_rows(text) -> int | str:
-    s = str(text).strip().lower()
-    if s in ("auto", ""):
-        return "auto"
-    try:
-        n = int(float(s))
-    except ValueError:
-        raise InputError(f"crop_rows: expected a number of rows or auto, got {text!r}") from None
-    if n < 0:
-        raise InputError(f"crop_rows: must not be negative, got {n}")
-    return n
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -459,41 +475,34 @@ def check_value(spec: CommandSpec, key: str, value):
     return value
 
 
-def shape_ranges(values: dict[str, Any], command: str = "") -> dict[str, tuple[float | None, float | None]]:
-    """The shape filter of the range fields: only real constraints (circularity and solidity
-    never exceed 1, so ``0-1`` is no constraint)."""
-    shape = {}
-    for name in SHAPE_FIELDS:
-        lo, hi = parse_range(values.get(name, "0-Infinity"), f"{command}: {name}" if command else name)
-        if name in ("circularity", "solidity") and hi is not None and hi >= 1:
-            hi = None
-        if lo is not None or hi is not None:
-            shape[name] = (lo, hi)
-    return shape
-
-
 def segment_params(values: dict[str, Any], command: str = "Segment Particles..."):
-    """:class:`~particleseg.pipeline.SegmentParams` from the values of the segmentation fields."""
-    from ..pipeline import SegmentParams
+    """:class:`~particleseg.pipeline.SegmentParams` from the values of the segmentation fields
+    (:func:`particleseg.params.segment_params`, the command line's conversion too)."""
+    return _segment_params({k: v for k, v in values.items() if k != "model"}, command, progress=False)
 
-    shape = shape_ranges(values, command)
-    method = values.get("intensity_filter", NONE)
-    size = float(values.get("particle_size") or 0)
-    return SegmentParams(
-        threshold=float(values["threshold"]),
-        split=bool(values["split"]),
-        seed_threshold=float(values["seed_level"]),
-        h=float(values["split_level"]),
-        min_area=int(values["min_size"]),
-        fill_holes=bool(values["fill_holes"]),
-        exclude_border=bool(values["exclude_border"]),
-        intensity_filter=None if method == NONE else method,
-        polarity=values.get("polarity", "bright"),
-        shape=shape,
-        crop_rows=parse_crop_rows(values.get("crop_rows", "auto")),
-        particle_size=size if size > 0 else None,
-        progress=False,
-    )
+
+def recorded_options(spec: CommandSpec, values: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """What the recorder writes for a run with ``values``: ``(key, value)`` pairs, value None
+    for a checked box. Every parameter is written, so the line repeats the run even when
+    defaults change; an unchecked box whose default is on is written ``key=false`` (a key left
+    out takes its default)."""
+    out: list[tuple[str, str | None]] = []
+    for f in spec.parameters:
+        if f.key not in values:
+            continue
+        v = values[f.key]
+        if f.kind == "bool":
+            if v:
+                out.append((f.key, None))
+            elif f.default:
+                out.append((f.key, "false"))
+        elif f.kind == "int":
+            out.append((f.key, str(int(v))))
+        elif f.kind == "number":
+            out.append((f.key, _format_value(float(v))))
+        else:
+            out.append((f.key, str(v)))
+    return out
 
 
 def defaults(spec: CommandSpec) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import IGNORED_KEYS, SPECS, CommandSpec, Field
+from .options import IGNORED_KEYS, CommandSpec, Field, build_specs
 
 MENU_FOLDER = Path("Plugins") / "Particle Segmentation"
 
@@ -72,7 +72,7 @@ def _quote(text: str) -> str:
 
 def parameter_line(f: Field) -> str:
     """The ``#@`` line of one field."""
-    label = f.label.replace("_", " ")
+    label = f.label_for(None).replace("_", " ")
     attrs = [f"label={_quote(label)}"]
     if f.help:
         attrs.append(f"description={_quote(f.help)}")
@@ -109,8 +109,17 @@ def parameter_line(f: Field) -> str:
     return f"#@ {t} ({', '.join(attrs)}) {f.key}"
 
 
+def script_specs() -> dict[str, CommandSpec]:
+    """The commands with the shipped default bundle's defaults (the SciJava scripts' ``value=``;
+    a macro that leaves a parameter out gets these in Fiji's Python mode)."""
+    from ..models import load_bundle
+    from ..params import bundle_defaults
+
+    return build_specs(defaults=bundle_defaults(load_bundle("default")))
+
+
 def script_text(spec: CommandSpec) -> str:
-    fields = [f for f in spec.fields if f.kind != "message"]
+    fields = list(spec.parameters)
     lines = []
     if spec.needs_image:
         lines.append("#@ ImagePlus imp")
@@ -140,7 +149,7 @@ def write_scripts(root: str | Path) -> list[Path]:
     folder = Path(root) / MENU_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for spec in SPECS.values():
+    for spec in script_specs().values():
         path = folder / spec.script_name
         path.write_text(script_text(spec), encoding="utf-8")
         written.append(path)

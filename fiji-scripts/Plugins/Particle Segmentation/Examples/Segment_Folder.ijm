@@ -2,26 +2,25 @@
 // image, the particle table (CSV), the label image (TIFF) and the ROI set (ZIP).
 //
 // Headless, thousands of images (one ImageJ, one model load):
-//   particleseg fiji run-macro Segment_Folder.ijm input=/data/sem output=/data/out model=default threshold=0.5
+//   particleseg fiji run-macro Segment_Folder.ijm input=/data/sem output=/data/out model=default
 // From the menu (Plugins > Particle Segmentation > Examples > Segment Folder) it asks for the folders.
 //
-// Arguments (key=value, all optional): input, output, model, threshold, min_size, crop_rows.
+// Arguments (key=value): input, output, and any parameter of Segment Particles... (model,
+// threshold, seed_level, min_size, crop_rows, ...; see docs/fiji.md). A parameter left out takes
+// the model bundle's default, as on the command line.
 
 args = getArgument();
 input = call("ij.Macro.getValue", args, "input", "");
 output = call("ij.Macro.getValue", args, "output", "");
-model = call("ij.Macro.getValue", args, "model", "default");
-threshold = call("ij.Macro.getValue", args, "threshold", "0.5");
-crop = call("ij.Macro.getValue", args, "crop_rows", "auto");
-minsize = call("ij.Macro.getValue", args, "min_size", "15");
 if (input == "") input = getDirectory("Choose the folder of SEM images");
 if (output == "") output = getDirectory("Choose the output folder");
 if (!endsWith(input, File.separator)) input = input + File.separator;
 if (!endsWith(output, File.separator)) output = output + File.separator;
 File.makeDirectory(output);
 
-options = "model=[" + model + "] threshold=" + threshold + " split seed_level=0.50 split_level=1 min_size=" + minsize
-    + " fill_holes exclude_border crop_rows=" + crop + " labels clear add";
+// the outputs this macro saves; the segmentation parameters are the arguments
+parameters = replace(" " + args, "\\s(input|output)=(\\[[^\\]]*\\]|\\S*)", "");
+options = "labels clear add probability=false mask=false overlay=false histogram=false" + parameters;
 
 setBatchMode(true);
 list = getFileList(input);
