@@ -45,9 +45,10 @@ def test_labels_to_mask_draws_one_pixel_lines_between_touching_particles():
     lab[:, :3] = 1
     lab[:, 3:] = 2
     mask = M.labels_to_mask(lab)
-    # the left particle loses its right column (pixels whose right neighbour is particle 2)
-    assert mask[:, 2].sum() == 0 and mask[:, :2].all() and mask[:, 3:].all()
+    # the particle with the larger label gives up its pixels that touch the other one
+    assert mask[:, 3].sum() == 0 and mask[:, :3].all() and mask[:, 4:].all()
     assert ndi.label(mask, FOUR)[1] == 2
+    assert ndi.label(mask, np.ones((3, 3)))[1] == 2  # also for 8-connected tracing (ImageJ)
 
 
 def test_classify_input_rules_and_errors():
@@ -507,7 +508,7 @@ def test_evaluate_pair_identical_inputs_score_perfectly():
     res = M.evaluate_pair(mask, mask)
     for key in ("iou_image", "iou_instance", "iou_instance_truth", "youden", "ap", "f1_50"):
         assert res[key] == pytest.approx(1.0), key
-    for key in ("pixel_error", "warping_error", "rand_error", "rand_error_thinned", "vi_error_thinned", "feret_min_ks", "area_mean_relerr"):
+    for key in ("pixel_error", "warping_error", "rand_error", "rand_error_thinned", "vi_error_thinned", "MinFeret_ks", "Area_mean_relerr"):
         assert res[key] == pytest.approx(0.0, abs=1e-12), key
     assert (res["n_truth"], res["tp"], res["fp"], res["fn"]) == (2, 2, 0, 0)
     # a label image of the same particles scores the same as their mask

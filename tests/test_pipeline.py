@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 
 from conftest import draw_disks
 from particleseg import Calibration, SegmentParams, segment_image
@@ -28,11 +29,12 @@ def test_touching_particles_are_split_and_measured(threshold_bundle):
     assert t.kept.tolist().count(False) == 1
     assert set(t.loc[~t.kept, "reject_reason"]) == {"border"}
     # the free disk of radius 18: about 37 px across, 5 nm per pixel
-    free = t.loc[(t.centroid_x - 150 * 5).abs() < 30]
-    assert free.feret_min.item() == pytest.approx(37 * 5, rel=0.06)
-    assert free.area.item() == pytest.approx(np.pi * 18**2 * 25, rel=0.08)
-    # the kept label image holds exactly the kept particles
-    assert len(np.unique(seg.kept_labels)) - 1 == t.kept.sum()
+    free = t.loc[(t.X - 150 * 5).abs() < 30]
+    assert free.MinFeret.item() == pytest.approx(37 * 5, rel=0.06)
+    assert free.Area.item() == pytest.approx(np.pi * 18**2 * 25, rel=0.08)
+    # the kept label image holds exactly the kept particles, numbered 1..N; rejected ones after
+    assert np.unique(seg.kept_labels).tolist() == [0, 1, 2, 3]
+    assert t.label.tolist() == [1, 2, 3, 4] and t.kept.tolist() == [True, True, True, False]
 
 
 def test_without_split_touching_particles_merge(threshold_bundle):
@@ -49,9 +51,9 @@ def test_data_bar_is_cropped_and_counts_as_border(threshold_bundle):
     assert seg.crop_rows == 30
     assert seg.labels[170:].max() == 0 and seg.probabilities[170:].max() == 0
     t = seg.table
-    low = t.loc[t.centroid_y > 140]
+    low = t.loc[t.Y > 140]
     assert low.touches_border.item() and not low.kept.item()
-    assert t.loc[t.centroid_y < 100, "kept"].item()
+    assert t.loc[t.Y < 100, "kept"].item()
 
 
 def test_rescaling_maps_results_back(threshold_bundle):
@@ -60,13 +62,13 @@ def test_rescaling_maps_results_back(threshold_bundle):
     scaled = segment_image(img, threshold_bundle, SegmentParams(particle_size=40.0, exclude_border=False))
     assert scaled.scale_factor == pytest.approx(0.5)  # the model was trained on 20-px particles
     assert scaled.labels.shape == img.shape
-    assert scaled.table.area.item() == pytest.approx(plain.table.area.item(), rel=0.05)
+    assert scaled.table.Area.item() == pytest.approx(plain.table.Area.item(), rel=0.05)
 
 
 def test_filters_reject_with_reasons(threshold_bundle):
     img, _ = draw_disks((200, 200), [(50, 50, 8), (120, 120, 20)])
     seg = segment_image(img, threshold_bundle, SegmentParams(shape={"ecd": (20, None)}))
-    t = seg.table.sort_values("area")
+    t = seg.table.sort_values("Area")
     assert t.reject_reason.tolist() == ["ecd<20", ""]
 
 
@@ -83,7 +85,7 @@ def test_intensity_filter_rejects_a_faint_particle(threshold_bundle):
     seg = segment_image(img, threshold_bundle, SegmentParams(threshold=0.001, intensity_filter="otsu"))
     t = seg.table
     assert len(t) == 5
-    centre = (t.centroid_x - 100).abs() + (t.centroid_y - 100).abs() < 5
+    centre = (t.X - 100).abs() + (t.Y - 100).abs() < 5
     assert t.loc[centre, "reject_reason"].item() == "intensity<otsu"
     assert (t.loc[~centre, "reject_reason"] == "").all()
 
@@ -102,7 +104,7 @@ def test_min_confidence_drops_a_half_believed_detection(threshold_bundle):
     strict = segment_image(img, threshold_bundle, SegmentParams(threshold=0.05, min_confidence=0.9))
     assert len(loose.table) == 3
     assert len(strict.table) == 2
-    assert (strict.table.centroid_x - 100).abs().min() > 30
+    assert (strict.table.X - 100).abs().min() > 30
     assert strict.labels[100, 100] == 0
 
 
@@ -140,13 +142,20 @@ def test_segment_file_writes_every_output_with_calibration(tmp_path, threshold_b
         assert tif.imagej_metadata["unit"] == "nm"
         num, den = tif.pages[0].tags["XResolution"].value
         assert den / num == pytest.approx(7.5)
-    assert len(np.unique(labels)) - 1 == row["count"] == 3
+    assert np.unique(labels).tolist() == [0, 1, 2, 3] and row["count"] == 3
     assert tifffile.imread(paths["prob"]).dtype == np.float32
-    assert set(np.unique(tifffile.imread(paths["mask"]))) == {0, 255}
-    assert len(roifile.roiread(paths["rois"])) == 3
+    # the mask: 0/255 with a line between the touching particles, so labelling it (8-connected,
+    # as ImageJ's Analyze Particles) gives the particles of the label image
+    mask = tifffile.imread(paths["mask"])
+    assert set(np.unique(mask)) == {0, 255}
+    assert ndi.label(mask > 0, np.ones((3, 3)))[1] == 3 and ndi.label(labels > 0, np.ones((3, 3)))[1] == 2
+    assert [r.name for r in roifile.roiread(paths["rois"])] == ["particle-1", "particle-2", "particle-3"]
     table = pd.read_csv(paths["particles"])
-    assert len(table) == 4 and table.kept.sum() == 3 and (table.unit == "nm").all()
-    assert row["unit"] == "nm" and row["nano_by_median_feret"] is False  # ~30 px * 7.5 nm > 100 nm
+    assert {"Area [nm^2]", "MinFeret [nm]", "Perim. [nm]", "Circ.", "FeretAngle [deg]", "ECD [nm]"} <= set(table.columns)
+    assert "unit" not in table.columns
+    assert len(table) == 4 and table.kept.sum() == 3 and table.label.tolist() == [1, 2, 3, 4]
+    assert row["unit"] == "nm" and row["area_unit"] == "nm^2"
+    assert row["nano_by_median_MinFeret"] is False  # ~30 px * 7.5 nm > 100 nm
 
 
 def test_stacks_are_segmented_slice_by_slice(tmp_path, threshold_bundle):
@@ -157,9 +166,9 @@ def test_stacks_are_segmented_slice_by_slice(tmp_path, threshold_bundle):
     assert row["slices"] == 2 and row["count"] == 3
     labels = tifffile.imread(tmp_path / "out" / "stack_labels.tif")
     assert labels.shape == (2, 120, 120)
-    assert len(np.unique(labels)) == 4  # labels unique across slices
+    assert np.unique(labels).tolist() == [0, 1, 2, 3]  # unique across slices, 1..N
     table = pd.read_csv(tmp_path / "out" / "stack_particles.csv")
-    assert table.slice.tolist() == [1, 2, 2]
+    assert table.slice.tolist() == [1, 2, 2] and table.label.tolist() == [1, 2, 3]
 
 
 def test_batch_goes_on_after_a_bad_file(tmp_path, threshold_bundle):
@@ -181,8 +190,7 @@ def test_cli_segment_with_options(tmp_path, threshold_bundle, capsys):
                "--image-width", "1000", "--quiet", "--ecd", "0:1000"])
     assert rc == 0
     t = pd.read_csv(out / "a_particles.csv")
-    assert (t.unit == "nm").all()
-    assert t.area.max() == pytest.approx((1000 / 200) ** 2 * t.area.max() / 25)  # 5 nm per pixel
+    assert t["Width [nm]"].min() % 5 == 0  # 5 nm per pixel
     assert "3 particles" in capsys.readouterr().out
     # a second run must not overwrite silently
     rc = main(["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--out", str(out), "--quiet"])
@@ -190,7 +198,7 @@ def test_cli_segment_with_options(tmp_path, threshold_bundle, capsys):
     assert rc == 1 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert main(["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--out", str(out),
                  "--quiet", "--overwrite", "--pixel-size", "0.01", "--unit", "um"]) == 0
-    assert (pd.read_csv(out / "a_particles.csv").unit == "µm").all()
+    assert "Area [µm^2]" in pd.read_csv(out / "a_particles.csv").columns
 
 
 def test_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
@@ -205,4 +213,4 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
 def test_cli_rejects_a_bad_range(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "x.tif", "--out", "o", "--area", "12"])
-    assert "MIN:MAX" in capsys.readouterr().err
+    assert "expected MIN-MAX" in capsys.readouterr().err

@@ -3,15 +3,26 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from particleseg.io import Calibration
-from particleseg.measure import feret_diameters, measure_particles, summarize
+from particleseg.measure import (
+    convex_hull,
+    feret_values,
+    fit_ellipse,
+    measure_particles,
+    summarize,
+    traced_perimeter,
+    with_units,
+)
 from particleseg.postprocess import (
     border_labels,
     fill_holes,
     intensity_filter,
     label_mask,
+    labels_to_mask,
+    relabel_kept_first,
     particle_scores,
     remove_small,
     remove_uncertain,
@@ -121,9 +132,13 @@ def test_threshold_value_rejects_unknown_method():
 
 
 def test_shape_filter_reasons():
-    t = pd.DataFrame({"area": [10.0, 100.0, 1000.0], "circularity": [0.9, 0.5, 0.9]})
+    # the ranges' names (the parameter vocabulary) refer to ImageJ's columns
+    t = pd.DataFrame({"Area": [10.0, 100.0, 1000.0], "Circ.": [0.9, 0.5, 0.9],
+                      "Feret": [4.0, 4.0, 9.0], "MinFeret": [2.0, 2.0, 3.0]})
     r = shape_filter(t, {"area": (50, 500), "circularity": (0.7, None)})
     assert list(r) == ["area<50", "circularity<0.7", "area>500"]
+    assert list(shape_filter(t, {"feret_ratio": (None, 2.5), "feret_min": (2.5, None)})) == [
+        "feret_min<2.5", "feret_min<2.5", "feret_ratio>2.5"]
     with pytest.raises(ValueError, match="unknown shape filter"):
         shape_filter(t, {"colour": (1, 2)})
 
@@ -147,14 +162,56 @@ def test_remove_uncertain_uses_the_mean_probability():
 # measurements
 
 
-def test_feret_of_a_rotated_rectangle():
-    # rectangle with sides (3, 4) -> length 5 and (-8, 6) -> length 10
-    pts = np.array([[0, 0], [3, 4], [-5, 10], [-8, 6]])
-    fmax, amax, fmin, amin = feret_diameters(pts)
-    assert fmax == pytest.approx(np.hypot(5, 10))
-    assert fmin == pytest.approx(5)
-    # narrowest along (3, 4); y points down on screen, so the angle is -atan(4/3) mod 180
-    assert amin == pytest.approx(180 - np.degrees(np.arctan2(4, 3)))
+def test_labels_to_mask_separates_for_four_and_eight_connectivity():
+    lab = np.zeros((6, 9), np.int32)
+    lab[1:5, 1:4] = 1
+    lab[1:5, 4:7] = 2   # touches 1 along an edge
+    lab[5, 7] = 3       # touches 2 only at a corner
+    eight = labels_to_mask(lab)
+    assert ndi.label(eight, np.ones((3, 3)))[1] == 3 and ndi.label(eight)[1] == 3
+    # of two as large, the larger label gives up the line
+    assert eight[1:5, 4].sum() == 0 and eight[1:5, 1:4].all()
+    # the larger particle gives way to the one-pixel particle at their corner
+    assert eight[5, 7] and not eight[4, 6]
+    four = labels_to_mask(lab, connectivity=1)
+    assert four[5, 7] and four[4, 6] and ndi.label(four)[1] == 3
+    # a stack slice by slice
+    assert np.array_equal(labels_to_mask(np.stack([lab, lab]))[1], eight)
+
+
+def test_relabel_kept_first():
+    lab = np.array([[0, 4, 7, 9]])
+    lut = relabel_kept_first(lab, np.array([9, 4]))
+    assert lut[lab].tolist() == [[0, 1, 3, 2]]
+
+
+def test_traced_perimeter_as_imagej():
+    # a 3 x 2 rectangle: no corner is cut (ImageJ counts a corner at every vertex whose incoming
+    # side is longer than 1 and at every other vertex of a staircase)
+    rect = np.array([[0, 0], [3, 0], [3, 2], [0, 2]])
+    assert traced_perimeter(rect) == pytest.approx(10 - 4 * (2 - np.sqrt(2)))
+    # a staircase of 1-px sides between long sides: 2 of the run's 4 vertices count
+    stair = np.array([[0, 0], [5, 0], [5, 3], [4, 3], [4, 4], [3, 4], [3, 5], [0, 5]])
+    n_corners = 4 + 2  # the vertices after the 4 long sides, and every other one of the run
+    assert traced_perimeter(stair) == pytest.approx(20 - n_corners * (2 - np.sqrt(2)))
+
+
+def test_feret_values_of_a_rectangle_hull():
+    hull = convex_hull(np.array([[0, 0], [4, 0], [4, 3], [0, 3], [2, 0]]))
+    assert hull.tolist() == [[0, 0], [0, 3], [4, 3], [4, 0]]  # ImageJ's order, no collinear vertex
+    v = feret_values(hull, pixel_size=2.0)
+    assert v["Feret"] == pytest.approx(10) and v["MinFeret"] == pytest.approx(6)
+    # of the two diagonals, ImageJ reports the first pair in hull order: (0, 0)-(4, 3)
+    assert (v["FeretX"], v["FeretY"]) == (0, 0)
+    assert v["FeretAngle"] == pytest.approx(180 - np.degrees(np.arctan2(3, 4)))
+
+
+def test_fit_ellipse_of_an_axis_aligned_bar():
+    major, minor, angle = fit_ellipse(np.ones((3, 12), bool))
+    assert np.pi * major * minor / 4 == pytest.approx(36)  # same area
+    # second moments of uniform unit squares: variance (w^2)/12 per axis, ratio of the axes w/h
+    assert major / minor == pytest.approx(12 / 3, rel=1e-6) and angle == 0
+    assert fit_ellipse(np.ones((12, 3), bool))[2] == pytest.approx(90)
 
 
 def test_measurements_of_a_calibrated_rectangle_and_disk():
@@ -163,18 +220,27 @@ def test_measurements_of_a_calibrated_rectangle_and_disk():
     rr, cc = disk((40, 60), 10.5)
     lab[rr, cc] = 2
     t = measure_particles(lab, calibration=Calibration(2.0, "nm"))
+    assert list(t.columns[:4]) == ["label", "Area", "Mean", "StdDev"]
     rect, circ = t.iloc[0], t.iloc[1]
-    assert rect.area == 300 * 4
-    assert rect.feret_max == pytest.approx(2 * np.hypot(30, 10))
-    assert rect.feret_min == pytest.approx(20)
-    assert rect.feret_min_angle == pytest.approx(90)  # narrowest vertically
-    assert rect.bbox_width == 60 and rect.bbox_height == 20
-    assert rect.centroid_x == pytest.approx(2 * 25) and rect.centroid_y == pytest.approx(2 * 15)
-    assert rect.solidity == 1
-    assert circ.ecd == pytest.approx(2 * np.sqrt(circ.area / np.pi))
-    assert circ.feret_min == pytest.approx(42, abs=1e-9)  # 21 pixels across, 2 nm each
-    assert circ.circularity > 0.9 and rect.circularity < 0.7
-    assert t.unit.tolist() == ["nm", "nm"]
+    assert rect.Area == 300 * 4
+    assert rect.Feret == pytest.approx(2 * np.hypot(30, 10))
+    assert rect.MinFeret == pytest.approx(20)
+    assert rect.Width == 60 and rect.Height == 20 and (rect.BX, rect.BY) == (20, 20)
+    assert rect.X == pytest.approx(2 * 25) and rect.Y == pytest.approx(2 * 15)
+    assert rect["Perim."] == pytest.approx(2 * (80 - 4 * (2 - np.sqrt(2))))
+    assert rect.Solidity == 1 and rect.AR == pytest.approx(3, rel=1e-6) and rect.Angle == 0
+    assert rect.Round == pytest.approx(1 / rect.AR)
+    assert circ.ECD == pytest.approx(2 * np.sqrt(circ.Area / np.pi))
+    assert circ.MinFeret == pytest.approx(42, abs=1e-9)  # 21 pixels across, 2 nm each
+    assert circ["Circ."] > 0.9 and rect["Circ."] < 0.8
+    assert np.isnan(rect.Mean)  # no intensity image
+
+
+def test_units_in_the_csv_header():
+    t = measure_particles(np.pad(np.ones((3, 3), np.int32), 2), calibration=Calibration(0.5, "µm"))
+    cols = list(with_units(t, "µm").columns)
+    assert "Area [µm^2]" in cols and "Perim. [µm]" in cols and "MinFeret [µm]" in cols
+    assert "FeretAngle [deg]" in cols and "FeretX [px]" in cols and "Circ." in cols and "label" in cols
 
 
 def test_tiny_particles_are_measured():
@@ -182,8 +248,17 @@ def test_tiny_particles_are_measured():
     lab[2, 2] = 1
     lab[5, 5:7] = 2
     t = measure_particles(lab)
-    assert t.feret_min.tolist() == [1.0, 1.0]
-    assert (t.circularity <= 1).all() and np.isfinite(t.circularity).all()
+    assert t.MinFeret.tolist() == [1.0, 1.0]
+    assert (t["Circ."] <= 1).all() and np.isfinite(t["Circ."]).all()
+    assert t["Perim."][0] == pytest.approx(4 - 2 * (2 - np.sqrt(2)))
+
+
+def test_a_particle_is_measured_as_its_traced_roi():
+    # holes are part of the ROI, as ImageJ's Measure of the traced outline counts them
+    lab = np.zeros((9, 9), np.int32)
+    lab[1:8, 1:8] = 1
+    lab[4, 4] = 0
+    assert measure_particles(lab).Area[0] == 49
 
 
 def test_intensity_and_border_columns(rng):
@@ -193,24 +268,35 @@ def test_intensity_and_border_columns(rng):
     img = np.arange(400, dtype=float).reshape(20, 20)
     t = measure_particles(lab, img)
     assert t.touches_border.tolist() == [True, False]
-    assert t.mean_intensity[1] == pytest.approx(img[8:12, 8:12].mean())
-    assert t.max_intensity[1] == img[11, 11]
+    assert t.Mean[1] == pytest.approx(img[8:12, 8:12].mean())
+    assert t.Max[1] == img[11, 11] and t.Min[1] == img[8, 8]
+    assert t.StdDev[1] == pytest.approx(img[8:12, 8:12].std(ddof=1))
+    assert t.RawIntDen[1] == img[8:12, 8:12].sum() and t.IntDen[1] == t.Area[1] * t.Mean[1]
+    # ImageJ's median of a float image averages the two middle values
+    assert t.Median[1] == pytest.approx(np.median(img[8:12, 8:12]))
+    # integer images: the value at which the count passes half, as ImageJ's histogram median
+    assert measure_particles(lab, img.astype(np.uint16)).Median[1] == np.sort(img[8:12, 8:12].ravel())[8]
+    yy, xx = np.mgrid[8:12, 8:12]
+    w = img[8:12, 8:12]
+    assert t.XM[1] == pytest.approx(((xx + 0.5) * w).sum() / w.sum())
+    assert t.YM[1] == pytest.approx(((yy + 0.5) * w).sum() / w.sum())
 
 
 def test_summary_and_nanomaterial_criterion():
-    t = pd.DataFrame({"feret_min": [50.0, 80.0, 120.0], "feret_max": [60.0, 90, 130], "ecd": [55.0, 85, 125],
-                      "area": [1.0, 2, 3], "kept": [True, True, True]})
+    t = pd.DataFrame({"MinFeret": [50.0, 80.0, 120.0], "Feret": [60.0, 90, 130], "ECD": [55.0, 85, 125],
+                      "Area": [1.0, 2, 3], "kept": [True, True, True]})
     s = summarize(t, "nm", 1.0)
-    assert s["count"] == 3 and s["feret_min_median"] == 80
-    assert s["median_feret_min_nm"] == 80 and s["nano_by_median_feret"] is True
+    assert s["count"] == 3 and s["MinFeret_median"] == 80 and s["Area_median"] == 2
+    assert s["unit"] == "nm" and s["area_unit"] == "nm^2"
+    assert s["MinFeret_median_nm"] == 80 and s["nano_by_median_MinFeret"] is True
     s = summarize(t, "µm", 1000.0)  # the same numbers in micrometres are far above 100 nm
-    assert s["nano_by_median_feret"] is False
-    assert summarize(t, "px", None)["nano_by_median_feret"] is None
+    assert s["nano_by_median_MinFeret"] is False
+    assert summarize(t, "px", None)["nano_by_median_MinFeret"] is None
     t.loc[0, "kept"] = False
     assert summarize(t)["count"] == 2
 
 
 def test_no_particles_gives_an_empty_table():
     t = measure_particles(np.zeros((10, 10), np.int32))
-    assert len(t) == 0 and "feret_min" in t.columns
+    assert len(t) == 0 and "MinFeret" in t.columns
     assert summarize(t.assign(kept=[]))["count"] == 0

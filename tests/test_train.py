@@ -48,9 +48,9 @@ def disk_set(n=6, size=64, seed=0, dim=False):
 
 
 def binary_with_lines(labels):
-    from particleseg.train import separated_foreground
+    from particleseg.postprocess import labels_to_mask
 
-    return (separated_foreground(labels) * 255).astype(np.uint8)
+    return (labels_to_mask(labels, connectivity=1) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

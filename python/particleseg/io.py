@@ -420,23 +420,43 @@ def write_csv(path: str | os.PathLike, table, overwrite: bool = False) -> Path:
     return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False), overwrite)
 
 
+def roi_region(mask: np.ndarray) -> np.ndarray:
+    """The pixels inside the traced outline of a binary region (see :func:`trace_outline`):
+    its largest 8-connected component with the holes filled.
+
+    This is the region ImageJ measures for the traced polygon ROI of the particle.
+
+    Examples
+    --------
+    >>> m = np.array([[1, 1, 1, 0, 0],
+    ...               [1, 0, 1, 0, 1],
+    ...               [1, 1, 1, 0, 0]], bool)
+    >>> roi_region(m).astype(int)
+    array([[1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0]])
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        mask = lab == (np.argmax(sizes) + 1)
+    return ndi.binary_fill_holes(mask)
+
+
 def trace_outline(mask: np.ndarray) -> np.ndarray:
     """Outline of a binary region along pixel edges, as ImageJ's wand traces it.
 
     Returns the vertices (x, y) of the outer boundary of the largest 8-connected component,
     in pixel-corner coordinates, clockwise as displayed (y down), with collinear
-    vertices removed. The polygon's area equals the component's pixel count (holes aside).
+    vertices removed. The polygon encloses the pixels of :func:`roi_region`.
     """
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros((0, 2), np.int32)
-    from scipy import ndimage as ndi
-
-    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
-    if n > 1:
-        sizes = np.bincount(lab.ravel())[1:]
-        mask = lab == (np.argmax(sizes) + 1)
-    mask = ndi.binary_fill_holes(mask)
+    mask = roi_region(mask)
     p = np.pad(mask, 1)
     # Directed boundary edges, clockwise as displayed, so the region lies to the right of each
     # step. Corner (x, y) is the top-left corner of pixel (y, x).

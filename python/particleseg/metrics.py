@@ -17,8 +17,8 @@ Conventions used throughout
   mask, or a label image.
 * Binary masks are labelled with 4-connectivity (:func:`particleseg.postprocess.label_mask`),
   as TWS does. A label image is turned into a binary mask by drawing a one-pixel background
-  line between touching particles (:func:`labels_to_mask`), so masks and label images of the
-  same segmentation score the same.
+  line between touching particles (:func:`particleseg.postprocess.labels_to_mask`, the rule of
+  the ``_mask.tif`` outputs), so masks and label images of the same segmentation score the same.
 * A ``(Z, Y, X)`` stack is scored slice by slice, as TWS does: counts (pixels, pixel pairs,
   particles, mismatches) are summed over the slices before ratios are formed; the
   information-theoretic score is averaged over the slices that have ground-truth foreground.
@@ -66,13 +66,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError, ParticlesegError
+from .postprocess import labels_to_mask
 
 #: The threshold sweep of the publication: 0.0 to 1.0 in steps of 0.1 (11 thresholds).
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 11), 10))
 #: IoU thresholds of average precision: 0.50, 0.55, ..., 0.95.
 AP_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.5, 0.95, 10), 10))
 #: Columns of :func:`particleseg.measure.measure_particles` compared by the size-distribution agreement.
-SIZE_COLUMNS = ("feret_min", "feret_max", "area", "ecd")
+SIZE_COLUMNS = ("MinFeret", "Feret", "Area", "ECD")
 #: Radius (pixels) of the window in which TWS decides whether removing a pixel splits a particle
 #: (the publication's evaluation script used 20).
 WARPING_RADIUS = 20
@@ -91,26 +92,6 @@ _N4 = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
 # ============================================================================================
 # Inputs
-
-
-def labels_to_mask(labels: np.ndarray) -> np.ndarray:
-    """Binary mask of a 2D label image with a one-pixel background line between touching particles.
-
-    A particle pixel becomes background when its right or lower neighbour belongs to another
-    particle, so every 4-adjacent pair of different particles is separated and 4-connected
-    labelling of the mask gives the particles back (up to pixels lost to the lines). This is
-    the convention of annotated masks with touching particles.
-    """
-    lab = np.asarray(labels)
-    mask = lab > 0
-    if lab.ndim == 3:
-        return np.stack([labels_to_mask(s) for s in lab])
-    cut = np.zeros_like(mask)
-    right = (lab[:, :-1] != lab[:, 1:]) & mask[:, :-1] & mask[:, 1:]
-    down = (lab[:-1, :] != lab[1:, :]) & mask[:-1, :] & mask[1:, :]
-    cut[:, :-1] |= right
-    cut[:-1, :] |= down
-    return mask & ~cut
 
 
 def _label_slices(mask: np.ndarray, watershed: bool = False) -> np.ndarray:
@@ -1134,8 +1115,7 @@ def _particle_table(labels_stack: np.ndarray, exclude_border: bool):
 
     from .postprocess import remove_small
 
-    # particles of 1-2 pixels are noise for a size distribution (and measure_particles cannot
-    # take a 2-pixel particle: its perimeter is 0)
+    # particles of 1-2 pixels are noise for a size distribution
     tables = [measure_particles(remove_small(s, _SIZE_MIN_AREA)) for s in labels_stack]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if exclude_border and len(table):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import postprocess as pp
 from .errors import InputError, OutputExistsError, ParticlesegError
 from .inference import predict_tiled
 from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
-from .measure import measure_particles, summarize
+from .measure import measure_particles, summarize, with_units
 from .models import Bundle, load_bundle
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
 
@@ -144,8 +145,9 @@ def _first(*values):
 class Segmentation:
     """Result of :func:`segment_image` for one 2D image, at the input's size.
 
-    ``labels`` holds every particle found (kept and rejected); ``table`` has one row per
-    particle with the measurements, ``kept`` and ``reject_reason``.
+    ``labels`` holds every particle found: the kept ones numbered ``1..N``, the rejected ones
+    after them; ``table`` has one row per particle, in label order, with the measurements
+    (:func:`particleseg.measure.measure_particles`), ``kept`` and ``reject_reason``.
     """
 
     probabilities: np.ndarray  # (Y, X, K) float32 network output, 0 in cropped rows
@@ -280,12 +282,32 @@ def segment_image(
             ids, scores = pp.particle_scores(labels, score_map)
             table["classifier_score"] = scores
             reject(scores < params.min_score, "classifier")
+    labels, table = kept_first(labels, table)
 
     # 6. back to the full image size (zeros in the cropped rows)
     if crop:
         labels = np.pad(labels, ((0, crop), (0, 0)))
         prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
     return Segmentation(prob.astype(np.float32), labels, table, cal, crop, factor, params)
+
+
+def kept_first(labels: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Renumber the particles so the kept ones are ``1..N`` (the names of their ROIs) and the
+    rejected ones ``N+1..M``; the table's ``label`` column follows and its rows are sorted by it.
+
+    Examples
+    --------
+    >>> lab = np.array([[1, 0, 2, 0, 3]])
+    >>> t = pd.DataFrame({"label": [1, 2, 3], "kept": [False, True, True]})
+    >>> lab2, t2 = kept_first(lab, t)
+    >>> lab2.tolist(), t2["label"].tolist(), t2["kept"].tolist()
+    ([[3, 0, 1, 0, 2]], [1, 2, 3], [True, True, False])
+    """
+    if not len(table):
+        return labels, table
+    lut = pp.relabel_kept_first(labels, table.loc[table["kept"].astype(bool), "label"].to_numpy())
+    table = table.assign(label=lut[table["label"].to_numpy()]).sort_values("label", kind="stable")
+    return lut[labels].astype(np.int32), table.reset_index(drop=True)
 
 
 def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: SegmentParams) -> np.ndarray:
@@ -373,6 +395,14 @@ def segment_file(
 ) -> dict[str, Any]:
     """Segment one image file (2D or a stack, slice by slice) and write its outputs.
 
+    Writes, for ``name.tif``: ``name_labels.tif`` (kept particles numbered ``1..N``),
+    ``name_mask.tif`` (0/255, a one-pixel background line between touching particles, see
+    :func:`particleseg.postprocess.labels_to_mask`, so ImageJ's Analyze Particles finds the
+    same particles), ``name_prob.tif``, ``name_rois.zip`` (ROIs ``particle-1`` ...
+    ``particle-N``), ``name_particles.csv`` (every particle, kept and rejected, with ImageJ's
+    column names and the units in the header, see :func:`particleseg.measure.with_units`) and
+    ``name_overview.png``. Label numbers run on through the slices of a stack.
+
     Returns a summary row (see :func:`particleseg.measure.summarize`) with the file name,
     the calibration and the number of rejected particles.
     """
@@ -387,35 +417,35 @@ def segment_file(
         name = f"{path} (slice {z + 1})" if image.ndim == 3 else str(path)
         results.append(segment_image(plane, bundle, params, cal, name=name))
 
-    # make labels unique across the slices of a stack
-    tables, label_planes, kept_planes = [], [], []
+    # labels unique across the slices of a stack, the kept ones 1..N over the whole stack
+    tables, label_planes = [], []
     offset = 0
     for z, seg in enumerate(results):
         t = seg.table.copy()
-        lab = np.where(seg.labels > 0, seg.labels + offset, 0)
         t["label"] = t["label"] + offset
         if image.ndim == 3:
             t.insert(1, "slice", z + 1)
-        kept_ids = t.loc[t["kept"], "label"].to_numpy()
         tables.append(t)
-        label_planes.append(lab)
-        kept_planes.append(np.where(np.isin(lab, kept_ids), lab, 0))
-        offset = int(lab.max()) if lab.max() > 0 else offset
+        label_planes.append(np.where(seg.labels > 0, seg.labels + offset, 0))
+        offset += int(seg.labels.max())
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    labels, table = kept_first(np.stack(label_planes), table)
     squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
-    kept = squeeze(np.stack(kept_planes))
+    n_kept = int(table["kept"].sum()) if len(table) else 0
+    kept = squeeze(np.where(labels <= n_kept, labels, 0))
     prob = squeeze(np.stack([seg.foreground for seg in results]))
 
     write_tiff(paths["labels"], kept.astype(np.int32), cal, overwrite)
-    write_tiff(paths["mask"], kept > 0, cal, overwrite)
+    write_tiff(paths["mask"], pp.labels_to_mask(kept), cal, overwrite)
     write_tiff(paths["prob"], prob, cal, overwrite)
     write_rois(paths["rois"], kept, overwrite=overwrite)
-    write_csv(paths["particles"], table, overwrite)
+    write_csv(paths["particles"], with_units(table, cal.unit), overwrite)
     if write_overview:
         from .report import overview_figure
 
+        first = table[table["slice"] == 1] if image.ndim == 3 else table
         title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
-        overview_figure(stack[0], label_planes[0], tables[0], cal.unit, title=title,
+        overview_figure(stack[0], labels[0], first, cal.unit, title=title,
                         path=paths["overview"], overwrite=overwrite)
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
@@ -463,7 +493,7 @@ def segment_files(
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             failures.append((str(f), msg))
             row = {"file": Path(f).name, "status": "failed", "error": msg}
-            tqdm.write(f"particleseg: error: {msg}")
+            tqdm.write(f"particleseg: error: {msg}", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
     summary = typed_summary(pd.DataFrame(rows))

@@ -11,6 +11,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
+#: Names of the shape ranges (the parameter vocabulary of every route), each a column of
+#: :func:`particleseg.measure.measure_particles` (see ``measure.PARAMETER_COLUMNS``), and
+#: ``feret_ratio``, ``Feret / MinFeret``.
 SHAPE_COLUMNS = ("area", "ecd", "feret_min", "feret_max", "solidity", "circularity", "aspect_ratio", "feret_ratio")
 
 _FOUR = ndi.generate_binary_structure(2, 1)
@@ -20,6 +23,97 @@ def label_mask(mask: np.ndarray) -> np.ndarray:
     """Label a binary mask with 4-connectivity, so one-pixel background lines (the convention
     of annotated masks with touching particles) separate particles."""
     return ndi.label(np.asarray(mask, bool), structure=_FOUR)[0].astype(np.int32)
+
+
+def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
+    """Binary mask of a label image with one-pixel background lines between touching particles.
+
+    Where two particles touch, the larger one (by pixel count; of two as large, the one with
+    the larger label) gives up its pixels that touch the other, so labelling the mask gives
+    the particles back, less the pixels given up to the lines. The smaller particle keeps all
+    its pixels, so a particle of one pixel, or a thin one, is not cut away or cut in two by a
+    larger neighbour. This is the convention of annotated masks of touching particles
+    (the TiO2 ground truth), and the one function behind every mask this package writes or
+    compares: the ``_mask.tif`` output, the Fiji mask images, the metrics' masks of label
+    images and the foreground targets of training.
+
+    Parameters
+    ----------
+    labels : (Y, X) or (Z, Y, X) int array
+        0 is background. A stack is treated slice by slice.
+    connectivity : {1, 2}
+        Which neighbours touch: 1, the four edge neighbours (the lines then separate particles
+        for 4-connected labelling, as :func:`label_mask` and annotated masks); 2, also the
+        corner neighbours (the default: the lines also separate particles for 8-connected
+        tracing, as ImageJ's Analyze Particles and wand trace, so that Analyze Particles on the
+        mask finds the particles of the label image).
+
+    Returns
+    -------
+    bool array of the shape of ``labels``
+
+    Examples
+    --------
+    >>> lab = np.array([[1, 1, 2, 2, 0],
+    ...                 [1, 1, 2, 2, 0],
+    ...                 [0, 0, 0, 0, 3]])
+    >>> labels_to_mask(lab, connectivity=1).astype(int)
+    array([[1, 1, 0, 1, 0],
+           [1, 1, 0, 1, 0],
+           [0, 0, 0, 0, 1]])
+    >>> labels_to_mask(lab).astype(int)  # 3 touches 2 at a corner: 2, the larger, gives way
+    array([[1, 1, 0, 1, 0],
+           [1, 1, 0, 0, 0],
+           [0, 0, 0, 0, 1]])
+    """
+    lab = np.asarray(labels)
+    if lab.ndim == 3:
+        return np.stack([labels_to_mask(s, connectivity) for s in lab])
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
+    # rank the particles by size, then label: a pixel stays if no neighbour ranks before it
+    lab = lab.astype(np.int64, copy=False)
+    sizes = np.bincount(lab.ravel())
+    ids = np.flatnonzero(sizes[1:]) + 1
+    rank = np.zeros(len(sizes), np.int64)
+    rank[ids[np.lexsort((ids, sizes[ids]))]] = np.arange(1, len(ids) + 1)
+    top = len(ids) + 1
+    ranked = np.where(lab > 0, rank[lab], top)
+    first = ndi.minimum_filter(ranked, footprint=ndi.generate_binary_structure(2, connectivity),
+                               mode="constant", cval=top)
+    return (lab > 0) & (first >= ranked)
+
+
+def relabel_kept_first(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Lookup table that renumbers particles so the kept ones are ``1..N`` and the others
+    ``N+1..M``, each group in the order of its old labels.
+
+    Parameters
+    ----------
+    labels : int array
+        Label image (any shape), 0 background.
+    kept : int array
+        Labels of the kept particles.
+
+    Returns
+    -------
+    int32 array
+        ``lut[old]`` is the new label (``lut[0] == 0``); apply it as ``lut[labels]``.
+
+    Examples
+    --------
+    >>> lab = np.array([0, 1, 2, 3, 5])
+    >>> lut = relabel_kept_first(lab, np.array([2, 5]))
+    >>> lut[lab].tolist()
+    [0, 3, 1, 4, 2]
+    """
+    lab = np.asarray(labels)
+    ids = np.setdiff1d(np.unique(lab), [0])
+    is_kept = np.isin(ids, kept)
+    order = np.concatenate([ids[is_kept], ids[~is_kept]])
+    lut = np.zeros(int(lab.max(initial=0)) + 1, np.int32)
+    lut[order] = np.arange(1, len(order) + 1)
+    return lut
 
 
 def split_touching(
@@ -244,14 +338,31 @@ def shape_filter(table: pd.DataFrame, ranges: dict[str, tuple[float | None, floa
     table : DataFrame
         Measurements (see :func:`particleseg.measure.measure_particles`), calibrated units.
     ranges : dict
-        Column -> ``(min, max)``, either bound may be None. Columns: those of
-        :data:`SHAPE_COLUMNS`.
+        Name -> ``(min, max)``, either bound may be None. Names: those of
+        :data:`SHAPE_COLUMNS` (``feret_min`` is the column ``MinFeret``, ``circularity``
+        ``Circ.``, ... as ``measure.PARAMETER_COLUMNS`` says).
+
+    Returns
+    -------
+    pandas.Series of str
+        ``""`` or the first range the particle fails, as ``feret_min<20``.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"Area": [10.0, 100.0], "Circ.": [0.9, 0.5]})
+    >>> shape_filter(t, {"area": (50, None), "circularity": (0.7, 1)}).tolist()
+    ['area<50', 'circularity<0.7']
     """
+    from .measure import PARAMETER_COLUMNS
+
     reasons = pd.Series("", index=table.index, dtype=object)
     for col, (lo, hi) in ranges.items():
         if col not in SHAPE_COLUMNS:
             raise ValueError(f"unknown shape filter {col!r}; choose from {', '.join(SHAPE_COLUMNS)}")
-        v = table[col]
+        if col == "feret_ratio":
+            v = table["Feret"] / table["MinFeret"]
+        else:
+            v = table[PARAMETER_COLUMNS[col]]
         if lo is not None:
             reasons[(reasons == "") & (v < lo)] = f"{col}<{lo:g}"
         if hi is not None:

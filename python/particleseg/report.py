@@ -63,7 +63,7 @@ def overview_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     ax = axes[2]
-    values = table.loc[table["kept"], "feret_min"].to_numpy(float) if len(table) else np.array([])
+    values = table.loc[table["kept"], "MinFeret"].to_numpy(float) if len(table) else np.array([])
     if values.size:
         ax.hist(values, bins=min(40, max(5, int(np.sqrt(values.size)) * 2)), color="0.35", edgecolor="white")
         med = np.median(values)

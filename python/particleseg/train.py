@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .models.architectures import Head, NetworkConfig
+from .postprocess import labels_to_mask
 
 # --------------------------------------------------------------------------------------------
 # targets
@@ -41,29 +42,6 @@ def labels_from_mask(mask: np.ndarray) -> np.ndarray:
     if mask.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
         raise ValueError("mask holds fractional values; expected a binary mask or a label image")
     return mask.astype(np.int32)
-
-
-def separated_foreground(labels: np.ndarray) -> np.ndarray:
-    """Foreground of a label image with one-pixel background lines between touching particles
-    (the convention of manual masks such as the TiO2 data set)."""
-    labels = np.asarray(labels)
-    # a pixel is a separator if a 4-neighbour with a *smaller* nonzero label touches it, so
-    # only one of the two touching particles gives up its border pixels
-    neigh_min = labels.copy()
-    for shift in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        rolled = np.roll(labels, shift, axis=(0, 1))
-        edge = np.zeros_like(labels, bool)
-        if shift[0] == 1:
-            edge[0] = True
-        elif shift[0] == -1:
-            edge[-1] = True
-        elif shift[1] == 1:
-            edge[:, 0] = True
-        else:
-            edge[:, -1] = True
-        rolled = np.where(edge, 0, rolled)
-        neigh_min = np.where((rolled > 0) & (rolled < neigh_min), rolled, neigh_min)
-    return (labels > 0) & (neigh_min == labels)
 
 
 def normalized_distance(labels: np.ndarray) -> np.ndarray:
@@ -95,13 +73,15 @@ def boundary_map(labels: np.ndarray) -> np.ndarray:
 def make_targets(labels: np.ndarray, heads: Sequence[Head], classes: np.ndarray | None = None) -> np.ndarray:
     """Stack the training target of each head: ``(Y, X, K)`` float32.
 
-    ``foreground``: :func:`separated_foreground`; ``distance``: :func:`normalized_distance`;
+    ``foreground``: :func:`particleseg.postprocess.labels_to_mask` (4-neighbour lines, as
+    annotated masks); ``distance``: :func:`normalized_distance`;
     ``boundary``: :func:`boundary_map`; ``classes``: one-hot of ``classes`` (a class-label image).
     """
     parts = []
     for head in heads:
         if head.kind == "foreground":
-            parts.append(separated_foreground(labels).astype(np.float32)[..., None])
+            # the annotators' convention: lines that separate particles for 4-connected labelling
+            parts.append(labels_to_mask(labels, connectivity=1).astype(np.float32)[..., None])
         elif head.kind == "distance":
             parts.append(normalized_distance(labels)[..., None])
         elif head.kind == "boundary":

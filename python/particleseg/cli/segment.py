@@ -64,9 +64,9 @@ def run(args) -> int:
     )
     ok = summary[summary["status"] == "ok"]
     for _, row in ok.iterrows():
-        med = row.get("feret_min_median")
+        med = row.get("MinFeret_median")
         unit = row.get("unit", "px")
-        nano = row.get("nano_by_median_feret")
+        nano = row.get("nano_by_median_MinFeret")
         verdict = "" if nano is None or nano != nano else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
         print(f"{row['file']}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
     print(f"wrote {len(ok)} result set(s) to {args.out}; its summary.csv lists every image segmented into it")

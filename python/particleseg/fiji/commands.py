@@ -181,9 +181,11 @@ def _publish_particles(ctx: Context, v: dict, imp, labels: np.ndarray, table: pd
     if v.get("overlay"):
         publish.set_overlay(overlay_imp or imp, labels, kept_ids.tolist(), rejected_ids.tolist())
     if v.get("histogram"):
-        col = v.get("histogram_of", "feret_min")
+        from ..measure import PARAMETER_COLUMNS, column_units
+
+        col = PARAMETER_COLUMNS.get(v.get("histogram_of", "feret_min"), v.get("histogram_of"))
         values = kept_table[col].to_numpy(float) if len(kept_table) else np.zeros(0)
-        unit = cal.unit + "²" if col == "area" else cal.unit
+        unit = column_units(cal.unit).get(col, "").replace("^2", "²")
         publish.histogram_plot(values, col, unit, f"{publish.title_stem(row_label)} {col} histogram")
     return out
 
@@ -243,13 +245,15 @@ def segment_particles(ctx: Context, v: dict) -> dict:
     if v.get("labels"):
         publish.show_array(kept, publish.image_title(stem, "labels"), cal, lut="labels")
     if v.get("mask"):
-        publish.show_array((kept > 0).astype(np.uint8) * 255, publish.image_title(stem, "mask"), cal)
+        from ..postprocess import labels_to_mask
+
+        publish.show_array(labels_to_mask(kept).astype(np.uint8) * 255, publish.image_title(stem, "mask"), cal)
     out = _publish_particles(ctx, v, imp, seg.labels, seg.table, cal, title)
     _reselect(imp)
     seconds = time.perf_counter() - t0
     med = ""
     if out["kept"]:
-        m = float(np.median(seg.table.loc[seg.table["kept"], "feret_min"]))
+        m = float(np.median(seg.table.loc[seg.table["kept"], "MinFeret"]))
         med = f", median min Feret {m:.4g} {cal.unit}"
     crop = f", {seg.crop_rows} data-bar rows ignored" if seg.crop_rows else ""
     ctx.log(f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
@@ -283,24 +287,13 @@ def split_touching_particles(ctx: Context, v: dict) -> dict:
     stem = publish.title_stem(title)
     publish.show_array(labels, publish.image_title(stem, "split"), cal, lut="labels")
     if v.get("mask"):
-        publish.show_array(separated_mask(labels), publish.image_title(stem, "split_mask"), cal)
+        publish.show_array(pp.labels_to_mask(labels).astype(np.uint8) * 255, publish.image_title(stem, "split_mask"), cal)
     n = int(labels.max())
     if v.get("add"):
         publish.fill_roi_manager(labels, None, clear=True)
     ctx.log(f"Split Touching Particles: {title}: {before} regions -> {n} particles")
     record(command=ctx.command, image=title, kept=n, rejected=0, seconds=0.0)
     return {"before": before, "particles": n}
-
-
-def separated_mask(labels: np.ndarray) -> np.ndarray:
-    """A 0/255 mask in which touching particles are separated by background lines."""
-    lab = np.asarray(labels)
-    line = np.zeros(lab.shape, bool)
-    for axis in (0, 1):
-        a = np.swapaxes(lab, 0, axis)
-        diff = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
-        np.swapaxes(line, 0, axis)[1:] |= diff
-    return ((lab > 0) & ~line).astype(np.uint8) * 255
 
 
 def _labels_and_intensity(ctx: Context, v: dict):
@@ -319,13 +312,15 @@ def _labels_and_intensity(ctx: Context, v: dict):
 
 def filter_particles(ctx: Context, v: dict) -> dict:
     from .. import postprocess as pp
+    from ..pipeline import kept_first
 
     imp, title, labels, cal, iimp, intensity = _labels_and_intensity(ctx, v)
     if int(v.get("min_size", 0)) > 1:
         labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
     table = _apply_filters(labels, intensity, cal, v, ctx.command)
-    kept_ids = table.loc[table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
-    filtered = np.where(np.isin(labels, kept_ids), labels, 0).astype(np.int32)
+    labels, table = kept_first(labels, table)  # kept particles 1..N, as their ROI names
+    n_kept = int(table["kept"].sum()) if len(table) else 0
+    filtered = np.where(labels <= n_kept, labels, 0).astype(np.int32)
     stem = publish.title_stem(title)
     publish.show_array(filtered, publish.image_title(stem, "filtered"), cal, lut="labels")
     out = _publish_particles(ctx, v, imp, labels, table, cal, title, overlay_imp=iimp or imp)
@@ -419,7 +414,7 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
     ctx.progress(1, 1, "Batch Segment Folder")
     summary = typed_summary(pd.DataFrame(rows))
     write_csv(Path(dst) / "summary.csv", merge_summary(earlier, summary, kept_files), overwrite=True)
-    shown = summary[[c for c in ("file", "status", "count", "feret_min_median", "unit", "rejected", "seconds", "error") if c in summary]]
+    shown = summary[[c for c in ("file", "status", "count", "MinFeret_median", "unit", "rejected", "seconds", "error") if c in summary]]
     publish.show_table("Batch Summary", shown.astype(object).where(shown.notna(), None))
     ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
     total = time.perf_counter() - t_start
@@ -538,4 +533,4 @@ def validate(spec, values: dict) -> dict:
     return out
 
 
-__all__ = ["Context", "IMPLEMENTATIONS", "RECORDS", "get_bundle", "validate", "separated_mask"]
+__all__ = ["Context", "IMPLEMENTATIONS", "RECORDS", "get_bundle", "validate"]

@@ -7,7 +7,7 @@ by a factor from a size distribution (by default normal around 1.0 with standard
 (painter's order, bounded overlap) at positions drawn from thresholded 2D Perlin noise, so
 that particles crowd in patches and agglomerate as in real samples [1]_. The training target
 is the foreground with a 1-pixel background line between touching particles
-(:func:`particleseg.train.separated_foreground`).
+(:func:`particleseg.postprocess.labels_to_mask`, 4-neighbour lines).
 
 The particle count refers to a *canvas*: the tile enlarged by a margin on every side (by
 default the diagonal of a maximally scaled shape box, 118 px for 64-px shapes), over which the
@@ -248,9 +248,9 @@ def _relabel(labels: np.ndarray, min_visible: int = 8) -> np.ndarray:
 
 def target_mask(labels: np.ndarray) -> np.ndarray:
     """The binary training target: foreground with 1-pixel lines between touching particles."""
-    from ..train import separated_foreground
+    from ..postprocess import labels_to_mask
 
-    return separated_foreground(labels)
+    return labels_to_mask(labels, connectivity=1)
 
 
 def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str | os.PathLike,
