@@ -632,21 +632,22 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
         "| --- | ---: |",
         f"| `particles_from_probabilities` (threshold {params.threshold:g}, distance-head watershed, fill holes, "
         f"min area {params.min_area}, min confidence {params.min_confidence:g}) | {pp:.3f} |",
-        "| `measure_particles` (all columns: exact Feret max/min with angles, perimeter, ECD, solidity, "
-        f"circularity, aspect ratio, centroid, bbox, intensities, border flag) | {meas:.3f} |",
+        "| `measure_particles` (ImageJ's columns on the traced ROI: area, intensities, centroids, perimeter, "
+        f"bounding box, fitted ellipse, shape descriptors, exact Feret values; ECD, border flag) | {meas:.3f} |",
         f"| **post-processing + measurement** | **{pp + meas:.3f}** |",
         f"| scikit-image `regionprops_table` ({', '.join(props)}) | {skt:.3f} |",
         "",
         f"**`measure_particles` / `regionprops_table` = {ratio:.2f}** (per repeat: "
-        f"{', '.join(f'{a / b:.2f}' for a, b in zip(t_meas, t_skimage))}). `measure_particles` computes everything "
-        "`regionprops_table` computes here (it calls `regionprops` itself) plus the exact minimum Feret diameter "
-        "and both Feret angles by rotating calipers on the convex hull of the pixel corners, and builds a DataFrame.",
+        f"{', '.join(f'{a / b:.2f}' for a, b in zip(t_meas, t_skimage))}). `measure_particles` traces each "
+        "particle's outline and computes ImageJ's Measure columns on it (equal to ImageJ's own, "
+        "tests/test_imagej_measurements.py), the exact Feret values by rotating calipers included, and builds a DataFrame.",
         "",
         "Agreement on the descriptors both compute (relative difference, median / max over the particles): "
-        f"area {agree('area', 'area')}, perimeter {agree('perimeter', 'perimeter')}, "
-        f"ECD {agree('ecd', 'equivalent_diameter_area')}, solidity {agree('solidity', 'solidity')}, "
-        f"Feret max {agree('feret_max', 'feret_diameter_max')} (scikit-image measures between pixel-boundary "
-        "points of the convex hull, `measure_particles` between pixel corners, as ImageJ).",
+        f"area {agree('Area', 'area')}, perimeter {agree('Perim.', 'perimeter')}, "
+        f"ECD {agree('ECD', 'equivalent_diameter_area')}, solidity {agree('Solidity', 'solidity')}, "
+        f"Feret max {agree('Feret', 'feret_diameter_max')} (the definitions differ: ImageJ's perimeter of the "
+        "traced outline with corners cut, its solidity against the polygon hull, its Feret between pixel corners; "
+        "scikit-image's on pixel centres and the pixel hull).",
         "",
         ctx.reproduce("postprocess"),
     ]

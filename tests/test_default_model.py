@@ -51,7 +51,7 @@ def test_sample_image_is_calibrated_and_segments(default_bundle):
     kept = seg.table[seg.table.kept]
     assert len(kept) > 50
     # simulated particles of about 26 px median diameter at 7.35 nm/px
-    assert 100 < kept.ecd.median() < 300
+    assert 100 < kept.ECD.median() < 300
 
 
 @pytest.mark.tio2

@@ -6,7 +6,7 @@ frameworks are imported only when a network is built, trained or run.
 >>> from particleseg import load_bundle, read_image, segment_image
 >>> image, calibration = read_image("python/particleseg/data/sample_sem.tif")   # doctest: +SKIP
 >>> result = segment_image(image, load_bundle(), calibration=calibration)         # doctest: +SKIP
->>> result.table[["feret_min", "feret_max", "kept"]].describe()                   # doctest: +SKIP
+>>> result.table[["MinFeret", "Feret", "kept"]].describe()                     # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
