@@ -495,7 +495,7 @@ def _dialog(title: str, spec: CommandSpec, fields: list, defaults: dict, unit: s
             i += len(group)
             continue
         if f.kind == "number":
-            gd.addNumericField(label, float(d), f.digits)
+            gd.addNumericField(label, float(d), _digits(float(d), f.digits))
         elif f.kind == "int":
             gd.addNumericField(label, float(d), 0)
         elif f.kind == "bool":
@@ -540,6 +540,14 @@ def _dialog(title: str, spec: CommandSpec, fields: list, defaults: dict, unit: s
     if gd.invalidNumber():
         raise cmds.InputError(f"{spec.name}: {gd.getErrorMessage() or 'invalid number'}")
     return values
+
+
+def _digits(value: float, at_least: int) -> int:
+    """Decimals that show ``value`` exactly (a bundle's 0.925 must not become 0.93 on OK)."""
+    for n in range(at_least, 7):
+        if abs(round(value, n) - value) < 1e-12:
+            return n
+    return 6
 
 
 def _help_html(spec: CommandSpec) -> str:
