@@ -122,6 +122,12 @@ def traced_perimeter(polygon: np.ndarray) -> float:
     float
         0 for fewer than 4 vertices, as ImageJ.
 
+    Notes
+    -----
+    Written out because no library has this rule: :func:`skimage.measure.perimeter` weights
+    the boundary pixels' neighbourhood configurations (up to 26 % off ImageJ's ``Perim.`` on
+    SEM particles, and so 78 % off its ``Circ.``).
+
     Examples
     --------
     >>> traced_perimeter(np.array([[0, 0], [1, 0], [1, 1], [0, 1]]))  # one pixel: 4 - 2 (2 - sqrt 2)
@@ -201,6 +207,12 @@ def feret_values(hull: np.ndarray, pixel_size: float = 1.0) -> dict[str, float]:
         ``FeretAngle`` in [0, 180) degrees counter-clockwise as displayed; ``FeretX``,
         ``FeretY``: the left end of the Feret diameter, in pixels. Of several equally long
         diameters, the first pair of hull vertices in ImageJ's order is taken.
+
+    Notes
+    -----
+    :func:`skimage.measure.regionprops`' ``feret_diameter_max`` measures between points of
+    the pixels' boundary rather than their corners and has no minimum, angle or end point, so
+    these are computed here, with ImageJ's floating-point operations so that ties break alike.
 
     Examples
     --------
@@ -412,6 +424,13 @@ def measure_particles(
 
     Notes
     -----
+    The intensity statistics, centroid, bounding box and area are plain NumPy over the
+    particle's pixels; the shape columns follow ImageJ where scikit-image's ``regionprops``
+    defines them differently (``Perim.``: :func:`traced_perimeter`; ``Major``, ``Minor``,
+    ``Angle``: :func:`fit_ellipse`; Feret values: :func:`feret_values`; ``Solidity``: the
+    pixel count over the area of the outline's convex hull polygon, where scikit-image counts the
+    pixels of the convex hull image).
+
     A particle is measured as the region its traced outline encloses
     (:func:`particleseg.io.roi_region`): its largest 8-connected part with holes filled. For
     particles of one piece without holes (the pipeline's, with ``fill_holes``) that is the
