@@ -821,3 +821,36 @@ def test_imagej_version_is_the_one_the_docs_state(ij):
     version = str(jclass("ij.IJ").getVersion())
     docs = (Path(__file__).parents[1] / "docs" / "fiji.md").read_text()
     assert f"ImageJ {version}" in docs, version
+
+
+def test_every_command_dialog_fits_a_laptop_screen(ij, tmp_path, monkeypatch):
+    """Each command's dialog, opened from the menu path under Xvfb and canceled, is at most
+    700 px high (a 1366x768 screen less its panel)."""
+    from particleseg.fiji import bridge
+    from particleseg.fiji.options import SPECS
+
+    monkeypatch.setattr(bridge, "_last_values", {})
+    imp = ij.to_imageplus(particles_label_image().astype(np.uint16), Calibration(2.0, "µm"), "lab.tif")
+    ActionEvent = jclass("java.awt.event.ActionEvent")
+    heights = {}
+    with bridge.dialogs_allowed():
+        for name, spec in SPECS.items():
+            if not spec.fields or name == "Train Model..." and not _training_available():
+                continue
+            jclass("ij.Executer")(name, imp)
+            gd = _wait_for_dialog(name.rstrip("."))
+            heights[name] = int(gd.getHeight())
+            gd.actionPerformed(ActionEvent(gd.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
+            time.sleep(0.3)
+    print("dialog heights:", heights)
+    assert len(heights) >= 6 and max(heights.values()) <= 700, heights
+
+
+def _training_available() -> bool:
+    from particleseg.fiji import commands
+
+    try:
+        commands.training_function()
+        return True
+    except Exception:  # noqa: BLE001
+        return False

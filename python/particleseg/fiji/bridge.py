@@ -12,8 +12,16 @@ the same code works with a plain ``ij.jar`` and inside Fiji (imagej-legacy keeps
 ``ij.Executer``).
 
 Because the listener takes the command before ``Executer`` records it, the bridge does the
-recorder's part itself (``Recorder.setCommand`` / ``saveCommand``), so the macro recorder
-writes ``run("Segment Particles...", "model=default threshold=0.50 split ...")``.
+recorder's part itself (``Recorder.setCommand`` / ``recordOption`` / ``saveCommand``), once the
+command has run (a failed or canceled call is not recorded), so the macro recorder writes
+``run("Segment Particles...", "model=default threshold=0.5 split ...")`` with every parameter.
+
+Dialogs and macros
+------------------
+Commands with many parameters have a compact main GenericDialog and a second, "advanced" one
+that its last check box opens; in a macro both are filled from the one option string. A key
+left out of a macro takes its default (the chosen bundle's for the segmentation parameters),
+check boxes included; ``key=false`` unchecks a box.
 
 Errors
 ------

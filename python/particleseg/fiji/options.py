@@ -156,7 +156,7 @@ def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[Field, ...]:
         changes = {}
         if p.name in ("split", "exclude_border"):
             changes["group"] = "particles"
-        if p.name in ("split_level", "min_confidence", "ecd", "feret_max", "solidity", "polarity"):
+        if p.name in ("split_level", "min_confidence", "polarity"):  # (ImageJ 1.53t clips text fields on a shared row)
             changes["same_row"] = True
         fields.append(parameter_field(p.name, d.get(p.name), **changes))
     return tuple(fields)
@@ -195,7 +195,7 @@ SEGMENT_OUTPUTS = _outputs("probability", "labels", "mask", "clear", "add", "ove
 def _filter_fields() -> tuple[Field, ...]:
     fields = [parameter_field("exclude_border", True, group="", advanced=False)]
     for name in ("intensity_filter", "polarity", *SHAPE_NAMES):
-        fields.append(parameter_field(name, advanced=False, same_row=name in ("polarity", "ecd", "feret_max", "solidity")))
+        fields.append(parameter_field(name, advanced=False, same_row=name == "polarity"))
     return tuple(fields)
 
 
