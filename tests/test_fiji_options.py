@@ -53,6 +53,8 @@ def test_normalize_accepts_scijava_booleans_and_refuses_unknown_keys():
         normalize_options(spec, "treshold=0.5")
     with pytest.raises(InputError, match='"split" is a check box'):
         normalize_options(spec, "split=maybe")
+    with pytest.raises(InputError, match='unknown option "min_area" .now "min_size"; valid options'):
+        normalize_options(spec, "min_area=5")
     check_option_keys(SPECS["Models..."], {})
 
 
