@@ -854,3 +854,34 @@ def _training_available() -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+def test_ome_tiff_without_imagej_scale_takes_the_file_calibration(ij, tmp_path, tiny_bundle, capfd):
+    """Any metadata read_image knows calibrates an image ImageJ opens without a scale (here
+    OME-XML); a unit that is no length, with nothing in the file, is one clear error."""
+    import tifffile
+
+    from particleseg.fiji import MacroError
+
+    path = tmp_path / "ome.tif"
+    tifffile.imwrite(path, blobs_image(np.random.default_rng(5)), ome=True,
+                     metadata={"PhysicalSizeX": 2.5, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 2.5, "PhysicalSizeYUnit": "nm"})
+    assert read_image(path)[1] == Calibration(2.5, "nm")
+    capfd.readouterr()
+    ret = ij.run_macro(f"""
+        setBatchMode(true);
+        open("{macro_path(path)}");
+        getPixelSize(unit0, pw0, ph0);
+        run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0 probability=false mask=false histogram=false");
+        selectImage("ome.tif");
+        getPixelSize(unit, pw, ph);
+        return unit0 + "|" + unit + "|" + pw;
+    """, end_batch_mode=False)
+    unit0, unit, pw = ret.split("|")
+    assert unit0 in ("pixels", "pixel", " ", "") and unit == "nm" and float(pw) == 2.5
+    log = capfd.readouterr().out  # the Log (stdout in a headless ImageJ)
+    assert "Segment Particles: ome.tif: no scale in ImageJ; 2.5 nm per pixel from the file's OME metadata" in log
+    with pytest.raises(MacroError, match="x: unit 'furlong' is not a length"):
+        ij.run_macro('newImage("x", "8-bit ramp", 64, 64, 1); run("Properties...", "unit=furlong pixel_width=2 pixel_height=2");'
+                     f'run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0");')
+

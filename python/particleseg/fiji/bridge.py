@@ -318,7 +318,7 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
             if macro:  # a check box left out takes its default, as a number does
                 given = given_booleans(spec, options)
                 values.update({f.key: given.get(f.key, bool(defaults.get(f.key, f.default)))
-                               for f in spec.fields if f.kind == "bool"})
+                               for f in spec.fields if f.kind == "bool" and not f.dialog_only})
         else:
             values = {**defaults, **values}
         values = cmds.validate(spec, values)

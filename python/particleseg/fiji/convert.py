@@ -89,10 +89,21 @@ def set_calibration(imp, calibration: Calibration, z_spacing: float | None = Non
 NO_SCALE_UNITS = ("", "pixel", "pixels", "px", "inch", "inches", "in")
 
 
-def has_scale(imp) -> bool:
-    """Whether the ImagePlus has a usable spatial calibration (not blank, pixels or inches)."""
+def _no_scale(imp) -> bool:
     cal = imp.getCalibration()
-    return bool(cal.scaled()) and str(cal.getUnit()).strip().lower() not in NO_SCALE_UNITS
+    return not cal.scaled() or str(cal.getUnit()).strip().lower() in NO_SCALE_UNITS
+
+
+def has_scale(imp) -> bool:
+    """Whether the ImagePlus has a usable spatial calibration: a length unit we know (not
+    blank, pixels or inches)."""
+    if _no_scale(imp):
+        return False
+    try:
+        canonical_unit(str(imp.getCalibration().getUnit()))
+    except ValueError:
+        return False
+    return True
 
 
 def calibrate_from_file(imp) -> tuple[Calibration, str]:
@@ -103,6 +114,8 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
     in ImageJ has a blank unit or inches) gets the one in its file's microscope metadata (Zeiss,
     FEI/Thermo Fisher, OME, ImageJ), read by :func:`particleseg.io.read_calibration` as the
     command line reads it, and it is set on the image; without any, it is measured in pixels.
+    A unit that is no length we know (set in Image > Properties) is an error unless the file has
+    a calibration.
     """
     from ..io import read_calibration
 
@@ -113,7 +126,8 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
     what = f"unit {unit!r}" if unit and unit.lower() not in ("pixel", "pixels") else "no scale"
     fi = imp.getOriginalFileInfo()
     path = None
-    if fi is not None and fi.fileName is not None and fi.directory is not None:
+    same_size = fi is not None and (int(fi.width), int(fi.height)) == (int(imp.getWidth()), int(imp.getHeight()))
+    if same_size and fi.fileName is not None and fi.directory is not None:  # not resized since it was read
         path = str(fi.directory) + str(fi.fileName)
     if path:
         try:
@@ -124,6 +138,8 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
             set_calibration(imp, cal)
             return cal, (f"{name}: {what} in ImageJ; {cal.pixel_size:g} {cal.unit} per pixel from the file's "
                          f"{source} metadata, set as the image's scale")
+    if not _no_scale(imp):
+        get_calibration(imp, name)  # raises: a unit we cannot measure in, and nothing better
     return Calibration(), (f"{name}: {what} in ImageJ and no scale in the file's metadata; measuring in pixels "
                            "(set the scale with Analyze > Set Scale or Image > Properties)")
 
@@ -134,7 +150,7 @@ def get_calibration(imp, name: str | None = None) -> Calibration:
     cal = imp.getCalibration()
     name = name or str(imp.getTitle())
     unit = str(cal.getUnit())
-    if not has_scale(imp):
+    if _no_scale(imp):
         return Calibration()
     pw, ph = float(cal.pixelWidth), float(cal.pixelHeight)
     if abs(pw - ph) > 1e-6 * max(pw, ph):
