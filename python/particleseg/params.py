@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -213,6 +214,26 @@ def parse_crop_rows(text) -> int | str:
     return n
 
 
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``0.3,0.5,0.7`` or ``START:STOP:STEP`` (STOP included) -> thresholds in [0, 1]."""
+    s = str(text).strip()
+    try:
+        if ":" in s:
+            parts = [float(p) for p in s.split(":")]
+            if len(parts) != 3 or parts[2] <= 0:
+                raise ValueError
+            start, stop, step = parts
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = tuple(round(start + i * step, 10) for i in range(max(n, 0)))
+        else:
+            values = tuple(float(p) for p in re.split(r"[,\s]+", s) if p)
+    except ValueError:
+        raise InputError(f"thresholds: expected a list such as 0.3,0.5 or START:STOP:STEP such as 0:1:0.1, got {text!r}") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise InputError(f"thresholds: need values between 0 and 1, got {text!r}")
+    return values
+
+
 def shape_ranges(values: dict[str, Any], where: str = "") -> dict[str, tuple[float | None, float | None]]:
     """The shape filter of the range parameters in ``values``: only real constraints."""
     shape = {}
@@ -326,4 +347,4 @@ def values_from_args(args) -> dict[str, Any]:
 
 
 __all__ = ["PARAMETERS", "Parameter", "ALIASES", "SHAPE_NAMES", "bundle_defaults", "parse_range", "format_range",
-           "parse_crop_rows", "shape_ranges", "segment_params", "add_arguments", "values_from_args", "parameter"]
+           "parse_crop_rows", "parse_thresholds", "shape_ranges", "segment_params", "add_arguments", "values_from_args", "parameter"]

@@ -60,14 +60,12 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
 
 def parse_crop_rows(text: str, auto: bool = True) -> int | str:
     """``--crop-rows``: a number of rows at the bottom, or (with ``auto``) ``auto``: detect the
-    data bar."""
-    if auto and text == "auto":
-        return "auto"
+    data bar (:func:`particleseg.params.parse_crop_rows`)."""
+    from ..params import parse_crop_rows as parse
+
+    if not auto and str(text).strip().lower() in ("auto", ""):
+        raise argparse.ArgumentTypeError(f"expected a number of rows, got {text!r}")
     try:
-        n = int(text)
-    except ValueError:
-        choices = "a number of rows or 'auto'" if auto else "a number of rows"
-        raise argparse.ArgumentTypeError(f"expected {choices}, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--crop-rows must not be negative")
-    return n
+        return parse(text)
+    except ParticlesegError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("crop_rows: ", "--crop-rows: ", 1)) from None

@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from . import parse_crop_rows
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``START:STOP:STEP`` (STOP included) or a comma-separated list -> thresholds in [0, 1]."""
-    import numpy as np
+    """``START:STOP:STEP`` (STOP included) or a list ``0.3,0.5`` -> thresholds in [0, 1]
+    (:func:`particleseg.params.parse_thresholds`, as the Fiji command reads them)."""
+    from ..errors import InputError
+    from ..params import parse_thresholds as parse
 
     try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3:
-                raise ValueError
-            start, stop, step = parts
-            if step <= 0 or stop < start:
-                raise argparse.ArgumentTypeError(f"expected START:STOP:STEP with STEP > 0 and STOP >= START, got {text!r}")
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = np.round(start + step * np.arange(n), 10)
-        else:
-            values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP:STEP (e.g. 0:1:0.1) or a list (e.g. 0.3,0.5), got {text!r}") from None
-    if not len(values) or min(values) < 0 or max(values) > 1:
-        raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1], got {text!r}")
-    return tuple(float(v) for v in values)
+        return parse(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("thresholds: ")) from None
 
 
 def register(sub) -> None:

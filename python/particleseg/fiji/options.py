@@ -36,6 +36,7 @@ from ..params import (  # noqa: F401 - re-exported: one implementation of each
     Parameter,
     parse_crop_rows,
     parse_range,
+    parse_thresholds,
     shape_ranges,
 )
 from ..params import segment_params as _segment_params
@@ -433,26 +434,6 @@ def _split_raw(text: str) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------
 # values
-
-
-def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``0.3,0.5,0.7`` or ``START:STOP:STEP`` (STOP included) -> thresholds in [0, 1]."""
-    s = str(text).strip()
-    try:
-        if ":" in s:
-            parts = [float(p) for p in s.split(":")]
-            if len(parts) != 3 or parts[2] <= 0:
-                raise ValueError
-            start, stop, step = parts
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = tuple(round(start + i * step, 10) for i in range(max(n, 0)))
-        else:
-            values = tuple(float(p) for p in re.split(r"[,\s]+", s) if p)
-    except ValueError:
-        raise InputError(f"thresholds: expected a list such as 0.3,0.5 or START:STOP:STEP such as 0:1:0.1, got {text!r}") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise InputError(f"thresholds: need values between 0 and 1, got {text!r}")
-    return values
 
 
 def check_value(spec: CommandSpec, key: str, value):
