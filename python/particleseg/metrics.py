@@ -136,7 +136,8 @@ def classify_input(array: np.ndarray, kind: str = "auto", name: str = "image", r
     kind : str
         ``prob``, ``mask`` or ``labels``.
     array : ndarray
-        float32 in [0, 1], bool, or int32/int64 labels.
+        float32 in [0, 1], bool, or int32 labels numbered 1..n in the order of the input's ids
+        (:func:`relabel_sequential`; memory does not depend on the id values).
 
     Raises
     ------
@@ -200,7 +201,30 @@ def classify_input(array: np.ndarray, kind: str = "auto", name: str = "image", r
     if _looks_like_gray_image(a):
         raise InputError(f"{name}: looks like a gray-value image, not a mask or a label image "
                          "(most neighbouring pixels differ)")
-    return "labels", a.astype(np.int64 if hi > np.iinfo(np.int32).max else np.int32)
+    return "labels", relabel_sequential(a)
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Number the particles of a label image 1..n in the order of their ids, 0 kept as background.
+
+    Memory and time depend on the number of pixels only, not on the id values: ids such as
+    3e8, 4e9 or 2**40 (which would make a ``bincount`` over the raw ids allocate gigabytes)
+    are handled like 1, 2, 3. Returns int32 labels (there are fewer particles than pixels).
+    """
+    a = np.asarray(labels)
+    flat = a.ravel()
+    if flat.size == 0:
+        return a.astype(np.int32)
+    hi = int(flat.max())
+    if hi < 1 << 22:  # small ids: a lookup table is faster than sorting
+        present = np.bincount(flat.astype(np.intp, copy=False), minlength=hi + 1) > 0
+        present[0] = True
+        lut = (np.cumsum(present) - 1).astype(np.int32)
+        return lut[flat].reshape(a.shape)
+    ids, inv = np.unique(flat, return_inverse=True)
+    if ids[0] != 0:  # no background pixel: ids start at 1
+        inv = inv + 1
+    return inv.astype(np.int32).reshape(a.shape)
 
 
 _ROUNDING = 1e-6  # probability maps may overshoot [0, 1] by rounding (e.g. after smoothing)
@@ -733,12 +757,18 @@ def thin_borders(labels: np.ndarray) -> np.ndarray:
     watershed transform of the binarised proposal; the result can differ from it in how ties
     are broken (which of two equidistant pixels becomes the line), and lines can be two pixels
     wide where such ties meet.
+
+    An image without particles becomes one segment covering it (label 1), as TWS's watershed
+    floods a constant image into a single basin; an image without background is returned as
+    it is (a full binary proposal is one particle, so one segment too).
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ValueError(f"expected a 2D label image, got shape {lab.shape}")
     fg = lab > 0
-    if not fg.any() or fg.all():
+    if not fg.any():
+        return np.ones(lab.shape, lab.dtype if lab.dtype.kind in "iu" else np.int32)
+    if fg.all():
         return lab.copy()
     dist, (iy, ix) = ndi.distance_transform_cdt(~fg, metric="taxicab", return_indices=True)
     vor = lab[iy, ix]
@@ -756,11 +786,25 @@ def thin_borders(labels: np.ndarray) -> np.ndarray:
     return np.where(line, 0, vor).astype(lab.dtype, copy=False)
 
 
-def _levels_table(inp: _Inputs, thresholds, watershed=False, thin=False) -> Iterator[tuple[float, list[Contingency]]]:
+def _one_segment(labels: np.ndarray) -> bool:
+    """An empty proposal, or a full one of a single particle: TWS's thinning watershed makes it
+    one segment covering the image."""
+    hi = labels.max(initial=0)
+    return bool(hi == 0 or labels.min() == hi)
+
+
+def _thinned_tables(truth_labels: np.ndarray, labels: np.ndarray) -> tuple[list[Contingency], list[bool]]:
+    """Contingency tables of each slice after border thinning, and which slices were empty or full."""
+    tables = [contingency(tl, thin_borders(pl)) for tl, pl in zip(truth_labels, labels)]
+    return tables, [_one_segment(pl) for pl in labels]
+
+
+def _levels_table(inp: _Inputs, thresholds, watershed=False, thin=False) -> Iterator[tuple[float, list[Contingency], list[bool]]]:
     for t, labels, _ in _levels(inp, thresholds, watershed):
         if thin:
-            labels = np.stack([thin_borders(s) for s in labels])
-        yield t, [contingency(tl, pl) for tl, pl in zip(inp.truth_labels, labels)]
+            yield (t, *_thinned_tables(inp.truth_labels, labels))
+        else:
+            yield t, [contingency(tl, pl) for tl, pl in zip(inp.truth_labels, labels)], [False] * len(labels)
 
 
 def rand_error(pred: np.ndarray, truth: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, watershed: bool = False) -> float:
@@ -772,7 +816,7 @@ def rand_error(pred: np.ndarray, truth: np.ndarray, thresholds: Sequence[float] 
     """
     inp = _prepare(pred, truth)
     best = math.nan
-    for _, tables in _levels_table(inp, _check_thresholds(thresholds), watershed):
+    for _, tables, _ in _levels_table(inp, _check_thresholds(thresholds), watershed):
         f = _rand_f_from_sums(sum(_rand_sums(c) for c in tables))
         best = f if math.isnan(best) or f > best else best
     return 1.0 - best
@@ -787,14 +831,22 @@ def rand_error_thinned(pred: np.ndarray, truth: np.ndarray, thresholds: Sequence
     """
     inp = _prepare(pred, truth)
     best = math.nan
-    for _, tables in _levels_table(inp, _check_thresholds(thresholds), watershed, thin=True):
+    for _, tables, _ in _levels_table(inp, _check_thresholds(thresholds), watershed, thin=True):
         f = _rand_f_from_sums(sum(_rand_sums(c) for c in tables))
         best = f if math.isnan(best) or f > best else best
     return 1.0 - best
 
 
-def _vi_score_of_tables(tables: list[Contingency]) -> float:
-    scores = [_information(c)["fscore"] for c in tables if c.n > 0]
+def _vi_score_of_tables(tables: list[Contingency], one_segment: Sequence[bool] | None = None) -> float:
+    """``V_Info`` averaged over the slices with ground-truth foreground.
+
+    A slice whose proposal was empty or full (``one_segment``) scores 0, as in TWS: its thinned
+    proposal is one segment, ``H(B) = 0``, so TWS's precision is 1 and its recall 0. The
+    single-segment exception of :func:`information_scores` (1 for identical one-particle
+    partitions) is for proposals that found one particle, not for those that found none.
+    """
+    one_segment = one_segment or [False] * len(tables)
+    scores = [0.0 if flat else _information(c)["fscore"] for c, flat in zip(tables, one_segment) if c.n > 0]
     return float(np.mean(scores)) if scores else math.nan
 
 
@@ -808,8 +860,8 @@ def vi_error_thinned(pred: np.ndarray, truth: np.ndarray, thresholds: Sequence[f
     """
     inp = _prepare(pred, truth)
     best = math.nan
-    for _, tables in _levels_table(inp, _check_thresholds(thresholds), watershed, thin=True):
-        f = _vi_score_of_tables(tables)
+    for _, tables, flat in _levels_table(inp, _check_thresholds(thresholds), watershed, thin=True):
+        f = _vi_score_of_tables(tables, flat)
         best = f if math.isnan(best) or f > best else best
     return 1.0 - best
 
@@ -1255,11 +1307,11 @@ def evaluate_pair(
         with _timer(timings, "Rand error"):
             row["rand_error"] = 1 - _rand_f_from_sums(sum(_rand_sums(ct) for ct in tables))
         with _timer(timings, "border thinning"):
-            thin = [contingency(tl, thin_borders(pl)) for tl, pl in zip(inp.truth_labels, labels)]
+            thin, flat = _thinned_tables(inp.truth_labels, labels)
         with _timer(timings, "Rand error thinned"):
             row["rand_error_thinned"] = 1 - _rand_f_from_sums(sum(_rand_sums(ct) for ct in thin))
         with _timer(timings, "VI/IT error thinned"):
-            row["vi_error_thinned"] = 1 - _vi_score_of_tables(thin)
+            row["vi_error_thinned"] = 1 - _vi_score_of_tables(thin, flat)
         row["warping_error"] = row["warping_splits"] = row["warping_mergers"] = math.nan
         if t in warp_th or math.isnan(t):
             with _timer(timings, "warping error"):
