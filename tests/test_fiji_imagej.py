@@ -450,13 +450,18 @@ def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle)
     finally:
         Recorder.recordInMacros = False
         rec.close()
+    from particleseg.fiji.options import SPECS, parse_macro_options
+
     lines = [line for line in text.splitlines() if "Segment Particles..." in line]
-    assert lines == [
-        f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border seed_level=0.5 '
-        'split_level=1 min_size=4 min_confidence=0 fill_holes min_score=0 intensity_filter=none polarity=bright '
-        'area=0-Infinity ecd=0-Infinity feret_min=0-Infinity feret_max=0-Infinity circularity=0-1 solidity=0-1 '
-        'aspect_ratio=0-Infinity crop_rows=0 particle_size=0 probability=false labels mask clear add overlay histogram '
-        'histogram_of=feret_min");']
+    assert len(lines) == 1 and lines[0].startswith(
+        f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border ')
+    recorded = parse_macro_options(lines[0][len('run("Segment Particles...", "'):-len('");')])
+    assert list(recorded) == [f.key for f in SPECS["Segment Particles..."].parameters]  # every parameter, in order
+    assert {k: recorded[k] for k in ("seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
+                                     "area", "circularity", "crop_rows", "probability", "labels", "histogram_of")} == {
+        "seed_level": "0.5", "split_level": "1", "min_size": "4", "min_confidence": "0", "fill_holes": True,
+        "area": "0-Infinity", "circularity": "0-1", "crop_rows": "0", "probability": "false", "labels": True,
+        "histogram_of": "feret_min"}
     ij.close_all()
     ij.run_macro(f'open("{macro_path(sem_image)}");\n' + lines[0])
     assert len(ij.results()) == n_first
