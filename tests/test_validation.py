@@ -158,3 +158,181 @@ def test_stack_with_one_empty_slice_averages_tws_zero():
     p = 304 / 552
     assert r["rand_error_thinned"] == pytest.approx(1 - 2 * p / (1 + p))
     assert not math.isnan(r["rand_error"])
+
+
+# ------------------------------------------------------------------------------------------
+# item 4: bundles validated at load
+
+
+def _copy_bundle(src, dst, **changes):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "bundle.json").read_text())
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            meta[section][name] = value
+        else:
+            meta[section] = value
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"postprocess__threshold": 7}, "postprocess.threshold is 7; it must be a number from 0 to 1"),
+    ({"postprocess__min_area": -3}, "postprocess.min_area is -3; it must be a whole number of at least 0"),
+    ({"postprocess__min_area": 2.5}, "postprocess.min_area is 2.5"),
+    ({"postprocess__seed_threshold": 1.5}, "postprocess.seed_threshold is 1.5"),
+    ({"postprocess__h": -1}, "postprocess.h is -1"),
+    ({"postprocess__min_confidence": "high"}, 'postprocess.min_confidence is "high"'),
+    ({"postprocess__split": "yes"}, "postprocess.split is \"yes\"; it must be true or false"),
+    ({"classifier": {"threshold": 2}}, "classifier.threshold is 2"),
+    ({"scale__particle_size_px": -4}, "scale.particle_size_px is -4"),
+    ({"input__polarity": "grey"}, "input.polarity is \"grey\""),
+    ({"kind": "xray"}, "kind is \"xray\""),
+])
+def test_bundle_values_out_of_range_are_refused_naming_the_given_path(tiny_bundle, tmp_path, monkeypatch, change, words):
+    from particleseg.errors import BundleError
+    from particleseg.models import load_bundle
+
+    _copy_bundle(tiny_bundle.path, tmp_path / "bad", **change)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError) as exc:
+        load_bundle("bad")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{'bad'}/bundle.json: ") or msg.startswith("bad/bundle.json: "), msg
+    assert words in msg
+
+
+def test_bundle_threshold_7_on_the_command_line_is_one_line_exit_1(tiny_bundle, tmp_path, capsys):
+    import tifffile
+
+    from particleseg.cli import main
+
+    bad = _copy_bundle(tiny_bundle.path, tmp_path / "bad", postprocess__threshold=7)
+    img = tmp_path / "a.tif"
+    tifffile.imwrite(img, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    assert main(["segment", str(img), "--model", str(bad), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"particleseg: error: {bad}/bundle.json: postprocess.threshold is 7; it must be a number from 0 to 1"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_shipped_bundles_pass_validation_and_know_their_kind():
+    from particleseg.models import load_bundle
+
+    assert load_bundle("default").kind == "sem"
+    assert load_bundle("sims-fcn").kind == "sims"
+
+
+def test_sims_bundle_on_an_sem_image_is_refused_before_any_image(tmp_path):
+    import tifffile
+
+    from particleseg.errors import BundleError
+    from particleseg.models import load_bundle
+    from particleseg.pipeline import segment_files, segment_image
+
+    bundle = load_bundle("sims-fcn")
+    img = tmp_path / "sem.tif"
+    tifffile.imwrite(img, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    with pytest.raises(BundleError) as exc:
+        segment_files([img], tmp_path / "out", bundle, progress=False)
+    msg = str(exc.value)
+    assert "sims-fcn" in msg and "SIMS model" in msg and "SEM model" in msg and str(img) in msg
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BundleError, match="is a SIMS model.*on sem.tif"):
+        segment_image(tifffile.imread(img), bundle, name="sem.tif")
+
+
+def test_sem_bundle_on_sims_and_fibsem_bundle_on_sem_are_refused(tiny_bundle):
+    from particleseg.errors import BundleError
+    from particleseg.models.bundle import Bundle
+
+    tiny_bundle.check_use("sem")
+    tiny_bundle.check_use("sims")  # a network trained with `particleseg train` may detect SIMS particles
+    fib = Bundle(tiny_bundle.path, {**tiny_bundle.metadata, "fibsem": {"phases": ["a", "b"]}})
+    with pytest.raises(BundleError, match="FIB-SEM phase model; particleseg segment needs an SEM model"):
+        fib.check_use("sem", "x.tif")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_keras_zip"])
+def test_corrupt_model_file_is_reported_at_load(tiny_bundle, tmp_path, monkeypatch, damage):
+    import zipfile
+
+    from particleseg.errors import BundleError
+    from particleseg.models import load_bundle
+
+    bad = _copy_bundle(tiny_bundle.path, tmp_path / "b")
+    model = bad / "model.keras"
+    data = model.read_bytes()
+    if damage == "truncate":
+        model.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        model.write_bytes(np.random.default_rng(1).bytes(len(data)))
+    elif damage == "empty":
+        model.write_bytes(b"")
+    else:
+        with zipfile.ZipFile(model, "w") as zf:
+            zf.writestr("readme.txt", "hello")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError) as exc:
+        load_bundle("b")  # at load, before any image
+    msg = str(exc.value)
+    assert msg.startswith("b/model.keras: corrupt or not a Keras model ("), msg
+    assert "File not found" not in msg and "\n" not in msg
+
+
+def test_corrupt_member_of_a_keras_archive_fails_the_crc_check(tiny_bundle, tmp_path):
+    from particleseg.errors import BundleError
+    from particleseg.models.bundle import check_keras_file
+
+    src = tiny_bundle.path / "model.keras"
+    data = bytearray(src.read_bytes())
+    # flip bytes in the middle of the stored weights (past the local headers)
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    (tmp_path / "m.keras").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt or not a Keras model"):
+        check_keras_file(tmp_path / "m.keras")
+
+
+def test_zip_without_bundle_json_is_reported_under_the_zip_name(tmp_path, monkeypatch):
+    import zipfile
+
+    from particleseg.errors import BundleError
+    from particleseg.models import load_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(tmp_path / "nobundle.zip", "w") as zf:
+        zf.writestr("model.keras", b"x")
+    for _ in range(2):  # the second time must not find a half-made cache folder
+        with pytest.raises(BundleError) as exc:
+            load_bundle("nobundle.zip")
+        assert str(exc.value) == "nobundle.zip: not a model bundle (no bundle.json in the zip)"
+    (tmp_path / "trunc.zip").write_bytes((tmp_path / "nobundle.zip").read_bytes()[:20])
+    with pytest.raises(BundleError, match=r"^trunc.zip: not a model bundle"):
+        load_bundle("trunc.zip")
+
+
+def test_zipped_bundle_errors_name_the_zip(tiny_bundle, tmp_path, monkeypatch):
+    import zipfile
+
+    from particleseg.errors import BundleError
+    from particleseg.models import load_bundle, zip_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    bad = _copy_bundle(tiny_bundle.path, tmp_path / "b", postprocess__min_area=-3)
+    zip_bundle(bad, tmp_path / "b.zip")
+    with pytest.raises(BundleError, match=r"^b.zip: bundle.json: postprocess.min_area is -3"):
+        load_bundle("b.zip")
+    ok = _copy_bundle(tiny_bundle.path, tmp_path / "c")
+    (ok / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    zip_bundle(ok, tmp_path / "c.zip")
+    with pytest.raises(BundleError, match=r"^c.zip: model.keras: corrupt or not a Keras model"):
+        load_bundle("c.zip")
+    assert zipfile.is_zipfile(tmp_path / "c.zip")

@@ -224,6 +224,7 @@ def segment_image(
     if image.ndim != 2:
         raise InputError(f"{name}: expected a 2D image, got shape {image.shape}")
     check_image(image, name)
+    bundle.check_use("sem", name)
 
     # 1. crop the data bar
     if params.crop_rows == "auto":
@@ -479,6 +480,7 @@ def segment_files(
     files = list_images(paths)
     if not files:
         raise InputError(f"{', '.join(map(str, paths))}: no image files (TIFF, PNG, JPEG) found")
+    bundle.check_use("sem", str(files[0]) if len(files) == 1 else f"{len(files)} images ({files[0]}, ...)")
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.csv"
     earlier = read_summary(summary_path, overwrite)  # fail before any work if it is not ours

@@ -663,6 +663,7 @@ class FieldDetector:
     def __init__(self, bundle, params: SimsParams | None = None, predictor=None):
         self.bundle = bundle
         self.params = (params or SimsParams()).resolved(bundle)
+        bundle.check_use("sims")
         bundle.check_channels(1, "SIMS detection input (sum of uranium channels)")
         self.predict = predictor or bundle.predictor()
         self.channel = probability_channel(bundle.network.heads)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -97,10 +98,39 @@ class Bundle:
 
     path: Path
     metadata: dict[str, Any]
+    #: how the user named the bundle, for messages (a zip's name rather than its cache folder)
+    source: str | None = None
 
     @property
     def name(self) -> str:
         return self.metadata["name"]
+
+    @property
+    def label(self) -> str:
+        """The bundle as the user gave it: its folder, its zip, or its installed path."""
+        return self.source or str(self.path)
+
+    @property
+    def kind(self) -> str:
+        """What the network segments: ``sem`` (gray images, ``particleseg segment``), ``sims``
+        (summed SIMS counts, ``particleseg sims run``) or ``fibsem`` (phase maps of FIB-SEM
+        stacks). The metadata's ``kind`` if it has one; otherwise a ``fibsem`` section makes a
+        FIB-SEM bundle, a ``sims`` section or a ``min_significance`` post-processing setting
+        a SIMS bundle, anything else an SEM bundle."""
+        return bundle_kind(self.metadata)
+
+    def check_use(self, use: str, target: str = "") -> None:
+        """Refuse a bundle made for another kind of data: an SEM ``segment`` with a SIMS or
+        FIB-SEM bundle, a SIMS run with a FIB-SEM bundle (one line naming the bundle, its kind
+        and ``target``, the image or images it was to be used on)."""
+        kind = self.kind
+        refused = {"sem": ("sims", "fibsem"), "sims": ("fibsem",), "fibsem": ("sem", "sims")}.get(use, ())
+        if kind in refused:
+            command = {"sem": "particleseg segment", "sims": "particleseg sims run", "fibsem": "particleseg fibsem segment"}
+            on = f" on {target}" if target else ""
+            raise BundleError(f"{self.label}: model {self.name!r} is a {KIND_NAMES[kind]} model; {command[use]} needs "
+                              f"a{'n' if use in ('sem', 'fibsem') else ''} {KIND_NAMES[use]} model (cannot use it{on}; "
+                              f"use {command[kind]} with it)")
 
     @cached_property
     def network(self) -> NetworkConfig:
@@ -130,15 +160,36 @@ class Bundle:
     def has_classifier(self) -> bool:
         return bool(self.metadata.get("classifier"))
 
+    @property
+    def model_files(self) -> list[str]:
+        """The Keras files of the bundle (relative paths): the network, and the classifier if any."""
+        files = [self.metadata.get("model_file", MODEL_FILE)]
+        if self.has_classifier:
+            files.append(self.metadata["classifier"].get("model_file", CLASSIFIER_FILE))
+        return files
+
+    def _display(self, rel: str) -> str:
+        return f"{self.source}: {rel}" if self.source and self.source.endswith(".zip") else str(
+            Path(self.source) / rel if self.source else self.path / rel)
+
     @cached_property
     def model(self):
-        return _load_keras(self.path / self.metadata.get("model_file", MODEL_FILE))
+        rel = self.metadata.get("model_file", MODEL_FILE)
+        return _load_keras(self.path / rel, self._display(rel))
 
     @cached_property
     def classifier(self):
         if not self.has_classifier:
             return None
-        return _load_keras(self.path / self.metadata["classifier"].get("model_file", CLASSIFIER_FILE))
+        rel = self.metadata["classifier"].get("model_file", CLASSIFIER_FILE)
+        return _load_keras(self.path / rel, self._display(rel))
+
+    def check_files(self) -> None:
+        """Check that the Keras files are there and are intact archives (cheap: no network is
+        built), so a missing, truncated or corrupt ``model.keras`` is reported when the bundle is
+        loaded rather than at the first image."""
+        for rel in self.model_files:
+            check_keras_file(self.path / rel, self._display(rel))
 
     def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
         """A function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``."""
@@ -164,15 +215,62 @@ def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def _load_keras(path: Path):
+KIND_NAMES = {"sem": "SEM", "sims": "SIMS", "fibsem": "FIB-SEM phase"}
+
+
+def bundle_kind(meta: dict[str, Any]) -> str:
+    """``sem``, ``sims`` or ``fibsem``: see :attr:`Bundle.kind`."""
+    kind = meta.get("kind")
+    if kind:
+        return str(kind)
+    if meta.get("fibsem"):
+        return "fibsem"
+    if meta.get("sims") or "min_significance" in (meta.get("postprocess") or {}):
+        return "sims"
+    return "sem"
+
+
+def check_keras_file(path: Path, display: str | None = None) -> None:
+    """Raise :class:`BundleError` unless ``path`` is an intact Keras 3 archive (a zip holding
+    ``config.json`` whose members pass their CRC check). Legacy ``.h5`` files are checked for the
+    HDF5 signature only."""
+    import zipfile
+    import zlib
+
+    display = display or str(path)
+    if not path.is_file():
+        raise BundleError(f"{display}: model file missing from bundle")
+    if path.suffix == ".h5":
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise BundleError(f"{display}: corrupt or not a Keras model (not an HDF5 file)")
+        return
+    problem = ""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if "config.json" not in zf.namelist():
+                problem = "no config.json in the archive"
+            else:
+                bad = zf.testzip()
+                if bad is not None:
+                    problem = f"member {bad} is damaged"
+    except zipfile.BadZipFile:
+        problem = "not a .keras archive, or truncated" if path.stat().st_size else "empty file"
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        problem = f"unreadable archive: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if problem:
+        raise BundleError(f"{display}: corrupt or not a Keras model ({problem})")
+
+
+def _load_keras(path: Path, display: str | None = None):
     import keras
 
-    if not path.is_file():
-        raise BundleError(f"{path}: model file missing from bundle")
+    check_keras_file(path, display)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001
-        raise BundleError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0]})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{display or path}: corrupt or not a Keras model ({first})") from None
 
 
 def validate_metadata(meta: Any, source: str = "bundle.json") -> dict[str, Any]:
@@ -210,7 +308,73 @@ def validate_metadata(meta: Any, source: str = "bundle.json") -> dict[str, Any]:
         )
     if "foreground" not in [h.kind for h in config.heads] and "classes" not in [h.kind for h in config.heads]:
         raise BundleError(f"{source}: network has neither a foreground nor a classes head")
+    _check_values(meta, source)
     return meta
+
+
+#: Allowed values of the post-processing settings: (lowest, highest, whole numbers only).
+POSTPROCESS_RANGES = {
+    "threshold": (0.0, 1.0, False),
+    "seed_threshold": (0.0, 1.0, False),
+    "h": (0.0, math.inf, False),
+    "min_area": (0.0, math.inf, True),
+    "min_confidence": (0.0, 1.0, False),
+    "min_significance": (0.0, math.inf, False),
+}
+POSTPROCESS_FLAGS = ("split", "fill_holes", "exclude_border")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_number(value, key: str, source: str, lo: float, hi: float, whole: bool = False, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not _is_number(value) or not math.isfinite(value) or not lo <= value <= hi or whole and value != int(value):
+        span = f"from {lo:g} to {hi:g}" if math.isfinite(hi) else f"of at least {lo:g}"
+        what = "a whole number" if whole else "a number"
+        raise BundleError(f"{source}: {key} is {json.dumps(value)}; it must be {what} {span}")
+
+
+def _check_values(meta: dict[str, Any], source: str) -> None:
+    """Ranges of the settings a bundle gives its users (one line naming the key and the value)."""
+    post = meta["postprocess"]
+    if not isinstance(post, dict):
+        raise BundleError(f"{source}: postprocess must be a JSON object")
+    for key, (lo, hi, whole) in POSTPROCESS_RANGES.items():
+        if key in post:
+            _check_number(post[key], f"postprocess.{key}", source, lo, hi, whole)
+    for key in POSTPROCESS_FLAGS:
+        if key in post and not isinstance(post[key], bool):
+            raise BundleError(f"{source}: postprocess.{key} is {json.dumps(post[key])}; it must be true or false")
+    classifier = meta.get("classifier")
+    if classifier:
+        if not isinstance(classifier, dict):
+            raise BundleError(f"{source}: classifier must be a JSON object or null")
+        if "threshold" in classifier:
+            _check_number(classifier["threshold"], "classifier.threshold", source, 0.0, 1.0)
+    tiling = meta["tiling"]
+    _check_number(tiling["tile"], "tiling.tile", source, 1, math.inf, True)
+    _check_number(tiling["overlap"], "tiling.overlap", source, 0, math.inf, True)
+    scale = meta["scale"]
+    if not isinstance(scale, dict):
+        raise BundleError(f"{source}: scale must be a JSON object")
+    for key in ("pixel_size", "particle_size_px"):
+        if scale.get(key) is not None:
+            _check_number(scale[key], f"scale.{key}", source, 1e-300, math.inf)
+    inp = meta["input"]
+    norm = inp.get("normalization", {})
+    if norm.get("method") == "percentile":
+        low, high = norm.get("low", 1.0), norm.get("high", 99.8)
+        _check_number(low, "input.normalization.low", source, 0.0, 100.0)
+        _check_number(high, "input.normalization.high", source, 0.0, 100.0)
+        if low >= high:
+            raise BundleError(f"{source}: input.normalization.low ({low:g}) must be below high ({high:g})")
+    if inp.get("polarity") not in (None, "bright", "dark"):
+        raise BundleError(f"{source}: input.polarity is {json.dumps(inp['polarity'])}; it must be \"bright\" or \"dark\"")
+    if "kind" in meta and meta["kind"] not in KIND_NAMES:
+        raise BundleError(f"{source}: kind is {json.dumps(meta['kind'])}; it must be one of {', '.join(KIND_NAMES)}")
 
 
 def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
@@ -219,34 +383,53 @@ def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
     ``None`` or ``"default"`` gives the shipped default model.
     """
     path = resolve_bundle(name_or_path)
+    given = Path(name_or_path) if name_or_path is not None and Path(name_or_path).exists() else path
     if path.suffix == ".zip":
+        source = str(given)
+        meta_label = f"{given}: {METADATA_FILE}"
         path = _unpack_zip(path)
+    else:
+        source = str(given)
+        meta_label = str(given / METADATA_FILE)
     meta_file = path / METADATA_FILE
+    if not path.is_dir():
+        raise BundleError(f"{source}: not a model bundle (expected a folder or a .zip holding {METADATA_FILE})")
     if not meta_file.is_file():
-        raise BundleError(f"{path}: not a model bundle ({METADATA_FILE} missing)")
+        raise BundleError(f"{source}: not a model bundle ({METADATA_FILE} missing)")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta_file}: invalid JSON ({exc})") from None
-    validate_metadata(meta, str(meta_file))
-    return Bundle(path, meta)
+        raise BundleError(f"{meta_label}: invalid JSON ({exc})") from None
+    validate_metadata(meta, meta_label)
+    bundle = Bundle(path, meta, source)
+    bundle.check_files()
+    return bundle
 
 
 def _unpack_zip(path: Path) -> Path:
     """Unpack a zipped bundle once into a cache folder keyed by its content hash."""
+    import zlib
+
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "particleseg" / "bundles" / digest
     if (cache / METADATA_FILE).is_file():
         return cache
+    tmp = None
     try:
         with zipfile.ZipFile(path) as zf:
             tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=_mkdir(cache.parent)))
             zf.extractall(tmp)
-    except zipfile.BadZipFile:
-        raise BundleError(f"{path}: not a valid zip file") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        why = "not a zip file" if isinstance(exc, zipfile.BadZipFile) else "a damaged or truncated zip file"
+        raise BundleError(f"{path}: not a model bundle ({why})") from None
     # A zip may hold the bundle folder itself or its contents.
     inner = [p for p in tmp.iterdir() if (p / METADATA_FILE).is_file()]
-    src = inner[0] if not (tmp / METADATA_FILE).is_file() and inner else tmp
+    if not (tmp / METADATA_FILE).is_file() and not inner:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"{path}: not a model bundle (no {METADATA_FILE} in the zip)")
+    src = inner[0] if not (tmp / METADATA_FILE).is_file() else tmp
     try:
         os.replace(src, cache)
     except OSError:  # another process unpacked it meanwhile
