@@ -336,3 +336,104 @@ def test_zipped_bundle_errors_name_the_zip(tiny_bundle, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match=r"^c.zip: model.keras: corrupt or not a Keras model"):
         load_bundle("c.zip")
     assert zipfile.is_zipfile(tmp_path / "c.zip")
+
+
+# ------------------------------------------------------------------------------------------
+# item 6: non-finite pixels in every reader
+
+PHASES = ["matrix", "pore", "inclusion"]
+
+
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory):
+    """An untrained 2-level UNet taking 2 channels x 3 slices (its network is replaced by an oracle)."""
+    import keras
+
+    from particleseg import fibsem
+    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
+
+    keras.utils.set_random_seed(1)
+    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
+    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
+    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["a", "b"], PHASES)
+    return save_bundle(tmp_path_factory.mktemp("b") / "phases-tiny", build_network(net), meta, zip_copy=False)
+
+
+def _oracle(batch):  # centre slice, channel 0 (index 2 of z-1, z, z+1 x 2 channels) holds the phase
+    k = np.clip(np.round(np.nan_to_num(batch[..., 2]) * 2), 0, 2).astype(int)
+    return np.eye(3, dtype=np.float32)[k]
+
+
+@pytest.mark.parametrize("layout", ["array", "tiff", "tiff-zlib", "folder"])
+def test_fibsem_one_nan_pixel_fails_its_slice_only(tmp_path, phase_bundle, layout):
+    """Before: one NaN made the normalisation percentiles NaN and every slice 100 % phase 1."""
+    import pandas as pd
+    import tifffile
+
+    from particleseg import fibsem
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(1, 4, (5, 32, 40))
+    ch0 = ((truth - 1) * 100).astype(np.float32)
+    ch1 = rng.random(truth.shape).astype(np.float32)
+    ch0[3, 5, 7] = np.nan
+    if layout == "array":
+        inputs, where = [ch0, ch1], "array 0 slice 3"
+    elif layout == "folder":
+        for c, ch in enumerate((ch0, ch1)):
+            (tmp_path / f"c{c}").mkdir()
+            for z in range(5):
+                tifffile.imwrite(tmp_path / f"c{c}" / f"s_{z:03d}.tif", ch[z])
+        inputs, where = [tmp_path / "c0", tmp_path / "c1"], f"{tmp_path / 'c0' / 's_003.tif'} (slice 3)"
+    else:
+        comp = "zlib" if layout == "tiff-zlib" else None
+        for c, ch in enumerate((ch0, ch1)):
+            tifffile.imwrite(tmp_path / f"ch{c}.tif", ch, compression=comp, photometric="minisblack")
+        inputs, where = [tmp_path / "ch0.tif", tmp_path / "ch1.tif"], f"{tmp_path / 'ch0.tif'} slice 3"
+    with fibsem.open_stack(inputs) as st:
+        fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "o", tile=32, progress=False, predictor=_oracle)
+    status = pd.read_csv(tmp_path / "o" / "slices.csv").set_index("slice")
+    assert status.loc[3, "status"] == "error"
+    assert f"{where}: contains 1 NaN or infinite pixel values" in status.loc[3, "message"]
+    fr = fr.set_index("slice")
+    for z in (0, 1, 4):  # slices whose context does not include slice 3 keep their true phases
+        for i, name in enumerate(PHASES):
+            assert fr.loc[z, name] == pytest.approx((truth[z] == i + 1).mean())
+
+
+def test_fibsem_infinite_value_stops_with_on_error_stop(tmp_path, phase_bundle):
+    from particleseg import fibsem
+
+    ch0 = np.zeros((3, 32, 32), np.float32)
+    ch0[:, :16] = 200
+    ch0[0, 0, 0] = np.inf
+    ch0[0, 1, 1] = -np.inf
+    with fibsem.open_stack([ch0, ch0.copy()]) as st, pytest.raises(InputError, match="array 0 slice 0: contains 2 NaN"):
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "o", tile=32, progress=False, predictor=_oracle,
+                             on_error="stop")
+
+
+def test_segment_evaluate_and_sims_readers_refuse_nan(tmp_path):
+    import tifffile
+
+    from particleseg.io import read_image
+    from particleseg.sims import read_field
+
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    img[3, 4] = np.nan
+    img[5, 6] = np.inf
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    with pytest.raises(InputError, match=r"a.tif: contains 2 NaN or infinite pixel values$"):
+        read_image(tmp_path / "a.tif")
+    prob = np.clip(img, 0, 1)
+    with pytest.raises(InputError, match=r"^pred.tif: contains 2 NaN or infinite pixel values$"):
+        M.evaluate_pair(img, (prob > 0.5).astype(np.uint8), name="pred.tif")
+    tifffile.imwrite(tmp_path / "p_prob.tif", img)
+    tifffile.imwrite(tmp_path / "p_m.tif", (np.nan_to_num(img) > 0.5).astype(np.uint8) * 255)
+    _, failures = M.evaluate_files([tmp_path / "p_prob.tif"], [tmp_path / "p_m.tif"], tmp_path / "ev", progress=False)
+    assert len(failures) == 1 and failures[0][1] == f"{tmp_path / 'p_prob.tif'}: contains 2 NaN or infinite pixel values"
+    stack = np.abs(np.random.default_rng(1).normal(5, 1, (2, 16, 16))).astype(np.float32)
+    stack[1, 2, 2] = np.nan
+    tifffile.imwrite(tmp_path / "f.tif", stack, imagej=True, metadata={"Labels": ["235U", "238U"]})
+    with pytest.raises(InputError, match=r"f.tif \[238U\]: contains 1 NaN or infinite"):
+        read_field(tmp_path / "f.tif")

@@ -80,6 +80,18 @@ def _detail(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _checked(a: np.ndarray, where: str) -> np.ndarray:
+    """A slice as read, refused if it holds NaN or infinite values (one NaN pixel would make the
+    stack's normalisation percentiles NaN and every slice one phase) or is not numeric."""
+    if a.dtype.kind not in "uifb":
+        raise InputError(f"{where}: unsupported data type {a.dtype}")
+    if a.dtype.kind == "f":
+        bad = np.count_nonzero(~np.isfinite(a))
+        if bad:
+            raise InputError(f"{where}: contains {bad} NaN or infinite pixel values")
+    return a
+
+
 class ArraySource(SliceSource):
     """A ``(Z, Y, X)`` array (or memmap) as a slice source."""
 
@@ -92,7 +104,7 @@ class ArraySource(SliceSource):
 
     def read(self, z: int) -> np.ndarray:
         self._check_index(z)
-        return np.array(self.array[z])
+        return _checked(np.array(self.array[z]), self.where(z))
 
 
 class TiffStackSource(SliceSource):
@@ -173,16 +185,18 @@ class TiffStackSource(SliceSource):
         i = self._page_index(z)
         try:
             if self._mm is not None:
-                return np.array(self._mm[i])
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                a = self._pages[i].asarray()
+                a = np.array(self._mm[i])
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    a = self._pages[i].asarray()
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{self.path}: slice {z} cannot be read ({_detail(exc)})") from None
-        a = np.squeeze(a)
+        if self._mm is None:
+            a = np.squeeze(a)
         if a.shape != self.shape:
             raise InputError(f"{self.path}: slice {z} has shape {a.shape}, expected {self.shape}")
-        return a
+        return _checked(a, self.where(z))
 
     def where(self, z: int) -> str:
         return f"{self.path} slice {z}"
@@ -246,7 +260,7 @@ class FolderSource(SliceSource):
             raise InputError(f"{f}: slice {z} cannot be read ({_detail(exc)})") from None
         if a.shape != self.shape:
             raise InputError(f"{f}: slice {z} has shape {a.shape}, expected {self.shape}")
-        return a
+        return _checked(a, self.where(z))
 
     def where(self, z: int) -> str:
         return f"{self.files[z]} (slice {z})"
