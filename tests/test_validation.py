@@ -437,3 +437,66 @@ def test_segment_evaluate_and_sims_readers_refuse_nan(tmp_path):
     tifffile.imwrite(tmp_path / "f.tif", stack, imagej=True, metadata={"Labels": ["235U", "238U"]})
     with pytest.raises(InputError, match=r"f.tif \[238U\]: contains 1 NaN or infinite"):
         read_field(tmp_path / "f.tif")
+
+
+# ------------------------------------------------------------------------------------------
+# item 9: outputs respect the umask; errors on stderr; no library noise
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_atomic_outputs_respect_the_umask(tmp_path, mask):
+    import os
+    import stat
+
+    from particleseg.io import write_atomic
+
+    old = os.umask(mask)
+    try:
+        out = write_atomic(tmp_path / "a.txt", lambda t: t.write_text("x"))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_saved_bundle_folder_respects_the_umask(tiny_bundle, tmp_path):
+    import os
+    import stat
+
+    from particleseg.models import save_bundle
+
+    old = os.umask(0o022)
+    try:
+        b = save_bundle(tmp_path / "copy", tiny_bundle.model, tiny_bundle.metadata, zip_copy=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(b.path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((b.path / "bundle.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "copy.zip").stat().st_mode) == 0o644
+
+
+def test_segment_outputs_respect_the_umask_and_errors_go_to_stderr(tiny_bundle, tmp_path, capsys):
+    import os
+    import stat
+
+    import tifffile
+
+    from particleseg.cli import main
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "good.tif", (rng.random((64, 64)) * 255).astype(np.uint8))
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
+    old = os.umask(0o022)
+    try:
+        code = main(["segment", str(tmp_path / "good.tif"), str(tmp_path / "bad.tif"), "--model", str(tiny_bundle.path),
+                     "--out", str(tmp_path / "out"), "--quiet"])
+    finally:
+        os.umask(old)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "bad.tif" not in out
+    assert f"particleseg: error: {tmp_path / 'bad.tif'}: cannot read image" in err
+    files = [p for p in (tmp_path / "out").iterdir() if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), \
+        [(p.name, oct(p.stat().st_mode)) for p in files]

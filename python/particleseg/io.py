@@ -355,10 +355,34 @@ def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
         raise OutputExistsError(f"{existing[0]}: output exists{more}; use --overwrite to replace it")
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: str | os.PathLike) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
+    :func:`tempfile.mkdtemp` (0700) the mode a plain ``open``/``mkdir`` would have given it:
+    0666 (files) or 0777 (folders) less the umask."""
+    path = Path(path)
+    if path.exists():
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one atomic rename.
 
     A reader never sees a half-written file, and an interrupted run leaves no partial output.
+    The file gets the permissions the umask gives new files (not the 0600 of a temporary file).
     """
     path = Path(path)
     check_outputs([path], overwrite)
@@ -368,6 +392,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwri
     tmp = Path(tmp)
     try:
         write(tmp)
+        respect_umask(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -525,6 +525,8 @@ def save_bundle(
     The folder is assembled under a temporary name next to ``path`` and renamed at the end, so
     an interrupted save never leaves a half-written bundle.
     """
+    from ..io import respect_umask
+
     path = Path(path)
     validate_metadata(metadata, str(path))
     if path.exists() and not overwrite:
@@ -541,6 +543,7 @@ def save_bundle(
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        respect_umask(tmp)  # mkdtemp made it 0700
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
