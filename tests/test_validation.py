@@ -500,3 +500,53 @@ def test_segment_outputs_respect_the_umask_and_errors_go_to_stderr(tiny_bundle, 
     files = [p for p in (tmp_path / "out").iterdir() if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), \
         [(p.name, oct(p.stat().st_mode)) for p in files]
+
+
+def _png_files(folder):
+    import os
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((64, 64)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([a, np.full_like(a, 255)], -1), "LA").save(folder / "la.png")
+    Image.fromarray(a).save(folder / "gray.png")
+    (folder / "rand.png").write_bytes(os.urandom(5000))
+    (folder / "trunc.png").write_bytes((folder / "gray.png").read_bytes()[:300])
+    return a
+
+
+def test_grey_alpha_png_is_its_grey_values_and_random_bytes_one_line(tmp_path):
+    from particleseg.io import read_array, read_image
+
+    a = _png_files(tmp_path)
+    img, _ = read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(img, a)
+    np.testing.assert_array_equal(read_array(tmp_path / "la.png"), a)
+    with pytest.raises(InputError) as exc:
+        read_image(tmp_path / "rand.png")
+    assert str(exc.value) == f"{tmp_path / 'rand.png'}: cannot read image (not a valid PNG file, or damaged)"
+    with pytest.raises(InputError, match=r"rand.png: cannot read proposal \(not a valid PNG file, or damaged\)$"):
+        read_array(tmp_path / "rand.png", "proposal")
+    with pytest.raises(InputError, match=r"trunc.png: cannot read image \(image file is truncated\)"):
+        read_image(tmp_path / "trunc.png")
+
+
+def test_cli_bad_pngs_give_one_line_each_and_no_library_noise(tmp_path):
+    """A subprocess, as a user runs it: random bytes named .png gave a DICOM-plugin message and
+    199 lines of ResourceWarning tracebacks, a grey+alpha PNG 'too small'."""
+    import subprocess
+    import sys
+
+    _png_files(tmp_path)
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    env["PYTHONWARNINGS"] = "default"  # show every warning a user with -W default would see
+    run = subprocess.run([sys.executable, "-m", "particleseg", "segment", "rand.png", "trunc.png", "la.png",
+                          "--model", "default", "--out", "o", "--quiet", "--tile", "64"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 1
+    err = run.stderr.strip().splitlines()
+    assert err == ["particleseg: error: rand.png: cannot read image (not a valid PNG file, or damaged)",
+                   "particleseg: error: trunc.png: cannot read image (image file is truncated)",
+                   "particleseg: 2 of 3 image(s) failed (errors above)"], run.stderr
+    assert run.stdout.startswith("la.png: ")

@@ -147,6 +147,8 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
         with warnings.catch_warnings():
             # tifffile reports truncated strips as warnings and fills with zeros; treat as errors
             warnings.simplefilter("error")
+            # but not the unclosed files of a failed reader (raised in __del__ they print tracebacks)
+            warnings.simplefilter("ignore", ResourceWarning)
             if suffix in (".tif", ".tiff"):
                 data, axes, calibration = _read_tiff(path)
             elif suffix in (".png", ".jpg", ".jpeg"):
@@ -185,13 +187,15 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
             if path.suffix.lower() in (".tif", ".tiff"):
                 data = _read_tiff(path)[0]
             else:
-                import imageio.v3 as iio
-
-                data = iio.imread(path)
+                data = _imread_pillow(path)
+    except InputError as exc:
+        raise InputError(str(exc).replace("cannot read image", f"cannot read {what}")) from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read {what} ({detail})") from None
     data = np.squeeze(np.asarray(data))
+    if data.ndim == 3 and data.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
+        data = data[..., 0]  # gray + alpha PNG: the gray values
     if data.ndim == 3 and data.shape[-1] in (3, 4) and np.all(data[..., :3] == data[..., :1]):
         data = data[..., 0]  # gray values saved as RGB(A)
     return data
@@ -284,11 +288,24 @@ def _tiff_calibration_and_source(tif) -> tuple[Calibration, str]:
     return Calibration(), ""
 
 
-def _read_plain(path: Path):
+def _imread_pillow(path: Path) -> np.ndarray:
+    """A PNG or JPEG file through Pillow only (imageio's plugin search would try DICOM and other
+    readers on a damaged file and report theirs instead)."""
     import imageio.v3 as iio
+    from PIL import UnidentifiedImageError
 
-    data = np.asarray(iio.imread(path))
-    if data.ndim == 3 and data.shape[-1] in (3, 4):
+    try:
+        return np.asarray(iio.imread(path, plugin="pillow"))
+    except (UnidentifiedImageError, OSError) as exc:
+        if isinstance(exc, UnidentifiedImageError) or "can not handle" in str(exc):
+            raise InputError(f"{path}: cannot read image (not a valid {path.suffix.lstrip('.').upper() or 'image'} "
+                             "file, or damaged)") from None
+        raise
+
+
+def _read_plain(path: Path):
+    data = _imread_pillow(path)
+    if data.ndim == 3 and data.shape[-1] in (2, 3, 4):  # gray + alpha, RGB, RGBA
         axes = "YXS"
     elif data.ndim == 2:
         axes = "YX"
@@ -302,6 +319,9 @@ def _to_gray(path: Path, data: np.ndarray, axes: str, channel_axis_ok: bool) -> 
     keep = [i for i, n in enumerate(data.shape) if n > 1 or axes[i] in "YX"]
     data = data.reshape([data.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
+    if "S" in axes and data.shape[axes.index("S")] == 2:  # gray + alpha: the gray values
+        data = np.take(data, 0, axis=axes.index("S"))
+        axes = axes.replace("S", "")
     if "S" in axes and data.shape[axes.index("S")] in (3, 4):
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
