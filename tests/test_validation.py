@@ -550,3 +550,189 @@ def test_cli_bad_pngs_give_one_line_each_and_no_library_noise(tmp_path):
                    "particleseg: error: trunc.png: cannot read image (image file is truncated)",
                    "particleseg: 2 of 3 image(s) failed (errors above)"], run.stderr
     assert run.stdout.startswith("la.png: ")
+
+
+# ------------------------------------------------------------------------------------------
+# item 10: property-based tests of the readers and metrics (hypothesis; few examples, fast)
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+# 20 fixed examples per property in the suite (deterministic, a few seconds); set
+# PARTICLESEG_HYPOTHESIS_EXAMPLES=500 for a longer random search.
+_EXAMPLES = int(__import__("os").environ.get("PARTICLESEG_HYPOTHESIS_EXAMPLES", "20"))
+FAST = settings(max_examples=_EXAMPLES, deadline=None, database=None, derandomize=_EXAMPLES <= 20,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+GRAY_DTYPES = st.sampled_from([np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
+
+
+@st.composite
+def gray_images(draw, min_side=16, max_side=40, stack=False):
+    dtype = np.dtype(draw(GRAY_DTYPES))
+    shape = (draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side)))
+    if stack:
+        shape = (draw(st.integers(2, 3)),) + shape
+    if dtype.kind == "f":
+        elements = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=dtype.itemsize * 8)
+    else:
+        info = np.iinfo(dtype)
+        elements = st.integers(int(info.min), int(info.max))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    # a random image built from a few drawn values, so sizes above hypothesis' array limits stay cheap
+    values = np.array(draw(st.lists(elements, min_size=2, max_size=6)), dtype)
+    return values[rng.integers(0, len(values), shape)]
+
+
+@FAST
+@given(img=gray_images(), suffix=st.sampled_from([".tif", ".png"]))
+def test_property_read_image_round_trip_or_one_clear_error(tmp_path_factory, img, suffix):
+    import tifffile
+
+    from particleseg.io import read_image
+
+    folder = tmp_path_factory.mktemp("rt")
+    path = folder / f"x{suffix}"
+    if suffix == ".png":
+        if img.dtype not in (np.uint8, np.uint16):
+            img = (img.astype(np.float64) % 256).astype(np.uint8)
+        import imageio.v3 as iio
+
+        iio.imwrite(path, img)
+    else:
+        tifffile.imwrite(path, img)
+    if img.min() == img.max():
+        with pytest.raises(InputError, match=r"image is constant"):
+            read_image(path)
+        return
+    out, cal = read_image(path)
+    assert out.dtype == img.dtype
+    np.testing.assert_array_equal(out, img)
+    assert cal.pixel_size > 0
+
+
+@FAST
+@given(img=gray_images(stack=True), n_bad=st.integers(1, 5), inf=st.booleans())
+def test_property_non_finite_pixels_are_counted_in_every_reader(tmp_path_factory, img, n_bad, inf):
+    import tifffile
+
+    from particleseg import fibsem
+    from particleseg.io import read_image
+
+    img = img.astype(np.float32)
+    flat = img.reshape(-1)
+    idx = np.random.default_rng(n_bad).choice(img[0].size, n_bad, replace=False)  # all in slice 0
+    flat[idx] = np.inf if inf else np.nan
+    path = tmp_path_factory.mktemp("nf") / "s.tif"
+    tifffile.imwrite(path, img, photometric="minisblack")
+    with pytest.raises(InputError, match=rf"s.tif: contains {n_bad} NaN or infinite pixel values$"):
+        read_image(path)
+    with pytest.raises(InputError, match=rf"^pred: contains {n_bad} NaN or infinite pixel values$"):
+        M.classify_input(img, name="pred")
+    with fibsem.open_stack([path]) as st_:
+        with pytest.raises(InputError, match=rf"s.tif slice 0: contains {n_bad} NaN or infinite pixel values$"):
+            st_.read(0)
+        assert np.isfinite(st_.read(1)).all()
+
+
+@st.composite
+def label_pairs(draw):
+    """Two small label images of one shape: rectangles with ids drawn from a large range."""
+    h, w = draw(st.integers(6, 24)), draw(st.integers(6, 24))
+    out = []
+    for _ in range(2):
+        lab = np.zeros((h, w), np.int64)
+        for _ in range(draw(st.integers(0, 5))):
+            y0, x0 = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+            y1, x1 = draw(st.integers(y0 + 1, h)), draw(st.integers(x0 + 1, w))
+            lab[y0:y1, x0:x1] = draw(st.integers(1, 2**45))
+        out.append(lab)
+    return out
+
+
+SCORE_KEYS = ("iou_image", "iou_instance", "iou_instance_truth", "youden", "ap", "f1_50", "pixel_error",
+              "warping_error", "rand_error", "rand_error_thinned", "vi_error_thinned")
+
+
+def _scramble(lab, seed):
+    """The same particles under other ids (random and huge, in the same order: where two touching
+    particles are equally large, labels_to_mask lets the id order decide which gives up the
+    touching pixels, so only the values, not the order, can be free)."""
+    ids = np.unique(lab[lab > 0])
+    new = np.sort(np.random.default_rng(seed).choice(2**40, len(ids), replace=False)) + 1
+    out = np.zeros_like(lab)
+    for a, b in zip(ids, new):
+        out[lab == a] = b
+    return out
+
+
+@FAST
+@given(pair=label_pairs(), seed=st.integers(0, 1000))
+def test_property_metrics_in_range_and_independent_of_label_ids(pair, seed):
+    truth, pred = pair
+    r = M.evaluate_pair(pred, truth, pred_kind="labels", truth_kind="labels")
+    for key in SCORE_KEYS:
+        v = r[key]
+        if key in ("rand_error", "rand_error_thinned", "vi_error_thinned") and not truth.any():
+            assert math.isnan(v), key
+            continue
+        assert (-1 if key == "youden" else 0) - 1e-12 <= v <= 1 + 1e-12, (key, v)
+    again = M.evaluate_pair(_scramble(pred, seed), _scramble(truth, seed + 1), pred_kind="labels", truth_kind="labels")
+    for key in SCORE_KEYS:
+        assert again[key] == pytest.approx(r[key], nan_ok=True), key
+
+
+@FAST
+@given(pair=label_pairs())
+def test_property_identical_segmentations_score_perfectly(pair):
+    truth = M.relabel_sequential(pair[0])
+    assume(truth.any())
+    r = M.evaluate_pair(truth, truth, pred_kind="labels", truth_kind="labels")
+    assert r["iou_image"] == r["ap"] == r["f1_50"] == r["iou_instance"] == 1.0
+    assert r["rand_error"] == pytest.approx(0, abs=1e-12)
+    assert r["rand_error_thinned"] == pytest.approx(0, abs=1e-12)
+    full_one = truth.min() == truth.max()  # one particle covering the image: TWS's 0 (see item 8)
+    assert r["vi_error_thinned"] == (1.0 if full_one else pytest.approx(0, abs=1e-9))
+
+
+@FAST
+@given(pair=label_pairs())
+def test_property_thin_borders_keeps_particles_and_separates_them(pair):
+    lab = M.relabel_sequential(pair[0])
+    thin = M.thin_borders(lab)
+    fg = lab > 0
+    np.testing.assert_array_equal(thin[fg], lab[fg])
+    if not fg.any():
+        assert (thin == 1).all()
+        return
+    assert set(np.unique(thin[thin > 0])) == set(np.unique(lab[fg]))
+    for a, b in ((thin[1:], thin[:-1]), (thin[:, 1:], thin[:, :-1])):
+        touching = (a > 0) & (b > 0) & (a != b)
+        # two particles may touch only where they touched in the input
+        orig = (lab[1:] if a.shape[0] < thin.shape[0] else lab[:, 1:]), (lab[:-1] if a.shape[0] < thin.shape[0] else lab[:, :-1])
+        assert not (touching & ~((orig[0] > 0) & (orig[1] > 0))).any()
+
+
+@FAST
+@given(ids=hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+                      elements=st.one_of(st.just(0), st.integers(1, 2**50))))
+def test_property_relabel_sequential_is_an_order_preserving_bijection(ids):
+    out = M.relabel_sequential(ids)
+    assert out.shape == ids.shape and out.dtype == np.int32
+    assert ((out == 0) == (ids == 0)).all() or not (ids == 0).any() and (out > 0).all()
+    u_in, u_out = np.unique(ids[ids > 0]), np.unique(out[ids > 0])
+    np.testing.assert_array_equal(u_out, np.arange(1, len(u_in) + 1))
+    for a, b in zip(u_in, u_out):
+        assert (out[ids == a] == b).all()
+
+
+@FAST
+@given(pair=label_pairs())
+def test_property_contingency_counts_add_up(pair):
+    truth, pred = pair
+    c = M.contingency(truth, pred)
+    assert c.counts.sum() == c.n == (truth > 0).sum()
+    assert c.pred_area.sum() == truth.size
+    assert c.n_truth == len(np.unique(truth[truth > 0])) and c.n_pred == len(np.unique(pred[pred > 0]))
