@@ -15,3 +15,8 @@ class OutputExistsError(ParticlesegError, FileExistsError):
 
 class BundleError(ParticlesegError, ValueError):
     """A model bundle is missing, incomplete, or does not match the image."""
+
+
+class ParticlesegWarning(UserWarning):
+    """Something the user should know about a result (an estimate outside its range, an image
+    without particles); the command line prints it as one line, ``particleseg: note: ...``."""

@@ -111,8 +111,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               aliases=("classifier_threshold",)),
     Parameter("intensity_filter", "choice", "reject particles whose mean gray value is on the background side "
               "of this global threshold", NONE, choices=INTENSITY_METHODS),
-    Parameter("polarity", "choice", "particles brighter (SEM) or darker (TEM bright field) than the background",
-              "bright", "input.polarity", choices=POLARITIES),
+    Parameter("polarity", "choice", "particles brighter (SEM) or darker (TEM bright field) than the background; "
+              "auto: estimated per image", "auto", choices=("auto",) + POLARITIES),
     _range("area", "area", "area"),
     _range("ecd", "equivalent circular diameter", "length"),
     _range("feret_min", "minimum Feret diameter", "length"),
@@ -123,9 +123,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("crop_rows", "string", "rows of the microscope's data bar at the bottom to ignore "
               "(auto detects them, 0 keeps all)", "auto"),
     Parameter("particle_size", "number", "typical particle diameter in this image, in pixels; the image is "
-              "resampled to the model's training scale (0: as it is)", 0.0, minimum=0, unit="px"),
-    Parameter("rescale", "number", "resample the image by this factor before inference (0: as it is)", 0.0,
-              minimum=0, fiji=False),
+              "resampled to the model's training scale (0: estimated per image)", 0.0, minimum=0, unit="px"),
+    Parameter("rescale", "number", "resample the image by this factor before inference instead of the "
+              "estimated scale (1: as it is; 0: estimated)", 0.0, minimum=0),
     Parameter("tile", "int", "largest tile size in pixels (default: the bundle's)", None, minimum=16, fiji=False),
     Parameter("overlap", "int", "overlap of neighbouring tiles in pixels (default: the bundle's)", None,
               minimum=0, fiji=False),

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from . import postprocess as pp
-from .errors import InputError, OutputExistsError, ParticlesegError
+from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
+from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
 from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
 from .measure import measure_particles, summarize, with_units
@@ -55,8 +57,11 @@ class SegmentParams:
         Reject particles touching the image border (or the cropped data bar).
     intensity_filter : {"li", "otsu", "mean", "median"} or None
         Reject particles whose mean gray value lies on the background side of this threshold.
-    polarity : {"bright", "dark"}
-        Particles brighter than the background (SEM) or darker (TEM brightfield).
+    polarity : {"auto", "bright", "dark"}
+        Particles brighter than the background (SEM) or darker (TEM bright field); ``"auto"``
+        (the default) estimates it per image (:func:`particleseg.autoscale.estimate_polarity`).
+        The network sees the image inverted when this differs from the bundle's
+        ``input.polarity``.
     shape : dict
         Column -> (min, max) ranges in calibrated units, see :func:`postprocess.shape_filter`.
     min_score : float or None
@@ -65,7 +70,9 @@ class SegmentParams:
     crop_rows : int, "auto" or None
         Rows at the bottom to ignore (the microscope's data bar); "auto" detects them.
     rescale : float or None
-        Resample the image by this factor before inference (results are mapped back).
+        Resample the image by this factor before inference (results are mapped back);
+        ``1`` shows it to the network as it is. Without ``rescale`` or ``particle_size`` the
+        particle size is estimated (:func:`choose_scale`).
     particle_size : float or None
         Typical particle diameter in pixels in this image; the image is resampled so that it
         matches the model's training data (overrides ``rescale``).
@@ -157,6 +164,7 @@ class Segmentation:
     crop_rows: int
     scale_factor: float
     params: SegmentParams
+    scale: ScaleChoice | None = None
 
     @property
     def kept_labels(self) -> np.ndarray:
@@ -236,25 +244,20 @@ def segment_image(
     work = image[: image.shape[0] - crop] if crop else image
     check_image(work, name)
 
-    # 2. resample so that particles have the size the model was trained on
-    factor = 1.0
-    if params.particle_size:
-        if not bundle.particle_size_px:
-            raise InputError(f"{name}: --particle-size needs a model that records its training particle size")
-        factor = bundle.particle_size_px / params.particle_size
-    elif params.rescale:
-        factor = params.rescale
-    if not 0.05 <= factor <= 20:
-        raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.05 to 20)")
-    net_in = rescale(work, factor) if factor != 1 else work
-
-    # 3. network
-    prob = predict_probabilities(net_in, bundle, params, predictor)
-    if factor != 1:
-        prob = resize_to(prob, work.shape, order=1)
-
-    # 4. particles
+    # 2.-4. polarity and scale, network, particles (a second pass at the scale of the particles
+    # found, when the first estimate was off)
+    scale = choose_scale(work, bundle, params, name)
+    prob = _network_at_scale(work, bundle, params, scale, predictor)
     labels = particles_from_probabilities(prob, bundle.heads, params)
+    refined = refine_scale(scale, labels, bundle)
+    if refined is not None:
+        scale = refined
+        prob = _network_at_scale(work, bundle, params, scale, predictor)
+        labels = particles_from_probabilities(prob, bundle.heads, params)
+    polarity = scale.polarity
+    if not labels.any():
+        warnings.warn(f"{name}: no particles found ({scale.describe()}); if there are particles, set "
+                      "--polarity or --particle-size", ParticlesegWarning, stacklevel=2)
 
     # 5. measure and filter (border = image edges and the cropped rows)
     border = np.zeros(work.shape, bool)
@@ -273,8 +276,8 @@ def segment_image(
         if params.exclude_border:
             reject(table["touches_border"].to_numpy(), "border")
         if params.intensity_filter:
-            ids, keep, thr = pp.intensity_filter(labels, work, params.intensity_filter, params.polarity)
-            reject(~keep, f"intensity<{params.intensity_filter}" if params.polarity == "bright" else f"intensity>{params.intensity_filter}")
+            ids, keep, thr = pp.intensity_filter(labels, work, params.intensity_filter, polarity)
+            reject(~keep, f"intensity<{params.intensity_filter}" if polarity == "bright" else f"intensity>{params.intensity_filter}")
         if params.shape:
             reasons = pp.shape_filter(table, params.shape)
             reject((reasons != "").to_numpy(), reasons)
@@ -289,7 +292,155 @@ def segment_image(
     if crop:
         labels = np.pad(labels, ((0, crop), (0, 0)))
         prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
-    return Segmentation(prob.astype(np.float32), labels, table, cal, crop, factor, params)
+    return Segmentation(prob.astype(np.float32), labels, table, cal, crop, scale.factor, params, scale)
+
+
+@dataclass(frozen=True)
+class ScaleChoice:
+    """How an image was shown to the network (:func:`choose_scale`).
+
+    Attributes
+    ----------
+    polarity : {"bright", "dark"}
+        The image's particles; the image is inverted for the network when this differs from
+        the bundle's ``input.polarity``.
+    polarity_source : {"given", "estimated"}
+    factor : float
+        Resampling factor of the network input (``> 1`` enlarges).
+    particle_size : float or None
+        Typical particle diameter in pixels of the image: given, estimated, or measured on the
+        particles found.
+    size_source : {"given", "rescale", "estimated", "detections", "none"}
+    network_polarity : str
+        The bundle's ``input.polarity``.
+    auto_size : bool
+        Whether the factor came from an estimate (and may be refined).
+    """
+
+    polarity: str
+    polarity_source: str
+    factor: float
+    particle_size: float | None
+    size_source: str
+    network_polarity: str = "bright"
+    auto_size: bool = False
+
+    def describe(self) -> str:
+        """One line for logs: ``polarity dark (estimated), particle size 112 px (detections), resampled x0.22``."""
+        size = f"{self.particle_size:.0f} px ({self.size_source})" if self.particle_size else "not estimated"
+        return (f"polarity {self.polarity} ({self.polarity_source}), particle size {size}, "
+                + (f"resampled x{self.factor:.3g}" if self.factor != 1 else "not resampled"))
+
+
+def scale_summary(scale: ScaleChoice | None) -> dict[str, Any]:
+    """The columns of ``summary.csv`` that say how an image was shown to the network (of the
+    first slice, for a stack): ``polarity``, ``particle_size_px``, ``size_source``, ``scale_factor``."""
+    if scale is None:
+        return {}
+    return {"polarity": scale.polarity, "polarity_source": scale.polarity_source,
+            "particle_size_px": round(scale.particle_size, 2) if scale.particle_size else None,
+            "size_source": scale.size_source, "scale_factor": round(scale.factor, 4)}
+
+
+def _size_factor(size: float, bundle: Bundle) -> float:
+    """Resampling factor for particles ``size`` px across: 1 inside the range of sizes the
+    model was trained on (``scale.particle_size_range_px``, else 1/1.5 to 1.5 times its
+    ``particle_size_px``), else the factor that brings them to ``particle_size_px``."""
+    target = bundle.particle_size_px
+    lo, hi = SUPPORTED_SIZE_PX
+    size = min(max(size, lo), hi)
+    trained = bundle.metadata["scale"].get("particle_size_range_px") or (target / 1.5, target * 1.5)
+    return 1.0 if trained[0] <= size <= trained[1] else target / size
+
+
+def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image") -> ScaleChoice:
+    """Polarity and resampling factor of the network input for the picture ``work``.
+
+    The polarity is ``params.polarity``, or estimated when it is ``"auto"``
+    (:func:`particleseg.autoscale.estimate_polarity`). The factor comes from
+    ``params.particle_size`` (the model's ``particle_size_px`` over it), else from
+    ``params.rescale``, else from the estimated particle size
+    (:func:`particleseg.autoscale.estimate_particle_size`): 1 while that lies in the range of
+    sizes the model was trained on. An estimate outside :data:`~particleseg.autoscale.SUPPORTED_SIZE_PX`
+    is clipped to it with a warning.
+    """
+    net_polarity = bundle.metadata["input"].get("polarity", "bright")
+    polarity = params.polarity or "auto"
+    target = bundle.particle_size_px
+    auto_size = not params.particle_size and not params.rescale and bool(target)
+    polarity_source = "given"
+    if polarity == "auto":
+        polarity, polarity_source = estimate_polarity(work, default=net_polarity), "estimated"
+    size, source, factor = None, "none", 1.0
+    if params.particle_size:
+        if not target:
+            raise InputError(f"{name}: --particle-size needs a model that records its training particle size")
+        size, source, factor = float(params.particle_size), "given", target / params.particle_size
+    elif params.rescale:
+        source, factor = "rescale", float(params.rescale)
+    elif auto_size:
+        size = estimate_particle_size(work, polarity)
+        if size is not None:
+            source = "estimated"
+            _warn_size(size, name)
+            factor = _size_factor(size, bundle)
+    if not 0.02 <= factor <= 20:
+        raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.02 to 20)")
+    return ScaleChoice(polarity, polarity_source, factor, size, source, net_polarity, auto_size)
+
+
+def _warn_size(size: float, name: str) -> None:
+    lo, hi = SUPPORTED_SIZE_PX
+    if not lo <= size <= hi:
+        warnings.warn(f"{name}: estimated particle size {size:.0f} px is outside the supported {lo:g}-{hi:g} px; "
+                      f"using {min(max(size, lo), hi):g} px (set --particle-size PX if that is wrong)",
+                      ParticlesegWarning, stacklevel=3)
+
+
+def refine_scale(scale: ScaleChoice, labels: np.ndarray, bundle: Bundle) -> ScaleChoice | None:
+    """A better scale from the particles a first pass found, as Cellpose refines its size
+    estimate with the masks [1]_: when their median equivalent diameter calls for a
+    resampling factor more than 25 % away from the one used, the new choice; else None.
+    Only for an estimated scale (never when the user gave one).
+
+    References
+    ----------
+    .. [1] C. Stringer et al., "Cellpose: a generalist algorithm for cellular segmentation",
+           Nature Methods 18, 100-106 (2021).
+    """
+    if not scale.auto_size:
+        return None
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    if not len(areas):
+        return None
+    size = float(np.median(2 * np.sqrt(areas / np.pi)))
+    factor = _size_factor(size, bundle)
+    if abs(np.log(factor / scale.factor)) <= np.log(1.25):
+        return None
+    return dataclasses.replace(scale, factor=factor, particle_size=size, size_source="detections", auto_size=False)
+
+
+def _network_at_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, scale: ScaleChoice, predictor=None) -> np.ndarray:
+    """The network output for ``work`` shown as ``scale`` says (inverted, resampled), at the size of ``work``."""
+    net_in = work if scale.polarity == scale.network_polarity else invert(work)
+    if scale.factor != 1:
+        net_in = rescale(net_in, scale.factor)
+    prob = predict_probabilities(net_in, bundle, params, predictor)
+    return resize_to(prob, work.shape, order=1) if scale.factor != 1 else prob
+
+
+def invert(image: np.ndarray) -> np.ndarray:
+    """Gray values mirrored within their range (dark particles become bright), float32.
+
+    Examples
+    --------
+    >>> invert(np.array([[0, 10], [250, 255]], np.uint8))
+    array([[255., 245.],
+           [  5.,   0.]], dtype=float32)
+    """
+    img = np.asarray(image, np.float32)
+    return (img.max() + img.min()) - img
 
 
 def kept_first(labels: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -450,7 +601,8 @@ def segment_file(
                         path=paths["overview"], overwrite=overwrite)
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
-           "rejected": int((~table["kept"]).sum()) if len(table) else 0}
+           "rejected": int((~table["kept"]).sum()) if len(table) else 0,
+           **scale_summary(results[0].scale)}
     row.update(summarize(table, cal.unit, cal.nm_per_unit()))
     return row
 

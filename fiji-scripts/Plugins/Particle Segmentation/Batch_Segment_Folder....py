@@ -11,7 +11,7 @@
 #@ Boolean (label="Fill holes", description="fill holes inside particles", value=true) fill_holes
 #@ Double (label="Min score (classifier)", description="keep particles whose particle-classifier score reaches this (bundles with a classifier; 0 keeps all)", value=0, min=0, max=1, style="format:0.00") min_score
 #@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this global threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
-#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background", choices={"bright","dark"}, value="bright") polarity
+#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background; auto: estimated per image", choices={"auto","bright","dark"}, value="auto") polarity
 #@ String (label="Area (calibrated unit²)", description="keep particles whose area is in MIN-MAX", value="0-Infinity") area
 #@ String (label="ECD (calibrated unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
 #@ String (label="Feret min (calibrated unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min
@@ -20,7 +20,8 @@
 #@ String (label="Solidity", description="keep particles whose solidity (area / convex area, 0-1) is in MIN-MAX", value="0-1") solidity
 #@ String (label="Aspect ratio", description="keep particles whose aspect ratio (major / minor axis) is in MIN-MAX", value="0-Infinity") aspect_ratio
 #@ String (label="Crop rows (auto or N)", description="rows of the microscope's data bar at the bottom to ignore (auto detects them, 0 keeps all)", value="auto") crop_rows
-#@ Double (label="Particle size (px)", description="typical particle diameter in this image, in pixels; the image is resampled to the model's training scale (0: as it is)", value=0, min=0, style="format:0.00") particle_size
+#@ Double (label="Particle size (px)", description="typical particle diameter in this image, in pixels; the image is resampled to the model's training scale (0: estimated per image)", value=0, min=0, style="format:0.00") particle_size
+#@ Double (label="Rescale", description="resample the image by this factor before inference instead of the estimated scale (1: as it is; 0: estimated)", value=0, min=0, style="format:0.00") rescale
 #@ Boolean (label="Overwrite existing outputs", value=false) overwrite
 #@ Boolean (label="Overview figures", value=true) overview
 
@@ -36,4 +37,4 @@ except ImportError:  # Jython, or a Python without particleseg
              "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
              "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
 else:
-    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, overwrite=overwrite, overview=overview)
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, rescale=rescale, overwrite=overwrite, overview=overview)

@@ -3,7 +3,7 @@
 #@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=0, min=0) min_size
 #@ Boolean (label="Exclude border particles", description="reject particles touching the image border or the data bar", value=true) exclude_border
 #@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this global threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
-#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background", choices={"bright","dark"}, value="bright") polarity
+#@ String (label="Polarity", description="particles brighter (SEM) or darker (TEM bright field) than the background; auto: estimated per image", choices={"auto","bright","dark"}, value="auto") polarity
 #@ String (label="Area (calibrated unit²)", description="keep particles whose area is in MIN-MAX", value="0-Infinity") area
 #@ String (label="ECD (calibrated unit)", description="keep particles whose equivalent circular diameter is in MIN-MAX", value="0-Infinity") ecd
 #@ String (label="Feret min (calibrated unit)", description="keep particles whose minimum Feret diameter is in MIN-MAX", value="0-Infinity") feret_min

@@ -11,8 +11,9 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
-from ..errors import ParticlesegError
+from ..errors import ParticlesegError, ParticlesegWarning
 
 # subcommand modules, in the order ``particleseg --help`` lists them
 SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "train", "train_from_scratch", "sims", "fibsem")
@@ -38,13 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ParticlesegWarning)
+            warnings.showwarning = _show_note
+            return int(args.func(args) or 0)
     except ParticlesegError as exc:
         print(f"particleseg: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("particleseg: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one line; a :class:`ParticlesegWarning` as ``particleseg: note: ...``."""
+    if issubclass(category, ParticlesegWarning):
+        print(f"particleseg: note: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), file=sys.stderr)
 
 
 def parse_range(text: str) -> tuple[float | None, float | None]:

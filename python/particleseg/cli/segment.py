@@ -69,6 +69,11 @@ def run(args) -> int:
         nano = row.get("nano_by_median_MinFeret")
         verdict = "" if nano is None or nano != nano else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
         print(f"{row['file']}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
+        if "polarity" in row and isinstance(row["polarity"], str):
+            size = row.get("particle_size_px")
+            size = f"{size:.0f} px ({row['size_source']})" if isinstance(size, float) and size == size else "not estimated"
+            print(f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
+                  f"network input resampled x{row['scale_factor']:.3g}")
     print(f"wrote {len(ok)} result set(s) to {args.out}; its summary.csv lists every image segmented into it")
     if failures:
         if len(summary) > 1:  # one image: its error line says it all

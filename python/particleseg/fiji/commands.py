@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..autoscale import estimate_polarity
 from ..errors import InputError, ParticlesegError
 from ..io import Calibration
 from . import publish
@@ -212,7 +213,9 @@ def _apply_filters(labels: np.ndarray, intensity: np.ndarray | None, cal: Calibr
     if method and method != NONE:
         if intensity is None:
             raise InputError(f"intensity_filter={method} needs an intensity image (choose one in 'Intensity image')")
-        polarity = v.get("polarity", "bright")
+        polarity = v.get("polarity") or "auto"
+        if polarity == "auto":
+            polarity = estimate_polarity(intensity)
         ids, keep, _thr = pp.intensity_filter(labels, intensity, method, polarity)
         order = pd.Series(keep, index=ids).reindex(table["label"].to_numpy()).to_numpy(bool)
         reject(~order, f"intensity<{method}" if polarity == "bright" else f"intensity>{method}")

@@ -1,0 +1,262 @@
+"""Which way round and how large: the polarity and typical particle size of an image.
+
+A network sees particles as it was trained to see them: bright on dark (SEM secondary
+electrons) and about ``bundle.particle_size_px`` pixels across. Micrographs come in both
+polarities (TEM bright field shows dark particles on a bright film) and at any magnification,
+so :func:`segment_image <particleseg.pipeline.segment_image>` estimates both before inference,
+inverts and resamples the image to the model's conventions, and maps the results back.
+
+Both estimates are classical image analysis, with no trained weights, so they behave the same
+for every model:
+
+* **Polarity** (:func:`polarity_score`): after a global Otsu threshold, the background is the
+  class that fills most of the image frame, is the more uniform of the two, and lies on the
+  long side of the gray-value distribution's tail. The three cues vote with weights.
+* **Size** (:func:`estimate_particle_size`): the granulometry [1]_ of the particle mask
+  (Otsu, with the estimated polarity): the radius of the disk whose morphological opening
+  removes half of the particle area, as a diameter. For touching, agglomerated particles it
+  measures the particles, not the agglomerates, because an opening removes the necks between
+  particles long before it removes the particles.
+
+References
+----------
+.. [1] G. Matheron, "Random Sets and Integral Geometry", Wiley (1975); P. Soille,
+       "Morphological Image Analysis", 2nd ed., Springer (2003), ch. 8 (granulometries).
+.. [2] C. Stringer et al., "Cellpose: a generalist algorithm for cellular segmentation",
+       Nature Methods 18, 100-106 (2021): estimate the object size, resample, segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+POLARITIES = ("bright", "dark")
+#: typical particle diameters (px) the estimate covers; outside, the user is asked for
+#: ``--particle-size``
+SUPPORTED_SIZE_PX = (5.0, 500.0)
+#: images are analysed at most this many pixels on their longer side (larger ones are
+#: downsampled for the estimate, and a full-resolution crop is used for small particles)
+ANALYSIS_SIDE = 1024
+#: the granulometric median diameter of a polydisperse particle set is an area-weighted
+#: figure and exceeds the number median of the particles' equivalent circular diameters;
+#: this factor maps one to the other (median ratio measured on the EMPS development set,
+#: see benchmarks/bench_emps.py)
+GRANULOMETRY_TO_ECD = 1.14
+
+
+@dataclass(frozen=True)
+class ImageEstimate:
+    """What :func:`estimate_image` found out about an image.
+
+    Attributes
+    ----------
+    polarity : {"bright", "dark"}
+        Particles brighter or darker than the background.
+    polarity_score : float
+        Positive for bright particles; its magnitude is the confidence (about 0 to 2).
+    particle_size : float or None
+        Typical particle diameter in pixels (number median of the equivalent circular
+        diameters), None when the image shows no particle-like structure.
+    in_range : bool
+        Whether ``particle_size`` lies in :data:`SUPPORTED_SIZE_PX`.
+    """
+
+    polarity: str
+    polarity_score: float
+    particle_size: float | None
+    in_range: bool = True
+
+
+def _smooth(image: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(np.asarray(image, np.float32), 1.0)
+
+
+def _otsu(values: np.ndarray) -> float | None:
+    from skimage.filters import threshold_otsu
+
+    v = values[np.isfinite(values)]
+    if v.size == 0 or v.min() == v.max():
+        return None
+    return float(threshold_otsu(v))
+
+
+def polarity_score(image: np.ndarray) -> float:
+    """A score that is positive when particles are brighter than the background.
+
+    Three cues of the bright class of a global Otsu threshold, each in about [-1, 1]:
+    the fraction of the image frame (outer 3 %) it covers (background fills the frame),
+    whether it is more varied than the dark class (particles carry texture, edges and
+    shading; backgrounds are flatter), and the skewness of the gray values (a few bright
+    particles on a large dark background give a long bright tail).
+
+    Parameters
+    ----------
+    image : (Y, X) array
+
+    Returns
+    -------
+    float
+        0 for a constant image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((64, 64)); img[20:40, 20:40] = 1.0
+    >>> polarity_score(img) > 0, polarity_score(1 - img) < 0
+    (True, True)
+    """
+    sm = _smooth(image)
+    t = _otsu(sm)
+    if t is None:
+        return 0.0
+    hi = sm > t
+    if hi.all() or not hi.any():
+        return 0.0
+    bw = max(2, int(0.03 * min(sm.shape)))
+    frame = np.zeros(sm.shape, bool)
+    frame[:bw] = frame[-bw:] = True
+    frame[:, :bw] = frame[:, -bw:] = True
+    frame_cue = 2 * (0.5 - hi[frame].mean())
+    s_hi, s_lo = sm[hi].std(), sm[~hi].std()
+    var_cue = float(np.tanh(np.log((s_hi + 1e-6) / (s_lo + 1e-6))))
+    z = (sm - sm.mean()) / (sm.std() + 1e-12)
+    skew_cue = float(np.tanh(np.mean(z**3)))
+    return float(0.5 * frame_cue + var_cue + 0.5 * skew_cue)
+
+
+def estimate_polarity(image: np.ndarray, default: str = "bright") -> str:
+    """``"bright"`` or ``"dark"`` particles, by :func:`polarity_score`; ``default`` for a
+    constant image."""
+    s = polarity_score(image)
+    if s == 0:
+        return default
+    return "bright" if s > 0 else "dark"
+
+
+def opening_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Fraction of the area of ``mask`` that survives an opening by a disk of each radius.
+
+    The opening by a disk of radius r is computed exactly with two Euclidean distance
+    transforms: the pixels within r of a pixel that is at least r from the background.
+
+    Parameters
+    ----------
+    mask : (Y, X) bool array
+    radii : increasing 1D array of radii in pixels
+
+    Returns
+    -------
+    1D float array, non-increasing, one value per radius (1 for a radius that removes nothing).
+    """
+    mask = np.asarray(mask, bool)
+    total = mask.sum()
+    out = np.zeros(len(radii))
+    if total == 0:
+        return out
+    dt = ndi.distance_transform_edt(mask)
+    for i, r in enumerate(radii):
+        core = dt >= r
+        if not core.any():
+            break
+        opened = ndi.distance_transform_edt(~core) <= r
+        out[i] = (opened & mask).sum() / total
+    return np.minimum.accumulate(out)
+
+
+def granulometric_diameter(mask: np.ndarray) -> float | None:
+    """The diameter of the disk whose opening removes half of the particle area of ``mask``.
+
+    Interpolated on a logarithmic grid of radii (steps of 10 %). None for an empty mask or a
+    mask that an opening of radius 1 already removes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:200, :200]
+    >>> disks = ((yy - 50) ** 2 + (xx - 50) ** 2 < 20**2) | ((yy - 140) ** 2 + (xx - 130) ** 2 < 20**2)
+    >>> round(granulometric_diameter(disks))
+    40
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    radii = 1.0 * 1.1 ** np.arange(80)
+    radii = radii[radii < max(mask.shape) / 2]
+    spectrum = opening_spectrum(mask, radii)
+    below = np.nonzero(spectrum < 0.5)[0]
+    if not len(below):  # particles as large as the image
+        return float(2 * radii[-1])
+    i = below[0]
+    if i == 0:  # removed by the smallest opening: noise, not particles
+        return None
+    a0, a1 = spectrum[i - 1], spectrum[i]
+    t = (a0 - 0.5) / max(a0 - a1, 1e-12)
+    return float(2 * np.exp(np.log(radii[i - 1]) + t * (np.log(radii[i]) - np.log(radii[i - 1]))))
+
+
+def particle_mask(image: np.ndarray, polarity: str) -> np.ndarray:
+    """The particles of a global Otsu threshold with the given polarity, holes filled and
+    one-pixel noise opened away (what the size estimate measures)."""
+    sm = _smooth(image)
+    t = _otsu(sm)
+    if t is None:
+        return np.zeros(sm.shape, bool)
+    mask = sm > t if polarity == "bright" else sm < t
+    return ndi.binary_fill_holes(ndi.binary_opening(mask))
+
+
+def estimate_particle_size(image: np.ndarray, polarity: str) -> float | None:
+    """Typical particle diameter of ``image`` in pixels, from the granulometry of its
+    particle mask (see the module notes), or None without particle-like structure.
+
+    Images larger than :data:`ANALYSIS_SIDE` are analysed downsampled; when the particles
+    then come out under 8 pixels, a full-resolution crop of the centre is analysed instead.
+    """
+    image = np.asarray(image, np.float32)
+    k = max(image.shape) / ANALYSIS_SIDE
+    if k > 1:
+        from .preprocess import rescale
+
+        small = rescale(image, 1 / k)
+        d = granulometric_diameter(particle_mask(small, polarity))
+        if d is not None and d >= 8:
+            return d * k * GRANULOMETRY_TO_ECD
+        cy, cx = image.shape[0] // 2, image.shape[1] // 2
+        h = ANALYSIS_SIDE // 2
+        image = image[max(0, cy - h): cy + h, max(0, cx - h): cx + h]
+    d = granulometric_diameter(particle_mask(image, polarity))
+    return None if d is None else d * GRANULOMETRY_TO_ECD
+
+
+def estimate_image(image: np.ndarray, polarity: str | None = None, default_polarity: str = "bright") -> ImageEstimate:
+    """Polarity (unless given) and typical particle size of one 2D image.
+
+    Parameters
+    ----------
+    image : (Y, X) array
+        The picture only (data bar cropped).
+    polarity : {"bright", "dark"} or None
+        Known polarity; estimated when None.
+    default_polarity : str
+        For an image without contrast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:256, :256]
+    >>> img = np.full((256, 256), 200.0)
+    >>> for cy, cx in [(60, 60), (60, 190), (190, 70), (180, 180)]:
+    ...     img[(yy - cy) ** 2 + (xx - cx) ** 2 < 25**2] = 40.0
+    >>> est = estimate_image(img)
+    >>> est.polarity, 40 < est.particle_size < 65
+    ('dark', True)
+    """
+    score = polarity_score(image)
+    if polarity is None:
+        polarity = default_polarity if score == 0 else ("bright" if score > 0 else "dark")
+    size = estimate_particle_size(image, polarity)
+    in_range = size is not None and SUPPORTED_SIZE_PX[0] <= size <= SUPPORTED_SIZE_PX[1]
+    return ImageEstimate(polarity, score, size, in_range)

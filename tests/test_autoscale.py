@@ -1,0 +1,127 @@
+"""Automatic polarity and scale (issue 13): the estimators on images of known answer, and the
+pipeline's use of them (inverted = dark, given size = equivalent rescale, refinement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from particleseg import autoscale
+from particleseg.errors import ParticlesegWarning
+from particleseg.pipeline import SegmentParams, choose_scale, invert, segment_image
+from particleseg.preprocess import detect_data_bar
+
+from pathlib import Path
+
+from particleseg.models import load_bundle
+
+SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+
+
+@pytest.fixture(scope="module")
+def default_bundle():
+    return load_bundle("default")
+
+
+def disks(shape, centres, radius, inside=200.0, outside=40.0, noise=4.0, seed=0):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, outside, np.float32)
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = inside
+    return img + np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
+
+
+def grid(shape, radius, spacing):
+    return [(y, x) for y in range(spacing // 2, shape[0] - radius, spacing) for x in range(spacing // 2, shape[1] - radius, spacing)]
+
+
+@pytest.mark.parametrize("radius", [3, 8, 25, 60, 150])
+def test_granulometric_diameter_of_disks(radius):
+    shape = (max(256, 5 * radius), max(256, 5 * radius))
+    mask = disks(shape, grid(shape, radius, int(3 * radius)), radius, noise=0) > 100
+    d = autoscale.granulometric_diameter(mask)
+    assert abs(d / (2 * radius) - 1) < 0.12
+
+
+def test_granulometry_sees_particles_not_agglomerates():
+    # rows of touching disks (an agglomerate 8 particles long): the particles' size, not the row's
+    shape, r = (200, 400), 12
+    centres = [(y, 30 + 2 * r * i) for y in (40, 100, 160) for i in range(8)]
+    d = autoscale.granulometric_diameter(disks(shape, centres, r, noise=0) > 100)
+    assert abs(d / (2 * r) - 1) < 0.15
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_polarity_of_disks(polarity):
+    img = disks((256, 256), grid((256, 256), 14, 60), 14)
+    if polarity == "dark":
+        img = invert(img)
+    assert autoscale.estimate_polarity(img) == polarity
+    est = autoscale.estimate_image(img)
+    assert est.polarity == polarity and est.in_range
+    assert abs(est.particle_size / 28 - 1) < 0.3
+
+
+def test_large_image_with_small_particles_uses_a_full_resolution_crop():
+    shape, r = (2400, 2400), 4
+    img = disks(shape, grid(shape, r, 20), r)
+    d = autoscale.estimate_particle_size(img, "bright")
+    assert abs(d / (2 * r) - 1) < 0.3
+
+
+def test_constant_image_has_no_estimate():
+    est = autoscale.estimate_image(np.full((64, 64), 7.0))
+    assert est.particle_size is None and est.polarity == "bright" and not est.in_range
+    assert autoscale.polarity_score(np.full((64, 64), 7.0)) == 0
+
+
+def test_sample_is_bright_and_shown_as_it_is(default_bundle):
+    image = tifffile.imread(SAMPLE)
+    work = image[: image.shape[0] - detect_data_bar(image)]
+    scale = choose_scale(work, default_bundle, SegmentParams().resolved(default_bundle))
+    assert scale.polarity == "bright" and scale.polarity_source == "estimated"
+    assert scale.size_source == "estimated" and scale.factor == 1.0  # in the trained range
+
+
+@pytest.mark.slow
+def test_inverted_image_segments_like_the_original(default_bundle):
+    """A dark-on-bright image (the sample inverted) gives the sample's particles, with no flag."""
+    image = tifffile.imread(SAMPLE)[:400, :400].astype(np.float32)
+    ref = segment_image(image, default_bundle, SegmentParams(crop_rows=0, polarity="bright"))
+    inv = invert(image)
+    given = segment_image(inv, default_bundle, SegmentParams(crop_rows=0, polarity="dark"))
+    np.testing.assert_array_equal(given.labels, ref.labels)
+    auto = segment_image(inv, default_bundle, SegmentParams(crop_rows=0))
+    assert auto.scale.polarity == "dark" and auto.scale.polarity_source == "estimated"
+    np.testing.assert_array_equal(auto.labels, ref.labels)
+
+
+@pytest.mark.slow
+def test_particle_size_is_the_equivalent_rescale(default_bundle):
+    image = tifffile.imread(SAMPLE)[:256, :256]
+    size = 50.0
+    a = segment_image(image, default_bundle, SegmentParams(crop_rows=0, particle_size=size))
+    b = segment_image(image, default_bundle, SegmentParams(crop_rows=0, rescale=default_bundle.particle_size_px / size))
+    assert a.scale.size_source == "given" and b.scale.size_source == "rescale"
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.slow
+def test_large_particles_are_shown_at_the_model_scale(default_bundle):
+    """Disks 120 px across (five times the model's particles) are found whole."""
+    shape, r = (512, 512), 60
+    centres = [(100, 100), (100, 330), (320, 120), (350, 380)]
+    img = disks(shape, centres, r, noise=6)
+    seg = segment_image(img, default_bundle, SegmentParams(crop_rows=0, min_confidence=0))
+    assert seg.scale.factor < 0.4 and seg.scale.particle_size > 80
+    assert seg.table["kept"].sum() + (~seg.table["kept"]).sum() == 4
+    areas = np.bincount(seg.labels.ravel())[1:]
+    assert np.all(np.abs(areas / (np.pi * r * r) - 1) < 0.25)
+
+
+def test_no_particles_is_a_note_and_an_empty_result(default_bundle):
+    with pytest.warns(ParticlesegWarning, match="no particles found"):
+        seg = segment_image(np.full((128, 128), 90, np.uint8) + np.eye(128, dtype=np.uint8), default_bundle,
+                            SegmentParams(crop_rows=0))
+    assert seg.labels.max() == 0 and len(seg.table) == 0
