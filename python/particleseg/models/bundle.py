@@ -325,7 +325,16 @@ POSTPROCESS_FLAGS = ("split", "fill_holes", "exclude_border")
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _show(v) -> str:
+    try:
+        return json.dumps(v, default=_json_default)
+    except (TypeError, ValueError):
+        return repr(v)
 
 
 def _check_number(value, key: str, source: str, lo: float, hi: float, whole: bool = False, none_ok: bool = False) -> None:
@@ -334,7 +343,7 @@ def _check_number(value, key: str, source: str, lo: float, hi: float, whole: boo
     if not _is_number(value) or not math.isfinite(value) or not lo <= value <= hi or whole and value != int(value):
         span = f"from {lo:g} to {hi:g}" if math.isfinite(hi) else f"of at least {lo:g}"
         what = "a whole number" if whole else "a number"
-        raise BundleError(f"{source}: {key} is {json.dumps(value)}; it must be {what} {span}")
+        raise BundleError(f"{source}: {key} is {_show(value)}; it must be {what} {span}")
 
 
 def _check_values(meta: dict[str, Any], source: str) -> None:
@@ -346,8 +355,8 @@ def _check_values(meta: dict[str, Any], source: str) -> None:
         if key in post:
             _check_number(post[key], f"postprocess.{key}", source, lo, hi, whole)
     for key in POSTPROCESS_FLAGS:
-        if key in post and not isinstance(post[key], bool):
-            raise BundleError(f"{source}: postprocess.{key} is {json.dumps(post[key])}; it must be true or false")
+        if key in post and not isinstance(post[key], (bool, np.bool_)):
+            raise BundleError(f"{source}: postprocess.{key} is {_show(post[key])}; it must be true or false")
     classifier = meta.get("classifier")
     if classifier:
         if not isinstance(classifier, dict):
@@ -372,9 +381,9 @@ def _check_values(meta: dict[str, Any], source: str) -> None:
         if low >= high:
             raise BundleError(f"{source}: input.normalization.low ({low:g}) must be below high ({high:g})")
     if inp.get("polarity") not in (None, "bright", "dark"):
-        raise BundleError(f"{source}: input.polarity is {json.dumps(inp['polarity'])}; it must be \"bright\" or \"dark\"")
+        raise BundleError(f"{source}: input.polarity is {_show(inp['polarity'])}; it must be \"bright\" or \"dark\"")
     if "kind" in meta and meta["kind"] not in KIND_NAMES:
-        raise BundleError(f"{source}: kind is {json.dumps(meta['kind'])}; it must be one of {', '.join(KIND_NAMES)}")
+        raise BundleError(f"{source}: kind is {_show(meta['kind'])}; it must be one of {', '.join(KIND_NAMES)}")
 
 
 def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
