@@ -189,6 +189,7 @@ class TiffStackSource(SliceSource):
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
+                    warnings.simplefilter("ignore", ResourceWarning)  # unclosed files of a failed read: no tracebacks
                     a = self._pages[i].asarray()
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{self.path}: slice {z} cannot be read ({_detail(exc)})") from None
@@ -255,6 +256,7 @@ class FolderSource(SliceSource):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
+                warnings.simplefilter("ignore", ResourceWarning)  # unclosed files of a failed read: no tracebacks
                 a = np.squeeze(tifffile.imread(f))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{f}: slice {z} cannot be read ({_detail(exc)})") from None

@@ -246,6 +246,7 @@ def _read_tiff_array(path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            warnings.simplefilter("ignore", ResourceWarning)  # unclosed files of a failed read: no tracebacks
             with tifffile.TiffFile(path) as tif:
                 if not tif.series or not len(tif.pages):
                     raise InputError(f"{path}: cannot read image (not a valid TIFF, or truncated)")
