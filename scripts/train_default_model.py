@@ -38,19 +38,28 @@ SAMPLE_PIXEL_SIZE_NM = 7.35
 TIO2_TRAIN_DETECTION = {"threshold": 0.5, "min_confidence": 0.925}
 
 
-def simulated_set(n: int, seed: int, workdir: Path):
-    """``n`` simulated images and label images, cached as a .npz keyed by n and seed."""
+def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem"):
+    """``n`` simulated images and label images, cached as a .npz keyed by n and seed.
+
+    ``simulator`` ``sem``: :func:`particleseg.simulate.simulate_sem_image` (TiO2-like SEM);
+    ``mixed``: every other image from :func:`particleseg.simulate.simulate_micrograph`
+    (shapes, SEM and inverted TEM contrast, annotations), the others as ``sem``.
+    """
     from tqdm.auto import tqdm
 
-    from particleseg.simulate import simulate_sem_image
+    from particleseg.simulate import simulate_micrograph, simulate_sem_image
 
-    cache = workdir / f"sim-{n}-{seed}.npz"
+    cache = workdir / (f"sim-{n}-{seed}.npz" if simulator == "sem" else f"sim-{simulator}-{n}-{seed}.npz")
     if cache.exists():
         d = np.load(cache)
         return list(d["images"]), list(d["labels"])
     images, labels = [], []
     for i in tqdm(range(n), desc="simulating", unit="image"):
-        s = simulate_sem_image(SIM_SIZE, np.random.default_rng([seed, i]), PARTICLE_SIZE_RANGE)
+        rng = np.random.default_rng([seed, i])
+        if simulator == "mixed" and i % 2:
+            s = simulate_micrograph(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
+        else:
+            s = simulate_sem_image(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
         images.append(s.image)
         labels.append(s.labels)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +145,10 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simulator", choices=("sem", "mixed"), default="sem",
+                    help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations")
+    ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
+    ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--evaluate", action="store_true", help="also score the result on the TiO2 data (if present)")
     ap.add_argument("--sample-only", action="store_true", help="only regenerate the sample image")
@@ -151,7 +164,7 @@ def main(argv=None) -> int:
     from particleseg.train import Augmentation, TrainConfig, fit
 
     t0 = time.time()
-    images, labels = simulated_set(args.images, args.seed, args.workdir)
+    images, labels = simulated_set(args.images, args.seed, args.workdir, args.simulator)
     norm = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
     x = [normalize_percentile(im, norm["low"], norm["high"], tuple(norm["clip"]))[..., None] for im in images]
     n_val = max(2, len(x) // 20)
@@ -159,24 +172,33 @@ def main(argv=None) -> int:
         network=NetworkConfig(args.arch, heads=(Head("foreground"), Head("distance")), depth=args.depth,
                               base_filters=args.base_filters),
         tile=256, batch_size=8, epochs=args.epochs, steps_per_epoch=args.steps, validation_steps=10,
-        learning_rate=1e-3, lr_step_epochs=max(1, args.epochs // 3), lr_step_factor=0.3, patience=0,
+        learning_rate=args.learning_rate, lr_step_epochs=max(1, args.epochs // 3), lr_step_factor=0.3, patience=0,
         seed=args.seed, jit_compile=True,
         augmentation=Augmentation(brightness=0.1, contrast=0.25, gamma=0.4, noise=0.04, elastic=0.0),
     )
-    model, log = fit(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], config, args.workdir / "train")
+    initial = load_bundle(args.init).model.get_weights() if args.init else None
+    model, log = fit(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], config, args.workdir / "train",
+                     initial_weights=initial)
     heads = [h.kind for h in config.network.heads]
     post, sim_iou = choose_postprocess(model, x[-n_val:], labels[-n_val:], heads)
     minutes = (time.time() - t0) / 60
     meta = make_metadata(
         "default", config.network,
-        description="Bright particles on a dark background (SEM secondary electrons); trained on simulated images only.",
-        channels=["SEM secondary electrons"], normalization=norm, tile=1024, overlap=48,
+        description=("Bright particles on a dark background (SEM secondary electrons); trained on simulated images only."
+                     if args.simulator == "sem" else
+                     "Particles of many shapes in SEM and TEM images (dark particles are inverted to bright by the "
+                     "pipeline); trained on simulated images only."),
+        channels=["SEM secondary electrons" if args.simulator == "sem" else "electron micrograph (SEM or TEM)"], normalization=norm, tile=1024, overlap=48,
         particle_size_px=float(np.sqrt(np.prod(PARTICLE_SIZE_RANGE))), polarity="bright",
+        particle_size_range_px=PARTICLE_SIZE_RANGE,
         postprocess={**post, "min_area": 15},
         training={
-            "data": (f"{args.images} simulated 512x512 SEM images (particleseg.simulate.simulate_sem_image, "
-                     f"seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
-                     f"{PARTICLE_SIZE_RANGE[1]:g} px, 5 % held out for validation"),
+            "data": (f"{args.images} simulated 512x512 images (simulator {args.simulator!r}: "
+                     + ("particleseg.simulate.simulate_sem_image" if args.simulator == "sem" else
+                        "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image")
+                     + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
+                     f"{PARTICLE_SIZE_RANGE[1]:g} px, 5 % held out for validation"
+                     + (f"; started from the weights of {args.init}" if args.init else "")),
             "command": "python scripts/train_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "config": config.to_dict(),
             "epochs_run": len(log),

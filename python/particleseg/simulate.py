@@ -10,7 +10,11 @@ The simulator is built from small, reusable pieces:
 * :func:`render_sem` - secondary-electron contrast: yield rising with the surface tilt
   (bright rims, the *edge effect*), directional shading, surface texture, dark crevices where
   one particle lies on another, background with debris, defocus blur, shot and scan noise;
-* :func:`simulate_sem_image` - all of the above with randomised settings.
+* :func:`simulate_sem_image` - all of the above with randomised settings;
+* :func:`shaped_particle`, :func:`render_tem`, :func:`draw_annotations` and
+  :func:`simulate_micrograph` - other materials: spheres, rods, cubes, faceted plates,
+  core-shell particles, TEM bright-field contrast (shown inverted, as the pipeline shows a
+  dark-on-bright image to the network), burned-in scale bars and panel letters.
 
 References
 ----------
@@ -389,4 +393,239 @@ def simulate_sem_image(
     lo_t, hi_t = rng.uniform(25, 80), rng.uniform(100, 190)
     scale = (hi_t - lo_t) / max(top - bg, 1e-3)
     out = np.clip(np.round(lo_t + (img - bg) * scale), 0, 255).astype(np.uint8)
+    return SemSimulation(out, labels, size)
+
+
+# ------------------------------------------------------------------------------------------
+# a broader simulator: more shapes, TEM contrast, annotations (issue 13)
+
+#: particle shapes of :func:`shaped_particle`
+SHAPES = ("blob", "sphere", "rod", "cube", "triangle", "hexagon")
+#: contrast styles of :func:`simulate_micrograph`
+STYLES = ("sem", "tem")
+
+
+def _polygon_particle(xs: np.ndarray, ys: np.ndarray, dome: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mask and height map of a closed outline: a dome (ellipsoid cap) or a flat plate."""
+    from skimage.draw import polygon
+
+    pad = 2
+    x_min, y_min = np.floor(xs.min()) - pad, np.floor(ys.min()) - pad
+    size = (int(np.ceil(ys.max() - y_min)) + pad, int(np.ceil(xs.max() - x_min)) + pad)
+    mask = np.zeros(size, bool)
+    rr, cc = polygon(ys - y_min, xs - x_min, size)
+    mask[rr, cc] = True
+    d = ndi.distance_transform_edt(mask)
+    dmax = max(d.max(), 1.0)
+    if dome:
+        height = dmax * np.sqrt(np.clip(1 - (1 - d / dmax) ** 2, 0, 1))
+    else:  # a plate or a cube: flat top, steep rim of two pixels
+        height = np.minimum(d, 2.0) / 2.0 * dmax * 0.3
+    return mask, height.astype(np.float32)
+
+
+def shaped_particle(rng: np.random.Generator, diameter: float, kind: str = "blob") -> tuple[np.ndarray, np.ndarray]:
+    """A particle of a given kind and equivalent circular diameter: its mask and height map.
+
+    ``blob`` is :func:`random_particle` (irregular, sometimes lobed); ``sphere`` a nearly
+    round dome; ``rod`` a capsule of aspect ratio 2-6; ``cube`` a rounded square (a
+    superellipse) with a flat top; ``triangle`` and ``hexagon`` flat faceted plates.
+    All are rotated at random.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask, height = shaped_particle(np.random.default_rng(0), 30.0, "rod")
+    >>> bool(abs(2 * np.sqrt(mask.sum() / np.pi) / 30 - 1) < 0.15)
+    True
+    """
+    if kind not in SHAPES:
+        raise ValueError(f"unknown particle shape {kind!r}; choose one of {', '.join(SHAPES)}")
+    if kind == "blob":
+        return random_particle(rng, diameter, rng.uniform(1.05, 1.8), rng.uniform(0.03, 0.12), rng.uniform(0, 0.25))
+    if kind == "sphere":
+        return random_particle(rng, diameter, 1.08, 0.01, 0.0)
+    r = diameter / 2
+    t = np.linspace(0, 2 * np.pi, 128, endpoint=False)
+    if kind == "rod":
+        ar = rng.uniform(2.0, 6.0)
+        w = diameter * np.sqrt(np.pi / (4 * ar))  # width: same area as the disk
+        half = w * (ar - 1) / 2 + w / 2
+        # a capsule: a stadium of half-width w/2 and half-length ``half``
+        x = np.clip(np.cos(t) * (half + w / 2), -half, half)
+        y = np.sign(np.sin(t)) * np.sqrt(np.clip((w / 2) ** 2 - np.maximum(np.abs(np.cos(t) * (half + w / 2)) - half, 0) ** 2, 0, None))
+        dome = True
+    elif kind == "cube":
+        n = rng.uniform(4, 10)  # superellipse exponent: higher is sharper corners
+        a = r * np.sqrt(np.pi) / 2 * 1.02
+        c, s = np.cos(t), np.sin(t)
+        x = a * np.sign(c) * np.abs(c) ** (2 / n)
+        y = a * np.sign(s) * np.abs(s) ** (2 / n)
+        dome = False
+    else:
+        k = 3 if kind == "triangle" else 6
+        area = np.pi * r * r
+        R = np.sqrt(2 * area / (k * np.sin(2 * np.pi / k)))  # circumradius of a regular k-gon of that area
+        ang = np.linspace(0, 2 * np.pi, k, endpoint=False)
+        x, y = R * np.cos(ang), R * np.sin(ang)
+        dome = False
+    a = rng.uniform(0, np.pi)
+    xs, ys = x * np.cos(a) - y * np.sin(a), x * np.sin(a) + y * np.cos(a)
+    return _polygon_particle(xs, ys, dome)
+
+
+def render_tem(
+    labels: np.ndarray,
+    particles: list[Particle],
+    rng: np.random.Generator,
+    film: float = 0.15,
+    film_texture: float = 0.04,
+    hole: bool = False,
+    mass_thickness: float = 0.6,
+    diffraction: float = 0.2,
+    core_shell: float = 0.0,
+    fringe: float = 0.05,
+    blur: float = 1.0,
+    noise: float = 0.06,
+) -> np.ndarray:
+    """A bright-field TEM image of placed particles, **inverted** so that particles are
+    brighter than the support film (the way the network sees every image), as float32.
+
+    The support film is a level ``film`` with a fine amorphous-carbon texture of relative
+    size ``film_texture``; with ``hole`` part of the field is an empty hole of the holey film
+    (darker here, brighter in the original), with a smooth edge the network must ignore.
+    Particles absorb in proportion to their thickness (``mass_thickness``: flat plates
+    uniform, spheres brightest in the centre); ``diffraction`` adds bend contours (bands
+    across a crystal), ``core_shell`` a core of different contrast, ``fringe`` a thin
+    Fresnel ring at the outline. Then blur and shot noise.
+    """
+    h, w = labels.shape
+    img = film * (1 + film_texture * ndi.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(0.5, 1.5)) * 3)
+    img *= 0.9 + 0.2 * perlin_noise((h, w), rng.uniform(100, 300), rng)
+    if hole:
+        field = perlin_noise((h, w), rng.uniform(150, 400), rng, octaves=2)
+        edge = ndi.gaussian_filter((field > rng.uniform(0.35, 0.65)).astype(np.float32), rng.uniform(1, 3))
+        img = img * (1 - edge) + edge * film * rng.uniform(0.2, 0.6)
+    for k, p in enumerate(particles, start=1):
+        ys = slice(max(p.y0, 0), min(p.y0 + p.mask.shape[0], h))
+        xs = slice(max(p.x0, 0), min(p.x0 + p.mask.shape[1], w))
+        ly = slice(ys.start - p.y0, ys.stop - p.y0)
+        lx = slice(xs.start - p.x0, xs.stop - p.x0)
+        vis = labels[ys, xs] == k
+        if not vis.any():
+            continue
+        t = p.height[ly, lx] / max(p.height.max(), 1e-6)
+        level = film + mass_thickness * rng.uniform(0.5, 1.2) * (0.45 + 0.55 * t)
+        if diffraction > 0 and rng.random() < 0.6:
+            yy, xx = np.mgrid[: level.shape[0], : level.shape[1]]
+            a, f = rng.uniform(0, np.pi), rng.uniform(0.05, 0.25)
+            band = np.cos(f * (xx * np.cos(a) + yy * np.sin(a)) + rng.uniform(0, 6.3)) > rng.uniform(0.3, 0.8)
+            level = level * (1 + diffraction * band * rng.choice([-1, 1]))
+        if core_shell > 0:
+            core = ndi.binary_erosion(p.mask[ly, lx], iterations=max(1, int(min(p.mask.shape) * rng.uniform(0.1, 0.25))))
+            level = np.where(core, level * (1 + core_shell * rng.choice([-1, 1])), level)
+        region = img[ys, xs]
+        region[vis] = level[vis]
+    if fringe > 0:
+        edges = (labels > 0) & ~ndi.binary_erosion(labels > 0)
+        img += fringe * ndi.gaussian_filter(edges.astype(np.float32), 0.7) * rng.choice([-1, 1])
+    img = ndi.gaussian_filter(img, blur) if blur > 0 else img
+    img = img + noise * np.sqrt(np.maximum(img, 0.02)) * rng.normal(0, 1, img.shape)
+    return img.astype(np.float32)
+
+
+def draw_annotations(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
+    """Burn a scale bar with a caption and a panel letter into an 8-bit ``image`` in place,
+    and remove the pixels they cover from ``labels`` (annotations are not particles)."""
+    h, w = image.shape
+    ink = np.zeros((h, w), bool)
+    light = rng.random() < 0.5
+
+    def glyphs(y0, x0, n, size):
+        for i in range(n):  # letter-like strokes: a few bars per letter
+            gx = x0 + i * int(size * 0.8)
+            for _ in range(rng.integers(2, 4)):
+                if rng.random() < 0.5:
+                    ink[y0: y0 + size, gx + rng.integers(0, max(1, size // 2)):][:, : max(1, size // 6)] = True
+                else:
+                    yy = y0 + rng.integers(0, size)
+                    ink[yy: yy + max(1, size // 6), gx: gx + size // 2] = True
+
+    if rng.random() < 0.8:  # scale bar with a caption, near a bottom corner
+        bw, bh = int(rng.uniform(0.12, 0.3) * w), int(rng.uniform(3, 8))
+        y0 = h - int(rng.uniform(0.05, 0.12) * h)
+        x0 = int(rng.uniform(0.03, 0.1) * w) if rng.random() < 0.5 else w - bw - int(rng.uniform(0.03, 0.1) * w)
+        ink[y0: y0 + bh, x0: x0 + bw] = True
+        size = int(rng.uniform(10, 22))
+        glyphs(max(0, y0 - size - 4), x0, int(rng.integers(3, 7)), size)
+        if rng.random() < 0.4:  # on a box
+            box = np.zeros_like(ink)
+            box[max(0, y0 - size - 8): min(h, y0 + bh + 4), max(0, x0 - 4): min(w, x0 + bw + 4)] = True
+            image[box] = 30 if light else 225
+            labels[box] = 0
+    if rng.random() < 0.6:  # panel letter in the top-left corner, sometimes on a box
+        size = int(rng.uniform(14, 30))
+        y0, x0 = int(rng.uniform(2, 12)), int(rng.uniform(2, 12))
+        if rng.random() < 0.5:
+            box = np.zeros_like(ink)
+            box[y0: y0 + size + 8, x0: x0 + size + 8] = True
+            image[box] = 30 if light else 225
+            labels[box] = 0
+            y0, x0 = y0 + 4, x0 + 4
+        glyphs(y0, x0, 1, size)
+    image[ink] = 250 if light else 5
+    labels[ink] = 0
+
+
+def simulate_micrograph(
+    shape: tuple[int, int] = (256, 256),
+    rng: np.random.Generator | int | None = None,
+    particle_size: float | tuple[float, float] = (14.0, 44.0),
+    style: str | None = None,
+    annotations: float = 0.3,
+) -> SemSimulation:
+    """One simulated micrograph of a random material, shown as the network sees it (bright
+    particles): SEM contrast (:func:`render_sem`) or inverted TEM bright field
+    (:func:`render_tem`), particles of one or two of :data:`SHAPES`, sparse to dense, and
+    with probability ``annotations`` a burned-in scale bar and panel letter
+    (:func:`draw_annotations`).
+
+    Parameters
+    ----------
+    style : {"sem", "tem"} or None
+        Contrast; drawn at random when None.
+    """
+    rng = np.random.default_rng(rng)
+    style = style or rng.choice(STYLES)
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    size = rng.uniform(*particle_size) if np.ndim(particle_size) else float(particle_size)
+    cov = rng.uniform(0.03, 0.5)
+    sigma = rng.uniform(0.05, 0.3)
+    kinds = rng.choice(SHAPES, size=2)
+    mean_area = np.pi * (size / 2) ** 2 * np.exp(2 * sigma**2)
+    n = 0 if rng.random() < 0.03 else max(1, int(rng.poisson(cov * shape[0] * shape[1] / mean_area)))
+    shapes = [shaped_particle(rng, size * np.exp(rng.normal(0, sigma)), kinds[int(rng.random() < 0.3)]) for _ in range(n)]
+    density = perlin_noise(shape, rng.uniform(60, 200), rng, octaves=2) ** rng.uniform(0.5, 4.0)
+    labels, placed = place_particles(shape, shapes, rng, density, attach=rng.uniform(0.0, 0.95),
+                                     max_overlap=rng.uniform(0.0, 0.3), attach_distance=(0.65, 1.0))
+    if style == "sem":
+        img = render_sem(labels, placed, rng, edge_exponent=rng.uniform(0.3, 2.0), directional=rng.uniform(0, 0.35),
+                         texture=rng.uniform(0.02, 0.25), crevice=rng.uniform(0, 0.6), background=rng.uniform(0.1, 0.5),
+                         debris=rng.uniform(0, 0.25), blur=rng.uniform(0.4, 1.8), noise=rng.uniform(0.02, 0.18),
+                         brightness_range=(rng.uniform(0.3, 0.8), rng.uniform(0.9, 1.2)))
+    else:
+        img = render_tem(labels, placed, rng, film=rng.uniform(0.1, 0.3), film_texture=rng.uniform(0.01, 0.08),
+                         hole=rng.random() < 0.25, mass_thickness=rng.uniform(0.3, 0.9),
+                         diffraction=rng.uniform(0, 0.4), core_shell=rng.uniform(0, 0.4) if rng.random() < 0.25 else 0.0,
+                         fringe=rng.uniform(0, 0.08), blur=rng.uniform(0.5, 2.0), noise=rng.uniform(0.02, 0.15))
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    lo_t, hi_t = rng.uniform(10, 80), rng.uniform(160, 250)
+    out = np.clip(np.round(lo_t + (img - lo) * (hi_t - lo_t) / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+    labels = labels.copy()
+    if rng.random() < annotations:
+        draw_annotations(out, labels, rng)
+        from .postprocess import relabel_sequential
+
+        labels = relabel_sequential(labels)
     return SemSimulation(out, labels, size)

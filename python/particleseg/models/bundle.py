@@ -484,6 +484,7 @@ def make_metadata(
     pixel_size: float | None = None,
     unit: str = "px",
     particle_size_px: float | None = None,
+    particle_size_range_px: tuple[float, float] | None = None,
     classes: list[str] | None = None,
     polarity: str = "bright",
     postprocess: dict | None = None,
@@ -505,7 +506,9 @@ def make_metadata(
             "polarity": polarity,
         },
         "tiling": {"tile": int(tile), "overlap": int(overlap)},
-        "scale": {"pixel_size": pixel_size, "unit": unit, "particle_size_px": particle_size_px},
+        "scale": {"pixel_size": pixel_size, "unit": unit, "particle_size_px": particle_size_px,
+                  **({"particle_size_range_px": [float(v) for v in particle_size_range_px]}
+                     if particle_size_range_px else {})},
         "classes": classes or ["background", "particle"],
         "postprocess": {**DEFAULT_POSTPROCESS, **(postprocess or {})},
         "training": training or {},

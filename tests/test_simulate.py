@@ -1,0 +1,59 @@
+"""The broader simulator (issue 13): shapes, TEM contrast, annotations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from particleseg.simulate import SHAPES, STYLES, shaped_particle, simulate_micrograph
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_shaped_particle_has_the_asked_diameter(kind):
+    rng = np.random.default_rng(1)
+    for d in (12.0, 40.0):
+        mask, height = shaped_particle(rng, d, kind)
+        ecd = 2 * np.sqrt(mask.sum() / np.pi)
+        assert abs(ecd / d - 1) < 0.2, (kind, d, ecd)
+        assert height.shape == mask.shape and np.all(height[~mask] == 0) and height[mask].max() > 0
+
+
+def test_unknown_shape_and_style_are_refused():
+    with pytest.raises(ValueError, match="unknown particle shape"):
+        shaped_particle(np.random.default_rng(0), 10, "star")
+    with pytest.raises(ValueError, match="unknown style"):
+        simulate_micrograph((64, 64), 0, style="afm")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_micrograph_particles_are_bright_and_labelled(style):
+    for seed in range(4):
+        sim = simulate_micrograph((192, 192), np.random.default_rng([3, seed]), (14, 30), style=style, annotations=0)
+        assert sim.image.dtype == np.uint8 and sim.image.shape == sim.labels.shape
+        if sim.labels.max() == 0:
+            continue
+        ids = np.unique(sim.labels)
+        assert ids[0] == 0 and np.array_equal(ids, np.arange(len(ids)))  # 1..N
+        inside = sim.image[sim.labels > 0].mean()
+        outside = sim.image[sim.labels == 0].mean()
+        assert inside > outside  # as the network sees every image
+
+
+def test_annotations_are_background():
+    """Pixels a scale bar, caption or panel letter changed belong to no particle."""
+    changed_total = 0
+    for seed in range(6):
+        plain = simulate_micrograph((256, 256), np.random.default_rng([5, seed]), annotations=0.0)
+        marked = simulate_micrograph((256, 256), np.random.default_rng([5, seed]), annotations=1.0)
+        changed = plain.image != marked.image
+        changed_total += changed.sum()
+        assert not np.any(marked.labels[changed])
+        assert not np.any((marked.labels > 0) & (plain.labels == 0))  # nothing new became a particle
+    assert changed_total > 200
+
+
+def test_same_seed_same_image():
+    a = simulate_micrograph((96, 96), 11)
+    b = simulate_micrograph((96, 96), 11)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
