@@ -736,3 +736,44 @@ def test_property_contingency_counts_add_up(pair):
     assert c.counts.sum() == c.n == (truth > 0).sum()
     assert c.pred_area.sum() == truth.size
     assert c.n_truth == len(np.unique(truth[truth > 0])) and c.n_pred == len(np.unique(pred[pred > 0]))
+
+
+@FAST
+@given(h=st.integers(8, 30), w=st.integers(8, 30), dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32]),
+       seed=st.integers(0, 2**32 - 1), negative=st.booleans())
+def test_property_sims_field_reader_round_trip_or_one_clear_error(tmp_path_factory, h, w, dtype, seed, negative):
+    import tifffile
+
+    from particleseg.sims import read_field
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3.0, (2, h, w)).astype(dtype)
+    if negative and np.dtype(dtype).kind in "if":
+        counts[1, 0, 0] = -1
+    path = tmp_path_factory.mktemp("sims") / "f.tif"
+    tifffile.imwrite(path, counts, imagej=dtype != np.int32, photometric="minisblack",
+                     metadata={"Labels": ["235U", "238U"]} if dtype != np.int32 else None)
+    channels = ["235U", "238U"] if dtype == np.int32 else None
+    if negative and np.dtype(dtype).kind in "if":
+        with pytest.raises(InputError, match=r"f.tif \[238U\]: has negative values; expected ion counts$"):
+            read_field(path, channels)
+        return
+    fld = read_field(path, channels)
+    np.testing.assert_array_equal(fld.counts["235U"], counts[0])
+    np.testing.assert_array_equal(fld.counts["238U"], counts[1])
+
+
+@FAST
+@given(shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.uint32, np.float32]), seed=st.integers(0, 1000))
+def test_property_evaluate_reader_round_trip_tiny_shapes(tmp_path_factory, shape, dtype, seed):
+    import tifffile
+
+    from particleseg.io import read_array
+
+    a = np.random.default_rng(seed).integers(0, 200, shape).astype(dtype)
+    path = tmp_path_factory.mktemp("ra") / "m.tif"
+    tifffile.imwrite(path, a)
+    out = read_array(path, "mask")
+    np.testing.assert_array_equal(out, np.squeeze(a))
+    assert out.dtype == a.dtype
