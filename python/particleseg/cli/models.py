@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..models import list_bundles, load_bundle, model_search_path
+    from ..models import bundle_origin, list_bundles, load_bundle, model_search_path
 
     bundles = list_bundles()
     if not bundles:
@@ -37,6 +37,7 @@ def run(args) -> int:
             print(f"{name:20s} {net.architecture:14s} heads={'+'.join(b.heads):22s} {b.metadata.get('description', '')[:60]}")
         except Exception as exc:  # noqa: BLE001 - list broken bundles too
             print(f"{name:20s} (broken: {exc})")
+        print(f"{'':20s} from {bundle_origin(path)}: {path}")
     print("searched: " + ", ".join(str(p) for p in model_search_path()))
     return 0
 

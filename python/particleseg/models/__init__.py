@@ -3,7 +3,9 @@
 from .architectures import ARCHITECTURES, Head, NetworkConfig, build_network
 from .bundle import (
     DEFAULT_MODEL,
+    SHIPPED_MODELS,
     Bundle,
+    bundle_origin,
     keras_predictor,
     list_bundles,
     load_bundle,
@@ -17,7 +19,7 @@ from .bundle import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "Head", "NetworkConfig", "build_network", "DEFAULT_MODEL", "Bundle",
+    "ARCHITECTURES", "Head", "NetworkConfig", "build_network", "DEFAULT_MODEL", "SHIPPED_MODELS", "Bundle", "bundle_origin",
     "keras_predictor", "list_bundles", "load_bundle", "make_metadata", "model_search_path",
     "resolve_bundle", "save_bundle", "validate_metadata", "write_metadata", "zip_bundle",
 ]

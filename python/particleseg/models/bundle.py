@@ -54,16 +54,36 @@ DEFAULT_POSTPROCESS = {
 }
 
 
+#: the bundles shipped with the package (package data)
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "bundles"
+
+
 def model_search_path() -> list[Path]:
     """Folders searched for a bundle given by name, in order.
 
-    ``$PARTICLESEG_MODELS`` (``os.pathsep``-separated), the ``models/`` folder of the source
-    tree, and ``~/.local/share/particleseg/models``.
+    ``$PARTICLESEG_MODELS`` (``os.pathsep``-separated), the shipped bundles inside the
+    package (``particleseg/bundles``, package data: the same from a wheel, an editable install
+    or a Fiji Python environment; ``models/`` in a checkout links to it), and
+    ``~/.local/share/particleseg/models``.
     """
     paths = [Path(p) for p in os.environ.get("PARTICLESEG_MODELS", "").split(os.pathsep) if p]
-    paths.append(Path(__file__).resolve().parents[3] / "models")
+    paths.append(SHIPPED_MODELS)
     paths.append(Path.home() / ".local" / "share" / "particleseg" / "models")
     return paths
+
+
+def bundle_origin(path: str | os.PathLike) -> str:
+    """Where a bundle on the search path comes from: ``package`` (shipped with particleseg),
+    ``$PARTICLESEG_MODELS``, ``user folder`` or ``path`` (anywhere else)."""
+    folder = Path(path).resolve().parent
+    if folder == SHIPPED_MODELS.resolve():
+        return "package"
+    env = [Path(p).resolve() for p in os.environ.get("PARTICLESEG_MODELS", "").split(os.pathsep) if p]
+    if folder in env:
+        return "$PARTICLESEG_MODELS"
+    if folder == (Path.home() / ".local" / "share" / "particleseg" / "models").resolve():
+        return "user folder"
+    return "path"
 
 
 def list_bundles() -> dict[str, Path]:
