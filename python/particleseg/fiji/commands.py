@@ -261,6 +261,8 @@ def segment_particles(ctx: Context, v: dict) -> dict:
     crop = f", {seg.crop_rows} data-bar rows ignored" if seg.crop_rows else ""
     ctx.log(f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
             f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]")
+    if seg.scale is not None:
+        ctx.log(f"  {seg.scale.describe()}")
     ctx.status(f"Segment Particles: {_n(out['kept'], 'particle')}")
     record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds, images=1)
     return out
@@ -404,7 +406,8 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
         t0 = time.perf_counter()
         try:
             row = segment_file(f, dst, bundle, params, overwrite=overwrite, write_overview=bool(v.get("overview", True)))
-            ctx.log(f"  {f.name}: {row['count']} particles")
+            size = f", typical size {row['particle_size_px']:.0f} px" if row.get("particle_size_px") else ""
+            ctx.log(f"  {f.name}: {row['count']} particles ({row.get('polarity', '?')} particles{size})")
         except (ParticlesegError, OSError, ValueError) as exc:
             if isinstance(exc, OutputExistsError):
                 kept_files.append(f.name)
