@@ -142,6 +142,32 @@ def test_tws_reference_single_particle_ground_truth():
     assert M.evaluate_pair(truth > 0, truth)["vi_error_thinned"] == pytest.approx(0.0)
 
 
+@pytest.mark.tio2
+def test_tio2_poor_proposal_no_longer_wins_at_threshold_one(tio2_dir):
+    """The issue's case on a real image: a poor proposal (the inverted stand-in map of
+    benchmarks/bench_metrics.py on TiO2 image 1908256) scored its best VI error thinned, 0.3959,
+    at threshold 1.0, where it is empty (TWS: 1.0). Now threshold 1.0 scores 1.0 and Rand error
+    thinned there is 1 - 2P/(1+P) with P = sum a_i^2 / n^2 of the ground-truth particles."""
+    from scipy import ndimage as ndi
+
+    from particleseg.datasets import tio2_items
+    from particleseg.io import read_image
+    from particleseg.postprocess import label_mask, threshold_value
+
+    item = next(it for it in tio2_items(tio2_dir) if it.stem == "1908256")
+    image = read_image(item.image)[0][:712]
+    truth = M.read_array(item.mask)[:712]
+    smooth = ndi.gaussian_filter(image.astype(np.float32), 1.5)
+    prob = (1 / (1 + np.exp(-(smooth - threshold_value(image, "li")) / 8))).astype(np.float32)
+    r, sweep = M.evaluate_pair(1 - prob, truth, return_sweep=True)
+    last = sweep[sweep["threshold"] == 1.0].iloc[0]
+    assert last["vi_error_thinned"] == 1.0
+    areas = np.bincount(label_mask(truth > 0).ravel())[1:].astype(float)
+    p = (areas ** 2).sum() / areas.sum() ** 2
+    assert last["rand_error_thinned"] == pytest.approx(1 - 2 * p / (1 + p), rel=1e-12)
+    assert r["vi_error_thinned_thr"] != 1.0 and r["vi_error_thinned"] > 0.7  # was 0.3959 at 1.0
+
+
 def test_thin_borders_of_an_empty_proposal_is_one_segment():
     np.testing.assert_array_equal(M.thin_borders(np.zeros((3, 4), np.int32)), np.ones((3, 4)))
     full = np.full((3, 4), 5, np.int32)
