@@ -803,3 +803,17 @@ def test_property_evaluate_reader_round_trip_tiny_shapes(tmp_path_factory, shape
     out = read_array(path, "mask")
     np.testing.assert_array_equal(out, np.squeeze(a))
     assert out.dtype == a.dtype
+
+
+def test_python_api_loads_and_runs_a_model_without_tensorflow_chatter(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = ("import numpy as np\nfrom particleseg.models import load_bundle\nb = load_bundle()\n"
+            "print(b.predictor()(np.zeros((1, 32, 32, 1), np.float32)).shape)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(1, 32, 32, 2)"
+    assert run.stderr == "", run.stderr  # was: absl's 'All log messages before absl::InitializeLog()' and cpu_feature_guard

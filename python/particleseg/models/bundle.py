@@ -33,6 +33,10 @@ import numpy as np
 from ..errors import BundleError, OutputExistsError
 from .architectures import NetworkConfig
 
+# TensorFlow's C++ start-up lines (absl, cpu_feature_guard) are not for the users of a library
+# either: off unless the user set the level (the command line does the same).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 FORMAT = "particleseg-bundle"
 FORMAT_VERSION = 1
 METADATA_FILE = "bundle.json"
