@@ -344,13 +344,12 @@ def scale_summary(scale: ScaleChoice | None) -> dict[str, Any]:
 
 def _size_factor(size: float, bundle: Bundle) -> float:
     """Resampling factor for particles ``size`` px across: 1 inside the range of sizes the
-    model was trained on (``scale.particle_size_range_px``, else 1/1.5 to 1.5 times its
-    ``particle_size_px``), else the factor that brings them to ``particle_size_px``."""
-    target = bundle.particle_size_px
+    model was trained on (``scale.particle_size_range_px``), else the factor that brings them
+    to its ``particle_size_px``."""
     lo, hi = SUPPORTED_SIZE_PX
     size = min(max(size, lo), hi)
-    trained = bundle.metadata["scale"].get("particle_size_range_px") or (target / 1.5, target * 1.5)
-    return 1.0 if trained[0] <= size <= trained[1] else target / size
+    trained = bundle.metadata["scale"]["particle_size_range_px"]
+    return 1.0 if trained[0] <= size <= trained[1] else bundle.particle_size_px / size
 
 
 def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image") -> ScaleChoice:
@@ -359,15 +358,17 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
     The polarity is ``params.polarity``, or estimated when it is ``"auto"``
     (:func:`particleseg.autoscale.estimate_polarity`). The factor comes from
     ``params.particle_size`` (the model's ``particle_size_px`` over it), else from
-    ``params.rescale``, else from the estimated particle size
-    (:func:`particleseg.autoscale.estimate_particle_size`): 1 while that lies in the range of
-    sizes the model was trained on. An estimate outside :data:`~particleseg.autoscale.SUPPORTED_SIZE_PX`
-    is clipped to it with a warning.
+    ``params.rescale``, else, for a bundle that records the range of particle sizes it was
+    trained on (``scale.particle_size_range_px``), from the estimated particle size
+    (:func:`particleseg.autoscale.estimate_particle_size`): 1 while that lies in the range.
+    An estimate outside :data:`~particleseg.autoscale.SUPPORTED_SIZE_PX` is clipped to it
+    with a warning. Bundles without the range are not resampled unless asked.
     """
     net_polarity = bundle.metadata["input"].get("polarity", "bright")
     polarity = params.polarity or "auto"
     target = bundle.particle_size_px
-    auto_size = not params.particle_size and not params.rescale and bool(target)
+    auto_size = (not params.particle_size and not params.rescale and bool(target)
+                 and bool(bundle.metadata["scale"].get("particle_size_range_px")))
     polarity_source = "given"
     if polarity == "auto":
         polarity, polarity_source = estimate_polarity(work, default=net_polarity), "estimated"
@@ -685,7 +686,7 @@ def read_summary(path: str | os.PathLike, overwrite: bool = False) -> pd.DataFra
             return None
         raise OutputExistsError(f"{path}: output exists and is not a particleseg summary ({problem}); "
                                 "use another output folder or --overwrite to replace it")
-    table["error"] = table["error"].fillna("") if "error" in table else ""
+    table["error"] = table["error"].astype(object).where(table["error"].notna(), "") if "error" in table else ""
     return table
 
 
