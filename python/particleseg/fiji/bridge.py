@@ -228,6 +228,14 @@ def install_dialog_guard() -> None:
         # inside Java at that moment aborts the process
         stop.set()
         sweeper.join(5)
+        # and before the windows are disposed at exit (environment._dispose_windows): their
+        # window events would call this Python listener from the AWT thread while Python
+        # finalizes, and a Java thread that Python ends there aborts the process ("FATAL:
+        # exception not rethrown", seen once in a few runs of docs/fiji.md's Python example)
+        try:
+            _j("java.awt.Toolkit").getDefaultToolkit().removeAWTEventListener(guard)
+        except Exception:  # noqa: BLE001 - the JVM shutting down
+            pass
 
     atexit.register(stop_sweeper)
     _state["guard"] = guard
