@@ -379,12 +379,13 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
         size, source, factor = float(params.particle_size), "given", target / params.particle_size
     elif params.rescale:
         source, factor = "rescale", float(params.rescale)
-    elif auto_size:
+    else:  # estimated (and reported); the factor only for bundles that record their sizes
         size = estimate_particle_size(work, polarity)
         if size is not None:
             source = "estimated"
-            _warn_size(size, name)
-            factor = _size_factor(size, bundle)
+            if auto_size:
+                _warn_size(size, name)
+                factor = _size_factor(size, bundle)
     if not 0.02 <= factor <= 20:
         raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.02 to 20)")
     return ScaleChoice(polarity, polarity_source, factor, size, source, net_polarity, auto_size)
