@@ -25,10 +25,14 @@ def default_bundle():
 
 
 def disks(shape, centres, radius, inside=200.0, outside=40.0, noise=4.0, seed=0):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
     img = np.full(shape, outside, np.float32)
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    disk = yy**2 + xx**2 < radius**2
     for cy, cx in centres:
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = inside
+        y0, x0 = cy - r, cx - r
+        ys, xs = slice(max(y0, 0), min(cy + r + 1, shape[0])), slice(max(x0, 0), min(cx + r + 1, shape[1]))
+        img[ys, xs][disk[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]] = inside
     return img + np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
 
 
