@@ -272,14 +272,7 @@ def render_sem(
     ux, uy = np.cos(det), np.sin(det)
     fine = ndi.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(0.7, 2.0))
     fine /= fine.std() + 1e-6
-    for k, p in enumerate(particles, start=1):
-        ys = slice(max(p.y0, 0), min(p.y0 + p.mask.shape[0], h))
-        xs = slice(max(p.x0, 0), min(p.x0 + p.mask.shape[1], w))
-        ly = slice(ys.start - p.y0, ys.stop - p.y0)
-        lx = slice(xs.start - p.x0, xs.stop - p.x0)
-        vis = labels[ys, xs] == k
-        if not vis.any():
-            continue
+    for p, ys, xs, ly, lx, vis in _visible(labels, particles):
         gy, gx = np.gradient(p.height)
         slope = np.minimum(np.hypot(gx, gy), 6.0)
         tilt = np.sqrt(1 + slope**2) ** edge_exponent  # 1/cos(theta)
@@ -295,6 +288,19 @@ def render_sem(
     img = img + noise * np.sqrt(np.maximum(img, 0.02)) * rng.normal(0, 1, img.shape)
     img += rng.normal(0, noise * 0.3, (h, 1))  # scan-line jitter
     return img.astype(np.float32)
+
+
+def _visible(labels: np.ndarray, particles: list[Particle]):
+    """For each particle with visible pixels, in painter's order: the particle, the image
+    slices of its box (clipped to the image), the same box in the particle's own arrays, and
+    its visible pixels there."""
+    h, w = labels.shape
+    for k, p in enumerate(particles, start=1):
+        ys = slice(max(p.y0, 0), min(p.y0 + p.mask.shape[0], h))
+        xs = slice(max(p.x0, 0), min(p.x0 + p.mask.shape[1], w))
+        vis = labels[ys, xs] == k
+        if vis.any():
+            yield p, ys, xs, slice(ys.start - p.y0, ys.stop - p.y0), slice(xs.start - p.x0, xs.stop - p.x0), vis
 
 
 def _crevices(labels: np.ndarray, particles: list[Particle]) -> np.ndarray:
@@ -506,14 +512,7 @@ def render_tem(
         field = perlin_noise((h, w), rng.uniform(150, 400), rng, octaves=2)
         edge = ndi.gaussian_filter((field > rng.uniform(0.35, 0.65)).astype(np.float32), rng.uniform(1, 3))
         img = img * (1 - edge) + edge * film * rng.uniform(0.2, 0.6)
-    for k, p in enumerate(particles, start=1):
-        ys = slice(max(p.y0, 0), min(p.y0 + p.mask.shape[0], h))
-        xs = slice(max(p.x0, 0), min(p.x0 + p.mask.shape[1], w))
-        ly = slice(ys.start - p.y0, ys.stop - p.y0)
-        lx = slice(xs.start - p.x0, xs.stop - p.x0)
-        vis = labels[ys, xs] == k
-        if not vis.any():
-            continue
+    for p, ys, xs, ly, lx, vis in _visible(labels, particles):
         t = p.height[ly, lx] / max(p.height.max(), 1e-6)
         level = film + mass_thickness * rng.uniform(0.5, 1.2) * (0.45 + 0.55 * t)
         if diffraction > 0 and rng.random() < 0.6:
