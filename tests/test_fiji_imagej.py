@@ -808,7 +808,9 @@ def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_pat
         if p.fiji:
             assert p.name.split("_")[0] in shown, p.name
     assert "Min score (classifier)" in labels and "Min confidence" in labels
-    assert min_confidence == 0.925  # the bundle's value, all its digits
+    from particleseg.models import load_bundle
+
+    assert min_confidence == load_bundle("default").postprocess["min_confidence"]  # the bundle's value, all its digits
     assert "Segment Particles" not in text  # canceled: not recorded
 
 

@@ -223,10 +223,13 @@ def test_dialog_defaults_and_labels_come_from_the_bundle_and_the_image():
     from particleseg.models import load_bundle
     from particleseg.params import bundle_defaults
 
-    d = bundle_defaults(load_bundle("default"))
-    assert d["seed_level"] == 0.6 and d["min_confidence"] == 0.925  # the shipped bundle's values
+    bundle = load_bundle("default")
+    seed, conf = bundle.postprocess["seed_threshold"], bundle.postprocess["min_confidence"]
+    assert (seed, conf) != (0.5, 0.0)  # the shipped bundle's values differ from the generic defaults
+    d = bundle_defaults(bundle)
+    assert d["seed_level"] == seed and d["min_confidence"] == conf
     spec = build_specs(defaults=d)["Segment Particles..."]
-    assert spec.field("seed_level").default == 0.6 and spec.field("min_confidence").default == 0.925
+    assert spec.field("seed_level").default == seed and spec.field("min_confidence").default == conf
     assert spec.field("area").label_for("nm") == "Area (nm²)" and spec.field("feret_min").label_for("µm") == "Feret_min (µm)"
     assert spec.field("area").label_for("px") == "Area (px²)" and spec.field("min_size").label_for("nm") == "Min_size (px)"
     main = [f.key for f in spec.fields if not f.advanced]

@@ -79,9 +79,20 @@ def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
     rank[ids[np.lexsort((ids, sizes[ids]))]] = np.arange(1, len(ids) + 1)
     top = len(ids) + 1
     ranked = np.where(lab > 0, rank[lab], top)
-    first = ndi.minimum_filter(ranked, footprint=ndi.generate_binary_structure(2, connectivity),
-                               mode="constant", cval=top)
-    return (lab > 0) & (first >= ranked)
+    structure = ndi.generate_binary_structure(2, connectivity)
+    first = ndi.minimum_filter(ranked, footprint=structure, mode="constant", cval=top)
+    mask = (lab > 0) & (first >= ranked)
+    # a thin particle that gave way on both sides can fall apart: keep its largest piece, so
+    # that the mask still holds one region per particle
+    parts, n = ndi.label(mask, structure=structure)
+    if n > len(ids):
+        pairs, counts = np.unique(np.stack([lab[mask], parts[mask]]), axis=1, return_counts=True)
+        order = np.lexsort((-counts, pairs[0]))  # per particle, its largest piece first
+        pairs = pairs[:, order]
+        first_piece = np.r_[True, pairs[0, 1:] != pairs[0, :-1]]
+        drop = pairs[1][~first_piece]
+        mask &= ~np.isin(parts, drop)
+    return mask
 
 
 def relabel_kept_first(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:

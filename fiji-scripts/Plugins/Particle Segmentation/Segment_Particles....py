@@ -3,10 +3,10 @@
 #@ Double (label="Threshold", description="foreground probability threshold", value=0.5, min=0, max=1, style="format:0.00") threshold
 #@ Boolean (label="Split touching particles", description="split touching particles (watershed)", value=true) split
 #@ Boolean (label="Exclude border particles", description="reject particles touching the image border or the data bar", value=true) exclude_border
-#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.6, min=0, max=1, style="format:0.00") seed_level
+#@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
 #@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)", value=1, min=0, style="format:0.00") split_level
 #@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=15, min=0) min_size
-#@ Double (label="Min confidence", description="remove particles whose mean foreground probability is below this (0 keeps all)", value=0.925, min=0, max=1, style="format:0.00") min_confidence
+#@ Double (label="Min confidence", description="remove particles whose mean foreground probability is below this (0 keeps all)", value=0.9, min=0, max=1, style="format:0.00") min_confidence
 #@ Boolean (label="Fill holes", description="fill holes inside particles", value=true) fill_holes
 #@ Double (label="Min score (classifier)", description="keep particles whose particle-classifier score reaches this (bundles with a classifier; 0 keeps all)", value=0, min=0, max=1, style="format:0.00") min_score
 #@ String (label="Intensity filter", description="reject particles whose mean gray value is on the background side of this global threshold", choices={"none","li","otsu","mean","median"}, value="none") intensity_filter
