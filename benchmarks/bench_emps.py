@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import classic_labels  # noqa: E402 - the baseline of benchmarks/run.py, with the true polarity
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PARTICLESEG_EMPS", ROOT.parent / "shared" / "datasets" / "emps-dev"))
 METHODS = ("auto", "oracle", "as_is", "otsu", "li")
@@ -57,15 +60,6 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
 
     return {"fg_iou": foreground_iou(pred, truth), "f1": match_instances(truth, pred, 0.5)["f1"],
             "inst_iou": instance_iou(pred, truth, average="truth")}
-
-
-def classic_labels(image: np.ndarray, method: str, polarity: str, min_area: int = 15) -> np.ndarray:
-    from particleseg import postprocess as pp
-
-    t = pp.threshold_value(image, method)
-    mask = image > t if polarity == "bright" else image < t
-    labels = pp.split_touching(mask, None, h=1.0)
-    return pp.relabel_sequential(pp.remove_small(labels, min_area))
 
 
 def run(limit: int | None = None, model: str | None = None, methods=METHODS, progress: bool = True) -> pd.DataFrame:
@@ -91,7 +85,7 @@ def run(limit: int | None = None, model: str | None = None, methods=METHODS, pro
         for method in methods:
             t0 = time.perf_counter()
             if method in ("otsu", "li"):
-                labels = classic_labels(image.astype(np.float32), method, pol)
+                labels = classic_labels(image.astype(np.float32), method, polarity=pol)[1]
             else:
                 params = {"auto": SegmentParams(crop_rows=0),
                           "oracle": SegmentParams(crop_rows=0, polarity=pol, particle_size=d_true),

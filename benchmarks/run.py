@@ -764,12 +764,14 @@ def section_gpu(ctx: Context) -> tuple[list[str], dict]:
     return lines, head
 
 
-def classic_labels(image: np.ndarray, method: str, min_area: int = 15) -> tuple[np.ndarray, np.ndarray]:
-    """Classic baseline: global threshold (``li`` or ``otsu``) of the gray values, then the
-    distance-transform watershed (h-maxima, h = 1 px) and removal of particles under ``min_area``."""
+def classic_labels(image: np.ndarray, method: str, min_area: int = 15, polarity: str = "bright") -> tuple[np.ndarray, np.ndarray]:
+    """Classic baseline: global threshold (``li`` or ``otsu``) of the gray values (particles
+    above it, or below it for ``polarity="dark"``), then the distance-transform watershed
+    (h-maxima, h = 1 px) and removal of particles under ``min_area``."""
     from particleseg import postprocess as pp
 
-    mask = image > pp.threshold_value(image, method)
+    t = pp.threshold_value(image, method)
+    mask = image > t if polarity == "bright" else image < t
     labels = pp.split_touching(mask, None, h=1.0)
     return mask, pp.relabel_sequential(pp.remove_small(labels, min_area))
 

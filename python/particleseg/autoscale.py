@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-POLARITIES = ("bright", "dark")
+from .params import POLARITIES  # noqa: F401 - the two polarities, named once
 #: typical particle diameters (px) the estimate covers; outside, the user is asked for
 #: ``--particle-size``
 SUPPORTED_SIZE_PX = (5.0, 500.0)
@@ -130,10 +130,11 @@ def polarity_score(image: np.ndarray) -> float:
 def estimate_polarity(image: np.ndarray, default: str = "bright") -> str:
     """``"bright"`` or ``"dark"`` particles, by :func:`polarity_score`; ``default`` for a
     constant image."""
-    s = polarity_score(image)
-    if s == 0:
-        return default
-    return "bright" if s > 0 else "dark"
+    return _polarity_of(polarity_score(image), default)
+
+
+def _polarity_of(score: float, default: str) -> str:
+    return default if score == 0 else ("bright" if score > 0 else "dark")
 
 
 def opening_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -256,7 +257,7 @@ def estimate_image(image: np.ndarray, polarity: str | None = None, default_polar
     """
     score = polarity_score(image)
     if polarity is None:
-        polarity = default_polarity if score == 0 else ("bright" if score > 0 else "dark")
+        polarity = _polarity_of(score, default_polarity)
     size = estimate_particle_size(image, polarity)
     in_range = size is not None and SUPPORTED_SIZE_PX[0] <= size <= SUPPORTED_SIZE_PX[1]
     return ImageEstimate(polarity, score, size, in_range)
