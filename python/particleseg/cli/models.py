@@ -1,5 +1,5 @@
 """``particleseg models``: list installed model bundles; ``particleseg models export``: export
-a bundle's network as ONNX and TensorFlow SavedModel."""
+a bundle's network as ONNX and TensorFlow SavedModel, or as a bioimage.io model package."""
 
 from __future__ import annotations
 
@@ -13,13 +13,27 @@ def register(sub) -> None:
     q = s.add_parser("list", help="list installed model bundles (the default)")
     q.set_defaults(func=run)
     q = s.add_parser(
-        "export", help="export a bundle's network as ONNX and/or TensorFlow SavedModel",
-        description="Write BUNDLE/export/model.onnx and/or BUNDLE/export/saved_model/, check each against the "
-                    "Keras output on a test image, and record them under 'exports' in bundle.json.",
+        "export", help="export a bundle's network as ONNX, TensorFlow SavedModel or a bioimage.io package",
+        description="onnx, saved_model: write BUNDLE/export/model.onnx and/or BUNDLE/export/saved_model/, check each "
+                    "against the Keras output on a test image, and record them under 'exports' in bundle.json. "
+                    "bioimageio: write a bioimage.io model package (rdf.yaml, Keras, ONNX and SavedModel weights, "
+                    "test input and output, cover, bundle.json) that DeepImageJ runs in Fiji and particleseg loads "
+                    "back as the bundle; validated with bioimageio.spec and, unless --no-test, tested with "
+                    "bioimageio.core (pip install 'particleseg[bioimageio]'). See docs/bioimageio.md.",
     )
-    q.add_argument("bundle", metavar="BUNDLE", help="bundle folder or installed name")
-    q.add_argument("--format", nargs="+", choices=("onnx", "saved_model"), default=["onnx", "saved_model"],
-                   help="export formats (default both)")
+    q.add_argument("bundle", metavar="BUNDLE", nargs="?", help="bundle folder, zip or installed name")
+    # no argparse choices: "--format bioimageio BUNDLE" must leave BUNDLE to the positional
+    q.add_argument("--format", nargs="+", metavar="{onnx,saved_model,bioimageio}", default=["onnx", "saved_model"],
+                   help="export formats (default onnx and saved_model)")
+    q.add_argument("--out", metavar="PATH",
+                   help="bioimageio: the package, a .zip or a folder (default NAME.bioimageio.zip here)")
+    q.add_argument("--weights", nargs="+", choices=("keras", "onnx", "saved_model"),
+                   default=["keras", "onnx", "saved_model"],
+                   help="bioimageio: weights formats in the package (default all; keras always)")
+    q.add_argument("--author", action="append", metavar="NAME", help="bioimageio: an author (repeatable)")
+    q.add_argument("--license", metavar="SPDX", help="bioimageio: licence of the weights (default BSD-3-Clause)")
+    q.add_argument("--no-test", dest="test", action="store_false",
+                   help="bioimageio: skip bioimageio.core's model test of the written package")
     q.add_argument("--overwrite", action="store_true", help="replace existing exports")
     q.set_defaults(func=run_export)
 
@@ -42,11 +56,50 @@ def run(args) -> int:
     return 0
 
 
+FORMATS = ("onnx", "saved_model", "bioimageio")
+
+
 def run_export(args) -> int:
+    from ..errors import ParticlesegError
     from ..models.export import export_bundle
 
-    bundle = export_bundle(args.bundle, args.format, overwrite=args.overwrite)
-    for fmt in args.format:
-        e = bundle.metadata["exports"][fmt]
-        print(f"{fmt}: {bundle.path / e['file']} (max difference from Keras {e['max_abs_diff']:.2g} on a test image)")
+    if args.bundle is None and args.format and args.format[-1] not in FORMATS:
+        args.bundle = args.format.pop()  # --format F... BUNDLE
+    bad = [f for f in args.format if f not in FORMATS]
+    if bad:
+        raise ParticlesegError(f"{bad[0]}: unknown export format; choose from {', '.join(FORMATS)}")
+    if args.bundle is None or not args.format:
+        raise ParticlesegError("models export needs a BUNDLE and at least one --format")
+
+    formats = [f for f in args.format if f != "bioimageio"]
+    if formats:
+        bundle = export_bundle(args.bundle, formats, overwrite=args.overwrite)
+        for fmt in formats:
+            e = bundle.metadata["exports"][fmt]
+            print(f"{fmt}: {bundle.path / e['file']} (max difference from Keras {e['max_abs_diff']:.2g} on a test image)")
+    if "bioimageio" in args.format:
+        return run_bioimageio(args)
     return 0
+
+
+def run_bioimageio(args) -> int:
+    from ..models.bioimageio import export_bioimageio, test_package
+
+    out = export_bioimageio(args.bundle, args.out, weights=args.weights, authors=args.author, license=args.license,
+                            overwrite=args.overwrite)
+    print(f"bioimageio: {out} (bioimageio.spec validation passed)")
+    if not args.test:
+        return 0
+    summary = test_package(out)
+    failed = [d for d in summary.details if d.status == "failed"]
+    tested = sorted({w for d in summary.details for w in ("keras_v3", "onnx", "tensorflow_saved_model_bundle")
+                     if f"({w})" in d.name})
+    if summary.status == "passed":
+        print(f"bioimageio: bioimageio.core model test passed ({len(summary.details)} checks; test outputs "
+              f"reproduced with {', '.join(tested)})")
+        return 0
+    first = failed[0] if failed else None
+    why = "; ".join(e.msg.splitlines()[0] for e in first.errors[:1]) if first and first.errors else ""
+    print(f"bioimageio: {out}: bioimageio.core model test failed: {first.name if first else summary.status}"
+          + (f" ({why})" if why else ""))
+    return 1

@@ -413,10 +413,15 @@ def _check_values(meta: dict[str, Any], source: str) -> None:
 def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
     """Load and validate a bundle from a folder, a ``.zip`` or an installed bundle's name.
 
-    ``None`` or ``"default"`` gives the shipped default model.
+    ``None`` or ``"default"`` gives the shipped default model. A bioimage.io model package
+    written by particleseg (its zip or folder, :mod:`.bioimageio`) loads as the bundle it was
+    exported from; another bioimage.io package is refused in one line.
     """
     path = resolve_bundle(name_or_path)
     given = Path(name_or_path) if name_or_path is not None and Path(name_or_path).exists() else path
+    from .bioimageio import check_usable  # a bioimage.io package particleseg did not write: one line
+
+    check_usable(path)
     if path.suffix == ".zip":
         source = str(given)
         meta_label = f"{given}: {METADATA_FILE}"
