@@ -11,8 +11,10 @@ atomic rename) and refuse to replace an existing file unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, OutputExistsError, ParticlesegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -375,6 +377,77 @@ def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
         raise OutputExistsError(f"{existing[0]}: output exists{more}; use --overwrite to replace it")
 
 
+def check_output_folder(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
+    """Before any work: ``folder`` is a folder or can be made, files can be created in it, and
+    it has at least ``need_bytes`` free. Makes the folder.
+
+    Raises
+    ------
+    OutputError
+        One line: ``OUT: is a file, not a folder``, ``OUT: cannot create the folder (...)``,
+        ``OUT: not writable``, ``OUT: not enough free space (...)``.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file, not a folder; give a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(describe_os_error(exc, folder)) from None
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise OutputError(f"{folder}: cannot create the folder (a file is in its path)") from None
+        raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+    try:  # writable? (permissions alone do not say it: root, read-only mounts, ACLs)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.tmp{os.getpid()}-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder)) from None
+    if need_bytes:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise OutputError(f"{folder}: not enough free space ({_mb(free)} free, the outputs need at least "
+                              f"{_mb(need_bytes)})")
+    return folder
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def image_pixels(path: str | os.PathLike) -> int:
+    """Number of gray values in an image file (all slices), from its header; 0 if unknown."""
+    import logging
+
+    path = Path(path)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _image_pixels(path)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+        return 0
+
+
+def _image_pixels(path: Path) -> int:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            n = int(np.prod(series.shape))
+            if "S" in series.axes:
+                n //= series.shape[series.axes.index("S")]
+            return n
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(im.size[0] * im.size[1] * getattr(im, "n_frames", 1))
+
+
 def current_umask() -> int:
     """The process's file-creation mask (read without changing it where the OS allows)."""
     try:
@@ -398,25 +471,114 @@ def respect_umask(path: str | os.PathLike) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
 
 
+class OutputError(ParticlesegError, OSError):
+    """An output cannot be written (disk full, folder not writable, not a folder): one line
+    naming the output folder and the final file, never a temporary file."""
+
+
+def describe_os_error(exc: OSError, folder: str | os.PathLike, name: str | None = None) -> str:
+    """One line for an OS error while writing ``name`` into ``folder``:
+    ``OUT: disk full writing NAME``, ``OUT: not writable``, ``OUT: cannot write NAME (cause)``."""
+    what = f" writing {name}" if name else ""
+    text = str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in text and "written" in text):
+        return f"{folder}: disk full{what}"  # numpy's tofile says "786432 requested and 102232 written"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{folder}: not writable" + (" (read-only file system)" if exc.errno == errno.EROFS else "")
+    if exc.errno == errno.ENOTDIR:
+        return f"{folder}: is not a folder"
+    cause = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    return f"{folder}: cannot write {name or 'there'} ({cause})"
+
+
+#: temporary files of :func:`write_atomic`: ``.STEM.tmpPID-XXXXXXXX.SUFFIX`` (the process id
+#: lets a later run remove those of a killed run, never those of a running one)
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.stem}.tmp{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
+    """The temporary files :func:`write_atomic` left in ``folder`` when its process was killed
+    (``kill -9``, power cut): those whose process no longer runs; and, for the final file names
+    in ``names``, those of earlier versions (``.STEM.XXXXXXXX.SUFFIX``, no process id)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    old = [re.compile(rf"^\.{re.escape(Path(n).stem)}\.[a-z0-9_]{{8}}{re.escape(Path(n).suffix)}$") for n in names]
+    found = []
+    for entry in folder.iterdir():
+        if not entry.name.startswith(".") or not entry.is_file():
+            continue
+        m = _TEMP_NAME.match(entry.name)
+        if (m and not _pid_alive(int(m["pid"]))) or any(o.match(entry.name) for o in old):
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``folder``; returns what was removed."""
+    removed = []
+    for p in stale_temporaries(folder, names):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one atomic rename.
 
-    A reader never sees a half-written file, and an interrupted run leaves no partial output.
-    The file gets the permissions the umask gives new files (not the 0600 of a temporary file).
+    A reader never sees a half-written file, and an interrupted run leaves no partial output
+    (a run killed with ``kill -9`` leaves its temporary file, which
+    :func:`remove_stale_temporaries` recognises). The file gets the permissions the umask gives
+    new files (not the 0600 of a temporary file).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputError
+        An OS error (disk full, not writable, ...), as one line naming the folder and
+        ``path``'s name, never the temporary file.
     """
     path = Path(path)
     check_outputs([path], overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
         write(tmp)
         respect_umask(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if isinstance(exc, (OutputError, OutputExistsError)):
+            raise
+        raise OutputError(describe_os_error(exc, path.parent, path.name)) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None and tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
     return path
 
 

@@ -23,7 +23,8 @@ from . import postprocess as pp
 from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
-from .io import Calibration, check_image, check_outputs, read_image, write_csv, write_rois, write_tiff
+from .io import (Calibration, OutputError, check_image, check_outputs, read_image, write_csv, write_rois,
+                 write_tiff)
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, load_bundle
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
@@ -512,11 +513,178 @@ def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: 
 # files
 
 
-def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """The output files written for one image, by kind (labels, mask, prob, rois, particles, overview)."""
+def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike, overview: bool = True) -> dict[str, Path]:
+    """The output files written for one image, by kind (labels, mask, prob, rois, particles,
+    overview; without overview when ``overview`` is False)."""
     stem = Path(image_path).stem
     out = Path(out_dir)
-    return {s[1:].split(".")[0]: out / f"{stem}{s}" for s in OUTPUT_SUFFIXES}
+    return {s[1:].split(".")[0]: out / f"{stem}{s}" for s in OUTPUT_SUFFIXES if overview or s != "_overview.png"}
+
+
+#: the folder inside an output folder that holds one completion record per image
+RECORD_DIR = ".particleseg"
+#: bytes per pixel that the label, mask and probability images need at least (16-bit, 8-bit, 32-bit)
+_BYTES_PER_PIXEL = 7
+
+
+def record_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``(done, writing)``: the completion record of an image's outputs,
+    ``OUT/.particleseg/STEM.done.json``, written last and atomically once every output is in
+    place; and the marker ``STEM.writing.json``, present while its outputs are being written (a
+    run killed then leaves it, and a rerun redoes the image)."""
+    stem = Path(image_path).stem
+    folder = Path(out_dir) / RECORD_DIR
+    return folder / f"{stem}.done.json", folder / f"{stem}.writing.json"
+
+
+def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Size, modification time (ns) and SHA-256 of a file's content."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def _same_input(recorded: dict, path: Path) -> bool:
+    """Whether ``path`` has the content recorded (size and mtime unchanged, else the SHA-256)."""
+    try:
+        st = path.stat()
+        if st.st_size != recorded.get("size"):
+            return False
+        if st.st_mtime_ns == recorded.get("mtime_ns"):
+            return True
+        return input_fingerprint(path)["sha256"] == recorded.get("sha256")
+    except OSError:
+        return False
+
+
+def run_settings(
+    bundle: Bundle,
+    params: SegmentParams | None = None,
+    write_overview: bool = True,
+    pixel_size: float | None = None,
+    unit: str | None = None,
+    image_width: float | None = None,
+) -> dict[str, Any]:
+    """Everything that decides an image's outputs besides the image: the model (its bundle and a
+    hash of its metadata), the resolved parameters, the calibration options, whether an overview
+    is written. A rerun skips an image only when these are the same as recorded."""
+    import hashlib
+    import json
+
+    resolved = (params or SegmentParams()).resolved(bundle).to_dict()
+    for name in ("progress", "batch_size"):  # do not change the result
+        resolved.pop(name, None)
+    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
+    settings = {"model": bundle.label, "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+                **resolved, "pixel_size": pixel_size, "unit": unit, "image_width": image_width,
+                "overview": bool(write_overview)}
+    return json.loads(json.dumps(settings, default=_json_default))  # tuples -> lists, as read back
+
+
+def _json_default(obj):
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, (Path, pd.Timestamp)):
+        return str(obj)
+    if obj is pd.NA:
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    from .io import write_atomic
+
+    text = json.dumps(data, indent=1, default=_json_default)
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _settings_diff(old: dict, new: dict, most: int = 3) -> str:
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    parts = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:most]]
+    return ", ".join(parts) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+@dataclass
+class ItemPlan:
+    """What a batch does with one input (:func:`plan_item`): ``new`` (no outputs), ``done``
+    (complete outputs of the same input and settings: skipped, ``row`` is its summary row),
+    ``redo`` (its outputs are incomplete: an interrupted run, or ``--overwrite``) or
+    ``conflict`` (outputs exist that this run may not replace; ``message`` says why)."""
+
+    path: Path
+    action: str
+    message: str = ""
+    row: dict | None = None
+
+
+def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dict, overwrite: bool = False) -> ItemPlan:
+    """Decide, before any work, what a batch does with the image ``path`` (see :class:`ItemPlan`)."""
+    path, out_dir = Path(path), Path(out_dir)
+    if overwrite:
+        return ItemPlan(path, "redo")
+    outputs = output_paths(path, out_dir, settings.get("overview", True))
+    done_path, writing_path = record_paths(path, out_dir)
+    done = _read_json(done_path) if done_path.exists() else None
+    writing = _read_json(writing_path) if writing_path.exists() else None
+    record = done or writing
+    if record is not None:
+        recorded = record.get("input", {})
+        if recorded.get("name") != path.name:
+            return ItemPlan(path, "conflict", f"{path}: {out_dir} holds the outputs of {recorded.get('name')} "
+                            f"(the same name stem {path.stem!r}); use another --out, or --overwrite to replace them")
+        if done is not None:
+            if not _same_input(recorded, path):
+                return ItemPlan(path, "conflict", f"{path}: changed since its outputs in {out_dir} were made; "
+                                "use --overwrite to replace them")
+            if done.get("settings") != settings:
+                return ItemPlan(path, "conflict", f"{path}: its outputs in {out_dir} were made with other settings "
+                                f"({_settings_diff(done.get('settings') or {}, settings)}); use --overwrite to replace them")
+            sizes = done.get("outputs") or {}
+            complete = set(sizes) == {p.name for p in outputs.values()} and all(
+                (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items())
+            if complete and writing is None:
+                return ItemPlan(path, "done", row=done.get("row"))
+        return ItemPlan(path, "redo")  # our own outputs, incomplete (a run was interrupted)
+    existing = [p for p in outputs.values() if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        return ItemPlan(path, "conflict", f"{existing[0]}: output exists{more} and particleseg has no record of "
+                        "making it; use --overwrite to replace it")
+    return ItemPlan(path, "new")
+
+
+def check_stems(files: Iterable[str | os.PathLike]) -> None:
+    """Refuse inputs whose outputs would have the same names (``a.tif`` and ``a.png``, or two
+    folders' ``a.tif``), before any work."""
+    seen: dict[str, Path] = {}
+    for f in map(Path, files):
+        other = seen.setdefault(f.stem, f)
+        if other != f:
+            raise InputError(f"{other} and {f}: the same name stem {f.stem!r}, so their outputs would have the "
+                             f"same names ({f.stem}_labels.tif, ...); rename one, or segment them into different "
+                             "--out folders")
 
 
 def resolve_calibration(
@@ -557,13 +725,26 @@ def segment_file(
     column names and the units in the header, see :func:`particleseg.measure.with_units`) and
     ``name_overview.png``. Label numbers run on through the slices of a stack.
 
+    The outputs are written after all the computing; then, last and atomically, the completion
+    record ``.particleseg/name.done.json`` (input fingerprint, settings, output sizes, the
+    summary row; see :func:`record_paths`), from which a rerun of a batch knows the image is
+    done. When writing fails (disk full, ...) or is interrupted, the image's outputs are removed:
+    nothing partial stays under a final name.
+
     Returns a summary row (see :func:`particleseg.measure.summarize`) with the file name,
     the calibration and the number of rejected particles.
     """
     path = Path(path)
-    paths = output_paths(path, out_dir)
+    paths = output_paths(path, out_dir, write_overview)
     check_outputs(list(paths.values()), overwrite)  # fail before any work
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    settings = run_settings(bundle, params, write_overview, pixel_size, unit, image_width)
     image, file_cal = read_image(path)
+    try:
+        fingerprint = input_fingerprint(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read image ({exc.strerror or exc})") from None
     cal = resolve_calibration(file_cal, image.shape[-1], pixel_size, unit, image_width)
     stack = image if image.ndim == 3 else image[None]
     results = []
@@ -588,25 +769,59 @@ def segment_file(
     n_kept = int(table["kept"].sum()) if len(table) else 0
     kept = squeeze(np.where(labels <= n_kept, labels, 0))
     prob = squeeze(np.stack([seg.foreground for seg in results]))
-
-    write_tiff(paths["labels"], kept.astype(np.int32), cal, overwrite)
-    write_tiff(paths["mask"], pp.labels_to_mask(kept), cal, overwrite)
-    write_tiff(paths["prob"], prob, cal, overwrite)
-    write_rois(paths["rois"], kept, overwrite=overwrite)
-    write_csv(paths["particles"], with_units(table, cal.unit), overwrite)
-    if write_overview:
-        from .report import overview_figure
-
-        first = table[table["slice"] == 1] if image.ndim == 3 else table
-        title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
-        overview_figure(stack[0], labels[0], first, cal.unit, title=title,
-                        path=paths["overview"], overwrite=overwrite)
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
            "rejected": int((~table["kept"]).sum()) if len(table) else 0,
            **scale_summary(results[0].scale)}
     row.update(summarize(table, cal.unit, cal.nm_per_unit()))
+
+    def overview(p: Path) -> None:
+        from .report import overview_figure
+
+        first = table[table["slice"] == 1] if image.ndim == 3 else table
+        title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
+        overview_figure(stack[0], labels[0], first, cal.unit, title=title, path=p, overwrite=True)
+
+    writers = {
+        "labels": lambda p: write_tiff(p, kept.astype(np.int32), cal, True),
+        "mask": lambda p: write_tiff(p, pp.labels_to_mask(kept), cal, True),
+        "prob": lambda p: write_tiff(p, prob, cal, True),
+        "rois": lambda p: write_rois(p, kept, overwrite=True),
+        "particles": lambda p: write_csv(p, with_units(table, cal.unit), True),
+        "overview": overview,
+    }
+    _write_item(path, Path(out_dir), paths, writers, {"name": path.name, **fingerprint}, settings, row)
     return row
+
+
+def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict, fingerprint: dict,
+                settings: dict, row: dict) -> None:
+    """Write one image's outputs between its ``writing`` marker and its ``done`` record; on any
+    failure or interruption remove them all (and the marker), so no partial set stays."""
+    from . import __version__
+
+    done, writing = record_paths(path, out_dir)
+    record = {"format": 1, "input": fingerprint, "settings": settings, "particleseg": __version__}
+    _write_json(writing, {**record, "state": "writing"})
+    try:
+        done.unlink(missing_ok=True)
+        for kind, p in paths.items():
+            writers[kind](p)
+        _write_json(done, {**record, "state": "done", "outputs": {p.name: p.stat().st_size for p in paths.values()},
+                           "row": row, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except BaseException:
+        try:
+            for p in paths.values():
+                p.unlink(missing_ok=True)
+            done.unlink(missing_ok=True)
+            writing.unlink(missing_ok=True)
+        except OSError:
+            pass  # the marker stays if it cannot go: a rerun redoes the image
+        raise
+    try:
+        writing.unlink(missing_ok=True)
+    except OSError:
+        pass  # done and writing both present: a rerun checks the outputs against the record
 
 
 def segment_files(
@@ -616,45 +831,145 @@ def segment_files(
     params: SegmentParams | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    write_overview: bool = True,
+    on_item=None,
+    stop=None,
     **calibration,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Segment many files; a bad file is reported and the batch goes on.
+    """Segment many files, resumably; a bad file is reported and the batch goes on.
+
+    Before any computing: inputs whose outputs would have the same names are refused
+    (:func:`check_stems`); the output folder must be a folder that can be made and written, with
+    free space for at least the label, mask and probability images; each image is planned
+    (:func:`plan_item`): an image whose complete outputs were made from the same input with the
+    same settings is not segmented again ("done earlier"), one whose outputs are incomplete (an
+    interrupted run) is redone, one with outputs this run may not replace fails with one line
+    (``--overwrite`` redoes everything). Temporary files a killed run left are removed.
+
+    A disk-full or not-writable error stops the batch (the images not started are counted, not
+    listed). Ctrl-C (KeyboardInterrupt) rolls back the image being written, writes the summary
+    and is raised again; ``stop()``, when given, is asked before each image (Fiji's Esc).
 
     Writes ``summary.csv`` (one row per image, failures included with their error) into
     ``out_dir``; a later batch into the same folder adds its rows to it (see
-    :func:`merge_summary`). Returns the summary of this batch and the list of
-    ``(file, error)`` failures.
+    :func:`merge_summary`). Returns the summary of this batch (``summary.attrs`` holds the
+    counts ``done_earlier``, ``segmented``, ``failed``, ``not_started``, why it ``stopped`` early,
+    and the names of the ``done_files``) and the
+    list of ``(file, error)`` failures.
+
+    ``on_item(index, total, path, row, state)``, when given, is called before each image
+    (``state`` ``"start"``, ``row`` None) and after it (``"segmented"``, ``"done earlier"``,
+    ``"failed"``); without it, errors are printed to stderr.
     """
     from tqdm.auto import tqdm
 
-    from .io import list_images
+    from .io import check_output_folder, image_pixels, list_images, remove_stale_temporaries
 
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    files = list_images(paths)
+    files = list(dict.fromkeys(list_images(paths)))  # the same file named twice is segmented once
     if not files:
         raise InputError(f"{', '.join(map(str, paths))}: no image files (TIFF, PNG, JPEG) found")
+    check_stems(files)
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
     bundle.check_use("sem", str(files[0]) if len(files) == 1 else f"{len(files)} images ({files[0]}, ...)")
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     summary_path = out_dir / "summary.csv"
     earlier = read_summary(summary_path, overwrite)  # fail before any work if it is not ours
-    rows, failures, kept_files = [], [], []
-    for f in tqdm(files, desc="segment", unit="image", disable=not progress or len(files) < 2):
+    names = [summary_path.name] + [p.name for f in files for p in output_paths(f, out_dir).values()]
+    remove_stale_temporaries(out_dir, names)
+    remove_stale_temporaries(out_dir / RECORD_DIR)
+    settings = run_settings(bundle, params, write_overview, **calibration)
+    plans = [plan_item(f, out_dir, settings, overwrite) for f in files]
+    todo = [pl for pl in plans if pl.action in ("new", "redo")]
+    check_output_folder(out_dir, _BYTES_PER_PIXEL * sum(image_pixels(pl.path) for pl in todo))
+
+    def report(i: int, f: Path, row: dict | None, state: str) -> None:
+        if on_item is not None:
+            on_item(i, len(files), f, row, state)
+        elif state == "failed":
+            tqdm.write(f"particleseg: error: {row['error']}", file=sys.stderr)
+
+    rows: list[dict | None] = [None] * len(files)
+    failures, kept_files = [], []
+    counts = {"done_earlier": 0, "segmented": 0, "failed": 0, "not_started": 0, "stopped": ""}
+    done_files: list[str] = []
+
+    def failed(i: int, f: Path, msg: str, seconds: float | None = None) -> None:
+        failures.append((str(f), msg))
+        rows[i] = {"file": f.name, "status": "failed", "error": msg, "seconds": seconds}
+        counts["failed"] += 1
+        report(i, f, rows[i], "failed")
+
+    for i, pl in enumerate(plans):  # before any computing: what is done, what cannot be done
+        if pl.action == "conflict":
+            kept_files.append(pl.path.name)
+            failed(i, pl.path, pl.message)
+        elif pl.action == "done":
+            rows[i] = dict(pl.row or {"file": pl.path.name, "status": "ok", "error": ""})
+            counts["done_earlier"] += 1
+            done_files.append(pl.path.name)
+            report(i, pl.path, rows[i], "done earlier")
+
+    interrupted = None
+    pending = [i for i, pl in enumerate(plans) if pl.action in ("new", "redo")]
+    for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
+        f = plans[i].path
+        if stop is not None and stop():
+            counts["not_started"] = len(pending) - n
+            counts["stopped"] = "canceled"
+            break
+        report(i, f, None, "start")
         t0 = time.perf_counter()
         try:
-            row = segment_file(f, out_dir, bundle, params, overwrite=overwrite, **calibration)
+            row = segment_file(f, out_dir, bundle, params, overwrite=True if plans[i].action == "redo" else overwrite,
+                               write_overview=write_overview, **calibration)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            counts["not_started"] = len(pending) - n
+            counts["stopped"] = "interrupted"
+            break
         except (ParticlesegError, OSError, ValueError) as exc:
             if isinstance(exc, OutputExistsError):
-                kept_files.append(Path(f).name)
-            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
-            failures.append((str(f), msg))
-            row = {"file": Path(f).name, "status": "failed", "error": msg}
-            tqdm.write(f"particleseg: error: {msg}", file=sys.stderr)
+                kept_files.append(f.name)
+            msg = str(exc) if str(f) in str(exc) or _is_folder_error(exc, out_dir) else f"{f}: {exc}"
+            failed(i, f, msg, round(time.perf_counter() - t0, 3))
+            if _is_folder_error(exc, out_dir):  # every later image would fail the same way
+                counts["not_started"] = len(pending) - n - 1
+                counts["stopped"] = msg
+                if counts["not_started"] and on_item is None:
+                    tqdm.write(f"particleseg: error: stopped; {counts['not_started']} image(s) not started", file=sys.stderr)
+                break
+            continue
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
-    summary = typed_summary(pd.DataFrame(rows))
-    write_csv(summary_path, merge_summary(earlier, summary, kept_files), overwrite=True)
+        rows[i] = row
+        counts["segmented"] += 1
+        report(i, f, row, "segmented")
+    summary = typed_summary(pd.DataFrame([r for r in rows if r is not None]))
+    try:
+        write_csv(summary_path, merge_summary(earlier, summary, kept_files), overwrite=True)
+    except OutputError as exc:
+        failures.append((str(summary_path), str(exc)))
+        if on_item is None:
+            tqdm.write(f"particleseg: error: {exc}", file=sys.stderr)
+    summary.attrs.update(counts, done_files=done_files)
+    if interrupted is not None:
+        raise interrupted
     return summary, failures
+
+
+def _is_folder_error(exc: BaseException, out_dir: Path) -> bool:
+    """A disk-full or not-writable error in the output folder (not one image's problem)."""
+    text = str(exc)
+    return isinstance(exc, OutputError) and (": disk full" in text or ": not writable" in text)
+
+
+def batch_report(summary: pd.DataFrame) -> str:
+    """``2 done earlier, 1 segmented, 0 failed`` (and ``, 3 not started``) for a summary
+    returned by :func:`segment_files`."""
+    a = summary.attrs
+    text = f"{a.get('done_earlier', 0)} done earlier, {a.get('segmented', 0)} segmented, {a.get('failed', 0)} failed"
+    return text + (f", {a['not_started']} not started" if a.get("not_started") else "")
 
 
 SUMMARY_INTEGERS = ("slices", "crop_rows", "rejected", "count")

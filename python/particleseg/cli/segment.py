@@ -50,33 +50,49 @@ def params_from_args(args):
 
 
 def run(args) -> int:
+    import signal
+    import threading
+
     from ..models import load_bundle
-    from ..pipeline import segment_files
+    from ..pipeline import batch_report, segment_files
 
     bundle = load_bundle(args.model)
     params = params_from_args(args)
     if args.no_classifier:
         params.min_score = None
         bundle.metadata["classifier"] = None
-    summary, failures = segment_files(
-        args.inputs, args.out, bundle, params, overwrite=args.overwrite, progress=not args.quiet,
-        pixel_size=args.pixel_size, unit=args.unit, image_width=args.image_width,
-    )
+    if threading.current_thread() is threading.main_thread():  # `kill` (SIGTERM) stops as Ctrl-C does
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary, failures = segment_files(
+            args.inputs, args.out, bundle, params, overwrite=args.overwrite, progress=not args.quiet,
+            pixel_size=args.pixel_size, unit=args.unit, image_width=args.image_width,
+        )
+    except KeyboardInterrupt:
+        print(f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "
+              "run the same command again to go on", file=sys.stderr)
+        return 130
     ok = summary[summary["status"] == "ok"]
+    done_earlier = set(summary.attrs.get("done_files", ()))
     for _, row in ok.iterrows():
         med = row.get("MinFeret_median")
         unit = row.get("unit", "px")
         nano = row.get("nano_by_median_MinFeret")
         verdict = "" if nano is None or nano != nano else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
-        print(f"{row['file']}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
+        earlier = " (done earlier)" if row["file"] in done_earlier else ""
+        print(f"{row['file']}{earlier}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
         if "polarity" in row and isinstance(row["polarity"], str):
             size = row.get("particle_size_px")
             size = f"{size:.0f} px ({row['size_source']})" if isinstance(size, float) and size == size else "not estimated"
             print(f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
                   f"network input resampled x{row['scale_factor']:.3g}")
-    print(f"wrote {len(ok)} result set(s) to {args.out}; its summary.csv lists every image segmented into it")
+    print(f"{batch_report(summary)}; results in {args.out}, whose summary.csv lists every image segmented into it")
     if failures:
         if len(summary) > 1:  # one image: its error line says it all
             print(f"particleseg: {len(failures)} of {len(summary)} image(s) failed (errors above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt

@@ -374,9 +374,11 @@ def evaluate_segmentation(ctx: Context, v: dict) -> dict:
 
 
 def batch_segment_folder(ctx: Context, v: dict) -> dict:
-    from ..errors import OutputExistsError
-    from ..io import list_images, write_csv
-    from ..pipeline import typed_summary, merge_summary, read_summary, segment_file
+    """Every image of a folder, through the same batch as ``particleseg segment``
+    (:func:`particleseg.pipeline.segment_files`): it resumes an interrupted run (images done
+    earlier with the same settings are not segmented again), checks the output folder before
+    any work, and Esc cancels between images."""
+    from ..pipeline import batch_report, segment_files
 
     src, dst = str(v.get("input") or "").strip(), str(v.get("output") or "").strip()
     if not src:
@@ -385,53 +387,49 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
         raise InputError("no output folder given")
     if not Path(src).is_dir():
         raise InputError(f"{src}: input folder not found")
+    from ..io import list_images
+
     files = list_images([src])
     if not files:
         raise InputError(f"{src}: no image files (TIFF, PNG, JPEG) in this folder")
     bundle = get_bundle(v["model"])
     params = segment_params(v, ctx.command)
-    overwrite = bool(v.get("overwrite"))
-    earlier = read_summary(Path(dst) / "summary.csv", overwrite)  # a later batch adds its rows
-    rows, failures, kept_files = [], [], []
     t_start = time.perf_counter()
     _j("ij.IJ").resetEscape()
-    canceled = False
-    for i, f in enumerate(files):
-        if _j("ij.IJ").escapePressed():
-            canceled = True
-            ctx.log(f"Batch Segment Folder: canceled after {i} of {len(files)} images")
-            break
-        ctx.status(f"Batch Segment Folder: {i + 1}/{len(files)} {f.name}")
-        ctx.progress(i, len(files), "Batch Segment Folder")
-        t0 = time.perf_counter()
-        try:
-            row = segment_file(f, dst, bundle, params, overwrite=overwrite, write_overview=bool(v.get("overview", True)))
+
+    def on_item(i: int, total: int, f: Path, row: dict | None, state: str) -> None:
+        if state == "start":
+            ctx.status(f"Batch Segment Folder: {i + 1}/{total} {f.name}")
+            ctx.progress(i, total, "Batch Segment Folder")
+        elif state == "failed":
+            ctx.log(f"  {f.name}: FAILED: {row['error']}")
+        else:
             size = f", typical size {row['particle_size_px']:.0f} px" if row.get("particle_size_px") else ""
-            ctx.log(f"  {f.name}: {row['count']} particles ({row.get('polarity', '?')} particles{size})")
-        except (ParticlesegError, OSError, ValueError) as exc:
-            if isinstance(exc, OutputExistsError):
-                kept_files.append(f.name)
-            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
-            failures.append((str(f), msg))
-            row = {"file": f.name, "status": "failed", "error": msg}
-            ctx.log(f"  {f.name}: FAILED: {msg}")
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
+            earlier = " (done earlier)" if state == "done earlier" else ""
+            ctx.log(f"  {f.name}{earlier}: {row.get('count')} particles ({row.get('polarity', '?')} particles{size})")
+
+    summary, failures = segment_files(
+        [src], dst, bundle, params, overwrite=bool(v.get("overwrite")), progress=False,
+        write_overview=bool(v.get("overview", True)), on_item=on_item, stop=lambda: bool(_j("ij.IJ").escapePressed()))
+    canceled = summary.attrs.get("stopped") == "canceled"
+    if canceled:
+        ctx.log(f"Batch Segment Folder: canceled, {summary.attrs['not_started']} of {len(files)} images not started")
+    elif summary.attrs.get("stopped"):
+        ctx.log(f"Batch Segment Folder: stopped ({summary.attrs['stopped']}), "
+                f"{summary.attrs['not_started']} images not started")
     ctx.progress(1, 1, "Batch Segment Folder")
-    summary = typed_summary(pd.DataFrame(rows))
-    write_csv(Path(dst) / "summary.csv", merge_summary(earlier, summary, kept_files), overwrite=True)
     shown = summary[[c for c in ("file", "status", "count", "MinFeret_median", "unit", "rejected", "seconds", "error") if c in summary]]
     publish.show_table("Batch Summary", shown.astype(object).where(shown.notna(), None))
     ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
     total = time.perf_counter() - t_start
-    ctx.log(f"Batch Segment Folder: {ok} of {len(files)} images segmented, {len(failures)} failed"
+    ctx.log(f"Batch Segment Folder: {ok} of {len(files)} images segmented ({batch_report(summary)})"
             f"{' (canceled)' if canceled else ''}, {total:.1f} s; outputs and summary.csv in {dst}")
     ctx.status(f"Batch Segment Folder: {ok}/{len(files)} done")
     record(command=ctx.command, image=src, kept=int(summary.get("count", pd.Series(dtype=float)).fillna(0).sum()) if len(summary) else 0,
            rejected=0, seconds=total, failed=len(failures), images=ok)
     if failures and ok == 0:
         raise InputError(f"{src}: all {len(failures)} images failed; first: {failures[0][1]}")
-    return {"ok": ok, "failed": len(failures), "canceled": canceled}
+    return {"ok": ok, "failed": len(failures), "canceled": canceled, "done_earlier": summary.attrs.get("done_earlier", 0)}
 
 
 def training_function():
