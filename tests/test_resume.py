@@ -1,0 +1,403 @@
+"""Issue 15: batches that survive kill -9, full disks and unwritable folders, and say so in one line.
+
+A rerun of the same ``particleseg segment`` command resumes: images whose complete outputs were
+made from the same input with the same settings are not segmented again, an interrupted image is
+redone, temporary files of the killed run are removed. Problems with the output folder are found
+before any computing; OS errors while writing are one line naming the folder and the final file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import draw_disks
+from particleseg.cli import main
+from particleseg.errors import InputError
+from particleseg.io import OutputError, Calibration, stale_temporaries, write_tiff
+from particleseg.pipeline import OUTPUT_SUFFIXES, RECORD_DIR, batch_report, record_paths, segment_files
+
+DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
+         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
+
+
+def _images(folder: Path, n: int = 4) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, _ = draw_disks((160, 160), DISKS[i % len(DISKS)], seed=i)
+        paths.append(write_tiff(folder / f"img{i}.tif", img, Calibration(5.0, "nm")))
+    return paths
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in list(folder.glob(".*")) + list(folder.glob(f"{RECORD_DIR}/.*")) if p.is_file())
+
+
+def _same_outputs(a: Path, b: Path, stems) -> None:
+    for stem in stems:
+        for suffix in ("_labels.tif", "_mask.tif", "_prob.tif"):
+            np.testing.assert_array_equal(tifffile.imread(a / f"{stem}{suffix}"), tifffile.imread(b / f"{stem}{suffix}"),
+                                          err_msg=f"{stem}{suffix}")
+        assert (a / f"{stem}_particles.csv").read_bytes() == (b / f"{stem}_particles.csv").read_bytes(), stem
+        assert _zip_members(a / f"{stem}_rois.zip") == _zip_members(b / f"{stem}_rois.zip"), stem
+
+
+def _zip_members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _cli(args, cwd=None, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, "-m", "particleseg", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------
+# item 1: kill -9 and rerun
+
+
+def test_kill_9_in_the_middle_of_a_batch_then_the_same_command_resumes(tmp_path, threshold_bundle):
+    """A real ``kill -9`` of ``particleseg segment`` while it writes the second of four images;
+    the rerun skips the finished image, redoes the interrupted one, removes the killed run's
+    temporary files, and its outputs equal those of an uninterrupted run."""
+    src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
+    _images(src)
+    args = ["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.Popen([sys.executable, "-m", "particleseg", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    done1, writing1 = record_paths("img1.tif", out)
+    deadline = time.monotonic() + 300
+    try:
+        while not (writing1.exists() or done1.exists()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up of any kind
+        proc.wait()
+    assert (out / RECORD_DIR / "img0.done.json").is_file() and not (out / "summary.csv").exists()
+    # what a kill inside write_atomic leaves: a temporary file of the dead process (and one of
+    # an earlier version, without a process id); one of a live process must stay
+    (out / f".img1_prob.tmp{proc.pid}-abcd_123.tif").write_bytes(b"partial")
+    (out / ".img1_mask.x1y2z3w4.tif").write_bytes(b"partial")
+    (out / ".other.tmp1-abcdefgh.tif").write_bytes(b"another running process")
+
+    run = _cli(args)
+    assert run.returncode == 0, run.stderr
+    report = run.stdout.strip().splitlines()[-1]
+    m = re.match(r"(\d) done earlier, (\d) segmented, 0 failed; results in ", report)
+    assert m and int(m[1]) >= 1 and int(m[1]) + int(m[2]) == 4, report
+    assert run.stderr == ""
+    assert _temporaries(out) == [".other.tmp1-abcdefgh.tif"]
+    assert sorted(p.name for p in (out / RECORD_DIR).iterdir()) == [f"img{i}.done.json" for i in range(4)]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["file"].tolist() == [f"img{i}.tif" for i in range(4)] and (summary["status"] == "ok").all()
+
+    segment_files([src], ref, threshold_bundle, progress=False)  # uninterrupted
+    _same_outputs(out, ref, [f"img{i}" for i in range(4)])
+    assert summary["count"].tolist() == pd.read_csv(ref / "summary.csv")["count"].tolist()
+
+
+def test_rerun_redoes_an_interrupted_image_and_removes_stale_temporaries(tmp_path, threshold_bundle):
+    """The state kill -9 leaves, made by hand: image 1 has its ``writing`` marker and part of its
+    outputs, and temporary files of the dead process lie next to them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 2)
+    segment_files([src], out, threshold_bundle, progress=False)
+    first = {p.name: p.read_bytes() for p in out.glob("img1_*")}
+    done, writing = record_paths("img1.tif", out)
+    done.rename(writing)  # interrupted while writing
+    (out / "img1_overview.png").unlink()
+    (out / "img1_labels.tif").write_bytes(b"half")  # a partial set, as an older version could leave
+    pid = _dead_pid()
+    stale = [f".img1_prob.tmp{pid}-abcdefgh.tif", f".summary.tmp{pid}-k2j4l5m6.csv"]
+    for name in stale:
+        (out / name).write_bytes(b"x")
+    (out / RECORD_DIR / f".img1.done.tmp{pid}-zzzzzzzz.json").write_bytes(b"x")
+    assert {p.name for p in stale_temporaries(out)} == set(stale)
+
+    summary, failures = segment_files([src], out, threshold_bundle, progress=False)
+    assert failures == [] and batch_report(summary) == "1 done earlier, 1 segmented, 0 failed"
+    assert summary.attrs["done_files"] == ["img0.tif"]
+    assert _temporaries(out) == [] and not writing.exists() and done.exists()
+    assert {p.name: p.read_bytes() for p in out.glob("img1_*") if p.suffix in (".tif", ".csv")} == \
+        {k: v for k, v in first.items() if Path(k).suffix in (".tif", ".csv")}
+    assert (out / "img1_overview.png").is_file()
+
+
+def test_other_settings_or_a_changed_input_need_overwrite(tmp_path, threshold_bundle, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 2)
+    base = ["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]
+    assert main(base) == 0
+    capsys.readouterr()
+    # the same parameters given explicitly (the bundle's own threshold): still done
+    assert main(base + ["--threshold", "0.5"]) == 0
+    assert "2 done earlier, 0 segmented, 0 failed" in capsys.readouterr().out
+
+    assert main(base + ["--threshold", "0.6"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"particleseg: error: {src / 'img0.tif'}: its outputs in {out} were made with other settings "
+                      "(threshold 0.5 -> 0.6); use --overwrite to replace them")
+    assert len(err) == 3 and err[-1] == "particleseg: 2 of 2 image(s) failed (errors above)"
+
+    # a touched file with the same content is the same input; new content is not
+    os.utime(src / "img0.tif", ns=(time.time_ns(), time.time_ns()))
+    img, _ = draw_disks((160, 160), DISKS[3], seed=7)
+    write_tiff(src / "img1.tif", img, Calibration(5.0, "nm"), overwrite=True)
+    assert main(base) == 1
+    io = capsys.readouterr()
+    assert io.err.strip().splitlines() == [
+        f"particleseg: error: {src / 'img1.tif'}: changed since its outputs in {out} were made; use --overwrite to "
+        "replace them", "particleseg: 1 of 2 image(s) failed (errors above)"]
+    assert "1 done earlier, 0 segmented, 1 failed" in io.out
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["status"] == "ok").all() and len(summary) == 2  # the refused image keeps its row
+
+    assert main(base + ["--overwrite"]) == 0
+    assert "0 done earlier, 2 segmented, 0 failed" in capsys.readouterr().out
+    assert pd.read_csv(out / "img1_particles.csv")["kept"].sum() == 3
+
+
+def test_outputs_particleseg_did_not_make_are_never_replaced(tmp_path, threshold_bundle, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 1)
+    out.mkdir()
+    (out / "img0_particles.csv").write_text("mine\n")
+    assert main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: error: {out / 'img0_particles.csv'}: output exists and particleseg has no record of making it; "
+        "use --overwrite to replace it")
+    assert (out / "img0_particles.csv").read_text() == "mine\n" and not (out / "img0_labels.tif").exists()
+
+
+def test_ctrl_c_rolls_back_the_image_being_written_and_writes_the_summary(tmp_path, threshold_bundle, monkeypatch):
+    import particleseg.pipeline as pipeline
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 3)
+    real = pipeline.write_rois
+
+    def interrupted_on_img1(path, *a, **k):
+        if Path(path).name == "img1_rois.zip":
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pipeline, "write_rois", interrupted_on_img1)
+    with pytest.raises(KeyboardInterrupt):
+        segment_files([src], out, threshold_bundle, progress=False)
+    assert sorted(p.name for p in out.glob("img1*")) == []  # nothing partial under a final name
+    assert pd.read_csv(out / "summary.csv")["file"].tolist() == ["img0.tif"]
+    assert not record_paths("img1.tif", out)[1].exists()
+    monkeypatch.setattr(pipeline, "write_rois", real)
+    summary, _ = segment_files([src], out, threshold_bundle, progress=False)
+    assert batch_report(summary) == "1 done earlier, 2 segmented, 0 failed"
+    assert pd.read_csv(out / "summary.csv")["file"].tolist() == ["img0.tif", "img1.tif", "img2.tif"]
+
+
+# ------------------------------------------------------------------------------------------
+# item 2: two inputs with the same stem
+
+
+def test_inputs_with_the_same_stem_are_refused_before_any_work(tmp_path, threshold_bundle, capsys):
+    img, _ = draw_disks((64, 64), [(30, 30, 8)])
+    write_tiff(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    (tmp_path / "a.png").write_bytes(b"not even read")
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a.png"), "--out", str(out),
+               "--model", str(threshold_bundle.path), "--quiet", "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err == (f"particleseg: error: {tmp_path / 'a.tif'} and {tmp_path / 'a.png'}: the same name stem "
+                               "'a', so their outputs would have the same names (a_labels.tif, ...); rename one, or "
+                               "segment them into different --out folders")
+    assert not out.exists()
+    # the same file named twice is one input
+    assert main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"), "--out", str(out),
+                 "--model", str(threshold_bundle.path), "--quiet"]) == 0
+    assert "0 done earlier, 1 segmented, 0 failed" in capsys.readouterr().out
+    # a later batch into the same folder: a.png may not take a.tif's outputs
+    write_tiff(tmp_path / "b" / "a.tif", img)
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "b" / "a.png", img)
+    assert main(["segment", str(tmp_path / "b" / "a.png"), "--out", str(out), "--model", str(threshold_bundle.path),
+                 "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: error: {tmp_path / 'b' / 'a.png'}: {out} holds the outputs of a.tif (the same name stem 'a'); "
+        "use another --out, or --overwrite to replace them")
+
+
+# ------------------------------------------------------------------------------------------
+# item 3: the output folder checked first; OS errors as one line
+
+
+def _no_computing(monkeypatch):
+    import particleseg.pipeline as pipeline
+
+    def fail(*a, **k):
+        raise AssertionError("computed although the batch should have been refused first")
+
+    monkeypatch.setattr(pipeline, "segment_image", fail)
+
+
+def test_an_unusable_output_folder_is_one_line_before_any_work(tmp_path, threshold_bundle, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    _images(tmp_path / "in", 2)
+    _no_computing(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    model = ["--model", str(threshold_bundle.path), "--quiet"]
+    for out, message in [
+        (tmp_path / "file", f"{tmp_path / 'file'}: is a file, not a folder; give a folder for the outputs"),
+        (tmp_path / "file" / "sub", f"{tmp_path / 'file' / 'sub'}: cannot create the folder (a file is in its path)"),
+    ]:
+        assert main(["segment", str(tmp_path / "in"), "--out", str(out), *model]) == 1
+        assert capsys.readouterr().err.strip() == f"particleseg: error: {message}"
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100_000, 100_000))
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "o"), *model]) == 1
+    assert capsys.readouterr().err.strip() == (f"particleseg: error: {tmp_path / 'o'}: not enough free space "
+                                               "(0.1 MB free, the outputs need at least 0.4 MB)")
+
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "o"), *model]) == 1
+    assert capsys.readouterr().err.strip() == f"particleseg: error: {tmp_path / 'o'}: not writable (read-only file system)"
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError("786432 requested and 102232 written"), "disk full writing img1_prob.tif"),
+    (OSError(errno.ENOSPC, "No space left on device"), "disk full writing img1_prob.tif"),
+    (PermissionError(errno.EACCES, "Permission denied"), "not writable"),
+])
+def test_os_errors_while_writing_are_one_line_and_leave_nothing_partial(tmp_path, threshold_bundle, capsys,
+                                                                        monkeypatch, error, message):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 3)
+    real = tifffile.imwrite
+
+    def failing(path, *a, **k):
+        if ".img1_prob." in str(path):
+            real(path, *a, **k)  # the temporary file is there when the error comes
+            raise error
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(tifffile, "imwrite", failing)
+    assert main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]) == 1
+    io = capsys.readouterr()
+    assert io.err.strip().splitlines() == [f"particleseg: error: {out}: {message}",
+                                           "particleseg: error: stopped; 1 image(s) not started",
+                                           "particleseg: 1 of 2 image(s) failed (errors above)"]
+    assert "1 done earlier" not in io.out and "0 done earlier, 1 segmented, 1 failed, 1 not started" in io.out
+    assert not re.search(r"\.tmp\d+-", io.err) and "Traceback" not in io.err
+    assert _temporaries(out) == [] and list(out.glob("img1*")) == [] and list(out.glob("img2*")) == []
+    assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["ok", "failed"]
+    monkeypatch.setattr(tifffile, "imwrite", real)
+    assert main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]) == 0
+    assert "1 done earlier, 2 segmented, 0 failed" in capsys.readouterr().out
+
+
+def _mount_tmpfs(path: Path, size: str, options: str = "") -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    return run.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not _mount_tmpfs(disk, "600k"):
+        pytest.skip("needs root and mount -t tmpfs (a real small file system)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_real_full_disk_and_a_read_only_folder(small_disk, tmp_path, threshold_bundle, capsys):
+    """A 600 KB tmpfs. A 400x400 image's outputs need more than the free space: refused before
+    any work. Two 160x160 images pass the estimate (label, mask and probability images), but
+    with their overviews only the first fits: the second fills the disk while writing."""
+    src = tmp_path / "in"
+    _images(src, 2)
+    big = np.random.default_rng(0).integers(0, 255, (400, 400), np.uint8)
+    big[100:200, 100:200] = 255
+    write_tiff(tmp_path / "big.tif", big, Calibration(5.0, "nm"))
+    model = ["--model", str(threshold_bundle.path), "--quiet"]
+    assert main(["segment", str(tmp_path / "big.tif"), "--out", str(small_disk / "all"), *model]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"particleseg: error: {small_disk / 'all'}: not enough free space \(0\.\d MB free, "
+                        r"the outputs need at least 1\.1 MB\)", err), err
+
+    rc = main(["segment", str(src), "--out", str(small_disk / "o"), *model])
+    io = capsys.readouterr()
+    err = io.err.strip().splitlines()
+    assert rc == 1 and len(err) == 2 and re.fullmatch(
+        rf"particleseg: error: {small_disk / 'o'}: disk full writing img1_\w+\.\w+", err[0]), err
+    assert "1 segmented, 1 failed" in io.out
+    assert sorted(p.name for p in (small_disk / "o").glob("img1*")) == [] and _temporaries(small_disk / "o") == []
+    assert (small_disk / "o" / RECORD_DIR / "img0.done.json").is_file()
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for out in ("new", "o"):
+        rc = main(["segment", str(src / "img0.tif"), "--out", str(small_disk / out), *model])
+        assert rc == 1 and capsys.readouterr().err.strip() == (
+            f"particleseg: error: {small_disk / out}: not writable (read-only file system)")
+
+
+# ------------------------------------------------------------------------------------------
+# Fiji's Batch Segment Folder... is the same batch
+
+
+def test_fiji_batch_segment_folder_resumes_through_the_same_batch(tmp_path, threshold_bundle, monkeypatch):
+    """Without ImageJ: the command's Java calls replaced, its Log collected."""
+    import particleseg.fiji.commands as cmds
+
+    class IJ:
+        @staticmethod
+        def resetEscape():
+            pass
+
+        @staticmethod
+        def escapePressed():
+            return False
+
+    log = []
+    monkeypatch.setattr(cmds, "_j", lambda name: IJ)
+    for name in ("log", "status", "progress", "show_table"):
+        monkeypatch.setattr(cmds.publish, name, (lambda *a, **k: log.append(a[0])) if name == "log" else (lambda *a, **k: None))
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 2)
+    values = {"input": str(src), "output": str(out), "model": str(threshold_bundle.path), "overview": False}
+    segment_files([src / "img0.tif"], out, threshold_bundle, progress=False, write_overview=False)
+    ctx = cmds.Context("Batch Segment Folder...")
+    res = cmds.batch_segment_folder(ctx, dict(values))
+    assert res == {"ok": 2, "failed": 0, "canceled": False, "done_earlier": 1}
+    assert log[0].startswith("  img0.tif (done earlier): 3 particles")
+    assert log[-1].startswith("Batch Segment Folder: 2 of 2 images segmented (1 done earlier, 1 segmented, 0 failed)")
+    assert not (out / "img0_overview.png").exists()
