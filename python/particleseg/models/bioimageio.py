@@ -12,7 +12,7 @@ packages inside Fiji without Python; ``bioimageio.core``, ilastik and QuPath rea
 * the input tensor ``(batch, y, x, channel)`` with the bundle's normalisation as preprocessing
   (``scale_range`` between the 1st and 99.8th percentiles of each channel, then ``clip``), the
   output ``(batch, y, x, channel)`` with one channel per network output (``foreground``,
-  ``distance``, ...), and a halo of half the bundle's tile overlap for tiled prediction;
+  ``distance``, ...), and the bundle's tiling halo (:attr:`Bundle.overlap`) for tiled prediction;
 * a test input (a crop of the shipped sample image, raw) and the output particleseg's own
   normalisation and Keras give for it, a cover image (input and foreground probability),
   documentation (``README.md``), the citation of Rühle et al. 2021 and a licence;
@@ -99,13 +99,13 @@ def make_test_input(bundle, size: int | None = None) -> np.ndarray:
 
     A single-channel SEM bundle gets a crop of the shipped sample image (inverted for a network
     trained on dark particles); other bundles get smooth random blobs
-    (:func:`particleseg.models.export.test_image`). ``size`` (default 256) is rounded up to a
-    multiple of the network's ``multiple_of``.
+    (:func:`particleseg.models.export.test_image`). ``size`` (default 256, at least the package's
+    smallest input) is rounded up to a multiple of the network's ``multiple_of``.
     """
     from .export import test_image
 
     m = bundle.network.multiple_of
-    size = int(size or 256)
+    size = max(int(size or 256), _halo_and_min_size(bundle)[1])
     size = max(m, -(-size // m) * m)
     c = bundle.network.input_channels
     if c == 1 and bundle.kind == "sem" and SAMPLE.is_file():
@@ -346,15 +346,22 @@ def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -
     shutil.rmtree(sm)
 
 
+def _halo_and_min_size(bundle) -> tuple[int, int]:
+    """The output halo (context pixels each side of a tile's kept part: particleseg's tiling
+    halo, :attr:`Bundle.overlap`) and the smallest input side, which must leave something of the
+    output once the halo is cut off."""
+    m = bundle.network.multiple_of
+    halo = max(0, int(bundle.overlap))
+    return halo, max(m, -(-(2 * halo + 1) // m) * m)
+
+
 def _rdf(bundle, x, channel_names, wdescr, attachments, authors, license) -> dict[str, Any]:  # noqa: A002
     meta = bundle.metadata
     net = bundle.network
     norm = meta["input"].get("normalization", {"method": "none"})
     scale = meta["scale"]
     m = net.multiple_of
-    halo = max(0, int(bundle.overlap) // 2)
-    # the smallest input must leave something of the output once the halo is cut off
-    min_size = max(m, -(-(2 * halo + 1) // m) * m)
+    halo, min_size = _halo_and_min_size(bundle)
     space: dict[str, Any] = {}
     pixel_size, unit = scale.get("pixel_size"), scale.get("unit")
     spec_units = {"nm": "nanometer", "µm": "micrometer", "um": "micrometer", "mm": "millimeter", "Å": "angstrom",
@@ -508,17 +515,23 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None):
     source = str(_rdf_source(Path(path)).resolve())
     # the TensorFlow runner unpacks its weights into the current folder: run it in a temporary one
     # (and the Keras runner draws progress bars: off while testing)
+    import logging
+
     import keras
 
     cwd = os.getcwd()
     interactive = keras.config.is_interactive_logging_enabled()
     keras.config.disable_interactive_logging()
+    tf_log = logging.getLogger("tensorflow")
+    tf_level = tf_log.level
+    tf_log.setLevel(logging.ERROR)  # retracing warnings for each tested input size
     with tempfile.TemporaryDirectory(prefix="bioimageio-test-") as tmp:
         os.chdir(tmp)
         try:
             return test_model(source, weight_format=weight_format)
         finally:
             os.chdir(cwd)
+            tf_log.setLevel(tf_level)
             if interactive:
                 keras.config.enable_interactive_logging()
 
