@@ -401,3 +401,70 @@ def test_fiji_batch_segment_folder_resumes_through_the_same_batch(tmp_path, thre
     assert log[0].startswith("  img0.tif (done earlier): 3 particles")
     assert log[-1].startswith("Batch Segment Folder: 2 of 2 images segmented (1 done earlier, 1 segmented, 0 failed)")
     assert not (out / "img0_overview.png").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# item 4 (issue item 5): one calibration policy
+
+
+def _fei(path: Path, width: str, height: str) -> Path:
+    text = f"[User]\nDate=01/01/2020\n[Scan]\nPixelWidth={width}\nPixelHeight={height}\n"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8),
+                     extratags=[(34682, "s", 0, text, True)])
+    return path
+
+
+def _tiff(path: Path, **kwargs) -> Path:
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8), **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("make, detail, source", [
+    (lambda p: _tiff(p, imagej=True, resolution=(0, 1), metadata={"unit": "nm"}), "resolution 0 pixels per unit", "ImageJ"),
+    (lambda p: _tiff(p, imagej=True, resolution=(1, 1), metadata={"unit": "furlong"}), "unknown length unit 'furlong'", "ImageJ"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": -1.0, "PhysicalSizeY": -1.0}), "pixel size -1 µm", "OME"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": float("inf")}), "pixel size inf µm", "OME"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": 0.0}), "pixel size 0 µm", "OME"),
+    (lambda p: _fei(p, "-7.3e-09", "-7.3e-09"), "pixel size -7.3 nm", "FEI/Thermo Fisher SEM"),
+    (lambda p: _fei(p, "nan", ""), "pixel size nan nm", "FEI/Thermo Fisher SEM"),
+])
+def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, detail, source):
+    from particleseg.errors import ParticlesegWarning
+    from particleseg.io import read_calibration, read_image
+
+    path = make(tmp_path / "x.tif")
+    note = f"{path}: ignored the calibration in its {source} metadata ({detail}); measuring in pixels"
+    with pytest.warns(ParticlesegWarning) as caught:
+        _, cal = read_image(path)
+    assert cal == Calibration() and [str(w.message) for w in caught] == [note]
+    with pytest.warns(ParticlesegWarning, match=re.escape(note)):
+        assert read_calibration(path) == (Calibration(), "")
+
+
+def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, threshold_bundle, capsys):
+    from particleseg.io import read_image
+
+    img, _ = draw_disks((120, 120), [(60, 60, 15)])
+    ij = tmp_path / "ij.tif"
+    tifffile.imwrite(ij, img, imagej=True, resolution=(1 / 5.0, 1 / 7.5), metadata={"unit": "nm"})
+    fei = _fei(tmp_path / "fei.tif", "7.3e-09", "9e-09")
+    ome = _tiff(tmp_path / "ome.tif", ome=True, metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25})
+    for path, sizes in ((ij, "5 x 7.5 nm in its ImageJ"), (fei, "7.3 x 9 nm in its FEI/Thermo Fisher SEM"),
+                        (ome, "0.5 x 0.25 µm in its OME")):
+        with pytest.raises(InputError) as exc:
+            read_image(path)
+        assert str(exc.value) == (f"{path}: pixels are not square ({sizes} metadata); give --pixel-size or "
+                                  "--image-width to measure it with square pixels")
+    # nearly equal (rational resolutions) is square
+    tifffile.imwrite(tmp_path / "near.tif", img, imagej=True, resolution=(1 / 5.0, 1 / 5.0000001), metadata={"unit": "nm"})
+    assert read_image(tmp_path / "near.tif")[1] == Calibration(5.0, "nm")
+
+    model = ["--model", str(threshold_bundle.path), "--quiet"]
+    assert main(["segment", str(ij), "--out", str(tmp_path / "o"), *model]) == 1
+    assert capsys.readouterr().err.strip() == (f"particleseg: error: {ij}: pixels are not square (5 x 7.5 nm in its "
+                                               "ImageJ metadata); give --pixel-size or --image-width to measure it "
+                                               "with square pixels")
+    assert main(["segment", str(ij), "--out", str(tmp_path / "o"), "--pixel-size", "6", *model]) == 0
+    assert capsys.readouterr().err.strip() == (f"particleseg: note: {ij}: pixels are not square (5 x 7.5 nm in its "
+                                               "ImageJ metadata); measured with the pixel size given")
+    assert pd.read_csv(tmp_path / "o" / "summary.csv")["pixel_size"].tolist() == [6.0]

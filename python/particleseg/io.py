@@ -115,7 +115,8 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[np.ndarray, Calibration]:
+def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
+               allow_nonsquare: bool = False) -> tuple[np.ndarray, Calibration]:
     """Read a gray-value image or stack and its calibration.
 
     Parameters
@@ -125,6 +126,14 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
     channel_axis_ok : bool
         If True, a multi-channel image is returned as ``(C, Y, X)`` (or ``(Z, C, Y, X)``)
         instead of raising. Used by the multi-channel workflows.
+    allow_nonsquare : bool
+        Metadata with pixels that are not square is an error (lengths and shapes would be
+        wrong) unless this is True (the caller gives its own, square, pixel size); then a note.
+
+    Calibration policy: metadata that cannot be used (zero, negative, infinite or NaN pixel
+    size or resolution, a unit that is no length) is ignored with one note
+    (:class:`~particleseg.errors.ParticlesegWarning`) naming the file, and the image is measured
+    with the next usable source, else in pixels.
 
     Returns
     -------
@@ -145,6 +154,7 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an image file")
     suffix = path.suffix.lower()
+    notes: list[tuple[str, str]] = []
     try:
         with warnings.catch_warnings():
             # tifffile reports truncated strips as warnings and fills with zeros; treat as errors
@@ -152,7 +162,7 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
             # but not the unclosed files of a failed reader (raised in __del__ they print tracebacks)
             warnings.simplefilter("ignore", ResourceWarning)
             if suffix in (".tif", ".tiff"):
-                data, axes, calibration = _read_tiff(path)
+                data, axes, calibration = _read_tiff(path, notes)
             elif suffix in (".png", ".jpg", ".jpeg"):
                 data, axes, calibration = _read_plain(path)
             else:
@@ -162,9 +172,22 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False) -> tuple[
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read image ({detail})") from None
+    _calibration_notes(path, notes, allow_nonsquare)
     data = _to_gray(path, data, axes, channel_axis_ok)
     check_image(data, path)
     return data, calibration
+
+
+def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare: bool) -> None:
+    """Raise for pixels that are not square (unless allowed), warn about ignored metadata."""
+    from .errors import ParticlesegWarning
+
+    for kind, text in notes:
+        if kind == "nonsquare" and not allow_nonsquare:
+            raise InputError(f"{path}: {text}; give --pixel-size or --image-width to measure it with square pixels")
+    for kind, text in notes:
+        message = f"{path}: {text}" + ("; measured with the pixel size given" if kind == "nonsquare" else "")
+        warnings.warn(message, ParticlesegWarning, stacklevel=3)
 
 
 def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
@@ -203,7 +226,7 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     return data
 
 
-def _read_tiff(path: Path):
+def _read_tiff(path: Path, notes: list | None = None):
     import logging
 
     import tifffile
@@ -216,19 +239,20 @@ def _read_tiff(path: Path):
         series = tif.series[0]
         data = series.asarray()
         axes = series.axes
-        calibration = _tiff_calibration(tif)
+        calibration = _tiff_calibration_and_source(tif, notes)[0]
     return data, axes, calibration
 
 
-def read_calibration(path: str | os.PathLike) -> tuple[Calibration, str]:
+def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> tuple[Calibration, str]:
     """The calibration in an image file's metadata, exactly as :func:`read_image` reads it,
     without reading the pixels; and where it came from: ``ImageJ``, ``OME``, ``Zeiss SEM``,
-    ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG).
+    ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG). Unusable
+    metadata gives a note, pixels that are not square an error (see :func:`read_image`).
 
     Raises
     ------
     InputError
-        The file is missing or not a readable TIFF.
+        The file is missing or not a readable TIFF, or its pixels are not square.
     """
     import logging
 
@@ -240,12 +264,15 @@ def read_calibration(path: str | os.PathLike) -> tuple[Calibration, str]:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return Calibration(), ""
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    notes: list[tuple[str, str]] = []
     try:
         with tifffile.TiffFile(path) as tif:
-            return _tiff_calibration_and_source(tif)
+            found = _tiff_calibration_and_source(tif, notes)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read the metadata ({detail})") from None
+    _calibration_notes(path, notes, allow_nonsquare)
+    return found
 
 
 def _tiff_calibration(tif) -> Calibration:
@@ -253,41 +280,86 @@ def _tiff_calibration(tif) -> Calibration:
     return _tiff_calibration_and_source(tif)[0]
 
 
-def _tiff_calibration_and_source(tif) -> tuple[Calibration, str]:
+def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibration, str]:
+    """The first usable calibration of ImageJ, OME, Zeiss and FEI metadata, and its source.
+    Unusable metadata (see :func:`read_image`) is skipped and, with ``notes``, reported there as
+    ``("invalid", text)``; pixels that are not square as ``("nonsquare", text)``."""
+    import re
+
+    problems: list[tuple[str, str]] = []
+    nonsquare: list[str] = []
+
+    def usable(source: str, size, unit, height=None) -> Calibration | None:
+        try:
+            unit = canonical_unit(str(unit))
+        except ValueError:
+            problems.append((source, f"unknown length unit {str(unit)!r}"))
+            return None
+        try:
+            size = float(size)
+        except (TypeError, ValueError):
+            problems.append((source, f"pixel size {size!r} is not a number"))
+            return None
+        if not (math.isfinite(size) and size > 0):
+            problems.append((source, f"pixel size {size:g} {unit}"))
+            return None
+        cal = Calibration(size, unit)
+        try:
+            h = float(height) if height is not None else None
+        except (TypeError, ValueError):
+            h = None
+        if cal.calibrated and h is not None and math.isfinite(h) and h > 0 and abs(h - size) > 1e-4 * max(h, size):
+            nonsquare.append(f"pixels are not square ({size:.6g} x {h:.6g} {unit} in its {source} metadata)")
+        return cal
+
+    def size_of(resolution):
+        num, den = resolution
+        return den / num if num else math.inf
+
+    def found(cal: Calibration, source: str) -> tuple[Calibration, str]:
+        if notes is not None:
+            instead = f"using its {source} metadata" if source else "measuring in pixels"
+            notes.extend(("invalid", f"ignored the calibration in its {s} metadata ({d}); {instead}") for s, d in problems)
+            notes.extend(("nonsquare", text) for text in nonsquare[:1])
+        return cal, source
+
     page = tif.pages.first
     ij = tif.imagej_metadata
     if ij and ij.get("unit") and "XResolution" in page.tags:
-        num, den = page.tags["XResolution"].value
-        try:
-            if num > 0:
-                return Calibration(den / num, ij["unit"]), "ImageJ"
-        except ValueError:
-            pass
+        x = page.tags["XResolution"].value
+        y = page.tags["YResolution"].value if "YResolution" in page.tags else None
+        if not x[0]:
+            problems.append(("ImageJ", "resolution 0 pixels per unit"))
+        else:
+            cal = usable("ImageJ", size_of(x), ij["unit"], size_of(y) if y else None)
+            if cal is not None:
+                return found(cal, "ImageJ")
     if tif.is_ome:
-        import re
-
         xml = tif.ome_metadata or ""
-        size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
+        size = re.search(r'PhysicalSizeX="([^"]*)"', xml)
+        height = re.search(r'PhysicalSizeY="([^"]*)"', xml)
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
         if size:
-            try:
-                return Calibration(float(size.group(1)), unit.group(1) if unit else "µm"), "OME"
-            except ValueError:
-                pass
+            cal = usable("OME", size.group(1), unit.group(1) if unit else "µm", height.group(1) if height else None)
+            if cal is not None:
+                return found(cal, "OME")
     sem = tif.sem_metadata
     if sem and "ap_image_pixel_size" in sem:
         entry = sem["ap_image_pixel_size"]
         if len(entry) >= 3:
-            try:
-                return Calibration(float(entry[1]), str(entry[2])), "Zeiss SEM"
-            except ValueError:
-                pass
+            cal = usable("Zeiss SEM", entry[1], entry[2])
+            if cal is not None:
+                return found(cal, "Zeiss SEM")
     fei = tif.fei_metadata
     if fei:
-        width = fei.get("Scan", {}).get("PixelWidth") or fei.get("EScan", {}).get("PixelWidth")
-        if width:
-            return Calibration(float(width) * 1e9, "nm"), "FEI/Thermo Fisher SEM"  # stored in metres
-    return Calibration(), ""
+        scan = fei.get("Scan", {}) if fei.get("Scan", {}).get("PixelWidth") not in (None, "") else fei.get("EScan", {})
+        width, height = scan.get("PixelWidth"), scan.get("PixelHeight")
+        if width not in (None, ""):
+            metres = (lambda v: float(v) * 1e9 if isinstance(v, (int, float)) else v)  # stored in metres
+            cal = usable("FEI/Thermo Fisher SEM", metres(width), "nm", metres(height) if height not in (None, "") else None)
+            if cal is not None:
+                return found(cal, "FEI/Thermo Fisher SEM")
+    return found(Calibration(), "")
 
 
 def _imread_pillow(path: Path) -> np.ndarray:

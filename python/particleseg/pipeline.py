@@ -578,7 +578,7 @@ def run_settings(
     import json
 
     resolved = (params or SegmentParams()).resolved(bundle).to_dict()
-    for name in ("progress", "batch_size"):  # do not change the result
+    for name in ("progress", "batch_size", "engine"):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     settings = {"model": bundle.label, "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
@@ -740,7 +740,7 @@ def segment_file(
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     settings = run_settings(bundle, params, write_overview, pixel_size, unit, image_width)
-    image, file_cal = read_image(path)
+    image, file_cal = read_image(path, allow_nonsquare=pixel_size is not None or image_width is not None)
     try:
         fingerprint = input_fingerprint(path)
     except OSError as exc:
