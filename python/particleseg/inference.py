@@ -62,16 +62,69 @@ def _round_up(n: int, m: int) -> int:
 
 def even_tile_size(length: int, max_tile: int, overlap: int, multiple_of: int) -> int:
     """Smallest tile (a multiple of ``multiple_of``, at most about ``max_tile``) that covers
-    ``length`` with as few tiles as ``max_tile`` would need.
-
-    Spreading the tiles evenly keeps the extra work of overlapping tiles near ``overlap`` per
-    tile, instead of a last tile that mostly repeats its neighbour.
+    ``length`` with as few tiles as ``max_tile`` would need, neighbours sharing ``overlap``
+    pixels (the layout of :func:`tile_starts`; :func:`predict_tiled` uses :func:`exact_tiles`).
     """
     max_tile = max(multiple_of, _round_up(max_tile, multiple_of))
     if length <= max_tile:
         return _round_up(length, multiple_of)
     n = math.ceil((length - overlap) / (max_tile - overlap))
     return min(max_tile, _round_up(math.ceil((length + (n - 1) * overlap) / n), multiple_of))
+
+
+def exact_tiles(length: int, max_tile: int | None, halo: int, multiple_of: int = 1) -> tuple[int, list[tuple[int, int, int]]]:
+    """Tiles of one axis for exact tiled prediction: ``(tile, [(start, keep_from, keep_to), ...])``.
+
+    ``length`` (a multiple of ``multiple_of``) is cut into consecutive kept parts
+    ``[keep_from, keep_to)``; the tile ``[start, start + tile)`` that predicts a kept part
+    reaches at least ``halo`` pixels beyond it on each side, or to the end of the axis (where
+    the whole-image run sees the same 'same' padding). All tiles have one size (so they can be
+    batched), the fewest that fit in ``max_tile``, each made as small as that number allows;
+    starts are multiples of ``multiple_of``. ``max_tile`` below ``2 * halo + multiple_of`` is
+    raised to it; ``None`` gives one tile.
+
+    >>> exact_tiles(1024, 512, 64, 16)
+    (432, [(0, 0, 368), (304, 368, 672), (592, 672, 1024)])
+    """
+    m = multiple_of
+    if length % m:
+        raise ValueError(f"length {length} is not a multiple of {m}")
+    halo = _round_up(max(0, int(halo)), m)
+    if max_tile is None:
+        return length, [(0, 0, length)]
+    max_tile = max(_round_up(int(max_tile), m), 2 * halo + m)
+    if length <= max_tile:
+        return length, [(0, 0, length)]
+
+    def smallest(n: int) -> int:  # n tiles of this size cover the axis: n*T - 2*(n-1)*halo >= length
+        return _round_up(math.ceil((length + 2 * (n - 1) * halo) / n), m)
+
+    n = 2
+    while smallest(n) > max_tile:
+        n += 1
+    tile = smallest(n)
+    bounds = [0] + [min(length, tile - halo + k * (tile - 2 * halo)) for k in range(n - 1)] + [length]
+    tiles = [(min(max(a - halo, 0), length - tile), a, b) for a, b in zip(bounds, bounds[1:])]
+    return tile, tiles
+
+
+def tiling_plan(shape: tuple[int, int], tile: int | tuple[int, int] | None, halo: int, multiple_of: int = 16) -> dict:
+    """How :func:`predict_tiled` cuts an image of ``shape`` (Y, X): the tile size, the number of
+    tiles, and the ``overhead``: network pixels computed over those of one whole-image call
+    (both on the image padded to multiples of ``multiple_of``)."""
+    h, w = shape[:2]
+    hp, wp = _round_up(h, multiple_of), _round_up(w, multiple_of)
+    ty, tx = (tile, tile) if tile is None or np.isscalar(tile) else tile
+    th, ys = exact_tiles(hp, ty, halo, multiple_of)
+    tw, xs = exact_tiles(wp, tx, halo, multiple_of)
+    return {"tile": (th, tw), "tiles": (len(ys), len(xs)), "padded": (hp, wp),
+            "overhead": len(ys) * th * len(xs) * tw / (hp * wp)}
+
+
+def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
+    """Source row (or column) of each row of the image padded from ``n`` to ``padded`` as
+    ``np.pad(..., mode)`` pads it: only tiles read from the padding, the image is never copied."""
+    return np.pad(np.arange(n), (0, padded - n), mode=mode) if padded > n else np.arange(n)
 
 
 def predict_tiled(
@@ -85,7 +138,14 @@ def predict_tiled(
     progress: bool | None = None,
     desc: str = "inference",
 ) -> np.ndarray:
-    """Predict a large image tile by tile.
+    """Predict a large image tile by tile; with a halo of at least the network's receptive
+    field, the result is the whole-image prediction.
+
+    The image is padded at its bottom and right to multiples of ``multiple_of`` (reflecting,
+    as a whole-image call would be padded), cut into kept parts, and each part is predicted in
+    a tile that adds ``overlap`` pixels of real image around it (or reaches the image's side,
+    where the network's own zero padding is the whole-image run's). Only the kept part of each
+    tile's output is used: no blending, so the output does not depend on the tile size.
 
     Parameters
     ----------
@@ -94,18 +154,22 @@ def predict_tiled(
     image : ndarray
         ``(H, W)`` or ``(H, W, C)``, already normalised.
     tile : int, (int, int) or None
-        Largest tile size; tiles are made as even as possible (see :func:`even_tile_size`),
-        multiples of ``multiple_of``, and shrunk for small images.
-        ``None`` predicts the whole image at once (padded to a multiple of ``multiple_of``).
+        Largest tile side (Y, X); tiles are made as small as their number allows (see
+        :func:`exact_tiles`). At most ``tile * tile`` pixels go to one network call (fewer
+        tiles per batch for larger tiles). ``None`` predicts the whole image at once.
     overlap : int
-        Pixels shared by neighbouring tiles and blended. About the network's receptive-field
-        halo (32 for a depth-4 UNet) makes tiled and untiled outputs agree.
+        The halo: pixels of context on each side of a tile's kept part, rounded up to a
+        multiple of ``multiple_of``. At least the network's receptive-field radius
+        (:func:`particleseg.models.receptive.receptive_field`, ``Bundle.overlap``) makes the
+        tiled output equal the whole-image output; less makes seams.
     batch_size : int
-        Tiles per network call.
+        Tiles per network call (at most).
     multiple_of : int
-        The network's input sides must be multiples of this (``2 ** depth``).
+        The network's input sides must be multiples of this (``2 ** depth``); tiles start on
+        multiples of it, so a pooling network sees the whole image's pooling grid.
     out : ndarray, optional
-        ``(H, W, K)`` float32 array (for example a ``numpy.memmap``) to write into.
+        ``(H, W, K)`` float32 array (for example a ``numpy.memmap``) to write into, one strip
+        of tiles at a time.
     progress : bool or None
         Show a progress bar; ``None`` shows it when there are more than 16 tiles.
 
@@ -113,68 +177,55 @@ def predict_tiled(
     -------
     ndarray of float32, ``(H, W, K)``
     """
-    from tqdm.auto import tqdm
-
-    img = np.asarray(image, np.float32)
+    img = image if isinstance(image, np.ndarray) and image.dtype == np.float32 else np.asarray(image, np.float32)
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
         raise ValueError(f"expected (H, W) or (H, W, C), got shape {image.shape}")
     h, w, _ = img.shape
-
-    if tile is None:
-        th, tw = _round_up(h, multiple_of), _round_up(w, multiple_of)
-        overlap = 0
-    else:
-        th, tw = (tile, tile) if np.isscalar(tile) else tile
-        th = even_tile_size(h, th, overlap, multiple_of)
-        tw = even_tile_size(w, tw, overlap, multiple_of)
-        overlap = min(overlap, th // 2 - 1, tw // 2 - 1) if min(th, tw) > 2 else 0
-    # Pad (reflecting) only when the image is smaller than one tile along an axis.
-    ph, pw = max(0, th - h), max(0, tw - w)
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "symmetric"
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
-    H, W = img.shape[:2]
-    ys = tile_starts(H, th, overlap)
-    xs = tile_starts(W, tw, overlap)
-    window = blend_window((th, tw), overlap)[..., None]
+    m = multiple_of
+    hp, wp = _round_up(h, m), _round_up(w, m)
+    ty, tx = (tile, tile) if tile is None or np.isscalar(tile) else tile
+    th, ys = exact_tiles(hp, ty, overlap, m)
+    tw, xs = exact_tiles(wp, tx, overlap, m)
+    if tile is not None:  # at most tile * tile pixels in one call
+        batch_size = max(1, min(batch_size, (ty * tx) // (th * tw)))
+    mode = "reflect" if hp - h < h and wp - w < w else "symmetric"
+    iy, ix = _pad_index(h, hp, mode), _pad_index(w, wp, mode)
+    whole = hp == h and wp == w and len(ys) == len(xs) == 1
 
     n_tiles = len(ys) * len(xs)
-    bar = tqdm(total=n_tiles, desc=desc, unit="tile", disable=not (progress if progress is not None else n_tiles > 16),
-               leave=False)
-    acc = wsum = None
+    show = progress if progress is not None else n_tiles > 16
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_tiles, desc=desc, unit="tile", leave=False)
     try:
-        for i, y0 in enumerate(ys):
-            # predict one strip of tiles in batches
+        for sy, ay, by in ys:
+            rows = iy[sy:sy + th]
             for b0 in range(0, len(xs), batch_size):
                 bx = xs[b0:b0 + batch_size]
-                batch = np.stack([img[y0:y0 + th, x0:x0 + tw] for x0 in bx])
+                if whole:
+                    batch = img[None]
+                else:
+                    strip = img[rows] if not (sy == 0 and th == h) else img
+                    batch = np.stack([strip[:, ix[sx:sx + tw]] for sx, _, _ in bx])
                 pred = np.asarray(predict(batch), np.float32)
                 if pred.shape[:3] != batch.shape[:3]:
                     raise ValueError(f"prediction has shape {pred.shape} for a batch of shape {batch.shape}")
-                if acc is None:
-                    k = pred.shape[-1]
-                    acc = np.zeros((th, W, k), np.float32)
-                    wsum = np.zeros((th, W, 1), np.float32)
-                    if out is None:
-                        out = np.empty((h, w, k), np.float32)
-                    elif out.shape != (h, w, k):
-                        raise ValueError(f"out has shape {out.shape}, expected {(h, w, k)}")
-                for x0, p in zip(bx, pred):
-                    acc[:, x0:x0 + tw] += p * window
-                    wsum[:, x0:x0 + tw] += window
-                bar.update(len(bx))
-            # rows [y0, next y0) are final: write them and shift the strip buffer
-            y1 = ys[i + 1] if i + 1 < len(ys) else y0 + th
-            done = y1 - y0
-            rows = slice(y0, min(y1, h))
-            if rows.start < rows.stop:
-                out[rows] = (acc[: rows.stop - rows.start, :w] / wsum[: rows.stop - rows.start, :w])
-            acc[: th - done] = acc[done:]
-            acc[th - done:] = 0
-            wsum[: th - done] = wsum[done:]
-            wsum[th - done:] = 0
+                if out is None:
+                    out = np.empty((h, w, pred.shape[-1]), np.float32)
+                elif out.shape != (h, w, pred.shape[-1]):
+                    raise ValueError(f"out has shape {out.shape}, expected {(h, w, pred.shape[-1])}")
+                y1 = min(by, h)
+                for (sx, ax, bxe), p in zip(bx, pred):
+                    x1 = min(bxe, w)
+                    if ay < y1 and ax < x1:
+                        out[ay:y1, ax:x1] = p[ay - sy:y1 - sy, ax - sx:x1 - sx]
+                if bar is not None:
+                    bar.update(len(bx))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return out

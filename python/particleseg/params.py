@@ -34,6 +34,8 @@ from .errors import InputError
 NONE = "none"
 INTENSITY_METHODS = (NONE, "li", "otsu", "mean", "median")
 POLARITIES = ("bright", "dark")
+#: the inference engines (:meth:`particleseg.models.Bundle.predictor`)
+ENGINES = ("auto", "onnx", "keras")
 #: the shape ranges, in the order of the dialog and of ``SegmentParams.shape``
 SHAPE_NAMES = ("area", "ecd", "feret_min", "feret_max", "circularity", "solidity", "aspect_ratio")
 #: ranges that can never exceed 1 (``0-1`` is no constraint)
@@ -130,6 +132,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("overlap", "int", "overlap of neighbouring tiles in pixels (default: the bundle's)", None,
               minimum=0, fiji=False),
     Parameter("batch_size", "int", "tiles per network call", 4, minimum=1, fiji=False),
+    Parameter("engine", "choice", "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "
+              "onnxruntime is installed, else Keras), onnx or keras", "auto", choices=ENGINES),
 )
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
@@ -279,6 +283,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
         particle_size=float(size) if size else None,
         rescale=float(rescale) if rescale else None,
         batch_size=int(v.get("batch_size") or 4),
+        engine=str(v.get("engine") or "auto"),
         progress=progress,
     )
 

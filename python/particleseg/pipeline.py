@@ -78,7 +78,12 @@ class SegmentParams:
         Typical particle diameter in pixels in this image; the image is resampled so that it
         matches the model's training data (overrides ``rescale``).
     tile, overlap, batch_size : int
-        Tiled inference settings.
+        Tiled inference settings: the largest tile side, the halo of context around each tile's
+        kept part (default: the bundle's, at least the network's receptive field, so tiles give
+        the whole-image output), tiles per network call.
+    engine : {"auto", "onnx", "keras"}
+        What runs the network (:meth:`particleseg.models.Bundle.predictor`): ``auto`` is ONNX
+        Runtime when the bundle has an ONNX export and onnxruntime is installed, else Keras.
     """
 
     threshold: float | None = None
@@ -99,6 +104,7 @@ class SegmentParams:
     tile: int | None = None
     overlap: int | None = None
     batch_size: int = 4
+    engine: str = "auto"
     progress: bool | None = None
 
     def resolved(self, bundle: Bundle) -> "SegmentParams":
@@ -196,7 +202,7 @@ def predict_probabilities(
     bundle.check_channels(img.shape[-1])
     img = normalize_input(img, bundle.metadata["input"]["normalization"])
     return predict_tiled(
-        predictor or bundle.predictor(), img, tile=params.tile, overlap=params.overlap,
+        predictor or bundle.predictor(params.engine), img, tile=params.tile, overlap=params.overlap,
         batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, progress=params.progress,
     )
 
@@ -223,7 +229,7 @@ def segment_image(
     name : str
         Used in error messages.
     predictor : callable, optional
-        Replaces the bundle's network (batch -> output), e.g. an ONNX Runtime session.
+        Replaces the bundle's network (batch -> output); default ``bundle.predictor(params.engine)``.
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)

@@ -22,6 +22,7 @@
 #@ String (label="Crop rows (auto or N)", description="rows of the microscope's data bar at the bottom to ignore (auto detects them, 0 keeps all)", value="auto") crop_rows
 #@ Double (label="Particle size (px)", description="typical particle diameter in this image, in pixels; the image is resampled to the model's training scale (0: estimated per image)", value=0, min=0, style="format:0.00") particle_size
 #@ Double (label="Rescale", description="resample the image by this factor before inference instead of the estimated scale (1: as it is; 0: estimated)", value=0, min=0, style="format:0.00") rescale
+#@ String (label="Engine", description="what runs the network: auto (ONNX Runtime when the model has an ONNX export and onnxruntime is installed, else Keras), onnx or keras", choices={"auto","onnx","keras"}, value="auto") engine
 #@ Boolean (label="Overwrite existing outputs", value=false) overwrite
 #@ Boolean (label="Overview figures", value=true) overview
 
@@ -37,4 +38,4 @@ except ImportError:  # Jython, or a Python without particleseg
              "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
              "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
 else:
-    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, rescale=rescale, overwrite=overwrite, overview=overview)
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, particle_size=particle_size, rescale=rescale, engine=engine, overwrite=overwrite, overview=overview)

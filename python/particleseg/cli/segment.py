@@ -35,7 +35,7 @@ def register(sub) -> None:
     inference = p.add_argument_group("inference")
     groups = {name: scale for name in ("crop_rows", "particle_size", "rescale")}
     groups.update({name: filters for name in ("intensity_filter", "polarity", "min_score", *SHAPE_NAMES)})
-    groups.update({name: inference for name in ("tile", "overlap", "batch_size")})
+    groups.update({name: inference for name in ("tile", "overlap", "batch_size", "engine")})
     add_arguments(p, groups={name: groups.get(name, particles) for name in (q.name for q in PARAMETERS)})
     filters.add_argument("--no-classifier", action="store_true", help="do not apply the bundle's particle classifier")
     p.set_defaults(func=run)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import BundleError, OutputExistsError
 from .architectures import NetworkConfig
+from .receptive import exact_halo, receptive_field
 
 # TensorFlow's C++ start-up lines (absl, cpu_feature_guard) are not for the users of a library
 # either: off unless the user set the level (the command line does the same).
@@ -170,11 +171,31 @@ class Bundle:
 
     @property
     def tile(self) -> int:
+        """Largest tile side of tiled inference (memory: at most ``tile * tile`` pixels per
+        network call; an image that fits is predicted whole)."""
         return int(self.metadata["tiling"]["tile"])
+
+    @cached_property
+    def receptive_field(self) -> int | None:
+        """Receptive-field radius of the network in pixels, from its architecture
+        (:func:`particleseg.models.receptive.receptive_field`); None when unbounded (group
+        normalisation)."""
+        return receptive_field(self.network)
 
     @property
     def overlap(self) -> int:
-        return int(self.metadata["tiling"]["overlap"])
+        """The halo of tiled inference: context pixels around each tile's kept part. At least
+        the receptive field rounded up to ``2 ** depth`` (then tiled = untiled), whatever an
+        older bundle's ``tiling.overlap`` says; the stored value for networks without a finite
+        receptive field."""
+        stored = int(self.metadata["tiling"]["overlap"])
+        halo = exact_halo(self.network)
+        return stored if halo is None else max(stored, halo)
+
+    @property
+    def exact_tiles(self) -> bool:
+        """Whether tiled inference gives the whole-image output (a finite receptive field)."""
+        return self.receptive_field is not None
 
     @property
     def particle_size_px(self) -> float | None:
@@ -215,9 +236,55 @@ class Bundle:
         for rel in self.model_files:
             check_keras_file(self.path / rel, self._display(rel))
 
-    def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``."""
-        return keras_predictor(self.model)
+    @property
+    def onnx_file(self) -> Path | None:
+        """The bundle's ONNX export (``exports.onnx.file``), if it has one and the file is there."""
+        entry = (self.metadata.get("exports") or {}).get("onnx")
+        if not entry or not entry.get("file"):
+            return None
+        path = self.path / entry["file"]
+        return path if path.is_file() else None
+
+    def engine(self, engine: str | None = "auto") -> str:
+        """The engine :meth:`predictor` uses for ``engine``: ``onnx`` or ``keras``.
+
+        ``auto`` (the default) is ONNX Runtime when the bundle has an ONNX export and
+        ``onnxruntime`` is installed, else Keras (with one note saying why); ``onnx`` insists on
+        ONNX Runtime (:class:`BundleError` naming what is missing); ``keras`` is Keras.
+        """
+        engine = (engine or "auto").lower()
+        if engine not in ENGINES:
+            raise BundleError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        if engine == "keras":
+            return "keras"
+        have_ort = _has_module("onnxruntime")
+        if self.onnx_file is not None and have_ort:
+            return "onnx"
+        if engine == "onnx":
+            why = ("onnxruntime is not installed (pip install onnxruntime)" if not have_ort else
+                   f"the bundle has no ONNX export (particleseg models export {self.label} --format onnx)")
+            raise BundleError(f"{self.label}: cannot run with ONNX Runtime: {why}")
+        if self.label not in _NOTED:
+            _NOTED.add(self.label)
+            why = ("onnxruntime is not installed" if self.onnx_file is not None else
+                   f"the bundle has no ONNX export; particleseg models export {self.label} --format onnx adds one")
+            _note(f"{self.label}: running the network with Keras ({why})")
+        return "keras"
+
+    def predictor(self, engine: str | None = "auto") -> Callable[[np.ndarray], np.ndarray]:
+        """A function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``,
+        run by ONNX Runtime or Keras as :meth:`engine` decides (made once per bundle and engine).
+        ONNX Runtime needs neither TensorFlow nor Keras, which are imported only for Keras."""
+        chosen = self.engine(engine)
+        cache = self.__dict__.setdefault("_predictors", {})
+        if chosen not in cache:
+            if chosen == "onnx":
+                from .export import onnx_predictor
+
+                cache[chosen] = onnx_predictor(self.onnx_file)
+            else:
+                cache[chosen] = keras_predictor(self.model)
+        return cache[chosen]
 
     def check_channels(self, n_channels: int, source: str = "image") -> None:
         expected = self.network.input_channels
@@ -228,13 +295,46 @@ class Bundle:
             )
 
 
+#: the inference engines of :meth:`Bundle.predictor`
+ENGINES = ("auto", "onnx", "keras")
+_NOTED: set[str] = set()  # bundles whose Keras fallback was noted (once per process)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _note(text: str) -> None:
+    import warnings
+
+    from ..errors import ParticlesegWarning
+
+    warnings.warn(text, ParticlesegWarning, stacklevel=3)
+
+
 def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a Keras model as a batch prediction function returning NumPy arrays."""
     import keras
 
+    eager = [False]
+
     def predict(batch: np.ndarray) -> np.ndarray:
-        # the compiled predict function: about 25 % faster than an eager call on CPU
-        return keras.ops.convert_to_numpy(model.predict_on_batch(batch))
+        # the compiled predict function: about 25 % faster than an eager call on CPU; a network
+        # whose graph cannot take a new input size (Keras' bilinear UpSampling2D, as in the FCN,
+        # when TensorFlow retraces with unknown sides) runs eagerly instead
+        if not eager[0]:
+            try:
+                return keras.ops.convert_to_numpy(model.predict_on_batch(batch))
+            except Exception as exc:  # noqa: BLE001
+                if type(exc).__name__ != "OperatorNotAllowedInGraphError":
+                    raise
+                eager[0] = True
+        return keras.ops.convert_to_numpy(model(batch, training=False))
 
     return predict
 
@@ -520,7 +620,13 @@ def make_metadata(
     training: dict | None = None,
     metrics: dict | None = None,
 ) -> dict[str, Any]:
-    """Assemble the metadata of a new bundle (validated by :func:`validate_metadata`)."""
+    """Assemble the metadata of a new bundle (validated by :func:`validate_metadata`).
+
+    ``tile`` is the largest inference tile side; ``overlap`` the tiles' halo, raised to the
+    network's receptive field rounded up to ``2 ** depth`` (exact tiles), which is recorded as
+    ``tiling.receptive_field``; ``tile`` is raised to more than twice the halo.
+    """
+    tiling = tiling_metadata(network, tile, overlap)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -534,7 +640,7 @@ def make_metadata(
             "normalization": normalization or {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]},
             "polarity": polarity,
         },
-        "tiling": {"tile": int(tile), "overlap": int(overlap)},
+        "tiling": tiling,
         "scale": {"pixel_size": pixel_size, "unit": unit, "particle_size_px": particle_size_px,
                   **({"particle_size_range_px": [float(v) for v in particle_size_range_px]}
                      if particle_size_range_px else {})},
@@ -549,6 +655,18 @@ def make_metadata(
     return validate_metadata(meta, name)
 
 
+def tiling_metadata(network: NetworkConfig, tile: int, overlap: int) -> dict[str, Any]:
+    """The ``tiling`` section of a bundle: ``tile`` (largest tile side), ``overlap`` (the halo,
+    at least the receptive field rounded up to ``2 ** depth``), ``receptive_field`` (radius in
+    pixels, None when unbounded) and ``exact`` (tiled output = whole-image output)."""
+    rf = receptive_field(network)
+    halo = exact_halo(network)
+    overlap = int(overlap) if halo is None else max(int(overlap), halo)
+    m = network.multiple_of
+    tile = max(-(-int(tile) // m) * m, 2 * overlap + m)
+    return {"tile": tile, "overlap": overlap, "receptive_field": rf, "exact": rf is not None}
+
+
 def save_bundle(
     path: str | os.PathLike,
     model,
@@ -557,11 +675,18 @@ def save_bundle(
     overwrite: bool = False,
     zip_copy: bool = True,
     extra_files: dict[str, str | os.PathLike] | None = None,
+    onnx: bool | str = "auto",
 ) -> Bundle:
     """Write a bundle folder atomically (and a ``.zip`` of it beside, if ``zip_copy``).
 
     ``extra_files`` maps paths inside the bundle to files copied there (e.g. the training
     log and loss curve).
+
+    ``onnx``: also write ``export/model.onnx``, checked against Keras to 1e-4 and recorded in
+    ``exports`` (:func:`particleseg.models.export.export_onnx`), so that segmentation runs on
+    ONNX Runtime without TensorFlow. ``"auto"`` (default) exports when ``tf2onnx`` and
+    ``onnxruntime`` are installed and the Keras backend is TensorFlow, and notes why not
+    otherwise; ``True`` insists (:class:`BundleError` when the export fails); ``False`` skips it.
 
     The folder is assembled under a temporary name next to ``path`` and renamed at the end, so
     an interrupted save never leaves a half-written bundle.
@@ -583,6 +708,13 @@ def save_bundle(
         for rel, src in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
+        if onnx:
+            from .export import export_onnx
+
+            entry = export_onnx(model, tmp, NetworkConfig.from_dict(meta["network"]), required=onnx is True,
+                                source=str(path))
+            if entry is not None:
+                meta["exports"] = {**(meta.get("exports") or {}), "onnx": entry}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
         respect_umask(tmp)  # mkdtemp made it 0700
         if path.exists():
@@ -596,12 +728,29 @@ def save_bundle(
 
 
 def write_metadata(bundle_path: str | os.PathLike, metadata: dict[str, Any]) -> None:
-    """Replace a bundle's metadata file atomically (after validation)."""
+    """Replace a bundle's metadata file atomically (after validation).
+
+    The ``exports`` describe files of the folder: when ``metadata`` names none, those of the
+    metadata it replaces whose files are there are kept (so that a script that saves a bundle,
+    then rewrites the metadata it built, keeps the ONNX export :func:`save_bundle` made).
+    """
     from ..io import write_atomic
 
+    metadata = _keep_exports(Path(bundle_path), metadata)
     validate_metadata(metadata, str(bundle_path))
     text = json.dumps(metadata, indent=2, default=_json_default) + "\n"
     write_atomic(Path(bundle_path) / METADATA_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+
+
+def _keep_exports(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    if metadata.get("exports"):
+        return metadata
+    try:
+        old = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8")).get("exports") or {}
+    except (OSError, ValueError, AttributeError):
+        return metadata
+    kept = {k: e for k, e in old.items() if isinstance(e, dict) and e.get("file") and (folder / e["file"]).exists()}
+    return {**metadata, "exports": kept} if kept else metadata
 
 
 def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -117,12 +117,120 @@ def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
         if not getattr(model, "_called", True):  # Keras exports only a model that was called once
             model(test_image(64, model.inputs[0].shape[-1]), training=False)
         # tf2onnx and the SavedModel writer print pages of progress and NumPy deprecation warnings
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _traceable_upsampling(model):
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(path), format="onnx" if fmt == "onnx" else "tf_saved_model", verbose=False)
     except Exception as exc:  # noqa: BLE001
         raise BundleError(f"{path}: cannot export as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return path
+
+
+class _traceable_upsampling:
+    """While exporting, Keras' bilinear ``UpSampling2D`` (the FCN's) calls ``tf.image.resize``
+    directly: Keras' own call compares the traced output size with 0, which a graph with
+    unknown sides cannot do. The same operation (half-pixel centres, no antialiasing), so the
+    export still matches Keras (checked by :func:`check_export`)."""
+
+    def __init__(self, model):
+        self.layers = []
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                self.layers = [layer for layer in _all_layers(model)
+                               if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation != "nearest"
+                               and layer.data_format == "channels_last"]
+        except Exception:  # noqa: BLE001
+            self.layers = []
+
+    def __enter__(self):
+        import tensorflow as tf  # noqa: PLC0415 - only with layers to patch, on the TensorFlow backend
+
+        for layer in self.layers:
+            fy, fx = layer.size
+            method = layer.interpolation
+
+            def call(x, fy=fy, fx=fx, method=method):
+                s = tf.shape(x)
+                return tf.image.resize(x, tf.stack([s[1] * fy, s[2] * fx]), method=method)
+
+            layer.call = call
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.__dict__.pop("call", None)
+        return False
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def export_onnx(model, folder: str | os.PathLike, network=None, required: bool = False, source: str = "bundle",
+                tolerance: float = TOLERANCE) -> dict | None:
+    """Write ``folder/export/model.onnx`` for a bundle being saved and return its ``exports``
+    entry, after checking it against Keras (largest difference at most ``tolerance`` on a test
+    image whose sides are twice ``2 ** depth`` or 64).
+
+    Needs the TensorFlow backend and ``tf2onnx``, and ``onnxruntime`` for the check; without
+    them (or when the export fails) it returns None with one note, or raises
+    :class:`BundleError` if ``required``.
+    """
+    import warnings
+
+    from ..errors import ParticlesegWarning
+
+    folder = Path(folder)
+    missing = [name for name in ("tf2onnx", "onnxruntime") if not _has_module(name)]
+    try:
+        import keras
+
+        backend = keras.backend.backend()
+    except Exception:  # noqa: BLE001
+        backend = "unknown"
+    why = (f"{' and '.join(missing)} not installed (pip install particleseg[export])" if missing else
+           f"the Keras backend is {backend}, the ONNX export needs tensorflow" if backend != "tensorflow" else "")
+    channels = network.input_channels if network is not None else model.inputs[0].shape[-1]
+    m = network.multiple_of if network is not None else 16
+    entry = None
+    if not why:
+        out_dir = folder / EXPORT_DIR
+        out_dir.mkdir(exist_ok=True)
+        target = out_dir / FILES["onnx"]
+        try:
+            export_model(model, target, "onnx")
+            image = test_image(max(64, 2 * m), channels)
+            diff = check_export(model, onnx_predictor(target), image, tolerance, f"{source}: {EXPORT_DIR}/{FILES['onnx']}")
+            heads = ", ".join(h.kind for h in network.heads) if network is not None else "network output"
+            entry = {"file": f"{EXPORT_DIR}/{FILES['onnx']}", "layout": "NHWC",
+                     "input": f"(N, H, W, C) float32, normalised as in 'input'; H and W multiples of {m}",
+                     "output": f"(N, H, W, {network.output_channels if network is not None else 'K'}) float32: {heads}",
+                     "max_abs_diff": diff,
+                     "checked_on": f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)"}
+        except BundleError as exc:
+            target.unlink(missing_ok=True)
+            if not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            why = str(exc)
+    if entry is None:
+        if required:
+            raise BundleError(f"{source}: no ONNX export ({why})")
+        warnings.warn(f"{source}: saved without an ONNX export ({why}); segmentation will use Keras",
+                      ParticlesegWarning, stacklevel=3)
+    return entry
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def export_bundle(bundle, formats=FORMATS, overwrite: bool = False, check: bool = True, tolerance: float = TOLERANCE):
@@ -151,7 +259,7 @@ def export_bundle(bundle, formats=FORMATS, overwrite: bool = False, check: bool 
         raise OutputExistsError(f"{existing[0]}: export exists; use --overwrite to replace it")
     out_dir.mkdir(exist_ok=True)
     model = bundle.model
-    image = test_image(max(64, bundle.network.multiple_of), bundle.network.input_channels)
+    image = test_image(max(64, 2 * bundle.network.multiple_of), bundle.network.input_channels)
     meta = dict(bundle.metadata)
     exports = dict(meta.get("exports") or {})
     try:
