@@ -117,6 +117,36 @@ def test_kill_9_in_the_middle_of_a_batch_then_the_same_command_resumes(tmp_path,
     assert summary["count"].tolist() == pd.read_csv(ref / "summary.csv")["count"].tolist()
 
 
+def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, threshold_bundle):
+    """``kill`` (SIGTERM) is Ctrl-C: the image being written is removed, summary.csv lists the
+    finished ones, exit status 130 with one line; every image is then complete or absent."""
+    import signal
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 3)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.Popen([sys.executable, "-m", "particleseg", "segment", str(src), "--out", str(out), "--model",
+                             str(threshold_bundle.path), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    writing = record_paths("img1.tif", out)[1]
+    deadline = time.monotonic() + 300
+    while not writing.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == (f"particleseg: interrupted; the images finished so far are in {out} with its "
+                              "summary.csv; run the same command again to go on")
+    done = sorted(p.name.split(".")[0] for p in (out / RECORD_DIR).glob("*.done.json"))
+    assert "img0" in done and not list((out / RECORD_DIR).glob("*.writing.json")) and _temporaries(out) == []
+    assert [Path(f).stem for f in pd.read_csv(out / "summary.csv")["file"]] == done
+    for i in range(3):
+        have = sorted(p.name for p in out.glob(f"img{i}_*"))
+        assert have == (sorted(f"img{i}{s}" for s in OUTPUT_SUFFIXES) if f"img{i}" in done else []), have
+    summary, _ = segment_files([src], out, threshold_bundle, progress=False)
+    assert batch_report(summary) == f"{len(done)} done earlier, {3 - len(done)} segmented, 0 failed"
+
+
 def test_rerun_redoes_an_interrupted_image_and_removes_stale_temporaries(tmp_path, threshold_bundle):
     """The state kill -9 leaves, made by hand: image 1 has its ``writing`` marker and part of its
     outputs, and temporary files of the dead process lie next to them."""
