@@ -29,9 +29,12 @@ def register(sub) -> None:
             "binary with one-pixel lines between touching particles, label images (one integer per "
             "particle) or class-label images (--classes). Every file is checked before training starts. "
             "Checkpoints go to BUNDLE_DIR.work after every epoch; running the same command again after an "
-            "interruption continues after the last finished epoch."
+            "interruption continues after the last finished epoch. By default the shipped default model is "
+            "fine-tuned (cosine learning rate, encoder frozen for the first tenth of the epochs, the best "
+            "epoch chosen by the instance score of the validation images); network options or "
+            "--base-model none train a new network."
         ),
-        epilog="Example: particleseg train --images data/images --masks data/masks --out runs/my-model --epochs 40",
+        epilog="Example: particleseg train --images data/images --masks data/masks --out runs/my-model --minutes 60",
     )
     p.add_argument("--images", required=True, metavar="DIR", help="training images (TIFF, PNG, JPEG; multi-page TIFF = channels)")
     p.add_argument("--masks", required=True, metavar="DIR", help="one mask or label image per image, same names")
@@ -57,23 +60,37 @@ def register(sub) -> None:
     g.add_argument("--keep-masks", metavar="DIR", help="masks of the particles worth keeping: also train the particle classifier")
 
     g = p.add_argument_group("network")
-    g.add_argument("--arch", choices=ARCHITECTURES, default="multires-unet", help="architecture (default multires-unet)")
-    g.add_argument("--depth", type=_positive_int, default=4, help="resolution levels (default 4)")
-    g.add_argument("--base-filters", type=_positive_int, default=16, help="filters of the first level (default 16)")
-    g.add_argument("--dropout", type=float, default=0.0, help="spatial dropout at the bottleneck")
-    g.add_argument("--normalization", choices=("batch", "group", "none"), default="batch")
-    g.add_argument("--extra-head", choices=("distance", "boundary", "none"), default="distance",
-                   help="second output the watershed takes its seeds from (default distance)")
-    g.add_argument("--base-model", metavar="BUNDLE", help="fine-tune this bundle's network instead of a new one")
+    g.add_argument("--base-model", metavar="BUNDLE", default="auto",
+                   help="fine-tune this bundle's network ('default': the shipped default model; 'none': a new "
+                        "network). Default: the shipped default model, unless a network option below is given, the "
+                        "masks are multi-class or the images have several channels")
+    g.add_argument("--arch", choices=ARCHITECTURES, help="architecture of a new network (default multires-unet)")
+    g.add_argument("--depth", type=_positive_int, help="resolution levels of a new network (default 4)")
+    g.add_argument("--base-filters", type=_positive_int, help="filters of the first level of a new network (default 16)")
+    g.add_argument("--dropout", type=float, help="spatial dropout at the bottleneck of a new network (default 0)")
+    g.add_argument("--normalization", choices=("batch", "group", "none"), help="of a new network (default batch)")
+    g.add_argument("--extra-head", choices=("distance", "boundary", "none"), default="default",
+                   help="second output of a new network the watershed takes its seeds from (default distance)")
 
     g = p.add_argument_group("training")
     g.add_argument("--tile", type=_positive_int, default=256, help="training tile size (default 256; multiple of 2**depth)")
     g.add_argument("--batch-size", type=_positive_int, default=8)
-    g.add_argument("--epochs", type=_positive_int, default=50)
+    g.add_argument("--minutes", type=float, metavar="N",
+                   help="time budget of the whole run: the epochs are planned from the first one's measured cost "
+                        "(replaces --epochs)")
+    g.add_argument("--epochs", type=_positive_int, help="epochs (default 20 when fine-tuning, 50 for a new network)")
     g.add_argument("--steps", type=_positive_int, help="batches per epoch (default: about two passes over the training pixels)")
-    g.add_argument("--learning-rate", type=float, default=1e-3)
-    g.add_argument("--dice", action="store_true", help="add the Dice loss to the balanced cross-entropy")
-    g.add_argument("--patience", type=int, default=15, help="stop after this many epochs without a better validation loss (0: never)")
+    g.add_argument("--learning-rate", type=float, help="first learning rate (default 5e-4 fine-tuning, 1e-3 new network)")
+    g.add_argument("--schedule", choices=("cosine", "step"), help="learning-rate schedule (default cosine fine-tuning, "
+                   "step = halved every epochs/3 for a new network)")
+    g.add_argument("--freeze-epochs", type=int, metavar="N", help="first epochs with the encoder frozen "
+                   "(default: a tenth of the epochs when fine-tuning, 0 for a new network)")
+    g.add_argument("--select", choices=("val_score", "val_loss"),
+                   help="how the best epoch is chosen: instance score of the validation images (default when "
+                        "fine-tuning) or validation loss")
+    g.add_argument("--dice", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the Dice loss to the balanced cross-entropy (default: on when fine-tuning)")
+    g.add_argument("--patience", type=int, default=15, help="stop after this many epochs without a better selection metric (0: never)")
     g.add_argument("--elastic", type=float, default=0.0, metavar="PX", help="elastic deformation amplitude in pixels (0: off)")
     g.add_argument("--classifier-epochs", type=_positive_int, help="epochs of the particle classifier (default --epochs)")
     g.add_argument("--seed", type=int, default=0)
@@ -98,6 +115,7 @@ def run(args) -> int:
         validation_images=args.validation_images, validation_masks=args.validation_masks,
         validation_split=args.validation_split, tile=args.tile, batch_size=args.batch_size, epochs=args.epochs,
         steps_per_epoch=args.steps, learning_rate=args.learning_rate, dice=args.dice, patience=args.patience,
+        schedule=args.schedule, freeze_epochs=args.freeze_epochs, select=args.select, minutes=args.minutes,
         augmentation=Augmentation(elastic=args.elastic), seed=args.seed, keep_masks=args.keep_masks,
         classifier_epochs=args.classifier_epochs, base_model=args.base_model, name=args.name,
         description=args.description, pixel_size=args.pixel_size, unit=args.unit, polarity=args.polarity,
@@ -108,7 +126,11 @@ def run(args) -> int:
     post = bundle.postprocess
     print(f"wrote {bundle.path}: {bundle.network.architecture}, heads {'+'.join(bundle.heads)}, "
           f"{bundle.metadata['training']['epochs_run']} epochs in {bundle.metadata['training']['minutes']} min")
-    print(f"validation: foreground IoU {m['foreground_iou']:.4f}, instance IoU {m['instance_iou']:.4f}, "
+    base = bundle.metadata["training"].get("base_model")
+    if base:
+        print(f"fine-tuned from {base}")
+    print(f"validation: foreground IoU {m['foreground_iou']:.4f}, instance IoU {m['instance_iou']:.4f} "
+          f"(per segmented particle {m.get('instance_iou_pred', float('nan')):.4f}), "
           f"pixel error {m['pixel_error']:.4f} at threshold {post['threshold']} (seed level {post['seed_threshold']})")
     if bundle.has_classifier:
         acc = bundle.metadata["classifier"]["metrics"]["validation_particle_accuracy"]

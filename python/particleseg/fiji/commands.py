@@ -460,18 +460,24 @@ def train_model(ctx: Context, v: dict) -> dict:
 
     def report(done: int, total: int, logs: dict) -> None:
         loss = logs.get("loss")
-        val = logs.get("val_loss")
+        val, score = logs.get("val_loss"), logs.get("val_score")
         text = f"Train Model: epoch {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + (
-            f", validation loss {val:.4f}" if val is not None else "")
+            f", validation loss {val:.4f}" if val is not None else "") + (
+            f", validation instance score {score:.4f}" if score is not None else "")
         ctx.status(text)
         ctx.log(text)
         ctx.progress(done, total, "Train Model")
 
-    ctx.log(f"Train Model: {v['images']} + {v['masks']} -> {v['output']} ({v['architecture']}, {epochs} epochs, tile {v['tile']})")
+    new_network = base.lower() in ("", NONE)
+    minutes = float(v.get("minutes") or 0) or None
+    plan = f"{minutes:g} min" if minutes else f"{epochs} epochs"
+    what = f"new {v['architecture']} network" if new_network else f"fine-tuning {base}"
+    ctx.log(f"Train Model: {v['images']} + {v['masks']} -> {v['output']} ({what}, {plan}, tile {v['tile']})")
     bundle = train(
-        v["images"], v["masks"], v["output"], arch=str(v["architecture"]).replace("_", "-"), epochs=epochs,
+        v["images"], v["masks"], v["output"], epochs=epochs, minutes=minutes,
         tile=int(v["tile"]), name=str(v.get("name") or "").strip() or None,
-        base_model=None if base.lower() in ("", NONE) else base, progress=report,
+        base_model=None if new_network else base, progress=report,
+        **({"arch": str(v["architecture"]).replace("_", "-")} if new_network else {}),
     )
     m = bundle.metadata["metrics"]["validation"]
     seconds = time.perf_counter() - t0

@@ -1,0 +1,202 @@
+"""Fine-tuning, the default way to train: the base model chosen, the schedule (cosine learning
+rate, encoder frozen for a warm-up), the best epoch chosen by the validation instance score,
+the time budget, resuming, and the bad inputs refused before training starts.
+
+Tiny networks on 64x64 disks (as tests/test_train.py), except one short run from the shipped
+default model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from particleseg.errors import InputError
+from particleseg.models import Head, NetworkConfig
+
+from test_train import TINY, disk_set
+
+NET = NetworkConfig("unet", 1, (Head("foreground"), Head("distance")), depth=2, base_filters=4)
+
+
+def _config(**kw):
+    from particleseg.train import TrainConfig
+
+    return TrainConfig(**{**dict(network=NET, tile=32, batch_size=4, epochs=4, steps_per_epoch=2, validation_steps=1,
+                                 schedule="cosine", freeze_epochs=1, select="val_score", patience=0, seed=3,
+                                 jit_compile=False), **kw})
+
+
+def _score(images, labels):
+    """The validation instance score of a model, as train_segmentation's epoch_score makes it."""
+    from particleseg.train import TrainingItem, epoch_score
+
+    items = [TrainingItem(f"v{i}", im, lab) for i, (im, lab) in enumerate(zip(images, labels))]
+    return epoch_score(items, NET, {"threshold": 0.5, "seed_threshold": 0.5, "min_area": 5}, tile=64, overlap=8)
+
+
+def _data(seed=0):
+    images, labels, _ = disk_set(4, seed=seed)
+    norm = [(im.astype(np.float32)[..., None] - 40) / 160 for im in images]
+    return norm, labels
+
+
+# --------------------------------------------------------------------------------------------
+# the pieces
+
+
+def test_base_model_choice():
+    from particleseg.train import _choose_base
+
+    assert _choose_base("auto", {}, None, "auto") == "default"
+    assert _choose_base("auto", {"arch": "unet"}, None, "auto") is None  # a network option: a new network
+    assert _choose_base("auto", {}, ["bg", "a", "b"], "auto") is None  # multi-class masks
+    assert _choose_base("none", {}, None, "auto") is None and _choose_base(None, {}, None, "auto") is None
+    assert _choose_base("my/bundle", {}, None, "auto") == "my/bundle"
+    with pytest.raises(InputError, match="--arch unet: network options apply to a new network.*--base-model none"):
+        _choose_base("default", {"arch": "unet"}, None, "auto")
+
+
+def test_cosine_schedule_runs_from_the_learning_rate_to_its_floor():
+    from particleseg.train import learning_rate_schedule
+
+    lr = learning_rate_schedule(_config(epochs=11, learning_rate=1e-3, min_lr_factor=0.01))
+    values = [lr(e) for e in range(11)]
+    assert values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(1e-5)
+    assert values[5] == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert all(a > b for a, b in zip(values, values[1:]))
+    with pytest.raises(InputError, match="warm: unknown learning-rate schedule"):
+        learning_rate_schedule(_config(schedule="warm"))
+
+
+def test_freezing_the_encoder_leaves_the_decoder_and_heads_trainable():
+    from particleseg.models import build_network
+    from particleseg.train import set_encoder_trainable
+
+    for arch in ("unet", "multires-unet"):
+        model = build_network(NetworkConfig(arch, 1, (Head("foreground"),), depth=2, base_filters=4))
+        n_all = len(model.trainable_weights)
+        changed = set_encoder_trainable(model, False)
+        frozen = [l.name for l in model.layers if l.weights and not l.trainable]
+        assert changed == len(frozen) > 0
+        assert all(not n.startswith(("dec", "mres_dec", "up", "head")) for n in frozen)
+        assert any(l.trainable and l.weights for l in model.layers if l.name.startswith("head"))
+        assert 0 < len(model.trainable_weights) < n_all
+        set_encoder_trainable(model, True)
+        assert len(model.trainable_weights) == n_all
+
+
+def test_the_best_epoch_is_the_one_with_the_best_validation_score(tmp_path):
+    from particleseg.train import fit
+
+    images, labels = _data()
+    score = _score(images[3:], labels[3:])
+    model, log = fit(images[:3], labels[:3], images[3:], labels[3:], _config(learning_rate=1e-2), tmp_path,
+                     verbose=0, score=score)
+    assert [round(r["epoch"]) for r in log] == [0, 1, 2, 3] and all("val_score" in r for r in log)
+    # the returned weights are those of the best-scoring epoch (not the last, not the lowest loss)
+    assert score(model) == pytest.approx(max(r["val_score"] for r in log), abs=1e-9)
+    # the cosine schedule from the first to the last epoch
+    rates = [r["learning_rate"] for r in log]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4) and rates == sorted(rates, reverse=True)
+    assert json.loads((tmp_path / "plan.json").read_text())["freeze_epochs"] == 1
+
+
+def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
+    """Interrupted after the frozen warm-up and again in the second phase: the resumed run ends
+    with the uninterrupted run's weights and log."""
+    import keras
+
+    from particleseg.train import fit
+
+    images, labels = _data(1)
+    score = _score(images[3:], labels[3:])
+    cfg = _config()
+    start = [w.copy() for w in __import__("particleseg.models", fromlist=["build_network"]).build_network(NET).get_weights()]
+    whole, log_whole = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "a", verbose=0,
+                           score=score, initial_weights=start)
+
+    class Stop(keras.callbacks.Callback):
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.at:
+                raise KeyboardInterrupt
+
+    for at in (1, 3):
+        with pytest.raises(KeyboardInterrupt):
+            fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "b", verbose=0, score=score,
+                initial_weights=start, callbacks=[Stop(at)])
+        assert json.loads((tmp_path / "b" / "state.json").read_text()) == {"epochs_done": at}
+    resumed, log_resumed = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "b", verbose=0,
+                               score=score, initial_weights=start)
+    assert [r["epoch"] for r in log_resumed] == [r["epoch"] for r in log_whole]
+    for a, b in zip(log_whole, log_resumed):
+        assert a["val_score"] == pytest.approx(b["val_score"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_time_budget_plans_the_epochs(tmp_path):
+    from particleseg.train import fit
+
+    images, labels = _data(2)
+    cfg = _config(epochs=999, select="val_loss", freeze_epochs=-1)
+    _, log = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path, verbose=0, minutes=0.25)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["minutes"] == 0.25 and plan["first_epoch_seconds"] > 0 and plan["epoch_seconds"] > 0
+    assert 2 <= plan["epochs"] < 999 and len(log) == plan["epochs"]
+    assert plan["freeze_epochs"] == max(1, round(0.1 * plan["epochs"]))
+
+
+# --------------------------------------------------------------------------------------------
+# train_segmentation and the command line
+
+
+def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
+    from particleseg.train import train_segmentation
+
+    images, labels, _ = disk_set(4, size=128, seed=7)
+    lines = []
+    bundle = train_segmentation(images, labels, tmp_path / "ft", tile=64, batch_size=2, epochs=2, steps_per_epoch=2,
+                                validation_steps=1, progress=lambda d, t, logs: lines.append(logs), jit_compile=False)
+    train = bundle.metadata["training"]
+    assert train["base_model"].endswith("default")
+    cfg = train["config"]
+    assert (cfg["schedule"], cfg["select"], cfg["dice"], cfg["learning_rate"]) == ("cosine", "val_score", True, 5e-4)
+    assert bundle.network == __import__("particleseg.models", fromlist=["load_bundle"]).load_bundle("default").network
+    assert all("val_score" in logs for logs in lines) and len(lines) == 2
+    m = bundle.metadata["metrics"]["validation"]
+    assert {"instance_iou", "instance_iou_pred", "f1_iou50", "score", "best_val_score"} <= set(m)
+    # a specialist: no automatic resampling range copied from the generalist base
+    assert not bundle.metadata["scale"].get("particle_size_range_px")
+
+
+def test_bad_fine_tuning_inputs_are_refused_before_training(tmp_path):
+    from particleseg.cli import main
+    from particleseg.io import write_tiff
+    from particleseg.train import train_segmentation
+
+    images, labels, _ = disk_set(3, size=64, seed=8)
+    two = [np.stack([im, im], -1) for im in images]  # (Y, X, C) two-channel images
+    with pytest.raises(InputError, match="has 2 channel\\(s\\) but the base model default takes 1.*--base-model none"):
+        train_segmentation(two, labels, tmp_path / "a", base_model="default", tile=32, progress=False)
+    with pytest.raises(InputError, match="default: has no classes head.*--base-model none"):
+        train_segmentation(images, [(l > 0).astype(np.uint8) + (l > 2) for l in labels], tmp_path / "b",
+                           base_model="default", mask_kind="classes", class_names=["bg", "a", "b"], tile=32, progress=False)
+    with pytest.raises(InputError, match="--minutes 0.01 is too short: one epoch of 50 batches"):
+        train_segmentation(images, labels, tmp_path / "c", tile=32, steps_per_epoch=50, minutes=0.01, progress=False)
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
+    # the command line: one line, exit 1, no training
+    (tmp_path / "im").mkdir()
+    (tmp_path / "m").mkdir()
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        write_tiff(tmp_path / "im" / f"a{i}.tif", im)
+        write_tiff(tmp_path / "m" / f"a{i}.tif", lab.astype(np.uint16))
+    assert main(["train", "--images", str(tmp_path / "im"), "--masks", str(tmp_path / "m"), "--out",
+                 str(tmp_path / "o"), "--base-model", "default", "--arch", "unet", "--quiet"]) == 1
+    assert not (tmp_path / "o").exists()
