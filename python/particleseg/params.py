@@ -128,8 +128,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "resampled to the model's training scale (0: estimated per image)", 0.0, minimum=0, unit="px"),
     Parameter("rescale", "number", "resample the image by this factor before inference instead of the "
               "estimated scale (1: as it is; 0: estimated)", 0.0, minimum=0),
-    Parameter("tile", "int", "largest tile size in pixels (default: the bundle's)", None, minimum=16, fiji=False),
-    Parameter("overlap", "int", "overlap of neighbouring tiles in pixels (default: the bundle's)", None,
+    Parameter("tile", "int", "largest tile side in pixels, at most tile x tile pixels per network call; an image "
+              "that fits is predicted whole (default: the bundle's)", None, minimum=16, fiji=False),
+    Parameter("overlap", "int", "halo of each tile in pixels: context predicted and cut off (default: the bundle's, "
+              "at least the network's receptive field, so that tiles give the whole-image result)", None,
               minimum=0, fiji=False),
     Parameter("batch_size", "int", "tiles per network call", 4, minimum=1, fiji=False),
     Parameter("engine", "choice", "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "

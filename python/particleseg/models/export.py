@@ -50,6 +50,9 @@ def onnx_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray
         raise BundleError(f"{path}: onnxruntime is not installed (pip install onnxruntime)") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # no busy-waiting between operators: on a shared machine (or with post-processing in another
+    # thread or process) spinning threads take the CPU the other work needs
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
