@@ -58,6 +58,16 @@ def test_base_model_choice():
         _choose_base("default", {"arch": "unet"}, None, "auto")
 
 
+def test_polarity_of_the_training_images_comes_from_the_masks():
+    from particleseg.train import TrainingItem, training_polarity
+
+    images, labels, _ = disk_set(2, seed=3)
+    items = [TrainingItem("a", im.astype(np.float32)[..., None], lab) for im, lab in zip(images, labels)]
+    assert training_polarity(items) == "bright"
+    items = [TrainingItem("a", 255 - im.astype(np.float32)[..., None], lab) for im, lab in zip(images, labels)]
+    assert training_polarity(items) == "dark"
+
+
 def test_cosine_schedule_runs_from_the_learning_rate_to_its_floor():
     from particleseg.train import learning_rate_schedule
 
@@ -161,11 +171,13 @@ def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
     from particleseg.train import train_segmentation
 
     images, labels, _ = disk_set(4, size=128, seed=7)
+    dark = [255 - im for im in images]  # dark particles (TEM): the bright-particle base sees them inverted
     lines = []
-    bundle = train_segmentation(images, labels, tmp_path / "ft", tile=64, batch_size=2, epochs=2, steps_per_epoch=2,
+    bundle = train_segmentation(dark, labels, tmp_path / "ft", tile=64, batch_size=2, epochs=2, steps_per_epoch=2,
                                 validation_steps=1, progress=lambda d, t, logs: lines.append(logs), jit_compile=False)
     train = bundle.metadata["training"]
     assert train["base_model"].endswith("default")
+    assert (train["image_polarity"], train["inverted"], bundle.metadata["input"]["polarity"]) == ("dark", True, "bright")
     cfg = train["config"]
     assert (cfg["schedule"], cfg["select"], cfg["dice"], cfg["learning_rate"]) == ("cosine", "val_score", True, 5e-4)
     assert bundle.network == __import__("particleseg.models", fromlist=["load_bundle"]).load_bundle("default").network
@@ -200,3 +212,27 @@ def test_bad_fine_tuning_inputs_are_refused_before_training(tmp_path):
     assert main(["train", "--images", str(tmp_path / "im"), "--masks", str(tmp_path / "m"), "--out",
                  str(tmp_path / "o"), "--base-model", "default", "--arch", "unet", "--quiet"]) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_particle():
+    """Two disks the network is sure of (0.99 inside, 0.85 on a two-pixel rim, so a threshold of
+    0.9 would shrink them) and a faint false blob (0.85): only a minimum confidence of 0.9 on a
+    threshold below 0.85 gives both disks whole and no false particle."""
+    from particleseg.train import normalized_distance, validation_scores
+
+    yy, xx = np.mgrid[:96, :96]
+    truth = np.zeros((96, 96), np.int32)
+    fg = np.zeros((96, 96), np.float32)
+    for k, (cy, cx) in enumerate([(30, 30), (60, 64)], 1):
+        r = np.hypot(yy - cy, xx - cx)
+        truth[r < 12] = k
+        fg[r < 12] = 0.99
+        fg[(r >= 10) & (r < 12)] = 0.85
+    fg[(yy - 80) ** 2 + (xx - 15) ** 2 < 36] = 0.85  # the false blob
+    prob = np.stack([fg, normalized_distance(truth)], -1)
+    post, scores = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5)
+    assert post["min_confidence"] == 0.9 and post["threshold"] < 0.85
+    assert scores["score"] == 1.0 and scores["particles_found"] == 2 == scores["particles_annotated"]
+    # without the choice, the blob stays
+    post0, scores0 = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5, min_confidences=(0.0,))
+    assert scores0["score"] < 1.0

@@ -823,6 +823,7 @@ def read_training_data(
     n_classes: int | None = None,
     crop_rows: int = 0,
     normalization: dict | None = None,
+    invert: bool = False,
 ) -> list[TrainingItem]:
     """Read, check and normalise training pairs before any training starts.
 
@@ -841,6 +842,9 @@ def read_training_data(
         Rows at the bottom of every image and mask to drop (a microscope's data bar).
     normalization : dict
         Percentile normalisation settings (as stored in a bundle).
+    invert : bool
+        Mirror the gray values (:func:`particleseg.pipeline.invert`) before normalising: dark
+        particles become bright for a network that expects bright ones.
 
     Raises
     ------
@@ -915,11 +919,33 @@ def read_training_data(
                              f"{name} ({img.shape[1]}x{img.shape[0]})")
         labels, classes = interpret_mask(mask, mask_kind, m_name, n_classes)
         keep_labels = interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0] if keep is not None else None
+        if invert:
+            from .pipeline import invert as _invert
+
+            img = _invert(img)
         x = normalize_input(img, norm)
         out.append(TrainingItem(name, x, labels, classes, keep_labels, cal))
     if all(it.labels.max() == 0 for it in out):
         raise InputError(f"{mask_names[0]}: all {len(out)} masks are empty (no particle annotated); nothing to learn")
     return out
+
+
+def training_polarity(items: Sequence[TrainingItem]) -> str:
+    """``"bright"`` when the annotated particles of ``items`` are on the whole brighter than
+    their background (mean normalised gray value of the first channel inside the particles
+    against outside, over all images), else ``"dark"``."""
+    inside = outside = 0.0
+    n_in = n_out = 0
+    for it in items:
+        fg = it.labels > 0
+        g = it.image[..., 0]
+        inside += float(g[fg].sum())
+        outside += float(g[~fg].sum())
+        n_in += int(fg.sum())
+        n_out += int((~fg).sum())
+    if not n_in or not n_out:
+        return "bright"
+    return "bright" if inside / n_in >= outside / n_out else "dark"
 
 
 def split_validation(n: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -950,9 +976,11 @@ def particle_size_px(labels: Sequence[np.ndarray]) -> float | None:
 def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], heads: list[str],
                       thresholds: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                       seed_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-                      min_area: int = 15) -> tuple[dict, dict]:
-    """Choose the threshold (and the seed level of a distance/boundary head) that maximise the
-    instance score (:func:`instance_score`) on the validation images, and score them there.
+                      min_area: int = 15,
+                      min_confidences: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9)) -> tuple[dict, dict]:
+    """Choose the threshold, the seed level of a distance/boundary head and the minimum
+    confidence (mean foreground probability of a particle) that maximise the instance score
+    (:func:`instance_score`) on the validation images, and score them there.
 
     The score averages the instance IoU over the annotated particles and over the segmented
     ones, so a setting that breaks particles into fragments (each annotated particle still
@@ -967,24 +995,28 @@ def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     """
     from . import metrics
     from .pipeline import SegmentParams, particles_from_probabilities
+    from .postprocess import relabel_sequential, remove_uncertain
 
     seeds = seed_thresholds if ("distance" in heads or "boundary" in heads) else (0.5,)
+    fgs = [p[..., heads.index("foreground")] for p in probs]
     best = None
     for thr in thresholds:
         for st in seeds:
             params = SegmentParams(threshold=thr, split=True, seed_threshold=st, h=1.0, min_area=min_area, fill_holes=True)
-            preds = [particles_from_probabilities(p, heads, params) for p in probs]
-            score = float(np.mean([instance_score(pr, lab) for pr, lab in zip(preds, labels)]))
-            if best is None or score > best[0]:
-                best = (score, thr, st, preds)
-    score, thr, st, preds = best
+            base = [particles_from_probabilities(p, heads, params) for p in probs]
+            for mc in min_confidences:  # the pipeline's last step, applied to the same particles
+                preds = [relabel_sequential(remove_uncertain(b, fg, mc)) if mc else b for b, fg in zip(base, fgs)]
+                score = float(np.mean([instance_score(pr, lab) for pr, lab in zip(preds, labels)]))
+                if best is None or score > best[0] + 1e-12:
+                    best = (score, thr, st, mc, preds)
+    score, thr, st, mc, preds = best
     fg = float(np.mean([metrics.foreground_iou(pr > 0, lab > 0) for pr, lab in zip(preds, labels)]))
     perr = float(np.mean([metrics.pixel_error((pr > 0).astype(np.uint8), (lab > 0).astype(np.uint8), (0.5,))
                           for pr, lab in zip(preds, labels)]))
     inst = float(np.mean([metrics.instance_iou(pr, lab, average="truth") for pr, lab in zip(preds, labels)]))
     inst_pred = float(np.mean([metrics.instance_iou(pr, lab, average="pred") for pr, lab in zip(preds, labels)]))
     f1 = float(np.mean([metrics.match_instances(lab, pr, 0.5)["f1"] for pr, lab in zip(preds, labels)]))
-    post = {"threshold": thr, "seed_threshold": st, "min_area": min_area}
+    post = {"threshold": thr, "seed_threshold": st, "min_area": min_area, "min_confidence": float(mc)}
     return post, {"foreground_iou": round(fg, 4), "instance_iou": round(inst, 4), "instance_iou_pred": round(inst_pred, 4),
                   "f1_iou50": round(f1, 4), "pixel_error": round(perr, 4), "score": round(score, 4),
                   "particles_found": int(sum(len(np.unique(pr)) - 1 for pr in preds)),
@@ -1163,7 +1195,7 @@ def train_segmentation(
     description: str = "",
     pixel_size: float | None = None,
     unit: str | None = None,
-    polarity: str = "bright",
+    polarity: str = "auto",
     export: Sequence[str] = (),
     zip_copy: bool = False,
     workdir: str | os.PathLike | None = None,
@@ -1248,7 +1280,12 @@ def train_segmentation(
         Bundle name (default: the folder name) and a description of the training data.
     pixel_size, unit : optional
         Pixel size of the training images (default: from the files when they agree).
-    polarity : {"bright", "dark"}
+    polarity : {"auto", "bright", "dark"}
+        Whether the particles of the training images are brighter or darker than their
+        background; ``auto`` (the default) measures it from the masks (mean gray value inside
+        the particles against outside). A base model that expects the other polarity sees the
+        images inverted, and the bundle records the polarity its network expects, so
+        ``segment`` inverts new images the same way.
     export : sequence of {"onnx", "saved_model"}
         Also export the network in these formats (checked against Keras).
     zip_copy : bool
@@ -1323,12 +1360,21 @@ def train_segmentation(
         raise InputError(f"tile {tile} must be a multiple of {network.multiple_of} (2**depth)")
 
     # 1. every input, before any training
+    if polarity not in ("auto", "bright", "dark"):
+        raise InputError(f"{polarity}: unknown polarity; choose auto, bright or dark")
     items = read_training_data(images, masks, keep_masks, mask_kind, len(classes) if classes else None, crop_rows, norm)
+    if polarity == "auto":
+        polarity = training_polarity(items)
+    net_polarity = base.metadata["input"].get("polarity", "bright") if base else polarity
+    flip = net_polarity != polarity
+    if flip:  # the base network expects the other polarity: show it the images inverted
+        items = read_training_data(images, masks, keep_masks, mask_kind, len(classes) if classes else None, crop_rows,
+                                   norm, invert=True)
     if validation_images is not None:
         if validation_masks is None:
             raise InputError("validation images given without validation masks")
         val_items = read_training_data(validation_images, validation_masks, None, mask_kind,
-                                       len(classes) if classes else None, crop_rows, norm)
+                                       len(classes) if classes else None, crop_rows, norm, invert=flip)
         train_items = items
     else:
         tr, va = split_validation(len(items), validation_split, seed)
@@ -1457,12 +1503,13 @@ def train_segmentation(
         name or out.name, network, description=description or f"trained on {len(items)} annotated images",
         channels=list(channel_names) if channel_names else (base.metadata["input"]["channels"] if base else None),
         normalization=norm, tile=infer_tile, overlap=overlap, pixel_size=pixel_size, unit=unit or "px",
-        particle_size_px=round(size_px, 2) if size_px else None, classes=classes, polarity=polarity,
+        particle_size_px=round(size_px, 2) if size_px else None, classes=classes, polarity=net_polarity,
         postprocess={**(base.postprocess if base else {}), **post},
         training={
             "data": data_text,
             "images": [it.name for it in train_items], "validation_images": [it.name for it in val_items],
             "mask_kind": mask_kind, "crop_rows": crop_rows, "config": config.to_dict(),
+            "image_polarity": polarity, "inverted": flip,
             "base_model": str(base.path) if base else None,
             "epochs_run": len(log), "minutes": round(minutes_run, 1), "workdir": str(workdir), "budget_minutes": minutes,
             "keras_backend": keras.backend.backend(),

@@ -56,7 +56,9 @@ def register(sub) -> None:
     g.add_argument("--validation-split", type=float, default=0.2, metavar="F", help="fraction of the images held out for validation (default 0.2, at least one)")
     g.add_argument("--pixel-size", type=float, help="pixel size of the training images (default: from the files)")
     g.add_argument("--unit", help="unit of --pixel-size (default nm)")
-    g.add_argument("--polarity", choices=("bright", "dark"), default="bright", help="particles brighter (SEM) or darker than the background")
+    g.add_argument("--polarity", choices=("auto", "bright", "dark"), default="auto",
+                   help="particles brighter (SEM) or darker (TEM) than the background (default auto: measured from "
+                        "the masks); a base model that expects the other polarity sees the images inverted")
     g.add_argument("--keep-masks", metavar="DIR", help="masks of the particles worth keeping: also train the particle classifier")
 
     g = p.add_argument_group("network")
