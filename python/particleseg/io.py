@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import formats
 from .errors import InputError, OutputExistsError, ParticlesegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -108,8 +109,8 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a sorted list of image files (non-recursive for folders)."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        if p.is_dir() and not formats.is_container(p):  # an OME-Zarr store is one image
+            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES + formats.SUFFIXES))
         else:
             found.append(p)
     return found
@@ -122,7 +123,8 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
     Parameters
     ----------
     path : path-like
-        TIFF (including ImageJ hyperstacks and OME-TIFF), PNG or JPEG file.
+        TIFF (including ImageJ hyperstacks and OME-TIFF), PNG or JPEG file, or an electron
+        microscope's DM3/DM4, EMD, MRC file or OME-Zarr store (:mod:`particleseg.formats`).
     channel_axis_ok : bool
         If True, a multi-channel image is returned as ``(C, Y, X)`` (or ``(Z, C, Y, X)``)
         instead of raising. Used by the multi-channel workflows.
@@ -151,22 +153,30 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    if path.is_dir():
+    if path.is_dir() and not formats.is_container(path):
         raise InputError(f"{path}: is a folder, expected an image file")
     suffix = path.suffix.lower()
     notes: list[tuple[str, str]] = []
+    if formats.handles(path):  # DM3/DM4, EMD, MRC, OME-Zarr (particleseg.formats)
+        data, axes, calibration, _ = formats.read(path, notes)
     try:
         with warnings.catch_warnings():
             # tifffile reports truncated strips as warnings and fills with zeros; treat as errors
             warnings.simplefilter("error")
             # but not the unclosed files of a failed reader (raised in __del__ they print tracebacks)
             warnings.simplefilter("ignore", ResourceWarning)
-            if suffix in (".tif", ".tiff"):
+            if formats.handles(path):
+                pass
+            elif suffix in (".tif", ".tiff"):
                 data, axes, calibration = _read_tiff(path, notes)
             elif suffix in (".png", ".jpg", ".jpeg"):
                 data, axes, calibration = _read_plain(path)
             else:
-                raise InputError(f"{path}: unsupported file type {suffix!r} (use TIFF, PNG or JPEG)")
+                raise InputError(f"{path}: unsupported file type {suffix!r} (use TIFF, PNG, JPEG, DM3/DM4, EMD, "
+                                 "MRC or OME-Zarr)")
+            side = None if calibration.calibrated or formats.handles(path) else \
+                formats.sidecar_calibration(path, data.shape[axes.index("X")], notes)  # Hitachi/JEOL .txt
+            calibration = side[0] if side else calibration
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
@@ -259,10 +269,15 @@ def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> 
     import tifffile
 
     path = Path(path)
+    if formats.handles(path):  # DM3/DM4, EMD, MRC, OME-Zarr (particleseg.formats)
+        em_notes: list[tuple[str, str]] = []
+        em_found = formats.read_calibration(path, em_notes)
+        _calibration_notes(path, em_notes, allow_nonsquare)
+        return em_found
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return Calibration(), ""
+        return formats.sidecar_calibration(path) or (Calibration(), "")
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     notes: list[tuple[str, str]] = []
     try:
@@ -272,7 +287,7 @@ def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> 
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read the metadata ({detail})") from None
     _calibration_notes(path, notes, allow_nonsquare)
-    return found
+    return found if found[0].calibrated else formats.sidecar_calibration(path) or found
 
 
 def _tiff_calibration(tif) -> Calibration:
@@ -568,6 +583,9 @@ def describe_os_error(exc: OSError, folder: str | os.PathLike, name: str | None 
 _TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
 
 
+_OLD_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+
+
 def _temp_prefix(path: Path) -> str:
     return f".{path.stem}.tmp{os.getpid()}-"
 
@@ -591,13 +609,14 @@ def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> l
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    old = [re.compile(rf"^\.{re.escape(Path(n).stem)}\.[a-z0-9_]{{8}}{re.escape(Path(n).suffix)}$") for n in names]
+    names = set(names)
     found = []
     for entry in folder.iterdir():
         if not entry.name.startswith(".") or not entry.is_file():
             continue
         m = _TEMP_NAME.match(entry.name)
-        if (m and not _pid_alive(int(m["pid"]))) or any(o.match(entry.name) for o in old):
+        old = _OLD_TEMP_NAME.match(entry.name)
+        if (m and not _pid_alive(int(m["pid"]))) or (old and old["stem"] + (old["suffix"] or "") in names):
             found.append(entry)
     return sorted(found)
 
