@@ -500,7 +500,8 @@ def validate_package(path: str | os.PathLike):
     _need_spec()
     from bioimageio.spec import load_description
 
-    descr = load_description(str(_rdf_source(Path(path))), perform_io_checks=True)
+    # an absolute path: a bare file name would be taken for a bioimage.io model id (a download)
+    descr = load_description(str(_rdf_source(Path(path)).resolve()), perform_io_checks=True)
     return descr.validation_summary
 
 
