@@ -137,12 +137,8 @@ def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, t
     assert proc.returncode == 130, stderr
     assert stderr.strip() == (f"particleseg: interrupted; the images finished so far are in {out} with its "
                               "summary.csv; run the same command again to go on")
-    done = sorted(p.name.split(".")[0] for p in (out / RECORD_DIR).glob("*.done.json"))
-    assert "img0" in done and not list((out / RECORD_DIR).glob("*.writing.json")) and _temporaries(out) == []
-    assert [Path(f).stem for f in pd.read_csv(out / "summary.csv")["file"]] == done
-    for i in range(3):
-        have = sorted(p.name for p in out.glob(f"img{i}_*"))
-        assert have == (sorted(f"img{i}{s}" for s in OUTPUT_SUFFIXES) if f"img{i}" in done else []), have
+    done = _complete_or_absent(out, 3)
+    assert "img0" in done
     summary, _ = segment_files([src], out, threshold_bundle, progress=False)
     assert batch_report(summary) == f"{len(done)} done earlier, {3 - len(done)} segmented, 0 failed"
 
@@ -242,6 +238,72 @@ def test_ctrl_c_rolls_back_the_image_being_written_and_writes_the_summary(tmp_pa
     summary, _ = segment_files([src], out, threshold_bundle, progress=False)
     assert batch_report(summary) == "1 done earlier, 2 segmented, 0 failed"
     assert pd.read_csv(out / "summary.csv")["file"].tolist() == ["img0.tif", "img1.tif", "img2.tif"]
+
+
+def _complete_or_absent(out: Path, n: int) -> list[str]:
+    """Every image's outputs are complete with their record, or absent; no marker is left;
+    summary.csv lists exactly the complete ones. Returns their stems."""
+    done = sorted(p.name.split(".")[0] for p in (out / RECORD_DIR).glob("*.done.json"))
+    assert not list((out / RECORD_DIR).glob("*.writing.json")) and _temporaries(out) == []
+    for i in range(n):
+        have = sorted(p.name for p in out.glob(f"img{i}_*"))
+        assert have == (sorted(f"img{i}{s}" for s in OUTPUT_SUFFIXES) if f"img{i}" in done else []), have
+    assert [Path(f).stem for f in pd.read_csv(out / "summary.csv")["file"]] == done
+    return done
+
+
+@pytest.mark.parametrize("moment", ["marker written", "labels written", "record written"])
+def test_ctrl_c_at_each_moment_of_writing_an_image_leaves_it_complete_or_absent(tmp_path, threshold_bundle,
+                                                                                monkeypatch, moment):
+    import pathlib
+
+    import particleseg.pipeline as pipeline
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 2)
+    real_json, real_tiff, real_unlink = pipeline._write_json, pipeline.write_tiff, pathlib.Path.unlink
+
+    def json_then_interrupt(path, data):
+        real_json(path, data)
+        if path.name == "img1.writing.json" and moment == "marker written":
+            raise KeyboardInterrupt
+
+    def tiff_then_interrupt(path, *a, **k):
+        real_tiff(path, *a, **k)
+        if Path(path).name == "img1_labels.tif" and moment == "labels written":
+            raise KeyboardInterrupt
+
+    def unlink(self, *a, **k):  # the marker's removal, the last step after the record
+        if self.name == "img1.writing.json" and moment == "record written" and (out / RECORD_DIR / "img1.done.json").exists():
+            monkeypatch.setattr(pathlib.Path, "unlink", real_unlink)
+            raise KeyboardInterrupt
+        return real_unlink(self, *a, **k)
+
+    monkeypatch.setattr(pipeline, "_write_json", json_then_interrupt)
+    monkeypatch.setattr(pipeline, "write_tiff", tiff_then_interrupt)
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        segment_files([src], out, threshold_bundle, progress=False)
+    monkeypatch.undo()
+    done = _complete_or_absent(out, 2)
+    assert done == (["img0", "img1"] if moment == "record written" else ["img0"])
+    summary, _ = segment_files([src], out, threshold_bundle, progress=False)
+    assert batch_report(summary) == f"{len(done)} done earlier, {2 - len(done)} segmented, 0 failed"
+    assert _complete_or_absent(out, 2) == ["img0", "img1"]
+
+
+def test_a_folder_store_input_resumes_too(tmp_path, threshold_bundle):
+    """An OME-Zarr store is a folder: its fingerprint covers its files."""
+    from test_formats import _ome_zarr
+
+    img, _ = draw_disks((160, 160), DISKS[0])
+    store = _ome_zarr(tmp_path / "in" / "z.ome.zarr", img, (0.005, 0.005))
+    out = tmp_path / "out"
+    summary, failures = segment_files([tmp_path / "in"], out, threshold_bundle, progress=False)
+    assert failures == [] and batch_report(summary) == "0 done earlier, 1 segmented, 0 failed"
+    assert (out / "z.ome_labels.tif").is_file()
+    summary, _ = segment_files([tmp_path / "in"], out, threshold_bundle, progress=False)
+    assert batch_report(summary) == "1 done earlier, 0 segmented, 0 failed"
 
 
 # ------------------------------------------------------------------------------------------

@@ -543,26 +543,40 @@ def record_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> t
     return folder / f"{stem}.done.json", folder / f"{stem}.writing.json"
 
 
+def _input_files(path: Path) -> list[Path]:
+    """The files of an input: itself, or those of a folder store (OME-Zarr), in a fixed order."""
+    return sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    stats = [q.stat() for q in _input_files(path)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
 def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Size, modification time (ns) and SHA-256 of a file's content."""
+    """Size, modification time (ns) and SHA-256 of a file's content (of a folder store's files:
+    their total size, latest time, and the hash of their names and contents)."""
     import hashlib
 
     path = Path(path)
-    st = path.stat()
+    size, mtime = _size_and_time(path)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    for q in _input_files(path):
+        if path.is_dir():
+            h.update(q.relative_to(path).as_posix().encode() + b"\0")
+        with open(q, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return {"size": size, "mtime_ns": mtime, "sha256": h.hexdigest()}
 
 
 def _same_input(recorded: dict, path: Path) -> bool:
-    """Whether ``path`` has the content recorded (size and mtime unchanged, else the SHA-256)."""
+    """Whether ``path`` has the content recorded (size and time unchanged, else the SHA-256)."""
     try:
-        st = path.stat()
-        if st.st_size != recorded.get("size"):
+        size, mtime = _size_and_time(path)
+        if size != recorded.get("size"):
             return False
-        if st.st_mtime_ns == recorded.get("mtime_ns"):
+        if mtime == recorded.get("mtime_ns"):
             return True
         return input_fingerprint(path)["sha256"] == recorded.get("sha256")
     except OSError:
@@ -670,7 +684,7 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
             sizes = done.get("outputs") or {}
             complete = set(sizes) == {p.name for p in outputs.values()} and all(
                 (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items())
-            if complete and writing is None:
+            if complete:  # (a marker beside it: killed after the record was written, or before any output was)
                 return ItemPlan(path, "done", row=done.get("row"))
         return ItemPlan(path, "redo")  # our own outputs, incomplete (a run was interrupted)
     existing = [p for p in outputs.values() if p.exists()]
@@ -808,14 +822,21 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
 
     done, writing = record_paths(path, out_dir)
     record = {"format": 1, "input": fingerprint, "settings": settings, "particleseg": __version__}
-    _write_json(writing, {**record, "state": "writing"})
+    committed = False
     try:
+        _write_json(writing, {**record, "state": "writing"})
         done.unlink(missing_ok=True)
         for kind, p in paths.items():
             writers[kind](p)
         _write_json(done, {**record, "state": "done", "outputs": {p.name: p.stat().st_size for p in paths.values()},
                            "row": row, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except BaseException:
+        committed = True  # from here on the image is done, whatever happens
+        writing.unlink(missing_ok=True)
+    except BaseException as exc:
+        if committed:  # only the marker's removal was left
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return  # the marker could not be removed: a rerun finds the complete record first
         try:
             for p in paths.values():
                 p.unlink(missing_ok=True)
@@ -824,10 +845,6 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
         except OSError:
             pass  # the marker stays if it cannot go: a rerun redoes the image
         raise
-    try:
-        writing.unlink(missing_ok=True)
-    except OSError:
-        pass  # done and writing both present: a rerun checks the outputs against the record
 
 
 def segment_files(
@@ -912,6 +929,10 @@ def segment_files(
             kept_files.append(pl.path.name)
             failed(i, pl.path, pl.message)
         elif pl.action == "done":
+            try:
+                record_paths(pl.path, out_dir)[1].unlink(missing_ok=True)  # a marker a kill left beside the record
+            except OSError:
+                pass
             rows[i] = dict(pl.row or {"file": pl.path.name, "status": "ok", "error": ""})
             counts["done_earlier"] += 1
             done_files.append(pl.path.name)
@@ -919,52 +940,68 @@ def segment_files(
 
     interrupted = None
     pending = [i for i, pl in enumerate(plans) if pl.action in ("new", "redo")]
-    for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
-        f = plans[i].path
-        if stop is not None and stop():
-            counts["not_started"] = len(pending) - n
-            counts["stopped"] = "canceled"
-            break
-        report(i, f, None, "start")
-        t0 = time.perf_counter()
-        try:
-            row = segment_file(f, out_dir, bundle, params, overwrite=True if plans[i].action == "redo" else overwrite,
-                               write_overview=write_overview, **calibration)
-        except KeyboardInterrupt as exc:
-            interrupted = exc
-            counts["not_started"] = len(pending) - n
-            counts["stopped"] = "interrupted"
-            break
-        except (ParticlesegError, OSError, ValueError) as exc:
-            if isinstance(exc, OutputExistsError):
-                kept_files.append(f.name)
-            msg = str(exc) if str(f) in str(exc) or _is_folder_error(exc, out_dir) else f"{f}: {exc}"
-            failed(i, f, msg, round(time.perf_counter() - t0, 3))
-            if _is_folder_error(exc, out_dir):  # every later image would fail the same way
-                counts["not_started"] = len(pending) - n - 1
-                counts["stopped"] = msg
-                if counts["not_started"] and on_item is None:
-                    tqdm.write(f"particleseg: error: stopped; {counts['not_started']} image(s) not started", file=sys.stderr)
-                break
-            continue
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        rows[i] = row
-        counts["segmented"] += 1
-        report(i, f, row, "segmented")
-    summary = typed_summary(pd.DataFrame([r for r in rows if r is not None]))
+    n, i = 0, None
     try:
-        write_csv(summary_path, merge_summary(earlier, summary, kept_files), overwrite=True)
-    except OutputError as exc:
-        failures.append((str(summary_path), str(exc)))
-        if on_item is None:
-            tqdm.write(f"particleseg: error: {exc}", file=sys.stderr)
+        for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
+            f = plans[i].path
+            if stop is not None and stop():
+                counts["not_started"] = len(pending) - n
+                counts["stopped"] = "canceled"
+                break
+            report(i, f, None, "start")
+            t0 = time.perf_counter()
+            try:
+                row = segment_file(f, out_dir, bundle, params, overwrite=True if plans[i].action == "redo" else overwrite,
+                                   write_overview=write_overview, **calibration)
+            except (ParticlesegError, OSError, ValueError) as exc:
+                if isinstance(exc, OutputExistsError):
+                    kept_files.append(f.name)
+                msg = str(exc) if str(f) in str(exc) or _is_folder_error(exc) else f"{f}: {exc}"
+                failed(i, f, msg, round(time.perf_counter() - t0, 3))
+                if _is_folder_error(exc):  # every later image would fail the same way
+                    counts["not_started"] = len(pending) - n - 1
+                    counts["stopped"] = msg
+                    if counts["not_started"] and on_item is None:
+                        tqdm.write(f"particleseg: error: stopped; {counts['not_started']} image(s) not started",
+                                   file=sys.stderr)
+                    break
+                continue
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            rows[i] = row
+            counts["segmented"] += 1
+            report(i, f, row, "segmented")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: whatever the moment, keep what is complete
+        interrupted = exc
+        counts["stopped"] = "interrupted"
+        counts["not_started"] = len(pending) - n - (1 if i is not None and rows[i] is not None else 0)
+        if i is not None and rows[i] is None:
+            now = plan_item(plans[i].path, out_dir, settings)
+            if now.action == "done":  # interrupted after its completion record was written
+                record_paths(plans[i].path, out_dir)[1].unlink(missing_ok=True)
+                rows[i] = dict(now.row or {})
+                counts["segmented"] += 1
+                counts["not_started"] -= 1
+    summary = typed_summary(pd.DataFrame([r for r in rows if r is not None]))
+    for attempt in (1, 2):  # a second Ctrl-C while the summary is written: write it again, then stop
+        try:
+            write_csv(summary_path, merge_summary(earlier, summary, kept_files), overwrite=True)
+            break
+        except OutputError as exc:
+            failures.append((str(summary_path), str(exc)))
+            if on_item is None:
+                tqdm.write(f"particleseg: error: {exc}", file=sys.stderr)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or exc
+            if attempt == 2:
+                raise
     summary.attrs.update(counts, done_files=done_files)
     if interrupted is not None:
         raise interrupted
     return summary, failures
 
 
-def _is_folder_error(exc: BaseException, out_dir: Path) -> bool:
+def _is_folder_error(exc: BaseException) -> bool:
     """A disk-full or not-writable error in the output folder (not one image's problem)."""
     text = str(exc)
     return isinstance(exc, OutputError) and (": disk full" in text or ": not writable" in text)

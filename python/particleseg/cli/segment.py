@@ -61,8 +61,9 @@ def run(args) -> int:
     if args.no_classifier:
         params.min_score = None
         bundle.metadata["classifier"] = None
-    if threading.current_thread() is threading.main_thread():  # `kill` (SIGTERM) stops as Ctrl-C does
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # `kill` (SIGTERM) stops as Ctrl-C does, during the batch only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         summary, failures = segment_files(
             args.inputs, args.out, bundle, params, overwrite=args.overwrite, progress=not args.quiet,
@@ -72,6 +73,9 @@ def run(args) -> int:
         print(f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "
               "run the same command again to go on", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     ok = summary[summary["status"] == "ok"]
     done_earlier = set(summary.attrs.get("done_files", ()))
     for _, row in ok.iterrows():
