@@ -319,7 +319,8 @@ def z_spacing(path: str | os.PathLike) -> float | None:
             mrcfile = _import("mrcfile", "mrcfile")
             with mrcfile.open(str(path), mode="r", header_only=True, permissive=True) as mrc:
                 vz = _f32(mrc.voxel_size.z)
-            return vz / 10 if vz > 0 else None
+                nz = int(mrc.header.nz)
+            return vz / 10 if vz > 0 and nz > 1 else None
         if suffix in ZARR:
             array, axes, cal, _ = _zarr_meta(path, None)
             if "Z" not in axes:
