@@ -239,3 +239,24 @@ def test_engine_is_a_parameter():
     assert segment_params({}).engine == "auto"
     scripts = Path(__file__).resolve().parents[1] / "fiji-scripts"
     assert any("engine" in p.read_text() for p in scripts.rglob("*.py"))
+
+
+def test_a_particle_classifier_is_exported_too(tmp_path, rng):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    import keras
+
+    from particleseg.models import build_network, make_metadata, save_bundle
+
+    cfg, model = _random_network("unet", 2)
+    ccfg = NetworkConfig("unet", 2, (Head("foreground"),), depth=2, base_filters=4)
+    keras.utils.set_random_seed(3)
+    classifier = build_network(ccfg)
+    meta = make_metadata("c", cfg, tile=64, overlap=8)
+    meta["classifier"] = {"network": ccfg.to_dict(), "threshold": 0.5}
+    b = save_bundle(tmp_path / "c", model, meta, classifier=classifier, zip_copy=False)
+    entry = b.metadata["exports"]["classifier_onnx"]
+    assert entry["file"] == "export/classifier.onnx" and entry["max_abs_diff"] <= 1e-4
+    x = rng.random((1, 48, 64, 2)).astype(np.float32)
+    onnx_out, keras_out = b.classifier_predictor("auto")(x), b.classifier_predictor("keras")(x)
+    assert np.abs(onnx_out - keras_out).max() <= 1e-4

@@ -504,14 +504,15 @@ def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: 
     """Per-pixel score of the bundle's particle classifier, whose input is the normalised
     image and the segmentation mask as two channels and whose output is the probability that
     a pixel belongs to a particle worth keeping."""
-    from .models import NetworkConfig, keras_predictor
+    from .models import NetworkConfig
+    from .models.receptive import exact_halo
 
     img = normalize_input(np.asarray(image)[..., None], bundle.metadata["input"]["normalization"])
     x = np.concatenate([img, mask.astype(np.float32)[..., None]], -1)
-    out = predict_tiled(keras_predictor(bundle.classifier), x, tile=params.tile, overlap=params.overlap,
-                        batch_size=params.batch_size,
-                        multiple_of=NetworkConfig.from_dict(bundle.metadata["classifier"]["network"]).multiple_of,
-                        progress=params.progress, desc="classifier")
+    net = NetworkConfig.from_dict(bundle.metadata["classifier"]["network"])
+    out = predict_tiled(bundle.classifier_predictor(params.engine), x, tile=params.tile,
+                        overlap=max(params.overlap, exact_halo(net) or 0), batch_size=params.batch_size,
+                        multiple_of=net.multiple_of, progress=params.progress, desc="classifier")
     return out[..., 0]
 
 

@@ -271,6 +271,23 @@ class Bundle:
             _note(f"{self.label}: running the network with Keras ({why})")
         return "keras"
 
+    def classifier_predictor(self, engine: str | None = "auto") -> Callable[[np.ndarray], np.ndarray]:
+        """The particle classifier as a batch function, with ONNX Runtime when the network runs with
+        it (:meth:`engine`) and the bundle has ``exports.classifier_onnx``, else with Keras."""
+        entry = (self.metadata.get("exports") or {}).get("classifier_onnx") or {}
+        path = self.path / entry["file"] if entry.get("file") else None
+        chosen = "onnx" if self.engine(engine) == "onnx" and path is not None and path.is_file() else "keras"
+        cache = self.__dict__.setdefault("_predictors", {})
+        key = "classifier-" + chosen
+        if key not in cache:
+            if chosen == "onnx":
+                from .export import onnx_predictor
+
+                cache[key] = onnx_predictor(path)
+            else:
+                cache[key] = keras_predictor(self.classifier)
+        return cache[key]
+
     def predictor(self, engine: str | None = "auto") -> Callable[[np.ndarray], np.ndarray]:
         """A function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``,
         run by ONNX Runtime or Keras as :meth:`engine` decides (made once per bundle and engine).
@@ -715,6 +732,12 @@ def save_bundle(
                                 source=str(path))
             if entry is not None:
                 meta["exports"] = {**(meta.get("exports") or {}), "onnx": entry}
+                if classifier is not None:  # the classifier too, so that its bundles run without TensorFlow
+                    net = meta["classifier"].get("network")
+                    entry = export_onnx(classifier, tmp, NetworkConfig.from_dict(net) if net else None,
+                                        required=onnx is True, source=str(path), filename="classifier.onnx")
+                    if entry is not None:
+                        meta["exports"]["classifier_onnx"] = entry
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")
         respect_umask(tmp)  # mkdtemp made it 0700
         if path.exists():

@@ -174,7 +174,7 @@ def _all_layers(model):
 
 
 def export_onnx(model, folder: str | os.PathLike, network=None, required: bool = False, source: str = "bundle",
-                tolerance: float = TOLERANCE) -> dict | None:
+                tolerance: float = TOLERANCE, filename: str = FILES["onnx"]) -> dict | None:
     """Write ``folder/export/model.onnx`` for a bundle being saved and return its ``exports``
     entry, after checking it against Keras (largest difference at most ``tolerance`` on a test
     image whose sides are twice ``2 ** depth`` or 64).
@@ -203,13 +203,13 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
     if not why:
         out_dir = folder / EXPORT_DIR
         out_dir.mkdir(exist_ok=True)
-        target = out_dir / FILES["onnx"]
+        target = out_dir / filename
         try:
             export_model(model, target, "onnx")
             image = test_image(max(64, 2 * m), channels)
-            diff = check_export(model, onnx_predictor(target), image, tolerance, f"{source}: {EXPORT_DIR}/{FILES['onnx']}")
+            diff = check_export(model, onnx_predictor(target), image, tolerance, f"{source}: {EXPORT_DIR}/{filename}")
             heads = ", ".join(h.kind for h in network.heads) if network is not None else "network output"
-            entry = {"file": f"{EXPORT_DIR}/{FILES['onnx']}", "layout": "NHWC",
+            entry = {"file": f"{EXPORT_DIR}/{filename}", "layout": "NHWC",
                      "input": f"(N, H, W, C) float32, normalised as in 'input'; H and W multiples of {m}",
                      "output": f"(N, H, W, {network.output_channels if network is not None else 'K'}) float32: {heads}",
                      "max_abs_diff": diff,
