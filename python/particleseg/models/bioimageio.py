@@ -156,7 +156,7 @@ def _documentation(bundle, channel_names: list[str], weights: list[str]) -> str:
         "",
         meta.get("description") or "Segmentation of particles in electron-microscopy images.",
         "",
-        "Exported from a [particleseg](https://doi.org/10.1038/s41598-021-84287-6) model bundle. The network "
+        "Exported from a particleseg model bundle (the workflow of Rühle et al. 2021, cited below). The network "
         "gives per-pixel maps; particleseg turns them into particles (threshold, network-seeded watershed "
         "split of touching particles, size and confidence filters) and measures them (Feret diameters, ECD, "
         "area) in calibrated units.",
