@@ -262,7 +262,7 @@ def test_onnx_export_matches_keras_and_runs_the_pipeline(trained, tmp_path, caps
     bundle, _, (images, _, _) = trained
     copy = tmp_path / "disks"
     shutil.copytree(bundle.path, copy)
-    assert main(["models", "export", str(copy), "--format", "onnx"]) == 0
+    assert main(["models", "export", str(copy), "--format", "onnx", "--overwrite"]) == 0  # training exported it already
     assert "onnx: " in capsys.readouterr().out
     b = load_bundle(copy)
     entry = b.metadata["exports"]["onnx"]
@@ -271,7 +271,8 @@ def test_onnx_export_matches_keras_and_runs_the_pipeline(trained, tmp_path, caps
     x = np.stack([np.asarray(images[2], np.float32)[..., None] / 255.0] * 2)
     assert check_export(b.model, predict, x) < 1e-4
     p = SegmentParams(crop_rows=0, classifier_threshold=-1)
-    a, o = segment_image(images[2], b, p), segment_image(images[2], b, p, predictor=predict)
+    a = segment_image(images[2], b, SegmentParams(crop_rows=0, classifier_threshold=-1, engine="keras"))
+    o = segment_image(images[2], b, p, predictor=predict)
     assert np.abs(a.probabilities - o.probabilities).max() < 1e-4 and np.array_equal(a.labels, o.labels)
     # a second export needs --overwrite; a wrong runtime is caught by the check
     assert main(["models", "export", str(copy), "--format", "onnx"]) == 1
