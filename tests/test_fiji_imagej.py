@@ -410,7 +410,7 @@ def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
         write_tiff(images / f"im{i}.tif", img)
         write_tiff(masks / f"im{i}_mask.tif", ((lab > 0) * 255).astype(np.uint8))
     ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
-                 f'output=[{macro_path(out)}] name=tiny-trained architecture=unet epochs=1 tile=32 wait");')
+                 f'output=[{macro_path(out)}] name=tiny-trained base_model=none architecture=unet epochs=1 tile=32 wait");')
     bundle = load_bundle(out)
     assert bundle.name == "tiny-trained" and bundle.network.architecture == "unet"
     assert bundle.metadata["training"]["epochs_run"] == 1 and bundle.metadata["training"]["config"]["tile"] == 32
@@ -420,7 +420,7 @@ def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
     # an existing bundle is refused with one line, before any training
     with pytest.raises(Exception, match="Train Model...: .*tiny-trained: output exists; use --overwrite"):
         ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
-                     f'output=[{macro_path(out)}] name=x architecture=unet epochs=1 tile=32 wait");')
+                     f'output=[{macro_path(out)}] name=x base_model=none architecture=unet epochs=1 tile=32 wait");')
 
 
 # ------------------------------------------------------------------------------------------
