@@ -1,11 +1,15 @@
-"""Tiled network inference on images of any size, with smooth blending and bounded memory.
+"""Tiled network inference on images of any size, exact and with bounded memory.
 
-The image is cut into overlapping tiles which are predicted in batches. Each tile's output is
-weighted by a window that falls smoothly to (almost) zero at the tile's sides, so seams vanish
-where tiles overlap, and the weighted sum is divided by the summed weights. Tiles are processed
-one row of tiles (a *strip*) at a time, and rows of the output are written as soon as no later
-strip touches them: working memory is proportional to ``tile x image width``, and ``out`` may be
-a memory-mapped array, so the output never has to fit in memory.
+The image (padded at its bottom and right to multiples of ``2 ** depth``, as a whole-image call
+pads it) is cut into kept parts; each is predicted in a tile that adds a *halo* of real image
+around it, or reaches the image's side, and only the kept part of the tile's output is used.
+With a halo of at least the network's receptive field (:mod:`particleseg.models.receptive`) and
+tiles starting on multiples of ``2 ** depth``, the result is the whole-image prediction at any
+tile size (:func:`exact_tiles`, :func:`tiling_plan`). Tiles are processed one row of tiles (a
+*strip*) at a time and written at once: working memory is proportional to ``tile x image
+width``, and ``out`` may be a memory-mapped array, so the output never has to fit in memory.
+:func:`tile_starts`, :func:`blend_window` and :func:`even_tile_size` are the earlier blended
+layout (overlapping tiles weighted by a smooth window), kept for callers that use them.
 
 The prediction function is any callable from a ``(N, h, w, C)`` float32 batch to a
 ``(N, h, w, K)`` array (a Keras model, an ONNX Runtime session, ...), so this module depends on
