@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work of a pytest-xdist worker: a test file, so that module- and
+    session-scoped fixtures (a trained network, a whole from-scratch run, the JVM with ImageJ)
+    are made once; tests/test_docs.py per document (its blocks share one working folder and
+    run in the document's order; its other tests go with README.md)."""
+    path, _, rest = nodeid.partition("::")
+    if path.endswith("test_docs.py"):
+        doc = re.match(r"test_block_runs_as_written\[([^:\]]+):", rest)
+        return f"{path}::{doc.group(1) if doc else 'README.md'}"
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``pytest -n 2 --dist loadfile`` (pytest-xdist): a file per worker at a time, with the
+    documents of test_docs.py as units of their own, handed out first: they are few long
+    units, and one left for the end would keep the other worker idle. (``--dist loadgroup``
+    cannot do this: xdist 3.8 renames the test ids for its groups, which pytest 9 ignores.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndDocuments(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    config.option.loadscopereorder = False  # the order of the collection (see below)
+    return FilesAndDocuments(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the documents first
+        items.sort(key=lambda item: item.path.name != "test_docs.py")
 
 
 @pytest.fixture(scope="session")
