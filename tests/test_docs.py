@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -330,15 +331,30 @@ class Workspace:
             path.write_text(code)
             cmd = [str(VENV_BIN / "particleseg"), "fiji", "run-macro", str(path)]
         t0 = time.perf_counter()
+        # its own process group: a block that runs past the timeout is ended with every process
+        # it started (killing bash alone left its particleseg running on, orphaned)
+        p = subprocess.Popen(cmd, cwd=self.work, env=self.env(block), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            p = subprocess.run(cmd, cwd=self.work, env=self.env(block), capture_output=True, text=True,
-                               timeout=BLOCK_TIMEOUT, stdin=subprocess.DEVNULL)
-            outcome = Outcome(p.returncode, p.stdout, p.stderr)
-        except subprocess.TimeoutExpired as exc:
-            outcome = Outcome(-1, str(exc.stdout or ""), f"timed out after {BLOCK_TIMEOUT} s")
+            stdout, stderr = p.communicate(timeout=BLOCK_TIMEOUT)
+            outcome = Outcome(p.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            _kill_group(p)
+            stdout, _ = p.communicate()
+            outcome = Outcome(-1, stdout, f"timed out after {BLOCK_TIMEOUT} s")
+        except BaseException:  # Ctrl-C (which no longer reaches the block) or pytest-timeout
+            _kill_group(p)
+            raise
         outcome.seconds = time.perf_counter() - t0
         self.outcomes[block.index] = outcome
         return outcome
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="module")
