@@ -266,7 +266,6 @@ def export_bioimageio(
         raise OutputExistsError(f"{out}: exists; use --overwrite to replace it")
     tolerance = TOLERANCE if tolerance is None else tolerance
     meta = bundle.metadata
-    net = bundle.network
     norm = meta["input"].get("normalization", {"method": "none"})
 
     stage = Path(tempfile.mkdtemp(prefix=".bioimageio-"))
