@@ -236,3 +236,31 @@ def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_part
     # without the choice, the blob stays
     post0, scores0 = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5, min_confidences=(0.0,))
     assert scores0["score"] < 1.0
+
+
+def test_the_classifier_threshold_is_chosen_by_the_size_distribution_of_the_kept_particles():
+    """Three large bright disks the expert kept and three small dim ones he did not; a
+    "classifier" that scores a particle by its brightness: the chosen threshold keeps exactly
+    the large disks (KS distance 0), where keeping every particle would not."""
+    import keras
+
+    from particleseg.models import Head, NetworkConfig
+    from particleseg.train import TrainingItem, choose_min_score, normalized_distance
+
+    yy, xx = np.mgrid[:128, :128]
+    truth = np.zeros((128, 128), np.int32)
+    image = np.zeros((128, 128), np.float32)
+    for k, (cy, cx, r, v) in enumerate([(25, 25, 11, 1.0), (25, 80, 10, 1.0), (80, 30, 12, 1.0),
+                                        (85, 90, 5, 0.3), (105, 60, 4, 0.3), (55, 55, 5, 0.3)], 1):
+        disk = np.hypot(yy - cy, xx - cx) < r
+        truth[disk], image[disk] = k, v
+    keep = np.where(image == 1.0, truth, 0)
+    prob = np.stack([(truth > 0).astype(np.float32), normalized_distance(truth)], -1)
+    inp = keras.Input((None, None, 2))
+    brightness = keras.Model(inp, keras.layers.Lambda(lambda x: x[..., :1])(inp))
+    net = NetworkConfig("unet", 1, (Head("foreground"), Head("distance")), depth=2, base_filters=4)
+    item = TrainingItem("disks", image[..., None], truth, keep=keep)
+    post = {"threshold": 0.5, "seed_threshold": 0.5, "min_area": 5, "min_confidence": 0.0}
+    t, table = choose_min_score(brightness, net, [prob], [item], post, tile=128, classifier_multiple_of=1)
+    assert 0.3 < t <= 1.0 and table["ks_and_kept"][f"{t:g}"] == [0.0, 3]
+    assert table["ks_and_kept"]["0"][0] > 0 and table["ks_and_kept"]["0"][1] == 6 and table["expert_particles"] == 3
