@@ -491,9 +491,12 @@ def test_images_of_mixed_sizes_or_depths_are_refused_before_any_work(inputs, tmp
 
 
 @pytest.mark.slow
-def test_empty_masks_keep_the_finished_shape_stage(inputs, tmp_path):
+def test_empty_masks_keep_the_finished_shape_stage(tiny_run, inputs, tmp_path):
     import dataclasses
 
+    # a work folder whose shape GAN has finished (the tiny run's), nothing after it
+    shutil.copytree(tiny_run[1] / "work" / STAGE_DIRS["shapes"], tmp_path / "w" / STAGE_DIRS["shapes"])
+    ckpt = (tmp_path / "w" / "1_shapes" / "checkpoint.npz").stat().st_mtime_ns
     cfg = ScratchConfig.preset("tiny")
     bad = dataclasses.replace(cfg, masks=dataclasses.replace(cfg.masks, count=(0, 0)))
     with pytest.raises(InputError, match=r"2_masks: all 12 simulated masks are empty \(stage 2"):
@@ -505,6 +508,7 @@ def test_empty_masks_keep_the_finished_shape_stage(inputs, tmp_path):
     train_from_scratch(*inputs, tmp_path / "b", work=tmp_path / "w", config=cfg, progress=False, stop_after="masks",
                        redo="masks")
     assert len(list((tmp_path / "w" / "2_masks" / "labels").glob("*.tif"))) == cfg.pairs
+    assert (tmp_path / "w" / "1_shapes" / "checkpoint.npz").stat().st_mtime_ns == ckpt
 
 
 def test_cli_prints_bad_input_as_one_line(inputs, tmp_path, capsys):
@@ -541,13 +545,22 @@ def test_cli_options_reach_the_config():
 
 
 @pytest.mark.slow
-def test_cli_runs_the_tiny_preset(inputs, tmp_path, capsys):
+def test_cli_runs_the_tiny_preset(tiny_run, inputs, tmp_path, capsys):
+    """The command line on the tiny run's work folder (its default place, BUNDLE.work): the GAN
+    stages are reused, the artifact filter is redone with another method and the segmentation
+    network trained again on its pairs."""
     from particleseg.cli import main
 
+    work = tmp_path / "bundle.work"
+    shutil.copytree(tiny_run[1] / "work", work)
+    before = {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in ("shapes", "masks", "cyclegan")}
     rc = main(["train-from-scratch", "--images", str(inputs[0]), "--outlines", str(inputs[1]), "--out",
-               str(tmp_path / "bundle"), "--preset", "tiny", "--quiet", "--filter-method", "none"])
+               str(tmp_path / "bundle"), "--preset", "tiny", "--quiet", "--filter-method", "none", "--redo", "filter"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
-    assert (tmp_path / "bundle" / "bundle.json").is_file() and (tmp_path / "bundle.work" / "5_segmentation").is_dir()
+    assert (tmp_path / "bundle" / "bundle.json").is_file() and (work / "5_segmentation").is_dir()
+    assert {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in before} == before
+    assert json.loads((work / "4_filter" / "summary.json").read_text())["method"] == "none"
+    assert json.loads((work / "5_segmentation" / "stage.json").read_text())["status"] == "done"
 
 
 # --------------------------------------------------------------------------------------------
