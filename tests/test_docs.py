@@ -154,6 +154,7 @@ def setup_readme(work: Path) -> None:
     write_tiff(work / "a.tif", image[:512, 256:768], cal)
     Image.fromarray(image[:512, :512]).save(work / "b.png")  # no metadata: --image-width gives the scale
     write_tiff(work / "stack.tif", np.stack([image[:384, :384], image[300:684, 400:784]]), cal)
+    _training_data(work / "data")  # the fine-tuning example's images and masks
 
 
 def setup_training(work: Path) -> None:
