@@ -160,7 +160,9 @@ def test_a_time_budget_plans_the_epochs(tmp_path):
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["minutes"] == 0.25 and plan["first_epoch_seconds"] > 0 and plan["epoch_seconds"] > 0
     assert 2 <= plan["epochs"] < 999 and len(log) == plan["epochs"]
-    assert plan["freeze_epochs"] == max(1, round(0.1 * plan["epochs"]))
+    if not plan.get("shortened"):  # (a plan shortened on a busy machine keeps the warm-up it began with)
+        assert plan["freeze_epochs"] == max(1, round(0.1 * plan["epochs"]))
+    assert plan["seconds_done"] >= plan["first_epoch_seconds"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,3 +266,26 @@ def test_the_classifier_threshold_is_chosen_by_the_size_distribution_of_the_kept
     t, table = choose_min_score(brightness, net, [prob], [item], post, tile=128, classifier_multiple_of=1)
     assert 0.3 < t <= 1.0 and table["ks_and_kept"][f"{t:g}"] == [0.0, 3]
     assert table["ks_and_kept"]["0"][0] > 0 and table["ks_and_kept"]["0"][1] == 6 and table["expert_particles"] == 3
+
+
+def test_a_slower_machine_shortens_the_plan(tmp_path):
+    """The budget is kept when epochs get slower: after an epoch that took 20 s with 50 of 60
+    seconds used, no further epoch fits, so the plan ends there and training stops."""
+    import time
+
+    from particleseg.models import build_network
+    from particleseg.train import _Replan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
+    cb = _Replan(plan)
+    cb.set_model(build_network(NET))
+    cb.model.stop_training = False
+    cb.t = time.time() - 4.9  # a 5-second epoch: 35 of 60 s used, 5 more epochs fit
+    cb.on_epoch_end(1)
+    state = json.loads(plan.read_text())
+    assert state["epochs"] == 7 and state["shortened"] and not cb.model.stop_training
+    cb.t = time.time() - 20  # then a 20-second epoch: 55 s used, none fits
+    cb.on_epoch_end(2)
+    state = json.loads(plan.read_text())
+    assert state["epochs"] == 3 and cb.model.stop_training and state["seconds_done"] == pytest.approx(55, abs=0.5)

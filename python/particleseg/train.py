@@ -453,8 +453,12 @@ def fit(
         log = _read_log(log_path)
         best_value = _best_logged(log, monitor, mode) if best.exists() else None
         cbs = [] if score is None else [_ScoreCallback(score)]
+        planned = json.loads(plan_path.read_text()) if plan_path.exists() else {}
+        if planned.get("minutes"):
+            cbs.insert(0, _Replan(plan_path))
         cbs += [
-            keras.callbacks.LearningRateScheduler(learning_rate_schedule(config)),
+            keras.callbacks.LearningRateScheduler(
+                lambda e: learning_rate_schedule(dataclasses.replace(config, epochs=_planned_epochs(plan_path, config.epochs)))(e)),
             keras.callbacks.CSVLogger(str(log_path), append=start > 0),
             keras.callbacks.ModelCheckpoint(str(best), monitor=monitor, mode=mode, save_best_only=True,
                                             initial_value_threshold=best_value),
@@ -489,7 +493,8 @@ def fit(
             epochs = 1 + plan_epochs(minutes * 60 - first, full, minimum=1)
             config = _resolve_freeze(dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0))
             _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": minutes,
-                                    "first_epoch_seconds": round(first, 1), "epoch_seconds": round(full, 1)})
+                                    "first_epoch_seconds": round(first, 1), "epoch_seconds": round(full, 1),
+                                    "seconds_done": round(first, 1)})
         run(config.epochs)
     except _Stopped:
         pass
@@ -506,7 +511,38 @@ UNFROZEN_COST = 1.3
 
 
 class _Stopped(Exception):
-    """Early stopping ended the run."""
+    """Early stopping (or the time budget) ended the run."""
+
+
+def _planned_epochs(plan_path: Path, default: int) -> int:
+    return json.loads(plan_path.read_text()).get("epochs", default) if plan_path.exists() else default
+
+
+def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras is imported lazily
+    """Keeps a time budget when the machine slows down: after each epoch, adds its wall time to
+    ``seconds_done`` in ``plan.json`` and, when the epochs left would no longer fit the budget at
+    the last epoch's pace, shortens the plan (never lengthens it); stops when the plan is done.
+    The cosine schedule follows the shortened plan from the next epoch on."""
+    import keras
+
+    class Replan(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            dt = time.time() - self.t
+            plan = json.loads(plan_path.read_text())
+            plan["seconds_done"] = round(plan.get("seconds_done", 0.0) + dt, 1)
+            done = epoch + 1
+            fit_more = int(max(0.0, plan["minutes"] * 60 - plan["seconds_done"]) // max(dt, 1e-9))
+            if done + fit_more < plan["epochs"]:
+                plan["epochs"] = max(done, done + fit_more)
+                plan["shortened"] = True
+            _write_json(plan_path, plan)
+            if done >= plan["epochs"]:
+                self.model.stop_training = True
+
+    return Replan()
 
 
 def _resolve_freeze(config: TrainConfig) -> TrainConfig:
@@ -1259,8 +1295,9 @@ def train_segmentation(
         fine-tuning a model with a foreground head) or the validation loss.
     minutes : float, optional
         Time budget of the whole run: the epochs are planned from the measured cost of the
-        first one (a fifth of the budget goes to the particle classifier when there are keep
-        masks); ``epochs`` is then ignored.
+        first one, and the plan is shortened when later epochs run slower (other work on the
+        machine); a fifth of the budget goes to the particle classifier when there are keep
+        masks; ``epochs`` is then ignored.
     augmentation : Augmentation
     seed : int
         Seeds the split, the weights and every batch: a run is reproducible.
