@@ -552,9 +552,10 @@ def _resolve_freeze(config: TrainConfig) -> TrainConfig:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from .io import write_atomic
+
+    text = json.dumps(obj, indent=1)
+    write_atomic(path, lambda tmp: tmp.write_text(text), overwrite=True)
 
 
 def _best_logged(log: list[dict], monitor: str, mode: str) -> float | None:
