@@ -512,15 +512,20 @@ def _tiff(path: Path, **kwargs) -> Path:
 
 
 @pytest.mark.parametrize("make, detail, source", [
-    (lambda p: _tiff(p, imagej=True, resolution=(0, 1), metadata={"unit": "nm"}), "resolution 0 pixels per unit", "ImageJ"),
-    (lambda p: _tiff(p, imagej=True, resolution=(1, 1), metadata={"unit": "furlong"}), "unknown length unit 'furlong'", "ImageJ"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": -1.0, "PhysicalSizeY": -1.0}), "pixel size -1 µm", "OME"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": float("inf")}), "pixel size inf µm", "OME"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": 0.0}), "pixel size 0 µm", "OME"),
-    (lambda p: _fei(p, "-7.3e-09", "-7.3e-09"), "pixel size -7.3 nm", "FEI/Thermo Fisher SEM"),
-    (lambda p: _fei(p, "nan", ""), "pixel size nan nm", "FEI/Thermo Fisher SEM"),
+    (lambda p: _tiff(p, imagej=True, resolution=(0, 1), metadata={"unit": "nm"}),
+     "XResolution: resolution 0 pixels per unit", "ImageJ"),
+    (lambda p: _tiff(p, imagej=True, resolution=(1, 1), metadata={"unit": "furlong"}),
+     "unit: unknown length unit 'furlong'", "ImageJ"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": -1.0, "PhysicalSizeY": -1.0}),
+     "PhysicalSizeX: pixel size -1 µm", "OME"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": float("inf")}), "PhysicalSizeX: pixel size inf µm", "OME"),
+    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": 0.0}), "PhysicalSizeX: pixel size 0 µm", "OME"),
+    (lambda p: _fei(p, "-7.3e-09", "-7.3e-09"), "[Scan] PixelWidth: pixel size -7.3 nm", "FEI/Thermo Fisher SEM"),
+    (lambda p: _fei(p, "nan", ""), "[Scan] PixelWidth: pixel size nan nm", "FEI/Thermo Fisher SEM"),
 ])
 def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, detail, source):
+    """Item 5: a note naming the file, the metadata and its tag; pixels. With ``strict``
+    (``--strict``) the same metadata is an error naming them."""
     from particleseg.errors import ParticlesegWarning
     from particleseg.io import read_calibration, read_image
 
@@ -531,6 +536,36 @@ def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, det
     assert cal == Calibration() and [str(w.message) for w in caught] == [note]
     with pytest.warns(ParticlesegWarning, match=re.escape(note)):
         assert read_calibration(path) == (Calibration(), "")
+    error = (f"{path}: invalid calibration in its {source} metadata ({detail}) (--strict); fix the metadata, or "
+             "give --pixel-size or --image-width, or leave out --strict to measure it without that metadata")
+    for read in (read_image, read_calibration):
+        with pytest.raises(InputError) as exc:
+            read(path, strict=True)
+        assert str(exc.value) == error
+
+
+def test_strict_on_the_command_line_fails_the_image_and_the_batch_goes_on(tmp_path, threshold_bundle, capsys):
+    """``particleseg segment --strict``: the image with invalid metadata fails with one line on
+    stderr, the other image is segmented; without ``--strict`` both are, with a note."""
+    img, _ = draw_disks((120, 120), [(60, 60, 15)])
+    src = tmp_path / "in"
+    src.mkdir()
+    bad = src / "bad.tif"
+    tifffile.imwrite(bad, img, ome=True, metadata={"PhysicalSizeX": 0.0})
+    write_tiff(src / "good.tif", img, Calibration(5.0, "nm"))
+    model = ["--model", str(threshold_bundle.path), "--quiet"]
+    assert main(["segment", str(src), "--out", str(tmp_path / "s"), "--strict", *model]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"particleseg: error: {bad}: invalid calibration in its OME metadata (PhysicalSizeX: pixel size "
+                      "0 µm) (--strict); fix the metadata, or give --pixel-size or --image-width, or leave out "
+                      "--strict to measure it without that metadata")
+    summary = pd.read_csv(tmp_path / "s" / "summary.csv").set_index("file")
+    assert summary.loc["good.tif", "status"] == "ok" and summary.loc["bad.tif", "status"] == "failed"
+    # without --strict: a note, and pixels; --strict does not change the results (same resume settings)
+    assert main(["segment", str(src), "--out", str(tmp_path / "s"), *model]) == 0
+    assert "particleseg: note: " in capsys.readouterr().err
+    summary = pd.read_csv(tmp_path / "s" / "summary.csv").set_index("file")
+    assert (summary["status"] == "ok").all() and summary.loc["good.tif", "pixel_size"] == 5.0
 
 
 def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, threshold_bundle, capsys):

@@ -117,7 +117,7 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
-               allow_nonsquare: bool = False) -> tuple[np.ndarray, Calibration]:
+               allow_nonsquare: bool = False, strict: bool = False) -> tuple[np.ndarray, Calibration]:
     """Read a gray-value image or stack and its calibration.
 
     Parameters
@@ -131,11 +131,14 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
     allow_nonsquare : bool
         Metadata with pixels that are not square is an error (lengths and shapes would be
         wrong) unless this is True (the caller gives its own, square, pixel size); then a note.
+    strict : bool
+        Metadata that cannot be used is an error (``--strict``) instead of a note.
 
     Calibration policy: metadata that cannot be used (zero, negative, infinite or NaN pixel
     size or resolution, a unit that is no length) is ignored with one note
-    (:class:`~particleseg.errors.ParticlesegWarning`) naming the file, and the image is measured
-    with the next usable source, else in pixels.
+    (:class:`~particleseg.errors.ParticlesegWarning`) naming the file and the metadata (tag),
+    and the image is measured with the next usable source, else in pixels; with ``strict`` it
+    is an :class:`~particleseg.errors.InputError` instead.
 
     Returns
     -------
@@ -182,19 +185,25 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read image ({detail})") from None
-    _calibration_notes(path, notes, allow_nonsquare)
+    _calibration_notes(path, notes, allow_nonsquare, strict)
     data = _to_gray(path, data, axes, channel_axis_ok)
     check_image(data, path)
     return data, calibration
 
 
-def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare: bool) -> None:
-    """Raise for pixels that are not square (unless allowed), warn about ignored metadata."""
+def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare: bool, strict: bool = False) -> None:
+    """Raise for pixels that are not square (unless allowed) and, with ``strict``, for ignored
+    metadata; else warn about it."""
     from .errors import ParticlesegWarning
 
     for kind, text in notes:
         if kind == "nonsquare" and not allow_nonsquare:
             raise InputError(f"{path}: {text}; give --pixel-size or --image-width to measure it with square pixels")
+        if kind == "invalid" and strict:
+            text = text.replace("ignored the calibration", "invalid calibration").replace(" calibration ignored (", " calibration invalid (")
+            text = text.split("; using ")[0].split("; measuring ")[0]
+            raise InputError(f"{path}: {text} (--strict); fix the metadata, or give --pixel-size or --image-width, "
+                             "or leave out --strict to measure it without that metadata")
     for kind, text in notes:
         message = f"{path}: {text}" + ("; measured with the pixel size given" if kind == "nonsquare" else "")
         warnings.warn(message, ParticlesegWarning, stacklevel=3)
@@ -253,11 +262,13 @@ def _read_tiff(path: Path, notes: list | None = None):
     return data, axes, calibration
 
 
-def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> tuple[Calibration, str]:
+def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False,
+                     strict: bool = False) -> tuple[Calibration, str]:
     """The calibration in an image file's metadata, exactly as :func:`read_image` reads it,
     without reading the pixels; and where it came from: ``ImageJ``, ``OME``, ``Zeiss SEM``,
     ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG). Unusable
-    metadata gives a note, pixels that are not square an error (see :func:`read_image`).
+    metadata gives a note (an error with ``strict``), pixels that are not square an error (see
+    :func:`read_image`).
 
     Raises
     ------
@@ -272,7 +283,7 @@ def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> 
     if formats.handles(path):  # DM3/DM4, EMD, MRC, OME-Zarr (particleseg.formats)
         em_notes: list[tuple[str, str]] = []
         em_found = formats.read_calibration(path, em_notes)
-        _calibration_notes(path, em_notes, allow_nonsquare)
+        _calibration_notes(path, em_notes, allow_nonsquare, strict)
         return em_found
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -286,7 +297,7 @@ def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False) -> 
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read the metadata ({detail})") from None
-    _calibration_notes(path, notes, allow_nonsquare)
+    _calibration_notes(path, notes, allow_nonsquare, strict)
     return found if found[0].calibrated else formats.sidecar_calibration(path) or found
 
 
@@ -304,19 +315,20 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
     problems: list[tuple[str, str]] = []
     nonsquare: list[str] = []
 
-    def usable(source: str, size, unit, height=None) -> Calibration | None:
+    def usable(source: str, size, unit, height=None, tags=("", "")) -> Calibration | None:
+        """``tags``: the names of the size's and the unit's tags (said in the notes)."""
         try:
             unit = canonical_unit(str(unit))
         except ValueError:
-            problems.append((source, f"unknown length unit {str(unit)!r}"))
+            problems.append((source, f"{tags[1]}: unknown length unit {str(unit)!r}"))
             return None
         try:
             size = float(size)
         except (TypeError, ValueError):
-            problems.append((source, f"pixel size {size!r} is not a number"))
+            problems.append((source, f"{tags[0]}: pixel size {size!r} is not a number"))
             return None
         if not (math.isfinite(size) and size > 0):
-            problems.append((source, f"pixel size {size:g} {unit}"))
+            problems.append((source, f"{tags[0]}: pixel size {size:g} {unit}"))
             return None
         cal = Calibration(size, unit)
         try:
@@ -344,9 +356,9 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
         x = page.tags["XResolution"].value
         y = page.tags["YResolution"].value if "YResolution" in page.tags else None
         if not x[0]:
-            problems.append(("ImageJ", "resolution 0 pixels per unit"))
+            problems.append(("ImageJ", "XResolution: resolution 0 pixels per unit"))
         else:
-            cal = usable("ImageJ", size_of(x), ij["unit"], size_of(y) if y else None)
+            cal = usable("ImageJ", size_of(x), ij["unit"], size_of(y) if y else None, ("XResolution", "unit"))
             if cal is not None:
                 return found(cal, "ImageJ")
     if tif.is_ome:
@@ -355,23 +367,26 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
         height = re.search(r'PhysicalSizeY="([^"]*)"', xml)
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
         if size:
-            cal = usable("OME", size.group(1), unit.group(1) if unit else "µm", height.group(1) if height else None)
+            cal = usable("OME", size.group(1), unit.group(1) if unit else "µm", height.group(1) if height else None,
+                         ("PhysicalSizeX", "PhysicalSizeXUnit"))
             if cal is not None:
                 return found(cal, "OME")
     sem = tif.sem_metadata
     if sem and "ap_image_pixel_size" in sem:
         entry = sem["ap_image_pixel_size"]
         if len(entry) >= 3:
-            cal = usable("Zeiss SEM", entry[1], entry[2])
+            cal = usable("Zeiss SEM", entry[1], entry[2], tags=("AP_IMAGE_PIXEL_SIZE", "AP_IMAGE_PIXEL_SIZE"))
             if cal is not None:
                 return found(cal, "Zeiss SEM")
     fei = tif.fei_metadata
     if fei:
-        scan = fei.get("Scan", {}) if fei.get("Scan", {}).get("PixelWidth") not in (None, "") else fei.get("EScan", {})
+        section = "Scan" if fei.get("Scan", {}).get("PixelWidth") not in (None, "") else "EScan"
+        scan = fei.get(section, {})
         width, height = scan.get("PixelWidth"), scan.get("PixelHeight")
         if width not in (None, ""):
             metres = (lambda v: float(v) * 1e9 if isinstance(v, (int, float)) else v)  # stored in metres
-            cal = usable("FEI/Thermo Fisher SEM", metres(width), "nm", metres(height) if height not in (None, "") else None)
+            cal = usable("FEI/Thermo Fisher SEM", metres(width), "nm", metres(height) if height not in (None, "") else None,
+                         (f"[{section}] PixelWidth", ""))
             if cal is not None:
                 return found(cal, "FEI/Thermo Fisher SEM")
     return found(Calibration(), "")

@@ -136,6 +136,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("batch_size", "int", "tiles per network call", 4, minimum=1, fiji=False),
     Parameter("engine", "choice", "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "
               "onnxruntime is installed, else Keras), onnx or keras", "auto", choices=ENGINES),
+    Parameter("strict", "bool", "calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) "
+              "is an error naming the file and the tag, instead of a note and measuring without it", False,
+              fiji=False),
 )
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
@@ -287,6 +290,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
         batch_size=int(v.get("batch_size") or 4),
         engine=str(v.get("engine") or "auto"),
         progress=progress,
+        strict=bool(v.get("strict") or False),
     )
 
 

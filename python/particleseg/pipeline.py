@@ -84,6 +84,10 @@ class SegmentParams:
     engine : {"auto", "onnx", "keras"}
         What runs the network (:meth:`particleseg.models.Bundle.predictor`): ``auto`` is ONNX
         Runtime when the bundle has an ONNX export and onnxruntime is installed, else Keras.
+    strict : bool
+        Calibration metadata that cannot be used (zero or infinite size, unknown unit) is an
+        error naming the file and the tag, instead of a note and pixels
+        (:func:`particleseg.io.read_image`).
     """
 
     threshold: float | None = None
@@ -106,6 +110,7 @@ class SegmentParams:
     batch_size: int = 4
     engine: str = "auto"
     progress: bool | None = None
+    strict: bool = False
 
     def resolved(self, bundle: Bundle) -> "SegmentParams":
         """Copy with every ``None`` replaced by the bundle's default
@@ -534,18 +539,22 @@ RECORD_DIR = ".particleseg"
 _BYTES_PER_PIXEL = 7
 
 
-def record_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def record_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None) -> tuple[Path, Path]:
     """``(done, writing)``: the completion record of an image's outputs,
     ``OUT/.particleseg/STEM.done.json``, written last and atomically once every output is in
     place; and the marker ``STEM.writing.json``, present while its outputs are being written (a
-    run killed then leaves it, and a rerun redoes the image)."""
-    stem = Path(image_path).stem
+    run killed then leaves it, and a rerun redoes the image). ``stem`` (default: the image's)
+    names the records of other batch items (a SIMS field, a FIB-SEM slice)."""
+    stem = Path(image_path).stem if stem is None else stem
     folder = Path(out_dir) / RECORD_DIR
     return folder / f"{stem}.done.json", folder / f"{stem}.writing.json"
 
 
-def _input_files(path: Path) -> list[Path]:
-    """The files of an input: itself, or those of a folder store (OME-Zarr), in a fixed order."""
+def _input_files(path) -> list[Path]:
+    """The files of an input: itself, or those of a folder store (OME-Zarr), in a fixed order;
+    of a list of inputs (a SIMS field's per-isotope files, a FIB-SEM stack's channels), theirs."""
+    if isinstance(path, (list, tuple)):
+        return [q for p in path for q in _input_files(Path(p))]
     return sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
 
 
@@ -554,16 +563,19 @@ def _size_and_time(path: Path) -> tuple[int, int]:
     return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
 
 
-def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+def input_fingerprint(path) -> dict[str, Any]:
     """Size, modification time (ns) and SHA-256 of a file's content (of a folder store's files:
-    their total size, latest time, and the hash of their names and contents)."""
+    their total size, latest time, and the hash of their names and contents; of a list of
+    inputs: the same over all their files)."""
     import hashlib
 
-    path = Path(path)
+    path = [Path(p) for p in path] if isinstance(path, (list, tuple)) else Path(path)
     size, mtime = _size_and_time(path)
     h = hashlib.sha256()
     for q in _input_files(path):
-        if path.is_dir():
+        if isinstance(path, list):
+            h.update(f"{q.stat().st_size}:".encode())
+        elif path.is_dir():
             h.update(q.relative_to(path).as_posix().encode() + b"\0")
         with open(q, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -571,7 +583,7 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     return {"size": size, "mtime_ns": mtime, "sha256": h.hexdigest()}
 
 
-def _same_input(recorded: dict, path: Path) -> bool:
+def _same_input(recorded: dict, path) -> bool:
     """Whether ``path`` has the content recorded (size and time unchanged, else the SHA-256)."""
     try:
         size, mtime = _size_and_time(path)
@@ -599,7 +611,7 @@ def run_settings(
     import json
 
     resolved = (params or SegmentParams()).resolved(bundle).to_dict()
-    for name in ("progress", "batch_size", "engine"):  # do not change the result (ONNX and Keras agree)
+    for name in ("progress", "batch_size", "engine", "strict"):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     settings = {"model": bundle.label, "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
@@ -660,23 +672,32 @@ class ItemPlan:
     row: dict | None = None
 
 
-def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dict, overwrite: bool = False) -> ItemPlan:
-    """Decide, before any work, what a batch does with the image ``path`` (see :class:`ItemPlan`)."""
+def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dict, overwrite: bool = False,
+              outputs: dict[str, Path] | None = None, name: str | None = None, stem: str | None = None,
+              inputs=None) -> ItemPlan:
+    """Decide, before any work, what a batch does with the image ``path`` (see :class:`ItemPlan`).
+
+    The other batches plan their items the same way: ``outputs`` (default: the image's
+    :func:`output_paths`), ``name`` (the input's name in the record; default the file name),
+    ``stem`` (of the record, :func:`record_paths`) and ``inputs`` (the files fingerprinted;
+    default ``path``) describe a SIMS field or a FIB-SEM slice."""
     path, out_dir = Path(path), Path(out_dir)
     if overwrite:
         return ItemPlan(path, "redo")
-    outputs = output_paths(path, out_dir, settings.get("overview", True))
-    done_path, writing_path = record_paths(path, out_dir)
+    outputs = output_paths(path, out_dir, settings.get("overview", True)) if outputs is None else outputs
+    name = path.name if name is None else name
+    stem = path.stem if stem is None else stem
+    done_path, writing_path = record_paths(path, out_dir, stem)
     done = _read_json(done_path) if done_path.exists() else None
     writing = _read_json(writing_path) if writing_path.exists() else None
     record = done or writing
     if record is not None:
         recorded = record.get("input", {})
-        if recorded.get("name") != path.name:
+        if recorded.get("name") != name:
             return ItemPlan(path, "conflict", f"{path}: {out_dir} holds the outputs of {recorded.get('name')} "
-                            f"(the same name stem {path.stem!r}); use another --out, or --overwrite to replace them")
+                            f"(the same name stem {stem!r}); use another --out, or --overwrite to replace them")
         if done is not None:
-            if not _same_input(recorded, path):
+            if not _same_input(recorded, path if inputs is None else inputs):
                 return ItemPlan(path, "conflict", f"{path}: changed since its outputs in {out_dir} were made; "
                                 "use --overwrite to replace them")
             if done.get("settings") != settings:
@@ -761,7 +782,8 @@ def segment_file(
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     settings = run_settings(bundle, params, write_overview, pixel_size, unit, image_width)
-    image, file_cal = read_image(path, allow_nonsquare=pixel_size is not None or image_width is not None)
+    image, file_cal = read_image(path, allow_nonsquare=pixel_size is not None or image_width is not None,
+                                 strict=bool(params is not None and params.strict))
     try:
         fingerprint = input_fingerprint(path)
     except OSError as exc:
@@ -816,12 +838,13 @@ def segment_file(
 
 
 def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict, fingerprint: dict,
-                settings: dict, row: dict) -> None:
+                settings: dict, row: dict, stem: str | None = None) -> None:
     """Write one image's outputs between its ``writing`` marker and its ``done`` record; on any
-    failure or interruption remove them all (and the marker), so no partial set stays."""
+    failure or interruption remove them all (and the marker), so no partial set stays. (Also
+    one SIMS field's or FIB-SEM slice's, named by ``stem``.)"""
     from . import __version__
 
-    done, writing = record_paths(path, out_dir)
+    done, writing = record_paths(path, out_dir, stem)
     record = {"format": 1, "input": fingerprint, "settings": settings, "particleseg": __version__}
     committed = False
     try:

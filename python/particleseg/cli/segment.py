@@ -33,7 +33,7 @@ def register(sub) -> None:
     particles = p.add_argument_group("particles (defaults come from the model bundle; the names are the Fiji macro keys)")
     filters = p.add_argument_group("filters")
     inference = p.add_argument_group("inference")
-    groups = {name: scale for name in ("crop_rows", "particle_size", "rescale")}
+    groups = {name: scale for name in ("crop_rows", "particle_size", "rescale", "strict")}
     groups.update({name: filters for name in ("intensity_filter", "polarity", "min_score", *SHAPE_NAMES)})
     groups.update({name: inference for name in ("tile", "overlap", "batch_size", "engine")})
     add_arguments(p, groups={name: groups.get(name, particles) for name in (q.name for q in PARAMETERS)})
