@@ -65,6 +65,28 @@ def blobs_image(rng, shape=(96, 128), n=7, radius=7):
     return img
 
 
+def thread_dump() -> str:
+    """The open windows and the stacks of every Java and Python thread (for a hang's report)."""
+    import sys
+    import traceback
+
+    lines = []
+    try:
+        Window = jclass("java.awt.Window")
+        lines.append("windows: " + "; ".join(f"{w.getClass().getName()} {getattr(w, 'getTitle', lambda: '')()!s} "
+                                              f"showing={w.isShowing()} displayable={w.isDisplayable()}"
+                                              for w in Window.getWindows()))
+        for thread, frames in dict(jclass("java.lang.Thread").getAllStackTraces()).items():
+            lines.append(f"java thread {thread.getName()} {thread.getState()}")
+            lines.extend(f"    at {f}" for f in list(frames)[:25])
+    except Exception as exc:  # noqa: BLE001 - a report, best effort
+        lines.append(f"(no Java thread dump: {exc})")
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"python thread {ident}")
+        lines.extend("    " + x.rstrip() for x in traceback.format_stack(frame)[-12:])
+    return "\n".join(lines)
+
+
 def run_with_deadline(fn, seconds=120):
     """Run fn in a thread; fail (instead of hanging the suite) if it does not return."""
     out = {}
@@ -78,7 +100,8 @@ def run_with_deadline(fn, seconds=120):
     t = threading.Thread(target=target, daemon=True)
     t.start()
     t.join(seconds)
-    assert not t.is_alive(), "ImageJ did not return: a dialog or a deadlock would hang a headless run"
+    assert not t.is_alive(), ("ImageJ did not return: a dialog or a deadlock would hang a headless run\n"
+                              + thread_dump())
     if "error" in out:
         raise out["error"]
     return out.get("value")

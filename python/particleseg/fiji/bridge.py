@@ -63,14 +63,17 @@ from .options import (
 MENU_LABEL = "Particle Segmentation"
 MACRO_CANCELED = "Macro canceled"
 
-_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None, "guard_paused": False}
+_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None, "guard_paused": False,
+                          "macros_running": 0}
 _last_values: dict[str, dict] = {}
 #: callables (what, done, total) told about progress, e.g. the headless batch runner's bar
 PROGRESS_HOOKS: list = []
 #: (title, text) of the dialogs the guard closed
 CLOSED_DIALOGS: list[tuple[str, str]] = []
 #: how often the dialog guard looks for dialogs, and how long it disposes a closed one again
-DIALOG_SWEEP_S, DIALOG_REDISPOSE_S = 0.2, 10.0
+#: (longer while a macro runs: then the last DIALOG_REDISPOSE_N closed dialogs until it ends)
+DIALOG_SWEEP_S, DIALOG_REDISPOSE_S, DIALOG_REDISPOSE_N = 0.2, 10.0, 20
+_running_lock = threading.Lock()
 
 
 class CommandError(ParticlesegError):
@@ -159,8 +162,10 @@ def install_dialog_guard() -> None:
     showing thread enters its modal loop only after the window is visible, and a dialog
     disposed before that leaves the thread (and with it the macro and every later ``run``)
     blocked for good, which a loaded machine makes likely. So a sweeper thread disposes each
-    closed dialog again for a while (a second ``dispose`` ends a modal loop entered late) and
-    closes any modal dialog whose opening event was missed.
+    closed dialog again (a second ``dispose`` ends a modal loop entered late) for
+    ``DIALOG_REDISPOSE_S`` and, while a macro runs (:func:`macro_running`), the most recent
+    ones until it ends, however long the showing thread was descheduled; and it closes any
+    modal dialog whose opening event was missed.
     """
     import jpype
 
@@ -206,8 +211,11 @@ def install_dialog_guard() -> None:
         while not stop.wait(DIALOG_SWEEP_S):
             try:
                 now = time.monotonic()
+                running = _state["macros_running"] > 0
                 with lock:
-                    recent[:] = [(w, t) for w, t in recent if now - t < DIALOG_REDISPOSE_S]
+                    recent[:] = [(w, t) for i, (w, t) in enumerate(recent)
+                                 if now - t < DIALOG_REDISPOSE_S
+                                 or (running and i >= len(recent) - DIALOG_REDISPOSE_N)]
                     again = [w for w, _ in recent]
                 for window in again:
                     window.dispose()
@@ -239,6 +247,19 @@ def install_dialog_guard() -> None:
 
     atexit.register(stop_sweeper)
     _state["guard"] = guard
+
+
+@contextlib.contextmanager
+def macro_running():
+    """Mark a macro as running, so the dialog guard keeps ending the modal loops of the dialogs
+    it closed until the macro returns (see :func:`install_dialog_guard`)."""
+    with _running_lock:
+        _state["macros_running"] += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _state["macros_running"] -= 1
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ class ImageJSession:
             When the macro stops with an error (the message ImageJ gives, e.g. a command's
             "Segment Particles...: sample.tif: is an RGB image ...").
         """
-        from .bridge import CLOSED_DIALOGS
+        from .bridge import CLOSED_DIALOGS, macro_running
 
         Interpreter = _j("ij.macro.Interpreter")
         interp = Interpreter()
@@ -67,7 +67,8 @@ class ImageJSession:
         result = None
         aborted = False
         try:
-            result = interp.run(str(code), str(argument or ""))
+            with macro_running():
+                result = interp.run(str(code), str(argument or ""))
         except Exception as exc:  # noqa: BLE001 - Java RuntimeException("Macro canceled") and friends
             if "Macro canceled" not in str(exc):
                 raise MacroError(f"{name}: {_first_line(exc)}") from None
