@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 
 from . import parse_crop_rows, parse_range
 
@@ -15,9 +16,26 @@ def _count(text: str):
     return int(lo), int(hi)
 
 
-def register(sub) -> None:
-    from ..scratch.workflow import STAGES
+class _Stages(Sequence):
+    """The stage names of :data:`particleseg.scratch.workflow.STAGES`, imported when argparse
+    first needs them (to check ``--redo`` or print this command's help; the options
+    have a ``metavar``, else argparse lists the choices when the option is added): registering the
+    command costs no NumPy import, so ``particleseg --help`` stays fast."""
 
+    def _names(self) -> tuple[str, ...]:
+        from ..scratch.workflow import STAGES
+
+        return STAGES
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def register(sub) -> None:
+    STAGES = _Stages()
     p = sub.add_parser(
         "train-from-scratch",
         help="train a model without manual masks (shape GAN, simulated masks, CycleGAN)",
@@ -39,8 +57,11 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=("default", "cpu", "tiny"), default="default",
                    help="default: the publication's scale (GPU); cpu: reduced scale, under 1 h on two CPU cores; tiny: a smoke test")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
-    p.add_argument("--redo", choices=STAGES, help="run this stage and all later ones again")
-    p.add_argument("--stop-after", choices=STAGES, help="stop after this stage (inspect its samples.png first)")
+    # an explicit metavar: argparse lists the choices only in this command's help (%(choices)s)
+    p.add_argument("--redo", choices=STAGES, metavar="STAGE",
+                   help="run this stage and all later ones again (%(choices)s)")
+    p.add_argument("--stop-after", choices=STAGES, metavar="STAGE",
+                   help="stop after this stage (%(choices)s; inspect its samples.png first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     g = p.add_argument_group("general")
