@@ -223,7 +223,7 @@ def test_run_fields_batch_outputs_and_bad_field(tmp_path, fcn_bundle):
     empty = set(ok.index) - set(truth["field"])
     assert all(ok[f] == 0 for f in empty)
     assert len(csv) >= 0.6 * len(truth)
-    with pytest.raises(OutputExistsError, match="particles.csv: output exists"):
+    with pytest.raises(OutputExistsError, match=r"other settings \(save_labels True -> False\)"):
         sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(), progress=False)
 
 
@@ -325,3 +325,81 @@ def test_cli_simulate_and_run(tmp_path, fcn_bundle, capsys):
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "field_0001" in err and "lacks the 238U image" in err
+
+
+# ------------------------------------------------------------------------------------------
+# resuming (issue 15, item 1)
+
+
+def _same_run_outputs(a, b, labels=True):
+    for name in ("particles.csv", "fields.csv", "ratios.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    if labels:
+        names = sorted(p.name for p in (b / "labels").iterdir())
+        assert sorted(p.name for p in (a / "labels").iterdir()) == names
+        for n in names:
+            assert (a / "labels" / n).read_bytes() == (b / "labels" / n).read_bytes(), n
+
+
+def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_run(tmp_path, fcn_bundle, monkeypatch):
+    """Ctrl-C while the fourth field is measured: the three finished fields keep their records,
+    fields.csv lists the rest as not started; the rerun measures only the others (the network
+    batches formed as before) and its outputs are byte-identical to an uninterrupted run's."""
+    from particleseg.pipeline import RECORD_DIR
+
+    simulate_fields(7, tmp_path / "sim", SMALL, seed=3, progress=False)
+    tifffile.imwrite(tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16),
+                     photometric="minisblack")  # a field that fails, in both runs
+    src = tmp_path / "sim" / "fields"
+    kw = dict(params=sims.SimsParams(batch_size=3), predictor=threshold_predictor(), progress=False, save_labels=True)
+    sims.run_fields(src, fcn_bundle, tmp_path / "ref", **kw)
+
+    measured = []
+    real = sims.measure_particles
+
+    def measure(fld, *a, **k):
+        if len(measured) == 3:
+            raise KeyboardInterrupt
+        measured.append(fld.name)
+        return real(fld, *a, **k)
+
+    monkeypatch.setattr(sims, "measure_particles", measure)
+    with pytest.raises(KeyboardInterrupt):
+        sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw)
+    fields = pd.read_csv(tmp_path / "out" / "fields.csv")
+    assert sorted((tmp_path / "out" / RECORD_DIR).glob("*.done.json")).__len__() == 3
+    assert (fields["status"] == "not started").sum() == 8 - 3 - 1  # broken.tif failed in the first batch
+    monkeypatch.setattr(sims, "measure_particles", real)
+
+    calls = []
+    predict = threshold_predictor()
+    parts, fields = sims.run_fields(src, fcn_bundle, tmp_path / "out",
+                                    **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)})
+    assert fields.attrs["done_earlier"] == 3 and fields.attrs["measured"] == 4
+    # the network batches of an uninterrupted run where something is left to do: [0002-0004] (0002 finished,
+    # predicted again beside 0003 and 0004 as before) and [0005, 0006]; in [broken, 0000, 0001] only broken.tif
+    # (no record: it failed) is left, and it fails again when read
+    assert calls == [3, 2]
+    _same_run_outputs(tmp_path / "out", tmp_path / "ref")
+    # a third run predicts nothing (broken.tif is tried again); other settings, or a changed field, are refused before any work
+    calls.clear()
+    sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)})
+    assert calls == []
+    _same_run_outputs(tmp_path / "out", tmp_path / "ref")
+    with pytest.raises(OutputExistsError, match=r"other settings \(min_area 4 -> 9\).*--overwrite.*and 6 more"):
+        sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "params": sims.SimsParams(batch_size=3, min_area=9)})
+    first = sorted(src.glob("field_0001*.tif"))[0]
+    tifffile.imwrite(first, tifffile.imread(first) + 1, photometric="minisblack")
+    with pytest.raises(OutputExistsError, match="changed since its outputs"):
+        sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw)
+    sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw, overwrite=True)
+
+
+def test_sims_reports_not_made_by_particleseg_are_not_replaced(tmp_path, fcn_bundle):
+    simulate_fields(2, tmp_path / "sim", SMALL, seed=1, progress=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fields.csv").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match="fields.csv: output exists"):
+        sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(),
+                        progress=False)
+    assert (tmp_path / "out" / "fields.csv").read_text() == "mine\n"

@@ -704,7 +704,7 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
                 return ItemPlan(path, "conflict", f"{path}: its outputs in {out_dir} were made with other settings "
                                 f"({_settings_diff(done.get('settings') or {}, settings)}); use --overwrite to replace them")
             sizes = done.get("outputs") or {}
-            complete = set(sizes) == {p.name for p in outputs.values()} and all(
+            complete = set(sizes) == {_output_name(p, out_dir) for p in outputs.values()} and all(
                 (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items())
             if complete:  # (a marker beside it: killed after the record was written, or before any output was)
                 return ItemPlan(path, "done", row=done.get("row"))
@@ -715,6 +715,15 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
         return ItemPlan(path, "conflict", f"{existing[0]}: output exists{more} and particleseg has no record of "
                         "making it; use --overwrite to replace it")
     return ItemPlan(path, "new")
+
+
+def _output_name(path: Path, out_dir: Path) -> str:
+    """An output's name in a completion record: its path inside the output folder
+    (``labels/a_labels.tif``; for the outputs of ``segment``, the file name)."""
+    try:
+        return Path(path).relative_to(out_dir).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def check_stems(files: Iterable[str | os.PathLike]) -> None:
@@ -852,7 +861,8 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
         done.unlink(missing_ok=True)
         for kind, p in paths.items():
             writers[kind](p)
-        _write_json(done, {**record, "state": "done", "outputs": {p.name: p.stat().st_size for p in paths.values()},
+        _write_json(done, {**record, "state": "done",
+                           "outputs": {_output_name(p, out_dir): p.stat().st_size for p in paths.values()},
                            "row": row, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         committed = True  # from here on the image is done, whatever happens
         writing.unlink(missing_ok=True)

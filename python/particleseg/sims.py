@@ -697,6 +697,81 @@ class FieldDetector:
         return detect_particles(probability, p.threshold, p.level if p.split else None, p.min_area)
 
 
+#: columns of ``fields.csv``
+FIELD_COLUMNS = ["field", "status", "particles", "isotopes", "height", "width", "error"]
+
+
+def field_stem(name: str) -> str:
+    """The file-name stem of a field's outputs and completion record (``a/b`` -> ``a_b``)."""
+    return name.replace("/", "_")
+
+
+def run_settings(bundle, params: SimsParams, save_labels: bool = False) -> dict:
+    """Everything that decides a field's results besides the field: the model (its bundle and a
+    hash of its metadata) and the resolved settings (not ``batch_size``). A rerun skips a field
+    only when these are the same as recorded (:func:`particleseg.pipeline.plan_item`)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    resolved = dataclasses.asdict(params.resolved(bundle))
+    resolved.pop("batch_size", None)
+    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
+    settings = {"command": "sims run", "model": getattr(bundle, "label", bundle.name),
+                "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16], **resolved,
+                "save_labels": bool(save_labels)}
+    return json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back
+
+
+def table_to_record(table: pd.DataFrame) -> dict:
+    """A particle table as JSON-able columns with their dtypes; :func:`table_from_record` gives
+    back the same values and dtypes (floats round-trip exactly, NaN included)."""
+    return {"columns": list(table.columns), "dtypes": [str(t) for t in table.dtypes],
+            "data": [table[c].tolist() for c in table.columns]}
+
+
+def table_from_record(record: dict) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(values, dtype=dtype)
+                         for c, dtype, values in zip(record["columns"], record["dtypes"], record["data"])})
+
+
+def _plan_fields(sources: list[FieldSource], out: Path, settings: dict, overwrite: bool, save_labels: bool):
+    """Each field's :class:`~particleseg.pipeline.ItemPlan` (done earlier, new, redo); fields
+    whose outputs this run may not replace stop the run before any work, in one line."""
+    from .pipeline import plan_item
+
+    stems: dict[str, str] = {}
+    for src in sources:
+        other = stems.setdefault(field_stem(src.name), src.name)
+        if other != src.name:
+            raise InputError(f"{src.where}: fields {other!r} and {src.name!r} would have outputs of the same name; "
+                             "rename one, or run them into different --out folders")
+    plans = [plan_item(Path(src.where), out, settings, overwrite, outputs=_field_outputs(src, out, save_labels),
+                       name=src.name, stem=f"{field_stem(src.name)}.field", inputs=src.paths) for src in sources]
+    conflicts = [pl for pl in plans if pl.action == "conflict"]
+    if conflicts:
+        from .errors import OutputExistsError
+
+        more = f" (and {len(conflicts) - 1} more field(s))" if len(conflicts) > 1 else ""
+        raise OutputExistsError(conflicts[0].message + more)
+    return plans
+
+
+def _field_outputs(src: FieldSource, out: Path, save_labels: bool) -> dict[str, Path]:
+    return {"labels": out / "labels" / f"{field_stem(src.name)}_labels.tif"} if save_labels else {}
+
+
+def _check_reports(out: Path, reports: list[Path], overwrite: bool) -> None:
+    """``particles.csv``, ``fields.csv`` and ``ratios.png`` are rewritten by every run into a
+    folder this command made (its ``.particleseg/sims.json``); found anywhere else they are
+    refused (without ``overwrite``)."""
+    from .io import check_outputs
+    from .pipeline import RECORD_DIR
+
+    if not overwrite and not (out / RECORD_DIR / "sims.json").is_file():
+        check_outputs(reports, False)
+
+
 def run_fields(
     inputs,
     bundle,
@@ -709,11 +784,22 @@ def run_fields(
     plot: bool = True,
     predictor=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Detect and measure the particles of all fields of view in ``inputs``.
+    """Detect and measure the particles of all fields of view in ``inputs``, resumably.
 
     Fields are read ``params.batch_size`` at a time, predicted as one network batch, then
     thresholded, split and measured; a field that cannot be read is listed with its error in
     ``fields.csv`` and the run goes on.
+
+    Each field's results are kept, as soon as it is measured, in its completion record
+    ``.particleseg/FIELD.field.done.json`` (input fingerprint, settings, its particles and its
+    row of ``fields.csv``; written last and atomically, after ``labels/FIELD_labels.tif``), the
+    same records :func:`particleseg.pipeline.segment_files` keeps per image. A rerun of the same
+    run (after a kill, Ctrl-C or a crash) takes the finished fields from their records and
+    computes the others; the network batches are formed as in an uninterrupted run, so the
+    outputs are identical to one. Fields whose records were made from other inputs or settings
+    stop the run before any work (``overwrite`` redoes everything). Ctrl-C (KeyboardInterrupt)
+    rolls back the field being written, writes the reports of the finished fields (the others
+    listed as ``not started``) and is raised again.
 
     Writes to ``out_dir``: ``particles.csv`` (one row per particle: field, position, counts,
     background, net counts, ratios and uncertainties), ``fields.csv`` (one row per field:
@@ -723,62 +809,114 @@ def run_fields(
     Returns
     -------
     particles, fields : DataFrame
+        ``fields.attrs`` holds ``seconds`` and the counts ``done_earlier``, ``measured``.
     """
+    import json
+
     from tqdm.auto import tqdm
 
-    from .io import check_outputs, write_csv, write_tiff
+    from .io import check_output_folder, remove_stale_temporaries, write_atomic, write_csv
+    from .pipeline import RECORD_DIR, _json_default, _write_item, input_fingerprint
 
     sources = inputs if isinstance(inputs, list) and inputs and isinstance(inputs[0], FieldSource) else find_fields(inputs, pattern)
     if not sources:
         raise InputError(f"{inputs}: no TIFF fields of view found")
-    paths = output_paths(out_dir)
-    outs = [paths["particles"], paths["fields"]] + ([paths["plot"]] if plot else [])
-    if save_labels:
-        outs += [paths["labels"] / f"{s.name.replace('/', '_')}_labels.tif" for s in sources]
-    check_outputs(outs, overwrite)
+    out = Path(out_dir)
+    paths = output_paths(out)
+    reports = [paths["particles"], paths["fields"]] + ([paths["plot"]] if plot else [])
     det = FieldDetector(bundle, params, predictor)
     p = det.params
-    tables, field_rows = [], []
+    settings = run_settings(bundle, p, save_labels)
+    _check_reports(out, reports, overwrite)
+    check_output_folder(out)
+    for folder in (out, out / RECORD_DIR, paths["labels"]):
+        remove_stale_temporaries(folder, [q.name for q in reports])
+    plans = _plan_fields(sources, out, settings, overwrite, save_labels)
+    write_atomic(out / RECORD_DIR / "sims.json",
+                 lambda tmp: tmp.write_text(json.dumps({"command": "sims run", "settings": settings}, indent=1)), True)
+    results: dict[str, tuple[dict, pd.DataFrame | None]] = {}  # field -> (its fields.csv row, particles)
+    for src, pl in zip(sources, plans):
+        if pl.action == "done" and pl.row:
+            results[src.name] = (pl.row["field"], table_from_record(pl.row["particles"]))
+    counts = {"done_earlier": len(results), "measured": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=len(sources), desc="SIMS fields", unit="field", disable=not progress)
+    interrupted = None
     try:
+        bar.update(len(results))
         for b0 in range(0, len(sources), max(1, p.batch_size)):
-            chunk = sources[b0:b0 + p.batch_size]
-            fields, totals = [], []
+            chunk = sources[b0:b0 + p.batch_size]  # the same batches as an uninterrupted run
+            if all(src.name in results for src in chunk):
+                continue
+            done = {src.name for src in chunk if src.name in results}
+            read: dict[str, Field] = {}
             for src in chunk:
-                try:
-                    f = read_field(src, p.channels)
-                except ParticlesegError as exc:
-                    field_rows.append({"field": src.name, "status": "error", "particles": 0, "isotopes": "",
-                                       "height": np.nan, "width": np.nan, "error": str(exc)})
+                if src.name in done:
                     continue
-                fields.append(f)
-                totals.append(f.total())
-            probs = det.probabilities(totals) if fields else []
-            for f, prob in zip(fields, probs):
+                try:
+                    read[src.name] = read_field(src, p.channels)
+                except ParticlesegError as exc:
+                    results[src.name] = ({"field": src.name, "status": "error", "particles": 0, "isotopes": "",
+                                          "height": np.nan, "width": np.nan, "error": str(exc)}, None)
+                    bar.update(1)
+            if not read:
+                continue
+            # fields done earlier are read again only to give the network the batch it had before
+            fields = [(src, read[src.name] if src.name in read else read_field(src, p.channels))
+                      for src in chunk if src.name in read or src.name in done]
+            probs = det.probabilities([f.total() for _, f in fields])
+            for (src, f), prob in zip(fields, probs):
+                if src.name in done:
+                    continue
                 lab = det.labels(prob)
                 t = measure_particles(f, lab, p.background, p.grow, p.ring)
                 t, lab = significant(t, lab, p.min_significance)
                 t.insert(0, "field", f.name)
-                tables.append(t)
-                field_rows.append({"field": f.name, "status": "ok", "particles": len(t), "isotopes": " ".join(f.isotopes),
-                                   "height": f.shape[0], "width": f.shape[1], "error": ""})
-                if save_labels:
-                    write_tiff(paths["labels"] / f"{f.name.replace('/', '_')}_labels.tif", lab.astype(np.uint16), overwrite=overwrite)
-            bar.update(len(chunk))
+                row = {"field": f.name, "status": "ok", "particles": len(t), "isotopes": " ".join(f.isotopes),
+                       "height": f.shape[0], "width": f.shape[1], "error": ""}
+                outputs = _field_outputs(src, out, save_labels)
+                writers = {"labels": lambda q, lab=lab: write_tiff_labels(q, lab)}
+                fingerprint = {"name": src.name, **input_fingerprint(src.paths)}
+                record_row = json.loads(json.dumps({"field": row, "particles": table_to_record(t)}, default=_json_default))
+                _write_item(Path(src.where), out, outputs, writers, fingerprint, settings, record_row,
+                            stem=f"{field_stem(src.name)}.field")
+                results[src.name] = (row, t)
+                counts["measured"] += 1
+                bar.update(1)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: the reports of what is finished
+        interrupted = exc
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    particles = concat_particles(tables)
-    fields_table = pd.DataFrame(field_rows, columns=["field", "status", "particles", "isotopes", "height", "width", "error"])
-    order = {s.name: i for i, s in enumerate(sources)}
-    fields_table = fields_table.sort_values("field", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
-    fields_table.attrs["seconds"] = elapsed
-    write_csv(paths["particles"], particles, overwrite)
-    write_csv(paths["fields"], fields_table, overwrite)
+    particles, fields_table = _tables(sources, results)
+    fields_table.attrs.update(seconds=elapsed, **counts)
+    write_csv(paths["particles"], particles, True)
+    write_csv(paths["fields"], fields_table, True)
     if plot:
-        plot_ratios(particles, paths["plot"], overwrite=overwrite)
+        plot_ratios(particles, paths["plot"], overwrite=True)
+    if interrupted is not None:
+        raise interrupted
     return particles, fields_table
+
+
+def write_tiff_labels(path: Path, labels: np.ndarray) -> None:
+    """A field's labels as 16-bit ``labels/FIELD_labels.tif``."""
+    from .io import write_tiff
+
+    write_tiff(path, labels.astype(np.uint16), overwrite=True)
+
+
+def _tables(sources: Sequence[FieldSource], results: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``particles.csv`` and ``fields.csv`` of the fields in ``results``, in the order of
+    ``sources``; fields without results are listed as ``not started``."""
+    rows, tables = [], []
+    for src in sources:
+        row, table = results.get(src.name, ({"field": src.name, "status": "not started", "particles": 0, "isotopes": "",
+                                             "height": np.nan, "width": np.nan, "error": ""}, None))
+        rows.append(row)
+        if table is not None:
+            tables.append(table)
+    return concat_particles(tables), pd.DataFrame(rows, columns=FIELD_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------

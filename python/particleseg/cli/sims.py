@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 DEFAULT_SIMS_MODEL = "sims-fcn"
@@ -36,7 +37,9 @@ def register(sub) -> None:
             "watershed, and measure per particle the counts of each isotope (background-corrected) and the "
             "ratios 234U/238U, 235U/238U, 236U/238U, 238U1H/238U with Poisson uncertainties. Fields are "
             "multi-channel TIFF stacks (channel names from ImageJ labels, OME-XML or --channels) or one TIFF "
-            "per isotope named by --pattern. Writes particles.csv, fields.csv and ratios.png to --out."
+            "per isotope named by --pattern. Writes particles.csv, fields.csv and ratios.png to --out. "
+            "A rerun of the same command after an interruption goes on: fields finished earlier are taken "
+            "from their records in OUT/.particleseg, the others computed."
         ),
     )
     r.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="folders of fields, or field files")
@@ -61,7 +64,7 @@ def register(sub) -> None:
     r.add_argument("--grow", type=int, default=1, metavar="PX", help="sum counts over the particle grown by this many pixels (default 1)")
     r.add_argument("--batch-size", type=int, default=64, metavar="N", help="fields per network call (default 64)")
     r.add_argument("--save-labels", action="store_true", help="also write labels/FIELD_labels.tif")
-    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    r.add_argument("--overwrite", action="store_true", help="redo every field and replace existing outputs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=run)
 
@@ -94,6 +97,28 @@ def register(sub) -> None:
     m.set_defaults(func=simulate)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """While the block runs, ``kill`` (SIGTERM) stops it as Ctrl-C does (a KeyboardInterrupt:
+    the item being written is rolled back, the reports are written); the former handler is
+    restored after it. Outside the main thread (no signals there) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def _pair(text: str, kind=float):
     try:
         a, b = (kind(v) for v in text.split(":"))
@@ -110,13 +135,23 @@ def run(args) -> int:
     params = SimsParams(threshold=args.threshold, level=args.level, split=args.split, min_area=args.min_area,
                         background=args.background, grow=args.grow, ring=args.ring, batch_size=args.batch_size,
                         channels=parse_channels(args.channels), min_significance=args.min_significance)
-    particles, fields = run_fields(args.inputs, bundle, args.out, params, pattern=args.pattern,
-                                   overwrite=args.overwrite, progress=not args.quiet, save_labels=args.save_labels)
+    try:
+        with terminate_as_interrupt():
+            particles, fields = run_fields(args.inputs, bundle, args.out, params, pattern=args.pattern,
+                                           overwrite=args.overwrite, progress=not args.quiet,
+                                           save_labels=args.save_labels)
+    except KeyboardInterrupt:
+        print(f"particleseg: interrupted; the fields finished so far are in {args.out} (fields.csv); run the same "
+              "command again to go on", file=sys.stderr)
+        return 130
     ok = fields[fields["status"] == "ok"]
     bad = fields[fields["status"] != "ok"]
     secs = fields.attrs.get("seconds", float("nan"))
-    print(f"{len(particles)} particles in {len(ok)} fields ({int((ok['particles'] > 0).sum())} with particles), "
-          f"{len(ok) / secs:.1f} fields/s; wrote particles.csv, fields.csv, ratios.png to {args.out}")
+    n_new = fields.attrs.get("measured", len(ok))
+    earlier = f", {fields.attrs['done_earlier']} done earlier" if fields.attrs.get("done_earlier") else ""
+    speed = f", {n_new / secs:.1f} fields/s" if n_new and secs > 0 else ""
+    print(f"{len(particles)} particles in {len(ok)} fields ({int((ok['particles'] > 0).sum())} with particles{earlier})"
+          f"{speed}; wrote particles.csv, fields.csv, ratios.png to {args.out}")
     if len(bad):
         for _, row in bad.head(5).iterrows():
             print(f"particleseg: {row['error']}", file=sys.stderr)
