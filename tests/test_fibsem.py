@@ -149,6 +149,11 @@ def test_streaming_output_equals_in_memory(tmp_path, sim, phase_bundle):
 
 
 def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, phase_bundle):
+    """A rerun of the same run goes on (issue 15, item 1): slices with their completion record
+    are skipped, missing or interrupted ones redone, the result equals the first run's; other
+    settings, another stack, or slices particleseg has no record of need ``overwrite``."""
+    from particleseg.pipeline import RECORD_DIR
+
     paths = _write_stacks(sim, tmp_path / "in")
     calls = []
     predict = phase_bundle.predictor()
@@ -157,26 +162,45 @@ def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, ph
         calls.append(len(batch))
         return predict(batch)
 
+    out = tmp_path / "out"
     with fibsem.open_stack(paths) as st:
-        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting)
-        first = tifffile.imread(tmp_path / "out" / "phases.tif")
+        fibsem.segment_stack(st, phase_bundle, out, tile=48, progress=False, predictor=counting)
+        first = tifffile.imread(out / "phases.tif")
         assert len(calls) == 7
-        with pytest.raises(OutputExistsError, match="output exists"):
-            fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting)
-        for z in (2, 5):
-            fibsem.slice_path(tmp_path / "out", z).unlink()
         calls.clear()
-        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False, predictor=counting, resume=True)
-        assert len(calls) == 2  # only the two missing slices were predicted
-    status = pd.read_csv(tmp_path / "out" / "slices.csv")
-    assert list(status["status"]) == ["resumed", "resumed", "ok", "resumed", "resumed", "ok", "resumed"]
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "phases.tif"), first)
+        fibsem.segment_stack(st, phase_bundle, out, tile=48, progress=False, predictor=counting)
+        assert calls == []  # everything done earlier
+        fibsem.slice_path(out, 2).unlink()  # an output lost
+        (out / RECORD_DIR / "phases_z00005.done.json").rename(out / RECORD_DIR / "phases_z00005.writing.json")  # killed
+        (out / RECORD_DIR / ".phases_z00004.done.tmp999999-abcdefgh.json").write_text("{")  # a kill's temporary
+        (out / ".prob.tmp999999-abcdefgh.dat").write_bytes(b"0")
+        fibsem.segment_stack(st, phase_bundle, out, tile=48, progress=False, predictor=counting, resume=True)
+        assert len(calls) == 2  # only the two unfinished slices were predicted
+        assert not list(out.glob(".*.tmp*")) and not list((out / RECORD_DIR).glob(".*"))
+        status = pd.read_csv(out / "slices.csv")
+        assert list(status["status"]) == ["resumed", "resumed", "ok", "resumed", "resumed", "ok", "resumed"]
+        np.testing.assert_array_equal(tifffile.imread(out / "phases.tif"), first)
+        with pytest.raises(OutputExistsError, match=r"other settings \(tile 48 -> 32, overlap 23 -> 15\).*\(and 6 more slice"):
+            fibsem.segment_stack(st, phase_bundle, out, tile=32, progress=False)
+    # another stack into the same folder is refused before any work
+    other = _write_stacks(simulate_stack(1, TINY), tmp_path / "other")
+    with fibsem.open_stack(other) as st, pytest.raises(OutputExistsError, match="holds the outputs of"):
+        fibsem.segment_stack(st, phase_bundle, out, tile=48, progress=False)
+    # a changed stack too
+    tifffile.imwrite(paths[0], sim.channels[0][::-1].copy(), photometric="minisblack")
+    with fibsem.open_stack(paths) as st, pytest.raises(OutputExistsError, match="changed since"):
+        fibsem.segment_stack(st, phase_bundle, out, tile=48, progress=False)
+    # slices particleseg has no record of
+    (tmp_path / "foreign" / "slices").mkdir(parents=True)
+    tifffile.imwrite(fibsem.slice_path(tmp_path / "foreign", 0), first[0])
+    with fibsem.open_stack(paths) as st, pytest.raises(OutputExistsError, match="no record of making it"):
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "foreign", tile=48, progress=False)
     # a resume with another stack shape is refused
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text())
     run["n_slices"] = 99
-    (tmp_path / "out" / "run.json").write_text(json.dumps(run))
+    (out / "run.json").write_text(json.dumps(run))
     with fibsem.open_stack(paths) as st, pytest.raises(OutputExistsError, match="from another run"):
-        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", progress=False, resume=True)
+        fibsem.segment_stack(st, phase_bundle, out, progress=False)
 
 
 def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle):
@@ -195,9 +219,12 @@ def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle
             fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, on_error="stop")
     assert sorted(p.name for p in (tmp_path / "stop" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]
     assert len(pd.read_csv(tmp_path / "stop" / "volume_fractions.csv")) == 4  # 3 slices + stack
-    good = _write_stacks(sim, tmp_path / "fixed", compress=True)
+    # the stack mended in place: its finished slices were made from the damaged one, so --overwrite
+    good = _write_stacks(sim, tmp_path / "in", compress=True)
     with fibsem.open_stack(good) as st:
-        fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, resume=True)
+        with pytest.raises(OutputExistsError, match="changed since"):
+            fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False)
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, overwrite=True)
     assert len(list((tmp_path / "stop" / "slices").iterdir())) == 7
 
 

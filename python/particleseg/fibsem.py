@@ -880,7 +880,7 @@ def predict_slice(predict, x: np.ndarray, tile: int | None = 256, overlap: int =
         if memmap_dir is not None and n_outputs and h * w * n_outputs * 4 > memory_limit:
             import tempfile
 
-            fd, tmp = tempfile.mkstemp(prefix=".prob-", suffix=".dat", dir=memmap_dir)
+            fd, tmp = tempfile.mkstemp(prefix=f".prob.tmp{os.getpid()}-", suffix=".dat", dir=memmap_dir)
             os.close(fd)
             out = np.memmap(tmp, np.float32, "w+", shape=(h, w, n_outputs))
         prob = predict_tiled(predict, x, tile=tile, overlap=overlap, batch_size=batch_size, multiple_of=multiple_of,
@@ -920,6 +920,51 @@ def _finished(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     return a if a.shape == tuple(shape) else None
 
 
+def stack_files(stack: Stack) -> list[Path]:
+    """The files a stack is read from (each file once, in channel order); none for arrays."""
+    files: list[Path] = []
+    for src in stack.sources:
+        for f in ([src.path] if isinstance(src, TiffStackSource) else list(getattr(src, "files", []))):
+            if f not in files:
+                files.append(f)
+    return files
+
+
+def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
+    """Everything that decides a slice's labels besides the stack's files: the model (its bundle
+    and a hash of its metadata), the tiling and, for stacks given as arrays, a hash of their
+    values. A rerun skips a slice only when these are the same as recorded."""
+    import hashlib
+
+    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
+    arrays = [hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
+              for s in stack.sources if isinstance(s, ArraySource)]
+    return {"command": "fibsem segment", "model": getattr(bundle, "label", bundle.name),
+            "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16], "tile": int(tile),
+            "overlap": int(overlap), "n_slices": stack.n_slices, "shape": list(stack.shape), "arrays_sha256": arrays}
+
+
+def _slice_stem(z: int, name: str) -> str:
+    return f"{name}_z{z:05d}"
+
+
+def _plan_slices(stack: Stack, out: Path, zs: Sequence[int], settings: dict, overwrite: bool, name: str) -> dict:
+    """Each slice's :class:`~particleseg.pipeline.ItemPlan`; slices whose outputs this run may not
+    replace stop the run before any work, in one line."""
+    from .pipeline import plan_item
+
+    label = " + ".join(s.name for s in stack.sources)
+    files = stack_files(stack)
+    plans = {z: plan_item(Path(stack.sources[0].name), out, settings, overwrite,
+                          outputs={"slice": slice_path(out, z, name)}, name=f"{label} slice {z}",
+                          stem=_slice_stem(z, name), inputs=files) for z in zs}
+    conflicts = [pl for pl in plans.values() if pl.action == "conflict"]
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more slice(s))" if len(conflicts) > 1 else ""
+        raise OutputExistsError(conflicts[0].message + more)
+    return plans
+
+
 def segment_stack(
     stack: Stack,
     bundle,
@@ -928,7 +973,7 @@ def segment_stack(
     overlap: int | None = None,
     batch_size: int = 4,
     slices: Sequence[int] | None = None,
-    resume: bool = False,
+    resume: bool = True,
     overwrite: bool = False,
     on_error: str = "continue",
     assemble: bool = True,
@@ -937,20 +982,29 @@ def segment_stack(
     predictor=None,
     memory_limit: int = 1 << 30,
 ) -> pd.DataFrame:
-    """Segment the phases of a stack slice by slice, streaming from disk.
+    """Segment the phases of a stack slice by slice, streaming from disk, resumably.
 
     Each slice's input (its channels and those of ``k`` neighbours, normalised by percentiles
     of the whole stack) is predicted tile by tile and its labels written at once to
-    ``slices/NAME_zNNNNN.tif`` (atomically), so finished work survives an interruption: with
-    ``resume`` the slices already written are skipped. A slice that cannot be read is reported
-    in ``slices.csv`` and skipped (``on_error="continue"``) or ends the run after the reports
-    are written (``"stop"``); an unreadable *neighbour* is replaced by the nearest readable
-    slice of the window and noted.
+    ``slices/NAME_zNNNNN.tif`` (atomically), then its completion record
+    ``.particleseg/NAME_zNNNNN.done.json`` (the fingerprint of the stack's files, the settings,
+    its phase counts; the records of :func:`particleseg.pipeline.segment_files`). So finished
+    work survives an interruption: a rerun skips the slices done earlier from the same stack
+    with the same settings and redoes an interrupted one; the result equals an uninterrupted
+    run's. Slices made from another stack or with other settings, and outputs particleseg has no
+    record of, stop the run before any work (``overwrite`` redoes everything). ``resume`` is
+    kept for old callers: resuming is what every run does.
 
-    Writes to ``out_dir``: ``slices/``, ``slices.csv`` (status per slice),
-    ``volume_fractions.csv`` (fraction of each phase per slice, and the stack in the last row),
-    ``volume_fractions.png``, ``run.json`` (model and stack, to check a resume) and, with
-    ``assemble``, ``NAME.tif`` (all slices as one ImageJ stack, 0 where a slice failed).
+    A slice that cannot be read is reported in ``slices.csv`` and skipped
+    (``on_error="continue"``) or ends the run after the reports are written (``"stop"``); an
+    unreadable *neighbour* is replaced by the nearest readable slice of the window and noted.
+    Ctrl-C rolls back the slice being written and writes the reports of the finished slices.
+
+    Writes to ``out_dir``: ``slices/``, ``slices.csv`` (status per slice: ``ok``, ``resumed``
+    for one done earlier, ``error``), ``volume_fractions.csv`` (fraction of each phase per
+    slice, and the stack in the last row), ``volume_fractions.png``, ``run.json`` (model and
+    stack) and, with ``assemble``, ``NAME.tif`` (all slices as one ImageJ stack, 0 where a slice
+    failed).
 
     Returns
     -------
@@ -958,7 +1012,8 @@ def segment_stack(
     """
     from tqdm.auto import tqdm
 
-    from .io import check_outputs, write_atomic, write_csv, write_tiff
+    from .io import check_output_folder, check_outputs, remove_stale_temporaries, write_atomic, write_csv, write_tiff
+    from .pipeline import RECORD_DIR, _write_item, input_fingerprint
 
     if on_error not in ("continue", "stop"):
         raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}")
@@ -978,48 +1033,53 @@ def segment_stack(
         raise InputError(f"slice {bad[0]} is outside the stack (0..{stack.n_slices - 1})")
     out = Path(out_dir)
     paths = output_paths(out, name)
+    tile = tile or bundle.tile
+    overlap = bundle.overlap if overlap is None else overlap
+    overlap = max(0, min(overlap, tile // 2 - 1))  # predict_tiled needs overlap < tile
     run_info = {"model": bundle.name, "model_path": str(bundle.path), "n_slices": stack.n_slices,
                 "shape": list(stack.shape), "channels": [s.name for s in stack.sources], "context": k, "classes": classes}
     reports = [paths["fractions"], paths["plot"], paths["status"]] + ([paths["stack"]] if assemble else [])
-    existing = [slice_path(out, z, name) for z in zs if slice_path(out, z, name).exists()]
-    if resume and paths["run"].exists():
-        prev = json.loads(paths["run"].read_text())
+    if not overwrite and paths["run"].exists():  # a folder this command made: its reports are rewritten
+        try:
+            prev = json.loads(paths["run"].read_text())
+        except (OSError, ValueError):
+            prev = {}
         for key in ("n_slices", "shape", "context", "classes"):
             if prev.get(key) != run_info[key]:
                 raise OutputExistsError(f"{paths['run']}: the finished slices come from another run ({key} was {prev.get(key)}, "
                                         f"now {run_info[key]}); use another --out or --overwrite")
-    if not (resume or overwrite):
-        check_outputs(existing[:1] + reports + [paths["run"]], False)
-    elif resume and not overwrite:
-        pass  # reports are rewritten at the end of a resumed run
-    out.mkdir(parents=True, exist_ok=True)
+    elif not overwrite:
+        check_outputs(reports, False)
+    check_output_folder(out)
+    for folder in (out, out / RECORD_DIR, paths["slices"]):
+        remove_stale_temporaries(folder, [q.name for q in reports])
+    settings = run_settings(stack, bundle, tile, overlap)
+    plans = _plan_slices(stack, out, zs, settings, overwrite, name)
     write_atomic(paths["run"], lambda tmp: tmp.write_text(json.dumps(run_info, indent=2)), overwrite=True)
-
-    norm_cfg = bundle.metadata["input"]["normalization"]
-    low, high = (norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)) if norm_cfg.get("method") == "percentile" else (0.0, 100.0)
-    norm = stack_normalization(stack, low, high)
-    clip = tuple(norm_cfg["clip"]) if norm_cfg.get("clip") else None
-    builder = InputBuilder(stack, k, norm, clip)
-    predict = predictor or bundle.predictor()
-    m = bundle.network.multiple_of
-    tile = tile or bundle.tile
-    overlap = bundle.overlap if overlap is None else overlap
-    overlap = max(0, min(overlap, tile // 2 - 1))  # predict_tiled needs overlap < tile
 
     counts: dict[int, np.ndarray] = {}
     status: list[dict] = []
+    for z in zs:  # done earlier: from the records
+        if plans[z].action == "done" and plans[z].row and "counts" in plans[z].row:
+            counts[z] = np.asarray(plans[z].row["counts"], np.int64)
+            status.append({"slice": z, "status": "resumed", "message": plans[z].row.get("message", "")})
+    todo = [z for z in zs if z not in counts]
     stopped = None
-    bar = tqdm(total=len(zs), desc="slices", unit="slice", disable=not progress)
+    fingerprint = None
+    bar = tqdm(total=len(zs), initial=len(counts), desc="slices", unit="slice", disable=not progress)
     try:
-        for z in zs:
+        if todo:
+            norm_cfg = bundle.metadata["input"]["normalization"]
+            low, high = (norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)) if norm_cfg.get("method") == "percentile" else (0.0, 100.0)
+            norm = stack_normalization(stack, low, high)
+            clip = tuple(norm_cfg["clip"]) if norm_cfg.get("clip") else None
+            builder = InputBuilder(stack, k, norm, clip)
+            predict = predictor or bundle.predictor()
+            m = bundle.network.multiple_of
+            files = stack_files(stack)
+            label = " + ".join(s.name for s in stack.sources)
+        for z in todo:
             sp = slice_path(out, z, name)
-            if resume and not overwrite:
-                done = _finished(sp, stack.shape)
-                if done is not None:
-                    counts[z] = np.bincount(done.ravel(), minlength=len(classes) + 1)[: len(classes) + 1]
-                    status.append({"slice": z, "status": "resumed", "message": ""})
-                    bar.update(1)
-                    continue
             t0 = time.perf_counter()
             try:
                 x = builder(z)
@@ -1033,10 +1093,15 @@ def segment_stack(
                 continue
             labels = predict_slice(predict, x, tile=tile, overlap=overlap, batch_size=batch_size, multiple_of=m,
                                    memmap_dir=out, memory_limit=memory_limit, n_outputs=bundle.network.output_channels)
-            write_tiff(sp, labels, overwrite=True)
-            counts[z] = np.bincount(labels.ravel(), minlength=len(classes) + 1)[: len(classes) + 1]
+            c = np.bincount(labels.ravel(), minlength=len(classes) + 1)[: len(classes) + 1]
             subs = builder.substitutions.get(z)
             msg = "; ".join(f"context slice {a} unreadable, used {b}" for a, b in subs) if subs else ""
+            if fingerprint is None:
+                fingerprint = input_fingerprint(files)
+            _write_item(sp, out, {"slice": sp}, {"slice": lambda p, labels=labels: write_tiff(p, labels, overwrite=True)},
+                        {"name": f"{label} slice {z}", **fingerprint}, settings,
+                        {"counts": [int(v) for v in c], "message": msg}, stem=_slice_stem(z, name))
+            counts[z] = c
             status.append({"slice": z, "status": "ok" if not subs else "ok (context substituted)", "message": msg,
                            "seconds": round(time.perf_counter() - t0, 3)})
             bar.update(1)
@@ -1044,6 +1109,8 @@ def segment_stack(
         bar.close()
         # the reports cover whatever is finished, also after an interruption
         fractions = volume_fractions(counts, classes)
+        order = {z: i for i, z in enumerate(zs)}
+        status.sort(key=lambda r: order[r["slice"]])
         write_csv(paths["fractions"], fractions, overwrite=True)
         write_csv(paths["status"], pd.DataFrame(status, columns=["slice", "status", "message", "seconds"]), overwrite=True)
         plot_volume_fractions(fractions, paths["plot"], overwrite=True)
@@ -1052,7 +1119,8 @@ def segment_stack(
     if stopped is not None:
         z, exc = stopped
         raise InputError(f"{exc} -- stopped at slice {z}; {len(counts)} finished slice(s) kept in {paths['slices']}; "
-                         "fix the input and rerun with --resume, or use --on-error continue")
+                         "rerun the same command to go on once the slice can be read (a changed stack needs "
+                         "--overwrite), or use --on-error continue")
     return fractions
 
 

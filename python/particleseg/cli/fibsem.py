@@ -85,8 +85,8 @@ def register(sub) -> None:
         help="segment a stack slice by slice (streaming, resumable)",
         description=(
             "Segment the phases of every slice, reading slices from disk one at a time (memory-mapped or page by "
-            "page), with tiled inference within a slice. Each slice is written to OUT/slices/ as soon as it is done; "
-            "--resume skips finished slices. Writes volume_fractions.csv (per slice and for the stack), "
+            "page), with tiled inference within a slice. Each slice is written to OUT/slices/ as soon as it is done, "
+            "with its record in OUT/.particleseg; a rerun of the same command skips the slices finished earlier. Writes volume_fractions.csv (per slice and for the stack), "
             "volume_fractions.png, slices.csv (status of each slice) and phases.tif (the assembled label stack)."
         ),
     )
@@ -94,7 +94,8 @@ def register(sub) -> None:
     g.add_argument("--model", required=True, metavar="BUNDLE", help="phase-segmentation bundle (from fibsem train)")
     g.add_argument("--out", required=True, metavar="DIR")
     g.add_argument("--slices", type=_slices, metavar="LIST", help="only these slices (default all)")
-    g.add_argument("--resume", action="store_true", help="skip slices already written to OUT/slices")
+    g.add_argument("--resume", action="store_true",
+                   help="skip slices finished earlier (what every run does now; kept for old scripts)")
     g.add_argument("--overwrite", action="store_true", help="redo and replace everything")
     g.add_argument("--on-error", choices=("continue", "stop"), default="continue",
                    help="a slice that cannot be read: report it and go on (default), or stop (finished slices are kept)")
@@ -166,10 +167,18 @@ def segment(args) -> int:
 
     bundle = load_bundle(args.model)
     names = bundle.metadata.get("fibsem", {}).get("channels")
-    with open_stack(args.inputs, names if names and len(names) == len(args.inputs) else None) as stack:
-        fractions = segment_stack(stack, bundle, args.out, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                                  slices=args.slices, resume=args.resume, overwrite=args.overwrite,
-                                  on_error=args.on_error, assemble=args.assemble, progress=not args.quiet)
+    from .sims import terminate_as_interrupt
+
+    try:
+        with terminate_as_interrupt(), \
+                open_stack(args.inputs, names if names and len(names) == len(args.inputs) else None) as stack:
+            fractions = segment_stack(stack, bundle, args.out, tile=args.tile, overlap=args.overlap,
+                                      batch_size=args.batch_size, slices=args.slices, overwrite=args.overwrite,
+                                      on_error=args.on_error, assemble=args.assemble, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"particleseg: interrupted; the slices finished so far are in {Path(args.out) / 'slices'} "
+              "(slices.csv); run the same command again to go on", file=sys.stderr)
+        return 130
     import pandas as pd
 
     status = pd.read_csv(Path(args.out) / "slices.csv")
