@@ -182,3 +182,74 @@ def test_rois_open_as_imagej_polygons(tmp_path):
     assert sorted(_polygon_area(r.coordinates()) for r in rois) == [42, 50]
     b = rois[0]
     assert (b.left, b.top, b.right, b.bottom) == (3, 2, 10, 8)
+
+
+# ------------------------------------------------------------------------------------------
+# Fiji: the calibration policy of the command line (issue 15, item 5)
+
+
+class _FakeCalibration:
+    def __init__(self, unit="pixel", width=1.0, height=1.0):
+        self.unit, self.pixelWidth, self.pixelHeight = unit, width, height
+
+    def scaled(self):
+        return self.pixelWidth != 1.0 or self.pixelHeight != 1.0 or self.unit not in ("pixel", "")
+
+    def getUnit(self):
+        return self.unit
+
+
+class _FakeFileInfo:
+    def __init__(self, path, width, height):
+        self.directory, self.fileName = str(path.parent) + "/", path.name
+        self.width, self.height = width, height
+
+
+class _FakeImagePlus:
+    """What calibrate_from_file asks of an ImagePlus: an image ImageJ opened without a scale
+    (a microscope TIFF whose metadata only particleseg reads)."""
+
+    def __init__(self, path, shape, cal=None):
+        self.path, self.shape, self.cal = path, shape, cal or _FakeCalibration()
+
+    def getCalibration(self):
+        return self.cal
+
+    def getTitle(self):
+        return self.path.name
+
+    def getOriginalFileInfo(self):
+        return _FakeFileInfo(self.path, self.shape[1], self.shape[0])
+
+    def getWidth(self):
+        return self.shape[1]
+
+    def getHeight(self):
+        return self.shape[0]
+
+
+def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
+    """A file whose microscope metadata has pixels that are not square was measured in pixels
+    in Fiji; now it is an error, as on the command line, telling how to allow it (a square scale
+    set in ImageJ); invalid metadata still falls back to pixels with a Log line."""
+    from particleseg.fiji.convert import calibrate_from_file, get_calibration
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8)
+    path = tmp_path / "fei.tif"
+    text = "[User]\nDate=01/01/2020\n[Scan]\nPixelWidth=7.3e-09\nPixelHeight=9e-09\n"
+    tifffile.imwrite(path, img, extratags=[(34682, "s", 0, text, True)])
+    with pytest.raises(InputError) as exc:
+        calibrate_from_file(_FakeImagePlus(path, img.shape))
+    assert str(exc.value) == (f"{path}: pixels are not square (7.3 x 9 nm in its FEI/Thermo Fisher SEM metadata); "
+                              "set a square scale in Image > Properties or Analyze > Set Scale to measure it")
+    # ImageJ's own scale, not square: an error too; square: used as it is
+    with pytest.raises(InputError, match=r"pixels are not square \(5 x 7 nm\)"):
+        get_calibration(_FakeImagePlus(path, img.shape, _FakeCalibration("nm", 5.0, 7.0)))
+    assert calibrate_from_file(_FakeImagePlus(path, img.shape, _FakeCalibration("nm", 5.0, 5.0))) == \
+        (Calibration(5.0, "nm"), "")
+    # invalid metadata: pixels, said in the Log line
+    bad = tmp_path / "bad.tif"
+    tifffile.imwrite(bad, img, extratags=[(34682, "s", 0, text.replace("7.3e-09", "-1").replace("9e-09", "-1"), True)])
+    with pytest.warns(Warning, match=r"\[Scan\] PixelWidth: pixel size -1e\+09 nm"):
+        cal, note = calibrate_from_file(_FakeImagePlus(bad, img.shape))
+    assert cal == Calibration() and "measuring in pixels" in note

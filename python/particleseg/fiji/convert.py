@@ -115,7 +115,8 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
     FEI/Thermo Fisher, OME, ImageJ), read by :func:`particleseg.io.read_calibration` as the
     command line reads it, and it is set on the image; without any, it is measured in pixels.
     A unit that is no length we know (set in Image > Properties) is an error unless the file has
-    a calibration.
+    a calibration. Pixels that are not square, in ImageJ's scale or in the file's metadata, are
+    an error (as on the command line): the user allows them only by setting a square scale.
     """
     from ..io import read_calibration
 
@@ -132,7 +133,10 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
     if path:
         try:
             cal, source = read_calibration(path)
-        except InputError:
+        except InputError as exc:
+            if "pixels are not square" in str(exc):  # as on the command line: an error, never pixels
+                raise InputError(str(exc).split("; give --pixel-size")[0] + "; set a square scale in Image > "
+                                 "Properties or Analyze > Set Scale to measure it") from None
             cal, source = Calibration(), ""
         if cal.calibrated:
             set_calibration(imp, cal)
