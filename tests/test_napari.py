@@ -1,0 +1,57 @@
+"""The napari plugin (particleseg.napari): its npe2 manifest here, and the widget, reader and
+sample in a real headless napari in a child process (tests/napari_checks.py).
+
+The child is a process of its own because TensorFlow, which other test files of this pytest worker
+load (the Keras bundle fixtures), and Mesa's OpenGL, which napari's canvas loads, crash a process
+that holds both (see napari_checks.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("npe2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_declares_the_widget_reader_and_sample():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("particleseg")
+    c = manifest.contributions
+    assert [w.display_name for w in c.widgets] == ["Segment particles"]
+    assert c.widgets[0].command == "particleseg.segment"
+    patterns = c.readers[0].filename_patterns
+    assert {"*.dm3", "*.dm4", "*.emd", "*.mrc", "*.zarr"} <= set(patterns)
+    assert [s.key for s in c.sample_data] == ["sample_sem"]
+    # every command's python_name resolves
+    for cmd in c.commands:
+        module, attr = cmd.python_name.split(":")
+        __import__(module)
+        assert callable(getattr(sys.modules[module], attr)), cmd.python_name
+
+
+@pytest.mark.skipif(not (os.environ.get("DISPLAY") or shutil.which("Xvfb")),
+                    reason="napari's canvas needs OpenGL: no DISPLAY and no Xvfb (apt-get install xvfb)")
+def test_widget_reader_and_sample_in_headless_napari(tmp_path):
+    """tests/napari_checks.py: the widget's fields and defaults, its labels against
+    ``particleseg segment``'s, the threaded button, another bundle's defaults, the EM reader."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "napari_checks.py"), "-n", "0", "-q",
+         "-p", "no:cacheprovider", "-p", "no:napari", "-W", "ignore::DeprecationWarning",
+         "--basetemp", str(tmp_path / "basetemp")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    tail = (r.stdout + r.stderr)[-6000:]
+    assert r.returncode == 0, tail
+    assert "5 passed" in r.stdout, tail
