@@ -136,6 +136,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("batch_size", "int", "tiles per network call", 4, minimum=1, fiji=False),
     Parameter("engine", "choice", "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "
               "onnxruntime is installed, else Keras), onnx or keras", "auto", choices=ENGINES),
+    Parameter("jobs", "int", "images of a batch segmented at the same time, each in a worker process, with the "
+              "results of one after another (0: one per usable CPU core, the command line's default; 1: one after "
+              "another, the Python default)", 0, minimum=0, fiji=False),
     Parameter("strict", "bool", "calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) "
               "is an error naming the file and the tag, instead of a note and measuring without it", False,
               fiji=False),
@@ -291,6 +294,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
         engine=str(v.get("engine") or "auto"),
         progress=progress,
         strict=bool(v.get("strict") or False),
+        jobs=1 if v.get("jobs") is None else int(v["jobs"]),
     )
 
 

@@ -88,6 +88,12 @@ class SegmentParams:
         Calibration metadata that cannot be used (zero or infinite size, unknown unit) is an
         error naming the file and the tag, instead of a note and pixels
         (:func:`particleseg.io.read_image`).
+    jobs : int
+        Images of a batch (:func:`segment_files`) segmented at the same time, each in a worker
+        process, while the finished ones are written in order: the outputs are those of one
+        after another. ``0``: one per usable CPU core (the command line's default); ``1`` (the
+        default here): one after another in this process. A script that asks for workers needs
+        the ``if __name__ == "__main__":`` guard, as any use of :mod:`multiprocessing`.
     """
 
     threshold: float | None = None
@@ -111,6 +117,7 @@ class SegmentParams:
     engine: str = "auto"
     progress: bool | None = None
     strict: bool = False
+    jobs: int = 1
 
     def resolved(self, bundle: Bundle) -> "SegmentParams":
         """Copy with every ``None`` replaced by the bundle's default
@@ -611,7 +618,7 @@ def run_settings(
     import json
 
     resolved = (params or SegmentParams()).resolved(bundle).to_dict()
-    for name in ("progress", "batch_size", "engine", "strict"):  # do not change the result (ONNX and Keras agree)
+    for name in ("progress", "batch_size", "engine", "strict", "jobs"):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     settings = {"model": bundle.label, "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
@@ -776,15 +783,55 @@ def segment_file(
     column names and the units in the header, see :func:`particleseg.measure.with_units`) and
     ``name_overview.png``. Label numbers run on through the slices of a stack.
 
-    The outputs are written after all the computing; then, last and atomically, the completion
-    record ``.particleseg/name.done.json`` (input fingerprint, settings, output sizes, the
-    summary row; see :func:`record_paths`), from which a rerun of a batch knows the image is
-    done. When writing fails (disk full, ...) or is interrupted, the image's outputs are removed:
-    nothing partial stays under a final name.
+    The outputs are written after all the computing (:func:`prepare_file`, then
+    :func:`write_prepared`); then, last and atomically, the completion record
+    ``.particleseg/name.done.json`` (input fingerprint, settings, output sizes, the summary row;
+    see :func:`record_paths`), from which a rerun of a batch knows the image is done. When
+    writing fails (disk full, ...) or is interrupted, the image's outputs are removed: nothing
+    partial stays under a final name.
 
     Returns a summary row (see :func:`particleseg.measure.summarize`) with the file name,
     the calibration and the number of rejected particles.
     """
+    return write_prepared(prepare_file(path, out_dir, bundle, params, pixel_size, unit, image_width, overwrite,
+                                       write_overview))
+
+
+@dataclass
+class PreparedFile:
+    """One image file segmented and measured, its outputs not yet written
+    (:func:`prepare_file`; :func:`write_prepared` writes them). Picklable: a batch's worker
+    processes send it to the process that writes."""
+
+    path: Path
+    out_dir: Path
+    paths: dict[str, Path]
+    fingerprint: dict[str, Any]
+    settings: dict[str, Any]
+    row: dict[str, Any]
+    calibration: Calibration
+    labels: np.ndarray  # kept particles 1..N, (Y, X) or (Z, Y, X)
+    mask: np.ndarray
+    probabilities: np.ndarray  # foreground
+    table: pd.DataFrame
+    overview: bytes | None  # the PNG, rendered
+    seconds: float = 0.0  # computing time, when a worker process prepared it
+
+
+def prepare_file(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    bundle: Bundle,
+    params: SegmentParams | None = None,
+    pixel_size: float | None = None,
+    unit: str | None = None,
+    image_width: float | None = None,
+    overwrite: bool = False,
+    write_overview: bool = True,
+) -> PreparedFile:
+    """Everything :func:`segment_file` computes for one image file, the overview figure
+    rendered, nothing written (see :class:`PreparedFile`). Fails before any work when outputs
+    exist and ``overwrite`` is False."""
     path = Path(path)
     paths = output_paths(path, out_dir, write_overview)
     check_outputs(list(paths.values()), overwrite)  # fail before any work
@@ -819,31 +866,55 @@ def segment_file(
     labels, table = kept_first(np.stack(label_planes), table)
     squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
     n_kept = int(table["kept"].sum()) if len(table) else 0
-    kept = squeeze(np.where(labels <= n_kept, labels, 0))
+    kept = squeeze(np.where(labels <= n_kept, labels, 0)).astype(np.int32)
     prob = squeeze(np.stack([seg.foreground for seg in results]))
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
            "rejected": int((~table["kept"]).sum()) if len(table) else 0,
            **scale_summary(results[0].scale)}
     row.update(summarize(table, cal.unit, cal.nm_per_unit()))
-
-    def overview(p: Path) -> None:
-        from .report import overview_figure
-
+    overview = None
+    if write_overview:
         first = table[table["slice"] == 1] if image.ndim == 3 else table
         title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
-        overview_figure(stack[0], labels[0], first, cal.unit, title=title, path=p, overwrite=True)
+        overview = overview_png(stack[0], labels[0], first, cal.unit, title)
+    return PreparedFile(path, Path(out_dir), paths, {"name": path.name, **fingerprint}, settings, row, cal, kept,
+                        pp.labels_to_mask(kept), prob, table, overview)
 
+
+def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, unit: str, title: str) -> bytes:
+    """The overview figure (:func:`particleseg.report.overview_figure`) as PNG bytes."""
+    import io
+
+    from .report import overview_figure
+
+    fig = overview_figure(image, labels, table, unit, title=title)  # (selects the Agg backend first)
+    import matplotlib.pyplot as plt
+
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=100, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def write_prepared(item: PreparedFile) -> dict[str, Any]:
+    """Write the outputs of a :class:`PreparedFile` and its completion record
+    (:func:`_write_item`); returns its summary row."""
+    from .io import write_atomic
+
+    cal = item.calibration
     writers = {
-        "labels": lambda p: write_tiff(p, kept.astype(np.int32), cal, True),
-        "mask": lambda p: write_tiff(p, pp.labels_to_mask(kept), cal, True),
-        "prob": lambda p: write_tiff(p, prob, cal, True),
-        "rois": lambda p: write_rois(p, kept, overwrite=True),
-        "particles": lambda p: write_csv(p, with_units(table, cal.unit), True),
-        "overview": overview,
+        "labels": lambda p: write_tiff(p, item.labels, cal, True),
+        "mask": lambda p: write_tiff(p, item.mask, cal, True),
+        "prob": lambda p: write_tiff(p, item.probabilities, cal, True),
+        "rois": lambda p: write_rois(p, item.labels, overwrite=True),
+        "particles": lambda p: write_csv(p, with_units(item.table, cal.unit), True),
+        "overview": lambda p: write_atomic(p, lambda tmp: tmp.write_bytes(item.overview), overwrite=True),
     }
-    _write_item(path, Path(out_dir), paths, writers, {"name": path.name, **fingerprint}, settings, row)
-    return row
+    _write_item(item.path, item.out_dir, item.paths, writers, item.fingerprint, item.settings, item.row)
+    return item.row
 
 
 def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict, fingerprint: dict,
@@ -876,9 +947,21 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
                 p.unlink(missing_ok=True)
             done.unlink(missing_ok=True)
             writing.unlink(missing_ok=True)
+            _remove_own_temporaries([*paths.values(), done, writing])
         except OSError:
             pass  # the marker stays if it cannot go: a rerun redoes the image
         raise
+
+
+def _remove_own_temporaries(paths: Iterable[Path]) -> None:
+    """Remove this process's temporary files of ``paths`` (:func:`particleseg.io.write_atomic`
+    names them ``.STEM.tmpPID-XXXXXXXX.SUFFIX``): one that an interruption left, when it came
+    while the temporary file was being made, before the writer knew its name."""
+    import glob
+
+    for p in paths:
+        for tmp in p.parent.glob(f".{glob.escape(p.stem)}.tmp{os.getpid()}-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def segment_files(
@@ -975,6 +1058,13 @@ def segment_files(
     interrupted = None
     pending = [i for i, pl in enumerate(plans) if pl.action in ("new", "redo")]
     n, i = 0, None
+    jobs = batch_jobs(params.jobs if params is not None else 1, len(pending))
+    workers = _Workers(jobs, bundle, params, out_dir, write_overview, calibration) if jobs > 1 else None
+
+    def prepare(k: int) -> PreparedFile:
+        return prepare_file(plans[k].path, out_dir, bundle, params, overwrite=plans[k].action == "redo" or overwrite,
+                            write_overview=write_overview, **calibration)
+
     try:
         for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
             f = plans[i].path
@@ -982,11 +1072,18 @@ def segment_files(
                 counts["not_started"] = len(pending) - n
                 counts["stopped"] = "canceled"
                 break
+            if workers is not None:  # the next images are prepared while this one is written
+                for k in pending[n: n + jobs + 1]:
+                    workers.submit(k, plans[k].path, plans[k].action == "redo" or overwrite)
             report(i, f, None, "start")
             t0 = time.perf_counter()
             try:
-                row = segment_file(f, out_dir, bundle, params, overwrite=True if plans[i].action == "redo" else overwrite,
-                                   write_overview=write_overview, **calibration)
+                if workers is not None:  # its seconds: the worker's, then the writing's
+                    item = workers.result(i)
+                    t0 = time.perf_counter() - item.seconds
+                else:
+                    item = prepare(i)
+                row = write_prepared(item)
             except (ParticlesegError, OSError, ValueError) as exc:
                 if isinstance(exc, OutputExistsError):
                     kept_files.append(f.name)
@@ -1015,6 +1112,9 @@ def segment_files(
                 rows[i] = dict(now.row or {})
                 counts["segmented"] += 1
                 counts["not_started"] -= 1
+    finally:
+        if workers is not None:  # the images prepared ahead and not written are dropped
+            workers.close()
     summary = typed_summary(pd.DataFrame([r for r in rows if r is not None]))
     for attempt in (1, 2):  # a second Ctrl-C while the summary is written: write it again, then stop
         try:
@@ -1033,6 +1133,133 @@ def segment_files(
     if interrupted is not None:
         raise interrupted
     return summary, failures
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def batch_jobs(jobs: int | None, n_images: int) -> int:
+    """Worker processes for a batch of ``n_images``: ``jobs`` (0 or None: one per usable core,
+    :func:`usable_cpus`), at most one per image; 1 means no workers (one image after another in
+    this process)."""
+    if jobs is not None and int(jobs) < 0:
+        raise InputError(f"jobs: must be 0 (one per CPU core) or more, got {jobs}")
+    jobs = int(jobs) if jobs else usable_cpus()
+    return max(1, min(jobs, n_images))
+
+
+class _Workers:
+    """The worker processes of a batch (:func:`segment_files` with ``jobs`` > 1): each prepares
+    whole images (:func:`prepare_file`: reading, network, particles, measurements, the overview
+    figure), which the batch writes in their order, so the network of one image runs beside the
+    post-processing, measurement and writing of others, on every core.
+
+    The workers write nothing: an interrupted batch rolls back only the image being written (in
+    this process), and the workers are ended. They ignore Ctrl-C (the batch stops them), end
+    when this process dies (``kill -9``), run ONNX Runtime with their share of the cores, and
+    send their warnings back, to be shown with their image. They are started by ``forkserver``
+    where the system has it (``spawn`` elsewhere), never by ``fork``: no thread or Java VM of
+    this process is copied.
+    """
+
+    def __init__(self, jobs: int, bundle: Bundle, params: SegmentParams | None, out_dir: Path,
+                 write_overview: bool, calibration: dict):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload([__name__])  # imported once, in the server the workers fork from
+        threads = max(1, usable_cpus() // jobs)
+        state = (bundle.path, bundle.metadata, bundle.source)  # a fresh Bundle: no loaded network to send
+        self.params = dataclasses.replace(params or SegmentParams(), progress=False)
+        self.options = {"write_overview": write_overview, **calibration}
+        self.out_dir = out_dir
+        self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
+                                        initargs=(state, threads, os.getpid()))
+        self.futures: dict[int, Any] = {}
+
+    def submit(self, key: int, path: Path, overwrite: bool) -> None:
+        """Start preparing ``path`` (once per ``key``)."""
+        if key not in self.futures:
+            self.futures[key] = self.pool.submit(_worker_prepare, path, self.out_dir, self.params, overwrite,
+                                                 self.options)
+
+    def result(self, key: int) -> PreparedFile:
+        """The prepared image of ``key`` (its warnings shown now); raises its error."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            item, error, notes = self.futures.pop(key).result()
+        except BrokenProcessPool:
+            raise ParticlesegError("a worker process of the batch ended unexpectedly (out of memory?); "
+                                   "run again, with --jobs 1 to segment one image at a time") from None
+        for message, category, filename, lineno in notes:
+            warnings.warn_explicit(message, category, filename, lineno)
+        if error is not None:
+            raise error
+        return item
+
+    def close(self) -> None:
+        """Drop what is queued and end the workers (those still computing too)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        busy = any(not f.done() for f in self.futures.values())
+        for proc in processes if busy else ():
+            proc.terminate()
+        for proc in processes:
+            proc.join(10)
+        self.futures.clear()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(bundle_state: tuple, threads: int, parent: int) -> None:
+    """Initializer of a batch's worker process (:class:`_Workers`)."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the batch decides
+    from .models import export
+
+    export.INTRA_OP_THREADS = threads
+    _WORKER["bundle"] = Bundle(*bundle_state)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="particleseg-parent-watch").start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once the batch's process is gone (killed: nobody would end it)."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
+
+
+def _worker_prepare(path: Path, out_dir: Path, params: SegmentParams, overwrite: bool, options: dict):
+    """:func:`prepare_file` in a worker: ``(item, None, notes)`` or ``(None, error, notes)``, the
+    notes being the warnings it gave."""
+    t0 = time.perf_counter()
+    item = error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            item = prepare_file(path, out_dir, _WORKER["bundle"], params, overwrite=overwrite, **options)
+            item.seconds = time.perf_counter() - t0
+        except (ParticlesegError, OSError, ValueError) as exc:
+            error = exc
+    notes = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+    return item, error, notes
 
 
 def _is_folder_error(exc: BaseException) -> bool:

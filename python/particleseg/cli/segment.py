@@ -35,7 +35,7 @@ def register(sub) -> None:
     inference = p.add_argument_group("inference")
     groups = {name: scale for name in ("crop_rows", "particle_size", "rescale", "strict")}
     groups.update({name: filters for name in ("intensity_filter", "polarity", "min_score", *SHAPE_NAMES)})
-    groups.update({name: inference for name in ("tile", "overlap", "batch_size", "engine")})
+    groups.update({name: inference for name in ("tile", "overlap", "batch_size", "engine", "jobs")})
     add_arguments(p, groups={name: groups.get(name, particles) for name in (q.name for q in PARAMETERS)})
     filters.add_argument("--no-classifier", action="store_true", help="do not apply the bundle's particle classifier")
     p.set_defaults(func=run)
@@ -46,6 +46,8 @@ def params_from_args(args):
     values = values_from_args(args)
     if args.no_classifier:
         values["min_score"] = None
+    if values.get("jobs") is None:
+        values["jobs"] = 0  # the command line uses every core (one worker process per core) unless told
     return segment_params(values, progress=False if args.quiet else None)
 
 

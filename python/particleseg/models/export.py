@@ -27,6 +27,9 @@ FORMATS = ("onnx", "saved_model")
 EXPORT_DIR = "export"
 FILES = {"onnx": "model.onnx", "saved_model": "saved_model"}
 TOLERANCE = 1e-4
+#: threads of each ONNX Runtime session (None: ONNX Runtime's default, one per core); the worker
+#: processes of a parallel batch set their share of the cores (the outputs do not depend on it)
+INTRA_OP_THREADS: int | None = None
 
 
 def test_image(size: int = 64, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -53,6 +56,8 @@ def onnx_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray
     # no busy-waiting between operators: on a shared machine (or with post-processing in another
     # thread or process) spinning threads take the CPU the other work needs
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if INTRA_OP_THREADS:
+        opts.intra_op_num_threads = int(INTRA_OP_THREADS)
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001

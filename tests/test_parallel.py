@@ -1,0 +1,112 @@
+"""Issue 16 item 4: a batch on every core. With ``jobs`` > 1 worker processes prepare the images
+(network, particles, measurements, overview) while the batch writes the finished ones in order;
+the outputs are those of one image after another, file by file, and a bad file is still one line.
+(The resumable-batch semantics under workers: tests/test_resume.py, whose command-line batches
+use the command line's default, one worker per core.)"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import draw_disks
+from particleseg.cli import main
+from particleseg.errors import InputError
+from particleseg.io import Calibration, write_tiff
+from particleseg.pipeline import RECORD_DIR, SegmentParams, batch_jobs, batch_report, segment_files, usable_cpus
+
+DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
+         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
+
+
+def _images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, _ = draw_disks((160, 160), DISKS[i % len(DISKS)], seed=i)
+        paths.append(write_tiff(folder / f"img{i}.tif", img, Calibration(5.0, "nm")))
+    return paths
+
+
+def _content(path: Path):
+    """A file's content, without what differs between two runs of the same batch: the
+    timestamps of zip members, the finishing time of a completion record, the seconds taken."""
+    if path.suffix == ".tif":
+        return tifffile.imread(path).tolist()
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            return {name: zf.read(name) for name in zf.namelist()}
+    if path.name.endswith(".done.json"):
+        record = json.loads(path.read_text())
+        record.pop("finished")
+        return record
+    if path.name == "summary.csv":
+        return pd.read_csv(path).drop(columns="seconds").to_json()  # (NaN == NaN)
+    return path.read_bytes()
+
+
+def _all_files(out: Path) -> dict[str, object]:
+    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshold_bundle):
+    src = tmp_path / "in"
+    _images(src, 4)
+    (src / "broken.tif").write_bytes(b"not a TIFF")
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out{jobs}"
+        summary, failures = segment_files([src], out, threshold_bundle, SegmentParams(jobs=jobs), progress=False)
+        assert batch_report(summary) == "0 done earlier, 4 segmented, 1 failed"
+        assert [Path(f).name for f, _ in failures] == ["broken.tif"] and len(failures[0][1].splitlines()) == 1
+        assert summary["file"].tolist() == ["broken.tif"] + [f"img{i}.tif" for i in range(4)]
+        assert summary["seconds"].notna().all()
+        runs[jobs] = (_all_files(out), failures)
+    assert runs[2][1] == [(f, msg.replace(str(tmp_path / "out2"), str(tmp_path / "out1"))) for f, msg in runs[1][1]]
+    sequential, parallel = runs[1][0], runs[2][0]
+    assert sorted(sequential) == sorted(parallel) and len(sequential) == 4 * 6 + 4 + 1
+    for name in sequential:
+        assert parallel[name] == sequential[name], name
+    assert {f"{RECORD_DIR}/img{i}.done.json" for i in range(4)} <= set(parallel)
+
+
+def test_the_command_line_batch_on_workers_shows_notes_and_errors_as_one_line_each(tmp_path, threshold_bundle,
+                                                                                  capsys):
+    """Notes (warnings) given in a worker are printed by the batch, with their image; an image
+    with outputs this run may not replace is one error line and the batch goes on; a rerun
+    finds everything done."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 2)
+    write_tiff(src / "empty.tif", np.full((160, 160), 40, np.uint8) + np.eye(160, dtype=np.uint8),
+               Calibration(5.0, "nm"))
+    out.mkdir()
+    (out / "img1_mask.tif").write_bytes(b"someone else's")
+    args = ["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet", "--jobs", "2"]
+    assert main(args) == 1
+    io = capsys.readouterr()
+    err = io.err.strip().splitlines()
+    assert [line for line in err if line.startswith("particleseg: error:")] == [
+        f"particleseg: error: {out / 'img1_mask.tif'}: output exists and particleseg has no record of making it; "
+        "use --overwrite to replace it"]
+    assert any(line.startswith(f"particleseg: note: {src / 'empty.tif'}: no particles found") for line in err), err
+    assert err[-1] == "particleseg: 1 of 3 image(s) failed (errors above)"
+    assert "0 done earlier, 2 segmented, 1 failed" in io.out
+    assert (out / "img1_mask.tif").read_bytes() == b"someone else's"
+
+    (out / "img1_mask.tif").unlink()
+    assert main(args) == 0
+    assert "2 done earlier, 1 segmented, 0 failed" in capsys.readouterr().out
+
+
+def test_batch_jobs():
+    assert batch_jobs(1, 10) == 1 and batch_jobs(4, 2) == 2 and batch_jobs(3, 0) == 1
+    assert batch_jobs(0, 100) == batch_jobs(None, 100) == usable_cpus()
+    assert batch_jobs(0, 1) == 1  # one image: no workers
+    with pytest.raises(InputError, match="jobs: must be 0"):
+        batch_jobs(-1, 3)
