@@ -57,20 +57,60 @@ def test_bioimageio_core_reproduces_the_test_output_with_every_weights_format(pa
         assert f"Reproduce test outputs from test inputs ({fmt})" in names
 
 
+def _without_exports(meta):
+    return {k: v for k, v in meta.items() if k != "exports"}
+
+
 def test_package_loads_back_as_the_same_bundle(package, tiny_bundle, tmp_path):
     assert bio.is_package(package)
     from_zip = load_bundle(package)
-    assert from_zip.metadata == tiny_bundle.metadata
+    # the same metadata, but for the exports: the package's own files
+    assert _without_exports(from_zip.metadata) == _without_exports(tiny_bundle.metadata)
+    assert from_zip.metadata["exports"]["onnx"]["file"] == "model.onnx"
     assert from_zip.label == str(package)
     folder = tmp_path / "unzipped"
     with zipfile.ZipFile(package) as zf:
         zf.extractall(folder)
     from_folder = load_bundle(folder)
-    assert from_folder.metadata == tiny_bundle.metadata
+    assert from_folder.metadata == from_zip.metadata
     # the same network file, so the same outputs (up to float rounding of two Keras calls)
     assert (from_zip.path / "model.keras").read_bytes() == (tiny_bundle.path / "model.keras").read_bytes()
     x = np.random.default_rng(0).random((1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(from_zip.predictor("keras")(x), tiny_bundle.predictor("keras")(x), atol=1e-6)
+
+
+def test_a_loaded_package_runs_with_onnx_runtime(package, tiny_bundle, monkeypatch):
+    """The package's ONNX weights are its engine, as a bundle's ONNX export is: Keras never runs."""
+    from conftest import draw_disks
+
+    from particleseg.models import bundle as bundle_module
+    from particleseg.pipeline import SegmentParams, segment_image
+
+    b = load_bundle(package)
+    assert b.onnx_file == b.path / "model.onnx" and b.engine("auto") == "onnx"
+    assert bio.package_weights(b.path)["onnx"] == "model.onnx"
+    x = np.random.default_rng(1).random((1, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(b.predictor()(x), tiny_bundle.predictor("keras")(x), atol=1e-4)
+
+    def no_keras(model):
+        raise AssertionError("Keras was asked to run the network")
+
+    monkeypatch.setattr(bundle_module, "keras_predictor", no_keras)
+    image, _ = draw_disks((96, 96), [(30, 30, 10), (65, 60, 12)])
+    params = SegmentParams(polarity="bright", rescale=1, progress=False)
+    seg = segment_image(image, b, params)
+    assert set(b.__dict__["_predictors"]) == {"onnx"}
+    # the same labels as the exported bundle's own ONNX export gives
+    ref = segment_image(image, tiny_bundle, SegmentParams(polarity="bright", rescale=1, progress=False, engine="onnx"))
+    np.testing.assert_array_equal(seg.labels, ref.labels)
+
+
+def test_package_without_onnx_weights_runs_with_keras(tiny_bundle, tmp_path):
+    out = bio.export_bioimageio(tiny_bundle, tmp_path / "keras-only", weights=["keras"])
+    b = load_bundle(out)
+    assert "onnx" not in (b.metadata.get("exports") or {}) and b.onnx_file is None
+    assert b.engine("auto") == "keras"
+    assert _without_exports(b.metadata) == _without_exports(tiny_bundle.metadata)
 
 
 def test_segment_runs_with_a_package_as_model(package, tmp_path, capsys):
@@ -116,5 +156,7 @@ def test_onnx_only_package_in_a_folder(tiny_bundle, tmp_path):
     rdf = (out / "rdf.yaml").read_text()
     assert "A. Tester" in rdf and "license: MIT" in rdf
     assert bio.validate_package(out).status in ("passed", "valid-format")
-    assert load_bundle(out).metadata == tiny_bundle.metadata
+    loaded = load_bundle(out)
+    assert _without_exports(loaded.metadata) == _without_exports(tiny_bundle.metadata)
+    assert loaded.engine() == "onnx"
     shutil.rmtree(out)

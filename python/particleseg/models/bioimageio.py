@@ -287,6 +287,11 @@ def export_bioimageio(
             rel = meta["classifier"].get("model_file", "classifier.keras")
             shutil.copyfile(bundle.path / rel, stage / Path(rel).name)
             attachments.append({"source": Path(rel).name})
+            # its ONNX export too, so that the loaded package runs the classifier with ONNX Runtime
+            entry = (meta.get("exports") or {}).get("classifier_onnx") or {}
+            if entry.get("file") and (bundle.path / entry["file"]).is_file():
+                shutil.copyfile(bundle.path / entry["file"], stage / Path(entry["file"]).name)
+                attachments.append({"source": Path(entry["file"]).name})
 
         vers = versions()
         import keras
@@ -534,6 +539,65 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None):
             tf_log.setLevel(tf_level)
             if interactive:
                 keras.config.enable_interactive_logging()
+
+
+def package_weights(folder: str | os.PathLike) -> dict[str, str]:
+    """The weights of a package folder by format (``onnx``, ``keras_v3``, ...): their files,
+    as its ``rdf.yaml`` names them (empty when the folder is no package)."""
+    folder = Path(folder)
+    rdf = _rdf_source(folder)
+    if not rdf.is_file() or rdf == folder:
+        return {}
+    text = rdf.read_text(encoding="utf-8", errors="replace")
+    try:
+        import yaml
+
+        weights = (yaml.safe_load(text) or {}).get("weights") or {}
+        return {k: str(v["source"]) for k, v in weights.items() if isinstance(v, dict) and v.get("source")}
+    except ImportError:  # PyYAML is no dependency of particleseg: the block as bioimageio.spec writes it
+        block = re.search(r"^weights:\n((?:[ \t]+.*\n?)*)", text, re.M)
+        found, fmt = {}, None
+        for line in (block.group(1).splitlines() if block else []):
+            m = re.match(r"^  (\w+):\s*$", line)
+            if m:
+                fmt = m.group(1)
+                continue
+            m = re.match(r"^    source:\s*['\"]?([^'\"]+?)['\"]?\s*$", line)
+            if m and fmt:
+                found[fmt] = m.group(1)
+        return found
+
+
+def package_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a bundle loaded from a package folder written by :func:`export_bioimageio`.
+
+    The attached ``bundle.json`` is the exported bundle's; its ``exports`` name that bundle's
+    files (``export/model.onnx``, ...), which the package holds under other names or not at all.
+    Here they point at the package's own files: ``exports.onnx`` at its ONNX weights (checked
+    against Keras when the package was written), so that the package runs with ONNX Runtime as
+    the bundle did (:meth:`~particleseg.models.Bundle.predictor`); the classifier's ONNX export at
+    its attachment; exports the package lacks are dropped. Anything else is returned unchanged.
+    """
+    folder = Path(folder)
+    if not is_package(folder):
+        return meta
+    exports = {}
+    for key, entry in (meta.get("exports") or {}).items():
+        rel = entry.get("file") if isinstance(entry, dict) else None
+        if not rel or (folder / rel).exists():
+            exports[key] = entry
+        elif (folder / Path(rel).name).exists():
+            exports[key] = {**entry, "file": Path(rel).name}
+    onnx = package_weights(folder).get("onnx")
+    if onnx and (folder / onnx).is_file():
+        exports["onnx"] = {**(exports.get("onnx") or {"layout": "NHWC"}), "file": onnx,
+                           "source": "the bioimage.io package's onnx weights"}
+    else:
+        exports.pop("onnx", None)
+    out = {k: v for k, v in meta.items() if k != "exports"}
+    if exports:
+        out["exports"] = exports
+    return out
 
 
 def _rdf_source(path: Path) -> Path:

@@ -556,7 +556,9 @@ def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta_label}: invalid JSON ({exc})") from None
     validate_metadata(meta, meta_label)
-    bundle = Bundle(path, meta, source)
+    from .bioimageio import package_metadata  # a package's exports are its own files (its ONNX weights)
+
+    bundle = Bundle(path, package_metadata(path, meta), source)
     bundle.check_files()
     return bundle
 
