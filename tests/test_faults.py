@@ -1,0 +1,232 @@
+"""Fault injection (issue 15, item 10): ``kill -9`` at random moments of a real batch, several
+times in a row, then the same command again; the outputs must be complete and identical to those
+of an uninterrupted run, for ``particleseg segment``, ``sims run`` and ``fibsem segment``.
+
+Each trial starts the command in its own process group, waits until a randomly chosen item is
+being written (its ``.particleseg/STEM.writing.json`` marker) or done, sleeps a random few
+milliseconds more and kills the whole group with SIGKILL: no clean-up of any kind runs. The
+random moments come from a seeded generator (``PARTICLESEG_FAULT_SEED``, printed on failure), so
+a failing sequence can be replayed. Full disks, read-only folders and OS errors are in
+``tests/test_resume.py``; property-based tests of the readers and metrics in
+``tests/test_validation.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import draw_disks
+from particleseg.io import Calibration, write_tiff
+from particleseg.pipeline import RECORD_DIR
+
+SEED = int(os.environ.get("PARTICLESEG_FAULT_SEED", "15"))
+TRIALS = 3
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+
+def _records(out: Path) -> tuple[int, int]:
+    """(done, writing) record counts of an output folder."""
+    folder = out / RECORD_DIR
+    if not folder.is_dir():
+        return 0, 0
+    names = [p.name for p in folder.iterdir()]
+    return sum(n.endswith(".done.json") for n in names), sum(n.endswith(".writing.json") for n in names)
+
+
+def kill_trials(args: list[str], out: Path, n_items: int, rng: random.Random, trials: int = TRIALS,
+                timeout: float = 300) -> list[tuple[int, float]]:
+    """Start ``particleseg ARGS`` ``trials`` times, killing it with SIGKILL each time once a
+    random item (after those already done) is being written, plus a random delay; returns, per
+    trial, the number of items done when it was killed and the delay."""
+    killed = []
+    for _ in range(trials):
+        done0, _ = _records(out)
+        if done0 >= n_items:
+            break
+        target = rng.randint(done0, n_items - 1)  # this many done, and the next one being written
+        delay = rng.uniform(0.0, 0.05)
+        proc = subprocess.Popen([sys.executable, "-m", "particleseg", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                done, writing = _records(out)
+                if done > target or (done == target and writing):
+                    break
+                time.sleep(0.002)
+            time.sleep(delay)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the command and any worker processes: no clean-up
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        killed.append((_records(out)[0], round(delay, 4)))
+    return killed
+
+
+def finish(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "particleseg", *args], capture_output=True, text=True, env=_env(),
+                          timeout=600)
+
+
+def _temporaries(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.is_file() and ".tmp" in p.name)
+
+
+def _same_files(a: Path, b: Path, skip=()) -> None:
+    """Every file of ``b`` (the uninterrupted run) is in ``a`` with the same bytes, and no more,
+    except the completion records (their times differ) and the files in ``skip``."""
+    def files(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                      if p.is_file() and RECORD_DIR not in p.relative_to(root).parts and p.name not in skip)
+
+    assert files(a) == files(b)
+    for name in files(b):
+        if name.endswith(".zip"):  # ImageJ ROI sets: the same members (a zip stores the time of writing)
+            assert _zip_members(a / name) == _zip_members(b / name), name
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    records = sorted(p.name for p in (a / RECORD_DIR).iterdir())
+    assert records == sorted(p.name for p in (b / RECORD_DIR).iterdir())
+    assert not any(n.endswith(".writing.json") for n in records)
+
+
+def _zip_members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _report(killed) -> str:
+    return f"PARTICLESEG_FAULT_SEED={SEED}, (items done, delay s) at each kill: {killed}"
+
+
+# ------------------------------------------------------------------------------------------
+# particleseg segment
+
+
+def test_segment_survives_kill_9_at_random_moments(tmp_path, threshold_bundle):
+    src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
+    src.mkdir()
+    n = 8
+    for i in range(n):
+        img, _ = draw_disks((96, 96), [(30, 30, 10), (62, 64, 12), (30, 70, 8)], seed=i)
+        write_tiff(src / f"img{i}.tif", img, Calibration(5.0, "nm"))
+    args = ["segment", str(src), "--model", str(threshold_bundle.path), "--quiet"]
+    killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED))
+    print(_report(killed))
+    run = finish([*args, "--out", str(out)])
+    assert run.returncode == 0 and run.stderr == "", (run.stderr, _report(killed))
+    assert any(k < n for k, _ in killed), _report(killed)
+    assert _temporaries(out) == [], _report(killed)
+    from particleseg.pipeline import segment_files
+
+    segment_files([src], ref, threshold_bundle, progress=False)  # uninterrupted
+    _same_files(out, ref, skip=("summary.csv",))
+    ours, theirs = pd.read_csv(out / "summary.csv"), pd.read_csv(ref / "summary.csv")
+    pd.testing.assert_frame_equal(ours.drop(columns="seconds"), theirs.drop(columns="seconds"))
+
+
+# ------------------------------------------------------------------------------------------
+# particleseg sims run
+
+
+@pytest.fixture(scope="module")
+def sims_bundle(tmp_path_factory):
+    import keras
+
+    from particleseg import sims
+    from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
+
+    keras.utils.set_random_seed(0)
+    cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
+    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
+                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
+    meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
+    return save_bundle(tmp_path_factory.mktemp("b") / "sims-tiny", build_network(cfg), meta, zip_copy=False)
+
+
+def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
+    from particleseg.sims_simulate import SimsSettings, simulate_fields
+
+    n = 12
+    simulate_fields(n, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
+                    seed=5, progress=False)
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    args = ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(sims_bundle.path), "--quiet",
+            "--batch-size", "3", "--save-labels", "--min-significance", "0"]
+    killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED + 1))
+    print(_report(killed))
+    run = finish([*args, "--out", str(out)])
+    assert run.returncode == 0 and run.stderr == "", (run.stderr, _report(killed))
+    assert any(k < n for k, _ in killed), _report(killed)
+    assert _temporaries(out) == [], _report(killed)
+    from particleseg import sims
+
+    sims.run_fields(tmp_path / "sim" / "fields", sims_bundle, ref, sims.SimsParams(batch_size=3, min_significance=0),
+                    progress=False, save_labels=True)  # uninterrupted
+    _same_files(out, ref)
+    assert len(pd.read_csv(ref / "particles.csv")) > 0 and (pd.read_csv(ref / "fields.csv")["status"] == "ok").all()
+
+
+# ------------------------------------------------------------------------------------------
+# particleseg fibsem segment
+
+
+@pytest.fixture(scope="module")
+def phase_bundle(tmp_path_factory):
+    import keras
+
+    from particleseg import fibsem
+    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
+
+    keras.utils.set_random_seed(1)
+    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
+    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
+    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"])
+    return save_bundle(tmp_path_factory.mktemp("b") / "phases-tiny", build_network(net), meta, zip_copy=False)
+
+
+def test_fibsem_segment_survives_kill_9_at_random_moments(tmp_path, phase_bundle):
+    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
+
+    n = 12
+    sim = simulate_stack(0, FibsemSettings(shape=(n, 48, 48)))
+    (tmp_path / "in").mkdir()
+    channels = []
+    for c in range(sim.channels.shape[0]):
+        channels.append(str(tmp_path / "in" / f"ch{c}.tif"))
+        tifffile.imwrite(channels[-1], sim.channels[c], photometric="minisblack")
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    args = ["fibsem", "segment", *channels, "--model", str(phase_bundle.path), "--quiet", "--tile", "48"]
+    killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED + 2))
+    print(_report(killed))
+    run = finish([*args, "--out", str(out)])
+    assert run.returncode == 0 and run.stderr == "", (run.stderr, _report(killed))
+    assert any(k < n for k, _ in killed), _report(killed)
+    assert _temporaries(out) == [], _report(killed)
+    from particleseg import fibsem
+
+    with fibsem.open_stack(channels) as stack:  # uninterrupted
+        fibsem.segment_stack(stack, phase_bundle, ref, tile=48, progress=False)
+    _same_files(out, ref, skip=("slices.csv",))
+    ours, theirs = pd.read_csv(out / "slices.csv"), pd.read_csv(ref / "slices.csv")
+    assert ours["slice"].tolist() == theirs["slice"].tolist() == list(range(n))
+    assert set(ours["status"]) <= {"ok", "resumed"} and (theirs["status"] == "ok").all()
+    np.testing.assert_array_equal(tifffile.imread(out / "phases.tif"), tifffile.imread(ref / "phases.tif"))
