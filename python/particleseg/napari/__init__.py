@@ -15,13 +15,16 @@ napari finds it through the ``napari.manifest`` entry point (``napari.yaml`` bes
   measurements are calibrated;
 * the shipped **sample image** (File > Open Sample > particleseg).
 
-The Qt-free part (:func:`segment_layer`, :func:`calibration_of`, :func:`labels_layer_kwargs`)
-works on any object with napari's Image-layer attributes.
+The Qt-free part (:func:`segment_layer`, :func:`calibration_of`, :func:`labels_layer_kwargs`,
+:func:`layer_data`) works on napari layers without a viewer, and on any object with an Image
+layer's attributes.
 """
 
-from ._core import calibration_of, image_of, labels_layer_kwargs, layer_units, segment_layer
+from ._core import LayerResult, calibration_of, image_of, labels_layer_kwargs, layer_units, segment_layer
+from ._reader import layer_data, sample_sem
 
-__all__ = ["segment_layer", "calibration_of", "image_of", "labels_layer_kwargs", "layer_units", "SegmentWidget"]
+__all__ = ["segment_layer", "LayerResult", "calibration_of", "image_of", "labels_layer_kwargs", "layer_units",
+           "layer_data", "sample_sem", "SegmentWidget"]
 
 
 def __getattr__(name):  # the widget imports Qt: only when asked for
