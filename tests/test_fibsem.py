@@ -203,11 +203,19 @@ def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, ph
         fibsem.segment_stack(st, phase_bundle, out, progress=False)
 
 
-def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle):
+def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle, capsys):
+    from particleseg.cli import main
+
     paths = _write_stacks(sim, tmp_path / "in", compress=True)
     _corrupt_page(paths[1], 3)
-    with fibsem.open_stack(paths) as st:
-        fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "cont", tile=48, progress=False)
+    # the command line: the bad slice is one line on stderr (issue 15, item 9), exit status 1
+    assert main(["fibsem", "segment", *map(str, paths), "--model", str(phase_bundle.path), "--out",
+                 str(tmp_path / "cont"), "--tile", "48", "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "particleseg:" not in out and err.count("\n") == 2, (out, err)
+    assert err.startswith(f"particleseg: slice 3: {paths[1]}: slice 3 cannot be read")
+    assert err.splitlines()[1] == "particleseg: 1 slice(s) could not be read (listed in slices.csv): 3"
+    fr = pd.read_csv(tmp_path / "cont" / "volume_fractions.csv")
     status = pd.read_csv(tmp_path / "cont" / "slices.csv").set_index("slice")
     assert status.loc[3, "status"] == "error" and "ch1.tif: slice 3 cannot be read" in status.loc[3, "message"]
     assert status.loc[2, "status"] == "ok (context substituted)" and "context slice 3 unreadable" in status.loc[2, "message"]

@@ -253,3 +253,17 @@ def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
     with pytest.warns(Warning, match=r"\[Scan\] PixelWidth: pixel size -1e\+09 nm"):
         cal, note = calibrate_from_file(_FakeImagePlus(bad, img.shape))
     assert cal == Calibration() and "measuring in pixels" in note
+
+
+def test_fiji_segment_and_evaluate_refuse_non_finite_pixels_naming_the_image(threshold_bundle):
+    """Item 6 in Fiji: Segment Particles... passes the ImagePlus' pixels and title to
+    segment_image, Evaluate Segmentation... to evaluate_pair; both refuse NaN/Inf naming it."""
+    from particleseg.metrics import evaluate_pair
+    from particleseg.pipeline import segment_image
+
+    img = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    img[1, 1], img[2, 2], img[3, 3] = np.nan, np.inf, -np.inf
+    with pytest.raises(InputError, match=r"^sem.tif: contains 3 NaN or infinite pixel values$"):
+        segment_image(img, threshold_bundle, name="sem.tif")
+    with pytest.raises(InputError, match=r"^proposal: contains 3 NaN or infinite pixel values$"):
+        evaluate_pair(img, (np.nan_to_num(img) > 0.5).astype(np.uint8), name="proposal", truth_name="truth")

@@ -403,3 +403,36 @@ def test_sims_reports_not_made_by_particleseg_are_not_replaced(tmp_path, fcn_bun
         sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(),
                         progress=False)
     assert (tmp_path / "out" / "fields.csv").read_text() == "mine\n"
+
+
+def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, capsys, monkeypatch):
+    """``kill`` (SIGTERM) of ``particleseg sims run`` while a field is measured: exit 130 with one
+    line on stderr, fields.csv written (the rest not started), the rerun finishes the run."""
+    import os
+    import signal
+
+    from particleseg.cli import main
+
+    simulate_fields(4, tmp_path / "sim", SMALL, seed=2, progress=False)
+    real, seen = sims.measure_particles, []
+
+    def measure(fld, *a, **k):
+        seen.append(fld.name)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fld, *a, **k)
+
+    monkeypatch.setattr(sims, "measure_particles", measure)
+    args = ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o"),
+            "--quiet", "--batch-size", "2"]
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"particleseg: interrupted; the fields finished so far are in {tmp_path / 'o'} (fields.csv); "
+                   "run the same command again to go on"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the CLI's only while it runs
+    assert pd.read_csv(tmp_path / "o" / "fields.csv")["status"].tolist() == ["ok", "not started", "not started",
+                                                                             "not started"]
+    monkeypatch.setattr(sims, "measure_particles", real)
+    assert main(args) == 0
+    assert "1 done earlier" in capsys.readouterr().out

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -1050,7 +1051,8 @@ def segment_stack(
                                         f"now {run_info[key]}); use another --out or --overwrite")
     elif not overwrite:
         check_outputs(reports, False)
-    check_output_folder(out)
+    # free space for the slices to do and the assembled stack (8-bit labels)
+    check_output_folder(out, (len(zs) + (stack.n_slices if assemble else 0)) * stack.shape[0] * stack.shape[1])
     for folder in (out, out / RECORD_DIR, paths["slices"]):
         remove_stale_temporaries(folder, [q.name for q in reports])
     settings = run_settings(stack, bundle, tile, overlap)
@@ -1085,7 +1087,7 @@ def segment_stack(
                 x = builder(z)
             except InputError as exc:
                 status.append({"slice": z, "status": "error", "message": str(exc)})
-                bar.write(f"particleseg: slice {z}: {exc}")
+                bar.write(f"particleseg: slice {z}: {exc}", file=sys.stderr)
                 if on_error == "stop":
                     stopped = (z, exc)
                     break

@@ -757,6 +757,16 @@ def _plan_fields(sources: list[FieldSource], out: Path, settings: dict, overwrit
     return plans
 
 
+def _field_pixels(src: FieldSource) -> int:
+    """Pixels of one channel of a field, from its first file's header (0 if unreadable)."""
+    from .io import image_pixels
+
+    try:
+        return image_pixels(src.paths[0]) // (1 if src.stack is None else max(1, len(ISOTOPES)))
+    except Exception:  # noqa: BLE001 - an unreadable field is reported when it is read
+        return 0
+
+
 def _field_outputs(src: FieldSource, out: Path, save_labels: bool) -> dict[str, Path]:
     return {"labels": out / "labels" / f"{field_stem(src.name)}_labels.tif"} if save_labels else {}
 
@@ -828,10 +838,12 @@ def run_fields(
     p = det.params
     settings = run_settings(bundle, p, save_labels)
     _check_reports(out, reports, overwrite)
-    check_output_folder(out)
+    check_output_folder(out)  # (the reports are small; 16-bit labels if asked for, checked below)
     for folder in (out, out / RECORD_DIR, paths["labels"]):
         remove_stale_temporaries(folder, [q.name for q in reports])
     plans = _plan_fields(sources, out, settings, overwrite, save_labels)
+    if save_labels:
+        check_output_folder(out, 2 * sum(_field_pixels(src) for src, pl in zip(sources, plans) if pl.action != "done"))
     write_atomic(out / RECORD_DIR / "sims.json",
                  lambda tmp: tmp.write_text(json.dumps({"command": "sims run", "settings": settings}, indent=1)), True)
     results: dict[str, tuple[dict, pd.DataFrame | None]] = {}  # field -> (its fields.csv row, particles)
