@@ -230,3 +230,58 @@ def test_fibsem_segment_survives_kill_9_at_random_moments(tmp_path, phase_bundle
     assert ours["slice"].tolist() == theirs["slice"].tolist() == list(range(n))
     assert set(ours["status"]) <= {"ok", "resumed"} and (theirs["status"] == "ok").all()
     np.testing.assert_array_equal(tifffile.imread(out / "phases.tif"), tifffile.imread(ref / "phases.tif"))
+
+
+# ------------------------------------------------------------------------------------------
+# a full disk while sims run and fibsem segment write (item 3; a real full tmpfs for segment
+# is in tests/test_resume.py)
+
+
+def _disk_full_after(monkeypatch, n_ok: int) -> None:
+    """tifffile.imwrite fails with ENOSPC after ``n_ok`` successful calls."""
+    import errno
+
+    calls = []
+    real = tifffile.imwrite
+
+    def imwrite(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n_ok:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "imwrite", imwrite)
+
+
+def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(tmp_path, sims_bundle, phase_bundle, monkeypatch,
+                                                                 capsys):
+    from particleseg.cli import main
+    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
+    from particleseg.sims_simulate import SimsSettings, simulate_fields
+
+    simulate_fields(3, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 3)), seed=1, progress=False)
+    sim = simulate_stack(0, FibsemSettings(shape=(4, 48, 48)))
+    channels = [str(tmp_path / f"ch{c}.tif") for c in range(2)]
+    for c, path in enumerate(channels):
+        tifffile.imwrite(path, sim.channels[c], photometric="minisblack")
+    runs = {"sims": ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(sims_bundle.path), "--save-labels",
+                     "--out", str(tmp_path / "s")],
+            "fibsem": ["fibsem", "segment", *channels, "--model", str(phase_bundle.path), "--tile", "48",
+                       "--out", str(tmp_path / "f")]}
+    expected = {"sims": f"particleseg: error: {tmp_path / 's' / 'labels'}: disk full writing field_0001_labels.tif",
+                "fibsem": f"particleseg: error: {tmp_path / 'f' / 'slices'}: disk full writing phases_z00001.tif"}
+    for what, args in runs.items():
+        with monkeypatch.context() as m:
+            _disk_full_after(m, 1)
+            assert main([*args, "--quiet"]) == 1, what
+        assert capsys.readouterr().err.strip() == expected[what]
+        out = Path(args[-1])
+        assert _temporaries(out) == [] and [p.name for p in (out / RECORD_DIR).glob("*.json")
+                                            if "done" in p.name or "writing" in p.name] == \
+            [p.name for p in (out / RECORD_DIR).glob("*.done.json")], what  # no writing marker left
+        assert len(list((out / RECORD_DIR).glob("*.done.json"))) == 1, what  # the first item only
+        finished = sorted(p.name for p in out.rglob("*_labels.tif")) if what == "sims" else \
+            sorted(p.name for p in (out / "slices").iterdir())
+        assert len(finished) == 1, (what, finished)  # nothing partial under a final name
+        assert main([*args, "--quiet"]) == 0, what  # room again: the same command goes on
+        capsys.readouterr()
