@@ -110,3 +110,26 @@ def test_batch_jobs():
     assert batch_jobs(0, 1) == 1  # one image: no workers
     with pytest.raises(InputError, match="jobs: must be 0"):
         batch_jobs(-1, 3)
+
+
+@pytest.mark.parametrize("radius", [12, 45])
+def test_network_started_beside_the_size_estimate_gives_the_sequential_result(threshold_bundle, radius):
+    """segment_image starts the network on the image as it is while the particle size is being
+    estimated (ONNX Runtime); whether the estimate keeps it (small disks) or resamples the image
+    (large ones, when the bundle records its training sizes), scale and output are those of
+    choose_scale followed by the network."""
+    import copy
+
+    from particleseg.models import Bundle
+    from particleseg.pipeline import _network_at_scale, choose_scale, scale_and_network
+
+    meta = copy.deepcopy(threshold_bundle.metadata)
+    meta["scale"]["particle_size_range_px"] = [15.0, 30.0]  # trained on 15-30 px: larger disks are resampled
+    bundle = Bundle(threshold_bundle.path, meta, threshold_bundle.source)
+    img, _ = draw_disks((256, 256), [(60, 60, radius), (170, 160, radius), (60, 190, radius)], seed=3)
+    params = SegmentParams(progress=False).resolved(bundle)
+    assert bundle.engine(params.engine) == "onnx"
+    scale, prob = scale_and_network(img, bundle, params)
+    expected = choose_scale(img, bundle, params)
+    assert scale == expected and (scale.factor == 1) == (radius < 15), scale
+    np.testing.assert_array_equal(prob, _network_at_scale(img, bundle, params, expected))

@@ -265,8 +265,7 @@ def segment_image(
 
     # 2.-4. polarity and scale, network, particles (a second pass at the scale of the particles
     # found, when the first estimate was off)
-    scale = choose_scale(work, bundle, params, name)
-    prob = _network_at_scale(work, bundle, params, scale, predictor)
+    scale, prob = scale_and_network(work, bundle, params, name, predictor)
     labels = particles_from_probabilities(prob, bundle.heads, params)
     refined = refine_scale(scale, labels, bundle)
     if refined is not None:
@@ -408,6 +407,38 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
     if not 0.02 <= factor <= 20:
         raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.02 to 20)")
     return ScaleChoice(polarity, polarity_source, factor, size, source, net_polarity, auto_size)
+
+
+def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image",
+                      predictor=None) -> tuple[ScaleChoice, np.ndarray]:
+    """:func:`choose_scale`, then the network output at that scale (``params`` resolved).
+
+    When the scale waits for the particle-size estimate (no ``particle_size`` or ``rescale``
+    given) and the network runs with ONNX Runtime (which releases the GIL), the network starts
+    on the image as it is, at the polarity already known, in a second thread while the size is
+    estimated; its output is used when the estimate leaves the image as it is (the usual case),
+    else the network runs again at the chosen scale. The result is the same either way: this
+    only puts a second core to work on a single image.
+    """
+    if (predictor is not None or params.particle_size or params.rescale
+            or bundle.engine(params.engine) != "onnx"):
+        scale = choose_scale(work, bundle, params, name)
+        return scale, _network_at_scale(work, bundle, params, scale, predictor)
+    from concurrent.futures import ThreadPoolExecutor
+
+    net_polarity = bundle.metadata["input"].get("polarity", "bright")
+    if (params.polarity or "auto") == "auto":
+        polarity, source = estimate_polarity(work, default=net_polarity), "estimated"
+    else:
+        polarity, source = params.polarity, "given"
+    as_is = ScaleChoice(polarity, source, 1.0, None, "none", net_polarity)
+    with ThreadPoolExecutor(1, thread_name_prefix="particleseg-network") as pool:
+        early = pool.submit(_network_at_scale, work, bundle, params, as_is)
+        scale = choose_scale(work, bundle, dataclasses.replace(params, polarity=polarity), name)
+        scale = dataclasses.replace(scale, polarity_source=source)
+        if scale.factor == 1:
+            return scale, early.result()
+    return scale, _network_at_scale(work, bundle, params, scale)
 
 
 def _warn_size(size: float, name: str) -> None:
