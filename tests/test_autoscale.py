@@ -67,6 +67,23 @@ def test_polarity_of_disks(polarity):
     assert abs(est.particle_size / 28 - 1) < 0.3
 
 
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_polarity_of_a_dense_packing_that_fills_the_frame(polarity, monkeypatch):
+    """Close-packed spheres (a colloidal crystal) cover most of the frame and give the gray
+    values no bright tail, which misleads the frame and skewness cues; the connectivity cue
+    (the background is one web around the particles) decides."""
+    r = 20
+    centres = [(y, x + (r if row % 2 else 0)) for row, y in enumerate(range(r, 300, int(1.75 * r)))
+               for x in range(0, 300, 2 * r + 2)]
+    img = disks((300, 320), centres, r, inside=170.0, outside=60.0, noise=8.0)
+    img[disks((300, 320), centres, r - 6, noise=0) > 100] = 150.0  # flat centres, brighter rims
+    if polarity == "dark":
+        img = invert(img)
+    assert autoscale.estimate_polarity(img) == polarity
+    monkeypatch.setattr(autoscale, "CONNECTED_WEIGHT", 0.0)
+    assert autoscale.estimate_polarity(img) != polarity  # the three older cues alone get it wrong
+
+
 def test_large_image_with_small_particles_uses_a_full_resolution_crop():
     shape, r = (2400, 2400), 4
     img = disks(shape, grid(shape, r, 20), r)
