@@ -1193,26 +1193,22 @@ class _Workers:
     The workers write nothing: an interrupted batch rolls back only the image being written (in
     this process), and the workers are ended. They ignore Ctrl-C (the batch stops them), end
     when this process dies (``kill -9``), run ONNX Runtime with their share of the cores, and
-    send their warnings back, to be shown with their image. They are started by ``forkserver``
-    where the system has it (``spawn`` elsewhere), never by ``fork``: no thread or Java VM of
-    this process is copied.
+    send their warnings back, to be shown with their image. They are started by
+    :func:`particleseg.workers.context` (a forkserver), never forked from this process.
     """
 
     def __init__(self, jobs: int, bundle: Bundle, params: SegmentParams | None, out_dir: Path,
                  write_overview: bool, calibration: dict):
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if context.get_start_method() == "forkserver":
-            context.set_forkserver_preload([__name__])  # imported once, in the server the workers fork from
+        from .workers import context
+
         threads = max(1, usable_cpus() // jobs)
         state = (bundle.path, bundle.metadata, bundle.source)  # a fresh Bundle: no loaded network to send
         self.params = dataclasses.replace(params or SegmentParams(), progress=False)
         self.options = {"write_overview": write_overview, **calibration}
         self.out_dir = out_dir
-        self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
+        self.pool = ProcessPoolExecutor(jobs, mp_context=context(), initializer=_worker_start,
                                         initargs=(state, threads, os.getpid()))
         self.futures: dict[int, Any] = {}
 

@@ -54,6 +54,12 @@ def params_from_args(args):
 def run(args) -> int:
     import signal
     import threading
+    from pathlib import Path
+
+    if args.jobs != 1 and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs)):
+        from ..workers import context
+
+        context(start=True)  # a batch: the workers' forkserver imports the pipeline while this process does
 
     from ..models import load_bundle
     from ..pipeline import batch_report, segment_files

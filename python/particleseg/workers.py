@@ -1,0 +1,29 @@
+"""How a batch starts its worker processes (:class:`particleseg.pipeline.segment_files` with
+``jobs`` > 1). A light module (no NumPy), so that the command line can start the process the
+workers come from while it imports the rest.
+
+Workers are forked from a ``forkserver`` that has imported :mod:`particleseg.pipeline` once
+(``spawn`` where the system has no forkserver); never forked from the batch's own process, whose
+threads or Java VM (Fiji) must not be copied.
+"""
+
+from __future__ import annotations
+
+#: what the forkserver imports once, for all the workers it forks
+PRELOAD = ["particleseg.pipeline"]
+
+
+def context(start: bool = False):
+    """The :mod:`multiprocessing` context of the workers; ``start``: start its forkserver now
+    (it imports :data:`PRELOAD` while this process goes on) if it is not running."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # (no effect once the server runs)
+    if start:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    return ctx
