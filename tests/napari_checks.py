@@ -69,10 +69,12 @@ def widget(viewer):
 def test_fields_are_the_parameters_with_the_bundles_defaults(widget):
     from particleseg.models import load_bundle
 
-    assert list(widget.fields) == [p.name for p in PARAMETERS]
+    from particleseg.napari._widget import FILE_ONLY
+
+    assert list(widget.fields) == [p.name for p in PARAMETERS if p.name not in FILE_ONLY]
     bundle = load_bundle("default")
     defaults = bundle_defaults(bundle)
-    for p in PARAMETERS:
+    for p in widget.parameters:
         value = widget.fields[p.name].value
         if p.name in ("tile", "overlap"):
             assert value == getattr(bundle, p.name)
@@ -84,7 +86,7 @@ def test_fields_are_the_parameters_with_the_bundles_defaults(widget):
             assert value == defaults[p.name], p.name
     # untouched fields are the bundle's own defaults (None), as options left out of the command line
     values = widget.values()
-    assert all(values[p.name] is None for p in PARAMETERS if p.bundle or p.name in ("tile", "overlap"))
+    assert all(values[p.name] is None for p in widget.parameters if p.bundle or p.name in ("tile", "overlap"))
     # the sample's calibration reached the layer and the unit labels
     layer = widget.layer.value
     assert layer.name == "sample_sem" and tuple(str(u) for u in layer.units) == ("nanometer", "nanometer")

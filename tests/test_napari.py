@@ -55,3 +55,30 @@ def test_widget_reader_and_sample_in_headless_napari(tmp_path):
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, tail
     assert "5 passed" in r.stdout, tail
+
+
+def test_keras_bundle_is_refused_in_one_line_where_tensorflow_would_crash_napari(monkeypatch):
+    """A run needing TensorFlow in a napari whose Mesa OpenGL (LLVM) is loaded would crash it: one
+    line instead, naming the ONNX export that avoids it; ONNX runs and loaded TensorFlow pass."""
+    from types import SimpleNamespace
+
+    from particleseg.errors import ParticlesegError
+    from particleseg.napari import _widget
+    from particleseg.pipeline import SegmentParams
+
+    def fake(engine):
+        return SimpleNamespace(label="mine", metadata={}, has_classifier=False, path=Path("."),
+                               engine=lambda requested: engine)
+
+    params = SegmentParams()
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.setattr(_widget, "_llvm_loaded", lambda: True)
+    with pytest.raises(ParticlesegError) as exc:
+        _widget.check_keras_safe(fake("keras"), params)
+    assert "\n" not in str(exc.value) and "particleseg models export mine --format onnx" in str(exc.value)
+    _widget.check_keras_safe(fake("onnx"), params)
+    monkeypatch.setattr(_widget, "_llvm_loaded", lambda: False)
+    _widget.check_keras_safe(fake("keras"), params)
+    monkeypatch.setitem(sys.modules, "tensorflow", SimpleNamespace())
+    monkeypatch.setattr(_widget, "_llvm_loaded", lambda: True)
+    _widget.check_keras_safe(fake("keras"), params)

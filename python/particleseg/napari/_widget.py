@@ -24,6 +24,8 @@ from ._core import LayerResult, calibration_of, labels_layer_kwargs, segment_lay
 
 #: what the model field offers besides the installed bundles: a folder or zip chosen with the file field
 OTHER = "(file below)"
+#: parameters of batches of files, not of one layer: images at the same time, reading files' metadata
+FILE_ONLY = ("jobs", "strict")
 _BIG = 1e9
 
 
@@ -73,10 +75,9 @@ def check_keras_safe(bundle, params) -> None:
                         and (keras_net or not (entry.get("file") and (bundle.path / entry["file"]).is_file())))
     if keras_net or keras_classifier:
         raise ParticlesegError(
-            f"{bundle.label}: would run with Keras/TensorFlow, which crashes napari when loaded after its OpenGL "
-            f"(Mesa); add an ONNX export (particleseg models export {bundle.label} --format onnx) and choose the "
-            "onnx engine, or start napari with TensorFlow loaded first: python -c \"import tensorflow, napari; "
-            "napari.Viewer(); napari.run()\"")
+            f"{bundle.label}: would run with Keras/TensorFlow, which crashes napari when loaded after its Mesa "
+            f"OpenGL; with an ONNX export (particleseg models export {bundle.label} --format onnx) and engine auto "
+            "or onnx it runs with ONNX Runtime")
 
 
 class SegmentWidget(QWidget):
@@ -108,10 +109,11 @@ class SegmentWidget(QWidget):
                                       "zip or bioimage.io package chosen below")
         self.model_file = FileEdit(name="model_file", label="Bundle file", mode="r",
                                    filter="*.zip", tooltip="a bundle zip or bioimage.io package (.zip)")
-        self.fields = {p.name: _field(p) for p in PARAMETERS}
+        self.parameters = [p for p in PARAMETERS if p.name not in FILE_ONLY]
+        self.fields = {p.name: _field(p) for p in self.parameters}
         self.main = Container(widgets=[self.layer, self.model, self.model_file,
-                                       *(w for p in PARAMETERS if not p.advanced for w in [self.fields[p.name]])])
-        self.advanced = Container(widgets=[self.fields[p.name] for p in PARAMETERS if p.advanced])
+                                       *(self.fields[p.name] for p in self.parameters if not p.advanced)])
+        self.advanced = Container(widgets=[self.fields[p.name] for p in self.parameters if p.advanced])
         self.run_button = PushButton(text="Segment")
         self.status = Label(value="")
         layout = QVBoxLayout(self)
@@ -158,7 +160,7 @@ class SegmentWidget(QWidget):
 
     def _update_unit_labels(self, event=None) -> None:
         unit = calibration_of(self.layer.value).unit if self.layer.value is not None else "px"
-        for p in PARAMETERS:
+        for p in self.parameters:
             if p.unit in ("length", "area"):
                 self.fields[p.name].label = _label(p, unit)
 
@@ -214,7 +216,7 @@ class SegmentWidget(QWidget):
         """Set every field to the default of ``bundle`` (the chosen one)."""
         bundle = bundle or self.bundle()
         defaults = bundle_defaults(bundle)
-        for p in PARAMETERS:
+        for p in self.parameters:
             value = defaults[p.name]
             if value is None and p.name in ("tile", "overlap"):
                 value = getattr(bundle, p.name)  # the bundle's tiling, shown as a number
@@ -234,7 +236,7 @@ class SegmentWidget(QWidget):
         """The parameter values by name; a field at the bundle's default it shows gives None (the
         bundle's default, unrounded), as an option left out of the command line."""
         out = {}
-        for p in PARAMETERS:
+        for p in self.parameters:
             value = self.fields[p.name].value
             if p.name in ("tile", "overlap") or p.bundle:
                 if value == self._shown.get(p.name):
