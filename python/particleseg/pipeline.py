@@ -1031,6 +1031,11 @@ def segment_files(
     ``on_item(index, total, path, row, state)``, when given, is called before each image
     (``state`` ``"start"``, ``row`` None) and after it (``"segmented"``, ``"done earlier"``,
     ``"failed"``); without it, errors are printed to stderr.
+
+    With ``params.jobs`` other than 1 (0: one per usable core) and more than one image to
+    segment, worker processes prepare the next images (:func:`prepare_file`) while this process
+    writes the finished ones in order (:class:`_Workers`); outputs, summary, records, callbacks
+    and the handling of errors and interruptions are those of one image after another.
     """
     from tqdm.auto import tqdm
 
