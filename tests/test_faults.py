@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,12 @@ def _zip_members(path: Path) -> dict[str, bytes]:
         return {name: zf.read(name) for name in zf.namelist()}
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def _report(killed) -> str:
     return f"PARTICLESEG_FAULT_SEED={SEED}, (items done, delay s) at each kill: {killed}"
 
@@ -131,10 +138,20 @@ def test_segment_survives_kill_9_at_random_moments(tmp_path, threshold_bundle):
     args = ["segment", str(src), "--model", str(threshold_bundle.path), "--quiet"]
     killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED))
     print(_report(killed))
+    # what a kill inside write_atomic leaves: a temporary file of the dead process (and one of an
+    # earlier version, without a process id); one of a live process must stay
+    dead = _dead_pid()
+    (out / f".img1_prob.tmp{dead}-abcd_123.tif").write_bytes(b"partial")
+    (out / RECORD_DIR / f".img1.done.tmp{dead}-abcd_123.json").write_bytes(b"{")
+    (out / ".img1_mask.x1y2z3w4.tif").write_bytes(b"partial")
+    (out / ".other.tmp1-abcdefgh.tif").write_bytes(b"another running process")
     run = finish([*args, "--out", str(out)])
     assert run.returncode == 0 and run.stderr == "", (run.stderr, _report(killed))
+    report = re.fullmatch(r"(\d) done earlier, (\d) segmented, 0 failed; results in .*", run.stdout.splitlines()[-1])
+    assert report and int(report[1]) == killed[-1][0] and int(report[1]) + int(report[2]) == n, run.stdout
     assert any(k < n for k, _ in killed), _report(killed)
-    assert _temporaries(out) == [], _report(killed)
+    assert _temporaries(out) == [".other.tmp1-abcdefgh.tif"] and not (out / ".img1_mask.x1y2z3w4.tif").exists()
+    (out / ".other.tmp1-abcdefgh.tif").unlink()
     from particleseg.pipeline import segment_files
 
     segment_files([src], ref, threshold_bundle, progress=False)  # uninterrupted

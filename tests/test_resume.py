@@ -73,48 +73,7 @@ def _cli(args, cwd=None, timeout=600):
 
 
 # ------------------------------------------------------------------------------------------
-# item 1: kill -9 and rerun
-
-
-def test_kill_9_in_the_middle_of_a_batch_then_the_same_command_resumes(tmp_path, threshold_bundle):
-    """A real ``kill -9`` of ``particleseg segment`` while it writes the second of four images;
-    the rerun skips the finished image, redoes the interrupted one, removes the killed run's
-    temporary files, and its outputs equal those of an uninterrupted run."""
-    src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
-    _images(src)
-    args = ["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.Popen([sys.executable, "-m", "particleseg", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    done1, writing1 = record_paths("img1.tif", out)
-    deadline = time.monotonic() + 300
-    try:
-        while not (writing1.exists() or done1.exists()) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-    finally:
-        proc.kill()  # SIGKILL: no clean-up of any kind
-        proc.wait()
-    assert (out / RECORD_DIR / "img0.done.json").is_file() and not (out / "summary.csv").exists()
-    # what a kill inside write_atomic leaves: a temporary file of the dead process (and one of
-    # an earlier version, without a process id); one of a live process must stay
-    (out / f".img1_prob.tmp{proc.pid}-abcd_123.tif").write_bytes(b"partial")
-    (out / ".img1_mask.x1y2z3w4.tif").write_bytes(b"partial")
-    (out / ".other.tmp1-abcdefgh.tif").write_bytes(b"another running process")
-
-    run = _cli(args)
-    assert run.returncode == 0, run.stderr
-    report = run.stdout.strip().splitlines()[-1]
-    m = re.match(r"(\d) done earlier, (\d) segmented, 0 failed; results in ", report)
-    assert m and int(m[1]) >= 1 and int(m[1]) + int(m[2]) == 4, report
-    assert run.stderr == ""
-    assert _temporaries(out) == [".other.tmp1-abcdefgh.tif"]
-    assert sorted(p.name for p in (out / RECORD_DIR).iterdir()) == [f"img{i}.done.json" for i in range(4)]
-    summary = pd.read_csv(out / "summary.csv")
-    assert summary["file"].tolist() == [f"img{i}.tif" for i in range(4)] and (summary["status"] == "ok").all()
-
-    segment_files([src], ref, threshold_bundle, progress=False)  # uninterrupted
-    _same_outputs(out, ref, [f"img{i}" for i in range(4)])
-    assert summary["count"].tolist() == pd.read_csv(ref / "summary.csv")["count"].tolist()
+# item 1: kill -9 and rerun: tests/test_faults.py (kill -9 at random moments, several times)
 
 
 def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, threshold_bundle):
