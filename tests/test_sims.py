@@ -383,7 +383,8 @@ def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_ru
     _same_run_outputs(tmp_path / "out", tmp_path / "ref")
     # a third run predicts nothing (broken.tif is tried again); other settings, or a changed field, are refused before any work
     calls.clear()
-    sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)})
+    sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)},
+                    plot=False)
     assert calls == []
     _same_run_outputs(tmp_path / "out", tmp_path / "ref")
     with pytest.raises(OutputExistsError, match=r"other settings \(min_area 4 -> 9\).*--overwrite.*and 6 more"):
@@ -392,7 +393,7 @@ def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_ru
     tifffile.imwrite(first, tifffile.imread(first) + 1, photometric="minisblack")
     with pytest.raises(OutputExistsError, match="changed since its outputs"):
         sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw)
-    sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw, overwrite=True)
+    sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw, overwrite=True, plot=False)
 
 
 def test_sims_reports_not_made_by_particleseg_are_not_replaced(tmp_path, fcn_bundle):
