@@ -203,6 +203,40 @@ def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, ph
         fibsem.segment_stack(st, phase_bundle, out, progress=False)
 
 
+def test_ctrl_c_keeps_finished_slices_and_writes_the_reports(tmp_path, sim, phase_bundle, monkeypatch):
+    """Ctrl-C while slice 3's labels are written: the slice is rolled back (no file, no record, no
+    marker), the reports list slices 0-2, and the same call again gives an uninterrupted run's
+    phases.tif."""
+    from particleseg.pipeline import RECORD_DIR
+
+    paths = _write_stacks(sim, tmp_path / "in")
+    from particleseg import io
+
+    written = []
+    real = io.write_tiff
+
+    def write_tiff(path, *a, **k):
+        if "phases_z" in str(path):
+            written.append(path)
+            if len(written) == 4:
+                raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    with fibsem.open_stack(paths) as st:
+        with monkeypatch.context() as m:
+            m.setattr(io, "write_tiff", write_tiff)
+            with pytest.raises(KeyboardInterrupt):
+                fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
+        assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]
+        assert sorted(p.name for p in (tmp_path / "out" / RECORD_DIR).iterdir()) == [
+            f"phases_z{z:05d}.done.json" for z in range(3)]
+        assert pd.read_csv(tmp_path / "out" / "slices.csv")["slice"].tolist() == [0, 1, 2]
+        assert not (tmp_path / "out" / "phases.tif").exists()
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "ref", tile=48, progress=False)
+    assert (tmp_path / "out" / "phases.tif").read_bytes() == (tmp_path / "ref" / "phases.tif").read_bytes()
+
+
 def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle, capsys):
     from particleseg.cli import main
 
