@@ -874,8 +874,9 @@ def run_fields(
             if not read:
                 continue
             # fields done earlier are read again only to give the network the batch it had before
-            fields = [(src, read[src.name] if src.name in read else read_field(src, p.channels))
+            fields = [(src, read[src.name] if src.name in read else _reread(src, p.channels))
                       for src in chunk if src.name in read or src.name in done]
+            fields = [(src, f) for src, f in fields if f is not None]
             probs = det.probabilities([f.total() for _, f in fields])
             for (src, f), prob in zip(fields, probs):
                 if src.name in done:
@@ -909,6 +910,14 @@ def run_fields(
     if interrupted is not None:
         raise interrupted
     return particles, fields_table
+
+
+def _reread(src: FieldSource, channels) -> Field | None:
+    """A field done earlier, read again for the network batch (None if it cannot be read now)."""
+    try:
+        return read_field(src, channels)
+    except ParticlesegError:
+        return None
 
 
 def write_tiff_labels(path: Path, labels: np.ndarray) -> None:
