@@ -191,7 +191,7 @@ def batch(n_images: int, rounds: int) -> dict:
         differ = compare(tmp / "jobs1-0", tmp / "jobs0-0")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    from statistics import median as med
     seq, par = res["jobs 1"], res["jobs 0"]
     return {"images": n_images, "image_size": "1024x768", "rounds": rounds, "runs": res,
             "cpu_use_percent": {"jobs 1": med([r["cpu_use_percent"] for r in seq]),
@@ -218,7 +218,9 @@ def markdown(result: dict, command: str) -> str:
          f"- **Date**: {result['date']}; **machine**: {result['machine']}; load average (1 min) "
          f"{result['load_before']} at the start, {result['load_after']} at the end "
          f"({'shared with other jobs' if result['shared'] else 'idle'})",
-         f"- **Command**: `{command}`", ""]
+         f"- **Command**: `{command}`" + (" (run with `nice -n 10` beside other jobs: wall times and CPU use "
+                                           "show the share of the machine it got, not what it needs)"
+                                           if result["shared"] else ""), ""]
     if s:
         L += ["**Start** (issue 16 item 5): fresh processes, interleaved, the minimum of "
               f"{len(s['python -c pass']['walls'])} runs each (CPU: user + system of the process).", "",
@@ -239,8 +241,9 @@ def markdown(result: dict, command: str) -> str:
               f"{b['rounds']} run(s) each. *CPU use*: CPU time of the process tree (command, forkserver, workers; "
               "psutil, every 0.05 s) / wall time, 200 % = both cores busy; on a shared machine it is bounded by "
               "what the other jobs leave. *Runnable*: the mean number of the tree's threads that were running or "
-              "waiting for a core (state R in /proc, every 0.05 s), at most 2, in %: the CPU use the batch would "
-              "have on an idle machine, which the other jobs do not change.", "",
+              "waiting for a core (state R in /proc, every 0.05 s), at most 2, in %: an estimate of the CPU use "
+              "the batch would have on an idle machine (a runnable thread gets a core there), which the other "
+              "jobs change much less.", "",
               "| run | wall s | CPU s | CPU use | runnable | load before / after |",
               "| --- | ---: | ---: | ---: | ---: | --- |"]
         for name, runs in b["runs"].items():

@@ -7,6 +7,7 @@ use the command line's default, one worker per core.)"""
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -133,3 +134,48 @@ def test_network_started_beside_the_size_estimate_gives_the_sequential_result(th
     expected = choose_scale(img, bundle, params)
     assert scale == expected and (scale.factor == 1) == (radius < 15), scale
     np.testing.assert_array_equal(prob, _network_at_scale(img, bundle, params, expected))
+
+
+def _live_workers() -> list[int]:
+    """Processes forked by this process's forkserver (the batch workers) that are still alive."""
+    def stat(pid):
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1])  # state, parent
+
+    procs = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                procs[int(entry.name)] = stat(entry.name)
+            except OSError:
+                pass
+    servers = set()
+    for pid, (_, parent) in procs.items():
+        if parent == os.getpid():
+            try:
+                if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    servers.add(pid)
+            except OSError:
+                pass
+    return [pid for pid, (state, parent) in procs.items() if parent in servers and state != "Z"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_batch_stopped_early_ends_its_workers(tmp_path, threshold_bundle):
+    """Fiji's Esc (``stop``) after the first image: the images prepared ahead are dropped, the
+    workers computing them are ended, and the batch reports them as not started."""
+    src = tmp_path / "in"
+    _images(src, 4)
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 1
+
+    summary, failures = segment_files([src], tmp_path / "out", threshold_bundle, SegmentParams(jobs=2),
+                                      progress=False, stop=stop)
+    assert batch_report(summary) == "0 done earlier, 1 segmented, 0 failed, 3 not started" and failures == []
+    assert sorted(p.name for p in (tmp_path / "out").glob("img*")) == sorted(
+        f"img0{s}" for s in ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png"))
+    assert _live_workers() == []

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import postprocess as pp
+from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
@@ -70,6 +71,11 @@ class SegmentParams:
         Formerly ``classifier_threshold``.
     crop_rows : int, "auto" or None
         Rows at the bottom to ignore (the microscope's data bar); "auto" detects them.
+    annotations : bool
+        Find burned-in scale bars, their labels, panel letters and label boxes
+        (:func:`particleseg.annotations.annotation_mask`), paint them over with the gray values
+        around them before the polarity, size and network see the image, and reject particles
+        lying mostly on them (reason ``annotation``).
     rescale : float or None
         Resample the image by this factor before inference (results are mapped back);
         ``1`` shows it to the network as it is. Without ``rescale`` or ``particle_size`` the
@@ -109,6 +115,7 @@ class SegmentParams:
     shape: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     min_score: float | None = None
     crop_rows: int | str | None = "auto"
+    annotations: bool = True
     rescale: float | None = None
     particle_size: float | None = None
     tile: int | None = None
@@ -262,15 +269,18 @@ def segment_image(
             raise InputError(f"{name}: cannot crop {crop} rows from an image {image.shape[0]} rows high")
     work = image[: image.shape[0] - crop] if crop else image
     check_image(work, name)
+    # burned-in scale bars and letters, painted over for what follows
+    drawn = annotation_mask(work) if params.annotations else None
+    seen = fill_annotations(work, drawn) if drawn is not None and drawn.any() else work
 
     # 2.-4. polarity and scale, network, particles (a second pass at the scale of the particles
     # found, when the first estimate was off)
-    scale, prob = scale_and_network(work, bundle, params, name, predictor)
+    scale, prob = scale_and_network(seen, bundle, params, name, predictor)
     labels = particles_from_probabilities(prob, bundle.heads, params)
     refined = refine_scale(scale, labels, bundle)
     if refined is not None:
         scale = refined
-        prob = _network_at_scale(work, bundle, params, scale, predictor)
+        prob = _network_at_scale(seen, bundle, params, scale, predictor)
         labels = particles_from_probabilities(prob, bundle.heads, params)
     polarity = scale.polarity
     if not labels.any():
@@ -291,6 +301,8 @@ def segment_image(
         table.loc[sel, "kept"] = False
 
     if len(table):
+        if drawn is not None and drawn.any():
+            reject(pp.overlap_fraction(labels, drawn)[table["label"].to_numpy()] >= 0.5, "annotation")
         if params.exclude_border:
             reject(table["touches_border"].to_numpy(), "border")
         if params.intensity_filter:
@@ -1240,9 +1252,9 @@ class _Workers:
 
     def close(self) -> None:
         """Drop what is queued and end the workers (those still computing too)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())  # (shutdown forgets them)
         busy = any(not f.done() for f in self.futures.values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes if busy else ():
             proc.terminate()
         for proc in processes:
@@ -1267,9 +1279,13 @@ def _worker_start(bundle_state: tuple, threads: int, parent: int) -> None:
 
 
 def _exit_with(parent: int) -> None:
-    """End this worker once the batch's process is gone (killed: nobody would end it)."""
+    """End this worker once the batch's process is gone (killed: nobody would end it), or the
+    process it was started from (the forkserver, which ends with the batch's process)."""
+    started_from = os.getppid()
     while True:
         time.sleep(0.5)
+        if os.getppid() != started_from:
+            os._exit(1)
         try:
             os.kill(parent, 0)
         except ProcessLookupError:
