@@ -124,6 +124,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     _range("aspect_ratio", "aspect ratio (major / minor axis)", ""),
     Parameter("crop_rows", "string", "rows of the microscope's data bar at the bottom to ignore "
               "(auto detects them, 0 keeps all)", "auto"),
+    Parameter("annotations", "bool", "find burned-in scale bars, their labels and panel letters: paint them "
+              "over for the network and reject particles lying on them", True),
     Parameter("particle_size", "number", "typical particle diameter in this image, in pixels; the image is "
               "resampled to the model's training scale (0: estimated per image)", 0.0, minimum=0, unit="px"),
     Parameter("rescale", "number", "resample the image by this factor before inference instead of the "
@@ -294,6 +296,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
         engine=str(v.get("engine") or "auto"),
         progress=progress,
         strict=bool(v.get("strict") or False),
+        annotations=True if v.get("annotations") is None else bool(v["annotations"]),
         jobs=1 if v.get("jobs") is None else int(v["jobs"]),
     )
 

@@ -381,6 +381,24 @@ def shape_filter(table: pd.DataFrame, ranges: dict[str, tuple[float | None, floa
     return reasons
 
 
+def overlap_fraction(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fraction of each particle's pixels inside ``mask``, indexed by label (entry 0: background).
+
+    Examples
+    --------
+    >>> lab = np.array([[1, 1, 0, 2, 2, 2]])
+    >>> overlap_fraction(lab, np.array([[1, 0, 0, 1, 1, 1]], bool)).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    labels = np.asarray(labels).ravel()
+    n = int(labels.max()) + 1 if labels.size else 1
+    area = np.bincount(labels, minlength=n).astype(float)
+    inside = np.bincount(labels[np.asarray(mask, bool).ravel()], minlength=n).astype(float)
+    out = np.divide(inside, area, out=np.zeros(n), where=area > 0)
+    out[0] = 0.0
+    return out
+
+
 def particle_scores(labels: np.ndarray, score_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of a per-pixel score map (a classifier network's output) over each particle."""
     ids = np.setdiff1d(np.unique(labels), [0])

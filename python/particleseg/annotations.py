@@ -1,0 +1,249 @@
+"""Burned-in annotations: scale bars, their labels, panel letters and label boxes.
+
+Micrographs taken from publications, slides and many microscopes' exports carry annotations
+drawn into the pixels: a solid scale bar with its length written next to it, a panel letter
+("a", "(c)", "B") in a corner, sometimes on a box of its own colour. A network trained on
+particles sees a solid bar or a letter as a particle, and the size and polarity estimates see
+them too. :func:`annotation_mask` finds them with classical rules (annotations are drawn at
+the extreme gray values of the image, with straight edges and strokes thinner than they are
+tall, and sit in corners, next to each other or next to a scale bar), and :func:`fill_annotations`
+paints them over with the surrounding gray values before the network runs;
+:func:`particleseg.pipeline.segment_image` also rejects particles lying mostly on an
+annotation (reject reason ``annotation``). The microscope's data bar at the bottom is found
+separately (:func:`particleseg.preprocess.detect_data_bar`) and cropped.
+
+The rules are deliberately conservative: a component is an annotation only when it is drawn
+at the extreme gray value *and* has the shape of a bar, a box or a glyph in the place of one,
+so that saturated particles, their bright rims (SEM edge contrast) and dark particles (TEM)
+are left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: gray values within this fraction of the range from the image's minimum or maximum count as
+#: "drawn" (annotations are pure white or black, softened by anti-aliasing and JPEG)
+EXTREME_TOLERANCE = 0.04
+#: glyph heights as fractions of the image height (smaller: noise; taller: not text)
+GLYPH_HEIGHT = (0.015, 0.14)
+#: a panel letter or label box lies within this fraction of the shorter side from a corner
+CORNER = 0.22
+#: a line of text outside a scale bar's label has at least this many glyphs ("(a)", "SiO2"):
+#: single letter-shaped pieces are too often gaps between particles or their rims
+MIN_LINE_GLYPHS = 3
+
+
+def _extremes(img: np.ndarray) -> list[tuple[np.ndarray, float, float]]:
+    """(drawn pixels, extreme value, gray-value range) for the bright and the dark extreme."""
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        return []
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return []
+    tol = EXTREME_TOLERANCE * (hi - lo)
+    return [(img >= hi - tol, hi, hi - lo), (img <= lo + tol, lo, hi - lo)]
+
+
+def _is_drawn(img: np.ndarray, comp: np.ndarray, sl, extreme: float, span: float) -> bool:
+    """Drawn, not imaged: the component's gray values sit at the extreme (not spread across
+    the tolerance band like a particle's texture) and its 2-pixel surround contrasts sharply
+    (text and bars are drawn on something else; a dark particle's rim borders its interior)."""
+    y0, y1 = max(sl[0].start - 3, 0), min(sl[0].stop + 3, img.shape[0])
+    x0, x1 = max(sl[1].start - 3, 0), min(sl[1].stop + 3, img.shape[1])
+    box = img[y0:y1, x0:x1]
+    inside = np.zeros(box.shape, bool)
+    inside[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = comp
+    ring = ndi.binary_dilation(inside, iterations=2) & ~inside
+    if not ring.any():
+        return False
+    return (float(np.median(np.abs(box[inside] - extreme))) <= 0.015 * span
+            and float(np.median(np.abs(box[ring] - extreme))) >= 0.25 * span)
+
+
+def _near_corner(sl: tuple[slice, slice], shape: tuple[int, int]) -> bool:
+    reach = CORNER * min(shape)
+    dy = min(sl[0].start, shape[0] - sl[0].stop)
+    dx = min(sl[1].start, shape[1] - sl[1].stop)
+    return dy <= reach and dx <= reach
+
+
+def _is_bar(comp: np.ndarray, h: int, w: int, shape) -> bool:
+    """A solid, thin, long rectangle (a scale bar), either orientation."""
+    short, long_ = min(h, w), max(h, w)
+    extent = comp.sum() / float(h * w)
+    return (extent >= 0.85 and long_ >= 4 * short and long_ >= 0.03 * shape[1]
+            and short <= 0.04 * shape[0])
+
+
+def _is_glyph(img: np.ndarray, comp: np.ndarray, sl, shape, span: float) -> bool:
+    """Text-like: a height in :data:`GLYPH_HEIGHT`, strokes much thinner than the glyph, and
+    drawn *on* something: what the glyph encloses or half-encloses (the inside of an "o", a
+    "c" or an "a") has the gray value of what surrounds it. The bright rim of a particle in
+    SEM (edge contrast) is ring-shaped too, but it separates the particle inside from the
+    background outside."""
+    from skimage.morphology import convex_hull_image
+
+    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    lo, hi = GLYPH_HEIGHT
+    if not (lo * shape[0] <= h <= hi * shape[0] and w <= 0.3 * shape[1] and h >= 5):
+        return False
+    stroke = 2 * float(ndi.distance_transform_edt(np.pad(comp, 1)).max())
+    if not (stroke <= 0.4 * h and comp.sum() / float(h * w) <= 0.75):
+        return False
+    hull = convex_hull_image(comp)
+    # what the glyph encloses, without the anti-aliased fringe of its strokes
+    enclosed = hull & ~ndi.binary_dilation(comp)
+    if enclosed.sum() < 0.05 * hull.sum():
+        return True  # "l", "1", "-": nothing enclosed to compare
+    y0, y1 = max(sl[0].start - 3, 0), min(sl[0].stop + 3, img.shape[0])
+    x0, x1 = max(sl[1].start - 3, 0), min(sl[1].stop + 3, img.shape[1])
+    box = img[y0:y1, x0:x1]
+    hull_box = np.zeros(box.shape, bool)
+    hull_box[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = hull
+    enclosed_box = np.zeros(box.shape, bool)
+    enclosed_box[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = enclosed
+    around = ndi.binary_dilation(hull_box, iterations=3) & ~ndi.binary_dilation(hull_box)
+    if not around.any():
+        return False
+    return abs(float(np.median(box[enclosed_box])) - float(np.median(box[around]))) <= 0.15 * span
+
+
+def _is_box(comp: np.ndarray, h: int, w: int, shape) -> bool:
+    """A filled label box with text cut out of it: rectangular once its holes are filled."""
+    if not (h <= 0.15 * shape[0] and w <= 0.4 * shape[1] and h >= 8 and w >= 8):
+        return False
+    filled = ndi.binary_fill_holes(comp)
+    holes = filled.sum() - comp.sum()
+    return filled.sum() / float(h * w) >= 0.95 and holes >= 0.02 * filled.sum()
+
+
+def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
+    """Pixels of burned-in scale bars, their labels, panel letters and label boxes.
+
+    Parameters
+    ----------
+    image : (Y, X) array
+        The picture (data bar already cropped).
+    dilate : int
+        Pixels added around each annotation (its anti-aliased edge).
+
+    Returns
+    -------
+    (Y, X) bool array
+        False everywhere for an image without annotations (or a constant image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).normal(100, 10, (200, 300))
+    >>> img[180:186, 200:280] = 255            # a scale bar
+    >>> mask = annotation_mask(img)
+    >>> bool(mask[183, 240]), bool(mask[100, 100])
+    (True, False)
+    """
+    img = np.asarray(image, np.float32)
+    shape = img.shape
+    out = np.zeros(shape, bool)
+    for drawn, extreme, span in _extremes(img):
+        lab, n = ndi.label(drawn, structure=np.ones((3, 3)))
+        if n == 0:
+            continue
+        bars, glyphs, boxes = [], [], []
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            if sl is None:
+                continue
+            comp = lab[sl] == i
+            h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+            if comp.sum() < 12 or not _is_drawn(img, comp, sl, extreme, span):
+                continue
+            if _is_bar(comp, h, w, shape):
+                bars.append(sl)
+            elif _is_box(comp, h, w, shape) and _near_corner(sl, shape):
+                boxes.append(sl)
+            elif _is_glyph(img, comp, sl, shape, span):
+                glyphs.append((i, sl))
+        for sl in bars:
+            out[sl] |= True  # a bar's bounding box is the bar
+        for sl in boxes:
+            out[sl] |= True
+        kept = _text_glyphs(glyphs, bars, shape)
+        for i, sl in kept:
+            out[sl] |= lab[sl] == i
+    if dilate and out.any():
+        out = ndi.binary_dilation(out, iterations=int(dilate))
+    return out
+
+
+def _text_glyphs(glyphs, bars, shape):
+    """The glyphs that sit where text sits: next to a scale bar (its label), or in a line of at
+    least :data:`MIN_LINE_GLYPHS` glyphs of about the same height (the same top or baseline, a
+    letter's gap apart) that lies in a corner (a panel label)."""
+    n = len(glyphs)
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(n):
+        sa = glyphs[a][1]
+        ha = sa[0].stop - sa[0].start
+        for b in range(a + 1, n):
+            sb = glyphs[b][1]
+            hb = sb[0].stop - sb[0].start
+            aligned = min(abs(sa[0].start - sb[0].start), abs(sa[0].stop - sb[0].stop)) <= 0.2 * max(ha, hb)
+            gap = max(sb[1].start - sa[1].stop, sa[1].start - sb[1].stop)
+            if aligned and 0.5 <= ha / hb <= 2 and gap <= 0.8 * max(ha, hb):
+                parent[root(a)] = root(b)
+    lines: dict[int, list[int]] = {}
+    for i in range(n):
+        lines.setdefault(root(i), []).append(i)
+    keep = []
+    for members in lines.values():
+        sls = [glyphs[i][1] for i in members]
+        box = (slice(min(q[0].start for q in sls), max(q[0].stop for q in sls)),
+               slice(min(q[1].start for q in sls), max(q[1].stop for q in sls)))
+        h = box[0].stop - box[0].start
+        labelled_bar = any(max(bar[0].start - box[0].stop, box[0].start - bar[0].stop, 0) <= 3 * h
+                           and max(bar[1].start - box[1].stop, box[1].start - bar[1].stop, 0) <= bar[1].stop - bar[1].start
+                           for bar in bars)
+        if labelled_bar or (len(members) >= MIN_LINE_GLYPHS and _near_corner(box, shape)):
+            keep.extend(glyphs[i] for i in members)
+    return keep
+
+
+def fill_annotations(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the pixels of ``mask`` painted over by the gray values around them
+    (normalized convolution at growing widths), as float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.full((50, 50), 80.0); img[20:26, 10:40] = 255
+    >>> out = fill_annotations(img, img == 255)
+    >>> round(float(out.max()), 3)
+    80.0
+    """
+    img = np.asarray(image, np.float32)
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return img
+    out = img.copy()
+    todo = mask.copy()
+    weight = (~mask).astype(np.float32)
+    for sigma in (3, 8, 24, 64, 192):
+        num = ndi.gaussian_filter(np.where(mask, 0, img), sigma)
+        den = ndi.gaussian_filter(weight, sigma)
+        ready = todo & (den > 1e-3)
+        out[ready] = num[ready] / den[ready]
+        todo &= ~ready
+        if not todo.any():
+            break
+    if todo.any():
+        out[todo] = float(np.median(img[~mask])) if (~mask).any() else 0.0
+    return out

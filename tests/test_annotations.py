@@ -1,0 +1,90 @@
+"""Burned-in annotations (issue 13, item 4): scale bars, their labels and panel letters are
+found and ignored; particles, their bright SEM rims and dark TEM particles are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from particleseg.annotations import annotation_mask, fill_annotations
+from particleseg.io import read_image
+from particleseg.pipeline import SegmentParams, segment_image
+from particleseg.preprocess import detect_data_bar
+
+SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+
+
+def font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def micrograph(polarity="bright", seed=0):
+    """A 320x400 SEM-like image: particles with bright rims (edge contrast), a scale bar with its
+    length written above it, and a panel letter in the top-left corner."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(60, 6, (320, 400)).astype(np.float32)
+    yy, xx = np.mgrid[:320, :400]
+    for cy, cx in [(80, 120), (90, 250), (170, 180), (200, 320), (150, 60)]:
+        d = np.hypot(yy - cy, xx - cx)
+        img[d < 22] = 150 + rng.normal(0, 8, (d < 22).sum())
+        img[(d >= 18) & (d < 22)] = 255  # saturated rim
+    if polarity == "dark":
+        img = 255 - img
+    ink = 255 if polarity == "bright" else 0
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    draw.rectangle([300, 288, 380, 297], fill=ink)  # scale bar
+    draw.text((310, 262), "100 nm", fill=ink, font=font(18), stroke_width=1, stroke_fill=ink)
+    draw.text((6, 4), "(a)", fill=ink, font=font(26), stroke_width=1, stroke_fill=ink)
+    return np.asarray(pil).astype(np.float32)
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_scale_bar_label_and_panel_letter_are_found_not_the_particles(polarity):
+    img = micrograph(polarity)
+    mask = annotation_mask(img)
+    assert mask[288:298, 300:381].mean() > 0.95  # the bar
+    assert mask[262:286, 305:380].mean() > 0.2  # its label
+    assert mask[0:36, 0:50].mean() > 0.1  # the panel letter
+    yy, xx = np.mgrid[:320, :400]
+    particles = np.zeros(img.shape, bool)
+    for cy, cx in [(80, 120), (90, 250), (170, 180), (200, 320), (150, 60)]:
+        particles |= np.hypot(yy - cy, xx - cx) < 23
+    assert not (mask & particles).any()  # the saturated rims are not letters
+
+
+def test_fill_annotations_paints_the_bar_with_its_surroundings():
+    img = micrograph()
+    mask = annotation_mask(img)
+    filled = fill_annotations(img, mask)
+    assert abs(float(filled[288:298, 300:381].mean()) - 60) < 10
+    assert np.array_equal(filled[~mask], img[~mask])
+
+
+def test_constant_and_annotation_free_images_give_an_empty_mask():
+    assert not annotation_mask(np.full((64, 64), 7.0)).any()
+    image, _ = read_image(SAMPLE)  # a raw SEM TIFF: bright particles, saturated edges, no annotation
+    picture = image[: image.shape[0] - detect_data_bar(image)]
+    assert not annotation_mask(picture).any()
+
+
+def test_particles_on_the_annotations_are_not_measured():
+    from particleseg.models import load_bundle
+
+    img = micrograph()
+    bundle = load_bundle("default")
+    params = dict(crop_rows=0, particle_size=24, exclude_border=False, progress=False)
+    seg = segment_image(img, bundle, SegmentParams(**params))
+    plain = segment_image(img, bundle, SegmentParams(**params, annotations=False))
+    # without the step the bar and the letters are measured as particles; with it, not the bar
+    assert plain.kept_labels[288:298, 300:381].any()
+    assert plain.table["kept"].sum() > seg.table["kept"].sum()
+    assert not seg.kept_labels[288:298, 300:381].any()
+    kept = seg.kept_labels
+    assert all(kept[cy, cx] for cy, cx in [(80, 120), (90, 250), (170, 180), (200, 320), (150, 60)])
