@@ -298,3 +298,32 @@ def test_segment_command_reads_an_mrc(tmp_path, mrc_2d, threshold_bundle, capsys
     table = pd.read_csv(tmp_path / "out" / "grid_particles.csv")
     assert any("[nm]" in c for c in table.columns)
     assert table["kept"].sum() >= 1
+
+
+def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
+    """Label images and masks go through the same reader (io.read_array -> formats.read): an MRC
+    proposal scores exactly as the same labels written as TIFF."""
+    mrcfile = pytest.importorskip("mrcfile")
+    import pandas as pd
+    import tifffile
+
+    from particleseg.cli import main
+
+    labels = np.zeros((64, 80), np.int16)
+    labels[10:30, 10:30], labels[40:60, 35:70] = 1, 2
+    truth = labels.copy()
+    truth[10:30, 12:32] = 1
+    for sub in ("mrc", "tif", "truth"):
+        (tmp_path / sub).mkdir()
+    with mrcfile.new(tmp_path / "mrc" / "a_labels.mrc") as m:
+        m.set_data(labels)
+    tifffile.imwrite(tmp_path / "tif" / "a_labels.tif", labels)
+    tifffile.imwrite(tmp_path / "truth" / "a.tif", truth)
+    rows = []
+    for sub in ("mrc", "tif"):
+        pred = tmp_path / sub / f"a_labels.{sub}"
+        assert main(["evaluate", "--pred", str(pred), "--truth", str(tmp_path / "truth" / "a.tif"),
+                     "--out", str(tmp_path / f"out-{sub}"), "--crop-rows", "0", "--quiet"]) == 0
+        rows.append(pd.read_csv(tmp_path / f"out-{sub}" / "metrics.csv").drop(columns=["pred"], errors="ignore"))
+    pd.testing.assert_frame_equal(rows[0].select_dtypes("number"), rows[1].select_dtypes("number"))
+    assert 0.9 < rows[0]["iou_image"].iloc[0] < 1 and rows[0]["status"].iloc[0] == "ok"

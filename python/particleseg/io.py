@@ -210,7 +210,8 @@ def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare
 
 
 def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an image file (TIFF, PNG, JPEG) as a squeezed array, without the checks of
+    """Read an image file (TIFF, PNG, JPEG, or an EM format of :mod:`particleseg.formats`) as
+    a squeezed array, without the checks of
     :func:`read_image` (a mask or proposal may be empty, a label image is not gray levels).
     RGB(A) data whose channels are equal is reduced to one channel; ``what`` names the file's
     role in error messages.
@@ -223,6 +224,10 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     import warnings
 
     path = Path(path)
+    if formats.handles(path):  # DM3/DM4, EMD, MRC, OME-Zarr: one reader for every command
+        if not path.exists():
+            raise InputError(f"{path}: {what} file not found")
+        return np.squeeze(np.asarray(formats.read(path)[0]))
     if not path.is_file():
         raise InputError(f"{path}: {what} file not found")
     try:
