@@ -327,3 +327,20 @@ def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
         rows.append(pd.read_csv(tmp_path / f"out-{sub}" / "metrics.csv").drop(columns=["pred"], errors="ignore"))
     pd.testing.assert_frame_equal(rows[0].select_dtypes("number"), rows[1].select_dtypes("number"))
     assert 0.9 < rows[0]["iou_image"].iloc[0] < 1 and rows[0]["status"].iloc[0] == "ok"
+
+
+def test_run_macro_per_image_lists_only_what_imagej_opens(tmp_path, mrc_2d):
+    """run-macro opens each file with ImageJ's open(), which reads no EM format: those files are
+    left out, and a folder of them only is one line that names the commands that read them."""
+    import shutil
+
+    import tifffile
+
+    from particleseg.errors import InputError
+    from particleseg.fiji.batch import list_inputs
+
+    shutil.copy(mrc_2d, tmp_path / "b.mrc")
+    with pytest.raises(InputError, match="that ImageJ opens.*Batch Segment Folder"):
+        list_inputs(tmp_path)
+    tifffile.imwrite(tmp_path / "a.tif", _image())
+    assert [f.name for f in list_inputs(tmp_path)] == ["a.tif"]

@@ -79,11 +79,16 @@ def list_inputs(folder: Path, pattern: str | None = None) -> list[Path]:
 
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder not found")
-    files = list_images([folder])
+    from ..io import IMAGE_SUFFIXES
+
+    # the macro opens each file with ImageJ's open(): only what ImageJ 1.x reads itself
+    files = [f for f in list_images([folder]) if f.suffix.lower() in IMAGE_SUFFIXES]
     if pattern:
         files = [f for f in files if fnmatch.fnmatch(f.name, pattern)]
     if not files:
-        raise InputError(f"{folder}: no image files{' matching ' + pattern if pattern else ''} (TIFF, PNG, JPEG)")
+        raise InputError(f"{folder}: no image files{' matching ' + pattern if pattern else ''} that ImageJ opens "
+                         "(TIFF, PNG, JPEG; for DM3/DM4, EMD, MRC and OME-Zarr use Batch Segment Folder... or "
+                         "particleseg segment)")
     return files
 
 

@@ -391,7 +391,7 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
 
     files = list_images([src])
     if not files:
-        raise InputError(f"{src}: no image files (TIFF, PNG, JPEG) in this folder")
+        raise InputError(f"{src}: no image files (TIFF, PNG, JPEG, DM3/DM4, EMD, MRC, OME-Zarr) in this folder")
     bundle = get_bundle(v["model"])
     params = segment_params(v, ctx.command)
     t_start = time.perf_counter()
