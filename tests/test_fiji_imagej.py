@@ -479,7 +479,9 @@ def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle)
     assert len(lines) == 1 and lines[0].startswith(
         f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border ')
     recorded = parse_macro_options(lines[0][len('run("Segment Particles...", "'):-len('");')])
-    assert list(recorded) == [f.key for f in SPECS["Segment Particles..."].parameters]  # every parameter, in order
+    # every parameter, in order (a box that is off by default and unchecked is left out, as ImageJ records it)
+    assert list(recorded) == [f.key for f in SPECS["Segment Particles..."].parameters
+                              if not (f.kind == "bool" and f.default is False)]
     assert {k: recorded[k] for k in ("seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
                                      "area", "circularity", "crop_rows", "probability", "labels", "histogram_of")} == {
         "seed_level": "0.5", "split_level": "1", "min_size": "4", "min_confidence": "0", "fill_holes": True,
@@ -884,6 +886,24 @@ def _training_available() -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+def test_strict_makes_unusable_file_metadata_an_error_as_on_the_command_line(ij, tmp_path, tiny_bundle, capfd):
+    """A pixel size of 0 in the file's OME metadata: a note and pixels by default, an error
+    naming the file and the tag with strict=true (the command line's --strict)."""
+    import tifffile
+
+    from particleseg.fiji import MacroError
+
+    path = tmp_path / "zero.tif"
+    tifffile.imwrite(path, blobs_image(np.random.default_rng(6)), ome=True, metadata={"PhysicalSizeX": 0.0})
+    run = (f'setBatchMode(true); open("{macro_path(path)}"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
+           'crop_rows=0 probability=false mask=false histogram=false{}"); return "" + nResults;')
+    capfd.readouterr()
+    ij.run_macro(run.format(""))
+    ij.close_all()
+    with pytest.raises(MacroError, match=r"zero.tif: .*PhysicalSizeX: pixel size 0 .*\(strict\)"):
+        ij.run_macro(run.format(" strict"))
 
 
 def test_ome_tiff_without_imagej_scale_takes_the_file_calibration(ij, tmp_path, tiny_bundle, capfd):

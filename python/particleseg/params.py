@@ -142,8 +142,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "results of one after another (0: one per usable CPU core, the command line's default; 1: one after "
               "another, the Python default)", 0, minimum=0, fiji=False),
     Parameter("strict", "bool", "calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) "
-              "is an error naming the file and the tag, instead of a note and measuring without it", False,
-              fiji=False),
+              "is an error naming the file and the tag, instead of a note and measuring without it", False),
 )
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}

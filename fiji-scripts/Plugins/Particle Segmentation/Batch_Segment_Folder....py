@@ -24,6 +24,7 @@
 #@ Double (label="Particle size (px)", description="typical particle diameter in this image, in pixels; the image is resampled to the model's training scale (0: estimated per image)", value=0, min=0, style="format:0.00") particle_size
 #@ Double (label="Rescale", description="resample the image by this factor before inference instead of the estimated scale (1: as it is; 0: estimated)", value=0, min=0, style="format:0.00") rescale
 #@ String (label="Engine", description="what runs the network: auto (ONNX Runtime when the model has an ONNX export and onnxruntime is installed, else Keras), onnx or keras", choices={"auto","onnx","keras"}, value="auto") engine
+#@ Boolean (label="Strict", description="calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) is an error naming the file and the tag, instead of a note and measuring without it", value=false) strict
 #@ Boolean (label="Overwrite existing outputs", value=false) overwrite
 #@ Boolean (label="Overview figures", value=true) overview
 
@@ -39,4 +40,4 @@ except ImportError:  # Jython, or a Python without particleseg
              "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
              "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
 else:
-    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, annotations=annotations, particle_size=particle_size, rescale=rescale, engine=engine, overwrite=overwrite, overview=overview)
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, annotations=annotations, particle_size=particle_size, rescale=rescale, engine=engine, strict=strict, overwrite=overwrite, overview=overview)

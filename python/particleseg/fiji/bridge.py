@@ -351,6 +351,8 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
         else:
             values = {**defaults, **values}
         values = cmds.validate(spec, values)
+        if values.get("strict") and SPECS[name].needs_image:
+            cmds.image_calibration(target, name, strict=True)  # unusable metadata: an error now
         if not macro:
             _last_values[name] = dict(values)
         ctx = cmds.Context.current(name, macro, PROGRESS_HOOKS)

@@ -114,10 +114,11 @@ def get_bundle(name: str):
 # helpers
 
 
-def image_calibration(imp, command: str) -> Calibration:
+def image_calibration(imp, command: str, strict: bool = False) -> Calibration:
     """The calibration to measure ``imp`` in: ImageJ's, else the one in its file's microscope
-    metadata (set on the image), else pixels; said in the Log when it is not ImageJ's."""
-    cal, note = calibrate_from_file(imp)
+    metadata (set on the image), else pixels; said in the Log when it is not ImageJ's. With
+    ``strict`` unusable metadata is an error (the parameter ``strict``)."""
+    cal, note = calibrate_from_file(imp, strict)
     if note:
         publish.log(f"{command.rstrip('.')}: {note}")
     return cal

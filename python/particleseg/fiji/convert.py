@@ -106,7 +106,7 @@ def has_scale(imp) -> bool:
     return True
 
 
-def calibrate_from_file(imp) -> tuple[Calibration, str]:
+def calibrate_from_file(imp, strict: bool = False) -> tuple[Calibration, str]:
     """The calibration to measure an ImagePlus in, and a line for the Log when it does not
     come from ImageJ.
 
@@ -117,6 +117,8 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
     A unit that is no length we know (set in Image > Properties) is an error unless the file has
     a calibration. Pixels that are not square, in ImageJ's scale or in the file's metadata, are
     an error (as on the command line): the user allows them only by setting a square scale.
+    With ``strict``, metadata that cannot be used (zero or infinite size, unknown unit) is an
+    error too, as ``--strict`` makes it on the command line.
     """
     from ..io import read_calibration
 
@@ -132,11 +134,14 @@ def calibrate_from_file(imp) -> tuple[Calibration, str]:
         path = str(fi.directory) + str(fi.fileName)
     if path:
         try:
-            cal, source = read_calibration(path)
+            cal, source = read_calibration(path, strict=strict)
         except InputError as exc:
             if "pixels are not square" in str(exc):  # as on the command line: an error, never pixels
                 raise InputError(str(exc).split("; give --pixel-size")[0] + "; set a square scale in Image > "
                                  "Properties or Analyze > Set Scale to measure it") from None
+            if strict and "(--strict)" in str(exc):
+                raise InputError(str(exc).split(" (--strict)")[0] + " (strict); fix the metadata, set the scale in "
+                                 "Image > Properties or Analyze > Set Scale, or leave strict off") from None
             cal, source = Calibration(), ""
         if cal.calibrated:
             set_calibration(imp, cal)
