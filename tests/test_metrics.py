@@ -6,6 +6,8 @@ written as 1-row images ``np.array([[...]])``; particles are runs of equal label
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 
 import numpy as np
@@ -15,6 +17,8 @@ from scipy import ndimage as ndi
 
 from particleseg import metrics as M
 from particleseg.errors import InputError
+from particleseg.metrics import inputs, isbi, topology
+from particleseg.postprocess import labels_to_mask
 
 FOUR = ndi.generate_binary_structure(2, 1)
 
@@ -44,7 +48,7 @@ def test_labels_to_mask_draws_one_pixel_lines_between_touching_particles():
     lab = np.zeros((4, 6), np.int32)
     lab[:, :3] = 1
     lab[:, 3:] = 2
-    mask = M.labels_to_mask(lab)
+    mask = labels_to_mask(lab)
     # the particle with the larger label gives up its pixels that touch the other one
     assert mask[:, 3].sum() == 0 and mask[:, :3].all() and mask[:, 4:].all()
     assert ndi.label(mask, FOUR)[1] == 2
@@ -310,8 +314,8 @@ def test_thinned_scores_are_close_to_a_watershed_thinning(rng):
     ours = M.contingency(truth, M.thin_borders(pred))
     theirs = M.contingency(truth, ws)
     # the same definition up to how ties are broken
-    assert M._rand_f_from_sums(M._rand_sums(ours)) == pytest.approx(M._rand_f_from_sums(M._rand_sums(theirs)), abs=0.01)
-    assert M._information(ours)["fscore"] == pytest.approx(M._information(theirs)["fscore"], abs=0.01)
+    assert isbi._rand_f_from_sums(isbi._rand_sums(ours)) == pytest.approx(isbi._rand_f_from_sums(isbi._rand_sums(theirs)), abs=0.01)
+    assert isbi._information(ours)["fscore"] == pytest.approx(isbi._information(theirs)["fscore"], abs=0.01)
 
 
 def test_rand_error_over_a_threshold_sweep():
@@ -363,7 +367,7 @@ def test_stack_pools_rand_pair_counts_over_slices():
 
 def yokoi_simple(code: int) -> bool:
     """Yokoi's 4-connectivity number equals 1: an independent characterisation of simple points."""
-    nb = {(dy, dx): code >> k & 1 for k, (dy, dx) in enumerate(M._N8)}
+    nb = {(dy, dx): code >> k & 1 for k, (dy, dx) in enumerate(topology._N8)}
     # x1..x8 counter-clockwise from the east neighbour
     x = [nb[(0, 1)], nb[(-1, 1)], nb[(-1, 0)], nb[(-1, -1)], nb[(0, -1)], nb[(1, -1)], nb[(1, 0)], nb[(1, 1)]]
     x = x + x[:1]
@@ -376,15 +380,15 @@ def test_simple_point_table_matches_yokoi_connectivity_number():
     assert [bool(v) for v in table] == [yokoi_simple(c) for c in range(256)]
     # an isolated pixel, an interior pixel and a bridge are not simple; an end point is
     assert not table[0] and not table[255]
-    bridge = sum(1 << k for k, d in enumerate(M._N8) if d in ((0, -1), (0, 1)))
-    end = 1 << M._N8.index((0, 1))
+    bridge = sum(1 << k for k, d in enumerate(topology._N8) if d in ((0, -1), (0, 1)))
+    end = 1 << topology._N8.index((0, 1))
     assert not table[bridge] and table[end]
 
 
 def test_simple_point_flips_keep_the_topology(rng):
     # flipping one simple pixel keeps the numbers of 4-connected particles and 8-connected
     # background components (holes + outside); flipping a non-simple one changes one of them
-    def topology(m):
+    def components(m):
         return ndi.label(m, FOUR)[1], ndi.label(np.pad(~m, 1, constant_values=True), np.ones((3, 3)))[1]
 
     for _ in range(40):
@@ -393,7 +397,7 @@ def test_simple_point_flips_keep_the_topology(rng):
         y, x = rng.integers(1, 23, 2)
         flipped = m.copy()
         flipped[y, x] = ~flipped[y, x]
-        assert (topology(flipped) == topology(m)) == bool(simple[y, x])
+        assert (components(flipped) == components(m)) == bool(simple[y, x])
 
 
 def test_warping_never_splits_merges_creates_or_removes_particles(rng):
@@ -463,8 +467,8 @@ def test_warping_sweep_skips_thresholds_near_the_maximum():
     truth[1:4, 1:3] = truth[1:4, 4:6] = 1
     prob = np.where(truth > 0, 0.85, 0.0)
     prob[1:4, 3] = 0.5  # fills the gap (a merger) for thresholds below 0.5
-    inp = M._prepare(prob, truth)
-    assert M._warping_thresholds(inp, M.DEFAULT_THRESHOLDS) == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    inp = inputs._prepare(prob, truth)
+    assert topology._warping_thresholds(inp, M.DEFAULT_THRESHOLDS) == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     assert M.warping_error(prob, truth)["threshold"] == 0.5
     assert M.warping_error(prob, truth, thresholds=(0.0, 0.1))["mergers"] == 3
 
@@ -498,7 +502,7 @@ def two_discs(shape=(40, 60)):
     d2 = np.hypot(yy - 20, xx - 36)
     union = (d1 < 10) | (d2 < 10)
     lab = np.where(union, np.where(xx < 28, 1, 2), 0)
-    mask = M.labels_to_mask(lab)
+    mask = labels_to_mask(lab)
     prob = np.clip(1 - ndi.distance_transform_edt(~union) / 3, 0, 1)
     return mask.astype(np.uint8) * 255, lab, prob
 
@@ -674,3 +678,19 @@ def test_tio2_score_labels_on_a_worked_case():
     assert s["instance_iou_pred"] == pytest.approx(0.5)  # prediction average: 1 and 0
     assert s["f1_iou50"] == pytest.approx(0.5)  # 1 TP, 1 FP, 1 FN
     assert (s["n_truth"], s["n_pred"]) == (2, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# docstring examples
+
+
+@pytest.mark.parametrize(
+    "module", ["inputs", "contingency", "pixel", "instance", "isbi", "topology", "sizes", "evaluate"]
+)
+def test_docstring_examples_run_as_written(module):
+    """The Examples sections of the metrics modules are doctests (issue 18); a failing example is
+    printed with what it gave."""
+    mod = importlib.import_module(f"particleseg.metrics.{module}")
+    res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0, f"particleseg.metrics.{module} has no docstring examples"
+    assert res.failed == 0, f"{res.failed} of {res.attempted} examples of particleseg.metrics.{module} failed"
