@@ -32,7 +32,7 @@ def blobs(rng, shape=(48, 64), sigma=2.5, level=0.5):
 
 
 def random_labels(rng, shape=(48, 64), n=12):
-    """A label image that covers the whole image (a Voronoi partition of n random seeds)."""
+    """Make a label image that covers the whole image: a Voronoi partition of n random seeds."""
     seeds = np.zeros(shape, np.int32)
     ys, xs = rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)
     seeds[ys, xs] = np.arange(1, n + 1)
@@ -314,7 +314,9 @@ def test_thinned_scores_are_close_to_a_watershed_thinning(rng):
     ours = M.contingency(truth, M.thin_borders(pred))
     theirs = M.contingency(truth, ws)
     # the same definition up to how ties are broken
-    assert isbi._rand_f_from_sums(isbi._rand_sums(ours)) == pytest.approx(isbi._rand_f_from_sums(isbi._rand_sums(theirs)), abs=0.01)
+    assert isbi._rand_f_from_sums(isbi._rand_sums(ours)) == pytest.approx(
+        isbi._rand_f_from_sums(isbi._rand_sums(theirs)), abs=0.01
+    )
     assert isbi._information(ours)["fscore"] == pytest.approx(isbi._information(theirs)["fscore"], abs=0.01)
 
 
@@ -449,7 +451,12 @@ def test_warping_error_counts_a_split():
 def test_warping_error_degenerate_cases():
     truth = np.zeros((6, 8), np.uint8)
     truth[1:3, 1:3] = truth[3:5, 5:7] = 1
-    assert M.warping_error(truth, truth) == {"error": 0.0, "splits": 0, "mergers": 0, "threshold": pytest.approx(math.nan, nan_ok=True)}
+    assert M.warping_error(truth, truth) == {
+        "error": 0.0,
+        "splits": 0,
+        "mergers": 0,
+        "threshold": pytest.approx(math.nan, nan_ok=True),
+    }
     # an empty proposal deletes each particle down to one pixel: object deletions, not counted
     empty = np.zeros_like(truth)
     warped = M.warp_mask(truth > 0, empty > 0)
@@ -495,8 +502,11 @@ def test_size_distribution_agreement_hand_example():
 
 
 def two_discs(shape=(40, 60)):
-    """Two overlapping discs (radius 10, centres 16 apart) as ground truth split at x = 28 with a
-    separating line, and a probability map that is 1 on their union and falls to 0 within 3 px."""
+    """Make two overlapping discs (radius 10, centres 16 apart) and a probability map.
+
+    The ground truth is split at x = 28 with a separating line; the probability map is 1 on
+    their union and falls to 0 within 3 px.
+    """
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     d1 = np.hypot(yy - 20, xx - 20)
     d2 = np.hypot(yy - 20, xx - 36)
@@ -512,7 +522,15 @@ def test_evaluate_pair_identical_inputs_score_perfectly():
     res = M.evaluate_pair(mask, mask)
     for key in ("iou_image", "iou_instance", "iou_instance_truth", "youden", "ap", "f1_50"):
         assert res[key] == pytest.approx(1.0), key
-    for key in ("pixel_error", "warping_error", "rand_error", "rand_error_thinned", "vi_error_thinned", "MinFeret_ks", "Area_mean_relerr"):
+    for key in (
+        "pixel_error",
+        "warping_error",
+        "rand_error",
+        "rand_error_thinned",
+        "vi_error_thinned",
+        "MinFeret_ks",
+        "Area_mean_relerr",
+    ):
         assert res[key] == pytest.approx(0.0, abs=1e-12), key
     assert (res["n_truth"], res["tp"], res["fp"], res["fn"]) == (2, 2, 0, 0)
     # a label image of the same particles scores the same as their mask
@@ -548,7 +566,9 @@ def test_evaluate_pair_sweep_crop_and_stack():
 
 def test_evaluate_pair_bad_input_messages():
     mask, _, prob = two_discs()
-    with pytest.raises(InputError, match="p.tif: shape \\(40, 60\\) does not match the ground truth t.tif \\(40, 59\\)"):
+    with pytest.raises(
+        InputError, match="p.tif: shape \\(40, 60\\) does not match the ground truth t.tif \\(40, 59\\)"
+    ):
         M.evaluate_pair(prob, mask[:, :-1], name="p.tif", truth_name="t.tif")
     bad = prob.copy()
     bad[3, 3] = np.nan
@@ -594,15 +614,32 @@ def test_cli_evaluate_tiny_files_with_a_bad_pair(tmp_path, capsys):
     tifffile.imwrite(pred / "lonely_prob.tif", prob.astype(np.float32))  # no ground truth
     for name in ("good_m.tif", "same_m.tif", "small_m.tif"):
         tifffile.imwrite(truth / name, mask)
-    argv = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out), "--thresholds", "0.1:0.9:0.2",
-            "--watershed", "--quiet"]
+    argv = [
+        "evaluate",
+        "--pred",
+        str(pred),
+        "--truth",
+        str(truth),
+        "--out",
+        str(out),
+        "--thresholds",
+        "0.1:0.9:0.2",
+        "--watershed",
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "small.tif: shape (40, 56) does not match the ground truth" in err
     assert "lonely_prob.tif: no ground truth named lonely_m.tif" in err
     table = pd.read_csv(out / "metrics.csv")
     status = dict(zip(table["file"], table["status"]))
-    assert status == {"lonely_prob.tif": "failed", "good_prob.tif": "ok", "same_labels.tif": "ok", "small.tif": "failed", "mean": "mean"}
+    assert status == {
+        "lonely_prob.tif": "failed",
+        "good_prob.tif": "ok",
+        "same_labels.tif": "ok",
+        "small.tif": "failed",
+        "mean": "mean",
+    }
     same = table[table["file"] == "same_labels.tif"].iloc[0]
     assert same["rand_error"] == pytest.approx(0.0, abs=1e-12) and same["ap"] == 1.0
     good = table[table["file"] == "good_prob.tif"].iloc[0]
@@ -610,7 +647,10 @@ def test_cli_evaluate_tiny_files_with_a_bad_pair(tmp_path, capsys):
     mean = table[table["file"] == "mean"].iloc[0]
     assert mean["iou_image"] == pytest.approx((same["iou_image"] + good["iou_image"]) / 2)
     md = (out / "metrics.md").read_text()
-    assert "| image | IoU (image) | IoU (instance) | Youden | pixel err | warping err | Rand err | Rand err thinned | VI/IT err thinned | AP | F1@0.5 |" in md
+    assert (
+        "| image | IoU (image) | IoU (instance) | Youden | pixel err | warping err | Rand err | Rand err thinned "
+        "| VI/IT err thinned | AP | F1@0.5 |" in md
+    )
     assert "small.tif: shape" in md
     sweep = pd.read_csv(out / "metrics_sweep.csv")
     assert sorted(sweep.loc[sweep["file"] == "good_prob.tif", "threshold"]) == [0.1, 0.3, 0.5, 0.7, 0.9]
@@ -662,8 +702,11 @@ def test_tio2_manual_mask_against_itself_and_a_li_threshold(tio2_dir):
 
 
 def test_tio2_score_labels_on_a_worked_case():
-    """The per-image TiO2 scores: truth has particles 1 (4x4) and 2 (2x2); the prediction finds
-    particle 1 exactly and adds a false 2x2 particle elsewhere."""
+    """The per-image TiO2 scores on a worked case.
+
+    The truth has particles 1 (4x4) and 2 (2x2); the prediction finds particle 1 exactly and
+    adds a false 2x2 particle elsewhere.
+    """
     from particleseg.datasets import score_labels
 
     truth = np.zeros((10, 10), np.int32)
@@ -688,8 +731,10 @@ def test_tio2_score_labels_on_a_worked_case():
     "module", ["inputs", "contingency", "pixel", "instance", "isbi", "topology", "sizes", "evaluate"]
 )
 def test_docstring_examples_run_as_written(module):
-    """The Examples sections of the metrics modules are doctests (issue 18); a failing example is
-    printed with what it gave."""
+    """The Examples sections of the metrics modules are doctests (issue 18).
+
+    A failing example is printed with what it gave.
+    """
     mod = importlib.import_module(f"particleseg.metrics.{module}")
     res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0, f"particleseg.metrics.{module} has no docstring examples"
