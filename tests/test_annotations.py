@@ -88,3 +88,18 @@ def test_particles_on_the_annotations_are_not_measured():
     assert not seg.kept_labels[288:298, 300:381].any()
     kept = seg.kept_labels
     assert all(kept[cy, cx] for cy, cx in [(80, 120), (90, 250), (170, 180), (200, 320), (150, 60)])
+
+
+def test_an_image_of_only_a_scale_bar_is_a_note_and_an_empty_result():
+    from particleseg.errors import ParticlesegWarning
+    from particleseg.models import load_bundle
+
+    yy, xx = np.mgrid[:256, :320]
+    img = (80 + 0.05 * xx + 0.03 * yy).astype(np.float32)  # a smooth, uneven background
+    img[230:240, 200:300] = 255
+    with pytest.warns(ParticlesegWarning, match="no particles found"):
+        seg = segment_image(img, load_bundle("default"), SegmentParams(crop_rows=0, progress=False))
+    assert not seg.table["kept"].any()
+    # without the step the bar is measured (as particles)
+    plain = segment_image(img, load_bundle("default"), SegmentParams(crop_rows=0, progress=False, annotations=False))
+    assert plain.table["kept"].any()
