@@ -395,3 +395,33 @@ def test_batchnorm_recalibration_makes_inference_match_training_statistics():
     assert after < 0.25 * before
     bn = next(l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization))
     assert bn.momentum == pytest.approx(0.99)  # restored
+
+
+def test_mrc_and_ome_zarr_volumes_segment_as_their_tiffs(tmp_path, sim, phase_bundle):
+    """A stack in an electron-microscopy file (MRC written by mrcfile, OME-Zarr) is read by the one
+    reader of particleseg.formats and gives the labels of the same stack as TIFF."""
+    mrcfile = pytest.importorskip("mrcfile")
+    tiffs = _write_stacks(sim, tmp_path / "tif")
+    mrcs = []
+    for c in range(sim.channels.shape[0]):
+        p = tmp_path / f"ch{c}.mrc"
+        with mrcfile.new(p) as m:
+            m.set_data(sim.channels[c].astype(np.float32))
+            m.voxel_size = 50.0
+        mrcs.append(p)
+    from test_formats import _ome_zarr  # NGFF metadata as written by the OME-Zarr writers
+
+    zarrs = [_ome_zarr(tmp_path / f"ch{c}.ome.zarr", sim.channels[c], (50.0, 5.0, 5.0), unit="nanometer")
+             for c in range(sim.channels.shape[0])]
+    outs = {}
+    for name, paths in (("tif", tiffs), ("mrc", mrcs), ("zarr", zarrs)):
+        with fibsem.open_stack(paths) as st:
+            assert st.n_slices == sim.channels.shape[1]
+            fibsem.segment_stack(st, phase_bundle, tmp_path / f"out-{name}", tile=48, progress=False)
+        outs[name] = tifffile.imread(tmp_path / f"out-{name}" / "phases.tif")
+    np.testing.assert_array_equal(outs["mrc"], outs["tif"])
+    np.testing.assert_array_equal(outs["zarr"], outs["tif"])
+    # a second run over the MRC files resumes from their records instead of refusing them
+    with fibsem.open_stack(mrcs) as st:
+        fibsem.segment_stack(st, phase_bundle, tmp_path / "out-mrc", tile=48, progress=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out-mrc" / "phases.tif"), outs["tif"])

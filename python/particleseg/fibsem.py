@@ -108,6 +108,27 @@ class ArraySource(SliceSource):
         return _checked(np.array(self.array[z]), self.where(z))
 
 
+class EMFileSource(ArraySource):
+    """A volume in an electron-microscopy file (MRC/IMOD stacks, OME-Zarr, DM, EMD), read by
+    :func:`particleseg.formats.read` (the one reader of every command) into memory."""
+
+    def __init__(self, path: str | os.PathLike):
+        from . import formats
+
+        self.path = Path(path)
+        data, axes, _, _ = formats.read(self.path)
+        keep = [i for i, (ax, n) in enumerate(zip(axes, data.shape)) if n > 1 or ax in "YX"]
+        data = np.squeeze(data, axis=tuple(i for i in range(data.ndim) if i not in keep))
+        axes = "".join(axes[i] for i in keep)
+        if axes == "YX":
+            data, axes = data[None], "ZYX"
+        if axes != "ZYX":
+            raise InputError(f"{self.path}: expected a (Z, Y, X) volume, got axes {axes} of shape {data.shape}; "
+                             "give one file per channel")
+        super().__init__(data, str(self.path))
+        self.files = [self.path]  # what a rerun compares (stack_files), not the values
+
+
 class TiffStackSource(SliceSource):
     """A multi-page TIFF (``ZYX``, or one channel of a ``ZCYX``/``CZYX`` hyperstack) read slice
     by slice: memory-mapped when the data are stored uncompressed and contiguous, else page by
@@ -320,9 +341,12 @@ class Stack:
 
 def open_stack(inputs: Sequence[str | os.PathLike | np.ndarray], channel_names: Sequence[str] | None = None) -> Stack:
     """Open a stack from one entry per channel: a multi-page TIFF, a folder (or glob) of slice
-    files, or a ``(Z, Y, X)`` array; or from one hyperstack TIFF holding all channels
-    (``ZCYX`` as ImageJ writes it, or ``CZYX``)."""
+    files, a volume in an electron-microscopy file (MRC/IMOD, OME-Zarr, DM3/DM4, EMD; see
+    :mod:`particleseg.formats`), or a ``(Z, Y, X)`` array; or from one hyperstack TIFF holding
+    all channels (``ZCYX`` as ImageJ writes it, or ``CZYX``)."""
     import tifffile
+
+    from . import formats
 
     sources: list[SliceSource] = []
     try:
@@ -331,7 +355,9 @@ def open_stack(inputs: Sequence[str | os.PathLike | np.ndarray], channel_names: 
                 sources.append(ArraySource(item, f"array {len(sources)}"))
                 continue
             p = Path(item)
-            if p.is_dir() or any(ch in p.name for ch in "*?["):
+            if formats.handles(p) and (p.exists() or formats.is_container(p)):  # MRC, OME-Zarr, DM, EMD
+                sources.append(EMFileSource(p))
+            elif p.is_dir() or any(ch in p.name for ch in "*?["):
                 sources.append(FolderSource(p))
             elif not p.exists():
                 raise InputError(f"{p}: not found")
@@ -939,7 +965,7 @@ def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
 
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     arrays = [hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
-              for s in stack.sources if isinstance(s, ArraySource)]
+              for s in stack.sources if isinstance(s, ArraySource) and not isinstance(s, EMFileSource)]
     return {"command": "fibsem segment", "model": getattr(bundle, "label", bundle.name),
             "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16], "tile": int(tile),
             "overlap": int(overlap), "n_slices": stack.n_slices, "shape": list(stack.shape), "arrays_sha256": arrays}
