@@ -507,6 +507,35 @@ def invert(image: np.ndarray) -> np.ndarray:
     return (img.max() + img.min()) - img
 
 
+def merge_slices(results: list[Segmentation], stacked: bool = True) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """One label stack and table from the segmentations of a stack's slices: labels unique
+    across the slices, the kept particles numbered ``1..N`` over the whole stack (then the
+    rejected ones), a ``slice`` column (1-based) when ``stacked``.
+
+    Returns
+    -------
+    labels : (Z, Y, X) int array
+        Every particle.
+    table : DataFrame
+        One row per particle, in label order.
+    kept : (Z, Y, X) int32 array
+        The kept particles only.
+    """
+    tables, planes, offset = [], [], 0
+    for z, seg in enumerate(results):
+        t = seg.table.copy()
+        t["label"] = t["label"] + offset
+        if stacked:
+            t.insert(1, "slice", z + 1)
+        tables.append(t)
+        planes.append(np.where(seg.labels > 0, seg.labels + offset, 0))
+        offset += int(seg.labels.max())
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    labels, table = kept_first(np.stack(planes), table)
+    n_kept = int(table["kept"].sum()) if len(table) else 0
+    return labels, table, np.where(labels <= n_kept, labels, 0).astype(np.int32)
+
+
 def kept_first(labels: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """Renumber the particles so the kept ones are ``1..N`` (the names of their ROIs) and the
     rejected ones ``N+1..M``; the table's ``label`` column follows and its rows are sorted by it.
@@ -894,22 +923,9 @@ def prepare_file(
         name = f"{path} (slice {z + 1})" if image.ndim == 3 else str(path)
         results.append(segment_image(plane, bundle, params, cal, name=name))
 
-    # labels unique across the slices of a stack, the kept ones 1..N over the whole stack
-    tables, label_planes = [], []
-    offset = 0
-    for z, seg in enumerate(results):
-        t = seg.table.copy()
-        t["label"] = t["label"] + offset
-        if image.ndim == 3:
-            t.insert(1, "slice", z + 1)
-        tables.append(t)
-        label_planes.append(np.where(seg.labels > 0, seg.labels + offset, 0))
-        offset += int(seg.labels.max())
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    labels, table = kept_first(np.stack(label_planes), table)
+    labels, table, kept = merge_slices(results, stacked=image.ndim == 3)
     squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
-    n_kept = int(table["kept"].sum()) if len(table) else 0
-    kept = squeeze(np.where(labels <= n_kept, labels, 0)).astype(np.int32)
+    kept = squeeze(kept)
     prob = squeeze(np.stack([seg.foreground for seg in results]))
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,

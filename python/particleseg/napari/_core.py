@@ -100,7 +100,7 @@ def segment_layer(layer, bundle=None, params=None, calibration: Calibration | No
     :func:`particleseg.pipeline.segment_file` does).
     """
     from ..models import Bundle, load_bundle
-    from ..pipeline import SegmentParams, kept_first, segment_image
+    from ..pipeline import SegmentParams, merge_slices, segment_image
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -111,19 +111,7 @@ def segment_layer(layer, bundle=None, params=None, calibration: Calibration | No
     stack = image if image.ndim == 3 else image[None]
     results = [segment_image(plane, bundle, params, cal, name=name if image.ndim == 2 else f"{name} (slice {z + 1})")
                for z, plane in enumerate(stack)]
-    tables, planes, offset = [], [], 0
-    for z, seg in enumerate(results):
-        t = seg.table.copy()
-        t["label"] = t["label"] + offset
-        if image.ndim == 3:
-            t.insert(1, "slice", z + 1)
-        tables.append(t)
-        planes.append(np.where(seg.labels > 0, seg.labels + offset, 0))
-        offset += int(seg.labels.max())
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    labels, table = kept_first(np.stack(planes), table)
-    n_kept = int(table["kept"].sum()) if len(table) else 0
-    kept = np.where(labels <= n_kept, labels, 0).astype(np.int32)
+    _, table, kept = merge_slices(results, stacked=image.ndim == 3)
     return LayerResult(kept[0] if image.ndim == 2 else kept, table, cal, results)
 
 
