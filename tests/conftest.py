@@ -116,3 +116,73 @@ def draw_disks(shape, disks, background=40, foreground=200, noise=5, seed=0):
         img[rr, cc] = foreground + rng.normal(0, noise, len(rr))
         labels[rr, cc] = i
     return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+# ------------------------------------------------------------------------------------------
+# helpers shared by the batch, resume, fault and SIMS/FIB-SEM tests
+
+#: disks (y, x, radius) of the small calibrated test images, four different fields
+DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
+         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
+
+
+def disk_images(folder, n: int = 4) -> list:
+    """``n`` calibrated (5 nm/px) 160x160 TIFFs of bright disks, ``img0.tif``... in ``folder``."""
+    from pathlib import Path
+
+    from particleseg.io import Calibration, write_tiff
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img, _ = draw_disks((160, 160), DISKS[i % len(DISKS)], seed=i)
+        paths.append(write_tiff(folder / f"img{i}.tif", img, Calibration(5.0, "nm")))
+    return paths
+
+
+def zip_members(path) -> dict:
+    """The members of a zip file by name (ROI zips: compared without their write times)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (for stale temporaries of a killed process)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def tiny_sims_bundle(folder):
+    """An untrained tiny FCN bundle with the SIMS metadata, saved in ``folder``."""
+    import keras
+
+    from particleseg import sims
+    from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
+
+    keras.utils.set_random_seed(0)
+    cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
+    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
+                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
+    meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
+    return save_bundle(folder / "sims-tiny", build_network(cfg), meta, zip_copy=False)
+
+
+def tiny_phase_bundle(folder):
+    """An untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
+    import keras
+
+    from particleseg import fibsem
+    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
+
+    keras.utils.set_random_seed(1)
+    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
+    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
+    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"])
+    return save_bundle(folder / "phases-tiny", build_network(net), meta, zip_copy=False)

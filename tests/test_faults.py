@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import draw_disks
+from conftest import dead_pid as _dead_pid, draw_disks, tiny_phase_bundle, tiny_sims_bundle, zip_members as _zip_members
 from particleseg.io import Calibration, write_tiff
 from particleseg.pipeline import RECORD_DIR
 
@@ -108,19 +108,6 @@ def _same_files(a: Path, b: Path, skip=()) -> None:
     assert not any(n.endswith(".writing.json") for n in records)
 
 
-def _zip_members(path: Path) -> dict[str, bytes]:
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in zf.namelist()}
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def _report(killed) -> str:
     return f"PARTICLESEG_FAULT_SEED={SEED}, (items done, delay s) at each kill: {killed}"
 
@@ -167,17 +154,7 @@ def test_segment_survives_kill_9_at_random_moments(tmp_path, threshold_bundle):
 
 @pytest.fixture(scope="module")
 def sims_bundle(tmp_path_factory):
-    import keras
-
-    from particleseg import sims
-    from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
-
-    keras.utils.set_random_seed(0)
-    cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
-    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
-                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
-    meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
-    return save_bundle(tmp_path_factory.mktemp("b") / "sims-tiny", build_network(cfg), meta, zip_copy=False)
+    return tiny_sims_bundle(tmp_path_factory.mktemp("b"))
 
 
 def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
@@ -209,16 +186,7 @@ def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
 
 @pytest.fixture(scope="module")
 def phase_bundle(tmp_path_factory):
-    import keras
-
-    from particleseg import fibsem
-    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
-
-    keras.utils.set_random_seed(1)
-    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
-    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
-    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"])
-    return save_bundle(tmp_path_factory.mktemp("b") / "phases-tiny", build_network(net), meta, zip_copy=False)
+    return tiny_phase_bundle(tmp_path_factory.mktemp("b"))
 
 
 def test_fibsem_segment_survives_kill_9_at_random_moments(tmp_path, phase_bundle):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from conftest import tiny_phase_bundle
 from particleseg import fibsem
 from particleseg.errors import InputError, OutputExistsError
 from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack
@@ -25,15 +26,7 @@ def sim():
 @pytest.fixture(scope="module")
 def phase_bundle(tmp_path_factory):
     """An untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
-    import keras
-
-    from particleseg.models import Head, NetworkConfig, build_network, save_bundle
-
-    keras.utils.set_random_seed(1)
-    cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
-    net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
-    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], CLASSES)
-    return save_bundle(tmp_path_factory.mktemp("b") / "phases-tiny", build_network(net), meta, zip_copy=False)
+    return tiny_phase_bundle(tmp_path_factory.mktemp("b"))
 
 
 def _write_stacks(sim, folder, compress=False):

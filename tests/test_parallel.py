@@ -16,24 +16,11 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import draw_disks
+from conftest import disk_images as _images, draw_disks
 from particleseg.cli import main
 from particleseg.errors import InputError
 from particleseg.io import Calibration, write_tiff
 from particleseg.pipeline import RECORD_DIR, SegmentParams, batch_jobs, batch_report, segment_files, usable_cpus
-
-DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
-         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
-
-
-def _images(folder: Path, n: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        img, _ = draw_disks((160, 160), DISKS[i % len(DISKS)], seed=i)
-        paths.append(write_tiff(folder / f"img{i}.tif", img, Calibration(5.0, "nm")))
-    return paths
-
 
 def _content(path: Path):
     """A file's content, without what differs between two runs of the same batch: the

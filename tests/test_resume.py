@@ -21,24 +21,11 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import draw_disks
+from conftest import DISKS, dead_pid as _dead_pid, disk_images as _images, draw_disks, zip_members as _zip_members
 from particleseg.cli import main
 from particleseg.errors import InputError
 from particleseg.io import OutputError, Calibration, stale_temporaries, write_tiff
 from particleseg.pipeline import OUTPUT_SUFFIXES, RECORD_DIR, batch_report, record_paths, segment_files
-
-DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
-         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
-
-
-def _images(folder: Path, n: int = 4) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        img, _ = draw_disks((160, 160), DISKS[i % len(DISKS)], seed=i)
-        paths.append(write_tiff(folder / f"img{i}.tif", img, Calibration(5.0, "nm")))
-    return paths
-
 
 def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in list(folder.glob(".*")) + list(folder.glob(f"{RECORD_DIR}/.*")) if p.is_file())
@@ -51,19 +38,6 @@ def _same_outputs(a: Path, b: Path, stems) -> None:
                                           err_msg=f"{stem}{suffix}")
         assert (a / f"{stem}_particles.csv").read_bytes() == (b / f"{stem}_particles.csv").read_bytes(), stem
         assert _zip_members(a / f"{stem}_rois.zip") == _zip_members(b / f"{stem}_rois.zip"), stem
-
-
-def _zip_members(path: Path) -> dict[str, bytes]:
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in zf.namelist()}
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def _cli(args, cwd=None, timeout=600):

@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
+from conftest import tiny_sims_bundle
 from particleseg import sims
 from particleseg.errors import InputError, OutputExistsError
 from particleseg.sims_simulate import REFERENCE_MATERIALS, SimsSettings, simulate_field, simulate_fields, write_field
@@ -37,16 +38,7 @@ def threshold_predictor(level: float = 0.3):
 def fcn_bundle(tmp_path_factory):
     """An untrained tiny FCN bundle with the SIMS metadata (its network is replaced by a
     stand-in predictor where detection quality matters)."""
-    import keras
-
-    from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
-
-    keras.utils.set_random_seed(0)
-    cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
-    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
-                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
-    meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
-    return save_bundle(tmp_path_factory.mktemp("b") / "sims-tiny", build_network(cfg), meta, zip_copy=False)
+    return tiny_sims_bundle(tmp_path_factory.mktemp("b"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -47,15 +47,25 @@ def _extremes(img: np.ndarray) -> list[tuple[np.ndarray, float, float]]:
     return [(img >= hi - tol, hi, hi - lo), (img <= lo + tol, lo, hi - lo)]
 
 
+def _around(img: np.ndarray, sl, *masks: np.ndarray, pad: int = 3):
+    """The gray values of the bounding box ``sl`` widened by ``pad`` pixels, and each mask
+    (given within ``sl``) placed in that box."""
+    y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, img.shape[0])
+    x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, img.shape[1])
+    box = img[y0:y1, x0:x1]
+    placed = []
+    for m in masks:
+        b = np.zeros(box.shape, bool)
+        b[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = m
+        placed.append(b)
+    return box, placed
+
+
 def _is_drawn(img: np.ndarray, comp: np.ndarray, sl, extreme: float, span: float) -> bool:
     """Drawn, not imaged: the component's gray values sit at the extreme (not spread across
     the tolerance band like a particle's texture) and its 2-pixel surround contrasts sharply
     (text and bars are drawn on something else; a dark particle's rim borders its interior)."""
-    y0, y1 = max(sl[0].start - 3, 0), min(sl[0].stop + 3, img.shape[0])
-    x0, x1 = max(sl[1].start - 3, 0), min(sl[1].stop + 3, img.shape[1])
-    box = img[y0:y1, x0:x1]
-    inside = np.zeros(box.shape, bool)
-    inside[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = comp
+    box, (inside,) = _around(img, sl, comp)
     ring = ndi.binary_dilation(inside, iterations=2) & ~inside
     if not ring.any():
         return False
@@ -98,13 +108,7 @@ def _is_glyph(img: np.ndarray, comp: np.ndarray, sl, shape, span: float) -> bool
     enclosed = hull & ~ndi.binary_dilation(comp)
     if enclosed.sum() < 0.05 * hull.sum():
         return True  # "l", "1", "-": nothing enclosed to compare
-    y0, y1 = max(sl[0].start - 3, 0), min(sl[0].stop + 3, img.shape[0])
-    x0, x1 = max(sl[1].start - 3, 0), min(sl[1].stop + 3, img.shape[1])
-    box = img[y0:y1, x0:x1]
-    hull_box = np.zeros(box.shape, bool)
-    hull_box[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = hull
-    enclosed_box = np.zeros(box.shape, bool)
-    enclosed_box[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = enclosed
+    box, (hull_box, enclosed_box) = _around(img, sl, hull, enclosed)
     around = ndi.binary_dilation(hull_box, iterations=3) & ~ndi.binary_dilation(hull_box)
     if not around.any():
         return False

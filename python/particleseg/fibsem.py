@@ -959,13 +959,13 @@ def stack_files(stack: Stack) -> list[Path]:
 
 def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
     """Everything that decides a slice's labels besides the stack's files: the model (its bundle
-    and a hash of its metadata), the tiling and, for stacks given as arrays, a hash of their
-    values. A rerun skips a slice only when these are the same as recorded."""
+    and a hash of its metadata), the tiling and, for stacks given as arrays (not read from a
+    file, whose content :func:`stack_files` covers), a hash of their values. A rerun skips a slice only when these are the same as recorded."""
     import hashlib
 
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     arrays = [hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
-              for s in stack.sources if isinstance(s, ArraySource) and not isinstance(s, EMFileSource)]
+              for s in stack.sources if isinstance(s, ArraySource) and not getattr(s, "files", None)]
     return {"command": "fibsem segment", "model": getattr(bundle, "label", bundle.name),
             "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16], "tile": int(tile),
             "overlap": int(overlap), "n_slices": stack.n_slices, "shape": list(stack.shape), "arrays_sha256": arrays}
