@@ -395,6 +395,8 @@ def measure_particles(
     image: np.ndarray | None = None,
     calibration: Calibration | None = None,
     border: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
+    only: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Measure every particle of a 2D label image as ImageJ measures its traced ROI.
 
@@ -409,6 +411,11 @@ def measure_particles(
     border : (Y, X) bool array, optional
         Pixels that count as the image border for ``touches_border`` (default: the outermost
         rows and columns). Lets a cropped data bar count as border.
+    origin : (row, column)
+        Position of ``labels[0, 0]`` in the whole image, when ``labels`` is a strip of it
+        (:mod:`particleseg.strips`): coordinates are those of the whole image.
+    only : int array, optional
+        Measure only these labels (each must lie whole inside ``labels``).
 
     Returns
     -------
@@ -461,18 +468,19 @@ def measure_particles(
     border_labels = set(np.unique(labels[border]).tolist()) - {0}
     intensity = None if image is None else np.asarray(image)
     rows = []
+    wanted = None if only is None else set(np.asarray(only).tolist())
     for lab, sl in enumerate(ndi.find_objects(labels.astype(np.int64, copy=False)), start=1):
-        if sl is None:
+        if sl is None or wanted is not None and lab not in wanted:
             continue
         region = roi_region(labels[sl] == lab)
         rr, cc = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
         inner = (slice(rr[0], rr[-1] + 1), slice(cc[0], cc[-1] + 1))
         region = region[inner]
         x0, y0 = sl[1].start + cc[0], sl[0].start + rr[0]
-        polygon = trace_outline(region) + np.array([x0, y0])
+        polygon = trace_outline(region) + np.array([x0 + origin[1], y0 + origin[0]])
         gray = None if intensity is None else intensity[y0:y0 + region.shape[0], x0:x0 + region.shape[1]]
         row = {"label": lab}
-        row.update(measure_particle(region, polygon, (x0, y0), gray, cal.pixel_size))
+        row.update(measure_particle(region, polygon, (x0 + origin[1], y0 + origin[0]), gray, cal.pixel_size))
         row["touches_border"] = lab in border_labels
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))

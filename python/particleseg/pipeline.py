@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import postprocess as pp
+from . import strips
 from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
@@ -209,10 +210,12 @@ def predict_probabilities(
     bundle: Bundle,
     params: SegmentParams | None = None,
     predictor=None,
+    out=None,
 ) -> np.ndarray:
     """Normalise ``image`` ((Y, X) or (Y, X, C)) as the bundle says and run tiled inference.
 
-    Returns the network output ``(Y, X, K)`` float32 at the size of ``image``.
+    Returns the network output ``(Y, X, K)`` float32 at the size of ``image`` (written into
+    ``out`` when given, see :func:`particleseg.inference.predict_tiled`).
     """
     params = (params or SegmentParams()).resolved(bundle)
     img = np.asarray(image, np.float32)
@@ -222,7 +225,7 @@ def predict_probabilities(
     img = normalize_input(img, bundle.metadata["input"]["normalization"])
     return predict_tiled(
         predictor or bundle.predictor(params.engine), img, tile=params.tile, overlap=params.overlap,
-        batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, progress=params.progress,
+        batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, out=out, progress=params.progress,
     )
 
 
@@ -273,6 +276,9 @@ def segment_image(
     drawn = annotation_mask(work) if params.annotations else None
     seen = fill_annotations(work, drawn) if drawn is not None and drawn.any() else work
 
+    if strips.use_strips(work.shape, bundle.heads, params):  # a large image: in strips of rows
+        return _segment_in_strips(work, crop, seen, drawn, bundle, params, cal, name, predictor)
+
     # 2.-4. polarity and scale, network, particles (a second pass at the scale of the particles
     # found, when the first estimate was off)
     scale, prob = scale_and_network(seen, bundle, params, name, predictor)
@@ -292,6 +298,34 @@ def segment_image(
     border[[0, -1], :] = True
     border[:, [0, -1]] = True
     table = measure_particles(labels, work, cal, border=border)
+    fractions = keep = scores = None
+    if len(table):
+        if drawn is not None and drawn.any():
+            fractions = pp.overlap_fraction(labels, drawn)[table["label"].to_numpy()]
+        if params.intensity_filter:
+            ids, keep, thr = pp.intensity_filter(labels, work, params.intensity_filter, polarity)
+        if params.min_score is not None and bundle.has_classifier:
+            score_map = classifier_map(work, labels > 0, bundle, params)
+            ids, scores = pp.particle_scores(labels, score_map)
+    reject_particles(table, params, polarity, fractions, keep, scores)
+    labels, table = kept_first(labels, table)
+
+    # 6. back to the full image size (zeros in the cropped rows)
+    if crop:
+        labels = np.pad(labels, ((0, crop), (0, 0)))
+        prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
+    return Segmentation(prob.astype(np.float32), labels, table, cal, crop, scale.factor, params, scale)
+
+
+def reject_particles(table: pd.DataFrame, params: SegmentParams, polarity: str, annotation_fraction=None,
+                     intensity_keep=None, classifier_scores=None) -> None:
+    """Add ``kept`` and ``reject_reason`` to a measurement table, in place: the first of the
+    filters a particle fails (annotation, border, intensity, shape, classifier), in that order.
+
+    ``annotation_fraction`` (the fraction of each particle on burned-in annotations),
+    ``intensity_keep`` (:func:`particleseg.postprocess.intensity_filter`) and
+    ``classifier_scores`` are per row; None skips that filter.
+    """
     table["kept"] = True
     table["reject_reason"] = ""
 
@@ -301,28 +335,74 @@ def segment_image(
         table.loc[sel, "kept"] = False
 
     if len(table):
-        if drawn is not None and drawn.any():
-            reject(pp.overlap_fraction(labels, drawn)[table["label"].to_numpy()] >= 0.5, "annotation")
+        if annotation_fraction is not None:
+            reject(annotation_fraction >= 0.5, "annotation")
         if params.exclude_border:
             reject(table["touches_border"].to_numpy(), "border")
-        if params.intensity_filter:
-            ids, keep, thr = pp.intensity_filter(labels, work, params.intensity_filter, polarity)
-            reject(~keep, f"intensity<{params.intensity_filter}" if polarity == "bright" else f"intensity>{params.intensity_filter}")
+        if intensity_keep is not None:
+            reject(~intensity_keep, f"intensity<{params.intensity_filter}" if polarity == "bright"
+                   else f"intensity>{params.intensity_filter}")
         if params.shape:
             reasons = pp.shape_filter(table, params.shape)
             reject((reasons != "").to_numpy(), reasons)
-        if params.min_score is not None and bundle.has_classifier:
-            score_map = classifier_map(work, labels > 0, bundle, params)
-            ids, scores = pp.particle_scores(labels, score_map)
-            table["classifier_score"] = scores
-            reject(scores < params.min_score, "classifier")
-    labels, table = kept_first(labels, table)
+        if classifier_scores is not None:
+            table["classifier_score"] = classifier_scores
+            reject(classifier_scores < params.min_score, "classifier")
 
-    # 6. back to the full image size (zeros in the cropped rows)
-    if crop:
-        labels = np.pad(labels, ((0, crop), (0, 0)))
-        prob = np.pad(prob, ((0, crop), (0, 0), (0, 0)))
-    return Segmentation(prob.astype(np.float32), labels, table, cal, crop, scale.factor, params, scale)
+
+def _segment_in_strips(work: np.ndarray, crop: int, seen: np.ndarray, drawn: np.ndarray | None, bundle: Bundle,
+                       params: SegmentParams, cal: Calibration, name: str, predictor) -> Segmentation:
+    """Steps 2-6 of :func:`segment_image` for a large image, strip by strip (:mod:`particleseg.strips`):
+    the same particles, labels and table; probabilities and labels come back memory-mapped."""
+    h, w = work.shape
+    store = strips.RowFile((h + crop, w, strips.output_channels(bundle)), np.float32)
+    net_params = strips.network_params(params, bundle)
+    prob = _RowsOf(store, h)
+    scale, _ = scale_and_network(seen, bundle, net_params, name, predictor, out=prob)
+    found = strips.particles_in_strips(prob, bundle.heads, params)
+    refined = _refined(scale, found.label_counts(), bundle)
+    if refined is not None:
+        scale = refined
+        found.store.close()
+        _network_at_scale(seen, bundle, net_params, scale, predictor, out=prob)
+        found = strips.particles_in_strips(prob, bundle.heads, params)
+    polarity = scale.polarity
+    if not found.n:
+        warnings.warn(f"{name}: no particles found ({scale.describe()}); if there are particles, set "
+                      "--polarity or --particle-size", ParticlesegWarning, stacklevel=3)
+    annotations = drawn is not None and drawn.any()
+    table, fractions, means = strips.measure_in_strips(
+        found, work, cal, drawn if annotations else None, work if params.intensity_filter else None)
+    keep = None
+    if len(table) and params.intensity_filter:
+        thr = pp.threshold_value(work, params.intensity_filter)
+        keep = means > thr if polarity == "bright" else means < thr
+    reject_particles(table, params, polarity, fractions[table["label"].to_numpy()] if annotations and len(table)
+                     else None, keep)
+    lut, table = kept_first(np.arange(found.n + 1, dtype=np.int32), table)
+    strips.relabel(found.store, lut)
+    labels = strips.RowFile((h + crop, w), np.int32)
+    for y0 in range(0, h, strips.STRIP_ROWS):
+        labels.write(y0, found.store.read(y0, min(y0 + strips.STRIP_ROWS, h)))
+    found.store.close()
+    return Segmentation(store.memmap(), labels.memmap(), table, cal, crop, scale.factor, params, scale)
+
+
+class _RowsOf:
+    """The first ``rows`` rows of a :class:`particleseg.strips.RowFile` as one (the network's
+    output without the cropped data bar, which stays 0)."""
+
+    def __init__(self, store, rows: int):
+        self.store, self.shape = store, (rows,) + store.shape[1:]
+        self.ndim = len(self.shape)
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        return self.store.read(y0, min(y1, self.shape[0]))
+
+    def __setitem__(self, key, value) -> None:
+        rows, cols = key[:2] if isinstance(key, tuple) else (key, slice(None))
+        y0, y1, _ = rows.indices(self.shape[0])
+        self.store[y0:y1, cols] = value
 
 
 @dataclass(frozen=True)
@@ -422,7 +502,7 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
 
 
 def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image",
-                      predictor=None) -> tuple[ScaleChoice, np.ndarray]:
+                      predictor=None, out=None) -> tuple[ScaleChoice, np.ndarray]:
     """:func:`choose_scale`, then the network output at that scale (``params`` resolved).
 
     When the scale waits for the particle-size estimate (no ``particle_size`` or ``rescale``
@@ -435,7 +515,7 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
     if (predictor is not None or params.particle_size or params.rescale
             or bundle.engine(params.engine) != "onnx"):
         scale = choose_scale(work, bundle, params, name)
-        return scale, _network_at_scale(work, bundle, params, scale, predictor)
+        return scale, _network_at_scale(work, bundle, params, scale, predictor, out)
     from concurrent.futures import ThreadPoolExecutor
 
     net_polarity = bundle.metadata["input"].get("polarity", "bright")
@@ -445,12 +525,12 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
         polarity, source = params.polarity, "given"
     as_is = ScaleChoice(polarity, source, 1.0, None, "none", net_polarity)
     with ThreadPoolExecutor(1, thread_name_prefix="particleseg-network") as pool:
-        early = pool.submit(_network_at_scale, work, bundle, params, as_is)
+        early = pool.submit(_network_at_scale, work, bundle, params, as_is, None, out)
         scale = choose_scale(work, bundle, dataclasses.replace(params, polarity=polarity), name)
         scale = dataclasses.replace(scale, polarity_source=source)
         if scale.factor == 1:
             return scale, early.result()
-    return scale, _network_at_scale(work, bundle, params, scale)
+    return scale, _network_at_scale(work, bundle, params, scale, None, out)
 
 
 def _warn_size(size: float, name: str) -> None:
@@ -474,7 +554,14 @@ def refine_scale(scale: ScaleChoice, labels: np.ndarray, bundle: Bundle) -> Scal
     """
     if not scale.auto_size:
         return None
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return _refined(scale, np.bincount(np.asarray(labels).ravel()), bundle)
+
+
+def _refined(scale: ScaleChoice, counts: np.ndarray, bundle: Bundle) -> ScaleChoice | None:
+    """:func:`refine_scale` from ``counts``, the pixel count of each label (entry 0: background)."""
+    if not scale.auto_size:
+        return None
+    areas = counts[1:]
     areas = areas[areas > 0]
     if not len(areas):
         return None
@@ -485,11 +572,18 @@ def refine_scale(scale: ScaleChoice, labels: np.ndarray, bundle: Bundle) -> Scal
     return dataclasses.replace(scale, factor=factor, particle_size=size, size_source="detections", auto_size=False)
 
 
-def _network_at_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, scale: ScaleChoice, predictor=None) -> np.ndarray:
-    """The network output for ``work`` shown as ``scale`` says (inverted, resampled), at the size of ``work``."""
+def _network_at_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, scale: ScaleChoice, predictor=None,
+                      out=None) -> np.ndarray:
+    """The network output for ``work`` shown as ``scale`` says (inverted, resampled), at the size
+    of ``work`` (in ``out`` when given: a :class:`particleseg.strips.RowFile`)."""
     net_in = work if scale.polarity == scale.network_polarity else invert(work)
     if scale.factor != 1:
         net_in = rescale(net_in, scale.factor)
+        if out is not None:  # resampled back as a whole, then stored
+            out[:, :] = resize_to(predict_probabilities(net_in, bundle, params, predictor), work.shape, order=1)
+            return out
+    elif out is not None:
+        return predict_probabilities(net_in, bundle, params, predictor, out=out)
     prob = predict_probabilities(net_in, bundle, params, predictor)
     return resize_to(prob, work.shape, order=1) if scale.factor != 1 else prob
 
@@ -567,13 +661,7 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
     fg = prob[..., heads.index("foreground")]
     mask = fg > params.threshold
     if params.split:
-        if "distance" in heads:
-            seeds = prob[..., heads.index("distance")]
-        elif "boundary" in heads:
-            seeds = fg * (1 - prob[..., heads.index("boundary")])
-        else:
-            seeds = None
-        labels = pp.split_touching(mask, seeds, params.seed_level, params.split_level)
+        labels = pp.split_touching(mask, seed_map(prob, heads), params.seed_level, params.split_level)
     else:
         labels = pp.label_mask(mask)
     if params.fill_holes:
@@ -582,6 +670,17 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
     if params.min_confidence:
         labels = pp.remove_uncertain(labels, fg, params.min_confidence)
     return pp.relabel_sequential(labels)
+
+
+def seed_map(prob: np.ndarray, heads: list[str]) -> np.ndarray | None:
+    """The map whose high regions seed the watershed (:func:`particles_from_probabilities`):
+    the ``distance`` head, else ``foreground * (1 - boundary)``, else None (the distance
+    transform of the mask)."""
+    if "distance" in heads:
+        return prob[..., heads.index("distance")]
+    if "boundary" in heads:
+        return prob[..., heads.index("foreground")] * (1 - prob[..., heads.index("boundary")])
+    return None
 
 
 def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: SegmentParams) -> np.ndarray:

@@ -132,7 +132,8 @@ def split_touching(
     distance: np.ndarray | None = None,
     seed_threshold: float = 0.5,
     h: float = 1.0,
-) -> np.ndarray:
+    return_markers: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Separate touching particles of a binary mask by a marker-controlled watershed.
 
     Parameters
@@ -148,11 +149,15 @@ def split_touching(
     h : float
         h-maxima depth in pixels on the distance transform: lower splits more. Also applied
         (scaled to ``distance``'s range) to suppress spurious seeds in the predicted map.
+    return_markers : bool
+        Also return the markers (the seeds' 8-connected regions, numbered ``1..n`` in raster
+        order of their first pixel; the labels ``1..n`` grow from them, larger labels are
+        the unseeded parts). :mod:`particleseg.strips` numbers particles by them.
 
     Returns
     -------
     (Y, X) int32 label image. Parts of the mask that no seed reaches keep their own labels,
-    so no foreground is lost.
+    so no foreground is lost. With ``return_markers``, also the (Y, X) int32 markers.
 
     References
     ----------
@@ -164,7 +169,8 @@ def split_touching(
 
     mask = np.asarray(mask, bool)
     if not mask.any():
-        return np.zeros(mask.shape, np.int32)
+        empty = np.zeros(mask.shape, np.int32)
+        return (empty, empty.copy()) if return_markers else empty
     if distance is None:
         surface = ndi.distance_transform_edt(mask)
         seeds = h_maxima(surface, h) if h > 0 else _local_maxima(surface)
@@ -178,6 +184,8 @@ def split_touching(
     if rest.any():
         extra = label_mask(rest)
         labels = np.where(rest, extra + labels.max(), labels)
+    if return_markers:
+        return labels.astype(np.int32), markers.astype(np.int32)
     return labels.astype(np.int32)
 
 
