@@ -27,6 +27,7 @@ annotated* (ignored in training) or *not segmented* (a slice that could not be r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -128,6 +129,9 @@ class EMFileSource(ArraySource):
         super().__init__(data, str(self.path))
         self.files = [self.path]  # what a rerun compares (stack_files), not the values
 
+    def __reduce__(self):  # (a Dask worker reads the file itself)
+        return EMFileSource, (self.path,)
+
 
 class TiffStackSource(SliceSource):
     """A multi-page TIFF (``ZYX``, or one channel of a ``ZCYX``/``CZYX`` hyperstack) read slice
@@ -139,6 +143,7 @@ class TiffStackSource(SliceSource):
 
         _quiet_tifffile()
         self.path = Path(path)
+        self.channel = channel
         self.name = str(self.path) if channel is None else f"{self.path} [channel {channel}]"
         if not self.path.is_file():
             raise InputError(f"{self.path}: file not found")
@@ -224,6 +229,9 @@ class TiffStackSource(SliceSource):
     def where(self, z: int) -> str:
         return f"{self.path} slice {z}"
 
+    def __reduce__(self):  # pickled (for a Dask worker) as its file, opened again where it arrives
+        return TiffStackSource, (self.path, self.channel)
+
     def close(self) -> None:
         tif = getattr(self, "_tif", None)
         if tif is not None:
@@ -288,6 +296,9 @@ class FolderSource(SliceSource):
 
     def where(self, z: int) -> str:
         return f"{self.files[z]} (slice {z})"
+
+    def __reduce__(self):  # pickled (for a Dask worker) as its files
+        return FolderSource, (self.name, self.files)
 
 
 @dataclass
@@ -1008,6 +1019,7 @@ def segment_stack(
     name: str = "phases",
     predictor=None,
     memory_limit: int = 1 << 30,
+    scheduler=None,
 ) -> pd.DataFrame:
     """Segment the phases of a stack slice by slice, streaming from disk, resumably.
 
@@ -1032,6 +1044,11 @@ def segment_stack(
     slice, and the stack in the last row), ``volume_fractions.png``, ``run.json`` (model and
     stack) and, with ``assemble``, ``NAME.tif`` (all slices as one ImageJ stack, 0 where a slice
     failed).
+
+    ``scheduler`` (``local:N``, ``tcp://HOST:PORT`` or a :class:`distributed.Client`; see
+    :mod:`particleseg.distributed`): each slice is predicted by a task on a Dask cluster (the
+    stack opened once per worker, normalised by the percentiles this process computes), and this
+    process writes the slices in their order, as above; the outputs are those of a local run.
 
     Returns
     -------
@@ -1094,47 +1111,64 @@ def segment_stack(
     todo = [z for z in zs if z not in counts]
     stopped = None
     fingerprint = None
+    if scheduler is not None and predictor is not None:
+        raise InputError("fibsem segment: a predictor of this process cannot run on a Dask cluster; give the bundle only")
     bar = tqdm(total=len(zs), initial=len(counts), desc="slices", unit="slice", disable=not progress)
+    cluster = contextlib.ExitStack()
+    done: Iterable = ()  # (index in todo, (labels and substitutions, error, seconds)) per slice
     try:
         if todo:
             norm_cfg = bundle.metadata["input"]["normalization"]
             low, high = (norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)) if norm_cfg.get("method") == "percentile" else (0.0, 100.0)
             norm = stack_normalization(stack, low, high)
             clip = tuple(norm_cfg["clip"]) if norm_cfg.get("clip") else None
-            builder = InputBuilder(stack, k, norm, clip)
-            predict = predictor or bundle.predictor()
-            m = bundle.network.multiple_of
+            options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "memory_limit": memory_limit}
             files = stack_files(stack)
             label = " + ".join(s.name for s in stack.sources)
-        for z in todo:
+            if scheduler is None:
+                builder = InputBuilder(stack, k, norm, clip)
+                predict = predictor or bundle.predictor()
+                done = ((i, _noted_local(predict_stack_slice, builder, predict, bundle, z, options, out))
+                        for i, z in enumerate(todo))
+            else:
+                from .distributed import bundle_state, connect, map_ordered
+
+                client = cluster.enter_context(connect(scheduler))
+                spec = client.scatter((stack, k, norm, clip), broadcast=True, hash=False)
+                done = map_ordered(client, _slice_task, todo, (spec, bundle_state(bundle), options, str(out)),
+                                   names=[f"slice {z}" for z in todo])
+        t0 = time.perf_counter()
+        for i, (result, exc, seconds) in done:
+            z = todo[i]
             sp = slice_path(out, z, name)
-            t0 = time.perf_counter()
-            try:
-                x = builder(z)
-            except InputError as exc:
+            if exc is not None:
                 status.append({"slice": z, "status": "error", "message": str(exc)})
                 bar.write(f"particleseg: slice {z}: {exc}", file=sys.stderr)
                 if on_error == "stop":
                     stopped = (z, exc)
                     break
                 bar.update(1)
+                t0 = time.perf_counter()
                 continue
-            labels = predict_slice(predict, x, tile=tile, overlap=overlap, batch_size=batch_size, multiple_of=m,
-                                   memmap_dir=out, memory_limit=memory_limit, n_outputs=bundle.network.output_channels)
+            labels, subs = result
             c = np.bincount(labels.ravel(), minlength=len(classes) + 1)[: len(classes) + 1]
-            subs = builder.substitutions.get(z)
             msg = "; ".join(f"context slice {a} unreadable, used {b}" for a, b in subs) if subs else ""
             if fingerprint is None:
                 fingerprint = input_fingerprint(files)
+            t_write = time.perf_counter()
             _write_item(sp, out, {"slice": sp}, {"slice": lambda p, labels=labels: write_tiff(p, labels, overwrite=True)},
                         {"name": f"{label} slice {z}", **fingerprint}, settings,
                         {"counts": [int(v) for v in c], "message": msg}, stem=_slice_stem(z, name))
             counts[z] = c
+            # its seconds: reading, network and writing (in a worker, its computing and the writing here)
+            now = time.perf_counter()
             status.append({"slice": z, "status": "ok" if not subs else "ok (context substituted)", "message": msg,
-                           "seconds": round(time.perf_counter() - t0, 3)})
+                           "seconds": round(now - t0 if scheduler is None else seconds + now - t_write, 3)})
+            t0 = now
             bar.update(1)
     finally:
         bar.close()
+        cluster.close()
         # the reports cover whatever is finished, also after an interruption
         fractions = volume_fractions(counts, classes)
         order = {z: i for i, z in enumerate(zs)}
@@ -1150,6 +1184,41 @@ def segment_stack(
                          "rerun the same command to go on once the slice can be read (a changed stack needs "
                          "--overwrite), or use --on-error continue")
     return fractions
+
+
+def predict_stack_slice(builder: InputBuilder, predict, bundle, z: int, options: dict,
+                        memmap_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, list]:
+    """Phase labels of slice ``z`` (:func:`predict_slice` of its network input) and the context
+    slices substituted for unreadable ones; :class:`InputError` for an unreadable slice."""
+    x = builder(z)
+    labels = predict_slice(predict, x, tile=options["tile"], overlap=options["overlap"],
+                           batch_size=options["batch_size"], multiple_of=bundle.network.multiple_of,
+                           memmap_dir=memmap_dir, memory_limit=options["memory_limit"],
+                           n_outputs=bundle.network.output_channels)
+    return labels, builder.substitutions.get(z)
+
+
+def _noted_local(fn, *args) -> tuple:
+    """``(result, None, seconds)``, or ``(None, error, seconds)`` for an unreadable slice."""
+    t0 = time.perf_counter()
+    try:
+        return fn(*args), None, time.perf_counter() - t0
+    except InputError as exc:
+        return None, exc, time.perf_counter() - t0
+
+
+def _slice_task(z: int, spec: tuple, state: tuple, options: dict, out: str) -> tuple:
+    """:func:`predict_stack_slice` in a Dask worker: the stack (opened again from its files when
+    it reaches the worker), its input builder and the bundle made once per process. Returns
+    ``(result, error, seconds)`` as :func:`_noted_local`; its warnings are shown by the worker."""
+    from .distributed import worker_bundle, worker_cached
+
+    stack, k, norm, clip = spec
+    bundle = worker_bundle(state)
+    key = ("fibsem-builder", id(stack), k, repr(norm), repr(clip))
+    builder = worker_cached(key, lambda: InputBuilder(stack, k, norm, clip), most=2)
+    memmap_dir = out if os.path.isdir(out) else None
+    return _noted_local(predict_stack_slice, builder, bundle.predictor(), bundle, z, options, memmap_dir)
 
 
 def volume_fractions(counts: dict[int, np.ndarray], classes: Sequence[str]) -> pd.DataFrame:

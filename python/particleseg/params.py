@@ -145,6 +145,16 @@ PARAMETERS: tuple[Parameter, ...] = (
               "is an error naming the file and the tag, instead of a note and measuring without it", False),
 )
 
+#: where a batch runs: not a segmentation parameter (it decides no result, so it is no SegmentParams
+#: field and no Fiji or napari field); an option of ``segment``, ``sims run`` and ``fibsem segment``
+#: and an argument of :func:`particleseg.distributed.segment_files`, :func:`particleseg.sims.run_fields`
+#: and :func:`particleseg.fibsem.segment_stack` (:mod:`particleseg.distributed`)
+SCHEDULER = Parameter("scheduler", "string", "run the batch on a Dask cluster, each image, network batch of fields "
+                      "or slice a task, with the outputs of a local run: local:N (N worker processes on this "
+                      "machine) or tcp://HOST:PORT (a running dask scheduler; its workers read the inputs at the "
+                      "same paths); needs particleseg[dask]", None, fiji=False)
+BATCH_PARAMETERS: tuple[Parameter, ...] = (SCHEDULER,)
+
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
 #: former name -> name
 ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in p.aliases}
@@ -358,10 +368,29 @@ def add_arguments(parser, names: Iterable[str] | None = None, groups: dict[str, 
             g.add_argument(option, **{**kwargs, "help": argparse.SUPPRESS})
 
 
+def add_scheduler_argument(parser) -> None:
+    """The ``--scheduler`` option (:data:`SCHEDULER`) of a batch command; its value is checked
+    when the command parses it (:func:`particleseg.distributed.parse_scheduler`)."""
+    p = SCHEDULER
+
+    def scheduler_type(text):
+        from .distributed import parse_scheduler
+
+        try:
+            parse_scheduler(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("scheduler: ", "", 1)) from None
+        return text
+
+    parser.add_argument(p.option, dest=p.name, type=scheduler_type, default=None, metavar="local:N|tcp://HOST:PORT",
+                        help=p.help)
+
+
 def values_from_args(args) -> dict[str, Any]:
     """The parameter values of parsed command-line arguments, by name (None: not given)."""
     return {p.name: getattr(args, p.name, None) for p in PARAMETERS if p.cli}
 
 
 __all__ = ["PARAMETERS", "Parameter", "ALIASES", "SHAPE_NAMES", "bundle_defaults", "parse_range", "format_range",
-           "parse_crop_rows", "parse_thresholds", "shape_ranges", "segment_params", "add_arguments", "values_from_args", "parameter"]
+           "parse_crop_rows", "parse_thresholds", "shape_ranges", "segment_params", "add_arguments", "values_from_args", "parameter",
+           "SCHEDULER", "BATCH_PARAMETERS", "add_scheduler_argument"]

@@ -33,12 +33,13 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -666,10 +667,16 @@ class FieldDetector:
         self.params = (params or SimsParams()).resolved(bundle)
         bundle.check_use("sims")
         bundle.check_channels(1, "SIMS detection input (sum of uranium channels)")
-        self.predict = predictor or bundle.predictor()
+        self._predict = predictor  # (the bundle's network is loaded on first use)
         self.channel = probability_channel(bundle.network.heads)
         self.input_settings = {**DEFAULT_INPUT, **(bundle.metadata.get("sims", {}).get("input", {}))}
         self.tile = bundle.tile
+
+    @property
+    def predict(self):
+        if self._predict is None:
+            self._predict = self.bundle.predictor()
+        return self._predict
 
     def probabilities(self, totals: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Particle probability maps of fields given as summed-count images (any sizes)."""
@@ -793,6 +800,7 @@ def run_fields(
     save_labels: bool = False,
     plot: bool = True,
     predictor=None,
+    scheduler=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Detect and measure the particles of all fields of view in ``inputs``, resumably.
 
@@ -815,6 +823,11 @@ def run_fields(
     background, net counts, ratios and uncertainties), ``fields.csv`` (one row per field:
     status, number of particles, error), ``ratios.png`` (:func:`plot_ratios`) and, with
     ``save_labels``, ``labels/FIELD_labels.tif``.
+
+    ``scheduler`` (``local:N``, ``tcp://HOST:PORT`` or a :class:`distributed.Client`; see
+    :mod:`particleseg.distributed`): each network batch of fields is read, predicted and measured
+    by a task on a Dask cluster, and this process writes the results, as above; the outputs are
+    those of a local run.
 
     Returns
     -------
@@ -851,42 +864,35 @@ def run_fields(
         if pl.action == "done" and pl.row:
             results[src.name] = (pl.row["field"], table_from_record(pl.row["particles"]))
     counts = {"done_earlier": len(results), "measured": 0}
+    # the same network batches as an uninterrupted run; fields done earlier are in them again
+    chunks = [(chunk, {src.name for src in chunk if src.name in results})
+              for chunk in (sources[b0:b0 + max(1, p.batch_size)] for b0 in range(0, len(sources), max(1, p.batch_size)))
+              if not all(src.name in results for src in chunk)]
+    if scheduler is not None and predictor is not None:
+        raise InputError("sims run: a predictor of this process cannot run on a Dask cluster; give the bundle only")
     t0 = time.perf_counter()
     bar = tqdm(total=len(sources), desc="SIMS fields", unit="field", disable=not progress)
     interrupted = None
+    cluster = contextlib.ExitStack()
     try:
         bar.update(len(results))
-        for b0 in range(0, len(sources), max(1, p.batch_size)):
-            chunk = sources[b0:b0 + p.batch_size]  # the same batches as an uninterrupted run
-            if all(src.name in results for src in chunk):
-                continue
-            done = {src.name for src in chunk if src.name in results}
-            read: dict[str, Field] = {}
-            for src in chunk:
-                if src.name in done:
-                    continue
-                try:
-                    read[src.name] = read_field(src, p.channels)
-                except ParticlesegError as exc:
-                    results[src.name] = ({"field": src.name, "status": "error", "particles": 0, "isotopes": "",
-                                          "height": np.nan, "width": np.nan, "error": str(exc)}, None)
+        if scheduler is None or not chunks:
+            measured = ((i, (measure_chunk(det, chunk, done), None, [])) for i, (chunk, done) in enumerate(chunks))
+        else:
+            from .distributed import bundle_state, connect, map_ordered
+
+            client = cluster.enter_context(connect(scheduler))
+            measured = map_ordered(client, _chunk_task, chunks, (bundle_state(bundle), params),
+                                   names=[f"fields {chunk[0].name}..{chunk[-1].name}" for chunk, _ in chunks])
+        for _, (entries, error, notes) in measured:
+            _show_notes(notes)
+            if error is not None:
+                raise error
+            for src, row, t, lab in entries:
+                if t is None:  # could not be read
+                    results[src.name] = (row, None)
                     bar.update(1)
-            if not read:
-                continue
-            # fields done earlier are read again only to give the network the batch it had before
-            fields = [(src, read[src.name] if src.name in read else _reread(src, p.channels))
-                      for src in chunk if src.name in read or src.name in done]
-            fields = [(src, f) for src, f in fields if f is not None]
-            probs = det.probabilities([f.total() for _, f in fields])
-            for (src, f), prob in zip(fields, probs):
-                if src.name in done:
                     continue
-                lab = det.labels(prob)
-                t = measure_particles(f, lab, p.background, p.grow, p.ring)
-                t, lab = significant(t, lab, p.min_significance)
-                t.insert(0, "field", f.name)
-                row = {"field": f.name, "status": "ok", "particles": len(t), "isotopes": " ".join(f.isotopes),
-                       "height": f.shape[0], "width": f.shape[1], "error": ""}
                 outputs = _field_outputs(src, out, save_labels)
                 writers = {"labels": lambda q, lab=lab: write_tiff_labels(q, lab)}
                 fingerprint = {"name": src.name, **input_fingerprint(src.paths)}
@@ -900,6 +906,7 @@ def run_fields(
         interrupted = exc
     finally:
         bar.close()
+        cluster.close()
     elapsed = time.perf_counter() - t0
     particles, fields_table = _tables(sources, results)
     fields_table.attrs.update(seconds=elapsed, **counts)
@@ -910,6 +917,64 @@ def run_fields(
     if interrupted is not None:
         raise interrupted
     return particles, fields_table
+
+
+def measure_chunk(det: FieldDetector, chunk: Sequence[FieldSource], done: set) -> Iterator[tuple]:
+    """Read, predict (one network batch) and measure the fields of ``chunk`` not in ``done``.
+
+    Yields ``(source, fields.csv row, particles, labels)`` for each: first those that cannot be
+    read (particles and labels None, the row says why), then each measured field as soon as it is
+    measured (the batch writes it before the next is measured). The fields in ``done`` are read
+    again only to give the network the batch it had before.
+    """
+    p = det.params
+    read: dict[str, Field] = {}
+    for src in chunk:
+        if src.name in done:
+            continue
+        try:
+            read[src.name] = read_field(src, p.channels)
+        except ParticlesegError as exc:
+            yield src, {"field": src.name, "status": "error", "particles": 0, "isotopes": "",
+                        "height": np.nan, "width": np.nan, "error": str(exc)}, None, None
+    if not read:
+        return
+    fields = [(src, read[src.name] if src.name in read else _reread(src, p.channels))
+              for src in chunk if src.name in read or src.name in done]
+    fields = [(src, f) for src, f in fields if f is not None]
+    probs = det.probabilities([f.total() for _, f in fields])
+    for (src, f), prob in zip(fields, probs):
+        if src.name in done:
+            continue
+        lab = det.labels(prob)
+        t = measure_particles(f, lab, p.background, p.grow, p.ring)
+        t, lab = significant(t, lab, p.min_significance)
+        t.insert(0, "field", f.name)
+        row = {"field": f.name, "status": "ok", "particles": len(t), "isotopes": " ".join(f.isotopes),
+               "height": f.shape[0], "width": f.shape[1], "error": ""}
+        yield src, row, t, lab
+
+
+def _chunk_task(chunk_done: tuple, state: tuple, params: SimsParams | None):
+    """:func:`measure_chunk` in a Dask worker, its detector made once per process
+    (:mod:`particleseg.distributed`)."""
+    import json as _json
+
+    from .distributed import _noted, worker_bundle, worker_cached
+
+    def measure():
+        key = ("sims", str(state[0]), _json.dumps(state[1], sort_keys=True, default=str), repr(params))
+        det = worker_cached(key, lambda: FieldDetector(worker_bundle(state), params))
+        return list(measure_chunk(det, *chunk_done))
+
+    return _noted(measure, catch=())
+
+
+def _show_notes(notes) -> None:
+    import warnings
+
+    for message, category, filename, lineno in notes:
+        warnings.warn_explicit(message, category, filename, lineno)
 
 
 def _reread(src: FieldSource, channels) -> Field | None:

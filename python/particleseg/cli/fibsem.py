@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..params import add_scheduler_argument
+
 
 def _slices(text: str) -> list[int]:
     """``"3,7,10:13"`` -> [3, 7, 10, 11, 12] (``A:B`` is A..B-1)."""
@@ -104,6 +106,7 @@ def register(sub) -> None:
     g.add_argument("--overlap", type=int, help="tile overlap in pixels (default: from the bundle)")
     g.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     g.add_argument("--quiet", action="store_true")
+    add_scheduler_argument(g)
     g.set_defaults(func=segment)
 
     m = s.add_parser(
@@ -174,7 +177,8 @@ def segment(args) -> int:
                 open_stack(args.inputs, names if names and len(names) == len(args.inputs) else None) as stack:
             fractions = segment_stack(stack, bundle, args.out, tile=args.tile, overlap=args.overlap,
                                       batch_size=args.batch_size, slices=args.slices, overwrite=args.overwrite,
-                                      on_error=args.on_error, assemble=args.assemble, progress=not args.quiet)
+                                      on_error=args.on_error, assemble=args.assemble, progress=not args.quiet,
+                                      scheduler=args.scheduler)
     except KeyboardInterrupt:
         print(f"particleseg: interrupted; the slices finished so far are in {Path(args.out) / 'slices'} "
               "(slices.csv); run the same command again to go on", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..params import PARAMETERS, SHAPE_NAMES, add_arguments, segment_params, values_from_args
+from ..params import PARAMETERS, SHAPE_NAMES, add_arguments, add_scheduler_argument, segment_params, values_from_args
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def register(sub) -> None:
     groups.update({name: filters for name in ("intensity_filter", "polarity", "min_score", *SHAPE_NAMES)})
     groups.update({name: inference for name in ("tile", "overlap", "batch_size", "engine", "jobs")})
     add_arguments(p, groups={name: groups.get(name, particles) for name in (q.name for q in PARAMETERS)})
+    add_scheduler_argument(inference)
     filters.add_argument("--no-classifier", action="store_true", help="do not apply the bundle's particle classifier")
     p.set_defaults(func=run)
 
@@ -56,13 +57,18 @@ def run(args) -> int:
     import threading
     from pathlib import Path
 
-    if args.jobs != 1 and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs)):
+    if args.scheduler is not None and args.jobs is not None:
+        from ..errors import InputError
+
+        raise InputError("--jobs sets the worker processes of a local batch, --scheduler a Dask cluster's; give one")
+    if args.scheduler is None and args.jobs != 1 and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs)):
         from ..workers import context
 
         context(start=True)  # a batch: the workers' forkserver imports the pipeline while this process does
 
+    from ..distributed import segment_files
     from ..models import load_bundle
-    from ..pipeline import batch_report, segment_files
+    from ..pipeline import batch_report
 
     bundle = load_bundle(args.model)
     params = params_from_args(args)
@@ -75,7 +81,7 @@ def run(args) -> int:
     try:
         summary, failures = segment_files(
             args.inputs, args.out, bundle, params, overwrite=args.overwrite, progress=not args.quiet,
-            pixel_size=args.pixel_size, unit=args.unit, image_width=args.image_width,
+            pixel_size=args.pixel_size, unit=args.unit, image_width=args.image_width, scheduler=args.scheduler,
         )
     except KeyboardInterrupt:
         print(f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "

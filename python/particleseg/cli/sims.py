@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import sys
 
+from ..params import add_scheduler_argument
+
 DEFAULT_SIMS_MODEL = "sims-fcn"
 
 
@@ -66,6 +68,7 @@ def register(sub) -> None:
     r.add_argument("--save-labels", action="store_true", help="also write labels/FIELD_labels.tif")
     r.add_argument("--overwrite", action="store_true", help="redo every field and replace existing outputs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_scheduler_argument(r)
     r.set_defaults(func=run)
 
     m = s.add_parser(
@@ -139,7 +142,7 @@ def run(args) -> int:
         with terminate_as_interrupt():
             particles, fields = run_fields(args.inputs, bundle, args.out, params, pattern=args.pattern,
                                            overwrite=args.overwrite, progress=not args.quiet,
-                                           save_labels=args.save_labels)
+                                           save_labels=args.save_labels, scheduler=args.scheduler)
     except KeyboardInterrupt:
         print(f"particleseg: interrupted; the fields finished so far are in {args.out} (fields.csv); run the same "
               "command again to go on", file=sys.stderr)
