@@ -177,6 +177,8 @@ def test_segment_file_in_strips_writes_the_same_files(monkeypatch, tmp_path, def
     assert csv == (tmp_path / "strips" / "big_particles.csv").read_bytes()
     assert csv.count(b"\n") > 50
     assert zip_members(tmp_path / "whole" / "big_rois.zip") == zip_members(tmp_path / "strips" / "big_rois.zip")
+    overview = (tmp_path / "whole" / "big_overview.png").read_bytes()
+    assert overview == (tmp_path / "strips" / "big_overview.png").read_bytes()  # not sampled: 288 px
     for suffix in ("_labels.tif", "_mask.tif", "_prob.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "whole" / f"big{suffix}"),
                                       tifffile.imread(tmp_path / "strips" / f"big{suffix}"))
@@ -190,3 +192,19 @@ def test_only_large_images_and_seeded_bundles_take_strips(default_bundle):
     # the distance transform's watershed (no predicted seeds) stays whole: its ties are common
     assert not strips.use_strips((side + 1, side), ["foreground"], params)
     assert strips.use_strips((side + 1, side), ["foreground"], dataclasses.replace(params, split=False))
+
+
+@pytest.mark.parametrize("rows", [5, 16, 64])
+def test_kept_and_mask_equal_whole_image(rows):
+    """Touching simulated particles (some thin, some tiny), the rejected ones numbered after
+    the kept ones: kept labels and the mask with its background lines, strip by strip."""
+    from particleseg import postprocess as pp
+
+    labels = simulate_sem_image((200, 230), rng=7, particle_size=18, coverage=0.6, empty_fraction=0).labels
+    labels = pp.relabel_sequential(labels)
+    n_kept = int(labels.max()) * 2 // 3
+    kept, mask = strips.kept_and_mask(labels, n_kept, strip_rows=rows)
+    whole_kept = np.where(labels <= n_kept, labels, 0)
+    np.testing.assert_array_equal(kept, whole_kept)
+    np.testing.assert_array_equal(mask, pp.labels_to_mask(whole_kept))
+    assert (whole_kept > 0).sum() > (mask > 0).sum() > 0  # lines between touching particles

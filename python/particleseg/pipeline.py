@@ -1022,10 +1022,19 @@ def prepare_file(
         name = f"{path} (slice {z + 1})" if image.ndim == 3 else str(path)
         results.append(segment_image(plane, bundle, params, cal, name=name))
 
-    labels, table, kept = merge_slices(results, stacked=image.ndim == 3)
-    squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
-    kept = squeeze(kept)
-    prob = squeeze(np.stack([seg.foreground for seg in results]))
+    large = image.ndim == 2 and isinstance(results[0].labels, np.memmap)  # segmented in strips
+    mask = None
+    if large:  # merge_slices of one image changes nothing; kept particles and mask strip by strip
+        seg = results[0]
+        n = int(seg.table["label"].max()) if len(seg.table) else 0
+        _, table = kept_first(np.arange(n + 1, dtype=np.int32), pd.concat([seg.table.copy()], ignore_index=True))
+        kept, mask = strips.kept_and_mask(seg.labels, int(table["kept"].sum()) if len(table) else 0)
+        labels, prob = seg.labels[None], seg.foreground
+    else:
+        labels, table, kept = merge_slices(results, stacked=image.ndim == 3)
+        squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
+        kept = squeeze(kept)
+        prob = squeeze(np.stack([seg.foreground for seg in results]))
     row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
            "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
            "rejected": int((~table["kept"]).sum()) if len(table) else 0,
@@ -1035,9 +1044,14 @@ def prepare_file(
     if write_overview:
         first = table[table["slice"] == 1] if image.ndim == 3 else table
         title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
-        overview = overview_png(stack[0], labels[0], first, cal.unit, title)
+        if large:  # sampled every k pixels (the figure shows about 500 pixels of it)
+            k = strips.overview_step(stack[0].shape)
+            overview = overview_png(np.ascontiguousarray(stack[0][::k, ::k]),
+                                    np.ascontiguousarray(labels[0][::k, ::k]), first, cal.unit, title)
+        else:
+            overview = overview_png(stack[0], labels[0], first, cal.unit, title)
     return PreparedFile(path, Path(out_dir), paths, {"name": path.name, **fingerprint}, settings, row, cal, kept,
-                        pp.labels_to_mask(kept), prob, table, overview)
+                        pp.labels_to_mask(kept) if mask is None else mask, prob, table, overview)
 
 
 def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, unit: str, title: str) -> bytes:

@@ -25,7 +25,7 @@ def label_mask(mask: np.ndarray) -> np.ndarray:
     return ndi.label(np.asarray(mask, bool), structure=_FOUR)[0].astype(np.int32)
 
 
-def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
+def labels_to_mask(labels: np.ndarray, connectivity: int = 2, sizes: np.ndarray | None = None) -> np.ndarray:
     """Binary mask of a label image with one-pixel background lines between touching particles.
 
     Where two particles touch, the larger one (by pixel count; of two as large, the one with
@@ -47,6 +47,9 @@ def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
         corner neighbours (the default: the lines also separate particles for 8-connected
         tracing, as ImageJ's Analyze Particles and wand trace, so that Analyze Particles on the
         mask finds the particles of the label image).
+    sizes : int array, optional
+        Pixel count of each label (entry 0: background), when ``labels`` is a part of a label
+        image (:mod:`particleseg.strips`): the sizes of the whole particles decide who gives way.
 
     Returns
     -------
@@ -73,7 +76,8 @@ def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
     # rank the particles by size, then label: a pixel stays if no neighbour ranks before it
     lab = lab.astype(np.int64, copy=False)
-    sizes = np.bincount(lab.ravel())
+    part = sizes is not None
+    sizes = np.bincount(lab.ravel()) if sizes is None else np.asarray(sizes)
     ids = np.flatnonzero(sizes[1:]) + 1
     rank = np.zeros(len(sizes), np.int64)
     rank[ids[np.lexsort((ids, sizes[ids]))]] = np.arange(1, len(ids) + 1)
@@ -85,7 +89,7 @@ def labels_to_mask(labels: np.ndarray, connectivity: int = 2) -> np.ndarray:
     # a thin particle that gave way on both sides can fall apart: keep its largest piece, so
     # that the mask still holds one region per particle
     parts, n = ndi.label(mask, structure=structure)
-    if n > len(ids):
+    if n > len(ids) or part and n:
         pairs, counts = np.unique(np.stack([lab[mask], parts[mask]]), axis=1, return_counts=True)
         order = np.lexsort((-counts, pairs[0]))  # per particle, its largest piece first
         pairs = pairs[:, order]

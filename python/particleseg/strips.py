@@ -358,3 +358,54 @@ def measure_in_strips(particles: StripParticles, image: np.ndarray, calibration,
         out[0] = 0.0
         fractions = out
     return table, fractions, means
+
+
+def _extents(store: RowFile, n: int, step: int):
+    """Pixel count (entry 0: background), first row and one past the last row of labels
+    ``1..n`` in ``store``, strip by strip (rows -1 for absent labels)."""
+    counts = np.zeros(n + 1, np.int64)
+    top = np.full(n + 1, -1, np.int64)
+    bottom = np.full(n + 1, -1, np.int64)
+    for y0 in range(0, store.shape[0], step):
+        lab = store.read(y0, y0 + step)
+        counts += np.bincount(lab.ravel(), minlength=n + 1)[:n + 1]
+        for k, sl in enumerate(ndi.find_objects(lab, n), start=1):
+            if sl is not None:
+                if top[k] < 0:
+                    top[k] = sl[0].start + y0
+                bottom[k] = sl[0].stop + y0
+    return counts, top, bottom
+
+
+def kept_and_mask(labels: np.ndarray, n_kept: int, strip_rows: int | None = None, folder=None):
+    """The kept particles (labels ``1..n_kept`` of ``labels``, the others 0) and their mask
+    (:func:`particleseg.postprocess.labels_to_mask`), strip by strip, as read-only memory-mapped
+    arrays: what :func:`particleseg.pipeline.prepare_file` writes, for a large image.
+
+    Each particle's mask is computed in a window that holds it whole, with one row more above
+    and below, and the sizes of the whole particles: the result is that of the whole image.
+    """
+    step = int(strip_rows or STRIP_ROWS)
+    h, w = labels.shape
+    kept = RowFile((h, w), np.int32, folder)
+    for y0 in range(0, h, step):
+        lab = np.asarray(labels[y0:y0 + step])
+        kept.write(y0, np.where(lab <= n_kept, lab, 0))
+    counts, top, bottom = _extents(kept, n_kept, step)
+    mask = RowFile((h, w), bool, folder)
+    for c0 in range(0, h, step):
+        ids = np.flatnonzero((top[1:] >= c0) & (top[1:] < c0 + step)) + 1
+        if not len(ids):
+            continue
+        y0, y1 = max(c0 - 1, 0), min(int(bottom[ids].max()) + 1, h)
+        lab = kept.read(y0, y1)
+        own = pp.labels_to_mask(lab, sizes=counts) & np.isin(lab, ids)
+        r1 = int(bottom[ids].max())
+        mask.write(c0, mask.read(c0, r1) | own[c0 - y0:r1 - y0])
+    return kept.memmap(), mask.memmap()
+
+
+def overview_step(shape: tuple[int, int], side: int = 2048) -> int:
+    """Every how many pixels the overview figure of a large image samples it: its longer side
+    at most ``side`` pixels (the figure shows each panel about 500 pixels wide)."""
+    return max(1, -(-max(shape) // side))
