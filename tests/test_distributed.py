@@ -32,7 +32,12 @@ dask_distributed = pytest.importorskip("distributed")
 def client():
     with (
         dask_distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
         ) as cluster,
         dask_distributed.Client(cluster) as c,
     ):

@@ -95,6 +95,7 @@ def connect(scheduler) -> Iterator[Any]:
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # (its HTTP server: any free port)
                     silence_logs=logging.ERROR,
                 )
             )
