@@ -1,5 +1,8 @@
-"""The strip path of large images (particleseg.strips): the same particles, labels and
-measurements as the whole-image run, on small images cut into tiny strips."""
+"""The strip path of large images (particleseg.strips).
+
+The same particles, labels and measurements as the whole-image run, on small images cut into
+tiny strips.
+"""
 
 import dataclasses
 
@@ -7,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import zip_members
 from particleseg import pipeline as P
 from particleseg import strips
 from particleseg.models import load_bundle
 from particleseg.simulate import simulate_micrograph, simulate_sem_image
-
-from conftest import zip_members
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def default_bundle():
 
 @pytest.fixture(scope="module")
 def sim_prob(default_bundle):
-    """The default model's output on a simulated SEM image with agglomerated particles."""
+    """Return the default model's output on a simulated SEM image with agglomerated particles."""
     img = simulate_sem_image((320, 384), rng=5, particle_size=30, coverage=0.45, empty_fraction=0).image
     params = P.SegmentParams(progress=False).resolved(default_bundle)
     return P.predict_probabilities(img, default_bundle, params), params
@@ -89,15 +91,17 @@ def test_particles_in_strips_other_settings(sim_prob, default_bundle, variant):
 
 
 def test_region_taller_than_the_image_and_holes(default_bundle):
-    """One mask region as tall as the image (a window of the whole image), particles with
-    holes, an island in a hole, and particles touching every edge."""
+    """Check regions as tall as the image, holes, an island in a hole, the image's edges.
+
+    One mask region as tall as the image makes a window of the whole image.
+    """
     params = P.SegmentParams(min_size=1, min_confidence=0.0).resolved(default_bundle)
     h, w = 120, 90
     fg = np.zeros((h, w), np.float32)
     dist = np.zeros((h, w), np.float32)
     fg[:, 40:46] = 1  # a bar from top to bottom, three seeds on it
     for y in (10, 60, 110):
-        dist[y - 2:y + 3, 41:45] = 0.9
+        dist[y - 2 : y + 3, 41:45] = 0.9
     fg[20:50, 5:35] = 1  # a ring with a hole and an island in the hole
     fg[28:42, 13:27] = 0
     fg[33:37, 18:22] = 1
@@ -148,8 +152,11 @@ def test_segment_image_in_strips_equals_whole_image(monkeypatch, default_bundle)
 
 
 def test_segment_image_in_strips_annotations_data_bar_dark(monkeypatch, default_bundle):
-    """Burned-in annotations (rejected particles), a data bar (cropped rows) and dark
-    particles (inverted for the network)."""
+    """Check burned-in annotations, a data bar and dark particles.
+
+    Annotated particles are rejected, the data bar's rows cropped, the image inverted for the
+    network.
+    """
     sim = simulate_micrograph((256, 320), rng=3, style="sem", annotations=1.0)
     image = 255 - sim.image  # dark particles
     image = np.concatenate([image, np.full((24, 320), 255, image.dtype)])
@@ -180,8 +187,9 @@ def test_segment_file_in_strips_writes_the_same_files(monkeypatch, tmp_path, def
     overview = (tmp_path / "whole" / "big_overview.png").read_bytes()
     assert overview == (tmp_path / "strips" / "big_overview.png").read_bytes()  # not sampled: 288 px
     for suffix in ("_labels.tif", "_mask.tif", "_prob.tif"):
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / "whole" / f"big{suffix}"),
-                                      tifffile.imread(tmp_path / "strips" / f"big{suffix}"))
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "whole" / f"big{suffix}"), tifffile.imread(tmp_path / "strips" / f"big{suffix}")
+        )
 
 
 def test_only_large_images_and_seeded_bundles_take_strips(default_bundle):
@@ -192,12 +200,17 @@ def test_only_large_images_and_seeded_bundles_take_strips(default_bundle):
     # the distance transform's watershed (no predicted seeds) stays whole: its ties are common
     assert not strips.use_strips((side + 1, side), ["foreground"], params)
     assert strips.use_strips((side + 1, side), ["foreground"], dataclasses.replace(params, split=False))
+    # a particle classifier runs on the whole image
+    assert not strips.use_strips((side + 1, side), default_bundle.heads, dataclasses.replace(params, min_score=0.5))
 
 
 @pytest.mark.parametrize("rows", [5, 16, 64])
 def test_kept_and_mask_equal_whole_image(rows):
-    """Touching simulated particles (some thin, some tiny), the rejected ones numbered after
-    the kept ones: kept labels and the mask with its background lines, strip by strip."""
+    """Check kept labels and the mask with its background lines, strip by strip.
+
+    On touching simulated particles (some thin, some tiny), the rejected ones numbered after
+    the kept ones.
+    """
     from particleseg import postprocess as pp
 
     labels = simulate_sem_image((200, 230), rng=7, particle_size=18, coverage=0.6, empty_fraction=0).labels

@@ -84,6 +84,7 @@ class RowFile:
 
     @property
     def ndim(self) -> int:
+        """Number of axes."""
         return len(self.shape)
 
     def read(self, y0: int, y1: int) -> np.ndarray:
@@ -101,6 +102,7 @@ class RowFile:
         self._file.write(block.tobytes())
 
     def __setitem__(self, key, value) -> None:
+        """Write ``store[y0:y1, x0:x1] = value`` (slices only)."""
         rows, cols = (key, slice(None)) if not isinstance(key, tuple) else key[:2]
         y0, y1, _ = rows.indices(self.shape[0])
         x0, x1, _ = cols.indices(self.shape[1])
@@ -114,27 +116,37 @@ class RowFile:
             self._file.write(np.ascontiguousarray(value[i]).tobytes())
 
     def memmap(self) -> np.memmap:
-        """The whole array, read-only, memory-mapped (pages are read when used)."""
+        """Map the whole array, read-only (pages are read when used)."""
         self._file.flush()
         return np.memmap(self._file, self.dtype, "r", shape=self.shape)
 
     def close(self) -> None:
+        """Close the file (it is freed when no memory map holds it)."""
         self._file.close()
         if self._path:  # pragma: no cover
             os.unlink(self._path)
 
 
 def use_strips(shape: tuple[int, int], heads: list[str], params) -> bool:
-    """Whether an image of ``shape`` (data bar cropped) is segmented in strips: more than
-    :data:`MIN_PIXELS` pixels, and particles split by a predicted map or not split."""
-    return (shape[0] * shape[1] > MIN_PIXELS
-            and (not params.split or "distance" in heads or "boundary" in heads)
-            and "foreground" in heads)
+    """Tell whether an image of ``shape`` (data bar cropped) is segmented in strips.
+
+    It is when it has more than :data:`MIN_PIXELS` pixels, its particles are split by a
+    predicted map or not split, and no particle classifier is used (``params.min_score``
+    None; its network runs on the whole image).
+    """
+    return (
+        shape[0] * shape[1] > MIN_PIXELS
+        and (not params.split or "distance" in heads or "boundary" in heads)
+        and "foreground" in heads
+        and getattr(params, "min_score", None) is None
+    )
 
 
 def network_params(params, bundle):
-    """``params`` with the tile at most :data:`TILE` for the strip path, when the bundle's tiles
-    are exact (then the tile size does not change the output)."""
+    """Return ``params`` with the tile at most :data:`TILE`, for the strip path.
+
+    Only when the bundle's tiles are exact (then the tile size does not change the output).
+    """
     import dataclasses
 
     if not bundle.exact_tiles:
@@ -148,8 +160,10 @@ def output_channels(bundle) -> int:
 
 
 class StripParticles:
-    """The particles of :func:`particles_in_strips`: their labels ``1..n`` in a :class:`RowFile`
-    (int32, the shape of the image), pixel counts and bounding boxes.
+    """The particles of :func:`particles_in_strips`.
+
+    Their labels ``1..n`` in a :class:`RowFile` (int32, the shape of the image), pixel counts
+    and rows.
 
     Attributes
     ----------
@@ -171,8 +185,10 @@ class StripParticles:
 
 
 def _first_pixels(lab: np.ndarray, n: int) -> np.ndarray:
-    """Flat index (in ``lab``) of the first pixel, in raster order, of labels ``1..n``
-    (entry 0 and absent labels: -1)."""
+    """Return the flat index (in ``lab``) of the first pixel, in raster order, of labels ``1..n``.
+
+    Entry 0 and absent labels: -1.
+    """
     out = np.full(n + 1, -1, np.int64)
     if n == 0:
         return out
@@ -185,24 +201,28 @@ def _first_pixels(lab: np.ndarray, n: int) -> np.ndarray:
 
 
 def _window_particles(prob: np.ndarray, heads: list[str], params):
-    """What :func:`particleseg.pipeline.particles_from_probabilities` does, without the final
-    renumbering, in one window; also each label's sort key within the window (group 0: grown
+    """Find the particles of one window, as the whole-image run finds them.
+
+    What :func:`particleseg.pipeline.particles_from_probabilities` does, without the final
+    renumbering; also each label's sort key within the window (group 0: grown
     from a seed region, keyed by the seed region's first pixel; group 1: the unseeded parts, by
-    their first pixel) and the 8-connected mask regions."""
+    their first pixel) and the 8-connected mask regions.
+    """
     from .pipeline import seed_map
 
     fg = prob[..., heads.index("foreground")]
     mask = fg > params.threshold
     if params.split:
-        labels, markers = pp.split_touching(mask, seed_map(prob, heads), params.seed_level,
-                                            params.split_level, return_markers=True)
+        labels, markers = pp.split_touching(
+            mask, seed_map(prob, heads), params.seed_level, params.split_level, return_markers=True
+        )
         n_seeded = int(markers.max(initial=0))
     else:
         labels, markers, n_seeded = pp.label_mask(mask), None, 0
     n = int(labels.max(initial=0))
     first = _first_pixels(labels, n)
     if n_seeded:
-        first[1:n_seeded + 1] = _first_pixels(markers, n_seeded)[1:]
+        first[1 : n_seeded + 1] = _first_pixels(markers, n_seeded)[1:]
     group = (np.arange(n + 1) > n_seeded).astype(np.int64)
     # the mask region of each label, found at its first pixel (a mask pixel: seeds and the
     # unseeded parts lie in the mask, filled holes come later)
@@ -217,11 +237,13 @@ def _window_particles(prob: np.ndarray, heads: list[str], params):
     return labels, first, group, regions, region_of
 
 
-def particles_in_strips(prob: RowFile, heads: list[str], params, strip_rows: int | None = None,
-                        folder=None) -> StripParticles:
-    """The particles of a network output on disk, strip by strip: the labels of
-    :func:`particleseg.pipeline.particles_from_probabilities` on the whole output (``params``
-    resolved), in a :class:`RowFile`.
+def particles_in_strips(
+    prob: RowFile, heads: list[str], params, strip_rows: int | None = None, folder=None
+) -> StripParticles:
+    """Find the particles of a network output on disk, strip by strip.
+
+    The labels of :func:`particleseg.pipeline.particles_from_probabilities` on the whole output
+    (``params`` resolved), in a :class:`RowFile`.
 
     Parameters
     ----------
@@ -248,7 +270,6 @@ def particles_in_strips(prob: RowFile, heads: list[str], params, strip_rows: int
             labels, first, group, regions, region_of = _window_particles(prob.read(y0, y1), heads, params)
             objects = ndi.find_objects(regions)
             top = np.array([-1] + [sl[0].start + y0 for sl in objects], np.int64)
-            bottom = np.array([-1] + [sl[0].stop + y0 for sl in objects], np.int64)
             owned = (top >= c0) & (top < c1)
             owned[0] = False
             cut_top = np.unique(regions[0]) if y0 > 0 else np.zeros(0, np.int64)
@@ -278,7 +299,7 @@ def particles_in_strips(prob: RowFile, heads: list[str], params, strip_rows: int
         bottoms.append(np.array([objs[i - 1][0].stop + y0 for i in ids], np.int64))
         # write them (their rows may reach into later cores: read, add, write back)
         r0, r1 = int(tops[-1].min()), int(bottoms[-1].max())
-        sub = temp[labels[r0 - y0:r1 - y0]]
+        sub = temp[labels[r0 - y0 : r1 - y0]]
         store.write(r0, np.where(sub > 0, sub, store.read(r0, r1)))
     if not count:
         return StripParticles(store, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -299,10 +320,18 @@ def relabel(store: RowFile, lut: np.ndarray, strip_rows: int | None = None) -> N
         store.write(y0, lut[store.read(y0, y1)])
 
 
-def measure_in_strips(particles: StripParticles, image: np.ndarray, calibration, drawn: np.ndarray | None = None,
-                      intensity: np.ndarray | None = None, strip_rows: int | None = None):
-    """The table of :func:`particleseg.measure.measure_particles` of the labels of
-    ``particles`` (border: the image's edges), strip by strip: each particle is measured in a
+def measure_in_strips(
+    particles: StripParticles,
+    image: np.ndarray,
+    calibration,
+    drawn: np.ndarray | None = None,
+    intensity: np.ndarray | None = None,
+    strip_rows: int | None = None,
+):
+    """Measure the particles strip by strip, as the whole image would be.
+
+    The table of :func:`particleseg.measure.measure_particles` of the labels of ``particles``
+    (border: the image's edges): each particle is measured in a
     window that holds it whole, so every value is that of the whole-image call.
 
     Also, per particle, the fraction of its pixels in ``drawn`` (as
@@ -361,14 +390,17 @@ def measure_in_strips(particles: StripParticles, image: np.ndarray, calibration,
 
 
 def _extents(store: RowFile, n: int, step: int):
-    """Pixel count (entry 0: background), first row and one past the last row of labels
-    ``1..n`` in ``store``, strip by strip (rows -1 for absent labels)."""
+    """Return pixel counts, first rows and ends of labels ``1..n`` in ``store``.
+
+    Entry 0 of the counts: background; one past the last row as the end; rows -1 for absent
+    labels. Strip by strip.
+    """
     counts = np.zeros(n + 1, np.int64)
     top = np.full(n + 1, -1, np.int64)
     bottom = np.full(n + 1, -1, np.int64)
     for y0 in range(0, store.shape[0], step):
         lab = store.read(y0, y0 + step)
-        counts += np.bincount(lab.ravel(), minlength=n + 1)[:n + 1]
+        counts += np.bincount(lab.ravel(), minlength=n + 1)[: n + 1]
         for k, sl in enumerate(ndi.find_objects(lab, n), start=1):
             if sl is not None:
                 if top[k] < 0:
@@ -378,9 +410,11 @@ def _extents(store: RowFile, n: int, step: int):
 
 
 def kept_and_mask(labels: np.ndarray, n_kept: int, strip_rows: int | None = None, folder=None):
-    """The kept particles (labels ``1..n_kept`` of ``labels``, the others 0) and their mask
-    (:func:`particleseg.postprocess.labels_to_mask`), strip by strip, as read-only memory-mapped
-    arrays: what :func:`particleseg.pipeline.prepare_file` writes, for a large image.
+    """Return the kept particles and their mask, strip by strip, as read-only memory maps.
+
+    The kept particles are labels ``1..n_kept`` of ``labels`` (the others 0), the mask that of
+    :func:`particleseg.postprocess.labels_to_mask`: what :func:`particleseg.pipeline.prepare_file`
+    writes, for a large image.
 
     Each particle's mask is computed in a window that holds it whole, with one row more above
     and below, and the sizes of the whole particles: the result is that of the whole image.
@@ -389,7 +423,7 @@ def kept_and_mask(labels: np.ndarray, n_kept: int, strip_rows: int | None = None
     h, w = labels.shape
     kept = RowFile((h, w), np.int32, folder)
     for y0 in range(0, h, step):
-        lab = np.asarray(labels[y0:y0 + step])
+        lab = np.asarray(labels[y0 : y0 + step])
         kept.write(y0, np.where(lab <= n_kept, lab, 0))
     counts, top, bottom = _extents(kept, n_kept, step)
     mask = RowFile((h, w), bool, folder)
@@ -401,11 +435,14 @@ def kept_and_mask(labels: np.ndarray, n_kept: int, strip_rows: int | None = None
         lab = kept.read(y0, y1)
         own = pp.labels_to_mask(lab, sizes=counts) & np.isin(lab, ids)
         r1 = int(bottom[ids].max())
-        mask.write(c0, mask.read(c0, r1) | own[c0 - y0:r1 - y0])
+        mask.write(c0, mask.read(c0, r1) | own[c0 - y0 : r1 - y0])
     return kept.memmap(), mask.memmap()
 
 
 def overview_step(shape: tuple[int, int], side: int = 2048) -> int:
-    """Every how many pixels the overview figure of a large image samples it: its longer side
-    at most ``side`` pixels (the figure shows each panel about 500 pixels wide)."""
+    """Return every how many pixels the overview figure of a large image samples it.
+
+    Its longer side then has at most ``side`` pixels (the figure shows each panel about 500
+    pixels wide).
+    """
     return max(1, -(-max(shape) // side))
