@@ -510,9 +510,10 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
     on the image as it is, at the polarity already known, in a second thread while the size is
     estimated; its output is used when the estimate leaves the image as it is (the usual case),
     else the network runs again at the chosen scale. The result is the same either way: this
-    only puts a second core to work on a single image.
+    only puts a second core to work on a single image. With ``out`` (a large image, in strips)
+    the estimate and the network run one after the other: their memory would add up.
     """
-    if (predictor is not None or params.particle_size or params.rescale
+    if (predictor is not None or params.particle_size or params.rescale or out is not None
             or bundle.engine(params.engine) != "onnx"):
         scale = choose_scale(work, bundle, params, name)
         return scale, _network_at_scale(work, bundle, params, scale, predictor, out)
