@@ -163,6 +163,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report_text(rows: list[dict]) -> str:
+    """Write the report's section: how it was measured, the table, the ratios."""
+    import platform
+
+    lines = [
+        f"Device: {platform.machine()}, {os.cpu_count()} CPU cores, shared with other jobs (run at `nice -n 19`: "
+        "the seconds include what other jobs took). Each row is a fresh Python process "
+        "(`python benchmarks/bench_memory.py`): a simulated 1024x1024 SEM image (695 particles, agglomerated) "
+        "repeated to the size, the shipped default model through ONNX Runtime, default parameters "
+        "(automatic polarity and particle size, annotations, every filter); then `segment_image` (or "
+        "`segment_file` on the image written as a TIFF, all outputs). *peak RSS*: `VmHWM` of the process, "
+        "reset (`/proc/self/clear_refs`) after the image was built, so it counts the model, the image and "
+        "everything the call held at its peak, also pages of memory-mapped files it read; *peak anonymous*: "
+        "`RssAnon` sampled every 5 ms, the memory the process itself needs. *whole*: the whole-image path "
+        "(`strips.MIN_PIXELS` raised), as before; *strips*: the default, for images above 2048x2048.",
+        "",
+        table(rows),
+        "",
+    ]
+    by = {(r["what"], r["size"], r["mode"]): r for r in rows if "error" not in r}
+    notes = []
+    for (what, size, mode), r in sorted(by.items()):
+        w = by.get((what, size, "whole"))
+        if mode == "strips" and w and size * size > 2048 * 2048:
+            notes.append(
+                f"{size}x{size} ({what}): {w['peak_mib'] / 1024:.2f} GiB whole, {r['peak_mib'] / 1024:.2f} GiB "
+                f"in strips ({w['peak_mib'] / r['peak_mib']:.1f}x less), {w['seconds']:.0f} s against "
+                f"{r['seconds']:.0f} s"
+            )
+    if notes:
+        lines += ["Whole image against strips: " + "; ".join(notes) + ".", ""]
+    lines.append(
+        "Reproduce: `nice -n 19 python benchmarks/bench_memory.py --report` (about 40 minutes on 2 busy cores)"
+    )
+    return "\n".join(lines)
+
+
 def write_report(text: str, path: Path) -> None:
     """Replace (or append) the section :data:`SECTION` of the report."""
     report = path.read_text() if path.exists() else ""
@@ -180,18 +217,21 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", default="image", help="image (segment_image), file (segment_file) or both")
     parser.add_argument("--report", action="store_true", help=f"write the table into REPORT.md's '{SECTION}'")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--from-json", nargs="+", help="no measuring: the rows of earlier --json files")
     parser.add_argument("--child", nargs=4, metavar=("SIZE", "MODE", "TILE", "CALL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(int(args.child[0]), args.child[1], args.child[2], args.child[3])))
         return
-    rows = measure([int(s) for s in args.sizes.split(",")], args.modes.split(","), args.calls.split(","))
-    text = table(rows)
-    print(text)
+    if args.from_json:
+        rows = [row for f in args.from_json for row in json.loads(Path(f).read_text())]
+    else:
+        rows = measure([int(s) for s in args.sizes.split(",")], args.modes.split(","), args.calls.split(","))
+    print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.report:
-        write_report(text, HERE / "REPORT.md")
+        write_report(report_text(rows), HERE / "REPORT.md")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,14 @@ def test_kept_and_mask_equal_whole_image(rows):
     np.testing.assert_array_equal(kept, whole_kept)
     np.testing.assert_array_equal(mask, pp.labels_to_mask(whole_kept))
     assert (whole_kept > 0).sum() > (mask > 0).sum() > 0  # lines between touching particles
+
+
+def test_no_particles_in_strips(monkeypatch, default_bundle):
+    image = np.random.default_rng(0).normal(100, 3, (160, 200)).astype(np.uint8)
+    params = P.SegmentParams(progress=False, particle_size=25)
+    with pytest.warns(P.ParticlesegWarning, match="no particles found"):
+        whole = P.segment_image(image, default_bundle, params)
+    with pytest.warns(P.ParticlesegWarning, match="no particles found"):
+        seg = _strip_run(monkeypatch, image, default_bundle, params, rows=16)
+    assert len(whole.table) == 0 and not np.asarray(seg.labels).any()
+    _compare(whole, seg)

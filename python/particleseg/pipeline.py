@@ -252,6 +252,14 @@ def segment_image(
         Used in error messages.
     predictor : callable, optional
         Replaces the bundle's network (batch -> output); default ``bundle.predictor(params.engine)``.
+
+    Notes
+    -----
+    An image of more than :data:`particleseg.strips.MIN_PIXELS` pixels (data bar cropped) is
+    segmented in strips (:mod:`particleseg.strips`; the same result, memory bounded by strip
+    size x image width after the network); its ``probabilities`` and ``labels`` are then
+    read-only ``numpy.memmap`` arrays on temporary files in the system's temporary folder
+    (``TMPDIR``), removed when the arrays are freed.
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
