@@ -101,6 +101,8 @@ def connect(scheduler) -> Iterator[Any]:
             )
             client = stack.enter_context(distributed.Client(cluster))
             where = f"local:{value}"
+            # Ctrl-C reaches the whole process group: this process stops the batch and closes the workers
+            client.run(_ignore_interrupts)
         else:
             try:
                 client = stack.enter_context(distributed.Client(value, timeout=CONNECT_TIMEOUT))
@@ -172,6 +174,13 @@ def _check_workers(client, where: str) -> None:
     for addr, (_, host, _) in info.items():
         on_host[host] = on_host.get(host, 0) + int(nthreads.get(addr, 1))
     client.run(_configure_worker, on_host)
+
+
+def _ignore_interrupts() -> None:
+    """Ignore Ctrl-C (SIGINT) in a worker process of a local cluster."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_info() -> tuple[str, str, int]:
