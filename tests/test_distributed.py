@@ -215,3 +215,23 @@ def test_fibsem_stack_slice_parallel_on_the_cluster_equals_the_local_run(tmp_pat
     assert main(args) == 1
     io = capsys.readouterr()
     assert "8 slice(s) segmented (8 from an earlier run)" in io.out and "could not be read" in io.err
+
+
+def test_a_lost_worker_is_one_line_naming_the_item(client):
+    """A worker that dies under a task is one error line naming the item.
+
+    The task's worker process exits, as one killed for memory would; Dask retries it on the
+    restarted workers, then gives up, and the cluster goes on with new workers. (Last in this
+    file: it restarts the workers.)
+    """
+    import os
+
+    from particleseg.errors import ParticlesegError
+
+    with pytest.raises(ParticlesegError) as info:
+        list(distributed.map_ordered(client, os._exit, [3], names=["img7.tif"]))
+    message = str(info.value)
+    assert message.startswith("img7.tif: the Dask worker computing it was lost (") and "\n" not in message
+    assert message.endswith("out of memory?); run the same command again to go on")
+    client.wait_for_workers(2, timeout=60)
+    assert sorted(client.submit(abs, -v, pure=False).result() for v in (1, 2)) == [1, 2]
