@@ -538,6 +538,14 @@ def test_cli_options_reach_the_config():
     assert cfg.min_kept_fraction == 0.1 and cfg.cyclegan.identity_weight == 5.0
     assert cfg.segmentation.network.architecture == "multires-unet" and cfg.segmentation.epochs == 3
     assert cfg.shapes.seed == cfg.masks.seed == cfg.cyclegan.seed == cfg.segmentation.seed == 4 and cfg.masks.rotate
+    # a network option asks for a new network: the cpu preset's base model is dropped
+    assert cfg.base_model is None and cfg.translator == "renderer" and cfg.renderer.seed == 4
+    base = ["train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b", "--preset", "cpu"]
+    cfg = config_from_args(build_parser().parse_args(base + ["--minutes", "7", "--translator", "cyclegan"]))
+    assert cfg.base_model == "default" and cfg.segmentation_minutes == 7 and cfg.translator == "cyclegan"
+    assert config_from_args(build_parser().parse_args(base + ["--base-model", "none"])).base_model is None
+    with pytest.raises(InputError, match="--depth 3: network options apply to a new network, but --base-model default"):
+        config_from_args(build_parser().parse_args(base + ["--base-model", "default", "--depth", "3"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b",
                                    "--particles", "30:20"])
@@ -561,6 +569,96 @@ def test_cli_runs_the_tiny_preset(tiny_run, inputs, tmp_path, capsys):
     assert {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in before} == before
     assert json.loads((work / "4_filter" / "summary.json").read_text())["method"] == "none"
     assert json.loads((work / "5_segmentation" / "stage.json").read_text())["status"] == "done"
+
+
+# --------------------------------------------------------------------------------------------
+# stage 3 without a GAN: the renderer fitted to the micrographs
+
+
+def _disk_labels(n: int, shape=(96, 96), seed: int = 0) -> list[np.ndarray]:
+    from particleseg.simulate import place_particles, random_particle
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        shapes = [random_particle(rng, rng.uniform(10, 16)) for _ in range(12)]
+        labels, _ = place_particles(shape, shapes, rng)
+        out.append(labels)
+    return out
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_rendered_fakes_show_the_masks_particles_with_the_polarity(polarity):
+    from particleseg.scratch.renderer import PRIORS, render
+
+    labels = _disk_labels(1)[0]
+    style = "sem" if polarity == "bright" else "tem"
+    settings = {k: (lo + hi) / 2 for k, (lo, hi) in PRIORS[style].items()}
+    img = render(labels, settings, style, np.random.default_rng(0))
+    assert img.shape == labels.shape and img.dtype == np.uint8
+    inside, outside = np.median(img[labels > 0]), np.median(img[labels == 0])
+    assert (inside > outside + 30) if polarity == "bright" else (inside < outside - 30)
+
+
+def test_renderer_fit_finds_the_settings_of_rendered_micrographs():
+    """Micrographs rendered with known settings: the fitted settings render images whose
+    statistics are closer to them than the median prior draw, with the noise level found
+    (blur trades off against noise and is not identified as tightly)."""
+    from particleseg.scratch.renderer import PRIORS, RendererConfig, fit_renderer, render
+
+    truth = {k: lo + 0.2 * (hi - lo) for k, (lo, hi) in PRIORS["sem"].items()}
+    truth.update(noise=0.15, blur=0.5)
+    masks = _disk_labels(6, seed=1)
+    reals = [render(m, truth, "sem", np.random.default_rng(i)) for i, m in enumerate(_disk_labels(6, seed=2))]
+    fit = fit_renderer(masks, reals, "bright", RendererConfig(candidates=24, refine=8, keep=4), progress=False)
+    assert fit["style"] == "sem" and len(fit["settings"]) == 4
+    assert fit["distances"][0] < 0.5 * fit["median_distance_of_prior_draws"]
+    best = fit["settings"][0]
+    assert abs(best["noise"] - truth["noise"]) < 0.06
+
+
+def test_rendered_fakes_resume_identically(tmp_path):
+    from particleseg.scratch.renderer import PRIORS, render_fakes
+
+    paths = []
+    for i, lab in enumerate(_disk_labels(3)):
+        paths.append(tmp_path / "labels" / f"{i:05d}.tif")
+        paths[-1].parent.mkdir(exist_ok=True)
+        tifffile.imwrite(paths[-1], lab.astype(np.uint16))
+    fit = {"style": "sem", "settings": [{k: lo for k, (lo, hi) in PRIORS["sem"].items()},
+                                         {k: hi for k, (lo, hi) in PRIORS["sem"].items()}]}
+    outs = render_fakes(fit, paths, tmp_path / "fakes", seed=3, progress=False)
+    first = [o.read_bytes() for o in outs]
+    outs[1].unlink()
+    again = render_fakes(fit, paths, tmp_path / "fakes", seed=3, progress=False)
+    assert [o.read_bytes() for o in again] == first
+
+
+@pytest.mark.slow
+def test_renderer_run_fine_tunes_the_base_model(inputs, tiny_bundle, tmp_path):
+    """The cpu preset's route at a tiny scale: stage 3 fits and runs the renderer, stage 5
+    fine-tunes a base bundle (its network, its weights to start from) on the fake pairs."""
+    import dataclasses
+
+    cfg = dataclasses.replace(ScratchConfig.preset("tiny"), translator="renderer", base_model=str(tiny_bundle.path))
+    result = train_from_scratch(*inputs, tmp_path / "bundle", work=tmp_path / "work", config=cfg, progress=False)
+    work = tmp_path / "work"
+    fit = json.loads((work / "3_cyclegan" / "fit.json").read_text())
+    assert fit["style"] == "sem" and len(fit["settings"]) == cfg.renderer.keep
+    assert not (work / "3_cyclegan" / "g_ab.keras").exists()
+    fakes = sorted((work / "3_cyclegan" / "fakes").glob("*.tif"))
+    assert len(fakes) == cfg.pairs and tifffile.imread(fakes[0]).dtype == np.uint8
+    stage3 = json.loads((work / "3_cyclegan" / "stage.json").read_text())
+    assert stage3["params"]["translator"] == "renderer" and "cyclegan" not in stage3["params"]
+    meta = result.bundle.metadata
+    assert meta["network"] == tiny_bundle.metadata["network"]  # the base model's network, fine-tuned
+    assert meta["training"]["workflow"] == "particleseg train-from-scratch"
+    assert meta["training"]["base_model"] == str(tiny_bundle.path)
+    assert meta["training"]["scratch_config"]["translator"] == "renderer"
+    assert meta["training"]["outlines"]["count"] == 8
+    w0, w1 = tiny_bundle.model.get_weights(), result.bundle.model.get_weights()
+    assert len(w0) == len(w1) and any(not np.array_equal(a, b) for a, b in zip(w0, w1))
+    assert (work / "5_segmentation" / "samples.png").stat().st_size > 100
 
 
 # --------------------------------------------------------------------------------------------

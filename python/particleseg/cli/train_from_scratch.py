@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
+from ..errors import InputError
 from . import parse_crop_rows, parse_range
 
 
@@ -43,19 +44,21 @@ def register(sub) -> None:
             "Train a segmentation model from representative micrographs and a few dozen outlines of single "
             "particles, without any manual mask (the workflow of Ruehle, Krumrey & Hodoroaba, Sci. Rep. 2021): "
             "1. a shape GAN learns particle shapes from the outlines; 2. masks are simulated from generated shapes; "
-            "3. a CycleGAN turns them into fake micrographs; 4. an artifact filter drops particles the fakes do not "
-            "show; 5. a network is trained on the fake pairs. Each stage is cached in the work folder (one "
+            "3. a CycleGAN (or, in the cpu preset, the project's renderer with its settings fitted to the micrographs) "
+            "turns them into fake micrographs; 4. an artifact filter drops particles the fakes do not "
+            "show; 5. a network is trained on the fake pairs (the cpu preset fine-tunes the shipped model). Each stage is cached in the work folder (one "
             "subfolder per stage, with PNG sample grids); an interrupted run continues where it stopped."
         ),
-        epilog="Without a GPU, --preset cpu runs the whole workflow at a much reduced scale in under an hour on two "
-               "cores (far from the publication's accuracy); see docs/from-scratch.md.",
+        epilog="Without a GPU, --preset cpu runs the whole workflow in about 40 minutes on two cores (renderer "
+               "instead of CycleGAN, the shipped model fine-tuned); see docs/from-scratch.md.",
     )
     p.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILE", help="real micrographs (same size and bit depth)")
     p.add_argument("--outlines", required=True, metavar="DIR", help="binary images, each one white particle on black (about 40)")
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle to write")
     p.add_argument("--work", metavar="DIR", help="work folder with one subfolder per stage (default: BUNDLE_DIR.work)")
     p.add_argument("--preset", choices=("default", "cpu", "tiny"), default="default",
-                   help="default: the publication's scale (GPU); cpu: reduced scale, under 1 h on two CPU cores; tiny: a smoke test")
+                   help="default: the publication's scale (GPU); cpu: renderer and fine-tuning, about 40 min on two CPU cores; "
+                        "tiny: a smoke test")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     # an explicit metavar: argparse lists the choices only in this command's help (%(choices)s)
     p.add_argument("--redo", choices=STAGES, metavar="STAGE",
@@ -87,7 +90,11 @@ def register(sub) -> None:
     g.add_argument("--attach", type=float, help="probability of placing a particle against another (default 0)")
     g.add_argument("--rotate", action="store_true", default=None, help="rotate shapes by random angles")
 
-    g = p.add_argument_group("stage 3: CycleGAN")
+    g = p.add_argument_group("stage 3: image translation")
+    g.add_argument("--translator", choices=("renderer", "cyclegan"),
+                   help="renderer: the project's micrograph renderer, its settings fitted to the micrographs (cpu preset; "
+                        "minutes); cyclegan: the publication's CycleGAN (default preset)")
+    g.add_argument("--renderer-candidates", type=int, help="renderer settings tried in the fit's first round (default 48)")
     g.add_argument("--cyclegan-steps", type=int, help="training steps")
     g.add_argument("--cyclegan-crop", type=int, help="training crop side (multiple of 4)")
     g.add_argument("--cyclegan-batch", type=int, help="batch size")
@@ -111,6 +118,10 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
     g.add_argument("--val-fraction", type=float, help="fake pairs held out for validation (default 0.05)")
+    g.add_argument("--base-model", metavar="BUNDLE",
+                   help="fine-tune this bundle with the recipe of 'particleseg train' (cpu preset: default, the shipped "
+                        "model; none: train --architecture from random weights)")
+    g.add_argument("--minutes", type=float, help="time budget of stage 5 when fine-tuning (cpu preset 40)")
     p.set_defaults(func=run)
 
 
@@ -137,7 +148,20 @@ def config_from_args(args):
     net = upd(seg.network, architecture=args.architecture, depth=args.depth, base_filters=args.base_filters)
     seg = upd(seg, network=net, tile=args.seg_tile, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
               batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed)
-    return upd(cfg, shapes=shapes, masks=masks, cyclegan=cyc, segmentation=seg, pairs=args.pairs,
+    renderer = upd(cfg.renderer, candidates=args.renderer_candidates, seed=seed)
+    # as in 'particleseg train': network options ask for a new network, and a named base model
+    # cannot be combined with them
+    net_opts = {k: v for k, v in (("--architecture", args.architecture), ("--depth", args.depth),
+                                  ("--base-filters", args.base_filters)) if v is not None}
+    base = args.base_model
+    if base is not None and base.strip().lower() not in ("", "none") and net_opts:
+        raise InputError(f"{', '.join(f'{k} {v}' for k, v in net_opts.items())}: network options apply to a new network, "
+                         f"but --base-model {base} fine-tunes an existing one; leave them out, or use --base-model none")
+    if (base is not None and base.strip().lower() in ("", "none")) or (base is None and net_opts):
+        cfg = dataclasses.replace(cfg, base_model=None, segmentation_minutes=None)
+        base = None
+    return upd(cfg, shapes=shapes, masks=masks, cyclegan=cyc, renderer=renderer, segmentation=seg, pairs=args.pairs,
+               translator=args.translator, base_model=base, segmentation_minutes=args.minutes,
                polarity=args.polarity, crop_rows=args.crop_rows, filter_method=args.filter_method,
                min_kept_fraction=args.min_kept_fraction,
                val_fraction=args.val_fraction, name=args.name)

@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import InputError, OutputExistsError
 from .cyclegan import CycleGanConfig
 from .masks import MaskConfig
+from .renderer import RendererConfig
 from .shapegan import ShapeGanConfig
 
 STAGES = ("shapes", "masks", "cyclegan", "filter", "segmentation")
@@ -43,6 +44,9 @@ STAGE_DIRS = {"shapes": "1_shapes", "masks": "2_masks", "cyclegan": "3_cyclegan"
               "segmentation": "5_segmentation"}
 STAGE_TITLES = {"shapes": "stage 1, shape GAN", "masks": "stage 2, mask simulation", "cyclegan": "stage 3, CycleGAN",
                 "filter": "stage 4, artifact filter", "segmentation": "stage 5, segmentation training"}
+#: how stage 3 turns masks into fake micrographs
+TRANSLATORS = ("cyclegan", "renderer")
+RENDERER_TITLE = "stage 3, renderer fit"
 
 
 def _default_train_config():
@@ -80,6 +84,18 @@ class ScratchConfig:
         post-processing (no real mask is ever used).
     name : str
         Name of the resulting bundle.
+    translator : {"cyclegan", "renderer"}
+        Stage 3: the publication's CycleGAN, or the project's micrograph renderer with its
+        settings fitted to the micrographs (:mod:`.renderer`; minutes on a CPU).
+    renderer : RendererConfig
+        Settings of the renderer fit (``translator="renderer"``).
+    base_model : str, optional
+        Stage 5 fine-tunes this bundle (``"default"``: the shipped model) with the fine-tuning
+        recipe of ``particleseg train`` (encoder frozen for a warm-up, cosine learning rate,
+        Dice, best epoch by the instance score of the held-out fake pairs) instead of training
+        ``segmentation.network`` from random weights.
+    segmentation_minutes : float, optional
+        Time budget of stage 5 when fine-tuning (``segmentation.epochs`` otherwise).
     """
 
     shapes: ShapeGanConfig = field(default_factory=ShapeGanConfig)
@@ -93,8 +109,16 @@ class ScratchConfig:
     min_kept_fraction: float = 0.25
     val_fraction: float = 0.05
     name: str = "from-scratch"
+    translator: str = "cyclegan"
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    base_model: str | None = None
+    segmentation_minutes: float | None = None
 
     def __post_init__(self):
+        if self.translator not in TRANSLATORS:
+            raise InputError(f"{self.translator}: unknown translator (choose {' or '.join(TRANSLATORS)})")
+        if self.segmentation_minutes is not None and not self.segmentation_minutes > 0:
+            raise InputError(f"{self.segmentation_minutes}: the segmentation time budget must be positive")
         if self.polarity not in ("bright", "dark"):
             raise InputError(f"{self.polarity}: polarity must be 'bright' or 'dark'")
         if self.pairs < 2:
@@ -106,7 +130,8 @@ class ScratchConfig:
             "segmentation": self.segmentation.to_dict(), "pairs": self.pairs, "polarity": self.polarity,
             "crop_rows": self.crop_rows, "filter_method": self.filter_method, "min_kept_fraction": self.min_kept_fraction,
             "val_fraction": self.val_fraction,
-            "name": self.name,
+            "name": self.name, "translator": self.translator, "renderer": self.renderer.to_dict(),
+            "base_model": self.base_model, "segmentation_minutes": self.segmentation_minutes,
         }
 
     @classmethod
@@ -115,9 +140,10 @@ class ScratchConfig:
 
         ``default``: the publication's scale (1000 pairs of 384x384, CycleGAN with 64-filter
         generators and 9 residual blocks, MultiRes UNet), meant for a GPU.
-        ``cpu``: the whole workflow in under an hour on two CPU cores (much smaller GANs
-        trained far shorter, 128-px CycleGAN crops, 200 pairs, a UNet); a smoke-scale run of
-        the real workflow, not the publication's accuracy; see ``docs/from-scratch.md``.
+        ``cpu``: the whole workflow in about 40 minutes on two CPU cores: a small shape GAN,
+        200 pairs, the renderer fitted to the micrographs instead of the CycleGAN (its reduced
+        settings remain for ``translator="cyclegan"``) and the shipped default model fine-tuned
+        on the fake pairs for 40 minutes; see ``docs/from-scratch.md``.
         ``tiny``: seconds to minutes, for tests (tiny networks, 64-px masks, few steps).
         """
         from ..models import Head, NetworkConfig
@@ -128,16 +154,21 @@ class ScratchConfig:
                                               batch_size=1, steps=20000),
                       shapes=ShapeGanConfig(filters=32, steps=3000, batch_size=64))
         elif name == "cpu":
+            # stage 3: the renderer fitted to the micrographs (the CycleGAN settings below apply with
+            # translator="cyclegan"); stage 5: the shipped model fine-tuned with train's recipe
             cfg = cls(
                 shapes=ShapeGanConfig(filters=16, steps=300, batch_size=16, jit=False),
                 masks=MaskConfig(tile=384),
                 cyclegan=CycleGanConfig(filters=16, res_blocks=4, disc_filters=16, disc_layers=3, crop=128,
                                         batch_size=1, steps=600, checkpoint_every=100,
                                         inference_batch=2, jit=False),
+                translator="renderer",
+                base_model="default",
+                segmentation_minutes=40.0,
                 segmentation=TrainConfig(
                     network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16),
-                    tile=256, batch_size=4, epochs=10, steps_per_epoch=20, validation_steps=4, learning_rate=1e-3,
-                    lr_step_epochs=4, lr_step_factor=0.5, patience=0, jit_compile=True,
+                    tile=256, batch_size=8, epochs=10, steps_per_epoch=40, validation_steps=4, learning_rate=5e-4,
+                    schedule="cosine", freeze_epochs=-1, select="val_score", dice=True, patience=0, jit_compile=True,
                     augmentation=Augmentation(brightness=0.1, contrast=0.2, gamma=0.3, noise=0.03)),
                 pairs=200,
             )
@@ -155,6 +186,7 @@ class ScratchConfig:
                                           normalization="group"),
                     tile=32, batch_size=4, epochs=2, steps_per_epoch=3, validation_steps=1, learning_rate=3e-3,
                     patience=0, jit_compile=False),
+                renderer=RendererConfig(candidates=6, refine=2, keep=2, masks_per_candidate=1, crops_per_image=2),
                 pairs=12, val_fraction=0.2,
                 min_kept_fraction=0.0,  # ten CycleGAN steps render noise: keep the run going
             )
@@ -196,7 +228,7 @@ def load_inputs(images: str | os.PathLike | Sequence, outlines: str | os.PathLik
     from ..preprocess import detect_data_bar
     from .shapegan import load_outlines
 
-    stage3 = "stage 3, CycleGAN"
+    stage3 = RENDERER_TITLE if config.translator == "renderer" else STAGE_TITLES["cyclegan"]
     shapes, outline_files = load_outlines(outlines, config.shapes.size, config.shapes.min_outlines)
     sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     files = list_images(sources)
@@ -221,7 +253,7 @@ def load_inputs(images: str | os.PathLike | Sequence, outlines: str | os.PathLik
     if crop:
         raw = [im[: im.shape[0] - crop] for im in raw]
     side = min(raw[0].shape)
-    if side < config.cyclegan.crop:
+    if config.translator == "cyclegan" and side < config.cyclegan.crop:
         raise InputError(
             f"{files[0]}: {raw[0].shape[1]}x{raw[0].shape[0]} pixels (after cropping {crop} rows) is smaller than the "
             f"CycleGAN crop {config.cyclegan.crop} ({stage3}: set --cyclegan-crop to at most {side // 4 * 4})"
@@ -391,16 +423,23 @@ def train_from_scratch(
         "shapes": {"shapes": cfg["shapes"], "outlines": inputs.fingerprint["outlines"]},
     }
     params["masks"] = {**params["shapes"], "masks": cfg["masks"], "pairs": config.pairs}
-    params["cyclegan"] = {**params["masks"], "cyclegan": cfg["cyclegan"], "polarity": config.polarity,
+    stage3 = ({"translator": "renderer", "renderer": cfg["renderer"]} if config.translator == "renderer"
+              else {"cyclegan": cfg["cyclegan"]})
+    params["cyclegan"] = {**params["masks"], **stage3, "polarity": config.polarity,
                           "images": inputs.fingerprint["images"], "crop_rows": inputs.crop_rows}
     params["filter"] = {**params["cyclegan"], "filter_method": config.filter_method,
                         "min_kept_fraction": config.min_kept_fraction}
     params["segmentation"] = {**params["filter"], "segmentation": cfg["segmentation"], "val_fraction": config.val_fraction}
+    if config.base_model:
+        params["segmentation"].update(base_model=config.base_model, segmentation_minutes=config.segmentation_minutes)
     stages = {name: Stage(work, name, params[name]) for name in STAGES}
+    if config.translator == "renderer":
+        stages["cyclegan"].title = RENDERER_TITLE
     for s in stages.values():  # refuse changed settings before doing any work
         s.check()
 
-    runners = {"shapes": _run_shapes, "masks": _run_masks, "cyclegan": _run_cyclegan, "filter": _run_filter,
+    runners = {"shapes": _run_shapes, "masks": _run_masks,
+               "cyclegan": _run_renderer if config.translator == "renderer" else _run_cyclegan, "filter": _run_filter,
                "segmentation": _run_segmentation}
     ctx: dict[str, Any] = {"inputs": inputs, "config": config, "work": work, "progress": progress}
     seconds, summaries = {}, {}
@@ -506,6 +545,30 @@ def _run_cyclegan(st: Stage, ctx: dict) -> dict:
     return {"fake_micrographs": len(fakes)}
 
 
+def _run_renderer(st: Stage, ctx: dict) -> dict:
+    """Stage 3 with the renderer: fit its settings to the micrographs, render every mask."""
+    import tifffile
+
+    from .grids import outline_overlay, save_grid
+    from .renderer import fit_renderer, render_fakes, save_fit
+
+    cfg: ScratchConfig = ctx["config"]
+    fit_file = st.dir / "fit.json"
+    if fit_file.exists():
+        fit = json.loads(fit_file.read_text())
+    else:
+        paths = ctx["labels"]
+        pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 24)).astype(int))
+        masks = [tifffile.imread(paths[i]) for i in pick]
+        fit = fit_renderer(masks, ctx["inputs"].images, cfg.polarity, cfg.renderer, ctx["progress"])
+        save_fit(fit, fit_file)
+    fakes = render_fakes(fit, ctx["labels"], st.dir / "fakes", cfg.renderer.seed, ctx["progress"])
+    tiles = [outline_overlay(tifffile.imread(f), tifffile.imread(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
+    save_grid(st.dir / "samples.png", tiles, columns=4, gap=4)
+    return {"fake_micrographs": len(fakes), "renderer": fit["style"], "fit_distance": fit["distances"][0],
+            "median_distance_of_prior_draws": fit["median_distance_of_prior_draws"]}
+
+
 def _run_filter(st: Stage, ctx: dict) -> dict:
     from .filtering import filter_pairs
 
@@ -528,6 +591,8 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
     from .shapegan import shape_stats
 
     cfg: ScratchConfig = ctx["config"]
+    if cfg.base_model:
+        return _fine_tune_segmentation(st, ctx)
     tc = cfg.segmentation
     norm = NORMALIZATION
     x = [normalize_percentile(tifffile.imread(f), norm["low"], norm["high"], tuple(norm["clip"]))[..., None]
@@ -567,16 +632,68 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
                  "final_val_loss": log[-1].get("val_loss") if log else None},
     )
     bundle = save_bundle(st.dir / "bundle", model, meta, overwrite=True, zip_copy=False)
-    # predictions on the held-out fake pairs
+    _held_out_samples(bundle, ctx["fakes"][-n_val:], st.dir / "samples.png")
+    return {"epochs": len(log), "fake_validation_instance_iou": round(fake_iou, 4), **post}
+
+
+def _held_out_samples(bundle, fakes: Sequence[Path], path: Path) -> None:
+    """``samples.png``: the bundle's segmentation of (up to 8) held-out fake micrographs."""
+    import tifffile
+
     from ..pipeline import SegmentParams, segment_image
+    from .grids import outline_overlay, save_grid
 
     tiles = []
-    for f in ctx["fakes"][-n_val:][:8]:
+    for f in fakes[:8]:
         img = tifffile.imread(f)
         seg = segment_image(img, bundle, SegmentParams(crop_rows=0, exclude_border=False, progress=False))
         tiles.append(outline_overlay(img, seg.labels))
-    save_grid(st.dir / "samples.png", tiles, columns=4, gap=4)
-    return {"epochs": len(log), "fake_validation_instance_iou": round(fake_iou, 4), **post}
+    save_grid(path, tiles, columns=4, gap=4)
+
+
+def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
+    """Stage 5 from a base model: ``particleseg train``'s fine-tuning recipe on the fake pairs
+    (the held-out pairs validate and choose the post-processing; no real mask is used)."""
+    from ..models import load_bundle, write_metadata
+    from ..train import train_segmentation
+    from .shapegan import shape_stats
+
+    cfg: ScratchConfig = ctx["config"]
+    tc = cfg.segmentation
+    fakes, labels = ctx["fakes"], ctx["filtered"]
+    n_val = max(1, int(round(cfg.val_fraction * len(fakes))))
+    if n_val >= len(fakes):
+        raise InputError(f"{st.dir}: {len(fakes)} fake pairs leave none for training ({st.title}: raise --pairs)")
+    out = st.dir / "bundle"
+    inputs = ctx["inputs"]
+    bundle = train_segmentation(
+        fakes[:-n_val], labels[:-n_val], out, validation_images=fakes[-n_val:], validation_masks=labels[-n_val:],
+        base_model=cfg.base_model, mask_kind="labels", polarity=cfg.polarity, tile=tc.tile, batch_size=tc.batch_size,
+        epochs=tc.epochs, steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
+        learning_rate=tc.learning_rate, schedule=tc.schedule, freeze_epochs=tc.freeze_epochs, select=tc.select,
+        dice=tc.dice, patience=tc.patience, minutes=cfg.segmentation_minutes, augmentation=tc.augmentation,
+        seed=tc.seed, name=cfg.name, workdir=st.dir / "train", overwrite=True, progress=ctx["progress"],
+        jit_compile=tc.jit_compile,
+        description=(f"fine-tuned from {cfg.base_model} on fake pairs of the from-scratch workflow (Rühle, Krumrey & "
+                     f"Hodoroaba, Sci. Rep. 2021): {len(inputs.image_files)} micrographs and "
+                     f"{len(inputs.outline_files)} particle outlines, no manual mask"))
+    meta = bundle.metadata
+    ecd = shape_stats(inputs.outlines)["median_ecd"]
+    meta["training"].update({
+        "workflow": "particleseg train-from-scratch",
+        "images": {"folder": str(inputs.image_files[0].parent), "count": len(inputs.image_files),
+                   "crop_rows": inputs.crop_rows, "fingerprint": inputs.fingerprint["images"]},
+        "outlines": {"folder": str(inputs.outline_files[0].parent), "count": len(inputs.outline_files),
+                     "median_ecd_px": round(float(ecd), 2), "fingerprint": inputs.fingerprint["outlines"]},
+        "scratch_config": cfg.to_dict(),
+        "stage_seconds": {s: (Stage(ctx["work"], s, {}).record() or {}).get("seconds") for s in STAGES[:-1]},
+    })
+    write_metadata(out, meta)
+    bundle = load_bundle(out)
+    _held_out_samples(bundle, fakes[-n_val:], st.dir / "samples.png")
+    m = bundle.metadata.get("metrics", {}).get("validation", {})
+    return {"base_model": cfg.base_model, "fake_validation_instance_iou": m.get("instance_iou"),
+            **{k: bundle.postprocess.get(k) for k in ("threshold", "seed_threshold", "min_confidence")}}
 
 
 def choose_postprocess(model, images, labels, heads, multiple_of: int = 16) -> tuple[dict, float]:
