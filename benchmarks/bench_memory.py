@@ -195,7 +195,7 @@ def report_text(rows: list[dict]) -> str:
     if notes:
         lines += ["Whole image against strips: " + "; ".join(notes) + ".", ""]
     lines.append(
-        "Reproduce: `nice -n 19 python benchmarks/bench_memory.py --report` (about 40 minutes on 2 busy cores)"
+        "Reproduce: `nice -n 19 python benchmarks/bench_memory.py --report` (1.5 hours on the 2 busy cores here)"
     )
     return "\n".join(lines)
 
