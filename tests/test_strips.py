@@ -232,3 +232,17 @@ def test_no_particles_in_strips(monkeypatch, default_bundle):
         seg = _strip_run(monkeypatch, image, default_bundle, params, rows=16)
     assert len(whole.table) == 0 and not np.asarray(seg.labels).any()
     _compare(whole, seg)
+
+
+def test_resampled_network_input_in_strips(monkeypatch, default_bundle):
+    """Check particles larger than the model was trained on.
+
+    The network sees the image shrunk, its output is resampled back as a whole, then stored
+    and the scale is refined from the particles found (a second network run and search).
+    """
+    sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)
+    params = P.SegmentParams(progress=False)
+    whole = P.segment_image(sim.image, default_bundle, params)
+    seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
+    _compare(whole, seg)
+    assert whole.scale_factor < 0.8 and whole.scale.size_source == "detections" and len(whole.table) > 5
