@@ -97,6 +97,29 @@ def test_constant_image_has_no_estimate():
     assert autoscale.polarity_score(np.full((64, 64), 7.0)) == 0
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "uniform"])
+def test_pure_noise_has_no_particle_size_but_small_particles_do(kind):
+    """White noise, smoothed and opened, looks like 5-px "particles": the permutation check
+    (the same gray values shuffled over the pixels) recognises it; disks of 6 px in as much
+    noise keep their estimate."""
+    rng = np.random.default_rng(1)
+    noise = rng.normal(100, 20, (300, 300)) if kind == "gaussian" else rng.integers(0, 256, (300, 300)).astype(float)
+    assert autoscale.estimate_image(noise).particle_size is None
+    img = disks((300, 300), grid((300, 300), 3, 15), 3.0, inside=140, outside=100, noise=20)
+    d = autoscale.estimate_particle_size(img, "bright")
+    assert d is not None and abs(d / 6 - 1) < 0.35
+
+
+def test_pure_noise_is_not_blown_up_into_particles(default_bundle):
+    """Without the check, noise was estimated at 5 px, resampled 4.8 times and segmented into
+    7206 particles (512x512)."""
+    noise = np.clip(np.random.default_rng(0).normal(100, 20, (256, 256)), 0, 255).astype(np.uint8)
+    with pytest.warns(ParticlesegWarning, match="no particles found"):
+        seg = segment_image(noise, default_bundle, SegmentParams(crop_rows=0))
+    assert seg.labels.max() == 0
+    assert seg.scale.factor == 1 and seg.scale.particle_size is None and not seg.scale.auto_size
+
+
 def test_sample_is_bright_and_shown_as_it_is(default_bundle):
     image = tifffile.imread(SAMPLE)
     work = image[: image.shape[0] - detect_data_bar(image)]

@@ -506,6 +506,9 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
                 factor = _size_factor(size, bundle)
     if not 0.02 <= factor <= 20:
         raise InputError(f"{name}: resampling factor {factor:g} is out of range (0.02 to 20)")
+    # no particle-like structure (noise, an empty field): the image stays as it is, and what
+    # the network makes of it does not set a scale either (refine_scale)
+    auto_size = auto_size and size is not None
     return ScaleChoice(polarity, polarity_source, factor, size, source, net_polarity, auto_size)
 
 
