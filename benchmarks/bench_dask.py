@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -34,9 +33,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _report import REPORT, cpu_info, write_section  # noqa: E402 - the benchmarks' shared helpers
+
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "datasets" / "tio2-sem" / "images"
-REPORT = HERE / "REPORT.md"
 BEGIN, END = "<!-- bench_dask: begin -->", "<!-- bench_dask: end -->"
 #: the stack of docs/fibsem.md
 STACK_SLICES, STACK_SHAPE = 156, (3868, 4062)
@@ -242,16 +243,6 @@ def fibsem_plan(n_slices: int, tmp: Path) -> dict:
     return res
 
 
-def cpu_info() -> str:
-    """Describe the CPU and the cores this process may use."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.*)", text)[1].strip()
-    except (OSError, TypeError):
-        model = "CPU"
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, {os.cpu_count()} in all"
-
-
 def markdown(result: dict, command: str) -> str:
     """Return the report's Dask section."""
     f, p = result.get("folder"), result.get("fibsem")
@@ -326,16 +317,6 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(section: str) -> None:
-    """Replace (or add) the Dask section of REPORT.md."""
-    text = REPORT.read_text() if REPORT.exists() else "# particleseg benchmark report\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    REPORT.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -372,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             + (f" --only {args.only}" if args.only else "")
         )
-        write_report(markdown(result, cmd))
+        write_section(markdown(result, cmd), BEGIN, END)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +30,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _report import REPORT, cpu_info, write_section  # noqa: E402 - the benchmarks' shared helpers
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "datasets" / "tio2-sem" / "images"
-REPORT = HERE / "REPORT.md"
 BEGIN, END = "<!-- bench_startup_batch: begin -->", "<!-- bench_startup_batch: end -->"
 HEAVY = ("numpy", "pandas", "scipy", "skimage", "matplotlib", "onnxruntime", "tensorflow", "keras")
 
@@ -252,13 +252,6 @@ def batch(n_images: int, rounds: int) -> dict:
             "files_that_differ": differ}
 
 
-def cpu_info() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.*)", text)[1].strip()
-    except (OSError, TypeError):
-        model = "CPU"
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores"
 
 
 def markdown(result: dict, command: str) -> str:
@@ -337,13 +330,6 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(L)
 
 
-def write_report(section: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else "# particleseg benchmark report\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    REPORT.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python benchmarks/bench_startup_batch.py --report" + "".join(
             f" --{k} {v}" for k, v in (("repeats", args.repeats), ("images", args.images), ("rounds", args.rounds))
             if v != ap.get_default(k)) + (f" --only {args.only}" if args.only else "")
-        write_report(markdown(result, cmd))
+        write_section(markdown(result, cmd), BEGIN, END)
     return 0
 
 

@@ -186,3 +186,32 @@ def tiny_phase_bundle(folder):
     net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
     meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"])
     return save_bundle(folder / "phases-tiny", build_network(net), meta, zip_copy=False)
+
+
+def output_files(out) -> dict:
+    """Every file under the folder ``out`` (relative POSIX path -> content), without what
+    differs between two runs of the same batch: the times of zip members, a completion
+    record's finishing time, the seconds taken (summary.csv, slices.csv)."""
+    import json
+    import zipfile
+    from pathlib import Path
+
+    import pandas as pd
+    import tifffile
+
+    def content(path: Path):
+        if path.suffix == ".tif":
+            return tifffile.imread(path).tolist()
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                return {name: zf.read(name) for name in zf.namelist()}
+        if path.name.endswith(".done.json"):
+            record = json.loads(path.read_text())
+            record.pop("finished")
+            return record
+        if path.name in ("summary.csv", "slices.csv"):
+            return pd.read_csv(path).drop(columns="seconds").to_json()  # (NaN == NaN)
+        return path.read_bytes()
+
+    out = Path(out)
+    return {p.relative_to(out).as_posix(): content(p) for p in sorted(out.rglob("*")) if p.is_file()}

@@ -9,9 +9,7 @@ benchmarks/bench_dask.py.)
 
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import disk_images, tiny_phase_bundle, tiny_sims_bundle
+from conftest import disk_images, output_files, tiny_phase_bundle, tiny_sims_bundle
 from particleseg import distributed, fibsem, sims
 from particleseg.cli import main
 from particleseg.errors import InputError
@@ -44,31 +42,8 @@ def client():
         yield c
 
 
-def _content(path: Path):
-    """Return a file's content without what differs between two runs.
-
-    That is the zip members' times, a record's finishing time, the seconds taken.
-    """
-    if path.suffix == ".tif":
-        return tifffile.imread(path).tolist()
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            return {name: zf.read(name) for name in zf.namelist()}
-    if path.name.endswith(".done.json"):
-        record = json.loads(path.read_text())
-        record.pop("finished")
-        return record
-    if path.name in ("summary.csv", "slices.csv"):
-        return pd.read_csv(path).drop(columns="seconds").to_json()  # (NaN == NaN)
-    return path.read_bytes()
-
-
-def _all_files(out: Path) -> dict[str, object]:
-    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*")) if p.is_file()}
-
-
 def _assert_same_files(local: Path, dask: Path) -> None:
-    a, b = _all_files(local), _all_files(dask)
+    a, b = output_files(local), output_files(dask)
     assert sorted(a) == sorted(b)
     for name in a:
         assert b[name] == a[name], name

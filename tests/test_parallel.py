@@ -6,42 +6,17 @@ use the command line's default, one worker per core.)"""
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import tifffile
 
-from conftest import disk_images as _images, draw_disks
+from conftest import disk_images as _images, draw_disks, output_files
 from particleseg.cli import main
 from particleseg.errors import InputError
 from particleseg.io import Calibration, write_tiff
 from particleseg.pipeline import RECORD_DIR, SegmentParams, batch_jobs, batch_report, segment_files, usable_cpus
-
-def _content(path: Path):
-    """A file's content, without what differs between two runs of the same batch: the
-    timestamps of zip members, the finishing time of a completion record, the seconds taken."""
-    if path.suffix == ".tif":
-        return tifffile.imread(path).tolist()
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            return {name: zf.read(name) for name in zf.namelist()}
-    if path.name.endswith(".done.json"):
-        record = json.loads(path.read_text())
-        record.pop("finished")
-        return record
-    if path.name == "summary.csv":
-        return pd.read_csv(path).drop(columns="seconds").to_json()  # (NaN == NaN)
-    return path.read_bytes()
-
-
-def _all_files(out: Path) -> dict[str, object]:
-    return {p.relative_to(out).as_posix(): _content(p) for p in sorted(out.rglob("*")) if p.is_file()}
-
 
 def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshold_bundle):
     src = tmp_path / "in"
@@ -55,7 +30,7 @@ def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshol
         assert [Path(f).name for f, _ in failures] == ["broken.tif"] and len(failures[0][1].splitlines()) == 1
         assert summary["file"].tolist() == ["broken.tif"] + [f"img{i}.tif" for i in range(4)]
         assert summary["seconds"].notna().all()
-        runs[jobs] = (_all_files(out), failures)
+        runs[jobs] = (output_files(out), failures)
     assert runs[2][1] == [(f, msg.replace(str(tmp_path / "out2"), str(tmp_path / "out1"))) for f, msg in runs[1][1]]
     sequential, parallel = runs[1][0], runs[2][0]
     assert sorted(sequential) == sorted(parallel) and len(sequential) == 4 * 6 + 4 + 1

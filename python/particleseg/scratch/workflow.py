@@ -587,7 +587,6 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
     from ..models import make_metadata, save_bundle
     from ..preprocess import normalize_percentile
     from ..train import fit
-    from .grids import outline_overlay, save_grid
     from .shapegan import shape_stats
 
     cfg: ScratchConfig = ctx["config"]
@@ -617,13 +616,8 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
         channels=["micrograph"], normalization=norm, tile=1024, overlap=48,
         particle_size_px=round(float(ecd), 2), polarity=cfg.polarity, postprocess={**post, "min_area": 15},
         training={
-            "workflow": "particleseg train-from-scratch",
-            "images": {"folder": str(inputs.image_files[0].parent), "count": len(inputs.image_files),
-                       "crop_rows": inputs.crop_rows, "fingerprint": inputs.fingerprint["images"]},
-            "outlines": {"folder": str(inputs.outline_files[0].parent), "count": len(inputs.outline_files),
-                         "median_ecd_px": round(float(ecd), 2), "fingerprint": inputs.fingerprint["outlines"]},
+            **_workflow_record(ctx, ecd),
             "config": cfg.to_dict(),
-            "stage_seconds": {s: (Stage(ctx["work"], s, {}).record() or {}).get("seconds") for s in STAGES[:-1]},
             "epochs_run": len(log),
             "command": " ".join(sys.argv) if sys.argv and "particleseg" in sys.argv[0] else None,
         },
@@ -634,6 +628,19 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
     bundle = save_bundle(st.dir / "bundle", model, meta, overwrite=True, zip_copy=False)
     _held_out_samples(bundle, ctx["fakes"][-n_val:], st.dir / "samples.png")
     return {"epochs": len(log), "fake_validation_instance_iou": round(fake_iou, 4), **post}
+
+
+def _workflow_record(ctx: dict, ecd: float) -> dict:
+    """What a from-scratch bundle records of its inputs and stages (``training`` metadata)."""
+    inputs: Inputs = ctx["inputs"]
+    return {
+        "workflow": "particleseg train-from-scratch",
+        "images": {"folder": str(inputs.image_files[0].parent), "count": len(inputs.image_files),
+                   "crop_rows": inputs.crop_rows, "fingerprint": inputs.fingerprint["images"]},
+        "outlines": {"folder": str(inputs.outline_files[0].parent), "count": len(inputs.outline_files),
+                     "median_ecd_px": round(float(ecd), 2), "fingerprint": inputs.fingerprint["outlines"]},
+        "stage_seconds": {s: (Stage(ctx["work"], s, {}).record() or {}).get("seconds") for s in STAGES[:-1]},
+    }
 
 
 def _held_out_samples(bundle, fakes: Sequence[Path], path: Path) -> None:
@@ -679,15 +686,7 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
                      f"{len(inputs.outline_files)} particle outlines, no manual mask"))
     meta = bundle.metadata
     ecd = shape_stats(inputs.outlines)["median_ecd"]
-    meta["training"].update({
-        "workflow": "particleseg train-from-scratch",
-        "images": {"folder": str(inputs.image_files[0].parent), "count": len(inputs.image_files),
-                   "crop_rows": inputs.crop_rows, "fingerprint": inputs.fingerprint["images"]},
-        "outlines": {"folder": str(inputs.outline_files[0].parent), "count": len(inputs.outline_files),
-                     "median_ecd_px": round(float(ecd), 2), "fingerprint": inputs.fingerprint["outlines"]},
-        "scratch_config": cfg.to_dict(),
-        "stage_seconds": {s: (Stage(ctx["work"], s, {}).record() or {}).get("seconds") for s in STAGES[:-1]},
-    })
+    meta["training"].update({**_workflow_record(ctx, ecd), "scratch_config": cfg.to_dict()})
     write_metadata(out, meta)
     bundle = load_bundle(out)
     _held_out_samples(bundle, fakes[-n_val:], st.dir / "samples.png")
