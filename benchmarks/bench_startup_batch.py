@@ -252,8 +252,6 @@ def batch(n_images: int, rounds: int) -> dict:
             "files_that_differ": differ}
 
 
-
-
 def markdown(result: dict, command: str) -> str:
     s, b = result.get("startup"), result.get("batch")
     L = [BEGIN, "## Start time and batch CPU use", "",
@@ -328,8 +326,6 @@ def markdown(result: dict, command: str) -> str:
               f"workers against {b['runnable_percent']['jobs 1']} % one image after another.", ""]
     L += [f"Reproduce: `{command}`", END]
     return "\n".join(L)
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
