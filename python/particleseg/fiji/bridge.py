@@ -218,8 +218,12 @@ def install_dialog_guard() -> None:
                                  or (running and i >= len(recent) - DIALOG_REDISPOSE_N)]
                     again = [w for w, _ in recent]
                 for window in again:
+                    if stop.is_set():  # exiting: no new call into Java (see stop_sweeper)
+                        return
                     window.dispose()
                 for window in Window.getWindows():
+                    if stop.is_set():
+                        return
                     if is_modal_dialog(window) and window.isShowing():
                         close(window)
             except Exception:  # noqa: BLE001 - the JVM shutting down; keep the sweeper quiet
@@ -234,8 +238,11 @@ def install_dialog_guard() -> None:
     def stop_sweeper() -> None:
         # before JPype's own exit handler (registered earlier) stops the JVM: a thread still
         # inside Java at that moment aborts the process
+        # (a sweeper still inside Java when Python finalizes is ended there by CPython, and
+        # JPype's native frames turn that into an abort: wait for it, however loaded the
+        # machine; it makes no new Java call once stop is set)
         stop.set()
-        sweeper.join(5)
+        sweeper.join(60)
         # and before the windows are disposed at exit (environment._dispose_windows): their
         # window events would call this Python listener from the AWT thread while Python
         # finalizes, and a Java thread that Python ends there aborts the process ("FATAL:
