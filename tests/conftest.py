@@ -42,9 +42,21 @@ def pytest_xdist_make_scheduler(config, log):
     return FilesAndDocuments(config, log)
 
 
+# The files that start Java in the test process (ImageJ 1.x under Xvfb through JPype): the JVM,
+# its AWT threads and the bridge's dialog guard stay until that process ends, so these files run
+# last on their worker, and no other file shares a process with a running JVM.
+JVM_IN_PROCESS = ("test_fiji_imagej.py", "test_imagej_measurements.py")
+
+
+def collection_rank(item) -> int:
+    """Order of a test in a pytest-xdist worker: the documents first, the in-process JVM last."""
+    name = item.path.name
+    return 0 if name == "test_docs.py" else 2 if name in JVM_IN_PROCESS else 1
+
+
 def pytest_collection_modifyitems(config, items):
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the documents first
-        items.sort(key=lambda item: item.path.name != "test_docs.py")
+    if hasattr(config, "workerinput"):
+        items.sort(key=collection_rank)  # stable: the files' own order within each rank
 
 
 @pytest.fixture(scope="session")
