@@ -546,6 +546,12 @@ def test_cli_options_reach_the_config():
     assert config_from_args(build_parser().parse_args(base + ["--base-model", "none"])).base_model is None
     with pytest.raises(InputError, match="--depth 3: network options apply to a new network, but --base-model default"):
         config_from_args(build_parser().parse_args(base + ["--base-model", "default", "--depth", "3"]))
+    # the time budget is the fine-tune's: a new network is asked for with --epochs, not ignored
+    with pytest.raises(InputError, match=r"^--minutes 30: the time budget is that of fine-tuning a base model, "
+                                         r"but --base-model none asks for a new network"):
+        config_from_args(build_parser().parse_args(base + ["--base-model", "none", "--minutes", "30"]))
+    with pytest.raises(InputError, match=r"^--minutes 30: .* but --depth 3 asks for a new network"):
+        config_from_args(build_parser().parse_args(base + ["--depth", "3", "--minutes", "30"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b",
                                    "--particles", "30:20"])

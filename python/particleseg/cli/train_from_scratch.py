@@ -158,6 +158,10 @@ def config_from_args(args):
         raise InputError(f"{', '.join(f'{k} {v}' for k, v in net_opts.items())}: network options apply to a new network, "
                          f"but --base-model {base} fine-tunes an existing one; leave them out, or use --base-model none")
     if (base is not None and base.strip().lower() in ("", "none")) or (base is None and net_opts):
+        if args.minutes is not None:
+            why = f"--base-model {base}" if base is not None else ", ".join(f"{k} {v}" for k, v in net_opts.items())
+            raise InputError(f"--minutes {args.minutes:g}: the time budget is that of fine-tuning a base model, but "
+                             f"{why} asks for a new network; give its length with --epochs and --steps-per-epoch")
         cfg = dataclasses.replace(cfg, base_model=None, segmentation_minutes=None)
         base = None
     return upd(cfg, shapes=shapes, masks=masks, cyclegan=cyc, renderer=renderer, segmentation=seg, pairs=args.pairs,
