@@ -1,5 +1,8 @@
-"""Burned-in annotations (issue 13, item 4): scale bars, their labels and panel letters are
-found and ignored; particles, their bright SEM rims and dark TEM particles are not."""
+"""Burned-in annotations (issue 13, item 4).
+
+Scale bars, their labels and panel letters are found and ignored; particles, their bright SEM
+rims and dark TEM particles are not.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ def font(size):
 
 
 def micrograph(polarity="bright", seed=0):
-    """A 320x400 SEM-like image: particles with bright rims (edge contrast), a scale bar with its
-    length written above it, and a panel letter in the top-left corner."""
+    """Make a 320x400 SEM-like image with annotations.
+
+    It holds particles with bright rims (edge contrast), a scale bar with its length written
+    above it, and a panel letter in the top-left corner.
+    """
     rng = np.random.default_rng(seed)
     img = rng.normal(60, 6, (320, 400)).astype(np.float32)
     yy, xx = np.mgrid[:320, :400]

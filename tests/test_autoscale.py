@@ -1,7 +1,12 @@
-"""Automatic polarity and scale (issue 13): the estimators on images of known answer, and the
-pipeline's use of them (inverted = dark, given size = equivalent rescale, refinement)."""
+"""Automatic polarity and scale (issue 13).
+
+The estimators on images of known answer, and the pipeline's use of them (inverted = dark,
+given size = equivalent rescale, refinement).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,12 +14,9 @@ import tifffile
 
 from particleseg import autoscale
 from particleseg.errors import ParticlesegWarning
+from particleseg.models import load_bundle
 from particleseg.pipeline import SegmentParams, choose_scale, invert, segment_image
 from particleseg.preprocess import detect_data_bar
-
-from pathlib import Path
-
-from particleseg.models import load_bundle
 
 SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
 
@@ -27,17 +29,21 @@ def default_bundle():
 def disks(shape, centres, radius, inside=200.0, outside=40.0, noise=4.0, seed=0):
     img = np.full(shape, outside, np.float32)
     r = int(np.ceil(radius))
-    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disk = yy**2 + xx**2 < radius**2
     for cy, cx in centres:
         y0, x0 = cy - r, cx - r
         ys, xs = slice(max(y0, 0), min(cy + r + 1, shape[0])), slice(max(x0, 0), min(cx + r + 1, shape[1]))
-        img[ys, xs][disk[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]] = inside
+        img[ys, xs][disk[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]] = inside
     return img + np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
 
 
 def grid(shape, radius, spacing):
-    return [(y, x) for y in range(spacing // 2, shape[0] - radius, spacing) for x in range(spacing // 2, shape[1] - radius, spacing)]
+    return [
+        (y, x)
+        for y in range(spacing // 2, shape[0] - radius, spacing)
+        for x in range(spacing // 2, shape[1] - radius, spacing)
+    ]
 
 
 @pytest.mark.parametrize("radius", [3, 8, 25, 60, 150])
@@ -69,12 +75,18 @@ def test_polarity_of_disks(polarity):
 
 @pytest.mark.parametrize("polarity", ["bright", "dark"])
 def test_polarity_of_a_dense_packing_that_fills_the_frame(polarity, monkeypatch):
-    """Close-packed spheres (a colloidal crystal) cover most of the frame and give the gray
-    values no bright tail, which misleads the frame and skewness cues; the connectivity cue
-    (the background is one web around the particles) decides."""
+    """Close-packed spheres: the connectivity cue decides.
+
+    Close-packed spheres (a colloidal crystal) cover most of the frame and give the gray values
+    no bright tail, which misleads the frame and skewness cues; the connectivity cue (the
+    background is one web around the particles) decides.
+    """
     r = 20
-    centres = [(y, x + (r if row % 2 else 0)) for row, y in enumerate(range(r, 300, int(1.75 * r)))
-               for x in range(0, 300, 2 * r + 2)]
+    centres = [
+        (y, x + (r if row % 2 else 0))
+        for row, y in enumerate(range(r, 300, int(1.75 * r)))
+        for x in range(0, 300, 2 * r + 2)
+    ]
     img = disks((300, 320), centres, r, inside=170.0, outside=60.0, noise=8.0)
     img[disks((300, 320), centres, r - 6, noise=0) > 100] = 150.0  # flat centres, brighter rims
     if polarity == "dark":
@@ -99,9 +111,11 @@ def test_constant_image_has_no_estimate():
 
 @pytest.mark.parametrize("kind", ["gaussian", "uniform"])
 def test_pure_noise_has_no_particle_size_but_small_particles_do(kind):
-    """White noise, smoothed and opened, looks like 5-px "particles": the permutation check
-    (the same gray values shuffled over the pixels) recognises it; disks of 6 px in as much
-    noise keep their estimate."""
+    """White noise, smoothed and opened, looks like 5-px "particles".
+
+    The permutation check (the same gray values shuffled over the pixels) recognises it; disks
+    of 6 px in as much noise keep their estimate.
+    """
     rng = np.random.default_rng(1)
     noise = rng.normal(100, 20, (300, 300)) if kind == "gaussian" else rng.integers(0, 256, (300, 300)).astype(float)
     assert autoscale.estimate_image(noise).particle_size is None
@@ -111,8 +125,10 @@ def test_pure_noise_has_no_particle_size_but_small_particles_do(kind):
 
 
 def test_pure_noise_is_not_blown_up_into_particles(default_bundle):
-    """Without the check, noise was estimated at 5 px, resampled 4.8 times and segmented into
-    7206 particles (512x512)."""
+    """Without the check, noise was segmented into thousands of particles.
+
+    It was estimated at 5 px, resampled 4.8 times and segmented into 7206 particles (512x512).
+    """
     noise = np.clip(np.random.default_rng(0).normal(100, 20, (256, 256)), 0, 255).astype(np.uint8)
     with pytest.warns(ParticlesegWarning, match="no particles found"):
         seg = segment_image(noise, default_bundle, SegmentParams(crop_rows=0))
@@ -166,6 +182,7 @@ def test_large_particles_are_shown_at_the_model_scale(default_bundle):
 
 def test_no_particles_is_a_note_and_an_empty_result(default_bundle):
     with pytest.warns(ParticlesegWarning, match="no particles found"):
-        seg = segment_image(np.full((128, 128), 90, np.uint8) + np.eye(128, dtype=np.uint8), default_bundle,
-                            SegmentParams(crop_rows=0))
+        seg = segment_image(
+            np.full((128, 128), 90, np.uint8) + np.eye(128, dtype=np.uint8), default_bundle, SegmentParams(crop_rows=0)
+        )
     assert seg.labels.max() == 0 and len(seg.table) == 0

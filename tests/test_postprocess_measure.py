@@ -22,8 +22,8 @@ from particleseg.postprocess import (
     intensity_filter,
     label_mask,
     labels_to_mask,
-    relabel_kept_first,
     particle_scores,
+    relabel_kept_first,
     remove_small,
     remove_uncertain,
     shape_filter,
@@ -91,9 +91,9 @@ def test_empty_mask_gives_no_particles():
 
 def test_remove_small_and_border():
     lab = np.zeros((20, 20), np.int32)
-    lab[0:3, 0:3] = 1      # 9 px, at the border
+    lab[0:3, 0:3] = 1  # 9 px, at the border
     lab[10:12, 10:12] = 2  # 4 px
-    lab[5:9, 12:17] = 3    # 20 px
+    lab[5:9, 12:17] = 3  # 20 px
     out = remove_small(lab, 5)
     assert set(np.unique(out)) == {0, 1, 3}
     assert list(border_labels(lab)) == [1]
@@ -133,12 +133,16 @@ def test_threshold_value_rejects_unknown_method():
 
 def test_shape_filter_reasons():
     # the ranges' names (the parameter vocabulary) refer to ImageJ's columns
-    t = pd.DataFrame({"Area": [10.0, 100.0, 1000.0], "Circ.": [0.9, 0.5, 0.9],
-                      "Feret": [4.0, 4.0, 9.0], "MinFeret": [2.0, 2.0, 3.0]})
+    t = pd.DataFrame(
+        {"Area": [10.0, 100.0, 1000.0], "Circ.": [0.9, 0.5, 0.9], "Feret": [4.0, 4.0, 9.0], "MinFeret": [2.0, 2.0, 3.0]}
+    )
     r = shape_filter(t, {"area": (50, 500), "circularity": (0.7, None)})
     assert list(r) == ["area<50", "circularity<0.7", "area>500"]
     assert list(shape_filter(t, {"feret_ratio": (None, 2.5), "feret_min": (2.5, None)})) == [
-        "feret_min<2.5", "feret_min<2.5", "feret_ratio>2.5"]
+        "feret_min<2.5",
+        "feret_min<2.5",
+        "feret_ratio>2.5",
+    ]
     with pytest.raises(ValueError, match="unknown shape filter"):
         shape_filter(t, {"colour": (1, 2)})
 
@@ -165,8 +169,8 @@ def test_remove_uncertain_uses_the_mean_probability():
 def test_labels_to_mask_separates_for_four_and_eight_connectivity():
     lab = np.zeros((6, 9), np.int32)
     lab[1:5, 1:4] = 1
-    lab[1:5, 4:7] = 2   # touches 1 along an edge
-    lab[5, 7] = 3       # touches 2 only at a corner
+    lab[1:5, 4:7] = 2  # touches 1 along an edge
+    lab[5, 7] = 3  # touches 2 only at a corner
     eight = labels_to_mask(lab)
     assert ndi.label(eight, np.ones((3, 3)))[1] == 3 and ndi.label(eight)[1] == 3
     # of two as large, the larger label gives up the line
@@ -283,8 +287,15 @@ def test_intensity_and_border_columns(rng):
 
 
 def test_summary_and_nanomaterial_criterion():
-    t = pd.DataFrame({"MinFeret": [50.0, 80.0, 120.0], "Feret": [60.0, 90, 130], "ECD": [55.0, 85, 125],
-                      "Area": [1.0, 2, 3], "kept": [True, True, True]})
+    t = pd.DataFrame(
+        {
+            "MinFeret": [50.0, 80.0, 120.0],
+            "Feret": [60.0, 90, 130],
+            "ECD": [55.0, 85, 125],
+            "Area": [1.0, 2, 3],
+            "kept": [True, True, True],
+        }
+    )
     s = summarize(t, "nm", 1.0)
     assert s["count"] == 3 and s["MinFeret_median"] == 80 and s["Area_median"] == 2
     assert s["unit"] == "nm" and s["area_unit"] == "nm^2"

@@ -41,8 +41,8 @@ def test_normalisation_of_an_almost_constant_image_is_finite():
 def _sem_like(rng, h=300, w=400, bar=0):
     img = np.clip(rng.normal(50, 8, (h, w)), 0, 255).astype(np.uint8)
     if bar:
-        img[h - bar:] = 0
-        img[h - bar + 5: h - bar + 12, 10:120] = 255  # text
+        img[h - bar :] = 0
+        img[h - bar + 5 : h - bar + 12, 10:120] = 255  # text
         img[h - bar + 20, 300:360] = 255  # scale bar
     return img
 

@@ -48,29 +48,37 @@ def _extremes(img: np.ndarray) -> list[tuple[np.ndarray, float, float]]:
 
 
 def _around(img: np.ndarray, sl, *masks: np.ndarray, pad: int = 3):
-    """The gray values of the bounding box ``sl`` widened by ``pad`` pixels, and each mask
-    (given within ``sl``) placed in that box."""
+    """Return the gray values around the box ``sl``, and the masks placed in them.
+
+    The box is ``sl`` widened by ``pad`` pixels; each mask (given within ``sl``) is placed in
+    that box.
+    """
     y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, img.shape[0])
     x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, img.shape[1])
     box = img[y0:y1, x0:x1]
     placed = []
     for m in masks:
         b = np.zeros(box.shape, bool)
-        b[sl[0].start - y0: sl[0].stop - y0, sl[1].start - x0: sl[1].stop - x0] = m
+        b[sl[0].start - y0 : sl[0].stop - y0, sl[1].start - x0 : sl[1].stop - x0] = m
         placed.append(b)
     return box, placed
 
 
 def _is_drawn(img: np.ndarray, comp: np.ndarray, sl, extreme: float, span: float) -> bool:
-    """Drawn, not imaged: the component's gray values sit at the extreme (not spread across
-    the tolerance band like a particle's texture) and its 2-pixel surround contrasts sharply
-    (text and bars are drawn on something else; a dark particle's rim borders its interior)."""
+    """Tell whether a component is drawn, not imaged.
+
+    Drawn: the component's gray values sit at the extreme (not spread across the tolerance band
+    like a particle's texture) and its 2-pixel surround contrasts sharply (text and bars are
+    drawn on something else; a dark particle's rim borders its interior).
+    """
     box, (inside,) = _around(img, sl, comp)
     ring = ndi.binary_dilation(inside, iterations=2) & ~inside
     if not ring.any():
         return False
-    return (float(np.median(np.abs(box[inside] - extreme))) <= 0.015 * span
-            and float(np.median(np.abs(box[ring] - extreme))) >= 0.25 * span)
+    return (
+        float(np.median(np.abs(box[inside] - extreme))) <= 0.015 * span
+        and float(np.median(np.abs(box[ring] - extreme))) >= 0.25 * span
+    )
 
 
 def _near_corner(sl: tuple[slice, slice], shape: tuple[int, int]) -> bool:
@@ -81,19 +89,21 @@ def _near_corner(sl: tuple[slice, slice], shape: tuple[int, int]) -> bool:
 
 
 def _is_bar(comp: np.ndarray, h: int, w: int, shape) -> bool:
-    """A solid, thin, long rectangle (a scale bar), either orientation."""
+    """Tell whether a component is a solid, thin, long rectangle (a scale bar), either orientation."""
     short, long_ = min(h, w), max(h, w)
     extent = comp.sum() / float(h * w)
-    return (extent >= 0.85 and long_ >= 4 * short and long_ >= 0.03 * shape[1]
-            and short <= 0.04 * shape[0])
+    return extent >= 0.85 and long_ >= 4 * short and long_ >= 0.03 * shape[1] and short <= 0.04 * shape[0]
 
 
 def _is_glyph(img: np.ndarray, comp: np.ndarray, sl, shape, span: float) -> bool:
-    """Text-like: a height in :data:`GLYPH_HEIGHT`, strokes much thinner than the glyph, and
+    """Tell whether a component is text-like.
+
+    Text-like: a height in :data:`GLYPH_HEIGHT`, strokes much thinner than the glyph, and
     drawn *on* something: what the glyph encloses or half-encloses (the inside of an "o", a
     "c" or an "a") has the gray value of what surrounds it. The bright rim of a particle in
     SEM (edge contrast) is ring-shaped too, but it separates the particle inside from the
-    background outside."""
+    background outside.
+    """
     from skimage.morphology import convex_hull_image
 
     h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
@@ -116,7 +126,10 @@ def _is_glyph(img: np.ndarray, comp: np.ndarray, sl, shape, span: float) -> bool
 
 
 def _is_box(comp: np.ndarray, h: int, w: int, shape) -> bool:
-    """A filled label box with text cut out of it: rectangular once its holes are filled."""
+    """Tell whether a component is a filled label box with text cut out of it.
+
+    Such a box is rectangular once its holes are filled.
+    """
     if not (h <= 0.15 * shape[0] and w <= 0.4 * shape[1] and h >= 8 and w >= 8):
         return False
     filled = ndi.binary_fill_holes(comp)
@@ -182,9 +195,12 @@ def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
 
 
 def _text_glyphs(glyphs, bars, shape):
-    """The glyphs that sit where text sits: next to a scale bar (its label), or in a line of at
-    least :data:`MIN_LINE_GLYPHS` glyphs of about the same height (the same top or baseline, a
-    letter's gap apart) that lies in a corner (a panel label)."""
+    """Return the glyphs that sit where text sits.
+
+    That is next to a scale bar (its label), or in a line of at least :data:`MIN_LINE_GLYPHS`
+    glyphs of about the same height (the same top or baseline, a letter's gap apart) that lies
+    in a corner (a panel label).
+    """
     n = len(glyphs)
     parent = list(range(n))
 
@@ -210,20 +226,26 @@ def _text_glyphs(glyphs, bars, shape):
     keep = []
     for members in lines.values():
         sls = [glyphs[i][1] for i in members]
-        box = (slice(min(q[0].start for q in sls), max(q[0].stop for q in sls)),
-               slice(min(q[1].start for q in sls), max(q[1].stop for q in sls)))
+        box = (
+            slice(min(q[0].start for q in sls), max(q[0].stop for q in sls)),
+            slice(min(q[1].start for q in sls), max(q[1].stop for q in sls)),
+        )
         h = box[0].stop - box[0].start
-        labelled_bar = any(max(bar[0].start - box[0].stop, box[0].start - bar[0].stop, 0) <= 3 * h
-                           and max(bar[1].start - box[1].stop, box[1].start - bar[1].stop, 0) <= bar[1].stop - bar[1].start
-                           for bar in bars)
+        labelled_bar = any(
+            max(bar[0].start - box[0].stop, box[0].start - bar[0].stop, 0) <= 3 * h
+            and max(bar[1].start - box[1].stop, box[1].start - bar[1].stop, 0) <= bar[1].stop - bar[1].start
+            for bar in bars
+        )
         if labelled_bar or (len(members) >= MIN_LINE_GLYPHS and _near_corner(box, shape)):
             keep.extend(glyphs[i] for i in members)
     return keep
 
 
 def fill_annotations(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the pixels of ``mask`` painted over by the gray values around them
-    (normalized convolution at growing widths), as float32.
+    """Paint the pixels of ``mask`` over with the gray values around them.
+
+    The painting is a normalized convolution at growing widths; the image is returned as
+    float32.
 
     Examples
     --------

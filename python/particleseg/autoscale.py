@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .params import POLARITIES  # noqa: F401 - the two polarities, named once
+
 #: typical particle diameters (px) the estimate covers; outside, the user is asked for
 #: ``--particle-size``
 SUPPORTED_SIZE_PX = (5.0, 500.0)
@@ -98,7 +99,7 @@ def _otsu(values: np.ndarray) -> float | None:
 
 
 def polarity_score(image: np.ndarray) -> float:
-    """A score that is positive when particles are brighter than the background.
+    """Score the polarity: positive when particles are brighter than the background.
 
     Four cues of the two classes of a global Otsu threshold, each in about [-1, 1]:
     the fraction of the image frame (outer 3 %) the bright class covers (background fills
@@ -154,8 +155,10 @@ def _largest_share(mask: np.ndarray) -> float:
 
 
 def estimate_polarity(image: np.ndarray, default: str = "bright") -> str:
-    """``"bright"`` or ``"dark"`` particles, by :func:`polarity_score`; ``default`` for a
-    constant image."""
+    """Estimate whether the particles are ``"bright"`` or ``"dark"``, by :func:`polarity_score`.
+
+    ``default`` is returned for a constant image.
+    """
     return _polarity_of(polarity_score(image), default)
 
 
@@ -199,7 +202,7 @@ def opening_spectrum(mask: np.ndarray, radii: np.ndarray, stop_below: float | No
 
 
 def granulometric_diameter(mask: np.ndarray) -> float | None:
-    """The diameter of the disk whose opening removes half of the particle area of ``mask``.
+    """Return the diameter of the disk whose opening removes half of the particle area of ``mask``.
 
     Interpolated on a logarithmic grid of radii (steps of 10 %). None for an empty mask or a
     mask that an opening of radius 1 already removes.
@@ -230,8 +233,10 @@ def granulometric_diameter(mask: np.ndarray) -> float | None:
 
 
 def particle_mask(image: np.ndarray, polarity: str) -> np.ndarray:
-    """The particles of a global Otsu threshold with the given polarity, holes filled and
-    one-pixel noise opened away (what the size estimate measures)."""
+    """Return the particles of a global Otsu threshold with the given polarity.
+
+    Holes are filled and one-pixel noise is opened away (what the size estimate measures).
+    """
     sm = _smooth(image)
     t = _otsu(sm)
     if t is None:
@@ -241,19 +246,23 @@ def particle_mask(image: np.ndarray, polarity: str) -> np.ndarray:
 
 
 def _structured(image: np.ndarray, polarity: str, diameter: float) -> bool:
-    """Whether ``image`` holds particle-like structure of the granulometric ``diameter``:
-    larger by :data:`NOISE_MARGIN` than that of the same gray values shuffled over the
-    pixels (a permutation null, fixed seed), which keeps the histogram and destroys every
-    spatial structure. Pure noise fails: its "particles" are no larger than its shuffled
-    copy's."""
+    """Whether ``image`` holds particle-like structure of the granulometric ``diameter``.
+
+    Particle-like: ``diameter`` is larger by :data:`NOISE_MARGIN` than that of the same gray
+    values shuffled over the pixels (a permutation null, fixed seed), which keeps the histogram
+    and destroys every spatial structure. Pure noise fails: its "particles" are no larger than
+    its shuffled copy's.
+    """
     shuffled = np.random.default_rng(0).permutation(np.asarray(image).ravel()).reshape(np.shape(image))
     null = granulometric_diameter(particle_mask(shuffled, polarity))
     return null is None or diameter > NOISE_MARGIN * null
 
 
 def estimate_particle_size(image: np.ndarray, polarity: str) -> float | None:
-    """Typical particle diameter of ``image`` in pixels, from the granulometry of its
-    particle mask (see the module notes), or None without particle-like structure.
+    """Typical particle diameter of ``image`` in pixels, or None without particle-like structure.
+
+    The diameter comes from the granulometry of the image's particle mask (see the module
+    notes).
 
     Images larger than :data:`ANALYSIS_SIDE` are analysed downsampled; when the particles
     then come out under 8 pixels, a full-resolution crop of the centre is analysed instead.
@@ -269,7 +278,7 @@ def estimate_particle_size(image: np.ndarray, polarity: str) -> float | None:
             return d * k * GRANULOMETRY_TO_ECD
         cy, cx = image.shape[0] // 2, image.shape[1] // 2
         h = ANALYSIS_SIDE // 2
-        image = image[max(0, cy - h): cy + h, max(0, cx - h): cx + h]
+        image = image[max(0, cy - h) : cy + h, max(0, cx - h) : cx + h]
     d = granulometric_diameter(particle_mask(image, polarity))
     if d is None or (d * GRANULOMETRY_TO_ECD < NOISE_CHECK_BELOW_PX and not _structured(image, polarity, d)):
         return None

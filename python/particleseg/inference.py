@@ -44,9 +44,12 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def blend_window(shape: tuple[int, int], overlap: int, floor: float = 1e-3) -> np.ndarray:
-    """Separable weight window for blending tiles: ``sin^2`` ramps over ``overlap`` pixels at
-    each side, 1 inside, never below ``floor`` (so image-border pixels, covered by one tile
-    only, still get a defined value)."""
+    """Separable weight window for blending tiles.
+
+    The window has ``sin^2`` ramps over ``overlap`` pixels at each side, is 1 inside, and is
+    never below ``floor`` (so image-border pixels, covered by one tile only, still get a
+    defined value).
+    """
 
     def ramp(n: int) -> np.ndarray:
         w = np.ones(n, np.float32)
@@ -54,7 +57,7 @@ def blend_window(shape: tuple[int, int], overlap: int, floor: float = 1e-3) -> n
             k = min(overlap, n // 2)
             r = np.sin(0.5 * np.pi * (np.arange(k, dtype=np.float32) + 0.5) / k) ** 2
             w[:k] = r
-            w[n - k:] = r[::-1]
+            w[n - k :] = r[::-1]
         return np.maximum(w, floor)
 
     return np.outer(ramp(shape[0]), ramp(shape[1]))
@@ -65,9 +68,11 @@ def _round_up(n: int, m: int) -> int:
 
 
 def even_tile_size(length: int, max_tile: int, overlap: int, multiple_of: int) -> int:
-    """Smallest tile (a multiple of ``multiple_of``, at most about ``max_tile``) that covers
-    ``length`` with as few tiles as ``max_tile`` would need, neighbours sharing ``overlap``
-    pixels (the layout of :func:`tile_starts`; :func:`predict_tiled` uses :func:`exact_tiles`).
+    """Smallest tile that covers ``length`` with as few tiles as ``max_tile`` would need.
+
+    The tile is a multiple of ``multiple_of`` and at most about ``max_tile``; neighbours share
+    ``overlap`` pixels (the layout of :func:`tile_starts`; :func:`predict_tiled` uses
+    :func:`exact_tiles`).
     """
     max_tile = max(multiple_of, _round_up(max_tile, multiple_of))
     if length <= max_tile:
@@ -76,7 +81,9 @@ def even_tile_size(length: int, max_tile: int, overlap: int, multiple_of: int) -
     return min(max_tile, _round_up(math.ceil((length + (n - 1) * overlap) / n), multiple_of))
 
 
-def exact_tiles(length: int, max_tile: int | None, halo: int, multiple_of: int = 1) -> tuple[int, list[tuple[int, int, int]]]:
+def exact_tiles(
+    length: int, max_tile: int | None, halo: int, multiple_of: int = 1
+) -> tuple[int, list[tuple[int, int, int]]]:
     """Tiles of one axis for exact tiled prediction: ``(tile, [(start, keep_from, keep_to), ...])``.
 
     ``length`` (a multiple of ``multiple_of``) is cut into consecutive kept parts
@@ -113,21 +120,31 @@ def exact_tiles(length: int, max_tile: int | None, halo: int, multiple_of: int =
 
 
 def tiling_plan(shape: tuple[int, int], tile: int | tuple[int, int] | None, halo: int, multiple_of: int = 16) -> dict:
-    """How :func:`predict_tiled` cuts an image of ``shape`` (Y, X): the tile size, the number of
-    tiles, and the ``overhead``: network pixels computed over those of one whole-image call
-    (both on the image padded to multiples of ``multiple_of``)."""
+    """How :func:`predict_tiled` cuts an image of ``shape`` (Y, X).
+
+    The plan gives the tile size, the number of tiles, and the ``overhead``: network pixels
+    computed over those of one whole-image call (both on the image padded to multiples of
+    ``multiple_of``).
+    """
     h, w = shape[:2]
     hp, wp = _round_up(h, multiple_of), _round_up(w, multiple_of)
     ty, tx = (tile, tile) if tile is None or np.isscalar(tile) else tile
     th, ys = exact_tiles(hp, ty, halo, multiple_of)
     tw, xs = exact_tiles(wp, tx, halo, multiple_of)
-    return {"tile": (th, tw), "tiles": (len(ys), len(xs)), "padded": (hp, wp),
-            "overhead": len(ys) * th * len(xs) * tw / (hp * wp)}
+    return {
+        "tile": (th, tw),
+        "tiles": (len(ys), len(xs)),
+        "padded": (hp, wp),
+        "overhead": len(ys) * th * len(xs) * tw / (hp * wp),
+    }
 
 
 def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
-    """Source row (or column) of each row of the image padded from ``n`` to ``padded`` as
-    ``np.pad(..., mode)`` pads it: only tiles read from the padding, the image is never copied."""
+    """Source row (or column) of each row of the image padded from ``n`` to ``padded``.
+
+    The padding is the one ``np.pad(..., mode)`` makes: only tiles read from the padding, the
+    image is never copied.
+    """
     return np.pad(np.arange(n), (0, padded - n), mode=mode) if padded > n else np.arange(n)
 
 
@@ -142,8 +159,10 @@ def predict_tiled(
     progress: bool | None = None,
     desc: str = "inference",
 ) -> np.ndarray:
-    """Predict a large image tile by tile; with a halo of at least the network's receptive
-    field, the result is the whole-image prediction.
+    """Predict a large image tile by tile.
+
+    With a halo of at least the network's receptive field, the result is the whole-image
+    prediction.
 
     The image is padded at its bottom and right to multiples of ``multiple_of`` (reflecting,
     as a whole-image call would be padded), cut into kept parts, and each part is predicted in
@@ -207,14 +226,14 @@ def predict_tiled(
         bar = tqdm(total=n_tiles, desc=desc, unit="tile", leave=False)
     try:
         for sy, ay, by in ys:
-            rows = iy[sy:sy + th]
+            rows = iy[sy : sy + th]
             for b0 in range(0, len(xs), batch_size):
-                bx = xs[b0:b0 + batch_size]
+                bx = xs[b0 : b0 + batch_size]
                 if whole:
                     batch = img[None]
                 else:
                     strip = img[rows] if not (sy == 0 and th == h) else img
-                    batch = np.stack([strip[:, ix[sx:sx + tw]] for sx, _, _ in bx])
+                    batch = np.stack([strip[:, ix[sx : sx + tw]] for sx, _, _ in bx])
                 pred = np.asarray(predict(batch), np.float32)
                 if pred.shape[:3] != batch.shape[:3]:
                     raise ValueError(f"prediction has shape {pred.shape} for a batch of shape {batch.shape}")
@@ -226,7 +245,7 @@ def predict_tiled(
                 for (sx, ax, bxe), p in zip(bx, pred):
                     x1 = min(bxe, w)
                     if ay < y1 and ax < x1:
-                        out[ay:y1, ax:x1] = p[ay - sy:y1 - sy, ax - sx:x1 - sx]
+                        out[ay:y1, ax:x1] = p[ay - sy : y1 - sy, ax - sx : x1 - sx]
                 if bar is not None:
                     bar.update(len(bx))
     finally:

@@ -1,5 +1,6 @@
-"""Per-particle measurements as ImageJ makes them, in calibrated units, and size-distribution
-summaries.
+"""Per-particle measurements as ImageJ makes them, and size-distribution summaries.
+
+The measurements are in calibrated units.
 
 :func:`measure_particles` gives, for each particle, the columns of ImageJ's Results table
 (*Analyze > Measure* or *Analyze Particles*, with every measurement of *Set Measurements*
@@ -31,9 +32,35 @@ from .io import Calibration, roi_region, trace_outline
 
 #: ImageJ's Results columns, in ImageJ's order, that :func:`measure_particles` computes.
 IMAGEJ_COLUMNS = (
-    "Area", "Mean", "StdDev", "Min", "Max", "X", "Y", "XM", "YM", "Perim.", "BX", "BY", "Width",
-    "Height", "Major", "Minor", "Angle", "Circ.", "Feret", "IntDen", "Median", "RawIntDen",
-    "FeretX", "FeretY", "FeretAngle", "MinFeret", "AR", "Round", "Solidity",
+    "Area",
+    "Mean",
+    "StdDev",
+    "Min",
+    "Max",
+    "X",
+    "Y",
+    "XM",
+    "YM",
+    "Perim.",
+    "BX",
+    "BY",
+    "Width",
+    "Height",
+    "Major",
+    "Minor",
+    "Angle",
+    "Circ.",
+    "Feret",
+    "IntDen",
+    "Median",
+    "RawIntDen",
+    "FeretX",
+    "FeretY",
+    "FeretAngle",
+    "MinFeret",
+    "AR",
+    "Round",
+    "Solidity",
 )
 
 #: All columns of :func:`measure_particles`: the particle's label, ImageJ's columns, the
@@ -46,20 +73,25 @@ SIZE_COLUMNS = ("MinFeret", "Feret", "ECD", "Area")
 #: The column that each name of the parameter vocabulary (shape ranges, ``histogram_of``)
 #: refers to.
 PARAMETER_COLUMNS = {
-    "area": "Area", "ecd": "ECD", "feret_min": "MinFeret", "feret_max": "Feret",
-    "circularity": "Circ.", "solidity": "Solidity", "aspect_ratio": "AR", "roundness": "Round",
+    "area": "Area",
+    "ecd": "ECD",
+    "feret_min": "MinFeret",
+    "feret_max": "Feret",
+    "circularity": "Circ.",
+    "solidity": "Solidity",
+    "aspect_ratio": "AR",
+    "roundness": "Round",
     "perimeter": "Perim.",
 }
 
-_LENGTHS = ("X", "Y", "XM", "YM", "Perim.", "BX", "BY", "Width", "Height", "Major", "Minor",
-            "Feret", "MinFeret", "ECD")
+_LENGTHS = ("X", "Y", "XM", "YM", "Perim.", "BX", "BY", "Width", "Height", "Major", "Minor", "Feret", "MinFeret", "ECD")
 _ANGLES = ("Angle", "FeretAngle")
 _PIXELS = ("FeretX", "FeretY")
 _INTENSITY = ("Mean", "StdDev", "Min", "Max", "XM", "YM", "IntDen", "Median", "RawIntDen")
 
 
 def column_units(unit: str) -> dict[str, str]:
-    """The unit of each column of :func:`measure_particles` whose values have one.
+    """Return the unit of each column of :func:`measure_particles` whose values have one.
 
     Examples
     --------
@@ -88,8 +120,9 @@ def with_units(table: pd.DataFrame, unit: str) -> pd.DataFrame:
 
 
 def without_units(table: pd.DataFrame) -> pd.DataFrame:
-    """Copy of a table read from a ``_particles.csv`` with the units taken out of the column
-    names again (the inverse of :func:`with_units`).
+    """Copy of a table read from a ``_particles.csv`` with the units taken out of the column names.
+
+    This is the inverse of :func:`with_units`.
 
     Examples
     --------
@@ -153,8 +186,10 @@ def traced_perimeter(polygon: np.ndarray) -> float:
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull vertices in ImageJ's order: no collinear vertices, starting at the topmost
-    (then leftmost) vertex, counter-clockwise as displayed (y down).
+    """Convex hull vertices in ImageJ's order.
+
+    ImageJ's order: no collinear vertices, starting at the topmost (then leftmost) vertex,
+    counter-clockwise as displayed (y down).
 
     The order decides which of several equally long Feret diameters ImageJ reports.
 
@@ -189,8 +224,10 @@ def polygon_area(polygon: np.ndarray) -> float:
 
 
 def feret_values(hull: np.ndarray, pixel_size: float = 1.0) -> dict[str, float]:
-    """Maximum and minimum caliper (Feret) diameters of a convex polygon, as ImageJ's
-    ``Feret``, ``FeretAngle``, ``MinFeret``, ``FeretX`` and ``FeretY``.
+    """Maximum and minimum caliper (Feret) diameters of a convex polygon.
+
+    They are given as ImageJ's ``Feret``, ``FeretAngle``, ``MinFeret``, ``FeretX`` and
+    ``FeretY``.
 
     Parameters
     ----------
@@ -242,13 +279,19 @@ def feret_values(hull: np.ndarray, pixel_size: float = 1.0) -> dict[str, float]:
     normals = np.stack([edges[:, 1], -edges[:, 0]], 1) / np.hypot(edges[:, 0], edges[:, 1])[:, None]
     dist = ((h[None, :, :] - h[:, None, :]) * normals[:, None, :]).sum(-1)  # vertex j from edge i
     widths = np.abs(dist).max(axis=1)
-    return {"Feret": float(np.sqrt(d2[i, j] if i < j else d2[j, i])), "FeretAngle": float(angle),
-            "MinFeret": float(widths.min() * s), "FeretX": float(h[i, 0]), "FeretY": float(h[i, 1])}
+    return {
+        "Feret": float(np.sqrt(d2[i, j] if i < j else d2[j, i])),
+        "FeretAngle": float(angle),
+        "MinFeret": float(widths.min() * s),
+        "FeretX": float(h[i, 0]),
+        "FeretY": float(h[i, 1]),
+    }
 
 
 def fit_ellipse(region: np.ndarray) -> tuple[float, float, float]:
-    """The ellipse with the same second moments and the same area as a region, as ImageJ's
-    ``Major``, ``Minor`` and ``Angle``.
+    """Fit the ellipse with the same second moments and the same area as a region.
+
+    The ellipse is given as ImageJ's ``Major``, ``Minor`` and ``Angle``.
 
     Parameters
     ----------
@@ -331,15 +374,23 @@ def _intensity(values: np.ndarray, xs: np.ndarray, ys: np.ndarray, area: float, 
     return {
         "Mean": total / n,
         "StdDev": float(np.sqrt(var / (n - 1))) if n > 1 and var > 0 else 0.0,
-        "Min": float(vf.min()), "Max": float(vf.max()),
+        "Min": float(vf.min()),
+        "Max": float(vf.max()),
         "XM": float(((xs + 0.5) * vf).sum() / total_w * s),
         "YM": float(((ys + 0.5) * vf).sum() / total_w * s),
-        "IntDen": area * total / n, "Median": _median(v), "RawIntDen": float(total),
+        "IntDen": area * total / n,
+        "Median": _median(v),
+        "RawIntDen": float(total),
     }
 
 
-def measure_particle(region: np.ndarray, polygon: np.ndarray, offset: tuple[int, int] = (0, 0),
-                     image: np.ndarray | None = None, pixel_size: float = 1.0) -> dict:
+def measure_particle(
+    region: np.ndarray,
+    polygon: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+    image: np.ndarray | None = None,
+    pixel_size: float = 1.0,
+) -> dict:
     """ImageJ's measurements of one particle: its region and its traced outline.
 
     Parameters
@@ -376,17 +427,30 @@ def measure_particle(region: np.ndarray, polygon: np.ndarray, offset: tuple[int,
         out.update({c: np.nan for c in _INTENSITY})
     x0, y0 = polygon.min(axis=0)
     x1, y1 = polygon.max(axis=0)
-    out.update({
-        "X": (xs.mean() + 0.5) * s, "Y": (ys.mean() + 0.5) * s, "Perim.": perim,
-        "BX": x0 * s, "BY": y0 * s, "Width": (x1 - x0) * s, "Height": (y1 - y0) * s,
-        "Major": major * s, "Minor": minor * s, "Angle": angle,
-        "Circ.": min(1.0, 4.0 * np.pi * area / perim**2) if perim > 0 else 0.0,
-    })
+    out.update(
+        {
+            "X": (xs.mean() + 0.5) * s,
+            "Y": (ys.mean() + 0.5) * s,
+            "Perim.": perim,
+            "BX": x0 * s,
+            "BY": y0 * s,
+            "Width": (x1 - x0) * s,
+            "Height": (y1 - y0) * s,
+            "Major": major * s,
+            "Minor": minor * s,
+            "Angle": angle,
+            "Circ.": min(1.0, 4.0 * np.pi * area / perim**2) if perim > 0 else 0.0,
+        }
+    )
     out.update(feret_values(hull, s))
-    out.update({
-        "AR": major / minor, "Round": 4.0 * area / (np.pi * (major * s) ** 2),
-        "Solidity": n / polygon_area(hull), "ECD": 2.0 * np.sqrt(area / np.pi),
-    })
+    out.update(
+        {
+            "AR": major / minor,
+            "Round": 4.0 * area / (np.pi * (major * s) ** 2),
+            "Solidity": n / polygon_area(hull),
+            "ECD": 2.0 * np.sqrt(area / np.pi),
+        }
+    )
     return out
 
 
@@ -478,7 +542,7 @@ def measure_particles(
         region = region[inner]
         x0, y0 = sl[1].start + cc[0], sl[0].start + rr[0]
         polygon = trace_outline(region) + np.array([x0 + origin[1], y0 + origin[0]])
-        gray = None if intensity is None else intensity[y0:y0 + region.shape[0], x0:x0 + region.shape[1]]
+        gray = None if intensity is None else intensity[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]]
         row = {"label": lab}
         row.update(measure_particle(region, polygon, (x0 + origin[1], y0 + origin[0]), gray, cal.pixel_size))
         row["touches_border"] = lab in border_labels

@@ -20,8 +20,11 @@ _FOUR = ndi.generate_binary_structure(2, 1)
 
 
 def label_mask(mask: np.ndarray) -> np.ndarray:
-    """Label a binary mask with 4-connectivity, so one-pixel background lines (the convention
-    of annotated masks with touching particles) separate particles."""
+    """Label a binary mask with 4-connectivity.
+
+    With 4-connectivity, one-pixel background lines (the convention of annotated masks with
+    touching particles) separate particles.
+    """
     return ndi.label(np.asarray(mask, bool), structure=_FOUR)[0].astype(np.int32)
 
 
@@ -100,8 +103,10 @@ def labels_to_mask(labels: np.ndarray, connectivity: int = 2, sizes: np.ndarray 
 
 
 def relabel_kept_first(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Lookup table that renumbers particles so the kept ones are ``1..N`` and the others
-    ``N+1..M``, each group in the order of its old labels.
+    """Lookup table that renumbers particles so the kept ones come first.
+
+    The kept particles become ``1..N`` and the others ``N+1..M``, each group in the order of
+    its old labels.
 
     Parameters
     ----------
@@ -194,8 +199,10 @@ def split_touching(
 
 
 def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
-    """Regional maxima of the h-maximum transform: the peaks of ``image`` whose dynamic
-    (depth of the saddle that separates them from a higher peak) is at least ``h``.
+    """Regional maxima of the h-maximum transform.
+
+    These are the peaks of ``image`` whose dynamic (depth of the saddle that separates them
+    from a higher peak) is at least ``h``.
 
     Two peaks joined by a saddle less than ``h`` below them give a single connected marker.
     (``skimage.morphology.h_maxima`` marks each peak that rises ``h`` above the
@@ -221,6 +228,10 @@ def _local_maxima(surface: np.ndarray) -> np.ndarray:
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber the particles of a label image ``1..N`` in the order of their labels, as int32.
+
+    Background (0) stays 0 (``skimage.segmentation.relabel_sequential``).
+    """
     from skimage.segmentation import relabel_sequential as _rs
 
     return _rs(np.asarray(labels))[0].astype(np.int32)
@@ -315,8 +326,10 @@ def intensity_filter(
     method: str = "li",
     polarity: str = "bright",
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The intensity artifact filter of Rühle et al. (2021): keep a particle when its mean gray
-    value lies on the particle side of a global threshold of the image.
+    """Apply the intensity artifact filter of Rühle et al. (2021).
+
+    The filter keeps a particle when its mean gray value lies on the particle side of a global
+    threshold of the image.
 
     Parameters
     ----------

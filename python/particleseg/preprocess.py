@@ -53,10 +53,11 @@ def normalize_percentile(
 
 
 def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
-    """Normalise a network input ``(Y, X, C)`` channel by channel as a bundle's
-    ``input.normalization`` says: ``percentile`` (:func:`normalize_percentile` with its
-    ``low``, ``high`` and ``clip``) or ``none``. Training and inference both call this, so a
-    network sees the same values in both.
+    """Normalise a network input ``(Y, X, C)`` channel by channel as a bundle's ``input.normalization`` says.
+
+    The method is ``percentile`` (:func:`normalize_percentile` with its ``low``, ``high`` and
+    ``clip``) or ``none``. Training and inference both call this, so a network sees the same
+    values in both.
 
     Returns
     -------
@@ -71,7 +72,7 @@ def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
 
 
 def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction: float = 0.3) -> int:
-    """Number of rows at the bottom of an SEM image that hold the microscope's data bar.
+    """Count the rows at the bottom of an SEM image that hold the microscope's data bar.
 
     A data bar is a band of rows on a uniform background (with text and a scale bar on it):
     in each of its rows more than half of the pixels share one value, which almost never
@@ -112,7 +113,7 @@ def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction:
     n = len(rows) - start
     if bottom - start + 1 < max(3, min_fraction * h) or start == 0:
         return 0
-    above = image[max(0, top + start - 20): top + start]
+    above = image[max(0, top + start - 20) : top + start]
     if np.mean([_mode_fraction(r) for r in above]) > 0.4:
         return 0  # the band continues into the picture: a uniform region, not a data bar
     return int(n)
@@ -130,8 +131,12 @@ def rescale(image: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
     from skimage.transform import rescale as _rescale
 
     return _rescale(
-        np.asarray(image, np.float32), factor, order=order, preserve_range=True,
-        anti_aliasing=factor < 1, mode="reflect",
+        np.asarray(image, np.float32),
+        factor,
+        order=order,
+        preserve_range=True,
+        anti_aliasing=factor < 1,
+        mode="reflect",
     ).astype(np.float32)
 
 
@@ -142,4 +147,6 @@ def resize_to(image: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.n
     from skimage.transform import resize
 
     out_shape = tuple(shape) + tuple(image.shape[2:])
-    return resize(image, out_shape, order=order, preserve_range=True, anti_aliasing=False, mode="reflect").astype(image.dtype)
+    return resize(image, out_shape, order=order, preserve_range=True, anti_aliasing=False, mode="reflect").astype(
+        image.dtype
+    )
