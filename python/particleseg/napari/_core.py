@@ -72,7 +72,7 @@ def calibration_of(layer) -> Calibration:
 def image_of(layer) -> np.ndarray:
     """The gray values of an Image layer: ``(Y, X)`` or a stack ``(Z, Y, X)``; RGB(A) layers
     become luminance (as :func:`particleseg.io.read_image` reads RGB files)."""
-    from ..io import _to_gray
+    from ..io.read import _to_gray
 
     data = getattr(layer, "data", layer)
     if getattr(layer, "multiscale", False):

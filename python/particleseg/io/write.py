@@ -1,0 +1,253 @@
+"""Writing outputs: atomically, never over an existing file without ``overwrite``, with one-line errors.
+
+Writers never modify inputs, write a temporary file in the target folder and rename it
+atomically, give the file the permissions the umask gives new files, and refuse to replace an
+existing file unless ``overwrite=True``. TIFFs are ImageJ-compatible with their calibration.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import OutputExistsError, ParticlesegError
+from .calibration import Calibration
+
+def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if any of ``paths`` exists and ``overwrite`` is False."""
+    if overwrite:
+        return
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]}: output exists{more}; use --overwrite to replace it")
+
+
+def check_output_folder(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
+    """Before any work: ``folder`` is a folder or can be made, files can be created in it, and
+    it has at least ``need_bytes`` free. Makes the folder.
+
+    Raises
+    ------
+    OutputError
+        One line: ``OUT: is a file, not a folder``, ``OUT: cannot create the folder (...)``,
+        ``OUT: not writable``, ``OUT: not enough free space (...)``.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file, not a folder; give a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(describe_os_error(exc, folder)) from None
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise OutputError(f"{folder}: cannot create the folder (a file is in its path)") from None
+        raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+    try:  # writable? (permissions alone do not say it: root, read-only mounts, ACLs)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.tmp{os.getpid()}-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder)) from None
+    if need_bytes:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise OutputError(f"{folder}: not enough free space ({_mb(free)} free, the outputs need at least "
+                              f"{_mb(need_bytes)})")
+    return folder
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: str | os.PathLike) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
+    :func:`tempfile.mkdtemp` (0700) the mode a plain ``open``/``mkdir`` would have given it:
+    0666 (files) or 0777 (folders) less the umask."""
+    path = Path(path)
+    if path.exists():
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
+class OutputError(ParticlesegError, OSError):
+    """An output cannot be written (disk full, folder not writable, not a folder): one line
+    naming the output folder and the final file, never a temporary file."""
+
+
+def describe_os_error(exc: OSError, folder: str | os.PathLike, name: str | None = None) -> str:
+    """One line for an OS error while writing ``name`` into ``folder``:
+    ``OUT: disk full writing NAME``, ``OUT: not writable``, ``OUT: cannot write NAME (cause)``."""
+    what = f" writing {name}" if name else ""
+    text = str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in text and "written" in text):
+        return f"{folder}: disk full{what}"  # numpy's tofile says "786432 requested and 102232 written"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{folder}: not writable" + (" (read-only file system)" if exc.errno == errno.EROFS else "")
+    if exc.errno == errno.ENOTDIR:
+        return f"{folder}: is not a folder"
+    cause = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    return f"{folder}: cannot write {name or 'there'} ({cause})"
+
+
+#: temporary files of :func:`write_atomic`: ``.STEM.tmpPID-XXXXXXXX.SUFFIX`` (the process id
+#: lets a later run remove those of a killed run, never those of a running one)
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+
+
+_OLD_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.stem}.tmp{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
+    """The temporary files :func:`write_atomic` left in ``folder`` when its process was killed
+    (``kill -9``, power cut): those whose process no longer runs; and, for the final file names
+    in ``names``, those of earlier versions (``.STEM.XXXXXXXX.SUFFIX``, no process id)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = set(names)
+    found = []
+    for entry in folder.iterdir():
+        if not entry.name.startswith(".") or not entry.is_file():
+            continue
+        m = _TEMP_NAME.match(entry.name)
+        old = _OLD_TEMP_NAME.match(entry.name)
+        if (m and not _pid_alive(int(m["pid"]))) or (old and old["stem"] + (old["suffix"] or "") in names):
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``folder``; returns what was removed."""
+    removed = []
+    for p in stale_temporaries(folder, names):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one atomic rename.
+
+    A reader never sees a half-written file, and an interrupted run leaves no partial output
+    (a run killed with ``kill -9`` leaves its temporary file, which
+    :func:`remove_stale_temporaries` recognises). The file gets the permissions the umask gives
+    new files (not the 0600 of a temporary file).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputError
+        An OS error (disk full, not writable, ...), as one line naming the folder and
+        ``path``'s name, never the temporary file.
+    """
+    path = Path(path)
+    check_outputs([path], overwrite)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        write(tmp)
+        respect_umask(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if isinstance(exc, (OutputError, OutputExistsError)):
+            raise
+        raise OutputError(describe_os_error(exc, path.parent, path.name)) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return path
+
+
+def _imagej_unit(unit: str) -> str:
+    # ImageJ's TIFF reader understands "micron" and turns it into µm; the description is ASCII.
+    return {"µm": "micron", "Å": "angstrom", "px": "pixel"}.get(unit, unit)
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    calibration: Calibration | None = None,
+    overwrite: bool = False,
+    z_spacing: float | None = None,
+) -> Path:
+    """Write an ImageJ-compatible TIFF (2D image or ``(Z, Y, X)`` stack) with its calibration.
+
+    ImageJ reads 8-bit, 16-bit and 32-bit float images; other types are converted: integers
+    that fit in uint16 become uint16, wider integers become float32, booleans become 0/255 uint8.
+    """
+    import tifffile
+
+    data = np.asarray(data)
+    if data.dtype == bool:
+        data = data.astype(np.uint8) * 255
+    elif data.dtype.kind in "iu" and data.dtype not in (np.uint8, np.uint16):
+        data = data.astype(np.uint16 if data.size == 0 or (data.min() >= 0 and data.max() < 65536) else np.float32)
+    elif data.dtype.kind == "f" and data.dtype != np.float32:
+        data = data.astype(np.float32)
+    calibration = calibration or Calibration()
+    metadata = {"unit": _imagej_unit(calibration.unit)}
+    if data.ndim == 3:
+        metadata["axes"] = "ZYX"
+        if z_spacing:
+            metadata["spacing"] = z_spacing
+    resolution = (1.0 / calibration.pixel_size, 1.0 / calibration.pixel_size)
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, imagej=True, resolution=resolution, metadata=metadata)
+
+    return write_atomic(path, write, overwrite)
+
+
+def write_csv(path: str | os.PathLike, table, overwrite: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV (UTF-8, no index), atomically."""
+    return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False), overwrite)
