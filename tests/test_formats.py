@@ -1,7 +1,8 @@
 """Electron-microscopy formats (particleseg.formats through particleseg.io): MRC written by mrcfile,
 OME-Zarr written with zarr (NGFF 0.4 and 0.5, 2D and volumes), EMD written by RosettaSciIO, a
 Gatan DM3 file, OME-TIFF calibration written by tifffile, Hitachi and JEOL sidecar files, and bad
-files reported in one line naming them."""
+files reported in one line naming them.
+"""
 
 import struct
 
@@ -75,12 +76,18 @@ def test_mrc_without_voxel_size_is_uncalibrated_and_non_square_voxels_are_named(
 
 def _ome_zarr(path, data, scale, unit="micrometer", version="0.4"):
     zarr = pytest.importorskip("zarr")
-    names = "zyx"[-data.ndim:]
-    multiscales = [{"version": version, "name": path.stem,
-                    "axes": [{"name": n, "type": "space", "unit": unit} for n in names],
-                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]},
-                                 {"path": "1", "coordinateTransformations": [{"type": "scale",
-                                                                              "scale": [2 * s for s in scale]}]}]}]
+    names = "zyx"[-data.ndim :]
+    multiscales = [
+        {
+            "version": version,
+            "name": path.stem,
+            "axes": [{"name": n, "type": "space", "unit": unit} for n in names],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]},
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [2 * s for s in scale]}]},
+            ],
+        }
+    ]
     group = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
     group.create_array("0", data=data, chunks=(1,) * (data.ndim - 2) + (32, 32))
     group.create_array("1", data=data[..., ::2, ::2], chunks=(1,) * (data.ndim - 2) + (32, 32))
@@ -130,10 +137,19 @@ def test_zarr_without_ome_metadata_is_named(tmp_path):
 def test_emd_written_by_rosettasciio(tmp_path):
     emd = pytest.importorskip("rsciio.emd")
     img = _image().astype(np.float32)
-    axes = [{"name": n, "size": s, "scale": 0.25, "units": "nm", "offset": 0.0, "navigate": False}
-            for n, s in zip("yx", img.shape)]
-    emd.file_writer(str(tmp_path / "haadf.emd"), {"data": img, "axes": axes, "metadata": {"General": {"title": "HAADF"}, "Signal": {"signal_type": ""}},
-                                                  "original_metadata": {}})
+    axes = [
+        {"name": n, "size": s, "scale": 0.25, "units": "nm", "offset": 0.0, "navigate": False}
+        for n, s in zip("yx", img.shape)
+    ]
+    emd.file_writer(
+        str(tmp_path / "haadf.emd"),
+        {
+            "data": img,
+            "axes": axes,
+            "metadata": {"General": {"title": "HAADF"}, "Signal": {"signal_type": ""}},
+            "original_metadata": {},
+        },
+    )
     image, cal = read_image(tmp_path / "haadf.emd")
     np.testing.assert_array_equal(image, img)
     assert cal == Calibration(0.25, "nm")
@@ -145,7 +161,9 @@ def _dm3(path, data, scale, unit):
     writes for one image, ImageList with a thumbnail and the image (Thumbnails names the first),
     with ImageData's Data, Dimensions, DataType and the Calibrations of each dimension (the
     layout RosettaSciIO reads). RosettaSciIO reads DM files but does not write them, and its test
-    files are not in its wheel."""
+    files are not in its wheel.
+    """
+
     def label(name):
         return struct.pack(">H", len(name)) + name.encode()
 
@@ -160,24 +178,39 @@ def _dm3(path, data, scale, unit):
         return b"\x15" + label(name) + b"%%%%" + struct.pack(">iiii", 3, 20, 4, len(s)) + s.encode("utf-16-le")
 
     def array(name, a):
-        code, dtype_id = {np.dtype(np.float32): (6, 2), np.dtype(np.uint8): (10, 6),
-                          np.dtype(np.int16): (2, 1)}[a.dtype]
+        code, dtype_id = {np.dtype(np.float32): (6, 2), np.dtype(np.uint8): (10, 6), np.dtype(np.int16): (2, 1)}[
+            a.dtype
+        ]
         raw = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
         return b"\x15" + label(name) + b"%%%%" + struct.pack(">iiii", 3, 20, code, a.size) + raw, dtype_id
 
     def image(a, s, u, title):
         data_tag, dtype_id = array("Data", a)
         cal = [group("", [value("Origin", "<f", 0.0), value("Scale", "<f", s), text("Units", u)]) for _ in a.shape]
-        return group("", [
-            group("ImageData", [group("Calibrations", [group("Dimension", cal)]), data_tag,
-                                value("DataType", "<i", dtype_id),
-                                group("Dimensions", [value("", "<I", n) for n in a.shape[::-1]]),
-                                value("PixelDepth", "<I", a.dtype.itemsize)]),
-            group("ImageTags", []), text("Name", title)])
+        return group(
+            "",
+            [
+                group(
+                    "ImageData",
+                    [
+                        group("Calibrations", [group("Dimension", cal)]),
+                        data_tag,
+                        value("DataType", "<i", dtype_id),
+                        group("Dimensions", [value("", "<I", n) for n in a.shape[::-1]]),
+                        value("PixelDepth", "<I", a.dtype.itemsize),
+                    ],
+                ),
+                group("ImageTags", []),
+                text("Name", title),
+            ],
+        )
 
     thumb = np.zeros((8, 8), np.uint8)
-    root = [group("ImageList", [image(thumb, 1.0, "", "thumbnail"), image(data, scale, unit, "micrograph")]),
-            group("Thumbnails", [group("", [value("ImageIndex", "<I", 0)])]), group("DocumentObjectList", [])]
+    root = [
+        group("ImageList", [image(thumb, 1.0, "", "thumbnail"), image(data, scale, unit, "micrograph")]),
+        group("Thumbnails", [group("", [value("ImageIndex", "<I", 0)])]),
+        group("DocumentObjectList", []),
+    ]
     body = b"\x00\x00" + struct.pack(">i", len(root)) + b"".join(root) + b"\x00" * 8
     path.write_bytes(struct.pack(">iii", 3, len(body), 1) + body)
     return path
@@ -201,8 +234,18 @@ def test_ome_tiff_physical_size(tmp_path):
     import tifffile
 
     path = tmp_path / "a.ome.tif"
-    tifffile.imwrite(path, _image(), ome=True, metadata={"axes": "YX", "PhysicalSizeX": 3.5, "PhysicalSizeXUnit": "nm",
-                                                          "PhysicalSizeY": 3.5, "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        path,
+        _image(),
+        ome=True,
+        metadata={
+            "axes": "YX",
+            "PhysicalSizeX": 3.5,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 3.5,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
     assert read_image(path)[1] == Calibration(3.5, "nm")
     assert read_calibration(path) == (Calibration(3.5, "nm"), "OME")
 
@@ -262,12 +305,15 @@ def test_tiff_metadata_wins_over_a_sidecar(tmp_path):
 # bad files: one line naming the file
 
 
-@pytest.mark.parametrize("name,content", [
-    ("broken.mrc", b"not an MRC file at all" * 10),
-    ("broken.dm3", b"\x00\x00\x00\x03garbage"),
-    ("broken.dm4", b""),
-    ("broken.emd", b"not HDF5"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("broken.mrc", b"not an MRC file at all" * 10),
+        ("broken.dm3", b"\x00\x00\x00\x03garbage"),
+        ("broken.dm4", b""),
+        ("broken.emd", b"not HDF5"),
+    ],
+)
 def test_bad_em_files_are_one_line_naming_the_file(tmp_path, name, content):
     pytest.importorskip("mrcfile")
     pytest.importorskip("rsciio")
@@ -290,8 +336,20 @@ def test_truncated_mrc_is_named(tmp_path, mrc_2d):
 def test_segment_command_reads_an_mrc(tmp_path, mrc_2d, threshold_bundle, capsys):
     from particleseg.cli import main
 
-    rc = main(["segment", str(mrc_2d), "--model", str(threshold_bundle.path), "--out", str(tmp_path / "out"),
-               "--polarity", "bright", "--rescale", "1"])
+    rc = main(
+        [
+            "segment",
+            str(mrc_2d),
+            "--model",
+            str(threshold_bundle.path),
+            "--out",
+            str(tmp_path / "out"),
+            "--polarity",
+            "bright",
+            "--rescale",
+            "1",
+        ]
+    )
     assert rc == 0
     import pandas as pd
 
@@ -302,7 +360,8 @@ def test_segment_command_reads_an_mrc(tmp_path, mrc_2d, threshold_bundle, capsys
 
 def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
     """Label images and masks go through the same reader (io.read_array -> formats.read): an MRC
-    proposal scores exactly as the same labels written as TIFF."""
+    proposal scores exactly as the same labels written as TIFF.
+    """
     mrcfile = pytest.importorskip("mrcfile")
     import pandas as pd
     import tifffile
@@ -322,8 +381,23 @@ def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
     rows = []
     for sub in ("mrc", "tif"):
         pred = tmp_path / sub / f"a_labels.{sub}"
-        assert main(["evaluate", "--pred", str(pred), "--truth", str(tmp_path / "truth" / "a.tif"),
-                     "--out", str(tmp_path / f"out-{sub}"), "--crop-rows", "0", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--pred",
+                    str(pred),
+                    "--truth",
+                    str(tmp_path / "truth" / "a.tif"),
+                    "--out",
+                    str(tmp_path / f"out-{sub}"),
+                    "--crop-rows",
+                    "0",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         rows.append(pd.read_csv(tmp_path / f"out-{sub}" / "metrics.csv").drop(columns=["pred"], errors="ignore"))
     pd.testing.assert_frame_equal(rows[0].select_dtypes("number"), rows[1].select_dtypes("number"))
     assert 0.9 < rows[0]["iou_image"].iloc[0] < 1 and rows[0]["status"].iloc[0] == "ok"
@@ -331,7 +405,8 @@ def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
 
 def test_run_macro_per_image_lists_only_what_imagej_opens(tmp_path, mrc_2d):
     """run-macro opens each file with ImageJ's open(), which reads no EM format: those files are
-    left out, and a folder of them only is one line that names the commands that read them."""
+    left out, and a folder of them only is one line that names the commands that read them.
+    """
     import shutil
 
     import tifffile

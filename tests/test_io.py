@@ -45,7 +45,9 @@ def test_micron_calibration_is_written_as_imagej_understands(tmp_path, rng):
 
 def test_zeiss_sem_pixel_size_is_read(tmp_path, rng):
     # The Zeiss CZ_SEM tag (34118) as the microscope writes it: a text block of NAME / value lines.
-    text = "\r\n".join(["", "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 7.346 nm", "DP_DETECTOR_CHANNEL", "Signal A = InLens"])
+    text = "\r\n".join(
+        ["", "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 7.346 nm", "DP_DETECTOR_CHANNEL", "Signal A = InLens"]
+    )
     p = tmp_path / "zeiss.tif"
     tifffile.imwrite(p, rng.integers(0, 255, (30, 30)).astype(np.uint8), extratags=[(34118, "s", 0, text, True)])
     _, cal = read_image(p)
@@ -207,7 +209,8 @@ class _FakeFileInfo:
 
 class _FakeImagePlus:
     """What calibrate_from_file asks of an ImagePlus: an image ImageJ opened without a scale
-    (a microscope TIFF whose metadata only particleseg reads)."""
+    (a microscope TIFF whose metadata only particleseg reads).
+    """
 
     def __init__(self, path, shape, cal=None):
         self.path, self.shape, self.cal = path, shape, cal or _FakeCalibration()
@@ -231,7 +234,8 @@ class _FakeImagePlus:
 def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
     """A file whose microscope metadata has pixels that are not square was measured in pixels
     in Fiji; now it is an error, as on the command line, telling how to allow it (a square scale
-    set in ImageJ); invalid metadata still falls back to pixels with a Log line."""
+    set in ImageJ); invalid metadata still falls back to pixels with a Log line.
+    """
     from particleseg.fiji.convert import calibrate_from_file, get_calibration
 
     img = np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8)
@@ -240,13 +244,17 @@ def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
     tifffile.imwrite(path, img, extratags=[(34682, "s", 0, text, True)])
     with pytest.raises(InputError) as exc:
         calibrate_from_file(_FakeImagePlus(path, img.shape))
-    assert str(exc.value) == (f"{path}: pixels are not square (7.3 x 9 nm in its FEI/Thermo Fisher SEM metadata); "
-                              "set a square scale in Image > Properties or Analyze > Set Scale to measure it")
+    assert str(exc.value) == (
+        f"{path}: pixels are not square (7.3 x 9 nm in its FEI/Thermo Fisher SEM metadata); "
+        "set a square scale in Image > Properties or Analyze > Set Scale to measure it"
+    )
     # ImageJ's own scale, not square: an error too; square: used as it is
     with pytest.raises(InputError, match=r"pixels are not square \(5 x 7 nm\)"):
         get_calibration(_FakeImagePlus(path, img.shape, _FakeCalibration("nm", 5.0, 7.0)))
-    assert calibrate_from_file(_FakeImagePlus(path, img.shape, _FakeCalibration("nm", 5.0, 5.0))) == \
-        (Calibration(5.0, "nm"), "")
+    assert calibrate_from_file(_FakeImagePlus(path, img.shape, _FakeCalibration("nm", 5.0, 5.0))) == (
+        Calibration(5.0, "nm"),
+        "",
+    )
     # invalid metadata: pixels, said in the Log line
     bad = tmp_path / "bad.tif"
     tifffile.imwrite(bad, img, extratags=[(34682, "s", 0, text.replace("7.3e-09", "-1").replace("9e-09", "-1"), True)])
@@ -257,7 +265,8 @@ def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
 
 def test_fiji_segment_and_evaluate_refuse_non_finite_pixels_naming_the_image(threshold_bundle):
     """Item 6 in Fiji: Segment Particles... passes the ImagePlus' pixels and title to
-    segment_image, Evaluate Segmentation... to evaluate_pair; both refuse NaN/Inf naming it."""
+    segment_image, Evaluate Segmentation... to evaluate_pair; both refuse NaN/Inf naming it.
+    """
     from particleseg.metrics import evaluate_pair
     from particleseg.pipeline import segment_image
 

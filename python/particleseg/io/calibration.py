@@ -91,22 +91,28 @@ def calibration_from_width(image_width: float, width_px: int, unit: str = "nm") 
 
 def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare: bool, strict: bool = False) -> None:
     """Raise for pixels that are not square (unless allowed) and, with ``strict``, for ignored
-    metadata; else warn about it."""
+    metadata; else warn about it.
+    """
     for kind, text in notes:
         if kind == "nonsquare" and not allow_nonsquare:
             raise InputError(f"{path}: {text}; give --pixel-size or --image-width to measure it with square pixels")
         if kind == "invalid" and strict:
-            text = text.replace("ignored the calibration", "invalid calibration").replace(" calibration ignored (", " calibration invalid (")
+            text = text.replace("ignored the calibration", "invalid calibration").replace(
+                " calibration ignored (", " calibration invalid ("
+            )
             text = text.split("; using ")[0].split("; measuring ")[0]
-            raise InputError(f"{path}: {text} (--strict); fix the metadata, or give --pixel-size or --image-width, "
-                             "or leave out --strict to measure it without that metadata")
+            raise InputError(
+                f"{path}: {text} (--strict); fix the metadata, or give --pixel-size or --image-width, "
+                "or leave out --strict to measure it without that metadata"
+            )
     for kind, text in notes:
         message = f"{path}: {text}" + ("; measured with the pixel size given" if kind == "nonsquare" else "")
         warnings.warn(message, ParticlesegWarning, stacklevel=3)
 
 
-def read_calibration(path: str | os.PathLike, allow_nonsquare: bool = False,
-                     strict: bool = False) -> tuple[Calibration, str]:
+def read_calibration(
+    path: str | os.PathLike, allow_nonsquare: bool = False, strict: bool = False
+) -> tuple[Calibration, str]:
     """The calibration in an image file's metadata, exactly as :func:`read_image` reads it,
     without reading the pixels; and where it came from: ``ImageJ``, ``OME``, ``Zeiss SEM``,
     ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG). Unusable
@@ -152,7 +158,8 @@ def _tiff_calibration(tif) -> Calibration:
 def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibration, str]:
     """The first usable calibration of ImageJ, OME, Zeiss and FEI metadata, and its source.
     Unusable metadata (see :func:`read_image`) is skipped and, with ``notes``, reported there as
-    ``("invalid", text)``; pixels that are not square as ``("nonsquare", text)``."""
+    ``("invalid", text)``; pixels that are not square as ``("nonsquare", text)``.
+    """
     import re
 
     problems: list[tuple[str, str]] = []
@@ -189,7 +196,9 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
     def found(cal: Calibration, source: str) -> tuple[Calibration, str]:
         if notes is not None:
             instead = f"using its {source} metadata" if source else "measuring in pixels"
-            notes.extend(("invalid", f"ignored the calibration in its {s} metadata ({d}); {instead}") for s, d in problems)
+            notes.extend(
+                ("invalid", f"ignored the calibration in its {s} metadata ({d}); {instead}") for s, d in problems
+            )
             notes.extend(("nonsquare", text) for text in nonsquare[:1])
         return cal, source
 
@@ -210,8 +219,13 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
         height = re.search(r'PhysicalSizeY="([^"]*)"', xml)
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
         if size:
-            cal = usable("OME", size.group(1), unit.group(1) if unit else "µm", height.group(1) if height else None,
-                         ("PhysicalSizeX", "PhysicalSizeXUnit"))
+            cal = usable(
+                "OME",
+                size.group(1),
+                unit.group(1) if unit else "µm",
+                height.group(1) if height else None,
+                ("PhysicalSizeX", "PhysicalSizeXUnit"),
+            )
             if cal is not None:
                 return found(cal, "OME")
     sem = tif.sem_metadata
@@ -227,9 +241,14 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
         scan = fei.get(section, {})
         width, height = scan.get("PixelWidth"), scan.get("PixelHeight")
         if width not in (None, ""):
-            metres = (lambda v: float(v) * 1e9 if isinstance(v, (int, float)) else v)  # stored in metres
-            cal = usable("FEI/Thermo Fisher SEM", metres(width), "nm", metres(height) if height not in (None, "") else None,
-                         (f"[{section}] PixelWidth", ""))
+            metres = lambda v: float(v) * 1e9 if isinstance(v, (int, float)) else v  # stored in metres
+            cal = usable(
+                "FEI/Thermo Fisher SEM",
+                metres(width),
+                "nm",
+                metres(height) if height not in (None, "") else None,
+                (f"[{section}] PixelWidth", ""),
+            )
             if cal is not None:
                 return found(cal, "FEI/Thermo Fisher SEM")
     return found(Calibration(), "")

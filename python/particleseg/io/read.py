@@ -32,8 +32,9 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
-               allow_nonsquare: bool = False, strict: bool = False) -> tuple[np.ndarray, Calibration]:
+def read_image(
+    path: str | os.PathLike, channel_axis_ok: bool = False, allow_nonsquare: bool = False, strict: bool = False
+) -> tuple[np.ndarray, Calibration]:
     """Read a gray-value image or stack and its calibration.
 
     Parameters
@@ -91,10 +92,14 @@ def read_image(path: str | os.PathLike, channel_axis_ok: bool = False,
             elif suffix in (".png", ".jpg", ".jpeg"):
                 data, axes, calibration = _read_plain(path)
             else:
-                raise InputError(f"{path}: unsupported file type {suffix!r} (use TIFF, PNG, JPEG, DM3/DM4, EMD, "
-                                 "MRC or OME-Zarr)")
-            side = None if calibration.calibrated or formats.handles(path) else \
-                formats.sidecar_calibration(path, data.shape[axes.index("X")], notes)  # Hitachi/JEOL .txt
+                raise InputError(
+                    f"{path}: unsupported file type {suffix!r} (use TIFF, PNG, JPEG, DM3/DM4, EMD, MRC or OME-Zarr)"
+                )
+            side = (
+                None
+                if calibration.calibrated or formats.handles(path)
+                else formats.sidecar_calibration(path, data.shape[axes.index("X")], notes)
+            )  # Hitachi/JEOL .txt
             calibration = side[0] if side else calibration
     except InputError:
         raise
@@ -167,7 +172,8 @@ def _read_tiff(path: Path, notes: list | None = None):
 
 def _imread_pillow(path: Path) -> np.ndarray:
     """A PNG or JPEG file through Pillow only (imageio's plugin search would try DICOM and other
-    readers on a damaged file and report theirs instead)."""
+    readers on a damaged file and report theirs instead).
+    """
     import imageio.v3 as iio
     from PIL import UnidentifiedImageError
 
@@ -175,8 +181,9 @@ def _imread_pillow(path: Path) -> np.ndarray:
         return np.asarray(iio.imread(path, plugin="pillow"))
     except (UnidentifiedImageError, OSError) as exc:
         if isinstance(exc, UnidentifiedImageError) or "can not handle" in str(exc):
-            raise InputError(f"{path}: cannot read image (not a valid {path.suffix.lstrip('.').upper() or 'image'} "
-                             "file, or damaged)") from None
+            raise InputError(
+                f"{path}: cannot read image (not a valid {path.suffix.lstrip('.').upper() or 'image'} file, or damaged)"
+            ) from None
         raise
 
 
@@ -187,7 +194,7 @@ def _read_plain(path: Path):
     elif data.ndim == 2:
         axes = "YX"
     else:
-        axes = "QYX"[-data.ndim:] if data.ndim <= 3 else "?" * data.ndim
+        axes = "QYX"[-data.ndim :] if data.ndim <= 3 else "?" * data.ndim
     return data, axes, Calibration()
 
 
@@ -228,7 +235,9 @@ def check_image(image: np.ndarray, name: str | os.PathLike = "image", min_size: 
     if image.dtype.kind not in "uifb":
         raise InputError(f"{name}: unsupported data type {image.dtype}")
     if image.ndim < 2 or min(image.shape[-2:]) < min_size:
-        raise InputError(f"{name}: image of shape {image.shape} is too small (need at least {min_size}x{min_size} pixels)")
+        raise InputError(
+            f"{name}: image of shape {image.shape} is too small (need at least {min_size}x{min_size} pixels)"
+        )
     if image.dtype.kind == "f":
         bad = ~np.isfinite(image)
         if bad.any():

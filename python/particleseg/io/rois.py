@@ -10,6 +10,7 @@ import numpy as np
 
 from .write import write_atomic
 
+
 def roi_region(mask: np.ndarray) -> np.ndarray:
     """The pixels inside the traced outline of a binary region (see :func:`trace_outline`):
     its largest 8-connected component with the holes filled.
@@ -60,10 +61,10 @@ def trace_outline(mask: np.ndarray) -> np.ndarray:
             nxt.setdefault(s, []).append(e)
 
     up, down, left, right = ~p[y - 1, x], ~p[y + 1, x], ~p[y, x - 1], ~p[y, x + 1]
-    add((x[up], y[up]), (x[up] + 1, y[up]))                         # top edge, left to right
-    add((x[down] + 1, y[down] + 1), (x[down], y[down] + 1))         # bottom edge, right to left
-    add((x[left], y[left] + 1), (x[left], y[left]))                 # left edge, bottom to top
-    add((x[right] + 1, y[right]), (x[right] + 1, y[right] + 1))     # right edge, top to bottom
+    add((x[up], y[up]), (x[up] + 1, y[up]))  # top edge, left to right
+    add((x[down] + 1, y[down] + 1), (x[down], y[down] + 1))  # bottom edge, right to left
+    add((x[left], y[left] + 1), (x[left], y[left]))  # left edge, bottom to top
+    add((x[right] + 1, y[right]), (x[right] + 1, y[right] + 1))  # right edge, top to bottom
     # Start at the top-left-most corner, which lies on the outer boundary.
     start = min(nxt, key=lambda c: (c[1], c[0]))
     path = [start]
@@ -91,7 +92,9 @@ def trace_outline(mask: np.ndarray) -> np.ndarray:
     # Drop vertices in the middle of straight runs.
     prev = np.roll(pts, 1, axis=0)
     nxt_pts = np.roll(pts, -1, axis=0)
-    cross = (pts[:, 0] - prev[:, 0]) * (nxt_pts[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (nxt_pts[:, 0] - pts[:, 0])
+    cross = (pts[:, 0] - prev[:, 0]) * (nxt_pts[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (
+        nxt_pts[:, 0] - pts[:, 0]
+    )
     return pts[cross != 0]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import OutputExistsError, ParticlesegError
 from .calibration import Calibration
 
+
 def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
     """Raise :class:`OutputExistsError` if any of ``paths`` exists and ``overwrite`` is False."""
     if overwrite:
@@ -61,8 +62,9 @@ def check_output_folder(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
     if need_bytes:
         free = shutil.disk_usage(folder).free
         if free < need_bytes:
-            raise OutputError(f"{folder}: not enough free space ({_mb(free)} free, the outputs need at least "
-                              f"{_mb(need_bytes)})")
+            raise OutputError(
+                f"{folder}: not enough free space ({_mb(free)} free, the outputs need at least {_mb(need_bytes)})"
+            )
     return folder
 
 
@@ -87,7 +89,8 @@ def current_umask() -> int:
 def respect_umask(path: str | os.PathLike) -> None:
     """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
     :func:`tempfile.mkdtemp` (0700) the mode a plain ``open``/``mkdir`` would have given it:
-    0666 (files) or 0777 (folders) less the umask."""
+    0666 (files) or 0777 (folders) less the umask.
+    """
     path = Path(path)
     if path.exists():
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
@@ -95,12 +98,14 @@ def respect_umask(path: str | os.PathLike) -> None:
 
 class OutputError(ParticlesegError, OSError):
     """An output cannot be written (disk full, folder not writable, not a folder): one line
-    naming the output folder and the final file, never a temporary file."""
+    naming the output folder and the final file, never a temporary file.
+    """
 
 
 def describe_os_error(exc: OSError, folder: str | os.PathLike, name: str | None = None) -> str:
     """One line for an OS error while writing ``name`` into ``folder``:
-    ``OUT: disk full writing NAME``, ``OUT: not writable``, ``OUT: cannot write NAME (cause)``."""
+    ``OUT: disk full writing NAME``, ``OUT: not writable``, ``OUT: cannot write NAME (cause)``.
+    """
     what = f" writing {name}" if name else ""
     text = str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in text and "written" in text):
@@ -140,7 +145,8 @@ def _pid_alive(pid: int) -> bool:
 def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
     """The temporary files :func:`write_atomic` left in ``folder`` when its process was killed
     (``kill -9``, power cut): those whose process no longer runs; and, for the final file names
-    in ``names``, those of earlier versions (``.STEM.XXXXXXXX.SUFFIX``, no process id)."""
+    in ``names``, those of earlier versions (``.STEM.XXXXXXXX.SUFFIX``, no process id).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
