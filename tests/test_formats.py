@@ -1,7 +1,8 @@
-"""Electron-microscopy formats (particleseg.formats through particleseg.io): MRC written by mrcfile,
-OME-Zarr written with zarr (NGFF 0.4 and 0.5, 2D and volumes), EMD written by RosettaSciIO, a
-Gatan DM3 file, OME-TIFF calibration written by tifffile, Hitachi and JEOL sidecar files, and bad
-files reported in one line naming them.
+"""Electron-microscopy formats (particleseg.formats through particleseg.io).
+
+MRC written by mrcfile, OME-Zarr written with zarr (NGFF 0.4 and 0.5, 2D and volumes), EMD written
+by RosettaSciIO, a Gatan DM3 file, OME-TIFF calibration written by tifffile, Hitachi and JEOL
+sidecar files, and bad files reported in one line naming them.
 """
 
 import struct
@@ -157,11 +158,12 @@ def test_emd_written_by_rosettasciio(tmp_path):
 
 
 def _dm3(path, data, scale, unit):
-    """A minimal Gatan DM3 file (version 3, little-endian data): the tag tree DigitalMicrograph
-    writes for one image, ImageList with a thumbnail and the image (Thumbnails names the first),
-    with ImageData's Data, Dimensions, DataType and the Calibrations of each dimension (the
-    layout RosettaSciIO reads). RosettaSciIO reads DM files but does not write them, and its test
-    files are not in its wheel.
+    """Write a minimal Gatan DM3 file (version 3, little-endian data).
+
+    The file holds the tag tree DigitalMicrograph writes for one image: ImageList with a thumbnail
+    and the image (Thumbnails names the first), with ImageData's Data, Dimensions, DataType and the
+    Calibrations of each dimension (the layout RosettaSciIO reads). RosettaSciIO reads DM files but
+    does not write them, and its test files are not in its wheel.
     """
 
     def label(name):
@@ -359,8 +361,9 @@ def test_segment_command_reads_an_mrc(tmp_path, mrc_2d, threshold_bundle, capsys
 
 
 def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
-    """Label images and masks go through the same reader (io.read_array -> formats.read): an MRC
-    proposal scores exactly as the same labels written as TIFF.
+    """Label images and masks go through the same reader (io.read_array -> formats.read).
+
+    An MRC proposal scores exactly as the same labels written as TIFF.
     """
     mrcfile = pytest.importorskip("mrcfile")
     import pandas as pd
@@ -404,8 +407,10 @@ def test_evaluate_reads_an_mrc_proposal_like_its_tiff(tmp_path):
 
 
 def test_run_macro_per_image_lists_only_what_imagej_opens(tmp_path, mrc_2d):
-    """run-macro opens each file with ImageJ's open(), which reads no EM format: those files are
-    left out, and a folder of them only is one line that names the commands that read them.
+    """run-macro opens each file with ImageJ's open(), which reads no EM format.
+
+    Those files are left out, and a folder of them only is one line that names the commands that
+    read them.
     """
     import shutil
 

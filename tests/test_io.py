@@ -208,8 +208,10 @@ class _FakeFileInfo:
 
 
 class _FakeImagePlus:
-    """What calibrate_from_file asks of an ImagePlus: an image ImageJ opened without a scale
-    (a microscope TIFF whose metadata only particleseg reads).
+    """What calibrate_from_file asks of an ImagePlus.
+
+    It stands for an image ImageJ opened without a scale (a microscope TIFF whose metadata only
+    particleseg reads).
     """
 
     def __init__(self, path, shape, cal=None):
@@ -232,9 +234,11 @@ class _FakeImagePlus:
 
 
 def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
-    """A file whose microscope metadata has pixels that are not square was measured in pixels
-    in Fiji; now it is an error, as on the command line, telling how to allow it (a square scale
-    set in ImageJ); invalid metadata still falls back to pixels with a Log line.
+    """Non-square pixels in a file's microscope metadata are an error in Fiji, not pixels.
+
+    A file whose microscope metadata has pixels that are not square was measured in pixels in Fiji;
+    now it is an error, as on the command line, telling how to allow it (a square scale set in
+    ImageJ); invalid metadata still falls back to pixels with a Log line.
     """
     from particleseg.fiji.convert import calibrate_from_file, get_calibration
 
@@ -264,8 +268,10 @@ def test_fiji_non_square_pixels_in_the_file_are_an_error_not_pixels(tmp_path):
 
 
 def test_fiji_segment_and_evaluate_refuse_non_finite_pixels_naming_the_image(threshold_bundle):
-    """Item 6 in Fiji: Segment Particles... passes the ImagePlus' pixels and title to
-    segment_image, Evaluate Segmentation... to evaluate_pair; both refuse NaN/Inf naming it.
+    """Item 6 in Fiji: the Segment and Evaluate commands refuse non-finite pixels, naming the image.
+
+    Segment Particles... passes the ImagePlus' pixels and title to segment_image, Evaluate
+    Segmentation... to evaluate_pair; both refuse NaN/Inf naming it.
     """
     from particleseg.metrics import evaluate_pair
     from particleseg.pipeline import segment_image

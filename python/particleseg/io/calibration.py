@@ -65,12 +65,14 @@ class Calibration:
     unit: str = "px"
 
     def __post_init__(self):
+        """Canonicalize the unit and check that the pixel size is a positive finite number."""
         object.__setattr__(self, "unit", canonical_unit(self.unit))
         if not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
             raise ValueError(f"pixel size must be a positive number, got {self.pixel_size}")
 
     @property
     def calibrated(self) -> bool:
+        """Whether the image has a length unit (not ``"px"``)."""
         return self.unit != "px"
 
     def nm_per_unit(self) -> float | None:
@@ -90,7 +92,9 @@ def calibration_from_width(image_width: float, width_px: int, unit: str = "nm") 
 
 
 def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare: bool, strict: bool = False) -> None:
-    """Raise for pixels that are not square (unless allowed) and, with ``strict``, for ignored
+    """Raise or warn about the notes on a file's calibration.
+
+    Raise for pixels that are not square (unless allowed) and, with ``strict``, for ignored
     metadata; else warn about it.
     """
     for kind, text in notes:
@@ -113,11 +117,12 @@ def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare
 def read_calibration(
     path: str | os.PathLike, allow_nonsquare: bool = False, strict: bool = False
 ) -> tuple[Calibration, str]:
-    """The calibration in an image file's metadata, exactly as :func:`read_image` reads it,
-    without reading the pixels; and where it came from: ``ImageJ``, ``OME``, ``Zeiss SEM``,
-    ``FEI/Thermo Fisher SEM``, or ``""`` (uncalibrated, also for PNG and JPEG). Unusable
-    metadata gives a note (an error with ``strict``), pixels that are not square an error (see
-    :func:`read_image`).
+    """Read the calibration in an image file's metadata and where it came from.
+
+    The calibration is read exactly as :func:`read_image` reads it, without reading the pixels;
+    where it came from is one of ``ImageJ``, ``OME``, ``Zeiss SEM``, ``FEI/Thermo Fisher SEM``,
+    or ``""`` (uncalibrated, also for PNG and JPEG). Unusable metadata gives a note (an error
+    with ``strict``), pixels that are not square an error (see :func:`read_image`).
 
     Raises
     ------
@@ -156,7 +161,8 @@ def _tiff_calibration(tif) -> Calibration:
 
 
 def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibration, str]:
-    """The first usable calibration of ImageJ, OME, Zeiss and FEI metadata, and its source.
+    """Return the first usable calibration of ImageJ, OME, Zeiss and FEI metadata, and its source.
+
     Unusable metadata (see :func:`read_image`) is skipped and, with ``notes``, reported there as
     ``("invalid", text)``; pixels that are not square as ``("nonsquare", text)``.
     """
@@ -241,7 +247,10 @@ def _tiff_calibration_and_source(tif, notes: list | None = None) -> tuple[Calibr
         scan = fei.get(section, {})
         width, height = scan.get("PixelWidth"), scan.get("PixelHeight")
         if width not in (None, ""):
-            metres = lambda v: float(v) * 1e9 if isinstance(v, (int, float)) else v  # stored in metres
+
+            def metres(v):  # stored in metres
+                return float(v) * 1e9 if isinstance(v, (int, float)) else v
+
             cal = usable(
                 "FEI/Thermo Fisher SEM",
                 metres(width),

@@ -113,11 +113,11 @@ def read_image(
 
 
 def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an image file (TIFF, PNG, JPEG, or an EM format of :mod:`particleseg.formats`) as
-    a squeezed array, without the checks of
-    :func:`read_image` (a mask or proposal may be empty, a label image is not gray levels).
-    RGB(A) data whose channels are equal is reduced to one channel; ``what`` names the file's
-    role in error messages.
+    """Read an image file (TIFF, PNG, JPEG, or an EM format of :mod:`particleseg.formats`) as an array.
+
+    The array is squeezed and has not had the checks of :func:`read_image` (a mask or proposal may
+    be empty, a label image is not gray levels). RGB(A) data whose channels are equal is reduced to
+    one channel; ``what`` names the file's role in error messages.
 
     Raises
     ------
@@ -171,8 +171,10 @@ def _read_tiff(path: Path, notes: list | None = None):
 
 
 def _imread_pillow(path: Path) -> np.ndarray:
-    """A PNG or JPEG file through Pillow only (imageio's plugin search would try DICOM and other
-    readers on a damaged file and report theirs instead).
+    """Read a PNG or JPEG file through Pillow only.
+
+    Only Pillow: imageio's plugin search would try DICOM and other readers on a damaged file and
+    report theirs instead.
     """
     import imageio.v3 as iio
     from PIL import UnidentifiedImageError
@@ -248,7 +250,7 @@ def check_image(image: np.ndarray, name: str | os.PathLike = "image", min_size: 
 
 
 def image_pixels(path: str | os.PathLike) -> int:
-    """Number of gray values in an image file (all slices), from its header; 0 if unknown."""
+    """Return the number of gray values in an image file (all slices), from its header; 0 if unknown."""
     import logging
 
     path = Path(path)

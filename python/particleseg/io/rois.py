@@ -12,8 +12,9 @@ from .write import write_atomic
 
 
 def roi_region(mask: np.ndarray) -> np.ndarray:
-    """The pixels inside the traced outline of a binary region (see :func:`trace_outline`):
-    its largest 8-connected component with the holes filled.
+    """Return the pixels inside the traced outline of a binary region (see :func:`trace_outline`).
+
+    These are the pixels of its largest 8-connected component with the holes filled.
 
     This is the region ImageJ measures for the traced polygon ROI of the particle.
 
@@ -77,7 +78,9 @@ def trace_outline(mask: np.ndarray) -> np.ndarray:
         else:
             # Two pixels touch only at this corner: take the turn that keeps them one region
             # (8-connectivity, as ImageJ's wand), which is the left turn as displayed.
-            def turn(o):
+            # cur and prev_dir bound as defaults (B023): turn is only called by the min() below,
+            # within this iteration, so they have the same values as the closure would see.
+            def turn(o, cur=cur, prev_dir=prev_dir):
                 d = (o[0] - cur[0], o[1] - cur[1])
                 return prev_dir[0] * d[1] - prev_dir[1] * d[0]
 

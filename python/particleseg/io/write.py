@@ -31,7 +31,9 @@ def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
 
 
 def check_output_folder(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
-    """Before any work: ``folder`` is a folder or can be made, files can be created in it, and
+    """Check an output folder before any work, and make it.
+
+    Checks that ``folder`` is a folder or can be made, that files can be created in it, and that
     it has at least ``need_bytes`` free. Makes the folder.
 
     Raises
@@ -73,7 +75,7 @@ def _mb(n: int) -> str:
 
 
 def current_umask() -> int:
-    """The process's file-creation mask (read without changing it where the OS allows)."""
+    """Return the process's file-creation mask (read without changing it where the OS allows)."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -87,9 +89,11 @@ def current_umask() -> int:
 
 
 def respect_umask(path: str | os.PathLike) -> None:
-    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
-    :func:`tempfile.mkdtemp` (0700) the mode a plain ``open``/``mkdir`` would have given it:
-    0666 (files) or 0777 (folders) less the umask.
+    """Give a file or folder the mode a plain ``open``/``mkdir`` would have given it.
+
+    For a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
+    :func:`tempfile.mkdtemp` (0700): the mode becomes 0666 (files) or 0777 (folders) less the
+    umask.
     """
     path = Path(path)
     if path.exists():
@@ -97,14 +101,17 @@ def respect_umask(path: str | os.PathLike) -> None:
 
 
 class OutputError(ParticlesegError, OSError):
-    """An output cannot be written (disk full, folder not writable, not a folder): one line
-    naming the output folder and the final file, never a temporary file.
+    """An output cannot be written (disk full, folder not writable, not a folder).
+
+    The message is one line naming the output folder and the final file, never a temporary file.
     """
 
 
 def describe_os_error(exc: OSError, folder: str | os.PathLike, name: str | None = None) -> str:
-    """One line for an OS error while writing ``name`` into ``folder``:
-    ``OUT: disk full writing NAME``, ``OUT: not writable``, ``OUT: cannot write NAME (cause)``.
+    """Describe in one line an OS error while writing ``name`` into ``folder``.
+
+    The line is, for example, ``OUT: disk full writing NAME``, ``OUT: not writable``,
+    ``OUT: cannot write NAME (cause)``.
     """
     what = f" writing {name}" if name else ""
     text = str(exc)
@@ -143,9 +150,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> list[Path]:
-    """The temporary files :func:`write_atomic` left in ``folder`` when its process was killed
-    (``kill -9``, power cut): those whose process no longer runs; and, for the final file names
-    in ``names``, those of earlier versions (``.STEM.XXXXXXXX.SUFFIX``, no process id).
+    """Return the temporary files :func:`write_atomic` left in ``folder`` when its process was killed.
+
+    These are the temporary files whose process no longer runs (killed by ``kill -9``, a power
+    cut); and, for the final file names in ``names``, those of earlier versions
+    (``.STEM.XXXXXXXX.SUFFIX``, no process id).
     """
     folder = Path(folder)
     if not folder.is_dir():
