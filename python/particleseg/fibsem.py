@@ -696,10 +696,8 @@ def train_phases(
     model, log (list of dicts per epoch), evaluation (dict: slice -> :func:`phase_metrics`, and
     ``"all"`` over the evaluation slices), split (the slices used for each part), normalization
     """
-    import keras
-
-    from .models import Head, NetworkConfig, build_network
-    from .train import Augmentation, make_loss, make_tile_sequence, plot_loss, step_decay
+    from .models import Head, NetworkConfig
+    from .train import Augmentation, TrainConfig, fit_targets, make_loss
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -755,28 +753,20 @@ def train_phases(
         val_y.append(_targets(annotations[z], net.heads))
     val_tile = min(tile, min((v.shape[0] // m) * m for v in val_x), min((v.shape[1] // m) * m for v in val_x))
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_network(net)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=make_loss(net.heads), jit_compile=False)
-    aug = Augmentation(brightness=0.05, contrast=0.1, gamma=0.0, noise=0.0) if config.augment else None
-    train_seq = make_tile_sequence(train_x, train_y, tile, config.batch_size, config.steps_per_epoch, aug, config.seed)
-    val_seq = make_tile_sequence(val_x, val_y, val_tile, config.batch_size, config.validation_steps, None,
-                                 config.seed + 1, shuffle=False)
-    log_path, best = workdir / "log.csv", workdir / "best.keras"
-    for p in (log_path, best):
-        p.unlink(missing_ok=True)
-    shim = _TrainShim(config)
-    callbacks = [keras.callbacks.LearningRateScheduler(step_decay(shim)),
-                 _recalibration_callback(train_x, tile, config.seed),  # before each validation
-                 keras.callbacks.CSVLogger(str(log_path)),
-                 keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True)]
-    if config.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
-    model.fit(train_seq, validation_data=val_seq, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
-    log = _read_log(log_path)
-    plot_loss(log, workdir / "loss.png")
-    if best.exists():
-        model = keras.saving.load_model(best, compile=False)
+    # the package's one fit loop (particleseg.train.fit_targets): the phase targets leave the
+    # unannotated pixels out of the loss, the batch statistics are recalibrated before each
+    # validation; a fresh run each time (resume=False), as the workflow was written
+    loop = TrainConfig(
+        network=net, tile=tile, batch_size=config.batch_size, epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+        learning_rate=config.learning_rate, lr_step_epochs=config.lr_step_epochs, lr_step_factor=config.lr_step_factor,
+        schedule="step", select="val_loss", class_balance=False, patience=config.patience, seed=config.seed,
+        jit_compile=False,
+        augmentation=Augmentation(brightness=0.05, contrast=0.1, gamma=0.0, noise=0.0) if config.augment else None,
+    )
+    model, log = fit_targets(train_x, train_y, val_x, val_y, make_loss(net.heads), loop, workdir, resume=False,
+                             verbose=verbose, callbacks=[_recalibration_callback(train_x, tile, config.seed)],
+                             val_tile=val_tile)
     recalibrate_batchnorm(model, train_x, tile, seed=config.seed)
 
     evaluation = {}
@@ -850,15 +840,6 @@ def recalibrate_batchnorm(model, images: Sequence[np.ndarray], tile: int, n_tile
     return model
 
 
-def _read_log(path: Path) -> list[dict]:
-    import csv
-
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
-
-
 def _recalibration_callback(images, tile: int, seed: int):
     """A Keras callback that runs :func:`recalibrate_batchnorm` before every validation, so the
     validation loss (and the checkpoint chosen by it) reflects the network as it will predict."""
@@ -869,13 +850,6 @@ def _recalibration_callback(images, tile: int, seed: int):
             recalibrate_batchnorm(self.model, images, tile, seed=seed)
 
     return Recalibrate()
-
-
-class _TrainShim:
-    """The learning-rate fields :func:`particleseg.train.step_decay` reads."""
-
-    def __init__(self, c: PhaseTrainConfig):
-        self.learning_rate, self.lr_step_factor, self.lr_step_epochs = c.learning_rate, c.lr_step_factor, c.lr_step_epochs
 
 
 def make_phase_metadata(name: str, network, config: PhaseTrainConfig, channel_names: Sequence[str],

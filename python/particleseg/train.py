@@ -386,6 +386,45 @@ def fit(
     the last finished epoch with the same batches it would have seen.
 
     Returns the trained Keras model (best weights) and the epoch log as a list of dicts.
+    The loop itself is :func:`fit_targets`, which takes the targets and the loss ready-made.
+    """
+    _check_pairs(train_images, train_labels, config.tile)
+    _check_pairs(val_images, val_labels, config.tile)
+    heads = config.network.heads
+    train_t = [make_targets(l, heads, c) for l, c in zip(train_labels, train_classes or [None] * len(train_labels))]
+    val_t = [make_targets(l, heads, c) for l, c in zip(val_labels, val_classes or [None] * len(val_labels))]
+    fg_frac = float(np.mean([(l > 0).mean() for l in train_labels])) if config.class_balance else None
+    if fg_frac is not None and fg_frac == 0:
+        raise InputError("training masks are all empty: nothing to learn")
+    return fit_targets(train_images, train_t, val_images, val_t, make_loss(heads, fg_frac, config.dice), config, workdir,
+                       resume=resume, verbose=verbose, callbacks=callbacks, initial_weights=initial_weights, score=score,
+                       minutes=minutes)
+
+
+def fit_targets(
+    train_images: Sequence[np.ndarray],
+    train_targets: Sequence[np.ndarray],
+    val_images: Sequence[np.ndarray],
+    val_targets: Sequence[np.ndarray],
+    loss,
+    config: TrainConfig,
+    workdir: str | os.PathLike,
+    resume: bool = True,
+    verbose: int = 1,
+    callbacks: Sequence[Any] = (),
+    initial_weights: list[np.ndarray] | None = None,
+    score: Callable[[Any], float] | None = None,
+    minutes: float | None = None,
+    val_tile: int | None = None,
+):
+    """The fit loop of every network of the package: :func:`fit` with targets and loss given.
+
+    ``train_targets``/``val_targets`` are the network's target arrays ``(Y, X, channels)``
+    (:func:`make_targets`, or a caller's own, such as the phase targets of
+    :func:`particleseg.fibsem.train_phases` whose unannotated pixels are all zero) and ``loss``
+    the Keras loss (:func:`make_loss`); ``val_tile`` the validation tiles' size (default
+    ``config.tile``). Everything else is as in :func:`fit`: the network ``config.network``,
+    the schedule, the warm-up, the time budget, the checkpoints and the resumption.
     """
     import keras
 
@@ -393,25 +432,16 @@ def fit(
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_pairs(train_images, train_labels, config.tile)
-    _check_pairs(val_images, val_labels, config.tile)
     if config.select not in ("val_loss", "val_score"):
         raise InputError(f"{config.select}: unknown selection metric; choose val_loss or val_score")
     if config.select == "val_score" and score is None:
         raise InputError("selecting the best epoch by val_score needs a score function")
     learning_rate_schedule(config)  # an unknown schedule fails before any work
-    heads = config.network.heads
-    train_t = [make_targets(l, heads, c) for l, c in zip(train_labels, train_classes or [None] * len(train_labels))]
-    val_t = [make_targets(l, heads, c) for l, c in zip(val_labels, val_classes or [None] * len(val_labels))]
-    fg_frac = float(np.mean([(l > 0).mean() for l in train_labels])) if config.class_balance else None
-    if fg_frac is not None and fg_frac == 0:
-        raise InputError("training masks are all empty: nothing to learn")
 
     keras.utils.set_random_seed(config.seed)
     ckpt, best, log_path = workdir / "checkpoint.keras", workdir / "best.keras", workdir / "log.csv"
     state_path, plan_path = workdir / "state.json", workdir / "plan.json"
     initial_epoch = 0
-    loss = make_loss(heads, fg_frac, config.dice)
     if resume and ckpt.exists() and state_path.exists():
         model = keras.saving.load_model(ckpt, compile=False)
         initial_epoch = json.loads(state_path.read_text())["epochs_done"]
@@ -429,10 +459,10 @@ def fit(
         _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": None})
 
     monitor, mode = ("val_score", "max") if config.select == "val_score" else ("val_loss", "min")
-    train_seq = make_tile_sequence(train_images, train_t, config.tile, config.batch_size, config.steps_per_epoch,
+    train_seq = make_tile_sequence(train_images, train_targets, config.tile, config.batch_size, config.steps_per_epoch,
                                    config.augmentation, config.seed)
-    val_seq = make_tile_sequence(val_images, val_t, config.tile, config.batch_size, config.validation_steps,
-                                 None, config.seed + 1, shuffle=False)
+    val_seq = make_tile_sequence(val_images, val_targets, val_tile or config.tile, config.batch_size,
+                                 config.validation_steps, None, config.seed + 1, shuffle=False)
     frozen_now = None
 
     def run(until: int, timer=None) -> None:
