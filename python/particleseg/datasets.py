@@ -86,9 +86,9 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
     Returns a pandas DataFrame, one row per image.
     """
     import pandas as pd
-    import tifffile
     from tqdm.auto import tqdm
 
+    from .io import read_array
     from .models import Bundle, load_bundle
     from .pipeline import SegmentParams, segment_image
     from .postprocess import label_mask
@@ -100,8 +100,8 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
     params.progress = False
     rows = []
     for item in tqdm(tio2_items(root, split), desc=f"TiO2 {split}", disable=not progress):
-        image = tifffile.imread(item.image)[:TIO2_CROP_ROWS]
-        truth = label_mask(tifffile.imread(item.mask)[:TIO2_CROP_ROWS] > 0)
+        image = read_array(item.image)[:TIO2_CROP_ROWS]
+        truth = label_mask(read_array(item.mask)[:TIO2_CROP_ROWS] > 0)
         seg = segment_image(image, bundle, params, name=str(item.image))
         rows.append({"image": item.stem, **score_labels(seg.labels, truth)})
     return pd.DataFrame(rows)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import read_array
 
 STAGE = "stage 3, CycleGAN"
 
@@ -341,7 +342,7 @@ def fake_micrographs(generator, label_paths: Sequence[Path], out_dir: str | os.P
     try:
         for k in range(0, len(todo), batch):
             idx = todo[k:k + batch]
-            a = np.stack([mask_domain(target_mask(tifffile.imread(label_paths[i])), polarity) for i in idx])
+            a = np.stack([mask_domain(target_mask(read_array(label_paths[i])), polarity) for i in idx])
             for i, img in zip(idx, translate(generator, a, batch)):
                 write_atomic(outs[i], lambda tmp, img=img: tifffile.imwrite(tmp, _u8(img)), overwrite=True)
             bar.update(len(idx))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import read_array
 
 STAGE = "stage 4, artifact filter"
 METHODS = ("li", "otsu", "mean", "median", "none")
@@ -68,8 +69,8 @@ def filter_pairs(label_paths: Sequence[Path], image_paths: Sequence[Path], workd
     for i, (lp, ip) in enumerate(tqdm(list(zip(label_paths, image_paths)), desc="stage 4/5 artifact filter",
                                       unit="pair", disable=not progress)):
         o = out / lp.name
-        labels = tifffile.imread(lp).astype(np.int32)
-        image = tifffile.imread(ip)
+        labels = read_array(lp).astype(np.int32)
+        image = read_array(ip)
         kept, dropped, thr = filter_pair(labels, image, method, polarity)
         if not o.exists():
             write_atomic(o, lambda tmp, k=kept: tifffile.imwrite(tmp, k.astype(np.uint16), compression="zlib"), overwrite=True)

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from ..io import read_array
 
 STAGE = "stage 2, mask simulation"
 REFERENCE_TILE = 384
@@ -278,7 +279,7 @@ def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str 
     stats = []
     for i, p in enumerate(tqdm(paths, desc="stage 2/5 masks", unit="mask", disable=not progress)):
         if p.exists():
-            lab = tifffile.imread(p)
+            lab = read_array(p)
         else:
             lab = simulate_mask(shapes, config, np.random.default_rng([config.seed, i]), sampler, counts, margin)
             write_atomic(p, lambda tmp, lab=lab: tifffile.imwrite(tmp, lab.astype(np.uint16), compression="zlib"),
@@ -299,6 +300,6 @@ def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str 
         "coverage_mean": float(np.mean([s[1] for s in stats])) if n else 0.0,
     }
     write_atomic(workdir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)), overwrite=True)
-    sample = [target_mask(tifffile.imread(p)).astype(np.uint8) * 255 for p in paths[:16]]
+    sample = [target_mask(read_array(p)).astype(np.uint8) * 255 for p in paths[:16]]
     save_grid(workdir / "samples.png", sample, columns=4, gap=4)
     return paths

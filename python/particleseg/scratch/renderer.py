@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..io import read_array
 from ..preprocess import normalize_percentile
 from ..simulate import Particle, render_sem, render_tem
 
@@ -306,7 +307,7 @@ def render_fakes(
     ):
         rng = np.random.default_rng([seed, i])
         settings = fit["settings"][int(rng.integers(len(fit["settings"])))]
-        img = render(tifffile.imread(label_paths[i]), settings, fit["style"], rng)
+        img = render(read_array(label_paths[i]), settings, fit["style"], rng)
         write_atomic(outs[i], lambda tmp, img=img: tifffile.imwrite(tmp, img), overwrite=True)
     return outs
 

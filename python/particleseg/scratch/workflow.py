@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExistsError
+from ..io import read_array
 from .cyclegan import CycleGanConfig
 from .masks import MaskConfig
 from .renderer import RendererConfig
@@ -519,8 +520,6 @@ def _run_masks(st: Stage, ctx: dict) -> dict:
 
 
 def _run_cyclegan(st: Stage, ctx: dict) -> dict:
-    import tifffile
-
     from .cyclegan import fake_micrographs, mask_domain, normalize_real, train_cyclegan
     from .grids import outline_overlay, save_grid
     from .masks import target_mask
@@ -536,19 +535,17 @@ def _run_cyclegan(st: Stage, ctx: dict) -> dict:
         # domain A: the simulated masks the CycleGAN trains on (at most 500, spread over the set)
         paths = ctx["labels"]
         pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 500)).astype(int))
-        masks = [mask_domain(target_mask(tifffile.imread(paths[i])), cfg.polarity) for i in pick]
+        masks = [mask_domain(target_mask(read_array(paths[i])), cfg.polarity) for i in pick]
         images = [normalize_real(im) for im in ctx["inputs"].images]
         gen = train_cyclegan(masks, images, cc, st.dir, cfg.polarity, ctx["progress"])
     fakes = fake_micrographs(gen, ctx["labels"], st.dir / "fakes", cfg.polarity, cc.inference_batch, ctx["progress"])
-    tiles = [outline_overlay(tifffile.imread(f), tifffile.imread(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
+    tiles = [outline_overlay(read_array(f), read_array(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
     save_grid(st.dir / "samples.png", tiles, columns=4, gap=4)
     return {"fake_micrographs": len(fakes)}
 
 
 def _run_renderer(st: Stage, ctx: dict) -> dict:
     """Stage 3 with the renderer: fit its settings to the micrographs, render every mask."""
-    import tifffile
-
     from .grids import outline_overlay, save_grid
     from .renderer import fit_renderer, render_fakes, save_fit
 
@@ -559,11 +556,11 @@ def _run_renderer(st: Stage, ctx: dict) -> dict:
     else:
         paths = ctx["labels"]
         pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 24)).astype(int))
-        masks = [tifffile.imread(paths[i]) for i in pick]
+        masks = [read_array(paths[i]) for i in pick]
         fit = fit_renderer(masks, ctx["inputs"].images, cfg.polarity, cfg.renderer, ctx["progress"])
         save_fit(fit, fit_file)
     fakes = render_fakes(fit, ctx["labels"], st.dir / "fakes", cfg.renderer.seed, ctx["progress"])
-    tiles = [outline_overlay(tifffile.imread(f), tifffile.imread(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
+    tiles = [outline_overlay(read_array(f), read_array(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
     save_grid(st.dir / "samples.png", tiles, columns=4, gap=4)
     return {"fake_micrographs": len(fakes), "renderer": fit["style"], "fit_distance": fit["distances"][0],
             "median_distance_of_prior_draws": fit["median_distance_of_prior_draws"]}
@@ -582,8 +579,6 @@ NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5
 
 
 def _run_segmentation(st: Stage, ctx: dict) -> dict:
-    import tifffile
-
     from ..models import make_metadata, save_bundle
     from ..preprocess import normalize_percentile
     from ..train import fit
@@ -594,9 +589,9 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
         return _fine_tune_segmentation(st, ctx)
     tc = cfg.segmentation
     norm = NORMALIZATION
-    x = [normalize_percentile(tifffile.imread(f), norm["low"], norm["high"], tuple(norm["clip"]))[..., None]
+    x = [normalize_percentile(read_array(f), norm["low"], norm["high"], tuple(norm["clip"]))[..., None]
          for f in ctx["fakes"]]
-    y = [tifffile.imread(f).astype(np.int32) for f in ctx["filtered"]]
+    y = [read_array(f).astype(np.int32) for f in ctx["filtered"]]
     n_val = max(1, int(round(cfg.val_fraction * len(x))))
     if n_val >= len(x):
         raise InputError(f"{st.dir}: {len(x)} fake pairs leave none for training ({st.title}: raise --pairs)")
@@ -645,14 +640,12 @@ def _workflow_record(ctx: dict, ecd: float) -> dict:
 
 def _held_out_samples(bundle, fakes: Sequence[Path], path: Path) -> None:
     """``samples.png``: the bundle's segmentation of (up to 8) held-out fake micrographs."""
-    import tifffile
-
     from ..pipeline import SegmentParams, segment_image
     from .grids import outline_overlay, save_grid
 
     tiles = []
     for f in fakes[:8]:
-        img = tifffile.imread(f)
+        img = read_array(f)
         seg = segment_image(img, bundle, SegmentParams(crop_rows=0, exclude_border=False, progress=False))
         tiles.append(outline_overlay(img, seg.labels))
     save_grid(path, tiles, columns=4, gap=4)
