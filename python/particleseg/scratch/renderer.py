@@ -107,7 +107,7 @@ def image_statistics(image: np.ndarray) -> np.ndarray:
     --------
     >>> rng = np.random.default_rng(0)
     >>> image_statistics(rng.normal(size=(64, 64))).shape
-    (17,)
+    (16,)
     """
     x = normalize_percentile(np.asarray(image, np.float32), 1.0, 99.8, (-0.5, 1.5))
     q = np.quantile(x, _QUANTILES)
