@@ -47,7 +47,7 @@ def _data(seed=0):
 
 
 def test_base_model_choice():
-    from particleseg.train import _choose_base
+    from particleseg.train.segmentation import _choose_base
 
     assert _choose_base("auto", {}, None, "auto") == "default"
     assert _choose_base("auto", {"arch": "unet"}, None, "auto") is None  # a network option: a new network
@@ -274,7 +274,7 @@ def test_a_slower_machine_shortens_the_plan(tmp_path):
     import time
 
     from particleseg.models import build_network
-    from particleseg.train import _Replan
+    from particleseg.train.loop import _Replan
 
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
