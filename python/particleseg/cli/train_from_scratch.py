@@ -49,7 +49,7 @@ def register(sub) -> None:
             "show; 5. a network is trained on the fake pairs (the cpu preset fine-tunes the shipped model). Each stage is cached in the work folder (one "
             "subfolder per stage, with PNG sample grids); an interrupted run continues where it stopped."
         ),
-        epilog="Without a GPU, --preset cpu runs the whole workflow in about 40 minutes on two cores (renderer "
+        epilog="Without a GPU, --preset cpu runs the whole workflow in about 70 minutes on two cores (renderer "
                "instead of CycleGAN, the shipped model fine-tuned); see docs/from-scratch.md.",
     )
     p.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILE", help="real micrographs (same size and bit depth)")
@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle to write")
     p.add_argument("--work", metavar="DIR", help="work folder with one subfolder per stage (default: BUNDLE_DIR.work)")
     p.add_argument("--preset", choices=("default", "cpu", "tiny"), default="default",
-                   help="default: the publication's scale (GPU); cpu: renderer and fine-tuning, about 40 min on two CPU cores; "
+                   help="default: the publication's scale (GPU); cpu: renderer and fine-tuning, about 70 min on two CPU cores; "
                         "tiny: a smoke test")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     # an explicit metavar: argparse lists the choices only in this command's help (%(choices)s)
@@ -121,7 +121,7 @@ def register(sub) -> None:
     g.add_argument("--base-model", metavar="BUNDLE",
                    help="fine-tune this bundle with the recipe of 'particleseg train' (cpu preset: default, the shipped "
                         "model; none: train --architecture from random weights)")
-    g.add_argument("--minutes", type=float, help="time budget of stage 5 when fine-tuning (cpu preset 40)")
+    g.add_argument("--minutes", type=float, help="time budget of stage 5 when fine-tuning (cpu preset 75)")
     p.set_defaults(func=run)
 
 

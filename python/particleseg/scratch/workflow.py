@@ -141,10 +141,10 @@ class ScratchConfig:
 
         ``default``: the publication's scale (1000 pairs of 384x384, CycleGAN with 64-filter
         generators and 9 residual blocks, MultiRes UNet), meant for a GPU.
-        ``cpu``: the whole workflow in about 40 minutes on two CPU cores: a small shape GAN,
+        ``cpu``: the whole workflow in about 70 minutes on two CPU cores: a small shape GAN,
         200 pairs, the renderer fitted to the micrographs instead of the CycleGAN (its reduced
         settings remain for ``translator="cyclegan"``) and the shipped default model fine-tuned
-        on the fake pairs for 40 minutes; see ``docs/from-scratch.md``.
+        on the fake pairs for 75 minutes; see ``docs/from-scratch.md``.
         ``tiny``: seconds to minutes, for tests (tiny networks, 64-px masks, few steps).
         """
         from ..models import Head, NetworkConfig
@@ -165,7 +165,7 @@ class ScratchConfig:
                                         inference_batch=2, jit=False),
                 translator="renderer",
                 base_model="default",
-                segmentation_minutes=40.0,
+                segmentation_minutes=75.0,
                 segmentation=TrainConfig(
                     network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16),
                     tile=256, batch_size=8, epochs=10, steps_per_epoch=40, validation_steps=4, learning_rate=5e-4,
