@@ -867,6 +867,10 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
               inputs=None) -> ItemPlan:
     """Decide, before any work, what a batch does with the image ``path`` (see :class:`ItemPlan`).
 
+    An item found complete whose ``writing`` marker is still there (a run killed after its
+    completion record was written, before the marker was removed) loses the marker here, for
+    every batch command alike.
+
     The other batches plan their items the same way: ``outputs`` (default: the image's
     :func:`output_paths`), ``name`` (the input's name in the record; default the file name),
     ``stem`` (of the record, :func:`record_paths`) and ``inputs`` (the files fingerprinted;
@@ -896,7 +900,12 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
             sizes = done.get("outputs") or {}
             complete = set(sizes) == {_output_name(p, out_dir) for p in outputs.values()} and all(
                 (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items())
-            if complete:  # (a marker beside it: killed after the record was written, or before any output was)
+            if complete:
+                if writing is not None:  # killed after the record was written, before the marker went
+                    try:
+                        writing_path.unlink(missing_ok=True)
+                    except OSError:
+                        pass  # (a read-only folder: the complete record decides, as now)
                 return ItemPlan(path, "done", row=done.get("row"))
         return ItemPlan(path, "redo")  # our own outputs, incomplete (a run was interrupted)
     existing = [p for p in outputs.values() if p.exists()]
@@ -1235,10 +1244,6 @@ def segment_files(
             kept_files.append(pl.path.name)
             failed(i, pl.path, pl.message)
         elif pl.action == "done":
-            try:
-                record_paths(pl.path, out_dir)[1].unlink(missing_ok=True)  # a marker a kill left beside the record
-            except OSError:
-                pass
             rows[i] = dict(pl.row or {"file": pl.path.name, "status": "ok", "error": ""})
             counts["done_earlier"] += 1
             done_files.append(pl.path.name)
@@ -1297,7 +1302,6 @@ def segment_files(
         if i is not None and rows[i] is None:
             now = plan_item(plans[i].path, out_dir, settings)
             if now.action == "done":  # interrupted after its completion record was written
-                record_paths(plans[i].path, out_dir)[1].unlink(missing_ok=True)
                 rows[i] = dict(now.row or {})
                 counts["segmented"] += 1
                 counts["not_started"] -= 1
