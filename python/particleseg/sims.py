@@ -237,32 +237,16 @@ def find_fields(inputs: str | os.PathLike | Iterable[str | os.PathLike], pattern
 
 
 def _read_tiff_array(path: Path):
-    """Array, axes and channel names (or None) of a TIFF's first series."""
-    import logging
+    """Array, axes and channel names (or None) of a TIFF's first series (io's TIFF reader)."""
     import warnings
 
-    import tifffile
+    from .io.read import read_tiff_series
 
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             warnings.simplefilter("ignore", ResourceWarning)  # unclosed files of a failed read: no tracebacks
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series or not len(tif.pages):
-                    raise InputError(f"{path}: cannot read image (not a valid TIFF, or truncated)")
-                series = tif.series[0]
-                data = series.asarray()
-                axes = series.axes
-                names = None
-                ij = tif.imagej_metadata or {}
-                if ij.get("Labels"):
-                    names = list(ij["Labels"])
-                elif tif.is_ome and tif.ome_metadata:
-                    found = re.findall(r'<Channel [^>]*?Name="([^"]*)"', tif.ome_metadata)
-                    names = found or None
-                elif tif.shaped_metadata and tif.shaped_metadata[0].get("channels"):
-                    names = list(tif.shaped_metadata[0]["channels"])
+            data, axes, _, names = read_tiff_series(path)
     except InputError:
         raise
     except FileNotFoundError:

@@ -27,6 +27,7 @@ from .read import (
     list_images,
     read_array,
     read_image,
+    read_tiff_series,
 )
 from .rois import label_outlines, roi_region, trace_outline, write_rois
 from .write import (
@@ -60,6 +61,7 @@ __all__ = [
     "read_array",
     "read_calibration",
     "read_image",
+    "read_tiff_series",
     "remove_stale_temporaries",
     "respect_umask",
     "roi_region",

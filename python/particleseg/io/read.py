@@ -154,7 +154,40 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
 
 
 def _read_tiff(path: Path, notes: list | None = None):
+    data, axes, calibration, _ = read_tiff_series(path, notes)
+    return data, axes, calibration
+
+
+def read_tiff_series(path: str | os.PathLike, notes: list | None = None):
+    """Read the first series of a TIFF file, with its metadata.
+
+    The one TIFF reader behind :func:`read_image` and :func:`read_array`, and the SIMS field
+    reader (which needs the channel names).
+
+    Parameters
+    ----------
+    path : path-like
+    notes : list, optional
+        Collects ``(kind, text)`` notes on unusable calibration metadata
+        (:func:`~particleseg.io.calibration._tiff_calibration_and_source`).
+
+    Returns
+    -------
+    data : ndarray
+    axes : str
+        tifffile's axes of the series (``YX``, ``ZYX``, ``CYX``, ``YXS``, ...).
+    calibration : Calibration
+    channel_names : list of str or None
+        From ImageJ's ``Labels``, OME-XML's ``Channel Name`` or tifffile's shaped metadata.
+
+    Raises
+    ------
+    InputError
+        Not a TIFF with image data (tifffile's own exceptions pass through: the callers name
+        the file and the problem in one line).
+    """
     import logging
+    import re
 
     import tifffile
 
@@ -167,7 +200,15 @@ def _read_tiff(path: Path, notes: list | None = None):
         data = series.asarray()
         axes = series.axes
         calibration = _tiff_calibration_and_source(tif, notes)[0]
-    return data, axes, calibration
+        names = None
+        ij = tif.imagej_metadata or {}
+        if ij.get("Labels"):
+            names = list(ij["Labels"])
+        elif tif.is_ome and tif.ome_metadata:
+            names = re.findall(r'<Channel [^>]*?Name="([^"]*)"', tif.ome_metadata) or None
+        elif tif.shaped_metadata and tif.shaped_metadata[0].get("channels"):
+            names = list(tif.shaped_metadata[0]["channels"])
+    return data, axes, calibration, names
 
 
 def _imread_pillow(path: Path) -> np.ndarray:
