@@ -4,6 +4,7 @@ its pieces, a whole run at a tiny scale, resuming, and the messages for bad inpu
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -570,7 +571,15 @@ def test_cli_runs_the_tiny_preset(tiny_run, inputs, tmp_path, capsys):
     before = {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in ("shapes", "masks", "cyclegan")}
     rc = main(["train-from-scratch", "--images", str(inputs[0]), "--outlines", str(inputs[1]), "--out",
                str(tmp_path / "bundle"), "--preset", "tiny", "--quiet", "--filter-method", "none", "--redo", "filter"])
-    assert rc == 0 and "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and "wrote" in out
+    # the tiny preset translates with the CycleGAN: the stage times name it
+    assert re.search(r"minutes per stage \{'shapes': [0-9.]+, 'masks': [0-9.]+, 'cyclegan': [0-9.]+, 'filter'", out)
+    from particleseg.cli.train_from_scratch import stage_minutes
+
+    seconds = {"shapes": 60.0, "masks": 30.0, "cyclegan": 78.0, "filter": 6.0, "segmentation": 3582.0}
+    assert list(stage_minutes(seconds, "renderer")) == ["shapes", "masks", "renderer", "filter", "segmentation"]
+    assert stage_minutes(seconds, "renderer")["renderer"] == 1.3 and "cyclegan" in stage_minutes(seconds, "cyclegan")
     assert (tmp_path / "bundle" / "bundle.json").is_file() and (work / "5_segmentation").is_dir()
     assert {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in before} == before
     assert json.loads((work / "4_filter" / "summary.json").read_text())["method"] == "none"

@@ -171,6 +171,12 @@ def config_from_args(args):
                val_fraction=args.val_fraction, name=args.name)
 
 
+def stage_minutes(seconds: dict, translator: str) -> dict:
+    """Minutes per stage as the command reports them, stage 3 named by the translator that ran
+    (its key and work folder stay ``cyclegan``/``3_cyclegan`` whichever did)."""
+    return {(translator if k == "cyclegan" else k): round(v / 60, 1) for k, v in seconds.items()}
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # so that the running stage records its time and stays resumable
 
@@ -190,7 +196,7 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, previous)
     if result is None:
         return 0
-    minutes = {k: round(v / 60, 1) for k, v in result.seconds.items()}
+    minutes = stage_minutes(result.seconds, config.translator)
     seg = result.summaries.get("segmentation", {})
     print(f"wrote {args.out}: trained on {config.pairs} fake pairs; minutes per stage {minutes}; "
           f"instance IoU on held-out fake pairs {seg.get('fake_validation_instance_iou')}")
