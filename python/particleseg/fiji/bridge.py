@@ -112,11 +112,26 @@ def install(menus: bool = True, guard: bool = False) -> None:
         _j("ij.Executer").addCommandListener(listener)
         _state["listener"] = listener
         _state["installed"] = True
+        atexit.register(_remove_command_listener)  # runs before the windows are disposed at exit
     register_commands()
     if menus:
         install_menu()
     if guard and _state["guard"] is None:
         install_dialog_guard()
+
+
+def _remove_command_listener() -> None:
+    """At exit, take the Python command listener out of ImageJ before its windows are disposed.
+
+    Every command ImageJ runs calls the listener, also those that closing and disposing windows
+    run on Java threads while Python finalizes; a Java thread that enters Python then is ended
+    inside JPype's frames, and the process aborts ("FATAL: exception not rethrown", seen at the
+    end of docs/fiji.md's Python example under load).
+    """
+    try:
+        _j("ij.Executer").removeCommandListener(_state["listener"])
+    except Exception:  # noqa: BLE001 - the JVM shutting down
+        pass
 
 
 def installed() -> bool:
