@@ -124,9 +124,10 @@ def _remove_command_listener() -> None:
     """At exit, take the Python command listener out of ImageJ before its windows are disposed.
 
     Every command ImageJ runs calls the listener, also those that closing and disposing windows
-    run on Java threads while Python finalizes; a Java thread that enters Python then is ended
-    inside JPype's frames, and the process aborts ("FATAL: exception not rethrown", seen at the
-    end of docs/fiji.md's Python example under load).
+    run on Java threads while Python finalizes, and a Java thread that enters Python then would
+    be ended inside JPype's frames. This did not end the abort at exit that docs/fiji.md's Python
+    example still shows in about half of the whole-suite runs ("FATAL: exception not rethrown");
+    its cause is not known yet.
     """
     try:
         _j("ij.Executer").removeCommandListener(_state["listener"])
