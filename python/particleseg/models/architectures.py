@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Keras is imported inside the functions that build networks, never here: this module is imported
+# on the ONNX inference path and by ``particleseg train --help`` (lazy imports, docs/architecture.md).
+
 ARCHITECTURES = ("multires-unet", "unet", "fcn")
 NORMALIZATIONS = ("batch", "group", "none")
 

@@ -29,6 +29,7 @@ the optional extra ``particleseg[bioimageio]``; reading a package back needs nei
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BundleError, OutputExistsError
+from ..io import read_image
+from ..preprocess import normalize_input
+from .bundle import Bundle, _json_default, keras_predictor, load_bundle, versions
+from .export import TOLERANCE, check_export, export_model, onnx_predictor, test_image
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 BUNDLE_ATTACHMENT = "bundle.json"
@@ -57,7 +62,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_sem.tif"
 
 def _need_spec():
     try:
-        import bioimageio.spec  # noqa: F401
+        import bioimageio.spec  # noqa: F401 - the optional extra particleseg[bioimageio]
     except ImportError:
         raise BundleError("bioimage.io export needs bioimageio.spec (pip install 'particleseg[bioimageio]')") from None
 
@@ -102,15 +107,11 @@ def make_test_input(bundle, size: int | None = None) -> np.ndarray:
     (:func:`particleseg.models.export.test_image`). ``size`` (default 256, at least the package's
     smallest input) is rounded up to a multiple of the network's ``multiple_of``.
     """
-    from .export import test_image
-
     m = bundle.network.multiple_of
     size = max(int(size or 256), _halo_and_min_size(bundle)[1])
     size = max(m, -(-size // m) * m)
     c = bundle.network.input_channels
     if c == 1 and bundle.kind == "sem" and SAMPLE.is_file():
-        from ..io import read_image
-
         image, _ = read_image(SAMPLE)
         image = np.asarray(image, np.float32)
         if min(image.shape) >= size + 64:
@@ -122,7 +123,7 @@ def make_test_input(bundle, size: int | None = None) -> np.ndarray:
 
 
 def _onnx_opset(path: Path) -> int:
-    import onnx
+    import onnx  # onnx: the optional extra particleseg[export]
 
     model = onnx.load(str(path), load_external_data=False)
     versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
@@ -131,7 +132,7 @@ def _onnx_opset(path: Path) -> int:
 
 def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     """A 2:1 PNG: the test input (left) and the first output channel (right)."""
-    from PIL import Image
+    from PIL import Image  # Pillow: only for the cover; load_bundle imports this module
 
     def gray(a):
         a = np.asarray(a, np.float64)
@@ -248,10 +249,6 @@ def export_bioimageio(
         When the bundle cannot be described (an unknown format, a failed export check) or the
         description does not pass ``bioimageio.spec`` validation (the first errors, one line).
     """
-    from .bundle import Bundle, _json_default, keras_predictor, load_bundle, versions
-    from .export import TOLERANCE, check_export, export_model, onnx_predictor
-    from ..preprocess import normalize_input
-
     _need_spec()
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -294,7 +291,7 @@ def export_bioimageio(
                 attachments.append({"source": Path(entry["file"]).name})
 
         vers = versions()
-        import keras
+        import keras  # keras: only to export (lazy, docs/architecture.md)
 
         backend = keras.backend.backend()
         wdescr: dict[str, Any] = {
@@ -309,7 +306,7 @@ def export_bioimageio(
                               "parent": "keras_v3", "comment": "converted with tf2onnx (keras.Model.export)"}
         if "saved_model" in weights:
             _export_saved_model(model, stage / "tf_saved_model.zip", xn, tolerance)
-            import tensorflow as tf
+            import tensorflow as tf  # tensorflow: only for this weights format (lazy)
 
             wdescr["tensorflow_saved_model_bundle"] = {
                 "source": "tf_saved_model.zip", "tensorflow_version": tf.__version__, "parent": "keras_v3",
@@ -329,11 +326,8 @@ def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -
     """A TensorFlow SavedModel of ``model`` whose ``serve`` endpoint returns ``{"prediction": ...}``
     (bioimageio.core's TensorFlow runner takes a dict of outputs), zipped to ``target`` and
     checked against Keras."""
-    import keras
+    import keras  # keras, tensorflow: only to export (lazy, docs/architecture.md)
     import tensorflow as tf
-
-    from .bundle import keras_predictor
-    from .export import check_export, export_model
 
     inp = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
     wrapper = keras.Model(inp, {"prediction": model(inp)})
@@ -342,7 +336,7 @@ def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -
     loaded = tf.saved_model.load(str(sm))
     check_export(model, lambda b: np.asarray(loaded.serve(tf.constant(np.asarray(b, np.float32)))["prediction"]),
                  xn, tolerance, target.name)
-    del loaded
+    loaded = None  # the SavedModel released before its folder is zipped and removed
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(sm.rglob("*")):
             if f.is_file():
@@ -470,7 +464,7 @@ def _first_errors(summary, n: int = 3) -> str:
 
 def _build(rdf: dict, root: Path):
     """Validate ``rdf`` (files relative to ``root``) with bioimageio.spec; return the description."""
-    from bioimageio.spec import ValidationContext, build_description
+    from bioimageio.spec import ValidationContext, build_description  # the optional extra particleseg[bioimageio]
     from bioimageio.spec.model.v0_5 import ModelDescr
 
     with ValidationContext(root=root, perform_io_checks=True):
@@ -481,7 +475,7 @@ def _build(rdf: dict, root: Path):
 
 
 def _save(descr, out: Path, overwrite: bool) -> None:
-    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder  # optional extra
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -502,7 +496,7 @@ def _save(descr, out: Path, overwrite: bool) -> None:
 def validate_package(path: str | os.PathLike):
     """Validate a package (zip or folder) with bioimageio.spec; return its validation summary."""
     _need_spec()
-    from bioimageio.spec import load_description
+    from bioimageio.spec import load_description  # the optional extra particleseg[bioimageio]
 
     # an absolute path: a bare file name would be taken for a bioimage.io model id (a download)
     descr = load_description(str(_rdf_source(Path(path)).resolve()), perform_io_checks=True)
@@ -514,15 +508,13 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None):
     ``weight_format`` names one); return the validation summary (``.status`` is "passed" or
     "failed")."""
     try:
-        from bioimageio.core import test_model
+        from bioimageio.core import test_model  # the optional extra particleseg[bioimageio]
     except ImportError:
         raise BundleError("testing a bioimage.io package needs bioimageio.core (pip install 'particleseg[bioimageio]')") from None
     source = str(_rdf_source(Path(path)).resolve())
     # the TensorFlow runner unpacks its weights into the current folder: run it in a temporary one
     # (and the Keras runner draws progress bars: off while testing)
-    import logging
-
-    import keras
+    import keras  # keras: only to run the test (lazy, docs/architecture.md)
 
     cwd = os.getcwd()
     interactive = keras.config.is_interactive_logging_enabled()
@@ -550,7 +542,7 @@ def package_weights(folder: str | os.PathLike) -> dict[str, str]:
         return {}
     text = rdf.read_text(encoding="utf-8", errors="replace")
     try:
-        import yaml
+        import yaml  # PyYAML: optional (no dependency of particleseg)
 
         weights = (yaml.safe_load(text) or {}).get("weights") or {}
         return {k: str(v["source"]) for k, v in weights.items() if isinstance(v, dict) and v.get("source")}

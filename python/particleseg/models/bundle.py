@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import math
+import numbers
 import os
+import platform
 import shutil
 import tempfile
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import BundleError, OutputExistsError
+from ..errors import BundleError, OutputExistsError, ParticlesegWarning
+from ..io import respect_umask, write_atomic
 from .architectures import NetworkConfig
 from .receptive import exact_halo, receptive_field
 
@@ -281,7 +288,7 @@ class Bundle:
         key = "classifier-" + chosen
         if key not in cache:
             if chosen == "onnx":
-                from .export import onnx_predictor
+                from .export import onnx_predictor  # cycle: .export imports .bundle
 
                 cache[key] = onnx_predictor(path)
             else:
@@ -296,7 +303,7 @@ class Bundle:
         cache = self.__dict__.setdefault("_predictors", {})
         if chosen not in cache:
             if chosen == "onnx":
-                from .export import onnx_predictor
+                from .export import onnx_predictor  # cycle: .export imports .bundle
 
                 cache[chosen] = onnx_predictor(self.onnx_file)
             else:
@@ -318,8 +325,6 @@ _NOTED: set[str] = set()  # bundles whose Keras fallback was noted (once per pro
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -327,16 +332,12 @@ def _has_module(name: str) -> bool:
 
 
 def _note(text: str) -> None:
-    import warnings
-
-    from ..errors import ParticlesegWarning
-
     warnings.warn(text, ParticlesegWarning, stacklevel=3)
 
 
 def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a Keras model as a batch prediction function returning NumPy arrays."""
-    import keras
+    import keras  # keras: only for the Keras engine (lazy, docs/architecture.md)
 
     eager = [False]
 
@@ -375,9 +376,6 @@ def check_keras_file(path: Path, display: str | None = None) -> None:
     """Raise :class:`BundleError` unless ``path`` is an intact Keras 3 archive (a zip holding
     ``config.json`` whose members pass their CRC check). Legacy ``.h5`` files are checked for the
     HDF5 signature only."""
-    import zipfile
-    import zlib
-
     display = display or str(path)
     if not path.is_file():
         raise BundleError(f"{display}: model file missing from bundle")
@@ -404,7 +402,7 @@ def check_keras_file(path: Path, display: str | None = None) -> None:
 
 
 def _load_keras(path: Path, display: str | None = None):
-    import keras
+    import keras  # keras: only for the Keras engine (lazy, docs/architecture.md)
 
     check_keras_file(path, display)
     try:
@@ -466,8 +464,6 @@ POSTPROCESS_FLAGS = ("split", "fill_holes", "exclude_border")
 
 
 def _is_number(v) -> bool:
-    import numbers
-
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
@@ -536,9 +532,9 @@ def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
     """
     path = resolve_bundle(name_or_path)
     given = Path(name_or_path) if name_or_path is not None and Path(name_or_path).exists() else path
-    from .bioimageio import check_usable  # a bioimage.io package particleseg did not write: one line
+    from .bioimageio import check_usable  # cycle: .bioimageio imports .bundle
 
-    check_usable(path)
+    check_usable(path)  # a bioimage.io package particleseg did not write: one line
     if path.suffix == ".zip":
         source = str(given)
         meta_label = f"{given}: {METADATA_FILE}"
@@ -556,8 +552,9 @@ def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta_label}: invalid JSON ({exc})") from None
     validate_metadata(meta, meta_label)
-    from .bioimageio import package_metadata  # a package's exports are its own files (its ONNX weights)
+    from .bioimageio import package_metadata  # cycle: .bioimageio imports .bundle
 
+    # a package's exports are its own files (its ONNX weights)
     bundle = Bundle(path, package_metadata(path, meta), source)
     bundle.check_files()
     return bundle
@@ -565,8 +562,6 @@ def load_bundle(name_or_path: str | os.PathLike | None = None) -> Bundle:
 
 def _unpack_zip(path: Path) -> Path:
     """Unpack a zipped bundle once into a cache folder keyed by its content hash."""
-    import zlib
-
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "particleseg" / "bundles" / digest
     if (cache / METADATA_FILE).is_file():
@@ -602,17 +597,14 @@ def _mkdir(p: Path) -> Path:
 
 def versions() -> dict[str, str]:
     """Versions of the packages that shape a bundle, for its metadata."""
-    import platform
-    from importlib import metadata as im
-
     out = {"python": platform.python_version()}
     for pkg in ("particleseg", "keras", "tensorflow", "tensorflow-cpu", "torch", "jax", "numpy", "scikit-image"):
         try:
-            out[pkg] = im.version(pkg)
-        except im.PackageNotFoundError:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             pass
     try:
-        import keras
+        import keras  # keras: only when installed (lazy, docs/architecture.md)
 
         out["keras_backend"] = keras.backend.backend()
     except Exception:  # noqa: BLE001
@@ -710,8 +702,6 @@ def save_bundle(
     The folder is assembled under a temporary name next to ``path`` and renamed at the end, so
     an interrupted save never leaves a half-written bundle.
     """
-    from ..io import respect_umask
-
     path = Path(path)
     validate_metadata(metadata, str(path))
     if path.exists() and not overwrite:
@@ -728,7 +718,7 @@ def save_bundle(
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
         if onnx:
-            from .export import export_onnx
+            from .export import export_onnx  # cycle: .export imports .bundle
 
             entry = export_onnx(model, tmp, NetworkConfig.from_dict(meta["network"]), required=onnx is True,
                                 source=str(path))
@@ -759,8 +749,6 @@ def write_metadata(bundle_path: str | os.PathLike, metadata: dict[str, Any]) -> 
     metadata it replaces whose files are there are kept (so that a script that saves a bundle,
     then rewrites the metadata it built, keeps the ONNX export :func:`save_bundle` made).
     """
-    from ..io import write_atomic
-
     metadata = _keep_exports(Path(bundle_path), metadata)
     validate_metadata(metadata, str(bundle_path))
     text = json.dumps(metadata, indent=2, default=_json_default) + "\n"
@@ -780,8 +768,6 @@ def _keep_exports(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
 
 def zip_bundle(folder: str | os.PathLike, zip_path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Zip a bundle folder (its files at the archive root)."""
-    from ..io import write_atomic
-
     folder = Path(folder)
 
     def write(tmp: Path) -> None:

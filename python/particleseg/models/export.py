@@ -13,15 +13,21 @@ only ``onnxruntime``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from ..errors import BundleError, OutputExistsError
+from ..errors import BundleError, OutputExistsError, ParticlesegWarning
+from .bundle import Bundle, keras_predictor, load_bundle, write_metadata, zip_bundle
 
 FORMATS = ("onnx", "saved_model")
 EXPORT_DIR = "export"
@@ -34,8 +40,6 @@ INTRA_OP_THREADS: int | None = None
 
 def test_image(size: int = 64, channels: int = 1, seed: int = 0) -> np.ndarray:
     """A ``(1, size, size, channels)`` float32 test batch: smooth blobs plus noise in [0, 1]."""
-    from scipy import ndimage as ndi
-
     rng = np.random.default_rng(seed)
     x = ndi.gaussian_filter(rng.random((size, size, channels)), (3, 3, 0))
     x = (x - x.min()) / max(np.ptp(x), 1e-6) + rng.normal(0, 0.02, x.shape)
@@ -48,7 +52,7 @@ def onnx_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray
     Usable as the ``predictor`` of :func:`particleseg.pipeline.segment_image`.
     """
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: optional, only to run ONNX (lazy)
     except ImportError:
         raise BundleError(f"{path}: onnxruntime is not installed (pip install onnxruntime)") from None
     opts = ort.SessionOptions()
@@ -97,8 +101,6 @@ def check_export(model, predict: Callable[[np.ndarray], np.ndarray], image: np.n
     tolerance : float
         Raise :class:`BundleError` when the difference is larger.
     """
-    from .bundle import keras_predictor
-
     x = test_image(64, model.inputs[0].shape[-1]) if image is None else np.asarray(image, np.float32)
     if x.ndim == 3:
         x = x[None]
@@ -114,10 +116,6 @@ def check_export(model, predict: Callable[[np.ndarray], np.ndarray], image: np.n
 
 def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
     """Write ``model`` as ``fmt`` (``onnx`` file or ``saved_model`` folder) to ``path``."""
-    import contextlib
-    import io
-    import warnings
-
     if fmt not in FORMATS:
         raise BundleError(f"{fmt}: unknown export format; choose one of {', '.join(FORMATS)}")
     path = Path(path)
@@ -142,7 +140,7 @@ class _traceable_upsampling:
     def __init__(self, model):
         self.layers = []
         try:
-            import keras
+            import keras  # keras: only to export (lazy, docs/architecture.md)
 
             if keras.backend.backend() == "tensorflow":
                 self.layers = [layer for layer in _all_layers(model)
@@ -188,14 +186,10 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
     them (or when the export fails) it returns None with one note, or raises
     :class:`BundleError` if ``required``.
     """
-    import warnings
-
-    from ..errors import ParticlesegWarning
-
     folder = Path(folder)
     missing = [name for name in ("tf2onnx", "onnxruntime") if not _has_module(name)]
     try:
-        import keras
+        import keras  # keras: only to export (lazy, docs/architecture.md)
 
         backend = keras.backend.backend()
     except Exception:  # noqa: BLE001
@@ -233,8 +227,6 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -250,8 +242,6 @@ def export_bundle(bundle, formats=FORMATS, overwrite: bool = False, check: bool 
 
     Returns the bundle, loaded again.
     """
-    from .bundle import Bundle, load_bundle, write_metadata, zip_bundle
-
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     if bundle.path.parent.name == "bundles" and ".cache" in bundle.path.parts:

@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.stats import ks_2samp
 
 from ..errors import InputError
+from ..inference import predict_tiled
+from ..measure import measure_particles
+from ..models import Head, NetworkConfig, keras_predictor
+from ..pipeline import SegmentParams, particles_from_probabilities
+from ..postprocess import particle_scores
 from .augment import Augmentation
 from .data import TrainingItem
 from .loop import TrainConfig, _EtaCallback, _progress_callback, _workdir_config, fit
@@ -50,8 +56,6 @@ def train_classifier(
         validation particles) and validation ``metrics`` (particle accuracy and balanced
         accuracy at that threshold), for ``bundle.json``'s ``classifier`` entry.
     """
-    from ..models import Head, NetworkConfig
-
     for it in list(train_items) + list(val_items):
         if it.keep is None:
             raise InputError(f"{it.name}: no keep mask for this image")
@@ -101,14 +105,6 @@ def choose_min_score(classifier, network, probs: Sequence[np.ndarray], items: Se
 
     Returns the threshold and a small table (threshold -> KS distance, particles kept).
     """
-    from scipy.stats import ks_2samp
-
-    from ..inference import predict_tiled
-    from ..measure import measure_particles
-    from ..models import keras_predictor
-    from ..pipeline import SegmentParams, particles_from_probabilities
-    from ..postprocess import particle_scores
-
     heads = [h.kind for h in network.heads]
     params = SegmentParams(threshold=post["threshold"], split=True, seed_threshold=post["seed_threshold"], h=1.0,
                            min_area=post["min_area"], min_confidence=post.get("min_confidence") or None, fill_holes=True)
@@ -155,10 +151,6 @@ def classifier_particle_scores(model, items: Sequence[TrainingItem], network, ti
     scores : ndarray of float
     kept : ndarray of bool
     """
-    from ..inference import predict_tiled
-    from ..models import keras_predictor
-    from ..postprocess import particle_scores
-
     predict = keras_predictor(model)
     scores, kept = [], []
     for it in items:

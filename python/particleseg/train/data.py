@@ -10,6 +10,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io import IMAGE_SUFFIXES, Calibration, list_images, read_array, read_image
+from ..pipeline import invert as _invert
+from ..postprocess import label_mask
+from ..preprocess import normalize_input
 
 MASK_KINDS = ("auto", "binary", "labels", "classes")
 MASK_SUFFIXES = ("", "_mask", "_masks", "_m", "_label", "_labels", "_cm", "_keep", "-mask", "-labels")
@@ -42,8 +46,6 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     InputError
         Missing or unreadable file, or not a 2D single-channel image.
     """
-    from ..io import read_array
-
     data = read_array(path, "mask")
     if data.ndim != 2:
         raise InputError(f"{path}: mask has shape {data.shape}; expected a 2D single-channel image")
@@ -109,16 +111,12 @@ def interpret_mask(mask: np.ndarray, kind: str = "auto", name: str = "mask",
 
 def label_mask_4(mask: np.ndarray) -> np.ndarray:
     """4-connected labels of a binary mask (int32)."""
-    from ..postprocess import label_mask
-
     return label_mask(np.asarray(mask, bool)).astype(np.int32)
 
 
 def match_masks(images: Sequence[Path], mask_dir: Path, role: str = "mask") -> list[Path]:
     """The mask file of each image in ``mask_dir``: same stem, or the stem followed by one of
     :data:`MASK_SUFFIXES` (``a.tif`` -> ``a.tif``, ``a_mask.png``, ``a_m.tif``, ...)."""
-    from ..io import IMAGE_SUFFIXES
-
     if not mask_dir.is_dir():
         raise InputError(f"{mask_dir}: {role} folder not found")
     by_stem: dict[str, list[Path]] = {}
@@ -139,8 +137,6 @@ def match_masks(images: Sequence[Path], mask_dir: Path, role: str = "mask") -> l
 
 def _as_list(x, role: str) -> tuple[list, list[str]]:
     """Arrays or paths: a folder, a file, or a sequence of files or arrays -> (items, names)."""
-    from ..io import list_images
-
     if isinstance(x, np.ndarray):
         x = [x] if x.ndim == 2 else list(x)
     if isinstance(x, (str, os.PathLike)):
@@ -193,9 +189,6 @@ def read_training_data(
         One line naming the file: a missing mask, sizes that differ, an unreadable file, a
         mask that is not a binary or label image, all masks empty.
     """
-    from ..io import Calibration, read_image
-    from ..preprocess import normalize_input
-
     norm = normalization or NORMALIZATION
     img_items, img_names = _as_list(images, "image")
     from_folder = isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir()
@@ -261,8 +254,6 @@ def read_training_data(
         labels, classes = interpret_mask(mask, mask_kind, m_name, n_classes)
         keep_labels = interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0] if keep is not None else None
         if invert:
-            from ..pipeline import invert as _invert
-
             img = _invert(img)
         x = normalize_input(img, norm)
         out.append(TrainingItem(name, x, labels, classes, keep_labels, cal))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import datetime as _dt
 import json
 import os
 import time
@@ -13,11 +15,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..models.architectures import Head, NetworkConfig
+from ..io import write_atomic
+from ..models.architectures import Head, NetworkConfig, build_network
 from .augment import Augmentation
 from .losses import make_loss
 from .targets import make_targets
 from .tiles import make_tile_sequence
+
+# Keras (to train) and matplotlib (the loss plot) are imported inside the functions that use them,
+# so that importing particleseg.train loads neither (lazy imports, docs/architecture.md).
 
 
 @dataclass
@@ -184,8 +190,6 @@ def fit_targets(
     """
     import keras
 
-    from ..models import build_network
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.select not in ("val_loss", "val_score"):
@@ -197,10 +201,8 @@ def fit_targets(
     keras.utils.set_random_seed(config.seed)
     ckpt, best, log_path = workdir / "checkpoint.keras", workdir / "best.keras", workdir / "log.csv"
     state_path, plan_path = workdir / "state.json", workdir / "plan.json"
-    initial_epoch = 0
     if resume and ckpt.exists() and state_path.exists():
         model = keras.saving.load_model(ckpt, compile=False)
-        initial_epoch = json.loads(state_path.read_text())["epochs_done"]
     else:
         model = build_network(config.network)
         if initial_weights is not None:
@@ -338,8 +340,6 @@ def _resolve_freeze(config: TrainConfig) -> TrainConfig:
 
 
 def _write_json(path: Path, obj) -> None:
-    from ..io import write_atomic
-
     text = json.dumps(obj, indent=1)
     write_atomic(path, lambda tmp: tmp.write_text(text), overwrite=True)
 
@@ -458,8 +458,6 @@ def _check_pairs(images, labels, tile):
 
 
 def _read_log(path: Path) -> list[dict]:
-    import csv
-
     if not path.exists():
         return []
     with open(path, newline="") as fh:
@@ -474,8 +472,6 @@ def plot_loss(log: list[dict], path: str | os.PathLike) -> None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from ..io import write_atomic
 
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ep = [r["epoch"] + 1 for r in log]
@@ -492,8 +488,6 @@ def plot_loss(log: list[dict], path: str | os.PathLike) -> None:
 
 def _EtaCallback(plan_path: Path, what: str):  # noqa: N802 - a class made on demand, so keras is imported lazily
     """After each epoch, one line: epochs done of the plan, the best score, and the expected end."""
-    import datetime as _dt
-
     import keras
 
     class Eta(keras.callbacks.Callback):

@@ -23,7 +23,7 @@ def make_loss(heads: Sequence[Head], foreground_fraction: float | None = None, d
     ----------
     .. [1] O. Ronneberger et al., "U-Net", MICCAI 2015 (pixel-wise loss weights).
     """
-    from keras import ops
+    from keras import ops  # keras: only to train (lazy, docs/architecture.md)
 
     weights = list(head_weights or [1.0] * len(heads))
     offsets = np.cumsum([0] + [h.channels for h in heads])

@@ -6,6 +6,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import metrics
+from ..inference import predict_tiled
+from ..models import keras_predictor
+from ..pipeline import SegmentParams, particles_from_probabilities
+from ..postprocess import relabel_sequential, remove_uncertain
 from .data import TrainingItem
 
 
@@ -29,10 +34,6 @@ def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     0.5, pixel error (``1 - F1`` of the foreground pixels), the score, particles found and
     annotated.
     """
-    from .. import metrics
-    from ..pipeline import SegmentParams, particles_from_probabilities
-    from ..postprocess import relabel_sequential, remove_uncertain
-
     seeds = seed_thresholds if ("distance" in heads or "boundary" in heads) else (0.5,)
     fgs = [p[..., heads.index("foreground")] for p in probs]
     best = None
@@ -63,18 +64,12 @@ def instance_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean of the instance IoU averaged over the annotated particles and over the segmented
     ones (:func:`particleseg.metrics.instance_iou`): 1 for a perfect segmentation, lowered by
     missed and merged particles (first term) and by fragments and false particles (second)."""
-    from .. import metrics
-
     return 0.5 * (metrics.instance_iou(pred, truth, average="truth") + metrics.instance_iou(pred, truth, average="pred"))
 
 
 def epoch_score(items: Sequence[TrainingItem], network, post: dict, tile: int, overlap: int) -> Callable[[Any], float]:
     """A score function for :func:`fit`: the mean :func:`instance_score` of the validation
     ``items`` segmented with the post-processing ``post`` (threshold, seed level, minimum area)."""
-    from ..inference import predict_tiled
-    from ..models import keras_predictor
-    from ..pipeline import SegmentParams, particles_from_probabilities
-
     heads = [h.kind for h in network.heads]
     params = SegmentParams(threshold=post.get("threshold", 0.5), split=True, seed_threshold=post.get("seed_threshold", 0.5),
                            h=post.get("h", 1.0), min_area=post.get("min_area", 15), fill_holes=True)

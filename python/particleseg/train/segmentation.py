@@ -11,6 +11,20 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..inference import predict_tiled
+from ..io import check_outputs
+from ..models import (
+    ARCHITECTURES,
+    Head,
+    NetworkConfig,
+    build_network,
+    keras_predictor,
+    load_bundle,
+    make_metadata,
+    save_bundle,
+    zip_bundle,
+)
+from ..models.export import export_bundle
 from .augment import Augmentation
 from .classifier import choose_min_score, train_classifier
 from .data import (
@@ -49,9 +63,7 @@ def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
 def _estimate_epoch_minutes(network, config: TrainConfig, channels: int) -> float:
     """A rough cost of one training epoch on this machine: three forward passes per batch
     (forward, and a backward pass about twice as dear), timed on one batch."""
-    import keras
-
-    from ..models import build_network
+    import keras  # keras: only to time a network (lazy, docs/architecture.md)
 
     model = build_network(dataclasses.replace(network, input_channels=channels))
     x = np.zeros((config.batch_size, config.tile, config.tile, channels), np.float32)
@@ -215,17 +227,7 @@ def train_segmentation(
     Bundle
         The written bundle, loaded.
     """
-    import keras
-
-    from ..io import check_outputs
-    from ..models import (
-        ARCHITECTURES,
-        Head,
-        NetworkConfig,
-        load_bundle,
-        make_metadata,
-        save_bundle,
-    )
+    import keras  # keras: only to train (lazy, docs/architecture.md)
 
     t0 = time.time()
     out = Path(out)
@@ -378,9 +380,6 @@ def train_segmentation(
     )
 
     # 3. defaults of the post-processing and validation metrics
-    from ..inference import predict_tiled
-    from ..models import keras_predictor
-
     predict = keras_predictor(model)
     probs = [predict_tiled(predict, it.image, tile=infer_tile, overlap=overlap, multiple_of=network.multiple_of,
                            progress=False) for it in val_items]
@@ -452,11 +451,7 @@ def train_segmentation(
     extra = {f"training/{f}": seg_dir / f for f in ("log.csv", "loss.png") if (seg_dir / f).exists()}
     bundle = save_bundle(out, model, meta, classifier=classifier, overwrite=overwrite, zip_copy=False, extra_files=extra)
     if export:
-        from ..models.export import export_bundle
-
         bundle = export_bundle(bundle, export, overwrite=True)
     if zip_copy:
-        from ..models import zip_bundle
-
         zip_bundle(out, out.with_suffix(".zip"), overwrite=overwrite)
     return bundle

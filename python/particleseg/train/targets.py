@@ -6,16 +6,15 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
 
 from ..models.architectures import Head
-from ..postprocess import labels_to_mask
+from ..postprocess import label_mask, labels_to_mask
 
 
 def labels_from_mask(mask: np.ndarray) -> np.ndarray:
     """Instance labels of an annotation: label images pass through, binary masks are labelled
     with 4-connectivity so that one-pixel background lines separate touching particles."""
-    from ..postprocess import label_mask
-
     mask = np.asarray(mask)
     values = np.unique(mask)
     if len(values) <= 2:
@@ -28,8 +27,6 @@ def labels_from_mask(mask: np.ndarray) -> np.ndarray:
 def normalized_distance(labels: np.ndarray) -> np.ndarray:
     """Distance of each particle pixel to its particle's border, divided by the particle's
     largest distance: 1 at the centre, falling towards 0 at the border, 0 in the background."""
-    from skimage.segmentation import find_boundaries
-
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, np.float32)
     if labels.max() == 0:
@@ -46,8 +43,6 @@ def normalized_distance(labels: np.ndarray) -> np.ndarray:
 
 def boundary_map(labels: np.ndarray) -> np.ndarray:
     """Particle borders (including borders between touching particles), two pixels wide."""
-    from skimage.segmentation import find_boundaries
-
     return find_boundaries(labels, mode="thick").astype(np.float32)
 
 

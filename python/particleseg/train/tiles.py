@@ -13,7 +13,7 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
     reproducible and a resumed run sees the same batches. With ``shuffle=False`` (validation)
     the tiles are the same every epoch and not augmented.
     """
-    import keras
+    import keras  # keras: only to train (lazy, docs/architecture.md)
 
     class TileSequence(keras.utils.PyDataset):
         def __init__(self):
