@@ -53,7 +53,7 @@ def measure(model="sims-fcn", workdir=ROOT / "runs" / "sims-bench", fields: int 
     """
     from particleseg import sims
     from particleseg.models import load_bundle
-    from particleseg.sims_simulate import simulate_fields
+    from particleseg.sims import simulate_fields
 
     work = Path(workdir)
     data = work / f"fields-{fields}"

@@ -712,7 +712,7 @@ def section_sims(ctx: Context) -> tuple[list[str], dict]:
                 "about 3 minutes batched on this machine); `--full` runs 2500.")
     lines = [
         f"Shipped `models/sims-fcn` on {r['fields']} simulated fields ({r['field_shape']}; "
-        f"`particleseg.sims_simulate.simulate_fields(seed=7)`, cached in `{workdir.relative_to(ROOT) if workdir.is_relative_to(ROOT) else workdir}`), "
+        f"`particleseg.sims.simulate_fields(seed=7)`, cached in `{workdir.relative_to(ROOT) if workdir.is_relative_to(ROOT) else workdir}`), "
         f"with `bench_sims_throughput.measure(fields={cfg.sims_fields}, single={cfg.sims_single}, batch_size={cfg.sims_batch})`: "
         f"the whole `sims.run_fields` (read TIFFs, network, threshold, watershed, counts, ratios, CSVs, plot) and the "
         f"network alone (`sims.predict_fields` on arrays in memory), {cfg.sims_batch} fields per network call against one; "

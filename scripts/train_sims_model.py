@@ -4,7 +4,7 @@ sweep, and evaluate it on independent simulated fields.
 
 Stages (each cached in ``--workdir``, so a stage can be re-run alone):
 
-1. simulate training and validation fields (:mod:`particleseg.sims_simulate`, fixed seeds);
+1. simulate training and validation fields (:mod:`particleseg.sims.simulate`, fixed seeds);
 2. train a small FCN (:func:`particleseg.train.fit`, a sigmoid particle head, which is a
    two-class softmax) on the Anscombe-transformed sum of the uranium channels;
 3. sweep the probability threshold and the watershed level on the validation fields, scoring
@@ -42,7 +42,7 @@ def simulated(n: int, seed: int, workdir: Path, settings):
     """``n`` fields as arrays (cached): detection inputs' raw totals, counts, labels, truth."""
     from tqdm.auto import tqdm
 
-    from particleseg.sims_simulate import simulate_field
+    from particleseg.sims import simulate_field
 
     cache = workdir / f"sims-{n}-{seed}.npz"
     tcache = workdir / f"sims-{n}-{seed}-truth.csv"
@@ -83,7 +83,7 @@ def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, min_
             tables, matches = [], []
             for f, p, lab in zip(fields, prob, labels):
                 det = sims.detect_particles(p, thr, level, min_area)
-                t, det = sims.significant(sims.measure_particles(f, det), det, min_significance)
+                t, det = sims.significant(sims.measure_particle_isotopes(f, det), det, min_significance)
                 t.insert(0, "field", f.name)
                 tables.append(t)
                 for pid, tid in sims.match_particles(det, lab).items():
@@ -103,7 +103,7 @@ def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
     from particleseg import sims
     import tifffile
     from particleseg.models import load_bundle
-    from particleseg.sims_simulate import simulate_fields
+    from particleseg.sims import simulate_fields
 
     data = workdir / f"test-{n}-{seed}"
     if not (data / "truth.csv").exists():
@@ -177,7 +177,7 @@ def main(argv=None):
 
     from particleseg import sims
     from particleseg.models import Head, NetworkConfig, make_metadata, save_bundle, write_metadata
-    from particleseg.sims_simulate import SimsSettings
+    from particleseg.sims import SimsSettings
     from particleseg.train import Augmentation, TrainConfig, fit
 
     workdir = Path(args.workdir)
@@ -231,7 +231,7 @@ def main(argv=None):
         channels=["sum of uranium channels (Anscombe)"],
         normalization={"method": "none"}, tile=128, overlap=16, particle_size_px=7.0, postprocess=post,
         training={**cfg.to_dict(), "train_fields": len(tr_counts), "val_fields": len(va_counts),
-                  "seconds": round(train_seconds), "simulator": "particleseg.sims_simulate.SimsSettings()"},
+                  "seconds": round(train_seconds), "simulator": "particleseg.sims.SimsSettings()"},
         metrics={"sweep_best": {k: (v if not isinstance(v, (np.floating, np.integer)) else v.item())
                                 for k, v in best.to_dict().items()}},
     )

@@ -105,7 +105,7 @@ def test_sem_folder_on_the_cluster_equals_the_local_run(tmp_path, threshold_bund
 
 
 def test_sims_campaign_on_the_cluster_equals_the_local_run(tmp_path, client):
-    from particleseg.sims_simulate import SimsSettings, simulate_fields
+    from particleseg.sims import SimsSettings, simulate_fields
 
     bundle = tiny_sims_bundle(tmp_path / "b")
     simulate_fields(

@@ -158,7 +158,7 @@ def sims_bundle(tmp_path_factory):
 
 
 def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
-    from particleseg.sims_simulate import SimsSettings, simulate_fields
+    from particleseg.sims import SimsSettings, simulate_fields
 
     n = 12
     simulate_fields(n, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
@@ -233,7 +233,7 @@ def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(tmp_p
     of each batch command skips the item and removes the marker, so the records are those of an
     uninterrupted run."""
     from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
-    from particleseg.sims_simulate import SimsSettings, simulate_fields
+    from particleseg.sims import SimsSettings, simulate_fields
 
     src = tmp_path / "sem"
     src.mkdir()
@@ -293,7 +293,7 @@ def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(tmp_path, sims_
                                                                  capsys):
     from particleseg.cli import main
     from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
-    from particleseg.sims_simulate import SimsSettings, simulate_fields
+    from particleseg.sims import SimsSettings, simulate_fields
 
     simulate_fields(3, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 3)), seed=1, progress=False)
     sim = simulate_stack(0, FibsemSettings(shape=(4, 48, 48)))

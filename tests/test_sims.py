@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from conftest import tiny_sims_bundle
 from particleseg import sims
 from particleseg.errors import InputError, OutputExistsError
-from particleseg.sims_simulate import REFERENCE_MATERIALS, SimsSettings, simulate_field, simulate_fields, write_field
+from particleseg.sims import REFERENCE_MATERIALS, SimsSettings, simulate_field, simulate_fields, write_field
 
 SMALL = SimsSettings(shape=(64, 64), particles=(1, 4), diameter=(5.0, 10.0))
 
@@ -116,7 +116,7 @@ def test_hand_placed_particle_ratios_within_poisson_error():
         sim = simulate_field(seed, SimsSettings(shape=(64, 64), spikes=0),
                              particles=[{"y": 30, "x": 33, "diameter": 9, "material": mat, "rate_238": 40.0}],
                              background_238=1.5)
-        t = sims.measure_particles(_field(sim), sim.labels)
+        t = sims.measure_particle_isotopes(_field(sim), sim.labels)
         assert len(t) == 1
         for iso in sims.RATIO_ISOTOPES:
             rc, ec = sims.ratio_columns(iso)
@@ -141,14 +141,14 @@ def test_background_subtraction_removes_bias():
                              background_238=2.0)
         f = _field(sim)
         rc = sims.ratio_columns("235U")[0]
-        raw.append(sims.measure_particles(f, sim.labels, background="none")[rc].iloc[0])
-        sub.append(sims.measure_particles(f, sim.labels, background="annulus")[rc].iloc[0])
+        raw.append(sims.measure_particle_isotopes(f, sim.labels, background="none")[rc].iloc[0])
+        sub.append(sims.measure_particle_isotopes(f, sim.labels, background="annulus")[rc].iloc[0])
     assert np.mean(raw) > 1.3 * mat.ratio("235U")
     assert abs(np.mean(sub) / mat.ratio("235U") - 1) < 0.2
 
 
 def test_ratio_uncertainty_formula():
-    r, e = sims._ratio(np.array([10.0, 0.0, 5.0]), np.array([100.0, 50.0, 0.0]), np.sqrt([10.0, 1.0, 5.0]), np.sqrt([100.0, 50.0, 1.0]))
+    r, e = sims.counts._ratio(np.array([10.0, 0.0, 5.0]), np.array([100.0, 50.0, 0.0]), np.sqrt([10.0, 1.0, 5.0]), np.sqrt([100.0, 50.0, 1.0]))
     assert r[0] == pytest.approx(0.1) and e[0] == pytest.approx(0.1 * np.sqrt(1 / 10 + 1 / 100))
     assert r[1] == 0 and e[1] == pytest.approx(1 / 50)  # defined also for zero counts
     assert np.isnan(r[2]) and np.isnan(e[2])
@@ -176,7 +176,7 @@ def test_significance_filter_drops_background_blobs_and_keeps_particles():
                          background_238=1.0)
     labels = sim.labels.copy()
     labels[5:9, 5:9] = 2  # a 16 px blob of background
-    t = sims.measure_particles(_field(sim), labels)
+    t = sims.measure_particle_isotopes(_field(sim), labels)
     assert t.loc[t["particle"] == 1, "significance"].iloc[0] > 10
     assert abs(t.loc[t["particle"] == 2, "significance"].iloc[0]) < 4
     kept, lab = sims.significant(t, labels, 5.0)
@@ -223,7 +223,7 @@ def test_score_against_truth_is_perfect_for_true_labels():
     tables, matches, truths = [], [], []
     for i in range(4):
         sim = simulate_field(i + 10, SMALL)
-        t = sims.measure_particles(_field(sim), sim.labels)
+        t = sims.measure_particle_isotopes(_field(sim), sim.labels)
         t.insert(0, "field", f"f{i}")
         tables.append(t)
         tr = sim.truth.copy()
@@ -266,7 +266,8 @@ def test_shipped_bundle_is_installed_and_documented(shipped_bundle):
 
     meta = shipped_bundle.metadata
     assert DEFAULT_SIMS_MODEL == meta["name"] == "sims-fcn"
-    assert meta["training"]["simulator"].startswith("particleseg.sims_simulate")
+    # the simulator as named when the bundle was trained (particleseg.sims_simulate, now particleseg.sims)
+    assert meta["training"]["simulator"].startswith("particleseg.sims")
     pp = meta["postprocess"]
     assert 0 < pp["threshold"] < 1 and pp["min_significance"] > 0
     assert pp["threshold"] == meta["metrics"]["sweep_best"]["threshold"]
@@ -284,7 +285,7 @@ def test_shipped_bundle_finds_particles_and_nothing_in_empty_fields(shipped_bund
     fields = [_field(f) for f in [one, *empties]]
     probs = det.probabilities([f.total() for f in fields])
     lab = det.labels(probs[0])
-    t, lab = sims.significant(sims.measure_particles(fields[0], lab), lab, det.params.min_significance)
+    t, lab = sims.significant(sims.measure_particle_isotopes(fields[0], lab), lab, det.params.min_significance)
     m = sims.match_particles(lab, one.labels)
     assert len(t) == 3 and sorted(m.values()) == [1, 2, 3]
     t = t.set_index("particle")
@@ -293,7 +294,7 @@ def test_shipped_bundle_finds_particles_and_nothing_in_empty_fields(shipped_bund
         assert abs(t.loc[p, "ratio_235U_238U"] - true) < 4 * t.loc[p, "ratio_235U_238U_err"] + 0.05 * true
     for f, prob in zip(fields[1:], probs[1:]):
         lab = det.labels(prob)
-        kept = sims.significant(sims.measure_particles(f, lab), min_significance=det.params.min_significance)
+        kept = sims.significant(sims.measure_particle_isotopes(f, lab), min_significance=det.params.min_significance)
         assert len(kept) == 0
 
 
@@ -347,7 +348,7 @@ def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_ru
     sims.run_fields(src, fcn_bundle, tmp_path / "ref", **kw)
 
     measured = []
-    real = sims.measure_particles
+    real = sims.measure_particle_isotopes
 
     def measure(fld, *a, **k):
         if len(measured) == 3:
@@ -355,13 +356,13 @@ def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_ru
         measured.append(fld.name)
         return real(fld, *a, **k)
 
-    monkeypatch.setattr(sims, "measure_particles", measure)
+    monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", measure)
     with pytest.raises(KeyboardInterrupt):
         sims.run_fields(src, fcn_bundle, tmp_path / "out", **kw)
     fields = pd.read_csv(tmp_path / "out" / "fields.csv")
     assert sorted((tmp_path / "out" / RECORD_DIR).glob("*.done.json")).__len__() == 3
     assert (fields["status"] == "not started").sum() == 8 - 3 - 1  # broken.tif failed in the first batch
-    monkeypatch.setattr(sims, "measure_particles", real)
+    monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", real)
 
     calls = []
     predict = threshold_predictor()
@@ -407,7 +408,7 @@ def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, cap
     from particleseg.cli import main
 
     simulate_fields(4, tmp_path / "sim", SMALL, seed=2, progress=False)
-    real, seen = sims.measure_particles, []
+    real, seen = sims.measure_particle_isotopes, []
 
     def measure(fld, *a, **k):
         seen.append(fld.name)
@@ -415,7 +416,7 @@ def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, cap
             os.kill(os.getpid(), signal.SIGTERM)
         return real(fld, *a, **k)
 
-    monkeypatch.setattr(sims, "measure_particles", measure)
+    monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", measure)
     args = ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o"),
             "--quiet", "--batch-size", "2"]
     before = signal.getsignal(signal.SIGTERM)
@@ -426,6 +427,6 @@ def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, cap
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the CLI's only while it runs
     assert pd.read_csv(tmp_path / "o" / "fields.csv")["status"].tolist() == ["ok", "not started", "not started",
                                                                              "not started"]
-    monkeypatch.setattr(sims, "measure_particles", real)
+    monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", real)
     assert main(args) == 0
     assert "1 done earlier" in capsys.readouterr().out

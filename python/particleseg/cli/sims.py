@@ -164,8 +164,7 @@ def run(args) -> int:
 
 
 def simulate(args) -> int:
-    from ..sims import ISOTOPES, REQUIRED_ISOTOPES, canonical_isotope
-    from ..sims_simulate import SimsSettings, parse_mixture, simulate_fields
+    from ..sims import ISOTOPES, REQUIRED_ISOTOPES, SimsSettings, canonical_isotope, parse_mixture, simulate_fields
 
     try:
         mixture = parse_mixture(args.mixture)

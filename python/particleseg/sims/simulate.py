@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .sims import ISOTOPES, RATIO_ISOTOPES, REFERENCE, ratio_columns
+from ..io import check_outputs, write_atomic, write_csv, write_tiff
+from ..simulate import perlin_noise, place_particles, random_particle
+from .isotopes import ISOTOPES, RATIO_ISOTOPES, REFERENCE, ratio_columns
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,6 @@ def simulate_field(rng: np.random.Generator | int | None = None, settings: SimsS
     -------
     SimsField
     """
-    from .simulate import perlin_noise, place_particles, random_particle
-
     rng = np.random.default_rng(rng)
     s = settings or SimsSettings()
     h, w = s.shape
@@ -225,8 +225,6 @@ def write_field(sim: SimsField, out_dir: str | os.PathLike, name: str, layout: s
     channel labels, or one file per isotope named ``NAME_ISOTOPE.tif``) and its label mask."""
     import tifffile
 
-    from .io import write_atomic, write_tiff
-
     if layout not in ("stack", "files"):
         raise ValueError(f"layout must be 'stack' or 'files', got {layout!r}")
     out_dir = Path(out_dir)
@@ -258,8 +256,6 @@ def simulate_fields(n: int, out_dir: str | os.PathLike, settings: SimsSettings |
     truth, fields : DataFrame
     """
     from tqdm.auto import tqdm
-
-    from .io import check_outputs, write_csv
 
     s = settings or SimsSettings()
     out_dir = Path(out_dir)
