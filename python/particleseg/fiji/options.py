@@ -1,6 +1,6 @@
 """The Fiji commands' parameters, and ImageJ macro option strings, in pure Python (no Java).
 
-Every command is described once, by a :class:`CommandSpec` whose :class:`Field` s give the
+Every command is described once, by a :class:`CommandSpec` whose :class:`OptionField` s give the
 macro key, the dialog label, the type and the default of each parameter. The segmentation
 parameters come from :data:`particleseg.params.PARAMETERS` (the same names, ranges, help and
 bundle defaults as the command line's options). The ImageJ 1.x GenericDialog
@@ -52,7 +52,7 @@ ADVANCED = "advanced"
 
 
 @dataclass(frozen=True)
-class Field:
+class OptionField:
     """One parameter of a command.
 
     kind : ``number``, ``int``, ``bool``, ``string``, ``choice``, ``range``, ``dir``,
@@ -97,7 +97,7 @@ class Field:
 @dataclass(frozen=True)
 class CommandSpec:
     name: str  # menu label, e.g. "Segment Particles..."
-    fields: tuple[Field, ...]
+    fields: tuple[OptionField, ...]
     help: str
     needs_image: bool = True  # works on the active image
     long_running: bool = False  # from the menu, runs on a worker thread
@@ -108,11 +108,11 @@ class CommandSpec:
         return tuple(f.key for f in self.fields if f.kind != "message")
 
     @property
-    def parameters(self) -> tuple[Field, ...]:
+    def parameters(self) -> tuple[OptionField, ...]:
         """The fields that are parameters (recorded, script parameters)."""
         return tuple(f for f in self.fields if f.kind != "message" and not f.dialog_only)
 
-    def field(self, key: str) -> Field:
+    def field(self, key: str) -> OptionField:
         for f in self.fields:
             if f.key == key:
                 return f
@@ -134,21 +134,21 @@ def _label(p: Parameter) -> str:
             "particle_size": "Particle_size"}.get(p.name, p.name[0].upper() + p.name[1:])
 
 
-def parameter_field(name: str, default: Any = None, **changes) -> Field:
-    """The Field of a segmentation parameter (:data:`particleseg.params.PARAMETERS`)."""
+def parameter_field(name: str, default: Any = None, **changes) -> OptionField:
+    """The OptionField of a segmentation parameter (:data:`particleseg.params.PARAMETERS`)."""
     p = next(q for q in PARAMETERS if q.name == name)
     value = p.default if default is None else default
     if p.kind == "range" and isinstance(value, tuple):
         from ..params import format_range
 
         value = format_range(*value)
-    f = Field(p.name, _label(p), p.kind, value, p.choices, digits=2, minimum=p.minimum, maximum=p.maximum,
+    f = OptionField(p.name, _label(p), p.kind, value, p.choices, digits=2, minimum=p.minimum, maximum=p.maximum,
               help=p.help, columns=10 if p.kind == "range" else (6 if p.kind == "string" else 0),
               advanced=p.advanced, unit=p.unit)
     return replace(f, **changes) if changes else f
 
 
-def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[Field, ...]:
+def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[OptionField, ...]:
     d = defaults or {}
     fields = []
     for p in PARAMETERS:
@@ -163,28 +163,28 @@ def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[Field, ...]:
     return tuple(fields)
 
 
-def _advanced_toggle() -> Field:
-    return Field(ADVANCED, "Advanced options (second dialog)", "bool", False, dialog_only=True,
+def _advanced_toggle() -> OptionField:
+    return OptionField(ADVANCED, "Advanced options (second dialog)", "bool", False, dialog_only=True,
                  help="show the second dialog with the other parameters (watershed, confidence, classifier, "
                       "filters, data bar, scale); in a macro they are read from the option string anyway")
 
 
-def _outputs(*names: str, on: bool = True) -> tuple[Field, ...]:
+def _outputs(*names: str, on: bool = True) -> tuple[OptionField, ...]:
     labels = {"probability": "Probability image", "labels": "Labels image", "mask": "Mask image",
               "clear": "Clear results", "add": "Add to ROI Manager", "overlay": "Overlay on image",
               "histogram": "Histogram plot"}
     helps = {"clear": "reset the Results table (and ROI Manager) first", "overlay": "kept particles green, rejected red"}
-    return tuple(Field(n, labels[n], "bool", on, help=helps.get(n, ""), group="outputs") for n in names)
+    return tuple(OptionField(n, labels[n], "bool", on, help=helps.get(n, ""), group="outputs") for n in names)
 
 
-_HISTOGRAM_OF = Field("histogram_of", "Histogram_of", "choice", "feret_min", SIZE_COLUMNS)
+_HISTOGRAM_OF = OptionField("histogram_of", "Histogram_of", "choice", "feret_min", SIZE_COLUMNS)
 
 
-def segment_fields(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> tuple[Field, ...]:
+def segment_fields(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> tuple[OptionField, ...]:
     """Parameters of Segment Particles... (and of the batch), with a bundle's defaults
     (:func:`particleseg.params.bundle_defaults`)."""
     return (
-        Field("model", "Model", "choice", model, tuple(models),
+        OptionField("model", "Model", "choice", model, tuple(models),
               help="installed model bundle, or in a macro the path of a bundle folder or zip"),
         *_segmentation_fields(defaults),
     )
@@ -193,7 +193,7 @@ def segment_fields(model: str = "default", models: Sequence[str] = ("default",),
 SEGMENT_OUTPUTS = _outputs("probability", "labels", "mask", "clear", "add", "overlay", "histogram") + (_HISTOGRAM_OF,)
 
 
-def _filter_fields() -> tuple[Field, ...]:
+def _filter_fields() -> tuple[OptionField, ...]:
     fields = [parameter_field("exclude_border", True, group="", advanced=False)]
     for name in ("intensity_filter", "polarity", *SHAPE_NAMES):
         fields.append(parameter_field(name, advanced=False, same_row=name == "polarity"))
@@ -212,21 +212,21 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Split Touching Particles...",
             (
-                Field("distance", "Distance map", "image", NONE, optional=True,
+                OptionField("distance", "Distance map", "image", NONE, optional=True,
                       help="a map that is high in particle centres (the probability or distance output); "
                            "none: the Euclidean distance transform of the mask"),
                 parameter_field("seed_level", 0.5, advanced=False),
                 parameter_field("split_level", 1.0, advanced=False, same_row=True),
                 parameter_field("min_size", 0, advanced=False),
-                Field("mask", "Mask image (with separating lines)", "bool", False),
-                Field("add", "Add to ROI Manager", "bool", False),
+                OptionField("mask", "Mask image (with separating lines)", "bool", False),
+                OptionField("add", "Add to ROI Manager", "bool", False),
             ),
             "Separate touching particles of the active mask or label image by a marker-controlled watershed.",
         ),
         CommandSpec(
             "Filter Particles...",
             (
-                Field("intensity", "Intensity image", "image", NONE, optional=True,
+                OptionField("intensity", "Intensity image", "image", NONE, optional=True,
                       help="gray image for the intensity filter and columns, and for the overlay"),
                 parameter_field("min_size", 0, advanced=False),
                 *_filter_fields(),
@@ -239,10 +239,10 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Measure Particles...",
             (
-                Field("intensity", "Intensity image", "image", NONE, optional=True),
-                Field("clear", "Clear results", "bool", True),
-                Field("add", "Add to ROI Manager", "bool", False),
-                Field("histogram", "Histogram plot", "bool", False),
+                OptionField("intensity", "Intensity image", "image", NONE, optional=True),
+                OptionField("clear", "Clear results", "bool", True),
+                OptionField("add", "Add to ROI Manager", "bool", False),
+                OptionField("histogram", "Histogram plot", "bool", False),
                 _HISTOGRAM_OF,
             ),
             "Measure each particle of the active mask or label image in calibrated units "
@@ -251,13 +251,13 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Evaluate Segmentation...",
             (
-                Field("prediction", "Prediction (probability, mask or labels)", "image", None),
-                Field("ground_truth", "Ground_truth (mask or labels)", "image", None),
-                Field("thresholds", "Thresholds", "string", "0:1:0.1", columns=14,
+                OptionField("prediction", "Prediction (probability, mask or labels)", "image", None),
+                OptionField("ground_truth", "Ground_truth (mask or labels)", "image", None),
+                OptionField("thresholds", "Thresholds", "string", "0:1:0.1", columns=14,
                       help="probability thresholds: a list 0.3,0.5 or START:STOP:STEP"),
-                Field("watershed", "Watershed split before scoring", "bool", False),
-                Field("crop_rows", "Crop_rows", "int", 0, minimum=0),
-                Field("exclude_border", "Exclude_border particles from size distributions", "bool", True),
+                OptionField("watershed", "Watershed split before scoring", "bool", False),
+                OptionField("crop_rows", "Crop_rows", "int", 0, minimum=0),
+                OptionField("exclude_border", "Exclude_border particles from size distributions", "bool", True),
             ),
             "Score a segmentation against ground truth (ISBI metrics, instance IoU, F1, AP, size "
             "distributions) into the Evaluation table.",
@@ -266,11 +266,11 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Batch Segment Folder...",
             (
-                Field("input", "Input folder", "dir", ""),
-                Field("output", "Output folder", "dir", ""),
+                OptionField("input", "Input folder", "dir", ""),
+                OptionField("output", "Output folder", "dir", ""),
                 *seg,
-                Field("overwrite", "Overwrite existing outputs", "bool", False, group="outputs"),
-                Field("overview", "Overview figures", "bool", True, group="outputs"),
+                OptionField("overwrite", "Overwrite existing outputs", "bool", False, group="outputs"),
+                OptionField("overview", "Overview figures", "bool", True, group="outputs"),
                 _advanced_toggle(),
             ),
             "Segment every image of a folder and write the labels, mask, probability, ROI set, "
@@ -280,20 +280,20 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Train Model...",
             (
-                Field("images", "Images folder", "dir", ""),
-                Field("masks", "Masks folder", "dir", "", help="label or mask images with the images' names"),
-                Field("output", "Output bundle folder", "dir", ""),
-                Field("name", "Name of the model", "string", "my-model", columns=16),
-                Field("base_model", "Base_model (fine-tune; none: new network)", "string", "default", columns=16,
+                OptionField("images", "Images folder", "dir", ""),
+                OptionField("masks", "Masks folder", "dir", "", help="label or mask images with the images' names"),
+                OptionField("output", "Output bundle folder", "dir", ""),
+                OptionField("name", "Name of the model", "string", "my-model", columns=16),
+                OptionField("base_model", "Base_model (fine-tune; none: new network)", "string", "default", columns=16,
                       help="the model to fine-tune: default (the shipped default model), a bundle folder or "
                            "name, or none to train a new network"),
-                Field("minutes", "Minutes (time budget; 0: use epochs)", "int", 0, minimum=0,
+                OptionField("minutes", "Minutes (time budget; 0: use epochs)", "int", 0, minimum=0,
                       help="plan the epochs to finish in about this many minutes"),
-                Field("epochs", "Epochs", "int", 20, minimum=1),
-                Field("tile", "Tile (px)", "int", 256, minimum=32),
-                Field("architecture", "Architecture (new network only)", "choice", "multires_unet",
+                OptionField("epochs", "Epochs", "int", 20, minimum=1),
+                OptionField("tile", "Tile (px)", "int", 256, minimum=32),
+                OptionField("architecture", "Architecture (new network only)", "choice", "multires_unet",
                       ("multires_unet", "unet", "fcn")),
-                Field("wait", "Wait until done (macros)", "bool", False,
+                OptionField("wait", "Wait until done (macros)", "bool", False,
                       help="block until training ends; from the menu, training always runs in the background"),
             ),
             "Train a segmentation network on image/mask pairs in the background, with progress "

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import IGNORED_KEYS, CommandSpec, Field, build_specs
+from .options import IGNORED_KEYS, CommandSpec, OptionField, build_specs
 
 MENU_FOLDER = Path("Plugins") / "Particle Segmentation"
 
@@ -70,7 +70,7 @@ def _quote(text: str) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', "'") + '"'
 
 
-def parameter_line(f: Field) -> str:
+def parameter_line(f: OptionField) -> str:
     """The ``#@`` line of one field."""
     label = f.label_for(None).replace("_", " ")
     attrs = [f"label={_quote(label)}"]
