@@ -21,9 +21,11 @@ def _field(sim, name="f"):
 
 
 def threshold_predictor(level: float = 0.3):
-    """A stand-in for a trained network: particle probability from the local contrast of the
-    smoothed detection input. Deterministic, so the batch machinery and post-processing can be
-    tested without training."""
+    """Make a stand-in for a trained network.
+
+    Its particle probability is the local contrast of the smoothed detection input.
+    Deterministic, so the batch machinery and post-processing can be tested without training.
+    """
 
     def predict(batch):
         x = np.asarray(batch, np.float32)[..., 0]
@@ -36,8 +38,10 @@ def threshold_predictor(level: float = 0.3):
 
 @pytest.fixture(scope="module")
 def fcn_bundle(tmp_path_factory):
-    """An untrained tiny FCN bundle with the SIMS metadata (its network is replaced by a
-    stand-in predictor where detection quality matters)."""
+    """Make an untrained tiny FCN bundle with the SIMS metadata.
+
+    Its network is replaced by a stand-in predictor where detection quality matters.
+    """
     return tiny_sims_bundle(tmp_path_factory.mktemp("b"))
 
 
@@ -45,9 +49,21 @@ def fcn_bundle(tmp_path_factory):
 # names and reading
 
 
-@pytest.mark.parametrize("name,iso", [("235U+", "235U"), ("U238", "238U"), ("U-234", "234U"), ("238UH+", "238U1H"),
-                                      ("238U1H", "238U1H"), ("238 U 1H+", "238U1H"), ("236u", "236U"),
-                                      ("16O", None), ("237U", None), ("SE", None)])
+@pytest.mark.parametrize(
+    "name,iso",
+    [
+        ("235U+", "235U"),
+        ("U238", "238U"),
+        ("U-234", "234U"),
+        ("238UH+", "238U1H"),
+        ("238U1H", "238U1H"),
+        ("238 U 1H+", "238U1H"),
+        ("236u", "236U"),
+        ("16O", None),
+        ("237U", None),
+        ("SE", None),
+    ],
+)
 def test_canonical_isotope(name, iso):
     assert sims.canonical_isotope(name) == iso
 
@@ -107,15 +123,20 @@ def test_per_isotope_files_by_pattern_and_mismatches(tmp_path):
 
 
 def test_hand_placed_particle_ratios_within_poisson_error():
-    """A U500 particle on a strong, varying background: every ratio within 3 sigma, and over
-    many fields the pulls (R - R_true) / sigma have mean ~0 and spread ~1, so the counting
-    uncertainties are right (neither too small nor too large)."""
+    """A U500 particle on a strong, varying background: every ratio within 3 sigma.
+
+    Over many fields the pulls (R - R_true) / sigma have mean ~0 and spread ~1, so the counting
+    uncertainties are right (neither too small nor too large).
+    """
     mat = REFERENCE_MATERIALS["U500"]
     pulls = {iso: [] for iso in sims.RATIO_ISOTOPES}
     for seed in range(40):
-        sim = simulate_field(seed, SimsSettings(shape=(64, 64), spikes=0),
-                             particles=[{"y": 30, "x": 33, "diameter": 9, "material": mat, "rate_238": 40.0}],
-                             background_238=1.5)
+        sim = simulate_field(
+            seed,
+            SimsSettings(shape=(64, 64), spikes=0),
+            particles=[{"y": 30, "x": 33, "diameter": 9, "material": mat, "rate_238": 40.0}],
+            background_238=1.5,
+        )
         t = sims.measure_particle_isotopes(_field(sim), sim.labels)
         assert len(t) == 1
         for iso in sims.RATIO_ISOTOPES:
@@ -131,14 +152,20 @@ def test_hand_placed_particle_ratios_within_poisson_error():
 
 
 def test_background_subtraction_removes_bias():
-    """Without subtraction the minor isotopes of a faint natural-uranium particle are biased
-    high by the background; with the annulus they are not."""
+    """The annulus background removes the bias of the minor isotopes of a faint NU particle.
+
+    Without subtraction the minor isotopes of a faint natural-uranium particle are biased high
+    by the background; with the annulus they are not.
+    """
     mat = REFERENCE_MATERIALS["NU"]
     raw, sub = [], []
     for seed in range(15):
-        sim = simulate_field(seed, SimsSettings(shape=(64, 64), spikes=0, background_variation=0.0),
-                             particles=[{"y": 32, "x": 32, "diameter": 8, "material": mat, "rate_238": 30.0}],
-                             background_238=2.0)
+        sim = simulate_field(
+            seed,
+            SimsSettings(shape=(64, 64), spikes=0, background_variation=0.0),
+            particles=[{"y": 32, "x": 32, "diameter": 8, "material": mat, "rate_238": 30.0}],
+            background_238=2.0,
+        )
         f = _field(sim)
         rc = sims.ratio_columns("235U")[0]
         raw.append(sims.measure_particle_isotopes(f, sim.labels, background="none")[rc].iloc[0])
@@ -148,7 +175,9 @@ def test_background_subtraction_removes_bias():
 
 
 def test_ratio_uncertainty_formula():
-    r, e = sims.counts._ratio(np.array([10.0, 0.0, 5.0]), np.array([100.0, 50.0, 0.0]), np.sqrt([10.0, 1.0, 5.0]), np.sqrt([100.0, 50.0, 1.0]))
+    r, e = sims.counts._ratio(
+        np.array([10.0, 0.0, 5.0]), np.array([100.0, 50.0, 0.0]), np.sqrt([10.0, 1.0, 5.0]), np.sqrt([100.0, 50.0, 1.0])
+    )
     assert r[0] == pytest.approx(0.1) and e[0] == pytest.approx(0.1 * np.sqrt(1 / 10 + 1 / 100))
     assert r[1] == 0 and e[1] == pytest.approx(1 / 50)  # defined also for zero counts
     assert np.isnan(r[2]) and np.isnan(e[2])
@@ -161,8 +190,12 @@ def test_ratio_uncertainty_formula():
 def test_empty_field_gives_no_particles_and_particle_is_found(fcn_bundle):
     det = sims.FieldDetector(fcn_bundle, predictor=threshold_predictor())
     empty = simulate_field(5, SMALL, n_particles=0, background_238=2.0)
-    one = simulate_field(6, SMALL, particles=[{"y": 20, "x": 40, "diameter": 8, "material": "U010", "rate_238": 50.0}],
-                         background_238=0.5)
+    one = simulate_field(
+        6,
+        SMALL,
+        particles=[{"y": 20, "x": 40, "diameter": 8, "material": "U010", "rate_238": 50.0}],
+        background_238=0.5,
+    )
     probs = det.probabilities([_field(empty).total(), _field(one).total()])
     assert det.labels(probs[0]).max() == 0
     lab = det.labels(probs[1])
@@ -172,8 +205,9 @@ def test_empty_field_gives_no_particles_and_particle_is_found(fcn_bundle):
 
 def test_significance_filter_drops_background_blobs_and_keeps_particles():
     # a "detection" on pure background and a real particle in the same field
-    sim = simulate_field(8, SMALL, particles=[{"y": 40, "x": 40, "diameter": 6, "material": "NU", "rate_238": 20.0}],
-                         background_238=1.0)
+    sim = simulate_field(
+        8, SMALL, particles=[{"y": 40, "x": 40, "diameter": 6, "material": "NU", "rate_238": 20.0}], background_238=1.0
+    )
     labels = sim.labels.copy()
     labels[5:9, 5:9] = 2  # a 16 px blob of background
     t = sims.measure_particle_isotopes(_field(sim), labels)
@@ -197,11 +231,18 @@ def test_batched_prediction_equals_one_at_a_time(fcn_bundle):
 
 def test_run_fields_batch_outputs_and_bad_field(tmp_path, fcn_bundle):
     truth, _ = simulate_fields(7, tmp_path / "sim", SMALL, seed=3, progress=False)
-    tifffile.imwrite(tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16),
-                     photometric="minisblack")  # unnamed channels
-    parts, fields = sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out",
-                                    sims.SimsParams(batch_size=3), predictor=threshold_predictor(), progress=False,
-                                    save_labels=True)
+    tifffile.imwrite(
+        tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16), photometric="minisblack"
+    )  # unnamed channels
+    parts, fields = sims.run_fields(
+        tmp_path / "sim" / "fields",
+        fcn_bundle,
+        tmp_path / "out",
+        sims.SimsParams(batch_size=3),
+        predictor=threshold_predictor(),
+        progress=False,
+        save_labels=True,
+    )
     assert len(fields) == 8
     bad = fields[fields["status"] == "error"]
     assert list(bad["field"]) == ["broken"] and "channel names unknown" in bad["error"].iloc[0]
@@ -216,7 +257,9 @@ def test_run_fields_batch_outputs_and_bad_field(tmp_path, fcn_bundle):
     assert all(ok[f] == 0 for f in empty)
     assert len(csv) >= 0.6 * len(truth)
     with pytest.raises(OutputExistsError, match=r"other settings \(save_labels True -> False\)"):
-        sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(), progress=False)
+        sims.run_fields(
+            tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(), progress=False
+        )
 
 
 def test_score_against_truth_is_perfect_for_true_labels():
@@ -229,7 +272,10 @@ def test_score_against_truth_is_perfect_for_true_labels():
         tr = sim.truth.copy()
         tr.insert(0, "field", f"f{i}")
         truths.append(tr)
-        matches += [{"field": f"f{i}", "particle": p, "truth_label": q} for p, q in sims.match_particles(sim.labels, sim.labels).items()]
+        matches += [
+            {"field": f"f{i}", "particle": p, "truth_label": q}
+            for p, q in sims.match_particles(sim.labels, sim.labels).items()
+        ]
     parts = sims.concat_particles(tables)
     truth = pd.concat(truths, ignore_index=True)
     sc = sims.score_detection(parts, truth, pd.DataFrame(matches))
@@ -277,9 +323,11 @@ def test_shipped_bundle_is_installed_and_documented(shipped_bundle):
 def test_shipped_bundle_finds_particles_and_nothing_in_empty_fields(shipped_bundle):
     det = sims.FieldDetector(shipped_bundle)
     s = SimsSettings(shape=(128, 128))
-    spots = [{"y": 30, "x": 30, "diameter": 8, "material": "NU", "rate_238": 30.0},
-             {"y": 90, "x": 40, "diameter": 6, "material": "U500", "rate_238": 100.0},
-             {"y": 60, "x": 100, "diameter": 10, "material": "U010", "rate_238": 10.0}]
+    spots = [
+        {"y": 30, "x": 30, "diameter": 8, "material": "NU", "rate_238": 30.0},
+        {"y": 90, "x": 40, "diameter": 6, "material": "U500", "rate_238": 100.0},
+        {"y": 60, "x": 100, "diameter": 10, "material": "U010", "rate_238": 10.0},
+    ]
     one = simulate_field(21, s, particles=spots, background_238=0.5)
     empties = [simulate_field(30 + i, s, n_particles=0, background_238=bg) for i, bg in enumerate((0.02, 0.3, 2.0))]
     fields = [_field(f) for f in [one, *empties]]
@@ -305,17 +353,66 @@ def test_shipped_bundle_finds_particles_and_nothing_in_empty_fields(shipped_bund
 def test_cli_simulate_and_run(tmp_path, fcn_bundle, capsys):
     from particleseg.cli import main
 
-    assert main(["sims", "simulate", "--out", str(tmp_path / "s"), "--fields", "3", "--size", "64",
-                 "--layout", "files", "--isotopes", "235U,238U", "--quiet"]) == 0
-    assert sorted(p.name for p in (tmp_path / "s" / "fields").iterdir())[:2] == ["field_0000_235U.tif", "field_0000_238U.tif"]
-    assert main(["sims", "run", str(tmp_path / "s" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o"),
-                 "--quiet", "--threshold", "0.9"]) == 0
+    assert (
+        main(
+            [
+                "sims",
+                "simulate",
+                "--out",
+                str(tmp_path / "s"),
+                "--fields",
+                "3",
+                "--size",
+                "64",
+                "--layout",
+                "files",
+                "--isotopes",
+                "235U,238U",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "s" / "fields").iterdir())[:2] == [
+        "field_0000_235U.tif",
+        "field_0000_238U.tif",
+    ]
+    assert (
+        main(
+            [
+                "sims",
+                "run",
+                str(tmp_path / "s" / "fields"),
+                "--model",
+                str(fcn_bundle.path),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--threshold",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "fields/s" in out and (tmp_path / "o" / "particles.csv").exists()
     # a missing channel: one line naming the field, exit status 1
     (tmp_path / "s" / "fields" / "field_0001_238U.tif").unlink()
-    assert main(["sims", "run", str(tmp_path / "s" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o2"),
-                 "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "sims",
+                "run",
+                str(tmp_path / "s" / "fields"),
+                "--model",
+                str(fcn_bundle.path),
+                "--out",
+                str(tmp_path / "o2"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "field_0001" in err and "lacks the 238U image" in err
 
@@ -335,14 +432,18 @@ def _same_run_outputs(a, b, labels=True):
 
 
 def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_run(tmp_path, fcn_bundle, monkeypatch):
-    """Ctrl-C while the fourth field is measured: the three finished fields keep their records,
-    fields.csv lists the rest as not started; the rerun measures only the others (the network
-    batches formed as before) and its outputs are byte-identical to an uninterrupted run's."""
+    """Ctrl-C while the fourth field is measured, then a rerun: the outputs of an uninterrupted run.
+
+    The three finished fields keep their records, fields.csv lists the rest as not started; the
+    rerun measures only the others (the network batches formed as before) and its outputs are
+    byte-identical to an uninterrupted run's.
+    """
     from particleseg.pipeline import RECORD_DIR
 
     simulate_fields(7, tmp_path / "sim", SMALL, seed=3, progress=False)
-    tifffile.imwrite(tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16),
-                     photometric="minisblack")  # a field that fails, in both runs
+    tifffile.imwrite(
+        tmp_path / "sim" / "fields" / "broken.tif", np.zeros((3, 64, 64), np.uint16), photometric="minisblack"
+    )  # a field that fails, in both runs
     src = tmp_path / "sim" / "fields"
     kw = dict(params=sims.SimsParams(batch_size=3), predictor=threshold_predictor(), progress=False, save_labels=True)
     sims.run_fields(src, fcn_bundle, tmp_path / "ref", **kw)
@@ -366,22 +467,31 @@ def test_run_fields_resumes_after_an_interruption_and_equals_an_uninterrupted_ru
 
     calls = []
     predict = threshold_predictor()
-    parts, fields = sims.run_fields(src, fcn_bundle, tmp_path / "out",
-                                    **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)})
+    parts, fields = sims.run_fields(
+        src, fcn_bundle, tmp_path / "out", **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)}
+    )
     assert fields.attrs["done_earlier"] == 3 and fields.attrs["measured"] == 4
     # the network batches of an uninterrupted run where something is left to do: [0002-0004] (0002 finished,
     # predicted again beside 0003 and 0004 as before) and [0005, 0006]; in [broken, 0000, 0001] only broken.tif
     # (no record: it failed) is left, and it fails again when read
     assert calls == [3, 2]
     _same_run_outputs(tmp_path / "out", tmp_path / "ref")
-    # a third run predicts nothing (broken.tif is tried again); other settings, or a changed field, are refused before any work
+    # a third run predicts nothing (broken.tif is tried again); other settings, or a changed field,
+    # are refused before any work
     calls.clear()
-    sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)},
-                    plot=False)
+    sims.run_fields(
+        src,
+        fcn_bundle,
+        tmp_path / "out",
+        **{**kw, "predictor": lambda b: calls.append(len(b)) or predict(b)},
+        plot=False,
+    )
     assert calls == []
     _same_run_outputs(tmp_path / "out", tmp_path / "ref")
     with pytest.raises(OutputExistsError, match=r"other settings \(min_area 4 -> 9\).*--overwrite.*and 6 more"):
-        sims.run_fields(src, fcn_bundle, tmp_path / "out", **{**kw, "params": sims.SimsParams(batch_size=3, min_area=9)})
+        sims.run_fields(
+            src, fcn_bundle, tmp_path / "out", **{**kw, "params": sims.SimsParams(batch_size=3, min_area=9)}
+        )
     first = sorted(src.glob("field_0001*.tif"))[0]
     tifffile.imwrite(first, tifffile.imread(first) + 1, photometric="minisblack")
     with pytest.raises(OutputExistsError, match="changed since its outputs"):
@@ -394,14 +504,17 @@ def test_sims_reports_not_made_by_particleseg_are_not_replaced(tmp_path, fcn_bun
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "fields.csv").write_text("mine\n")
     with pytest.raises(OutputExistsError, match="fields.csv: output exists"):
-        sims.run_fields(tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(),
-                        progress=False)
+        sims.run_fields(
+            tmp_path / "sim" / "fields", fcn_bundle, tmp_path / "out", predictor=threshold_predictor(), progress=False
+        )
     assert (tmp_path / "out" / "fields.csv").read_text() == "mine\n"
 
 
 def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, capsys, monkeypatch):
-    """``kill`` (SIGTERM) of ``particleseg sims run`` while a field is measured: exit 130 with one
-    line on stderr, fields.csv written (the rest not started), the rerun finishes the run."""
+    """``kill`` (SIGTERM) of ``particleseg sims run`` while a field is measured: exit 130.
+
+    One line on stderr, fields.csv written (the rest not started), the rerun finishes the run.
+    """
     import os
     import signal
 
@@ -417,16 +530,32 @@ def test_cli_sigterm_rolls_back_and_writes_the_reports(tmp_path, fcn_bundle, cap
         return real(fld, *a, **k)
 
     monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", measure)
-    args = ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(fcn_bundle.path), "--out", str(tmp_path / "o"),
-            "--quiet", "--batch-size", "2"]
+    args = [
+        "sims",
+        "run",
+        str(tmp_path / "sim" / "fields"),
+        "--model",
+        str(fcn_bundle.path),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--batch-size",
+        "2",
+    ]
     before = signal.getsignal(signal.SIGTERM)
     assert main(args) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"particleseg: interrupted; the fields finished so far are in {tmp_path / 'o'} (fields.csv); "
-                   "run the same command again to go on"]
+    assert err == [
+        f"particleseg: interrupted; the fields finished so far are in {tmp_path / 'o'} (fields.csv); "
+        "run the same command again to go on"
+    ]
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the CLI's only while it runs
-    assert pd.read_csv(tmp_path / "o" / "fields.csv")["status"].tolist() == ["ok", "not started", "not started",
-                                                                             "not started"]
+    assert pd.read_csv(tmp_path / "o" / "fields.csv")["status"].tolist() == [
+        "ok",
+        "not started",
+        "not started",
+        "not started",
+    ]
     monkeypatch.setattr("particleseg.sims.run.measure_particle_isotopes", real)
     assert main(args) == 0
     assert "1 done earlier" in capsys.readouterr().out

@@ -22,8 +22,10 @@ from .isotopes import ISOTOPES, RATIO_ISOTOPES, REFERENCE, URANIUM, ratio_column
 
 
 def _ratio(num, den, num_err, den_err):
-    """``num/den`` and its uncertainty by first-order propagation, NaN where ``den <= 0``:
-    ``sigma_R = sqrt(sigma_num^2 + R^2 sigma_den^2) / den`` (defined also for ``num = 0``)."""
+    """Return ``num/den`` and its uncertainty by first-order propagation, NaN where ``den <= 0``.
+
+    ``sigma_R = sqrt(sigma_num^2 + R^2 sigma_den^2) / den`` (defined also for ``num = 0``).
+    """
     num, den = np.asarray(num, float), np.asarray(den, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(den > 0, num / den, np.nan)
@@ -31,9 +33,15 @@ def _ratio(num, den, num_err, den_err):
     return r, err
 
 
-def measure_particle_isotopes(fld: Field, labels: np.ndarray, background: str = "annulus", grow: int = 1,
-                      ring: tuple[int, int] = (3, 8), min_background_px: int = 30) -> pd.DataFrame:
-    """Counts of every isotope in each particle, background-corrected, and ratios to 238U.
+def measure_particle_isotopes(
+    fld: Field,
+    labels: np.ndarray,
+    background: str = "annulus",
+    grow: int = 1,
+    ring: tuple[int, int] = (3, 8),
+    min_background_px: int = 30,
+) -> pd.DataFrame:
+    """Measure the counts of every isotope in each particle, background-corrected, and the ratios to 238U.
 
     Parameters
     ----------
@@ -112,11 +120,22 @@ def measure_particle_isotopes(fld: Field, labels: np.ndarray, background: str = 
             var = gross.copy()
         net = gross - bkg
         yy, xx = np.nonzero(labels[ys, xs] == lab)
-        row = {"particle": int(lab), "y": float(yy.mean() + ys.start), "x": float(xx.mean() + xs.start),
-               "area": int(own.sum()), "area_measured": int(a)}
+        row = {
+            "particle": int(lab),
+            "y": float(yy.mean() + ys.start),
+            "x": float(xx.mean() + xs.start),
+            "area": int(own.sum()),
+            "area_measured": int(a),
+        }
         for k, iso in enumerate(isos):
-            row.update({f"{iso}_counts": gross[k], f"{iso}_background": bkg[k], f"{iso}_net": net[k],
-                        f"{iso}_net_err": np.sqrt(max(var[k], 0.0))})
+            row.update(
+                {
+                    f"{iso}_counts": gross[k],
+                    f"{iso}_background": bkg[k],
+                    f"{iso}_net": net[k],
+                    f"{iso}_net_err": np.sqrt(max(var[k], 0.0)),
+                }
+            )
         u = [k for k, iso in enumerate(isos) if iso in URANIUM]
         u_err = np.sqrt(max(var[u].sum(), 0.0))
         row["significance"] = float(net[u].sum() / u_err) if u_err > 0 else 0.0
@@ -141,9 +160,10 @@ def particle_columns() -> list[str]:
 
 
 def significant(table: pd.DataFrame, labels: np.ndarray | None = None, min_significance: float = 5.0):
-    """Keep the particles whose uranium net counts stand ``min_significance`` standard deviations
-    above the background (``significance`` column of :func:`measure_particle_isotopes`).
+    """Keep the particles whose uranium net counts stand out of the background.
 
+    A particle is kept when its uranium net counts are ``min_significance`` standard deviations
+    or more above the background (``significance`` column of :func:`measure_particle_isotopes`).
     The network sees shapes, not statistics: on a strong background a Poisson fluctuation or a
     detector spike can look like a faint particle. A detection must also be significant in
     counts. Simulated test fields: 5 sigma removes all detections in empty fields and about
@@ -180,5 +200,5 @@ def concat_particles(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _disk(r: int) -> np.ndarray:
-    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r + r  # a little rounder than the exact disk for small r

@@ -20,7 +20,6 @@ from ..inference import predict_tiled
 from ..postprocess import label_mask, relabel_sequential, remove_small, split_touching
 from .params import SimsParams
 
-
 # Input transform of the detection network: Anscombe's transform of the summed counts,
 # 2 sqrt(x + 3/8), shifted to 0 at zero counts and divided by ``scale``. Poisson noise then has
 # about the same spread (1/scale) at every count level, in bright and in dim fields.
@@ -28,10 +27,10 @@ DEFAULT_INPUT = {"transform": "anscombe", "scale": 8.0, "clip": 12.0}
 
 
 def detection_input(total: np.ndarray, settings: dict | None = None) -> np.ndarray:
-    """The network input from the summed uranium counts: ``(2 sqrt(x + 3/8) - 2 sqrt(3/8)) / scale``,
-    clipped to ``[0, clip]`` (float32, same shape).
+    """Make the network input from the summed uranium counts.
 
-    Anscombe's transform [1]_ makes Poisson noise about equally strong at every count level,
+    The input is ``(2 sqrt(x + 3/8) - 2 sqrt(3/8)) / scale``, clipped to ``[0, clip]`` (float32,
+    same shape). Anscombe's transform [1]_ makes Poisson noise about equally strong at every count level,
     so one network sees dim and bright fields, weak and strong background alike.
     """
     s = {**DEFAULT_INPUT, **(settings or {})}
@@ -65,19 +64,21 @@ def predict_fields(predict, inputs: np.ndarray, multiple_of: int = 8, batch_size
     ph, pw = (-h) % multiple_of, (-w) % multiple_of
     out = None
     for b0 in range(0, n, max(1, batch_size)):
-        b = x[b0:b0 + batch_size]
+        b = x[b0 : b0 + batch_size]
         if ph or pw:
             b = np.pad(b, ((0, 0), (0, ph), (0, pw)), mode="reflect" if ph < h and pw < w else "symmetric")
         p = np.asarray(predict(b[..., None]), np.float32)[:, :h, :w]
         if out is None:
             out = np.empty((n, h, w, p.shape[-1]), np.float32)
-        out[b0:b0 + len(b)] = p
+        out[b0 : b0 + len(b)] = p
     return out if out is not None else np.zeros((0, h, w, 1), np.float32)
 
 
 def probability_channel(heads: Sequence) -> int:
-    """Channel of the network output holding the particle probability: the ``foreground`` head,
-    or the second class of a ``classes`` (softmax) head."""
+    """Find the channel of the network output that holds the particle probability.
+
+    It is the ``foreground`` head, or the second class of a ``classes`` (softmax) head.
+    """
     offset = 0
     for h in heads:
         kind, ch = (h.kind, h.channels) if hasattr(h, "kind") else (h, 1)
@@ -89,8 +90,9 @@ def probability_channel(heads: Sequence) -> int:
     raise ValueError("network has neither a foreground nor a classes head")
 
 
-def detect_particles(probability: np.ndarray, threshold: float = 0.5, level: float | None = 1.0,
-                     min_area: int = 4) -> np.ndarray:
+def detect_particles(
+    probability: np.ndarray, threshold: float = 0.5, level: float | None = 1.0, min_area: int = 4
+) -> np.ndarray:
     """Particles from a probability map: threshold, then a watershed that splits touching ones.
 
     Parameters
@@ -130,12 +132,13 @@ class FieldDetector:
 
     @property
     def predict(self):
+        """The bundle's predictor (or the one given), loaded on first use."""
         if self._predict is None:
             self._predict = self.bundle.predictor()
         return self._predict
 
     def probabilities(self, totals: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Particle probability maps of fields given as summed-count images (any sizes)."""
+        """Compute particle probability maps of fields given as summed-count images (any sizes)."""
         out: list[np.ndarray | None] = [None] * len(totals)
         by_shape: dict[tuple, list[int]] = {}
         for i, t in enumerate(totals):
@@ -146,13 +149,25 @@ class FieldDetector:
             if max(shape) <= max(self.tile, 256):
                 p = predict_fields(self.predict, x, m, self.params.batch_size)[..., self.channel]
             else:  # large fields: tiled, one at a time
-                p = np.stack([predict_tiled(self.predict, xi, tile=self.tile, overlap=self.bundle.overlap,
-                                            batch_size=max(1, self.params.batch_size // 4), multiple_of=m,
-                                            progress=False)[..., self.channel] for xi in x])
+                p = np.stack(
+                    [
+                        predict_tiled(
+                            self.predict,
+                            xi,
+                            tile=self.tile,
+                            overlap=self.bundle.overlap,
+                            batch_size=max(1, self.params.batch_size // 4),
+                            multiple_of=m,
+                            progress=False,
+                        )[..., self.channel]
+                        for xi in x
+                    ]
+                )
             for j, i in enumerate(idx):
                 out[i] = p[j]
         return out  # type: ignore[return-value]
 
     def labels(self, probability: np.ndarray) -> np.ndarray:
+        """Label the particles of one probability map with the resolved settings (:func:`detect_particles`)."""
         p = self.params
         return detect_particles(probability, p.threshold, p.level if p.split else None, p.min_area)

@@ -19,14 +19,16 @@ from ..errors import InputError
 from ..io.read import read_tiff_series
 from .isotopes import ISOTOPES, REQUIRED_ISOTOPES, canonical_isotope
 
-
 TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_PATTERN = "{field}_{isotope}"
 
 
 def parse_channels(text: str | Sequence[str] | None) -> list[str] | None:
-    """Channel names from ``"235U,238U"`` or a list. A name that is not a uranium species is
-    kept as given (such channels are read and ignored); ``-`` or ``skip`` marks a channel to ignore."""
+    """Parse channel names from ``"235U,238U"`` or a list.
+
+    A name that is not a uranium species is kept as given (such channels are read and ignored);
+    ``-`` or ``skip`` marks a channel to ignore.
+    """
     if text is None:
         return None
     names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
@@ -66,10 +68,12 @@ class FieldSource:
 
     @property
     def paths(self) -> list[Path]:
+        """The field's files: its stack, or its per-isotope files."""
         return [self.stack] if self.stack is not None else list(self.files.values())
 
     @property
     def where(self) -> str:
+        """Where the field is, for messages: the stack, or ``FOLDER/NAME (isotopes)``."""
         if self.stack is not None:
             return str(self.stack)
         first = next(iter(self.files.values()), Path(self.name))
@@ -86,10 +90,12 @@ class Field:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The ``(Y, X)`` shape of the count images."""
         return next(iter(self.counts.values())).shape
 
     @property
     def isotopes(self) -> list[str]:
+        """The uranium species the field has, in the order of :data:`ISOTOPES`."""
         return [iso for iso in ISOTOPES if iso in self.counts]
 
     def total(self) -> np.ndarray:
@@ -101,7 +107,8 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     """``{field}_{isotope}.tif`` -> a regex with groups ``field`` and ``isotope`` (``*`` is any text).
 
     The field name is matched greedily and the isotope lazily, so ``a_b_235U.tif`` is field
-    ``a_b``, isotope ``235U``."""
+    ``a_b``, isotope ``235U``.
+    """
     if "{field}" not in pattern or "{isotope}" not in pattern:
         raise InputError(f"pattern {pattern!r}: needs both {{field}} and {{isotope}}, e.g. '{{field}}_{{isotope}}.tif'")
     parts = re.split(r"(\{field\}|\{isotope\}|\*)", pattern)
@@ -120,7 +127,9 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(rx + "$", re.IGNORECASE)
 
 
-def find_fields(inputs: str | os.PathLike | Iterable[str | os.PathLike], pattern: str | None = None) -> list[FieldSource]:
+def find_fields(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike], pattern: str | None = None
+) -> list[FieldSource]:
     """Fields of view in folders and files.
 
     Parameters
@@ -143,7 +152,9 @@ def find_fields(inputs: str | os.PathLike | Iterable[str | os.PathLike], pattern
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in TIFF_SUFFIXES and not q.name.startswith(".")))
+            files.extend(
+                sorted(q for q in p.iterdir() if q.suffix.lower() in TIFF_SUFFIXES and not q.name.startswith("."))
+            )
         elif p.exists():
             files.append(p)
         else:
@@ -161,8 +172,10 @@ def find_fields(inputs: str | os.PathLike | Iterable[str | os.PathLike], pattern
         if iso in g:
             raise InputError(f"{f}: field {m.group('field')!r} has two {iso} files ({g[iso].name} and {f.name})")
         g[iso] = f
-    fields = stacks + [FieldSource(name, files=dict(sorted(g.items(), key=lambda kv: ISOTOPES.index(kv[0]))))
-                       for (_, name), g in groups.items()]
+    fields = stacks + [
+        FieldSource(name, files=dict(sorted(g.items(), key=lambda kv: ISOTOPES.index(kv[0]))))
+        for (_, name), g in groups.items()
+    ]
     names = [fs.name for fs in fields]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -246,14 +259,18 @@ def read_field(source: FieldSource | str | os.PathLike, channels: Sequence[str] 
                 "give them in order with --channels, e.g. --channels 235U,238U"
             )
         if len(names) != data.shape[0]:
-            raise InputError(f"{path}: has {data.shape[0]} channels but {len(names)} channel names are given ({', '.join(names)})")
+            raise InputError(
+                f"{path}: has {data.shape[0]} channels but {len(names)} channel names are given ({', '.join(names)})"
+            )
         index = _channel_map(names, str(path))
         counts = {iso: _check_counts(data[i], f"{path} [{iso}]") for iso, i in index.items()}
         return Field(source.name, {iso: counts[iso] for iso in ISOTOPES if iso in counts}, str(path))
     missing = [iso for iso in REQUIRED_ISOTOPES if iso not in source.files]
     if missing:
-        raise InputError(f"{source.where}: field {source.name!r} lacks the {' and '.join(missing)} image "
-                         f"(found {', '.join(source.files) or 'none'})")
+        raise InputError(
+            f"{source.where}: field {source.name!r} lacks the {' and '.join(missing)} image "
+            f"(found {', '.join(source.files) or 'none'})"
+        )
     counts = {}
     shapes = {}
     for iso, path in source.files.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-
 ISOTOPES = ("234U", "235U", "236U", "238U", "238U1H")
 REQUIRED_ISOTOPES = ("235U", "238U")
 REFERENCE = "238U"
@@ -15,11 +14,11 @@ URANIUM = ("234U", "235U", "236U", "238U")  # atomic uranium ions (238U1H is a m
 
 
 def canonical_isotope(name: str) -> str | None:
-    """The canonical name of a uranium species (``234U``, ``235U``, ``236U``, ``238U``,
-    ``238U1H``), or None if ``name`` is not one.
+    """Give the canonical name of a uranium species, or None if ``name`` is not one.
 
-    Accepts the spellings met in instrument exports: ``235U+``, ``U235``, ``U-235``,
-    ``235 U``, ``238UH+``, ``238U1H``, ``238U-1H``, ``U238H``, case-insensitively.
+    The canonical names are ``234U``, ``235U``, ``236U``, ``238U`` and ``238U1H``. Accepts the
+    spellings met in instrument exports: ``235U+``, ``U235``, ``U-235``, ``235 U``, ``238UH+``,
+    ``238U1H``, ``238U-1H``, ``U238H``, case-insensitively.
     """
     s = re.sub(r"[\s+_\-]", "", str(name)).upper()
     m = re.fullmatch(r"(?:(\d{3})U|U(\d{3}))(1?H)?", s)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-DEFAULT_SIMS_POSTPROCESS = {"threshold": 0.5, "h": 1.0, "split": True, "min_area": 4,
-                            "fill_holes": True, "exclude_border": False, "min_significance": 5.0}
+DEFAULT_SIMS_POSTPROCESS = {
+    "threshold": 0.5,
+    "h": 1.0,
+    "split": True,
+    "min_area": 4,
+    "fill_holes": True,
+    "exclude_border": False,
+    "min_significance": 5.0,
+}
 
 
 @dataclass
@@ -25,6 +31,10 @@ class SimsParams:
     min_significance: float | None = None  # sigma of the uranium net counts; see significant
 
     def resolved(self, bundle) -> "SimsParams":
+        """Return these settings with every ``None`` replaced by the bundle's post-processing value.
+
+        ``level`` is None when the resolved ``split`` is off.
+        """
         pp = {**DEFAULT_SIMS_POSTPROCESS, **bundle.metadata.get("postprocess", {})}
         split = pp.get("split", True) if self.split is None else self.split
         level = self.level if self.level is not None else pp.get("h", 1.0)
@@ -33,8 +43,12 @@ class SimsParams:
             level=float(level) if split else None,
             split=split,
             min_area=int(self.min_area if self.min_area is not None else pp.get("min_area", 4)),
-            background=self.background, grow=self.grow, ring=tuple(self.ring),
-            batch_size=self.batch_size, channels=self.channels,
-            min_significance=float(self.min_significance if self.min_significance is not None
-                                   else pp.get("min_significance", 0.0)),
+            background=self.background,
+            grow=self.grow,
+            ring=tuple(self.ring),
+            batch_size=self.batch_size,
+            channels=self.channels,
+            min_significance=float(
+                self.min_significance if self.min_significance is not None else pp.get("min_significance", 0.0)
+            ),
         )

@@ -12,11 +12,19 @@ from ..io import write_atomic
 from .isotopes import REFERENCE, ratio_columns
 
 
-def plot_ratios(particles: pd.DataFrame, path: str | os.PathLike, truth: pd.DataFrame | None = None,
-                overwrite: bool = False, title: str = "") -> Path:
-    """Ratio plots as a PNG: 235U/238U against 238U net counts (with uncertainties), the
-    distribution of 235U/238U (counts-weighted and not), and 234U/238U and 236U/238U against
-    235U/238U. With ``truth`` (a simulator's ``truth.csv``) the true values are drawn too."""
+def plot_ratios(
+    particles: pd.DataFrame,
+    path: str | os.PathLike,
+    truth: pd.DataFrame | None = None,
+    overwrite: bool = False,
+    title: str = "",
+) -> Path:
+    """Draw the ratio plots of a run's particles as a PNG.
+
+    The plots are 235U/238U against 238U net counts (with uncertainties), the distribution of
+    235U/238U (counts-weighted and not), and 234U/238U and 236U/238U against 235U/238U. With
+    ``truth`` (a simulator's ``truth.csv``) the true values are drawn too.
+    """
     import matplotlib  # a plotting framework: loaded only to draw
 
     matplotlib.use("Agg", force=False)
@@ -29,7 +37,9 @@ def plot_ratios(particles: pd.DataFrame, path: str | os.PathLike, truth: pd.Data
     t = t[ok] if len(t) else t
     ax = axes[0, 0]
     if len(t):
-        ax.errorbar(t[f"{REFERENCE}_net"], t[r5], yerr=t[e5], fmt="o", ms=3, alpha=0.6, elinewidth=0.7, label="particles")
+        ax.errorbar(
+            t[f"{REFERENCE}_net"], t[r5], yerr=t[e5], fmt="o", ms=3, alpha=0.6, elinewidth=0.7, label="particles"
+        )
     if truth is not None and len(truth):
         ax.plot(truth[f"{REFERENCE}_expected"], truth[r5], "x", color="k", ms=4, alpha=0.6, label="truth")
     ax.set_xscale("log")
@@ -54,7 +64,9 @@ def plot_ratios(particles: pd.DataFrame, path: str | os.PathLike, truth: pd.Data
     for ax, iso in zip(axes[1], ("234U", "236U")):
         rc, ec = ratio_columns(iso)
         if len(t) and rc in t and t[rc].notna().any():
-            ax.errorbar(t[r5], t[rc], xerr=t[e5], yerr=t[ec], fmt="o", ms=3, alpha=0.5, elinewidth=0.5, label="particles")
+            ax.errorbar(
+                t[r5], t[rc], xerr=t[e5], yerr=t[ec], fmt="o", ms=3, alpha=0.5, elinewidth=0.5, label="particles"
+            )
         if truth is not None and len(truth) and rc in truth:
             ax.plot(truth[r5], truth[rc], "x", color="k", ms=4, alpha=0.6, label="truth")
         ax.set_xscale("log")

@@ -28,13 +28,30 @@ from .fields import Field, FieldSource, find_fields, read_field
 from .isotopes import ISOTOPES
 from .params import SimsParams
 from .plot import plot_ratios
-from .records import _check_reports, _field_outputs, _plan_fields, field_stem, run_settings, table_from_record, table_to_record
+from .records import (
+    _check_reports,
+    _field_outputs,
+    _plan_fields,
+    field_stem,
+    run_settings,
+    table_from_record,
+    table_to_record,
+)
 
 
 def run_output_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Give the paths of the reports of ``sims run`` in ``out_dir`` and of its labels folder.
+
+    Keys: ``particles`` (``particles.csv``), ``fields`` (``fields.csv``), ``plot``
+    (``ratios.png``) and ``labels`` (the folder of ``FIELD_labels.tif``).
+    """
     out = Path(out_dir)
-    return {"particles": out / "particles.csv", "fields": out / "fields.csv", "plot": out / "ratios.png",
-            "labels": out / "labels"}
+    return {
+        "particles": out / "particles.csv",
+        "fields": out / "fields.csv",
+        "plot": out / "ratios.png",
+        "labels": out / "labels",
+    }
 
 
 #: columns of ``fields.csv``
@@ -88,7 +105,11 @@ def run_fields(
     """
     from tqdm.auto import tqdm
 
-    sources = inputs if isinstance(inputs, list) and inputs and isinstance(inputs[0], FieldSource) else find_fields(inputs, pattern)
+    sources = (
+        inputs
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], FieldSource)
+        else find_fields(inputs, pattern)
+    )
     if not sources:
         raise InputError(f"{inputs}: no TIFF fields of view found")
     out = Path(out_dir)
@@ -104,17 +125,22 @@ def run_fields(
     plans = _plan_fields(sources, out, settings, overwrite, save_labels)
     if save_labels:
         check_output_folder(out, 2 * sum(_field_pixels(src) for src, pl in zip(sources, plans) if pl.action != "done"))
-    write_atomic(out / RECORD_DIR / "sims.json",
-                 lambda tmp: tmp.write_text(json.dumps({"command": "sims run", "settings": settings}, indent=1)), True)
+    write_atomic(
+        out / RECORD_DIR / "sims.json",
+        lambda tmp: tmp.write_text(json.dumps({"command": "sims run", "settings": settings}, indent=1)),
+        True,
+    )
     results: dict[str, tuple[dict, pd.DataFrame | None]] = {}  # field -> (its fields.csv row, particles)
     for src, pl in zip(sources, plans):
         if pl.action == "done" and pl.row:
             results[src.name] = (pl.row["field"], table_from_record(pl.row["particles"]))
     counts = {"done_earlier": len(results), "measured": 0}
     # the same network batches as an uninterrupted run; fields done earlier are in them again
-    chunks = [(chunk, {src.name for src in chunk if src.name in results})
-              for chunk in (sources[b0:b0 + max(1, p.batch_size)] for b0 in range(0, len(sources), max(1, p.batch_size)))
-              if not all(src.name in results for src in chunk)]
+    chunks = [
+        (chunk, {src.name for src in chunk if src.name in results})
+        for chunk in (sources[b0 : b0 + max(1, p.batch_size)] for b0 in range(0, len(sources), max(1, p.batch_size)))
+        if not all(src.name in results for src in chunk)
+    ]
     if scheduler is not None and predictor is not None:
         raise InputError("sims run: a predictor of this process cannot run on a Dask cluster; give the bundle only")
     t0 = time.perf_counter()
@@ -127,8 +153,13 @@ def run_fields(
             measured = ((i, (measure_chunk(det, chunk, done), None, [])) for i, (chunk, done) in enumerate(chunks))
         else:
             client = cluster.enter_context(connect(scheduler))
-            measured = map_ordered(client, _chunk_task, chunks, (bundle_state(bundle), params),
-                                   names=[f"fields {chunk[0].name}..{chunk[-1].name}" for chunk, _ in chunks])
+            measured = map_ordered(
+                client,
+                _chunk_task,
+                chunks,
+                (bundle_state(bundle), params),
+                names=[f"fields {chunk[0].name}..{chunk[-1].name}" for chunk, _ in chunks],
+            )
         for _, (entries, error, notes) in measured:
             _show_notes(notes)
             if error is not None:
@@ -141,9 +172,19 @@ def run_fields(
                 outputs = _field_outputs(src, out, save_labels)
                 writers = {"labels": lambda q, lab=lab: write_tiff_labels(q, lab)}
                 fingerprint = {"name": src.name, **input_fingerprint(src.paths)}
-                record_row = json.loads(json.dumps({"field": row, "particles": table_to_record(t)}, default=_json_default))
-                _write_item(Path(src.where), out, outputs, writers, fingerprint, settings, record_row,
-                            stem=f"{field_stem(src.name)}.field")
+                record_row = json.loads(
+                    json.dumps({"field": row, "particles": table_to_record(t)}, default=_json_default)
+                )
+                _write_item(
+                    Path(src.where),
+                    out,
+                    outputs,
+                    writers,
+                    fingerprint,
+                    settings,
+                    record_row,
+                    stem=f"{field_stem(src.name)}.field",
+                )
                 results[src.name] = (row, t)
                 counts["measured"] += 1
                 bar.update(1)
@@ -180,12 +221,27 @@ def measure_chunk(det: FieldDetector, chunk: Sequence[FieldSource], done: set) -
         try:
             read[src.name] = read_field(src, p.channels)
         except ParticlesegError as exc:
-            yield src, {"field": src.name, "status": "error", "particles": 0, "isotopes": "",
-                        "height": np.nan, "width": np.nan, "error": str(exc)}, None, None
+            yield (
+                src,
+                {
+                    "field": src.name,
+                    "status": "error",
+                    "particles": 0,
+                    "isotopes": "",
+                    "height": np.nan,
+                    "width": np.nan,
+                    "error": str(exc),
+                },
+                None,
+                None,
+            )
     if not read:
         return
-    fields = [(src, read[src.name] if src.name in read else _reread(src, p.channels))
-              for src in chunk if src.name in read or src.name in done]
+    fields = [
+        (src, read[src.name] if src.name in read else _reread(src, p.channels))
+        for src in chunk
+        if src.name in read or src.name in done
+    ]
     fields = [(src, f) for src, f in fields if f is not None]
     probs = det.probabilities([f.total() for _, f in fields])
     for (src, f), prob in zip(fields, probs):
@@ -195,14 +251,24 @@ def measure_chunk(det: FieldDetector, chunk: Sequence[FieldSource], done: set) -
         t = measure_particle_isotopes(f, lab, p.background, p.grow, p.ring)
         t, lab = significant(t, lab, p.min_significance)
         t.insert(0, "field", f.name)
-        row = {"field": f.name, "status": "ok", "particles": len(t), "isotopes": " ".join(f.isotopes),
-               "height": f.shape[0], "width": f.shape[1], "error": ""}
+        row = {
+            "field": f.name,
+            "status": "ok",
+            "particles": len(t),
+            "isotopes": " ".join(f.isotopes),
+            "height": f.shape[0],
+            "width": f.shape[1],
+            "error": "",
+        }
         yield src, row, t, lab
 
 
 def _chunk_task(chunk_done: tuple, state: tuple, params: SimsParams | None):
-    """:func:`measure_chunk` in a Dask worker, its detector made once per process
-    (:mod:`particleseg.distributed`)."""
+    """Run :func:`measure_chunk` in a Dask worker, its detector made once per process.
+
+    See :mod:`particleseg.distributed`.
+    """
+
     def measure():
         key = ("sims", str(state[0]), json.dumps(state[1], sort_keys=True, default=str), repr(params))
         det = worker_cached(key, lambda: FieldDetector(worker_bundle(state), params))
@@ -217,7 +283,7 @@ def _show_notes(notes) -> None:
 
 
 def _reread(src: FieldSource, channels) -> Field | None:
-    """A field done earlier, read again for the network batch (None if it cannot be read now)."""
+    """Read a field done earlier again, for the network batch (None if it cannot be read now)."""
     try:
         return read_field(src, channels)
     except ParticlesegError:
@@ -225,17 +291,33 @@ def _reread(src: FieldSource, channels) -> Field | None:
 
 
 def write_tiff_labels(path: Path, labels: np.ndarray) -> None:
-    """A field's labels as 16-bit ``labels/FIELD_labels.tif``."""
+    """Write a field's labels as 16-bit ``labels/FIELD_labels.tif``."""
     write_tiff(path, labels.astype(np.uint16), overwrite=True)
 
 
 def _tables(sources: Sequence[FieldSource], results: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``particles.csv`` and ``fields.csv`` of the fields in ``results``, in the order of
-    ``sources``; fields without results are listed as ``not started``."""
+    """Make ``particles.csv`` and ``fields.csv`` of the fields in ``results``.
+
+    The fields are in the order of ``sources``; those without results are listed as
+    ``not started``.
+    """
     rows, tables = [], []
     for src in sources:
-        row, table = results.get(src.name, ({"field": src.name, "status": "not started", "particles": 0, "isotopes": "",
-                                             "height": np.nan, "width": np.nan, "error": ""}, None))
+        row, table = results.get(
+            src.name,
+            (
+                {
+                    "field": src.name,
+                    "status": "not started",
+                    "particles": 0,
+                    "isotopes": "",
+                    "height": np.nan,
+                    "width": np.nan,
+                    "error": "",
+                },
+                None,
+            ),
+        )
         rows.append(row)
         if table is not None:
             tables.append(table)

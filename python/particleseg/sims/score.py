@@ -14,7 +14,13 @@ from .isotopes import REFERENCE, ratio_columns
 
 
 def match_particles(labels: np.ndarray, truth_labels: np.ndarray, min_iou: float = 0.3) -> dict[int, int]:
-    """Detected particle -> true particle, one-to-one, greedily by IoU (pairs above ``min_iou``)."""
+    """Match detected particles to true ones, one-to-one, greedily by IoU (pairs above ``min_iou``).
+
+    Returns
+    -------
+    dict
+        Detected particle label -> true particle label.
+    """
     if labels.max() == 0 or truth_labels.max() == 0:
         return {}
     iou, truth_ids, pred_ids = iou_matrix(truth_labels, labels, return_ids=True)
@@ -28,8 +34,13 @@ def match_particles(labels: np.ndarray, truth_labels: np.ndarray, min_iou: float
     return out
 
 
-def score_detection(particles: pd.DataFrame, truth: pd.DataFrame, matches: pd.DataFrame | None = None,
-                    isotope: str = "235U", min_counts: float = 0.0) -> dict:
+def score_detection(
+    particles: pd.DataFrame,
+    truth: pd.DataFrame,
+    matches: pd.DataFrame | None = None,
+    isotope: str = "235U",
+    min_counts: float = 0.0,
+) -> dict:
     """How well a run recovers the truth of simulated fields.
 
     Parameters
@@ -60,8 +71,7 @@ def score_detection(particles: pd.DataFrame, truth: pd.DataFrame, matches: pd.Da
     rc, ec = ratio_columns(isotope)
     tr = truth[truth[f"{REFERENCE}_expected"] >= min_counts] if min_counts else truth
     n_true, n_det = len(tr), len(particles)
-    out = {"n_true": n_true, "n_detected": n_det,
-           "count_error": abs(n_det - n_true) / max(n_true, 1)}
+    out = {"n_true": n_true, "n_detected": n_det, "count_error": abs(n_det - n_true) / max(n_true, 1)}
     det = particles[(particles[f"{REFERENCE}_net"] > 0) & particles[rc].gt(0)] if n_det else particles
     if len(det) and len(tr):
         a = np.log10(det[rc].to_numpy(float))
@@ -75,7 +85,9 @@ def score_detection(particles: pd.DataFrame, truth: pd.DataFrame, matches: pd.Da
     if matches is not None and len(matches):
         m = matches.merge(particles, on=["field", "particle"]).merge(
             truth.rename(columns={c: "true_" + c for c in truth.columns if c not in ("field", "label")}),
-            left_on=["field", "truth_label"], right_on=["field", "label"])
+            left_on=["field", "truth_label"],
+            right_on=["field", "label"],
+        )
         pull = ((m[rc] - m["true_" + rc]) / m[ec]).to_numpy(float)
         pull = pull[np.isfinite(pull)]
         out["matched"] = len(m)

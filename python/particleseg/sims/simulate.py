@@ -42,6 +42,7 @@ class Material:
     ratios: dict  # isotope -> ratio to 238U, for "234U", "235U", "236U", "238U1H"
 
     def ratio(self, iso: str) -> float:
+        """Atom ratio of ``iso`` to 238U (1 for 238U itself, 0 for an isotope not given)."""
         return 1.0 if iso == REFERENCE else float(self.ratios.get(iso, 0.0))
 
 
@@ -105,6 +106,8 @@ class SimsSettings:
 
 @dataclass
 class SimsField:
+    """A simulated field of view: its counts, its true particles and its background level."""
+
     counts: np.ndarray  # (C, Y, X) int32, channels in ``isotopes`` order
     isotopes: tuple[str, ...]
     labels: np.ndarray  # (Y, X) int32, visible particles 1..n
@@ -113,6 +116,7 @@ class SimsField:
 
 
 def truth_columns() -> list[str]:
+    """Columns of a field's truth table (``truth.csv`` has a ``field`` column before them)."""
     cols = ["label", "material", "y", "x", "area", "diameter", "rate_238"]
     cols += [ratio_columns(iso)[0] for iso in RATIO_ISOTOPES]
     cols += [f"{iso}_expected" for iso in ISOTOPES]
@@ -124,9 +128,13 @@ def _loguniform(rng, lo_hi):
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def simulate_field(rng: np.random.Generator | int | None = None, settings: SimsSettings | None = None,
-                   n_particles: int | None = None, particles: Sequence[dict] | None = None,
-                   background_238: float | None = None) -> SimsField:
+def simulate_field(
+    rng: np.random.Generator | int | None = None,
+    settings: SimsSettings | None = None,
+    n_particles: int | None = None,
+    particles: Sequence[dict] | None = None,
+    background_238: float | None = None,
+) -> SimsField:
     """One simulated SIMS field of view.
 
     Parameters
@@ -159,18 +167,30 @@ def simulate_field(rng: np.random.Generator | int | None = None, settings: SimsS
             disc = (yy - p["y"]) ** 2 + (xx - p["x"]) ** 2 <= (p["diameter"] / 2) ** 2
             labels[disc & (labels == 0)] = k
             mat = p["material"]
-            specs.append((mat if isinstance(mat, Material) else REFERENCE_MATERIALS[mat], float(p["rate_238"]), float(p["diameter"])))
+            specs.append(
+                (
+                    mat if isinstance(mat, Material) else REFERENCE_MATERIALS[mat],
+                    float(p["rate_238"]),
+                    float(p["diameter"]),
+                )
+            )
     else:
         if n_particles is None:
-            n_particles = 0 if rng.random() < s.empty_fraction else int(rng.integers(s.particles[0], s.particles[1] + 1))
+            n_particles = (
+                0 if rng.random() < s.empty_fraction else int(rng.integers(s.particles[0], s.particles[1] + 1))
+            )
         diam = [_loguniform(rng, s.diameter) for _ in range(n_particles)]
-        shapes = [random_particle(rng, d, elongation=rng.uniform(1.0, 1.6), roughness=rng.uniform(0.02, 0.1),
-                                  lobed=0.15) for d in diam]
+        shapes = [
+            random_particle(rng, d, elongation=rng.uniform(1.0, 1.6), roughness=rng.uniform(0.02, 0.1), lobed=0.15)
+            for d in diam
+        ]
         labels, placed = place_particles((h, w), shapes, rng, None, attach=s.attach, max_overlap=s.max_overlap)
         # place_particles keeps the visible particles in placement order; their sizes follow
         kept = [i for i, sh in enumerate(shapes) if any(sh[0] is pp.mask for pp in placed)]
-        specs = [(REFERENCE_MATERIALS[names[rng.choice(len(names), p=weights)]], _loguniform(rng, s.rate_238), diam[i])
-                 for i in kept]
+        specs = [
+            (REFERENCE_MATERIALS[names[rng.choice(len(names), p=weights)]], _loguniform(rng, s.rate_238), diam[i])
+            for i in kept
+        ]
     n = int(labels.max())
     psf = rng.uniform(*s.psf_sigma)
     # expected 238U emission, blurred by the beam; each particle's own map for the minor isotopes
@@ -192,8 +212,15 @@ def simulate_field(rng: np.random.Generator | int | None = None, settings: SimsS
         for c, iso in enumerate(iso_list):
             expected[c, ys, xs] += emission * mat.ratio(iso)
         cy, cx = np.argwhere(labels[ys, xs] == k).mean(0) + (ys.start, xs.start)
-        row = {"label": k, "material": mat.name, "y": float(cy), "x": float(cx), "area": int(own.sum()),
-               "diameter": float(diam), "rate_238": float(rate)}
+        row = {
+            "label": k,
+            "material": mat.name,
+            "y": float(cy),
+            "x": float(cx),
+            "area": int(own.sum()),
+            "diameter": float(diam),
+            "rate_238": float(rate),
+        }
         for iso in RATIO_ISOTOPES:
             row[ratio_columns(iso)[0]] = mat.ratio(iso)
         for iso in ISOTOPES:
@@ -213,6 +240,10 @@ def simulate_field(rng: np.random.Generator | int | None = None, settings: SimsS
 
 
 def field_paths(out_dir: Path, name: str, isotopes: Sequence[str], layout: str) -> dict[str, Path]:
+    """Give the files :func:`write_field` writes for the field ``name``.
+
+    Keys: ``stack`` (layout ``stack``) or each isotope (layout ``files``), and ``mask``.
+    """
     if layout == "stack":
         images = {"stack": out_dir / "fields" / f"{name}.tif"}
     else:
@@ -220,9 +251,14 @@ def field_paths(out_dir: Path, name: str, isotopes: Sequence[str], layout: str) 
     return {**images, "mask": out_dir / "masks" / f"{name}_mask.tif"}
 
 
-def write_field(sim: SimsField, out_dir: str | os.PathLike, name: str, layout: str = "stack", overwrite: bool = False) -> dict[str, Path]:
-    """Write a simulated field: its counts (an ImageJ ``CYX`` stack with the isotope names as
-    channel labels, or one file per isotope named ``NAME_ISOTOPE.tif``) and its label mask."""
+def write_field(
+    sim: SimsField, out_dir: str | os.PathLike, name: str, layout: str = "stack", overwrite: bool = False
+) -> dict[str, Path]:
+    """Write a simulated field: its counts and its label mask.
+
+    The counts are an ImageJ ``CYX`` stack with the isotope names as channel labels, or one file
+    per isotope named ``NAME_ISOTOPE.tif``.
+    """
     import tifffile
 
     if layout not in ("stack", "files"):
@@ -231,8 +267,13 @@ def write_field(sim: SimsField, out_dir: str | os.PathLike, name: str, layout: s
     paths = field_paths(out_dir, name, sim.isotopes, layout)
     counts = sim.counts.astype(np.uint16) if sim.counts.max() < 65536 else sim.counts.astype(np.float32)
     if layout == "stack":
-        write_atomic(paths["stack"], lambda tmp: tifffile.imwrite(
-            tmp, counts, imagej=True, metadata={"axes": "CYX", "Labels": list(sim.isotopes)}), overwrite)
+        write_atomic(
+            paths["stack"],
+            lambda tmp: tifffile.imwrite(
+                tmp, counts, imagej=True, metadata={"axes": "CYX", "Labels": list(sim.isotopes)}
+            ),
+            overwrite,
+        )
     else:
         for c, iso in enumerate(sim.isotopes):
             write_tiff(paths[iso], counts[c], overwrite=overwrite)
@@ -240,9 +281,16 @@ def write_field(sim: SimsField, out_dir: str | os.PathLike, name: str, layout: s
     return paths
 
 
-def simulate_fields(n: int, out_dir: str | os.PathLike, settings: SimsSettings | None = None, seed: int = 0,
-                    layout: str = "stack", overwrite: bool = False, progress: bool = True,
-                    prefix: str = "field") -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_fields(
+    n: int,
+    out_dir: str | os.PathLike,
+    settings: SimsSettings | None = None,
+    seed: int = 0,
+    layout: str = "stack",
+    overwrite: bool = False,
+    progress: bool = True,
+    prefix: str = "field",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate ``n`` fields and write them with their truth.
 
     Writes ``fields/PREFIX_NNNN.tif`` (or ``fields/PREFIX_NNNN_ISOTOPE.tif``),
@@ -272,8 +320,15 @@ def simulate_fields(n: int, out_dir: str | os.PathLike, settings: SimsSettings |
         t = sim.truth.copy()
         t.insert(0, "field", nm)
         truths.append(t)
-        frows.append({"field": nm, "particles": len(t), "background_238": sim.background_238,
-                      "height": s.shape[0], "width": s.shape[1]})
+        frows.append(
+            {
+                "field": nm,
+                "particles": len(t),
+                "background_238": sim.background_238,
+                "height": s.shape[0],
+                "width": s.shape[1],
+            }
+        )
     nonempty = [t for t in truths if len(t)]
     truth = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=["field"] + truth_columns())
     fields = pd.DataFrame(frows)
