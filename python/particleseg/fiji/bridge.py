@@ -124,10 +124,10 @@ def _remove_command_listener() -> None:
     """At exit, take the Python command listener out of ImageJ before its windows are disposed.
 
     Every command ImageJ runs calls the listener, also those that closing and disposing windows
-    run on Java threads while Python finalizes, and a Java thread that enters Python then would
-    be ended inside JPype's frames. This did not end the abort at exit that docs/fiji.md's Python
-    example still shows in about half of the whole-suite runs ("FATAL: exception not rethrown");
-    its cause is not known yet.
+    run on Java threads, and no Java thread may enter Python once Python finalizes. (The abort
+    at exit that docs/fiji.md's Python example showed in about half of the whole-suite runs came
+    from another such entry, JPype's reference queue: see
+    :func:`particleseg.fiji.environment._stop_reference_queue`.)
     """
     try:
         _j("ij.Executer").removeCommandListener(_state["listener"])
@@ -262,7 +262,8 @@ def install_dialog_guard() -> None:
         # and before the windows are disposed at exit (environment._dispose_windows): their
         # window events would call this Python listener from the AWT thread while Python
         # finalizes, and a Java thread that Python ends there aborts the process ("FATAL:
-        # exception not rethrown", seen once in a few runs of docs/fiji.md's Python example)
+        # exception not rethrown"; the aborts seen came from JPype's reference queue, stopped by
+        # environment._stop_reference_queue)
         try:
             _j("java.awt.Toolkit").getDefaultToolkit().removeAWTEventListener(guard)
         except Exception:  # noqa: BLE001 - the JVM shutting down

@@ -270,7 +270,10 @@ def start_imagej1(ij_jar: str | os.PathLike | None = None, max_heap: str | None 
     except Exception as exc:  # noqa: BLE001 - JVM start failures are environment problems
         raise FijiError(f"cannot start Java for ImageJ ({_first_line(exc)})") from None
     check_display_from_java()
-    atexit.register(_dispose_windows)  # runs before JPype's own exit handler (last in, first out)
+    # last in, first out: the windows are disposed, then JPype's reference queue is stopped,
+    # then JPype's own exit handler runs
+    atexit.register(_stop_reference_queue)
+    atexit.register(_dispose_windows)
     # ImageJ leaves AWT threads that are not daemons; do not wait for them at exit (scyjava's
     # start_jvm disposes the windows for the same reason)
     jpype.config.destroy_jvm = False
@@ -285,6 +288,29 @@ def _dispose_windows() -> None:
             for w in jpype.JClass("java.awt.Window").getWindows():
                 w.dispose()
     except Exception:  # noqa: BLE001 - exiting anyway
+        pass
+
+
+def _stop_reference_queue() -> None:
+    """At exit, stop the Java thread through which JPype releases Python objects held by Java.
+
+    When Java's garbage collector frees a Java object that holds a Python object (a proxy such
+    as the bridge's command listener, a NumPy buffer), JPype's "Python Reference Queue" thread
+    enters Python to release it. With ``destroy_jvm = False`` that thread keeps running while
+    Python finalizes; once finalization has begun, CPython ends a thread that asks for the
+    interpreter lock, inside JPype's native frames, and the process aborts ("FATAL: exception
+    not rethrown", exit status -6) after the script has done all its work. Garbage collections
+    at exit are frequent (disposing the windows allocates), so this happened in about half of
+    the whole-suite runs of docs/fiji.md's Python example, and in every run with a Java thread
+    calling ``System.gc()`` through the exit (tests/test_fiji_cli.py). The Python objects left
+    unreleased are freed with the process.
+    """
+    try:
+        import jpype
+
+        if jpype.isJVMStarted():
+            jpype.JClass("org.jpype.ref.JPypeReferenceQueue").getInstance().stop()
+    except Exception:  # noqa: BLE001 - exiting anyway; an older JPype without this class
         pass
 
 
