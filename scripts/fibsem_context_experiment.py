@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Does a FIB-SEM phase network gain from a second detector channel and from neighbouring
-slices? Small CPU runs on simulated stacks (:mod:`particleseg.fibsem_simulate`).
+slices? Small CPU runs on simulated stacks (:mod:`particleseg.fibsem.simulate`).
 
 Every configuration trains the same network (UNet, depth 3, 8 base filters) with the same
 budget on the same three annotated slices of a simulated stack (validation: the bottom 20 % of
@@ -111,7 +111,7 @@ def main(argv=None):
         return 0
 
     from particleseg import fibsem
-    from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack
+    from particleseg.fibsem import FibsemSettings, annotation_slices, simulate_stack
 
     out.mkdir(parents=True, exist_ok=True)
     settings = FibsemSettings(shape=(args.slices, args.size, args.size))

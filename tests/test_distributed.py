@@ -155,7 +155,7 @@ def test_sims_campaign_on_the_cluster_equals_the_local_run(tmp_path, client):
 
 
 def test_fibsem_stack_slice_parallel_on_the_cluster_equals_the_local_run(tmp_path, client, capsys):
-    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack, write_simulation
+    from particleseg.fibsem import FibsemSettings, simulate_stack, write_simulation
 
     bundle = tiny_phase_bundle(tmp_path / "b")
     paths = write_simulation(simulate_stack(0, FibsemSettings(shape=(9, 48, 48))), tmp_path / "sim", layout="slices")

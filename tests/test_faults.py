@@ -190,7 +190,7 @@ def phase_bundle(tmp_path_factory):
 
 
 def test_fibsem_segment_survives_kill_9_at_random_moments(tmp_path, phase_bundle):
-    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
+    from particleseg.fibsem import FibsemSettings, simulate_stack
 
     n = 12
     sim = simulate_stack(0, FibsemSettings(shape=(n, 48, 48)))
@@ -232,7 +232,7 @@ def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(tmp_p
     an item's completion record is written and its ``writing`` marker not yet removed. A rerun
     of each batch command skips the item and removes the marker, so the records are those of an
     uninterrupted run."""
-    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
+    from particleseg.fibsem import FibsemSettings, simulate_stack
     from particleseg.sims import SimsSettings, simulate_fields
 
     src = tmp_path / "sem"
@@ -292,7 +292,7 @@ def _disk_full_after(monkeypatch, n_ok: int) -> None:
 def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(tmp_path, sims_bundle, phase_bundle, monkeypatch,
                                                                  capsys):
     from particleseg.cli import main
-    from particleseg.fibsem_simulate import FibsemSettings, simulate_stack
+    from particleseg.fibsem import FibsemSettings, simulate_stack
     from particleseg.sims import SimsSettings, simulate_fields
 
     simulate_fields(3, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 3)), seed=1, progress=False)

@@ -12,7 +12,7 @@ import tifffile
 from conftest import tiny_phase_bundle
 from particleseg import fibsem
 from particleseg.errors import InputError, OutputExistsError
-from particleseg.fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack
+from particleseg.fibsem import FibsemSettings, annotation_slices, simulate_stack
 
 CLASSES = ["matrix", "pore", "inclusion"]
 TINY = FibsemSettings(shape=(7, 48, 48))
@@ -203,10 +203,10 @@ def test_ctrl_c_keeps_finished_slices_and_writes_the_reports(tmp_path, sim, phas
     from particleseg.pipeline import RECORD_DIR
 
     paths = _write_stacks(sim, tmp_path / "in")
-    from particleseg import io
+    from particleseg.fibsem import segment  # where segment_stack looks up write_tiff
 
     written = []
-    real = io.write_tiff
+    real = segment.write_tiff
 
     def write_tiff(path, *a, **k):
         if "phases_z" in str(path):
@@ -217,7 +217,7 @@ def test_ctrl_c_keeps_finished_slices_and_writes_the_reports(tmp_path, sim, phas
 
     with fibsem.open_stack(paths) as st:
         with monkeypatch.context() as m:
-            m.setattr(io, "write_tiff", write_tiff)
+            m.setattr(segment, "write_tiff", write_tiff)
             with pytest.raises(KeyboardInterrupt):
                 fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
         assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]

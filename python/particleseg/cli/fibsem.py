@@ -200,7 +200,7 @@ def segment(args) -> int:
 
 
 def simulate(args) -> int:
-    from ..fibsem_simulate import FibsemSettings, annotation_slices, simulate_stack, write_simulation
+    from ..fibsem import FibsemSettings, annotation_slices, simulate_stack, write_simulation
 
     if args.slices < 1 or args.size < 16:
         raise SystemExit("particleseg fibsem simulate: error: need at least 1 slice of at least 16 pixels")

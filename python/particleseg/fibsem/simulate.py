@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..io import check_outputs, write_tiff
+
 DEFAULT_PHASES = ("matrix", "pore", "inclusion")
 CHANNEL_NAMES = ("in-chamber", "in-lens")
 
@@ -151,8 +153,6 @@ def write_simulation(sim: FibsemSimulation, out_dir: str | os.PathLike, annotate
     with ``layout="slices"`` one folder per channel of single-slice files; ``labels.tif`` (the
     full truth); ``annotations.tif`` (the truth on the ``annotate`` slices, 0 elsewhere: what a
     person would annotate for training)."""
-    from .io import check_outputs, write_tiff
-
     out = Path(out_dir)
     if layout not in ("stack", "slices"):
         raise ValueError(f"layout must be 'stack' or 'slices', got {layout!r}")
