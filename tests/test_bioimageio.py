@@ -1,5 +1,7 @@
-"""bioimage.io model packages: export a tiny bundle, validate it with bioimageio.spec, test it with
-bioimageio.core, and load it back as the same bundle."""
+"""bioimage.io model packages: export a tiny bundle and load it back as the same bundle.
+
+In between, bioimageio.spec validates the package and bioimageio.core tests it.
+"""
 
 import json
 import shutil
@@ -13,15 +15,19 @@ pytest.importorskip("bioimageio.core")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
+from conftest import draw_disks  # noqa: E402
 from particleseg.cli import main  # noqa: E402
 from particleseg.errors import BundleError  # noqa: E402
-from particleseg.models import load_bundle  # noqa: E402
+from particleseg.io import write_tiff  # noqa: E402
 from particleseg.models import bioimageio as bio  # noqa: E402
+from particleseg.models import bundle as bundle_module  # noqa: E402
+from particleseg.models import load_bundle  # noqa: E402
+from particleseg.pipeline import SegmentParams, segment_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def package(tiny_bundle, tmp_path_factory):
-    """The tiny bundle as a bioimage.io package, with all three weights formats, through the CLI."""
+    """Export the tiny bundle as a bioimage.io package, with all three weights formats, through the CLI."""
     out = tmp_path_factory.mktemp("bioimageio") / "tiny.bioimageio.zip"
     rc = main(["models", "export", "--format", "bioimageio", str(tiny_bundle.path), "--out", str(out), "--no-test"])
     assert rc == 0
@@ -37,8 +43,17 @@ def test_package_passes_spec_validation_and_holds_what_it_should(package, tiny_b
         attached = json.loads(zf.read("bundle.json"))
         x = np.load(zf.open("test_input.npy"))
         y = np.load(zf.open("test_output.npy"))
-    assert {"rdf.yaml", "model.keras", "model.onnx", "tf_saved_model.zip", "test_input.npy", "test_output.npy",
-            "cover.png", "README.md", "bundle.json"} <= names
+    assert {
+        "rdf.yaml",
+        "model.keras",
+        "model.onnx",
+        "tf_saved_model.zip",
+        "test_input.npy",
+        "test_output.npy",
+        "cover.png",
+        "README.md",
+        "bundle.json",
+    } <= names
     assert attached == tiny_bundle.metadata
     assert bio.CITATION["doi"] in rdf and "license: BSD-3-Clause" in rdf
     # the bundle's normalisation as preprocessing, its post-processing defaults in the config
@@ -81,11 +96,6 @@ def test_package_loads_back_as_the_same_bundle(package, tiny_bundle, tmp_path):
 
 def test_a_loaded_package_runs_with_onnx_runtime(package, tiny_bundle, monkeypatch):
     """The package's ONNX weights are its engine, as a bundle's ONNX export is: Keras never runs."""
-    from conftest import draw_disks
-
-    from particleseg.models import bundle as bundle_module
-    from particleseg.pipeline import SegmentParams, segment_image
-
     b = load_bundle(package)
     assert b.onnx_file == b.path / "model.onnx" and b.engine("auto") == "onnx"
     assert bio.package_weights(b.path)["onnx"] == "model.onnx"
@@ -114,14 +124,22 @@ def test_package_without_onnx_weights_runs_with_keras(tiny_bundle, tmp_path):
 
 
 def test_segment_runs_with_a_package_as_model(package, tmp_path, capsys):
-    from conftest import draw_disks
-
-    from particleseg.io import write_tiff
-
     image, _ = draw_disks((96, 96), [(30, 30, 10), (65, 60, 12)])
     write_tiff(tmp_path / "disks.tif", image)
-    rc = main(["segment", str(tmp_path / "disks.tif"), "--model", str(package), "--out", str(tmp_path / "out"),
-               "--polarity", "bright", "--rescale", "1"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "disks.tif"),
+            "--model",
+            str(package),
+            "--out",
+            str(tmp_path / "out"),
+            "--polarity",
+            "bright",
+            "--rescale",
+            "1",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "out" / "disks_labels.tif").is_file()
 

@@ -1,10 +1,14 @@
-"""The shipped default model: bundle sanity, behaviour on simulated images, and the accuracy
-floor on the real TiO2 images (skipped when the licensed data is absent)."""
+"""The shipped default model: bundle sanity, behaviour on simulated images, accuracy floor.
+
+The accuracy floor is checked on the real TiO2 images (skipped when the licensed data is absent).
+"""
 
 import numpy as np
 import pytest
 
 from particleseg import SegmentParams, read_image, segment_image
+from particleseg.datasets import evaluate_tio2, tio2_items
+from particleseg.metrics import instance_iou
 from particleseg.models import list_bundles, load_bundle
 from particleseg.simulate import simulate_sem_image
 
@@ -35,8 +39,6 @@ def test_background_only_gives_no_particles(default_bundle):
 
 
 def test_simulated_particles_are_found_and_split(default_bundle):
-    from particleseg.metrics import instance_iou
-
     sim = simulate_sem_image((384, 384), np.random.default_rng(11), particle_size=26.0, coverage=0.3)
     seg = segment_image(sim.image, default_bundle, SegmentParams(progress=False))
     assert instance_iou(seg.labels, sim.labels, average="truth") > 0.6
@@ -57,19 +59,18 @@ def test_sample_image_is_calibrated_and_segments(default_bundle):
 @pytest.mark.tio2
 @pytest.mark.slow
 def test_floor_on_real_tio2_images(default_bundle, tio2_dir):
-    """Issue 2's floor on the 32 real images, which the network never saw in training:
-    foreground IoU >= 0.85 and mean instance IoU >= 0.55 (per manually outlined particle,
-    best IoU with any segmented one). Two detection parameters of the bundle were chosen on
-    the 24 training-split images; the 8 validation images are checked on their own."""
-    from particleseg.datasets import evaluate_tio2
+    """Issue 2's floor on the 32 real images, which the network never saw in training.
 
+    Foreground IoU >= 0.85 and mean instance IoU >= 0.55 (per manually outlined particle,
+    best IoU with any segmented one). Two detection parameters of the bundle were chosen on
+    the 24 training-split images; the 8 validation images are checked on their own.
+    """
     scores = evaluate_tio2(default_bundle, "all", root=tio2_dir, progress=False)
     assert len(scores) == 32
     fg, inst = scores.foreground_iou.mean(), scores.instance_iou.mean()
     print(f"TiO2, 32 images: foreground IoU {fg:.4f}, instance IoU {inst:.4f}")
     assert fg >= 0.85
     assert inst >= 0.55
-    from particleseg.datasets import tio2_items
 
     val = scores[scores.image.isin([i.stem for i in tio2_items(tio2_dir, "validation")])]
     assert len(val) == 8

@@ -1,37 +1,69 @@
-"""Fine-tuning, the default way to train: the base model chosen, the schedule (cosine learning
-rate, encoder frozen for a warm-up), the best epoch chosen by the validation instance score,
-the time budget, resuming, and the bad inputs refused before training starts.
+"""Fine-tuning, the default way to train: base model, schedule, best epoch, budget, resuming.
+
+The base model chosen, the schedule (cosine learning rate, encoder frozen for a warm-up), the
+best epoch chosen by the validation instance score, the time budget, resuming, and the bad
+inputs refused before training starts.
 
 Tiny networks on 64x64 disks (as tests/test_train.py), except one short run from the shipped
-default model."""
+default model.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
+from particleseg.cli import main
 from particleseg.errors import InputError
-from particleseg.models import Head, NetworkConfig
-
-from test_train import TINY, disk_set
+from particleseg.io import write_tiff
+from particleseg.models import Head, NetworkConfig, build_network
+from particleseg.train import (
+    TrainConfig,
+    TrainingItem,
+    choose_min_score,
+    epoch_score,
+    fit,
+    learning_rate_schedule,
+    normalized_distance,
+    set_encoder_trainable,
+    train_segmentation,
+    training_polarity,
+    validation_scores,
+)
+from particleseg.train.loop import _Replan
+from particleseg.train.segmentation import _choose_base
+from test_train import disk_set
 
 NET = NetworkConfig("unet", 1, (Head("foreground"), Head("distance")), depth=2, base_filters=4)
 
 
 def _config(**kw):
-    from particleseg.train import TrainConfig
-
-    return TrainConfig(**{**dict(network=NET, tile=32, batch_size=4, epochs=4, steps_per_epoch=2, validation_steps=1,
-                                 schedule="cosine", freeze_epochs=1, select="val_score", patience=0, seed=3,
-                                 jit_compile=False), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                network=NET,
+                tile=32,
+                batch_size=4,
+                epochs=4,
+                steps_per_epoch=2,
+                validation_steps=1,
+                schedule="cosine",
+                freeze_epochs=1,
+                select="val_score",
+                patience=0,
+                seed=3,
+                jit_compile=False,
+            ),
+            **kw,
+        }
+    )
 
 
 def _score(images, labels):
-    """The validation instance score of a model, as train_segmentation's epoch_score makes it."""
-    from particleseg.train import TrainingItem, epoch_score
-
+    """Make the validation instance score of a model, as train_segmentation's epoch_score makes it."""
     items = [TrainingItem(f"v{i}", im, lab) for i, (im, lab) in enumerate(zip(images, labels))]
     return epoch_score(items, NET, {"threshold": 0.5, "seed_threshold": 0.5, "min_area": 5}, tile=64, overlap=8)
 
@@ -47,8 +79,6 @@ def _data(seed=0):
 
 
 def test_base_model_choice():
-    from particleseg.train.segmentation import _choose_base
-
     assert _choose_base("auto", {}, None, "auto") == "default"
     assert _choose_base("auto", {"arch": "unet"}, None, "auto") is None  # a network option: a new network
     assert _choose_base("auto", {}, ["bg", "a", "b"], "auto") is None  # multi-class masks
@@ -59,8 +89,6 @@ def test_base_model_choice():
 
 
 def test_polarity_of_the_training_images_comes_from_the_masks():
-    from particleseg.train import TrainingItem, training_polarity
-
     images, labels, _ = disk_set(2, seed=3)
     items = [TrainingItem("a", im.astype(np.float32)[..., None], lab) for im, lab in zip(images, labels)]
     assert training_polarity(items) == "bright"
@@ -69,8 +97,6 @@ def test_polarity_of_the_training_images_comes_from_the_masks():
 
 
 def test_cosine_schedule_runs_from_the_learning_rate_to_its_floor():
-    from particleseg.train import learning_rate_schedule
-
     lr = learning_rate_schedule(_config(epochs=11, learning_rate=1e-3, min_lr_factor=0.01))
     values = [lr(e) for e in range(11)]
     assert values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(1e-5)
@@ -81,29 +107,25 @@ def test_cosine_schedule_runs_from_the_learning_rate_to_its_floor():
 
 
 def test_freezing_the_encoder_leaves_the_decoder_and_heads_trainable():
-    from particleseg.models import build_network
-    from particleseg.train import set_encoder_trainable
-
     for arch in ("unet", "multires-unet"):
         model = build_network(NetworkConfig(arch, 1, (Head("foreground"),), depth=2, base_filters=4))
         n_all = len(model.trainable_weights)
         changed = set_encoder_trainable(model, False)
-        frozen = [l.name for l in model.layers if l.weights and not l.trainable]
+        frozen = [layer.name for layer in model.layers if layer.weights and not layer.trainable]
         assert changed == len(frozen) > 0
         assert all(not n.startswith(("dec", "mres_dec", "up", "head")) for n in frozen)
-        assert any(l.trainable and l.weights for l in model.layers if l.name.startswith("head"))
+        assert any(layer.trainable and layer.weights for layer in model.layers if layer.name.startswith("head"))
         assert 0 < len(model.trainable_weights) < n_all
         set_encoder_trainable(model, True)
         assert len(model.trainable_weights) == n_all
 
 
 def test_the_best_epoch_is_the_one_with_the_best_validation_score(tmp_path):
-    from particleseg.train import fit
-
     images, labels = _data()
     score = _score(images[3:], labels[3:])
-    model, log = fit(images[:3], labels[:3], images[3:], labels[3:], _config(learning_rate=1e-2), tmp_path,
-                     verbose=0, score=score)
+    model, log = fit(
+        images[:3], labels[:3], images[3:], labels[3:], _config(learning_rate=1e-2), tmp_path, verbose=0, score=score
+    )
     assert [round(r["epoch"]) for r in log] == [0, 1, 2, 3] and all("val_score" in r for r in log)
     # the returned weights are those of the best-scoring epoch (not the last, not the lowest loss)
     assert score(model) == pytest.approx(max(r["val_score"] for r in log), abs=1e-9)
@@ -114,18 +136,29 @@ def test_the_best_epoch_is_the_one_with_the_best_validation_score(tmp_path):
 
 
 def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
-    """Interrupted after the frozen warm-up and again in the second phase: the resumed run ends
-    with the uninterrupted run's weights and log."""
-    import keras
+    """Interrupted after the frozen warm-up and again in the second phase.
 
-    from particleseg.train import fit
+    The resumed run ends with the uninterrupted run's weights and log.
+    """
+    import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
 
     images, labels = _data(1)
     score = _score(images[3:], labels[3:])
     cfg = _config()
-    start = [w.copy() for w in __import__("particleseg.models", fromlist=["build_network"]).build_network(NET).get_weights()]
-    whole, log_whole = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "a", verbose=0,
-                           score=score, initial_weights=start)
+    start = [
+        w.copy() for w in __import__("particleseg.models", fromlist=["build_network"]).build_network(NET).get_weights()
+    ]
+    whole, log_whole = fit(
+        images[:3],
+        labels[:3],
+        images[3:],
+        labels[3:],
+        cfg,
+        tmp_path / "a",
+        verbose=0,
+        score=score,
+        initial_weights=start,
+    )
 
     class Stop(keras.callbacks.Callback):
         def __init__(self, at):
@@ -138,11 +171,30 @@ def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
 
     for at in (1, 3):
         with pytest.raises(KeyboardInterrupt):
-            fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "b", verbose=0, score=score,
-                initial_weights=start, callbacks=[Stop(at)])
+            fit(
+                images[:3],
+                labels[:3],
+                images[3:],
+                labels[3:],
+                cfg,
+                tmp_path / "b",
+                verbose=0,
+                score=score,
+                initial_weights=start,
+                callbacks=[Stop(at)],
+            )
         assert json.loads((tmp_path / "b" / "state.json").read_text()) == {"epochs_done": at}
-    resumed, log_resumed = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path / "b", verbose=0,
-                               score=score, initial_weights=start)
+    resumed, log_resumed = fit(
+        images[:3],
+        labels[:3],
+        images[3:],
+        labels[3:],
+        cfg,
+        tmp_path / "b",
+        verbose=0,
+        score=score,
+        initial_weights=start,
+    )
     assert [r["epoch"] for r in log_resumed] == [r["epoch"] for r in log_whole]
     for a, b in zip(log_whole, log_resumed):
         assert a["val_score"] == pytest.approx(b["val_score"], abs=1e-6)
@@ -152,8 +204,6 @@ def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_a_time_budget_plans_the_epochs(tmp_path):
-    from particleseg.train import fit
-
     images, labels = _data(2)
     cfg = _config(epochs=999, select="val_loss", freeze_epochs=-1)
     _, log = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path, verbose=0, minutes=0.25)
@@ -170,16 +220,28 @@ def test_a_time_budget_plans_the_epochs(tmp_path):
 
 
 def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
-    from particleseg.train import train_segmentation
-
     images, labels, _ = disk_set(4, size=128, seed=7)
     dark = [255 - im for im in images]  # dark particles (TEM): the bright-particle base sees them inverted
     lines = []
-    bundle = train_segmentation(dark, labels, tmp_path / "ft", tile=64, batch_size=2, epochs=2, steps_per_epoch=2,
-                                validation_steps=1, progress=lambda d, t, logs: lines.append(logs), jit_compile=False)
+    bundle = train_segmentation(
+        dark,
+        labels,
+        tmp_path / "ft",
+        tile=64,
+        batch_size=2,
+        epochs=2,
+        steps_per_epoch=2,
+        validation_steps=1,
+        progress=lambda d, t, logs: lines.append(logs),
+        jit_compile=False,
+    )
     train = bundle.metadata["training"]
     assert train["base_model"].endswith("default")
-    assert (train["image_polarity"], train["inverted"], bundle.metadata["input"]["polarity"]) == ("dark", True, "bright")
+    assert (train["image_polarity"], train["inverted"], bundle.metadata["input"]["polarity"]) == (
+        "dark",
+        True,
+        "bright",
+    )
     cfg = train["config"]
     assert (cfg["schedule"], cfg["select"], cfg["dice"], cfg["learning_rate"]) == ("cosine", "val_score", True, 5e-4)
     assert bundle.network == __import__("particleseg.models", fromlist=["load_bundle"]).load_bundle("default").network
@@ -191,17 +253,21 @@ def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
 
 
 def test_bad_fine_tuning_inputs_are_refused_before_training(tmp_path):
-    from particleseg.cli import main
-    from particleseg.io import write_tiff
-    from particleseg.train import train_segmentation
-
     images, labels, _ = disk_set(3, size=64, seed=8)
     two = [np.stack([im, im], -1) for im in images]  # (Y, X, C) two-channel images
     with pytest.raises(InputError, match="has 2 channel\\(s\\) but the base model default takes 1.*--base-model none"):
         train_segmentation(two, labels, tmp_path / "a", base_model="default", tile=32, progress=False)
     with pytest.raises(InputError, match="default: has no classes head.*--base-model none"):
-        train_segmentation(images, [(l > 0).astype(np.uint8) + (l > 2) for l in labels], tmp_path / "b",
-                           base_model="default", mask_kind="classes", class_names=["bg", "a", "b"], tile=32, progress=False)
+        train_segmentation(
+            images,
+            [(lab > 0).astype(np.uint8) + (lab > 2) for lab in labels],
+            tmp_path / "b",
+            base_model="default",
+            mask_kind="classes",
+            class_names=["bg", "a", "b"],
+            tile=32,
+            progress=False,
+        )
     with pytest.raises(InputError, match="--minutes 0.01 is too short: one epoch of 50 batches"):
         train_segmentation(images, labels, tmp_path / "c", tile=32, steps_per_epoch=50, minutes=0.01, progress=False)
     assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))
@@ -211,17 +277,35 @@ def test_bad_fine_tuning_inputs_are_refused_before_training(tmp_path):
     for i, (im, lab) in enumerate(zip(images, labels)):
         write_tiff(tmp_path / "im" / f"a{i}.tif", im)
         write_tiff(tmp_path / "m" / f"a{i}.tif", lab.astype(np.uint16))
-    assert main(["train", "--images", str(tmp_path / "im"), "--masks", str(tmp_path / "m"), "--out",
-                 str(tmp_path / "o"), "--base-model", "default", "--arch", "unet", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(tmp_path / "im"),
+                "--masks",
+                str(tmp_path / "m"),
+                "--out",
+                str(tmp_path / "o"),
+                "--base-model",
+                "default",
+                "--arch",
+                "unet",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_particle():
-    """Two disks the network is sure of (0.99 inside, 0.85 on a two-pixel rim, so a threshold of
-    0.9 would shrink them) and a faint false blob (0.85): only a minimum confidence of 0.9 on a
-    threshold below 0.85 gives both disks whole and no false particle."""
-    from particleseg.train import normalized_distance, validation_scores
+    """Validation chooses the minimum confidence that drops a faint false particle.
 
+    Two disks the network is sure of (0.99 inside, 0.85 on a two-pixel rim, so a threshold of
+    0.9 would shrink them) and a faint false blob (0.85): only a minimum confidence of 0.9 on a
+    threshold below 0.85 gives both disks whole and no false particle.
+    """
     yy, xx = np.mgrid[:96, :96]
     truth = np.zeros((96, 96), np.int32)
     fg = np.zeros((96, 96), np.float32)
@@ -241,19 +325,28 @@ def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_part
 
 
 def test_the_classifier_threshold_is_chosen_by_the_size_distribution_of_the_kept_particles():
-    """Three large bright disks the expert kept and three small dim ones he did not; a
-    "classifier" that scores a particle by its brightness: the chosen threshold keeps exactly
-    the large disks (KS distance 0), where keeping every particle would not."""
-    import keras
+    """The chosen classifier threshold keeps exactly the large disks the expert kept.
 
-    from particleseg.models import Head, NetworkConfig
-    from particleseg.train import TrainingItem, choose_min_score, normalized_distance
+    Three large bright disks the expert kept and three small dim ones he did not; a
+    "classifier" that scores a particle by its brightness: the chosen threshold keeps exactly
+    the large disks (KS distance 0), where keeping every particle would not.
+    """
+    import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
 
     yy, xx = np.mgrid[:128, :128]
     truth = np.zeros((128, 128), np.int32)
     image = np.zeros((128, 128), np.float32)
-    for k, (cy, cx, r, v) in enumerate([(25, 25, 11, 1.0), (25, 80, 10, 1.0), (80, 30, 12, 1.0),
-                                        (85, 90, 5, 0.3), (105, 60, 4, 0.3), (55, 55, 5, 0.3)], 1):
+    for k, (cy, cx, r, v) in enumerate(
+        [
+            (25, 25, 11, 1.0),
+            (25, 80, 10, 1.0),
+            (80, 30, 12, 1.0),
+            (85, 90, 5, 0.3),
+            (105, 60, 4, 0.3),
+            (55, 55, 5, 0.3),
+        ],
+        1,
+    ):
         disk = np.hypot(yy - cy, xx - cx) < r
         truth[disk], image[disk] = k, v
     keep = np.where(image == 1.0, truth, 0)
@@ -269,13 +362,11 @@ def test_the_classifier_threshold_is_chosen_by_the_size_distribution_of_the_kept
 
 
 def test_a_slower_machine_shortens_the_plan(tmp_path):
-    """The budget is kept when epochs get slower: after an epoch that took 20 s with 50 of 60
-    seconds used, no further epoch fits, so the plan ends there and training stops."""
-    import time
+    """The budget is kept when epochs get slower.
 
-    from particleseg.models import build_network
-    from particleseg.train.loop import _Replan
-
+    After an epoch that took 20 s with 50 of 60 seconds used, no further epoch fits, so the plan
+    ends there and training stops.
+    """
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
     cb = _Replan(plan)

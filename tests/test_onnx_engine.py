@@ -19,9 +19,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from particleseg import SegmentParams, read_image, segment_image
+from particleseg.errors import BundleError, ParticlesegWarning
 from particleseg.inference import exact_tiles, predict_tiled, tiling_plan
-from particleseg.models import Head, NetworkConfig, load_bundle
+from particleseg.models import (
+    Head,
+    NetworkConfig,
+    build_network,
+    keras_predictor,
+    load_bundle,
+    make_metadata,
+    save_bundle,
+    write_metadata,
+)
+from particleseg.models import bundle as bundle_mod
+from particleseg.models.export import check_export, export_model, onnx_predictor
 from particleseg.models.receptive import exact_halo, receptive_field
+from particleseg.params import BY_NAME, segment_params
 
 SHIPPED = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "bundles"
 SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
@@ -45,8 +59,17 @@ def test_receptive_field_follows_the_architecture():
         assert b.overlap == tiling["overlap"] >= tiling["receptive_field"] and b.overlap % b.network.multiple_of == 0
 
 
-@pytest.mark.parametrize("length,max_tile,halo,m", [(1024, 512, 64, 16), (768, 2048, 112, 16), (4096, 1536, 112, 16),
-                                                    (208, 52, 24, 4), (96, 40, 8, 8), (8192, 2048, 112, 16)])
+@pytest.mark.parametrize(
+    "length,max_tile,halo,m",
+    [
+        (1024, 512, 64, 16),
+        (768, 2048, 112, 16),
+        (4096, 1536, 112, 16),
+        (208, 52, 24, 4),
+        (96, 40, 8, 8),
+        (8192, 2048, 112, 16),
+    ],
+)
 def test_exact_tile_layout(length, max_tile, halo, m):
     tile, tiles = exact_tiles(length, max_tile, halo, m)
     assert tile % m == 0 and tile <= max(max_tile, 2 * halo + m) and tile <= length
@@ -74,10 +97,8 @@ def test_tiling_plan_overhead():
 
 
 def _random_network(arch: str, depth: int, seed: int = 1):
-    """A small network with random weights and batch-normalisation statistics (inference mode)."""
-    import keras
-
-    from particleseg.models import build_network
+    """Build a small network with random weights and batch-normalisation statistics (inference mode)."""
+    import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
 
     cfg = NetworkConfig(arch, 1, (Head("foreground"), Head("distance")), depth=depth, base_filters=4)
     keras.utils.set_random_seed(seed)
@@ -95,8 +116,6 @@ def _random_network(arch: str, depth: int, seed: int = 1):
 
 @pytest.mark.parametrize("arch,depth", [("unet", 2), ("fcn", 3), ("multires-unet", 2), ("unet", 3)])
 def test_tiled_equals_untiled(arch, depth, rng):
-    from particleseg.models import keras_predictor
-
     cfg, model = _random_network(arch, depth)
     predict = keras_predictor(model)
     halo, m = exact_halo(cfg), cfg.multiple_of
@@ -112,7 +131,6 @@ def test_tiled_equals_untiled_with_onnx(tmp_path, rng):
     """The same through ONNX Runtime (with the FCN's bilinear upsampling)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    from particleseg.models.export import check_export, export_model, onnx_predictor
 
     cfg, model = _random_network("fcn", 3)
     export_model(model, tmp_path / "m.onnx", "onnx")
@@ -121,8 +139,12 @@ def test_tiled_equals_untiled_with_onnx(tmp_path, rng):
     img = rng.random((150, 230)).astype(np.float32)
     whole = predict_tiled(predict, img, tile=None, multiple_of=8, progress=False)
     for tile in (72, 128):
-        assert np.abs(predict_tiled(predict, img, tile=tile, overlap=exact_halo(cfg), multiple_of=8,
-                                    progress=False) - whole).max() <= 1e-4
+        assert (
+            np.abs(
+                predict_tiled(predict, img, tile=tile, overlap=exact_halo(cfg), multiple_of=8, progress=False) - whole
+            ).max()
+            <= 1e-4
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,8 +154,6 @@ def test_tiled_equals_untiled_with_onnx(tmp_path, rng):
 @pytest.mark.parametrize("name", ["default", "sims-fcn"])
 def test_shipped_bundles_carry_a_checked_onnx_export(name, rng):
     pytest.importorskip("onnxruntime")
-    from particleseg.models import keras_predictor
-    from particleseg.models.export import onnx_predictor
 
     b = load_bundle(SHIPPED / name)
     entry = b.metadata["exports"]["onnx"]
@@ -163,8 +183,6 @@ def test_segmenting_with_onnx_does_not_import_tensorflow(tmp_path):
 
 
 def test_onnx_and_keras_engines_segment_alike():
-    from particleseg import SegmentParams, read_image, segment_image
-
     image, cal = read_image(SAMPLE)
     image = image[:400, :512]
     b = load_bundle(SHIPPED / "default")
@@ -174,9 +192,6 @@ def test_onnx_and_keras_engines_segment_alike():
 
 
 def test_fallback_to_keras_with_one_note(tmp_path):
-    from particleseg.errors import BundleError, ParticlesegWarning
-    from particleseg.models import bundle as bundle_mod
-
     copy = tmp_path / "no-export"
     shutil.copytree(SHIPPED / "sims-fcn", copy)
     shutil.rmtree(copy / "export")
@@ -213,7 +228,6 @@ def test_fallback_to_keras_with_one_note(tmp_path):
 def test_save_bundle_exports_onnx_and_tiling(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    from particleseg.models import make_metadata, save_bundle, write_metadata
 
     cfg, model = _random_network("fcn", 2)
     meta = make_metadata("t", cfg, tile=32, overlap=4)
@@ -232,8 +246,6 @@ def test_save_bundle_exports_onnx_and_tiling(tmp_path):
 
 
 def test_engine_is_a_parameter():
-    from particleseg.params import BY_NAME, segment_params
-
     assert BY_NAME["engine"].choices == ("auto", "onnx", "keras")
     assert segment_params({"engine": "keras"}).engine == "keras"
     assert segment_params({}).engine == "auto"
@@ -244,9 +256,7 @@ def test_engine_is_a_parameter():
 def test_a_particle_classifier_is_exported_too(tmp_path, rng):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    import keras
-
-    from particleseg.models import build_network, make_metadata, save_bundle
+    import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
 
     cfg, model = _random_network("unet", 2)
     ccfg = NetworkConfig("unet", 2, (Head("foreground"),), depth=2, base_filters=4)

@@ -1,6 +1,8 @@
-"""Training on annotated images: reading and checking the data, every architecture, the loss
-on a learnable task, masks of each kind, resuming, bundles through load_bundle and the
-pipeline, the particle classifier, exports checked against Keras, and bad inputs.
+"""Training on annotated images: data, architectures, masks, resuming, bundles, exports.
+
+Reading and checking the data, every architecture, the loss on a learnable task, masks of each
+kind, resuming, bundles through load_bundle and the pipeline, the particle classifier, exports
+checked against Keras, and bad inputs.
 
 Tiny networks (depth 2, a few filters) on 64x64 images. The tests that train are marked slow
 (seconds each; the file takes 2-5 minutes on two shared CPU cores, most of it graph tracing).
@@ -14,22 +16,34 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import draw_disks
+from particleseg import metrics, segment_image
+from particleseg.cli import main
 from particleseg.errors import BundleError, InputError, OutputExistsError
 from particleseg.io import write_tiff
-from particleseg.models import Head, NetworkConfig
-
-from conftest import draw_disks
+from particleseg.models import Head, NetworkConfig, load_bundle, zip_bundle
+from particleseg.models.export import check_export, onnx_predictor
+from particleseg.pipeline import SegmentParams
+from particleseg.postprocess import labels_to_mask
+from particleseg.train import (
+    balanced_accuracy,
+    choose_classifier_threshold,
+    interpret_mask,
+    train_segmentation,
+)
 
 CLASSIFIER = NetworkConfig("unet", 2, (Head("foreground"),), depth=2, base_filters=8)
 TINY = dict(depth=2, base_filters=4, tile=32, batch_size=4, validation_steps=1, progress=False, jit_compile=False)
 
 
 def disk_set(n=6, size=64, seed=0, dim=False):
-    """``n`` images of 3-4 separate disks on noise, their label images and (``dim``) keep
-    masks: half of the disks are dim (gray 120), and only the bright ones (220) are kept."""
+    """Make ``n`` images of 3-4 separate disks on noise, their label images and keep masks.
+
+    With ``dim``, half of the disks are dim (gray 120), and only the bright ones (220) are kept.
+    """
     rng = np.random.default_rng(seed)
     images, labels, keeps = [], [], []
-    for i in range(n):
+    for _ in range(n):
         disks = []
         while len(disks) < 4:
             cy, cx, r = (int(v) for v in (rng.integers(9, size - 9), rng.integers(9, size - 9), rng.integers(5, 8)))
@@ -48,25 +62,34 @@ def disk_set(n=6, size=64, seed=0, dim=False):
 
 
 def binary_with_lines(labels):
-    from particleseg.postprocess import labels_to_mask
-
     return (labels_to_mask(labels, connectivity=1) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A UNet with a distance head and the particle classifier, trained on bright and dim
-    disks (all disks annotated; only the bright ones kept)."""
-    from particleseg.train import train_segmentation
+    """Train a UNet with a distance head and the particle classifier on bright and dim disks.
 
+    All disks are annotated; only the bright ones are kept.
+    """
     images, labels, keeps = disk_set(8, dim=True)
     out = tmp_path_factory.mktemp("trained") / "disks"
     epochs = []
-    bundle = train_segmentation(images, [binary_with_lines(l) for l in labels], out, arch="unet",
-                                **{**TINY, "base_filters": 8, "progress": lambda done, total, logs: epochs.append((done, total, logs["loss"]))},
-                                epochs=8, steps_per_epoch=8, learning_rate=3e-3, keep_masks=keeps, classifier_epochs=10,
-                                classifier_learning_rate=1e-2, classifier_network=CLASSIFIER,
-                                name="disks", seed=1)
+    bundle = train_segmentation(
+        images,
+        [binary_with_lines(lab) for lab in labels],
+        out,
+        arch="unet",
+        **{**TINY, "base_filters": 8, "progress": lambda done, total, logs: epochs.append((done, total, logs["loss"]))},
+        epochs=8,
+        steps_per_epoch=8,
+        learning_rate=3e-3,
+        keep_masks=keeps,
+        classifier_epochs=10,
+        classifier_learning_rate=1e-2,
+        classifier_network=CLASSIFIER,
+        name="disks",
+        seed=1,
+    )
     return bundle, epochs, (images, labels, keeps)
 
 
@@ -75,8 +98,6 @@ def trained(tmp_path_factory):
 
 
 def test_binary_mask_with_separating_lines_gives_one_label_per_particle():
-    from particleseg.train import interpret_mask
-
     _, labels, _ = disk_set(1)
     touching = np.zeros((20, 20), np.uint8)
     touching[5:15, 2:9] = 255
@@ -87,8 +108,6 @@ def test_binary_mask_with_separating_lines_gives_one_label_per_particle():
 
 
 def test_label_image_passes_and_class_image_gives_classes():
-    from particleseg.train import interpret_mask
-
     _, labels, _ = disk_set(1)
     lab, _ = interpret_mask(labels[0], "auto")
     assert np.array_equal(lab, labels[0])
@@ -101,15 +120,16 @@ def test_label_image_passes_and_class_image_gives_classes():
         interpret_mask(phases, "classes", "p.tif", n_classes=2)
 
 
-@pytest.mark.parametrize("mask, kind, message", [
-    (np.array([[0, 0.5], [1, 1]] * 4), "auto", "fractional values"),
-    (np.full((8, 8), 255, np.uint8), "auto", "every pixel as particle"),
-    (np.arange(64).reshape(8, 8), "binary", "64 distinct values, not a binary mask"),
-    (np.array([[3, 7]] * 8), "binary", "no 0 background"),
-])
+@pytest.mark.parametrize(
+    "mask, kind, message",
+    [
+        (np.array([[0, 0.5], [1, 1]] * 4), "auto", "fractional values"),
+        (np.full((8, 8), 255, np.uint8), "auto", "every pixel as particle"),
+        (np.arange(64).reshape(8, 8), "binary", "64 distinct values, not a binary mask"),
+        (np.array([[3, 7]] * 8), "binary", "no 0 background"),
+    ],
+)
 def test_bad_masks_are_named(mask, kind, message):
-    from particleseg.train import interpret_mask
-
     with pytest.raises(InputError, match=f"^m.tif: .*{message}"):
         interpret_mask(mask, kind, "m.tif")
 
@@ -120,9 +140,6 @@ def test_bad_masks_are_named(mask, kind, message):
 
 @pytest.mark.slow
 def test_loss_falls_and_the_bundle_segments_the_disks(trained):
-    from particleseg import metrics, segment_image
-    from particleseg.pipeline import SegmentParams
-
     bundle, epochs, (images, labels, _) = trained
     assert [e[0] for e in epochs[:8]] == list(range(1, 9)) and epochs[0][1] == 8
     log = bundle.path / "training" / "log.csv"
@@ -139,14 +156,13 @@ def test_loss_falls_and_the_bundle_segments_the_disks(trained):
 
 @pytest.mark.slow
 def test_bundle_metadata_is_complete_and_round_trips(trained, tmp_path):
-    from particleseg import segment_image
-    from particleseg.models import load_bundle, zip_bundle
-    from particleseg.pipeline import SegmentParams
-
     bundle, _, (images, labels, _) = trained
     meta = json.loads((bundle.path / "bundle.json").read_text())
-    assert meta["network"]["architecture"] == "unet" and [h["kind"] for h in meta["network"]["heads"]] == ["foreground", "distance"]
-    sizes = [np.sqrt(4 * np.bincount(l.ravel())[1:] / np.pi) for l in labels]
+    assert meta["network"]["architecture"] == "unet" and [h["kind"] for h in meta["network"]["heads"]] == [
+        "foreground",
+        "distance",
+    ]
+    sizes = [np.sqrt(4 * np.bincount(lab.ravel())[1:] / np.pi) for lab in labels]
     assert meta["scale"]["particle_size_px"] == pytest.approx(np.median(np.concatenate(sizes[:8])), rel=0.25)
     assert meta["classes"] == ["background", "particle"]
     assert "training images" in meta["training"]["data"] and meta["training"]["config"]["seed"] == 1
@@ -160,14 +176,11 @@ def test_bundle_metadata_is_complete_and_round_trips(trained, tmp_path):
 
 @pytest.mark.slow
 def test_classifier_rejects_the_particles_the_expert_did_not_keep(trained):
-    from particleseg import segment_image
-    from particleseg.pipeline import SegmentParams
-
     bundle, _, (images, labels, keeps) = trained
     assert bundle.has_classifier and 0.05 <= bundle.metadata["classifier"]["threshold"] <= 0.95
     assert bundle.metadata["classifier"]["metrics"]["validation_particle_accuracy"] >= 0.75
     right = total = 0
-    for img, lab, keep in zip(images, labels, keeps):
+    for img, _lab, keep in zip(images, labels, keeps):
         seg = segment_image(img, bundle, SegmentParams(crop_rows=0, exclude_border=False))
         t = seg.table
         assert "classifier_score" in t
@@ -184,10 +197,6 @@ def test_classifier_rejects_the_particles_the_expert_did_not_keep(trained):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["multires-unet", "fcn", "unet"])
 def test_each_architecture_trains_from_files_and_segments(arch, tmp_path):
-    from particleseg import segment_image
-    from particleseg.pipeline import SegmentParams
-    from particleseg.train import train_segmentation
-
     images, labels, _ = disk_set(3, seed=2)
     (tmp_path / "im").mkdir()
     (tmp_path / "m").mkdir()
@@ -195,8 +204,9 @@ def test_each_architecture_trains_from_files_and_segments(arch, tmp_path):
         write_tiff(tmp_path / "im" / f"a{i}.tif", im)
         write_tiff(tmp_path / "m" / f"a{i}_labels.tif", lab.astype(np.uint16))  # label images
     head = {"multires-unet": "distance", "fcn": None, "unet": "boundary"}[arch]
-    b = train_segmentation(tmp_path / "im", tmp_path / "m", tmp_path / "b", arch=arch, extra_head=head,
-                           **TINY, epochs=1, steps_per_epoch=2)
+    b = train_segmentation(
+        tmp_path / "im", tmp_path / "m", tmp_path / "b", arch=arch, extra_head=head, **TINY, epochs=1, steps_per_epoch=2
+    )
     assert b.network.architecture == arch and b.heads == ["foreground"] + ([head] if head else [])
     assert b.metadata["training"]["mask_kind"] == "auto" and len(b.metadata["training"]["validation_images"]) == 1
     seg = segment_image(images[0], b, SegmentParams(crop_rows=0))
@@ -205,14 +215,19 @@ def test_each_architecture_trains_from_files_and_segments(arch, tmp_path):
 
 @pytest.mark.slow
 def test_multiclass_masks_train_a_classes_head(tmp_path):
-    from particleseg import segment_image
-    from particleseg.pipeline import SegmentParams
-    from particleseg.train import train_segmentation
-
     images, labels, _ = disk_set(3, seed=3)
-    phases = [np.where(l == 0, 0, np.where(l % 2 == 0, 1, 2)).astype(np.uint8) for l in labels]
-    b = train_segmentation(images, phases, tmp_path / "b", arch="unet", class_names=["matrix", "a", "b"],
-                           extra_head=None, **TINY, epochs=1, steps_per_epoch=2)
+    phases = [np.where(lab == 0, 0, np.where(lab % 2 == 0, 1, 2)).astype(np.uint8) for lab in labels]
+    b = train_segmentation(
+        images,
+        phases,
+        tmp_path / "b",
+        arch="unet",
+        class_names=["matrix", "a", "b"],
+        extra_head=None,
+        **TINY,
+        epochs=1,
+        steps_per_epoch=2,
+    )
     assert b.heads == ["foreground", "classes"] and b.metadata["classes"] == ["matrix", "a", "b"]
     assert 0 <= b.metadata["metrics"]["validation"]["class_accuracy"] <= 1
     seg = segment_image(images[0], b, SegmentParams(crop_rows=0))
@@ -222,8 +237,6 @@ def test_multiclass_masks_train_a_classes_head(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
-    from particleseg.train import train_segmentation
-
     images, labels, _ = disk_set(3, seed=4)
     seen = []
 
@@ -232,8 +245,15 @@ def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
         if done == 2:
             raise KeyboardInterrupt
 
-    kw = dict(arch="unet", extra_head=None, **{**TINY, "progress": stop_after_two}, epochs=3, steps_per_epoch=2,
-              workdir=tmp_path / "work", seed=5)
+    kw = dict(
+        arch="unet",
+        extra_head=None,
+        **{**TINY, "progress": stop_after_two},
+        epochs=3,
+        steps_per_epoch=2,
+        workdir=tmp_path / "work",
+        seed=5,
+    )
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(images, labels, tmp_path / "b", **kw)
     assert not (tmp_path / "b").exists()
@@ -253,12 +273,6 @@ def test_interrupted_run_resumes_after_the_last_finished_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_onnx_export_matches_keras_and_runs_the_pipeline(trained, tmp_path, capsys):
-    from particleseg import segment_image
-    from particleseg.cli import main
-    from particleseg.models import load_bundle
-    from particleseg.models.export import check_export, onnx_predictor
-    from particleseg.pipeline import SegmentParams
-
     bundle, _, (images, _, _) = trained
     copy = tmp_path / "disks"
     shutil.copytree(bundle.path, copy)
@@ -297,9 +311,9 @@ def folders(tmp_path):
 
 
 def _train(folders, **kw):
-    from particleseg.train import train_segmentation
-
-    return train_segmentation(folders / "im", folders / "m", folders / "out", **{**TINY, "epochs": 1, "steps_per_epoch": 1, **kw})
+    return train_segmentation(
+        folders / "im", folders / "m", folders / "out", **{**TINY, "epochs": 1, "steps_per_epoch": 1, **kw}
+    )
 
 
 def test_missing_mask_names_the_image(folders):
@@ -325,9 +339,6 @@ def test_unreadable_files_are_named(folders):
 
 
 def test_other_bad_inputs(folders, tmp_path):
-    from particleseg.cli import main
-    from particleseg.train import train_segmentation
-
     with pytest.raises(InputError, match="unknown architecture"):
         _train(folders, arch="resnet")
     with pytest.raises(InputError, match="smaller than the training tile 128"):
@@ -345,27 +356,64 @@ def test_other_bad_inputs(folders, tmp_path):
     with pytest.raises(OutputExistsError, match="out: output exists; use --overwrite"):
         _train(folders)
     # the command line prints one line, no traceback
-    assert main(["train", "--images", str(folders / "im"), "--masks", str(folders / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["train", "--images", str(folders / "im"), "--masks", str(folders / "nope"), "--out", str(tmp_path / "o")])
+        == 1
+    )
 
 
 @pytest.mark.slow
 def test_train_command_writes_a_bundle_segment_uses(folders, capsys):
-    from particleseg.cli import main
-
-    rc = main(["train", "--images", str(folders / "im"), "--masks", str(folders / "m"), "--out", str(folders / "b"),
-               "--arch", "unet", "--depth", "2", "--base-filters", "4", "--tile", "32", "--batch-size", "4",
-               "--epochs", "1", "--steps", "2", "--quiet", "--zip"])
+    rc = main(
+        [
+            "train",
+            "--images",
+            str(folders / "im"),
+            "--masks",
+            str(folders / "m"),
+            "--out",
+            str(folders / "b"),
+            "--arch",
+            "unet",
+            "--depth",
+            "2",
+            "--base-filters",
+            "4",
+            "--tile",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--quiet",
+            "--zip",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "wrote" in out and "validation: foreground IoU" in out
     assert (folders / "b.zip").is_file() and (folders / "b" / "bundle.json").is_file()
-    assert main(["segment", str(folders / "im" / "a0.tif"), "--out", str(folders / "seg"), "--model",
-                 str(folders / "b.zip"), "--crop-rows", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folders / "im" / "a0.tif"),
+                "--out",
+                str(folders / "seg"),
+                "--model",
+                str(folders / "b.zip"),
+                "--crop-rows",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (folders / "seg" / "a0_labels.tif").is_file()
 
 
 def test_classifier_threshold_is_the_best_separation_of_the_validation_particles():
-    from particleseg.train import balanced_accuracy, choose_classifier_threshold
-
     kept = np.array([True, True, True, False])
     # keeping all: rate 1 for the kept, 0 for the discarded
     assert balanced_accuracy(np.ones(4, bool), kept) == pytest.approx(0.5)

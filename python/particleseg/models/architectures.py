@@ -42,6 +42,7 @@ class Head:
     activation: str = "sigmoid"
 
     def __post_init__(self):
+        """Check the head's kind and activation (ValueError)."""
         if self.kind not in ("foreground", "distance", "boundary", "classes"):
             raise ValueError(f"unknown head kind {self.kind!r}")
         if self.activation not in ("sigmoid", "softmax", "linear"):
@@ -62,6 +63,7 @@ class NetworkConfig:
     alpha: float = 1.67  # MultiRes UNet filter multiplier, as in the paper
 
     def __post_init__(self):
+        """Check the settings (ValueError) and turn heads given as dicts into :class:`Head`."""
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.normalization not in NORMALIZATIONS:
@@ -80,19 +82,22 @@ class NetworkConfig:
     @property
     def multiple_of(self) -> int:
         """Input sides must be multiples of this."""
-        return 2 ** self.depth
+        return 2**self.depth
 
     @property
     def output_channels(self) -> int:
+        """Channels of the network's output: the sum over its heads."""
         return sum(h.channels for h in self.heads)
 
     def to_dict(self) -> dict:
+        """Return the settings as a JSON-ready dict (heads as dicts), as bundle metadata stores them."""
         d = asdict(self)
         d["heads"] = [asdict(h) for h in self.heads]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkConfig":
+        """Make a config from :meth:`to_dict`'s dict; unknown settings raise ValueError."""
         d = dict(d)
         d["heads"] = tuple(Head(**h) for h in d.get("heads", [{"kind": "foreground"}]))
         known = {f for f in cls.__dataclass_fields__}
@@ -181,8 +186,10 @@ def _unet(inputs, config: NetworkConfig):
 
 
 def _multires_block(x, u, config, name):
-    """MultiRes block [1]: three chained 3x3 convolutions (a factorised 3x3/5x5/7x7 bank)
-    concatenated, plus a 1x1 residual shortcut."""
+    """MultiRes block [1]: three chained 3x3 convolutions concatenated, plus a shortcut.
+
+    The chained convolutions are a factorised 3x3/5x5/7x7 bank; the shortcut is a 1x1 residual one.
+    """
     import keras
 
     w = config.alpha * u
@@ -199,8 +206,10 @@ def _multires_block(x, u, config, name):
 
 
 def _res_path(x, filters, length, config, name):
-    """Res path [1]: a chain of 3x3 convolutions with 1x1 shortcuts on a skip connection, to
-    narrow the semantic gap between encoder and decoder features."""
+    """Res path [1]: a chain of 3x3 convolutions with 1x1 shortcuts on a skip connection.
+
+    It narrows the semantic gap between encoder and decoder features.
+    """
     import keras
 
     for i in range(length):
@@ -233,10 +242,12 @@ def _multires_unet(inputs, config: NetworkConfig):
 
 
 def _fcn(inputs, config: NetworkConfig):
-    """FCN after Long et al. [3]: a VGG-like encoder whose class scores at strides 2**depth,
-    2**(depth-1) and 2**(depth-2) are upsampled and summed (the FCN-8s skip architecture at
-    ``depth=5``), then upsampled to the input size. Cheaper than a UNet decoder, which suits
-    many small fields of view (SIMS)."""
+    """FCN after Long et al. [3]: a VGG-like encoder whose class scores are upsampled and summed.
+
+    The class scores at strides 2**depth, 2**(depth-1) and 2**(depth-2) are upsampled and summed
+    (the FCN-8s skip architecture at ``depth=5``), then upsampled to the input size. Cheaper than
+    a UNet decoder, which suits many small fields of view (SIMS).
+    """
     import keras
 
     x = inputs

@@ -51,8 +51,8 @@ BUNDLE_ATTACHMENT = "bundle.json"
 WEIGHTS = ("keras", "onnx", "saved_model")
 CITATION = {
     "text": "Rühle, B., Krumrey, J. F. & Hodoroaba, V.-D. Workflow towards automated segmentation of "
-            "agglomerated, non-spherical particles from electron microscopy images using artificial "
-            "neural networks. Scientific Reports 11, 4942 (2021).",
+    "agglomerated, non-spherical particles from electron microscopy images using artificial "
+    "neural networks. Scientific Reports 11, 4942 (2021).",
     "doi": "10.1038/s41598-021-84287-6",
 }
 DEFAULT_LICENSE = "BSD-3-Clause"
@@ -68,7 +68,7 @@ def _need_spec():
 
 
 def package_name(name: str) -> str:
-    """A file name for a bundle's package: ``NAME.bioimageio.zip``."""
+    """Return a file name for a bundle's package: ``NAME.bioimageio.zip``."""
     return re.sub(r"[^\w.-]+", "_", name) + ".bioimageio.zip"
 
 
@@ -100,7 +100,7 @@ def output_channel_names(bundle) -> list[str]:
 
 
 def make_test_input(bundle, size: int | None = None) -> np.ndarray:
-    """The raw test input ``(1, size, size, C)`` float32 of a bundle's package.
+    """Make the raw test input ``(1, size, size, C)`` float32 of a bundle's package.
 
     A single-channel SEM bundle gets a crop of the shipped sample image (inverted for a network
     trained on dark particles); other bundles get smooth random blobs
@@ -131,7 +131,7 @@ def _onnx_opset(path: Path) -> int:
 
 
 def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
-    """A 2:1 PNG: the test input (left) and the first output channel (right)."""
+    """Write a 2:1 PNG: the test input (left) and the first output channel (right)."""
     from PIL import Image  # Pillow: only for the cover; load_bundle imports this module
 
     def gray(a):
@@ -172,13 +172,17 @@ def _documentation(bundle, channel_names: list[str], weights: list[str]) -> str:
         "(ImageJ: Edit > Invert).",
     ]
     if size:
-        lines.append(f"* Scale: typical particle diameter about {size:.0f} pixels"
-                     + (f" (trained on {rng[0]:g}-{rng[1]:g} px)" if rng else "")
-                     + "; resample images whose particles are much larger or smaller (ImageJ: Image > Scale).")
+        lines.append(
+            f"* Scale: typical particle diameter about {size:.0f} pixels"
+            + (f" (trained on {rng[0]:g}-{rng[1]:g} px)" if rng else "")
+            + "; resample images whose particles are much larger or smaller (ImageJ: Image > Scale)."
+        )
     if norm.get("method") == "percentile":
-        lines.append(f"* Normalisation (done by the preprocessing of this package): the {norm.get('low', 1.0):g} and "
-                     f"{norm.get('high', 99.8):g} percentiles of each channel map to 0 and 1, then values are clipped to "
-                     f"{norm.get('clip')}.")
+        lines.append(
+            f"* Normalisation (done by the preprocessing of this package): the {norm.get('low', 1.0):g} and "
+            f"{norm.get('high', 99.8):g} percentiles of each channel map to 0 and 1, then values are clipped to "
+            f"{norm.get('clip')}."
+        )
     lines += [
         "",
         "## Output",
@@ -277,8 +281,9 @@ def export_bioimageio(
         _cover(x, y, stage / "cover.png")
 
         shutil.copyfile(bundle.path / bundle.metadata.get("model_file", "model.keras"), stage / "model.keras")
-        (stage / BUNDLE_ATTACHMENT).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n",
-                                               encoding="utf-8")
+        (stage / BUNDLE_ATTACHMENT).write_text(
+            json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8"
+        )
         attachments = [{"source": BUNDLE_ATTACHMENT}]
         if bundle.has_classifier:
             rel = meta["classifier"].get("model_file", "classifier.keras")
@@ -295,22 +300,32 @@ def export_bioimageio(
 
         backend = keras.backend.backend()
         wdescr: dict[str, Any] = {
-            "keras_v3": {"source": "model.keras", "keras_version": keras.__version__,
-                         "backend": [backend, vers.get(backend) or vers.get("tensorflow-cpu") or vers.get("tensorflow", "0")],
-                         "comment": "the particleseg bundle's own network file"},
+            "keras_v3": {
+                "source": "model.keras",
+                "keras_version": keras.__version__,
+                "backend": [backend, vers.get(backend) or vers.get("tensorflow-cpu") or vers.get("tensorflow", "0")],
+                "comment": "the particleseg bundle's own network file",
+            },
         }
         if "onnx" in weights:
             export_model(model, stage / "model.onnx", "onnx")
             check_export(model, onnx_predictor(stage / "model.onnx"), xn, tolerance, "model.onnx")
-            wdescr["onnx"] = {"source": "model.onnx", "opset_version": _onnx_opset(stage / "model.onnx"),
-                              "parent": "keras_v3", "comment": "converted with tf2onnx (keras.Model.export)"}
+            wdescr["onnx"] = {
+                "source": "model.onnx",
+                "opset_version": _onnx_opset(stage / "model.onnx"),
+                "parent": "keras_v3",
+                "comment": "converted with tf2onnx (keras.Model.export)",
+            }
         if "saved_model" in weights:
             _export_saved_model(model, stage / "tf_saved_model.zip", xn, tolerance)
             import tensorflow as tf  # tensorflow: only for this weights format (lazy)
 
             wdescr["tensorflow_saved_model_bundle"] = {
-                "source": "tf_saved_model.zip", "tensorflow_version": tf.__version__, "parent": "keras_v3",
-                "comment": "keras.Model.export(format='tf_saved_model'); endpoint 'serve' returns {'prediction': ...}"}
+                "source": "tf_saved_model.zip",
+                "tensorflow_version": tf.__version__,
+                "parent": "keras_v3",
+                "comment": "keras.Model.export(format='tf_saved_model'); endpoint 'serve' returns {'prediction': ...}",
+            }
 
         names = output_channel_names(bundle)
         (stage / "README.md").write_text(_documentation(bundle, names, list(wdescr)), encoding="utf-8")
@@ -323,9 +338,11 @@ def export_bioimageio(
 
 
 def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -> None:
-    """A TensorFlow SavedModel of ``model`` whose ``serve`` endpoint returns ``{"prediction": ...}``
-    (bioimageio.core's TensorFlow runner takes a dict of outputs), zipped to ``target`` and
-    checked against Keras."""
+    """Write a TensorFlow SavedModel of ``model``, zipped to ``target`` and checked against Keras.
+
+    Its ``serve`` endpoint returns ``{"prediction": ...}`` (bioimageio.core's TensorFlow runner
+    takes a dict of outputs).
+    """
     import keras  # keras, tensorflow: only to export (lazy, docs/architecture.md)
     import tensorflow as tf
 
@@ -334,8 +351,13 @@ def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -
     sm = target.parent / "saved_model"
     export_model(wrapper, sm, "saved_model")
     loaded = tf.saved_model.load(str(sm))
-    check_export(model, lambda b: np.asarray(loaded.serve(tf.constant(np.asarray(b, np.float32)))["prediction"]),
-                 xn, tolerance, target.name)
+    check_export(
+        model,
+        lambda b: np.asarray(loaded.serve(tf.constant(np.asarray(b, np.float32)))["prediction"]),
+        xn,
+        tolerance,
+        target.name,
+    )
     loaded = None  # the SavedModel released before its folder is zipped and removed
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(sm.rglob("*")):
@@ -345,9 +367,12 @@ def _export_saved_model(model, target: Path, xn: np.ndarray, tolerance: float) -
 
 
 def _halo_and_min_size(bundle) -> tuple[int, int]:
-    """The output halo (context pixels each side of a tile's kept part: particleseg's tiling
-    halo, :attr:`Bundle.overlap`) and the smallest input side, which must leave something of the
-    output once the halo is cut off."""
+    """Return the output halo and the smallest input side of a bundle's package.
+
+    The halo is the context pixels each side of a tile's kept part (particleseg's tiling halo,
+    :attr:`Bundle.overlap`); the smallest input side must leave something of the output once the
+    halo is cut off.
+    """
     m = bundle.network.multiple_of
     halo = max(0, int(bundle.overlap))
     return halo, max(m, -(-(2 * halo + 1) // m) * m)
@@ -362,8 +387,14 @@ def _rdf(bundle, x, channel_names, wdescr, attachments, authors, license) -> dic
     halo, min_size = _halo_and_min_size(bundle)
     space: dict[str, Any] = {}
     pixel_size, unit = scale.get("pixel_size"), scale.get("unit")
-    spec_units = {"nm": "nanometer", "µm": "micrometer", "um": "micrometer", "mm": "millimeter", "Å": "angstrom",
-                  "m": "meter"}
+    spec_units = {
+        "nm": "nanometer",
+        "µm": "micrometer",
+        "um": "micrometer",
+        "mm": "millimeter",
+        "Å": "angstrom",
+        "m": "meter",
+    }
     if pixel_size and unit in spec_units:
         space = {"unit": spec_units[unit], "scale": float(pixel_size)}
     in_names = [_identifier(c, f"channel{i}") for i, c in enumerate(meta["input"].get("channels") or [])]
@@ -371,9 +402,17 @@ def _rdf(bundle, x, channel_names, wdescr, attachments, authors, license) -> dic
         in_names = ["gray"] if net.input_channels == 1 else [f"channel{i}" for i in range(net.input_channels)]
     preprocessing: list[dict] = []
     if norm.get("method") == "percentile":
-        preprocessing.append({"id": "scale_range", "kwargs": {
-            "axes": ["y", "x"], "min_percentile": float(norm.get("low", 1.0)),
-            "max_percentile": float(norm.get("high", 99.8)), "eps": 1e-6}})
+        preprocessing.append(
+            {
+                "id": "scale_range",
+                "kwargs": {
+                    "axes": ["y", "x"],
+                    "min_percentile": float(norm.get("low", 1.0)),
+                    "max_percentile": float(norm.get("high", 99.8)),
+                    "eps": 1e-6,
+                },
+            }
+        )
         if norm.get("clip"):
             lo, hi = norm["clip"]
             preprocessing.append({"id": "clip", "kwargs": {"min": float(lo), "max": float(hi)}})
@@ -381,7 +420,7 @@ def _rdf(bundle, x, channel_names, wdescr, attachments, authors, license) -> dic
     heads = ", ".join(f"{h.kind} ({h.activation})" for h in net.heads)
     arch = {"unet": "U-Net", "multires-unet": "MultiResUNet", "fcn": "FCN"}.get(net.architecture, net.architecture)
     post = bundle.postprocess
-    description = (meta.get("description") or f"particleseg {bundle.kind} segmentation network")
+    description = meta.get("description") or f"particleseg {bundle.kind} segmentation network"
     description = description.strip().splitlines()[0][:1024]
     return {
         "format_version": "0.5.12",
@@ -393,40 +432,53 @@ def _rdf(bundle, x, channel_names, wdescr, attachments, authors, license) -> dic
         "license": license or meta.get("license") or DEFAULT_LICENSE,
         "documentation": {"source": "README.md"},
         "covers": [{"source": "cover.png"}],
-        "tags": ["particleseg", "segmentation", "electron-microscopy", "sem", "particles", "2d",
-                 net.architecture, "onnx" if "onnx" in wdescr else "keras"],
+        "tags": [
+            "particleseg",
+            "segmentation",
+            "electron-microscopy",
+            "sem",
+            "particles",
+            "2d",
+            net.architecture,
+            "onnx" if "onnx" in wdescr else "keras",
+        ],
         "attachments": attachments,
-        "inputs": [{
-            "id": "image",
-            "description": "gray image, raw values (normalised by the preprocessing); "
-                           f"{meta['input'].get('polarity', 'bright')} particles",
-            "axes": [
-                {"type": "batch"},
-                {"type": "space", "id": "y", "size": {"min": min_size, "step": m}, **space},
-                {"type": "space", "id": "x", "size": {"min": min_size, "step": m}, **space},
-                {"type": "channel", "channel_names": in_names},
-            ],
-            "test_tensor": {"source": "test_input.npy"},
-            "data": {"type": "float32"},
-            "preprocessing": preprocessing,
-        }],
-        "outputs": [{
-            "id": "prediction",
-            "description": f"network outputs, one channel per head: {heads}",
-            "axes": [
-                {"type": "batch"},
-                {"type": "space", "id": "y", "size": {"tensor_id": "image", "axis_id": "y"}, "halo": halo, **space},
-                {"type": "space", "id": "x", "size": {"tensor_id": "image", "axis_id": "x"}, "halo": halo, **space},
-                {"type": "channel", "channel_names": channel_names},
-            ],
-            "test_tensor": {"source": "test_output.npy"},
-            "data": {"type": "float32", "range": [0.0, 1.0]},
-        }],
+        "inputs": [
+            {
+                "id": "image",
+                "description": "gray image, raw values (normalised by the preprocessing); "
+                f"{meta['input'].get('polarity', 'bright')} particles",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "space", "id": "y", "size": {"min": min_size, "step": m}, **space},
+                    {"type": "space", "id": "x", "size": {"min": min_size, "step": m}, **space},
+                    {"type": "channel", "channel_names": in_names},
+                ],
+                "test_tensor": {"source": "test_input.npy"},
+                "data": {"type": "float32"},
+                "preprocessing": preprocessing,
+            }
+        ],
+        "outputs": [
+            {
+                "id": "prediction",
+                "description": f"network outputs, one channel per head: {heads}",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "space", "id": "y", "size": {"tensor_id": "image", "axis_id": "y"}, "halo": halo, **space},
+                    {"type": "space", "id": "x", "size": {"tensor_id": "image", "axis_id": "x"}, "halo": halo, **space},
+                    {"type": "channel", "channel_names": channel_names},
+                ],
+                "test_tensor": {"source": "test_output.npy"},
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
         "weights": wdescr,
         "config": {
             "bioimageio": {
                 "architecture_type": arch,
-                "architecture_description": f"{arch}, depth {net.depth}, {net.base_filters} base filters; heads {heads}",
+                "architecture_description": f"{arch}, depth {net.depth}, {net.base_filters} base filters; "
+                f"heads {heads}",
                 "modality": "electron microscopy (SEM, TEM)",
                 "task": "semantic segmentation with instance seeds",
                 "target_structure": ["particles"],
@@ -504,13 +556,17 @@ def validate_package(path: str | os.PathLike):
 
 
 def test_package(path: str | os.PathLike, weight_format: str | None = None):
-    """Run bioimageio.core's model test on a package (every weights format unless
-    ``weight_format`` names one); return the validation summary (``.status`` is "passed" or
-    "failed")."""
+    """Run bioimageio.core's model test on a package; return the validation summary.
+
+    Every weights format is tested unless ``weight_format`` names one; the summary's ``.status``
+    is "passed" or "failed".
+    """
     try:
         from bioimageio.core import test_model  # the optional extra particleseg[bioimageio]
     except ImportError:
-        raise BundleError("testing a bioimage.io package needs bioimageio.core (pip install 'particleseg[bioimageio]')") from None
+        raise BundleError(
+            "testing a bioimage.io package needs bioimageio.core (pip install 'particleseg[bioimageio]')"
+        ) from None
     source = str(_rdf_source(Path(path)).resolve())
     # the TensorFlow runner unpacks its weights into the current folder: run it in a temporary one
     # (and the Keras runner draws progress bars: off while testing)
@@ -534,8 +590,10 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None):
 
 
 def package_weights(folder: str | os.PathLike) -> dict[str, str]:
-    """The weights of a package folder by format (``onnx``, ``keras_v3``, ...): their files,
-    as its ``rdf.yaml`` names them (empty when the folder is no package)."""
+    """Return the weights of a package folder by format (``onnx``, ``keras_v3``, ...).
+
+    Their files, as its ``rdf.yaml`` names them (empty when the folder is no package).
+    """
     folder = Path(folder)
     rdf = _rdf_source(folder)
     if not rdf.is_file() or rdf == folder:
@@ -549,7 +607,7 @@ def package_weights(folder: str | os.PathLike) -> dict[str, str]:
     except ImportError:  # PyYAML is no dependency of particleseg: the block as bioimageio.spec writes it
         block = re.search(r"^weights:\n((?:[ \t]+.*\n?)*)", text, re.M)
         found, fmt = {}, None
-        for line in (block.group(1).splitlines() if block else []):
+        for line in block.group(1).splitlines() if block else []:
             m = re.match(r"^  (\w+):\s*$", line)
             if m:
                 fmt = m.group(1)
@@ -561,7 +619,7 @@ def package_weights(folder: str | os.PathLike) -> dict[str, str]:
 
 
 def package_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
-    """The metadata of a bundle loaded from a package folder written by :func:`export_bioimageio`.
+    """Return the metadata of a bundle loaded from a package folder written by :func:`export_bioimageio`.
 
     The attached ``bundle.json`` is the exported bundle's; its ``exports`` name that bundle's
     files (``export/model.onnx``, ...), which the package holds under other names or not at all.
@@ -582,8 +640,11 @@ def package_metadata(folder: str | os.PathLike, meta: dict[str, Any]) -> dict[st
             exports[key] = {**entry, "file": Path(rel).name}
     onnx = package_weights(folder).get("onnx")
     if onnx and (folder / onnx).is_file():
-        exports["onnx"] = {**(exports.get("onnx") or {"layout": "NHWC"}), "file": onnx,
-                           "source": "the bioimage.io package's onnx weights"}
+        exports["onnx"] = {
+            **(exports.get("onnx") or {"layout": "NHWC"}),
+            "file": onnx,
+            "source": "the bioimage.io package's onnx weights",
+        }
     else:
         exports.pop("onnx", None)
     out = {k: v for k, v in meta.items() if k != "exports"}
@@ -601,7 +662,7 @@ def _rdf_source(path: Path) -> Path:
 
 
 def rdf_file_in(names: Sequence[str]) -> str | None:
-    """The bioimage.io description among the root-level file names of a package, if any."""
+    """Return the bioimage.io description among the root-level file names of a package, if any."""
     for n in names:
         if "/" not in n.strip("/") and (n in RDF_NAMES or n.endswith(".bioimageio.yaml")):
             return n
@@ -609,8 +670,10 @@ def rdf_file_in(names: Sequence[str]) -> str | None:
 
 
 def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a bioimage.io package: a folder or zip with ``rdf.yaml`` (or
-    ``bioimageio.yaml``) at its root."""
+    """Whether ``path`` is a bioimage.io package.
+
+    A package is a folder or zip with ``rdf.yaml`` (or ``bioimageio.yaml``) at its root.
+    """
     path = Path(path)
     if path.is_dir():
         return rdf_file_in([p.name for p in path.iterdir() if p.is_file()]) is not None
@@ -624,10 +687,12 @@ def is_package(path: str | os.PathLike) -> bool:
 
 
 def check_usable(path: str | os.PathLike) -> None:
-    """Raise :class:`BundleError` (one line) for a bioimage.io package that particleseg cannot
-    load as a bundle: one it did not write (no ``bundle.json`` attachment). A package written by
+    """Raise :class:`BundleError` (one line) for a bioimage.io package particleseg cannot load.
+
+    Such a package is one particleseg did not write (no ``bundle.json`` attachment). One written by
     :func:`export_bioimageio` holds ``bundle.json`` and ``model.keras`` at its root, so it is a
-    bundle folder or zip as it is."""
+    bundle folder or zip as it is.
+    """
     path = Path(path)
     if not is_package(path):
         return
@@ -641,11 +706,16 @@ def check_usable(path: str | os.PathLike) -> None:
     if BUNDLE_ATTACHMENT in names:
         return
     name = re.search(r"^name:\s*(.+?)\s*$", rdf_text, re.M)
-    formats = re.findall(r"^  (keras_hdf5|keras_v3|onnx|pytorch_state_dict|tensorflow_js|"
-                         r"tensorflow_saved_model_bundle|torchscript):", rdf_text, re.M)
+    formats = re.findall(
+        r"^  (keras_hdf5|keras_v3|onnx|pytorch_state_dict|tensorflow_js|"
+        r"tensorflow_saved_model_bundle|torchscript):",
+        rdf_text,
+        re.M,
+    )
     what = f"model {name.group(1).strip(chr(39) + chr(34))!r}" if name else "model"
     raise BundleError(
         f"{path}: a bioimage.io {what} not exported by particleseg (no {BUNDLE_ATTACHMENT} attachment"
         f"{'; weights ' + ', '.join(formats) if formats else ''}); particleseg cannot use it as a bundle, "
         "but DeepImageJ or bioimageio.core can run it and particleseg's split and measure commands can take "
-        "its probability map")
+        "its probability map"
+    )

@@ -58,7 +58,7 @@ DEFAULT_POSTPROCESS = {
     "threshold": 0.5,
     "split": True,
     "seed_threshold": 0.5,  # distance-head seeds: centre region of each particle
-    "h": 1.0,               # h-maxima depth (pixels) of the distance-transform watershed
+    "h": 1.0,  # h-maxima depth (pixels) of the distance-transform watershed
     "min_area": 15,
     "min_confidence": 0.0,  # mean foreground probability a detection needs (0: keep all)
     "fill_holes": True,
@@ -85,8 +85,11 @@ def model_search_path() -> list[Path]:
 
 
 def bundle_origin(path: str | os.PathLike) -> str:
-    """Where a bundle on the search path comes from: ``package`` (shipped with particleseg),
-    ``$PARTICLESEG_MODELS``, ``user folder`` or ``path`` (anywhere else)."""
+    """Where a bundle on the search path comes from.
+
+    ``package`` (shipped with particleseg), ``$PARTICLESEG_MODELS``, ``user folder`` or ``path``
+    (anywhere else).
+    """
     folder = Path(path).resolve().parent
     if folder == SHIPPED_MODELS.resolve():
         return "package"
@@ -121,7 +124,9 @@ def resolve_bundle(name_or_path: str | os.PathLike | None) -> Path:
     if str(name_or_path) in installed:
         return installed[str(name_or_path)]
     names = ", ".join(installed) or "none"
-    raise BundleError(f"{name_or_path}: model not found (not a folder or zip, nor an installed bundle; installed: {names})")
+    raise BundleError(
+        f"{name_or_path}: model not found (not a folder or zip, nor an installed bundle; installed: {names})"
+    )
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Bundle:
 
     @property
     def name(self) -> str:
+        """The bundle's name (its metadata's ``name``)."""
         return self.metadata["name"]
 
     @property
@@ -144,57 +150,79 @@ class Bundle:
 
     @property
     def kind(self) -> str:
-        """What the network segments: ``sem`` (gray images, ``particleseg segment``), ``sims``
-        (summed SIMS counts, ``particleseg sims run``) or ``fibsem`` (phase maps of FIB-SEM
-        stacks). The metadata's ``kind`` if it has one; otherwise a ``fibsem`` section makes a
-        FIB-SEM bundle, a ``sims`` section or a ``min_significance`` post-processing setting
-        a SIMS bundle, anything else an SEM bundle."""
+        """What the network segments: ``sem``, ``sims`` or ``fibsem``.
+
+        ``sem``: gray images (``particleseg segment``); ``sims``: summed SIMS counts
+        (``particleseg sims run``); ``fibsem``: phase maps of FIB-SEM stacks. The metadata's
+        ``kind`` if it has one; otherwise a ``fibsem`` section makes a FIB-SEM bundle, a ``sims``
+        section or a ``min_significance`` post-processing setting a SIMS bundle, anything else an
+        SEM bundle.
+        """
         return bundle_kind(self.metadata)
 
     def check_use(self, use: str, target: str = "") -> None:
-        """Refuse a bundle made for another kind of data: an SEM ``segment`` with a SIMS or
-        FIB-SEM bundle, a SIMS run with a FIB-SEM bundle (one line naming the bundle, its kind
-        and ``target``, the image or images it was to be used on)."""
+        """Refuse a bundle made for another kind of data.
+
+        An SEM ``segment`` with a SIMS or FIB-SEM bundle, or a SIMS run with a FIB-SEM bundle, is
+        refused in one line naming the bundle, its kind and ``target``, the image or images it
+        was to be used on.
+        """
         kind = self.kind
         refused = {"sem": ("sims", "fibsem"), "sims": ("fibsem",), "fibsem": ("sem", "sims")}.get(use, ())
         if kind in refused:
-            command = {"sem": "particleseg segment", "sims": "particleseg sims run", "fibsem": "particleseg fibsem segment"}
+            command = {
+                "sem": "particleseg segment",
+                "sims": "particleseg sims run",
+                "fibsem": "particleseg fibsem segment",
+            }
             on = f" on {target}" if target else ""
-            raise BundleError(f"{self.label}: model {self.name!r} is a {KIND_NAMES[kind]} model; {command[use]} needs "
-                              f"a{'n' if use in ('sem', 'fibsem') else ''} {KIND_NAMES[use]} model (cannot use it{on}; "
-                              f"use {command[kind]} with it)")
+            raise BundleError(
+                f"{self.label}: model {self.name!r} is a {KIND_NAMES[kind]} model; {command[use]} needs "
+                f"a{'n' if use in ('sem', 'fibsem') else ''} {KIND_NAMES[use]} model (cannot use it{on}; "
+                f"use {command[kind]} with it)"
+            )
 
     @cached_property
     def network(self) -> NetworkConfig:
+        """The network's settings (its metadata's ``network``)."""
         return NetworkConfig.from_dict(self.metadata["network"])
 
     @property
     def heads(self) -> list[str]:
+        """The kinds of the network's heads, in the order of its output channels."""
         return [h.kind for h in self.network.heads]
 
     @property
     def postprocess(self) -> dict[str, Any]:
+        """Post-processing settings: the package defaults, updated by the metadata's ``postprocess``."""
         return {**DEFAULT_POSTPROCESS, **self.metadata.get("postprocess", {})}
 
     @property
     def tile(self) -> int:
-        """Largest tile side of tiled inference (memory: at most ``tile * tile`` pixels per
-        network call; an image that fits is predicted whole)."""
+        """Largest tile side of tiled inference.
+
+        Memory: at most ``tile * tile`` pixels per network call; an image that fits is predicted
+        whole.
+        """
         return int(self.metadata["tiling"]["tile"])
 
     @cached_property
     def receptive_field(self) -> int | None:
-        """Receptive-field radius of the network in pixels, from its architecture
-        (:func:`particleseg.models.receptive.receptive_field`); None when unbounded (group
-        normalisation)."""
+        """Receptive-field radius of the network in pixels, from its architecture.
+
+        See :func:`particleseg.models.receptive.receptive_field`; None when unbounded (group
+        normalisation).
+        """
         return receptive_field(self.network)
 
     @property
     def overlap(self) -> int:
-        """The halo of tiled inference: context pixels around each tile's kept part. At least
-        the receptive field rounded up to ``2 ** depth`` (then tiled = untiled), whatever an
-        older bundle's ``tiling.overlap`` says; the stored value for networks without a finite
-        receptive field."""
+        """The halo of tiled inference: context pixels around each tile's kept part.
+
+        At least the receptive field rounded up to ``2 ** depth`` (then tiled = untiled), whatever
+        an older bundle's ``tiling.overlap`` says; the stored value for networks without a finite
+        receptive field.
+        """
         stored = int(self.metadata["tiling"]["overlap"])
         halo = exact_halo(self.network)
         return stored if halo is None else max(stored, halo)
@@ -206,10 +234,12 @@ class Bundle:
 
     @property
     def particle_size_px(self) -> float | None:
+        """Typical particle size in pixels of the training images (metadata ``scale``); None if unknown."""
         return self.metadata["scale"].get("particle_size_px")
 
     @property
     def has_classifier(self) -> bool:
+        """Whether the bundle holds a particle classifier (metadata ``classifier``)."""
         return bool(self.metadata.get("classifier"))
 
     @property
@@ -221,25 +251,32 @@ class Bundle:
         return files
 
     def _display(self, rel: str) -> str:
-        return f"{self.source}: {rel}" if self.source and self.source.endswith(".zip") else str(
-            Path(self.source) / rel if self.source else self.path / rel)
+        return (
+            f"{self.source}: {rel}"
+            if self.source and self.source.endswith(".zip")
+            else str(Path(self.source) / rel if self.source else self.path / rel)
+        )
 
     @cached_property
     def model(self):
+        """The Keras network, loaded on first use (BundleError when its file is corrupt)."""
         rel = self.metadata.get("model_file", MODEL_FILE)
         return _load_keras(self.path / rel, self._display(rel))
 
     @cached_property
     def classifier(self):
+        """The Keras particle classifier, loaded on first use; None when the bundle has none."""
         if not self.has_classifier:
             return None
         rel = self.metadata["classifier"].get("model_file", CLASSIFIER_FILE)
         return _load_keras(self.path / rel, self._display(rel))
 
     def check_files(self) -> None:
-        """Check that the Keras files are there and are intact archives (cheap: no network is
-        built), so a missing, truncated or corrupt ``model.keras`` is reported when the bundle is
-        loaded rather than at the first image."""
+        """Check that the Keras files are there and are intact archives (cheap: no network is built).
+
+        So a missing, truncated or corrupt ``model.keras`` is reported when the bundle is loaded
+        rather than at the first image.
+        """
         for rel in self.model_files:
             check_keras_file(self.path / rel, self._display(rel))
 
@@ -253,7 +290,7 @@ class Bundle:
         return path if path.is_file() else None
 
     def engine(self, engine: str | None = "auto") -> str:
-        """The engine :meth:`predictor` uses for ``engine``: ``onnx`` or ``keras``.
+        """Return the engine :meth:`predictor` uses for ``engine``: ``onnx`` or ``keras``.
 
         ``auto`` (the default) is ONNX Runtime when the bundle has an ONNX export and
         ``onnxruntime`` is installed, else Keras (with one note saying why); ``onnx`` insists on
@@ -268,19 +305,28 @@ class Bundle:
         if self.onnx_file is not None and have_ort:
             return "onnx"
         if engine == "onnx":
-            why = ("onnxruntime is not installed (pip install onnxruntime)" if not have_ort else
-                   f"the bundle has no ONNX export (particleseg models export {self.label} --format onnx)")
+            why = (
+                "onnxruntime is not installed (pip install onnxruntime)"
+                if not have_ort
+                else f"the bundle has no ONNX export (particleseg models export {self.label} --format onnx)"
+            )
             raise BundleError(f"{self.label}: cannot run with ONNX Runtime: {why}")
         if self.label not in _NOTED:
             _NOTED.add(self.label)
-            why = ("onnxruntime is not installed" if self.onnx_file is not None else
-                   f"the bundle has no ONNX export; particleseg models export {self.label} --format onnx adds one")
+            why = (
+                "onnxruntime is not installed"
+                if self.onnx_file is not None
+                else f"the bundle has no ONNX export; particleseg models export {self.label} --format onnx adds one"
+            )
             _note(f"{self.label}: running the network with Keras ({why})")
         return "keras"
 
     def classifier_predictor(self, engine: str | None = "auto") -> Callable[[np.ndarray], np.ndarray]:
-        """The particle classifier as a batch function, with ONNX Runtime when the network runs with
-        it (:meth:`engine`) and the bundle has ``exports.classifier_onnx``, else with Keras."""
+        """Return the particle classifier as a batch function, run by ONNX Runtime or Keras.
+
+        ONNX Runtime when the network runs with it (:meth:`engine`) and the bundle has
+        ``exports.classifier_onnx``, else Keras.
+        """
         entry = (self.metadata.get("exports") or {}).get("classifier_onnx") or {}
         path = self.path / entry["file"] if entry.get("file") else None
         chosen = "onnx" if self.engine(engine) == "onnx" and path is not None and path.is_file() else "keras"
@@ -296,9 +342,11 @@ class Bundle:
         return cache[key]
 
     def predictor(self, engine: str | None = "auto") -> Callable[[np.ndarray], np.ndarray]:
-        """A function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``,
-        run by ONNX Runtime or Keras as :meth:`engine` decides (made once per bundle and engine).
-        ONNX Runtime needs neither TensorFlow nor Keras, which are imported only for Keras."""
+        """Return a function from a batch ``(N, H, W, C)`` float32 to the network output ``(N, H, W, K)``.
+
+        It is run by ONNX Runtime or Keras as :meth:`engine` decides (made once per bundle and
+        engine). ONNX Runtime needs neither TensorFlow nor Keras, which are imported only for Keras.
+        """
         chosen = self.engine(engine)
         cache = self.__dict__.setdefault("_predictors", {})
         if chosen not in cache:
@@ -311,6 +359,7 @@ class Bundle:
         return cache[chosen]
 
     def check_channels(self, n_channels: int, source: str = "image") -> None:
+        """Raise :class:`BundleError` (one line naming ``source``) unless the network takes ``n_channels``."""
         expected = self.network.input_channels
         if n_channels != expected:
             names = ", ".join(self.metadata["input"].get("channels", [])) or "unnamed"
@@ -373,9 +422,11 @@ def bundle_kind(meta: dict[str, Any]) -> str:
 
 
 def check_keras_file(path: Path, display: str | None = None) -> None:
-    """Raise :class:`BundleError` unless ``path`` is an intact Keras 3 archive (a zip holding
-    ``config.json`` whose members pass their CRC check). Legacy ``.h5`` files are checked for the
-    HDF5 signature only."""
+    """Raise :class:`BundleError` unless ``path`` is an intact Keras 3 archive.
+
+    An intact archive is a zip holding ``config.json`` whose members pass their CRC check. Legacy
+    ``.h5`` files are checked for the HDF5 signature only.
+    """
     display = display or str(path)
     if not path.is_file():
         raise BundleError(f"{display}: model file missing from bundle")
@@ -431,11 +482,14 @@ def validate_metadata(meta: Any, source: str = "bundle.json") -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{source}: invalid network settings ({exc})") from None
     tiling = meta["tiling"]
-    if not (isinstance(tiling, dict) and isinstance(tiling.get("tile"), int) and isinstance(tiling.get("overlap"), int)):
+    if not (
+        isinstance(tiling, dict) and isinstance(tiling.get("tile"), int) and isinstance(tiling.get("overlap"), int)
+    ):
         raise BundleError(f"{source}: tiling needs integer 'tile' and 'overlap'")
     if tiling["tile"] % config.multiple_of or tiling["tile"] <= 2 * tiling["overlap"]:
         raise BundleError(
-            f"{source}: tile {tiling['tile']} must be a multiple of {config.multiple_of} and more than twice the overlap"
+            f"{source}: tile {tiling['tile']} must be a multiple of {config.multiple_of} "
+            "and more than twice the overlap"
         )
     norm = meta["input"].get("normalization", {})
     if norm.get("method") not in ("percentile", "none"):
@@ -474,7 +528,9 @@ def _show(v) -> str:
         return repr(v)
 
 
-def _check_number(value, key: str, source: str, lo: float, hi: float, whole: bool = False, none_ok: bool = False) -> None:
+def _check_number(
+    value, key: str, source: str, lo: float, hi: float, whole: bool = False, none_ok: bool = False
+) -> None:
     if value is None and none_ok:
         return
     if not _is_number(value) or not math.isfinite(value) or not lo <= value <= hi or whole and value != int(value):
@@ -518,7 +574,7 @@ def _check_values(meta: dict[str, Any], source: str) -> None:
         if low >= high:
             raise BundleError(f"{source}: input.normalization.low ({low:g}) must be below high ({high:g})")
     if inp.get("polarity") not in (None, "bright", "dark"):
-        raise BundleError(f"{source}: input.polarity is {_show(inp['polarity'])}; it must be \"bright\" or \"dark\"")
+        raise BundleError(f'{source}: input.polarity is {_show(inp["polarity"])}; it must be "bright" or "dark"')
     if "kind" in meta and meta["kind"] not in KIND_NAMES:
         raise BundleError(f"{source}: kind is {_show(meta['kind'])}; it must be one of {', '.join(KIND_NAMES)}")
 
@@ -652,9 +708,14 @@ def make_metadata(
             "polarity": polarity,
         },
         "tiling": tiling,
-        "scale": {"pixel_size": pixel_size, "unit": unit, "particle_size_px": particle_size_px,
-                  **({"particle_size_range_px": [float(v) for v in particle_size_range_px]}
-                     if particle_size_range_px else {})},
+        "scale": {
+            "pixel_size": pixel_size,
+            "unit": unit,
+            "particle_size_px": particle_size_px,
+            **(
+                {"particle_size_range_px": [float(v) for v in particle_size_range_px]} if particle_size_range_px else {}
+            ),
+        },
         "classes": classes or ["background", "particle"],
         "postprocess": {**DEFAULT_POSTPROCESS, **(postprocess or {})},
         "training": training or {},
@@ -667,9 +728,12 @@ def make_metadata(
 
 
 def tiling_metadata(network: NetworkConfig, tile: int, overlap: int) -> dict[str, Any]:
-    """The ``tiling`` section of a bundle: ``tile`` (largest tile side), ``overlap`` (the halo,
-    at least the receptive field rounded up to ``2 ** depth``), ``receptive_field`` (radius in
-    pixels, None when unbounded) and ``exact`` (tiled output = whole-image output)."""
+    """Return the ``tiling`` section of a bundle.
+
+    ``tile`` (largest tile side), ``overlap`` (the halo, at least the receptive field rounded up to
+    ``2 ** depth``), ``receptive_field`` (radius in pixels, None when unbounded) and ``exact``
+    (tiled output = whole-image output).
+    """
     rf = receptive_field(network)
     halo = exact_halo(network)
     overlap = int(overlap) if halo is None else max(int(overlap), halo)
@@ -720,14 +784,21 @@ def save_bundle(
         if onnx:
             from .export import export_onnx  # cycle: .export imports .bundle
 
-            entry = export_onnx(model, tmp, NetworkConfig.from_dict(meta["network"]), required=onnx is True,
-                                source=str(path))
+            entry = export_onnx(
+                model, tmp, NetworkConfig.from_dict(meta["network"]), required=onnx is True, source=str(path)
+            )
             if entry is not None:
                 meta["exports"] = {**(meta.get("exports") or {}), "onnx": entry}
                 if classifier is not None:  # the classifier too, so that its bundles run without TensorFlow
                     net = meta["classifier"].get("network")
-                    entry = export_onnx(classifier, tmp, NetworkConfig.from_dict(net) if net else None,
-                                        required=onnx is True, source=str(path), filename="classifier.onnx")
+                    entry = export_onnx(
+                        classifier,
+                        tmp,
+                        NetworkConfig.from_dict(net) if net else None,
+                        required=onnx is True,
+                        source=str(path),
+                        filename="classifier.onnx",
+                    )
                     if entry is not None:
                         meta["exports"]["classifier_onnx"] = entry
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n", encoding="utf-8")

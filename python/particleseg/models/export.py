@@ -1,5 +1,7 @@
-"""Exports of a bundle's network for other runtimes: ONNX (ONNX Runtime, DeepImageJ-style
-Java runtimes) and TensorFlow SavedModel, each checked against Keras on a test image.
+"""Exports of a bundle's network for other runtimes: ONNX and TensorFlow SavedModel.
+
+ONNX serves ONNX Runtime and DeepImageJ-style Java runtimes; each export is checked against
+Keras on a test image.
 
 Exports live in the bundle's ``export/`` folder and are listed in ``bundle.json`` under
 ``exports``, with the largest difference from the Keras output that the check found::
@@ -86,8 +88,13 @@ def saved_model_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.
     return predict
 
 
-def check_export(model, predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray | None = None,
-                 tolerance: float = TOLERANCE, source: str = "export") -> float:
+def check_export(
+    model,
+    predict: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray | None = None,
+    tolerance: float = TOLERANCE,
+    source: str = "export",
+) -> float:
     """Largest absolute difference between Keras and an exported model on a test image.
 
     Parameters
@@ -127,15 +134,19 @@ def export_model(model, path: str | os.PathLike, fmt: str) -> Path:
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(path), format="onnx" if fmt == "onnx" else "tf_saved_model", verbose=False)
     except Exception as exc:  # noqa: BLE001
-        raise BundleError(f"{path}: cannot export as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise BundleError(
+            f"{path}: cannot export as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     return path
 
 
 class _traceable_upsampling:
-    """While exporting, Keras' bilinear ``UpSampling2D`` (the FCN's) calls ``tf.image.resize``
-    directly: Keras' own call compares the traced output size with 0, which a graph with
+    """While exporting, Keras' bilinear ``UpSampling2D`` (the FCN's) calls ``tf.image.resize`` directly.
+
+    Keras' own call compares the traced output size with 0, which a graph with
     unknown sides cannot do. The same operation (half-pixel centres, no antialiasing), so the
-    export still matches Keras (checked by :func:`check_export`)."""
+    export still matches Keras (checked by :func:`check_export`).
+    """
 
     def __init__(self, model):
         self.layers = []
@@ -143,9 +154,13 @@ class _traceable_upsampling:
             import keras  # keras: only to export (lazy, docs/architecture.md)
 
             if keras.backend.backend() == "tensorflow":
-                self.layers = [layer for layer in _all_layers(model)
-                               if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation != "nearest"
-                               and layer.data_format == "channels_last"]
+                self.layers = [
+                    layer
+                    for layer in _all_layers(model)
+                    if isinstance(layer, keras.layers.UpSampling2D)
+                    and layer.interpolation != "nearest"
+                    and layer.data_format == "channels_last"
+                ]
         except Exception:  # noqa: BLE001
             self.layers = []
 
@@ -176,10 +191,18 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def export_onnx(model, folder: str | os.PathLike, network=None, required: bool = False, source: str = "bundle",
-                tolerance: float = TOLERANCE, filename: str = FILES["onnx"]) -> dict | None:
-    """Write ``folder/export/model.onnx`` for a bundle being saved and return its ``exports``
-    entry, after checking it against Keras (largest difference at most ``tolerance`` on a test
+def export_onnx(
+    model,
+    folder: str | os.PathLike,
+    network=None,
+    required: bool = False,
+    source: str = "bundle",
+    tolerance: float = TOLERANCE,
+    filename: str = FILES["onnx"],
+) -> dict | None:
+    """Write ``folder/export/model.onnx`` for a bundle being saved and return its ``exports`` entry.
+
+    The export is checked against Keras first (largest difference at most ``tolerance`` on a test
     image whose sides are twice ``2 ** depth`` or 64).
 
     Needs the TensorFlow backend and ``tf2onnx``, and ``onnxruntime`` for the check; without
@@ -194,8 +217,13 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
         backend = keras.backend.backend()
     except Exception:  # noqa: BLE001
         backend = "unknown"
-    why = (f"{' and '.join(missing)} not installed (pip install particleseg[export])" if missing else
-           f"the Keras backend is {backend}, the ONNX export needs tensorflow" if backend != "tensorflow" else "")
+    why = (
+        f"{' and '.join(missing)} not installed (pip install particleseg[export])"
+        if missing
+        else f"the Keras backend is {backend}, the ONNX export needs tensorflow"
+        if backend != "tensorflow"
+        else ""
+    )
     channels = network.input_channels if network is not None else model.inputs[0].shape[-1]
     m = network.multiple_of if network is not None else 16
     entry = None
@@ -208,11 +236,14 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
             image = test_image(max(64, 2 * m), channels)
             diff = check_export(model, onnx_predictor(target), image, tolerance, f"{source}: {EXPORT_DIR}/{filename}")
             heads = ", ".join(h.kind for h in network.heads) if network is not None else "network output"
-            entry = {"file": f"{EXPORT_DIR}/{filename}", "layout": "NHWC",
-                     "input": f"(N, H, W, C) float32, normalised as in 'input'; H and W multiples of {m}",
-                     "output": f"(N, H, W, {network.output_channels if network is not None else 'K'}) float32: {heads}",
-                     "max_abs_diff": diff,
-                     "checked_on": f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)"}
+            entry = {
+                "file": f"{EXPORT_DIR}/{filename}",
+                "layout": "NHWC",
+                "input": f"(N, H, W, C) float32, normalised as in 'input'; H and W multiples of {m}",
+                "output": f"(N, H, W, {network.output_channels if network is not None else 'K'}) float32: {heads}",
+                "max_abs_diff": diff,
+                "checked_on": f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)",
+            }
         except BundleError as exc:
             target.unlink(missing_ok=True)
             if not any(out_dir.iterdir()):
@@ -221,8 +252,11 @@ def export_onnx(model, folder: str | os.PathLike, network=None, required: bool =
     if entry is None:
         if required:
             raise BundleError(f"{source}: no ONNX export ({why})")
-        warnings.warn(f"{source}: saved without an ONNX export ({why}); segmentation will use Keras",
-                      ParticlesegWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: saved without an ONNX export ({why}); segmentation will use Keras",
+            ParticlesegWarning,
+            stacklevel=3,
+        )
     return entry
 
 
@@ -278,14 +312,19 @@ def _export_all(model, bundle, targets, out_dir, image, check, tolerance, export
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{fmt}.", dir=out_dir))
         try:
             tmp = export_model(model, tmp_dir / FILES[fmt], fmt)
-            entry = {"file": f"{EXPORT_DIR}/{FILES[fmt]}", "layout": "NHWC",
-                     "input": "(N, H, W, C) float32, normalised as in 'input'; H and W multiples of "
-                              f"{bundle.network.multiple_of}",
-                     "output": f"(N, H, W, {bundle.network.output_channels}) float32: " + ", ".join(bundle.heads)}
+            entry = {
+                "file": f"{EXPORT_DIR}/{FILES[fmt]}",
+                "layout": "NHWC",
+                "input": "(N, H, W, C) float32, normalised as in 'input'; H and W multiples of "
+                f"{bundle.network.multiple_of}",
+                "output": f"(N, H, W, {bundle.network.output_channels}) float32: " + ", ".join(bundle.heads),
+            }
             if check:
                 predict = onnx_predictor(tmp) if fmt == "onnx" else saved_model_predictor(tmp)
                 entry["max_abs_diff"] = check_export(model, predict, image, tolerance, str(target))
-                entry["checked_on"] = f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)"
+                entry["checked_on"] = (
+                    f"{image.shape[2]}x{image.shape[1]} test image (particleseg.models.export.test_image)"
+                )
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
             os.replace(tmp, target)

@@ -103,12 +103,14 @@ def _fcn(x: _T, c: NetworkConfig) -> _T:
     remaining = c.depth - min(2, c.depth - 1)
     if c.depth == 1:
         remaining = 1
-    return score.upsample_bilinear(2 ** remaining).conv(3)
+    return score.upsample_bilinear(2**remaining).conv(3)
 
 
 def receptive_interval(config: NetworkConfig) -> tuple[float, float] | None:
-    """``(lo, hi)``: the input pixels an output pixel ``p`` depends on are ``p + lo .. p + hi``
-    (None for group normalisation, whose statistics span the whole input)."""
+    """``(lo, hi)``: the input pixels an output pixel ``p`` depends on are ``p + lo .. p + hi``.
+
+    None for group normalisation, whose statistics span the whole input.
+    """
     if config.normalization == "group":
         return None
     body = {"unet": _unet, "multires-unet": _multires_unet, "fcn": _fcn}[config.architecture]
@@ -117,8 +119,9 @@ def receptive_interval(config: NetworkConfig) -> tuple[float, float] | None:
 
 
 def receptive_field(config: NetworkConfig) -> int | None:
-    """Receptive-field radius in pixels: the farthest input pixel an output pixel depends on
-    (None when it is unbounded, with group normalisation).
+    """Receptive-field radius in pixels: the farthest input pixel an output pixel depends on.
+
+    None when it is unbounded, with group normalisation.
 
     >>> receptive_field(NetworkConfig("unet", depth=4))
     107
@@ -131,8 +134,10 @@ def receptive_field(config: NetworkConfig) -> int | None:
 
 
 def exact_halo(config: NetworkConfig) -> int | None:
-    """The receptive-field radius rounded up to a multiple of ``2 ** depth``: the halo that
-    makes tiles exact (None with group normalisation)."""
+    """Return the receptive-field radius rounded up to a multiple of ``2 ** depth``.
+
+    That is the halo that makes tiles exact (None with group normalisation).
+    """
     r = receptive_field(config)
     if r is None:
         return None

@@ -30,6 +30,12 @@ class Augmentation:
     intensity_channels: tuple[int, ...] | None = None  # channels the intensity changes apply to (None: all)
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator):
+        """Augment an image and its target with random draws from ``rng``.
+
+        Flips, rotation and elastic warp change both alike; intensity changes (contrast,
+        brightness, gamma, noise) change the image only (its ``intensity_channels``). Returns the
+        image and the target as float32.
+        """
         if self.flips:
             if rng.random() < 0.5:
                 image, target = image[::-1], target[::-1]
@@ -75,6 +81,8 @@ def _elastic(image, target, alpha, sigma, rng):
     coords = [yy + dy * scale, xx + dx * scale]
 
     def warp(a, order):
-        return np.stack([ndi.map_coordinates(a[..., c], coords, order=order, mode="reflect") for c in range(a.shape[-1])], -1)
+        return np.stack(
+            [ndi.map_coordinates(a[..., c], coords, order=order, mode="reflect") for c in range(a.shape[-1])], -1
+        )
 
     return warp(image, 1), warp(target, 1)

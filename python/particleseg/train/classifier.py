@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from ..errors import InputError
 from ..inference import predict_tiled
@@ -62,39 +61,72 @@ def train_classifier(
         if it.image.shape[-1] != 1:
             raise InputError(f"{it.name}: the particle classifier takes gray images (one channel)")
         if ((it.keep > 0) & (it.labels == 0)).mean() > 0.01:
-            raise InputError(f"{it.name}: its keep mask marks pixels outside the particles of its mask "
-                             "(keep masks must be subsets of the masks)")
+            raise InputError(
+                f"{it.name}: its keep mask marks pixels outside the particles of its mask "
+                "(keep masks must be subsets of the masks)"
+            )
     network = network or NetworkConfig("unet", 2, (Head("foreground"),), depth=3, base_filters=8)
 
-    config = TrainConfig(network=network, tile=tile, batch_size=batch_size, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                         learning_rate=learning_rate, lr_step_epochs=max(1, epochs // 3), patience=0, seed=seed + 1, jit_compile=jit_compile,
-                         augmentation=Augmentation(intensity_channels=(0,)))
+    config = TrainConfig(
+        network=network,
+        tile=tile,
+        batch_size=batch_size,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        learning_rate=learning_rate,
+        lr_step_epochs=max(1, epochs // 3),
+        patience=0,
+        seed=seed + 1,
+        jit_compile=jit_compile,
+        augmentation=Augmentation(intensity_channels=(0,)),
+    )
     workdir = Path(workdir)
     _workdir_config(workdir, {"config": config.to_dict(), "images": [it.name for it in train_items]}, resume)
     callbacks = [_progress_callback(progress, epochs, workdir / "plan.json")] if callable(progress) else []
     if progress is True:
         callbacks.append(_EtaCallback(workdir / "plan.json", "classifier"))
-    model, log = fit([_classifier_input(it) for it in train_items], [it.keep for it in train_items],
-                     [_classifier_input(it) for it in val_items], [it.keep for it in val_items],
-                     config, workdir, resume=resume, verbose=1 if progress is True else 0, callbacks=callbacks,
-                     minutes=minutes)
+    model, log = fit(
+        [_classifier_input(it) for it in train_items],
+        [it.keep for it in train_items],
+        [_classifier_input(it) for it in val_items],
+        [it.keep for it in val_items],
+        config,
+        workdir,
+        resume=resume,
+        verbose=1 if progress is True else 0,
+        callbacks=callbacks,
+        minutes=minutes,
+    )
     scores, kept = classifier_particle_scores(model, val_items, network, tile=max(256, tile))
     threshold = choose_classifier_threshold(scores, kept)
     decided = scores >= threshold
-    meta = {"threshold": threshold, "network": network.to_dict(),
-            "metrics": {"validation_particle_accuracy": round(float((decided == kept).mean()), 4) if len(kept) else None,
-                        "validation_balanced_accuracy": round(balanced_accuracy(decided, kept), 4) if len(kept) else None,
-                        "validation_particles": int(len(kept)), "epochs_run": len(log)},
-            "threshold_chosen_by": "best balanced accuracy on the validation images of the training run",
-            "input": ["normalised image", "particle mask (0/1)"]}
+    meta = {
+        "threshold": threshold,
+        "network": network.to_dict(),
+        "metrics": {
+            "validation_particle_accuracy": round(float((decided == kept).mean()), 4) if len(kept) else None,
+            "validation_balanced_accuracy": round(balanced_accuracy(decided, kept), 4) if len(kept) else None,
+            "validation_particles": int(len(kept)),
+            "epochs_run": len(log),
+        },
+        "threshold_chosen_by": "best balanced accuracy on the validation images of the training run",
+        "input": ["normalised image", "particle mask (0/1)"],
+    }
     return model, meta
 
 
-def choose_min_score(classifier, network, probs: Sequence[np.ndarray], items: Sequence[TrainingItem], post: dict,
-                     tile: int = 512, classifier_multiple_of: int = 8, grid: Sequence[float] = (0.0,) + tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
-                     ) -> tuple[float, dict]:
-    """The classifier threshold whose kept particles have the size distribution of the expert's.
+def choose_min_score(
+    classifier,
+    network,
+    probs: Sequence[np.ndarray],
+    items: Sequence[TrainingItem],
+    post: dict,
+    tile: int = 512,
+    classifier_multiple_of: int = 8,
+    grid: Sequence[float] = (0.0,) + tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)),
+) -> tuple[float, dict]:
+    """Choose the classifier threshold whose kept particles have the size distribution of the expert's.
 
     The classifier exists for size statistics, so its threshold is judged by them: the
     network's particles on the validation ``items`` (from ``probs`` with the post-processing
@@ -105,9 +137,18 @@ def choose_min_score(classifier, network, probs: Sequence[np.ndarray], items: Se
 
     Returns the threshold and a small table (threshold -> KS distance, particles kept).
     """
+    from scipy.stats import ks_2samp  # slow to import (1-2 s), needed here alone (docs/architecture.md)
+
     heads = [h.kind for h in network.heads]
-    params = SegmentParams(threshold=post["threshold"], split=True, seed_threshold=post["seed_threshold"], h=1.0,
-                           min_area=post["min_area"], min_confidence=post.get("min_confidence") or None, fill_holes=True)
+    params = SegmentParams(
+        threshold=post["threshold"],
+        split=True,
+        seed_threshold=post["seed_threshold"],
+        h=1.0,
+        min_area=post["min_area"],
+        min_confidence=post.get("min_confidence") or None,
+        fill_holes=True,
+    )
     predict = keras_predictor(classifier)
     ours, scores, expert = [], [], []
     for prob, it in zip(probs, items):
@@ -118,7 +159,9 @@ def choose_min_score(classifier, network, probs: Sequence[np.ndarray], items: Se
         if len(table):
             inside = ~table["touches_border"].to_numpy()
             x = np.concatenate([it.image, (labels > 0).astype(np.float32)[..., None]], -1)
-            out = predict_tiled(predict, x, tile=tile, overlap=16, multiple_of=classifier_multiple_of, progress=False)[..., 0]
+            out = predict_tiled(predict, x, tile=tile, overlap=16, multiple_of=classifier_multiple_of, progress=False)[
+                ..., 0
+            ]
             ours.append(table["MinFeret"].to_numpy(float)[inside])
             scores.append(particle_scores(labels, out)[1][inside])
         expert.append(measure_particles(it.keep)["MinFeret"].to_numpy(float))
@@ -130,12 +173,11 @@ def choose_min_score(classifier, network, probs: Sequence[np.ndarray], items: Se
         kept = ours[scores >= t]
         rows[float(t)] = (round(float(ks_2samp(kept, expert).statistic), 4) if len(kept) else 1.0, int(len(kept)))
     best = min(rows, key=lambda t: (rows[t][0], t))
-    return best, {"expert_particles": int(len(expert)),
-                  "ks_and_kept": {f"{t:g}": list(v) for t, v in rows.items()}}
+    return best, {"expert_particles": int(len(expert)), "ks_and_kept": {f"{t:g}": list(v) for t, v in rows.items()}}
 
 
 def _classifier_input(item: TrainingItem) -> np.ndarray:
-    """The classifier's two input channels: the normalised image and the particle mask."""
+    """Stack the classifier's two input channels: the normalised image and the particle mask."""
     return np.concatenate([item.image, (item.labels > 0).astype(np.float32)[..., None]], -1)
 
 
@@ -154,25 +196,30 @@ def classifier_particle_scores(model, items: Sequence[TrainingItem], network, ti
     predict = keras_predictor(model)
     scores, kept = [], []
     for it in items:
-        out = predict_tiled(predict, _classifier_input(it), tile=tile, overlap=16, multiple_of=network.multiple_of, progress=False)[..., 0]
+        out = predict_tiled(
+            predict, _classifier_input(it), tile=tile, overlap=16, multiple_of=network.multiple_of, progress=False
+        )[..., 0]
         ids, s = particle_scores(it.labels, out)
         if len(ids):
             scores.append(s)
             kept.append(particle_scores(it.labels, (it.keep > 0).astype(float))[1] > 0.5)
-    return (np.concatenate(scores) if scores else np.zeros(0),
-            np.concatenate(kept) if kept else np.zeros(0, bool))
+    return (np.concatenate(scores) if scores else np.zeros(0), np.concatenate(kept) if kept else np.zeros(0, bool))
 
 
 def balanced_accuracy(decided: np.ndarray, truth: np.ndarray) -> float:
-    """Mean of the true-positive and true-negative rates (a class absent from ``truth`` is left
-    out), so that a rule keeping everything scores 0.5 whatever the share of kept particles."""
+    """Mean of the true-positive and true-negative rates.
+
+    A class absent from ``truth`` is left out, so that a rule keeping everything scores 0.5
+    whatever the share of kept particles.
+    """
     rates = [float((decided[truth == c] == c).mean()) for c in (True, False) if (truth == c).any()]
     return float(np.mean(rates)) if rates else float("nan")
 
 
-def choose_classifier_threshold(scores: np.ndarray, kept: np.ndarray,
-                                grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))) -> float:
-    """The classifier threshold of ``grid`` with the best balanced accuracy on validation particles.
+def choose_classifier_threshold(
+    scores: np.ndarray, kept: np.ndarray, grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+) -> float:
+    """Choose the classifier threshold of ``grid`` with the best balanced accuracy on validation particles.
 
     A network's mean score per particle need not be calibrated around 0.5 (on the TiO2 keep
     masks a short training put nearly every particle above 0.5 while ranking them well), so the

@@ -38,8 +38,9 @@ class TrainingItem:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask or label image (TIFF, PNG) as a 2D array, without the checks of
-    :func:`particleseg.io.read_image` that refuse empty (constant) images.
+    """Read a mask or label image (TIFF, PNG) as a 2D array.
+
+    Without the checks of :func:`particleseg.io.read_image` that refuse empty (constant) images.
 
     Raises
     ------
@@ -54,8 +55,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return data
 
 
-def interpret_mask(mask: np.ndarray, kind: str = "auto", name: str = "mask",
-                   n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def interpret_mask(
+    mask: np.ndarray, kind: str = "auto", name: str = "mask", n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Instance labels (and class labels) of an annotation.
 
     Parameters
@@ -90,8 +92,10 @@ def interpret_mask(mask: np.ndarray, kind: str = "auto", name: str = "mask",
     classes = None
     if kind == "binary":
         if len(values) > 2:
-            raise InputError(f"{name}: mask has {len(values)} distinct values, not a binary mask "
-                             "(use mask type 'labels' or 'classes')")
+            raise InputError(
+                f"{name}: mask has {len(values)} distinct values, not a binary mask "
+                "(use mask type 'labels' or 'classes')"
+            )
         fg = mask == values.max() if len(values) == 2 else mask > 0
         if len(values) == 2 and values.min() > 0:
             raise InputError(f"{name}: binary mask has no 0 background (values {values[0]:g} and {values[1]:g})")
@@ -101,8 +105,9 @@ def interpret_mask(mask: np.ndarray, kind: str = "auto", name: str = "mask",
     else:
         classes = mask.astype(np.int32)
         if n_classes is not None and classes.max() >= n_classes:
-            raise InputError(f"{name}: class value {classes.max()} but only {n_classes} classes "
-                             f"(0..{n_classes - 1}) were given")
+            raise InputError(
+                f"{name}: class value {classes.max()} but only {n_classes} classes (0..{n_classes - 1}) were given"
+            )
         labels = label_mask_4(classes > 0)
     if labels.size and (labels > 0).all():
         raise InputError(f"{name}: mask marks every pixel as particle (inverted mask?)")
@@ -115,8 +120,11 @@ def label_mask_4(mask: np.ndarray) -> np.ndarray:
 
 
 def match_masks(images: Sequence[Path], mask_dir: Path, role: str = "mask") -> list[Path]:
-    """The mask file of each image in ``mask_dir``: same stem, or the stem followed by one of
-    :data:`MASK_SUFFIXES` (``a.tif`` -> ``a.tif``, ``a_mask.png``, ``a_m.tif``, ...)."""
+    """Find the mask file of each image in ``mask_dir``.
+
+    Same stem, or the stem followed by one of :data:`MASK_SUFFIXES` (``a.tif`` -> ``a.tif``,
+    ``a_mask.png``, ``a_m.tif``, ...).
+    """
     if not mask_dir.is_dir():
         raise InputError(f"{mask_dir}: {role} folder not found")
     by_stem: dict[str, list[Path]] = {}
@@ -127,8 +135,9 @@ def match_masks(images: Sequence[Path], mask_dir: Path, role: str = "mask") -> l
     for im in images:
         found = [q for s in MASK_SUFFIXES for q in by_stem.get(im.stem + s, [])]
         if not found:
-            raise InputError(f"{im}: no {role} for this image in {mask_dir} "
-                             f"(expected {im.stem}.tif, {im.stem}_mask.tif, ...)")
+            raise InputError(
+                f"{im}: no {role} for this image in {mask_dir} (expected {im.stem}.tif, {im.stem}_mask.tif, ...)"
+            )
         if len(found) > 1 and found[0].stem == found[1].stem:
             raise InputError(f"{im}: several {role}s match it in {mask_dir} ({found[0].name}, {found[1].name})")
         out.append(found[0])
@@ -200,12 +209,18 @@ def read_training_data(
     else:
         mask_items, mask_names = _as_list(masks, "mask")
     if len(mask_items) != len(img_items):
-        raise InputError(f"{len(img_items)} images but {len(mask_items)} masks "
-                         f"({img_names[0] if img_names else 'no images'} ...); give one mask per image")
+        raise InputError(
+            f"{len(img_items)} images but {len(mask_items)} masks "
+            f"({img_names[0] if img_names else 'no images'} ...); give one mask per image"
+        )
     keep_items: list = [None] * len(img_items)
     keep_names: list = [None] * len(img_items)
     if keep_masks is not None:
-        if isinstance(keep_masks, (str, os.PathLike)) and Path(keep_masks).is_dir() and all(isinstance(i, Path) for i in img_items):
+        if (
+            isinstance(keep_masks, (str, os.PathLike))
+            and Path(keep_masks).is_dir()
+            and all(isinstance(i, Path) for i in img_items)
+        ):
             keep_items = match_masks(img_items, Path(keep_masks), "keep mask")
             keep_names = [str(m) for m in keep_items]
         else:
@@ -217,7 +232,9 @@ def read_training_data(
 
     out: list[TrainingItem] = []
     n_channels = None
-    for item, name, m_item, m_name, k_item, k_name in zip(img_items, img_names, mask_items, mask_names, keep_items, keep_names):
+    for item, name, m_item, m_name, k_item, k_name in zip(
+        img_items, img_names, mask_items, mask_names, keep_items, keep_names
+    ):
         if isinstance(item, Path):
             img, cal = read_image(item, channel_axis_ok=True)
             if img.ndim == 4:
@@ -246,13 +263,21 @@ def read_training_data(
             mask = mask[: img.shape[0]]
             keep = keep[: img.shape[0]] if keep is not None else None
         if mask.shape != img.shape[:2]:
-            raise InputError(f"{m_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                             f"{name} ({img.shape[1]}x{img.shape[0]})")
+            raise InputError(
+                f"{m_name}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                f"{name} ({img.shape[1]}x{img.shape[0]})"
+            )
         if keep is not None and keep.shape != img.shape[:2]:
-            raise InputError(f"{k_name}: keep mask size {keep.shape[1]}x{keep.shape[0]} differs from its image "
-                             f"{name} ({img.shape[1]}x{img.shape[0]})")
+            raise InputError(
+                f"{k_name}: keep mask size {keep.shape[1]}x{keep.shape[0]} differs from its image "
+                f"{name} ({img.shape[1]}x{img.shape[0]})"
+            )
         labels, classes = interpret_mask(mask, mask_kind, m_name, n_classes)
-        keep_labels = interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0] if keep is not None else None
+        keep_labels = (
+            interpret_mask(keep, "auto" if mask_kind != "classes" else "binary", k_name)[0]
+            if keep is not None
+            else None
+        )
         if invert:
             img = _invert(img)
         x = normalize_input(img, norm)
@@ -263,9 +288,11 @@ def read_training_data(
 
 
 def training_polarity(items: Sequence[TrainingItem]) -> str:
-    """``"bright"`` when the annotated particles of ``items`` are on the whole brighter than
-    their background (mean normalised gray value of the first channel inside the particles
-    against outside, over all images), else ``"dark"``."""
+    """``"bright"`` when the annotated particles of ``items`` are on the whole brighter, else ``"dark"``.
+
+    Brighter than their background: the mean normalised gray value of the first channel inside
+    the particles against outside, over all images.
+    """
     inside = outside = 0.0
     n_in = n_out = 0
     for it in items:
@@ -281,13 +308,16 @@ def training_polarity(items: Sequence[TrainingItem]) -> str:
 
 
 def split_validation(n: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of training and validation images: ``round(n * validation_split)`` (at least
-    one) validation images chosen with ``seed``."""
+    """Choose the indices of training and validation images.
+
+    ``round(n * validation_split)`` (at least one) validation images, chosen with ``seed``.
+    """
     if not 0 < validation_split < 1:
         raise InputError(f"validation split must be between 0 and 1, got {validation_split}")
     if n < 2:
-        raise InputError(f"too few images for a validation split ({n}; need at least 2, "
-                         "or give validation images separately)")
+        raise InputError(
+            f"too few images for a validation split ({n}; need at least 2, or give validation images separately)"
+        )
     n_val = min(n - 1, max(1, int(round(n * validation_split))))
     order = np.random.default_rng(seed).permutation(n)
     val = sorted(order[:n_val].tolist())
@@ -296,6 +326,6 @@ def split_validation(n: int, validation_split: float, seed: int) -> tuple[list[i
 
 def particle_size_px(labels: Sequence[np.ndarray]) -> float | None:
     """Median equivalent circular diameter (pixels) of the annotated particles."""
-    areas = np.concatenate([np.bincount(l.ravel())[1:] for l in labels if l.max() > 0] or [np.zeros(0)])
+    areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels if lab.max() > 0] or [np.zeros(0)])
     areas = areas[areas > 0]
     return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None

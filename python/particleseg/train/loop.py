@@ -51,18 +51,21 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def to_dict(self) -> dict:
+        """Return the settings as a JSON-ready dict (the network as :meth:`NetworkConfig.to_dict`)."""
         d = dataclasses.asdict(self)
         d["network"] = self.network.to_dict()
         return d
 
 
 def step_decay(config: TrainConfig) -> Callable[[int], float]:
+    """Step decay: ``learning_rate``, multiplied by ``lr_step_factor`` every ``lr_step_epochs`` epochs."""
     return lambda epoch: config.learning_rate * config.lr_step_factor ** (epoch // max(1, config.lr_step_epochs))
 
 
 def cosine_decay(config: TrainConfig) -> Callable[[int], float]:
-    """Cosine annealing per epoch [1]_ from ``learning_rate`` (first epoch) to
-    ``min_lr_factor * learning_rate`` (last epoch).
+    """Cosine annealing of the learning rate per epoch [1]_.
+
+    From ``learning_rate`` (first epoch) to ``min_lr_factor * learning_rate`` (last epoch).
 
     References
     ----------
@@ -79,7 +82,7 @@ def cosine_decay(config: TrainConfig) -> Callable[[int], float]:
 
 
 def learning_rate_schedule(config: TrainConfig) -> Callable[[int], float]:
-    """The learning rate of each epoch, as ``config.schedule`` says."""
+    """Return the learning rate of each epoch (a function of the epoch), as ``config.schedule`` says."""
     if config.schedule == "cosine":
         return cosine_decay(config)
     if config.schedule == "step":
@@ -153,14 +156,26 @@ def fit(
     _check_pairs(train_images, train_labels, config.tile)
     _check_pairs(val_images, val_labels, config.tile)
     heads = config.network.heads
-    train_t = [make_targets(l, heads, c) for l, c in zip(train_labels, train_classes or [None] * len(train_labels))]
-    val_t = [make_targets(l, heads, c) for l, c in zip(val_labels, val_classes or [None] * len(val_labels))]
-    fg_frac = float(np.mean([(l > 0).mean() for l in train_labels])) if config.class_balance else None
+    train_t = [make_targets(lab, heads, c) for lab, c in zip(train_labels, train_classes or [None] * len(train_labels))]
+    val_t = [make_targets(lab, heads, c) for lab, c in zip(val_labels, val_classes or [None] * len(val_labels))]
+    fg_frac = float(np.mean([(lab > 0).mean() for lab in train_labels])) if config.class_balance else None
     if fg_frac is not None and fg_frac == 0:
         raise InputError("training masks are all empty: nothing to learn")
-    return fit_targets(train_images, train_t, val_images, val_t, make_loss(heads, fg_frac, config.dice), config, workdir,
-                       resume=resume, verbose=verbose, callbacks=callbacks, initial_weights=initial_weights, score=score,
-                       minutes=minutes)
+    return fit_targets(
+        train_images,
+        train_t,
+        val_images,
+        val_t,
+        make_loss(heads, fg_frac, config.dice),
+        config,
+        workdir,
+        resume=resume,
+        verbose=verbose,
+        callbacks=callbacks,
+        initial_weights=initial_weights,
+        score=score,
+        minutes=minutes,
+    )
 
 
 def fit_targets(
@@ -179,7 +194,7 @@ def fit_targets(
     minutes: float | None = None,
     val_tile: int | None = None,
 ):
-    """The fit loop of every network of the package: :func:`fit` with targets and loss given.
+    """Run the fit loop of every network of the package: :func:`fit` with targets and loss given.
 
     ``train_targets``/``val_targets`` are the network's target arrays ``(Y, X, channels)``
     (:func:`make_targets`, or a caller's own, such as the phase targets of
@@ -217,10 +232,25 @@ def fit_targets(
         _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": None})
 
     monitor, mode = ("val_score", "max") if config.select == "val_score" else ("val_loss", "min")
-    train_seq = make_tile_sequence(train_images, train_targets, config.tile, config.batch_size, config.steps_per_epoch,
-                                   config.augmentation, config.seed)
-    val_seq = make_tile_sequence(val_images, val_targets, val_tile or config.tile, config.batch_size,
-                                 config.validation_steps, None, config.seed + 1, shuffle=False)
+    train_seq = make_tile_sequence(
+        train_images,
+        train_targets,
+        config.tile,
+        config.batch_size,
+        config.steps_per_epoch,
+        config.augmentation,
+        config.seed,
+    )
+    val_seq = make_tile_sequence(
+        val_images,
+        val_targets,
+        val_tile or config.tile,
+        config.batch_size,
+        config.validation_steps,
+        None,
+        config.seed + 1,
+        shuffle=False,
+    )
     frozen_now = None
 
     def run(until: int, timer=None) -> None:
@@ -233,8 +263,11 @@ def fit_targets(
         until = min(until, config.freeze_epochs) if frozen else until
         if frozen != frozen_now:
             set_encoder_trainable(model, not frozen)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)(start)), loss=loss,
-                          jit_compile="auto" if config.jit_compile is None else config.jit_compile)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate_schedule(config)(start)),
+                loss=loss,
+                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+            )
             if start and (workdir / "optimizer.npz").exists():
                 _restore_optimizer(model, workdir / "optimizer.npz")
             frozen_now = frozen
@@ -246,10 +279,14 @@ def fit_targets(
             cbs.insert(0, _Replan(plan_path))
         cbs += [
             keras.callbacks.LearningRateScheduler(
-                lambda e: learning_rate_schedule(dataclasses.replace(config, epochs=_planned_epochs(plan_path, config.epochs)))(e)),
+                lambda e: learning_rate_schedule(
+                    dataclasses.replace(config, epochs=_planned_epochs(plan_path, config.epochs))
+                )(e)
+            ),
             keras.callbacks.CSVLogger(str(log_path), append=start > 0),
-            keras.callbacks.ModelCheckpoint(str(best), monitor=monitor, mode=mode, save_best_only=True,
-                                            initial_value_threshold=best_value),
+            keras.callbacks.ModelCheckpoint(
+                str(best), monitor=monitor, mode=mode, save_best_only=True, initial_value_threshold=best_value
+            ),
             _Checkpoint(ckpt, state_path, workdir / "optimizer.npz"),
             *callbacks,
         ]
@@ -261,8 +298,15 @@ def fit_targets(
         # shuffle=False: the tiles of batch b of epoch e are already random (seeded by (seed, e, b));
         # Keras' shuffling of the batch order would draw on Python's global random state, which a
         # resumed run cannot restore
-        model.fit(train_seq, validation_data=val_seq, epochs=until, initial_epoch=start, callbacks=cbs, verbose=verbose,
-                  shuffle=False)
+        model.fit(
+            train_seq,
+            validation_data=val_seq,
+            epochs=until,
+            initial_epoch=start,
+            callbacks=cbs,
+            verbose=verbose,
+            shuffle=False,
+        )
         if model.stop_training:
             raise _Stopped
         run(config.epochs)
@@ -279,10 +323,20 @@ def fit_targets(
             # (no batch timed: the first epoch had finished before an interruption; plan from its wall time)
             full = full or first
             epochs = 1 + plan_epochs(minutes * 60 - first, full, minimum=1)
-            config = _resolve_freeze(dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0))
-            _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": minutes,
-                                    "first_epoch_seconds": round(first, 1), "epoch_seconds": round(full, 1),
-                                    "seconds_done": round(first, 1)})
+            config = _resolve_freeze(
+                dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0)
+            )
+            _write_json(
+                plan_path,
+                {
+                    "epochs": config.epochs,
+                    "freeze_epochs": config.freeze_epochs,
+                    "minutes": minutes,
+                    "first_epoch_seconds": round(first, 1),
+                    "epoch_seconds": round(full, 1),
+                    "seconds_done": round(first, 1),
+                },
+            )
         run(config.epochs)
     except _Stopped:
         pass
@@ -307,10 +361,13 @@ def _planned_epochs(plan_path: Path, default: int) -> int:
 
 
 def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras is imported lazily
-    """Keeps a time budget when the machine slows down: after each epoch, adds its wall time to
-    ``seconds_done`` in ``plan.json`` and, when the epochs left would no longer fit the budget at
-    the last epoch's pace, shortens the plan (never lengthens it); stops when the plan is done.
-    The cosine schedule follows the shortened plan from the next epoch on."""
+    """Keep a time budget when the machine slows down.
+
+    After each epoch, adds its wall time to ``seconds_done`` in ``plan.json`` and, when the epochs
+    left would no longer fit the budget at the last epoch's pace, shortens the plan (never
+    lengthens it); stops when the plan is done. The cosine schedule follows the shortened plan
+    from the next epoch on.
+    """
     import keras
 
     class Replan(keras.callbacks.Callback):
@@ -382,8 +439,10 @@ def _EpochTimer():  # noqa: N802
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
-        """The cost of an epoch without the first batch's compilation: the median batch time
-        times the batches, plus the validation time."""
+        """The cost of an epoch without the first batch's compilation.
+
+        The median batch time times the batches, plus the validation time.
+        """
 
         def __init__(self):
             super().__init__()
@@ -518,8 +577,10 @@ def _EtaCallback(plan_path: Path, what: str):  # noqa: N802 - a class made on de
 
 
 def _progress_callback(progress, epochs: int, plan_path: Path | None = None):
-    """A Keras callback that reports ``progress(epochs_done, epochs, logs)`` after each epoch
-    (``epochs`` as planned in ``plan_path`` when a time budget planned them)."""
+    """Make a Keras callback that reports ``progress(epochs_done, epochs, logs)`` after each epoch.
+
+    ``epochs`` as planned in ``plan_path`` when a time budget planned them.
+    """
     import keras
 
     class Report(keras.callbacks.Callback):
@@ -540,7 +601,9 @@ def _workdir_config(workdir: Path, settings: dict, resume: bool) -> None:
         old = json.loads(path.read_text())
         if old != json.loads(text):
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
-            raise InputError(f"{workdir}: holds an unfinished run with other settings ({', '.join(diff)}); "
-                             "resume with the same settings, or start over (--no-resume / resume=False)")
+            raise InputError(
+                f"{workdir}: holds an unfinished run with other settings ({', '.join(diff)}); "
+                "resume with the same settings, or start over (--no-resume / resume=False)"
+            )
     workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -9,8 +9,12 @@ import numpy as np
 from ..models.architectures import Head
 
 
-def make_loss(heads: Sequence[Head], foreground_fraction: float | None = None, dice: bool = False,
-              head_weights: Sequence[float] | None = None) -> Callable:
+def make_loss(
+    heads: Sequence[Head],
+    foreground_fraction: float | None = None,
+    dice: bool = False,
+    head_weights: Sequence[float] | None = None,
+) -> Callable:
     """Loss over all heads of a network's concatenated output.
 
     Sigmoid heads use binary cross-entropy (with soft targets for ``distance``); the

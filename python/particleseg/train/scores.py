@@ -14,14 +14,20 @@ from ..postprocess import relabel_sequential, remove_uncertain
 from .data import TrainingItem
 
 
-def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], heads: list[str],
-                      thresholds: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                      seed_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-                      min_area: int = 15,
-                      min_confidences: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9)) -> tuple[dict, dict]:
-    """Choose the threshold, the seed level of a distance/boundary head and the minimum
-    confidence (mean foreground probability of a particle) that maximise the instance score
-    (:func:`instance_score`) on the validation images, and score them there.
+def validation_scores(
+    probs: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    heads: list[str],
+    thresholds: Sequence[float] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    seed_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    min_area: int = 15,
+    min_confidences: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9),
+) -> tuple[dict, dict]:
+    """Choose the post-processing settings with the best instance score on the validation images.
+
+    The threshold, the seed level of a distance/boundary head and the minimum confidence (mean
+    foreground probability of a particle) that maximise the instance score
+    (:func:`instance_score`) on the validation images are chosen, and scored there.
 
     The score averages the instance IoU over the annotated particles and over the segmented
     ones, so a setting that breaks particles into fragments (each annotated particle still
@@ -39,7 +45,9 @@ def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     best = None
     for thr in thresholds:
         for st in seeds:
-            params = SegmentParams(threshold=thr, split=True, seed_threshold=st, h=1.0, min_area=min_area, fill_holes=True)
+            params = SegmentParams(
+                threshold=thr, split=True, seed_threshold=st, h=1.0, min_area=min_area, fill_holes=True
+            )
             base = [particles_from_probabilities(p, heads, params) for p in probs]
             for mc in min_confidences:  # the pipeline's last step, applied to the same particles
                 preds = [relabel_sequential(remove_uncertain(b, fg, mc)) if mc else b for b, fg in zip(base, fgs)]
@@ -48,37 +56,63 @@ def validation_scores(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                     best = (score, thr, st, mc, preds)
     score, thr, st, mc, preds = best
     fg = float(np.mean([metrics.foreground_iou(pr > 0, lab > 0) for pr, lab in zip(preds, labels)]))
-    perr = float(np.mean([metrics.pixel_error((pr > 0).astype(np.uint8), (lab > 0).astype(np.uint8), (0.5,))
-                          for pr, lab in zip(preds, labels)]))
+    perr = float(
+        np.mean(
+            [
+                metrics.pixel_error((pr > 0).astype(np.uint8), (lab > 0).astype(np.uint8), (0.5,))
+                for pr, lab in zip(preds, labels)
+            ]
+        )
+    )
     inst = float(np.mean([metrics.instance_iou(pr, lab, average="truth") for pr, lab in zip(preds, labels)]))
     inst_pred = float(np.mean([metrics.instance_iou(pr, lab, average="pred") for pr, lab in zip(preds, labels)]))
     f1 = float(np.mean([metrics.match_instances(lab, pr, 0.5)["f1"] for pr, lab in zip(preds, labels)]))
     post = {"threshold": thr, "seed_threshold": st, "min_area": min_area, "min_confidence": float(mc)}
-    return post, {"foreground_iou": round(fg, 4), "instance_iou": round(inst, 4), "instance_iou_pred": round(inst_pred, 4),
-                  "f1_iou50": round(f1, 4), "pixel_error": round(perr, 4), "score": round(score, 4),
-                  "particles_found": int(sum(len(np.unique(pr)) - 1 for pr in preds)),
-                  "particles_annotated": int(sum(len(np.unique(lab)) - 1 for lab in labels))}
+    return post, {
+        "foreground_iou": round(fg, 4),
+        "instance_iou": round(inst, 4),
+        "instance_iou_pred": round(inst_pred, 4),
+        "f1_iou50": round(f1, 4),
+        "pixel_error": round(perr, 4),
+        "score": round(score, 4),
+        "particles_found": int(sum(len(np.unique(pr)) - 1 for pr in preds)),
+        "particles_annotated": int(sum(len(np.unique(lab)) - 1 for lab in labels)),
+    }
 
 
 def instance_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean of the instance IoU averaged over the annotated particles and over the segmented
-    ones (:func:`particleseg.metrics.instance_iou`): 1 for a perfect segmentation, lowered by
-    missed and merged particles (first term) and by fragments and false particles (second)."""
-    return 0.5 * (metrics.instance_iou(pred, truth, average="truth") + metrics.instance_iou(pred, truth, average="pred"))
+    """Mean of the instance IoU averaged over the annotated particles and over the segmented ones.
+
+    See :func:`particleseg.metrics.instance_iou`: 1 for a perfect segmentation, lowered by missed
+    and merged particles (first term) and by fragments and false particles (second).
+    """
+    return 0.5 * (
+        metrics.instance_iou(pred, truth, average="truth") + metrics.instance_iou(pred, truth, average="pred")
+    )
 
 
 def epoch_score(items: Sequence[TrainingItem], network, post: dict, tile: int, overlap: int) -> Callable[[Any], float]:
-    """A score function for :func:`fit`: the mean :func:`instance_score` of the validation
-    ``items`` segmented with the post-processing ``post`` (threshold, seed level, minimum area)."""
+    """Make a score function for :func:`fit`: the mean :func:`instance_score` of the validation ``items``.
+
+    The items are segmented with the post-processing ``post`` (threshold, seed level, minimum area).
+    """
     heads = [h.kind for h in network.heads]
-    params = SegmentParams(threshold=post.get("threshold", 0.5), split=True, seed_threshold=post.get("seed_threshold", 0.5),
-                           h=post.get("h", 1.0), min_area=post.get("min_area", 15), fill_holes=True)
+    params = SegmentParams(
+        threshold=post.get("threshold", 0.5),
+        split=True,
+        seed_threshold=post.get("seed_threshold", 0.5),
+        h=post.get("h", 1.0),
+        min_area=post.get("min_area", 15),
+        fill_holes=True,
+    )
 
     def score(model) -> float:
         predict = keras_predictor(model)
         values = []
         for it in items:
-            prob = predict_tiled(predict, it.image, tile=tile, overlap=overlap, multiple_of=network.multiple_of, progress=False)
+            prob = predict_tiled(
+                predict, it.image, tile=tile, overlap=overlap, multiple_of=network.multiple_of, progress=False
+            )
             values.append(instance_score(particles_from_probabilities(prob, heads, params), it.labels))
         return float(np.mean(values))
 

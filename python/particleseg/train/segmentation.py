@@ -46,8 +46,11 @@ from .scores import epoch_score, validation_scores
 
 
 def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
-    """The base model of a training run: ``"auto"`` is the shipped default unless the run asks
-    for a new network (network options, multi-class masks); ``"none"`` is None."""
+    """Choose the base model of a training run.
+
+    ``"auto"`` is the shipped default unless the run asks for a new network (network options,
+    multi-class masks); ``"none"`` is None.
+    """
     if base_model is None or str(base_model).strip().lower() in ("", "none"):
         return None
     if str(base_model) == "auto":
@@ -55,14 +58,19 @@ def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
         return None if given_net or multi else "default"
     if given_net:
         opts = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given_net.items())
-        raise InputError(f"{opts}: network options apply to a new network, but --base-model {base_model} fine-tunes "
-                         "an existing one; leave them out, or train a new network with --base-model none")
+        raise InputError(
+            f"{opts}: network options apply to a new network, but --base-model {base_model} fine-tunes "
+            "an existing one; leave them out, or train a new network with --base-model none"
+        )
     return base_model
 
 
 def _estimate_epoch_minutes(network, config: TrainConfig, channels: int) -> float:
-    """A rough cost of one training epoch on this machine: three forward passes per batch
-    (forward, and a backward pass about twice as dear), timed on one batch."""
+    """Estimate the cost of one training epoch on this machine in minutes, roughly.
+
+    Three forward passes per batch (forward, and a backward pass about twice as dear), timed on
+    one batch.
+    """
     import keras  # keras: only to time a network (lazy, docs/architecture.md)
 
     model = build_network(dataclasses.replace(network, input_channels=channels))
@@ -231,8 +239,13 @@ def train_segmentation(
 
     t0 = time.time()
     out = Path(out)
-    given_net = {k: v for k, v in dict(arch=arch, depth=depth, base_filters=base_filters, dropout=dropout,
-                                       normalization=normalization).items() if v is not None}
+    given_net = {
+        k: v
+        for k, v in dict(
+            arch=arch, depth=depth, base_filters=base_filters, dropout=dropout, normalization=normalization
+        ).items()
+        if v is not None
+    }
     if extra_head != "default":
         given_net["extra_head"] = extra_head
     base_model = _choose_base(base_model, given_net, class_names, mask_kind)
@@ -261,8 +274,10 @@ def train_segmentation(
         base.check_use("sem", str(base_model))
         network = base.network
         if mask_kind == "classes" and "classes" not in [h.kind for h in network.heads]:
-            raise InputError(f"{base_model}: has no classes head (heads {'+'.join(h.kind for h in network.heads)}), "
-                             "so it cannot learn multi-class masks; train a new network (--base-model none)")
+            raise InputError(
+                f"{base_model}: has no classes head (heads {'+'.join(h.kind for h in network.heads)}), "
+                "so it cannot learn multi-class masks; train a new network (--base-model none)"
+            )
         if classes and "classes" in [h.kind for h in network.heads]:
             nc = next(h.channels for h in network.heads if h.kind == "classes")
             if nc != len(classes):
@@ -289,13 +304,22 @@ def train_segmentation(
     net_polarity = base.metadata["input"].get("polarity", "bright") if base else polarity
     flip = net_polarity != polarity
     if flip:  # the base network expects the other polarity: show it the images inverted
-        items = read_training_data(images, masks, keep_masks, mask_kind, len(classes) if classes else None, crop_rows,
-                                   norm, invert=True)
+        items = read_training_data(
+            images, masks, keep_masks, mask_kind, len(classes) if classes else None, crop_rows, norm, invert=True
+        )
     if validation_images is not None:
         if validation_masks is None:
             raise InputError("validation images given without validation masks")
-        val_items = read_training_data(validation_images, validation_masks, None, mask_kind,
-                                       len(classes) if classes else None, crop_rows, norm, invert=flip)
+        val_items = read_training_data(
+            validation_images,
+            validation_masks,
+            None,
+            mask_kind,
+            len(classes) if classes else None,
+            crop_rows,
+            norm,
+            invert=flip,
+        )
         train_items = items
     else:
         tr, va = split_validation(len(items), validation_split, seed)
@@ -303,16 +327,22 @@ def train_segmentation(
     n_ch = items[0].image.shape[-1]
     if base:
         if n_ch != base.network.input_channels:
-            raise InputError(f"{items[0].name}: has {n_ch} channel(s) but the base model {base_model} takes "
-                             f"{base.network.input_channels}; train a new network (--base-model none)")
+            raise InputError(
+                f"{items[0].name}: has {n_ch} channel(s) but the base model {base_model} takes "
+                f"{base.network.input_channels}; train a new network (--base-model none)"
+            )
     else:
         network = dataclasses.replace(network, input_channels=n_ch)
     if val_items[0].image.shape[-1] != n_ch:
-        raise InputError(f"{val_items[0].name}: has {val_items[0].image.shape[-1]} channel(s) but the training images have {n_ch}")
+        raise InputError(
+            f"{val_items[0].name}: has {val_items[0].image.shape[-1]} channel(s) but the training images have {n_ch}"
+        )
     for it in train_items + val_items:
         if min(it.image.shape[:2]) < tile:
-            raise InputError(f"{it.name}: size {it.image.shape[1]}x{it.image.shape[0]} is smaller than the "
-                             f"training tile {tile} (use a smaller tile)")
+            raise InputError(
+                f"{it.name}: size {it.image.shape[1]}x{it.image.shape[0]} is smaller than the "
+                f"training tile {tile} (use a smaller tile)"
+            )
     if all(it.labels.max() == 0 for it in train_items):
         raise InputError(f"{train_items[0].name}: all training masks are empty; nothing to learn")
 
@@ -328,12 +358,23 @@ def train_segmentation(
     if select is None:
         select = "val_score" if tuning and head_kinds[0] == "foreground" and mask_kind != "classes" else "val_loss"
     config = TrainConfig(
-        network=network, tile=tile, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps, learning_rate=learning_rate or (5e-4 if tuning else 1e-3),
-        lr_step_epochs=lr_step_epochs or max(1, epochs // 3), lr_step_factor=0.5,
+        network=network,
+        tile=tile,
+        batch_size=batch_size,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        learning_rate=learning_rate or (5e-4 if tuning else 1e-3),
+        lr_step_epochs=lr_step_epochs or max(1, epochs // 3),
+        lr_step_factor=0.5,
         schedule=schedule or ("cosine" if tuning else "step"),
-        freeze_epochs=(-1 if tuning else 0) if freeze_epochs is None else freeze_epochs, select=select,
-        dice=(tuning if dice is None else dice), class_balance=True, patience=patience, seed=seed, jit_compile=jit_compile,
+        freeze_epochs=(-1 if tuning else 0) if freeze_epochs is None else freeze_epochs,
+        select=select,
+        dice=(tuning if dice is None else dice),
+        class_balance=True,
+        patience=patience,
+        seed=seed,
+        jit_compile=jit_compile,
         augmentation=augmentation or Augmentation(),
     )
     learning_rate_schedule(config)
@@ -346,17 +387,24 @@ def train_segmentation(
         seg_minutes = minutes * (0.8 if keep_masks is not None else 1.0) - 1.0  # a minute for the final choices
         need = _estimate_epoch_minutes(network, config, items[0].image.shape[-1])
         if seg_minutes < 2 * need:
-            raise InputError(f"--minutes {minutes:g} is too short: one epoch of {steps_per_epoch} batches of "
-                             f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here; give at least "
-                             f"{(2 * need + 1) / (0.8 if keep_masks is not None else 1.0):.0f} min, or fewer --steps")
+            raise InputError(
+                f"--minutes {minutes:g} is too short: one epoch of {steps_per_epoch} batches of "
+                f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here; give at least "
+                f"{(2 * need + 1) / (0.8 if keep_masks is not None else 1.0):.0f} min, or fewer --steps"
+            )
 
     # 2. train (checkpointed; resumable)
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
     seg_dir = workdir / "segmentation"
     if overwrite and (out / "bundle.json").exists():
         resume = False  # the run in workdir finished (its bundle exists): a new run replaces it
-    settings = {"config": config.to_dict(), "minutes": minutes, "images": [it.name for it in train_items],
-                "validation": [it.name for it in val_items], "base_model": str(base.path) if base else None}
+    settings = {
+        "config": config.to_dict(),
+        "minutes": minutes,
+        "images": [it.name for it in train_items],
+        "validation": [it.name for it in val_items],
+        "base_model": str(base.path) if base else None,
+    }
     _workdir_config(seg_dir, settings, resume)
     callbacks = [_progress_callback(progress, epochs, seg_dir / "plan.json")] if callable(progress) else []
     if progress is True:
@@ -370,29 +418,47 @@ def train_segmentation(
         start_post = {**(base.postprocess if base else {}), "min_area": min_area}
         score = epoch_score(val_items, network, start_post, infer_tile, overlap)
     model, log = fit(
-        [it.image for it in train_items], [it.labels for it in train_items],
-        [it.image for it in val_items], [it.labels for it in val_items],
-        config, seg_dir, resume=resume, verbose=1 if progress is True else 0,
+        [it.image for it in train_items],
+        [it.labels for it in train_items],
+        [it.image for it in val_items],
+        [it.labels for it in val_items],
+        config,
+        seg_dir,
+        resume=resume,
+        verbose=1 if progress is True else 0,
         train_classes=[it.classes for it in train_items] if mask_kind == "classes" else None,
         val_classes=[it.classes for it in val_items] if mask_kind == "classes" else None,
-        callbacks=callbacks, initial_weights=base.model.get_weights() if base else None,
-        score=score, minutes=seg_minutes,
+        callbacks=callbacks,
+        initial_weights=base.model.get_weights() if base else None,
+        score=score,
+        minutes=seg_minutes,
     )
 
     # 3. defaults of the post-processing and validation metrics
     predict = keras_predictor(model)
-    probs = [predict_tiled(predict, it.image, tile=infer_tile, overlap=overlap, multiple_of=network.multiple_of,
-                           progress=False) for it in val_items]
+    probs = [
+        predict_tiled(
+            predict, it.image, tile=infer_tile, overlap=overlap, multiple_of=network.multiple_of, progress=False
+        )
+        for it in val_items
+    ]
     post, scores = validation_scores(probs, [it.labels for it in val_items], head_kinds, min_area=min_area)
     if mask_kind == "classes":
         k = head_kinds.index("classes")
         off = sum(h.channels for h in network.heads[:k])
-        pred_c = [p[..., off:off + len(classes)].argmax(-1) for p in probs]
-        scores["class_accuracy"] = round(float(np.mean([(pc == it.classes).mean() for pc, it in zip(pred_c, val_items)])), 4)
-    scores.update({"validation_images": len(val_items), "final_loss": log[-1].get("loss") if log else None,
-                   "final_val_loss": log[-1].get("val_loss") if log else None,
-                   "best_val_loss": min((r["val_loss"] for r in log if "val_loss" in r), default=None),
-                   "best_val_score": max((r["val_score"] for r in log if "val_score" in r), default=None)})
+        pred_c = [p[..., off : off + len(classes)].argmax(-1) for p in probs]
+        scores["class_accuracy"] = round(
+            float(np.mean([(pc == it.classes).mean() for pc, it in zip(pred_c, val_items)])), 4
+        )
+    scores.update(
+        {
+            "validation_images": len(val_items),
+            "final_loss": log[-1].get("loss") if log else None,
+            "final_val_loss": log[-1].get("val_loss") if log else None,
+            "best_val_loss": min((r["val_loss"] for r in log if "val_loss" in r), default=None),
+            "best_val_score": max((r["val_score"] for r in log if "val_score" in r), default=None),
+        }
+    )
 
     # 4. the particle classifier
     classifier = classifier_meta = None
@@ -401,21 +467,44 @@ def train_segmentation(
         # plans the classifier as the uninterrupted one would
         left = None if minutes is None else max(1.0, 0.2 * minutes - 0.5)
         classifier, classifier_meta = train_classifier(
-            train_items, val_items, workdir / "classifier", network=classifier_network, tile=tile, batch_size=batch_size,
-            epochs=classifier_epochs or epochs, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-            learning_rate=classifier_learning_rate or learning_rate or 1e-3, seed=seed, resume=resume, progress=progress,
-            normalization=norm, minutes=left,
-            jit_compile=jit_compile)
+            train_items,
+            val_items,
+            workdir / "classifier",
+            network=classifier_network,
+            tile=tile,
+            batch_size=batch_size,
+            epochs=classifier_epochs or epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            learning_rate=classifier_learning_rate or learning_rate or 1e-3,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+            normalization=norm,
+            minutes=left,
+            jit_compile=jit_compile,
+        )
         # the classifier at its threshold, or none at all: whichever keeps particles whose sizes
         # match the expert's better on the validation images (two choices, not a noisy sweep)
-        chosen, table = choose_min_score(classifier, network, probs, val_items, post, infer_tile,
-                                         NetworkConfig.from_dict(classifier_meta["network"]).multiple_of,
-                                         grid=(0.0, classifier_meta["threshold"]))
-        classifier_meta.update(threshold_balanced_accuracy=classifier_meta["threshold"], threshold=chosen,
-                               threshold_chosen_by="the best balanced accuracy on the validation particles, kept "
-                               "only if the minimum-Feret distribution of the particles it keeps on the validation "
-                               "images is closer to the expert's keep masks (Kolmogorov-Smirnov distance) than that "
-                               "of all particles (else 0: every particle kept)", size_distribution=table)
+        chosen, table = choose_min_score(
+            classifier,
+            network,
+            probs,
+            val_items,
+            post,
+            infer_tile,
+            NetworkConfig.from_dict(classifier_meta["network"]).multiple_of,
+            grid=(0.0, classifier_meta["threshold"]),
+        )
+        classifier_meta.update(
+            threshold_balanced_accuracy=classifier_meta["threshold"],
+            threshold=chosen,
+            threshold_chosen_by="the best balanced accuracy on the validation particles, kept "
+            "only if the minimum-Feret distribution of the particles it keeps on the validation "
+            "images is closer to the expert's keep masks (Kolmogorov-Smirnov distance) than that "
+            "of all particles (else 0: every particle kept)",
+            size_distribution=table,
+        )
 
     # 5. the bundle
     cals = {(it.calibration.pixel_size, it.calibration.unit) for it in items if it.calibration is not None}
@@ -424,24 +513,43 @@ def train_segmentation(
         if un != "px":
             pixel_size, unit = ps, un
     minutes_run = (time.time() - t0) / 60
-    kind_text = {"binary": "binary masks", "labels": "label images", "classes": "class-label images"}.get(mask_kind, "masks (binary or labels)")
-    data_text = (f"{len(train_items)} training and {len(val_items)} validation images "
-                 f"({train_px / 1e6:.2f} and {val_px / 1e6:.2f} Mpx) with {kind_text}, "
-                 f"{sum(int(it.labels.max() > 0 and len(np.unique(it.labels)) - 1) for it in train_items)} annotated particles "
-                 f"in the training images" + (f"; {description}" if description else ""))
+    kind_text = {"binary": "binary masks", "labels": "label images", "classes": "class-label images"}.get(
+        mask_kind, "masks (binary or labels)"
+    )
+    data_text = (
+        f"{len(train_items)} training and {len(val_items)} validation images "
+        f"({train_px / 1e6:.2f} and {val_px / 1e6:.2f} Mpx) with {kind_text}, "
+        f"{sum(int(it.labels.max() > 0 and len(np.unique(it.labels)) - 1) for it in train_items)} annotated particles "
+        f"in the training images" + (f"; {description}" if description else "")
+    )
     meta = make_metadata(
-        name or out.name, network, description=description or f"trained on {len(items)} annotated images",
+        name or out.name,
+        network,
+        description=description or f"trained on {len(items)} annotated images",
         channels=list(channel_names) if channel_names else (base.metadata["input"]["channels"] if base else None),
-        normalization=norm, tile=infer_tile, overlap=overlap, pixel_size=pixel_size, unit=unit or "px",
-        particle_size_px=round(size_px, 2) if size_px else None, classes=classes, polarity=net_polarity,
+        normalization=norm,
+        tile=infer_tile,
+        overlap=overlap,
+        pixel_size=pixel_size,
+        unit=unit or "px",
+        particle_size_px=round(size_px, 2) if size_px else None,
+        classes=classes,
+        polarity=net_polarity,
         postprocess={**(base.postprocess if base else {}), **post},
         training={
             "data": data_text,
-            "images": [it.name for it in train_items], "validation_images": [it.name for it in val_items],
-            "mask_kind": mask_kind, "crop_rows": crop_rows, "config": config.to_dict(),
-            "image_polarity": polarity, "inverted": flip,
+            "images": [it.name for it in train_items],
+            "validation_images": [it.name for it in val_items],
+            "mask_kind": mask_kind,
+            "crop_rows": crop_rows,
+            "config": config.to_dict(),
+            "image_polarity": polarity,
+            "inverted": flip,
             "base_model": str(base.path) if base else None,
-            "epochs_run": len(log), "minutes": round(minutes_run, 1), "workdir": str(workdir), "budget_minutes": minutes,
+            "epochs_run": len(log),
+            "minutes": round(minutes_run, 1),
+            "workdir": str(workdir),
+            "budget_minutes": minutes,
             "keras_backend": keras.backend.backend(),
         },
         metrics={"validation": scores},
@@ -449,7 +557,9 @@ def train_segmentation(
     if classifier_meta:
         meta["classifier"] = classifier_meta
     extra = {f"training/{f}": seg_dir / f for f in ("log.csv", "loss.png") if (seg_dir / f).exists()}
-    bundle = save_bundle(out, model, meta, classifier=classifier, overwrite=overwrite, zip_copy=False, extra_files=extra)
+    bundle = save_bundle(
+        out, model, meta, classifier=classifier, overwrite=overwrite, zip_copy=False, extra_files=extra
+    )
     if export:
         bundle = export_bundle(bundle, export, overwrite=True)
     if zip_copy:

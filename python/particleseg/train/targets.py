@@ -13,8 +13,11 @@ from ..postprocess import label_mask, labels_to_mask
 
 
 def labels_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Instance labels of an annotation: label images pass through, binary masks are labelled
-    with 4-connectivity so that one-pixel background lines separate touching particles."""
+    """Instance labels of an annotation.
+
+    Label images pass through; binary masks are labelled with 4-connectivity so that one-pixel
+    background lines separate touching particles.
+    """
     mask = np.asarray(mask)
     values = np.unique(mask)
     if len(values) <= 2:
@@ -25,8 +28,10 @@ def labels_from_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def normalized_distance(labels: np.ndarray) -> np.ndarray:
-    """Distance of each particle pixel to its particle's border, divided by the particle's
-    largest distance: 1 at the centre, falling towards 0 at the border, 0 in the background."""
+    """Distance of each particle pixel to its particle's border, over the particle's largest distance.
+
+    1 at the centre, falling towards 0 at the border, 0 in the background.
+    """
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, np.float32)
     if labels.max() == 0:

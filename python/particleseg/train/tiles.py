@@ -6,7 +6,7 @@ import numpy as np
 
 
 def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, shuffle=True):
-    """A ``keras.utils.PyDataset`` of random tiles from large images.
+    """Make a ``keras.utils.PyDataset`` of random tiles from large images.
 
     Tiles are drawn from image ``i`` with probability proportional to its area, at uniform
     positions; each epoch ``e`` and batch ``b`` use the seed ``(seed, e, b)``, so a run is
@@ -37,7 +37,7 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
                 im, tg = images[i], targets[i]
                 y0 = int(rng.integers(0, im.shape[0] - tile + 1))
                 x0 = int(rng.integers(0, im.shape[1] - tile + 1))
-                x, y = im[y0:y0 + tile, x0:x0 + tile], tg[y0:y0 + tile, x0:x0 + tile]
+                x, y = im[y0 : y0 + tile, x0 : x0 + tile], tg[y0 : y0 + tile, x0 : x0 + tile]
                 if shuffle and augment is not None:
                     x, y = augment(x, y, rng)
                 xs.append(x)
