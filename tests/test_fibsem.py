@@ -25,7 +25,7 @@ def sim():
 
 @pytest.fixture(scope="module")
 def phase_bundle(tmp_path_factory):
-    """An untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
+    """Make an untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
     return tiny_phase_bundle(tmp_path_factory.mktemp("b"))
 
 
@@ -57,7 +57,9 @@ def test_context_indices_mirror_and_window_check():
     assert fibsem.context_indices(0, 5, 2) == [2, 1, 0, 1, 2]
     assert fibsem.context_indices(4, 5, 1) == [3, 4, 3]
     assert fibsem.context_indices(2, 5, 0) == [2]
-    with pytest.raises(InputError, match=r"context window of 7 slices .* larger than the stack \(5 slices\); use --context 2"):
+    with pytest.raises(
+        InputError, match=r"context window of 7 slices .* larger than the stack \(5 slices\); use --context 2"
+    ):
         fibsem.context_indices(0, 5, 3)
     assert fibsem.input_names(["a", "b"], 1) == ["a@z-1", "b@z-1", "a@z", "b@z", "a@z+1", "b@z+1"]
 
@@ -113,8 +115,11 @@ def test_bad_stacks_are_reported(tmp_path, sim):
 
 
 def test_streaming_output_equals_in_memory(tmp_path, sim, phase_bundle):
-    """Slices streamed from disk (memory-mapped and page by page), segmented and written one by
-    one, equal the labels computed from the whole stack in memory with plain NumPy."""
+    """Streamed slices give the labels computed from the whole stack in memory with plain NumPy.
+
+    The slices are streamed from disk (memory-mapped and page by page), segmented and written one
+    by one.
+    """
     paths = _write_stacks(sim, tmp_path / "in", compress=True)
     with fibsem.open_stack(paths) as st:
         fr = fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
@@ -124,8 +129,13 @@ def test_streaming_output_equals_in_memory(tmp_path, sim, phase_bundle):
     norm = [np.percentile(sim.channels[c], [1.0, 99.8]) for c in range(2)]
     # (the same float32 operations as the streaming code: an untrained network's classes are
     # nearly tied, so even a last-bit difference of the input would flip some pixels)
-    x = np.stack([np.clip((vol[c] - np.float32(lo)) * np.float32(1.0 / (hi - lo)), -0.5, 1.5)
-                  for c, (lo, hi) in enumerate(norm)], -1)  # Z Y X C
+    x = np.stack(
+        [
+            np.clip((vol[c] - np.float32(lo)) * np.float32(1.0 / (hi - lo)), -0.5, 1.5)
+            for c, (lo, hi) in enumerate(norm)
+        ],
+        -1,
+    )  # Z Y X C
     model = phase_bundle.model
     n = vol.shape[1]  # (C, Z, Y, X)
     for z in range(n):
@@ -142,9 +152,12 @@ def test_streaming_output_equals_in_memory(tmp_path, sim, phase_bundle):
 
 
 def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, phase_bundle):
-    """A rerun of the same run goes on (issue 15, item 1): slices with their completion record
-    are skipped, missing or interrupted ones redone, the result equals the first run's; other
-    settings, another stack, or slices particleseg has no record of need ``overwrite``."""
+    """A rerun of the same run goes on (issue 15, item 1).
+
+    Slices with their completion record are skipped, missing or interrupted ones redone, the
+    result equals the first run's; other settings, another stack, or slices particleseg has no
+    record of need ``overwrite``.
+    """
     from particleseg.pipeline import RECORD_DIR
 
     paths = _write_stacks(sim, tmp_path / "in")
@@ -173,7 +186,9 @@ def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, ph
         status = pd.read_csv(out / "slices.csv")
         assert list(status["status"]) == ["resumed", "resumed", "ok", "resumed", "resumed", "ok", "resumed"]
         np.testing.assert_array_equal(tifffile.imread(out / "phases.tif"), first)
-        with pytest.raises(OutputExistsError, match=r"other settings \(tile 48 -> 32, overlap 23 -> 15\).*\(and 6 more slice"):
+        with pytest.raises(
+            OutputExistsError, match=r"other settings \(tile 48 -> 32, overlap 23 -> 15\).*\(and 6 more slice"
+        ):
             fibsem.segment_stack(st, phase_bundle, out, tile=32, progress=False)
     # another stack into the same folder is refused before any work
     other = _write_stacks(simulate_stack(1, TINY), tmp_path / "other")
@@ -197,9 +212,11 @@ def test_resume_skips_finished_slices_and_overwrite_protection(tmp_path, sim, ph
 
 
 def test_ctrl_c_keeps_finished_slices_and_writes_the_reports(tmp_path, sim, phase_bundle, monkeypatch):
-    """Ctrl-C while slice 3's labels are written: the slice is rolled back (no file, no record, no
-    marker), the reports list slices 0-2, and the same call again gives an uninterrupted run's
-    phases.tif."""
+    """Ctrl-C while slice 3's labels are written: the slice is rolled back, the reports are written.
+
+    No file, no record and no marker of slice 3 are left, the reports list slices 0-2, and the
+    same call again gives an uninterrupted run's phases.tif.
+    """
     from particleseg.pipeline import RECORD_DIR
 
     paths = _write_stacks(sim, tmp_path / "in")
@@ -220,9 +237,12 @@ def test_ctrl_c_keeps_finished_slices_and_writes_the_reports(tmp_path, sim, phas
             m.setattr(segment, "write_tiff", write_tiff)
             with pytest.raises(KeyboardInterrupt):
                 fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
-        assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]
+        assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [
+            f"phases_z{z:05d}.tif" for z in range(3)
+        ]
         assert sorted(p.name for p in (tmp_path / "out" / RECORD_DIR).iterdir()) == [
-            f"phases_z{z:05d}.done.json" for z in range(3)]
+            f"phases_z{z:05d}.done.json" for z in range(3)
+        ]
         assert pd.read_csv(tmp_path / "out" / "slices.csv")["slice"].tolist() == [0, 1, 2]
         assert not (tmp_path / "out" / "phases.tif").exists()
         fibsem.segment_stack(st, phase_bundle, tmp_path / "out", tile=48, progress=False)
@@ -236,8 +256,23 @@ def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle
     paths = _write_stacks(sim, tmp_path / "in", compress=True)
     _corrupt_page(paths[1], 3)
     # the command line: the bad slice is one line on stderr (issue 15, item 9), exit status 1
-    assert main(["fibsem", "segment", *map(str, paths), "--model", str(phase_bundle.path), "--out",
-                 str(tmp_path / "cont"), "--tile", "48", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "fibsem",
+                "segment",
+                *map(str, paths),
+                "--model",
+                str(phase_bundle.path),
+                "--out",
+                str(tmp_path / "cont"),
+                "--tile",
+                "48",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     out, err = capsys.readouterr()
     assert "particleseg:" not in out and err.count("\n") == 2, (out, err)
     assert err.startswith(f"particleseg: slice 3: {paths[1]}: slice 3 cannot be read")
@@ -245,14 +280,19 @@ def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle
     fr = pd.read_csv(tmp_path / "cont" / "volume_fractions.csv")
     status = pd.read_csv(tmp_path / "cont" / "slices.csv").set_index("slice")
     assert status.loc[3, "status"] == "error" and "ch1.tif: slice 3 cannot be read" in status.loc[3, "message"]
-    assert status.loc[2, "status"] == "ok (context substituted)" and "context slice 3 unreadable" in status.loc[2, "message"]
+    assert (
+        status.loc[2, "status"] == "ok (context substituted)"
+        and "context slice 3 unreadable" in status.loc[2, "message"]
+    )
     assert (status["status"] != "error").sum() == 6
     assert 3 not in set(fr["slice"]) and (tifffile.imread(tmp_path / "cont" / "phases.tif")[3] == 0).all()
     # stop: finished slices are kept, the reports are written, resume finishes the rest
     with fibsem.open_stack(paths) as st:
         with pytest.raises(InputError, match=r"stopped at slice 3; 3 finished slice\(s\) kept"):
             fibsem.segment_stack(st, phase_bundle, tmp_path / "stop", tile=48, progress=False, on_error="stop")
-    assert sorted(p.name for p in (tmp_path / "stop" / "slices").iterdir()) == [f"phases_z{z:05d}.tif" for z in range(3)]
+    assert sorted(p.name for p in (tmp_path / "stop" / "slices").iterdir()) == [
+        f"phases_z{z:05d}.tif" for z in range(3)
+    ]
     assert len(pd.read_csv(tmp_path / "stop" / "volume_fractions.csv")) == 4  # 3 slices + stack
     # the stack mended in place: its finished slices were made from the damaged one, so --overwrite
     good = _write_stacks(sim, tmp_path / "in", compress=True)
@@ -264,8 +304,11 @@ def test_corrupted_slice_mid_stack_continue_and_stop(tmp_path, sim, phase_bundle
 
 
 def test_volume_fractions_of_a_known_stack(tmp_path, phase_bundle):
-    """A stack whose channel 0 holds the phase (0, 1, 2 -> phases 1..3) and a stand-in network
-    that reads it off the centre slice: the fractions equal those of the known phases."""
+    """The fractions equal those of the known phases of a stack.
+
+    The stack's channel 0 holds the phase (0, 1, 2 -> phases 1..3) and a stand-in network reads
+    it off the centre slice.
+    """
     rng = np.random.default_rng(3)
     truth = rng.integers(1, 4, (5, 32, 40)).astype(np.uint8)
     truth[2] = 1  # one slice all matrix
@@ -285,19 +328,26 @@ def test_volume_fractions_of_a_known_stack(tmp_path, phase_bundle):
     assert fr.loc[2, "matrix"] == 1.0
     for i, name in enumerate(CLASSES):
         assert fr.loc["stack", name] == pytest.approx((truth == i + 1).mean())
-    with fibsem.open_stack([ch0]) as st, pytest.raises(InputError, match=r"1 channel\(s\) but model 'phases-tiny' expects 2"):
+    with (
+        fibsem.open_stack([ch0]) as st,
+        pytest.raises(InputError, match=r"1 channel\(s\) but model 'phases-tiny' expects 2"),
+    ):
         fibsem.segment_stack(st, phase_bundle, tmp_path / "o2", progress=False)
     with fibsem.open_stack([ch0[:2], ch1[:2]]) as st, pytest.raises(InputError, match="larger than the stack"):
         fibsem.segment_stack(st, phase_bundle, tmp_path / "o3", progress=False)
 
 
 def test_large_slice_probabilities_through_memmap(tmp_path, sim, phase_bundle):
-    """Over the memory limit the probability map goes to a temporary memmap: same labels, no
-    temporary file left behind."""
+    """Over the memory limit the probability map goes to a temporary memmap.
+
+    The labels are the same, and no temporary file is left behind.
+    """
     x = np.random.default_rng(0).random((48, 48, 6)).astype(np.float32)
     predict = phase_bundle.predictor()
     a = fibsem.predict_slice(predict, x, tile=32, overlap=8, multiple_of=4)
-    b = fibsem.predict_slice(predict, x, tile=32, overlap=8, multiple_of=4, memmap_dir=tmp_path, memory_limit=1000, n_outputs=3)
+    b = fibsem.predict_slice(
+        predict, x, tile=32, overlap=8, multiple_of=4, memmap_dir=tmp_path, memory_limit=1000, n_outputs=3
+    )
     np.testing.assert_array_equal(a, b)
     assert list(tmp_path.iterdir()) == []
 
@@ -350,25 +400,76 @@ def test_simulator_phases_and_channel_contrast(sim):
 
 @pytest.mark.slow
 def test_train_from_annotated_slices_and_cli(tmp_path, capsys):
-    """Training end to end from the command line (a couple of steps): bundle with the context
-    and phase names, per-phase metrics on the independent slice; then segment with it."""
+    """Training end to end from the command line (a couple of steps), then segmenting with it.
+
+    The bundle has the context and phase names, and per-phase metrics on the independent slice.
+    """
     from particleseg.cli import main
 
-    assert main(["fibsem", "simulate", "--out", str(tmp_path / "sim"), "--slices", "6", "--size", "48", "--annotate", "3"]) == 0
+    assert (
+        main(["fibsem", "simulate", "--out", str(tmp_path / "sim"), "--slices", "6", "--size", "48", "--annotate", "3"])
+        == 0
+    )
     chans = [str(tmp_path / "sim" / "ch0_in-chamber.tif"), str(tmp_path / "sim" / "ch1_in-lens.tif")]
-    assert main(["fibsem", "train", *chans, "--labels", str(tmp_path / "sim" / "annotations.tif"), "--out", str(tmp_path / "b"),
-                 "--classes", "matrix,pore,inclusion", "--context", "1", "--depth", "2", "--filters", "4", "--tile", "32",
-                 "--epochs", "1", "--steps", "2", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "fibsem",
+                "train",
+                *chans,
+                "--labels",
+                str(tmp_path / "sim" / "annotations.tif"),
+                "--out",
+                str(tmp_path / "b"),
+                "--classes",
+                "matrix,pore,inclusion",
+                "--context",
+                "1",
+                "--depth",
+                "2",
+                "--filters",
+                "4",
+                "--tile",
+                "32",
+                "--epochs",
+                "1",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "evaluation on independent slice(s) [4]" in out and "inclusion" in out
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["fibsem"]["context"] == 1 and meta["classes"] == CLASSES
-    assert meta["training"]["split"]["train"] == [1, 2] and set(meta["metrics"]["evaluation"]["all"]["per_class"]) == set(CLASSES)
-    assert main(["fibsem", "segment", *chans, "--model", str(tmp_path / "b"), "--out", str(tmp_path / "seg"), "--quiet"]) == 0
+    assert meta["training"]["split"]["train"] == [1, 2] and set(
+        meta["metrics"]["evaluation"]["all"]["per_class"]
+    ) == set(CLASSES)
+    assert (
+        main(["fibsem", "segment", *chans, "--model", str(tmp_path / "b"), "--out", str(tmp_path / "seg"), "--quiet"])
+        == 0
+    )
     assert tifffile.imread(tmp_path / "seg" / "phases.tif").shape == (6, 48, 48)
     # a context window larger than the stack: one line, exit 1
-    assert main(["fibsem", "train", *chans, "--labels", str(tmp_path / "sim" / "annotations.tif"), "--out", str(tmp_path / "b2"),
-                 "--context", "3"]) == 1
+    assert (
+        main(
+            [
+                "fibsem",
+                "train",
+                *chans,
+                "--labels",
+                str(tmp_path / "sim" / "annotations.tif"),
+                "--out",
+                str(tmp_path / "b2"),
+                "--context",
+                "3",
+            ]
+        )
+        == 1
+    )
     assert "larger than the stack (6 slices)" in capsys.readouterr().err
 
 
@@ -386,13 +487,19 @@ def test_batchnorm_recalibration_makes_inference_match_training_statistics():
     fibsem.recalibrate_batchnorm(model, images, 32, n_tiles=64)
     after = np.abs(np.asarray(model(x, training=False)) - np.asarray(model(x, training=True))).max()
     assert after < 0.25 * before
-    bn = next(l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization))
+    bn = next(
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert bn.momentum == pytest.approx(0.99)  # restored
 
 
 def test_mrc_and_ome_zarr_volumes_segment_as_their_tiffs(tmp_path, sim, phase_bundle):
-    """A stack in an electron-microscopy file (MRC written by mrcfile, OME-Zarr) is read by the one
-    reader of particleseg.formats and gives the labels of the same stack as TIFF."""
+    """A stack in an electron-microscopy file gives the labels of the same stack as TIFF.
+
+    The files (MRC written by mrcfile, OME-Zarr) are read by the one reader of particleseg.formats.
+    """
     mrcfile = pytest.importorskip("mrcfile")
     tiffs = _write_stacks(sim, tmp_path / "tif")
     mrcs = []
@@ -404,8 +511,10 @@ def test_mrc_and_ome_zarr_volumes_segment_as_their_tiffs(tmp_path, sim, phase_bu
         mrcs.append(p)
     from test_formats import _ome_zarr  # NGFF metadata as written by the OME-Zarr writers
 
-    zarrs = [_ome_zarr(tmp_path / f"ch{c}.ome.zarr", sim.channels[c], (50.0, 5.0, 5.0), unit="nanometer")
-             for c in range(sim.channels.shape[0])]
+    zarrs = [
+        _ome_zarr(tmp_path / f"ch{c}.ome.zarr", sim.channels[c], (50.0, 5.0, 5.0), unit="nanometer")
+        for c in range(sim.channels.shape[0])
+    ]
     outs = {}
     for name, paths in (("tif", tiffs), ("mrc", mrcs), ("zarr", zarrs)):
         with fibsem.open_stack(paths) as st:

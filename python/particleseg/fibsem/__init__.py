@@ -1,5 +1,6 @@
-"""Phase segmentation of serial-section FIB-SEM stacks: several detector channels, neighbouring
-slices as context, stacks larger than memory.
+"""Phase segmentation of serial-section FIB-SEM stacks.
+
+Several detector channels, neighbouring slices as context, stacks larger than memory.
 
 A FIB-SEM stack is a series of slices milled and imaged one after the other, often with two
 detector signals (in-chamber and through-the-lens), with curtaining stripes, a non-uniform
@@ -26,7 +27,14 @@ from .metrics import metrics_table, phase_metrics
 from .outputs import assemble_stack, phase_output_paths, slice_path
 from .predict import predict_slice, predict_stack_slice
 from .segment import run_settings, segment_stack
-from .simulate import FibsemSettings, FibsemSimulation, annotation_slices, phase_volume, simulate_stack, write_simulation
+from .simulate import (
+    FibsemSettings,
+    FibsemSimulation,
+    annotation_slices,
+    phase_volume,
+    simulate_stack,
+    write_simulation,
+)
 from .stacks import (
     TIFF_SUFFIXES,
     ArraySource,

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InputError
 from .stacks import Stack
 
+
 def context_indices(z: int, n_slices: int, k: int) -> list[int]:
     """Slices ``z-k .. z+k``, mirrored at the ends of the stack (``-1 -> 1``, ``n -> n-2``).
 
@@ -24,8 +25,10 @@ def context_indices(z: int, n_slices: int, k: int) -> list[int]:
     if k < 0:
         raise InputError(f"context must not be negative, got {k}")
     if 2 * k + 1 > n_slices:
-        raise InputError(f"context window of {2 * k + 1} slices (k={k} before and after) is larger than the stack "
-                         f"({n_slices} slice{'s' if n_slices != 1 else ''}); use --context {max(0, (n_slices - 1) // 2)} or less")
+        raise InputError(
+            f"context window of {2 * k + 1} slices (k={k} before and after) is larger than the stack "
+            f"({n_slices} slice{'s' if n_slices != 1 else ''}); use --context {max(0, (n_slices - 1) // 2)} or less"
+        )
     out = []
     for i in range(z - k, z + k + 1):
         if i < 0:
@@ -41,11 +44,19 @@ def input_names(channel_names: Sequence[str], k: int) -> list[str]:
     return [f"{c}@z{off:+d}" if off else f"{c}@z" for off in range(-k, k + 1) for c in channel_names]
 
 
-def stack_normalization(stack: Stack, low: float = 1.0, high: float = 99.8, samples: int = 8,
-                        max_pixels: int = 1_000_000, skip: Callable[[int], bool] | None = None) -> list[tuple[float, float]]:
-    """Percentiles ``low`` and ``high`` of each channel over up to ``samples`` slices spread
-    through the stack (a regular pixel subsample of each), so every slice of a stack is
-    normalised alike. Unreadable slices are skipped."""
+def stack_normalization(
+    stack: Stack,
+    low: float = 1.0,
+    high: float = 99.8,
+    samples: int = 8,
+    max_pixels: int = 1_000_000,
+    skip: Callable[[int], bool] | None = None,
+) -> list[tuple[float, float]]:
+    """Percentiles ``low`` and ``high`` of each channel, so every slice of a stack is normalised alike.
+
+    They are taken over up to ``samples`` slices spread through the stack (a regular pixel
+    subsample of each). Unreadable slices are skipped.
+    """
     n = stack.n_slices
     zs = sorted(set(np.linspace(0, n - 1, min(samples, n)).round().astype(int).tolist()))
     values: list[list[np.ndarray]] = [[] for _ in range(stack.n_channels)]
@@ -71,13 +82,16 @@ def stack_normalization(stack: Stack, low: float = 1.0, high: float = 99.8, samp
 
 
 class InputBuilder:
-    """Network inputs of slices, ``(Y, X, (2k + 1) C)`` float32, with a small cache of normalised
-    slices so that a pass through the stack reads each slice once. An unreadable context slice
-    is replaced by the nearest readable slice of the window (noted in ``substitutions``); an
-    unreadable centre slice raises :class:`InputError`."""
+    """Network inputs of slices, ``(Y, X, (2k + 1) C)`` float32.
 
-    def __init__(self, stack: Stack, k: int, norm: Sequence[tuple[float, float]],
-                 clip: tuple[float, float] | None = (-0.5, 1.5)):
+    A small cache of normalised slices lets a pass through the stack read each slice once. An
+    unreadable context slice is replaced by the nearest readable slice of the window (noted in
+    ``substitutions``); an unreadable centre slice raises :class:`InputError`.
+    """
+
+    def __init__(
+        self, stack: Stack, k: int, norm: Sequence[tuple[float, float]], clip: tuple[float, float] | None = (-0.5, 1.5)
+    ):
         context_indices(0, stack.n_slices, k)  # checks the window
         if len(norm) != stack.n_channels:
             raise InputError(f"{len(norm)} normalisation ranges for {stack.n_channels} channels")
@@ -104,6 +118,7 @@ class InputBuilder:
         return v
 
     def __call__(self, z: int) -> np.ndarray:
+        """Build the network input of slice ``z``: its window's normalised slices, ``z-k`` first."""
         idx = context_indices(z, self.stack.n_slices, self.k)
         centre = self.slice(z)  # raises for a bad centre slice
         parts, subs = [], []

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+
 def phase_metrics(pred: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> dict:
     """Per-phase agreement of predicted and annotated phases (``1..K``; truth ``0`` ignored).
 
@@ -51,6 +52,15 @@ def phase_metrics(pred: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -
 def metrics_table(metrics: dict) -> pd.DataFrame:
     """Per-class metrics as a table (one row per phase, plus ``all``)."""
     rows = [{"phase": name, **vals} for name, vals in metrics["per_class"].items()]
-    rows.append({"phase": "all", "iou": metrics["mean_iou"], "f1": metrics["mean_f1"],
-                 "precision": np.nan, "recall": np.nan, "support": metrics["pixels"], "accuracy": metrics["accuracy"]})
+    rows.append(
+        {
+            "phase": "all",
+            "iou": metrics["mean_iou"],
+            "f1": metrics["mean_f1"],
+            "precision": np.nan,
+            "recall": np.nan,
+            "support": metrics["pixels"],
+            "accuracy": metrics["accuracy"],
+        }
+    )
     return pd.DataFrame(rows)

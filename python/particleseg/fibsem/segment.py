@@ -30,25 +30,52 @@ from .outputs import _slice_stem, assemble_stack, phase_output_paths, slice_path
 from .predict import predict_stack_slice
 from .stacks import ArraySource, Stack, stack_files
 
+
 def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
-    """Everything that decides a slice's labels besides the stack's files: the model (its bundle
-    and a hash of its metadata), the tiling and, for stacks given as arrays (not read from a
-    file, whose content :func:`stack_files` covers), a hash of their values. A rerun skips a slice only when these are the same as recorded."""
+    """Everything that decides a slice's labels besides the stack's files.
+
+    That is the model (its bundle and a hash of its metadata), the tiling and, for stacks given
+    as arrays (not read from a file, whose content :func:`stack_files` covers), a hash of their
+    values. A rerun skips a slice only when these are the same as recorded.
+    """
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
-    arrays = [hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
-              for s in stack.sources if isinstance(s, ArraySource) and not getattr(s, "files", None)]
-    return {"command": "fibsem segment", "model": getattr(bundle, "label", bundle.name),
-            "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16], "tile": int(tile),
-            "overlap": int(overlap), "n_slices": stack.n_slices, "shape": list(stack.shape), "arrays_sha256": arrays}
+    arrays = [
+        hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
+        for s in stack.sources
+        if isinstance(s, ArraySource) and not getattr(s, "files", None)
+    ]
+    return {
+        "command": "fibsem segment",
+        "model": getattr(bundle, "label", bundle.name),
+        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+        "tile": int(tile),
+        "overlap": int(overlap),
+        "n_slices": stack.n_slices,
+        "shape": list(stack.shape),
+        "arrays_sha256": arrays,
+    }
+
 
 def _plan_slices(stack: Stack, out: Path, zs: Sequence[int], settings: dict, overwrite: bool, name: str) -> dict:
-    """Each slice's :class:`~particleseg.pipeline.ItemPlan`; slices whose outputs this run may not
-    replace stop the run before any work, in one line."""
+    """Plan each slice: its :class:`~particleseg.pipeline.ItemPlan`.
+
+    Slices whose outputs this run may not replace stop the run before any work, in one line.
+    """
     label = " + ".join(s.name for s in stack.sources)
     files = stack_files(stack)
-    plans = {z: plan_item(Path(stack.sources[0].name), out, settings, overwrite,
-                          outputs={"slice": slice_path(out, z, name)}, name=f"{label} slice {z}",
-                          stem=_slice_stem(z, name), inputs=files) for z in zs}
+    plans = {
+        z: plan_item(
+            Path(stack.sources[0].name),
+            out,
+            settings,
+            overwrite,
+            outputs={"slice": slice_path(out, z, name)},
+            name=f"{label} slice {z}",
+            stem=_slice_stem(z, name),
+            inputs=files,
+        )
+        for z in zs
+    }
     conflicts = [pl for pl in plans.values() if pl.action == "conflict"]
     if conflicts:
         more = f" (and {len(conflicts) - 1} more slice(s))" if len(conflicts) > 1 else ""
@@ -111,13 +138,18 @@ def segment_stack(
         raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}")
     fib = bundle.metadata.get("fibsem")
     if not fib:
-        raise ParticlesegError(f"{bundle.path}: not a phase-segmentation bundle (no 'fibsem' section); train one with particleseg fibsem train")
+        raise ParticlesegError(
+            f"{bundle.path}: not a phase-segmentation bundle (no 'fibsem' section); "
+            "train one with particleseg fibsem train"
+        )
     k = int(fib["context"])
     classes = list(fib["classes"])
     n_ch = len(fib["channels"])
     if stack.n_channels != n_ch:
-        raise InputError(f"{stack.sources[0].name}: stack has {stack.n_channels} channel(s) but model {bundle.name!r} "
-                         f"expects {n_ch} ({', '.join(fib['channels'])}); give one input per channel in that order")
+        raise InputError(
+            f"{stack.sources[0].name}: stack has {stack.n_channels} channel(s) but model {bundle.name!r} "
+            f"expects {n_ch} ({', '.join(fib['channels'])}); give one input per channel in that order"
+        )
     context_indices(0, stack.n_slices, k)
     zs = list(range(stack.n_slices)) if slices is None else list(slices)
     bad = [z for z in zs if not 0 <= z < stack.n_slices]
@@ -128,8 +160,15 @@ def segment_stack(
     tile = tile or bundle.tile
     overlap = bundle.overlap if overlap is None else overlap
     overlap = max(0, min(overlap, tile // 2 - 1))  # predict_tiled needs overlap < tile
-    run_info = {"model": bundle.name, "model_path": str(bundle.path), "n_slices": stack.n_slices,
-                "shape": list(stack.shape), "channels": [s.name for s in stack.sources], "context": k, "classes": classes}
+    run_info = {
+        "model": bundle.name,
+        "model_path": str(bundle.path),
+        "n_slices": stack.n_slices,
+        "shape": list(stack.shape),
+        "channels": [s.name for s in stack.sources],
+        "context": k,
+        "classes": classes,
+    }
     reports = [paths["fractions"], paths["plot"], paths["status"]] + ([paths["stack"]] if assemble else [])
     if not overwrite and paths["run"].exists():  # a folder this command made: its reports are rewritten
         try:
@@ -138,8 +177,10 @@ def segment_stack(
             prev = {}
         for key in ("n_slices", "shape", "context", "classes"):
             if prev.get(key) != run_info[key]:
-                raise OutputExistsError(f"{paths['run']}: the finished slices come from another run ({key} was {prev.get(key)}, "
-                                        f"now {run_info[key]}); use another --out or --overwrite")
+                raise OutputExistsError(
+                    f"{paths['run']}: the finished slices come from another run ({key} was {prev.get(key)}, "
+                    f"now {run_info[key]}); use another --out or --overwrite"
+                )
     elif not overwrite:
         check_outputs(reports, False)
     # free space for the slices to do and the assembled stack (8-bit labels)
@@ -160,14 +201,20 @@ def segment_stack(
     stopped = None
     fingerprint = None
     if scheduler is not None and predictor is not None:
-        raise InputError("fibsem segment: a predictor of this process cannot run on a Dask cluster; give the bundle only")
+        raise InputError(
+            "fibsem segment: a predictor of this process cannot run on a Dask cluster; give the bundle only"
+        )
     bar = tqdm(total=len(zs), initial=len(counts), desc="slices", unit="slice", disable=not progress)
     cluster = contextlib.ExitStack()
     done: Iterable = ()  # (index in todo, (labels and substitutions, error, seconds)) per slice
     try:
         if todo:
             norm_cfg = bundle.metadata["input"]["normalization"]
-            low, high = (norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8)) if norm_cfg.get("method") == "percentile" else (0.0, 100.0)
+            low, high = (
+                (norm_cfg.get("low", 1.0), norm_cfg.get("high", 99.8))
+                if norm_cfg.get("method") == "percentile"
+                else (0.0, 100.0)
+            )
             norm = stack_normalization(stack, low, high)
             clip = tuple(norm_cfg["clip"]) if norm_cfg.get("clip") else None
             options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "memory_limit": memory_limit}
@@ -176,13 +223,20 @@ def segment_stack(
             if scheduler is None:
                 builder = InputBuilder(stack, k, norm, clip)
                 predict = predictor or bundle.predictor()
-                done = ((i, _noted_local(predict_stack_slice, builder, predict, bundle, z, options, out))
-                        for i, z in enumerate(todo))
+                done = (
+                    (i, _noted_local(predict_stack_slice, builder, predict, bundle, z, options, out))
+                    for i, z in enumerate(todo)
+                )
             else:
                 client = cluster.enter_context(connect(scheduler))
                 spec = client.scatter((stack, k, norm, clip), broadcast=True, hash=False)
-                done = map_ordered(client, _slice_task, todo, (spec, bundle_state(bundle), options, str(out)),
-                                   names=[f"slice {z}" for z in todo])
+                done = map_ordered(
+                    client,
+                    _slice_task,
+                    todo,
+                    (spec, bundle_state(bundle), options, str(out)),
+                    names=[f"slice {z}" for z in todo],
+                )
         t0 = time.perf_counter()
         for i, (result, exc, seconds) in done:
             z = todo[i]
@@ -202,14 +256,27 @@ def segment_stack(
             if fingerprint is None:
                 fingerprint = input_fingerprint(files)
             t_write = time.perf_counter()
-            _write_item(sp, out, {"slice": sp}, {"slice": lambda p, labels=labels: write_tiff(p, labels, overwrite=True)},
-                        {"name": f"{label} slice {z}", **fingerprint}, settings,
-                        {"counts": [int(v) for v in c], "message": msg}, stem=_slice_stem(z, name))
+            _write_item(
+                sp,
+                out,
+                {"slice": sp},
+                {"slice": lambda p, labels=labels: write_tiff(p, labels, overwrite=True)},
+                {"name": f"{label} slice {z}", **fingerprint},
+                settings,
+                {"counts": [int(v) for v in c], "message": msg},
+                stem=_slice_stem(z, name),
+            )
             counts[z] = c
             # its seconds: reading, network and writing (in a worker, its computing and the writing here)
             now = time.perf_counter()
-            status.append({"slice": z, "status": "ok" if not subs else "ok (context substituted)", "message": msg,
-                           "seconds": round(now - t0 if scheduler is None else seconds + now - t_write, 3)})
+            status.append(
+                {
+                    "slice": z,
+                    "status": "ok" if not subs else "ok (context substituted)",
+                    "message": msg,
+                    "seconds": round(now - t0 if scheduler is None else seconds + now - t_write, 3),
+                }
+            )
             t0 = now
             bar.update(1)
     finally:
@@ -220,19 +287,24 @@ def segment_stack(
         order = {z: i for i, z in enumerate(zs)}
         status.sort(key=lambda r: order[r["slice"]])
         write_csv(paths["fractions"], fractions, overwrite=True)
-        write_csv(paths["status"], pd.DataFrame(status, columns=["slice", "status", "message", "seconds"]), overwrite=True)
+        write_csv(
+            paths["status"], pd.DataFrame(status, columns=["slice", "status", "message", "seconds"]), overwrite=True
+        )
         plot_volume_fractions(fractions, paths["plot"], overwrite=True)
     if assemble and stopped is None:
         assemble_stack(out, stack.n_slices, stack.shape, name, overwrite=True)
     if stopped is not None:
         z, exc = stopped
-        raise InputError(f"{exc} -- stopped at slice {z}; {len(counts)} finished slice(s) kept in {paths['slices']}; "
-                         "rerun the same command to go on once the slice can be read (a changed stack needs "
-                         "--overwrite), or use --on-error continue")
+        raise InputError(
+            f"{exc} -- stopped at slice {z}; {len(counts)} finished slice(s) kept in {paths['slices']}; "
+            "rerun the same command to go on once the slice can be read (a changed stack needs "
+            "--overwrite), or use --on-error continue"
+        )
     return fractions
 
+
 def _noted_local(fn, *args) -> tuple:
-    """``(result, None, seconds)``, or ``(None, error, seconds)`` for an unreadable slice."""
+    """Call ``fn(*args)``: ``(result, None, seconds)``, or ``(None, error, seconds)`` for an unreadable slice."""
     t0 = time.perf_counter()
     try:
         return fn(*args), None, time.perf_counter() - t0
@@ -241,9 +313,12 @@ def _noted_local(fn, *args) -> tuple:
 
 
 def _slice_task(z: int, spec: tuple, state: tuple, options: dict, out: str) -> tuple:
-    """:func:`predict_stack_slice` in a Dask worker: the stack (opened again from its files when
-    it reaches the worker), its input builder and the bundle made once per process. Returns
-    ``(result, error, seconds)`` as :func:`_noted_local`; its warnings are shown by the worker."""
+    """Run :func:`predict_stack_slice` in a Dask worker.
+
+    The stack is opened again from its files when it reaches the worker; its input builder and
+    the bundle are made once per process. Returns ``(result, error, seconds)`` as
+    :func:`_noted_local`; its warnings are shown by the worker.
+    """
     stack, k, norm, clip = spec
     bundle = worker_bundle(state)
     key = ("fibsem-builder", id(stack), k, repr(norm), repr(clip))

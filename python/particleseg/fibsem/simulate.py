@@ -61,6 +61,8 @@ class FibsemSettings:
 
 @dataclass
 class FibsemSimulation:
+    """A simulated stack: its detector channels, the true phase of every voxel and the names."""
+
     channels: np.ndarray  # (C, Z, Y, X) uint8
     labels: np.ndarray  # (Z, Y, X) uint8, phases 1..K
     phases: tuple[str, ...]
@@ -80,21 +82,37 @@ def phase_volume(rng: np.random.Generator, s: FibsemSettings) -> np.ndarray:
 
 
 def _curtains(rng, shape, n_slices, density, angle_range):
-    """Stripe fields ``(Z, Y, X)`` in [-1, 1]: streaks along a direction near vertical. Half of
-    the streaks persist through the stack (drifting in angle), half are new in every slice."""
+    """Stripe fields ``(Z, Y, X)`` in [-1, 1]: streaks along a direction near vertical.
+
+    Half of the streaks persist through the stack (drifting in angle), half are new in every slice.
+    """
     h, w = shape
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     n = max(1, int(round(density * w / 100)))
-    persistent = [(rng.uniform(-0.2 * w, 1.2 * w), rng.uniform(0.7, 3.0), rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
-                   rng.uniform(0, 0.7 * h)) for _ in range(n // 2 + 1)]
+    persistent = [
+        (
+            rng.uniform(-0.2 * w, 1.2 * w),
+            rng.uniform(0.7, 3.0),
+            rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
+            rng.uniform(0, 0.7 * h),
+        )
+        for _ in range(n // 2 + 1)
+    ]
     base = rng.uniform(-angle_range, angle_range)
     drift = rng.uniform(-angle_range, angle_range) / max(n_slices, 1)
     out = np.zeros((n_slices, h, w), np.float32)
     for z in range(n_slices):
         ang = np.deg2rad(np.clip(base + drift * z + rng.normal(0, angle_range / 4), -2 * angle_range, 2 * angle_range))
         u = xx * np.cos(ang) - yy * np.sin(ang)  # across the streaks
-        fresh = [(rng.uniform(-0.2 * w, 1.2 * w), rng.uniform(0.7, 3.0), rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
-                  rng.uniform(0, 0.7 * h)) for _ in range(n - n // 2)]
+        fresh = [
+            (
+                rng.uniform(-0.2 * w, 1.2 * w),
+                rng.uniform(0.7, 3.0),
+                rng.choice([-1, 1]) * rng.uniform(0.4, 1.0),
+                rng.uniform(0, 0.7 * h),
+            )
+            for _ in range(n - n // 2)
+        ]
         field_ = np.zeros((h, w), np.float32)
         for c, width, amp, start in persistent + fresh:
             streak = np.exp(-0.5 * ((u - c) / width) ** 2)
@@ -116,8 +134,10 @@ def _response(rng, shape, strength):
     return g.astype(np.float32)
 
 
-def simulate_stack(rng: np.random.Generator | int | None = None, settings: FibsemSettings | None = None) -> FibsemSimulation:
-    """A simulated two-channel FIB-SEM stack and its phase labels."""
+def simulate_stack(
+    rng: np.random.Generator | int | None = None, settings: FibsemSettings | None = None
+) -> FibsemSimulation:
+    """Simulate a two-channel FIB-SEM stack and its phase labels."""
     rng = np.random.default_rng(rng)
     s = settings or FibsemSettings()
     if len(s.fractions) != len(s.phases) or len(s.correlation) != len(s.phases):
@@ -147,12 +167,19 @@ def annotation_slices(n_slices: int, n: int) -> list[int]:
     return sorted(set(np.linspace(0, n_slices - 1, n + 2)[1:-1].round().astype(int).tolist()))
 
 
-def write_simulation(sim: FibsemSimulation, out_dir: str | os.PathLike, annotate: Sequence[int] = (),
-                     layout: str = "stack", overwrite: bool = False) -> dict[str, Path]:
-    """Write a simulated stack: one ``ZYX`` TIFF per channel (``ch0_in-chamber.tif``, ...), or
-    with ``layout="slices"`` one folder per channel of single-slice files; ``labels.tif`` (the
-    full truth); ``annotations.tif`` (the truth on the ``annotate`` slices, 0 elsewhere: what a
-    person would annotate for training)."""
+def write_simulation(
+    sim: FibsemSimulation,
+    out_dir: str | os.PathLike,
+    annotate: Sequence[int] = (),
+    layout: str = "stack",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write a simulated stack, its labels and the annotations a person would make for training.
+
+    The stack is one ``ZYX`` TIFF per channel (``ch0_in-chamber.tif``, ...), or with
+    ``layout="slices"`` one folder per channel of single-slice files; ``labels.tif`` holds the
+    full truth, ``annotations.tif`` the truth on the ``annotate`` slices (0 elsewhere).
+    """
     out = Path(out_dir)
     if layout not in ("stack", "slices"):
         raise ValueError(f"layout must be 'stack' or 'slices', got {layout!r}")

@@ -25,6 +25,7 @@ from ..errors import InputError, ParticlesegError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
+
 class SliceSource:
     """One channel of a stack, read slice by slice. ``read(z)`` returns a ``(Y, X)`` array."""
 
@@ -33,12 +34,15 @@ class SliceSource:
     shape: tuple[int, int] = (0, 0)
 
     def read(self, z: int) -> np.ndarray:
+        """Read slice ``z``, ``(Y, X)``; :class:`InputError` if it cannot be read."""
         raise NotImplementedError
 
     def where(self, z: int) -> str:
+        """Name slice ``z`` in a message (the file and the slice)."""
         return f"{self.name} slice {z}"
 
     def close(self) -> None:
+        """Release the open files (nothing to release here)."""
         pass
 
     def _check_index(self, z: int) -> None:
@@ -55,8 +59,10 @@ def _detail(exc: BaseException) -> str:
 
 
 def _checked(a: np.ndarray, where: str) -> np.ndarray:
-    """A slice as read, refused if it holds NaN or infinite values (one NaN pixel would make the
-    stack's normalisation percentiles NaN and every slice one phase) or is not numeric."""
+    """Return a slice as read, refused if it holds NaN or infinite values or is not numeric.
+
+    One NaN pixel would make the stack's normalisation percentiles NaN and every slice one phase.
+    """
     if a.dtype.kind not in "uifb":
         raise InputError(f"{where}: unsupported data type {a.dtype}")
     if a.dtype.kind == "f":
@@ -77,13 +83,16 @@ class ArraySource(SliceSource):
         self.n_slices, self.shape = a.shape[0], tuple(a.shape[1:])
 
     def read(self, z: int) -> np.ndarray:
+        """Copy slice ``z`` out of the array, checked."""
         self._check_index(z)
         return _checked(np.array(self.array[z]), self.where(z))
 
 
 class EMFileSource(ArraySource):
-    """A volume in an electron-microscopy file (MRC/IMOD stacks, OME-Zarr, DM, EMD), read by
-    :func:`particleseg.formats.read` (the one reader of every command) into memory."""
+    """A volume in an electron-microscopy file (MRC/IMOD stacks, OME-Zarr, DM, EMD), read into memory.
+
+    The file is read by :func:`particleseg.formats.read`, the one reader of every command.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -94,19 +103,24 @@ class EMFileSource(ArraySource):
         if axes == "YX":
             data, axes = data[None], "ZYX"
         if axes != "ZYX":
-            raise InputError(f"{self.path}: expected a (Z, Y, X) volume, got axes {axes} of shape {data.shape}; "
-                             "give one file per channel")
+            raise InputError(
+                f"{self.path}: expected a (Z, Y, X) volume, got axes {axes} of shape {data.shape}; "
+                "give one file per channel"
+            )
         super().__init__(data, str(self.path))
         self.files = [self.path]  # what a rerun compares (stack_files), not the values
 
-    def __reduce__(self):  # (a Dask worker reads the file itself)
+    def __reduce__(self):
+        """Pickle as the file's path: a Dask worker reads the file itself."""
         return EMFileSource, (self.path,)
 
 
 class TiffStackSource(SliceSource):
-    """A multi-page TIFF (``ZYX``, or one channel of a ``ZCYX``/``CZYX`` hyperstack) read slice
-    by slice: memory-mapped when the data are stored uncompressed and contiguous, else page by
-    page. Only the page headers are read when it is opened."""
+    """A multi-page TIFF (``ZYX``, or one channel of a ``ZCYX``/``CZYX`` hyperstack) read slice by slice.
+
+    Memory-mapped when the data are stored uncompressed and contiguous, else read page by page.
+    Only the page headers are read when it is opened.
+    """
 
     def __init__(self, path: str | os.PathLike, channel: int | None = None):
         _quiet_tifffile()
@@ -124,7 +138,9 @@ class TiffStackSource(SliceSource):
             raise InputError(f"{self.path}: cannot read TIFF ({_detail(exc)})") from None
         if "S" in axes:
             self.close()
-            raise InputError(f"{self.path}: RGB or multi-sample images are not supported; save each channel as a gray stack")
+            raise InputError(
+                f"{self.path}: RGB or multi-sample images are not supported; save each channel as a gray stack"
+            )
         lead = [(a, n) for a, n in zip(axes[:-2], shape[:-2]) if n > 1]
         channel_axes = [i for i, (a, _) in enumerate(lead) if a == "C"]
         if channel is None and channel_axes:
@@ -132,7 +148,9 @@ class TiffStackSource(SliceSource):
             raise InputError(f"{self.path}: holds {lead[channel_axes[0]][1]} channels; open it with open_stack()")
         if len(lead) > 2 or (len(lead) == 2 and not channel_axes):
             self.close()
-            raise InputError(f"{self.path}: unsupported dimensions {shape} (axes {axes}); expected Z x Y x X, or Z and C")
+            raise InputError(
+                f"{self.path}: unsupported dimensions {shape} (axes {axes}); expected Z x Y x X, or Z and C"
+            )
         self.shape = tuple(shape[-2:])
         if channel is not None and not channel_axes:
             if channel != 0:
@@ -172,10 +190,13 @@ class TiffStackSource(SliceSource):
                 p = pages[page_index(z)]
                 if p is not None and tuple(p.shape[-2:]) != self.shape:
                     self.close()
-                    raise InputError(f"{self.path}: slice {z} is {p.shape[-2]}x{p.shape[-1]}, "
-                                     f"the first is {self.shape[0]}x{self.shape[1]}; all slices must have one size")
+                    raise InputError(
+                        f"{self.path}: slice {z} is {p.shape[-2]}x{p.shape[-1]}, "
+                        f"the first is {self.shape[0]}x{self.shape[1]}; all slices must have one size"
+                    )
 
     def read(self, z: int) -> np.ndarray:
+        """Read slice ``z`` from the memory map or its page, checked."""
         self._check_index(z)
         i = self._page_index(z)
         try:
@@ -195,12 +216,15 @@ class TiffStackSource(SliceSource):
         return _checked(a, self.where(z))
 
     def where(self, z: int) -> str:
+        """Name slice ``z`` in a message: the file and the slice."""
         return f"{self.path} slice {z}"
 
-    def __reduce__(self):  # pickled (for a Dask worker) as its file, opened again where it arrives
+    def __reduce__(self):
+        """Pickle (for a Dask worker) as its file, opened again where it arrives."""
         return TiffStackSource, (self.path, self.channel)
 
     def close(self) -> None:
+        """Close the TIFF file."""
         tif = getattr(self, "_tif", None)
         if tif is not None:
             tif.close()
@@ -212,8 +236,11 @@ def _natural_key(p: Path):
 
 
 class FolderSource(SliceSource):
-    """A folder of single-slice TIFF files (sorted by the numbers in their names), or a glob
-    pattern such as ``stack/ch1_*.tif``. Slice sizes are checked from the file headers."""
+    """A folder of single-slice TIFF files, or a glob pattern such as ``stack/ch1_*.tif``.
+
+    The files are sorted by the numbers in their names. Slice sizes are checked from the file
+    headers.
+    """
 
     def __init__(self, folder_or_glob: str | os.PathLike, files: Sequence[Path] | None = None):
         _quiet_tifffile()
@@ -241,10 +268,13 @@ class FolderSource(SliceSource):
         self.shape = tuple(good[0][-2:])
         for f, s in zip(self.files, shapes):
             if s is not None and (len([n for n in s if n > 1]) > 2 or tuple(s[-2:]) != self.shape):
-                raise InputError(f"{f}: slice of shape {s} differs from the first slice ({self.shape[0]}x{self.shape[1]}); "
-                                 "all slices must have one size")
+                raise InputError(
+                    f"{f}: slice of shape {s} differs from the first slice ({self.shape[0]}x{self.shape[1]}); "
+                    "all slices must have one size"
+                )
 
     def read(self, z: int) -> np.ndarray:
+        """Read slice ``z`` from its file, checked."""
         self._check_index(z)
         f = self.files[z]
         try:
@@ -259,9 +289,11 @@ class FolderSource(SliceSource):
         return _checked(a, self.where(z))
 
     def where(self, z: int) -> str:
+        """Name slice ``z`` in a message: its file."""
         return f"{self.files[z]} (slice {z})"
 
-    def __reduce__(self):  # pickled (for a Dask worker) as its files
+    def __reduce__(self):
+        """Pickle (for a Dask worker) as its files."""
         return FolderSource, (self.name, self.files)
 
 
@@ -273,15 +305,20 @@ class Stack:
     channel_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        """Check that the channels agree in slices and size; name them if unnamed."""
         if not self.sources:
             raise InputError("no channels given")
         first = self.sources[0]
         for s in self.sources[1:]:
             if s.n_slices != first.n_slices:
-                raise InputError(f"{s.name}: has {s.n_slices} slices but {first.name} has {first.n_slices}; channels must match")
+                raise InputError(
+                    f"{s.name}: has {s.n_slices} slices but {first.name} has {first.n_slices}; channels must match"
+                )
             if s.shape != first.shape:
-                raise InputError(f"{s.name}: slices are {s.shape[0]}x{s.shape[1]} but those of {first.name} are "
-                                 f"{first.shape[0]}x{first.shape[1]}; channels must match")
+                raise InputError(
+                    f"{s.name}: slices are {s.shape[0]}x{s.shape[1]} but those of {first.name} are "
+                    f"{first.shape[0]}x{first.shape[1]}; channels must match"
+                )
         if not self.channel_names:
             self.channel_names = [f"channel {i}" for i in range(len(self.sources))]
         if len(self.channel_names) != len(self.sources):
@@ -289,36 +326,44 @@ class Stack:
 
     @property
     def n_slices(self) -> int:
+        """The number of slices."""
         return self.sources[0].n_slices
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The size of a slice, ``(Y, X)``."""
         return self.sources[0].shape
 
     @property
     def n_channels(self) -> int:
+        """The number of channels."""
         return len(self.sources)
 
     def read(self, z: int) -> np.ndarray:
-        """All channels of slice ``z``: ``(C, Y, X)``."""
+        """Read all channels of slice ``z``: ``(C, Y, X)``."""
         return np.stack([s.read(z) for s in self.sources])
 
     def close(self) -> None:
+        """Close the files of every channel."""
         for s in self.sources:
             s.close()
 
     def __enter__(self):
+        """Use the stack in a ``with`` block, which closes it."""
         return self
 
     def __exit__(self, *exc):
+        """Close the stack."""
         self.close()
 
 
 def open_stack(inputs: Sequence[str | os.PathLike | np.ndarray], channel_names: Sequence[str] | None = None) -> Stack:
-    """Open a stack from one entry per channel: a multi-page TIFF, a folder (or glob) of slice
-    files, a volume in an electron-microscopy file (MRC/IMOD, OME-Zarr, DM3/DM4, EMD; see
-    :mod:`particleseg.formats`), or a ``(Z, Y, X)`` array; or from one hyperstack TIFF holding
-    all channels (``ZCYX`` as ImageJ writes it, or ``CZYX``)."""
+    """Open a stack from one entry per channel, or from one hyperstack TIFF holding all channels.
+
+    An entry is a multi-page TIFF, a folder (or glob) of slice files, a volume in an
+    electron-microscopy file (MRC/IMOD, OME-Zarr, DM3/DM4, EMD; see :mod:`particleseg.formats`),
+    or a ``(Z, Y, X)`` array. A hyperstack is ``ZCYX`` as ImageJ writes it, or ``CZYX``.
+    """
     sources: list[SliceSource] = []
     try:
         for item in inputs:
@@ -350,11 +395,12 @@ def open_stack(inputs: Sequence[str | os.PathLike | np.ndarray], channel_names: 
             s.close()
         raise
 
+
 def stack_files(stack: Stack) -> list[Path]:
-    """The files a stack is read from (each file once, in channel order); none for arrays."""
+    """Return the files a stack is read from (each file once, in channel order); none for arrays."""
     files: list[Path] = []
     for src in stack.sources:
-        for f in ([src.path] if isinstance(src, TiffStackSource) else list(getattr(src, "files", []))):
+        for f in [src.path] if isinstance(src, TiffStackSource) else list(getattr(src, "files", [])):
             if f not in files:
                 files.append(f)
     return files

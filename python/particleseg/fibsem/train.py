@@ -22,6 +22,7 @@ from .metrics import phase_metrics
 from .predict import predict_slice
 from .stacks import Stack
 
+
 @dataclass
 class PhaseTrainConfig:
     """Settings of a phase-segmentation training run (stored in the bundle's metadata)."""
@@ -46,12 +47,16 @@ class PhaseTrainConfig:
     augment: bool = True
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dictionary (for the bundle's metadata)."""
         return asdict(self)
 
 
 def _targets(labels: np.ndarray, heads) -> np.ndarray:
-    """One-hot targets of phases 1..K; unannotated pixels (0) get all-zero targets, so they add
-    nothing to the categorical cross-entropy."""
+    """One-hot targets of phases 1..K.
+
+    Unannotated pixels (0) get all-zero targets, so they add nothing to the categorical
+    cross-entropy.
+    """
     k = heads[0].channels
     t = make_targets(labels, heads, classes=np.clip(labels - 1, 0, k - 1))
     return (t * ((labels > 0) & (labels <= k))[..., None]).astype(np.float32)
@@ -103,7 +108,10 @@ def train_phases(
             if z not in annotations:
                 raise InputError(f"{name} slice {z} is not annotated (annotated: {', '.join(map(str, annotated))})")
     if set(train_slices) & set(eval_slices):
-        raise InputError(f"slice(s) {sorted(set(train_slices) & set(eval_slices))} used for training and evaluation; the evaluation slice must be independent")
+        raise InputError(
+            f"slice(s) {sorted(set(train_slices) & set(eval_slices))} used for training and evaluation; "
+            "the evaluation slice must be independent"
+        )
     if not train_slices:
         raise InputError("no training slice left (annotate more slices, or name them with --train-slices)")
     k = len(classes)
@@ -113,9 +121,14 @@ def train_phases(
 
     norm = stack_normalization(stack, *config.percentiles)
     builder = InputBuilder(stack, config.context, norm)
-    net = NetworkConfig(config.architecture, stack.n_channels * (2 * config.context + 1),
-                        (Head("classes", k, "softmax"),), depth=config.depth, base_filters=config.base_filters,
-                        normalization=config.normalization)
+    net = NetworkConfig(
+        config.architecture,
+        stack.n_channels * (2 * config.context + 1),
+        (Head("classes", k, "softmax"),),
+        depth=config.depth,
+        base_filters=config.base_filters,
+        normalization=config.normalization,
+    )
     m = net.multiple_of
     tile = min(config.tile, (min(stack.shape) // m) * m)
     if tile < m:
@@ -130,8 +143,10 @@ def train_phases(
             cut = int(round(x.shape[0] * (1 - config.val_fraction)))
             vt = min(tile, ((x.shape[0] - cut) // m) * m)
             if vt < m or cut < tile:
-                raise InputError(f"slice {z}: {x.shape[0]} rows are too few to hold out {config.val_fraction:.0%} for "
-                                 f"validation with {tile}-pixel tiles; name validation slices with --val-slices")
+                raise InputError(
+                    f"slice {z}: {x.shape[0]} rows are too few to hold out {config.val_fraction:.0%} for "
+                    f"validation with {tile}-pixel tiles; name validation slices with --val-slices"
+                )
             train_x.append(x[:cut])
             train_y.append(y[:cut])
             val_x.append(x[cut:])
@@ -145,16 +160,36 @@ def train_phases(
     # unannotated pixels out of the loss, the batch statistics are recalibrated before each
     # validation; a fresh run each time (resume=False), as the workflow was written
     loop = TrainConfig(
-        network=net, tile=tile, batch_size=config.batch_size, epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
-        learning_rate=config.learning_rate, lr_step_epochs=config.lr_step_epochs, lr_step_factor=config.lr_step_factor,
-        schedule="step", select="val_loss", class_balance=False, patience=config.patience, seed=config.seed,
+        network=net,
+        tile=tile,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_steps=config.validation_steps,
+        learning_rate=config.learning_rate,
+        lr_step_epochs=config.lr_step_epochs,
+        lr_step_factor=config.lr_step_factor,
+        schedule="step",
+        select="val_loss",
+        class_balance=False,
+        patience=config.patience,
+        seed=config.seed,
         jit_compile=False,
         augmentation=Augmentation(brightness=0.05, contrast=0.1, gamma=0.0, noise=0.0) if config.augment else None,
     )
-    model, log = fit_targets(train_x, train_y, val_x, val_y, make_loss(net.heads), loop, workdir, resume=False,
-                             verbose=verbose, callbacks=[_recalibration_callback(train_x, tile, config.seed)],
-                             val_tile=val_tile)
+    model, log = fit_targets(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        make_loss(net.heads),
+        loop,
+        workdir,
+        resume=False,
+        verbose=verbose,
+        callbacks=[_recalibration_callback(train_x, tile, config.seed)],
+        val_tile=val_tile,
+    )
     recalibrate_batchnorm(model, train_x, tile, seed=config.seed)
 
     evaluation = {}
@@ -167,14 +202,19 @@ def train_phases(
             preds.append(pred.ravel())
             truths.append(annotations[z].ravel())
         evaluation["all"] = phase_metrics(np.concatenate(preds), np.concatenate(truths), classes)
-    split = {"train": list(map(int, train_slices)), "validation": list(map(int, val_slices)) or f"bottom {config.val_fraction:.0%} of the training slices",
-             "evaluation": list(map(int, eval_slices))}
+    split = {
+        "train": list(map(int, train_slices)),
+        "validation": list(map(int, val_slices)) or f"bottom {config.val_fraction:.0%} of the training slices",
+        "evaluation": list(map(int, eval_slices)),
+    }
     return model, log, evaluation, split, norm
 
 
 def recalibrate_batchnorm(model, images: Sequence[np.ndarray], tile: int, n_tiles: int = 32, seed: int = 0):
-    """Set the moving mean and variance of every batch-normalisation layer to the statistics of
-    one batch of ``n_tiles`` random ``tile x tile`` crops of the training inputs.
+    """Set the moving statistics of every batch-normalisation layer to those of training crops.
+
+    The moving mean and variance become the statistics of one batch of ``n_tiles`` random
+    ``tile x tile`` crops of the training inputs.
 
     Keras keeps exponential moving averages (momentum 0.99) for inference. After the few hundred
     steps of a training from a few slices they still lag far behind the trained weights, and the
@@ -199,9 +239,13 @@ def recalibrate_batchnorm(model, images: Sequence[np.ndarray], tile: int, n_tile
     .. [1] S. Ioffe, C. Szegedy, "Batch normalization: accelerating deep network training by
            reducing internal covariate shift", ICML (2015), section 3.1 (population statistics).
     """
-    import keras
+    import keras  # heavy framework: imported when a network is recalibrated
 
-    bns = [l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not bns or not len(images):
         return model
     rng = np.random.default_rng(seed)
@@ -211,25 +255,28 @@ def recalibrate_batchnorm(model, images: Sequence[np.ndarray], tile: int, n_tile
         h, w = img.shape[:2]
         th, tw = min(tile, h), min(tile, w)
         y0, x0 = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
-        crops.append(img[y0:y0 + th, x0:x0 + tw])
+        crops.append(img[y0 : y0 + th, x0 : x0 + tw])
     if len({c.shape for c in crops}) > 1:  # images smaller than the tile in different ways
         th, tw = min(c.shape[0] for c in crops), min(c.shape[1] for c in crops)
         crops = [c[:th, :tw] for c in crops]
-    momenta = [l.momentum for l in bns]
+    momenta = [layer.momentum for layer in bns]
     try:
-        for l in bns:
-            l.momentum = 0.0
+        for layer in bns:
+            layer.momentum = 0.0
         model(np.stack(crops).astype(np.float32), training=True)
     finally:
-        for l, m in zip(bns, momenta):
-            l.momentum = m
+        for layer, m in zip(bns, momenta):
+            layer.momentum = m
     return model
 
 
 def _recalibration_callback(images, tile: int, seed: int):
-    """A Keras callback that runs :func:`recalibrate_batchnorm` before every validation, so the
-    validation loss (and the checkpoint chosen by it) reflects the network as it will predict."""
-    import keras
+    """Make a Keras callback that runs :func:`recalibrate_batchnorm` before every validation.
+
+    So the validation loss (and the checkpoint chosen by it) reflects the network as it will
+    predict.
+    """
+    import keras  # heavy framework: imported when a network is trained
 
     class Recalibrate(keras.callbacks.Callback):
         def on_test_begin(self, logs=None):
@@ -238,20 +285,44 @@ def _recalibration_callback(images, tile: int, seed: int):
     return Recalibrate()
 
 
-def make_phase_metadata(name: str, network, config: PhaseTrainConfig, channel_names: Sequence[str],
-                        classes: Sequence[str], evaluation: dict | None = None, split: dict | None = None,
-                        description: str = "") -> dict:
-    """Bundle metadata of a phase-segmentation network (``metadata["fibsem"]`` holds the context
-    ``k``, the channel names of one slice and the phase names)."""
+def make_phase_metadata(
+    name: str,
+    network,
+    config: PhaseTrainConfig,
+    channel_names: Sequence[str],
+    classes: Sequence[str],
+    evaluation: dict | None = None,
+    split: dict | None = None,
+    description: str = "",
+) -> dict:
+    """Bundle metadata of a phase-segmentation network.
+
+    ``metadata["fibsem"]`` holds the context ``k``, the channel names of one slice and the phase
+    names.
+    """
     meta = make_metadata(
-        name, network, description=description or "FIB-SEM phase segmentation (softmax over phases)",
+        name,
+        network,
+        description=description or "FIB-SEM phase segmentation (softmax over phases)",
         channels=input_names(channel_names, config.context),
-        normalization={"method": "percentile", "low": config.percentiles[0], "high": config.percentiles[1],
-                       "clip": [-0.5, 1.5], "per": "stack"},
-        tile=256, overlap=32, classes=list(classes), postprocess={"split": False},
+        normalization={
+            "method": "percentile",
+            "low": config.percentiles[0],
+            "high": config.percentiles[1],
+            "clip": [-0.5, 1.5],
+            "per": "stack",
+        },
+        tile=256,
+        overlap=32,
+        classes=list(classes),
+        postprocess={"split": False},
         training={**config.to_dict()} | ({"split": split} if split else {}),
         metrics={"evaluation": {str(k): v for k, v in (evaluation or {}).items()}},
     )
-    meta["fibsem"] = {"context": config.context, "channels": list(channel_names), "classes": list(classes),
-                      "label_values": "phases 1..K, 0 = not segmented"}
+    meta["fibsem"] = {
+        "context": config.context,
+        "channels": list(channel_names),
+        "classes": list(classes),
+        "label_values": "phases 1..K, 0 = not segmented",
+    }
     return meta
