@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import metrics
+from .io import read_array
+from .models import Bundle, load_bundle
+from .pipeline import SegmentParams, segment_image
+from .postprocess import label_mask
 
 TIO2_CROP_ROWS = 712  # rows 712-767 hold the microscope's data bar
 
@@ -61,8 +69,6 @@ def score_labels(pred: np.ndarray, truth: np.ndarray) -> dict:
     """The per-image scores of :func:`evaluate_tio2` for a label image ``pred`` against the
     label image ``truth``: foreground IoU, instance IoU averaged over ground-truth and over
     segmented particles, F1 at IoU 0.5 and both particle counts."""
-    from . import metrics
-
     match = metrics.match_instances(truth, pred, 0.5)
     return {
         "foreground_iou": metrics.foreground_iou(pred > 0, truth > 0),
@@ -85,14 +91,6 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
 
     Returns a pandas DataFrame, one row per image.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from .io import read_array
-    from .models import Bundle, load_bundle
-    from .pipeline import SegmentParams, segment_image
-    from .postprocess import label_mask
-
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     params = params or SegmentParams()

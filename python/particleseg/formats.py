@@ -29,6 +29,7 @@ raises :class:`~particleseg.errors.InputError` in one line naming it.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -66,7 +67,7 @@ def is_container(path: str | os.PathLike) -> bool:
 def _calibration(size, unit, source: str, path: Path, notes: list | None):
     """A :class:`Calibration` from a pixel size and unit, or an uncalibrated one (with a note)
     when they cannot be used (no length unit, zero, NaN)."""
-    from .io import Calibration, canonical_unit
+    from .io import Calibration, canonical_unit  # cycle: io.calibration and io.read import formats
 
     if unit in (None, "", "<undefined>", "px", "pixel", "pixels") or size in (None, 0, 1.0) and not unit:
         return Calibration(), ""
@@ -160,8 +161,6 @@ _FORMAT_NAMES = {**{s: "Gatan DigitalMicrograph" for s in GATAN}, **{s: "EMD" fo
 
 
 def _import(module: str, package: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -276,7 +276,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
     """:class:`~particleseg.pipeline.SegmentParams` from parameter values by name (a dialog's,
     a macro's, a script's or the command line's). Missing or None values take the bundle's
     default when the run starts; former names (:data:`ALIASES`) are accepted."""
-    from .pipeline import SegmentParams
+    from .pipeline import SegmentParams  # cycle (pipeline imports params), and pipeline loads NumPy: --help stays light
 
     v = {ALIASES.get(k, k): x for k, x in values.items()}
     method = v.get("intensity_filter")
@@ -374,7 +374,7 @@ def add_scheduler_argument(parser) -> None:
     p = SCHEDULER
 
     def scheduler_type(text):
-        from .distributed import parse_scheduler
+        from .distributed import parse_scheduler  # when --scheduler is parsed: registering options stays fast
 
         try:
             parse_scheduler(text)

@@ -8,28 +8,41 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
+import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from . import __version__, strips
 from . import postprocess as pp
-from . import strips
 from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
-from .io import (Calibration, OutputError, check_image, check_outputs, read_image, write_csv, write_rois,
-                 write_tiff)
+from .io import (Calibration, OutputError, check_image, check_output_folder, check_outputs, image_pixels,
+                 list_images, read_image, remove_stale_temporaries, write_atomic, write_csv, write_rois, write_tiff)
 from .measure import measure_particles, summarize, with_units
-from .models import Bundle, load_bundle
+from .models import Bundle, NetworkConfig, export, load_bundle
+from .models.receptive import exact_halo
+from .params import ALIASES, bundle_defaults
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
+from .report import overview_figure
+from .workers import context
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png")
 
@@ -130,8 +143,6 @@ class SegmentParams:
     def resolved(self, bundle: Bundle) -> "SegmentParams":
         """Copy with every ``None`` replaced by the bundle's default
         (:func:`particleseg.params.bundle_defaults`)."""
-        from .params import bundle_defaults
-
         d = bundle_defaults(bundle)
         names = ("threshold", "split", "seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
                  "exclude_border", "polarity")
@@ -150,8 +161,6 @@ class SegmentParams:
 def _accept_former_names(cls):
     """Let ``SegmentParams`` take and give its former field names (``seed_threshold``, ``h``,
     ``min_area``, ``classifier_threshold``; see :data:`particleseg.params.ALIASES`)."""
-    from .params import ALIASES
-
     init = cls.__init__
 
     def __init__(self, *args, **kwargs):
@@ -528,8 +537,6 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
             or bundle.engine(params.engine) != "onnx"):
         scale = choose_scale(work, bundle, params, name)
         return scale, _network_at_scale(work, bundle, params, scale, predictor, out)
-    from concurrent.futures import ThreadPoolExecutor
-
     net_polarity = bundle.metadata["input"].get("polarity", "bright")
     if (params.polarity or "auto") == "auto":
         polarity, source = estimate_polarity(work, default=net_polarity), "estimated"
@@ -699,9 +706,6 @@ def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: 
     """Per-pixel score of the bundle's particle classifier, whose input is the normalised
     image and the segmentation mask as two channels and whose output is the probability that
     a pixel belongs to a particle worth keeping."""
-    from .models import NetworkConfig
-    from .models.receptive import exact_halo
-
     img = normalize_input(np.asarray(image)[..., None], bundle.metadata["input"]["normalization"])
     x = np.concatenate([img, mask.astype(np.float32)[..., None]], -1)
     net = NetworkConfig.from_dict(bundle.metadata["classifier"]["network"])
@@ -757,8 +761,6 @@ def input_fingerprint(path) -> dict[str, Any]:
     """Size, modification time (ns) and SHA-256 of a file's content (of a folder store's files:
     their total size, latest time, and the hash of their names and contents; of a list of
     inputs: the same over all their files)."""
-    import hashlib
-
     path = [Path(p) for p in path] if isinstance(path, (list, tuple)) else Path(path)
     size, mtime = _size_and_time(path)
     h = hashlib.sha256()
@@ -797,9 +799,6 @@ def run_settings(
     """Everything that decides an image's outputs besides the image: the model (its bundle and a
     hash of its metadata), the resolved parameters, the calibration options, whether an overview
     is written. A rerun skips an image only when these are the same as recorded."""
-    import hashlib
-    import json
-
     resolved = (params or SegmentParams()).resolved(bundle).to_dict()
     for name in ("progress", "batch_size", "engine", "strict", "jobs"):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
@@ -825,17 +824,11 @@ def _json_default(obj):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    import json
-
-    from .io import write_atomic
-
     text = json.dumps(data, indent=1, default=_json_default)
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
 def _read_json(path: Path) -> dict | None:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -1077,15 +1070,11 @@ def prepare_file(
 
 def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, unit: str, title: str) -> bytes:
     """The overview figure (:func:`particleseg.report.overview_figure`) as PNG bytes."""
-    import io
-
-    from .report import overview_figure
-
     fig = overview_figure(image, labels, table, unit, title=title)  # (selects the Agg backend first)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: lazy (docs/architecture.md), and only after Agg is selected
 
     try:
-        buffer = io.BytesIO()
+        buffer = BytesIO()
         fig.savefig(buffer, dpi=100, format="png")
         return buffer.getvalue()
     finally:
@@ -1095,8 +1084,6 @@ def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, uni
 def write_prepared(item: PreparedFile) -> dict[str, Any]:
     """Write the outputs of a :class:`PreparedFile` and its completion record
     (:func:`_write_item`); returns its summary row."""
-    from .io import write_atomic
-
     cal = item.calibration
     writers = {
         "labels": lambda p: write_tiff(p, item.labels, cal, True),
@@ -1115,8 +1102,6 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
     """Write one image's outputs between its ``writing`` marker and its ``done`` record; on any
     failure or interruption remove them all (and the marker), so no partial set stays. (Also
     one SIMS field's or FIB-SEM slice's, named by ``stem``.)"""
-    from . import __version__
-
     done, writing = record_paths(path, out_dir, stem)
     record = {"format": 1, "input": fingerprint, "settings": settings, "particleseg": __version__}
     committed = False
@@ -1150,8 +1135,6 @@ def _remove_own_temporaries(paths: Iterable[Path]) -> None:
     """Remove this process's temporary files of ``paths`` (:func:`particleseg.io.write_atomic`
     names them ``.STEM.tmpPID-XXXXXXXX.SUFFIX``): one that an interruption left, when it came
     while the temporary file was being made, before the writer knew its name."""
-    import glob
-
     for p in paths:
         for tmp in p.parent.glob(f".{glob.escape(p.stem)}.tmp{os.getpid()}-*"):
             tmp.unlink(missing_ok=True)
@@ -1199,10 +1182,6 @@ def segment_files(
     writes the finished ones in order (:class:`_Workers`); outputs, summary, records, callbacks
     and the handling of errors and interruptions are those of one image after another.
     """
-    from tqdm.auto import tqdm
-
-    from .io import check_output_folder, image_pixels, list_images, remove_stale_temporaries
-
     files = list(dict.fromkeys(list_images(paths)))  # the same file named twice is segmented once
     if not files:
         raise InputError(f"{', '.join(map(str, paths))}: no image files (TIFF, PNG, JPEG) found")
@@ -1361,10 +1340,6 @@ class _Workers:
 
     def __init__(self, jobs: int, bundle: Bundle, params: SegmentParams | None, out_dir: Path,
                  write_overview: bool, calibration: dict):
-        from concurrent.futures import ProcessPoolExecutor
-
-        from .workers import context
-
         threads = max(1, usable_cpus() // jobs)
         state = (bundle.path, bundle.metadata, bundle.source)  # a fresh Bundle: no loaded network to send
         self.params = dataclasses.replace(params or SegmentParams(), progress=False)
@@ -1382,8 +1357,6 @@ class _Workers:
 
     def result(self, key: int) -> PreparedFile:
         """The prepared image of ``key`` (its warnings shown now); raises its error."""
-        from concurrent.futures.process import BrokenProcessPool
-
         try:
             item, error, notes = self.futures.pop(key).result()
         except BrokenProcessPool:
@@ -1412,12 +1385,7 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_start(bundle_state: tuple, threads: int, parent: int) -> None:
     """Initializer of a batch's worker process (:class:`_Workers`)."""
-    import signal
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the batch decides
-    from .models import export
-
     export.INTRA_OP_THREADS = threads
     _WORKER["bundle"] = Bundle(*bundle_state)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="particleseg-parent-watch").start()

@@ -6,6 +6,9 @@ import os
 
 import numpy as np
 import pandas as pd
+from skimage.segmentation import find_boundaries
+
+from .io import write_atomic
 
 KEPT_COLOR = (0.1, 1.0, 0.2)
 REJECTED_COLOR = (1.0, 0.1, 0.1)
@@ -14,8 +17,6 @@ REJECTED_COLOR = (1.0, 0.1, 0.1)
 def outline_overlay(image: np.ndarray, labels: np.ndarray, kept_ids, rejected_ids) -> np.ndarray:
     """RGB picture of ``image`` with kept particles outlined in green and rejected ones
     outlined and tinted in red."""
-    from skimage.segmentation import find_boundaries
-
     img = np.asarray(image, float)
     lo, hi = np.percentile(img, [0.5, 99.5])
     gray = np.clip((img - lo) / (hi - lo if hi > lo else 1), 0, 1)
@@ -44,10 +45,10 @@ def overview_figure(
 
     Returns the matplotlib Figure; writes it as PNG to ``path`` (atomically) if given.
     """
-    import matplotlib
+    import matplotlib  # matplotlib: lazy (docs/architecture.md)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the Agg backend is selected
 
     kept = table.loc[table["kept"], "label"] if len(table) else []
     rejected = table.loc[~table["kept"], "label"] if len(table) else []
@@ -77,8 +78,6 @@ def overview_figure(
     if title:
         fig.suptitle(title)
     if path is not None:
-        from .io import write_atomic
-
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite)
         plt.close(fig)
     return fig

@@ -33,6 +33,10 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+# scikit-image and particleseg.postprocess (pandas) are imported inside the functions that use
+# them: `particleseg train-from-scratch --help` imports this module (through scratch.workflow) and
+# may load NumPy and SciPy only (tests/test_startup.py).
+
 
 def perlin_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator, octaves: int = 1,
                  persistence: float = 0.5) -> np.ndarray:
@@ -98,7 +102,7 @@ def random_particle(rng: np.random.Generator, diameter: float, elongation: float
     -------
     mask : bool array, height : float32 array (same shape, 0 outside, about R at the top)
     """
-    from skimage.draw import polygon
+    from skimage.draw import polygon  # lazy: see the note at the top
 
     def outline(radius):
         t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
@@ -314,7 +318,7 @@ def _crevices(labels: np.ndarray, particles: list[Particle]) -> np.ndarray:
 
 def _debris(shape, rng) -> np.ndarray:
     """Faint background structures: rings, blobs and thin wrinkles, in [0, 1]."""
-    from skimage.draw import disk
+    from skimage.draw import disk  # lazy: see the note at the top
 
     h, w = shape
     out = np.zeros(shape, np.float32)
@@ -413,7 +417,7 @@ STYLES = ("sem", "tem")
 
 def _polygon_particle(xs: np.ndarray, ys: np.ndarray, dome: bool) -> tuple[np.ndarray, np.ndarray]:
     """Mask and height map of a closed outline: a dome (ellipsoid cap) or a flat plate."""
-    from skimage.draw import polygon
+    from skimage.draw import polygon  # lazy: see the note at the top
 
     pad = 2
     x_min, y_min = np.floor(xs.min()) - pad, np.floor(ys.min()) - pad
@@ -624,7 +628,7 @@ def simulate_micrograph(
     labels = labels.copy()
     if rng.random() < annotations:
         draw_annotations(out, labels, rng)
-        from .postprocess import relabel_sequential
+        from .postprocess import relabel_sequential  # lazy: see the note at the top
 
         labels = relabel_sequential(labels)
     return SemSimulation(out, labels, size)

@@ -9,6 +9,8 @@ threads or Java VM (Fiji) must not be copied.
 
 from __future__ import annotations
 
+import multiprocessing
+
 #: what the forkserver imports once, for all the workers it forks
 PRELOAD = ["particleseg.pipeline"]
 
@@ -16,14 +18,12 @@ PRELOAD = ["particleseg.pipeline"]
 def context(start: bool = False):
     """The :mod:`multiprocessing` context of the workers; ``start``: start its forkserver now
     (it imports :data:`PRELOAD` while this process goes on) if it is not running."""
-    import multiprocessing
-
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)  # (no effect once the server runs)
     if start:
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver  # only where the system has the forkserver start method (POSIX)
 
         forkserver.ensure_running()
     return ctx

@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 
+from .. import __version__, params
 from ..errors import ParticlesegError, ParticlesegWarning
 
 # subcommand modules, in the order ``particleseg --help`` lists them
@@ -20,8 +21,6 @@ SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "train", "train_from_scr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="particleseg",
         description="Deep-learning segmentation and measurement of particles in microscopy images.",
@@ -73,11 +72,9 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
 def parse_crop_rows(text: str, auto: bool = True) -> int | str:
     """``--crop-rows``: a number of rows at the bottom, or (with ``auto``) ``auto``: detect the
     data bar (:func:`particleseg.params.parse_crop_rows`)."""
-    from ..params import parse_crop_rows as parse
-
     if not auto and str(text).strip().lower() in ("auto", ""):
         raise argparse.ArgumentTypeError(f"expected a number of rows, got {text!r}")
     try:
-        return parse(text)
+        return params.parse_crop_rows(text)
     except ParticlesegError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("crop_rows: ", "--crop-rows: ", 1)) from None

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import params
+from ..errors import InputError
 from . import parse_crop_rows
+
+# The subcommand's machinery (particleseg.metrics) is imported in the functions that run it, not at
+# the top: registering the options loads no NumPy, so --help stays fast (docs/architecture.md, Lazy
+# imports).
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
     """``START:STOP:STEP`` (STOP included) or a list ``0.3,0.5`` -> thresholds in [0, 1]
     (:func:`particleseg.params.parse_thresholds`, as the Fiji command reads them)."""
-    from ..errors import InputError
-    from ..params import parse_thresholds as parse
-
     try:
-        return parse(text)
+        return params.parse_thresholds(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("thresholds: ")) from None
 

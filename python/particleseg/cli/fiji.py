@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
+
+from ..errors import InputError
+
+# The subcommand's machinery (the Fiji bridge, whose package loads NumPy and pandas) is imported in
+# the functions that run it, not at the top: registering the options loads no NumPy, so --help stays
+# fast (docs/architecture.md, Lazy imports).
 
 
 def _add_imagej_options(p, suppress: bool = False) -> None:
@@ -103,8 +110,6 @@ def _split_remainder(args) -> None:
         setattr(args, k, v)
     unknown = [a for a in leftover if a.startswith("--")]
     if unknown:
-        from ..errors import InputError
-
         raise InputError(f"{unknown[0]}: unknown option of run-macro (macro arguments are key=value words)")
     args.args = leftover
     if getattr(args, "fiji", None) and getattr(args, "ij_jar", None):
@@ -120,8 +125,6 @@ def run_macro(args) -> int:
     _split_remainder(args)
     macro = Path(args.macro)
     if not macro.is_file():
-        from ..errors import InputError
-
         raise InputError(f"{macro}: macro file not found")
     files = batch.list_inputs(Path(args.input), args.pattern) if args.input else None
     output = Path(args.output) if args.output else None
@@ -181,8 +184,6 @@ def run_check(args) -> int:
     except env.FijiError as exc:
         line("java", str(exc), False)
     disp = os.environ.get("DISPLAY")
-    import shutil
-
     if disp:
         line("display", f"DISPLAY={disp}")
     else:
@@ -206,7 +207,7 @@ def run_check(args) -> int:
             line("imagej", str(exc), False)
     for mod in ("jpype", "scyjava", "imagej"):
         try:
-            from importlib import metadata
+            from importlib import metadata  # slow to import (about 50 ms), needed by this check only
 
             name = {"jpype": "JPype1", "imagej": "pyimagej"}.get(mod, mod)
             line(name.lower(), metadata.version(name))

@@ -3,6 +3,12 @@ a bundle's network as ONNX and TensorFlow SavedModel, or as a bioimage.io model 
 
 from __future__ import annotations
 
+from ..errors import ParticlesegError
+
+# The subcommand's machinery (the model bundles, their exports and bioimage.io) is imported in the
+# functions that run it, not at the top: registering the options loads no NumPy, so --help stays
+# fast (docs/architecture.md, Lazy imports).
+
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list installed model bundles, or export one",
@@ -60,7 +66,6 @@ FORMATS = ("onnx", "saved_model", "bioimageio")
 
 
 def run_export(args) -> int:
-    from ..errors import ParticlesegError
     from ..models.export import export_bundle
 
     if args.bundle is None and args.format and args.format[-1] not in FORMATS:

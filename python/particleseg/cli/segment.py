@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from pathlib import Path
 
+from ..errors import InputError
 from ..params import PARAMETERS, SHAPE_NAMES, add_arguments, add_scheduler_argument, segment_params, values_from_args
+
+# The subcommand's machinery (the batch: workers, distributed, models, pipeline) is imported in the
+# functions that run it, not at the top: registering the options loads no NumPy, so --help stays
+# fast (docs/architecture.md, Lazy imports).
 
 
 def register(sub) -> None:
@@ -53,13 +61,7 @@ def params_from_args(args):
 
 
 def run(args) -> int:
-    import signal
-    import threading
-    from pathlib import Path
-
     if args.scheduler is not None and args.jobs is not None:
-        from ..errors import InputError
-
         raise InputError("--jobs sets the worker processes of a local batch, --scheduler a Dask cluster's; give one")
     if args.scheduler is None and args.jobs != 1 and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs)):
         from ..workers import context

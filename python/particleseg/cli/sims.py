@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 
 from ..params import add_scheduler_argument
+
+# The subcommand's machinery (particleseg.sims, the model bundles) is imported in the functions that
+# run it, not at the top: registering the options loads no NumPy, so --help stays fast
+# (docs/architecture.md, Lazy imports).
 
 DEFAULT_SIMS_MODEL = "sims-fcn"
 
@@ -105,9 +111,6 @@ def terminate_as_interrupt():
     """While the block runs, ``kill`` (SIGTERM) stops it as Ctrl-C does (a KeyboardInterrupt:
     the item being written is rolled back, the reports are written); the former handler is
     restored after it. Outside the main thread (no signals there) it does nothing."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..models import ARCHITECTURES
+
+# The subcommand's machinery (particleseg.train, with Keras) is imported in the functions that run
+# it, not at the top: registering the options loads no NumPy, so --help stays fast
+# (docs/architecture.md, Lazy imports).
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -17,8 +23,6 @@ def _positive_int(text: str) -> int:
 
 
 def register(sub) -> None:
-    from ..models import ARCHITECTURES
-
     p = sub.add_parser(
         "train",
         help="train a network on your annotated images; writes a model bundle",

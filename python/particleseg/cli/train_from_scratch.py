@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 from collections.abc import Sequence
 
 from ..errors import InputError
 from . import parse_crop_rows, parse_range
+
+# The subcommand's machinery (particleseg.scratch, with NumPy and Keras) is imported in the
+# functions that run it, not at the top: registering the options loads no NumPy, so --help stays
+# fast (docs/architecture.md, Lazy imports).
 
 
 def _count(text: str):
@@ -182,8 +187,6 @@ def _terminate(signum, frame):
 
 
 def run(args) -> int:
-    import signal
-
     from ..scratch import train_from_scratch
 
     config = config_from_args(args)
