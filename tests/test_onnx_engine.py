@@ -33,6 +33,7 @@ from particleseg.models import (
     write_metadata,
 )
 from particleseg.models import bundle as bundle_mod
+from particleseg.models import export as export_mod
 from particleseg.models.export import check_export, export_model, onnx_predictor
 from particleseg.models.receptive import exact_halo, receptive_field
 from particleseg.params import BY_NAME, segment_params
@@ -211,9 +212,9 @@ def test_fallback_to_keras_with_one_note(tmp_path):
         b.engine("tensorrt")
     # with an export but without onnxruntime
     shipped = load_bundle(SHIPPED / "sims-fcn")
-    real = bundle_mod._has_module
+    real = export_mod.has_module
     try:
-        bundle_mod._has_module = lambda name: False if name == "onnxruntime" else real(name)
+        export_mod.has_module = lambda name: False if name == "onnxruntime" else real(name)
         with pytest.raises(BundleError, match="onnxruntime is not installed"):
             shipped.engine("onnx")
         with warnings.catch_warnings(record=True) as caught:
@@ -221,7 +222,7 @@ def test_fallback_to_keras_with_one_note(tmp_path):
             assert shipped.engine("auto") == "keras"
         assert any("onnxruntime is not installed" in str(w.message) for w in caught)
     finally:
-        bundle_mod._has_module = real
+        export_mod.has_module = real
         bundle_mod._NOTED.discard(shipped.label)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import numbers
@@ -301,7 +300,9 @@ class Bundle:
             raise BundleError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
         if engine == "keras":
             return "keras"
-        have_ort = _has_module("onnxruntime")
+        from .export import has_module  # export imports this module at its top
+
+        have_ort = has_module("onnxruntime")
         if self.onnx_file is not None and have_ort:
             return "onnx"
         if engine == "onnx":
@@ -371,13 +372,6 @@ class Bundle:
 #: the inference engines of :meth:`Bundle.predictor`
 ENGINES = ("auto", "onnx", "keras")
 _NOTED: set[str] = set()  # bundles whose Keras fallback was noted (once per process)
-
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _note(text: str) -> None:

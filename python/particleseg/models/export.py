@@ -210,7 +210,7 @@ def export_onnx(
     :class:`BundleError` if ``required``.
     """
     folder = Path(folder)
-    missing = [name for name in ("tf2onnx", "onnxruntime") if not _has_module(name)]
+    missing = [name for name in ("tf2onnx", "onnxruntime") if not has_module(name)]
     try:
         import keras  # keras: only to export (lazy, docs/architecture.md)
 
@@ -260,7 +260,8 @@ def export_onnx(
     return entry
 
 
-def _has_module(name: str) -> bool:
+def has_module(name: str) -> bool:
+    """Return whether ``name`` can be imported, without importing it."""
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
