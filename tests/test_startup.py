@@ -1,6 +1,9 @@
-"""Issue 16 item 5: a fast start. ``import particleseg``, ``particleseg --help`` and
-``particleseg segment --help`` load none of the heavy libraries (checked in a fresh interpreter
-through ``sys.modules``, never by a timing: the times are in benchmarks/bench_startup_batch.py)."""
+"""Issue 16 item 5: a fast start.
+
+``import particleseg``, ``particleseg --help`` and ``particleseg segment --help`` load none of
+the heavy libraries (checked in a fresh interpreter
+through ``sys.modules``, never by a timing: the times are in benchmarks/bench_startup_batch.py).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,26 @@ import sys
 import pytest
 
 #: what a start must not load: the array and table stack, image libraries, plotting, networks
-HEAVY = ("numpy", "pandas", "scipy", "skimage", "tifffile", "matplotlib", "onnxruntime", "tensorflow", "keras",
-         "torch", "jax")
+HEAVY = (
+    "numpy",
+    "pandas",
+    "scipy",
+    "skimage",
+    "tifffile",
+    "matplotlib",
+    "onnxruntime",
+    "tensorflow",
+    "keras",
+    "torch",
+    "jax",
+)
 
 
 def _loaded_after(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter; the heavy top-level packages it left in ``sys.modules``
-    and what it printed."""
+    """Run ``code`` in a fresh interpreter.
+
+    Return the heavy top-level packages it left in ``sys.modules`` and what it printed.
+    """
     probe = (
         "import contextlib, io, json, sys\n"
         "out = io.StringIO()\n"
@@ -54,7 +70,8 @@ def test_import_particleseg_is_light_and_its_names_load_on_first_use():
 
     res = _loaded_after(
         "import particleseg\nfrom particleseg.models import ARCHITECTURES\n"
-        "print(particleseg.SegmentParams.__module__, particleseg.load_bundle.__module__, 'unet' in ARCHITECTURES)")
+        "print(particleseg.SegmentParams.__module__, particleseg.load_bundle.__module__, 'unet' in ARCHITECTURES)"
+    )
     assert res["out"].split() == ["particleseg.pipeline", "particleseg.models.bundle", "True"]
     assert {"numpy", "pandas"} <= set(res["heavy"])
     assert not {"tensorflow", "keras", "onnxruntime", "matplotlib"} & set(res["heavy"]), res["heavy"]

@@ -1,3 +1,5 @@
+"""``python -m particleseg``: the ``particleseg`` command line (:func:`particleseg.cli.main`)."""
+
 import sys
 
 from .cli import main

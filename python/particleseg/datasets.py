@@ -37,6 +37,8 @@ def tio2_root() -> Path:
 
 @dataclass(frozen=True)
 class Tio2Item:
+    """One image of the TiO2 data set: its name, the image, its manual mask and its keep mask (or None)."""
+
     stem: str
     image: Path
     mask: Path
@@ -60,15 +62,17 @@ def tio2_items(root: str | os.PathLike | None = None, split: str = "all") -> lis
 
 
 def tio2_outlines(root: str | os.PathLike | None = None) -> list[Path]:
-    """The 40 hand-drawn single-particle outlines (input of the from-scratch workflow)."""
+    """List the 40 hand-drawn single-particle outlines (input of the from-scratch workflow)."""
     root = Path(root) if root else tio2_root()
     return sorted((root / "outlines").glob("*.tif"))
 
 
 def score_labels(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """The per-image scores of :func:`evaluate_tio2` for a label image ``pred`` against the
-    label image ``truth``: foreground IoU, instance IoU averaged over ground-truth and over
-    segmented particles, F1 at IoU 0.5 and both particle counts."""
+    """Score a label image ``pred`` against the label image ``truth`` as :func:`evaluate_tio2` does.
+
+    The per-image scores are foreground IoU, instance IoU averaged over ground-truth and over
+    segmented particles, F1 at IoU 0.5 and both particle counts.
+    """
     match = metrics.match_instances(truth, pred, 0.5)
     return {
         "foreground_iou": metrics.foreground_iou(pred > 0, truth > 0),

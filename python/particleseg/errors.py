@@ -18,5 +18,8 @@ class BundleError(ParticlesegError, ValueError):
 
 
 class ParticlesegWarning(UserWarning):
-    """Something the user should know about a result (an estimate outside its range, an image
-    without particles); the command line prints it as one line, ``particleseg: note: ...``."""
+    """Something the user should know about a result.
+
+    For example an estimate outside its range, or an image without particles; the command line
+    prints it as one line, ``particleseg: note: ...``.
+    """

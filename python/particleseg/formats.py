@@ -1,5 +1,7 @@
-"""Electron-microscopy file formats: Gatan DM3/DM4, EMD (Thermo Fisher Velox and Berkeley), MRC,
-OME-Zarr, and the calibration sidecar files of Hitachi and JEOL SEMs.
+"""Electron-microscopy file formats and the calibration sidecar files of SEMs.
+
+Gatan DM3/DM4, EMD (Thermo Fisher Velox and Berkeley), MRC, OME-Zarr, and the calibration
+sidecar files of Hitachi and JEOL SEMs.
 
 :func:`particleseg.io.read_image` and :func:`particleseg.io.read_calibration` hand these files
 to :func:`read` and :func:`read_calibration` by their suffix (:data:`SUFFIXES`); TIFF, PNG and
@@ -65,8 +67,10 @@ def is_container(path: str | os.PathLike) -> bool:
 
 
 def _calibration(size, unit, source: str, path: Path, notes: list | None):
-    """A :class:`Calibration` from a pixel size and unit, or an uncalibrated one (with a note)
-    when they cannot be used (no length unit, zero, NaN)."""
+    """Make a :class:`Calibration` from a pixel size and unit.
+
+    An uncalibrated one (with a note) when they cannot be used (no length unit, zero, NaN).
+    """
     from .io import Calibration, canonical_unit  # cycle: io.calibration and io.read import formats
 
     if unit in (None, "", "<undefined>", "px", "pixel", "pixels") or size in (None, 0, 1.0) and not unit:
@@ -87,8 +91,10 @@ def _calibration(size, unit, source: str, path: Path, notes: list | None):
 
 
 def _f32(value):
-    """A pixel size the file stores as float32, to the 7 digits float32 holds (0.4, not
-    0.4000000059604645)."""
+    """Round a pixel size the file stores as float32 to the 7 digits float32 holds.
+
+    So 0.4, not 0.4000000059604645.
+    """
     try:
         return float(f"{float(value):.7g}")
     except (TypeError, ValueError):
@@ -121,8 +127,12 @@ def read(path: str | os.PathLike, notes: list | None = None) -> tuple[np.ndarray
     if not path.exists():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    reader = {**{s: _read_gatan for s in GATAN}, **{s: _read_emd for s in EMD}, **{s: _read_mrc for s in MRC},
-              **{s: _read_zarr for s in ZARR}}.get(suffix)
+    reader = {
+        **{s: _read_gatan for s in GATAN},
+        **{s: _read_emd for s in EMD},
+        **{s: _read_mrc for s in MRC},
+        **{s: _read_zarr for s in ZARR},
+    }.get(suffix)
     if reader is None:
         raise InputError(f"{path}: unsupported file type {suffix!r}")
     try:
@@ -136,8 +146,10 @@ def read(path: str | os.PathLike, notes: list | None = None) -> tuple[np.ndarray
 
 
 def read_calibration(path: str | os.PathLike, notes: list | None = None):
-    """The calibration of an EM file and its source, as :func:`read` gives it (the pixels are
-    read lazily or not at all where the library allows)."""
+    """Read the calibration of an EM file and its source, as :func:`read` gives it.
+
+    The pixels are read lazily or not at all where the library allows.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.exists():
@@ -156,8 +168,12 @@ def read_calibration(path: str | os.PathLike, notes: list | None = None):
         raise InputError(f"{path}: cannot read {_FORMAT_NAMES[suffix]} file ({_one_line(exc)})") from None
 
 
-_FORMAT_NAMES = {**{s: "Gatan DigitalMicrograph" for s in GATAN}, **{s: "EMD" for s in EMD},
-                 **{s: "MRC" for s in MRC}, **{s: "OME-Zarr" for s in ZARR}}
+_FORMAT_NAMES = {
+    **{s: "Gatan DigitalMicrograph" for s in GATAN},
+    **{s: "EMD" for s in EMD},
+    **{s: "MRC" for s in MRC},
+    **{s: "OME-Zarr" for s in ZARR},
+}
 
 
 def _import(module: str, package: str):
@@ -176,7 +192,7 @@ def _read_emd(path: Path, notes):
 
 
 def _rsciio_image(path: Path, notes, lazy: bool = False):
-    """The first image (2D signal, or a stack of them) of a DM or EMD file, through RosettaSciIO."""
+    """Read the first image (2D signal, or a stack of them) of a DM or EMD file, through RosettaSciIO."""
     suffix = path.suffix.lower()
     if suffix in GATAN:
         reader = _import("rsciio.digitalmicrograph", "rosettasciio").file_reader
@@ -216,8 +232,10 @@ def _title(sig: dict) -> str:
 
 
 def _image_axes(sig: dict) -> str | None:
-    """tifffile-style axes of an rsciio signal that is an image or a stack of images, else None.
-    rsciio lists the axes in array order, navigation axes first."""
+    """Give the tifffile-style axes of an rsciio signal that is an image or a stack of images, else None.
+
+    rsciio lists the axes in array order, navigation axes first.
+    """
     axes = sig.get("axes") or []
     shape = np.shape(sig["data"])
     if len(axes) != len(shape) or len(shape) not in (2, 3):
@@ -260,7 +278,7 @@ def _ngff_multiscales(attrs: dict) -> list | None:
 
 
 def _zarr_meta(path: Path, notes):
-    """The full-resolution array of an OME-Zarr image, its axes and its calibration."""
+    """Open the full-resolution array of an OME-Zarr image; return it, its axes and its calibration."""
     zarr = _import("zarr", "zarr")
     if not path.is_dir():
         raise InputError(f"{path}: not an OME-Zarr store (expected a folder)")
@@ -270,8 +288,9 @@ def _zarr_meta(path: Path, notes):
         raise InputError(f"{path}: not an OME-Zarr store ({_one_line(exc)})") from None
     ms = _ngff_multiscales(dict(group.attrs))
     if ms is None:
-        raise InputError(f"{path}: not an OME-Zarr image (no 'multiscales' metadata; a plate or label "
-                         "store, or a plain Zarr array)")
+        raise InputError(
+            f"{path}: not an OME-Zarr image (no 'multiscales' metadata; a plate or label store, or a plain Zarr array)"
+        )
     m = ms[0]
     names = []
     units = []
@@ -285,7 +304,7 @@ def _zarr_meta(path: Path, notes):
     dataset = m["datasets"][0]
     array = group[dataset["path"]]
     if not names:
-        names = ["t", "c", "z", "y", "x"][-array.ndim:]
+        names = ["t", "c", "z", "y", "x"][-array.ndim :]
     if len(names) != array.ndim:
         raise InputError(f"{path}: OME-Zarr metadata names {len(names)} axes for a {array.ndim}-D array")
     scale = [1.0] * array.ndim
@@ -308,8 +327,10 @@ def _read_zarr(path: Path, notes):
 
 
 def z_spacing(path: str | os.PathLike) -> float | None:
-    """Slice spacing of an MRC or OME-Zarr volume, in the unit of its pixel size; None when the
-    file has no z axis or does not say."""
+    """Slice spacing of an MRC or OME-Zarr volume, in the unit of its pixel size.
+
+    None when the file has no z axis or does not say.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     with warnings.catch_warnings():
@@ -328,8 +349,10 @@ def z_spacing(path: str | os.PathLike) -> float | None:
             m = _ngff_multiscales(dict(zarr.open_group(str(path), mode="r").attrs))[0]
             units = [a.get("unit") if isinstance(a, dict) else None for a in m.get("axes") or []]
             scale = 1.0
-            for t in [*(m["datasets"][0].get("coordinateTransformations") or []),
-                      *(m.get("coordinateTransformations") or [])]:
+            for t in [
+                *(m["datasets"][0].get("coordinateTransformations") or []),
+                *(m.get("coordinateTransformations") or []),
+            ]:
                 if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
                     scale *= float(t["scale"][axes.index("Z")])
             zcal, _ = _calibration(scale, units[axes.index("Z")] if units else None, "OME-Zarr", path, None)
@@ -344,7 +367,7 @@ def z_spacing(path: str | os.PathLike) -> float | None:
 
 
 def sidecar_calibration(path: str | os.PathLike, width: int | None = None, notes: list | None = None):
-    """The calibration in the ``.txt`` file beside an SEM image (same stem), and its source.
+    """Read the calibration in the ``.txt`` file beside an SEM image (same stem), and its source.
 
     * **Hitachi** (S-4800, SU series, ...): ``PixelSize=`` in nanometres (section
       ``[SemImageFile]``).
@@ -384,11 +407,24 @@ def sidecar_calibration(path: str | os.PathLike, width: int | None = None, notes
 
 
 def describe() -> dict[str, str]:
-    """The EM formats and the library that reads each, for messages and docs."""
-    return {"DM3/DM4": "rosettasciio", "EMD (Velox, Berkeley)": "rosettasciio", "MRC/MRCS/REC": "mrcfile",
-            "OME-Zarr": "zarr", "OME-TIFF, ImageJ, Zeiss, FEI TIFF": "tifffile (particleseg.io)",
-            "Hitachi/JEOL .txt sidecar": "particleseg.formats"}
+    """List the EM formats and the library that reads each, for messages and docs."""
+    return {
+        "DM3/DM4": "rosettasciio",
+        "EMD (Velox, Berkeley)": "rosettasciio",
+        "MRC/MRCS/REC": "mrcfile",
+        "OME-Zarr": "zarr",
+        "OME-TIFF, ImageJ, Zeiss, FEI TIFF": "tifffile (particleseg.io)",
+        "Hitachi/JEOL .txt sidecar": "particleseg.formats",
+    }
 
 
-__all__ = ["SUFFIXES", "handles", "is_container", "read", "read_calibration", "sidecar_calibration", "z_spacing",
-           "describe"]
+__all__ = [
+    "SUFFIXES",
+    "handles",
+    "is_container",
+    "read",
+    "read_calibration",
+    "sidecar_calibration",
+    "z_spacing",
+    "describe",
+]

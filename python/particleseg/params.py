@@ -94,27 +94,82 @@ def _range(name: str, what: str, unit: str) -> Parameter:
 
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("threshold", "number", "foreground probability threshold", 0.5, "postprocess.threshold",
-              0, 1, advanced=False),
+    Parameter(
+        "threshold", "number", "foreground probability threshold", 0.5, "postprocess.threshold", 0, 1, advanced=False
+    ),
     Parameter("split", "bool", "split touching particles (watershed)", True, "postprocess.split", advanced=False),
-    Parameter("exclude_border", "bool", "reject particles touching the image border or the data bar", True,
-              "postprocess.exclude_border", advanced=False),
-    Parameter("seed_level", "number", "watershed seed level on the network's distance map (higher splits more)",
-              0.5, "postprocess.seed_threshold", 0, 1, aliases=("seed_threshold",)),
-    Parameter("split_level", "number", "h-maxima depth of the distance-transform watershed, without a "
-              "distance head (lower splits more)", 1.0, "postprocess.h", 0, unit="px", aliases=("h",)),
-    Parameter("min_size", "int", "remove particles of fewer pixels (noise)", 15, "postprocess.min_area", 0,
-              unit="px", aliases=("min_area",)),
-    Parameter("min_confidence", "number", "remove particles whose mean foreground probability is below this "
-              "(0 keeps all)", 0.0, "postprocess.min_confidence", 0, 1),
+    Parameter(
+        "exclude_border",
+        "bool",
+        "reject particles touching the image border or the data bar",
+        True,
+        "postprocess.exclude_border",
+        advanced=False,
+    ),
+    Parameter(
+        "seed_level",
+        "number",
+        "watershed seed level on the network's distance map (higher splits more)",
+        0.5,
+        "postprocess.seed_threshold",
+        0,
+        1,
+        aliases=("seed_threshold",),
+    ),
+    Parameter(
+        "split_level",
+        "number",
+        "h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)",
+        1.0,
+        "postprocess.h",
+        0,
+        unit="px",
+        aliases=("h",),
+    ),
+    Parameter(
+        "min_size",
+        "int",
+        "remove particles of fewer pixels (noise)",
+        15,
+        "postprocess.min_area",
+        0,
+        unit="px",
+        aliases=("min_area",),
+    ),
+    Parameter(
+        "min_confidence",
+        "number",
+        "remove particles whose mean foreground probability is below this (0 keeps all)",
+        0.0,
+        "postprocess.min_confidence",
+        0,
+        1,
+    ),
     Parameter("fill_holes", "bool", "fill holes inside particles", True, "postprocess.fill_holes"),
-    Parameter("min_score", "number", "keep particles whose particle-classifier score reaches this "
-              "(bundles with a classifier; 0 keeps all)", 0.0, "classifier.threshold", 0, 1,
-              aliases=("classifier_threshold",)),
-    Parameter("intensity_filter", "choice", "reject particles whose mean gray value is on the background side "
-              "of this global threshold", NONE, choices=INTENSITY_METHODS),
-    Parameter("polarity", "choice", "particles brighter (SEM) or darker (TEM bright field) than the background; "
-              "auto: estimated per image", "auto", choices=("auto",) + POLARITIES),
+    Parameter(
+        "min_score",
+        "number",
+        "keep particles whose particle-classifier score reaches this (bundles with a classifier; 0 keeps all)",
+        0.0,
+        "classifier.threshold",
+        0,
+        1,
+        aliases=("classifier_threshold",),
+    ),
+    Parameter(
+        "intensity_filter",
+        "choice",
+        "reject particles whose mean gray value is on the background side of this global threshold",
+        NONE,
+        choices=INTENSITY_METHODS,
+    ),
+    Parameter(
+        "polarity",
+        "choice",
+        "particles brighter (SEM) or darker (TEM bright field) than the background; auto: estimated per image",
+        "auto",
+        choices=("auto",) + POLARITIES,
+    ),
     _range("area", "area", "area"),
     _range("ecd", "equivalent circular diameter", "length"),
     _range("feret_min", "minimum Feret diameter", "length"),
@@ -122,37 +177,95 @@ PARAMETERS: tuple[Parameter, ...] = (
     _range("circularity", "circularity (4 pi area / perimeter², 0-1)", ""),
     _range("solidity", "solidity (area / convex area, 0-1)", ""),
     _range("aspect_ratio", "aspect ratio (major / minor axis)", ""),
-    Parameter("crop_rows", "string", "rows of the microscope's data bar at the bottom to ignore "
-              "(auto detects them, 0 keeps all)", "auto"),
-    Parameter("annotations", "bool", "find burned-in scale bars, their labels and panel letters: paint them "
-              "over for the network and reject particles lying on them", True),
-    Parameter("particle_size", "number", "typical particle diameter in this image, in pixels; the image is "
-              "resampled to the model's training scale (0: estimated per image)", 0.0, minimum=0, unit="px"),
-    Parameter("rescale", "number", "resample the image by this factor before inference instead of the "
-              "estimated scale (1: as it is; 0: estimated)", 0.0, minimum=0),
-    Parameter("tile", "int", "largest tile side in pixels, at most tile x tile pixels per network call; an image "
-              "that fits is predicted whole (default: the bundle's)", None, minimum=16, fiji=False),
-    Parameter("overlap", "int", "halo of each tile in pixels: context predicted and cut off (default: the bundle's, "
-              "at least the network's receptive field, so that tiles give the whole-image result)", None,
-              minimum=0, fiji=False),
+    Parameter(
+        "crop_rows",
+        "string",
+        "rows of the microscope's data bar at the bottom to ignore (auto detects them, 0 keeps all)",
+        "auto",
+    ),
+    Parameter(
+        "annotations",
+        "bool",
+        "find burned-in scale bars, their labels and panel letters: paint them "
+        "over for the network and reject particles lying on them",
+        True,
+    ),
+    Parameter(
+        "particle_size",
+        "number",
+        "typical particle diameter in this image, in pixels; the image is "
+        "resampled to the model's training scale (0: estimated per image)",
+        0.0,
+        minimum=0,
+        unit="px",
+    ),
+    Parameter(
+        "rescale",
+        "number",
+        "resample the image by this factor before inference instead of the estimated scale (1: as it is; 0: estimated)",
+        0.0,
+        minimum=0,
+    ),
+    Parameter(
+        "tile",
+        "int",
+        "largest tile side in pixels, at most tile x tile pixels per network call; an image "
+        "that fits is predicted whole (default: the bundle's)",
+        None,
+        minimum=16,
+        fiji=False,
+    ),
+    Parameter(
+        "overlap",
+        "int",
+        "halo of each tile in pixels: context predicted and cut off (default: the bundle's, "
+        "at least the network's receptive field, so that tiles give the whole-image result)",
+        None,
+        minimum=0,
+        fiji=False,
+    ),
     Parameter("batch_size", "int", "tiles per network call", 4, minimum=1, fiji=False),
-    Parameter("engine", "choice", "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "
-              "onnxruntime is installed, else Keras), onnx or keras", "auto", choices=ENGINES),
-    Parameter("jobs", "int", "images of a batch segmented at the same time, each in a worker process, with the "
-              "results of one after another (0: one per usable CPU core, the command line's default; 1: one after "
-              "another, the Python default)", 0, minimum=0, fiji=False),
-    Parameter("strict", "bool", "calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) "
-              "is an error naming the file and the tag, instead of a note and measuring without it", False),
+    Parameter(
+        "engine",
+        "choice",
+        "what runs the network: auto (ONNX Runtime when the model has an ONNX export and "
+        "onnxruntime is installed, else Keras), onnx or keras",
+        "auto",
+        choices=ENGINES,
+    ),
+    Parameter(
+        "jobs",
+        "int",
+        "images of a batch segmented at the same time, each in a worker process, with the "
+        "results of one after another (0: one per usable CPU core, the command line's default; 1: one after "
+        "another, the Python default)",
+        0,
+        minimum=0,
+        fiji=False,
+    ),
+    Parameter(
+        "strict",
+        "bool",
+        "calibration metadata that cannot be used (zero or infinite pixel size, unknown unit) "
+        "is an error naming the file and the tag, instead of a note and measuring without it",
+        False,
+    ),
 )
 
 #: where a batch runs: not a segmentation parameter (it decides no result, so it is no SegmentParams
 #: field and no Fiji or napari field); an option of ``segment``, ``sims run`` and ``fibsem segment``
 #: and an argument of :func:`particleseg.distributed.segment_files`, :func:`particleseg.sims.run_fields`
 #: and :func:`particleseg.fibsem.segment_stack` (:mod:`particleseg.distributed`)
-SCHEDULER = Parameter("scheduler", "string", "run the batch on a Dask cluster, each image, network batch of fields "
-                      "or slice a task, with the outputs of a local run: local:N (N worker processes on this "
-                      "machine) or tcp://HOST:PORT (a running dask scheduler; its workers read the inputs at the "
-                      "same paths); needs particleseg[dask]", None, fiji=False)
+SCHEDULER = Parameter(
+    "scheduler",
+    "string",
+    "run the batch on a Dask cluster, each image, network batch of fields "
+    "or slice a task, with the outputs of a local run: local:N (N worker processes on this "
+    "machine) or tcp://HOST:PORT (a running dask scheduler; its workers read the inputs at the "
+    "same paths); needs particleseg[dask]",
+    None,
+    fiji=False,
+)
 BATCH_PARAMETERS: tuple[Parameter, ...] = (SCHEDULER,)
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
@@ -161,6 +274,7 @@ ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in p.aliases}
 
 
 def parameter(name: str) -> Parameter:
+    """Return the :class:`Parameter` called ``name`` (a former name, :data:`ALIASES`, is accepted)."""
     return BY_NAME[ALIASES.get(name, name)]
 
 
@@ -169,9 +283,11 @@ def parameter(name: str) -> Parameter:
 
 
 def bundle_defaults(bundle) -> dict[str, Any]:
-    """The default of every parameter for ``bundle`` (a :class:`~particleseg.models.Bundle`),
-    by name: the bundle's post-processing settings, its input polarity and its classifier's
-    threshold (0 without a classifier)."""
+    """Return the default of every parameter for ``bundle`` (a :class:`~particleseg.models.Bundle`), by name.
+
+    The defaults are the bundle's post-processing settings, its input polarity and its
+    classifier's threshold (0 without a classifier).
+    """
     post = bundle.postprocess
     meta = bundle.metadata
     out = {}
@@ -192,9 +308,10 @@ def bundle_defaults(bundle) -> dict[str, Any]:
 
 
 def parse_range(text, name: str = "range") -> tuple[float | None, float | None]:
-    """``MIN-MAX`` (ImageJ's syntax: ``10-500``, ``0-Infinity``, ``0.2-1.00``) or ``MIN:MAX``
-    (either side may be empty) -> ``(min, max)``, with None for an open side (0 or less
-    below, Infinity above).
+    """Parse ``MIN-MAX`` or ``MIN:MAX`` to ``(min, max)``, with None for an open side.
+
+    ``MIN-MAX`` is ImageJ's syntax (``10-500``, ``0-Infinity``, ``0.2-1.00``); in ``MIN:MAX``
+    either side may be empty. A side is open when it is 0 or less below, Infinity above.
 
     >>> parse_range("10-Infinity")
     (10.0, None)
@@ -208,7 +325,7 @@ def parse_range(text, name: str = "range") -> tuple[float | None, float | None]:
     try:
         if sep < 0:
             raise ValueError
-        lo_s, hi_s = s[:sep].strip(), s[sep + 1:].strip()
+        lo_s, hi_s = s[:sep].strip(), s[sep + 1 :].strip()
         lo = float(lo_s) if lo_s else 0.0
         hi = float(hi_s.replace("Infinity", "inf").replace("infinity", "inf")) if hi_s else math.inf
     except ValueError:
@@ -219,7 +336,7 @@ def parse_range(text, name: str = "range") -> tuple[float | None, float | None]:
 
 
 def format_range(lo: float | None, hi: float | None) -> str:
-    """The inverse of :func:`parse_range`: ``(10, None)`` -> ``10-Infinity``."""
+    """Format a range as :func:`parse_range` reads it: ``(10, None)`` -> ``10-Infinity``."""
     return f"{0 if lo is None else lo:g}-{'Infinity' if hi is None else f'{hi:g}'}"
 
 
@@ -251,14 +368,16 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
         else:
             values = tuple(float(p) for p in re.split(r"[,\s]+", s) if p)
     except ValueError:
-        raise InputError(f"thresholds: expected a list such as 0.3,0.5 or START:STOP:STEP such as 0:1:0.1, got {text!r}") from None
+        raise InputError(
+            f"thresholds: expected a list such as 0.3,0.5 or START:STOP:STEP such as 0:1:0.1, got {text!r}"
+        ) from None
     if not values or any(not 0 <= v <= 1 for v in values):
         raise InputError(f"thresholds: need values between 0 and 1, got {text!r}")
     return values
 
 
 def shape_ranges(values: dict[str, Any], where: str = "") -> dict[str, tuple[float | None, float | None]]:
-    """The shape filter of the range parameters in ``values``: only real constraints."""
+    """Return the shape filter of the range parameters in ``values``: only real constraints."""
     shape = {}
     for name in SHAPE_NAMES:
         text = values.get(name)
@@ -273,18 +392,35 @@ def shape_ranges(values: dict[str, Any], where: str = "") -> dict[str, tuple[flo
 
 
 def segment_params(values: dict[str, Any], where: str = "", progress: bool | None = False):
-    """:class:`~particleseg.pipeline.SegmentParams` from parameter values by name (a dialog's,
-    a macro's, a script's or the command line's). Missing or None values take the bundle's
-    default when the run starts; former names (:data:`ALIASES`) are accepted."""
+    """Make :class:`~particleseg.pipeline.SegmentParams` from parameter values by name.
+
+    The values are a dialog's, a macro's, a script's or the command line's. Missing or None
+    values take the bundle's default when the run starts; former names (:data:`ALIASES`) are
+    accepted.
+    """
     from .pipeline import SegmentParams  # cycle (pipeline imports params), and pipeline loads NumPy: --help stays light
 
     v = {ALIASES.get(k, k): x for k, x in values.items()}
     method = v.get("intensity_filter")
     size = v.get("particle_size")
     rescale = v.get("rescale")
-    kw = {name: v.get(name) for name in ("threshold", "split", "seed_level", "split_level", "min_size",
-                                         "min_confidence", "fill_holes", "exclude_border", "min_score",
-                                         "polarity", "tile", "overlap")}
+    kw = {
+        name: v.get(name)
+        for name in (
+            "threshold",
+            "split",
+            "seed_level",
+            "split_level",
+            "min_size",
+            "min_confidence",
+            "fill_holes",
+            "exclude_border",
+            "min_score",
+            "polarity",
+            "tile",
+            "overlap",
+        )
+    }
     for name in ("threshold", "seed_level", "split_level", "min_confidence", "min_score"):
         if kw[name] is not None:
             kw[name] = float(kw[name])
@@ -320,18 +456,22 @@ def _cli_type(p: Parameter):
     if p.kind == "int":
         return int
     if p.kind == "range":
+
         def range_type(text):
             try:
                 return parse_range(text, p.option)
             except InputError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
+
         return range_type
     if p.kind == "string" and p.name == "crop_rows":
+
         def crop_type(text):
             try:
                 return parse_crop_rows(text)
             except InputError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
+
         return crop_type
     return str
 
@@ -347,10 +487,13 @@ def add_arguments(parser, names: Iterable[str] | None = None, groups: dict[str, 
         if not p.cli or (names is not None and p.name not in names):
             continue
         g = groups.get(p.name, parser)
-        default = f"; default: {'the bundle' if p.bundle else p.default}" if (p.bundle or p.default not in (None, "")) else ""
+        default = (
+            f"; default: {'the bundle' if p.bundle else p.default}" if (p.bundle or p.default not in (None, "")) else ""
+        )
         if p.kind == "bool":
-            g.add_argument(p.option, dest=p.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=p.help + default)
+            g.add_argument(
+                p.option, dest=p.name, action=argparse.BooleanOptionalAction, default=None, help=p.help + default
+            )
             if p.name == "exclude_border":
                 g.add_argument("--keep-border", dest=p.name, action="store_false", help=argparse.SUPPRESS)
             continue
@@ -369,8 +512,10 @@ def add_arguments(parser, names: Iterable[str] | None = None, groups: dict[str, 
 
 
 def add_scheduler_argument(parser) -> None:
-    """The ``--scheduler`` option (:data:`SCHEDULER`) of a batch command; its value is checked
-    when the command parses it (:func:`particleseg.distributed.parse_scheduler`)."""
+    """Add the ``--scheduler`` option (:data:`SCHEDULER`) of a batch command to ``parser``.
+
+    Its value is checked when the command parses it (:func:`particleseg.distributed.parse_scheduler`).
+    """
     p = SCHEDULER
 
     def scheduler_type(text):
@@ -382,15 +527,32 @@ def add_scheduler_argument(parser) -> None:
             raise argparse.ArgumentTypeError(str(exc).replace("scheduler: ", "", 1)) from None
         return text
 
-    parser.add_argument(p.option, dest=p.name, type=scheduler_type, default=None, metavar="local:N|tcp://HOST:PORT",
-                        help=p.help)
+    parser.add_argument(
+        p.option, dest=p.name, type=scheduler_type, default=None, metavar="local:N|tcp://HOST:PORT", help=p.help
+    )
 
 
 def values_from_args(args) -> dict[str, Any]:
-    """The parameter values of parsed command-line arguments, by name (None: not given)."""
+    """Return the parameter values of parsed command-line arguments, by name (None: not given)."""
     return {p.name: getattr(args, p.name, None) for p in PARAMETERS if p.cli}
 
 
-__all__ = ["PARAMETERS", "Parameter", "ALIASES", "SHAPE_NAMES", "bundle_defaults", "parse_range", "format_range",
-           "parse_crop_rows", "parse_thresholds", "shape_ranges", "segment_params", "add_arguments", "values_from_args", "parameter",
-           "SCHEDULER", "BATCH_PARAMETERS", "add_scheduler_argument"]
+__all__ = [
+    "PARAMETERS",
+    "Parameter",
+    "ALIASES",
+    "SHAPE_NAMES",
+    "bundle_defaults",
+    "parse_range",
+    "format_range",
+    "parse_crop_rows",
+    "parse_thresholds",
+    "shape_ranges",
+    "segment_params",
+    "add_arguments",
+    "values_from_args",
+    "parameter",
+    "SCHEDULER",
+    "BATCH_PARAMETERS",
+    "add_scheduler_argument",
+]

@@ -15,8 +15,10 @@ REJECTED_COLOR = (1.0, 0.1, 0.1)
 
 
 def outline_overlay(image: np.ndarray, labels: np.ndarray, kept_ids, rejected_ids) -> np.ndarray:
-    """RGB picture of ``image`` with kept particles outlined in green and rejected ones
-    outlined and tinted in red."""
+    """Draw ``image`` in RGB with the particles outlined.
+
+    Kept particles are outlined in green, rejected ones outlined and tinted in red.
+    """
     img = np.asarray(image, float)
     lo, hi = np.percentile(img, [0.5, 99.5])
     gray = np.clip((img - lo) / (hi - lo if hi > lo else 1), 0, 1)
@@ -39,9 +41,11 @@ def overview_figure(
     path: str | os.PathLike | None = None,
     overwrite: bool = False,
 ):
-    """The figure microscopists know from web tools: input, segmentation overlay (kept
-    particles outlined green, rejected ones red), and the histogram of the minimum Feret
-    diameter of the kept particles with its median.
+    """Draw the figure microscopists know from web tools.
+
+    Its panels: the input, the segmentation overlay (kept particles outlined green, rejected
+    ones red), and the histogram of the minimum Feret diameter of the kept particles with its
+    median.
 
     Returns the matplotlib Figure; writes it as PNG to ``path`` (atomically) if given.
     """

@@ -38,8 +38,9 @@ from scipy import ndimage as ndi
 # may load NumPy and SciPy only (tests/test_startup.py).
 
 
-def perlin_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator, octaves: int = 1,
-                 persistence: float = 0.5) -> np.ndarray:
+def perlin_noise(
+    shape: tuple[int, int], scale: float, rng: np.random.Generator, octaves: int = 1, persistence: float = 0.5
+) -> np.ndarray:
     """Gradient (Perlin) noise on a grid, normalised to [0, 1].
 
     Parameters
@@ -63,8 +64,11 @@ def perlin_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator,
         yi, xi = np.floor(y).astype(int), np.floor(x).astype(int)
         fy, fx = (y - yi)[:, None], (x - xi)[None, :]
 
-        def dot(oy, ox):
-            return gx[yi[:, None] + oy, xi[None, :] + ox] * (fx - ox) + gy[yi[:, None] + oy, xi[None, :] + ox] * (fy - oy)
+        # this iteration's lattice bound as defaults (B023): dot is called below, in the same iteration
+        def dot(oy, ox, gx=gx, gy=gy, yi=yi, xi=xi, fx=fx, fy=fy):
+            return gx[yi[:, None] + oy, xi[None, :] + ox] * (fx - ox) + gy[yi[:, None] + oy, xi[None, :] + ox] * (
+                fy - oy
+            )
 
         def fade(t):
             return t * t * t * (t * (t * 6 - 15) + 10)
@@ -88,9 +92,10 @@ class Particle:
     x0: int
 
 
-def random_particle(rng: np.random.Generator, diameter: float, elongation: float = 1.3,
-                    roughness: float = 0.08, lobed: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """A random star-convex particle: its mask and a dome-shaped height map.
+def random_particle(
+    rng: np.random.Generator, diameter: float, elongation: float = 1.3, roughness: float = 0.08, lobed: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a random star-convex particle: its mask and a dome-shaped height map.
 
     The outline is ``r(theta) = R (1 + sum_k a_k cos(k theta + phi_k))`` (k = 2..6, amplitudes
     decaying with k), stretched by an aspect ratio drawn up to ``elongation`` and rotated; with
@@ -215,7 +220,7 @@ def place_particles(
             ys, xs = slice(max(y0, 0), min(y0 + mh, h)), slice(max(x0, 0), min(x0 + mw, w))
             if ys.start >= ys.stop or xs.start >= xs.stop:
                 continue
-            local = mask[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+            local = mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
             if local.sum() < 0.3 * area:  # mostly outside the image
                 continue
             under = labels[ys, xs][local]
@@ -255,8 +260,9 @@ def render_sem(
     noise: float = 0.05,
     brightness_range: tuple[float, float] = (0.75, 1.15),
 ) -> np.ndarray:
-    """Secondary-electron image of placed particles, as float32 (background ~``background``,
-    flat particle tops ~1).
+    """Render the secondary-electron image of placed particles, as float32.
+
+    The background is about ``background``, flat particle tops about 1.
 
     The SE yield of a surface element grows with its tilt ``theta`` as ``1/cos(theta)`` [1]_;
     ``edge_exponent`` sets how strongly, which makes the bright rims that outline particles in
@@ -295,9 +301,11 @@ def render_sem(
 
 
 def _visible(labels: np.ndarray, particles: list[Particle]):
-    """For each particle with visible pixels, in painter's order: the particle, the image
-    slices of its box (clipped to the image), the same box in the particle's own arrays, and
-    its visible pixels there."""
+    """Yield each particle with visible pixels, in painter's order.
+
+    With the particle come the image slices of its box (clipped to the image), the same box in
+    the particle's own arrays, and its visible pixels there.
+    """
     h, w = labels.shape
     for k, p in enumerate(particles, start=1):
         ys = slice(max(p.y0, 0), min(p.y0 + p.mask.shape[0], h))
@@ -341,6 +349,8 @@ def _debris(shape, rng) -> np.ndarray:
 
 @dataclass
 class SemSimulation:
+    """A simulated micrograph (:func:`simulate_sem_image`, :func:`simulate_micrograph`) and its truth."""
+
     image: np.ndarray  # (Y, X) uint8
     labels: np.ndarray  # (Y, X) int32 visible particles
     particle_size: float  # median equivalent diameter in pixels used for this image
@@ -382,10 +392,19 @@ def simulate_sem_image(
     ]
     gamma = rng.uniform(1.0, 4.0)
     density = perlin_noise(shape, rng.uniform(60, 200), rng, octaves=2) ** gamma
-    labels, placed = place_particles(shape, shapes, rng, density, attach=rng.uniform(0.4, 0.95),
-                                     max_overlap=rng.uniform(0.05, 0.35), attach_distance=(0.65, 1.0))
+    labels, placed = place_particles(
+        shape,
+        shapes,
+        rng,
+        density,
+        attach=rng.uniform(0.4, 0.95),
+        max_overlap=rng.uniform(0.05, 0.35),
+        attach_distance=(0.65, 1.0),
+    )
     img = render_sem(
-        labels, placed, rng,
+        labels,
+        placed,
+        rng,
         edge_exponent=rng.uniform(0.7, 2.0),
         directional=rng.uniform(0.0, 0.35),
         texture=rng.uniform(0.02, 0.12),
@@ -435,7 +454,7 @@ def _polygon_particle(xs: np.ndarray, ys: np.ndarray, dome: bool) -> tuple[np.nd
 
 
 def shaped_particle(rng: np.random.Generator, diameter: float, kind: str = "blob") -> tuple[np.ndarray, np.ndarray]:
-    """A particle of a given kind and equivalent circular diameter: its mask and height map.
+    """Draw a particle of a given kind and equivalent circular diameter: its mask and height map.
 
     ``blob`` is :func:`random_particle` (irregular, sometimes lobed); ``sphere`` a nearly
     round dome; ``rod`` a capsule of aspect ratio 2-6; ``cube`` a rounded square (a
@@ -463,7 +482,9 @@ def shaped_particle(rng: np.random.Generator, diameter: float, kind: str = "blob
         half = w * (ar - 1) / 2 + w / 2
         # a capsule: a stadium of half-width w/2 and half-length ``half``
         x = np.clip(np.cos(t) * (half + w / 2), -half, half)
-        y = np.sign(np.sin(t)) * np.sqrt(np.clip((w / 2) ** 2 - np.maximum(np.abs(np.cos(t) * (half + w / 2)) - half, 0) ** 2, 0, None))
+        y = np.sign(np.sin(t)) * np.sqrt(
+            np.clip((w / 2) ** 2 - np.maximum(np.abs(np.cos(t) * (half + w / 2)) - half, 0) ** 2, 0, None)
+        )
         dome = True
     elif kind == "cube":
         n = rng.uniform(4, 10)  # superellipse exponent: higher is sharper corners
@@ -498,8 +519,10 @@ def render_tem(
     blur: float = 1.0,
     noise: float = 0.06,
 ) -> np.ndarray:
-    """A bright-field TEM image of placed particles, **inverted** so that particles are
-    brighter than the support film (the way the network sees every image), as float32.
+    """Render a bright-field TEM image of placed particles, **inverted**, as float32.
+
+    Inverted, the particles are brighter than the support film (the way the network sees
+    every image).
 
     The support film is a level ``film`` with a fine amorphous-carbon texture of relative
     size ``film_texture``; with ``hole`` part of the field is an empty hole of the holey film
@@ -525,7 +548,9 @@ def render_tem(
             band = np.cos(f * (xx * np.cos(a) + yy * np.sin(a)) + rng.uniform(0, 6.3)) > rng.uniform(0.3, 0.8)
             level = level * (1 + diffraction * band * rng.choice([-1, 1]))
         if core_shell > 0:
-            core = ndi.binary_erosion(p.mask[ly, lx], iterations=max(1, int(min(p.mask.shape) * rng.uniform(0.1, 0.25))))
+            core = ndi.binary_erosion(
+                p.mask[ly, lx], iterations=max(1, int(min(p.mask.shape) * rng.uniform(0.1, 0.25)))
+            )
             level = np.where(core, level * (1 + core_shell * rng.choice([-1, 1])), level)
         region = img[ys, xs]
         region[vis] = level[vis]
@@ -538,8 +563,10 @@ def render_tem(
 
 
 def draw_annotations(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
-    """Burn a scale bar with a caption and a panel letter into an 8-bit ``image`` in place,
-    and remove the pixels they cover from ``labels`` (annotations are not particles)."""
+    """Burn a scale bar with a caption and a panel letter into an 8-bit ``image`` in place.
+
+    The pixels they cover are removed from ``labels`` (annotations are not particles).
+    """
     h, w = image.shape
     ink = np.zeros((h, w), bool)
     light = rng.random() < 0.5
@@ -549,21 +576,21 @@ def draw_annotations(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
             gx = x0 + i * int(size * 0.8)
             for _ in range(rng.integers(2, 4)):
                 if rng.random() < 0.5:
-                    ink[y0: y0 + size, gx + rng.integers(0, max(1, size // 2)):][:, : max(1, size // 6)] = True
+                    ink[y0 : y0 + size, gx + rng.integers(0, max(1, size // 2)) :][:, : max(1, size // 6)] = True
                 else:
                     yy = y0 + rng.integers(0, size)
-                    ink[yy: yy + max(1, size // 6), gx: gx + size // 2] = True
+                    ink[yy : yy + max(1, size // 6), gx : gx + size // 2] = True
 
     if rng.random() < 0.8:  # scale bar with a caption, near a bottom corner
         bw, bh = int(rng.uniform(0.12, 0.3) * w), int(rng.uniform(3, 8))
         y0 = h - int(rng.uniform(0.05, 0.12) * h)
         x0 = int(rng.uniform(0.03, 0.1) * w) if rng.random() < 0.5 else w - bw - int(rng.uniform(0.03, 0.1) * w)
-        ink[y0: y0 + bh, x0: x0 + bw] = True
+        ink[y0 : y0 + bh, x0 : x0 + bw] = True
         size = int(rng.uniform(10, 22))
         glyphs(max(0, y0 - size - 4), x0, int(rng.integers(3, 7)), size)
         if rng.random() < 0.4:  # on a box
             box = np.zeros_like(ink)
-            box[max(0, y0 - size - 8): min(h, y0 + bh + 4), max(0, x0 - 4): min(w, x0 + bw + 4)] = True
+            box[max(0, y0 - size - 8) : min(h, y0 + bh + 4), max(0, x0 - 4) : min(w, x0 + bw + 4)] = True
             image[box] = 30 if light else 225
             labels[box] = 0
     if rng.random() < 0.6:  # panel letter in the top-left corner, sometimes on a box
@@ -571,7 +598,7 @@ def draw_annotations(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
         y0, x0 = int(rng.uniform(2, 12)), int(rng.uniform(2, 12))
         if rng.random() < 0.5:
             box = np.zeros_like(ink)
-            box[y0: y0 + size + 8, x0: x0 + size + 8] = True
+            box[y0 : y0 + size + 8, x0 : x0 + size + 8] = True
             image[box] = 30 if light else 225
             labels[box] = 0
             y0, x0 = y0 + 4, x0 + 4
@@ -587,8 +614,9 @@ def simulate_micrograph(
     style: str | None = None,
     annotations: float = 0.3,
 ) -> SemSimulation:
-    """One simulated micrograph of a random material, shown as the network sees it (bright
-    particles): SEM contrast (:func:`render_sem`) or inverted TEM bright field
+    """Simulate one micrograph of a random material, shown as the network sees it.
+
+    The particles are bright: SEM contrast (:func:`render_sem`) or inverted TEM bright field
     (:func:`render_tem`), particles of one or two of :data:`SHAPES`, sparse to dense, and
     with probability ``annotations`` a burned-in scale bar and panel letter
     (:func:`draw_annotations`).
@@ -608,20 +636,49 @@ def simulate_micrograph(
     kinds = rng.choice(SHAPES, size=2)
     mean_area = np.pi * (size / 2) ** 2 * np.exp(2 * sigma**2)
     n = 0 if rng.random() < 0.03 else max(1, int(rng.poisson(cov * shape[0] * shape[1] / mean_area)))
-    shapes = [shaped_particle(rng, size * np.exp(rng.normal(0, sigma)), kinds[int(rng.random() < 0.3)]) for _ in range(n)]
+    shapes = [
+        shaped_particle(rng, size * np.exp(rng.normal(0, sigma)), kinds[int(rng.random() < 0.3)]) for _ in range(n)
+    ]
     density = perlin_noise(shape, rng.uniform(60, 200), rng, octaves=2) ** rng.uniform(0.5, 4.0)
-    labels, placed = place_particles(shape, shapes, rng, density, attach=rng.uniform(0.0, 0.95),
-                                     max_overlap=rng.uniform(0.0, 0.3), attach_distance=(0.65, 1.0))
+    labels, placed = place_particles(
+        shape,
+        shapes,
+        rng,
+        density,
+        attach=rng.uniform(0.0, 0.95),
+        max_overlap=rng.uniform(0.0, 0.3),
+        attach_distance=(0.65, 1.0),
+    )
     if style == "sem":
-        img = render_sem(labels, placed, rng, edge_exponent=rng.uniform(0.3, 2.0), directional=rng.uniform(0, 0.35),
-                         texture=rng.uniform(0.02, 0.25), crevice=rng.uniform(0, 0.6), background=rng.uniform(0.1, 0.5),
-                         debris=rng.uniform(0, 0.25), blur=rng.uniform(0.4, 1.8), noise=rng.uniform(0.02, 0.18),
-                         brightness_range=(rng.uniform(0.3, 0.8), rng.uniform(0.9, 1.2)))
+        img = render_sem(
+            labels,
+            placed,
+            rng,
+            edge_exponent=rng.uniform(0.3, 2.0),
+            directional=rng.uniform(0, 0.35),
+            texture=rng.uniform(0.02, 0.25),
+            crevice=rng.uniform(0, 0.6),
+            background=rng.uniform(0.1, 0.5),
+            debris=rng.uniform(0, 0.25),
+            blur=rng.uniform(0.4, 1.8),
+            noise=rng.uniform(0.02, 0.18),
+            brightness_range=(rng.uniform(0.3, 0.8), rng.uniform(0.9, 1.2)),
+        )
     else:
-        img = render_tem(labels, placed, rng, film=rng.uniform(0.1, 0.3), film_texture=rng.uniform(0.01, 0.08),
-                         hole=rng.random() < 0.25, mass_thickness=rng.uniform(0.3, 0.9),
-                         diffraction=rng.uniform(0, 0.4), core_shell=rng.uniform(0, 0.4) if rng.random() < 0.25 else 0.0,
-                         fringe=rng.uniform(0, 0.08), blur=rng.uniform(0.5, 2.0), noise=rng.uniform(0.02, 0.15))
+        img = render_tem(
+            labels,
+            placed,
+            rng,
+            film=rng.uniform(0.1, 0.3),
+            film_texture=rng.uniform(0.01, 0.08),
+            hole=rng.random() < 0.25,
+            mass_thickness=rng.uniform(0.3, 0.9),
+            diffraction=rng.uniform(0, 0.4),
+            core_shell=rng.uniform(0, 0.4) if rng.random() < 0.25 else 0.0,
+            fringe=rng.uniform(0, 0.08),
+            blur=rng.uniform(0.5, 2.0),
+            noise=rng.uniform(0.02, 0.15),
+        )
     lo, hi = np.percentile(img, [0.5, 99.5])
     lo_t, hi_t = rng.uniform(10, 80), rng.uniform(160, 250)
     out = np.clip(np.round(lo_t + (img - lo) * (hi_t - lo_t) / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)

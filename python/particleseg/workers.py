@@ -1,6 +1,8 @@
-"""How a batch starts its worker processes (:class:`particleseg.pipeline.segment_files` with
-``jobs`` > 1). A light module (no NumPy), so that the command line can start the process the
-workers come from while it imports the rest.
+"""How a batch starts its worker processes.
+
+The workers of :class:`particleseg.pipeline.segment_files` with ``jobs`` > 1. A light module (no
+NumPy), so that the command line can start the process the workers come from while it imports
+the rest.
 
 Workers are forked from a ``forkserver`` that has imported :mod:`particleseg.pipeline` once
 (``spawn`` where the system has no forkserver); never forked from the batch's own process, whose
@@ -16,8 +18,11 @@ PRELOAD = ["particleseg.pipeline"]
 
 
 def context(start: bool = False):
-    """The :mod:`multiprocessing` context of the workers; ``start``: start its forkserver now
-    (it imports :data:`PRELOAD` while this process goes on) if it is not running."""
+    """Return the :mod:`multiprocessing` context of the workers.
+
+    With ``start``, start its forkserver now (it imports :data:`PRELOAD` while this process
+    goes on) if it is not running.
+    """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
