@@ -1,5 +1,6 @@
-"""The napari plugin's checks in a real, headless napari (run by tests/test_napari.py in a process
-of their own): Qt's offscreen platform, OpenGL from Mesa on a private Xvfb display (napari's canvas
+"""The napari plugin's checks in a real, headless napari (run by tests/test_napari.py).
+
+They run in a process of their own: Qt's offscreen platform, OpenGL from Mesa on a private Xvfb display (napari's canvas
 needs a GL context), one napari.Viewer(show=False) for the module. The widget's labels must equal
 ``particleseg segment``'s for the same image and parameters.
 
@@ -35,8 +36,10 @@ SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data"
 
 @pytest.fixture(scope="module")
 def viewer():
-    """A headless viewer; a private Xvfb gives the GL context when no DISPLAY is set. The
-    environment is restored afterwards (Xvfb stays until this process ends, with Qt's connection)."""
+    """Yield a headless viewer; a private Xvfb gives the GL context when no DISPLAY is set.
+
+    The environment is restored afterwards (Xvfb stays until this process ends, with Qt's connection).
+    """
     saved = {k: os.environ.get(k) for k in ("QT_QPA_PLATFORM", "DISPLAY")}
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     if not os.environ.get("DISPLAY"):
@@ -59,8 +62,10 @@ def viewer():
 
 @pytest.fixture(scope="module")
 def widget(viewer):
-    """The Segment particles widget as napari opens it from the plugin's manifest, on the sample
-    image opened as the plugin's sample data."""
+    """Return the Segment particles widget as napari opens it from the plugin's manifest.
+
+    It works on the sample image, opened as the plugin's sample data.
+    """
     viewer.open_sample("particleseg", "sample_sem")
     _, w = viewer.window.add_plugin_dock_widget("particleseg", "Segment particles")
     return w
@@ -68,7 +73,6 @@ def widget(viewer):
 
 def test_fields_are_the_parameters_with_the_bundles_defaults(widget):
     from particleseg.models import load_bundle
-
     from particleseg.napari._widget import FILE_ONLY
 
     assert list(widget.fields) == [p.name for p in PARAMETERS if p.name not in FILE_ONLY]
@@ -103,8 +107,22 @@ def test_labels_equal_particleseg_segment(widget, viewer, tmp_path):
     widget.set_values(**options)
     labels = widget.segment()
 
-    rc = main(["segment", str(SAMPLE), "--out", str(tmp_path), "--quiet", "--seed-level", "0.6",
-               "--min-size", "30", "--no-exclude-border", "--feret-min", "60-Infinity"])
+    rc = main(
+        [
+            "segment",
+            str(SAMPLE),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--seed-level",
+            "0.6",
+            "--min-size",
+            "30",
+            "--no-exclude-border",
+            "--feret-min",
+            "60-Infinity",
+        ]
+    )
     assert rc == 0
     want = tifffile.imread(tmp_path / "sample_sem_labels.tif")
     assert labels.data.shape == want.shape and labels.data.dtype == np.int32

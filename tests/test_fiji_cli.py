@@ -1,6 +1,9 @@
-"""``particleseg fiji ...`` in subprocesses: headless batch runs over a folder with a real ImageJ
-1.x, and the one-line errors for a missing Java, a missing display and a Fiji that pyimagej
-cannot start (each needs its own process: one JVM per process)."""
+"""``particleseg fiji ...`` in subprocesses.
+
+Headless batch runs over a folder with a real ImageJ 1.x, and the one-line errors for a missing
+Java, a missing display and a Fiji that pyimagej cannot start (each needs its own process: one JVM
+per process).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,11 @@ IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
 EXAMPLES = ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples"
 
 needs_imagej = pytest.mark.skipif(
-    not (Path(IJ_JAR).is_file() and (os.environ.get("JAVA_HOME") or shutil.which("java"))
-         and (os.environ.get("DISPLAY") or shutil.which("Xvfb"))),
+    not (
+        Path(IJ_JAR).is_file()
+        and (os.environ.get("JAVA_HOME") or shutil.which("java"))
+        and (os.environ.get("DISPLAY") or shutil.which("Xvfb"))
+    ),
     reason="needs ImageJ 1.x (libij-java), Java and Xvfb",
 )
 
@@ -34,15 +40,20 @@ def particleseg(*args, env=None, timeout=300):
     for k, v in list(environ.items()):
         if v is None:
             del environ[k]
-    return subprocess.run([sys.executable, "-m", "particleseg", *map(str, args)], capture_output=True, text=True,
-                          env=environ, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "particleseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+    )
 
 
 def one_error_line(result) -> str:
-    """The process failed with exactly one error line, and no traceback."""
+    """Check that the process failed with exactly one error line, and no traceback."""
     assert result.returncode == 1, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("particleseg: error:")]
+    lines = [s for s in result.stderr.splitlines() if s.strip()]
+    errors = [s for s in lines if s.startswith("particleseg: error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr, result.stderr
     return errors[0]
 
@@ -67,8 +78,21 @@ def test_run_macro_per_image_goes_on_past_a_bad_image(tmp_path, rng, tiny_bundle
         write_tiff(src / f"sem_{i}.tif", img, Calibration(4.0, "nm"))
     write_tiff(src / "flat.tif", np.full((50, 50), 3, np.uint8))
     (src / "notes.txt").write_text("not an image")
-    r = particleseg("fiji", "run-macro", EXAMPLES / "Segment_This_Image.ijm", "--ij-jar", IJ_JAR, "--input", src,
-                    "--output", out, f"model={tiny_bundle.path}", "threshold=0.5", "crop_rows=0", "min_size=4")
+    r = particleseg(
+        "fiji",
+        "run-macro",
+        EXAMPLES / "Segment_This_Image.ijm",
+        "--ij-jar",
+        IJ_JAR,
+        "--input",
+        src,
+        "--output",
+        out,
+        f"model={tiny_bundle.path}",
+        "threshold=0.5",
+        "crop_rows=0",
+        "min_size=4",
+    )
     assert r.returncode == 1, r.stderr  # one image failed
     summary = pd.read_csv(out / "run-macro-summary.csv")
     assert list(summary["file"]) == ["flat.tif", "sem_0.tif", "sem_1.tif", "sem_2.tif"]
@@ -108,7 +132,14 @@ def test_no_display(macro, tmp_path):
     java_home = str(find_java())
     empty = tmp_path / "bin"
     empty.mkdir()
-    r = particleseg("fiji", "run-macro", macro, "--ij-jar", IJ_JAR, env={"DISPLAY": None, "JAVA_HOME": java_home, "PATH": str(empty)})
+    r = particleseg(
+        "fiji",
+        "run-macro",
+        macro,
+        "--ij-jar",
+        IJ_JAR,
+        env={"DISPLAY": None, "JAVA_HOME": java_home, "PATH": str(empty)},
+    )
     assert one_error_line(r).startswith("particleseg: error: no display: DISPLAY is not set and Xvfb is not installed")
 
 
@@ -124,8 +155,11 @@ def test_unreachable_display(macro):
 @pytest.mark.imagej
 @needs_imagej
 def test_fiji_that_pyimagej_cannot_start(macro, tmp_path):
-    """The real pyimagej path with a local folder: pyimagej puts its jars on the class path and
-    starts Java; this folder has ImageJ 1.x but not ImageJ2, so starting fails, in one line."""
+    """The real pyimagej path with a local folder fails in one line.
+
+    pyimagej puts its jars on the class path and starts Java; this folder has ImageJ 1.x but not
+    ImageJ2, so starting fails, in one line.
+    """
     # find_spec, not importorskip: importing imagej in a process whose JVM is already running
     # (the in-process ImageJ tests) fails; the command below runs in its own process anyway
     if importlib.util.find_spec("imagej") is None:
@@ -162,7 +196,9 @@ def test_install_and_missing_macro(tmp_path, macro):
 @pytest.mark.imagej
 @needs_imagej
 def test_check_starts_imagej_and_lists_models(tiny_bundle):
-    r = particleseg("fiji", "check", "--ij-jar", IJ_JAR, "--start", env={"PARTICLESEG_MODELS": str(Path(tiny_bundle.path).parent)})
+    r = particleseg(
+        "fiji", "check", "--ij-jar", IJ_JAR, "--start", env={"PARTICLESEG_MODELS": str(Path(tiny_bundle.path).parent)}
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   imagej" in r.stdout and "ok   started" in r.stdout
     # the test's folder comes first on the search path, then the repository's shipped bundles
@@ -170,7 +206,7 @@ def test_check_starts_imagej_and_lists_models(tiny_bundle):
 
     names = ", ".join(sorted(list_bundles()))
     assert "tiny" not in names
-    line = next(l for l in r.stdout.splitlines() if "Models:" in l)
+    line = next(s for s in r.stdout.splitlines() if "Models:" in s)
     assert "Models: " in line and "installed: tiny" in line
     listed = line.split("installed: ", 1)[1].split(" (searched")[0].split(", ")
     assert listed[0] == "tiny" and sorted(listed[1:]) == sorted(list_bundles())
@@ -183,7 +219,7 @@ def test_check_starts_imagej_and_lists_models(tiny_bundle):
 # (environment._stop_reference_queue) this aborted every time after all the work was done
 # ("FATAL: exception not rethrown", exit status -6); without the macro, in about half of the
 # whole-suite runs of docs/fiji.md's Python example.
-EXIT_SCRIPT = r'''
+EXIT_SCRIPT = r"""
 import sys
 import numpy as np
 from particleseg import fiji
@@ -192,7 +228,7 @@ imp = ij.show(np.zeros((64, 64), np.uint8), None, "blank")
 import scyjava
 scyjava.jimport("ij.macro.MacroRunner")('while (true) {call("java.lang.System.gc"); wait(2);}')
 print("done")
-'''
+"""
 
 
 @pytest.mark.imagej
@@ -201,13 +237,19 @@ def test_a_script_exits_cleanly_while_java_collects_garbage(tmp_path):
     script = tmp_path / "exit.py"
     script.write_text(EXIT_SCRIPT)
     for _ in range(2):  # it aborted 4 of 4 times before the fix
-        r = subprocess.run([sys.executable, str(script), IJ_JAR], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=tmp_path)
+        r = subprocess.run(
+            [sys.executable, str(script), IJ_JAR],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            cwd=tmp_path,
+        )
         assert r.returncode == 0 and r.stdout.strip().endswith("done"), r.stdout + r.stderr
         assert "FATAL" not in r.stderr, r.stderr
 
 
-GUI_SCRIPT = r'''
+GUI_SCRIPT = r"""
 import os, sys, time
 os.environ.pop("DISPLAY", None)  # a private Xvfb plays the desktop
 from particleseg import fiji
@@ -243,17 +285,23 @@ print("DIALOG", str(d.getTitle()), "|", dialog_text(d))
 d.dispose()
 sys.stdout.flush()
 os._exit(0)
-'''
+"""  # noqa: E501 - the script as it runs
 
 
 @pytest.mark.imagej
-@pytest.mark.skipif(not (Path(IJ_JAR).is_file() and shutil.which("Xvfb") and (os.environ.get("JAVA_HOME") or shutil.which("java"))),
-                    reason="needs ImageJ 1.x, Java and Xvfb")
+@pytest.mark.skipif(
+    not (Path(IJ_JAR).is_file() and shutil.which("Xvfb") and (os.environ.get("JAVA_HOME") or shutil.which("java"))),
+    reason="needs ImageJ 1.x, Java and Xvfb",
+)
 def test_gui_menu_lists_the_commands_and_errors_are_dialogs(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     r = subprocess.run([sys.executable, "-c", GUI_SCRIPT, IJ_JAR], capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr
-    out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.split(" ", 1)[0] in ("ITEMS", "MODELS_WINDOW", "DIALOG"))
+    out = dict(
+        line.split(" ", 1)
+        for line in r.stdout.splitlines()
+        if line.split(" ", 1)[0] in ("ITEMS", "MODELS_WINDOW", "DIALOG")
+    )
     from particleseg.fiji.options import COMMAND_NAMES
 
     assert out["ITEMS"].split("|") == list(COMMAND_NAMES)

@@ -24,9 +24,13 @@ IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
 
 pytestmark = [
     pytest.mark.imagej,
-    pytest.mark.skipif(not Path(IJ_JAR).is_file(), reason=f"ImageJ 1.x jar not found at {IJ_JAR} (apt-get install libij-java)"),
+    pytest.mark.skipif(
+        not Path(IJ_JAR).is_file(), reason=f"ImageJ 1.x jar not found at {IJ_JAR} (apt-get install libij-java)"
+    ),
     pytest.mark.skipif(not (os.environ.get("JAVA_HOME") or shutil.which("java")), reason="Java not found"),
-    pytest.mark.skipif(not (os.environ.get("DISPLAY") or shutil.which("Xvfb")), reason="no DISPLAY and no Xvfb (apt-get install xvfb)"),
+    pytest.mark.skipif(
+        not (os.environ.get("DISPLAY") or shutil.which("Xvfb")), reason="no DISPLAY and no Xvfb (apt-get install xvfb)"
+    ),
 ]
 
 
@@ -66,16 +70,21 @@ def blobs_image(rng, shape=(96, 128), n=7, radius=7):
 
 
 def thread_dump() -> str:
-    """The open windows and the stacks of every Java and Python thread (for a hang's report)."""
+    """Return the open windows and the stacks of every Java and Python thread (for a hang's report)."""
     import sys
     import traceback
 
     lines = []
     try:
         Window = jclass("java.awt.Window")
-        lines.append("windows: " + "; ".join(f"{w.getClass().getName()} {getattr(w, 'getTitle', lambda: '')()!s} "
-                                              f"showing={w.isShowing()} displayable={w.isDisplayable()}"
-                                              for w in Window.getWindows()))
+        lines.append(
+            "windows: "
+            + "; ".join(
+                f"{w.getClass().getName()} {getattr(w, 'getTitle', lambda: '')()!s} "
+                f"showing={w.isShowing()} displayable={w.isDisplayable()}"
+                for w in Window.getWindows()
+            )
+        )
         for thread, frames in dict(jclass("java.lang.Thread").getAllStackTraces()).items():
             lines.append(f"java thread {thread.getName()} {thread.getState()}")
             lines.extend(f"    at {f}" for f in list(frames)[:25])
@@ -100,8 +109,7 @@ def run_with_deadline(fn, seconds=120):
     t = threading.Thread(target=target, daemon=True)
     t.start()
     t.join(seconds)
-    assert not t.is_alive(), ("ImageJ did not return: a dialog or a deadlock would hang a headless run\n"
-                              + thread_dump())
+    assert not t.is_alive(), "ImageJ did not return: a dialog or a deadlock would hang a headless run\n" + thread_dump()
     if "error" in out:
         raise out["error"]
     return out.get("value")
@@ -176,7 +184,7 @@ def sem_image(tmp_path, rng):
 
 
 def threshold_with_particles(path, bundle) -> float:
-    """A threshold at which the (untrained) test network gives some particles on this image."""
+    """Return a threshold at which the (untrained) test network gives some particles on this image."""
     from particleseg.pipeline import SegmentParams, predict_probabilities
 
     img, _ = read_image(path)
@@ -189,21 +197,34 @@ def test_segment_particles_macro_matches_python_pipeline(ij, sem_image, tiny_bun
     from particleseg.pipeline import SegmentParams, segment_image
 
     thr = threshold_with_particles(sem_image, tiny_bundle)
-    options = (f"model=[{tiny_bundle.path}] threshold={thr} split seed_level=0.5 split_level=1 min_size=4 fill_holes "
-               "exclude_border intensity_filter=none polarity=bright crop_rows=0 particle_size=0 "
-               "probability labels mask clear add overlay histogram histogram_of=feret_min")
-    result = ij.run_macro(f"""
+    options = (
+        f"model=[{tiny_bundle.path}] threshold={thr} split seed_level=0.5 split_level=1 min_size=4 fill_holes "
+        "exclude_border intensity_filter=none polarity=bright crop_rows=0 particle_size=0 "
+        "probability labels mask clear add overlay histogram histogram_of=feret_min"
+    )
+    result = ij.run_macro(
+        f"""
         setBatchMode(true);
         open("{macro_path(sem_image)}");
         run("Segment Particles...", "{options}");
         getPixelSize(unit, pw, ph);
         return "" + nResults + "|" + roiManager("count") + "|" + getTitle() + "|" + unit + "|" + pw;
-    """, end_batch_mode=False)
+    """,
+        end_batch_mode=False,
+    )
     n_results, n_rois, title, unit, pw = result.split("|")
 
     image, cal = read_image(sem_image)
-    params = SegmentParams(threshold=thr, split=True, seed_level=0.5, split_level=1.0, min_size=4, fill_holes=True,
-                           exclude_border=True, crop_rows=0)
+    params = SegmentParams(
+        threshold=thr,
+        split=True,
+        seed_level=0.5,
+        split_level=1.0,
+        min_size=4,
+        fill_holes=True,
+        exclude_border=True,
+        crop_rows=0,
+    )
     seg = segment_image(image, tiny_bundle, params, cal, name="sem one.tif")
     kept = seg.table[seg.table["kept"]]
     assert len(kept) > 0 and (~seg.table["kept"]).sum() > 0, "test image should give kept and rejected particles"
@@ -231,7 +252,7 @@ def test_segment_particles_macro_matches_python_pipeline(ij, sem_image, tiny_bun
 
 
 def assert_same_columns(res: pd.DataFrame, ref: pd.DataFrame, at_least: int = 8) -> None:
-    """The numeric columns the Results table shares with a measurement table are equal."""
+    """Check that the numeric columns the Results table shares with a measurement table are equal."""
     shared = [c for c in ref.columns if c in res.columns and c != "label" and pd.api.types.is_numeric_dtype(ref[c])]
     assert len(shared) >= at_least, (list(res.columns), list(ref.columns))
     for col in shared:
@@ -240,20 +261,26 @@ def assert_same_columns(res: pd.DataFrame, ref: pd.DataFrame, at_least: int = 8)
 
 def test_overlay_marks_rejected_particles_red_and_roi_names(ij, sem_image, tiny_bundle):
     thr = threshold_with_particles(sem_image, tiny_bundle)
-    ret = ij.run_macro(f"""
+    ret = ij.run_macro(
+        f"""
         setBatchMode(true);
         open("{macro_path(sem_image)}");
         run("Segment Particles...", "model=[{tiny_bundle.path}] threshold={thr} split min_size=4 exclude_border crop_rows=0 clear add overlay");
         roiManager("select", 0);
         getStatistics(area);
         return "" + roiManager("count") + "|" + Roi.getName + "|" + area;
-    """, end_batch_mode=False)
+    """,  # noqa: E501 - the macro as ImageJ runs it
+        end_batch_mode=False,
+    )
     n_rois, first_name, first_area = ret.split("|")
     imp = ij.image("sem one.tif")
     ov = imp.getOverlay()
     res = ij.results()
     assert ov is not None and int(ov.size()) > len(res)
-    colors = [(int(ov.get(i).getStrokeColor().getRed()), int(ov.get(i).getStrokeColor().getGreen())) for i in range(int(ov.size()))]
+    colors = [
+        (int(ov.get(i).getStrokeColor().getRed()), int(ov.get(i).getStrokeColor().getGreen()))
+        for i in range(int(ov.size()))
+    ]
     n_red = sum(1 for r, g in colors if r > 200 and g < 100)
     n_green = sum(1 for r, g in colors if g > 200 and r < 100)
     assert n_green == len(res) and n_red == int(ov.size()) - len(res) > 0
@@ -271,9 +298,18 @@ def test_segment_folder_example_macro(ij, tmp_path, rng, tiny_bundle):
     src.mkdir()
     for i in range(2):
         write_tiff(src / f"img{i}.tif", blobs_image(rng), Calibration(3.0, "nm"))
-    macro = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples" / "Segment_Folder.ijm"
+    macro = (
+        Path(__file__).parents[1]
+        / "fiji-scripts"
+        / "Plugins"
+        / "Particle Segmentation"
+        / "Examples"
+        / "Segment_Folder.ijm"
+    )
     thr = threshold_with_particles(src / "img0.tif", tiny_bundle)
-    ret = ij.run_macro_file(macro, f"input=[{src}] output=[{out}] model=[{tiny_bundle.path}] threshold={thr} min_size=4 crop_rows=0")
+    ret = ij.run_macro_file(
+        macro, f"input=[{src}] output=[{out}] model=[{tiny_bundle.path}] threshold={thr} min_size=4 crop_rows=0"
+    )
     n_images, n_particles = map(int, ret.split())
     assert n_images == 2 and n_particles > 0
     total = 0
@@ -299,12 +335,15 @@ def test_split_touching_particles_macro(ij, tmp_path):
     yy, xx = np.mgrid[:60, :90]
     mask = ((yy - 30) ** 2 + (xx - 30) ** 2 < 15**2) | ((yy - 30) ** 2 + (xx - 55) ** 2 < 15**2)
     write_tiff(tmp_path / "pair.tif", mask, Calibration(5.0, "nm"))
-    n_rois = ij.run_macro(f"""
+    n_rois = ij.run_macro(
+        f"""
         setBatchMode(true);
-        open("{macro_path(tmp_path / 'pair.tif')}");
+        open("{macro_path(tmp_path / "pair.tif")}");
         run("Split Touching Particles...", "distance=none seed_level=0.5 split_level=1 min_size=0 mask add");
         return "" + roiManager("count");
-    """, end_batch_mode=False)
+    """,
+        end_batch_mode=False,
+    )
     labels, cal = from_imageplus(ij.image("pair_split"))
     expected = pp.relabel_sequential(pp.split_touching(mask, None, 0.5, 1.0))
     assert labels.max() == 2 and np.array_equal(labels, expected) and cal == Calibration(5.0, "nm")
@@ -329,18 +368,25 @@ def test_measure_particles_macro_equals_measure_particles(ij, tmp_path):
     gray = (lab * 30 + 20).astype(np.uint8)
     write_tiff(tmp_path / "lab.tif", lab.astype(np.uint16), Calibration(0.5, "µm"))
     write_tiff(tmp_path / "gray.tif", gray, Calibration(0.5, "µm"))
-    ret = ij.run_macro(f"""
+    ret = ij.run_macro(
+        f"""
         setBatchMode(true);
-        open("{macro_path(tmp_path / 'gray.tif')}");
-        open("{macro_path(tmp_path / 'lab.tif')}");
+        open("{macro_path(tmp_path / "gray.tif")}");
+        open("{macro_path(tmp_path / "lab.tif")}");
         run("Measure Particles...", "intensity=gray.tif clear add histogram histogram_of=ecd");
         selectImage("lab.tif");
         getPixelSize(unit, pw, ph);
         return "" + nResults + "|" + getResult("{feret}", 2) + "|" + unit + "|" + roiManager("count");
-    """, end_batch_mode=False)
+    """,
+        end_batch_mode=False,
+    )
     ref = measure_particles(lab, gray, Calibration(0.5, "µm"))
     n, fmax, unit, n_rois = ret.split("|")
-    assert int(n) == len(ref) == 5 and unit in ("µm", "microns") and float(fmax) == pytest.approx(ref[feret].iloc[2], rel=1e-4)
+    assert (
+        int(n) == len(ref) == 5
+        and unit in ("µm", "microns")
+        and float(fmax) == pytest.approx(ref[feret].iloc[2], rel=1e-4)
+    )
     res = ij.results()
     assert_same_columns(res, ref)
     assert int(n_rois) == 5 and any(t.endswith("histogram") for t in ij.image_titles())
@@ -351,12 +397,15 @@ def test_filter_particles_macro(ij, tmp_path):
 
     lab = particles_label_image()
     write_tiff(tmp_path / "lab.tif", lab.astype(np.uint16), Calibration(1.0, "nm"))
-    n_rois = ij.run_macro(f"""
+    n_rois = ij.run_macro(
+        f"""
         setBatchMode(true);
-        open("{macro_path(tmp_path / 'lab.tif')}");
+        open("{macro_path(tmp_path / "lab.tif")}");
         run("Filter Particles...", "intensity=none min_size=0 exclude_border area=40-Infinity clear add overlay");
         return "" + roiManager("count");
-    """, end_batch_mode=False)
+    """,
+        end_batch_mode=False,
+    )
     res = ij.results()
     # particle 1 is too small (area < 40), particle 5 touches the border
     # the kept particles are numbered 1..N, as their ROIs
@@ -378,12 +427,15 @@ def test_evaluate_segmentation_macro_equals_evaluate_pair(ij, tmp_path):
     pred[pred == 4] = 0  # one particle missed
     write_tiff(tmp_path / "truth.tif", truth.astype(np.uint16))
     write_tiff(tmp_path / "pred.tif", (pred > 0))
-    ij.run_macro(f"""
+    ij.run_macro(
+        f"""
         setBatchMode(true);
-        open("{macro_path(tmp_path / 'truth.tif')}");
-        open("{macro_path(tmp_path / 'pred.tif')}");
+        open("{macro_path(tmp_path / "truth.tif")}");
+        open("{macro_path(tmp_path / "pred.tif")}");
         run("Evaluate Segmentation...", "prediction=pred.tif ground_truth=truth.tif thresholds=0.5 crop_rows=0 exclude_border");
-    """, end_batch_mode=False)
+    """,  # noqa: E501 - the macro as ImageJ runs it
+        end_batch_mode=False,
+    )
     table = ij.results("Evaluation")
     ref = evaluate_pair((pred > 0).astype(np.uint8) * 255, truth.astype(np.uint16), thresholds=(0.5,))
     assert len(table) == 1
@@ -397,8 +449,10 @@ def test_batch_segment_folder_macro(ij, tmp_path, rng, tiny_bundle):
     src.mkdir()
     write_tiff(src / "a.tif", blobs_image(rng), Calibration(2.0, "nm"))
     write_tiff(src / "flat.tif", np.full((40, 40), 9, np.uint8))
-    ij.run_macro(f'run("Batch Segment Folder...", "input=[{src}] output=[{out}] model=[{tiny_bundle.path}] '
-                 f'threshold=0.5 split crop_rows=0 overview");')
+    ij.run_macro(
+        f'run("Batch Segment Folder...", "input=[{src}] output=[{out}] model=[{tiny_bundle.path}] '
+        f'threshold=0.5 split crop_rows=0 overview");'
+    )
     summary = pd.read_csv(out / "summary.csv")
     assert dict(zip(summary["file"], summary["status"])) == {"a.tif": "ok", "flat.tif": "failed"}
     assert "constant" in summary.loc[summary["file"] == "flat.tif", "error"].iloc[0]
@@ -414,15 +468,18 @@ def test_models_lists_installed_bundles(ij, tiny_bundle, monkeypatch):
     row = table[table["name"] == "tiny"]
     assert len(row) == 1 and row["architecture"].iloc[0] == "unet" and row["heads"].iloc[0] == "foreground+distance"
     # and by name, in a macro
-    ij.run_macro('newImage("n", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=tiny threshold=0.5 crop_rows=0");')
+    ij.run_macro(
+        'newImage("n", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=tiny threshold=0.5 crop_rows=0");'
+    )
 
 
 @pytest.mark.slow
 def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
-    """Train Model... from a macro (wait: block until done) calls particleseg.train.train_segmentation
-    on the folders and writes a bundle that Segment Particles... then uses."""
-    from conftest import draw_disks
+    """Train Model... from a macro trains on the folders and writes a bundle that Segment Particles... uses.
 
+    The macro waits (wait: block until done); the command calls particleseg.train.train_segmentation.
+    """
+    from conftest import draw_disks
     from particleseg.models import load_bundle
 
     images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "tiny-trained"
@@ -432,18 +489,25 @@ def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
         img, lab = draw_disks((64, 64), [(16 + 8 * i, 20, 7), (44, 40 - 4 * i, 8)], seed=i)
         write_tiff(images / f"im{i}.tif", img)
         write_tiff(masks / f"im{i}_mask.tif", ((lab > 0) * 255).astype(np.uint8))
-    ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
-                 f'output=[{macro_path(out)}] name=tiny-trained base_model=none architecture=unet epochs=1 tile=32 wait");')
+    ij.run_macro(
+        f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
+        f'output=[{macro_path(out)}] name=tiny-trained base_model=none architecture=unet epochs=1 tile=32 wait");'
+    )
     bundle = load_bundle(out)
     assert bundle.name == "tiny-trained" and bundle.network.architecture == "unet"
     assert bundle.metadata["training"]["epochs_run"] == 1 and bundle.metadata["training"]["config"]["tile"] == 32
     log = capfd.readouterr().out  # the Log window's lines (stdout in a headless ImageJ)
     assert "Train Model: epoch 1/1" in log and f"Train Model: wrote {out}" in log
-    ij.run_macro(f'open("{macro_path(images / "im0.tif")}"); run("Segment Particles...", "model=[{macro_path(out)}] crop_rows=0");')
+    ij.run_macro(
+        f'open("{macro_path(images / "im0.tif")}"); '
+        f'run("Segment Particles...", "model=[{macro_path(out)}] crop_rows=0");'
+    )
     # an existing bundle is refused with one line, before any training
     with pytest.raises(Exception, match="Train Model...: .*tiny-trained: output exists; use --overwrite"):
-        ij.run_macro(f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
-                     f'output=[{macro_path(out)}] name=x base_model=none architecture=unet epochs=1 tile=32 wait");')
+        ij.run_macro(
+            f'run("Train Model...", "images=[{macro_path(images)}] masks=[{macro_path(masks)}] '
+            f'output=[{macro_path(out)}] name=x base_model=none architecture=unet epochs=1 tile=32 wait");'
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -451,9 +515,11 @@ def test_train_model_trains_a_bundle_from_a_macro(ij, tmp_path, capfd):
 
 
 def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle):
-    """The recorder gets every parameter of a successful call (an unchecked box whose default
-    is on as key=false; a key left out takes its default, so the line repeats the run), and
-    nothing of a failed call."""
+    """The recorder gets every parameter of a successful call, and nothing of a failed call.
+
+    An unchecked box whose default is on is recorded as key=false (a key left out takes its
+    default, so the line repeats the run).
+    """
     from particleseg.fiji import MacroError
 
     Recorder = jclass("ij.plugin.frame.Recorder")
@@ -463,12 +529,18 @@ def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle)
         ij.run_macro(f"""
             open("{macro_path(sem_image)}");
             run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.45 split=false min_size=4 crop_rows=0 probability=false");
-        """)
+        """)  # noqa: E501 - the macro as ImageJ runs it
         n_first = len(ij.results())
         with pytest.raises(MacroError, match="threshold must be between 0 and 1"):
-            ij.run_macro(f'newImage("x", "8-bit ramp", 64, 64, 1); run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=1.5");')
+            ij.run_macro(
+                f'newImage("x", "8-bit ramp", 64, 64, 1); '
+                f'run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=1.5");'
+            )
         with pytest.raises(MacroError, match="image is constant"):
-            ij.run_macro(f'newImage("flat", "8-bit black", 64, 64, 1); run("Segment Particles...", "model=[{tiny_bundle.path}]");')
+            ij.run_macro(
+                f'newImage("flat", "8-bit black", 64, 64, 1); '
+                f'run("Segment Particles...", "model=[{tiny_bundle.path}]");'
+            )
         text = str(rec.getText())
     finally:
         Recorder.recordInMacros = False
@@ -477,24 +549,51 @@ def test_recorder_writes_the_macro_line_of_a_command(ij, sem_image, tiny_bundle)
 
     lines = [line for line in text.splitlines() if "Segment Particles..." in line]
     assert len(lines) == 1 and lines[0].startswith(
-        f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border ')
-    recorded = parse_macro_options(lines[0][len('run("Segment Particles...", "'):-len('");')])
+        f'run("Segment Particles...", "model={tiny_bundle.path} threshold=0.45 split=false exclude_border '
+    )
+    recorded = parse_macro_options(lines[0][len('run("Segment Particles...", "') : -len('");')])
     # every parameter, in order (a box that is off by default and unchecked is left out, as ImageJ records it)
-    assert list(recorded) == [f.key for f in SPECS["Segment Particles..."].parameters
-                              if not (f.kind == "bool" and f.default is False)]
-    assert {k: recorded[k] for k in ("seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
-                                     "area", "circularity", "crop_rows", "probability", "labels", "histogram_of")} == {
-        "seed_level": "0.5", "split_level": "1", "min_size": "4", "min_confidence": "0", "fill_holes": True,
-        "area": "0-Infinity", "circularity": "0-1", "crop_rows": "0", "probability": "false", "labels": True,
-        "histogram_of": "feret_min"}
+    assert list(recorded) == [
+        f.key for f in SPECS["Segment Particles..."].parameters if not (f.kind == "bool" and f.default is False)
+    ]
+    assert {
+        k: recorded[k]
+        for k in (
+            "seed_level",
+            "split_level",
+            "min_size",
+            "min_confidence",
+            "fill_holes",
+            "area",
+            "circularity",
+            "crop_rows",
+            "probability",
+            "labels",
+            "histogram_of",
+        )
+    } == {
+        "seed_level": "0.5",
+        "split_level": "1",
+        "min_size": "4",
+        "min_confidence": "0",
+        "fill_holes": True,
+        "area": "0-Infinity",
+        "circularity": "0-1",
+        "crop_rows": "0",
+        "probability": "false",
+        "labels": True,
+        "histogram_of": "feret_min",
+    }
     ij.close_all()
     ij.run_macro(f'open("{macro_path(sem_image)}");\n' + lines[0])
     assert len(ij.results()) == n_first
 
 
 def test_menu_command_shows_dialog_records_and_runs(ij, tmp_path):
-    """The GUI path: the command runs on ImageJ's Executer thread, its GenericDialog opens
-    (unfilled, no macro), the user presses OK, the recorder gets the line."""
+    """The GUI path: the user presses OK in the command's dialog, the recorder gets the line.
+
+    The command runs on ImageJ's Executer thread and its GenericDialog opens (unfilled, no macro).
+    """
     from particleseg.fiji import bridge
 
     imp = ij.to_imageplus(particles_label_image().astype(np.uint16), Calibration(1.0, "nm"), "lab.tif")
@@ -536,18 +635,41 @@ def assert_clean(message: str) -> None:
         assert bad not in message, message
 
 
-@pytest.mark.parametrize("setup, options, expected", [
-    ('close("*");', "threshold=0.5", "Segment Particles...: no image open (open an image first"),
-    ('newImage("rgb", "RGB ramp", 64, 64, 1);', "threshold=0.5", "Segment Particles...: rgb: is an RGB image; convert it"),
-    ('newImage("st", "8-bit ramp", 64, 64, 3);', "threshold=0.5", "Segment Particles...: st: is a stack of 3 slices"),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "model=no-such-model threshold=0.5", "Segment Particles...: no-such-model: model not found"),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "treshold=0.5", 'Segment Particles...: unknown option "treshold" (valid options: model, threshold,'),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=1.5", "Segment Particles...: threshold must be between 0 and 1, got 1.5"),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=abc", 'Numeric value expected in run() function'),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 area=big", "area: expected MIN-MAX such as 10-500"),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 split=maybe", 'option "split" is a check box'),
-    ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 crop_rows=-3", "crop_rows: must not be negative"),
-])
+@pytest.mark.parametrize(
+    "setup, options, expected",
+    [
+        ('close("*");', "threshold=0.5", "Segment Particles...: no image open (open an image first"),
+        (
+            'newImage("rgb", "RGB ramp", 64, 64, 1);',
+            "threshold=0.5",
+            "Segment Particles...: rgb: is an RGB image; convert it",
+        ),
+        (
+            'newImage("st", "8-bit ramp", 64, 64, 3);',
+            "threshold=0.5",
+            "Segment Particles...: st: is a stack of 3 slices",
+        ),
+        (
+            'newImage("x", "8-bit ramp", 64, 64, 1);',
+            "model=no-such-model threshold=0.5",
+            "Segment Particles...: no-such-model: model not found",
+        ),
+        (
+            'newImage("x", "8-bit ramp", 64, 64, 1);',
+            "treshold=0.5",
+            'Segment Particles...: unknown option "treshold" (valid options: model, threshold,',
+        ),
+        (
+            'newImage("x", "8-bit ramp", 64, 64, 1);',
+            "threshold=1.5",
+            "Segment Particles...: threshold must be between 0 and 1, got 1.5",
+        ),
+        ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=abc", "Numeric value expected in run() function"),
+        ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 area=big", "area: expected MIN-MAX such as 10-500"),
+        ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 split=maybe", 'option "split" is a check box'),
+        ('newImage("x", "8-bit ramp", 64, 64, 1);', "threshold=0.5 crop_rows=-3", "crop_rows: must not be negative"),
+    ],
+)
 def test_bad_input_gives_one_clear_macro_error(ij, tiny_bundle, setup, options, expected):
     from particleseg.fiji import MacroError
 
@@ -567,10 +689,13 @@ def test_error_in_a_command_aborts_the_macro_there(ij, tiny_bundle):
     System = jclass("java.lang.System")
     System.clearProperty("psg.after")
     with pytest.raises(MacroError, match=r"Segment Particles...: flat: image is constant .* \(line 2\)") as info:
-        run_with_deadline(lambda: ij.run_macro(
-            'newImage("flat", "8-bit black", 64, 64, 1);\n'
-            f'run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.5 crop_rows=0");\n'
-            'call("java.lang.System.setProperty", "psg.after", "reached");'))
+        run_with_deadline(
+            lambda: ij.run_macro(
+                'newImage("flat", "8-bit black", 64, 64, 1);\n'
+                f'run("Segment Particles...", "model=[{tiny_bundle.path}] threshold=0.5 crop_rows=0");\n'
+                'call("java.lang.System.setProperty", "psg.after", "reached");'
+            )
+        )
     assert System.getProperty("psg.after") is None
     assert_clean(str(info.value))
 
@@ -590,23 +715,29 @@ def test_unexpected_failure_is_one_message_with_traceback_only_in_log(ij, monkey
 
 
 def test_dialog_in_a_headless_run_is_closed_not_waited_for(ij):
-    """A dialog that would wait for a click (here a macro's own Dialog) is closed at once in a
-    headless session; the macro ends as canceled instead of hanging."""
-    from particleseg.fiji import bridge
+    """A dialog that would wait for a click is closed at once in a headless session.
 
-    from particleseg.fiji import MacroError
+    Here a macro's own Dialog; the macro ends as canceled instead of hanging.
+    """
+    from particleseg.fiji import MacroError, bridge
 
     n = len(bridge.CLOSED_DIALOGS)
     with pytest.raises(MacroError, match="stopped at the dialog 'Question', which needs a user and was closed"):
-        run_with_deadline(lambda: ij.run_macro(
-            'Dialog.create("Question"); Dialog.addNumber("n", 1); Dialog.show(); return "answered";'), 60)
+        run_with_deadline(
+            lambda: ij.run_macro(
+                'Dialog.create("Question"); Dialog.addNumber("n", 1); Dialog.show(); return "answered";'
+            ),
+            60,
+        )
     assert [t for t, _ in bridge.CLOSED_DIALOGS[n:]] == ["Question"]
 
 
 def test_dialog_guard_survives_many_dialogs_in_a_row(ij):
-    """Closing a modal dialog races with the thread that shows it (the dialog can close before
-    that thread waits on it, which left a macro blocked for good on a loaded CI machine):
-    thirty macro errors in a row must each end their macro with the message."""
+    """Thirty macro errors in a row must each end their macro with the message.
+
+    Closing a modal dialog races with the thread that shows it (the dialog can close before that
+    thread waits on it, which left a macro blocked for good on a loaded CI machine).
+    """
     from particleseg.fiji import MacroError, bridge
 
     n = len(bridge.CLOSED_DIALOGS)
@@ -637,20 +768,38 @@ def test_scijava_script_runs_and_equals_the_dialog_route(ij, sem_image, tiny_bun
     thr = threshold_with_particles(sem_image, tiny_bundle)
     ij.run_macro(f'setBatchMode(true); open("{macro_path(sem_image)}");', end_batch_mode=False)
     imp = ij.image("sem one.tif")
-    script = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / SPECS["Segment Particles..."].script_name
+    script = (
+        Path(__file__).parents[1]
+        / "fiji-scripts"
+        / "Plugins"
+        / "Particle Segmentation"
+        / SPECS["Segment Particles..."].script_name
+    )
     text = script.read_text()
     spec = SPECS["Segment Particles..."]
     values = {f.key: f.default for f in spec.parameters}
-    values.update(model=str(tiny_bundle.path), threshold=thr, min_size=4, crop_rows="0", probability=False,
-                  labels=False, mask=False, histogram=False, overlay=False)
+    values.update(
+        model=str(tiny_bundle.path),
+        threshold=thr,
+        min_size=4,
+        crop_rows="0",
+        probability=False,
+        labels=False,
+        mask=False,
+        histogram=False,
+        overlay=False,
+    )
     names = [n for _, n in parse_parameters(text)]
     assert names == ["imp"] + list(values)
     namespace = {"imp": imp, **values, "__name__": "__main__"}
     exec(compile(text, str(script), "exec"), namespace)  # what Fiji's Python mode does
     by_script = ij.results()
-    ij.run_macro(f'setBatchMode(true); selectImage("sem one.tif"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
-                 f'threshold={thr} split=true seed_level=0.5 split_level=1 min_size=4 fill_holes=true exclude_border=true '
-                 'crop_rows=0 clear=true add=true");', end_batch_mode=False)
+    ij.run_macro(
+        f'setBatchMode(true); selectImage("sem one.tif"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
+        f"threshold={thr} split=true seed_level=0.5 split_level=1 min_size=4 fill_holes=true exclude_border=true "
+        'crop_rows=0 clear=true add=true");',
+        end_batch_mode=False,
+    )
     by_macro = ij.results()
     assert len(by_script) > 0
     pd.testing.assert_frame_equal(by_script, by_macro)
@@ -664,7 +813,7 @@ EXAMPLES = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Se
 
 
 def _raw_zeiss_tiff() -> Path | None:
-    """A raw Zeiss SEM TIFF of the TiO2 data set (unmodified, with its data bar), read in place."""
+    """Return a raw Zeiss SEM TIFF of the TiO2 data set (unmodified, with its data bar), read in place."""
     from particleseg.datasets import tio2_root
 
     files = sorted((tio2_root() / "images").glob("*.tif")) if (tio2_root() / "images").is_dir() else []
@@ -673,42 +822,55 @@ def _raw_zeiss_tiff() -> Path | None:
 
 @pytest.fixture(scope="module")
 def cli_labels(tmp_path_factory):
-    """``particleseg segment`` (a separate process, as a user runs it) on the sample image and,
-    when the TiO2 data set is there, on a raw Zeiss TIFF: {file name: (labels, calibration)}."""
+    """Run ``particleseg segment`` on the sample image and, with the TiO2 data set, a raw Zeiss TIFF.
+
+    In a separate process, as a user runs it; returns {file name: (labels, calibration)}.
+    """
     import subprocess
     import sys
 
     files = [SAMPLE_SEM] + ([_raw_zeiss_tiff()] if _raw_zeiss_tiff() else [])
     out = tmp_path_factory.mktemp("cli")
-    proc = subprocess.run([sys.executable, "-m", "particleseg", "segment", *map(str, files), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "particleseg", "segment", *map(str, files), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return {f.name: read_image(out / f"{f.stem}_labels.tif") for f in files}
 
 
 def segment_by_menu_command(ij, path: Path):
-    """Open an unmodified file in ImageJ and run the command as a macro does, with nothing but
-    the model; returns the label image, its calibration, the Results count and the input's
-    scale as ImageJ then reports it."""
+    """Open an unmodified file in ImageJ and run the command as a macro does.
+
+    With nothing but the model; returns the label image, its calibration, the Results count and the input's
+    scale as ImageJ then reports it.
+    """
     from particleseg.fiji import from_imageplus
 
-    ret = ij.run_macro(f"""
+    ret = ij.run_macro(
+        f"""
         setBatchMode(true);
         open("{macro_path(path)}");
         run("Segment Particles...", "model=default");
         selectImage("{path.name}");
         getPixelSize(unit, pw, ph);
         return "" + nResults + "|" + unit + "|" + pw;
-    """, end_batch_mode=False)
+    """,
+        end_batch_mode=False,
+    )
     n, unit, pw = ret.split("|")
     labels, cal = from_imageplus(ij.image(f"{path.stem}_labels"))
     return labels, cal, int(n), unit, float(pw)
 
 
 def test_check_sample_image_by_macro_equals_the_command_line(ij, cli_labels, capfd):
-    """The issue's check on the repository's sample (a vendor-style TIFF with a data bar):
+    """The issue's check on the repository's sample (a vendor-style TIFF with a data bar).
+
     run("Segment Particles...", "model=default") gives >= 50 particles in nm and the label
-    image of `particleseg segment`."""
+    image of `particleseg segment`.
+    """
     labels, cal, n, unit, pw = segment_by_menu_command(ij, SAMPLE_SEM)
     ref, ref_cal = cli_labels[SAMPLE_SEM.name]
     assert n >= 50 and n == len(np.setdiff1d(np.unique(labels), [0]))
@@ -717,9 +879,11 @@ def test_check_sample_image_by_macro_equals_the_command_line(ij, cli_labels, cap
 
 
 def test_check_raw_zeiss_tiff_is_calibrated_from_its_metadata(ij, cli_labels, capfd):
-    """A TIFF straight from a Zeiss SEM opens in ImageJ without a scale (unit ' '); the command
-    takes the file's Zeiss metadata, as the command line does, says so in the Log, and gives
-    the command line's label image."""
+    """A TIFF straight from a Zeiss SEM, without a scale in ImageJ, is measured in the file's.
+
+    It opens in ImageJ without a scale (unit ' '); the command takes the file's Zeiss metadata, as
+    the command line does, says so in the Log, and gives the command line's label image.
+    """
     path = _raw_zeiss_tiff()
     if path is None:
         pytest.skip("TiO2 data set not found (licensed data, read from ../shared; set PARTICLESEG_TIO2)")
@@ -730,15 +894,20 @@ def test_check_raw_zeiss_tiff_is_calibrated_from_its_metadata(ij, cli_labels, ca
     labels, cal, n, unit, pw = segment_by_menu_command(ij, path)
     log = capfd.readouterr().out  # the Log (stdout in a headless ImageJ)
     ref, ref_cal = cli_labels[path.name]
-    assert f"Segment Particles: {path.name}: no scale in ImageJ; 7.344 nm per pixel from the file's Zeiss SEM metadata" in log
+    assert (
+        f"Segment Particles: {path.name}: no scale in ImageJ; 7.344 nm per pixel from the file's Zeiss SEM metadata"
+        in log
+    )
     assert n >= 50 and unit == "nm" and pw == pytest.approx(7.344) and cal == ref_cal
     np.testing.assert_array_equal(labels, ref)
 
 
 def test_every_route_gives_the_same_labels(ij, cli_labels, tmp_path, capfd):
-    """One raw image, four routes, one answer: the command line, the menu command run by a
-    macro, the example batch macro (run as `particleseg fiji run-macro` runs it) and the
-    Python API, each with the bundle's defaults."""
+    """One raw image, four routes, one answer.
+
+    The command line, the menu command run by a macro, the example batch macro (run as
+    `particleseg fiji run-macro` runs it) and the Python API, each with the bundle's defaults.
+    """
     from particleseg.fiji.batch import run_once
     from particleseg.models import load_bundle
     from particleseg.pipeline import segment_file
@@ -763,15 +932,20 @@ def test_every_route_gives_the_same_labels(ij, cli_labels, tmp_path, capfd):
 
 
 def test_image_without_any_scale_is_measured_in_pixels_with_a_note(ij, tmp_path, tiny_bundle, capfd):
-    """No scale in ImageJ and none in the file (an inch resolution, as TIFF writers put in, is
-    none): pixels, and one line in the Log."""
+    """No scale in ImageJ and none in the file: pixels, and one line in the Log.
+
+    An inch resolution, as TIFF writers put in, is no scale.
+    """
     import tifffile
 
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, blobs_image(np.random.default_rng(3)), resolution=(72, 72), resolutionunit="INCH")
     capfd.readouterr()
-    ij.run_macro(f'setBatchMode(true); open("{macro_path(path)}"); '
-                 f'run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0");', end_batch_mode=False)
+    ij.run_macro(
+        f'setBatchMode(true); open("{macro_path(path)}"); '
+        f'run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0");',
+        end_batch_mode=False,
+    )
     log = capfd.readouterr().out
     assert "Segment Particles: plain.tif: " in log and "no scale in the file's metadata; measuring in pixels" in log
     assert "plain.tif: 0 particles" in log or "particles kept" in log
@@ -795,9 +969,12 @@ def _wait_for_dialog(title: str, timeout: float = 60):
 
 
 def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_path, monkeypatch):
-    """The menu path under Xvfb: the main dialog is compact, the advanced one opens from its
-    check box, both fit a 1366x768 screen, labels name the image's unit, every bundle
-    parameter is in one of them, and a canceled dialog records nothing."""
+    """The menu path under Xvfb: a compact main dialog and an advanced one.
+
+    The main dialog is compact, the advanced one opens from its check box, both fit a 1366x768
+    screen, labels name the image's unit, every bundle parameter is in one of them, and a
+    canceled dialog records nothing.
+    """
     from particleseg.fiji import bridge
     from particleseg.fiji.bridge import dialog_text
     from particleseg.params import PARAMETERS
@@ -817,8 +994,12 @@ def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_pat
             adv = _wait_for_dialog("Segment Particles (advanced)")
             adv_height, adv_text = int(adv.getHeight()), dialog_text(adv)
             labels = [str(c.getText()) for c in _components(adv) if str(c.getClass().getName()) == "java.awt.Label"]
-            boxes = [str(c.getLabel()) for d in (main, adv) for c in _components(d)
-                     if str(c.getClass().getName()) == "java.awt.Checkbox"]
+            boxes = [
+                str(c.getLabel())
+                for d in (main, adv)
+                for c in _components(d)
+                if str(c.getClass().getName()) == "java.awt.Checkbox"
+            ]
             min_confidence = float(str(adv.getNumericFields()[3].getText()))
             adv.actionPerformed(ActionEvent(adv.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
             time.sleep(0.5)
@@ -856,8 +1037,10 @@ def test_imagej_version_is_the_one_the_docs_state(ij):
 
 
 def test_every_command_dialog_fits_a_laptop_screen(ij, tmp_path, monkeypatch):
-    """Each command's dialog, opened from the menu path under Xvfb and canceled, is at most
-    700 px high (a 1366x768 screen less its panel)."""
+    """Each command's dialog, opened from the menu path under Xvfb and canceled, is at most 700 px high.
+
+    That is a 1366x768 screen less its panel.
+    """
     from particleseg.fiji import bridge
     from particleseg.fiji.options import SPECS
 
@@ -889,16 +1072,21 @@ def _training_available() -> bool:
 
 
 def test_strict_makes_unusable_file_metadata_an_error_as_on_the_command_line(ij, tmp_path, tiny_bundle, capfd):
-    """A pixel size of 0 in the file's OME metadata: a note and pixels by default, an error
-    naming the file and the tag with strict=true (the command line's --strict)."""
+    """A pixel size of 0 in the file's OME metadata: a note and pixels, an error with strict.
+
+    By default a note and pixels; with strict=true (the command line's --strict) an error naming
+    the file and the tag.
+    """
     import tifffile
 
     from particleseg.fiji import MacroError
 
     path = tmp_path / "zero.tif"
     tifffile.imwrite(path, blobs_image(np.random.default_rng(6)), ome=True, metadata={"PhysicalSizeX": 0.0})
-    run = (f'setBatchMode(true); open("{macro_path(path)}"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
-           'crop_rows=0 probability=false mask=false histogram=false{}"); return "" + nResults;')
+    run = (
+        f'setBatchMode(true); open("{macro_path(path)}"); run("Segment Particles...", "model=[{tiny_bundle.path}] '
+        'crop_rows=0 probability=false mask=false histogram=false{}"); return "" + nResults;'
+    )
     capfd.readouterr()
     ij.run_macro(run.format(""))
     ij.close_all()
@@ -907,18 +1095,25 @@ def test_strict_makes_unusable_file_metadata_an_error_as_on_the_command_line(ij,
 
 
 def test_ome_tiff_without_imagej_scale_takes_the_file_calibration(ij, tmp_path, tiny_bundle, capfd):
-    """Any metadata read_image knows calibrates an image ImageJ opens without a scale (here
-    OME-XML); a unit that is no length, with nothing in the file, is one clear error."""
+    """Any metadata read_image knows calibrates an image ImageJ opens without a scale.
+
+    Here OME-XML; a unit that is no length, with nothing in the file, is one clear error.
+    """
     import tifffile
 
     from particleseg.fiji import MacroError
 
     path = tmp_path / "ome.tif"
-    tifffile.imwrite(path, blobs_image(np.random.default_rng(5)), ome=True,
-                     metadata={"PhysicalSizeX": 2.5, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 2.5, "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        path,
+        blobs_image(np.random.default_rng(5)),
+        ome=True,
+        metadata={"PhysicalSizeX": 2.5, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 2.5, "PhysicalSizeYUnit": "nm"},
+    )
     assert read_image(path)[1] == Calibration(2.5, "nm")
     capfd.readouterr()
-    ret = ij.run_macro(f"""
+    ret = ij.run_macro(
+        f"""
         setBatchMode(true);
         open("{macro_path(path)}");
         getPixelSize(unit0, pw0, ph0);
@@ -926,12 +1121,15 @@ def test_ome_tiff_without_imagej_scale_takes_the_file_calibration(ij, tmp_path, 
         selectImage("ome.tif");
         getPixelSize(unit, pw, ph);
         return unit0 + "|" + unit + "|" + pw;
-    """, end_batch_mode=False)
+    """,  # noqa: E501 - the macro as ImageJ runs it
+        end_batch_mode=False,
+    )
     unit0, unit, pw = ret.split("|")
     assert unit0 in ("pixels", "pixel", " ", "") and unit == "nm" and float(pw) == 2.5
     log = capfd.readouterr().out  # the Log (stdout in a headless ImageJ)
     assert "Segment Particles: ome.tif: no scale in ImageJ; 2.5 nm per pixel from the file's OME metadata" in log
     with pytest.raises(MacroError, match="x: unit 'furlong' is not a length"):
-        ij.run_macro('newImage("x", "8-bit ramp", 64, 64, 1); run("Properties...", "unit=furlong pixel_width=2 pixel_height=2");'
-                     f'run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0");')
-
+        ij.run_macro(
+            'newImage("x", "8-bit ramp", 64, 64, 1); run("Properties...", "unit=furlong pixel_width=2 pixel_height=2");'
+            f'run("Segment Particles...", "model=[{tiny_bundle.path}] crop_rows=0");'
+        )

@@ -31,8 +31,10 @@ ROOT = Path(__file__).parents[1]
 def test_importing_the_bridge_starts_no_java():
     import subprocess
 
-    code = ("import sys, particleseg.fiji, particleseg.fiji.options, particleseg.fiji.scripting; "
-            "print(any(m in sys.modules for m in ('jpype', 'scyjava', 'imagej', 'keras', 'tensorflow')))")
+    code = (
+        "import sys, particleseg.fiji, particleseg.fiji.options, particleseg.fiji.scripting; "
+        "print(any(m in sys.modules for m in ('jpype', 'scyjava', 'imagej', 'keras', 'tensorflow')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -43,12 +45,18 @@ def test_parse_and_format_macro_options():
     assert parse_macro_options(None) == {} and parse_macro_options("   ") == {}
     assert parse_macro_options("Threshold=0.3") == {"threshold": "0.3"}
     assert parse_macro_options(format_macro_options(opts)) == opts
-    assert format_macro_options({"a": True, "b": False, "c": None, "d": 0.25, "e": float("inf"), "f": ""}) == "a d=0.25 e=Infinity f=[]"
+    assert (
+        format_macro_options({"a": True, "b": False, "c": None, "d": 0.25, "e": float("inf"), "f": ""})
+        == "a d=0.25 e=Infinity f=[]"
+    )
 
 
 def test_normalize_accepts_scijava_booleans_and_refuses_unknown_keys():
     spec = SPECS["Segment Particles..."]
-    assert normalize_options(spec, "threshold=0.5 split=true fill_holes=false add imp=sem.tif") == "threshold=0.5 split add "
+    assert (
+        normalize_options(spec, "threshold=0.5 split=true fill_holes=false add imp=sem.tif")
+        == "threshold=0.5 split add "
+    )
     with pytest.raises(InputError, match='unknown option "treshold" .valid options: model, threshold, split'):
         normalize_options(spec, "treshold=0.5")
     with pytest.raises(InputError, match='"split" is a check box'):
@@ -60,7 +68,10 @@ def test_normalize_accepts_scijava_booleans_and_refuses_unknown_keys():
 
 def test_no_key_is_read_out_of_another():
     """ImageJ finds key= anywhere not after a letter: area= inside min_area= would clash."""
-    assert key_clashes(["area", "min_area", "threshold", "seed_threshold"]) == [("area", "min_area"), ("threshold", "seed_threshold")]
+    assert key_clashes(["area", "min_area", "threshold", "seed_threshold"]) == [
+        ("area", "min_area"),
+        ("threshold", "seed_threshold"),
+    ]
     for spec in SPECS.values():
         assert key_clashes(spec.keys) == [], spec.name
 
@@ -73,10 +84,18 @@ def test_labels_record_as_their_keys():
     assert build_specs(defaults={"threshold": 0.4})["Segment Particles..."].field("threshold").default == 0.4
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("10-500", (10.0, 500.0)), ("0-Infinity", (None, None)), ("0.2-1.00", (0.2, 1.0)),
-    ("1e-3-5e-2", (0.001, 0.05)), ("5:", (5.0, None)), (":7", (None, 7.0)), ("10-", (10.0, None)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10-500", (10.0, 500.0)),
+        ("0-Infinity", (None, None)),
+        ("0.2-1.00", (0.2, 1.0)),
+        ("1e-3-5e-2", (0.001, 0.05)),
+        ("5:", (5.0, None)),
+        (":7", (None, 7.0)),
+        ("10-", (10.0, None)),
+    ],
+)
 def test_parse_range(text, expected):
     assert parse_range(text) == expected
 
@@ -103,13 +122,31 @@ def test_crop_rows_and_thresholds():
 def test_segment_params_from_dialog_values():
     spec = SPECS["Segment Particles..."]
     values = {f.key: f.default for f in spec.fields}
-    values.update(threshold=0.4, split=False, seed_level=0.6, split_level=2.0, min_size=9, intensity_filter="otsu",
-                  feret_min="5-50", circularity="0.5-1", solidity="0-0.9", crop_rows="12", particle_size=20)
+    values.update(
+        threshold=0.4,
+        split=False,
+        seed_level=0.6,
+        split_level=2.0,
+        min_size=9,
+        intensity_filter="otsu",
+        feret_min="5-50",
+        circularity="0.5-1",
+        solidity="0-0.9",
+        crop_rows="12",
+        particle_size=20,
+    )
     p = segment_params(values)
     assert (p.threshold, p.split, p.seed_level, p.split_level, p.min_size) == (0.4, False, 0.6, 2.0, 9)
     assert p.intensity_filter == "otsu" and p.crop_rows == 12 and p.particle_size == 20
     assert p.shape == {"feret_min": (5.0, 50.0), "circularity": (0.5, None), "solidity": (None, 0.9)}
-    values.update(intensity_filter="none", particle_size=0, crop_rows="auto", feret_min="0-Infinity", circularity="0.00-1.00", solidity="0-1")
+    values.update(
+        intensity_filter="none",
+        particle_size=0,
+        crop_rows="auto",
+        feret_min="0-Infinity",
+        circularity="0.00-1.00",
+        solidity="0-1",
+    )
     p = segment_params(values)
     assert p.intensity_filter is None and p.particle_size is None and p.crop_rows == "auto" and p.shape == {}
 
@@ -126,8 +163,9 @@ def test_committed_scripts_are_generated_from_the_specs(tmp_path):
     committed = sorted(p.name for p in (ROOT / "fiji-scripts" / MENU_FOLDER).glob("*.py"))
     assert generated == committed == sorted(s.script_name for s in SPECS.values())
     for name in generated:
-        assert (tmp_path / MENU_FOLDER / name).read_text() == (ROOT / "fiji-scripts" / MENU_FOLDER / name).read_text(), (
-            f"{name} is out of date: python -m particleseg.fiji.scripting fiji-scripts")
+        assert (tmp_path / MENU_FOLDER / name).read_text() == (
+            ROOT / "fiji-scripts" / MENU_FOLDER / name
+        ).read_text(), f"{name} is out of date: python -m particleseg.fiji.scripting fiji-scripts"
 
 
 def test_script_parameters_are_the_macro_keys():
@@ -141,7 +179,13 @@ def test_script_parameters_are_the_macro_keys():
         assert names == (["imp"] if spec.needs_image else []) + [f.key for f in spec.parameters], spec.name
         types_ = dict((n, t) for t, n in params)
         for f in spec.parameters:
-            expected = {"number": "Double", "int": "Integer", "bool": "Boolean", "dir": "File", "image": "ImagePlus"}.get(f.kind, "String")
+            expected = {
+                "number": "Double",
+                "int": "Integer",
+                "bool": "Boolean",
+                "dir": "File",
+                "image": "ImagePlus",
+            }.get(f.kind, "String")
             assert types_[f.key] == expected, (spec.name, f.key)
     # menu labels: Fiji turns "_" into " " and drops the extension after the last dot
     assert [s.script_name.replace("_", " ")[:-3] for s in SPECS.values()] == list(COMMAND_NAMES)
@@ -162,8 +206,10 @@ def test_script_falls_back_to_an_imagej_error_without_particleseg(monkeypatch):
 
 
 def test_example_macros_call_only_known_commands_and_keys():
-    """The example macros name only known commands and keys, and give no segmentation
-    parameter a value of their own: left out, each takes the bundle's default."""
+    """The example macros name only known commands and keys, and set no segmentation parameter.
+
+    Left out, each takes the bundle's default.
+    """
     import re
 
     from particleseg.params import PARAMETERS
@@ -175,7 +221,7 @@ def test_example_macros_call_only_known_commands_and_keys():
         text = ijm.read_text()
         for command in re.findall(r'run\("([^"]+)"', text):
             assert command in SPECS, (ijm.name, command)
-            call = text[text.index(f'run("{command}"'):]
+            call = text[text.index(f'run("{command}"') :]
             call = call[: call.index(");")]
             literal_keys = {k for k in re.findall(r"[\s\"]([a-z_]+)(?==)", call)}
             assert literal_keys <= set(SPECS[command].keys), (ijm.name, literal_keys - set(SPECS[command].keys))
@@ -184,9 +230,11 @@ def test_example_macros_call_only_known_commands_and_keys():
 
 
 def test_one_vocabulary_for_the_command_line_the_dialogs_and_the_scripts():
-    """Every segmentation parameter has the same name, range and help as a command-line
-    option, a field of Segment Particles... and Batch Segment Folder..., a SciJava script
-    parameter, and a SegmentParams field; former names still work."""
+    """Every segmentation parameter is the same everywhere; former names still work.
+
+    It has the same name, range and help as a command-line option, a field of Segment Particles...
+    and Batch Segment Folder..., a SciJava script parameter, and a SegmentParams field.
+    """
     import dataclasses
 
     from particleseg.cli import build_parser
@@ -207,13 +255,41 @@ def test_one_vocabulary_for_the_command_line_the_dialogs_and_the_scripts():
             if p.fiji:
                 f = SPECS[command].field(p.name)
                 assert (f.kind, f.help, f.minimum, f.maximum) == (p.kind, p.help, p.minimum, p.maximum), p.name
-    args = parser.parse_args(["segment", "x.tif", "--out", "o", "--seed-threshold", "0.3", "--min-area", "5",
-                              "--keep-border", "--area", "10:", "--circularity", "0.5-1", "--no-split",
-                              "--classifier-threshold", "0.7", "--split-level", "2"])
+    args = parser.parse_args(
+        [
+            "segment",
+            "x.tif",
+            "--out",
+            "o",
+            "--seed-threshold",
+            "0.3",
+            "--min-area",
+            "5",
+            "--keep-border",
+            "--area",
+            "10:",
+            "--circularity",
+            "0.5-1",
+            "--no-split",
+            "--classifier-threshold",
+            "0.7",
+            "--split-level",
+            "2",
+        ]
+    )
     p = params_from_args(args)
-    assert (p.seed_level, p.min_size, p.exclude_border, p.split, p.min_score, p.split_level) == (0.3, 5, False, False, 0.7, 2.0)
+    assert (p.seed_level, p.min_size, p.exclude_border, p.split, p.min_score, p.split_level) == (
+        0.3,
+        5,
+        False,
+        False,
+        0.7,
+        2.0,
+    )
     assert p.shape == {"area": (10.0, None), "circularity": (0.5, None)}
-    assert segment_params({"seed_level": 0.3, "min_size": 5, "threshold": 0.4, "area": "10-Infinity"}).shape == {"area": (10.0, None)}
+    assert segment_params({"seed_level": 0.3, "min_size": 5, "threshold": 0.4, "area": "10-Infinity"}).shape == {
+        "area": (10.0, None)
+    }
     old = SegmentParams(seed_threshold=0.3, h=2.0, min_area=5, classifier_threshold=0.7)
     assert (old.seed_level, old.split_level, old.min_size, old.min_score) == (0.3, 2.0, 5, 0.7)
     assert (old.seed_threshold, old.h, old.min_area, old.classifier_threshold) == (0.3, 2.0, 5, 0.7)
@@ -230,8 +306,13 @@ def test_dialog_defaults_and_labels_come_from_the_bundle_and_the_image():
     assert d["seed_level"] == seed and d["min_confidence"] == conf
     spec = build_specs(defaults=d)["Segment Particles..."]
     assert spec.field("seed_level").default == seed and spec.field("min_confidence").default == conf
-    assert spec.field("area").label_for("nm") == "Area (nm²)" and spec.field("feret_min").label_for("µm") == "Feret_min (µm)"
-    assert spec.field("area").label_for("px") == "Area (px²)" and spec.field("min_size").label_for("nm") == "Min_size (px)"
+    assert (
+        spec.field("area").label_for("nm") == "Area (nm²)"
+        and spec.field("feret_min").label_for("µm") == "Feret_min (µm)"
+    )
+    assert (
+        spec.field("area").label_for("px") == "Area (px²)" and spec.field("min_size").label_for("nm") == "Min_size (px)"
+    )
     main = [f.key for f in spec.fields if not f.advanced]
     assert len(main) <= 13 and {"min_confidence", "min_score"} <= {f.key for f in spec.fields if f.advanced}
 
@@ -243,7 +324,12 @@ def test_recorded_options_write_every_parameter_and_unchecked_default_boxes():
     values = {f.key: f.default for f in spec.fields}
     values.update(split=False, threshold=0.45, min_size=4, histogram=False, advanced=True)
     rec = dict(recorded_options(spec, values))
-    assert rec["split"] == "false" and rec["threshold"] == "0.45" and rec["min_size"] == "4" and rec["exclude_border"] is None
+    assert (
+        rec["split"] == "false"
+        and rec["threshold"] == "0.45"
+        and rec["min_size"] == "4"
+        and rec["exclude_border"] is None
+    )
     assert "advanced" not in rec and rec["histogram"] == "false" and rec["area"] == "0-Infinity"
 
 
@@ -339,7 +425,9 @@ def test_start_fiji_passes_folder_and_mode_to_pyimagej(monkeypatch, tmp_path):
         raise RuntimeError("Failed to create a JVM with the requested environment.")
 
     fake.init = failing
-    with pytest.raises(env.FijiError, match=r"Fiji.app: cannot start Fiji through pyimagej from .*Fiji.app \(Failed to create a JVM"):
+    with pytest.raises(
+        env.FijiError, match=r"Fiji.app: cannot start Fiji through pyimagej from .*Fiji.app \(Failed to create a JVM"
+    ):
         env.start_fiji(fiji, "headless")
     fake.init = lambda target, mode: types.SimpleNamespace(legacy=None)
     with pytest.raises(env.FijiError, match="without its ImageJ 1.x layer"):
@@ -384,7 +472,9 @@ def test_run_macro_options_after_the_macro_file(tmp_path):
     from particleseg.cli.fiji import _split_remainder
     from particleseg.fiji.batch import format_arguments
 
-    args = build_parser().parse_args(["fiji", "run-macro", "m.ijm", "--ij-jar", "J", "input=/a b", "--input", "D", "t=1"])
+    args = build_parser().parse_args(
+        ["fiji", "run-macro", "m.ijm", "--ij-jar", "J", "input=/a b", "--input", "D", "t=1"]
+    )
     _split_remainder(args)
     assert (args.macro, args.ij_jar, args.input, args.args) == ("m.ijm", "J", "D", ["input=/a b", "t=1"])
     assert format_arguments(args.args) == "input=[/a b] t=1"

@@ -1,7 +1,8 @@
-"""Measurements and masks against ImageJ's own: the real ImageJ 1.x (Debian's ij.jar) measures
-the ROIs that ``segment`` writes, and its Analyze Particles counts the particles of the mask
-that ``segment`` writes, on real segmentations of the sample image and of a TiO2 image (when
-the licensed data set is present; it is read in place).
+"""Measurements and masks against ImageJ's own.
+
+The real ImageJ 1.x (Debian's ij.jar) measures the ROIs that ``segment`` writes, and its Analyze
+Particles counts the particles of the mask that ``segment`` writes, on real segmentations of the
+sample image and of a TiO2 image (when the licensed data set is present; it is read in place).
 
 The columns are compared particle by particle; the issue asks for agreement within 0.5 %, and
 the implementation reproduces ImageJ's arithmetic, so the measured differences are at the
@@ -25,9 +26,13 @@ SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data"
 
 pytestmark = [
     pytest.mark.imagej,
-    pytest.mark.skipif(not Path(IJ_JAR).is_file(), reason=f"ImageJ 1.x jar not found at {IJ_JAR} (apt-get install libij-java)"),
+    pytest.mark.skipif(
+        not Path(IJ_JAR).is_file(), reason=f"ImageJ 1.x jar not found at {IJ_JAR} (apt-get install libij-java)"
+    ),
     pytest.mark.skipif(not (os.environ.get("JAVA_HOME") or shutil.which("java")), reason="Java not found"),
-    pytest.mark.skipif(not (os.environ.get("DISPLAY") or shutil.which("Xvfb")), reason="no DISPLAY and no Xvfb (apt-get install xvfb)"),
+    pytest.mark.skipif(
+        not (os.environ.get("DISPLAY") or shutil.which("Xvfb")), reason="no DISPLAY and no Xvfb (apt-get install xvfb)"
+    ),
 ]
 
 #: per particle, relative (with a floor for values near 0, such as an angle of 0 degrees)
@@ -59,14 +64,21 @@ def _images():
 
     images = tio2_root() / "images"
     first = sorted(images.glob("*.tif"))[:1] if images.is_dir() else []
-    yield pytest.param(first[0] if first else None, id="tio2", marks=pytest.mark.skipif(
-        not first, reason=f"TiO2 data set not found at {images} (licensed data; set PARTICLESEG_TIO2)"))
+    yield pytest.param(
+        first[0] if first else None,
+        id="tio2",
+        marks=pytest.mark.skipif(
+            not first, reason=f"TiO2 data set not found at {images} (licensed data; set PARTICLESEG_TIO2)"
+        ),
+    )
 
 
 @pytest.fixture(scope="module", params=list(_images()))
 def segmented(request, default_bundle, tmp_path_factory):
-    """``segment`` with the default model on a real SEM image: the file, its output paths and
-    the summary row."""
+    """Run ``segment`` with the default model on a real SEM image.
+
+    Returns the file, its output paths and the summary row.
+    """
     from particleseg.pipeline import SegmentParams, output_paths, segment_file
 
     path = request.param
@@ -83,13 +95,29 @@ def _j(name):
 
 
 def imagej_measure(imp, roi_zip: Path) -> pd.DataFrame:
-    """ImageJ's Analyze > Measure (``Analyzer.measure``) of every ROI of a ROI set, with every
-    measurement of Set Measurements that applies to one particle."""
+    """Measure every ROI of a ROI set with ImageJ's Analyze > Measure (``Analyzer.measure``).
+
+    With every measurement of Set Measurements that applies to one particle.
+    """
     from particleseg.fiji.session import table_to_frame
 
     M = _j("ij.measure.Measurements")
-    flags = (M.AREA | M.MEAN | M.STD_DEV | M.MIN_MAX | M.CENTROID | M.CENTER_OF_MASS | M.PERIMETER | M.RECT
-             | M.ELLIPSE | M.SHAPE_DESCRIPTORS | M.FERET | M.INTEGRATED_DENSITY | M.MEDIAN | M.LABELS)
+    flags = (
+        M.AREA
+        | M.MEAN
+        | M.STD_DEV
+        | M.MIN_MAX
+        | M.CENTROID
+        | M.CENTER_OF_MASS
+        | M.PERIMETER
+        | M.RECT
+        | M.ELLIPSE
+        | M.SHAPE_DESCRIPTORS
+        | M.FERET
+        | M.INTEGRATED_DENSITY
+        | M.MEDIAN
+        | M.LABELS
+    )
     rm = _j("ij.plugin.frame.RoiManager")(False)  # a private, hidden ROI Manager
     assert rm.runCommand("Open", str(roi_zip))
     rt = _j("ij.measure.ResultsTable")()
@@ -126,8 +154,10 @@ def test_imagej_measures_the_rois_as_the_particles_csv_says(ij, segmented):
         ours, theirs = kept[col].to_numpy(float), res[col].to_numpy(float)
         worst[col] = float(np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), ATOL / RTOL)))
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=ATOL, err_msg=f"{col} ({path.name})")
-    print(f"{path.name}: {len(kept)} particles; max relative difference per column: "
-          + ", ".join(f"{c} {v:.1e}" for c, v in worst.items()))
+    print(
+        f"{path.name}: {len(kept)} particles; max relative difference per column: "
+        + ", ".join(f"{c} {v:.1e}" for c, v in worst.items())
+    )
 
 
 def test_analyze_particles_on_the_mask_finds_the_particles_of_the_label_image(ij, segmented):
@@ -139,7 +169,7 @@ def test_analyze_particles_on_the_mask_finds_the_particles_of_the_label_image(ij
     assert np.unique(labels).tolist() == list(range(n + 1))  # contiguous 1..N
     ret = ij.run_macro(f"""
         setBatchMode(true);
-        open("{str(paths['mask']).replace(chr(92), '/')}");
+        open("{str(paths["mask"]).replace(chr(92), "/")}");
         setThreshold(255, 255);
         roiManager("reset");
         run("Analyze Particles...", "size=0-Infinity show=Nothing clear add");

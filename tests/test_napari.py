@@ -1,9 +1,12 @@
-"""The napari plugin (particleseg.napari): its npe2 manifest here, and the widget, reader and
-sample in a real headless napari in a child process (tests/napari_checks.py).
+"""The napari plugin (particleseg.napari).
+
+Its npe2 manifest here, and the widget, reader and sample in a real headless napari in a child
+process (tests/napari_checks.py).
 
 The child is a process of its own because TensorFlow, which other test files of this pytest worker
 load (the Keras bundle fixtures), and Mesa's OpenGL, which napari's canvas loads, crash a process
-that holds both (see napari_checks.py)."""
+that holds both (see napari_checks.py).
+"""
 
 from __future__ import annotations
 
@@ -40,17 +43,40 @@ def test_manifest_declares_the_widget_reader_and_sample():
         assert callable(getattr(sys.modules[module], attr)), cmd.python_name
 
 
-@pytest.mark.skipif(not (os.environ.get("DISPLAY") or shutil.which("Xvfb")),
-                    reason="napari's canvas needs OpenGL: no DISPLAY and no Xvfb (apt-get install xvfb)")
+@pytest.mark.skipif(
+    not (os.environ.get("DISPLAY") or shutil.which("Xvfb")),
+    reason="napari's canvas needs OpenGL: no DISPLAY and no Xvfb (apt-get install xvfb)",
+)
 def test_widget_reader_and_sample_in_headless_napari(tmp_path):
-    """tests/napari_checks.py: the widget's fields and defaults, its labels against
-    ``particleseg segment``'s, the threaded button, another bundle's defaults, the EM reader."""
+    """Run tests/napari_checks.py in a headless napari of its own.
+
+    The widget's fields and defaults, its labels against ``particleseg segment``'s, the threaded
+    button, another bundle's defaults, the EM reader.
+    """
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONDONTWRITEBYTECODE": "1"}
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "napari_checks.py"), "-n", "0", "-q",
-         "-p", "no:cacheprovider", "-p", "no:napari", "-W", "ignore::DeprecationWarning",
-         "--basetemp", str(tmp_path / "basetemp")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "tests" / "napari_checks.py"),
+            "-n",
+            "0",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:napari",
+            "-W",
+            "ignore::DeprecationWarning",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, tail
@@ -58,8 +84,11 @@ def test_widget_reader_and_sample_in_headless_napari(tmp_path):
 
 
 def test_keras_bundle_is_refused_in_one_line_where_tensorflow_would_crash_napari(monkeypatch):
-    """A run needing TensorFlow in a napari whose Mesa OpenGL (LLVM) is loaded would crash it: one
-    line instead, naming the ONNX export that avoids it; ONNX runs and loaded TensorFlow pass."""
+    """A run needing TensorFlow where it would crash napari is refused in one line.
+
+    In a napari whose Mesa OpenGL (LLVM) is loaded TensorFlow would crash it: one line instead,
+    naming the ONNX export that avoids it; ONNX runs and loaded TensorFlow pass.
+    """
     from types import SimpleNamespace
 
     from particleseg.errors import ParticlesegError
@@ -67,8 +96,9 @@ def test_keras_bundle_is_refused_in_one_line_where_tensorflow_would_crash_napari
     from particleseg.pipeline import SegmentParams
 
     def fake(engine):
-        return SimpleNamespace(label="mine", metadata={}, has_classifier=False, path=Path("."),
-                               engine=lambda requested: engine)
+        return SimpleNamespace(
+            label="mine", metadata={}, has_classifier=False, path=Path("."), engine=lambda requested: engine
+        )
 
     params = SegmentParams()
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)

@@ -14,27 +14,35 @@
 See ``docs/fiji.md``. Importing this package does not start Java.
 """
 
+from . import convert as _convert
 from .environment import FijiError, find_java
 from .options import COMMAND_NAMES, SPECS, parse_macro_options
 from .session import ImageJSession, MacroError, current, start
 
 
 def to_imageplus(array, calibration=None, title: str = "image"):
-    """A NumPy image ``(Y, X)`` or stack ``(Z, Y, X)`` as an ImagePlus with its calibration
-    (needs a started JVM, see :func:`start`)."""
-    from .convert import to_imageplus as _f
+    """Convert a NumPy image ``(Y, X)`` or stack ``(Z, Y, X)`` to an ImagePlus with its calibration.
 
-    return _f(array, calibration, title)
+    Needs a started JVM (see :func:`start`).
+    """
+    return _convert.to_imageplus(array, calibration, title)
 
 
 def from_imageplus(imp, allow_stack: bool = True):
     """Pixels (uint8/uint16/float32) and :class:`~particleseg.io.Calibration` of an ImagePlus."""
-    from .convert import from_imageplus as _f
-
-    return _f(imp, allow_stack=allow_stack)
+    return _convert.from_imageplus(imp, allow_stack=allow_stack)
 
 
 __all__ = [
-    "FijiError", "MacroError", "ImageJSession", "COMMAND_NAMES", "SPECS", "start", "current",
-    "to_imageplus", "from_imageplus", "parse_macro_options", "find_java",
+    "FijiError",
+    "MacroError",
+    "ImageJSession",
+    "COMMAND_NAMES",
+    "SPECS",
+    "start",
+    "current",
+    "to_imageplus",
+    "from_imageplus",
+    "parse_macro_options",
+    "find_java",
 ]

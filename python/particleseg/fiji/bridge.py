@@ -46,6 +46,8 @@ import traceback
 from typing import Any
 
 from ..errors import ParticlesegError
+from ..models import list_bundles
+from ..params import bundle_defaults
 from . import commands as cmds
 from .options import (
     ADVANCED,
@@ -63,8 +65,13 @@ from .options import (
 MENU_LABEL = "Particle Segmentation"
 MACRO_CANCELED = "Macro canceled"
 
-_state: dict[str, Any] = {"installed": False, "listener": None, "guard": None, "guard_paused": False,
-                          "macros_running": 0}
+_state: dict[str, Any] = {
+    "installed": False,
+    "listener": None,
+    "guard": None,
+    "guard_paused": False,
+    "macros_running": 0,
+}
 _last_values: dict[str, dict] = {}
 #: callables (what, done, total) told about progress, e.g. the headless batch runner's bar
 PROGRESS_HOOKS: list = []
@@ -81,7 +88,7 @@ class CommandError(ParticlesegError):
 
 
 def _j(name: str):
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     return scyjava.jimport(name)
 
@@ -91,10 +98,13 @@ def _j(name: str):
 
 
 def install(menus: bool = True, guard: bool = False) -> None:
-    """Register the command listener (once per JVM), the commands in ImageJ's command table
-    (so Command Finder and ``List.setCommands`` know them) and, with an ImageJ window, the
-    Plugins > Particle Segmentation menu. ``guard`` closes modal dialogs (headless runs)."""
-    import jpype
+    """Install the commands in ImageJ.
+
+    Registers the command listener (once per JVM), the commands in ImageJ's command table (so
+    Command Finder and ``List.setCommands`` know them) and, with an ImageJ window and ``menus``,
+    the Plugins > Particle Segmentation menu. ``guard`` closes modal dialogs (headless runs).
+    """
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     if not _state["installed"]:
 
@@ -136,10 +146,15 @@ def _remove_command_listener() -> None:
 
 
 def installed() -> bool:
+    """Return whether the command listener is installed in this process's ImageJ."""
     return bool(_state["installed"])
 
 
 def register_commands() -> None:
+    """Add the commands to ImageJ's command table (``Menus.getCommands``), if it has one.
+
+    Commands already in the table (a Fiji with the SciJava scripts) are left as they are.
+    """
     table = _j("ij.Menus").getCommands()
     if table is None:
         return
@@ -183,7 +198,7 @@ def install_dialog_guard() -> None:
     ones until it ends, however long the showing thread was descheduled; and it closes any
     modal dialog whose opening event was missed.
     """
-    import jpype
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     if bool(_j("java.awt.GraphicsEnvironment").isHeadless()):
         return  # no window can open (Fiji headless through pyimagej)
@@ -229,9 +244,11 @@ def install_dialog_guard() -> None:
                 now = time.monotonic()
                 running = _state["macros_running"] > 0
                 with lock:
-                    recent[:] = [(w, t) for i, (w, t) in enumerate(recent)
-                                 if now - t < DIALOG_REDISPOSE_S
-                                 or (running and i >= len(recent) - DIALOG_REDISPOSE_N)]
+                    recent[:] = [
+                        (w, t)
+                        for i, (w, t) in enumerate(recent)
+                        if now - t < DIALOG_REDISPOSE_S or (running and i >= len(recent) - DIALOG_REDISPOSE_N)
+                    ]
                     again = [w for w, _ in recent]
                 for window in again:
                     if stop.is_set():  # exiting: no new call into Java (see stop_sweeper)
@@ -275,8 +292,11 @@ def install_dialog_guard() -> None:
 
 @contextlib.contextmanager
 def macro_running():
-    """Mark a macro as running, so the dialog guard keeps ending the modal loops of the dialogs
-    it closed until the macro returns (see :func:`install_dialog_guard`)."""
+    """Mark a macro as running while the block runs.
+
+    The dialog guard then keeps ending the modal loops of the dialogs it closed until the macro
+    returns (see :func:`install_dialog_guard`).
+    """
     with _running_lock:
         _state["macros_running"] += 1
     try:
@@ -288,8 +308,10 @@ def macro_running():
 
 @contextlib.contextmanager
 def dialogs_allowed():
-    """Let modal dialogs stay open while the block runs (for a person, or a test, to answer
-    them in a session with the dialog guard)."""
+    """Let modal dialogs stay open while the block runs.
+
+    For a person, or a test, to answer them in a session with the dialog guard.
+    """
     paused = _state["guard_paused"]
     _state["guard_paused"] = True
     try:
@@ -299,7 +321,7 @@ def dialogs_allowed():
 
 
 def dialog_text(container) -> str:
-    """The text shown in a dialog: labels, text fields and ImageJ's MultiLineLabels."""
+    """Return the text shown in a dialog: labels, text fields and ImageJ's MultiLineLabels."""
     parts: list[str] = []
     Container = _j("java.awt.Container")
     Button = _j("java.awt.Button")
@@ -330,16 +352,20 @@ def dialog_text(container) -> str:
 # running a command
 
 
-def run_command(name: str, values: dict | None = None, macro_options: str | None = None, imp=None,
-                from_java: bool = False) -> Any:
-    """Run a command: from a menu or a macro (``values`` None: GenericDialog, filled from the
-    macro options when a macro runs) or from a SciJava script (``values`` given).
+def run_command(
+    name: str, values: dict | None = None, macro_options: str | None = None, imp=None, from_java: bool = False
+) -> Any:
+    """Run a command from a menu, a macro or a SciJava script.
+
+    From a menu or a macro ``values`` is None: a GenericDialog asks for them, filled from the
+    macro options when a macro runs; a SciJava script gives ``values``.
 
     A key left out of a macro takes its default (the bundle's, for the segmentation
     parameters), check boxes included. The recorder gets the command's line only when it ran
     (a long command from the menu: when it started). Errors are shown the ImageJ way (see
     :func:`report_error`); only a Python caller outside macros and without an ImageJ window
-    gets them raised (:class:`CommandError`)."""
+    gets them raised (:class:`CommandError`).
+    """
     Macro = _j("ij.Macro")
     Recorder = _j("ij.plugin.frame.Recorder")
     IJ = _j("ij.IJ")
@@ -370,8 +396,13 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
                 return None
             if macro:  # a check box left out takes its default, as a number does
                 given = given_booleans(spec, options)
-                values.update({f.key: given.get(f.key, bool(defaults.get(f.key, f.default)))
-                               for f in spec.fields if f.kind == "bool" and not f.dialog_only})
+                values.update(
+                    {
+                        f.key: given.get(f.key, bool(defaults.get(f.key, f.default)))
+                        for f in spec.fields
+                        if f.kind == "bool" and not f.dialog_only
+                    }
+                )
         else:
             values = {**defaults, **values}
         values = cmds.validate(spec, values)
@@ -387,7 +418,9 @@ def run_command(name: str, values: dict | None = None, macro_options: str | None
             (not macro and IJ.getInstance() is not None) or (name == "Train Model..." and not values.get("wait"))
         )
         if background:
-            t = threading.Thread(target=_run_background, args=(name, fn, ctx, values), name=f"particleseg: {name}", daemon=True)
+            t = threading.Thread(
+                target=_run_background, args=(name, fn, ctx, values), name=f"particleseg: {name}", daemon=True
+            )
             t.start()
             if record:
                 record_command(spec, values)
@@ -427,9 +460,9 @@ def _run_background(name, fn, ctx, values) -> None:
 
 
 def is_macro_abort(exc: BaseException) -> bool:
-    """The RuntimeException ImageJ throws to unwind an aborted macro (must propagate)."""
+    """Return whether ``exc`` is the RuntimeException ImageJ throws to unwind an aborted macro (must propagate)."""
     try:
-        import jpype
+        import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
         if isinstance(exc, jpype.JException):
             return str(exc.getMessage()) == MACRO_CANCELED
@@ -439,19 +472,28 @@ def is_macro_abort(exc: BaseException) -> bool:
 
 
 def error_message(name: str, exc: BaseException) -> str:
+    """Return the one-line message of command ``name``'s error ``exc``, starting with the command.
+
+    A :class:`ParticlesegError` gives its own text; anything else is an unexpected error to report.
+    """
     if isinstance(exc, ParticlesegError):
         msg = str(exc)
     elif isinstance(exc, KeyboardInterrupt):
         msg = "interrupted"
     else:
-        msg = f"unexpected error, please report it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        msg = (
+            f"unexpected error, please report it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
     return msg if msg.startswith(name) else f"{name}: {msg}"
 
 
 def report_error(name: str, exc: BaseException, background: bool = False, macro: bool | None = None) -> None:
-    """Show an error the ImageJ way: abort the running macro with the message, or an error
-    dialog in the GUI; headless outside a macro, log it and (for a Python caller, not
-    ``background``) raise :class:`CommandError`."""
+    """Show an error the ImageJ way.
+
+    Abort the running macro with the message, or show an error dialog in the GUI; headless
+    outside a macro, log it and (for a Python caller, not ``background``) raise
+    :class:`CommandError`.
+    """
     IJ = _j("ij.IJ")
     message = error_message(name, exc)
     if not isinstance(exc, (ParticlesegError, KeyboardInterrupt)):
@@ -462,7 +504,7 @@ def report_error(name: str, exc: BaseException, background: bool = False, macro:
         IJ.error(name, message)  # aborts the macro: raises "Macro canceled" through us
         return
     if IJ.getInstance() is not None:
-        IJ.error(name.rstrip("."), message[len(name) + 2:] if message.startswith(name + ": ") else message)
+        IJ.error(name.rstrip("."), message[len(name) + 2 :] if message.startswith(name + ": ") else message)
         return
     IJ.log(message)
     if not background:
@@ -474,17 +516,17 @@ def report_error(name: str, exc: BaseException, background: bool = False, macro:
 
 
 def prepare(name: str, options: str | None, macro: bool) -> tuple[CommandSpec, dict]:
-    """The command's spec with the model list and the chosen bundle's defaults, and the values
-    the dialog starts from (last used values in the GUI, defaults in macros)."""
+    """Return the command's spec and the values its dialog starts from.
+
+    The spec has the model list and the chosen bundle's defaults; the values are the last used
+    ones in the GUI and the defaults in macros.
+    """
     spec = SPECS[name]
     if "model" not in spec.keys:
         defaults = {f.key: f.default for f in spec.fields if f.kind != "message"}
         if not macro and name in _last_values:
             defaults.update(_last_values[name])
         return spec, defaults
-    from ..models import list_bundles
-    from ..params import bundle_defaults
-
     last = _last_values.get(name, {}) if not macro else {}
     if options is not None:
         model = str(parse_macro_options(options).get("model", "default"))
@@ -508,8 +550,9 @@ def prepare(name: str, options: str | None, macro: bool) -> tuple[CommandSpec, d
 
 
 def show_dialog(spec: CommandSpec, defaults: dict, unit: str | None = None, macro: bool = False) -> dict | None:
-    """Show the command's GenericDialog (or let ImageJ fill it from the macro options) and
-    return the values by key; None when canceled.
+    """Show the command's GenericDialog and return the values by key; None when canceled.
+
+    In a macro ImageJ fills the dialog from the macro options.
 
     Commands with many parameters have a compact main dialog and a second, "advanced" one
     (as StarDist's Fiji plugin): it opens when its check box is ticked, and in a macro it is
@@ -553,8 +596,9 @@ def _dialog(title: str, spec: CommandSpec, fields: list, defaults: dict, unit: s
                 group.append(fields[i + len(group)])
             columns = min(len(group), 4)
             rows = -(-len(group) // columns)
-            gd.addCheckboxGroup(rows, columns, [g.label for g in group],
-                                [bool(defaults.get(g.key, g.default)) for g in group])
+            gd.addCheckboxGroup(
+                rows, columns, [g.label for g in group], [bool(defaults.get(g.key, g.default)) for g in group]
+            )
             i += len(group)
             continue
         if f.kind == "number":
@@ -615,8 +659,9 @@ def _digits(value: float, at_least: int) -> int:
 
 def _help_html(spec: CommandSpec) -> str:
     rows = "".join(
-        f"<tr><td><tt>{f.key}</tt></td><td>{f.help or f.label.replace('_', ' ')}</td></tr>"
-        for f in spec.parameters
+        f"<tr><td><tt>{f.key}</tt></td><td>{f.help or f.label.replace('_', ' ')}</td></tr>" for f in spec.parameters
     )
-    return (f"<html><h3>{spec.name}</h3><p>{spec.help}</p>"
-            f"<table>{rows}</table><p>See docs/fiji.md of particleseg.</p></html>")
+    return (
+        f"<html><h3>{spec.name}</h3><p>{spec.help}</p>"
+        f"<table>{rows}</table><p>See docs/fiji.md of particleseg.</p></html>"
+    )

@@ -19,12 +19,25 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from .. import metrics
+from .. import postprocess as pp
 from ..autoscale import estimate_polarity
 from ..errors import InputError, ParticlesegError
-from ..io import Calibration
+from ..io import Calibration, list_images
+from ..measure import PARAMETER_COLUMNS, column_units, measure_particles
+from ..models import list_bundles, load_bundle, model_search_path, resolve_bundle
+from ..pipeline import batch_report, kept_first, segment_files, segment_image
 from . import publish
 from .convert import calibrate_from_file, from_imageplus
-from .options import NONE, parse_crop_rows, parse_range, parse_thresholds, segment_params, shape_ranges
+from .options import (
+    NONE,
+    check_value,
+    parse_crop_rows,
+    parse_range,
+    parse_thresholds,
+    segment_params,
+    shape_ranges,
+)
 
 #: one entry per command run in this process (command, image, counts, seconds, error); the
 #: headless batch runner summarises them
@@ -38,7 +51,7 @@ def record(**entry) -> None:
 
 
 def _j(name: str):
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     return scyjava.jimport(name)
 
@@ -54,16 +67,18 @@ class Context:
 
     @classmethod
     def current(cls, command: str, macro: bool = False, hooks=None) -> "Context":
+        """Return a context for ``command`` on ImageJ's active image, reporting to ``hooks`` too."""
         imp = _j("ij.WindowManager").getCurrentImage()
         return cls(command, macro, imp, list(hooks or []))
 
     def require_image(self):
+        """Return the active image; :class:`InputError` when no image is open."""
         if self.imp is None:
             raise InputError("no image open (open an image first, e.g. File > Open...)")
         return self.imp
 
     def image(self, title: str, role: str):
-        """An open image by title (batch-mode images included)."""
+        """Return an open image by title (batch-mode images included)."""
         if title is None or str(title) in ("", NONE):
             raise InputError(f"no {role} image chosen")
         imp = _j("ij.WindowManager").getImage(str(title))
@@ -73,15 +88,19 @@ class Context:
         return imp
 
     def optional_image(self, title: str, role: str):
+        """Return the open image ``title``, or None when none (``none``) is chosen."""
         return None if title is None or str(title) in ("", NONE) else self.image(title, role)
 
     def log(self, message: str) -> None:
+        """Write ``message`` to ImageJ's Log."""
         publish.log(message)
 
     def status(self, message: str) -> None:
+        """Show ``message`` in ImageJ's status bar."""
         publish.status(message)
 
     def progress(self, done: int, total: int, what: str = "") -> None:
+        """Show the progress in ImageJ's progress bar and tell the progress hooks."""
         publish.progress(done, total)
         for hook in self.progress_hooks:
             hook(what or self.command, done, total)
@@ -95,8 +114,7 @@ _BUNDLES_LOCK = threading.Lock()
 
 
 def get_bundle(name: str):
-    from ..models import load_bundle, resolve_bundle
-
+    """Load a model bundle by name or path, once per process (again when its bundle.json or zip changed)."""
     path = resolve_bundle(str(name).strip() or None)
     stamp_file = path if path.is_file() else path / "bundle.json"
     try:
@@ -115,9 +133,12 @@ def get_bundle(name: str):
 
 
 def image_calibration(imp, command: str, strict: bool = False) -> Calibration:
-    """The calibration to measure ``imp`` in: ImageJ's, else the one in its file's microscope
-    metadata (set on the image), else pixels; said in the Log when it is not ImageJ's. With
-    ``strict`` unusable metadata is an error (the parameter ``strict``)."""
+    """Return the calibration to measure ``imp`` in.
+
+    ImageJ's, else the one in its file's microscope metadata (set on the image), else pixels;
+    said in the Log when it is not ImageJ's. With ``strict`` unusable metadata is an error (the
+    parameter ``strict``).
+    """
     cal, note = calibrate_from_file(imp, strict)
     if note:
         publish.log(f"{command.rstrip('.')}: {note}")
@@ -129,18 +150,21 @@ def _gray_2d(imp, role: str = "image") -> tuple[np.ndarray, Calibration]:
 
 
 def _labels_from_image(imp) -> tuple[np.ndarray, Calibration]:
-    """A label image from a mask (any two values: nonzero is particle, 4-connected components)
-    or a label image (integer values, 0 background)."""
-    from ..postprocess import label_mask
+    """Return a label image, from a mask or a label image.
 
+    A mask has any two values (nonzero is particle, labelled as 4-connected components); a label
+    image has integer values, 0 background.
+    """
     arr, cal = _gray_2d(imp)
     name = str(imp.getTitle())
     values = np.unique(arr)
     if len(values) <= 2 and (values.min() == 0 or len(values) == 1):
-        return label_mask(arr > 0), cal
+        return pp.label_mask(arr > 0), cal
     if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
-        raise InputError(f"{name}: is neither a mask nor a label image (non-integer values); "
-                         "give a binary mask or a label image (0 = background)")
+        raise InputError(
+            f"{name}: is neither a mask nor a label image (non-integer values); "
+            "give a binary mask or a label image (0 = background)"
+        )
     if arr.min() < 0:
         raise InputError(f"{name}: label image has negative values")
     return arr.astype(np.int32), cal
@@ -148,13 +172,17 @@ def _labels_from_image(imp) -> tuple[np.ndarray, Calibration]:
 
 def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
-        raise InputError(f"{name_b}: has shape {b.shape[::-1]} but {name_a} has {a.shape[::-1]} (width x height must match)")
+        raise InputError(
+            f"{name_b}: has shape {b.shape[::-1]} but {name_a} has {a.shape[::-1]} (width x height must match)"
+        )
 
 
 def _reject_summary(table: pd.DataFrame) -> str:
     if not len(table) or table["kept"].all():
         return ""
-    reasons = table.loc[~table["kept"], "reject_reason"].astype(str).str.replace(r"[<>].*", "", regex=True).value_counts()
+    reasons = (
+        table.loc[~table["kept"], "reject_reason"].astype(str).str.replace(r"[<>].*", "", regex=True).value_counts()
+    )
     return " (" + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ")"
 
 
@@ -170,8 +198,16 @@ def _reselect(imp) -> None:
         pass
 
 
-def _publish_particles(ctx: Context, v: dict, imp, labels: np.ndarray, table: pd.DataFrame,
-                       cal: Calibration, row_label: str, overlay_imp=None) -> dict:
+def _publish_particles(
+    ctx: Context,
+    v: dict,
+    imp,
+    labels: np.ndarray,
+    table: pd.DataFrame,
+    cal: Calibration,
+    row_label: str,
+    overlay_imp=None,
+) -> dict:
     """Results table, ROI Manager, overlay and histogram for a labelled, filtered particle set."""
     kept_ids = table.loc[table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
     rejected_ids = table.loc[~table["kept"], "label"].to_numpy(int) if len(table) else np.zeros(0, int)
@@ -183,8 +219,6 @@ def _publish_particles(ctx: Context, v: dict, imp, labels: np.ndarray, table: pd
     if v.get("overlay"):
         publish.set_overlay(overlay_imp or imp, labels, kept_ids.tolist(), rejected_ids.tolist())
     if v.get("histogram"):
-        from ..measure import PARAMETER_COLUMNS, column_units
-
         col = PARAMETER_COLUMNS.get(v.get("histogram_of", "feret_min"), v.get("histogram_of"))
         values = kept_table[col].to_numpy(float) if len(kept_table) else np.zeros(0)
         unit = column_units(cal.unit).get(col, "").replace("^2", "²")
@@ -192,11 +226,10 @@ def _publish_particles(ctx: Context, v: dict, imp, labels: np.ndarray, table: pd
     return out
 
 
-def _apply_filters(labels: np.ndarray, intensity: np.ndarray | None, cal: Calibration, v: dict, command: str) -> pd.DataFrame:
+def _apply_filters(
+    labels: np.ndarray, intensity: np.ndarray | None, cal: Calibration, v: dict, command: str
+) -> pd.DataFrame:
     """Measure, then reject by border contact, intensity and shape (the order of the pipeline)."""
-    from .. import postprocess as pp
-    from ..measure import measure_particles
-
     table = measure_particles(labels, intensity, cal)
     table["kept"] = True
     table["reject_reason"] = ""
@@ -232,8 +265,6 @@ def _apply_filters(labels: np.ndarray, intensity: np.ndarray | None, cal: Calibr
 
 
 def segment_particles(ctx: Context, v: dict) -> dict:
-    from ..pipeline import segment_image
-
     imp = ctx.require_image()
     title = str(imp.getTitle())
     image, cal = _gray_2d(imp)
@@ -249,9 +280,7 @@ def segment_particles(ctx: Context, v: dict) -> dict:
     if v.get("labels"):
         publish.show_array(kept, publish.image_title(stem, "labels"), cal, lut="labels")
     if v.get("mask"):
-        from ..postprocess import labels_to_mask
-
-        publish.show_array(labels_to_mask(kept).astype(np.uint8) * 255, publish.image_title(stem, "mask"), cal)
+        publish.show_array(pp.labels_to_mask(kept).astype(np.uint8) * 255, publish.image_title(stem, "mask"), cal)
     out = _publish_particles(ctx, v, imp, seg.labels, seg.table, cal, title)
     _reselect(imp)
     seconds = time.perf_counter() - t0
@@ -260,8 +289,10 @@ def segment_particles(ctx: Context, v: dict) -> dict:
         m = float(np.median(seg.table.loc[seg.table["kept"], "MinFeret"]))
         med = f", median min Feret {m:.4g} {cal.unit}"
     crop = f", {seg.crop_rows} data-bar rows ignored" if seg.crop_rows else ""
-    ctx.log(f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
-            f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]")
+    ctx.log(
+        f"Segment Particles: {title}: {_n(out['kept'], 'particle')} kept, {out['rejected']} rejected"
+        f"{_reject_summary(seg.table)}{med}{crop} [{bundle.name}, {seconds:.1f} s]"
+    )
     if seg.scale is not None:
         ctx.log(f"  {seg.scale.describe()}")
     ctx.status(f"Segment Particles: {_n(out['kept'], 'particle')}")
@@ -270,8 +301,6 @@ def segment_particles(ctx: Context, v: dict) -> dict:
 
 
 def split_touching_particles(ctx: Context, v: dict) -> dict:
-    from .. import postprocess as pp
-
     imp = ctx.require_image()
     title = str(imp.getTitle())
     arr, cal = _gray_2d(imp)
@@ -293,7 +322,9 @@ def split_touching_particles(ctx: Context, v: dict) -> dict:
     stem = publish.title_stem(title)
     publish.show_array(labels, publish.image_title(stem, "split"), cal, lut="labels")
     if v.get("mask"):
-        publish.show_array(pp.labels_to_mask(labels).astype(np.uint8) * 255, publish.image_title(stem, "split_mask"), cal)
+        publish.show_array(
+            pp.labels_to_mask(labels).astype(np.uint8) * 255, publish.image_title(stem, "split_mask"), cal
+        )
     n = int(labels.max())
     if v.get("add"):
         publish.fill_roi_manager(labels, None, clear=True)
@@ -303,8 +334,11 @@ def split_touching_particles(ctx: Context, v: dict) -> dict:
 
 
 def _labels_and_intensity(ctx: Context, v: dict):
-    """The current label image (with its title and calibration) and the optional intensity
-    image chosen in the dialog, as arrays of the same shape."""
+    """Return the current label image and the optional intensity image, as arrays of one shape.
+
+    The label image comes with its ImagePlus, title and calibration; the intensity image is the
+    one chosen in the dialog.
+    """
     imp = ctx.require_image()
     title = str(imp.getTitle())
     labels, cal = _labels_from_image(imp)
@@ -317,9 +351,6 @@ def _labels_and_intensity(ctx: Context, v: dict):
 
 
 def filter_particles(ctx: Context, v: dict) -> dict:
-    from .. import postprocess as pp
-    from ..pipeline import kept_first
-
     imp, title, labels, cal, iimp, intensity = _labels_and_intensity(ctx, v)
     if int(v.get("min_size", 0)) > 1:
         labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
@@ -337,8 +368,6 @@ def filter_particles(ctx: Context, v: dict) -> dict:
 
 
 def measure_particles_command(ctx: Context, v: dict) -> dict:
-    from ..measure import measure_particles
-
     imp, title, labels, cal, iimp, intensity = _labels_and_intensity(ctx, v)
     table = measure_particles(labels, intensity, cal)
     table["kept"] = True
@@ -349,10 +378,6 @@ def measure_particles_command(ctx: Context, v: dict) -> dict:
 
 
 def evaluate_segmentation(ctx: Context, v: dict) -> dict:
-    try:
-        from .. import metrics
-    except ImportError:
-        raise ParticlesegError("not available: this particleseg has no particleseg.metrics module") from None
     pimp = ctx.image(v.get("prediction"), "prediction")
     timp = ctx.image(v.get("ground_truth"), "ground truth")
     pred, _ = from_imageplus(pimp, allow_stack=True)
@@ -360,27 +385,41 @@ def evaluate_segmentation(ctx: Context, v: dict) -> dict:
     thresholds = parse_thresholds(v.get("thresholds", "0:1:0.1"))
     crop = int(v.get("crop_rows") or 0)
     ctx.status("Evaluate Segmentation...")
-    res = metrics.evaluate_pair(pred, truth, thresholds=thresholds, watershed=bool(v.get("watershed")),
-                                crop_rows=crop or None, exclude_border=bool(v.get("exclude_border", True)),
-                                name=str(pimp.getTitle()), truth_name=str(timp.getTitle()))
+    res = metrics.evaluate_pair(
+        pred,
+        truth,
+        thresholds=thresholds,
+        watershed=bool(v.get("watershed")),
+        crop_rows=crop or None,
+        exclude_border=bool(v.get("exclude_border", True)),
+        name=str(pimp.getTitle()),
+        truth_name=str(timp.getTitle()),
+    )
     row = {"prediction": str(pimp.getTitle()), "ground_truth": str(timp.getTitle())}
-    row.update({k: (float(x) if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) else x)
-                for k, x in res.items()})
+    row.update(
+        {
+            k: (float(x) if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) else x)
+            for k, x in res.items()
+        }
+    )
     publish.show_table("Evaluation", pd.DataFrame([row]))
     keys = [k for k in ("iou_image", "iou_instance", "f1_50", "ap", "rand_error", "warping_error") if k in res]
-    ctx.log("Evaluate Segmentation: " + f"{row['prediction']} vs {row['ground_truth']}: "
-            + ", ".join(f"{k} {res[k]:.4g}" for k in keys))
+    ctx.log(
+        "Evaluate Segmentation: "
+        + f"{row['prediction']} vs {row['ground_truth']}: "
+        + ", ".join(f"{k} {res[k]:.4g}" for k in keys)
+    )
     record(command=ctx.command, image=row["prediction"], kept=0, rejected=0, seconds=0.0)
     return res
 
 
 def batch_segment_folder(ctx: Context, v: dict) -> dict:
-    """Every image of a folder, through the same batch as ``particleseg segment``
-    (:func:`particleseg.pipeline.segment_files`): it resumes an interrupted run (images done
-    earlier with the same settings are not segmented again), checks the output folder before
-    any work, and Esc cancels between images."""
-    from ..pipeline import batch_report, segment_files
+    """Segment every image of a folder, through the same batch as ``particleseg segment``.
 
+    The batch (:func:`particleseg.pipeline.segment_files`) resumes an interrupted run (images done
+    earlier with the same settings are not segmented again), checks the output folder before
+    any work, and Esc cancels between images.
+    """
     src, dst = str(v.get("input") or "").strip(), str(v.get("output") or "").strip()
     if not src:
         raise InputError("no input folder given")
@@ -388,8 +427,6 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
         raise InputError("no output folder given")
     if not Path(src).is_dir():
         raise InputError(f"{src}: input folder not found")
-    from ..io import list_images
-
     files = list_images([src])
     if not files:
         raise InputError(f"{src}: no image files (TIFF, PNG, JPEG, DM3/DM4, EMD, MRC, OME-Zarr) in this folder")
@@ -410,33 +447,63 @@ def batch_segment_folder(ctx: Context, v: dict) -> dict:
             ctx.log(f"  {f.name}{earlier}: {row.get('count')} particles ({row.get('polarity', '?')} particles{size})")
 
     summary, failures = segment_files(
-        [src], dst, bundle, params, overwrite=bool(v.get("overwrite")), progress=False,
-        write_overview=bool(v.get("overview", True)), on_item=on_item, stop=lambda: bool(_j("ij.IJ").escapePressed()))
+        [src],
+        dst,
+        bundle,
+        params,
+        overwrite=bool(v.get("overwrite")),
+        progress=False,
+        write_overview=bool(v.get("overview", True)),
+        on_item=on_item,
+        stop=lambda: bool(_j("ij.IJ").escapePressed()),
+    )
     canceled = summary.attrs.get("stopped") == "canceled"
     if canceled:
         ctx.log(f"Batch Segment Folder: canceled, {summary.attrs['not_started']} of {len(files)} images not started")
     elif summary.attrs.get("stopped"):
-        ctx.log(f"Batch Segment Folder: stopped ({summary.attrs['stopped']}), "
-                f"{summary.attrs['not_started']} images not started")
+        ctx.log(
+            f"Batch Segment Folder: stopped ({summary.attrs['stopped']}), "
+            f"{summary.attrs['not_started']} images not started"
+        )
     ctx.progress(1, 1, "Batch Segment Folder")
-    shown = summary[[c for c in ("file", "status", "count", "MinFeret_median", "unit", "rejected", "seconds", "error") if c in summary]]
+    shown = summary[
+        [
+            c
+            for c in ("file", "status", "count", "MinFeret_median", "unit", "rejected", "seconds", "error")
+            if c in summary
+        ]
+    ]
     publish.show_table("Batch Summary", shown.astype(object).where(shown.notna(), None))
     ok = int((summary["status"] == "ok").sum()) if len(summary) else 0
     total = time.perf_counter() - t_start
-    ctx.log(f"Batch Segment Folder: {ok} of {len(files)} images segmented ({batch_report(summary)})"
-            f"{' (canceled)' if canceled else ''}, {total:.1f} s; outputs and summary.csv in {dst}")
+    ctx.log(
+        f"Batch Segment Folder: {ok} of {len(files)} images segmented ({batch_report(summary)})"
+        f"{' (canceled)' if canceled else ''}, {total:.1f} s; outputs and summary.csv in {dst}"
+    )
     ctx.status(f"Batch Segment Folder: {ok}/{len(files)} done")
-    record(command=ctx.command, image=src, kept=int(summary.get("count", pd.Series(dtype=float)).fillna(0).sum()) if len(summary) else 0,
-           rejected=0, seconds=total, failed=len(failures), images=ok)
+    record(
+        command=ctx.command,
+        image=src,
+        kept=int(summary.get("count", pd.Series(dtype=float)).fillna(0).sum()) if len(summary) else 0,
+        rejected=0,
+        seconds=total,
+        failed=len(failures),
+        images=ok,
+    )
     if failures and ok == 0:
         raise InputError(f"{src}: all {len(failures)} images failed; first: {failures[0][1]}")
-    return {"ok": ok, "failed": len(failures), "canceled": canceled, "done_earlier": summary.attrs.get("done_earlier", 0)}
+    return {
+        "ok": ok,
+        "failed": len(failures),
+        "canceled": canceled,
+        "done_earlier": summary.attrs.get("done_earlier", 0),
+    }
 
 
 def training_function():
     """``particleseg.train.train_segmentation``, or a clear error while it does not exist."""
     try:
-        from .. import train
+        from .. import train  # slow (scikit-image), needed by this command alone
     except ImportError:
         train = None
     fn = getattr(train, "train_segmentation", None) if train is not None else None
@@ -449,8 +516,11 @@ def training_function():
 
 
 def train_model(ctx: Context, v: dict) -> dict:
-    """Train Model...: :func:`particleseg.train.train_segmentation` on an images and a masks
-    folder, with progress in the status bar and the Log; the bundle is written to ``output``."""
+    """Train a network (Train Model...) with :func:`particleseg.train.train_segmentation`.
+
+    It trains on an images and a masks folder, with progress in the status bar and the Log; the
+    bundle is written to ``output``.
+    """
     train = training_function()
     for key, role in (("images", "images"), ("masks", "masks"), ("output", "output bundle")):
         if not str(v.get(key) or "").strip():
@@ -462,9 +532,12 @@ def train_model(ctx: Context, v: dict) -> dict:
     def report(done: int, total: int, logs: dict) -> None:
         loss = logs.get("loss")
         val, score = logs.get("val_loss"), logs.get("val_score")
-        text = f"Train Model: epoch {done}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + (
-            f", validation loss {val:.4f}" if val is not None else "") + (
-            f", validation instance score {score:.4f}" if score is not None else "")
+        text = (
+            f"Train Model: epoch {done}/{total}"
+            + (f", loss {loss:.4f}" if loss is not None else "")
+            + (f", validation loss {val:.4f}" if val is not None else "")
+            + (f", validation instance score {score:.4f}" if score is not None else "")
+        )
         ctx.status(text)
         ctx.log(text)
         ctx.progress(done, total, "Train Model")
@@ -475,32 +548,54 @@ def train_model(ctx: Context, v: dict) -> dict:
     what = f"new {v['architecture']} network" if new_network else f"fine-tuning {base}"
     ctx.log(f"Train Model: {v['images']} + {v['masks']} -> {v['output']} ({what}, {plan}, tile {v['tile']})")
     bundle = train(
-        v["images"], v["masks"], v["output"], epochs=epochs, minutes=minutes,
-        tile=int(v["tile"]), name=str(v.get("name") or "").strip() or None,
-        base_model=None if new_network else base, progress=report,
+        v["images"],
+        v["masks"],
+        v["output"],
+        epochs=epochs,
+        minutes=minutes,
+        tile=int(v["tile"]),
+        name=str(v.get("name") or "").strip() or None,
+        base_model=None if new_network else base,
+        progress=report,
         **({"arch": str(v["architecture"]).replace("_", "-")} if new_network else {}),
     )
     m = bundle.metadata["metrics"]["validation"]
     seconds = time.perf_counter() - t0
-    ctx.log(f"Train Model: wrote {bundle.path} in {seconds:.0f} s; validation foreground IoU {m['foreground_iou']:.4f}, "
-            f"instance IoU {m['instance_iou']:.4f}; use it with model=[{bundle.path}]")
+    ctx.log(
+        f"Train Model: wrote {bundle.path} in {seconds:.0f} s; validation foreground IoU {m['foreground_iou']:.4f}, "
+        f"instance IoU {m['instance_iou']:.4f}; use it with model=[{bundle.path}]"
+    )
     ctx.status(f"Train Model: done ({bundle.path.name})")
     ctx.progress(1, 1, "Train Model")
     return {"bundle": str(bundle.path), "metrics": m}
 
 
 def list_models(ctx: Context, v: dict) -> dict:
-    from ..models import list_bundles, load_bundle, model_search_path
-
     rows = []
     for name, path in list_bundles().items():
         try:
             b = load_bundle(path)
-            rows.append({"name": name, "architecture": b.network.architecture, "heads": "+".join(b.heads),
-                         "tile": b.tile, "description": str(b.metadata.get("description", ""))[:80], "path": str(path)})
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": b.network.architecture,
+                    "heads": "+".join(b.heads),
+                    "tile": b.tile,
+                    "description": str(b.metadata.get("description", ""))[:80],
+                    "path": str(path),
+                }
+            )
         except ParticlesegError as exc:
-            rows.append({"name": name, "architecture": "", "heads": "", "tile": float("nan"),
-                         "description": f"broken: {exc}", "path": str(path)})
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": "",
+                    "heads": "",
+                    "tile": float("nan"),
+                    "description": f"broken: {exc}",
+                    "path": str(path),
+                }
+            )
     table = pd.DataFrame(rows, columns=["name", "architecture", "heads", "tile", "description", "path"])
     publish.show_table("Models", table)
     where = ", ".join(str(p) for p in model_search_path())
@@ -524,10 +619,10 @@ IMPLEMENTATIONS: dict[str, Callable[[Context, dict], Any]] = {
 
 
 def validate(spec, values: dict) -> dict:
-    """Check every value before any work (numbers in range, ranges and crop rows parse, the
-    model exists), so a bad macro fails at once with one message."""
-    from .options import check_value
+    """Check every value before any work, so a bad macro fails at once with one message.
 
+    Numbers must be in range, ranges and crop rows must parse, and the model must exist.
+    """
     out = dict(values)
     for f in spec.fields:
         if f.kind == "message" or f.key not in out:

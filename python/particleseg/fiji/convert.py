@@ -14,18 +14,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..io import Calibration, canonical_unit
+from ..io import Calibration, canonical_unit, read_calibration
 
 
 def _j(name: str):
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     return scyjava.jimport(name)
 
 
 def to_processor(plane: np.ndarray):
-    """A 2D array as an ImageJ ``ImageProcessor`` (Byte-, Short- or FloatProcessor)."""
-    import jpype
+    """Convert a 2D array to an ImageJ ``ImageProcessor`` (Byte-, Short- or FloatProcessor)."""
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     a = np.asarray(plane)
     if a.ndim != 2:
@@ -54,8 +54,10 @@ def _ij_dtype(a: np.ndarray) -> np.ndarray:
     raise InputError(f"cannot show an array of type {a.dtype} in ImageJ")
 
 
-def to_imageplus(array: np.ndarray, calibration: Calibration | None = None, title: str = "image", z_spacing: float | None = None):
-    """A ``(Y, X)`` image or ``(Z, Y, X)`` stack as an ``ImagePlus`` with its calibration."""
+def to_imageplus(
+    array: np.ndarray, calibration: Calibration | None = None, title: str = "image", z_spacing: float | None = None
+):
+    """Convert a ``(Y, X)`` image or ``(Z, Y, X)`` stack to an ``ImagePlus`` with its calibration."""
     a = np.asarray(array)
     if a.ndim == 2:
         imp = _j("ij.ImagePlus")(title, to_processor(a))
@@ -73,6 +75,10 @@ def to_imageplus(array: np.ndarray, calibration: Calibration | None = None, titl
 
 
 def set_calibration(imp, calibration: Calibration, z_spacing: float | None = None) -> None:
+    """Set ``calibration`` as the ImagePlus' spatial calibration (pixels when uncalibrated).
+
+    ``z_spacing`` is the slice distance of a stack (default: the pixel size).
+    """
     cal = imp.getCalibration().copy()
     if calibration.calibrated:
         cal.pixelWidth = cal.pixelHeight = float(calibration.pixel_size)
@@ -95,8 +101,10 @@ def _no_scale(imp) -> bool:
 
 
 def has_scale(imp) -> bool:
-    """Whether the ImagePlus has a usable spatial calibration: a length unit we know (not
-    blank, pixels or inches)."""
+    """Return whether the ImagePlus has a usable spatial calibration.
+
+    That is a length unit we know (not blank, pixels or inches).
+    """
     if _no_scale(imp):
         return False
     try:
@@ -107,8 +115,9 @@ def has_scale(imp) -> bool:
 
 
 def calibrate_from_file(imp, strict: bool = False) -> tuple[Calibration, str]:
-    """The calibration to measure an ImagePlus in, and a line for the Log when it does not
-    come from ImageJ.
+    """Return the calibration to measure an ImagePlus in, and a line for the Log.
+
+    The line is empty when the calibration is ImageJ's.
 
     An image without a usable ImageJ calibration (:func:`has_scale`; a microscope's TIFF opened
     in ImageJ has a blank unit or inches) gets the one in its file's microscope metadata (Zeiss,
@@ -120,8 +129,6 @@ def calibrate_from_file(imp, strict: bool = False) -> tuple[Calibration, str]:
     With ``strict``, metadata that cannot be used (zero or infinite size, unknown unit) is an
     error too, as ``--strict`` makes it on the command line.
     """
-    from ..io import read_calibration
-
     if has_scale(imp):
         return get_calibration(imp), ""
     name = str(imp.getTitle())
@@ -137,25 +144,35 @@ def calibrate_from_file(imp, strict: bool = False) -> tuple[Calibration, str]:
             cal, source = read_calibration(path, strict=strict)
         except InputError as exc:
             if "pixels are not square" in str(exc):  # as on the command line: an error, never pixels
-                raise InputError(str(exc).split("; give --pixel-size")[0] + "; set a square scale in Image > "
-                                 "Properties or Analyze > Set Scale to measure it") from None
+                raise InputError(
+                    str(exc).split("; give --pixel-size")[0] + "; set a square scale in Image > "
+                    "Properties or Analyze > Set Scale to measure it"
+                ) from None
             if strict and "(--strict)" in str(exc):
-                raise InputError(str(exc).split(" (--strict)")[0] + " (strict); fix the metadata, set the scale in "
-                                 "Image > Properties or Analyze > Set Scale, or leave strict off") from None
+                raise InputError(
+                    str(exc).split(" (--strict)")[0] + " (strict); fix the metadata, set the scale in "
+                    "Image > Properties or Analyze > Set Scale, or leave strict off"
+                ) from None
             cal, source = Calibration(), ""
         if cal.calibrated:
             set_calibration(imp, cal)
-            return cal, (f"{name}: {what} in ImageJ; {cal.pixel_size:g} {cal.unit} per pixel from the file's "
-                         f"{source} metadata, set as the image's scale")
+            return cal, (
+                f"{name}: {what} in ImageJ; {cal.pixel_size:g} {cal.unit} per pixel from the file's "
+                f"{source} metadata, set as the image's scale"
+            )
     if not _no_scale(imp):
         get_calibration(imp, name)  # raises: a unit we cannot measure in, and nothing better
-    return Calibration(), (f"{name}: {what} in ImageJ and no scale in the file's metadata; measuring in pixels "
-                           "(set the scale with Analyze > Set Scale or Image > Properties)")
+    return Calibration(), (
+        f"{name}: {what} in ImageJ and no scale in the file's metadata; measuring in pixels "
+        "(set the scale with Analyze > Set Scale or Image > Properties)"
+    )
 
 
 def get_calibration(imp, name: str | None = None) -> Calibration:
-    """The ImagePlus' calibration as a :class:`Calibration` (square pixels required); pixels
-    when it has none usable (:func:`has_scale`)."""
+    """Return the ImagePlus' calibration as a :class:`Calibration` (square pixels required).
+
+    Pixels when it has none usable (:func:`has_scale`).
+    """
     cal = imp.getCalibration()
     name = name or str(imp.getTitle())
     unit = str(cal.getUnit())
@@ -163,12 +180,16 @@ def get_calibration(imp, name: str | None = None) -> Calibration:
         return Calibration()
     pw, ph = float(cal.pixelWidth), float(cal.pixelHeight)
     if abs(pw - ph) > 1e-6 * max(pw, ph):
-        raise InputError(f"{name}: pixels are not square ({pw:g} x {ph:g} {unit}); set equal sizes in Image > Properties")
+        raise InputError(
+            f"{name}: pixels are not square ({pw:g} x {ph:g} {unit}); set equal sizes in Image > Properties"
+        )
     try:
         return Calibration(pw, canonical_unit(unit))
     except ValueError:
-        raise InputError(f"{name}: unit {unit!r} is not a length ImageJ's scale can be measured in here; "
-                         "use nm, µm, mm or Å in Image > Properties") from None
+        raise InputError(
+            f"{name}: unit {unit!r} is not a length ImageJ's scale can be measured in here; "
+            "use nm, µm, mm or Å in Image > Properties"
+        ) from None
 
 
 _GRAY = {0: "8-bit", 1: "16-bit", 2: "32-bit"}
@@ -202,13 +223,19 @@ def from_imageplus(imp, allow_stack: bool = True, allow_rgb: bool = False) -> tu
     itype = int(imp.getType())
     if itype not in _GRAY and not (allow_rgb and itype == 4):
         kind = _OTHER.get(itype, f"type {itype}")
-        raise InputError(f"{name}: is an {kind} image; convert it to a gray image first (Image > Type > 8-bit or 32-bit)")
+        raise InputError(
+            f"{name}: is an {kind} image; convert it to a gray image first (Image > Type > 8-bit or 32-bit)"
+        )
     n = int(imp.getStackSize())
     if int(imp.getNChannels()) > 1:
-        raise InputError(f"{name}: has {imp.getNChannels()} channels; split them first (Image > Color > Split Channels)")
+        raise InputError(
+            f"{name}: has {imp.getNChannels()} channels; split them first (Image > Color > Split Channels)"
+        )
     if n > 1 and not allow_stack:
-        raise InputError(f"{name}: is a stack of {n} slices; this command works on one 2D image "
-                         "(Image > Duplicate... one slice, or use Batch Segment Folder...)")
+        raise InputError(
+            f"{name}: is a stack of {n} slices; this command works on one 2D image "
+            "(Image > Duplicate... one slice, or use Batch Segment Folder...)"
+        )
     cal = get_calibration(imp, name)
     if n == 1:
         return from_processor(imp.getProcessor()), cal

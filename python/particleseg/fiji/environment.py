@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from ..errors import ParticlesegError
@@ -53,7 +54,9 @@ def find_java(fiji_dir: str | os.PathLike | None = None) -> Path:
     if env:
         home = Path(env)
         if not (home / "bin" / "java").is_file():
-            raise FijiError(f"{home}: JAVA_HOME does not contain bin/java (point JAVA_HOME at a JDK or JRE, or unset it)")
+            raise FijiError(
+                f"{home}: JAVA_HOME does not contain bin/java (point JAVA_HOME at a JDK or JRE, or unset it)"
+            )
         return home
     if fiji_dir and Path(fiji_dir).is_dir():
         bundled = sorted(glob.glob(str(Path(fiji_dir) / "java" / "*" / "*" / "bin" / "java")))
@@ -84,7 +87,7 @@ def java_major_version(java_home: Path) -> int | None:
 
 def configure_java(fiji_dir=None, fetch: str = "never") -> Path:
     """Point scyjava at the system Java and forbid downloads. Returns JAVA_HOME."""
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     home = find_java(fiji_dir)
     os.environ["JAVA_HOME"] = str(home)
@@ -110,14 +113,19 @@ class VirtualDisplay:
         if not exe:
             raise FijiError(
                 "no display: DISPLAY is not set and Xvfb is not installed; ImageJ 1.x needs an X "
-                "display to build its menus (apt-get install xvfb, run under xvfb-run, or use Fiji headless with --fiji DIR)"
+                "display to build its menus (apt-get install xvfb, run under xvfb-run, or use Fiji headless "
+                "with --fiji DIR)"
             )
         read_fd, write_fd = os.pipe()
         try:
             self.process = subprocess.Popen(
                 [exe, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent, close_fds=True,
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                close_fds=True,
             )
         finally:
             os.close(write_fd)
@@ -144,6 +152,7 @@ class VirtualDisplay:
         self.display = f":{number.decode().strip()}"
 
     def stop(self) -> None:
+        """Stop the Xvfb server (terminate, then kill after 5 s)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -175,7 +184,7 @@ def ensure_display() -> str:
 
 
 def virtual_display() -> VirtualDisplay | None:
-    """The Xvfb started by :func:`ensure_display`, if any."""
+    """Return the Xvfb started by :func:`ensure_display`, if any."""
     return _display
 
 
@@ -184,7 +193,7 @@ def virtual_display() -> VirtualDisplay | None:
 
 
 def find_ij_jar(ij_jar: str | os.PathLike | None = None) -> Path:
-    """The ImageJ 1.x jar: the one given, ``$PARTICLESEG_IJ_JAR``, or Debian's."""
+    """Find the ImageJ 1.x jar: the one given, ``$PARTICLESEG_IJ_JAR``, or Debian's."""
     candidates = [ij_jar] if ij_jar else [os.environ.get("PARTICLESEG_IJ_JAR"), DEBIAN_IJ_JAR]
     for c in candidates:
         if c and Path(c).is_file():
@@ -198,8 +207,7 @@ def find_ij_jar(ij_jar: str | os.PathLike | None = None) -> Path:
 
 
 def check_ij_jar(path: Path) -> None:
-    import zipfile
-
+    """Raise :class:`FijiError` unless ``path`` is a jar holding ``ij/ImageJ.class``."""
     try:
         with zipfile.ZipFile(path) as zf:
             if "ij/ImageJ.class" not in zf.namelist():
@@ -209,7 +217,7 @@ def check_ij_jar(path: Path) -> None:
 
 
 def check_fiji_dir(path: str | os.PathLike) -> Path:
-    """A local Fiji (or ImageJ2) installation: a folder with ``jars/imagej-legacy-*.jar``."""
+    """Check a local Fiji (or ImageJ2) installation: a folder with ``jars/imagej-legacy-*.jar``."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FijiError(f"{p}: Fiji folder not found (give the Fiji.app folder, or an endpoint such as sc.fiji:fiji)")
@@ -231,8 +239,9 @@ def is_endpoint(fiji: str) -> bool:
 
 
 def jvm_started() -> bool:
+    """Return whether a Java virtual machine runs in this process (False without JPype)."""
     try:
-        import jpype
+        import jpype  # Java: imported on first use, never by importing particleseg.fiji
     except ImportError:
         return False
     return bool(jpype.isJVMStarted())
@@ -240,21 +249,25 @@ def jvm_started() -> bool:
 
 def _require_jpype() -> None:
     try:
-        import jpype  # noqa: F401
-        import scyjava  # noqa: F401
+        import jpype  # noqa: F401 - only whether it is installed (Java: never imported at module level)
+        import scyjava  # noqa: F401 - only whether it is installed (Java: never imported at module level)
     except ImportError as exc:
-        raise FijiError(f"the Fiji bridge needs JPype and scyjava ({exc.name} missing): pip install 'particleseg[fiji]'") from None
+        raise FijiError(
+            f"the Fiji bridge needs JPype and scyjava ({exc.name} missing): pip install 'particleseg[fiji]'"
+        ) from None
 
 
 def start_imagej1(ij_jar: str | os.PathLike | None = None, max_heap: str | None = None) -> Path:
     """Start a JVM with a plain ImageJ 1.x jar on the class path (under a display)."""
     _require_jpype()
-    import jpype
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     jar = find_ij_jar(ij_jar)
     check_ij_jar(jar)
     if jvm_started():
-        raise FijiError("Java is already running in this process (JPype cannot restart it); use the ImageJ session started first")
+        raise FijiError(
+            "Java is already running in this process (JPype cannot restart it); use the ImageJ session started first"
+        )
     home = configure_java()
     ensure_display()
     # JPype directly, not scyjava.start_jvm: that would also resolve the Maven endpoints and
@@ -264,7 +277,9 @@ def start_imagej1(ij_jar: str | os.PathLike | None = None, max_heap: str | None 
     try:
         jvm = jpype.getDefaultJVMPath()
     except Exception as exc:  # noqa: BLE001 - jpype.JVMNotFoundException
-        raise FijiError(f"{home}: no Java virtual machine library found in this JAVA_HOME ({_first_line(exc)})") from None
+        raise FijiError(
+            f"{home}: no Java virtual machine library found in this JAVA_HOME ({_first_line(exc)})"
+        ) from None
     try:
         jpype.startJVM(jvm, *options, classpath=[str(jar)], convertStrings=False)
     except Exception as exc:  # noqa: BLE001 - JVM start failures are environment problems
@@ -282,7 +297,7 @@ def start_imagej1(ij_jar: str | os.PathLike | None = None, max_heap: str | None 
 
 def _dispose_windows() -> None:
     try:
-        import jpype
+        import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
         if jpype.isJVMStarted():
             for w in jpype.JClass("java.awt.Window").getWindows():
@@ -306,7 +321,7 @@ def _stop_reference_queue() -> None:
     unreleased are freed with the process.
     """
     try:
-        import jpype
+        import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
         if jpype.isJVMStarted():
             jpype.JClass("org.jpype.ref.JPypeReferenceQueue").getInstance().stop()
@@ -316,12 +331,14 @@ def _stop_reference_queue() -> None:
 
 def check_display_from_java() -> None:
     """Ask AWT whether it can open the display: one clear error instead of AWT stack traces later."""
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     GraphicsEnvironment = scyjava.jimport("java.awt.GraphicsEnvironment")
     try:
         if GraphicsEnvironment.isHeadless():
-            raise FijiError("no display: Java runs headless (java.awt.headless=true); ImageJ 1.x needs a display to build its menus")
+            raise FijiError(
+                "no display: Java runs headless (java.awt.headless=true); ImageJ 1.x needs a display to build its menus"
+            )
         GraphicsEnvironment.getLocalGraphicsEnvironment().getScreenDevices()
     except FijiError:
         raise
@@ -343,7 +360,7 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
     if mode not in MODES:
         raise FijiError(f"unknown mode {mode!r} (use {', '.join(MODES)})")
     try:
-        import imagej
+        import imagej  # Java: imported on first use, never by importing particleseg.fiji
     except ImportError:
         raise FijiError("--fiji needs pyimagej: pip install 'particleseg[fiji]'") from None
 
@@ -372,12 +389,25 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
         where = "the SciJava Maven repository" if fiji_dir is None else str(fiji_dir)
         detail = _first_line(exc)
         hint = ""
-        if any(k in detail for k in ("NameResolution", "Max retries", "ConnectionError", "Connection refused", "timed out", "Could not resolve")):
-            hint = ("; pyimagej needed the network to resolve Maven artifacts"
-                    + (" (a Fiji folder with jars/imglib2-imglyb-*.jar avoids that)" if fiji_dir else ""))
+        if any(
+            k in detail
+            for k in (
+                "NameResolution",
+                "Max retries",
+                "ConnectionError",
+                "Connection refused",
+                "timed out",
+                "Could not resolve",
+            )
+        ):
+            hint = "; pyimagej needed the network to resolve Maven artifacts" + (
+                " (a Fiji folder with jars/imglib2-imglyb-*.jar avoids that)" if fiji_dir else ""
+            )
         raise FijiError(f"{fiji}: cannot start Fiji through pyimagej from {where} ({detail}){hint}") from None
     if not gateway or not hasattr(gateway, "legacy"):
-        raise FijiError(f"{fiji}: pyimagej started Java but found no ImageJ2 (net.imagej.ImageJ) in it; is this a complete Fiji?")
+        raise FijiError(
+            f"{fiji}: pyimagej started Java but found no ImageJ2 (net.imagej.ImageJ) in it; is this a complete Fiji?"
+        )
     try:
         if not gateway.legacy or not gateway.legacy.isActive():
             raise FijiError(f"{fiji}: Fiji started without its ImageJ 1.x layer (imagej-legacy); the commands need it")
@@ -389,12 +419,17 @@ def start_fiji(fiji: str | os.PathLike, mode: str = "headless", on_start=None):
 
 
 def _use_local_imglyb(fiji_dir: Path) -> None:
-    """pyimagej's imglyb asks scyjava to resolve ``net.imglib2:imglib2-imglyb`` from Maven
-    even for a local Fiji; when the Fiji has that jar, use it and need no network."""
-    import scyjava
+    """Use the Fiji's own imglyb jar, when it has one, so that no network is needed.
+
+    pyimagej's imglyb asks scyjava to resolve ``net.imglib2:imglib2-imglyb`` from Maven even for
+    a local Fiji.
+    """
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     if list((fiji_dir / "jars").glob("imglib2-imglyb*.jar")):
-        scyjava.config.endpoints[:] = [e for e in scyjava.config.endpoints if not str(e).startswith("net.imglib2:imglib2-imglyb")]
+        scyjava.config.endpoints[:] = [
+            e for e in scyjava.config.endpoints if not str(e).startswith("net.imglib2:imglib2-imglyb")
+        ]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,11 +17,12 @@ from ..io import write_atomic
 
 
 def source_root() -> Path:
-    """The particleseg source tree (where ``fiji-scripts/`` and ``environment.yml`` live)."""
+    """Return the particleseg source tree (where ``fiji-scripts/`` and ``environment.yml`` live)."""
     return Path(__file__).resolve().parents[3]
 
 
 def scripts_source() -> Path:
+    """Return the ``fiji-scripts/`` folder to install (``$PARTICLESEG_FIJI_SCRIPTS`` or the source tree's)."""
     src = Path(os.environ.get("PARTICLESEG_FIJI_SCRIPTS", source_root() / "fiji-scripts"))
     if not (src / "Plugins").is_dir():
         raise InputError(f"{src}: fiji-scripts not found (install particleseg from its source tree: pip install -e .)")
@@ -29,6 +30,7 @@ def scripts_source() -> Path:
 
 
 def check_fiji(fiji: str | os.PathLike) -> Path:
+    """Return the Fiji folder; :class:`InputError` unless it has a ``jars/`` or ``scripts/`` folder."""
     p = Path(fiji).expanduser()
     if not p.is_dir():
         raise InputError(f"{p}: Fiji folder not found")
@@ -50,8 +52,11 @@ def plan(fiji: str | os.PathLike, env: bool = False) -> list[tuple[bytes, Path]]
     """(content, target) of every file to install."""
     root = check_fiji(fiji)
     src = scripts_source()
-    pairs = [(f.read_bytes(), root / "scripts" / f.relative_to(src)) for f in sorted(src.rglob("*"))
-             if f.is_file() and "__pycache__" not in f.parts]
+    pairs = [
+        (f.read_bytes(), root / "scripts" / f.relative_to(src))
+        for f in sorted(src.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts
+    ]
     if env:
         pairs.append((environment_text().encode("utf-8"), root / "config" / "environment.yml"))
     return pairs

@@ -28,12 +28,14 @@ from typing import Any, Sequence
 
 from ..errors import InputError
 from ..params import (  # noqa: F401 - re-exported: one implementation of each
+    ALIASES,
     INTENSITY_METHODS,
     NONE,
     PARAMETERS,
     POLARITIES,
     SHAPE_NAMES,
     Parameter,
+    format_range,
     parse_crop_rows,
     parse_range,
     parse_thresholds,
@@ -81,11 +83,14 @@ class OptionField:
     dialog_only: bool = False
 
     def __post_init__(self):
+        """Check that ImageJ records the label as the key (``ValueError`` otherwise)."""
         if self.kind != "message" and self.label.split(" ")[0].lower() != self.key:
-            raise ValueError(f"label {self.label!r} would be recorded as {self.label.split(' ')[0].lower()!r}, not {self.key!r}")
+            raise ValueError(
+                f"label {self.label!r} would be recorded as {self.label.split(' ')[0].lower()!r}, not {self.key!r}"
+            )
 
     def label_for(self, unit: str | None) -> str:
-        """The label with the unit of the image (``Area (nm²)``); ``unit`` None: generic."""
+        """Return the label with the unit of the image (``Area (nm²)``); ``unit`` None: generic."""
         if self.unit in ("length", "area"):
             u = "calibrated unit" if unit is None else ("px" if unit in ("px", "pixel", "") else unit)
             return f"{self.label} ({u}{'²' if self.unit == 'area' else ''})"
@@ -96,6 +101,12 @@ class OptionField:
 
 @dataclass(frozen=True)
 class CommandSpec:
+    """One command: its menu label, its fields (the parameters, in dialog order) and its help.
+
+    ``needs_image``: works on the active image; ``long_running``: from the menu, runs on a worker
+    thread.
+    """
+
     name: str  # menu label, e.g. "Segment Particles..."
     fields: tuple[OptionField, ...]
     help: str
@@ -113,6 +124,7 @@ class CommandSpec:
         return tuple(f for f in self.fields if f.kind != "message" and not f.dialog_only)
 
     def field(self, key: str) -> OptionField:
+        """Return the field of macro key ``key`` (``KeyError`` when the command has none)."""
         for f in self.fields:
             if f.key == key:
                 return f
@@ -129,22 +141,36 @@ class CommandSpec:
 
 
 def _label(p: Parameter) -> str:
-    return {"ecd": "ECD", "split": "Split touching particles", "exclude_border": "Exclude_border particles",
-            "min_score": "Min_score (classifier)", "crop_rows": "Crop_rows (auto or N)",
-            "particle_size": "Particle_size"}.get(p.name, p.name[0].upper() + p.name[1:])
+    return {
+        "ecd": "ECD",
+        "split": "Split touching particles",
+        "exclude_border": "Exclude_border particles",
+        "min_score": "Min_score (classifier)",
+        "crop_rows": "Crop_rows (auto or N)",
+        "particle_size": "Particle_size",
+    }.get(p.name, p.name[0].upper() + p.name[1:])
 
 
 def parameter_field(name: str, default: Any = None, **changes) -> OptionField:
-    """The OptionField of a segmentation parameter (:data:`particleseg.params.PARAMETERS`)."""
+    """Return the OptionField of a segmentation parameter (:data:`particleseg.params.PARAMETERS`)."""
     p = next(q for q in PARAMETERS if q.name == name)
     value = p.default if default is None else default
     if p.kind == "range" and isinstance(value, tuple):
-        from ..params import format_range
-
         value = format_range(*value)
-    f = OptionField(p.name, _label(p), p.kind, value, p.choices, digits=2, minimum=p.minimum, maximum=p.maximum,
-              help=p.help, columns=10 if p.kind == "range" else (6 if p.kind == "string" else 0),
-              advanced=p.advanced, unit=p.unit)
+    f = OptionField(
+        p.name,
+        _label(p),
+        p.kind,
+        value,
+        p.choices,
+        digits=2,
+        minimum=p.minimum,
+        maximum=p.maximum,
+        help=p.help,
+        columns=10 if p.kind == "range" else (6 if p.kind == "string" else 0),
+        advanced=p.advanced,
+        unit=p.unit,
+    )
     return replace(f, **changes) if changes else f
 
 
@@ -164,28 +190,53 @@ def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[OptionField, 
 
 
 def _advanced_toggle() -> OptionField:
-    return OptionField(ADVANCED, "Advanced options (second dialog)", "bool", False, dialog_only=True,
-                 help="show the second dialog with the other parameters (watershed, confidence, classifier, "
-                      "filters, data bar, scale); in a macro they are read from the option string anyway")
+    return OptionField(
+        ADVANCED,
+        "Advanced options (second dialog)",
+        "bool",
+        False,
+        dialog_only=True,
+        help="show the second dialog with the other parameters (watershed, confidence, classifier, "
+        "filters, data bar, scale); in a macro they are read from the option string anyway",
+    )
 
 
 def _outputs(*names: str, on: bool = True) -> tuple[OptionField, ...]:
-    labels = {"probability": "Probability image", "labels": "Labels image", "mask": "Mask image",
-              "clear": "Clear results", "add": "Add to ROI Manager", "overlay": "Overlay on image",
-              "histogram": "Histogram plot"}
-    helps = {"clear": "reset the Results table (and ROI Manager) first", "overlay": "kept particles green, rejected red"}
+    labels = {
+        "probability": "Probability image",
+        "labels": "Labels image",
+        "mask": "Mask image",
+        "clear": "Clear results",
+        "add": "Add to ROI Manager",
+        "overlay": "Overlay on image",
+        "histogram": "Histogram plot",
+    }
+    helps = {
+        "clear": "reset the Results table (and ROI Manager) first",
+        "overlay": "kept particles green, rejected red",
+    }
     return tuple(OptionField(n, labels[n], "bool", on, help=helps.get(n, ""), group="outputs") for n in names)
 
 
 _HISTOGRAM_OF = OptionField("histogram_of", "Histogram_of", "choice", "feret_min", SIZE_COLUMNS)
 
 
-def segment_fields(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> tuple[OptionField, ...]:
-    """Parameters of Segment Particles... (and of the batch), with a bundle's defaults
-    (:func:`particleseg.params.bundle_defaults`)."""
+def segment_fields(
+    model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None
+) -> tuple[OptionField, ...]:
+    """Return the parameters of Segment Particles... (and of the batch), with a bundle's defaults.
+
+    The defaults are :func:`particleseg.params.bundle_defaults` of the bundle.
+    """
     return (
-        OptionField("model", "Model", "choice", model, tuple(models),
-              help="installed model bundle, or in a macro the path of a bundle folder or zip"),
+        OptionField(
+            "model",
+            "Model",
+            "choice",
+            model,
+            tuple(models),
+            help="installed model bundle, or in a macro the path of a bundle folder or zip",
+        ),
         *_segmentation_fields(defaults),
     )
 
@@ -200,21 +251,30 @@ def _filter_fields() -> tuple[OptionField, ...]:
     return tuple(fields)
 
 
-def build_specs(model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None) -> dict[str, CommandSpec]:
+def build_specs(
+    model: str = "default", models: Sequence[str] = ("default",), defaults: dict | None = None
+) -> dict[str, CommandSpec]:
     """All commands, with the model choice and segmentation defaults of the given bundle."""
     seg = segment_fields(model, models, defaults)
     specs = [
         CommandSpec(
-            "Segment Particles...", seg + SEGMENT_OUTPUTS + (_advanced_toggle(),),
+            "Segment Particles...",
+            seg + SEGMENT_OUTPUTS + (_advanced_toggle(),),
             "Segment the particles of the active 2D image with a model bundle, split, filter and "
             "measure them: Results table, ROI Manager, probability/labels/mask images, overlay and histogram.",
         ),
         CommandSpec(
             "Split Touching Particles...",
             (
-                OptionField("distance", "Distance map", "image", NONE, optional=True,
-                      help="a map that is high in particle centres (the probability or distance output); "
-                           "none: the Euclidean distance transform of the mask"),
+                OptionField(
+                    "distance",
+                    "Distance map",
+                    "image",
+                    NONE,
+                    optional=True,
+                    help="a map that is high in particle centres (the probability or distance output); "
+                    "none: the Euclidean distance transform of the mask",
+                ),
                 parameter_field("seed_level", 0.5, advanced=False),
                 parameter_field("split_level", 1.0, advanced=False, same_row=True),
                 parameter_field("min_size", 0, advanced=False),
@@ -226,8 +286,14 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
         CommandSpec(
             "Filter Particles...",
             (
-                OptionField("intensity", "Intensity image", "image", NONE, optional=True,
-                      help="gray image for the intensity filter and columns, and for the overlay"),
+                OptionField(
+                    "intensity",
+                    "Intensity image",
+                    "image",
+                    NONE,
+                    optional=True,
+                    help="gray image for the intensity filter and columns, and for the overlay",
+                ),
                 parameter_field("min_size", 0, advanced=False),
                 *_filter_fields(),
                 *_outputs("clear", "add", "overlay"),
@@ -253,8 +319,14 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
             (
                 OptionField("prediction", "Prediction (probability, mask or labels)", "image", None),
                 OptionField("ground_truth", "Ground_truth (mask or labels)", "image", None),
-                OptionField("thresholds", "Thresholds", "string", "0:1:0.1", columns=14,
-                      help="probability thresholds: a list 0.3,0.5 or START:STOP:STEP"),
+                OptionField(
+                    "thresholds",
+                    "Thresholds",
+                    "string",
+                    "0:1:0.1",
+                    columns=14,
+                    help="probability thresholds: a list 0.3,0.5 or START:STOP:STEP",
+                ),
                 OptionField("watershed", "Watershed split before scoring", "bool", False),
                 OptionField("crop_rows", "Crop_rows", "int", 0, minimum=0),
                 OptionField("exclude_border", "Exclude_border particles from size distributions", "bool", True),
@@ -275,7 +347,8 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
             ),
             "Segment every image of a folder and write the labels, mask, probability, ROI set, "
             "particle table and overview of each, and summary.csv (as `particleseg segment`).",
-            needs_image=False, long_running=True,
+            needs_image=False,
+            long_running=True,
         ),
         CommandSpec(
             "Train Model...",
@@ -284,21 +357,44 @@ def build_specs(model: str = "default", models: Sequence[str] = ("default",), de
                 OptionField("masks", "Masks folder", "dir", "", help="label or mask images with the images' names"),
                 OptionField("output", "Output bundle folder", "dir", ""),
                 OptionField("name", "Name of the model", "string", "my-model", columns=16),
-                OptionField("base_model", "Base_model (fine-tune; none: new network)", "string", "default", columns=16,
-                      help="the model to fine-tune: default (the shipped default model), a bundle folder or "
-                           "name, or none to train a new network"),
-                OptionField("minutes", "Minutes (time budget; 0: use epochs)", "int", 0, minimum=0,
-                      help="plan the epochs to finish in about this many minutes"),
+                OptionField(
+                    "base_model",
+                    "Base_model (fine-tune; none: new network)",
+                    "string",
+                    "default",
+                    columns=16,
+                    help="the model to fine-tune: default (the shipped default model), a bundle folder or "
+                    "name, or none to train a new network",
+                ),
+                OptionField(
+                    "minutes",
+                    "Minutes (time budget; 0: use epochs)",
+                    "int",
+                    0,
+                    minimum=0,
+                    help="plan the epochs to finish in about this many minutes",
+                ),
                 OptionField("epochs", "Epochs", "int", 20, minimum=1),
                 OptionField("tile", "Tile (px)", "int", 256, minimum=32),
-                OptionField("architecture", "Architecture (new network only)", "choice", "multires_unet",
-                      ("multires_unet", "unet", "fcn")),
-                OptionField("wait", "Wait until done (macros)", "bool", False,
-                      help="block until training ends; from the menu, training always runs in the background"),
+                OptionField(
+                    "architecture",
+                    "Architecture (new network only)",
+                    "choice",
+                    "multires_unet",
+                    ("multires_unet", "unet", "fcn"),
+                ),
+                OptionField(
+                    "wait",
+                    "Wait until done (macros)",
+                    "bool",
+                    False,
+                    help="block until training ends; from the menu, training always runs in the background",
+                ),
             ),
             "Train a segmentation network on image/mask pairs in the background, with progress "
             "in the status bar and the Log; the result is a model bundle.",
-            needs_image=False, long_running=True,
+            needs_image=False,
+            long_running=True,
         ),
         CommandSpec("Models...", (), "List the installed model bundles in the Models table.", needs_image=False),
     ]
@@ -342,8 +438,11 @@ def parse_macro_options(text: str | None) -> dict[str, str | bool]:
 
 
 def format_macro_options(values: dict[str, Any]) -> str:
-    """The inverse of :func:`parse_macro_options`: True -> bare key, False/None -> omitted,
-    values with spaces in brackets (as ImageJ's recorder writes them)."""
+    """Format ``{key: value}`` as a macro option string, the inverse of :func:`parse_macro_options`.
+
+    True gives a bare key, False/None leave the key out, values with spaces are put in brackets
+    (as ImageJ's recorder writes them).
+    """
     parts = []
     for key, value in values.items():
         if value is True:
@@ -383,16 +482,17 @@ def check_option_keys(spec: CommandSpec, options: dict[str, Any]) -> None:
     allowed = set(spec.keys) | set(IGNORED_KEYS)
     unknown = [k for k in options if k not in allowed and not k.startswith("&")]
     if unknown:
-        from ..params import ALIASES
-
         valid = ", ".join(k for k in spec.keys if k != ADVANCED) or "none"
         now = f'now "{ALIASES[unknown[0]]}"; ' if ALIASES.get(unknown[0]) in spec.keys else ""
         raise InputError(f'{spec.name}: unknown option "{unknown[0]}" ({now}valid options: {valid})')
 
 
 def normalize_options(spec: CommandSpec, text: str | None) -> str:
-    """Rewrite a macro option string so that ImageJ's GenericDialog reads it: booleans given as
-    ``key=true``/``key=false`` become a bare key or nothing; unknown keys raise InputError."""
+    """Rewrite a macro option string so that ImageJ's GenericDialog reads it.
+
+    Booleans given as ``key=true``/``key=false`` become a bare key or nothing; unknown keys raise
+    InputError.
+    """
     opts = parse_macro_options(text)
     check_option_keys(spec, opts)
     out = []
@@ -408,15 +508,19 @@ def normalize_options(spec: CommandSpec, text: str | None) -> str:
             elif str(v).lower() in ("false", "0", "no", "off"):
                 continue
             else:
-                raise InputError(f'{spec.name}: option "{key}" is a check box; give it as "{key}" or {key}=true/false, not {key}={v}')
+                raise InputError(
+                    f'{spec.name}: option "{key}" is a check box; give it as "{key}" or {key}=true/false, not {key}={v}'
+                )
         else:
             out.append(token)
     return " ".join(out) + " "
 
 
 def given_booleans(spec: CommandSpec, text: str | None) -> dict[str, bool]:
-    """The check boxes a macro option string sets (``key``, ``key=true``, ``key=false``); the
-    others take their defaults."""
+    """Return the check boxes a macro option string sets (``key``, ``key=true``, ``key=false``).
+
+    The others take their defaults.
+    """
     out = {}
     for key, v in parse_macro_options(text).items():
         if key in spec.keys and spec.field(key).kind == "bool":
@@ -462,16 +566,20 @@ def check_value(spec: CommandSpec, key: str, value):
 
 
 def segment_params(values: dict[str, Any], command: str = "Segment Particles..."):
-    """:class:`~particleseg.pipeline.SegmentParams` from the values of the segmentation fields
-    (:func:`particleseg.params.segment_params`, the command line's conversion too)."""
+    """Make :class:`~particleseg.pipeline.SegmentParams` from the values of the segmentation fields.
+
+    The conversion is :func:`particleseg.params.segment_params`, the command line's too.
+    """
     return _segment_params({k: v for k, v in values.items() if k != "model"}, command, progress=False)
 
 
 def recorded_options(spec: CommandSpec, values: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """What the recorder writes for a run with ``values``: ``(key, value)`` pairs, value None
-    for a checked box. Every parameter is written, so the line repeats the run even when
-    defaults change; an unchecked box whose default is on is written ``key=false`` (a key left
-    out takes its default)."""
+    """Return what the recorder writes for a run with ``values``.
+
+    ``(key, value)`` pairs, value None for a checked box. Every parameter is written, so the line
+    repeats the run even when defaults change; an unchecked box whose default is on is written
+    ``key=false`` (a key left out takes its default).
+    """
     out: list[tuple[str, str | None]] = []
     for f in spec.parameters:
         if f.key not in values:
@@ -492,6 +600,5 @@ def recorded_options(spec: CommandSpec, values: dict[str, Any]) -> list[tuple[st
 
 
 def defaults(spec: CommandSpec) -> dict[str, Any]:
-    """The default value of each parameter of a command."""
+    """Return the default value of each parameter of a command."""
     return {f.key: f.default for f in spec.fields if f.kind != "message"}
-

@@ -1,5 +1,6 @@
-"""Putting results where Fiji users look: image windows, the Results table, the ROI Manager,
-overlays, plots, the Log and the status bar (ImageJ 1.x API, through scyjava).
+"""Putting results where Fiji users look, through the ImageJ 1.x API (scyjava).
+
+Image windows, the Results table, the ROI Manager, overlays, plots, the Log and the status bar.
 
 These functions run inside a command, in the thread ImageJ called it from, so batch-mode macros
 get hidden images and their own ROI Manager exactly as with built-in commands.
@@ -20,25 +21,28 @@ REJECTED_RGB = (255, 40, 40)
 
 
 def _j(name: str):
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     return scyjava.jimport(name)
 
 
 def gui() -> bool:
-    """True when an ImageJ window exists (tables and plots are shown, not printed)."""
+    """Return whether an ImageJ window exists (tables and plots are shown, not printed)."""
     return _j("ij.IJ").getInstance() is not None
 
 
 def log(message: str) -> None:
+    """Write ``message`` to ImageJ's Log."""
     _j("ij.IJ").log(str(message))
 
 
 def status(message: str) -> None:
+    """Show ``message`` in ImageJ's status bar."""
     _j("ij.IJ").showStatus(str(message))
 
 
 def progress(done: int, total: int) -> None:
+    """Show ``done`` of ``total`` in ImageJ's progress bar."""
     _j("ij.IJ").showProgress(int(done), int(total))
 
 
@@ -57,8 +61,13 @@ def title_stem(title: str) -> str:
     return title
 
 
-def show_array(array: np.ndarray, title: str, calibration: Calibration, lut: str | None = None,
-               display_range: tuple[float, float] | None = None):
+def show_array(
+    array: np.ndarray,
+    title: str,
+    calibration: Calibration,
+    lut: str | None = None,
+    display_range: tuple[float, float] | None = None,
+):
     """Show an array as a new image (hidden in batch-mode macros) and return the ImagePlus."""
     imp = to_imageplus(array, calibration, title)
     if lut == "labels":
@@ -70,8 +79,8 @@ def show_array(array: np.ndarray, title: str, calibration: Calibration, lut: str
 
 
 def apply_label_lut(imp, max_label: int) -> None:
-    """A fixed random LUT with black background, so neighbouring particles differ in colour."""
-    import jpype
+    """Apply a fixed random LUT with black background, so neighbouring particles differ in colour."""
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     rng = np.random.default_rng(7)
     rgb = rng.integers(60, 256, size=(256, 3), dtype=np.int32)
@@ -88,7 +97,7 @@ def apply_label_lut(imp, max_label: int) -> None:
 
 
 def results_table():
-    """The system Results table (the one macros read with nResults and getResult)."""
+    """Return the system Results table (the one macros read with nResults and getResult)."""
     RT = _j("ij.measure.ResultsTable")
     rt = RT.getResultsTable()
     if rt is None:
@@ -159,7 +168,7 @@ def show_table(title: str, table: pd.DataFrame):
 
 def particle_rois(labels: np.ndarray, ids=None, color=None, fill=None, position: int = 0) -> list:
     """Traced polygon ROIs (pixel edges, as the wand traces) named ``particle-N``."""
-    import jpype
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     PolygonRoi = _j("ij.gui.PolygonRoi")
     Roi = _j("ij.gui.Roi")
@@ -181,8 +190,10 @@ def particle_rois(labels: np.ndarray, ids=None, color=None, fill=None, position:
 
 
 def roi_manager():
-    """The ROI Manager macros see: the batch-mode one inside batch-mode macros, else the
-    (created if needed) window."""
+    """Return the ROI Manager macros see.
+
+    The batch-mode one inside batch-mode macros, else the window (created if needed).
+    """
     RM = _j("ij.plugin.frame.RoiManager")
     rm = RM.getInstance()
     if rm is None:
@@ -191,6 +202,10 @@ def roi_manager():
 
 
 def fill_roi_manager(labels: np.ndarray, ids, clear: bool = True, imp=None) -> int:
+    """Add the particles ``ids`` of ``labels`` (all when None) to the ROI Manager; return its count.
+
+    ``clear`` resets the ROI Manager first; the ROIs are attached to ``imp`` when given.
+    """
     rm = roi_manager()
     if clear:
         rm.reset()
@@ -218,9 +233,11 @@ def set_overlay(imp, labels: np.ndarray, kept_ids, rejected_ids) -> int:
 
 
 def histogram_plot(values: np.ndarray, column: str, unit: str, title: str):
-    """A bar histogram of ``values`` with the median marked; shown as a plot window (an
-    image in batch mode). Returns the Plot."""
-    import jpype
+    """Show a bar histogram of ``values`` with the median marked, and return the Plot.
+
+    It is shown as a plot window (an image in batch mode).
+    """
+    import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
     Plot = _j("ij.gui.Plot")
     Color = _j("java.awt.Color")
@@ -250,6 +267,16 @@ def copy_calibration(imp_from, imp_to) -> None:
 
 
 __all__ = [
-    "log", "status", "progress", "show_array", "fill_results", "show_table", "particle_rois",
-    "roi_manager", "fill_roi_manager", "set_overlay", "histogram_plot", "set_calibration",
+    "log",
+    "status",
+    "progress",
+    "show_array",
+    "fill_results",
+    "show_table",
+    "particle_rois",
+    "roi_manager",
+    "fill_roi_manager",
+    "set_overlay",
+    "histogram_plot",
+    "set_calibration",
 ]

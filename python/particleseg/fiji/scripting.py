@@ -17,10 +17,14 @@ the committed ones are up to date.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..models import load_bundle
+from ..params import bundle_defaults
+from . import bridge
 from .options import IGNORED_KEYS, CommandSpec, OptionField, build_specs
 
 MENU_FOLDER = Path("Plugins") / "Particle Segmentation"
@@ -32,8 +36,6 @@ def run(command: str, **params) -> Any:
     Java values (``java.lang.String``, ``Boolean``, ``File``, ``ImagePlus``) are turned into
     Python ones (an image becomes its title, as in a macro option string).
     """
-    from . import bridge
-
     imp = params.get("imp")
     values = {k: _to_python(v) for k, v in params.items() if k not in IGNORED_KEYS}
     return bridge.run_command(command, values=values, imp=imp)
@@ -71,7 +73,7 @@ def _quote(text: str) -> str:
 
 
 def parameter_line(f: OptionField) -> str:
-    """The ``#@`` line of one field."""
+    """Return the ``#@`` line of one field."""
     label = f.label_for(None).replace("_", " ")
     attrs = [f"label={_quote(label)}"]
     if f.help:
@@ -110,15 +112,19 @@ def parameter_line(f: OptionField) -> str:
 
 
 def script_specs() -> dict[str, CommandSpec]:
-    """The commands with the shipped default bundle's defaults (the SciJava scripts' ``value=``;
-    a macro that leaves a parameter out gets these in Fiji's Python mode)."""
-    from ..models import load_bundle
-    from ..params import bundle_defaults
+    """Return the commands with the shipped default bundle's defaults.
 
+    These are the SciJava scripts' ``value=``: a macro that leaves a parameter out gets them in
+    Fiji's Python mode.
+    """
     return build_specs(defaults=bundle_defaults(load_bundle("default")))
 
 
 def script_text(spec: CommandSpec) -> str:
+    """Return the SciJava script of a command: its ``#@`` parameter lines and the call of :func:`run`.
+
+    Outside Fiji's Python mode (Jython, or no particleseg) the script shows an ImageJ error instead.
+    """
     fields = list(spec.parameters)
     lines = []
     if spec.needs_image:
@@ -158,8 +164,6 @@ def write_scripts(root: str | Path) -> list[Path]:
 
 def parse_parameters(text: str) -> list[tuple[str, str]]:
     """``(type, name)`` of the ``#@`` lines of a script (for tests and checks)."""
-    import re
-
     out = []
     for line in text.splitlines():
         m = re.match(r"#@\s*(\w+)\s*(?:\((.*)\))?\s*(\w+)\s*$", line.strip())

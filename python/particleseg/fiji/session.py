@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ParticlesegError
+from . import convert
 from . import environment as env
+
+# .bridge is imported inside the functions that use it: it imports the commands and with them the whole
+# pipeline (SciPy, scikit-image), and `import particleseg.fiji` (this module) stays light
 
 _session: "ImageJSession | None" = None
 _lock = threading.Lock()
@@ -59,7 +63,7 @@ class ImageJSession:
             When the macro stops with an error (the message ImageJ gives, e.g. a command's
             "Segment Particles...: sample.tif: is an RGB image ...").
         """
-        from .bridge import CLOSED_DIALOGS, macro_running
+        from .bridge import CLOSED_DIALOGS, macro_running  # heavy: see the module's imports
 
         Interpreter = _j("ij.macro.Interpreter")
         interp = Interpreter()
@@ -87,12 +91,15 @@ class ImageJSession:
                 title, text = closed[-1]
                 if title in ("Macro Error", "ImageJ", "Message") or not text:
                     raise MacroError(f"{name}: {text or title}")
-                raise MacroError(f"{name}: stopped at the dialog {title!r}, which needs a user and was closed "
-                                 f"(headless run; give the values in the macro instead): {text}")
+                raise MacroError(
+                    f"{name}: stopped at the dialog {title!r}, which needs a user and was closed "
+                    f"(headless run; give the values in the macro instead): {text}"
+                )
             # exit() without a message: not an error
         return "" if result is None else str(result)
 
     def run_macro_file(self, path: str | os.PathLike, argument: str = "") -> str:
+        """Run the macro in the file ``path`` (see :meth:`run_macro`); a file it cannot read is a MacroError."""
         p = Path(path)
         try:
             code = p.read_text(encoding="utf-8")
@@ -117,14 +124,12 @@ class ImageJSession:
     # -- images and tables ---------------------------------------------------------------
 
     def to_imageplus(self, array, calibration=None, title: str = "image"):
-        from .convert import to_imageplus
-
-        return to_imageplus(array, calibration, title)
+        """Convert an array to an ImagePlus (:func:`particleseg.fiji.convert.to_imageplus`), not shown."""
+        return convert.to_imageplus(array, calibration, title)
 
     def from_imageplus(self, imp, allow_stack: bool = True):
-        from .convert import from_imageplus
-
-        return from_imageplus(imp, allow_stack=allow_stack)
+        """Return the pixels and calibration of an ImagePlus (:func:`particleseg.fiji.convert.from_imageplus`)."""
+        return convert.from_imageplus(imp, allow_stack=allow_stack)
 
     def show(self, array, calibration=None, title: str = "image"):
         """Show an array as an image window (or a batch-mode image) and make it active."""
@@ -133,7 +138,7 @@ class ImageJSession:
         return imp
 
     def image(self, title: str | None = None):
-        """An open ImagePlus by title, or the active one."""
+        """Return an open ImagePlus by title, or the active one."""
         WM = _j("ij.WindowManager")
         if title is not None:
             return WM.getImage(str(title))
@@ -144,10 +149,11 @@ class ImageJSession:
         return imp
 
     def image_titles(self) -> list[str]:
+        """Return the titles of the open images."""
         return [str(t) for t in (_j("ij.WindowManager").getImageTitles() or [])]
 
     def results(self, title: str = "Results") -> pd.DataFrame:
-        """The Results table (or another ImageJ table by title) as a DataFrame."""
+        """Return the Results table (or another ImageJ table by title) as a DataFrame."""
         RT = _j("ij.measure.ResultsTable")
         rt = RT.getResultsTable() if title == "Results" else RT.getResultsTable(title)
         if rt is None:
@@ -155,13 +161,16 @@ class ImageJSession:
         return table_to_frame(rt)
 
     def roi_count(self) -> int:
+        """Return the number of ROIs in the ROI Manager (0 without one)."""
         RM = _j("ij.plugin.frame.RoiManager")
         rm = RM.getInstance()
         return 0 if rm is None else int(rm.getCount())
 
     def end_batch_mode(self) -> None:
-        """Discard the images of a finished batch-mode macro and leave batch mode (ImageJ
-        keeps it on after a macro called from Java)."""
+        """Discard the images of a finished batch-mode macro and leave batch mode.
+
+        ImageJ keeps batch mode on after a macro called from Java.
+        """
         Interpreter = _j("ij.macro.Interpreter")
         if not bool(Interpreter.batchMode):
             return
@@ -191,6 +200,10 @@ class ImageJSession:
 
 
 def table_to_frame(rt) -> pd.DataFrame:
+    """Convert an ImageJ ResultsTable to a DataFrame.
+
+    Numeric columns become floats and text columns strings; the row labels are a ``Label`` column.
+    """
     headings = [str(h) for h in rt.getHeadings()]
     data: dict[str, Any] = {}
     n = int(rt.size())
@@ -211,8 +224,11 @@ def table_to_frame(rt) -> pd.DataFrame:
 
 
 def _error_line(interp) -> int | None:
-    """The line ImageJ's "Macro Error" dialog names (the interpreter's ``lineNumber`` field,
-    set when the error happened; ``getLineNumber()`` has moved on by now)."""
+    """Return the line ImageJ's "Macro Error" dialog names.
+
+    That is the interpreter's ``lineNumber`` field, set when the error happened
+    (``getLineNumber()`` has moved on by now).
+    """
     try:
         f = interp.getClass().getDeclaredField("lineNumber")
         f.setAccessible(True)
@@ -237,13 +253,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _j(name: str):
-    import scyjava
+    import scyjava  # Java: imported on first use, never by importing particleseg.fiji
 
     return scyjava.jimport(name)
 
 
 def current() -> ImageJSession | None:
-    """The session started in this process, if any."""
+    """Return the session started in this process, if any."""
     return _session
 
 
@@ -253,8 +269,9 @@ def start(
     mode: str = "headless",
     max_heap: str | None = None,
 ) -> ImageJSession:
-    """Start ImageJ once in this process (later calls return the same session) and install
-    the Particle Segmentation commands.
+    """Start ImageJ once in this process and install the Particle Segmentation commands.
+
+    Later calls return the same session.
 
     Parameters
     ----------
@@ -290,7 +307,7 @@ def start(
 
 
 def _start_imagej1(ij_jar, mode: str, max_heap: str | None) -> ImageJSession:
-    from . import bridge
+    from . import bridge  # heavy: see the module's imports
 
     jar = env.start_imagej1(ij_jar, max_heap)
     ImageJ = _j("ij.ImageJ")
@@ -306,7 +323,7 @@ def _start_imagej1(ij_jar, mode: str, max_heap: str | None) -> ImageJSession:
 
 
 def _start_fiji(fiji: str, mode: str) -> ImageJSession:
-    from . import bridge
+    from . import bridge  # heavy: see the module's imports
 
     holder: dict[str, Any] = {}
 
@@ -317,5 +334,6 @@ def _start_fiji(fiji: str, mode: str) -> ImageJSession:
     gateway = env.start_fiji(fiji, mode, on_start=on_start)
     if not bridge.installed():
         on_start(gateway)
-    return ImageJSession("fiji", mode, str(fiji), gateway=gateway or holder.get("gateway"),
-                         display=os.environ.get("DISPLAY", ""))
+    return ImageJSession(
+        "fiji", mode, str(fiji), gateway=gateway or holder.get("gateway"), display=os.environ.get("DISPLAY", "")
+    )

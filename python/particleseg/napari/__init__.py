@@ -23,13 +23,22 @@ layer's attributes.
 from ._core import LayerResult, calibration_of, image_of, labels_layer_kwargs, layer_units, segment_layer
 from ._reader import layer_data, sample_sem
 
-__all__ = ["segment_layer", "LayerResult", "calibration_of", "image_of", "labels_layer_kwargs", "layer_units",
-           "layer_data", "sample_sem", "SegmentWidget"]
+__all__ = [
+    "segment_layer",
+    "LayerResult",
+    "calibration_of",
+    "image_of",
+    "labels_layer_kwargs",
+    "layer_units",
+    "layer_data",
+    "sample_sem",
+    "SegmentWidget",
+]
 
 
 def __getattr__(name):  # the widget imports Qt: only when asked for
     if name == "SegmentWidget":
-        from ._widget import SegmentWidget
+        from ._widget import SegmentWidget  # Qt and magicgui: loaded only for the widget
 
         return SegmentWidget
     raise AttributeError(name)

@@ -1,5 +1,7 @@
-"""The Qt-free part of the napari plugin: an Image layer in, particles and measurements out,
-through :func:`particleseg.pipeline.segment_image` (the pipeline every route uses)."""
+"""The Qt-free part of the napari plugin: an Image layer in, particles and measurements out.
+
+It goes through :func:`particleseg.pipeline.segment_image` (the pipeline every route uses).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import Calibration, canonical_unit
+from ..io.read import _to_gray
+from ..models import Bundle, load_bundle
+from ..pipeline import SegmentParams, merge_slices, segment_image
 
 #: particleseg's canonical units -> the names napari's (pint) layer units take
 PINT_UNITS = {"nm": "nanometer", "µm": "micrometer", "mm": "millimeter", "Å": "angstrom", "m": "meter"}
@@ -50,13 +55,16 @@ class LayerResult:
 
 
 def layer_units(calibration: Calibration, ndim: int = 2) -> tuple[str, ...]:
-    """The ``units`` of a napari layer in ``calibration``'s unit (``pixel`` when uncalibrated)."""
+    """Return the ``units`` of a napari layer in ``calibration``'s unit (``pixel`` when uncalibrated)."""
     return (PINT_UNITS.get(calibration.unit, "pixel"),) * ndim
 
 
 def calibration_of(layer) -> Calibration:
-    """The pixel size of a napari layer: its ``scale`` along x in its ``units`` (a length unit
-    particleseg knows), else uncalibrated."""
+    """Return the pixel size of a napari layer.
+
+    That is its ``scale`` along x in its ``units`` (a length unit particleseg knows), else
+    uncalibrated.
+    """
     scale = getattr(layer, "scale", None)
     units = getattr(layer, "units", None)
     if scale is None or units is None or len(units) == 0:
@@ -70,10 +78,10 @@ def calibration_of(layer) -> Calibration:
 
 
 def image_of(layer) -> np.ndarray:
-    """The gray values of an Image layer: ``(Y, X)`` or a stack ``(Z, Y, X)``; RGB(A) layers
-    become luminance (as :func:`particleseg.io.read_image` reads RGB files)."""
-    from ..io.read import _to_gray
+    """Return the gray values of an Image layer: ``(Y, X)`` or a stack ``(Z, Y, X)``.
 
+    RGB(A) layers become luminance (as :func:`particleseg.io.read_image` reads RGB files).
+    """
     data = getattr(layer, "data", layer)
     if getattr(layer, "multiscale", False):
         data = data[0]  # the full resolution
@@ -99,9 +107,6 @@ def segment_layer(layer, bundle=None, params=None, calibration: Calibration | No
     numbered on through the slices, the kept particles ``1..N`` first (as
     :func:`particleseg.pipeline.segment_file` does).
     """
-    from ..models import Bundle, load_bundle
-    from ..pipeline import SegmentParams, merge_slices, segment_image
-
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     params = params or SegmentParams(progress=False)
@@ -109,22 +114,32 @@ def segment_layer(layer, bundle=None, params=None, calibration: Calibration | No
     image = image_of(layer)
     name = str(getattr(layer, "name", "image"))
     stack = image if image.ndim == 3 else image[None]
-    results = [segment_image(plane, bundle, params, cal, name=name if image.ndim == 2 else f"{name} (slice {z + 1})")
-               for z, plane in enumerate(stack)]
+    results = [
+        segment_image(plane, bundle, params, cal, name=name if image.ndim == 2 else f"{name} (slice {z + 1})")
+        for z, plane in enumerate(stack)
+    ]
     _, table, kept = merge_slices(results, stacked=image.ndim == 3)
     return LayerResult(kept[0] if image.ndim == 2 else kept, table, cal, results)
 
 
 def labels_layer_kwargs(result: LayerResult, image_layer=None, name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of a napari Labels layer for ``result``: the kept particles' measurements
-    as ``features`` (``index`` is the label), the image layer's scale, translation and units."""
+    """Return the keyword arguments of a napari Labels layer for ``result``.
+
+    The kept particles' measurements as ``features`` (``index`` is the label), the image layer's
+    scale, translation and units.
+    """
     features = result.kept.copy()
     features.insert(0, "index", features["label"].astype(int) if len(features) else pd.Series(dtype=int))
     kw: dict[str, Any] = {
         "name": name or f"{getattr(image_layer, 'name', 'image')} particles",
         "features": features,
-        "metadata": {"particleseg": {"unit": result.calibration.unit, "pixel_size": result.calibration.pixel_size,
-                                     "summary": result.summary()}},
+        "metadata": {
+            "particleseg": {
+                "unit": result.calibration.unit,
+                "pixel_size": result.calibration.pixel_size,
+                "summary": result.summary(),
+            }
+        },
     }
     if image_layer is not None:
         nd = result.labels.ndim

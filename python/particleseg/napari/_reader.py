@@ -10,17 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import formats
+from ..io import read_image
 from ._core import layer_units
 
 
 def layer_data(path, name: str | None = None) -> list[tuple]:
-    """``[(data, kwargs, "image")]`` for an image file read by :func:`particleseg.io.read_image`."""
-    from ..io import read_image
-
+    """Return ``[(data, kwargs, "image")]`` for an image file read by :func:`particleseg.io.read_image`."""
     path = Path(path)
     data, cal = read_image(path)
-    kw = {"name": name or path.stem, "metadata": {"particleseg": {"path": str(path), "unit": cal.unit,
-                                                                   "pixel_size": cal.pixel_size}}}
+    kw = {
+        "name": name or path.stem,
+        "metadata": {"particleseg": {"path": str(path), "unit": cal.unit, "pixel_size": cal.pixel_size}},
+    }
     if cal.calibrated:
         kw["scale"] = (1.0,) * (data.ndim - 2) + (cal.pixel_size, cal.pixel_size)
         kw["units"] = ("pixel",) * (data.ndim - 2) + layer_units(cal)
@@ -28,7 +29,7 @@ def layer_data(path, name: str | None = None) -> list[tuple]:
 
 
 def get_reader(path):
-    """The npe2 reader: a function for one DM3/DM4, EMD, MRC file or OME-Zarr store, else None."""
+    """Return the npe2 reader: a function for one DM3/DM4, EMD, MRC file or OME-Zarr store, else None."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
@@ -44,5 +45,5 @@ def get_reader(path):
 
 
 def sample_sem() -> list[tuple]:
-    """The shipped sample SEM image (calibrated), as ``particleseg segment`` reads it."""
+    """Return the shipped sample SEM image (calibrated), as ``particleseg segment`` reads it."""
     return layer_data(Path(__file__).resolve().parents[1] / "data" / "sample_sem.tif", name="sample_sem")

@@ -11,15 +11,29 @@ command line's and the Fiji commands' conversion.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
-                              SpinBox, Table)
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Table,
+)
+from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from ..errors import ParticlesegError
-from ..params import PARAMETERS, bundle_defaults, segment_params
+from ..io import write_csv
+from ..measure import with_units
+from ..models import list_bundles, load_bundle
+from ..params import PARAMETERS, bundle_defaults, parameter, segment_params
 from ._core import LayerResult, calibration_of, labels_layer_kwargs, segment_layer
 
 #: what the model field offers besides the installed bundles: a folder or zip chosen with the file field
@@ -36,7 +50,7 @@ def _label(p, unit: str = "px") -> str:
 
 
 def _field(p):
-    """A magicgui widget for a parameter (its value is set from the bundle's defaults later)."""
+    """Make a magicgui widget for a parameter (its value is set from the bundle's defaults later)."""
     kw = dict(name=p.name, label=_label(p), tooltip=p.help)
     if p.kind == "bool":
         return CheckBox(**kw)
@@ -44,12 +58,11 @@ def _field(p):
         return ComboBox(choices=p.choices, **kw)
     if p.kind == "number":
         hi = p.maximum if p.maximum is not None else _BIG
-        w = FloatSpinBox(min=p.minimum if p.minimum is not None else -_BIG, max=hi,
-                         step=0.05 if hi <= 1 else 0.5, **kw)
+        w = FloatSpinBox(min=p.minimum if p.minimum is not None else -_BIG, max=hi, step=0.05 if hi <= 1 else 0.5, **kw)
         w.native.setDecimals(4)
         return w
     if p.kind == "int":
-        return SpinBox(min=int(p.minimum) if p.minimum is not None else -10**9, max=10**9, **kw)
+        return SpinBox(min=int(p.minimum) if p.minimum is not None else -(10**9), max=10**9, **kw)
     return LineEdit(**kw)  # range (MIN-MAX), string (crop_rows)
 
 
@@ -62,22 +75,26 @@ def _llvm_loaded() -> bool:
 
 
 def check_keras_safe(bundle, params) -> None:
-    """Refuse, in one line, a run that would load TensorFlow into a napari whose OpenGL (Mesa,
-    with its LLVM) is already loaded: TensorFlow's libraries then crash the process (napari and
-    the user's layers with it). Bundles with an ONNX export run with ONNX Runtime and never need it."""
-    import sys
+    """Refuse, in one line, a run that would load TensorFlow into a napari whose OpenGL is loaded.
 
+    With Mesa's OpenGL (and its LLVM) already loaded, TensorFlow's libraries then crash the process (napari and
+    the user's layers with it). Bundles with an ONNX export run with ONNX Runtime and never need it.
+    """
     if "tensorflow" in sys.modules or not _llvm_loaded():
         return
     keras_net = bundle.engine(params.engine) == "keras"
     entry = (bundle.metadata.get("exports") or {}).get("classifier_onnx") or {}
-    keras_classifier = (bundle.has_classifier and params.min_score is not None
-                        and (keras_net or not (entry.get("file") and (bundle.path / entry["file"]).is_file())))
+    keras_classifier = (
+        bundle.has_classifier
+        and params.min_score is not None
+        and (keras_net or not (entry.get("file") and (bundle.path / entry["file"]).is_file()))
+    )
     if keras_net or keras_classifier:
         raise ParticlesegError(
             f"{bundle.label}: would run with Keras/TensorFlow, which crashes napari when loaded after its Mesa "
             f"OpenGL; with an ONNX export (particleseg models export {bundle.label} --format onnx) and engine auto "
-            "or onnx it runs with ONNX Runtime")
+            "or onnx it runs with ONNX Runtime"
+        )
 
 
 class SegmentWidget(QWidget):
@@ -99,27 +116,41 @@ class SegmentWidget(QWidget):
         self.table: Table | None = None
         self._worker = None
 
-        from ..models import list_bundles
-
-        self.layer = ComboBox(name="image", label="Image", choices=self._image_layers,
-                              tooltip="the Image layer to segment")
-        self.model = ComboBox(name="model", label="Model", choices=[*list_bundles(), OTHER],
-                              value="default" if "default" in list_bundles() else None,
-                              tooltip="an installed model bundle (particleseg models list), or a bundle folder, "
-                                      "zip or bioimage.io package chosen below")
-        self.model_file = FileEdit(name="model_file", label="Bundle file", mode="r",
-                                   filter="*.zip", tooltip="a bundle zip or bioimage.io package (.zip)")
+        self.layer = ComboBox(
+            name="image", label="Image", choices=self._image_layers, tooltip="the Image layer to segment"
+        )
+        self.model = ComboBox(
+            name="model",
+            label="Model",
+            choices=[*list_bundles(), OTHER],
+            value="default" if "default" in list_bundles() else None,
+            tooltip="an installed model bundle (particleseg models list), or a bundle folder, "
+            "zip or bioimage.io package chosen below",
+        )
+        self.model_file = FileEdit(
+            name="model_file",
+            label="Bundle file",
+            mode="r",
+            filter="*.zip",
+            tooltip="a bundle zip or bioimage.io package (.zip)",
+        )
         self.parameters = [p for p in PARAMETERS if p.name not in FILE_ONLY]
         self.fields = {p.name: _field(p) for p in self.parameters}
-        self.main = Container(widgets=[self.layer, self.model, self.model_file,
-                                       *(self.fields[p.name] for p in self.parameters if not p.advanced)])
+        self.main = Container(
+            widgets=[
+                self.layer,
+                self.model,
+                self.model_file,
+                *(self.fields[p.name] for p in self.parameters if not p.advanced),
+            ]
+        )
         self.advanced = Container(widgets=[self.fields[p.name] for p in self.parameters if p.advanced])
         self.run_button = PushButton(text="Segment")
         self.status = Label(value="")
         layout = QVBoxLayout(self)
         layout.addWidget(self.main.native)
         try:
-            from superqt import QCollapsible
+            from superqt import QCollapsible  # optional: see the except clause
 
             box = QCollapsible("Advanced")
             box.addWidget(self.advanced.native)
@@ -144,7 +175,7 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ choices
     def _image_layers(self, _widget=None) -> list:
-        from napari.layers import Image
+        from napari.layers import Image  # napari: imported on use, so this module imports without it
 
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
@@ -152,7 +183,7 @@ class SegmentWidget(QWidget):
         self.layer.reset_choices()
 
     def _active_changed(self, event=None) -> None:
-        from napari.layers import Image
+        from napari.layers import Image  # napari: imported on use, so this module imports without it
 
         active = self.viewer.layers.selection.active
         if isinstance(active, Image) and active in self.layer.choices:
@@ -167,8 +198,6 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ model and defaults
     def set_model(self, model: str | Path | None) -> None:
         """Choose a bundle: an installed name, or a folder, zip or bioimage.io package."""
-        from ..models import list_bundles
-
         if model is None or str(model) in list_bundles():
             self.model.value = str(model or "default")
         else:
@@ -190,9 +219,7 @@ class SegmentWidget(QWidget):
         return self.model.value
 
     def bundle(self):
-        """The chosen bundle (loaded once per choice)."""
-        from ..models import load_bundle
-
+        """Return the chosen bundle (loaded once per choice)."""
         key = self._model_source()
         if key is None:
             raise ParticlesegError("choose a model: an installed bundle, or a bundle file")
@@ -233,8 +260,11 @@ class SegmentWidget(QWidget):
         self._update_unit_labels()
 
     def values(self) -> dict[str, Any]:
-        """The parameter values by name; a field at the bundle's default it shows gives None (the
-        bundle's default, unrounded), as an option left out of the command line."""
+        """Return the parameter values by name.
+
+        A field at the bundle's default it shows gives None (the bundle's default, unrounded), as an
+        option left out of the command line.
+        """
         out = {}
         for p in self.parameters:
             value = self.fields[p.name].value
@@ -248,8 +278,6 @@ class SegmentWidget(QWidget):
 
     def set_values(self, **values) -> None:
         """Set fields by parameter name (former names accepted), as a macro or a command line would."""
-        from ..params import parameter
-
         for name, value in values.items():
             p = parameter(name)
             self.fields[p.name].value = str(value) if p.kind in ("range", "string") else value
@@ -270,8 +298,8 @@ class SegmentWidget(QWidget):
         return self._show(layer, segment_layer(layer, bundle, params))
 
     def start(self, event=None) -> None:
-        """The Segment button: the same as :meth:`segment`, in a worker thread."""
-        from napari.qt.threading import create_worker
+        """Segment in a worker thread (the Segment button); otherwise as :meth:`segment`."""
+        from napari.qt.threading import create_worker  # napari: imported on use, as above
 
         try:
             layer, bundle, params = self._inputs()
@@ -308,8 +336,6 @@ class SegmentWidget(QWidget):
         return labels
 
     def _show_table(self, result: LayerResult, title: str) -> None:
-        from ..measure import with_units
-
         data = with_units(result.kept, result.calibration.unit)
         if self.table is None:
             self.table = Table(value=data.to_dict("list") if len(data) else {c: [] for c in data.columns})
@@ -326,18 +352,15 @@ class SegmentWidget(QWidget):
         self.table_widget.label = title
 
     def save_table(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write the measurements of every particle (kept and rejected), as ``particleseg
-        segment``'s ``_particles.csv`` (units in the header)."""
-        from ..io import write_csv
-        from ..measure import with_units
+        """Write the measurements of every particle (kept and rejected) to a CSV file.
 
+        As ``particleseg segment``'s ``_particles.csv`` (units in the header).
+        """
         if self.result is None:
             raise ParticlesegError("nothing segmented yet")
         return write_csv(path, with_units(self.result.table, self.result.calibration.unit), overwrite)
 
     def _save_dialog(self, event=None) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
         path, _ = QFileDialog.getSaveFileName(self, "Save measurements", "particles.csv", "CSV (*.csv)")
         if path:
             self.save_table(path)
