@@ -11,7 +11,7 @@ image starting with the fourth is a validation image (8 of 32), the rest are tra
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +97,8 @@ def evaluate_tio2(bundle=None, split: str = "all", params=None, root=None, progr
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    params = params or SegmentParams()
-    params.crop_rows = 0
-    params.progress = False
+    # the images are cropped already; the caller's params stay as they are
+    params = replace(params or SegmentParams(), crop_rows=0, progress=False)
     rows = []
     for item in tqdm(tio2_items(root, split), desc=f"TiO2 {split}", disable=not progress):
         image = read_array(item.image)[:TIO2_CROP_ROWS]

@@ -1,6 +1,6 @@
 """How a batch starts its worker processes.
 
-The workers of :class:`particleseg.pipeline.segment_files` with ``jobs`` > 1. A light module (no
+The workers of :func:`particleseg.pipeline.segment_files` with ``jobs`` > 1. A light module (no
 NumPy), so that the command line can start the process the workers come from while it imports
 the rest.
 
