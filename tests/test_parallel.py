@@ -1,8 +1,11 @@
-"""Issue 16 item 4: a batch on every core. With ``jobs`` > 1 worker processes prepare the images
-(network, particles, measurements, overview) while the batch writes the finished ones in order;
-the outputs are those of one image after another, file by file, and a bad file is still one line.
-(The resumable-batch semantics under workers: tests/test_resume.py, whose command-line batches
-use the command line's default, one worker per core.)"""
+"""Issue 16 item 4: a batch on every core.
+
+With ``jobs`` > 1 worker processes prepare the images (network, particles, measurements,
+overview) while the batch writes the finished ones in order; the outputs are those of one image
+after another, file by file, and a bad file is still one line. (The resumable-batch semantics
+under workers: tests/test_resume.py, whose command-line batches use the command line's default,
+one worker per core.)
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import disk_images as _images, draw_disks, output_files
+from conftest import disk_images as _images
+from conftest import draw_disks, output_files
 from particleseg.cli import main
 from particleseg.errors import InputError
 from particleseg.io import Calibration, write_tiff
 from particleseg.pipeline import RECORD_DIR, SegmentParams, batch_jobs, batch_report, segment_files, usable_cpus
+
 
 def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshold_bundle):
     src = tmp_path / "in"
@@ -39,15 +44,17 @@ def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshol
     assert {f"{RECORD_DIR}/img{i}.done.json" for i in range(4)} <= set(parallel)
 
 
-def test_the_command_line_batch_on_workers_shows_notes_and_errors_as_one_line_each(tmp_path, threshold_bundle,
-                                                                                  capsys):
-    """Notes (warnings) given in a worker are printed by the batch, with their image; an image
-    with outputs this run may not replace is one error line and the batch goes on; a rerun
-    finds everything done."""
+def test_the_command_line_batch_on_workers_shows_notes_and_errors_as_one_line_each(tmp_path, threshold_bundle, capsys):
+    """Notes (warnings) given in a worker are printed by the batch, with their image.
+
+    An image with outputs this run may not replace is one error line and the batch goes on; a
+    rerun finds everything done.
+    """
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 2)
-    write_tiff(src / "empty.tif", np.full((160, 160), 40, np.uint8) + np.eye(160, dtype=np.uint8),
-               Calibration(5.0, "nm"))
+    write_tiff(
+        src / "empty.tif", np.full((160, 160), 40, np.uint8) + np.eye(160, dtype=np.uint8), Calibration(5.0, "nm")
+    )
     out.mkdir()
     (out / "img1_mask.tif").write_bytes(b"someone else's")
     args = ["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet", "--jobs", "2"]
@@ -56,7 +63,8 @@ def test_the_command_line_batch_on_workers_shows_notes_and_errors_as_one_line_ea
     err = io.err.strip().splitlines()
     assert [line for line in err if line.startswith("particleseg: error:")] == [
         f"particleseg: error: {out / 'img1_mask.tif'}: output exists and particleseg has no record of making it; "
-        "use --overwrite to replace it"]
+        "use --overwrite to replace it"
+    ]
     assert any(line.startswith(f"particleseg: note: {src / 'empty.tif'}: no particles found") for line in err), err
     assert err[-1] == "particleseg: 1 of 3 image(s) failed (errors above)"
     assert "0 done earlier, 2 segmented, 1 failed" in io.out
@@ -77,10 +85,12 @@ def test_batch_jobs():
 
 @pytest.mark.parametrize("radius", [12, 45])
 def test_network_started_beside_the_size_estimate_gives_the_sequential_result(threshold_bundle, radius):
-    """segment_image starts the network on the image as it is while the particle size is being
-    estimated (ONNX Runtime); whether the estimate keeps it (small disks) or resamples the image
-    (large ones, when the bundle records its training sizes), scale and output are those of
-    choose_scale followed by the network."""
+    """segment_image starts the network on the image while the particle size is being estimated.
+
+    The network runs on the image as it is (ONNX Runtime); whether the estimate keeps it (small
+    disks) or resamples the image (large ones, when the bundle records its training sizes),
+    scale and output are those of choose_scale followed by the network.
+    """
     import copy
 
     from particleseg.models import Bundle
@@ -99,7 +109,8 @@ def test_network_started_beside_the_size_estimate_gives_the_sequential_result(th
 
 
 def _live_workers() -> list[int]:
-    """Processes forked by this process's forkserver (the batch workers) that are still alive."""
+    """List the processes forked by this process's forkserver (the batch workers) still alive."""
+
     def stat(pid):
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
@@ -125,8 +136,11 @@ def _live_workers() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_batch_stopped_early_ends_its_workers(tmp_path, threshold_bundle):
-    """Fiji's Esc (``stop``) after the first image: the images prepared ahead are dropped, the
-    workers computing them are ended, and the batch reports them as not started."""
+    """Fiji's Esc (``stop``) after the first image.
+
+    The images prepared ahead are dropped, the workers computing them are ended, and the batch
+    reports them as not started.
+    """
     src = tmp_path / "in"
     _images(src, 4)
     asked = []
@@ -135,9 +149,11 @@ def test_a_batch_stopped_early_ends_its_workers(tmp_path, threshold_bundle):
         asked.append(1)
         return len(asked) > 1
 
-    summary, failures = segment_files([src], tmp_path / "out", threshold_bundle, SegmentParams(jobs=2),
-                                      progress=False, stop=stop)
+    summary, failures = segment_files(
+        [src], tmp_path / "out", threshold_bundle, SegmentParams(jobs=2), progress=False, stop=stop
+    )
     assert batch_report(summary) == "0 done earlier, 1 segmented, 0 failed, 3 not started" and failures == []
     assert sorted(p.name for p in (tmp_path / "out").glob("img*")) == sorted(
-        f"img0{s}" for s in ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png"))
+        f"img0{s}" for s in ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png")
+    )
     assert _live_workers() == []

@@ -151,7 +151,9 @@ def test_segment_file_writes_every_output_with_calibration(tmp_path, threshold_b
     assert ndi.label(mask > 0, np.ones((3, 3)))[1] == 3 and ndi.label(labels > 0, np.ones((3, 3)))[1] == 2
     assert [r.name for r in roifile.roiread(paths["rois"])] == ["particle-1", "particle-2", "particle-3"]
     table = pd.read_csv(paths["particles"])
-    assert {"Area [nm^2]", "MinFeret [nm]", "Perim. [nm]", "Circ.", "FeretAngle [deg]", "ECD [nm]"} <= set(table.columns)
+    assert {"Area [nm^2]", "MinFeret [nm]", "Perim. [nm]", "Circ.", "FeretAngle [deg]", "ECD [nm]"} <= set(
+        table.columns
+    )
     assert "unit" not in table.columns
     assert len(table) == 4 and table.kept.sum() == 3 and table.label.tolist() == [1, 2, 3, 4]
     assert row["unit"] == "nm" and row["area_unit"] == "nm^2"
@@ -186,8 +188,21 @@ def test_cli_segment_with_options(tmp_path, threshold_bundle, capsys):
     img, _ = draw_disks((200, 200), DISKS)
     write_tiff(tmp_path / "a.tif", img)
     out = tmp_path / "out"
-    rc = main(["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--out", str(out),
-               "--image-width", "1000", "--quiet", "--ecd", "0:1000"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "a.tif"),
+            "--model",
+            str(threshold_bundle.path),
+            "--out",
+            str(out),
+            "--image-width",
+            "1000",
+            "--quiet",
+            "--ecd",
+            "0:1000",
+        ]
+    )
     assert rc == 0
     t = pd.read_csv(out / "a_particles.csv")
     assert t["Width [nm]"].min() % 5 == 0  # 5 nm per pixel
@@ -196,8 +211,25 @@ def test_cli_segment_with_options(tmp_path, threshold_bundle, capsys):
     rc = main(["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert main(["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--out", str(out),
-                 "--quiet", "--overwrite", "--pixel-size", "0.01", "--unit", "um"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.tif"),
+                "--model",
+                str(threshold_bundle.path),
+                "--out",
+                str(out),
+                "--quiet",
+                "--overwrite",
+                "--pixel-size",
+                "0.01",
+                "--unit",
+                "um",
+            ]
+        )
+        == 0
+    )
     assert "Area [µm^2]" in pd.read_csv(out / "a_particles.csv").columns
 
 

@@ -9,6 +9,7 @@ before any computing; OS errors while writing are one line naming the folder and
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
@@ -21,11 +22,22 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import DISKS, dead_pid as _dead_pid, disk_images as _images, draw_disks, zip_members as _zip_members
+from conftest import DISKS, draw_disks
+from conftest import dead_pid as _dead_pid
+from conftest import disk_images as _images
+from conftest import zip_members as _zip_members
 from particleseg.cli import main
 from particleseg.errors import InputError
-from particleseg.io import OutputError, Calibration, stale_temporaries, write_tiff
-from particleseg.pipeline import OUTPUT_SUFFIXES, RECORD_DIR, batch_report, record_paths, segment_files
+from particleseg.io import Calibration, stale_temporaries, write_tiff
+from particleseg.pipeline import (
+    OUTPUT_SUFFIXES,
+    RECORD_DIR,
+    batch_report,
+    input_fingerprint,
+    record_paths,
+    segment_files,
+)
+
 
 def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in list(folder.glob(".*")) + list(folder.glob(f"{RECORD_DIR}/.*")) if p.is_file())
@@ -34,16 +46,20 @@ def _temporaries(folder: Path) -> list[str]:
 def _same_outputs(a: Path, b: Path, stems) -> None:
     for stem in stems:
         for suffix in ("_labels.tif", "_mask.tif", "_prob.tif"):
-            np.testing.assert_array_equal(tifffile.imread(a / f"{stem}{suffix}"), tifffile.imread(b / f"{stem}{suffix}"),
-                                          err_msg=f"{stem}{suffix}")
+            np.testing.assert_array_equal(
+                tifffile.imread(a / f"{stem}{suffix}"),
+                tifffile.imread(b / f"{stem}{suffix}"),
+                err_msg=f"{stem}{suffix}",
+            )
         assert (a / f"{stem}_particles.csv").read_bytes() == (b / f"{stem}_particles.csv").read_bytes(), stem
         assert _zip_members(a / f"{stem}_rois.zip") == _zip_members(b / f"{stem}_rois.zip"), stem
 
 
 def _cli(args, cwd=None, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    return subprocess.run([sys.executable, "-m", "particleseg", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "particleseg", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -51,16 +67,34 @@ def _cli(args, cwd=None, timeout=600):
 
 
 def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, threshold_bundle):
-    """``kill`` (SIGTERM) is Ctrl-C: the image being written is removed, summary.csv lists the
-    finished ones, exit status 130 with one line; every image is then complete or absent."""
+    """``kill`` (SIGTERM) is Ctrl-C.
+
+    The image being written is removed, summary.csv lists the finished ones, exit status 130
+    with one line; every image is then complete or absent.
+    """
     import signal
 
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 3)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.Popen([sys.executable, "-m", "particleseg", "segment", str(src), "--out", str(out), "--model",
-                             str(threshold_bundle.path), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "particleseg",
+            "segment",
+            str(src),
+            "--out",
+            str(out),
+            "--model",
+            str(threshold_bundle.path),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     writing = record_paths("img1.tif", out)[1]
     deadline = time.monotonic() + 300
     while not writing.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -68,8 +102,10 @@ def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, t
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert stderr.strip() == (f"particleseg: interrupted; the images finished so far are in {out} with its "
-                              "summary.csv; run the same command again to go on")
+    assert stderr.strip() == (
+        f"particleseg: interrupted; the images finished so far are in {out} with its "
+        "summary.csv; run the same command again to go on"
+    )
     done = _complete_or_absent(out, 3)
     assert "img0" in done
     summary, _ = segment_files([src], out, threshold_bundle, progress=False)
@@ -77,8 +113,11 @@ def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, t
 
 
 def test_rerun_redoes_an_interrupted_image_and_removes_stale_temporaries(tmp_path, threshold_bundle):
-    """The state kill -9 leaves, made by hand: image 1 has its ``writing`` marker and part of its
-    outputs, and temporary files of the dead process lie next to them."""
+    """The state kill -9 leaves, made by hand.
+
+    Image 1 has its ``writing`` marker and part of its outputs, and temporary files of the dead
+    process lie next to them.
+    """
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 2)
     segment_files([src], out, threshold_bundle, progress=False)
@@ -98,8 +137,9 @@ def test_rerun_redoes_an_interrupted_image_and_removes_stale_temporaries(tmp_pat
     assert failures == [] and batch_report(summary) == "1 done earlier, 1 segmented, 0 failed"
     assert summary.attrs["done_files"] == ["img0.tif"]
     assert _temporaries(out) == [] and not writing.exists() and done.exists()
-    assert {p.name: p.read_bytes() for p in out.glob("img1_*") if p.suffix in (".tif", ".csv")} == \
-        {k: v for k, v in first.items() if Path(k).suffix in (".tif", ".csv")}
+    assert {p.name: p.read_bytes() for p in out.glob("img1_*") if p.suffix in (".tif", ".csv")} == {
+        k: v for k, v in first.items() if Path(k).suffix in (".tif", ".csv")
+    }
     assert (out / "img1_overview.png").is_file()
 
 
@@ -115,8 +155,10 @@ def test_other_settings_or_a_changed_input_need_overwrite(tmp_path, threshold_bu
 
     assert main(base + ["--threshold", "0.6"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == (f"particleseg: error: {src / 'img0.tif'}: its outputs in {out} were made with other settings "
-                      "(threshold 0.5 -> 0.6); use --overwrite to replace them")
+    assert err[0] == (
+        f"particleseg: error: {src / 'img0.tif'}: its outputs in {out} were made with other settings "
+        "(threshold 0.5 -> 0.6); use --overwrite to replace them"
+    )
     assert len(err) == 3 and err[-1] == "particleseg: 2 of 2 image(s) failed (errors above)"
 
     # a touched file with the same content is the same input; new content is not
@@ -127,7 +169,9 @@ def test_other_settings_or_a_changed_input_need_overwrite(tmp_path, threshold_bu
     io = capsys.readouterr()
     assert io.err.strip().splitlines() == [
         f"particleseg: error: {src / 'img1.tif'}: changed since its outputs in {out} were made; use --overwrite to "
-        "replace them", "particleseg: 1 of 2 image(s) failed (errors above)"]
+        "replace them",
+        "particleseg: 1 of 2 image(s) failed (errors above)",
+    ]
     assert "1 done earlier, 0 segmented, 1 failed" in io.out
     summary = pd.read_csv(out / "summary.csv")
     assert (summary["status"] == "ok").all() and len(summary) == 2  # the refused image keeps its row
@@ -145,7 +189,8 @@ def test_outputs_particleseg_did_not_make_are_never_replaced(tmp_path, threshold
     assert main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"particleseg: error: {out / 'img0_particles.csv'}: output exists and particleseg has no record of making it; "
-        "use --overwrite to replace it")
+        "use --overwrite to replace it"
+    )
     assert (out / "img0_particles.csv").read_text() == "mine\n" and not (out / "img0_labels.tif").exists()
 
 
@@ -174,8 +219,10 @@ def test_ctrl_c_rolls_back_the_image_being_written_and_writes_the_summary(tmp_pa
 
 
 def _complete_or_absent(out: Path, n: int) -> list[str]:
-    """Every image's outputs are complete with their record, or absent; no marker is left;
-    summary.csv lists exactly the complete ones. Returns their stems."""
+    """Check that every image's outputs are complete with their record, or absent.
+
+    No marker is left; summary.csv lists exactly the complete ones. Returns their stems.
+    """
     done = sorted(p.name.split(".")[0] for p in (out / RECORD_DIR).glob("*.done.json"))
     assert not list((out / RECORD_DIR).glob("*.writing.json")) and _temporaries(out) == []
     for i in range(n):
@@ -186,8 +233,9 @@ def _complete_or_absent(out: Path, n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("moment", ["marker written", "labels written", "record written"])
-def test_ctrl_c_at_each_moment_of_writing_an_image_leaves_it_complete_or_absent(tmp_path, threshold_bundle,
-                                                                                monkeypatch, moment):
+def test_ctrl_c_at_each_moment_of_writing_an_image_leaves_it_complete_or_absent(
+    tmp_path, threshold_bundle, monkeypatch, moment
+):
     import pathlib
 
     import particleseg.pipeline as pipeline
@@ -207,7 +255,11 @@ def test_ctrl_c_at_each_moment_of_writing_an_image_leaves_it_complete_or_absent(
             raise KeyboardInterrupt
 
     def unlink(self, *a, **k):  # the marker's removal, the last step after the record
-        if self.name == "img1.writing.json" and moment == "record written" and (out / RECORD_DIR / "img1.done.json").exists():
+        if (
+            self.name == "img1.writing.json"
+            and moment == "record written"
+            and (out / RECORD_DIR / "img1.done.json").exists()
+        ):
             monkeypatch.setattr(pathlib.Path, "unlink", real_unlink)
             raise KeyboardInterrupt
         return real_unlink(self, *a, **k)
@@ -235,6 +287,9 @@ def test_a_folder_store_input_resumes_too(tmp_path, threshold_bundle):
     summary, failures = segment_files([tmp_path / "in"], out, threshold_bundle, progress=False)
     assert failures == [] and batch_report(summary) == "0 done earlier, 1 segmented, 0 failed"
     assert (out / "z.ome_labels.tif").is_file()
+    record = json.loads(record_paths(store, out)[0].read_text())
+    assert record["input"] == {"name": "z.ome.zarr", **input_fingerprint(store)}
+    assert record["input"]["size"] == sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) > 0
     summary, _ = segment_files([tmp_path / "in"], out, threshold_bundle, progress=False)
     assert batch_report(summary) == "1 done earlier, 0 segmented, 0 failed"
 
@@ -249,27 +304,66 @@ def test_inputs_with_the_same_stem_are_refused_before_any_work(tmp_path, thresho
     tifffile.imwrite(tmp_path / "x.tif", img)
     (tmp_path / "a.png").write_bytes(b"not even read")
     out = tmp_path / "out"
-    rc = main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a.png"), "--out", str(out),
-               "--model", str(threshold_bundle.path), "--quiet", "--overwrite"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "a.tif"),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(out),
+            "--model",
+            str(threshold_bundle.path),
+            "--quiet",
+            "--overwrite",
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err == (f"particleseg: error: {tmp_path / 'a.tif'} and {tmp_path / 'a.png'}: the same name stem "
-                               "'a', so their outputs would have the same names (a_labels.tif, ...); rename one, or "
-                               "segment them into different --out folders")
+    assert rc == 1 and err == (
+        f"particleseg: error: {tmp_path / 'a.tif'} and {tmp_path / 'a.png'}: the same name stem "
+        "'a', so their outputs would have the same names (a_labels.tif, ...); rename one, or "
+        "segment them into different --out folders"
+    )
     assert not out.exists()
     # the same file named twice is one input
-    assert main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"), "--out", str(out),
-                 "--model", str(threshold_bundle.path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.tif"),
+                str(tmp_path / "a.tif"),
+                "--out",
+                str(out),
+                "--model",
+                str(threshold_bundle.path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "0 done earlier, 1 segmented, 0 failed" in capsys.readouterr().out
     # a later batch into the same folder: a.png may not take a.tif's outputs
     write_tiff(tmp_path / "b" / "a.tif", img)
     import imageio.v3 as iio
 
     iio.imwrite(tmp_path / "b" / "a.png", img)
-    assert main(["segment", str(tmp_path / "b" / "a.png"), "--out", str(out), "--model", str(threshold_bundle.path),
-                 "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "b" / "a.png"),
+                "--out",
+                str(out),
+                "--model",
+                str(threshold_bundle.path),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().err.strip() == (
         f"particleseg: error: {tmp_path / 'b' / 'a.png'}: {out} holds the outputs of a.tif (the same name stem 'a'); "
-        "use another --out, or --overwrite to replace them")
+        "use another --out, or --overwrite to replace them"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,8 +397,9 @@ def test_an_unusable_output_folder_is_one_line_before_any_work(tmp_path, thresho
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100_000, 100_000))
     assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "o"), *model]) == 1
-    assert capsys.readouterr().err.strip() == (f"particleseg: error: {tmp_path / 'o'}: not enough free space "
-                                               "(0.1 MB free, the outputs need at least 0.4 MB)")
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: error: {tmp_path / 'o'}: not enough free space (0.1 MB free, the outputs need at least 0.4 MB)"
+    )
 
     import tempfile
 
@@ -313,16 +408,22 @@ def test_an_unusable_output_folder_is_one_line_before_any_work(tmp_path, thresho
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "o"), *model]) == 1
-    assert capsys.readouterr().err.strip() == f"particleseg: error: {tmp_path / 'o'}: not writable (read-only file system)"
+    assert (
+        capsys.readouterr().err.strip() == f"particleseg: error: {tmp_path / 'o'}: not writable (read-only file system)"
+    )
 
 
-@pytest.mark.parametrize("error, message", [
-    (OSError("786432 requested and 102232 written"), "disk full writing img1_prob.tif"),
-    (OSError(errno.ENOSPC, "No space left on device"), "disk full writing img1_prob.tif"),
-    (PermissionError(errno.EACCES, "Permission denied"), "not writable"),
-])
-def test_os_errors_while_writing_are_one_line_and_leave_nothing_partial(tmp_path, threshold_bundle, capsys,
-                                                                        monkeypatch, error, message):
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (OSError("786432 requested and 102232 written"), "disk full writing img1_prob.tif"),
+        (OSError(errno.ENOSPC, "No space left on device"), "disk full writing img1_prob.tif"),
+        (PermissionError(errno.EACCES, "Permission denied"), "not writable"),
+    ],
+)
+def test_os_errors_while_writing_are_one_line_and_leave_nothing_partial(
+    tmp_path, threshold_bundle, capsys, monkeypatch, error, message
+):
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 3)
     real = tifffile.imwrite
@@ -336,9 +437,11 @@ def test_os_errors_while_writing_are_one_line_and_leave_nothing_partial(tmp_path
     monkeypatch.setattr(tifffile, "imwrite", failing)
     assert main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"]) == 1
     io = capsys.readouterr()
-    assert io.err.strip().splitlines() == [f"particleseg: error: {out}: {message}",
-                                           "particleseg: error: stopped; 1 image(s) not started",
-                                           "particleseg: 1 of 2 image(s) failed (errors above)"]
+    assert io.err.strip().splitlines() == [
+        f"particleseg: error: {out}: {message}",
+        "particleseg: error: stopped; 1 image(s) not started",
+        "particleseg: 1 of 2 image(s) failed (errors above)",
+    ]
     assert "1 done earlier" not in io.out and "0 done earlier, 1 segmented, 1 failed, 1 not started" in io.out
     assert not re.search(r"\.tmp\d+-", io.err) and "Traceback" not in io.err
     assert _temporaries(out) == [] and list(out.glob("img1*")) == [] and list(out.glob("img2*")) == []
@@ -350,8 +453,9 @@ def test_os_errors_while_writing_are_one_line_and_leave_nothing_partial(tmp_path
 
 def _mount_tmpfs(path: Path, size: str, options: str = "") -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    run = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     return run.returncode == 0
 
 
@@ -365,9 +469,12 @@ def small_disk(tmp_path):
 
 
 def test_a_real_full_disk_and_a_read_only_folder(small_disk, tmp_path, threshold_bundle, capsys):
-    """A 600 KB tmpfs. A 400x400 image's outputs need more than the free space: refused before
-    any work. Two 160x160 images pass the estimate (label, mask and probability images), but
-    with their overviews only the first fits: the second fills the disk while writing."""
+    """A 600 KB tmpfs.
+
+    A 400x400 image's outputs need more than the free space: refused before any work. Two
+    160x160 images pass the estimate (label, mask and probability images), but with their
+    overviews only the first fits: the second fills the disk while writing.
+    """
     src = tmp_path / "in"
     _images(src, 2)
     big = np.random.default_rng(0).integers(0, 255, (400, 400), np.uint8)
@@ -376,14 +483,20 @@ def test_a_real_full_disk_and_a_read_only_folder(small_disk, tmp_path, threshold
     model = ["--model", str(threshold_bundle.path), "--quiet"]
     assert main(["segment", str(tmp_path / "big.tif"), "--out", str(small_disk / "all"), *model]) == 1
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(rf"particleseg: error: {small_disk / 'all'}: not enough free space \(0\.\d MB free, "
-                        r"the outputs need at least 1\.1 MB\)", err), err
+    assert re.fullmatch(
+        rf"particleseg: error: {small_disk / 'all'}: not enough free space \(0\.\d MB free, "
+        r"the outputs need at least 1\.1 MB\)",
+        err,
+    ), err
 
     rc = main(["segment", str(src), "--out", str(small_disk / "o"), *model])
     io = capsys.readouterr()
     err = io.err.strip().splitlines()
-    assert rc == 1 and len(err) == 2 and re.fullmatch(
-        rf"particleseg: error: {small_disk / 'o'}: disk full writing img1_\w+\.\w+", err[0]), err
+    assert (
+        rc == 1
+        and len(err) == 2
+        and re.fullmatch(rf"particleseg: error: {small_disk / 'o'}: disk full writing img1_\w+\.\w+", err[0])
+    ), err
     assert "1 segmented, 1 failed" in io.out
     assert sorted(p.name for p in (small_disk / "o").glob("img1*")) == [] and _temporaries(small_disk / "o") == []
     assert (small_disk / "o" / RECORD_DIR / "img0.done.json").is_file()
@@ -392,7 +505,8 @@ def test_a_real_full_disk_and_a_read_only_folder(small_disk, tmp_path, threshold
     for out in ("new", "o"):
         rc = main(["segment", str(src / "img0.tif"), "--out", str(small_disk / out), *model])
         assert rc == 1 and capsys.readouterr().err.strip() == (
-            f"particleseg: error: {small_disk / out}: not writable (read-only file system)")
+            f"particleseg: error: {small_disk / out}: not writable (read-only file system)"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -415,7 +529,9 @@ def test_fiji_batch_segment_folder_resumes_through_the_same_batch(tmp_path, thre
     log = []
     monkeypatch.setattr(cmds, "_j", lambda name: IJ)
     for name in ("log", "status", "progress", "show_table"):
-        monkeypatch.setattr(cmds.publish, name, (lambda *a, **k: log.append(a[0])) if name == "log" else (lambda *a, **k: None))
+        monkeypatch.setattr(
+            cmds.publish, name, (lambda *a, **k: log.append(a[0])) if name == "log" else (lambda *a, **k: None)
+        )
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 2)
     values = {"input": str(src), "output": str(out), "model": str(threshold_bundle.path), "overview": False}
@@ -434,8 +550,9 @@ def test_fiji_batch_segment_folder_resumes_through_the_same_batch(tmp_path, thre
 
 def _fei(path: Path, width: str, height: str) -> Path:
     text = f"[User]\nDate=01/01/2020\n[Scan]\nPixelWidth={width}\nPixelHeight={height}\n"
-    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8),
-                     extratags=[(34682, "s", 0, text, True)])
+    tifffile.imwrite(
+        path, np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8), extratags=[(34682, "s", 0, text, True)]
+    )
     return path
 
 
@@ -444,21 +561,39 @@ def _tiff(path: Path, **kwargs) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make, detail, source", [
-    (lambda p: _tiff(p, imagej=True, resolution=(0, 1), metadata={"unit": "nm"}),
-     "XResolution: resolution 0 pixels per unit", "ImageJ"),
-    (lambda p: _tiff(p, imagej=True, resolution=(1, 1), metadata={"unit": "furlong"}),
-     "unit: unknown length unit 'furlong'", "ImageJ"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": -1.0, "PhysicalSizeY": -1.0}),
-     "PhysicalSizeX: pixel size -1 µm", "OME"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": float("inf")}), "PhysicalSizeX: pixel size inf µm", "OME"),
-    (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": 0.0}), "PhysicalSizeX: pixel size 0 µm", "OME"),
-    (lambda p: _fei(p, "-7.3e-09", "-7.3e-09"), "[Scan] PixelWidth: pixel size -7.3 nm", "FEI/Thermo Fisher SEM"),
-    (lambda p: _fei(p, "nan", ""), "[Scan] PixelWidth: pixel size nan nm", "FEI/Thermo Fisher SEM"),
-])
+@pytest.mark.parametrize(
+    "make, detail, source",
+    [
+        (
+            lambda p: _tiff(p, imagej=True, resolution=(0, 1), metadata={"unit": "nm"}),
+            "XResolution: resolution 0 pixels per unit",
+            "ImageJ",
+        ),
+        (
+            lambda p: _tiff(p, imagej=True, resolution=(1, 1), metadata={"unit": "furlong"}),
+            "unit: unknown length unit 'furlong'",
+            "ImageJ",
+        ),
+        (
+            lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": -1.0, "PhysicalSizeY": -1.0}),
+            "PhysicalSizeX: pixel size -1 µm",
+            "OME",
+        ),
+        (
+            lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": float("inf")}),
+            "PhysicalSizeX: pixel size inf µm",
+            "OME",
+        ),
+        (lambda p: _tiff(p, ome=True, metadata={"PhysicalSizeX": 0.0}), "PhysicalSizeX: pixel size 0 µm", "OME"),
+        (lambda p: _fei(p, "-7.3e-09", "-7.3e-09"), "[Scan] PixelWidth: pixel size -7.3 nm", "FEI/Thermo Fisher SEM"),
+        (lambda p: _fei(p, "nan", ""), "[Scan] PixelWidth: pixel size nan nm", "FEI/Thermo Fisher SEM"),
+    ],
+)
 def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, detail, source):
-    """Item 5: a note naming the file, the metadata and its tag; pixels. With ``strict``
-    (``--strict``) the same metadata is an error naming them."""
+    """Item 5: a note naming the file, the metadata and its tag; pixels.
+
+    With ``strict`` (``--strict``) the same metadata is an error naming them.
+    """
     from particleseg.errors import ParticlesegWarning
     from particleseg.io import read_calibration, read_image
 
@@ -469,8 +604,10 @@ def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, det
     assert cal == Calibration() and [str(w.message) for w in caught] == [note]
     with pytest.warns(ParticlesegWarning, match=re.escape(note)):
         assert read_calibration(path) == (Calibration(), "")
-    error = (f"{path}: invalid calibration in its {source} metadata ({detail}) (--strict); fix the metadata, or "
-             "give --pixel-size or --image-width, or leave out --strict to measure it without that metadata")
+    error = (
+        f"{path}: invalid calibration in its {source} metadata ({detail}) (--strict); fix the metadata, or "
+        "give --pixel-size or --image-width, or leave out --strict to measure it without that metadata"
+    )
     for read in (read_image, read_calibration):
         with pytest.raises(InputError) as exc:
             read(path, strict=True)
@@ -478,8 +615,11 @@ def test_invalid_calibration_metadata_is_one_note_and_pixels(tmp_path, make, det
 
 
 def test_strict_on_the_command_line_fails_the_image_and_the_batch_goes_on(tmp_path, threshold_bundle, capsys):
-    """``particleseg segment --strict``: the image with invalid metadata fails with one line on
-    stderr, the other image is segmented; without ``--strict`` both are, with a note."""
+    """``particleseg segment --strict``: the image with invalid metadata fails, the batch goes on.
+
+    It fails with one line on stderr, the other image is segmented; without ``--strict`` both
+    are, with a note.
+    """
     img, _ = draw_disks((120, 120), [(60, 60, 15)])
     src = tmp_path / "in"
     src.mkdir()
@@ -489,9 +629,11 @@ def test_strict_on_the_command_line_fails_the_image_and_the_batch_goes_on(tmp_pa
     model = ["--model", str(threshold_bundle.path), "--quiet"]
     assert main(["segment", str(src), "--out", str(tmp_path / "s"), "--strict", *model]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == (f"particleseg: error: {bad}: invalid calibration in its OME metadata (PhysicalSizeX: pixel size "
-                      "0 µm) (--strict); fix the metadata, or give --pixel-size or --image-width, or leave out "
-                      "--strict to measure it without that metadata")
+    assert err[0] == (
+        f"particleseg: error: {bad}: invalid calibration in its OME metadata (PhysicalSizeX: pixel size "
+        "0 µm) (--strict); fix the metadata, or give --pixel-size or --image-width, or leave out "
+        "--strict to measure it without that metadata"
+    )
     summary = pd.read_csv(tmp_path / "s" / "summary.csv").set_index("file")
     assert summary.loc["good.tif", "status"] == "ok" and summary.loc["bad.tif", "status"] == "failed"
     # without --strict: a note, and pixels; --strict does not change the results (same resume settings)
@@ -509,22 +651,33 @@ def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, t
     tifffile.imwrite(ij, img, imagej=True, resolution=(1 / 5.0, 1 / 7.5), metadata={"unit": "nm"})
     fei = _fei(tmp_path / "fei.tif", "7.3e-09", "9e-09")
     ome = _tiff(tmp_path / "ome.tif", ome=True, metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25})
-    for path, sizes in ((ij, "5 x 7.5 nm in its ImageJ"), (fei, "7.3 x 9 nm in its FEI/Thermo Fisher SEM"),
-                        (ome, "0.5 x 0.25 µm in its OME")):
+    for path, sizes in (
+        (ij, "5 x 7.5 nm in its ImageJ"),
+        (fei, "7.3 x 9 nm in its FEI/Thermo Fisher SEM"),
+        (ome, "0.5 x 0.25 µm in its OME"),
+    ):
         with pytest.raises(InputError) as exc:
             read_image(path)
-        assert str(exc.value) == (f"{path}: pixels are not square ({sizes} metadata); give --pixel-size or "
-                                  "--image-width to measure it with square pixels")
+        assert str(exc.value) == (
+            f"{path}: pixels are not square ({sizes} metadata); give --pixel-size or "
+            "--image-width to measure it with square pixels"
+        )
     # nearly equal (rational resolutions) is square
-    tifffile.imwrite(tmp_path / "near.tif", img, imagej=True, resolution=(1 / 5.0, 1 / 5.0000001), metadata={"unit": "nm"})
+    tifffile.imwrite(
+        tmp_path / "near.tif", img, imagej=True, resolution=(1 / 5.0, 1 / 5.0000001), metadata={"unit": "nm"}
+    )
     assert read_image(tmp_path / "near.tif")[1] == Calibration(5.0, "nm")
 
     model = ["--model", str(threshold_bundle.path), "--quiet"]
     assert main(["segment", str(ij), "--out", str(tmp_path / "o"), *model]) == 1
-    assert capsys.readouterr().err.strip() == (f"particleseg: error: {ij}: pixels are not square (5 x 7.5 nm in its "
-                                               "ImageJ metadata); give --pixel-size or --image-width to measure it "
-                                               "with square pixels")
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: error: {ij}: pixels are not square (5 x 7.5 nm in its "
+        "ImageJ metadata); give --pixel-size or --image-width to measure it "
+        "with square pixels"
+    )
     assert main(["segment", str(ij), "--out", str(tmp_path / "o"), "--pixel-size", "6", *model]) == 0
-    assert capsys.readouterr().err.strip() == (f"particleseg: note: {ij}: pixels are not square (5 x 7.5 nm in its "
-                                               "ImageJ metadata); measured with the pixel size given")
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: note: {ij}: pixels are not square (5 x 7.5 nm in its "
+        "ImageJ metadata); measured with the pixel size given"
+    )
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["pixel_size"].tolist() == [6.0]

@@ -1,7 +1,9 @@
-"""Validation of inputs and outputs (issue 15): evaluate with large label ids, the thinned
-Rand/VI scores of empty and full proposals as Fiji's TWS computes them, bundles checked at
-load, non-finite pixels refused by every reader, umask-respecting outputs, errors on stderr,
-and property-based tests (hypothesis) of the readers and metrics.
+"""Validation of inputs and outputs (issue 15).
+
+Evaluate with large label ids, the thinned Rand/VI scores of empty and full proposals as Fiji's
+TWS computes them, bundles checked at load, non-finite pixels refused by every reader,
+umask-respecting outputs, errors on stderr, and property-based tests (hypothesis) of the readers
+and metrics.
 """
 
 from __future__ import annotations
@@ -129,9 +131,12 @@ def test_tws_reference_full_proposal_by_hand():
 
 
 def test_tws_reference_single_particle_ground_truth():
-    """One ground-truth particle: the one-segment proposal puts all its pairs together, so
-    V_Rand = 1 (error 0), while V_Info is 0 in TWS (H(A) = H(B) = 0: precision 0/recall 1, then
-    H(B) = 0 overrides with precision 1/recall 0)."""
+    """One ground-truth particle: V_Rand = 1 (error 0), V_Info 0 as in TWS.
+
+    The one-segment proposal puts all its pairs together, so V_Rand = 1 (error 0), while V_Info
+    is 0 in TWS (H(A) = H(B) = 0: precision 0/recall 1, then H(B) = 0 overrides with precision
+    1/recall 0).
+    """
     truth = np.zeros((10, 10), np.uint8)
     truth[2:6, 3:8] = 1
     for pred in (np.zeros(truth.shape, bool), np.ones(truth.shape, bool)):
@@ -144,10 +149,13 @@ def test_tws_reference_single_particle_ground_truth():
 
 @pytest.mark.tio2
 def test_tio2_poor_proposal_no_longer_wins_at_threshold_one(tio2_dir):
-    """The issue's case on a real image: a poor proposal (the inverted stand-in map of
-    benchmarks/bench_metrics.py on TiO2 image 1908256) scored its best VI error thinned, 0.3959,
-    at threshold 1.0, where it is empty (TWS: 1.0). Now threshold 1.0 scores 1.0 and Rand error
-    thinned there is 1 - 2P/(1+P) with P = sum a_i^2 / n^2 of the ground-truth particles."""
+    """The issue's case on a real image.
+
+    A poor proposal (the inverted stand-in map of benchmarks/bench_metrics.py on TiO2 image
+    1908256) scored its best VI error thinned, 0.3959, at threshold 1.0, where it is empty (TWS:
+    1.0). Now threshold 1.0 scores 1.0 and Rand error thinned there is 1 - 2P/(1+P) with
+    P = sum a_i^2 / n^2 of the ground-truth particles.
+    """
     from scipy import ndimage as ndi
 
     from particleseg.datasets import tio2_items
@@ -163,7 +171,7 @@ def test_tio2_poor_proposal_no_longer_wins_at_threshold_one(tio2_dir):
     last = sweep[sweep["threshold"] == 1.0].iloc[0]
     assert last["vi_error_thinned"] == 1.0
     areas = np.bincount(label_mask(truth > 0).ravel())[1:].astype(float)
-    p = (areas ** 2).sum() / areas.sum() ** 2
+    p = (areas**2).sum() / areas.sum() ** 2
     assert last["rand_error_thinned"] == pytest.approx(1 - 2 * p / (1 + p), rel=1e-12)
     assert r["vi_error_thinned_thr"] != 1.0 and r["vi_error_thinned"] > 0.7  # was 0.3959 at 1.0
 
@@ -206,20 +214,25 @@ def _copy_bundle(src, dst, **changes):
     return dst
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"postprocess__threshold": 7}, "postprocess.threshold is 7; it must be a number from 0 to 1"),
-    ({"postprocess__min_area": -3}, "postprocess.min_area is -3; it must be a whole number of at least 0"),
-    ({"postprocess__min_area": 2.5}, "postprocess.min_area is 2.5"),
-    ({"postprocess__seed_threshold": 1.5}, "postprocess.seed_threshold is 1.5"),
-    ({"postprocess__h": -1}, "postprocess.h is -1"),
-    ({"postprocess__min_confidence": "high"}, 'postprocess.min_confidence is "high"'),
-    ({"postprocess__split": "yes"}, "postprocess.split is \"yes\"; it must be true or false"),
-    ({"classifier": {"threshold": 2}}, "classifier.threshold is 2"),
-    ({"scale__particle_size_px": -4}, "scale.particle_size_px is -4"),
-    ({"input__polarity": "grey"}, "input.polarity is \"grey\""),
-    ({"kind": "xray"}, "kind is \"xray\""),
-])
-def test_bundle_values_out_of_range_are_refused_naming_the_given_path(tiny_bundle, tmp_path, monkeypatch, change, words):
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"postprocess__threshold": 7}, "postprocess.threshold is 7; it must be a number from 0 to 1"),
+        ({"postprocess__min_area": -3}, "postprocess.min_area is -3; it must be a whole number of at least 0"),
+        ({"postprocess__min_area": 2.5}, "postprocess.min_area is 2.5"),
+        ({"postprocess__seed_threshold": 1.5}, "postprocess.seed_threshold is 1.5"),
+        ({"postprocess__h": -1}, "postprocess.h is -1"),
+        ({"postprocess__min_confidence": "high"}, 'postprocess.min_confidence is "high"'),
+        ({"postprocess__split": "yes"}, 'postprocess.split is "yes"; it must be true or false'),
+        ({"classifier": {"threshold": 2}}, "classifier.threshold is 2"),
+        ({"scale__particle_size_px": -4}, "scale.particle_size_px is -4"),
+        ({"input__polarity": "grey"}, 'input.polarity is "grey"'),
+        ({"kind": "xray"}, 'kind is "xray"'),
+    ],
+)
+def test_bundle_values_out_of_range_are_refused_naming_the_given_path(
+    tiny_bundle, tmp_path, monkeypatch, change, words
+):
     from particleseg.errors import BundleError
     from particleseg.models import load_bundle
 
@@ -243,7 +256,9 @@ def test_bundle_threshold_7_on_the_command_line_is_one_line_exit_1(tiny_bundle, 
     tifffile.imwrite(img, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     assert main(["segment", str(img), "--model", str(bad), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"particleseg: error: {bad}/bundle.json: postprocess.threshold is 7; it must be a number from 0 to 1"]
+    assert err == [
+        f"particleseg: error: {bad}/bundle.json: postprocess.threshold is 7; it must be a number from 0 to 1"
+    ]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -319,7 +334,7 @@ def test_corrupt_member_of_a_keras_archive_fails_the_crc_check(tiny_bundle, tmp_
     data = bytearray(src.read_bytes())
     # flip bytes in the middle of the stored weights (past the local headers)
     mid = len(data) // 2
-    data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
     (tmp_path / "m.keras").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="corrupt or not a Keras model"):
         check_keras_file(tmp_path / "m.keras")
@@ -372,7 +387,7 @@ PHASES = ["matrix", "pore", "inclusion"]
 
 @pytest.fixture(scope="module")
 def phase_bundle(tmp_path_factory):
-    """An untrained 2-level UNet taking 2 channels x 3 slices (its network is replaced by an oracle)."""
+    """Make an untrained 2-level UNet taking 2 channels x 3 slices (its network is replaced by an oracle)."""
     import keras
 
     from particleseg import fibsem
@@ -435,8 +450,9 @@ def test_fibsem_infinite_value_stops_with_on_error_stop(tmp_path, phase_bundle):
     ch0[0, 0, 0] = np.inf
     ch0[0, 1, 1] = -np.inf
     with fibsem.open_stack([ch0, ch0.copy()]) as st, pytest.raises(InputError, match="array 0 slice 0: contains 2 NaN"):
-        fibsem.segment_stack(st, phase_bundle, tmp_path / "o", tile=32, progress=False, predictor=_oracle,
-                             on_error="stop")
+        fibsem.segment_stack(
+            st, phase_bundle, tmp_path / "o", tile=32, progress=False, predictor=_oracle, on_error="stop"
+        )
 
 
 def test_segment_evaluate_and_sims_readers_refuse_nan(tmp_path):
@@ -457,7 +473,9 @@ def test_segment_evaluate_and_sims_readers_refuse_nan(tmp_path):
     tifffile.imwrite(tmp_path / "p_prob.tif", img)
     tifffile.imwrite(tmp_path / "p_m.tif", (np.nan_to_num(img) > 0.5).astype(np.uint8) * 255)
     _, failures = M.evaluate_files([tmp_path / "p_prob.tif"], [tmp_path / "p_m.tif"], tmp_path / "ev", progress=False)
-    assert len(failures) == 1 and failures[0][1] == f"{tmp_path / 'p_prob.tif'}: contains 2 NaN or infinite pixel values"
+    assert (
+        len(failures) == 1 and failures[0][1] == f"{tmp_path / 'p_prob.tif'}: contains 2 NaN or infinite pixel values"
+    )
     stack = np.abs(np.random.default_rng(1).normal(5, 1, (2, 16, 16))).astype(np.float32)
     stack[1, 2, 2] = np.nan
     tifffile.imwrite(tmp_path / "f.tif", stack, imagej=True, metadata={"Labels": ["235U", "238U"]})
@@ -515,8 +533,18 @@ def test_segment_outputs_respect_the_umask_and_errors_go_to_stderr(tiny_bundle, 
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
     old = os.umask(0o022)
     try:
-        code = main(["segment", str(tmp_path / "good.tif"), str(tmp_path / "bad.tif"), "--model", str(tiny_bundle.path),
-                     "--out", str(tmp_path / "out"), "--quiet"])
+        code = main(
+            [
+                "segment",
+                str(tmp_path / "good.tif"),
+                str(tmp_path / "bad.tif"),
+                "--model",
+                str(tiny_bundle.path),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
     finally:
         os.umask(old)
     out, err = capsys.readouterr()
@@ -524,8 +552,9 @@ def test_segment_outputs_respect_the_umask_and_errors_go_to_stderr(tiny_bundle, 
     assert "bad.tif" not in out
     assert f"particleseg: error: {tmp_path / 'bad.tif'}: cannot read image" in err
     files = [p for p in (tmp_path / "out").iterdir() if p.is_file()]
-    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), \
-        [(p.name, oct(p.stat().st_mode)) for p in files]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), [
+        (p.name, oct(p.stat().st_mode)) for p in files
+    ]
 
 
 def _png_files(folder):
@@ -559,25 +588,50 @@ def test_grey_alpha_png_is_its_grey_values_and_random_bytes_one_line(tmp_path):
 
 
 def test_cli_bad_pngs_give_one_line_each_and_no_library_noise(tmp_path):
-    """A subprocess, as a user runs it: random bytes named .png gave a DICOM-plugin message and
-    199 lines of ResourceWarning tracebacks, a grey+alpha PNG 'too small'."""
+    """A subprocess, as a user runs it.
+
+    Random bytes named .png gave a DICOM-plugin message and 199 lines of ResourceWarning
+    tracebacks, a grey+alpha PNG 'too small'.
+    """
     import subprocess
     import sys
 
     _png_files(tmp_path)
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
     env["PYTHONWARNINGS"] = "default"  # show every warning a user with -W default would see
-    run = subprocess.run([sys.executable, "-m", "particleseg", "segment", "rand.png", "trunc.png", "la.png",
-                          "--model", "default", "--out", "o", "--quiet", "--tile", "64"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "particleseg",
+            "segment",
+            "rand.png",
+            "trunc.png",
+            "la.png",
+            "--model",
+            "default",
+            "--out",
+            "o",
+            "--quiet",
+            "--tile",
+            "64",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 1
     err = run.stderr.strip().splitlines()
     # la.png's gray values are uniform noise: no particle-like structure, so one note
-    assert err == ["particleseg: error: rand.png: cannot read image (not a valid PNG file, or damaged)",
-                   "particleseg: error: trunc.png: cannot read image (image file is truncated)",
-                   "particleseg: note: la.png: no particles found (polarity bright (estimated), particle size not "
-                   "estimated, not resampled); if there are particles, set --polarity or --particle-size",
-                   "particleseg: 2 of 3 image(s) failed (errors above)"], run.stderr
+    assert err == [
+        "particleseg: error: rand.png: cannot read image (not a valid PNG file, or damaged)",
+        "particleseg: error: trunc.png: cannot read image (image file is truncated)",
+        "particleseg: note: la.png: no particles found (polarity bright (estimated), particle size not "
+        "estimated, not resampled); if there are particles, set --polarity or --particle-size",
+        "particleseg: 2 of 3 image(s) failed (errors above)",
+    ], run.stderr
     assert run.stdout.startswith("la.png: ")
 
 
@@ -591,8 +645,13 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 # 20 fixed examples per property in the suite (deterministic, a few seconds); set
 # PARTICLESEG_HYPOTHESIS_EXAMPLES=500 for a longer random search.
 _EXAMPLES = int(__import__("os").environ.get("PARTICLESEG_HYPOTHESIS_EXAMPLES", "20"))
-FAST = settings(max_examples=_EXAMPLES, deadline=None, database=None, derandomize=_EXAMPLES <= 20,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = settings(
+    max_examples=_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=_EXAMPLES <= 20,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 GRAY_DTYPES = st.sampled_from([np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
 
@@ -681,14 +740,28 @@ def label_pairs(draw):
     return out
 
 
-SCORE_KEYS = ("iou_image", "iou_instance", "iou_instance_truth", "youden", "ap", "f1_50", "pixel_error",
-              "warping_error", "rand_error", "rand_error_thinned", "vi_error_thinned")
+SCORE_KEYS = (
+    "iou_image",
+    "iou_instance",
+    "iou_instance_truth",
+    "youden",
+    "ap",
+    "f1_50",
+    "pixel_error",
+    "warping_error",
+    "rand_error",
+    "rand_error_thinned",
+    "vi_error_thinned",
+)
 
 
 def _scramble(lab, seed):
-    """The same particles under other ids (random and huge, in the same order: where two touching
-    particles are equally large, labels_to_mask lets the id order decide which gives up the
-    touching pixels, so only the values, not the order, can be free)."""
+    """Give the same particles other ids, random and huge, in the same order.
+
+    The order stays: where two touching particles are equally large, labels_to_mask lets the id
+    order decide which gives up the touching pixels, so only the values, not the order, can be
+    free.
+    """
     ids = np.unique(lab[lab > 0])
     new = np.sort(np.random.default_rng(seed).choice(2**40, len(ids), replace=False)) + 1
     out = np.zeros_like(lab)
@@ -740,13 +813,21 @@ def test_property_thin_borders_keeps_particles_and_separates_them(pair):
     for a, b in ((thin[1:], thin[:-1]), (thin[:, 1:], thin[:, :-1])):
         touching = (a > 0) & (b > 0) & (a != b)
         # two particles may touch only where they touched in the input
-        orig = (lab[1:] if a.shape[0] < thin.shape[0] else lab[:, 1:]), (lab[:-1] if a.shape[0] < thin.shape[0] else lab[:, :-1])
+        orig = (
+            (lab[1:] if a.shape[0] < thin.shape[0] else lab[:, 1:]),
+            (lab[:-1] if a.shape[0] < thin.shape[0] else lab[:, :-1]),
+        )
         assert not (touching & ~((orig[0] > 0) & (orig[1] > 0))).any()
 
 
 @FAST
-@given(ids=hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
-                      elements=st.one_of(st.just(0), st.integers(1, 2**50))))
+@given(
+    ids=hnp.arrays(
+        np.int64,
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+        elements=st.one_of(st.just(0), st.integers(1, 2**50)),
+    )
+)
 def test_property_relabel_sequential_is_an_order_preserving_bijection(ids):
     out = M.relabel_sequential(ids)
     assert out.shape == ids.shape and out.dtype == np.int32
@@ -768,8 +849,13 @@ def test_property_contingency_counts_add_up(pair):
 
 
 @FAST
-@given(h=st.integers(8, 30), w=st.integers(8, 30), dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32]),
-       seed=st.integers(0, 2**32 - 1), negative=st.booleans())
+@given(
+    h=st.integers(8, 30),
+    w=st.integers(8, 30),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32]),
+    seed=st.integers(0, 2**32 - 1),
+    negative=st.booleans(),
+)
 def test_property_sims_field_reader_round_trip_or_one_clear_error(tmp_path_factory, h, w, dtype, seed, negative):
     import tifffile
 
@@ -780,8 +866,13 @@ def test_property_sims_field_reader_round_trip_or_one_clear_error(tmp_path_facto
     if negative and np.dtype(dtype).kind in "if":
         counts[1, 0, 0] = -1
     path = tmp_path_factory.mktemp("sims") / "f.tif"
-    tifffile.imwrite(path, counts, imagej=dtype != np.int32, photometric="minisblack",
-                     metadata={"Labels": ["235U", "238U"]} if dtype != np.int32 else None)
+    tifffile.imwrite(
+        path,
+        counts,
+        imagej=dtype != np.int32,
+        photometric="minisblack",
+        metadata={"Labels": ["235U", "238U"]} if dtype != np.int32 else None,
+    )
     channels = ["235U", "238U"] if dtype == np.int32 else None
     if negative and np.dtype(dtype).kind in "if":
         with pytest.raises(InputError, match=r"f.tif \[238U\]: has negative values; expected ion counts$"):
@@ -793,8 +884,11 @@ def test_property_sims_field_reader_round_trip_or_one_clear_error(tmp_path_facto
 
 
 @FAST
-@given(shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
-       dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.uint32, np.float32]), seed=st.integers(0, 1000))
+@given(
+    shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.uint32, np.float32]),
+    seed=st.integers(0, 1000),
+)
 def test_property_evaluate_reader_round_trip_tiny_shapes(tmp_path_factory, shape, dtype, seed):
     import tifffile
 
@@ -814,9 +908,15 @@ def test_python_api_loads_and_runs_a_model_without_tensorflow_chatter(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    code = ("import numpy as np\nfrom particleseg.models import load_bundle\nb = load_bundle()\n"
-            "print(b.predictor()(np.zeros((1, 32, 32, 1), np.float32)).shape)\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    code = (
+        "import numpy as np\nfrom particleseg.models import load_bundle\nb = load_bundle()\n"
+        "print(b.predictor()(np.zeros((1, 32, 32, 1), np.float32)).shape)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "(1, 32, 32, 2)"
-    assert run.stderr == "", run.stderr  # was: absl's 'All log messages before absl::InitializeLog()' and cpu_feature_guard
+    assert run.stderr == "", (
+        run.stderr
+    )  # was: absl's 'All log messages before absl::InitializeLog()' and cpu_feature_guard

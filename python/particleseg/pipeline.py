@@ -34,8 +34,21 @@ from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
-from .io import (Calibration, OutputError, check_image, check_output_folder, check_outputs, image_pixels,
-                 list_images, read_image, remove_stale_temporaries, write_atomic, write_csv, write_rois, write_tiff)
+from .io import (
+    Calibration,
+    OutputError,
+    check_image,
+    check_output_folder,
+    check_outputs,
+    image_pixels,
+    list_images,
+    read_image,
+    remove_stale_temporaries,
+    write_atomic,
+    write_csv,
+    write_rois,
+    write_tiff,
+)
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.receptive import exact_halo
@@ -141,11 +154,22 @@ class SegmentParams:
     jobs: int = 1
 
     def resolved(self, bundle: Bundle) -> "SegmentParams":
-        """Copy with every ``None`` replaced by the bundle's default
-        (:func:`particleseg.params.bundle_defaults`)."""
+        """Copy with every ``None`` replaced by the bundle's default.
+
+        The defaults are those of :func:`particleseg.params.bundle_defaults`.
+        """
         d = bundle_defaults(bundle)
-        names = ("threshold", "split", "seed_level", "split_level", "min_size", "min_confidence", "fill_holes",
-                 "exclude_border", "polarity")
+        names = (
+            "threshold",
+            "split",
+            "seed_level",
+            "split_level",
+            "min_size",
+            "min_confidence",
+            "fill_holes",
+            "exclude_border",
+            "polarity",
+        )
         return dataclasses.replace(
             self,
             **{name: _first(getattr(self, name), d[name]) for name in names},
@@ -155,12 +179,16 @@ class SegmentParams:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the parameters as a dict of field name to value (:func:`dataclasses.asdict`)."""
         return dataclasses.asdict(self)
 
 
 def _accept_former_names(cls):
-    """Let ``SegmentParams`` take and give its former field names (``seed_threshold``, ``h``,
-    ``min_area``, ``classifier_threshold``; see :data:`particleseg.params.ALIASES`)."""
+    """Let ``SegmentParams`` take and give its former field names.
+
+    These are ``seed_threshold``, ``h``, ``min_area``, ``classifier_threshold``; see
+    :data:`particleseg.params.ALIASES`.
+    """
     init = cls.__init__
 
     def __init__(self, *args, **kwargs):
@@ -172,8 +200,15 @@ def _accept_former_names(cls):
     __init__.__doc__ = init.__doc__
     cls.__init__ = __init__
     for old, new in ALIASES.items():
-        setattr(cls, old, property(lambda self, n=new: getattr(self, n),
-                                   lambda self, value, n=new: setattr(self, n, value), doc=f"Former name of {new}."))
+        setattr(
+            cls,
+            old,
+            property(
+                lambda self, n=new: getattr(self, n),
+                lambda self, value, n=new: setattr(self, n, value),
+                doc=f"Former name of {new}.",
+            ),
+        )
     return cls
 
 
@@ -233,8 +268,14 @@ def predict_probabilities(
     bundle.check_channels(img.shape[-1])
     img = normalize_input(img, bundle.metadata["input"]["normalization"])
     return predict_tiled(
-        predictor or bundle.predictor(params.engine), img, tile=params.tile, overlap=params.overlap,
-        batch_size=params.batch_size, multiple_of=bundle.network.multiple_of, out=out, progress=params.progress,
+        predictor or bundle.predictor(params.engine),
+        img,
+        tile=params.tile,
+        overlap=params.overlap,
+        batch_size=params.batch_size,
+        multiple_of=bundle.network.multiple_of,
+        out=out,
+        progress=params.progress,
     )
 
 
@@ -307,8 +348,12 @@ def segment_image(
         labels = particles_from_probabilities(prob, bundle.heads, params)
     polarity = scale.polarity
     if not labels.any():
-        warnings.warn(f"{name}: no particles found ({scale.describe()}); if there are particles, set "
-                      "--polarity or --particle-size", ParticlesegWarning, stacklevel=2)
+        warnings.warn(
+            f"{name}: no particles found ({scale.describe()}); if there are particles, set "
+            "--polarity or --particle-size",
+            ParticlesegWarning,
+            stacklevel=2,
+        )
 
     # 5. measure and filter (border = image edges and the cropped rows)
     border = np.zeros(work.shape, bool)
@@ -334,10 +379,18 @@ def segment_image(
     return Segmentation(prob.astype(np.float32), labels, table, cal, crop, scale.factor, params, scale)
 
 
-def reject_particles(table: pd.DataFrame, params: SegmentParams, polarity: str, annotation_fraction=None,
-                     intensity_keep=None, classifier_scores=None) -> None:
-    """Add ``kept`` and ``reject_reason`` to a measurement table, in place: the first of the
-    filters a particle fails (annotation, border, intensity, shape, classifier), in that order.
+def reject_particles(
+    table: pd.DataFrame,
+    params: SegmentParams,
+    polarity: str,
+    annotation_fraction=None,
+    intensity_keep=None,
+    classifier_scores=None,
+) -> None:
+    """Add ``kept`` and ``reject_reason`` to a measurement table, in place.
+
+    ``reject_reason`` is the first of the filters a particle fails (annotation, border,
+    intensity, shape, classifier), in that order.
 
     ``annotation_fraction`` (the fraction of each particle on burned-in annotations),
     ``intensity_keep`` (:func:`particleseg.postprocess.intensity_filter`) and
@@ -357,8 +410,12 @@ def reject_particles(table: pd.DataFrame, params: SegmentParams, polarity: str, 
         if params.exclude_border:
             reject(table["touches_border"].to_numpy(), "border")
         if intensity_keep is not None:
-            reject(~intensity_keep, f"intensity<{params.intensity_filter}" if polarity == "bright"
-                   else f"intensity>{params.intensity_filter}")
+            reject(
+                ~intensity_keep,
+                f"intensity<{params.intensity_filter}"
+                if polarity == "bright"
+                else f"intensity>{params.intensity_filter}",
+            )
         if params.shape:
             reasons = pp.shape_filter(table, params.shape)
             reject((reasons != "").to_numpy(), reasons)
@@ -367,10 +424,22 @@ def reject_particles(table: pd.DataFrame, params: SegmentParams, polarity: str, 
             reject(classifier_scores < params.min_score, "classifier")
 
 
-def _segment_in_strips(work: np.ndarray, crop: int, seen: np.ndarray, drawn: np.ndarray | None, bundle: Bundle,
-                       params: SegmentParams, cal: Calibration, name: str, predictor) -> Segmentation:
-    """Steps 2-6 of :func:`segment_image` for a large image, strip by strip (:mod:`particleseg.strips`):
-    the same particles, labels and table; probabilities and labels come back memory-mapped."""
+def _segment_in_strips(
+    work: np.ndarray,
+    crop: int,
+    seen: np.ndarray,
+    drawn: np.ndarray | None,
+    bundle: Bundle,
+    params: SegmentParams,
+    cal: Calibration,
+    name: str,
+    predictor,
+) -> Segmentation:
+    """Run steps 2-6 of :func:`segment_image` for a large image, strip by strip.
+
+    Strips as in :mod:`particleseg.strips`: the same particles, labels and table; probabilities
+    and labels come back memory-mapped.
+    """
     h, w = work.shape
     store = strips.RowFile((h + crop, w, strips.output_channels(bundle)), np.float32)
     net_params = strips.network_params(params, bundle)
@@ -385,17 +454,23 @@ def _segment_in_strips(work: np.ndarray, crop: int, seen: np.ndarray, drawn: np.
         found = strips.particles_in_strips(prob, bundle.heads, params)
     polarity = scale.polarity
     if not found.n:
-        warnings.warn(f"{name}: no particles found ({scale.describe()}); if there are particles, set "
-                      "--polarity or --particle-size", ParticlesegWarning, stacklevel=3)
+        warnings.warn(
+            f"{name}: no particles found ({scale.describe()}); if there are particles, set "
+            "--polarity or --particle-size",
+            ParticlesegWarning,
+            stacklevel=3,
+        )
     annotations = drawn is not None and drawn.any()
     table, fractions, means = strips.measure_in_strips(
-        found, work, cal, drawn if annotations else None, work if params.intensity_filter else None)
+        found, work, cal, drawn if annotations else None, work if params.intensity_filter else None
+    )
     keep = None
     if len(table) and params.intensity_filter:
         thr = pp.threshold_value(work, params.intensity_filter)
         keep = means > thr if polarity == "bright" else means < thr
-    reject_particles(table, params, polarity, fractions[table["label"].to_numpy()] if annotations and len(table)
-                     else None, keep)
+    reject_particles(
+        table, params, polarity, fractions[table["label"].to_numpy()] if annotations and len(table) else None, keep
+    )
     lut, table = kept_first(np.arange(found.n + 1, dtype=np.int32), table)
     strips.relabel(found.store, lut)
     labels = strips.RowFile((h + crop, w), np.int32)
@@ -406,8 +481,10 @@ def _segment_in_strips(work: np.ndarray, crop: int, seen: np.ndarray, drawn: np.
 
 
 class _RowsOf:
-    """The first ``rows`` rows of a :class:`particleseg.strips.RowFile` as one (the network's
-    output without the cropped data bar, which stays 0)."""
+    """The first ``rows`` rows of a :class:`particleseg.strips.RowFile` as one.
+
+    That is the network's output without the cropped data bar, which stays 0.
+    """
 
     def __init__(self, store, rows: int):
         self.store, self.shape = store, (rows,) + store.shape[1:]
@@ -455,24 +532,34 @@ class ScaleChoice:
     def describe(self) -> str:
         """One line for logs: ``polarity dark (estimated), particle size 112 px (detections), resampled x0.22``."""
         size = f"{self.particle_size:.0f} px ({self.size_source})" if self.particle_size else "not estimated"
-        return (f"polarity {self.polarity} ({self.polarity_source}), particle size {size}, "
-                + (f"resampled x{self.factor:.3g}" if self.factor != 1 else "not resampled"))
+        return f"polarity {self.polarity} ({self.polarity_source}), particle size {size}, " + (
+            f"resampled x{self.factor:.3g}" if self.factor != 1 else "not resampled"
+        )
 
 
 def scale_summary(scale: ScaleChoice | None) -> dict[str, Any]:
-    """The columns of ``summary.csv`` that say how an image was shown to the network (of the
-    first slice, for a stack): ``polarity``, ``particle_size_px``, ``size_source``, ``scale_factor``."""
+    """Return the columns of ``summary.csv`` that say how an image was shown to the network.
+
+    Those of the first slice, for a stack: ``polarity``, ``particle_size_px``, ``size_source``,
+    ``scale_factor``.
+    """
     if scale is None:
         return {}
-    return {"polarity": scale.polarity, "polarity_source": scale.polarity_source,
-            "particle_size_px": round(scale.particle_size, 2) if scale.particle_size else None,
-            "size_source": scale.size_source, "scale_factor": round(scale.factor, 4)}
+    return {
+        "polarity": scale.polarity,
+        "polarity_source": scale.polarity_source,
+        "particle_size_px": round(scale.particle_size, 2) if scale.particle_size else None,
+        "size_source": scale.size_source,
+        "scale_factor": round(scale.factor, 4),
+    }
 
 
 def _size_factor(size: float, bundle: Bundle) -> float:
-    """Resampling factor for particles ``size`` px across: 1 inside the range of sizes the
-    model was trained on (``scale.particle_size_range_px``), else the factor that brings them
-    to its ``particle_size_px``."""
+    """Resampling factor for particles ``size`` px across.
+
+    1 inside the range of sizes the model was trained on (``scale.particle_size_range_px``),
+    else the factor that brings them to its ``particle_size_px``.
+    """
     lo, hi = SUPPORTED_SIZE_PX
     size = min(max(size, lo), hi)
     trained = bundle.metadata["scale"]["particle_size_range_px"]
@@ -494,8 +581,12 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
     net_polarity = bundle.metadata["input"].get("polarity", "bright")
     polarity = params.polarity or "auto"
     target = bundle.particle_size_px
-    auto_size = (not params.particle_size and not params.rescale and bool(target)
-                 and bool(bundle.metadata["scale"].get("particle_size_range_px")))
+    auto_size = (
+        not params.particle_size
+        and not params.rescale
+        and bool(target)
+        and bool(bundle.metadata["scale"].get("particle_size_range_px"))
+    )
     polarity_source = "given"
     if polarity == "auto":
         polarity, polarity_source = estimate_polarity(work, default=net_polarity), "estimated"
@@ -521,8 +612,9 @@ def choose_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: 
     return ScaleChoice(polarity, polarity_source, factor, size, source, net_polarity, auto_size)
 
 
-def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image",
-                      predictor=None, out=None) -> tuple[ScaleChoice, np.ndarray]:
+def scale_and_network(
+    work: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image", predictor=None, out=None
+) -> tuple[ScaleChoice, np.ndarray]:
     """:func:`choose_scale`, then the network output at that scale (``params`` resolved).
 
     When the scale waits for the particle-size estimate (no ``particle_size`` or ``rescale``
@@ -533,8 +625,13 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
     only puts a second core to work on a single image. With ``out`` (a large image, in strips)
     the estimate and the network run one after the other: their memory would add up.
     """
-    if (predictor is not None or params.particle_size or params.rescale or out is not None
-            or bundle.engine(params.engine) != "onnx"):
+    if (
+        predictor is not None
+        or params.particle_size
+        or params.rescale
+        or out is not None
+        or bundle.engine(params.engine) != "onnx"
+    ):
         scale = choose_scale(work, bundle, params, name)
         return scale, _network_at_scale(work, bundle, params, scale, predictor, out)
     net_polarity = bundle.metadata["input"].get("polarity", "bright")
@@ -555,16 +652,20 @@ def scale_and_network(work: np.ndarray, bundle: Bundle, params: SegmentParams, n
 def _warn_size(size: float, name: str) -> None:
     lo, hi = SUPPORTED_SIZE_PX
     if not lo <= size <= hi:
-        warnings.warn(f"{name}: estimated particle size {size:.0f} px is outside the supported {lo:g}-{hi:g} px; "
-                      f"using {min(max(size, lo), hi):g} px (set --particle-size PX if that is wrong)",
-                      ParticlesegWarning, stacklevel=3)
+        warnings.warn(
+            f"{name}: estimated particle size {size:.0f} px is outside the supported {lo:g}-{hi:g} px; "
+            f"using {min(max(size, lo), hi):g} px (set --particle-size PX if that is wrong)",
+            ParticlesegWarning,
+            stacklevel=3,
+        )
 
 
 def refine_scale(scale: ScaleChoice, labels: np.ndarray, bundle: Bundle) -> ScaleChoice | None:
-    """A better scale from the particles a first pass found, as Cellpose refines its size
-    estimate with the masks [1]_: when their median equivalent diameter calls for a
-    resampling factor more than 25 % away from the one used, the new choice; else None.
-    Only for an estimated scale (never when the user gave one).
+    """Find a better scale from the particles a first pass found.
+
+    As Cellpose refines its size estimate with the masks [1]_: when their median equivalent
+    diameter calls for a resampling factor more than 25 % away from the one used, the new
+    choice; else None. Only for an estimated scale (never when the user gave one).
 
     References
     ----------
@@ -591,10 +692,14 @@ def _refined(scale: ScaleChoice, counts: np.ndarray, bundle: Bundle) -> ScaleCho
     return dataclasses.replace(scale, factor=factor, particle_size=size, size_source="detections", auto_size=False)
 
 
-def _network_at_scale(work: np.ndarray, bundle: Bundle, params: SegmentParams, scale: ScaleChoice, predictor=None,
-                      out=None) -> np.ndarray:
-    """The network output for ``work`` shown as ``scale`` says (inverted, resampled), at the size
-    of ``work`` (in ``out`` when given: a :class:`particleseg.strips.RowFile`)."""
+def _network_at_scale(
+    work: np.ndarray, bundle: Bundle, params: SegmentParams, scale: ScaleChoice, predictor=None, out=None
+) -> np.ndarray:
+    """Run the network on ``work`` shown as ``scale`` says (inverted, resampled).
+
+    The output is at the size of ``work`` (in ``out`` when given: a
+    :class:`particleseg.strips.RowFile`).
+    """
     net_in = work if scale.polarity == scale.network_polarity else invert(work)
     if scale.factor != 1:
         net_in = rescale(net_in, scale.factor)
@@ -621,9 +726,10 @@ def invert(image: np.ndarray) -> np.ndarray:
 
 
 def merge_slices(results: list[Segmentation], stacked: bool = True) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
-    """One label stack and table from the segmentations of a stack's slices: labels unique
-    across the slices, the kept particles numbered ``1..N`` over the whole stack (then the
-    rejected ones), a ``slice`` column (1-based) when ``stacked``.
+    """One label stack and table from the segmentations of a stack's slices.
+
+    Labels are unique across the slices, the kept particles numbered ``1..N`` over the whole
+    stack (then the rejected ones), with a ``slice`` column (1-based) when ``stacked``.
 
     Returns
     -------
@@ -650,8 +756,10 @@ def merge_slices(results: list[Segmentation], stacked: bool = True) -> tuple[np.
 
 
 def kept_first(labels: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """Renumber the particles so the kept ones are ``1..N`` (the names of their ROIs) and the
-    rejected ones ``N+1..M``; the table's ``label`` column follows and its rows are sorted by it.
+    """Renumber the particles so the kept ones come first.
+
+    The kept ones become ``1..N`` (the names of their ROIs) and the rejected ones ``N+1..M``;
+    the table's ``label`` column follows and its rows are sorted by it.
 
     Examples
     --------
@@ -692,9 +800,11 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
 
 
 def seed_map(prob: np.ndarray, heads: list[str]) -> np.ndarray | None:
-    """The map whose high regions seed the watershed (:func:`particles_from_probabilities`):
-    the ``distance`` head, else ``foreground * (1 - boundary)``, else None (the distance
-    transform of the mask)."""
+    """Return the map whose high regions seed the watershed (:func:`particles_from_probabilities`).
+
+    The ``distance`` head, else ``foreground * (1 - boundary)``, else None (the distance
+    transform of the mask).
+    """
     if "distance" in heads:
         return prob[..., heads.index("distance")]
     if "boundary" in heads:
@@ -703,15 +813,24 @@ def seed_map(prob: np.ndarray, heads: list[str]) -> np.ndarray | None:
 
 
 def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: SegmentParams) -> np.ndarray:
-    """Per-pixel score of the bundle's particle classifier, whose input is the normalised
-    image and the segmentation mask as two channels and whose output is the probability that
-    a pixel belongs to a particle worth keeping."""
+    """Per-pixel score of the bundle's particle classifier.
+
+    Its input is the normalised image and the segmentation mask as two channels and its output
+    is the probability that a pixel belongs to a particle worth keeping.
+    """
     img = normalize_input(np.asarray(image)[..., None], bundle.metadata["input"]["normalization"])
     x = np.concatenate([img, mask.astype(np.float32)[..., None]], -1)
     net = NetworkConfig.from_dict(bundle.metadata["classifier"]["network"])
-    out = predict_tiled(bundle.classifier_predictor(params.engine), x, tile=params.tile,
-                        overlap=max(params.overlap, exact_halo(net) or 0), batch_size=params.batch_size,
-                        multiple_of=net.multiple_of, progress=params.progress, desc="classifier")
+    out = predict_tiled(
+        bundle.classifier_predictor(params.engine),
+        x,
+        tile=params.tile,
+        overlap=max(params.overlap, exact_halo(net) or 0),
+        batch_size=params.batch_size,
+        multiple_of=net.multiple_of,
+        progress=params.progress,
+        desc="classifier",
+    )
     return out[..., 0]
 
 
@@ -720,8 +839,11 @@ def classifier_map(image: np.ndarray, mask: np.ndarray, bundle: Bundle, params: 
 
 
 def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike, overview: bool = True) -> dict[str, Path]:
-    """The output files written for one image, by kind (labels, mask, prob, rois, particles,
-    overview; without overview when ``overview`` is False)."""
+    """Return the output files written for one image, by kind.
+
+    The kinds: labels, mask, prob, rois, particles, overview (without overview when
+    ``overview`` is False).
+    """
     stem = Path(image_path).stem
     out = Path(out_dir)
     return {s[1:].split(".")[0]: out / f"{stem}{s}" for s in OUTPUT_SUFFIXES if overview or s != "_overview.png"}
@@ -733,20 +855,28 @@ RECORD_DIR = ".particleseg"
 _BYTES_PER_PIXEL = 7
 
 
-def record_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None) -> tuple[Path, Path]:
-    """``(done, writing)``: the completion record of an image's outputs,
-    ``OUT/.particleseg/STEM.done.json``, written last and atomically once every output is in
-    place; and the marker ``STEM.writing.json``, present while its outputs are being written (a
-    run killed then leaves it, and a rerun redoes the image). ``stem`` (default: the image's)
-    names the records of other batch items (a SIMS field, a FIB-SEM slice)."""
+def record_paths(
+    image_path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None
+) -> tuple[Path, Path]:
+    """``(done, writing)``: the paths of an image's completion record and writing marker.
+
+    The completion record of an image's outputs, ``OUT/.particleseg/STEM.done.json``, is
+    written last and atomically once every output is in place; the marker
+    ``STEM.writing.json`` is present while its outputs are being written (a run killed then
+    leaves it, and a rerun redoes the image). ``stem`` (default: the image's) names the records
+    of other batch items (a SIMS field, a FIB-SEM slice).
+    """
     stem = Path(image_path).stem if stem is None else stem
     folder = Path(out_dir) / RECORD_DIR
     return folder / f"{stem}.done.json", folder / f"{stem}.writing.json"
 
 
 def _input_files(path) -> list[Path]:
-    """The files of an input: itself, or those of a folder store (OME-Zarr), in a fixed order;
-    of a list of inputs (a SIMS field's per-isotope files, a FIB-SEM stack's channels), theirs."""
+    """Return the files of an input.
+
+    Itself, or those of a folder store (OME-Zarr), in a fixed order; of a list of inputs (a
+    SIMS field's per-isotope files, a FIB-SEM stack's channels), theirs.
+    """
     if isinstance(path, (list, tuple)):
         return [q for p in path for q in _input_files(Path(p))]
     return sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
@@ -758,9 +888,11 @@ def _size_and_time(path: Path) -> tuple[int, int]:
 
 
 def input_fingerprint(path) -> dict[str, Any]:
-    """Size, modification time (ns) and SHA-256 of a file's content (of a folder store's files:
-    their total size, latest time, and the hash of their names and contents; of a list of
-    inputs: the same over all their files)."""
+    """Size, modification time (ns) and SHA-256 of a file's content.
+
+    Of a folder store's files: their total size, latest time, and the hash of their names and
+    contents; of a list of inputs: the same over all their files.
+    """
     path = [Path(p) for p in path] if isinstance(path, (list, tuple)) else Path(path)
     size, mtime = _size_and_time(path)
     h = hashlib.sha256()
@@ -796,16 +928,31 @@ def run_settings(
     unit: str | None = None,
     image_width: float | None = None,
 ) -> dict[str, Any]:
-    """Everything that decides an image's outputs besides the image: the model (its bundle and a
-    hash of its metadata), the resolved parameters, the calibration options, whether an overview
-    is written. A rerun skips an image only when these are the same as recorded."""
+    """Everything that decides an image's outputs besides the image.
+
+    The model (its bundle and a hash of its metadata), the resolved parameters, the calibration
+    options, whether an overview is written. A rerun skips an image only when these are the
+    same as recorded.
+    """
     resolved = (params or SegmentParams()).resolved(bundle).to_dict()
-    for name in ("progress", "batch_size", "engine", "strict", "jobs"):  # do not change the result (ONNX and Keras agree)
+    for name in (
+        "progress",
+        "batch_size",
+        "engine",
+        "strict",
+        "jobs",
+    ):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
     meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
-    settings = {"model": bundle.label, "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
-                **resolved, "pixel_size": pixel_size, "unit": unit, "image_width": image_width,
-                "overview": bool(write_overview)}
+    settings = {
+        "model": bundle.label,
+        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+        **resolved,
+        "pixel_size": pixel_size,
+        "unit": unit,
+        "image_width": image_width,
+        "overview": bool(write_overview),
+    }
     return json.loads(json.dumps(settings, default=_json_default))  # tuples -> lists, as read back
 
 
@@ -844,10 +991,13 @@ def _settings_diff(old: dict, new: dict, most: int = 3) -> str:
 
 @dataclass
 class ItemPlan:
-    """What a batch does with one input (:func:`plan_item`): ``new`` (no outputs), ``done``
-    (complete outputs of the same input and settings: skipped, ``row`` is its summary row),
-    ``redo`` (its outputs are incomplete: an interrupted run, or ``--overwrite``) or
-    ``conflict`` (outputs exist that this run may not replace; ``message`` says why)."""
+    """What a batch does with one input (:func:`plan_item`).
+
+    ``new`` (no outputs), ``done`` (complete outputs of the same input and settings: skipped,
+    ``row`` is its summary row), ``redo`` (its outputs are incomplete: an interrupted run, or
+    ``--overwrite``) or ``conflict`` (outputs exist that this run may not replace; ``message``
+    says why).
+    """
 
     path: Path
     action: str
@@ -855,9 +1005,16 @@ class ItemPlan:
     row: dict | None = None
 
 
-def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dict, overwrite: bool = False,
-              outputs: dict[str, Path] | None = None, name: str | None = None, stem: str | None = None,
-              inputs=None) -> ItemPlan:
+def plan_item(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: dict,
+    overwrite: bool = False,
+    outputs: dict[str, Path] | None = None,
+    name: str | None = None,
+    stem: str | None = None,
+    inputs=None,
+) -> ItemPlan:
     """Decide, before any work, what a batch does with the image ``path`` (see :class:`ItemPlan`).
 
     An item found complete whose ``writing`` marker is still there (a run killed after its
@@ -867,7 +1024,8 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
     The other batches plan their items the same way: ``outputs`` (default: the image's
     :func:`output_paths`), ``name`` (the input's name in the record; default the file name),
     ``stem`` (of the record, :func:`record_paths`) and ``inputs`` (the files fingerprinted;
-    default ``path``) describe a SIMS field or a FIB-SEM slice."""
+    default ``path``) describe a SIMS field or a FIB-SEM slice.
+    """
     path, out_dir = Path(path), Path(out_dir)
     if overwrite:
         return ItemPlan(path, "redo")
@@ -881,18 +1039,30 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
     if record is not None:
         recorded = record.get("input", {})
         if recorded.get("name") != name:
-            return ItemPlan(path, "conflict", f"{path}: {out_dir} holds the outputs of {recorded.get('name')} "
-                            f"(the same name stem {stem!r}); use another --out, or --overwrite to replace them")
+            return ItemPlan(
+                path,
+                "conflict",
+                f"{path}: {out_dir} holds the outputs of {recorded.get('name')} "
+                f"(the same name stem {stem!r}); use another --out, or --overwrite to replace them",
+            )
         if done is not None:
             if not _same_input(recorded, path if inputs is None else inputs):
-                return ItemPlan(path, "conflict", f"{path}: changed since its outputs in {out_dir} were made; "
-                                "use --overwrite to replace them")
+                return ItemPlan(
+                    path,
+                    "conflict",
+                    f"{path}: changed since its outputs in {out_dir} were made; use --overwrite to replace them",
+                )
             if done.get("settings") != settings:
-                return ItemPlan(path, "conflict", f"{path}: its outputs in {out_dir} were made with other settings "
-                                f"({_settings_diff(done.get('settings') or {}, settings)}); use --overwrite to replace them")
+                return ItemPlan(
+                    path,
+                    "conflict",
+                    f"{path}: its outputs in {out_dir} were made with other settings "
+                    f"({_settings_diff(done.get('settings') or {}, settings)}); use --overwrite to replace them",
+                )
             sizes = done.get("outputs") or {}
             complete = set(sizes) == {_output_name(p, out_dir) for p in outputs.values()} and all(
-                (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items())
+                (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in sizes.items()
+            )
             if complete:
                 if writing is not None:  # killed after the record was written, before the marker went
                     try:
@@ -904,14 +1074,20 @@ def plan_item(path: str | os.PathLike, out_dir: str | os.PathLike, settings: dic
     existing = [p for p in outputs.values() if p.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        return ItemPlan(path, "conflict", f"{existing[0]}: output exists{more} and particleseg has no record of "
-                        "making it; use --overwrite to replace it")
+        return ItemPlan(
+            path,
+            "conflict",
+            f"{existing[0]}: output exists{more} and particleseg has no record of "
+            "making it; use --overwrite to replace it",
+        )
     return ItemPlan(path, "new")
 
 
 def _output_name(path: Path, out_dir: Path) -> str:
-    """An output's name in a completion record: its path inside the output folder
-    (``labels/a_labels.tif``; for the outputs of ``segment``, the file name)."""
+    """Return an output's name in a completion record: its path inside the output folder.
+
+    For example ``labels/a_labels.tif``; for the outputs of ``segment``, the file name.
+    """
     try:
         return Path(path).relative_to(out_dir).as_posix()
     except ValueError:
@@ -919,15 +1095,19 @@ def _output_name(path: Path, out_dir: Path) -> str:
 
 
 def check_stems(files: Iterable[str | os.PathLike]) -> None:
-    """Refuse inputs whose outputs would have the same names (``a.tif`` and ``a.png``, or two
-    folders' ``a.tif``), before any work."""
+    """Refuse inputs whose outputs would have the same names, before any work.
+
+    For example ``a.tif`` and ``a.png``, or two folders' ``a.tif``.
+    """
     seen: dict[str, Path] = {}
     for f in map(Path, files):
         other = seen.setdefault(f.stem, f)
         if other != f:
-            raise InputError(f"{other} and {f}: the same name stem {f.stem!r}, so their outputs would have the "
-                             f"same names ({f.stem}_labels.tif, ...); rename one, or segment them into different "
-                             "--out folders")
+            raise InputError(
+                f"{other} and {f}: the same name stem {f.stem!r}, so their outputs would have the "
+                f"same names ({f.stem}_labels.tif, ...); rename one, or segment them into different "
+                "--out folders"
+            )
 
 
 def resolve_calibration(
@@ -937,9 +1117,11 @@ def resolve_calibration(
     unit: str | None = None,
     image_width: float | None = None,
 ) -> Calibration:
-    """Calibration from the options, else from the file: ``pixel_size`` (with ``unit``, default
-    nm) wins over ``image_width`` (field-of-view width, in ``unit``, default nm) wins over the
-    file's metadata."""
+    """Calibration from the options, else from the file.
+
+    ``pixel_size`` (with ``unit``, default nm) wins over ``image_width`` (field-of-view width,
+    in ``unit``, default nm) wins over the file's metadata.
+    """
     if pixel_size is not None:
         return Calibration(pixel_size, unit or "nm")
     if image_width is not None:
@@ -978,15 +1160,18 @@ def segment_file(
     Returns a summary row (see :func:`particleseg.measure.summarize`) with the file name,
     the calibration and the number of rejected particles.
     """
-    return write_prepared(prepare_file(path, out_dir, bundle, params, pixel_size, unit, image_width, overwrite,
-                                       write_overview))
+    return write_prepared(
+        prepare_file(path, out_dir, bundle, params, pixel_size, unit, image_width, overwrite, write_overview)
+    )
 
 
 @dataclass
 class PreparedFile:
-    """One image file segmented and measured, its outputs not yet written
-    (:func:`prepare_file`; :func:`write_prepared` writes them). Picklable: a batch's worker
-    processes send it to the process that writes."""
+    """One image file segmented and measured, its outputs not yet written.
+
+    Made by :func:`prepare_file`; :func:`write_prepared` writes them. Picklable: a batch's
+    worker processes send it to the process that writes.
+    """
 
     path: Path
     out_dir: Path
@@ -1014,17 +1199,22 @@ def prepare_file(
     overwrite: bool = False,
     write_overview: bool = True,
 ) -> PreparedFile:
-    """Everything :func:`segment_file` computes for one image file, the overview figure
-    rendered, nothing written (see :class:`PreparedFile`). Fails before any work when outputs
-    exist and ``overwrite`` is False."""
+    """Compute everything :func:`segment_file` computes for one image file, writing nothing.
+
+    The overview figure is rendered (see :class:`PreparedFile`). Fails before any work when
+    outputs exist and ``overwrite`` is False.
+    """
     path = Path(path)
     paths = output_paths(path, out_dir, write_overview)
     check_outputs(list(paths.values()), overwrite)  # fail before any work
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     settings = run_settings(bundle, params, write_overview, pixel_size, unit, image_width)
-    image, file_cal = read_image(path, allow_nonsquare=pixel_size is not None or image_width is not None,
-                                 strict=bool(params is not None and params.strict))
+    image, file_cal = read_image(
+        path,
+        allow_nonsquare=pixel_size is not None or image_width is not None,
+        strict=bool(params is not None and params.strict),
+    )
     try:
         fingerprint = input_fingerprint(path)
     except OSError as exc:
@@ -1049,10 +1239,16 @@ def prepare_file(
         squeeze = (lambda a: a[0]) if image.ndim == 2 else (lambda a: a)
         kept = squeeze(kept)
         prob = squeeze(np.stack([seg.foreground for seg in results]))
-    row = {"file": path.name, "status": "ok", "error": "", "slices": len(stack),
-           "pixel_size": cal.pixel_size, "crop_rows": results[0].crop_rows,
-           "rejected": int((~table["kept"]).sum()) if len(table) else 0,
-           **scale_summary(results[0].scale)}
+    row = {
+        "file": path.name,
+        "status": "ok",
+        "error": "",
+        "slices": len(stack),
+        "pixel_size": cal.pixel_size,
+        "crop_rows": results[0].crop_rows,
+        "rejected": int((~table["kept"]).sum()) if len(table) else 0,
+        **scale_summary(results[0].scale),
+    }
     row.update(summarize(table, cal.unit, cal.nm_per_unit()))
     overview = None
     if write_overview:
@@ -1060,16 +1256,33 @@ def prepare_file(
         title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
         if large:  # sampled every k pixels (the figure shows about 500 pixels of it)
             k = strips.overview_step(stack[0].shape)
-            overview = overview_png(np.ascontiguousarray(stack[0][::k, ::k]),
-                                    np.ascontiguousarray(labels[0][::k, ::k]), first, cal.unit, title)
+            overview = overview_png(
+                np.ascontiguousarray(stack[0][::k, ::k]),
+                np.ascontiguousarray(labels[0][::k, ::k]),
+                first,
+                cal.unit,
+                title,
+            )
         else:
             overview = overview_png(stack[0], labels[0], first, cal.unit, title)
-    return PreparedFile(path, Path(out_dir), paths, {"name": path.name, **fingerprint}, settings, row, cal, kept,
-                        pp.labels_to_mask(kept) if mask is None else mask, prob, table, overview)
+    return PreparedFile(
+        path,
+        Path(out_dir),
+        paths,
+        {"name": path.name, **fingerprint},
+        settings,
+        row,
+        cal,
+        kept,
+        pp.labels_to_mask(kept) if mask is None else mask,
+        prob,
+        table,
+        overview,
+    )
 
 
 def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, unit: str, title: str) -> bytes:
-    """The overview figure (:func:`particleseg.report.overview_figure`) as PNG bytes."""
+    """Render the overview figure (:func:`particleseg.report.overview_figure`) as PNG bytes."""
     fig = overview_figure(image, labels, table, unit, title=title)  # (selects the Agg backend first)
     import matplotlib.pyplot as plt  # matplotlib: lazy (docs/architecture.md), and only after Agg is selected
 
@@ -1082,8 +1295,10 @@ def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, uni
 
 
 def write_prepared(item: PreparedFile) -> dict[str, Any]:
-    """Write the outputs of a :class:`PreparedFile` and its completion record
-    (:func:`_write_item`); returns its summary row."""
+    """Write the outputs of a :class:`PreparedFile` and its completion record.
+
+    Written by :func:`_write_item`; returns its summary row.
+    """
     cal = item.calibration
     writers = {
         "labels": lambda p: write_tiff(p, item.labels, cal, True),
@@ -1097,11 +1312,21 @@ def write_prepared(item: PreparedFile) -> dict[str, Any]:
     return item.row
 
 
-def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict, fingerprint: dict,
-                settings: dict, row: dict, stem: str | None = None) -> None:
-    """Write one image's outputs between its ``writing`` marker and its ``done`` record; on any
-    failure or interruption remove them all (and the marker), so no partial set stays. (Also
-    one SIMS field's or FIB-SEM slice's, named by ``stem``.)"""
+def _write_item(
+    path: Path,
+    out_dir: Path,
+    paths: dict[str, Path],
+    writers: dict,
+    fingerprint: dict,
+    settings: dict,
+    row: dict,
+    stem: str | None = None,
+) -> None:
+    """Write one image's outputs between its ``writing`` marker and its ``done`` record.
+
+    On any failure or interruption remove them all (and the marker), so no partial set stays.
+    (Also one SIMS field's or FIB-SEM slice's, named by ``stem``.)
+    """
     done, writing = record_paths(path, out_dir, stem)
     record = {"format": 1, "input": fingerprint, "settings": settings, "particleseg": __version__}
     committed = False
@@ -1110,9 +1335,16 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
         done.unlink(missing_ok=True)
         for kind, p in paths.items():
             writers[kind](p)
-        _write_json(done, {**record, "state": "done",
-                           "outputs": {_output_name(p, out_dir): p.stat().st_size for p in paths.values()},
-                           "row": row, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _write_json(
+            done,
+            {
+                **record,
+                "state": "done",
+                "outputs": {_output_name(p, out_dir): p.stat().st_size for p in paths.values()},
+                "row": row,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
         committed = True  # from here on the image is done, whatever happens
         writing.unlink(missing_ok=True)
     except BaseException as exc:
@@ -1132,9 +1364,12 @@ def _write_item(path: Path, out_dir: Path, paths: dict[str, Path], writers: dict
 
 
 def _remove_own_temporaries(paths: Iterable[Path]) -> None:
-    """Remove this process's temporary files of ``paths`` (:func:`particleseg.io.write_atomic`
-    names them ``.STEM.tmpPID-XXXXXXXX.SUFFIX``): one that an interruption left, when it came
-    while the temporary file was being made, before the writer knew its name."""
+    """Remove this process's temporary files of ``paths``.
+
+    :func:`particleseg.io.write_atomic` names them ``.STEM.tmpPID-XXXXXXXX.SUFFIX``: one that
+    an interruption left, when it came while the temporary file was being made, before the
+    writer knew its name.
+    """
     for p in paths:
         for tmp in p.parent.glob(f".{glob.escape(p.stem)}.tmp{os.getpid()}-*"):
             tmp.unlink(missing_ok=True)
@@ -1235,8 +1470,15 @@ def segment_files(
     workers = _Workers(jobs, bundle, params, out_dir, write_overview, calibration) if jobs > 1 else None
 
     def prepare(k: int) -> PreparedFile:
-        return prepare_file(plans[k].path, out_dir, bundle, params, overwrite=plans[k].action == "redo" or overwrite,
-                            write_overview=write_overview, **calibration)
+        return prepare_file(
+            plans[k].path,
+            out_dir,
+            bundle,
+            params,
+            overwrite=plans[k].action == "redo" or overwrite,
+            write_overview=write_overview,
+            **calibration,
+        )
 
     try:
         for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
@@ -1246,7 +1488,7 @@ def segment_files(
                 counts["stopped"] = "canceled"
                 break
             if workers is not None:  # the next images are prepared while this one is written
-                for k in pending[n: n + jobs + 1]:
+                for k in pending[n : n + jobs + 1]:
                     workers.submit(k, plans[k].path, plans[k].action == "redo" or overwrite)
             report(i, f, None, "start")
             t0 = time.perf_counter()
@@ -1266,8 +1508,10 @@ def segment_files(
                     counts["not_started"] = len(pending) - n - 1
                     counts["stopped"] = msg
                     if counts["not_started"] and on_item is None:
-                        tqdm.write(f"particleseg: error: stopped; {counts['not_started']} image(s) not started",
-                                   file=sys.stderr)
+                        tqdm.write(
+                            f"particleseg: error: stopped; {counts['not_started']} image(s) not started",
+                            file=sys.stderr,
+                        )
                     break
                 continue
             row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -1308,7 +1552,7 @@ def segment_files(
 
 
 def usable_cpus() -> int:
-    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    """Count the CPU cores this process may run on (its affinity mask where the system has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -1316,9 +1560,11 @@ def usable_cpus() -> int:
 
 
 def batch_jobs(jobs: int | None, n_images: int) -> int:
-    """Worker processes for a batch of ``n_images``: ``jobs`` (0 or None: one per usable core,
-    :func:`usable_cpus`), at most one per image; 1 means no workers (one image after another in
-    this process)."""
+    """Worker processes for a batch of ``n_images``.
+
+    ``jobs`` (0 or None: one per usable core, :func:`usable_cpus`), at most one per image; 1
+    means no workers (one image after another in this process).
+    """
     if jobs is not None and int(jobs) < 0:
         raise InputError(f"jobs: must be 0 (one per CPU core) or more, got {jobs}")
     jobs = int(jobs) if jobs else usable_cpus()
@@ -1326,10 +1572,12 @@ def batch_jobs(jobs: int | None, n_images: int) -> int:
 
 
 class _Workers:
-    """The worker processes of a batch (:func:`segment_files` with ``jobs`` > 1): each prepares
-    whole images (:func:`prepare_file`: reading, network, particles, measurements, the overview
-    figure), which the batch writes in their order, so the network of one image runs beside the
-    post-processing, measurement and writing of others, on every core.
+    """The worker processes of a batch (:func:`segment_files` with ``jobs`` > 1).
+
+    Each prepares whole images (:func:`prepare_file`: reading, network, particles,
+    measurements, the overview figure), which the batch writes in their order, so the network
+    of one image runs beside the post-processing, measurement and writing of others, on every
+    core.
 
     The workers write nothing: an interrupted batch rolls back only the image being written (in
     this process), and the workers are ended. They ignore Ctrl-C (the batch stops them), end
@@ -1338,30 +1586,41 @@ class _Workers:
     :func:`particleseg.workers.context` (a forkserver), never forked from this process.
     """
 
-    def __init__(self, jobs: int, bundle: Bundle, params: SegmentParams | None, out_dir: Path,
-                 write_overview: bool, calibration: dict):
+    def __init__(
+        self,
+        jobs: int,
+        bundle: Bundle,
+        params: SegmentParams | None,
+        out_dir: Path,
+        write_overview: bool,
+        calibration: dict,
+    ):
         threads = max(1, usable_cpus() // jobs)
         state = (bundle.path, bundle.metadata, bundle.source)  # a fresh Bundle: no loaded network to send
         self.params = dataclasses.replace(params or SegmentParams(), progress=False)
         self.options = {"write_overview": write_overview, **calibration}
         self.out_dir = out_dir
-        self.pool = ProcessPoolExecutor(jobs, mp_context=context(), initializer=_worker_start,
-                                        initargs=(state, threads, os.getpid()))
+        self.pool = ProcessPoolExecutor(
+            jobs, mp_context=context(), initializer=_worker_start, initargs=(state, threads, os.getpid())
+        )
         self.futures: dict[int, Any] = {}
 
     def submit(self, key: int, path: Path, overwrite: bool) -> None:
         """Start preparing ``path`` (once per ``key``)."""
         if key not in self.futures:
-            self.futures[key] = self.pool.submit(_worker_prepare, path, self.out_dir, self.params, overwrite,
-                                                 self.options)
+            self.futures[key] = self.pool.submit(
+                _worker_prepare, path, self.out_dir, self.params, overwrite, self.options
+            )
 
     def result(self, key: int) -> PreparedFile:
-        """The prepared image of ``key`` (its warnings shown now); raises its error."""
+        """Return the prepared image of ``key`` (its warnings shown now); raise its error."""
         try:
             item, error, notes = self.futures.pop(key).result()
         except BrokenProcessPool:
-            raise ParticlesegError("a worker process of the batch ended unexpectedly (out of memory?); "
-                                   "run again, with --jobs 1 to segment one image at a time") from None
+            raise ParticlesegError(
+                "a worker process of the batch ended unexpectedly (out of memory?); "
+                "run again, with --jobs 1 to segment one image at a time"
+            ) from None
         for message, category, filename, lineno in notes:
             warnings.warn_explicit(message, category, filename, lineno)
         if error is not None:
@@ -1384,7 +1643,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_start(bundle_state: tuple, threads: int, parent: int) -> None:
-    """Initializer of a batch's worker process (:class:`_Workers`)."""
+    """Initialize a batch's worker process (:class:`_Workers`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the batch decides
     export.INTRA_OP_THREADS = threads
     _WORKER["bundle"] = Bundle(*bundle_state)
@@ -1392,8 +1651,11 @@ def _worker_start(bundle_state: tuple, threads: int, parent: int) -> None:
 
 
 def _exit_with(parent: int) -> None:
-    """End this worker once the batch's process is gone (killed: nobody would end it), or the
-    process it was started from (the forkserver, which ends with the batch's process)."""
+    """End this worker once the batch's process is gone.
+
+    That is, once the batch's process is killed (nobody would end it), or the process it was
+    started from (the forkserver, which ends with the batch's process).
+    """
     started_from = os.getppid()
     while True:
         time.sleep(0.5)
@@ -1408,8 +1670,11 @@ def _exit_with(parent: int) -> None:
 
 
 def _worker_prepare(path: Path, out_dir: Path, params: SegmentParams, overwrite: bool, options: dict):
-    """:func:`prepare_file` in a worker: ``(item, None, notes)`` or ``(None, error, notes)``, the
-    notes being the warnings it gave."""
+    """Run :func:`prepare_file` in a worker.
+
+    Returns ``(item, None, notes)`` or ``(None, error, notes)``, the notes being the warnings
+    it gave.
+    """
     t0 = time.perf_counter()
     item = error = None
     with warnings.catch_warnings(record=True) as caught:
@@ -1424,14 +1689,20 @@ def _worker_prepare(path: Path, out_dir: Path, params: SegmentParams, overwrite:
 
 
 def _is_folder_error(exc: BaseException) -> bool:
-    """A disk-full or not-writable error in the output folder (not one image's problem)."""
+    """Tell whether ``exc`` is a disk-full or not-writable error in the output folder.
+
+    Such an error is the folder's problem, not one image's.
+    """
     text = str(exc)
     return isinstance(exc, OutputError) and (": disk full" in text or ": not writable" in text)
 
 
 def batch_report(summary: pd.DataFrame) -> str:
-    """``2 done earlier, 1 segmented, 0 failed`` (and ``, 3 not started``) for a summary
-    returned by :func:`segment_files`."""
+    """Say what a batch did, as ``2 done earlier, 1 segmented, 0 failed``.
+
+    With ``, 3 not started`` when some were not started; ``summary`` is one returned by
+    :func:`segment_files` (its ``attrs`` hold the counts).
+    """
     a = summary.attrs
     text = f"{a.get('done_earlier', 0)} done earlier, {a.get('segmented', 0)} segmented, {a.get('failed', 0)} failed"
     return text + (f", {a['not_started']} not started" if a.get("not_started") else "")
@@ -1441,6 +1712,11 @@ SUMMARY_INTEGERS = ("slices", "crop_rows", "rejected", "count")
 
 
 def typed_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Give a summary's integer columns (:data:`SUMMARY_INTEGERS`) the nullable ``Int64`` type.
+
+    In place, for those of the columns it has: their values stay integers even with failed rows,
+    whose cells are empty. Returns the same table.
+    """
     for col in SUMMARY_INTEGERS:
         if col in summary:
             summary[col] = summary[col].astype("Int64")  # integers even with failed rows
@@ -1448,7 +1724,7 @@ def typed_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_summary(path: str | os.PathLike, overwrite: bool = False) -> pd.DataFrame | None:
-    """The ``summary.csv`` of earlier batches into a folder, or None if there is none.
+    """Read the ``summary.csv`` of earlier batches into a folder, or None if there is none.
 
     A file of that name that is not a particleseg summary (unreadable, or no ``file`` and
     ``status`` columns) is refused as an existing output, as any other output is, or with
@@ -1465,17 +1741,24 @@ def read_summary(path: str | os.PathLike, overwrite: bool = False) -> pd.DataFra
     if problem:
         if overwrite:
             return None
-        raise OutputExistsError(f"{path}: output exists and is not a particleseg summary ({problem}); "
-                                "use another output folder or --overwrite to replace it")
+        raise OutputExistsError(
+            f"{path}: output exists and is not a particleseg summary ({problem}); "
+            "use another output folder or --overwrite to replace it"
+        )
     table["error"] = table["error"].astype(object).where(table["error"].notna(), "") if "error" in table else ""
     return table
 
 
-def merge_summary(earlier: pd.DataFrame | None, summary: pd.DataFrame, keep_earlier: Iterable[str] = ()) -> pd.DataFrame:
-    """One summary of everything segmented into a folder: the rows of earlier batches,
-    then this batch's rows. A file of this batch replaces its earlier row (segmented again
-    with ``--overwrite``, or failed this time), except the files in ``keep_earlier`` (this
-    batch refused them because their outputs exist: the earlier row still describes them)."""
+def merge_summary(
+    earlier: pd.DataFrame | None, summary: pd.DataFrame, keep_earlier: Iterable[str] = ()
+) -> pd.DataFrame:
+    """One summary of everything segmented into a folder.
+
+    The rows of earlier batches, then this batch's rows. A file of this batch replaces its
+    earlier row (segmented again with ``--overwrite``, or failed this time), except the files in
+    ``keep_earlier`` (this batch refused them because their outputs exist: the earlier row
+    still describes them).
+    """
     if earlier is None or not len(earlier):
         return summary
     keep_earlier = set(keep_earlier)
