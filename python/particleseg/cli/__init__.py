@@ -21,6 +21,7 @@ SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "train", "train_from_scr
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the ``particleseg`` argument parser, each subcommand of :data:`SUBCOMMANDS` registered."""
     parser = argparse.ArgumentParser(
         prog="particleseg",
         description="Deep-learning segmentation and measurement of particles in microscopy images.",
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``particleseg`` command line on ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    A :class:`~particleseg.errors.ParticlesegError` is one ``particleseg: error:`` line on stderr (status 1), Ctrl-C
+    ``particleseg: interrupted`` (status 130); particleseg's warnings are printed as one-line notes.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,8 +76,10 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
 
 
 def parse_crop_rows(text: str, auto: bool = True) -> int | str:
-    """``--crop-rows``: a number of rows at the bottom, or (with ``auto``) ``auto``: detect the
-    data bar (:func:`particleseg.params.parse_crop_rows`)."""
+    """``--crop-rows``: a number of rows at the bottom, or (with ``auto``) ``auto``.
+
+    ``auto`` detects the data bar (:func:`particleseg.params.parse_crop_rows`).
+    """
     if not auto and str(text).strip().lower() in ("auto", ""):
         raise argparse.ArgumentTypeError(f"expected a number of rows, got {text!r}")
     try:

@@ -1,3 +1,5 @@
+"""``python -m particleseg.cli``: run the ``particleseg`` command line."""
+
 import sys
 
 from . import main

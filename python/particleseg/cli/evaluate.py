@@ -15,8 +15,10 @@ from . import parse_crop_rows
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``START:STOP:STEP`` (STOP included) or a list ``0.3,0.5`` -> thresholds in [0, 1]
-    (:func:`particleseg.params.parse_thresholds`, as the Fiji command reads them)."""
+    """``START:STOP:STEP`` (STOP included) or a list ``0.3,0.5`` -> thresholds in [0, 1].
+
+    Parsed by :func:`particleseg.params.parse_thresholds`, as the Fiji command reads them.
+    """
     try:
         return params.parse_thresholds(text)
     except InputError as exc:
@@ -24,6 +26,7 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
 
 
 def register(sub) -> None:
+    """Add the ``evaluate`` subcommand and its options to the subparsers ``sub``."""
     p = sub.add_parser(
         "evaluate",
         help="score segmentations against ground truth (ISBI 2012 and instance metrics)",
@@ -41,25 +44,64 @@ def register(sub) -> None:
     p.add_argument("--pred", nargs="+", required=True, metavar="PATH", help="proposal image files or folders")
     p.add_argument("--truth", nargs="+", required=True, metavar="PATH", help="ground-truth image files or folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--crop-rows", type=lambda t: parse_crop_rows(t, auto=False), default=None, metavar="N", help="rows at the bottom of every image to ignore (an SEM data bar; 56 for the TiO2 images)")
-    p.add_argument("--thresholds", type=parse_thresholds, default=None, metavar="START:STOP:STEP",
-                   help="threshold sweep of probability maps (default 0:1:0.1; a list like 0.3,0.5 also works)")
-    p.add_argument("--watershed", action="store_true", help="split touching particles of the thresholded proposal by a distance-transform watershed before scoring")
-    p.add_argument("--pred-kind", choices=("auto", "prob", "mask", "labels"), default="auto",
-                   help="how to read proposals (default: from the name ending _prob/_labels/_mask, else from the values)")
-    p.add_argument("--truth-kind", choices=("auto", "mask", "labels"), default="auto", help="how to read the ground truth (default: from the values)")
-    p.add_argument("--warping-radius", type=int, default=20, metavar="PX", help="window radius for classifying warping splits (default 20, as the publication; 0: whole particle)")
-    p.add_argument("--keep-border", action="store_true", help="keep particles touching the image border in the size distributions")
+    p.add_argument(
+        "--crop-rows",
+        type=lambda t: parse_crop_rows(t, auto=False),
+        default=None,
+        metavar="N",
+        help="rows at the bottom of every image to ignore (an SEM data bar; 56 for the TiO2 images)",
+    )
+    p.add_argument(
+        "--thresholds",
+        type=parse_thresholds,
+        default=None,
+        metavar="START:STOP:STEP",
+        help="threshold sweep of probability maps (default 0:1:0.1; a list like 0.3,0.5 also works)",
+    )
+    p.add_argument(
+        "--watershed",
+        action="store_true",
+        help="split touching particles of the thresholded proposal by a distance-transform watershed before scoring",
+    )
+    p.add_argument(
+        "--pred-kind",
+        choices=("auto", "prob", "mask", "labels"),
+        default="auto",
+        help="how to read proposals (default: from the name ending _prob/_labels/_mask, else from the values)",
+    )
+    p.add_argument(
+        "--truth-kind",
+        choices=("auto", "mask", "labels"),
+        default="auto",
+        help="how to read the ground truth (default: from the values)",
+    )
+    p.add_argument(
+        "--warping-radius",
+        type=int,
+        default=20,
+        metavar="PX",
+        help="window radius for classifying warping splits (default 20, as the publication; 0: whole particle)",
+    )
+    p.add_argument(
+        "--keep-border", action="store_true", help="keep particles touching the image border in the size distributions"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    """Run ``particleseg evaluate``: score proposals against ground truth; return the exit status.
+
+    Writes metrics.csv, metrics.md and metrics_sweep.csv (:func:`particleseg.metrics.evaluate_files`) and prints the
+    mean scores; 1 when a proposal could not be scored.
+    """
     from ..metrics import DEFAULT_THRESHOLDS, TABLE1_COLUMNS, evaluate_files
 
     table, failures = evaluate_files(
-        args.pred, args.truth, args.out,
+        args.pred,
+        args.truth,
+        args.out,
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         watershed=args.watershed,
         crop_rows=args.crop_rows,

@@ -1,9 +1,9 @@
 """``particleseg fiji``: the Fiji/ImageJ bridge on the command line.
 
-    particleseg fiji install --fiji DIR [--env] [--overwrite]
-    particleseg fiji run-macro MACRO.ijm [--fiji DIR | --ij-jar JAR] [--input DIR [--output DIR]] [ARGS ...]
-    particleseg fiji gui [--fiji DIR | --ij-jar JAR]
-    particleseg fiji check [--fiji DIR | --ij-jar JAR] [--start]
+particleseg fiji install --fiji DIR [--env] [--overwrite]
+particleseg fiji run-macro MACRO.ijm [--fiji DIR | --ij-jar JAR] [--input DIR [--output DIR]] [ARGS ...]
+particleseg fiji gui [--fiji DIR | --ij-jar JAR]
+particleseg fiji check [--fiji DIR | --ij-jar JAR] [--start]
 """
 
 from __future__ import annotations
@@ -25,53 +25,81 @@ from ..errors import InputError
 def _add_imagej_options(p, suppress: bool = False) -> None:
     d = {"default": argparse.SUPPRESS} if suppress else {}
     g = p.add_mutually_exclusive_group() if not suppress else p
-    g.add_argument("--fiji", metavar="DIR|ENDPOINT", help="a Fiji.app folder, or a Maven endpoint such as sc.fiji:fiji (started through pyimagej)", **d)
-    g.add_argument("--ij-jar", metavar="JAR", help="a plain ImageJ 1.x jar (default: $PARTICLESEG_IJ_JAR or /usr/share/java/ij.jar)", **d)
+    g.add_argument(
+        "--fiji",
+        metavar="DIR|ENDPOINT",
+        help="a Fiji.app folder, or a Maven endpoint such as sc.fiji:fiji (started through pyimagej)",
+        **d,
+    )
+    g.add_argument(
+        "--ij-jar",
+        metavar="JAR",
+        help="a plain ImageJ 1.x jar (default: $PARTICLESEG_IJ_JAR or /usr/share/java/ij.jar)",
+        **d,
+    )
 
 
 def register(sub) -> None:
-    p = sub.add_parser("fiji", help="Fiji/ImageJ bridge: install the commands, run macros headless",
-                       description="Plugins > Particle Segmentation for Fiji and ImageJ: install the scripts into a "
-                                   "Fiji, run ImageJ macros that call the commands headless over folders, open ImageJ "
-                                   "with the commands, check the setup. See docs/fiji.md.")
+    """Add the ``fiji`` subcommand (``install``, ``run-macro``, ``gui``, ``check``) and its options to ``sub``."""
+    p = sub.add_parser(
+        "fiji",
+        help="Fiji/ImageJ bridge: install the commands, run macros headless",
+        description="Plugins > Particle Segmentation for Fiji and ImageJ: install the scripts into a "
+        "Fiji, run ImageJ macros that call the commands headless over folders, open ImageJ "
+        "with the commands, check the setup. See docs/fiji.md.",
+    )
     fsub = p.add_subparsers(dest="fiji_command", metavar="ACTION")
     fsub.required = True
 
-    q = fsub.add_parser("install", help="copy fiji-scripts/ into a Fiji installation",
-                        description="Copy the SciJava scripts and example macros of fiji-scripts/ into "
-                                    "FIJI/scripts/Plugins/Particle Segmentation/ (the menu Plugins > Particle Segmentation).")
+    q = fsub.add_parser(
+        "install",
+        help="copy fiji-scripts/ into a Fiji installation",
+        description="Copy the SciJava scripts and example macros of fiji-scripts/ into "
+        "FIJI/scripts/Plugins/Particle Segmentation/ (the menu Plugins > Particle Segmentation).",
+    )
     q.add_argument("--fiji", required=True, metavar="DIR", help="the Fiji.app folder")
-    q.add_argument("--env", action="store_true", help="also write environment.yml to FIJI/config/ for Fiji's Python mode")
+    q.add_argument(
+        "--env", action="store_true", help="also write environment.yml to FIJI/config/ for Fiji's Python mode"
+    )
     q.add_argument("--overwrite", action="store_true", help="replace installed files that differ")
     q.set_defaults(func=run_install)
 
     q = fsub.add_parser(
-        "run-macro", help="run an ImageJ macro headless (batch over folders)",
+        "run-macro",
+        help="run an ImageJ macro headless (batch over folders)",
         description="Run an ImageJ macro headless (ImageJ 1.x under a private Xvfb, or Fiji headless through "
-                    "pyimagej). Without --input the macro runs once with getArgument() = ARGS; with --input it "
-                    "runs once per image of the folder with the image open, as Process > Batch > Macro, "
-                    "with a progress bar, going on past failing images, and a summary.",
+        "pyimagej). Without --input the macro runs once with getArgument() = ARGS; with --input it "
+        "runs once per image of the folder with the image open, as Process > Batch > Macro, "
+        "with a progress bar, going on past failing images, and a summary.",
         epilog="ARGS are key=value words passed to the macro (getArgument(); read them with "
-               'call("ij.Macro.getValue", getArgument(), "key", "default")). Options may come before or after MACRO.',
+        'call("ij.Macro.getValue", getArgument(), "key", "default")). Options may come before or after MACRO.',
     )
     q.add_argument("macro", metavar="MACRO.ijm", help="the macro file")
     _add_imagej_options(q)
     q.add_argument("--input", metavar="DIR", help="run the macro once per image of this folder")
-    q.add_argument("--output", metavar="DIR", help="passed to the macro as output=DIR; run-macro-summary.csv goes there")
+    q.add_argument(
+        "--output", metavar="DIR", help="passed to the macro as output=DIR; run-macro-summary.csv goes there"
+    )
     q.add_argument("--pattern", metavar="GLOB", help="with --input: only files whose name matches (e.g. '*.tif')")
     q.add_argument("--overwrite", action="store_true", help="replace an existing run-macro-summary.csv")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="key=value arguments for the macro")
     q.set_defaults(func=run_macro)
 
-    q = fsub.add_parser("gui", help="open ImageJ/Fiji with the Particle Segmentation menu",
-                        description="Start ImageJ 1.x (or Fiji through pyimagej) with its window and "
-                                    "Plugins > Particle Segmentation; returns when ImageJ is closed. Needs a desktop.")
+    q = fsub.add_parser(
+        "gui",
+        help="open ImageJ/Fiji with the Particle Segmentation menu",
+        description="Start ImageJ 1.x (or Fiji through pyimagej) with its window and "
+        "Plugins > Particle Segmentation; returns when ImageJ is closed. Needs a desktop.",
+    )
     _add_imagej_options(q)
     q.set_defaults(func=run_gui)
 
-    q = fsub.add_parser("check", help="report Java, display, ImageJ and pyimagej; optionally start ImageJ",
-                        description="Report what the bridge would use; with --start, start ImageJ and run Models...")
+    q = fsub.add_parser(
+        "check",
+        help="report Java, display, ImageJ and pyimagej; optionally start ImageJ",
+        description="Report what the bridge would use; with --start, start ImageJ and run Models...",
+    )
     _add_imagej_options(q)
     q.add_argument("--start", action="store_true", help="start ImageJ and run a macro calling Models...")
     q.set_defaults(func=run_check)
@@ -81,15 +109,18 @@ def register(sub) -> None:
 
 
 def run_install(args) -> int:
+    """Run ``particleseg fiji install``: copy the plugin's files into a Fiji installation; return 0."""
     from ..fiji.install import install
 
     copied, same = install(args.fiji, overwrite=args.overwrite, env=args.env)
     for p in copied:
         print(f"installed {p}")
     print(f"{len(copied)} file(s) installed, {len(same)} already up to date, in {Path(args.fiji)}")
-    print("next: in Fiji, Edit > Options > Python... : build the environment from "
-          + ("config/environment.yml" if args.env else "particleseg's environment.yml")
-          + ", tick 'Launch in Python mode', restart Fiji; then Plugins > Particle Segmentation")
+    print(
+        "next: in Fiji, Edit > Options > Python... : build the environment from "
+        + ("config/environment.yml" if args.env else "particleseg's environment.yml")
+        + ", tick 'Launch in Python mode', restart Fiji; then Plugins > Particle Segmentation"
+    )
     return 0
 
 
@@ -119,6 +150,11 @@ def _split_remainder(args) -> None:
 
 
 def run_macro(args) -> int:
+    """Run ``particleseg fiji run-macro``: run an ImageJ macro headless, once or per input image.
+
+    Returns the exit status (1 when the macro failed, for an image or at all), after which the process leaves
+    without waiting for ImageJ's threads (:func:`_flush_and_exit`).
+    """
     from ..fiji import batch
     from ..fiji.session import start
 
@@ -130,7 +166,10 @@ def run_macro(args) -> int:
     output = Path(args.output) if args.output else None
     t0 = time.perf_counter()
     session = start(fiji=args.fiji, ij_jar=args.ij_jar, mode="headless")
-    print(f"run-macro: ImageJ ready ({session.kind}, {session.source}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"run-macro: ImageJ ready ({session.kind}, {session.source}) in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     if files is None:
         extra = list(args.args)
         if output is not None:
@@ -138,8 +177,9 @@ def run_macro(args) -> int:
         summary = batch.run_once(session, macro, extra)
         code = 0 if summary["status"] == "ok" else 1
     else:
-        _, failures = batch.run_per_image(session, macro, files, list(args.args), output=output,
-                                          progress=not args.quiet, overwrite=args.overwrite)
+        _, failures = batch.run_per_image(
+            session, macro, files, list(args.args), output=output, progress=not args.quiet, overwrite=args.overwrite
+        )
         code = 1 if failures else 0
     _flush_and_exit(code)
     return code
@@ -155,6 +195,10 @@ def _flush_and_exit(code: int) -> None:
 
 
 def run_gui(args) -> int:
+    """Run ``particleseg fiji gui``: open ImageJ with its user interface; return 0 once it is closed.
+
+    Needs a display; the process then leaves without waiting for ImageJ's threads (:func:`_flush_and_exit`).
+    """
     from ..fiji.environment import FijiError
     from ..fiji.session import start
 
@@ -169,6 +213,7 @@ def run_gui(args) -> int:
 
 
 def run_check(args) -> int:
+    """Run ``particleseg fiji check``: print what running ImageJ needs and whether it is there; return the status."""
     from ..fiji import environment as env
 
     ok = True
@@ -188,11 +233,18 @@ def run_check(args) -> int:
         line("display", f"DISPLAY={disp}")
     else:
         xvfb = shutil.which("Xvfb")
-        line("display", f"none; Xvfb {'at ' + xvfb + ' will be started for ImageJ 1.x' if xvfb else 'not installed (apt-get install xvfb)'}",
-             bool(xvfb) or bool(args.fiji))
+        line(
+            "display",
+            "none; Xvfb "
+            f"{'at ' + xvfb + ' will be started for ImageJ 1.x' if xvfb else 'not installed (apt-get install xvfb)'}",
+            bool(xvfb) or bool(args.fiji),
+        )
     if args.fiji:
         if env.is_endpoint(args.fiji):
-            line("fiji", f"endpoint {args.fiji} (pyimagej resolves it from the SciJava Maven repository; needs the network)")
+            line(
+                "fiji",
+                f"endpoint {args.fiji} (pyimagej resolves it from the SciJava Maven repository; needs the network)",
+            )
         else:
             try:
                 line("fiji", str(env.check_fiji_dir(args.fiji)))

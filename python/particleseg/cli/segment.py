@@ -16,6 +16,7 @@ from ..params import PARAMETERS, SHAPE_NAMES, add_arguments, add_scheduler_argum
 
 
 def register(sub) -> None:
+    """Add the ``segment`` subcommand and its options to the subparsers ``sub``."""
     p = sub.add_parser(
         "segment",
         help="segment, split, filter and measure particles",
@@ -28,17 +29,29 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files (TIFF, PNG, JPEG) or folders of them")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--model", default=None, metavar="BUNDLE", help="model bundle folder, zip or installed name (default: the shipped default model)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="BUNDLE",
+        help="model bundle folder, zip or installed name (default: the shipped default model)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     scale = p.add_argument_group("scale")
     scale.add_argument("--pixel-size", type=float, metavar="SIZE", help="pixel size (overrides the file's calibration)")
     scale.add_argument("--unit", default=None, help="unit of --pixel-size or --image-width (default nm)")
-    scale.add_argument("--image-width", type=float, metavar="WIDTH", help="width of the whole field of view (as in the SEM data bar), in --unit")
+    scale.add_argument(
+        "--image-width",
+        type=float,
+        metavar="WIDTH",
+        help="width of the whole field of view (as in the SEM data bar), in --unit",
+    )
 
     # the parameters are declared once, in particleseg.params (also the Fiji commands' dialogs and macro keys)
-    particles = p.add_argument_group("particles (defaults come from the model bundle; the names are the Fiji macro keys)")
+    particles = p.add_argument_group(
+        "particles (defaults come from the model bundle; the names are the Fiji macro keys)"
+    )
     filters = p.add_argument_group("filters")
     inference = p.add_argument_group("inference")
     groups = {name: scale for name in ("crop_rows", "particle_size", "rescale", "strict")}
@@ -61,9 +74,18 @@ def params_from_args(args):
 
 
 def run(args) -> int:
+    """Run ``particleseg segment``: segment a batch of images; return the exit status.
+
+    The batch runs on worker processes (``--jobs``) or a Dask cluster (``--scheduler``); ``kill`` (SIGTERM)
+    stops it as Ctrl-C does while it runs.
+    """
     if args.scheduler is not None and args.jobs is not None:
         raise InputError("--jobs sets the worker processes of a local batch, --scheduler a Dask cluster's; give one")
-    if args.scheduler is None and args.jobs != 1 and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs)):
+    if (
+        args.scheduler is None
+        and args.jobs != 1
+        and (len(args.inputs) > 1 or any(Path(x).is_dir() for x in args.inputs))
+    ):
         from ..workers import context
 
         context(start=True)  # a batch: the workers' forkserver imports the pipeline while this process does
@@ -82,12 +104,23 @@ def run(args) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         summary, failures = segment_files(
-            args.inputs, args.out, bundle, params, overwrite=args.overwrite, progress=not args.quiet,
-            pixel_size=args.pixel_size, unit=args.unit, image_width=args.image_width, scheduler=args.scheduler,
+            args.inputs,
+            args.out,
+            bundle,
+            params,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            pixel_size=args.pixel_size,
+            unit=args.unit,
+            image_width=args.image_width,
+            scheduler=args.scheduler,
         )
     except KeyboardInterrupt:
-        print(f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "
-              "run the same command again to go on", file=sys.stderr)
+        print(
+            f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "
+            "run the same command again to go on",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if main_thread:
@@ -98,14 +131,22 @@ def run(args) -> int:
         med = row.get("MinFeret_median")
         unit = row.get("unit", "px")
         nano = row.get("nano_by_median_MinFeret")
-        verdict = "" if nano is None or nano != nano else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
+        verdict = (
+            ""
+            if nano is None or nano != nano
+            else (" -> median below 100 nm" if nano else " -> median not below 100 nm")
+        )
         earlier = " (done earlier)" if row["file"] in done_earlier else ""
         print(f"{row['file']}{earlier}: {int(row['count'])} particles, median min Feret {med:.4g} {unit}{verdict}")
         if "polarity" in row and isinstance(row["polarity"], str):
             size = row.get("particle_size_px")
-            size = f"{size:.0f} px ({row['size_source']})" if isinstance(size, float) and size == size else "not estimated"
-            print(f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
-                  f"network input resampled x{row['scale_factor']:.3g}")
+            size = (
+                f"{size:.0f} px ({row['size_source']})" if isinstance(size, float) and size == size else "not estimated"
+            )
+            print(
+                f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
+                f"network input resampled x{row['scale_factor']:.3g}"
+            )
     print(f"{batch_report(summary)}; results in {args.out}, whose summary.csv lists every image segmented into it")
     if failures:
         if len(summary) > 1:  # one image: its error line says it all
