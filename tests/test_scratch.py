@@ -1,5 +1,7 @@
-"""The from-scratch workflow (shape GAN, mask simulation, CycleGAN, artifact filter, training):
-its pieces, a whole run at a tiny scale, resuming, and the messages for bad input."""
+"""The from-scratch workflow (shape GAN, mask simulation, CycleGAN, artifact filter, training).
+
+Its pieces, a whole run at a tiny scale, resuming, and the messages for bad input.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import tifffile
 
 from particleseg.errors import InputError, OutputExistsError
 from particleseg.scratch import ScratchConfig, train_from_scratch
-from particleseg.scratch.workflow import STAGE_DIRS, Stage
+from particleseg.scratch.workflow import STAGE_DIRS
 
 # --------------------------------------------------------------------------------------------
 # synthetic inputs
@@ -30,7 +32,7 @@ def write_outlines(folder: Path, n: int = 8, size: int = 32, seed: int = 0) -> P
         m, _ = random_particle(rng, rng.uniform(10, 18))
         c = np.zeros((size, size), np.uint8)
         h, w = m.shape
-        c[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = m * 255
+        c[(size - h) // 2 : (size - h) // 2 + h, (size - w) // 2 : (size - w) // 2 + w] = m * 255
         tifffile.imwrite(folder / f"outline{i:02d}.tif", c)
     return folder
 
@@ -56,8 +58,9 @@ def tiny_run(inputs, tmp_path_factory):
     """One whole run at the tiny preset (about a minute on a CPU)."""
     images, outlines = inputs
     root = tmp_path_factory.mktemp("scratch-run")
-    result = train_from_scratch(images, outlines, root / "bundle", work=root / "work",
-                                config=ScratchConfig.preset("tiny"), progress=False)
+    result = train_from_scratch(
+        images, outlines, root / "bundle", work=root / "work", config=ScratchConfig.preset("tiny"), progress=False
+    )
     return result, root
 
 
@@ -82,12 +85,15 @@ def _one_outline(folder: Path, name: str, img: np.ndarray) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("two", "2 separate white regions"),
-    ("gray", "gray values"),
-    ("inverted", "white background"),
-    ("large", "larger than"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("two", "2 separate white regions"),
+        ("gray", "gray values"),
+        ("inverted", "white background"),
+        ("large", "larger than"),
+    ],
+)
 def test_bad_outlines_are_named_with_the_fix(tmp_path, case, expected):
     from particleseg.scratch.shapegan import load_outlines
 
@@ -160,13 +166,24 @@ def test_wgan_gp_steps_train_the_critic_only():
     crit_before = [keras.ops.convert_to_numpy(v) for v in models["critic"].trainable_variables]
     step = B.Step(models, ["critic"], keras.optimizers.Adam(1e-3), _critic_loss(10.0), jit=False)
     rng = np.random.default_rng(0)
-    m = step({"real": rng.uniform(-1, 1, (4, 16, 16, 1)), "z": rng.normal(size=(4, 4)),
-              "alpha": rng.uniform(size=(4, 1, 1, 1))})
+    m = step(
+        {
+            "real": rng.uniform(-1, 1, (4, 16, 16, 1)),
+            "z": rng.normal(size=(4, 4)),
+            "alpha": rng.uniform(size=(4, 1, 1, 1)),
+        }
+    )
     if B.backend() == "jax":
         step.state.sync()
     assert set(m) == {"critic_w", "gp"} and np.isfinite(list(m.values())).all()
-    assert all(np.array_equal(a, keras.ops.convert_to_numpy(v)) for a, v in zip(gen_before, models["generator"].trainable_variables))
-    assert any(not np.array_equal(a, keras.ops.convert_to_numpy(v)) for a, v in zip(crit_before, models["critic"].trainable_variables))
+    assert all(
+        np.array_equal(a, keras.ops.convert_to_numpy(v))
+        for a, v in zip(gen_before, models["generator"].trainable_variables)
+    )
+    assert any(
+        not np.array_equal(a, keras.ops.convert_to_numpy(v))
+        for a, v in zip(crit_before, models["critic"].trainable_variables)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +223,7 @@ def test_simulated_mask_has_separated_touching_particles():
     from particleseg.scratch.masks import MaskConfig, simulate_mask, target_mask
 
     yy, xx = np.mgrid[:32, :32]
-    disk = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10 ** 2
+    disk = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10**2
     shapes = np.stack([disk] * 4)
     cfg = MaskConfig(tile=128, count=(30, 30), attach=0.5, max_overlap=0.3)
     lab = simulate_mask(shapes, cfg, np.random.default_rng(3))
@@ -225,7 +242,7 @@ def test_perlin_placement_agglomerates_particles():
     from particleseg.scratch.masks import MaskConfig, simulate_mask
 
     yy, xx = np.mgrid[:32, :32]
-    shapes = np.stack([(yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 5 ** 2] * 2)
+    shapes = np.stack([(yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 5**2] * 2)
 
     def dispersion(threshold):
         # variance / mean of the particle counts in 6x6 cells: about 1 for random placement
@@ -247,7 +264,7 @@ def test_simulated_masks_resume_identically(tmp_path):
     from particleseg.scratch.masks import MaskConfig, simulate_masks
 
     yy, xx = np.mgrid[:32, :32]
-    shapes = np.stack([(yy - 15.5) ** 2 + (xx - 15.5) ** 2 < r ** 2 for r in (6, 8, 10)])
+    shapes = np.stack([(yy - 15.5) ** 2 + (xx - 15.5) ** 2 < r**2 for r in (6, 8, 10)])
     cfg = MaskConfig(tile=64, count=(8, 12), margin=16)
     paths = simulate_masks(shapes, 4, cfg, tmp_path, progress=False)
     first = tifffile.imread(paths[2])
@@ -347,12 +364,14 @@ def test_filter_keeping_too_few_particles_stops_the_run(tmp_path):
     lab = np.zeros((40, 40), np.uint16)
     img = np.full((40, 40), 100, np.uint8)
     for k, (y, x) in enumerate([(2, 2), (2, 22), (22, 2), (22, 22)], start=1):
-        lab[y:y + 12, x:x + 12] = k
-        img[y:y + 12, x:x + 12] = 220 if k == 1 else 20
+        lab[y : y + 12, x : x + 12] = k
+        img[y : y + 12, x : x + 12] = 220 if k == 1 else 20
     tifffile.imwrite(tmp_path / "l.tif", lab)
     tifffile.imwrite(tmp_path / "i.tif", img)
     args = [tmp_path / "l.tif"], [tmp_path / "i.tif"]
-    with pytest.raises(InputError, match=r"kept only 1 of 4 particles \(25.0 %, 0 pairs empty\).*stage 4.*--cyclegan-steps"):
+    with pytest.raises(
+        InputError, match=r"kept only 1 of 4 particles \(25.0 %, 0 pairs empty\).*stage 4.*--cyclegan-steps"
+    ):
         filter_pairs(*args, tmp_path / "f1", "li", "bright", progress=False, min_kept=0.5)
     assert len(filter_pairs(*args, tmp_path / "f2", "li", "bright", progress=False, min_kept=0.2)) == 1
 
@@ -381,9 +400,16 @@ def test_tiny_run_produces_every_stage_and_a_bundle_that_segments(tiny_run, inpu
     assert lab.shape == fake.shape == filt.shape == (64, 64)
     assert fake.dtype == np.uint8 and lab.dtype == np.uint16
     assert filt.max() <= lab.max() and not np.any((filt > 0) & (lab == 0))  # the filter only removes
-    for png in ("1_shapes/samples.png", "1_shapes/outlines.png", "2_masks/samples.png", "3_cyclegan/samples.png",
-                "3_cyclegan/progress.png", "4_filter/samples.png", "5_segmentation/samples.png",
-                "5_segmentation/train/loss.png"):
+    for png in (
+        "1_shapes/samples.png",
+        "1_shapes/outlines.png",
+        "2_masks/samples.png",
+        "3_cyclegan/samples.png",
+        "3_cyclegan/progress.png",
+        "4_filter/samples.png",
+        "5_segmentation/samples.png",
+        "5_segmentation/train/loss.png",
+    ):
         assert (work / png).stat().st_size > 100, png
 
     bundle = result.bundle
@@ -410,8 +436,9 @@ def test_finished_stages_are_not_redone(tiny_run, inputs, tmp_path):
     shutil.copytree(root / "work", work)
     before = {s: json.loads((work / d / "stage.json").read_text()) for s, d in STAGE_DIRS.items()}
     ckpt = (work / "1_shapes" / "checkpoint.npz").stat().st_mtime_ns
-    again = train_from_scratch(*inputs, tmp_path / "bundle", work=work, config=ScratchConfig.preset("tiny"),
-                               progress=False)
+    again = train_from_scratch(
+        *inputs, tmp_path / "bundle", work=work, config=ScratchConfig.preset("tiny"), progress=False
+    )
     after = {s: json.loads((work / d / "stage.json").read_text()) for s, d in STAGE_DIRS.items()}
     assert before == after and (work / "1_shapes" / "checkpoint.npz").stat().st_mtime_ns == ckpt
     assert again.seconds == result.seconds
@@ -448,8 +475,9 @@ def test_interrupted_stage_resumes_from_its_checkpoint(inputs, tmp_path, monkeyp
 
     monkeypatch.setattr(B.Step, "__call__", counting)
     calls["n"] = 0
-    train_from_scratch(*inputs, tmp_path / "bundle", work=tmp_path / "work", config=cfg, progress=False,
-                       stop_after="shapes")
+    train_from_scratch(
+        *inputs, tmp_path / "bundle", work=tmp_path / "work", config=cfg, progress=False, stop_after="shapes"
+    )
     # shapes: 10 remaining generator updates with their critic updates
     assert calls["n"] == 10 * (cfg.shapes.critic_steps + 1)
     with open(tmp_path / "work" / "1_shapes" / "log.csv") as fh:
@@ -467,7 +495,11 @@ def test_changed_settings_are_refused_then_redone(tiny_run, inputs, tmp_path):
     shutil.copytree(root / "work", work)
     cfg = ScratchConfig.preset("tiny")
     changed = dataclasses.replace(cfg, filter_method="otsu")
-    with pytest.raises(InputError, match=r"4_filter: stage 4, artifact filter was run with other settings \(changed: filter_method\).*--redo filter"):
+    with pytest.raises(
+        InputError,
+        match=r"4_filter: stage 4, artifact filter was run with other settings "
+        r"\(changed: filter_method\).*--redo filter",
+    ):
         train_from_scratch(*inputs, tmp_path / "bundle", work=work, config=changed, progress=False)
     mtime = (work / "3_cyclegan" / "checkpoint.npz").stat().st_mtime_ns
     train_from_scratch(*inputs, tmp_path / "bundle", work=work, config=changed, progress=False, redo="filter")
@@ -486,7 +518,9 @@ def test_images_of_mixed_sizes_or_depths_are_refused_before_any_work(inputs, tmp
         train_from_scratch(images, inputs[1], tmp_path / "b", work=tmp_path / "w", config=ScratchConfig.preset("tiny"))
     (images / "other.tif").unlink()
     tifffile.imwrite(images / "deep.tif", (np.arange(96 * 96).reshape(96, 96) * 7).astype(np.uint16))
-    with pytest.raises(InputError, match=r"image0.tif: 96x96 pixels, uint8, but deep.tif is 96x96, uint16 \(stage 3.*bit depth"):
+    with pytest.raises(
+        InputError, match=r"image0.tif: 96x96 pixels, uint8, but deep.tif is 96x96, uint16 \(stage 3.*bit depth"
+    ):
         train_from_scratch(images, inputs[1], tmp_path / "b", work=tmp_path / "w", config=ScratchConfig.preset("tiny"))
     assert not (tmp_path / "w").exists()
 
@@ -506,8 +540,9 @@ def test_empty_masks_keep_the_finished_shape_stage(tiny_run, inputs, tmp_path):
     # the fix: the finished shape GAN is reused, the mask stage redone with the new count
     with pytest.raises(InputError, match="--redo masks"):
         train_from_scratch(*inputs, tmp_path / "b", work=tmp_path / "w", config=cfg, progress=False, stop_after="masks")
-    train_from_scratch(*inputs, tmp_path / "b", work=tmp_path / "w", config=cfg, progress=False, stop_after="masks",
-                       redo="masks")
+    train_from_scratch(
+        *inputs, tmp_path / "b", work=tmp_path / "w", config=cfg, progress=False, stop_after="masks", redo="masks"
+    )
     assert len(list((tmp_path / "w" / "2_masks" / "labels").glob("*.tif"))) == cfg.pairs
     assert (tmp_path / "w" / "1_shapes" / "checkpoint.npz").stat().st_mtime_ns == ckpt
 
@@ -516,8 +551,20 @@ def test_cli_prints_bad_input_as_one_line(inputs, tmp_path, capsys):
     from particleseg.cli import main
 
     outlines = write_outlines(tmp_path / "few", n=2)
-    rc = main(["train-from-scratch", "--images", str(inputs[0]), "--outlines", str(outlines), "--out",
-               str(tmp_path / "b"), "--preset", "tiny", "--quiet"])
+    rc = main(
+        [
+            "train-from-scratch",
+            "--images",
+            str(inputs[0]),
+            "--outlines",
+            str(outlines),
+            "--out",
+            str(tmp_path / "b"),
+            "--preset",
+            "tiny",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "only 2 outline image(s)" in err[0] and "stage 1" in err[0]
 
@@ -528,11 +575,40 @@ def test_cli_options_reach_the_config():
     from particleseg.cli import build_parser
     from particleseg.cli.train_from_scratch import config_from_args
 
-    args = build_parser().parse_args([
-        "train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b", "--preset", "cpu",
-        "--pairs", "50", "--particles", "20:30", "--size-distribution", "lognormal:1,0.2", "--polarity", "dark",
-        "--filter-method", "otsu", "--min-kept-fraction", "0.1", "--cyclegan-steps", "7", "--architecture", "multires-unet", "--epochs", "3",
-        "--seed", "4", "--rotate"])
+    args = build_parser().parse_args(
+        [
+            "train-from-scratch",
+            "--images",
+            "i",
+            "--outlines",
+            "o",
+            "--out",
+            "b",
+            "--preset",
+            "cpu",
+            "--pairs",
+            "50",
+            "--particles",
+            "20:30",
+            "--size-distribution",
+            "lognormal:1,0.2",
+            "--polarity",
+            "dark",
+            "--filter-method",
+            "otsu",
+            "--min-kept-fraction",
+            "0.1",
+            "--cyclegan-steps",
+            "7",
+            "--architecture",
+            "multires-unet",
+            "--epochs",
+            "3",
+            "--seed",
+            "4",
+            "--rotate",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.pairs == 50 and cfg.masks.count == (20, 30) and cfg.masks.size == "lognormal:1,0.2"
     assert cfg.polarity == "dark" and cfg.filter_method == "otsu" and cfg.cyclegan.steps == 7
@@ -548,29 +624,51 @@ def test_cli_options_reach_the_config():
     with pytest.raises(InputError, match="--depth 3: network options apply to a new network, but --base-model default"):
         config_from_args(build_parser().parse_args(base + ["--base-model", "default", "--depth", "3"]))
     # the time budget is the fine-tune's: a new network is asked for with --epochs, not ignored
-    with pytest.raises(InputError, match=r"^--minutes 30: the time budget is that of fine-tuning a base model, "
-                                         r"but --base-model none asks for a new network"):
+    with pytest.raises(
+        InputError,
+        match=r"^--minutes 30: the time budget is that of fine-tuning a base model, "
+        r"but --base-model none asks for a new network",
+    ):
         config_from_args(build_parser().parse_args(base + ["--base-model", "none", "--minutes", "30"]))
     with pytest.raises(InputError, match=r"^--minutes 30: .* but --depth 3 asks for a new network"):
         config_from_args(build_parser().parse_args(base + ["--depth", "3", "--minutes", "30"]))
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b",
-                                   "--particles", "30:20"])
+        build_parser().parse_args(
+            ["train-from-scratch", "--images", "i", "--outlines", "o", "--out", "b", "--particles", "30:20"]
+        )
     assert isinstance(args, argparse.Namespace)
 
 
 @pytest.mark.slow
 def test_cli_runs_the_tiny_preset(tiny_run, inputs, tmp_path, capsys):
-    """The command line on the tiny run's work folder (its default place, BUNDLE.work): the GAN
-    stages are reused, the artifact filter is redone with another method and the segmentation
-    network trained again on its pairs."""
+    """The command line on the tiny run's work folder (its default place, BUNDLE.work).
+
+    The GAN stages are reused, the artifact filter is redone with another method and the
+    segmentation network trained again on its pairs.
+    """
     from particleseg.cli import main
 
     work = tmp_path / "bundle.work"
     shutil.copytree(tiny_run[1] / "work", work)
     before = {s: (work / STAGE_DIRS[s] / "stage.json").read_text() for s in ("shapes", "masks", "cyclegan")}
-    rc = main(["train-from-scratch", "--images", str(inputs[0]), "--outlines", str(inputs[1]), "--out",
-               str(tmp_path / "bundle"), "--preset", "tiny", "--quiet", "--filter-method", "none", "--redo", "filter"])
+    rc = main(
+        [
+            "train-from-scratch",
+            "--images",
+            str(inputs[0]),
+            "--outlines",
+            str(inputs[1]),
+            "--out",
+            str(tmp_path / "bundle"),
+            "--preset",
+            "tiny",
+            "--quiet",
+            "--filter-method",
+            "none",
+            "--redo",
+            "filter",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "wrote" in out
     # the tiny preset translates with the CycleGAN: the stage times name it
@@ -616,9 +714,12 @@ def test_rendered_fakes_show_the_masks_particles_with_the_polarity(polarity):
 
 
 def test_renderer_fit_finds_the_settings_of_rendered_micrographs():
-    """Micrographs rendered with known settings: the fitted settings render images whose
-    statistics are closer to them than the median prior draw, with the noise level found
-    (blur trades off against noise and is not identified as tightly)."""
+    """Micrographs rendered with known settings.
+
+    The fitted settings render images whose statistics are closer to them than the median prior
+    draw, with the noise level found (blur trades off against noise and is not identified as
+    tightly).
+    """
     from particleseg.scratch.renderer import PRIORS, RendererConfig, fit_renderer, render
 
     truth = {k: lo + 0.2 * (hi - lo) for k, (lo, hi) in PRIORS["sem"].items()}
@@ -640,8 +741,13 @@ def test_rendered_fakes_resume_identically(tmp_path):
         paths.append(tmp_path / "labels" / f"{i:05d}.tif")
         paths[-1].parent.mkdir(exist_ok=True)
         tifffile.imwrite(paths[-1], lab.astype(np.uint16))
-    fit = {"style": "sem", "settings": [{k: lo for k, (lo, hi) in PRIORS["sem"].items()},
-                                         {k: hi for k, (lo, hi) in PRIORS["sem"].items()}]}
+    fit = {
+        "style": "sem",
+        "settings": [
+            {k: lo for k, (lo, hi) in PRIORS["sem"].items()},
+            {k: hi for k, (lo, hi) in PRIORS["sem"].items()},
+        ],
+    }
     outs = render_fakes(fit, paths, tmp_path / "fakes", seed=3, progress=False)
     first = [o.read_bytes() for o in outs]
     outs[1].unlink()
@@ -651,8 +757,12 @@ def test_rendered_fakes_resume_identically(tmp_path):
 
 @pytest.mark.slow
 def test_renderer_run_fine_tunes_the_base_model(inputs, tiny_bundle, tmp_path):
-    """The cpu preset's route at a tiny scale: stage 3 fits and runs the renderer, stage 5
-    fine-tunes a base bundle (its network, its weights to start from) on the fake pairs."""
+    """The cpu preset's route at a tiny scale.
+
+    Stage 3 fits and runs the renderer, stage 5 fine-tunes a base bundle (its network, its
+    weights to start from) on the fake pairs.
+
+    """
     import dataclasses
 
     cfg = dataclasses.replace(ScratchConfig.preset("tiny"), translator="renderer", base_model=str(tiny_bundle.path))

@@ -22,28 +22,39 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it (imported on first access)
 _LAZY = {
-    "BundleError": "errors", "InputError": "errors", "OutputExistsError": "errors", "ParticlesegError": "errors",
-    "Calibration": "io", "read_image": "io",
-    "measure_particles": "measure", "summarize": "measure",
+    "BundleError": "errors",
+    "InputError": "errors",
+    "OutputExistsError": "errors",
+    "ParticlesegError": "errors",
+    "Calibration": "io",
+    "read_image": "io",
+    "measure_particles": "measure",
+    "summarize": "measure",
     "load_bundle": "models",
-    "SegmentParams": "pipeline", "Segmentation": "pipeline", "segment_file": "pipeline",
-    "segment_files": "pipeline", "segment_image": "pipeline",
+    "SegmentParams": "pipeline",
+    "Segmentation": "pipeline",
+    "segment_file": "pipeline",
+    "segment_files": "pipeline",
+    "segment_image": "pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]
 
-if TYPE_CHECKING:  # what static tools and IDEs see
-    from .errors import BundleError, InputError, OutputExistsError, ParticlesegError
-    from .io import Calibration, read_image
-    from .measure import measure_particles, summarize
-    from .models import load_bundle
-    from .pipeline import SegmentParams, Segmentation, segment_file, segment_files, segment_image
+if TYPE_CHECKING:  # what static tools and IDEs see (re-exported through __all__ and __getattr__)
+    from .errors import BundleError, InputError, OutputExistsError, ParticlesegError  # noqa: F401
+    from .io import Calibration, read_image  # noqa: F401
+    from .measure import measure_particles, summarize  # noqa: F401
+    from .models import load_bundle  # noqa: F401
+    from .pipeline import Segmentation, SegmentParams, segment_file, segment_files, segment_image  # noqa: F401
 
 
 def lazy_getattr(package: str, names: dict[str, str], namespace: dict):
-    """A module-level ``__getattr__`` (PEP 562) for ``package`` that imports ``names[name]``
-    (a submodule, relative to ``package``) on first access of ``name`` and keeps the value in
-    the package's ``namespace``."""
+    """Return a module-level ``__getattr__`` (PEP 562) for ``package``.
+
+    It imports ``names[name]`` (a submodule, relative to ``package``) on first access of
+    ``name`` and keeps the value in the package's ``namespace``.
+
+    """
 
     def __getattr__(name: str):
         module = names.get(name)

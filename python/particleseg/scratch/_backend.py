@@ -63,8 +63,10 @@ class LinearDecay:
 
 
 def input_gradient(f: Callable, x):
-    """Gradient of ``sum(f(x))`` with respect to the input ``x``, differentiable itself (for
-    the WGAN-GP gradient penalty inside a loss)."""
+    """Gradient of ``sum(f(x))`` with respect to the input ``x``.
+
+    Differentiable itself (for the WGAN-GP gradient penalty inside a loss).
+    """
     b = backend()
     if b == "tensorflow":
         import tensorflow as tf
@@ -88,8 +90,11 @@ def input_gradient(f: Callable, x):
 
 
 class SharedState:
-    """Variable values of several models and optimisers, for the JAX backend (where steps are
-    pure functions). Other backends keep the values in the Keras variables themselves."""
+    """Variable values of several models and optimisers, for the JAX backend.
+
+    On JAX, steps are pure functions. Other backends keep the values in the Keras variables
+    themselves.
+    """
 
     def __init__(self, models: dict):
         self.models = models
@@ -131,8 +136,15 @@ class Step:
         step if not given; call its ``sync()`` to see the values in the Keras variables).
     """
 
-    def __init__(self, models: dict, train: list[str], optimizer, loss_fn: Callable, jit: bool = True,
-                 state: SharedState | None = None):
+    def __init__(
+        self,
+        models: dict,
+        train: list[str],
+        optimizer,
+        loss_fn: Callable,
+        jit: bool = True,
+        state: SharedState | None = None,
+    ):
         self.models, self.train, self.optimizer = models, list(train), optimizer
         self.loss_fn = _with_outputs(loss_fn)
         self.outputs: dict[str, np.ndarray] = {}
@@ -213,13 +225,15 @@ class Step:
                 loss, metrics, outputs = loss_fn(apply, batch)
                 return loss, (metrics, outputs, updated)
 
-            (loss, (metrics, outputs, updated)), grads = jax.value_and_grad(loss_of, has_aux=True)({n: trainable[n] for n in train})
+            (loss, (metrics, outputs, updated)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+                {n: trainable[n] for n in train}
+            )
             flat_grads = [g for n in train for g in grads[n]]
             flat_vars = [v for n in train for v in trainable[n]]
             new_vars, new_opt = optimizer.stateless_apply(opt_values, flat_grads, flat_vars)
             new_trainable, i = {}, 0
             for n, k in zip(train, sizes):
-                new_trainable[n] = list(new_vars[i:i + k])
+                new_trainable[n] = list(new_vars[i : i + k])
                 i += k
             return new_trainable, updated, new_opt, metrics, outputs
 
@@ -228,7 +242,9 @@ class Step:
 
         def step(batch):
             opt, opt_values = state.optimizers[id(optimizer)]
-            new_trainable, updated, new_opt, metrics, outputs = fn(state.trainable, state.non_trainable, opt_values, batch)
+            new_trainable, updated, new_opt, metrics, outputs = fn(
+                state.trainable, state.non_trainable, opt_values, batch
+            )
             state.trainable.update(new_trainable)
             state.non_trainable.update(updated)
             state.optimizers[id(optimizer)] = (opt, list(new_opt))
@@ -249,10 +265,13 @@ def _with_outputs(loss_fn):
 # checkpoints
 
 
-def save_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, extra: dict | None = None,
-                    state: SharedState | None = None) -> None:
-    """Weights of ``models``, variables of ``optimizers`` and ``extra`` arrays in one ``.npz``,
-    written atomically (temporary file, then rename)."""
+def save_checkpoint(
+    path: str | os.PathLike, models: dict, optimizers: dict, extra: dict | None = None, state: SharedState | None = None
+) -> None:
+    """Save the weights of ``models``, variables of ``optimizers`` and ``extra`` arrays in one ``.npz``.
+
+    Written atomically (temporary file, then rename).
+    """
     if state is not None:
         state.sync()
     arrays = {}
@@ -287,7 +306,7 @@ def load_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, sta
         state.trainable, state.non_trainable = fresh.trainable, fresh.non_trainable
         for key, (opt, _) in list(state.optimizers.items()):
             state.optimizers[key] = (opt, [v.value for v in opt.variables])
-    return {k[len("extra/"):]: data[k] for k in data.files if k.startswith("extra/")}
+    return {k[len("extra/") :]: data[k] for k in data.files if k.startswith("extra/")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +316,11 @@ CHECKPOINT, LOG = "checkpoint.npz", "log.csv"
 
 
 def resume(workdir: Path, models: dict, optimizers: dict, state=None) -> int:
-    """Restore the last checkpoint of ``workdir`` (log rows after it are dropped) and return
-    its step; 0 (and a fresh log) when there is none."""
+    """Restore the last checkpoint of ``workdir`` and return its step.
+
+    Log rows after the checkpoint are dropped; with no checkpoint, return 0 (and start a fresh
+    log).
+    """
     ckpt, log_path = workdir / CHECKPOINT, workdir / LOG
     if ckpt.exists():
         start = int(load_checkpoint(ckpt, models, optimizers, state)["step"])

@@ -66,6 +66,7 @@ class CycleGanConfig:
     jit: bool = True
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dict."""
         return asdict(self)
 
 
@@ -80,10 +81,12 @@ def _instance_norm(x, name):
 
 
 def build_generator(filters: int = 32, res_blocks: int = 6, name: str = "generator"):
-    """ResNet generator [1]: a 7x7 convolution, two stride-2 convolutions, ``res_blocks``
-    residual blocks, two nearest-neighbour upsamplings with 3x3 convolutions (no checkerboard
-    artefacts) and a 7x7 convolution with tanh. Instance normalisation, ReLUs. Input sides
-    must be multiples of 4."""
+    """Build the ResNet generator [1].
+
+    A 7x7 convolution, two stride-2 convolutions, ``res_blocks`` residual blocks, two
+    nearest-neighbour upsamplings with 3x3 convolutions (no checkerboard artefacts) and a 7x7
+    convolution with tanh. Instance normalisation, ReLUs. Input sides must be multiples of 4.
+    """
     import keras
     from keras import layers
 
@@ -109,8 +112,11 @@ def build_generator(filters: int = 32, res_blocks: int = 6, name: str = "generat
 
 
 def build_discriminator(filters: int = 32, layers_: int = 3, name: str = "discriminator"):
-    """PatchGAN discriminator [1]: 4x4 convolutions, ``layers_`` with stride 2 (the first
-    without normalisation), one with stride 1, and a 1-channel output map of real/fake scores."""
+    """Build the PatchGAN discriminator [1].
+
+    4x4 convolutions, ``layers_`` with stride 2 (the first without normalisation), one with
+    stride 1, and a 1-channel output map of real/fake scores.
+    """
     import keras
     from keras import layers
 
@@ -156,13 +162,21 @@ def _discriminator_loss(apply, batch):
 
 
 class ImagePool:
-    """History of generated images [2]: until full, a new fake is stored and returned; then,
-    with probability 1/2, a stored fake is returned and replaced by the new one."""
+    """History of generated images [2].
+
+    Until full, a new fake is stored and returned; then, with probability 1/2, a stored fake is
+    returned and replaced by the new one.
+    """
 
     def __init__(self, size: int = 50):
         self.size, self.images = size, []
 
     def query(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Return the batch to show the discriminator for the new fakes ``images``.
+
+        Each image goes through the pool as described above; with ``size <= 0`` the batch is
+        returned unchanged.
+        """
         if self.size <= 0:
             return images
         out = []
@@ -184,14 +198,14 @@ class ImagePool:
 
 
 def normalize_real(image: np.ndarray) -> np.ndarray:
-    """A micrograph to [-1, 1]: percentiles 1 and 99.8 to -1 and 1, clipped."""
+    """Scale a micrograph to [-1, 1]: percentiles 1 and 99.8 to -1 and 1, clipped."""
     from ..preprocess import normalize_percentile
 
     return normalize_percentile(image, 1.0, 99.8, (0.0, 1.0)) * 2 - 1
 
 
 def mask_domain(target: np.ndarray, polarity: str = "bright") -> np.ndarray:
-    """A binary target as a domain-A image in [-1, 1] (particles bright, or dark for ``dark``)."""
+    """Return a binary target as a domain-A image in [-1, 1] (particles bright, or dark for ``dark``)."""
     m = np.asarray(target, np.float32) * 2 - 1
     return m if polarity == "bright" else -m
 
@@ -199,7 +213,7 @@ def mask_domain(target: np.ndarray, polarity: str = "bright") -> np.ndarray:
 def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     y0 = int(rng.integers(0, img.shape[0] - size + 1))
     x0 = int(rng.integers(0, img.shape[1] - size + 1))
-    return img[y0:y0 + size, x0:x0 + size]
+    return img[y0 : y0 + size, x0 : x0 + size]
 
 
 def _augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -211,6 +225,12 @@ def _augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def real_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generator, particle_crops: bool, polarity: str):
+    """Return a random ``size`` x ``size`` crop of a random image, flipped and rotated at random.
+
+    With ``particle_crops``, the crop is drawn again (up to 10 times) until its mean is at least
+    10 % above the image's mean (``bright``) or at most 10 % below it (``dark``), compared in
+    [0, 1], so that crops tend to show particles.
+    """
     img = images[int(rng.integers(len(images)))]
     crop = _random_crop(img, size, rng)
     if particle_crops:
@@ -218,7 +238,9 @@ def real_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generator,
         for _ in range(10):
             m = crop.mean()
             # images are in [-1, 1]: compare in [0, 1]
-            if (polarity == "bright" and (m + 1) >= 1.1 * (mean + 1)) or (polarity == "dark" and (m + 1) <= 0.9 * (mean + 1)):
+            if (polarity == "bright" and (m + 1) >= 1.1 * (mean + 1)) or (
+                polarity == "dark" and (m + 1) <= 0.9 * (mean + 1)
+            ):
                 break
             crop = _random_crop(img, size, rng)
     return _augment(crop, rng)
@@ -229,6 +251,7 @@ def real_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generator,
 
 
 def build_models(config: CycleGanConfig) -> dict:
+    """Build the four CycleGAN networks: generators ``g_ab``, ``g_ba`` and discriminators ``d_a``, ``d_b``."""
     return {
         "g_ab": build_generator(config.filters, config.res_blocks, "g_ab"),
         "g_ba": build_generator(config.filters, config.res_blocks, "g_ba"),
@@ -237,10 +260,17 @@ def build_models(config: CycleGanConfig) -> dict:
     }
 
 
-def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], config: CycleGanConfig,
-                   workdir: str | os.PathLike, polarity: str = "bright", progress: bool = True):
-    """Train the CycleGAN on domain-A images ``masks`` and domain-B images ``images`` (both
-    already in [-1, 1], see :func:`mask_domain` and :func:`normalize_real`).
+def train_cyclegan(
+    masks: Sequence[np.ndarray],
+    images: Sequence[np.ndarray],
+    config: CycleGanConfig,
+    workdir: str | os.PathLike,
+    polarity: str = "bright",
+    progress: bool = True,
+):
+    """Train the CycleGAN on domain-A images ``masks`` and domain-B images ``images``.
+
+    Both are already in [-1, 1], see :func:`mask_domain` and :func:`normalize_real`.
 
     Writes into ``workdir``: ``checkpoint.npz`` (every ``checkpoint_every`` steps; an
     interrupted run resumes from it, with a fresh image pool), ``log.csv``, ``progress.png``
@@ -269,7 +299,9 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
     opt_g = keras.optimizers.Adam(sched, beta_1=0.5)
     opt_d = keras.optimizers.Adam(sched_d, beta_1=0.5)
     state = B.SharedState(models) if B.backend() == "jax" else None
-    step_g = B.Step(models, ["g_ab", "g_ba"], opt_g, _generator_loss(config.cycle_weight, config.identity_weight), config.jit, state)
+    step_g = B.Step(
+        models, ["g_ab", "g_ba"], opt_g, _generator_loss(config.cycle_weight, config.identity_weight), config.jit, state
+    )
     step_d = B.Step(models, ["d_a", "d_b"], opt_d, _discriminator_loss, config.jit, state)
     optimizers = {"g": opt_g, "d": opt_d}
 
@@ -278,19 +310,31 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
     pool_a, pool_b = ImagePool(config.pool_size), ImagePool(config.pool_size)
     show_rng = np.random.default_rng([config.seed, 777])
     show_a = np.stack([_random_crop(masks[i % len(masks)], config.crop, show_rng) for i in range(4)])[..., None]
-    show_b = np.stack([real_crop(images, config.crop, show_rng, config.particle_crops, polarity) for _ in range(4)])[..., None]
+    show_b = np.stack([real_crop(images, config.crop, show_rng, config.particle_crops, polarity) for _ in range(4)])[
+        ..., None
+    ]
     rows = []
     bs, c = config.batch_size, config.crop
     bar = tqdm(total=config.steps, initial=start, desc="stage 3/5 CycleGAN", unit="step", disable=not progress)
     try:
         for step in range(start, config.steps):
             rng = np.random.default_rng([config.seed, step])
-            a = np.stack([_augment(_random_crop(masks[int(rng.integers(len(masks)))], c, rng), rng) for _ in range(bs)])[..., None]
+            a = np.stack(
+                [_augment(_random_crop(masks[int(rng.integers(len(masks)))], c, rng), rng) for _ in range(bs)]
+            )[..., None]
             b = np.stack([real_crop(images, c, rng, config.particle_crops, polarity) for _ in range(bs)])[..., None]
             m = step_g({"a": a, "b": b})
             fakes = step_g.outputs
-            m.update(step_d({"a": a, "b": b, "pool_a": pool_a.query(fakes["fake_a"], rng),
-                             "pool_b": pool_b.query(fakes["fake_b"], rng)}))
+            m.update(
+                step_d(
+                    {
+                        "a": a,
+                        "b": b,
+                        "pool_a": pool_a.query(fakes["fake_a"], rng),
+                        "pool_b": pool_b.query(fakes["fake_b"], rng),
+                    }
+                )
+            )
             rows.append({"step": step + 1, **{k: round(v, 5) for k, v in m.items()}})
             bar.update(1)
             bar.set_postfix(cycle=f"{m['cycle']:.3f}", d_b=f"{m['d_b']:.3f}")
@@ -299,7 +343,12 @@ def train_cyclegan(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], co
                 rows = []
                 fb = translate(models["g_ab"], show_a[..., 0])
                 fa = translate(models["g_ba"], show_b[..., 0])
-                tiles = [_u8(x) for x in show_a[..., 0]] + [_u8(x) for x in fb] + [_u8(x) for x in show_b[..., 0]] + [_u8(x) for x in fa]
+                tiles = (
+                    [_u8(x) for x in show_a[..., 0]]
+                    + [_u8(x) for x in fb]
+                    + [_u8(x) for x in show_b[..., 0]]
+                    + [_u8(x) for x in fa]
+                )
                 save_grid(workdir / "progress.png", tiles, columns=4)
     finally:
         bar.close()
@@ -318,15 +367,26 @@ def translate(generator, images: np.ndarray | Sequence[np.ndarray], batch: int =
     from keras import ops
 
     images = np.asarray(images, np.float32)
-    out = [ops.convert_to_numpy(generator(images[i:i + batch, ..., None], training=False))[..., 0]
-           for i in range(0, len(images), batch)]
+    out = [
+        ops.convert_to_numpy(generator(images[i : i + batch, ..., None], training=False))[..., 0]
+        for i in range(0, len(images), batch)
+    ]
     return np.concatenate(out) if out else np.zeros_like(images)
 
 
-def fake_micrographs(generator, label_paths: Sequence[Path], out_dir: str | os.PathLike, polarity: str = "bright",
-                     batch: int = 4, progress: bool = True) -> list[Path]:
-    """Translate each simulated mask into a fake micrograph ``out_dir/NNNNN.tif`` (uint8),
-    skipping those already written (resumable)."""
+def fake_micrographs(
+    generator,
+    label_paths: Sequence[Path],
+    out_dir: str | os.PathLike,
+    polarity: str = "bright",
+    batch: int = 4,
+    progress: bool = True,
+) -> list[Path]:
+    """Translate each simulated mask into a fake micrograph ``out_dir/NNNNN.tif`` (uint8).
+
+    Masks whose micrograph is already written are skipped (resumable).
+
+    """
     import tifffile
     from tqdm.auto import tqdm
 
@@ -337,11 +397,16 @@ def fake_micrographs(generator, label_paths: Sequence[Path], out_dir: str | os.P
     out_dir.mkdir(parents=True, exist_ok=True)
     outs = [out_dir / p.name for p in label_paths]
     todo = [i for i, o in enumerate(outs) if not o.exists()]
-    bar = tqdm(total=len(outs), initial=len(outs) - len(todo), desc="stage 3/5 fake micrographs", unit="image",
-               disable=not progress)
+    bar = tqdm(
+        total=len(outs),
+        initial=len(outs) - len(todo),
+        desc="stage 3/5 fake micrographs",
+        unit="image",
+        disable=not progress,
+    )
     try:
         for k in range(0, len(todo), batch):
-            idx = todo[k:k + batch]
+            idx = todo[k : k + batch]
             a = np.stack([mask_domain(target_mask(read_array(label_paths[i])), polarity) for i in idx])
             for i, img in zip(idx, translate(generator, a, batch)):
                 write_atomic(outs[i], lambda tmp, img=img: tifffile.imwrite(tmp, _u8(img)), overwrite=True)

@@ -42,12 +42,21 @@ def filter_pair(labels: np.ndarray, image: np.ndarray, method: str = "li", polar
     return relabel_sequential(np.where(drop, 0, labels)), np.where(drop, labels, 0), thr
 
 
-def filter_pairs(label_paths: Sequence[Path], image_paths: Sequence[Path], workdir: str | os.PathLike,
-                 method: str = "li", polarity: str = "bright", progress: bool = True,
-                 min_kept: float = 0.0) -> list[Path]:
-    """Filter every fake pair into ``workdir/labels/NNNNN.tif`` (resumable), write
-    ``summary.csv`` (particles before and after, threshold per pair), ``summary.json`` and
-    ``samples.png`` (fake micrographs with kept particles outlined in red, dropped in blue).
+def filter_pairs(
+    label_paths: Sequence[Path],
+    image_paths: Sequence[Path],
+    workdir: str | os.PathLike,
+    method: str = "li",
+    polarity: str = "bright",
+    progress: bool = True,
+    min_kept: float = 0.0,
+) -> list[Path]:
+    """Filter every fake pair into ``workdir/labels/NNNNN.tif`` (resumable).
+
+    Also writes ``summary.csv`` (particles before and after, threshold per pair),
+    ``summary.json`` and ``samples.png`` (fake micrographs with kept particles outlined in red,
+    dropped in blue).
+
 
     Raises InputError when no particle survives, or fewer than the fraction ``min_kept`` of
     all particles: the fake micrographs do not show the simulated particles (a CycleGAN that
@@ -66,33 +75,52 @@ def filter_pairs(label_paths: Sequence[Path], image_paths: Sequence[Path], workd
     out = workdir / "labels"
     out.mkdir(parents=True, exist_ok=True)
     rows, outs, tiles = [], [], []
-    for i, (lp, ip) in enumerate(tqdm(list(zip(label_paths, image_paths)), desc="stage 4/5 artifact filter",
-                                      unit="pair", disable=not progress)):
+    for i, (lp, ip) in enumerate(
+        tqdm(list(zip(label_paths, image_paths)), desc="stage 4/5 artifact filter", unit="pair", disable=not progress)
+    ):
         o = out / lp.name
         labels = read_array(lp).astype(np.int32)
         image = read_array(ip)
         kept, dropped, thr = filter_pair(labels, image, method, polarity)
         if not o.exists():
-            write_atomic(o, lambda tmp, k=kept: tifffile.imwrite(tmp, k.astype(np.uint16), compression="zlib"), overwrite=True)
-        rows.append({"pair": lp.stem, "particles": int(labels.max()), "kept": int(kept.max()),
-                     "threshold": thr, "foreground_before": float((labels > 0).mean()),
-                     "foreground_after": float((kept > 0).mean())})
+            write_atomic(
+                o, lambda tmp, k=kept: tifffile.imwrite(tmp, k.astype(np.uint16), compression="zlib"), overwrite=True
+            )
+        rows.append(
+            {
+                "pair": lp.stem,
+                "particles": int(labels.max()),
+                "kept": int(kept.max()),
+                "threshold": thr,
+                "foreground_before": float((labels > 0).mean()),
+                "foreground_after": float((kept > 0).mean()),
+            }
+        )
         outs.append(o)
         if i < 16:
             tiles.append(outline_overlay(image, kept, dropped=dropped))
     table = pd.DataFrame(rows)
     write_csv(workdir / "summary.csv", table, overwrite=True)
     total, kept_total = int(table["particles"].sum()), int(table["kept"].sum())
-    summary = {"pairs": len(table), "method": method, "polarity": polarity, "particles": total,
-               "kept": kept_total, "kept_fraction": kept_total / total if total else 0.0,
-               "empty_after_filter": int((table["kept"] == 0).sum())}
+    summary = {
+        "pairs": len(table),
+        "method": method,
+        "polarity": polarity,
+        "particles": total,
+        "kept": kept_total,
+        "kept_fraction": kept_total / total if total else 0.0,
+        "empty_after_filter": int((table["kept"] == 0).sum()),
+    }
     write_atomic(workdir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)), overwrite=True)
     save_grid(workdir / "samples.png", tiles, columns=4, gap=4)
     if total and (kept_total == 0 or kept_total < min_kept * total):
         other = "dark" if polarity == "bright" else "bright"
-        what = (f"removed all {total} particles" if kept_total == 0 else
-                f"kept only {kept_total} of {total} particles ({100 * kept_total / total:.1f} %, "
-                f"{summary['empty_after_filter']} pairs empty)")
+        what = (
+            f"removed all {total} particles"
+            if kept_total == 0
+            else f"kept only {kept_total} of {total} particles ({100 * kept_total / total:.1f} %, "
+            f"{summary['empty_after_filter']} pairs empty)"
+        )
         raise InputError(
             f"{workdir}: the {method} filter {what} of the {len(table)} fake pairs "
             f"({STAGE}: the fake micrographs do not show the particles {polarity}er than the background, "

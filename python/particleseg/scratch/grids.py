@@ -19,10 +19,18 @@ def to_uint8(image: np.ndarray, low: float | None = None, high: float | None = N
     return np.clip((a - low) / span * 255, 0, 255).astype(np.uint8)
 
 
-def outline_overlay(image: np.ndarray, labels: np.ndarray, color=(255, 60, 60), dropped: np.ndarray | None = None,
-                    dropped_color=(60, 140, 255)) -> np.ndarray:
-    """RGB image with the borders of ``labels`` drawn in ``color`` (and of ``dropped`` in
-    ``dropped_color``)."""
+def outline_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    color=(255, 60, 60),
+    dropped: np.ndarray | None = None,
+    dropped_color=(60, 140, 255),
+) -> np.ndarray:
+    """Return an RGB image with the borders of ``labels`` drawn in ``color``.
+
+    The borders of ``dropped``, when given, are drawn in ``dropped_color``.
+
+    """
     from skimage.segmentation import find_boundaries
 
     gray = to_uint8(image) if image.dtype != np.uint8 else image
@@ -34,8 +42,14 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, color=(255, 60, 60), 
     return rgb
 
 
-def save_grid(path: str | os.PathLike, tiles: Sequence[np.ndarray], columns: int = 8, gap: int = 2,
-              overwrite: bool = True, max_side: int = 2400) -> None:
+def save_grid(
+    path: str | os.PathLike,
+    tiles: Sequence[np.ndarray],
+    columns: int = 8,
+    gap: int = 2,
+    overwrite: bool = True,
+    max_side: int = 2400,
+) -> None:
     """Write gray (uint8) or RGB tiles of possibly different sizes as one PNG grid (white gaps).
 
     Tiles are shown at full resolution unless the grid would exceed ``max_side`` pixels, in
@@ -60,5 +74,5 @@ def save_grid(path: str | os.PathLike, tiles: Sequence[np.ndarray], columns: int
     canvas = np.full((rows * (th + gap) - gap, columns * (tw + gap) - gap, 3), 255, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
-        canvas[r * (th + gap): r * (th + gap) + t.shape[0], c * (tw + gap): c * (tw + gap) + t.shape[1]] = t
+        canvas[r * (th + gap) : r * (th + gap) + t.shape[0], c * (tw + gap) : c * (tw + gap) + t.shape[1]] = t
     write_atomic(path, lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG"), overwrite=overwrite)

@@ -84,6 +84,7 @@ class MaskConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dict (``count`` as a list)."""
         d = asdict(self)
         d["count"] = list(self.count) if self.count is not None else None
         return d
@@ -94,7 +95,7 @@ class MaskConfig:
 
 
 def size_sampler(spec: str | Callable) -> Callable[[np.random.Generator, int], np.ndarray]:
-    """A function ``(rng, n) -> n`` positive size scales from a distribution specification.
+    """Return a function ``(rng, n) -> n`` positive size scales from a distribution specification.
 
     ``normal:MEAN,SD`` and ``lognormal:MEDIAN,SIGMA`` are truncated at 3 standard deviations
     (values beyond are drawn again); ``uniform:LO,HI``; ``file:PATH`` draws with replacement
@@ -134,7 +135,9 @@ def size_sampler(spec: str | Callable) -> Callable[[np.random.Generator, int], n
 
         if kind == "normal":
             if a - 3 * b <= 0:
-                raise InputError(f"{spec}: scales down to {a - 3 * b:g} are not positive ({STAGE}: use a smaller SD or lognormal)")
+                raise InputError(
+                    f"{spec}: scales down to {a - 3 * b:g} are not positive ({STAGE}: use a smaller SD or lognormal)"
+                )
             return lambda rng, n: a + truncated(rng, n, lambda k: rng.normal(0, b, k))
         return lambda rng, n: a * np.exp(truncated(rng, n, lambda k: rng.normal(0, b, k)))
     if kind in ("file", "values"):
@@ -162,14 +165,21 @@ def size_range(spec: str, rng_seed: int = 0) -> float:
 
 
 def canvas_margin(config: MaskConfig, shape_size: int) -> int:
+    """Return the canvas margin in pixels.
+
+    ``config.margin`` when set, else the diagonal of a ``shape_size`` box at the largest scale
+    of ``config.size``, rounded up.
+    """
     if config.margin is not None:
         return int(config.margin)
     return int(np.ceil(np.sqrt(2) * shape_size * size_range(config.size)))
 
 
 def count_range(config: MaskConfig, shape_size: int) -> tuple[int, int]:
-    """The particle-count range for this tile: ``count``, or 100-150 scaled from the 384x384
-    tile's canvas to this tile's canvas."""
+    """Return the particle-count range for this tile.
+
+    ``count``, or 100-150 scaled from the 384x384 tile's canvas to this tile's canvas.
+    """
     if config.count is not None:
         lo, hi = config.count
         if not 0 <= lo <= hi:
@@ -183,7 +193,7 @@ def count_range(config: MaskConfig, shape_size: int) -> tuple[int, int]:
 
 def _scaled(shape: np.ndarray, scale: float, angle: float | None) -> np.ndarray:
     ys, xs = np.nonzero(shape)
-    m = shape[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    m = shape[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
     m = np.pad(m, 2)
     if angle is not None:
         m = ndi.rotate(m, angle, order=1, reshape=True)
@@ -194,12 +204,17 @@ def _scaled(shape: np.ndarray, scale: float, angle: float | None) -> np.ndarray:
         out = np.zeros((1, 1), bool)
         out[0, 0] = True
     ys, xs = np.nonzero(out)
-    return out[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return out[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-def simulate_mask(shapes: np.ndarray, config: MaskConfig, rng: np.random.Generator,
-                  sampler: Callable | None = None, counts: tuple[int, int] | None = None,
-                  margin: int | None = None) -> np.ndarray:
+def simulate_mask(
+    shapes: np.ndarray,
+    config: MaskConfig,
+    rng: np.random.Generator,
+    sampler: Callable | None = None,
+    counts: tuple[int, int] | None = None,
+    margin: int | None = None,
+) -> np.ndarray:
     """One ``(tile, tile)`` int32 label image of visible particles (1..n, painter's order)."""
     from ..simulate import perlin_noise, place_particles
 
@@ -221,9 +236,16 @@ def simulate_mask(shapes: np.ndarray, config: MaskConfig, rng: np.random.Generat
         density = (noise > config.perlin_threshold).astype(np.float64)
         if density.sum() == 0:
             density = None
-    labels, _ = place_particles((side, side), particles, rng, density=density, attach=config.attach,
-                                max_overlap=config.max_overlap, sample_position=_fast_sampler(density, side) if density is not None else None)
-    labels = labels[m:m + config.tile, m:m + config.tile]
+    labels, _ = place_particles(
+        (side, side),
+        particles,
+        rng,
+        density=density,
+        attach=config.attach,
+        max_overlap=config.max_overlap,
+        sample_position=_fast_sampler(density, side) if density is not None else None,
+    )
+    labels = labels[m : m + config.tile, m : m + config.tile]
     return _relabel(labels)
 
 
@@ -248,18 +270,21 @@ def _relabel(labels: np.ndarray, min_visible: int = 8) -> np.ndarray:
 
 
 def target_mask(labels: np.ndarray) -> np.ndarray:
-    """The binary training target: foreground with 1-pixel lines between touching particles."""
+    """Return the binary training target: foreground with 1-pixel lines between touching particles."""
     from ..postprocess import labels_to_mask
 
     return labels_to_mask(labels, connectivity=1)
 
 
-def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str | os.PathLike,
-                   progress: bool = True) -> list[Path]:
-    """Simulate ``n`` label images into ``workdir/labels/NNNNN.tif`` (uint16), resuming after
-    the files that exist. Mask ``i`` uses the seed ``(config.seed, i)`` whether or not the run
-    was interrupted. Writes ``summary.json`` (particles per mask, coverage) and
+def simulate_masks(
+    shapes: np.ndarray, n: int, config: MaskConfig, workdir: str | os.PathLike, progress: bool = True
+) -> list[Path]:
+    """Simulate ``n`` label images into ``workdir/labels/NNNNN.tif`` (uint16).
+
+    Resumes after the files that exist. Mask ``i`` uses the seed ``(config.seed, i)`` whether
+    or not the run was interrupted. Writes ``summary.json`` (particles per mask, coverage) and
     ``samples.png`` (targets of the first masks).
+
 
     Raises InputError when every mask is empty.
     """
@@ -282,8 +307,9 @@ def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str 
             lab = read_array(p)
         else:
             lab = simulate_mask(shapes, config, np.random.default_rng([config.seed, i]), sampler, counts, margin)
-            write_atomic(p, lambda tmp, lab=lab: tifffile.imwrite(tmp, lab.astype(np.uint16), compression="zlib"),
-                         overwrite=True)
+            write_atomic(
+                p, lambda tmp, lab=lab: tifffile.imwrite(tmp, lab.astype(np.uint16), compression="zlib"), overwrite=True
+            )
         stats.append((int(lab.max()), float((lab > 0).mean())))
     n_particles = np.array([s[0] for s in stats])
     if n and n_particles.max() == 0:
@@ -292,7 +318,10 @@ def simulate_masks(shapes: np.ndarray, n: int, config: MaskConfig, workdir: str 
             f"per {config.tile}x{config.tile} tile is far too low, or the shapes too small; raise --particles)"
         )
     summary = {
-        "masks": n, "tile": config.tile, "canvas_margin": margin, "count_range_used": list(counts),
+        "masks": n,
+        "tile": config.tile,
+        "canvas_margin": margin,
+        "count_range_used": list(counts),
         "visible_particles_mean": float(n_particles.mean()) if n else 0.0,
         "visible_particles_min": int(n_particles.min()) if n else 0,
         "visible_particles_max": int(n_particles.max()) if n else 0,

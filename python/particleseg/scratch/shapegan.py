@@ -53,6 +53,7 @@ class ShapeGanConfig:
     jit: bool = True
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dict."""
         return asdict(self)
 
 
@@ -92,7 +93,9 @@ def load_outlines(folder: str | os.PathLike, size: int = 64, min_count: int = 10
         try:
             img, _ = read_image(f)
         except InputError as exc:
-            raise InputError(f"{exc} ({STAGE}: each outline must be a binary image of one white particle on black)") from None
+            raise InputError(
+                f"{exc} ({STAGE}: each outline must be a binary image of one white particle on black)"
+            ) from None
         masks.append(_check_outline(img, f, size))
     return np.stack(masks), files
 
@@ -121,12 +124,12 @@ def _check_outline(img: np.ndarray, path: Path, size: int) -> np.ndarray:
         )
     out = np.zeros((size, size), bool)
     y0, x0 = (size - h) // 2, (size - w) // 2
-    out[y0:y0 + h, x0:x0 + w] = filled[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    out[y0 : y0 + h, x0 : x0 + w] = filled[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return out
 
 
 def augment_flips(masks: np.ndarray) -> np.ndarray:
-    """The masks, flipped up-down, left-right and both (4x as many)."""
+    """Return the masks, flipped up-down, left-right and both (4x as many)."""
     return np.concatenate([masks, masks[:, ::-1], masks[:, :, ::-1], masks[:, ::-1, ::-1]])
 
 
@@ -135,9 +138,11 @@ def augment_flips(masks: np.ndarray) -> np.ndarray:
 
 
 def build_generator(size: int = 64, latent_dim: int = 128, filters: int = 16):
-    """Latent vector -> ``(size, size, 1)`` mask in [-1, 1]: a dense layer to ``size/8`` and
-    three nearest-neighbour upsamplings, each followed by a 3x3 convolution, batch
-    normalisation and a leaky ReLU (tanh at the end)."""
+    """Build the generator: latent vector -> ``(size, size, 1)`` mask in [-1, 1].
+
+    A dense layer to ``size/8`` and three nearest-neighbour upsamplings, each followed by a 3x3
+    convolution, batch normalisation and a leaky ReLU (tanh at the end).
+    """
     import keras
     from keras import layers
 
@@ -161,8 +166,11 @@ def build_generator(size: int = 64, latent_dim: int = 128, filters: int = 16):
 
 
 def build_critic(size: int = 64, filters: int = 16):
-    """``(size, size, 1)`` mask -> a score: four 5x5 stride-2 convolutions with leaky ReLUs
-    (no batch normalisation, which the gradient penalty forbids) and a dense layer."""
+    """Build the critic: ``(size, size, 1)`` mask -> a score.
+
+    Four 5x5 stride-2 convolutions with leaky ReLUs (no batch normalisation, which the gradient
+    penalty forbids) and a dense layer.
+    """
     import keras
     from keras import layers
 
@@ -249,8 +257,9 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
             rng = np.random.default_rng([config.seed, step])
             for _ in range(config.critic_steps):
                 idx = rng.integers(0, len(data), bs)
-                m = step_c({"real": data[idx], "z": rng.normal(size=(bs, zd)),
-                            "alpha": rng.uniform(size=(bs, 1, 1, 1))})
+                m = step_c(
+                    {"real": data[idx], "z": rng.normal(size=(bs, zd)), "alpha": rng.uniform(size=(bs, 1, 1, 1))}
+                )
             m.update(step_g({"z": rng.normal(size=(bs, zd))}))
             rows.append({"step": step + 1, **{k: round(v, 5) for k, v in m.items()}})
             bar.update(1)
@@ -271,7 +280,7 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
 def _predict(gen, z: np.ndarray, batch: int = 256) -> np.ndarray:
     from keras import ops
 
-    out = [ops.convert_to_numpy(gen(z[i:i + batch], training=False)) for i in range(0, len(z), batch)]
+    out = [ops.convert_to_numpy(gen(z[i : i + batch], training=False)) for i in range(0, len(z), batch)]
     return np.concatenate(out)[..., 0]
 
 
@@ -280,8 +289,11 @@ def _to_masks(raw: np.ndarray) -> list[np.ndarray]:
 
 
 def clean_shape(mask: np.ndarray, opening: int = 2) -> np.ndarray:
-    """A generated mask made into one solid particle: holes filled, the largest 8-connected
-    part kept, smoothed by a binary opening with a disk of radius ``opening``."""
+    """Make a generated mask into one solid particle.
+
+    Holes filled, smoothed by a binary opening with a disk of radius ``opening``, the largest
+    8-connected part kept.
+    """
     from skimage.morphology import disk
 
     mask = ndi.binary_fill_holes(mask)
@@ -293,9 +305,15 @@ def clean_shape(mask: np.ndarray, opening: int = 2) -> np.ndarray:
     return mask
 
 
-def generate_shapes(generator, n: int, rng: np.random.Generator, min_area: int = 16, latent_dim: int | None = None) -> list[np.ndarray]:
-    """``n`` cleaned shapes from the generator (empty and tiny ones, below ``min_area``
-    pixels, and shapes cut by the canvas border are left out, so fewer may come back)."""
+def generate_shapes(
+    generator, n: int, rng: np.random.Generator, min_area: int = 16, latent_dim: int | None = None
+) -> list[np.ndarray]:
+    """Return ``n`` cleaned shapes from the generator.
+
+    Empty and tiny ones (below ``min_area`` pixels) and shapes cut by the canvas border are left
+    out, so fewer may come back.
+
+    """
     latent_dim = latent_dim or int(generator.inputs[0].shape[-1])
     raw = _predict(generator, rng.normal(size=(n, latent_dim)).astype(np.float32))
     out = []

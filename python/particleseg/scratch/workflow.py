@@ -41,10 +41,20 @@ from .renderer import RendererConfig
 from .shapegan import ShapeGanConfig
 
 STAGES = ("shapes", "masks", "cyclegan", "filter", "segmentation")
-STAGE_DIRS = {"shapes": "1_shapes", "masks": "2_masks", "cyclegan": "3_cyclegan", "filter": "4_filter",
-              "segmentation": "5_segmentation"}
-STAGE_TITLES = {"shapes": "stage 1, shape GAN", "masks": "stage 2, mask simulation", "cyclegan": "stage 3, CycleGAN",
-                "filter": "stage 4, artifact filter", "segmentation": "stage 5, segmentation training"}
+STAGE_DIRS = {
+    "shapes": "1_shapes",
+    "masks": "2_masks",
+    "cyclegan": "3_cyclegan",
+    "filter": "4_filter",
+    "segmentation": "5_segmentation",
+}
+STAGE_TITLES = {
+    "shapes": "stage 1, shape GAN",
+    "masks": "stage 2, mask simulation",
+    "cyclegan": "stage 3, CycleGAN",
+    "filter": "stage 4, artifact filter",
+    "segmentation": "stage 5, segmentation training",
+}
 #: how stage 3 turns masks into fake micrographs
 TRANSLATORS = ("cyclegan", "renderer")
 RENDERER_TITLE = "stage 3, renderer fit"
@@ -56,8 +66,16 @@ def _default_train_config():
 
     return TrainConfig(
         network=NetworkConfig("multires-unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16),
-        tile=256, batch_size=8, epochs=50, steps_per_epoch=100, validation_steps=10, learning_rate=1e-3,
-        lr_step_epochs=20, lr_step_factor=0.5, patience=0, jit_compile=True,
+        tile=256,
+        batch_size=8,
+        epochs=50,
+        steps_per_epoch=100,
+        validation_steps=10,
+        learning_rate=1e-3,
+        lr_step_epochs=20,
+        lr_step_factor=0.5,
+        patience=0,
+        jit_compile=True,
         augmentation=Augmentation(brightness=0.1, contrast=0.2, gamma=0.3, noise=0.03),
     )
 
@@ -116,6 +134,11 @@ class ScratchConfig:
     segmentation_minutes: float | None = None
 
     def __post_init__(self):
+        """Check the settings.
+
+        Raise InputError for an unknown translator or polarity, a segmentation time budget that
+        is not positive, or fewer than 2 pairs.
+        """
         if self.translator not in TRANSLATORS:
             raise InputError(f"{self.translator}: unknown translator (choose {' or '.join(TRANSLATORS)})")
         if self.segmentation_minutes is not None and not self.segmentation_minutes > 0:
@@ -126,13 +149,23 @@ class ScratchConfig:
             raise InputError(f"{self.pairs}: need at least 2 fake pairs (one for validation)")
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dict, each stage's settings as a nested dict."""
         return {
-            "shapes": self.shapes.to_dict(), "masks": self.masks.to_dict(), "cyclegan": self.cyclegan.to_dict(),
-            "segmentation": self.segmentation.to_dict(), "pairs": self.pairs, "polarity": self.polarity,
-            "crop_rows": self.crop_rows, "filter_method": self.filter_method, "min_kept_fraction": self.min_kept_fraction,
+            "shapes": self.shapes.to_dict(),
+            "masks": self.masks.to_dict(),
+            "cyclegan": self.cyclegan.to_dict(),
+            "segmentation": self.segmentation.to_dict(),
+            "pairs": self.pairs,
+            "polarity": self.polarity,
+            "crop_rows": self.crop_rows,
+            "filter_method": self.filter_method,
+            "min_kept_fraction": self.min_kept_fraction,
             "val_fraction": self.val_fraction,
-            "name": self.name, "translator": self.translator, "renderer": self.renderer.to_dict(),
-            "base_model": self.base_model, "segmentation_minutes": self.segmentation_minutes,
+            "name": self.name,
+            "translator": self.translator,
+            "renderer": self.renderer.to_dict(),
+            "base_model": self.base_model,
+            "segmentation_minutes": self.segmentation_minutes,
         }
 
     @classmethod
@@ -151,44 +184,102 @@ class ScratchConfig:
         from ..train import Augmentation, TrainConfig
 
         if name == "default":
-            cfg = cls(cyclegan=CycleGanConfig(filters=64, res_blocks=9, disc_filters=64, disc_layers=3, crop=384,
-                                              batch_size=1, steps=20000),
-                      shapes=ShapeGanConfig(filters=32, steps=3000, batch_size=64))
+            cfg = cls(
+                cyclegan=CycleGanConfig(
+                    filters=64, res_blocks=9, disc_filters=64, disc_layers=3, crop=384, batch_size=1, steps=20000
+                ),
+                shapes=ShapeGanConfig(filters=32, steps=3000, batch_size=64),
+            )
         elif name == "cpu":
             # stage 3: the renderer fitted to the micrographs (the CycleGAN settings below apply with
             # translator="cyclegan"); stage 5: the shipped model fine-tuned with train's recipe
             cfg = cls(
                 shapes=ShapeGanConfig(filters=16, steps=300, batch_size=16, jit=False),
                 masks=MaskConfig(tile=384),
-                cyclegan=CycleGanConfig(filters=16, res_blocks=4, disc_filters=16, disc_layers=3, crop=128,
-                                        batch_size=1, steps=600, checkpoint_every=100,
-                                        inference_batch=2, jit=False),
+                cyclegan=CycleGanConfig(
+                    filters=16,
+                    res_blocks=4,
+                    disc_filters=16,
+                    disc_layers=3,
+                    crop=128,
+                    batch_size=1,
+                    steps=600,
+                    checkpoint_every=100,
+                    inference_batch=2,
+                    jit=False,
+                ),
                 translator="renderer",
                 base_model="default",
                 segmentation_minutes=75.0,
                 segmentation=TrainConfig(
-                    network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16),
-                    tile=256, batch_size=8, epochs=10, steps_per_epoch=40, validation_steps=4, learning_rate=5e-4,
-                    schedule="cosine", freeze_epochs=-1, select="val_score", dice=True, patience=0, jit_compile=True,
-                    augmentation=Augmentation(brightness=0.1, contrast=0.2, gamma=0.3, noise=0.03)),
+                    network=NetworkConfig(
+                        "unet", heads=(Head("foreground"), Head("distance")), depth=4, base_filters=16
+                    ),
+                    tile=256,
+                    batch_size=8,
+                    epochs=10,
+                    steps_per_epoch=40,
+                    validation_steps=4,
+                    learning_rate=5e-4,
+                    schedule="cosine",
+                    freeze_epochs=-1,
+                    select="val_score",
+                    dice=True,
+                    patience=0,
+                    jit_compile=True,
+                    augmentation=Augmentation(brightness=0.1, contrast=0.2, gamma=0.3, noise=0.03),
+                ),
                 pairs=200,
             )
         elif name == "tiny":
             cfg = cls(
-                shapes=ShapeGanConfig(size=32, latent_dim=16, filters=4, steps=20, batch_size=8, critic_steps=2,
-                                      min_outlines=4, bank_size=64, checkpoint_every=10, jit=False),
+                shapes=ShapeGanConfig(
+                    size=32,
+                    latent_dim=16,
+                    filters=4,
+                    steps=20,
+                    batch_size=8,
+                    critic_steps=2,
+                    min_outlines=4,
+                    bank_size=64,
+                    checkpoint_every=10,
+                    jit=False,
+                ),
                 masks=MaskConfig(tile=64, count=(10, 16), margin=16),
-                cyclegan=CycleGanConfig(filters=4, res_blocks=1, disc_filters=4, disc_layers=2, crop=32, batch_size=2,
-                                        steps=10, pool_size=4, checkpoint_every=5, jit=False),
+                cyclegan=CycleGanConfig(
+                    filters=4,
+                    res_blocks=1,
+                    disc_filters=4,
+                    disc_layers=2,
+                    crop=32,
+                    batch_size=2,
+                    steps=10,
+                    pool_size=4,
+                    checkpoint_every=5,
+                    jit=False,
+                ),
                 segmentation=TrainConfig(
                     # group normalisation: batch normalisation's moving statistics need hundreds of
                     # steps, so after a few the network would output a constant in inference mode
-                    network=NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=2, base_filters=4,
-                                          normalization="group"),
-                    tile=32, batch_size=4, epochs=2, steps_per_epoch=3, validation_steps=1, learning_rate=3e-3,
-                    patience=0, jit_compile=False),
+                    network=NetworkConfig(
+                        "unet",
+                        heads=(Head("foreground"), Head("distance")),
+                        depth=2,
+                        base_filters=4,
+                        normalization="group",
+                    ),
+                    tile=32,
+                    batch_size=4,
+                    epochs=2,
+                    steps_per_epoch=3,
+                    validation_steps=1,
+                    learning_rate=3e-3,
+                    patience=0,
+                    jit_compile=False,
+                ),
                 renderer=RendererConfig(candidates=6, refine=2, keep=2, masks_per_candidate=1, crops_per_image=2),
-                pairs=12, val_fraction=0.2,
+                pairs=12,
+                val_fraction=0.2,
                 min_kept_fraction=0.0,  # ten CycleGAN steps render noise: keep the run going
             )
         else:
@@ -202,6 +293,12 @@ class ScratchConfig:
 
 @dataclass
 class Inputs:
+    """The checked inputs of a run, as :func:`load_inputs` returns them.
+
+    The cropped micrographs and their files, the outline masks and their files, the rows cropped
+    and a fingerprint of the inputs (digests of both sets of files, and ``crop_rows``).
+    """
+
     images: list[np.ndarray]  # cropped micrographs (raw gray values)
     image_files: list[Path]
     outlines: np.ndarray  # (N, size, size) bool
@@ -234,7 +331,10 @@ def load_inputs(images: str | os.PathLike | Sequence, outlines: str | os.PathLik
     sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     files = list_images(sources)
     if not files:
-        raise InputError(f"{', '.join(map(str, sources))}: no micrographs (TIFF, PNG, JPEG) found ({stage3}: give a folder of real images)")
+        raise InputError(
+            f"{', '.join(map(str, sources))}: no micrographs (TIFF, PNG, JPEG) found "
+            f"({stage3}: give a folder of real images)"
+        )
     raw = []
     for f in files:
         img, _ = read_image(f)
@@ -277,14 +377,18 @@ class Stage:
         self.file = self.dir / "stage.json"
 
     def record(self) -> dict | None:
+        """Return the contents of ``stage.json``, or None when the stage has not started."""
         return json.loads(self.file.read_text()) if self.file.exists() else None
 
     @property
     def done(self) -> bool:
+        """Whether the stage's record says it is done."""
         rec = self.record()
+
         return bool(rec and rec.get("status") == "done")
 
     def check(self) -> None:
+        """Raise InputError when the stage was run with other settings than ``params``."""
         rec = self.record()
         if rec is None:
             return
@@ -297,6 +401,7 @@ class Stage:
             )
 
     def start(self) -> None:
+        """Create the stage's folder and mark the stage running (keeping an earlier record's time)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         rec = self.record() or {"params": self.params, "status": "running", "seconds": 0.0, "started": _now()}
         rec["status"] = "running"
@@ -305,12 +410,15 @@ class Stage:
         self._base = rec.get("seconds", 0.0)
 
     def finish(self, summary: dict | None = None) -> None:
+        """Mark the stage done, with its total time and ``summary``."""
         rec = self.record()
-        rec.update(status="done", finished=_now(), seconds=round(self._base + time.time() - self._t0, 1),
-                   summary=summary or {})
+        rec.update(
+            status="done", finished=_now(), seconds=round(self._base + time.time() - self._t0, 1), summary=summary or {}
+        )
         self._write(rec)
 
     def interrupted(self) -> None:
+        """Record the time spent so far when the stage stopped before it was done."""
         rec = self.record()
         if rec and rec.get("status") != "done":
             rec["seconds"] = round(self._base + time.time() - self._t0, 1)
@@ -342,7 +450,7 @@ def redo_stages(work: str | os.PathLike, stage: str) -> None:
     """Delete the folder of ``stage`` and of every stage after it."""
     if stage not in STAGES:
         raise InputError(f"{stage}: unknown stage (choose {', '.join(STAGES)})")
-    for s in STAGES[STAGES.index(stage):]:
+    for s in STAGES[STAGES.index(stage) :]:
         d = Path(work) / STAGE_DIRS[s]
         if d.exists():
             shutil.rmtree(d)
@@ -354,6 +462,8 @@ def redo_stages(work: str | os.PathLike, stage: str) -> None:
 
 @dataclass
 class ScratchResult:
+    """What :func:`train_from_scratch` returns: the bundle, the work folder, and each stage's time and summary."""
+
     bundle: Any  # models.Bundle
     work: Path
     seconds: dict[str, float]
@@ -424,13 +534,28 @@ def train_from_scratch(
         "shapes": {"shapes": cfg["shapes"], "outlines": inputs.fingerprint["outlines"]},
     }
     params["masks"] = {**params["shapes"], "masks": cfg["masks"], "pairs": config.pairs}
-    stage3 = ({"translator": "renderer", "renderer": cfg["renderer"]} if config.translator == "renderer"
-              else {"cyclegan": cfg["cyclegan"]})
-    params["cyclegan"] = {**params["masks"], **stage3, "polarity": config.polarity,
-                          "images": inputs.fingerprint["images"], "crop_rows": inputs.crop_rows}
-    params["filter"] = {**params["cyclegan"], "filter_method": config.filter_method,
-                        "min_kept_fraction": config.min_kept_fraction}
-    params["segmentation"] = {**params["filter"], "segmentation": cfg["segmentation"], "val_fraction": config.val_fraction}
+    stage3 = (
+        {"translator": "renderer", "renderer": cfg["renderer"]}
+        if config.translator == "renderer"
+        else {"cyclegan": cfg["cyclegan"]}
+    )
+    params["cyclegan"] = {
+        **params["masks"],
+        **stage3,
+        "polarity": config.polarity,
+        "images": inputs.fingerprint["images"],
+        "crop_rows": inputs.crop_rows,
+    }
+    params["filter"] = {
+        **params["cyclegan"],
+        "filter_method": config.filter_method,
+        "min_kept_fraction": config.min_kept_fraction,
+    }
+    params["segmentation"] = {
+        **params["filter"],
+        "segmentation": cfg["segmentation"],
+        "val_fraction": config.val_fraction,
+    }
     if config.base_model:
         params["segmentation"].update(base_model=config.base_model, segmentation_minutes=config.segmentation_minutes)
     stages = {name: Stage(work, name, params[name]) for name in STAGES}
@@ -439,12 +564,16 @@ def train_from_scratch(
     for s in stages.values():  # refuse changed settings before doing any work
         s.check()
 
-    runners = {"shapes": _run_shapes, "masks": _run_masks,
-               "cyclegan": _run_renderer if config.translator == "renderer" else _run_cyclegan, "filter": _run_filter,
-               "segmentation": _run_segmentation}
+    runners = {
+        "shapes": _run_shapes,
+        "masks": _run_masks,
+        "cyclegan": _run_renderer if config.translator == "renderer" else _run_cyclegan,
+        "filter": _run_filter,
+        "segmentation": _run_segmentation,
+    }
     ctx: dict[str, Any] = {"inputs": inputs, "config": config, "work": work, "progress": progress}
     seconds, summaries = {}, {}
-    for i, name in enumerate(STAGES, start=1):
+    for name in STAGES:
         st = stages[name]
         if st.done:
             _say(f"{st.title}: done earlier ({st.dir})", progress)
@@ -507,8 +636,12 @@ def _run_shapes(st: Stage, ctx: dict) -> dict:
     gen = train_shape_gan(outlines, cfg.shapes, st.dir, ctx["progress"])
     bank = shape_bank(gen, cfg.shapes, outlines, st.dir)
     ref, new = shape_stats(outlines), shape_stats(bank)
-    return {"outlines": len(outlines), "shapes": len(bank), "outline_median_ecd": ref["median_ecd"],
-            "shape_median_ecd": new["median_ecd"]}
+    return {
+        "outlines": len(outlines),
+        "shapes": len(bank),
+        "outline_median_ecd": ref["median_ecd"],
+        "shape_median_ecd": new["median_ecd"],
+    }
 
 
 def _run_masks(st: Stage, ctx: dict) -> dict:
@@ -562,16 +695,27 @@ def _run_renderer(st: Stage, ctx: dict) -> dict:
     fakes = render_fakes(fit, ctx["labels"], st.dir / "fakes", cfg.renderer.seed, ctx["progress"])
     tiles = [outline_overlay(read_array(f), read_array(p)) for f, p in zip(fakes[:16], ctx["labels"][:16])]
     save_grid(st.dir / "samples.png", tiles, columns=4, gap=4)
-    return {"fake_micrographs": len(fakes), "renderer": fit["style"], "fit_distance": fit["distances"][0],
-            "median_distance_of_prior_draws": fit["median_distance_of_prior_draws"]}
+    return {
+        "fake_micrographs": len(fakes),
+        "renderer": fit["style"],
+        "fit_distance": fit["distances"][0],
+        "median_distance_of_prior_draws": fit["median_distance_of_prior_draws"],
+    }
 
 
 def _run_filter(st: Stage, ctx: dict) -> dict:
     from .filtering import filter_pairs
 
     cfg: ScratchConfig = ctx["config"]
-    filter_pairs(ctx["labels"], ctx["fakes"], st.dir, cfg.filter_method, cfg.polarity, ctx["progress"],
-                 min_kept=cfg.min_kept_fraction)
+    filter_pairs(
+        ctx["labels"],
+        ctx["fakes"],
+        st.dir,
+        cfg.filter_method,
+        cfg.polarity,
+        ctx["progress"],
+        min_kept=cfg.min_kept_fraction,
+    )
     return json.loads((st.dir / "summary.json").read_text())
 
 
@@ -589,36 +733,51 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
         return _fine_tune_segmentation(st, ctx)
     tc = cfg.segmentation
     norm = NORMALIZATION
-    x = [normalize_percentile(read_array(f), norm["low"], norm["high"], tuple(norm["clip"]))[..., None]
-         for f in ctx["fakes"]]
+    x = [
+        normalize_percentile(read_array(f), norm["low"], norm["high"], tuple(norm["clip"]))[..., None]
+        for f in ctx["fakes"]
+    ]
     y = [read_array(f).astype(np.int32) for f in ctx["filtered"]]
     n_val = max(1, int(round(cfg.val_fraction * len(x))))
     if n_val >= len(x):
         raise InputError(f"{st.dir}: {len(x)} fake pairs leave none for training ({st.title}: raise --pairs)")
     if not any(lab.max() for lab in y[:-n_val]):
-        raise InputError(f"{st.dir}: every training mask is empty after the artifact filter ({st.title}: see 4_filter/samples.png; "
-                         f"check --polarity and --filter-method)")
-    model, log = fit(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], tc, st.dir / "train",
-                     verbose=1 if ctx["progress"] else 0)
+        raise InputError(
+            f"{st.dir}: every training mask is empty after the artifact filter ({st.title}: see 4_filter/samples.png; "
+            f"check --polarity and --filter-method)"
+        )
+    model, log = fit(
+        x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], tc, st.dir / "train", verbose=1 if ctx["progress"] else 0
+    )
     heads = [h.kind for h in tc.network.heads]
     post, fake_iou = choose_postprocess(model, x[-n_val:], y[-n_val:], heads, tc.network.multiple_of)
     inputs = ctx["inputs"]
     ecd = shape_stats(inputs.outlines)["median_ecd"]
     meta = make_metadata(
-        cfg.name, tc.network,
-        description=("Trained from scratch without manual masks (Rühle, Krumrey & Hodoroaba, Sci. Rep. 2021 workflow): "
-                     f"{len(inputs.image_files)} micrographs and {len(inputs.outline_files)} particle outlines."),
-        channels=["micrograph"], normalization=norm, tile=1024, overlap=48,
-        particle_size_px=round(float(ecd), 2), polarity=cfg.polarity, postprocess={**post, "min_area": 15},
+        cfg.name,
+        tc.network,
+        description=(
+            "Trained from scratch without manual masks (Rühle, Krumrey & Hodoroaba, Sci. Rep. 2021 workflow): "
+            f"{len(inputs.image_files)} micrographs and {len(inputs.outline_files)} particle outlines."
+        ),
+        channels=["micrograph"],
+        normalization=norm,
+        tile=1024,
+        overlap=48,
+        particle_size_px=round(float(ecd), 2),
+        polarity=cfg.polarity,
+        postprocess={**post, "min_area": 15},
         training={
             **_workflow_record(ctx, ecd),
             "config": cfg.to_dict(),
             "epochs_run": len(log),
             "command": " ".join(sys.argv) if sys.argv and "particleseg" in sys.argv[0] else None,
         },
-        metrics={"fake_validation_instance_iou": round(fake_iou, 4),
-                 "final_loss": log[-1].get("loss") if log else None,
-                 "final_val_loss": log[-1].get("val_loss") if log else None},
+        metrics={
+            "fake_validation_instance_iou": round(fake_iou, 4),
+            "final_loss": log[-1].get("loss") if log else None,
+            "final_val_loss": log[-1].get("val_loss") if log else None,
+        },
     )
     bundle = save_bundle(st.dir / "bundle", model, meta, overwrite=True, zip_copy=False)
     _held_out_samples(bundle, ctx["fakes"][-n_val:], st.dir / "samples.png")
@@ -626,14 +785,22 @@ def _run_segmentation(st: Stage, ctx: dict) -> dict:
 
 
 def _workflow_record(ctx: dict, ecd: float) -> dict:
-    """What a from-scratch bundle records of its inputs and stages (``training`` metadata)."""
+    """Return what a from-scratch bundle records of its inputs and stages (``training`` metadata)."""
     inputs: Inputs = ctx["inputs"]
     return {
         "workflow": "particleseg train-from-scratch",
-        "images": {"folder": str(inputs.image_files[0].parent), "count": len(inputs.image_files),
-                   "crop_rows": inputs.crop_rows, "fingerprint": inputs.fingerprint["images"]},
-        "outlines": {"folder": str(inputs.outline_files[0].parent), "count": len(inputs.outline_files),
-                     "median_ecd_px": round(float(ecd), 2), "fingerprint": inputs.fingerprint["outlines"]},
+        "images": {
+            "folder": str(inputs.image_files[0].parent),
+            "count": len(inputs.image_files),
+            "crop_rows": inputs.crop_rows,
+            "fingerprint": inputs.fingerprint["images"],
+        },
+        "outlines": {
+            "folder": str(inputs.outline_files[0].parent),
+            "count": len(inputs.outline_files),
+            "median_ecd_px": round(float(ecd), 2),
+            "fingerprint": inputs.fingerprint["outlines"],
+        },
         "stage_seconds": {s: (Stage(ctx["work"], s, {}).record() or {}).get("seconds") for s in STAGES[:-1]},
     }
 
@@ -652,8 +819,10 @@ def _held_out_samples(bundle, fakes: Sequence[Path], path: Path) -> None:
 
 
 def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
-    """Stage 5 from a base model: ``particleseg train``'s fine-tuning recipe on the fake pairs
-    (the held-out pairs validate and choose the post-processing; no real mask is used)."""
+    """Run stage 5 from a base model: ``particleseg train``'s fine-tuning recipe on the fake pairs.
+
+    The held-out pairs validate and choose the post-processing; no real mask is used.
+    """
     from ..models import load_bundle, write_metadata
     from ..train import train_segmentation
     from .shapegan import shape_stats
@@ -667,16 +836,39 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
     out = st.dir / "bundle"
     inputs = ctx["inputs"]
     bundle = train_segmentation(
-        fakes[:-n_val], labels[:-n_val], out, validation_images=fakes[-n_val:], validation_masks=labels[-n_val:],
-        base_model=cfg.base_model, mask_kind="labels", polarity=cfg.polarity, tile=tc.tile, batch_size=tc.batch_size,
-        epochs=tc.epochs, steps_per_epoch=tc.steps_per_epoch, validation_steps=tc.validation_steps,
-        learning_rate=tc.learning_rate, schedule=tc.schedule, freeze_epochs=tc.freeze_epochs, select=tc.select,
-        dice=tc.dice, patience=tc.patience, minutes=cfg.segmentation_minutes, augmentation=tc.augmentation,
-        seed=tc.seed, name=cfg.name, workdir=st.dir / "train", overwrite=True, progress=ctx["progress"],
+        fakes[:-n_val],
+        labels[:-n_val],
+        out,
+        validation_images=fakes[-n_val:],
+        validation_masks=labels[-n_val:],
+        base_model=cfg.base_model,
+        mask_kind="labels",
+        polarity=cfg.polarity,
+        tile=tc.tile,
+        batch_size=tc.batch_size,
+        epochs=tc.epochs,
+        steps_per_epoch=tc.steps_per_epoch,
+        validation_steps=tc.validation_steps,
+        learning_rate=tc.learning_rate,
+        schedule=tc.schedule,
+        freeze_epochs=tc.freeze_epochs,
+        select=tc.select,
+        dice=tc.dice,
+        patience=tc.patience,
+        minutes=cfg.segmentation_minutes,
+        augmentation=tc.augmentation,
+        seed=tc.seed,
+        name=cfg.name,
+        workdir=st.dir / "train",
+        overwrite=True,
+        progress=ctx["progress"],
         jit_compile=tc.jit_compile,
-        description=(f"fine-tuned from {cfg.base_model} on fake pairs of the from-scratch workflow (Rühle, Krumrey & "
-                     f"Hodoroaba, Sci. Rep. 2021): {len(inputs.image_files)} micrographs and "
-                     f"{len(inputs.outline_files)} particle outlines, no manual mask"))
+        description=(
+            f"fine-tuned from {cfg.base_model} on fake pairs of the from-scratch workflow (Rühle, Krumrey & "
+            f"Hodoroaba, Sci. Rep. 2021): {len(inputs.image_files)} micrographs and "
+            f"{len(inputs.outline_files)} particle outlines, no manual mask"
+        ),
+    )
     meta = bundle.metadata
     ecd = shape_stats(inputs.outlines)["median_ecd"]
     meta["training"].update({**_workflow_record(ctx, ecd), "scratch_config": cfg.to_dict()})
@@ -684,13 +876,19 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
     bundle = load_bundle(out)
     _held_out_samples(bundle, fakes[-n_val:], st.dir / "samples.png")
     m = bundle.metadata.get("metrics", {}).get("validation", {})
-    return {"base_model": cfg.base_model, "fake_validation_instance_iou": m.get("instance_iou"),
-            **{k: bundle.postprocess.get(k) for k in ("threshold", "seed_threshold", "min_confidence")}}
+    return {
+        "base_model": cfg.base_model,
+        "fake_validation_instance_iou": m.get("instance_iou"),
+        **{k: bundle.postprocess.get(k) for k in ("threshold", "seed_threshold", "min_confidence")},
+    }
 
 
 def choose_postprocess(model, images, labels, heads, multiple_of: int = 16) -> tuple[dict, float]:
-    """Threshold and watershed seed level that maximise the instance IoU on held-out *fake*
-    pairs (never on real masks)."""
+    """Choose the threshold and watershed seed level that maximise the instance IoU on held-out *fake* pairs.
+
+    Never on real masks. Return the post-processing settings and their instance IoU.
+
+    """
     from ..inference import predict_tiled
     from ..models import keras_predictor
     from ..train import validation_scores
