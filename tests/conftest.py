@@ -13,10 +13,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 def xdist_scope(nodeid: str) -> str:
-    """The unit of work of a pytest-xdist worker: a test file, so that module- and
-    session-scoped fixtures (a trained network, a whole from-scratch run, the JVM with ImageJ)
-    are made once; tests/test_docs.py per document (its blocks share one working folder and
-    run in the document's order; its other tests go with README.md)."""
+    """Return the unit of work of a pytest-xdist worker for the test ``nodeid``.
+
+    A test file, so that module- and session-scoped fixtures (a trained network, a whole
+    from-scratch run, the JVM with ImageJ) are made once; tests/test_docs.py per document (its
+    blocks share one working folder and run in the document's order; its other tests go with
+    README.md).
+    """
     path, _, rest = nodeid.partition("::")
     if path.endswith("test_docs.py"):
         doc = re.match(r"test_block_runs_as_written\[([^:\]]+):", rest)
@@ -26,10 +29,12 @@ def xdist_scope(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``pytest -n 2 --dist loadfile`` (pytest-xdist): a file per worker at a time, with the
-    documents of test_docs.py as units of their own, handed out first: they are few long
+    """Schedule ``pytest -n 2 --dist loadfile`` (pytest-xdist): a file per worker at a time.
+
+    The documents of test_docs.py are units of their own, handed out first: they are few long
     units, and one left for the end would keep the other worker idle. (``--dist loadgroup``
-    cannot do this: xdist 3.8 renames the test ids for its groups, which pytest 9 ignores.)"""
+    cannot do this: xdist 3.8 renames the test ids for its groups, which pytest 9 ignores.)
+    """
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -76,7 +81,7 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """An untrained 2-level UNet bundle with foreground and distance heads (fast to run)."""
+    """Return an untrained 2-level UNet bundle with foreground and distance heads (fast to run)."""
     import keras
 
     from particleseg.models import Head, NetworkConfig, build_network, make_metadata, save_bundle
@@ -89,10 +94,13 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def threshold_bundle(tmp_path_factory):
-    """A bundle whose "network" has known weights: foreground = sigmoid(20 (x - 0.5)) of the
-    normalised image, distance = sigmoid(20 (erosion15x15(x) - 0.5)), high in the centres of
-    bright blobs wider than 15 pixels and low across narrow necks. The pipeline's behaviour on
-    drawn disks is then predictable."""
+    """Return a bundle whose "network" has known weights.
+
+    Foreground = sigmoid(20 (x - 0.5)) of the normalised image, distance =
+    sigmoid(20 (erosion15x15(x) - 0.5)), high in the centres of bright blobs wider than 15
+    pixels and low across narrow necks. The pipeline's behaviour on drawn disks is then
+    predictable.
+    """
     import keras
 
     from particleseg.models import Head, NetworkConfig, make_metadata, save_bundle
@@ -108,7 +116,11 @@ def threshold_bundle(tmp_path_factory):
     model.get_layer("dist").set_weights([np.full((1, 1, 1, 1), 20.0), np.array([-10.0])])
     cfg = NetworkConfig("unet", heads=(Head("foreground"), Head("distance")), depth=1, base_filters=1)
     meta = make_metadata(
-        "threshold", cfg, tile=128, overlap=16, particle_size_px=20.0,
+        "threshold",
+        cfg,
+        tile=128,
+        overlap=16,
+        particle_size_px=20.0,
         normalization={"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]},
         postprocess={"threshold": 0.5, "seed_threshold": 0.5, "min_area": 10},
         description="hand-made test network with known weights",
@@ -117,7 +129,7 @@ def threshold_bundle(tmp_path_factory):
 
 
 def draw_disks(shape, disks, background=40, foreground=200, noise=5, seed=0):
-    """A uint8 image of bright disks ``(cy, cx, r)`` on a noisy background, and their labels."""
+    """Draw a uint8 image of bright disks ``(cy, cx, r)`` on a noisy background; return it and the labels."""
     from skimage.draw import disk
 
     rng = np.random.default_rng(seed)
@@ -134,8 +146,12 @@ def draw_disks(shape, disks, background=40, foreground=200, noise=5, seed=0):
 # helpers shared by the batch, resume, fault and SIMS/FIB-SEM tests
 
 #: disks (y, x, radius) of the small calibrated test images, four different fields
-DISKS = [[(40, 40, 12), (40, 62, 12), (100, 100, 15)], [(50, 50, 14), (110, 60, 10)],
-         [(80, 80, 20), (30, 120, 9)], [(60, 40, 11), (60, 110, 13), (120, 80, 12)]]
+DISKS = [
+    [(40, 40, 12), (40, 62, 12), (100, 100, 15)],
+    [(50, 50, 14), (110, 60, 10)],
+    [(80, 80, 20), (30, 120, 9)],
+    [(60, 40, 11), (60, 110, 13), (120, 80, 12)],
+]
 
 
 def disk_images(folder, n: int = 4) -> list:
@@ -154,7 +170,7 @@ def disk_images(folder, n: int = 4) -> list:
 
 
 def zip_members(path) -> dict:
-    """The members of a zip file by name (ROI zips: compared without their write times)."""
+    """Return the members of a zip file by name (ROI zips: compared without their write times)."""
     import zipfile
 
     with zipfile.ZipFile(path) as zf:
@@ -162,7 +178,7 @@ def zip_members(path) -> dict:
 
 
 def dead_pid() -> int:
-    """The id of a process that has ended (for stale temporaries of a killed process)."""
+    """Return the id of a process that has ended (for stale temporaries of a killed process)."""
     import subprocess
     import sys
 
@@ -172,7 +188,7 @@ def dead_pid() -> int:
 
 
 def tiny_sims_bundle(folder):
-    """An untrained tiny FCN bundle with the SIMS metadata, saved in ``folder``."""
+    """Save an untrained tiny FCN bundle with the SIMS metadata in ``folder`` and return it."""
     import keras
 
     from particleseg import sims
@@ -180,14 +196,21 @@ def tiny_sims_bundle(folder):
 
     keras.utils.set_random_seed(0)
     cfg = NetworkConfig("fcn", 1, (Head("foreground"),), depth=2, base_filters=4)
-    meta = make_metadata("sims-tiny", cfg, channels=["U total"], normalization={"method": "none"}, tile=64, overlap=8,
-                         postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0})
+    meta = make_metadata(
+        "sims-tiny",
+        cfg,
+        channels=["U total"],
+        normalization={"method": "none"},
+        tile=64,
+        overlap=8,
+        postprocess={**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": 0.5, "h": 1.0},
+    )
     meta["sims"] = {"input": dict(sims.DEFAULT_INPUT)}
     return save_bundle(folder / "sims-tiny", build_network(cfg), meta, zip_copy=False)
 
 
 def tiny_phase_bundle(folder):
-    """An untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases."""
+    """Save an untrained 2-level UNet taking 2 channels x 3 slices, softmax over 3 phases, in ``folder``; return it."""
     import keras
 
     from particleseg import fibsem
@@ -196,14 +219,19 @@ def tiny_phase_bundle(folder):
     keras.utils.set_random_seed(1)
     cfg = fibsem.PhaseTrainConfig(context=1, depth=2, base_filters=4)
     net = NetworkConfig("unet", 6, (Head("classes", 3, "softmax"),), depth=2, base_filters=4)
-    meta = fibsem.make_phase_metadata("phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"])
+    meta = fibsem.make_phase_metadata(
+        "phases-tiny", net, cfg, ["in-chamber", "in-lens"], ["matrix", "pore", "inclusion"]
+    )
     return save_bundle(folder / "phases-tiny", build_network(net), meta, zip_copy=False)
 
 
 def output_files(out) -> dict:
-    """Every file under the folder ``out`` (relative POSIX path -> content), without what
-    differs between two runs of the same batch: the times of zip members, a completion
-    record's finishing time, the seconds taken (summary.csv, slices.csv)."""
+    """Return every file under the folder ``out`` (relative POSIX path -> content).
+
+    Without what differs between two runs of the same batch: the times of zip members, a
+    completion record's finishing time, the seconds taken (summary.csv, slices.csv).
+
+    """
     import json
     import zipfile
     from pathlib import Path

@@ -1,5 +1,8 @@
-"""Smoke test of the benchmark runner (benchmarks/run.py): it runs and writes a report with every
-section. Benchmarks are not tests: nothing here looks at a timing."""
+"""Smoke test of the benchmark runner (benchmarks/run.py).
+
+It runs and writes a report with every section. Benchmarks are not tests: nothing here looks at
+a timing.
+"""
 
 from __future__ import annotations
 
@@ -23,16 +26,35 @@ def runner():
 
 def test_quick_report_structure(runner, tiny_bundle, tmp_path):
     out = tmp_path / "REPORT.md"
-    rc = runner.main(["--quick", "--only", "inference,postprocess,evaluation,gpu", "--model", str(tiny_bundle.path),
-                      "--out", str(out)])
+    rc = runner.main(
+        [
+            "--quick",
+            "--only",
+            "inference,postprocess,evaluation,gpu",
+            "--model",
+            str(tiny_bundle.path),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = out.read_text()
     assert text.startswith("# particleseg benchmark report\n")
-    for key in ("**Date**", "**Command**", "**Machine**", "**Accelerator**", "| python |", "| numpy |", "| keras |",
-                "| keras backend |", "| particleseg |", "git "):
+    for key in (
+        "**Date**",
+        "**Command**",
+        "**Machine**",
+        "**Accelerator**",
+        "| python |",
+        "| numpy |",
+        "| keras |",
+        "| keras backend |",
+        "| particleseg |",
+        "git ",
+    ):
         assert key in text, key
     # every section has its heading; those run say how to reproduce them, the others how to run them
-    for name, title in runner.TITLES.items():
+    for title in runner.TITLES.values():
         assert f"\n## {title}\n" in text
     for name in ("inference", "postprocess", "evaluation"):
         assert f"Reproduce: `python benchmarks/run.py --quick --only {name}" in text

@@ -1,6 +1,7 @@
-"""Fault injection (issue 15, item 10): ``kill -9`` at random moments of a real batch, several
-times in a row, then the same command again; the outputs must be complete and identical to those
-of an uninterrupted run, for ``particleseg segment``, ``sims run`` and ``fibsem segment``.
+"""Fault injection (issue 15, item 10): ``kill -9`` at random moments of a real batch.
+
+Several times in a row, then the same command again; the outputs must be complete and identical
+to those of an uninterrupted run, for ``particleseg segment``, ``sims run`` and ``fibsem segment``.
 
 Each trial starts the command in its own process group, waits until a randomly chosen item is
 being written (its ``.particleseg/STEM.writing.json`` marker) or done, sleeps a random few
@@ -28,7 +29,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import dead_pid as _dead_pid, draw_disks, tiny_phase_bundle, tiny_sims_bundle, zip_members as _zip_members
+from conftest import dead_pid as _dead_pid
+from conftest import draw_disks, tiny_phase_bundle, tiny_sims_bundle
+from conftest import zip_members as _zip_members
 from particleseg.io import Calibration, write_tiff
 from particleseg.pipeline import RECORD_DIR
 
@@ -49,11 +52,20 @@ def _records(out: Path) -> tuple[int, int]:
     return sum(n.endswith(".done.json") for n in names), sum(n.endswith(".writing.json") for n in names)
 
 
-def kill_trials(args: list[str], out: Path, n_items: int, rng: random.Random, trials: int = TRIALS,
-                timeout: float = 300, max_delay: float = 0.05) -> list[tuple[int, float]]:
-    """Start ``particleseg ARGS`` ``trials`` times, killing it with SIGKILL each time once a
-    random item (after those already done) is being written, plus a random delay; returns, per
-    trial, the number of items done when it was killed and the delay."""
+def kill_trials(
+    args: list[str],
+    out: Path,
+    n_items: int,
+    rng: random.Random,
+    trials: int = TRIALS,
+    timeout: float = 300,
+    max_delay: float = 0.05,
+) -> list[tuple[int, float]]:
+    """Start ``particleseg ARGS`` ``trials`` times, killing it with SIGKILL each time.
+
+    The kill comes once a random item (after those already done) is being written, plus a random
+    delay; returns, per trial, the number of items done when it was killed and the delay.
+    """
     killed = []
     for _ in range(trials):
         done0, _ = _records(out)
@@ -61,8 +73,13 @@ def kill_trials(args: list[str], out: Path, n_items: int, rng: random.Random, tr
             break
         target = rng.randint(done0, n_items - 1)  # this many done, and the next one being written
         delay = rng.uniform(0.0, max_delay)
-        proc = subprocess.Popen([sys.executable, "-m", "particleseg", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "particleseg", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_env(),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None and time.monotonic() < deadline:
@@ -82,8 +99,9 @@ def kill_trials(args: list[str], out: Path, n_items: int, rng: random.Random, tr
 
 
 def finish(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "particleseg", *args], capture_output=True, text=True, env=_env(),
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "particleseg", *args], capture_output=True, text=True, env=_env(), timeout=600
+    )
 
 
 def _temporaries(out: Path) -> list[str]:
@@ -91,11 +109,17 @@ def _temporaries(out: Path) -> list[str]:
 
 
 def _same_files(a: Path, b: Path, skip=()) -> None:
-    """Every file of ``b`` (the uninterrupted run) is in ``a`` with the same bytes, and no more,
-    except the completion records (their times differ) and the files in ``skip``."""
+    """Check that every file of ``b`` (the uninterrupted run) is in ``a`` with the same bytes, and no more.
+
+    The completion records (their times differ) and the files in ``skip`` are exceptions.
+    """
+
     def files(root):
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                      if p.is_file() and RECORD_DIR not in p.relative_to(root).parts and p.name not in skip)
+        return sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and RECORD_DIR not in p.relative_to(root).parts and p.name not in skip
+        )
 
     assert files(a) == files(b)
     for name in files(b):
@@ -161,11 +185,27 @@ def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
     from particleseg.sims import SimsSettings, simulate_fields
 
     n = 12
-    simulate_fields(n, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
-                    seed=5, progress=False)
+    simulate_fields(
+        n,
+        tmp_path / "sim",
+        SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
+        seed=5,
+        progress=False,
+    )
     out, ref = tmp_path / "out", tmp_path / "ref"
-    args = ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(sims_bundle.path), "--quiet",
-            "--batch-size", "3", "--save-labels", "--min-significance", "0"]
+    args = [
+        "sims",
+        "run",
+        str(tmp_path / "sim" / "fields"),
+        "--model",
+        str(sims_bundle.path),
+        "--quiet",
+        "--batch-size",
+        "3",
+        "--save-labels",
+        "--min-significance",
+        "0",
+    ]
     killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED + 1))
     print(_report(killed))
     run = finish([*args, "--out", str(out)])
@@ -174,8 +214,14 @@ def test_sims_run_survives_kill_9_at_random_moments(tmp_path, sims_bundle):
     assert _temporaries(out) == [], _report(killed)
     from particleseg import sims
 
-    sims.run_fields(tmp_path / "sim" / "fields", sims_bundle, ref, sims.SimsParams(batch_size=3, min_significance=0),
-                    progress=False, save_labels=True)  # uninterrupted
+    sims.run_fields(
+        tmp_path / "sim" / "fields",
+        sims_bundle,
+        ref,
+        sims.SimsParams(batch_size=3, min_significance=0),
+        progress=False,
+        save_labels=True,
+    )  # uninterrupted
     _same_files(out, ref)
     assert len(pd.read_csv(ref / "particles.csv")) > 0 and (pd.read_csv(ref / "fields.csv")["status"] == "ok").all()
 
@@ -226,12 +272,16 @@ def test_fibsem_segment_survives_kill_9_at_random_moments(tmp_path, phase_bundle
     np.testing.assert_array_equal(tifffile.imread(out / "phases.tif"), tifffile.imread(ref / "phases.tif"))
 
 
-def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(tmp_path, sims_bundle, phase_bundle,
-                                                                            threshold_bundle):
-    """The moment a random kill rarely hits (it failed one suite run, PARTICLESEG_FAULT_SEED=15):
-    an item's completion record is written and its ``writing`` marker not yet removed. A rerun
+def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(
+    tmp_path, sims_bundle, phase_bundle, threshold_bundle
+):
+    """The moment a random kill rarely hits (it failed one suite run, PARTICLESEG_FAULT_SEED=15).
+
+    An item's completion record is written and its ``writing`` marker not yet removed. A rerun
     of each batch command skips the item and removes the marker, so the records are those of an
-    uninterrupted run."""
+    uninterrupted run.
+
+    """
     from particleseg.fibsem import FibsemSettings, simulate_stack
     from particleseg.sims import SimsSettings, simulate_fields
 
@@ -240,8 +290,13 @@ def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(tmp_p
     for i in range(2):
         img, _ = draw_disks((96, 96), [(30, 30, 10), (62, 64, 12)], seed=i)
         write_tiff(src / f"img{i}.tif", img, Calibration(5.0, "nm"))
-    simulate_fields(2, tmp_path / "sim", SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
-                    seed=5, progress=False)
+    simulate_fields(
+        2,
+        tmp_path / "sim",
+        SimsSettings(shape=(48, 48), particles=(1, 4), diameter=(5.0, 10.0)),
+        seed=5,
+        progress=False,
+    )
     sim = simulate_stack(0, FibsemSettings(shape=(3, 48, 48)))
     channels = []
     for c in range(sim.channels.shape[0]):
@@ -249,8 +304,16 @@ def test_killed_between_the_record_and_the_marker_removal_leaves_no_marker(tmp_p
         tifffile.imwrite(channels[-1], sim.channels[c], photometric="minisblack")
     runs = {
         "segment": ["segment", str(src), "--model", str(threshold_bundle.path), "--quiet"],
-        "sims": ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(sims_bundle.path), "--quiet",
-                 "--min-significance", "0"],
+        "sims": [
+            "sims",
+            "run",
+            str(tmp_path / "sim" / "fields"),
+            "--model",
+            str(sims_bundle.path),
+            "--quiet",
+            "--min-significance",
+            "0",
+        ],
         "fibsem": ["fibsem", "segment", *channels, "--model", str(phase_bundle.path), "--quiet", "--tile", "48"],
     }
     for kind, args in runs.items():
@@ -289,8 +352,9 @@ def _disk_full_after(monkeypatch, n_ok: int) -> None:
     monkeypatch.setattr(tifffile, "imwrite", imwrite)
 
 
-def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(tmp_path, sims_bundle, phase_bundle, monkeypatch,
-                                                                 capsys):
+def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(
+    tmp_path, sims_bundle, phase_bundle, monkeypatch, capsys
+):
     from particleseg.cli import main
     from particleseg.fibsem import FibsemSettings, simulate_stack
     from particleseg.sims import SimsSettings, simulate_fields
@@ -300,24 +364,48 @@ def test_sims_and_fibsem_on_a_full_disk_one_line_nothing_partial(tmp_path, sims_
     channels = [str(tmp_path / f"ch{c}.tif") for c in range(2)]
     for c, path in enumerate(channels):
         tifffile.imwrite(path, sim.channels[c], photometric="minisblack")
-    runs = {"sims": ["sims", "run", str(tmp_path / "sim" / "fields"), "--model", str(sims_bundle.path), "--save-labels",
-                     "--out", str(tmp_path / "s")],
-            "fibsem": ["fibsem", "segment", *channels, "--model", str(phase_bundle.path), "--tile", "48",
-                       "--out", str(tmp_path / "f")]}
-    expected = {"sims": f"particleseg: error: {tmp_path / 's' / 'labels'}: disk full writing field_0001_labels.tif",
-                "fibsem": f"particleseg: error: {tmp_path / 'f' / 'slices'}: disk full writing phases_z00001.tif"}
+    runs = {
+        "sims": [
+            "sims",
+            "run",
+            str(tmp_path / "sim" / "fields"),
+            "--model",
+            str(sims_bundle.path),
+            "--save-labels",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        "fibsem": [
+            "fibsem",
+            "segment",
+            *channels,
+            "--model",
+            str(phase_bundle.path),
+            "--tile",
+            "48",
+            "--out",
+            str(tmp_path / "f"),
+        ],
+    }
+    expected = {
+        "sims": f"particleseg: error: {tmp_path / 's' / 'labels'}: disk full writing field_0001_labels.tif",
+        "fibsem": f"particleseg: error: {tmp_path / 'f' / 'slices'}: disk full writing phases_z00001.tif",
+    }
     for what, args in runs.items():
         with monkeypatch.context() as m:
             _disk_full_after(m, 1)
             assert main([*args, "--quiet"]) == 1, what
         assert capsys.readouterr().err.strip() == expected[what]
         out = Path(args[-1])
-        assert _temporaries(out) == [] and [p.name for p in (out / RECORD_DIR).glob("*.json")
-                                            if "done" in p.name or "writing" in p.name] == \
-            [p.name for p in (out / RECORD_DIR).glob("*.done.json")], what  # no writing marker left
+        assert _temporaries(out) == [] and [
+            p.name for p in (out / RECORD_DIR).glob("*.json") if "done" in p.name or "writing" in p.name
+        ] == [p.name for p in (out / RECORD_DIR).glob("*.done.json")], what  # no writing marker left
         assert len(list((out / RECORD_DIR).glob("*.done.json"))) == 1, what  # the first item only
-        finished = sorted(p.name for p in out.rglob("*_labels.tif")) if what == "sims" else \
-            sorted(p.name for p in (out / "slices").iterdir())
+        finished = (
+            sorted(p.name for p in out.rglob("*_labels.tif"))
+            if what == "sims"
+            else sorted(p.name for p in (out / "slices").iterdir())
+        )
         assert len(finished) == 1, (what, finished)  # nothing partial under a final name
         assert main([*args, "--quiet"]) == 0, what  # room again: the same command goes on
         capsys.readouterr()

@@ -1,5 +1,7 @@
-"""The package as users install it (issue 17): a wheel, not the checkout, carries the shipped
-models and segments the sample image."""
+"""The package as users install it (issue 17).
+
+A wheel, not the checkout, carries the shipped models and segments the sample image.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     (whl,) = out.glob("particleseg-*.whl")
     return whl
@@ -36,27 +42,40 @@ def test_wheel_contains_the_shipped_bundles(wheel):
 
 
 def _fresh_venv(path: Path) -> Path:
-    """A new virtual environment whose only particleseg is the one pip installs into it: the
-    dependencies come from this environment's site-packages through a .pth line (no download),
-    without its .pth files, so the checkout's editable install is not seen."""
+    """Create a new virtual environment whose only particleseg is the one pip installs into it.
+
+    The dependencies come from this environment's site-packages through a .pth line (no
+    download), without its .pth files, so the checkout's editable install is not seen.
+    """
     import sysconfig
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=300)
     py = path / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return py
 
 
 @pytest.mark.slow
 def test_wheel_installed_in_a_fresh_venv_segments_the_sample(wheel, tmp_path):
-    """pip installs the wheel into a new virtual environment (its console script, its package
-    data, its napari entry point); its ``particleseg`` segments the wheel's own sample image with
-    the wheel's default model."""
+    """Pip installs the wheel into a new virtual environment.
+
+    Its console script, its package data, its napari entry point; its ``particleseg`` segments
+    the wheel's own sample image with the wheel's default model.
+
+    """
     py = _fresh_venv(tmp_path / "venv")
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-                        str(wheel)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PARTICLESEG_MODELS")}
     code = (
@@ -75,8 +94,14 @@ def test_wheel_installed_in_a_fresh_venv_segments_the_sample(wheel, tmp_path):
     exe = tmp_path / "venv" / "bin" / "particleseg"
     r = subprocess.run([str(exe), "models", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "from package: " + venv in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([str(exe), "segment", sample, "--out", "out", "--quiet"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(exe), "segment", sample, "--out", "out", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     count = re.search(r"sample_sem.tif: (\d+) particles", r.stdout)
     assert count and int(count.group(1)) >= 50, r.stdout
