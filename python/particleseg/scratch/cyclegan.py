@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import read_array
+from ..io import read_array, write_atomic
+from ..preprocess import normalize_percentile
+from . import _backend as B
+from .grids import save_grid
+from .masks import target_mask
 
 STAGE = "stage 3, CycleGAN"
 
@@ -199,8 +203,6 @@ class ImagePool:
 
 def normalize_real(image: np.ndarray) -> np.ndarray:
     """Scale a micrograph to [-1, 1]: percentiles 1 and 99.8 to -1 and 1, clipped."""
-    from ..preprocess import normalize_percentile
-
     return normalize_percentile(image, 1.0, 99.8, (0.0, 1.0)) * 2 - 1
 
 
@@ -280,9 +282,6 @@ def train_cyclegan(
     """
     import keras
     from tqdm.auto import tqdm
-
-    from . import _backend as B
-    from .grids import save_grid
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -389,9 +388,6 @@ def fake_micrographs(
     """
     import tifffile
     from tqdm.auto import tqdm
-
-    from ..io import write_atomic
-    from .masks import target_mask
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

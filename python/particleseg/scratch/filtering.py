@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import read_array
+from ..io import read_array, write_atomic, write_csv
+from .grids import outline_overlay, save_grid
 
 STAGE = "stage 4, artifact filter"
 METHODS = ("li", "otsu", "mean", "median", "none")
@@ -65,9 +66,6 @@ def filter_pairs(
     import pandas as pd
     import tifffile
     from tqdm.auto import tqdm
-
-    from ..io import write_atomic, write_csv
-    from .grids import outline_overlay, save_grid
 
     if method not in METHODS:
         raise InputError(f"{method}: unknown filter method ({STAGE}: choose {', '.join(METHODS)})")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..io import write_atomic
+
 
 def to_uint8(image: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
     """Gray image to uint8, mapping ``low``..``high`` (default: the 0.5 and 99.5 percentiles) to 0..255."""
@@ -56,8 +58,6 @@ def save_grid(
     which case all tiles are downsampled by the same integer factor.
     """
     from PIL import Image
-
-    from ..io import write_atomic
 
     tiles = [np.asarray(t) for t in tiles]
     if not tiles:

@@ -33,7 +33,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
-from ..io import read_array
+from ..io import read_array, write_atomic
+from ..simulate import perlin_noise, place_particles
+from .grids import save_grid
 
 STAGE = "stage 2, mask simulation"
 REFERENCE_TILE = 384
@@ -216,8 +218,6 @@ def simulate_mask(
     margin: int | None = None,
 ) -> np.ndarray:
     """One ``(tile, tile)`` int32 label image of visible particles (1..n, painter's order)."""
-    from ..simulate import perlin_noise, place_particles
-
     shape_size = shapes.shape[-1]
     sampler = sampler or size_sampler(config.size)
     lo, hi = counts or count_range(config, shape_size)
@@ -290,9 +290,6 @@ def simulate_masks(
     """
     import tifffile
     from tqdm.auto import tqdm
-
-    from ..io import write_atomic
-    from .grids import save_grid
 
     workdir = Path(workdir)
     out = workdir / "labels"

@@ -25,6 +25,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from ..io import IMAGE_SUFFIXES, read_image
+from . import _backend as B
+from ._backend import input_gradient
+from .grids import save_grid
 
 STAGE = "stage 1, shape GAN"
 
@@ -77,8 +81,6 @@ def load_outlines(folder: str | os.PathLike, size: int = 64, min_count: int = 10
         Naming the file and what to change: unreadable, not binary, no or several white
         regions, white background, larger than ``size``; or too few outlines.
     """
-    from ..io import IMAGE_SUFFIXES, read_image
-
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: outline folder not found ({STAGE}: give a folder of single-particle outlines)")
@@ -187,8 +189,6 @@ def build_critic(size: int = 64, filters: int = 16):
 def _critic_loss(gp_weight):
     from keras import ops
 
-    from ._backend import input_gradient
-
     def loss(apply, batch):
         fake = ops.stop_gradient(apply("generator", batch["z"]))
         real = batch["real"]
@@ -228,9 +228,6 @@ def train_shape_gan(masks: np.ndarray, config: ShapeGanConfig, workdir: str | os
     """
     import keras
     from tqdm.auto import tqdm
-
-    from . import _backend as B
-    from .grids import save_grid
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -332,8 +329,6 @@ def shape_bank(generator, config: ShapeGanConfig, reference: np.ndarray, workdir
     Raises InputError when (almost) every generated shape is empty or cut by the border: the
     GAN did not learn the outlines.
     """
-    from .grids import save_grid
-
     workdir = Path(workdir)
     rng = np.random.default_rng([config.seed, 12345])
     min_area = max(16, int(0.05 * np.median(reference.reshape(len(reference), -1).sum(1))))

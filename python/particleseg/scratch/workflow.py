@@ -34,11 +34,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExistsError
-from ..io import read_array
-from .cyclegan import CycleGanConfig
-from .masks import MaskConfig
-from .renderer import RendererConfig
-from .shapegan import ShapeGanConfig
+from ..io import check_outputs, list_images, read_array, read_image, write_atomic
+from ..preprocess import detect_data_bar, normalize_percentile
+from .cyclegan import CycleGanConfig, fake_micrographs, mask_domain, normalize_real, train_cyclegan
+from .filtering import filter_pairs
+from .grids import outline_overlay, save_grid
+from .masks import MaskConfig, simulate_masks, target_mask
+from .renderer import RendererConfig, fit_renderer, render_fakes, save_fit
+from .shapegan import ShapeGanConfig, load_outlines, shape_bank, shape_stats, train_shape_gan
 
 STAGES = ("shapes", "masks", "cyclegan", "filter", "segmentation")
 STAGE_DIRS = {
@@ -322,10 +325,6 @@ def load_inputs(images: str | os.PathLike | Sequence, outlines: str | os.PathLik
     bad outlines (stage 1), micrographs of mixed sizes or bit depths, stacks, or smaller than
     the CycleGAN crop (stage 3).
     """
-    from ..io import list_images, read_image
-    from ..preprocess import detect_data_bar
-    from .shapegan import load_outlines
-
     stage3 = RENDERER_TITLE if config.translator == "renderer" else STAGE_TITLES["cyclegan"]
     shapes, outline_files = load_outlines(outlines, config.shapes.size, config.shapes.min_outlines)
     sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
@@ -425,8 +424,6 @@ class Stage:
             self._write(rec)
 
     def _write(self, rec):
-        from ..io import write_atomic
-
         text = json.dumps(rec, indent=2, default=str)
         write_atomic(self.file, lambda tmp: tmp.write_text(text), overwrite=True)
 
@@ -516,8 +513,6 @@ def train_from_scratch(
     -------
     ScratchResult, or None when stopped early.
     """
-    from ..io import check_outputs
-
     config = config or ScratchConfig()
     out = Path(out)
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
@@ -629,8 +624,6 @@ def _load_outputs(name: str, st: Stage, ctx: dict) -> None:
 
 
 def _run_shapes(st: Stage, ctx: dict) -> dict:
-    from .shapegan import shape_bank, shape_stats, train_shape_gan
-
     cfg: ScratchConfig = ctx["config"]
     outlines = ctx["inputs"].outlines
     gen = train_shape_gan(outlines, cfg.shapes, st.dir, ctx["progress"])
@@ -645,18 +638,12 @@ def _run_shapes(st: Stage, ctx: dict) -> dict:
 
 
 def _run_masks(st: Stage, ctx: dict) -> dict:
-    from .masks import simulate_masks
-
     cfg: ScratchConfig = ctx["config"]
     simulate_masks(ctx["shapes"], cfg.pairs, cfg.masks, st.dir, ctx["progress"])
     return json.loads((st.dir / "summary.json").read_text())
 
 
 def _run_cyclegan(st: Stage, ctx: dict) -> dict:
-    from .cyclegan import fake_micrographs, mask_domain, normalize_real, train_cyclegan
-    from .grids import outline_overlay, save_grid
-    from .masks import target_mask
-
     cfg: ScratchConfig = ctx["config"]
     cc = cfg.cyclegan
     gen_file = st.dir / "g_ab.keras"
@@ -679,9 +666,6 @@ def _run_cyclegan(st: Stage, ctx: dict) -> dict:
 
 def _run_renderer(st: Stage, ctx: dict) -> dict:
     """Stage 3 with the renderer: fit its settings to the micrographs, render every mask."""
-    from .grids import outline_overlay, save_grid
-    from .renderer import fit_renderer, render_fakes, save_fit
-
     cfg: ScratchConfig = ctx["config"]
     fit_file = st.dir / "fit.json"
     if fit_file.exists():
@@ -704,8 +688,6 @@ def _run_renderer(st: Stage, ctx: dict) -> dict:
 
 
 def _run_filter(st: Stage, ctx: dict) -> dict:
-    from .filtering import filter_pairs
-
     cfg: ScratchConfig = ctx["config"]
     filter_pairs(
         ctx["labels"],
@@ -724,9 +706,7 @@ NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5
 
 def _run_segmentation(st: Stage, ctx: dict) -> dict:
     from ..models import make_metadata, save_bundle
-    from ..preprocess import normalize_percentile
     from ..train import fit
-    from .shapegan import shape_stats
 
     cfg: ScratchConfig = ctx["config"]
     if cfg.base_model:
@@ -808,7 +788,6 @@ def _workflow_record(ctx: dict, ecd: float) -> dict:
 def _held_out_samples(bundle, fakes: Sequence[Path], path: Path) -> None:
     """``samples.png``: the bundle's segmentation of (up to 8) held-out fake micrographs."""
     from ..pipeline import SegmentParams, segment_image
-    from .grids import outline_overlay, save_grid
 
     tiles = []
     for f in fakes[:8]:
@@ -825,7 +804,6 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
     """
     from ..models import load_bundle, write_metadata
     from ..train import train_segmentation
-    from .shapegan import shape_stats
 
     cfg: ScratchConfig = ctx["config"]
     tc = cfg.segmentation
