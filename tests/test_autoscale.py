@@ -186,3 +186,29 @@ def test_no_particles_is_a_note_and_an_empty_result(default_bundle):
             np.full((128, 128), 90, np.uint8) + np.eye(128, dtype=np.uint8), default_bundle, SegmentParams(crop_rows=0)
         )
     assert seg.labels.max() == 0 and len(seg.table) == 0
+
+
+def test_detection_diameter_follows_the_particles_not_the_fragments():
+    # four particles of 40 px and, as a network finds in a textured particle seen at the
+    # wrong scale, sixty fragments of 6 px: the number median would say 6 px
+    areas = np.array([np.pi * 20**2] * 4 + [np.pi * 3**2] * 60)
+    d = autoscale.detection_diameter(areas)
+    assert d == pytest.approx(40 / autoscale.GRANULOMETRY_TO_ECD)
+    assert float(np.median(2 * np.sqrt(areas / np.pi))) == pytest.approx(6)
+    assert autoscale.detection_diameter(np.zeros(3)) is None
+
+
+def test_refine_scale_ignores_fragments(default_bundle):
+    from particleseg.pipeline import ScaleChoice, refine_scale
+
+    labels = np.zeros((400, 400), np.int32)
+    yy, xx = np.mgrid[:400, :400]
+    for i, (cy, cx) in enumerate([(100, 100), (100, 300), (300, 100), (300, 300)], start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 40**2] = i  # 80 px particles
+    for j in range(40):  # specks of 2x2 px
+        labels[10 + 9 * j : 12 + 9 * j, 195:197] = 100 + j
+    scale = ScaleChoice("bright", "estimated", 1.0, 10.0, "estimated", "bright", auto_size=True)
+    refined = refine_scale(scale, labels, default_bundle)
+    assert refined is not None and refined.size_source == "detections"
+    assert refined.particle_size == pytest.approx(autoscale.detection_diameter(np.bincount(labels.ravel())[1:]))
+    assert 60 < refined.particle_size < 80 and refined.factor < 1

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__, strips
 from . import postprocess as pp
 from .annotations import annotation_mask, fill_annotations
-from .autoscale import SUPPORTED_SIZE_PX, estimate_particle_size, estimate_polarity
+from .autoscale import SUPPORTED_SIZE_PX, detection_diameter, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import predict_tiled
 from .io import (
@@ -663,9 +663,10 @@ def _warn_size(size: float, name: str) -> None:
 def refine_scale(scale: ScaleChoice, labels: np.ndarray, bundle: Bundle) -> ScaleChoice | None:
     """Find a better scale from the particles a first pass found.
 
-    As Cellpose refines its size estimate with the masks [1]_: when their median equivalent
-    diameter calls for a resampling factor more than 25 % away from the one used, the new
-    choice; else None. Only for an estimated scale (never when the user gave one).
+    As Cellpose refines its size estimate with the masks [1]_: when their typical diameter
+    (:func:`particleseg.autoscale.detection_diameter`, area-weighted) calls for a resampling
+    factor more than 25 % away from the one used, the new choice; else None. Only for an
+    estimated scale (never when the user gave one).
 
     References
     ----------
@@ -681,11 +682,9 @@ def _refined(scale: ScaleChoice, counts: np.ndarray, bundle: Bundle) -> ScaleCho
     """:func:`refine_scale` from ``counts``, the pixel count of each label (entry 0: background)."""
     if not scale.auto_size:
         return None
-    areas = counts[1:]
-    areas = areas[areas > 0]
-    if not len(areas):
+    size = detection_diameter(counts[1:])
+    if size is None:
         return None
-    size = float(np.median(2 * np.sqrt(areas / np.pi)))
     factor = _size_factor(size, bundle)
     if abs(np.log(factor / scale.factor)) <= np.log(1.25):
         return None
