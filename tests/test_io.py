@@ -282,3 +282,22 @@ def test_fiji_segment_and_evaluate_refuse_non_finite_pixels_naming_the_image(thr
         segment_image(img, threshold_bundle, name="sem.tif")
     with pytest.raises(InputError, match=r"^proposal: contains 3 NaN or infinite pixel values$"):
         evaluate_pair(img, (np.nan_to_num(img) > 0.5).astype(np.uint8), name="proposal", truth_name="truth")
+
+
+def test_an_interrupt_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    # Ctrl-C (or SIGTERM, which the command line turns into it) between mkstemp and the next
+    # line: the KeyboardInterrupt goes on (no AttributeError from the clean-up, as a whole-suite
+    # run once showed) and no temporary file is left beside the output
+    from particleseg.io import write as write_module
+
+    real_close = write_module.os.close
+
+    def interrupted(fd):
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(write_module.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_module.write_atomic(tmp_path / "out.txt", lambda p: p.write_text("x"))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

@@ -215,9 +215,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwri
             raise
         raise OutputError(describe_os_error(exc, path.parent, path.name)) from None
     finally:
-        if tmp is not None and tmp.exists():
+        # tmp is still mkstemp's str when Ctrl-C (or SIGTERM, which the command line turns into
+        # it) arrives between mkstemp and the next line
+        if tmp is not None:
             try:
-                tmp.unlink()
+                Path(tmp).unlink(missing_ok=True)
             except OSError:
                 pass
     return path
