@@ -46,7 +46,7 @@ METRICS = ("fg_iou", "f1", "inst_iou")
 
 
 def half(stem: str) -> str:
-    """The fixed half an image belongs to (``calibration`` or ``check``)."""
+    """Return the fixed half an image belongs to (``calibration`` or ``check``)."""
     return "calibration" if int(hashlib.sha1(stem.encode()).hexdigest(), 16) % 2 == 0 else "check"
 
 
@@ -56,13 +56,18 @@ def true_diameter(median_area_px: float) -> float:
 
 
 def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Score one labelling against the truth: foreground IoU, F1 at IoU 0.5, instance IoU per true particle."""
     from particleseg.metrics import foreground_iou, instance_iou, match_instances
 
-    return {"fg_iou": foreground_iou(pred, truth), "f1": match_instances(truth, pred, 0.5)["f1"],
-            "inst_iou": instance_iou(pred, truth, average="truth")}
+    return {
+        "fg_iou": foreground_iou(pred, truth),
+        "f1": match_instances(truth, pred, 0.5)["f1"],
+        "inst_iou": instance_iou(pred, truth, average="truth"),
+    }
 
 
 def run(limit: int | None = None, model: str | None = None, methods=METHODS, progress: bool = True) -> pd.DataFrame:
+    """Segment the EMPS images (all, or a fixed sample of ``limit``) with each method; one row per image."""
     import tifffile
     from tqdm.auto import tqdm
 
@@ -80,22 +85,27 @@ def run(limit: int | None = None, model: str | None = None, methods=METHODS, pro
         truth = tifffile.imread(DATA / "labels" / f"{r.stem}_labels.tif").astype(np.int64)
         pol = "bright" if r.polarity == "bright-on-dark" else "dark"
         d_true = true_diameter(r.median_area_px)
-        row = {"stem": r.stem, "half": half(r.stem), "polarity": pol, "diameter": d_true,
-               "n_true": int(r.n_particles)}
+        row = {"stem": r.stem, "half": half(r.stem), "polarity": pol, "diameter": d_true, "n_true": int(r.n_particles)}
         for method in methods:
             t0 = time.perf_counter()
             if method in ("otsu", "li"):
                 labels = classic_labels(image.astype(np.float32), method, polarity=pol)[1]
             else:
-                params = {"auto": SegmentParams(crop_rows=0),
-                          "oracle": SegmentParams(crop_rows=0, polarity=pol, particle_size=d_true),
-                          "as_is": SegmentParams(crop_rows=0, polarity="bright", rescale=1.0)}[method]
+                params = {
+                    "auto": SegmentParams(crop_rows=0),
+                    "oracle": SegmentParams(crop_rows=0, polarity=pol, particle_size=d_true),
+                    "as_is": SegmentParams(crop_rows=0, polarity="bright", rescale=1.0),
+                }[method]
                 seg = segment_image(image, bundle, params, name=r.stem, predictor=predictor)
                 labels = seg.labels
                 if method == "auto":
                     sc = seg.scale
-                    row.update(est_polarity=sc.polarity, est_diameter=sc.particle_size or np.nan,
-                               size_source=sc.size_source, scale_factor=sc.factor)
+                    row.update(
+                        est_polarity=sc.polarity,
+                        est_diameter=sc.particle_size or np.nan,
+                        size_source=sc.size_source,
+                        scale_factor=sc.factor,
+                    )
             for k, v in scores(labels, truth).items():
                 row[f"{method}_{k}"] = v
             row[f"{method}_n"] = int(labels.max())
@@ -133,29 +143,44 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(df: pd.DataFrame) -> list[str]:
+    """Return the Markdown tables of :func:`summarize` (and the estimates, when present) as lines."""
     s = summarize(df).set_index("images")
-    lines = ["| images | n | method | foreground IoU | F1 @ IoU 0.5 | instance IoU (per true particle) |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| images | n | method | foreground IoU | F1 @ IoU 0.5 | instance IoU (per true particle) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for name, row in s.iterrows():
         for m in METHODS:
             if f"{m} fg_iou" in row:
-                lines.append(f"| {name} | {int(row['n'])} | {m} | {row[f'{m} fg_iou']:.3f} | {row[f'{m} f1']:.3f} | "
-                             f"{row[f'{m} inst_iou']:.3f} |")
+                lines.append(
+                    f"| {name} | {int(row['n'])} | {m} | {row[f'{m} fg_iou']:.3f} | {row[f'{m} f1']:.3f} | "
+                    f"{row[f'{m} inst_iou']:.3f} |"
+                )
     if "est_diameter" in df:
-        lines += ["", "| images | size estimate within ±25 % | median abs. log ratio | polarity correct |",
-                  "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| images | size estimate within ±25 % | median abs. log ratio | polarity correct |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, row in s.iterrows():
-            lines.append(f"| {name} | {row['size within 25 %']:.3f} | {row['size median |log ratio|']:.3f} | "
-                         f"{row['polarity correct']:.3f} |")
+            lines.append(
+                f"| {name} | {row['size within 25 %']:.3f} | {row['size median |log ratio|']:.3f} | "
+                f"{row['polarity correct']:.3f} |"
+            )
         conf = pd.crosstab(df["polarity"], df["est_polarity"], rownames=["true"], colnames=["estimated"])
-        lines += ["", "Polarity confusion (rows: true, columns: estimated):", "",
-                  "| true \\ estimated | " + " | ".join(conf.columns) + " |",
-                  "| --- | " + " | ".join("---:" for _ in conf.columns) + " |"]
+        lines += [
+            "",
+            "Polarity confusion (rows: true, columns: estimated):",
+            "",
+            "| true \\ estimated | " + " | ".join(conf.columns) + " |",
+            "| --- | " + " | ".join("---:" for _ in conf.columns) + " |",
+        ]
         lines += [f"| {i} | " + " | ".join(str(v) for v in conf.loc[i]) + " |" for i in conf.index]
     return lines
 
 
 def main(argv=None) -> int:
+    """Run the benchmark from the command line; print the report and write the CSV and Markdown asked for."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, help="a fixed random sample of this many images")
     ap.add_argument("--model", help="model bundle (default: the shipped default)")

@@ -27,9 +27,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-TABLE1 = [("iou_image", "IoU (image)"), ("iou_instance", "IoU (instance)"), ("youden", "Youden"),
-          ("pixel_error", "pixel err"), ("warping_error", "warping err"), ("rand_error", "Rand err"),
-          ("rand_error_thinned", "Rand err thinned"), ("vi_error_thinned", "VI/IT err thinned")]
+TABLE1 = [
+    ("iou_image", "IoU (image)"),
+    ("iou_instance", "IoU (instance)"),
+    ("youden", "Youden"),
+    ("pixel_error", "pixel err"),
+    ("warping_error", "warping err"),
+    ("rand_error", "Rand err"),
+    ("rand_error_thinned", "Rand err thinned"),
+    ("vi_error_thinned", "VI/IT err thinned"),
+]
 
 
 def table1(bundle, split: str) -> dict:
@@ -48,9 +55,12 @@ def table1(bundle, split: str) -> dict:
 
 
 def table1_scores(preds, truths, pred_kind: str = "prob") -> dict:
-    """The Table-1 scoring of :func:`table1` for given proposals: ``metrics.evaluate_pair`` on
-    the stacked maps (``pred_kind="prob"``: probabilities, thresholds 0.0-1.0; ``"mask"``:
-    binary masks, one level) against the stacked binary masks, watershed before scoring."""
+    """Score given proposals as :func:`table1` does (Table 1 of the publication).
+
+    ``metrics.evaluate_pair`` on the stacked maps (``pred_kind="prob"``: probabilities, thresholds
+    0.0-1.0; ``"mask"``: binary masks, one level) against the stacked binary masks, watershed
+    before scoring.
+    """
     from particleseg import metrics
 
     pred = np.stack(preds)
@@ -60,6 +70,7 @@ def table1_scores(preds, truths, pred_kind: str = "prob") -> dict:
 
 
 def main(argv=None) -> int:
+    """Evaluate a bundle on the TiO2 splits; print the pipeline and Table-1 tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--splits", nargs="+", default=["validation", "all"], choices=["train", "validation", "all"])
@@ -70,31 +81,54 @@ def main(argv=None) -> int:
     from particleseg.models import load_bundle
 
     bundle = load_bundle(args.bundle)
-    print(f"bundle {args.bundle}: {bundle.metadata['network']['architecture']}, postprocess "
-          f"threshold {bundle.postprocess['threshold']}, seed threshold {bundle.postprocess['seed_threshold']}")
+    print(
+        f"bundle {args.bundle}: {bundle.metadata['network']['architecture']}, postprocess "
+        f"threshold {bundle.postprocess['threshold']}, seed threshold {bundle.postprocess['seed_threshold']}"
+    )
     pipeline_rows, t1_rows = [], []
     for split in args.splits:
         t0 = time.time()
         df = evaluate_tio2(bundle, split, progress=False)
         if args.csv:
             df.to_csv(f"{args.csv}-{split}.csv", index=False)
-        pipeline_rows.append((split, len(df), df.foreground_iou.mean(), df.instance_iou.mean(),
-                              df.instance_iou_pred.mean(), df.f1_iou50.mean(), df.n_pred.sum(), df.n_truth.sum()))
+        pipeline_rows.append(
+            (
+                split,
+                len(df),
+                df.foreground_iou.mean(),
+                df.instance_iou.mean(),
+                df.instance_iou_pred.mean(),
+                df.f1_iou50.mean(),
+                df.n_pred.sum(),
+                df.n_truth.sum(),
+            )
+        )
         res = table1(bundle, split)
         t1_rows.append((split, len(df), res, time.time() - t0))
 
     print("\nPipeline (bundle defaults), means over images:\n")
-    print("| split | images | foreground IoU | instance IoU (truth-avg) | instance IoU (pred-avg) | F1@0.5 | particles found / true |")
+    print(
+        "| split | images | foreground IoU | instance IoU (truth-avg) | instance IoU (pred-avg) | F1@0.5 "
+        "| particles found / true |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for split, n, fg, it, ip, f1, npred, ntrue in pipeline_rows:
         print(f"| {split} | {n} | {fg:.4f} | {it:.4f} | {ip:.4f} | {f1:.4f} | {npred} / {ntrue} |")
-    print("\nTable-1 columns (evaluate_pair, all images of the split together, best over thresholds 0.0-1.0, watershed):\n")
+    print(
+        "\nTable-1 columns (evaluate_pair, all images of the split together, best over thresholds 0.0-1.0, "
+        "watershed):\n"
+    )
     print("| split | images | " + " | ".join(name for _, name in TABLE1) + " |")
     print("| --- | ---: | " + " | ".join("---:" for _ in TABLE1) + " |")
-    for split, n, res, secs in t1_rows:
+    for split, n, res, _secs in t1_rows:
         print(f"| {split} | {n} | " + " | ".join(f"{res[k]:.4f}" for k, _ in TABLE1) + " |")
-    print("\nbest thresholds: " + "; ".join(f"{split}: IoU (image) at {res['iou_image_thr']:g}, "
-                                          f"IoU (instance) at {res['iou_instance_thr']:g}" for split, _, res, _ in t1_rows))
+    print(
+        "\nbest thresholds: "
+        + "; ".join(
+            f"{split}: IoU (image) at {res['iou_image_thr']:g}, IoU (instance) at {res['iou_instance_thr']:g}"
+            for split, _, res, _ in t1_rows
+        )
+    )
     return 0
 
 

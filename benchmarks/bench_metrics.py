@@ -27,6 +27,7 @@ from particleseg.postprocess import threshold_value
 
 
 def stand_in_probability(image: np.ndarray) -> np.ndarray:
+    """Return a stand-in probability map: a logistic function of the smoothed image around its Li threshold."""
     smooth = ndi.gaussian_filter(image.astype(np.float32), 1.5)
     return (1 / (1 + np.exp(-(smooth - threshold_value(image, "li")) / 8))).astype(np.float32)
 
@@ -35,7 +36,7 @@ CASES = ("probability map, 11 thresholds", "probability map, 11 thresholds, wate
 
 
 def load_pair(index: int = 3) -> tuple[np.ndarray, np.ndarray, str]:
-    """The TiO2 image ``index`` (sorted) and its manual mask, cropped to 1024x712, and its stem."""
+    """Return the TiO2 image ``index`` (sorted) and its manual mask, cropped to 1024x712, and its stem."""
     item = tio2_items()[index]
     return read_image(item.image)[0][:712], M.read_array(item.mask)[:712], item.stem
 
@@ -80,7 +81,7 @@ def measure(image: np.ndarray, truth: np.ndarray, repeat: int = 3) -> dict:
 
 
 def steps(results: dict) -> list[str]:
-    """The step names of :func:`measure`'s results in order, ``total`` last."""
+    """Return the step names of :func:`measure`'s results in order, ``total`` last."""
     keys = []
     for n in results:
         keys += [k for k in results[n] if k not in keys and k not in ("_res", "total")]
@@ -88,16 +89,21 @@ def steps(results: dict) -> list[str]:
 
 
 def main() -> None:
+    """Time the metrics on one TiO2 pair; print the Markdown table and the scores."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--image", type=int, default=3, help="index into the sorted TiO2 images (default 3, the first validation image)")
+    ap.add_argument(
+        "--image", type=int, default=3, help="index into the sorted TiO2 images (default 3, the first validation image)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     image, truth, stem = load_pair(args.image)
     results = measure(image, truth, args.repeat)
 
-    print(f"TiO2 image {stem} (1024x712), {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-          f"median of {args.repeat} runs, seconds\n")
+    print(
+        f"TiO2 image {stem} (1024x712), {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"median of {args.repeat} runs, seconds\n"
+    )
     names = list(results)
     print("| step | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Throughput of SIMS screening: 2500 simulated fields of view (128 x 128, five isotopes) in one
-run, fields per network call ``--batch-size`` against one field per call.
+"""Throughput of SIMS screening, ``--batch-size`` fields per network call against one per call.
+
+2500 simulated fields of view (128 x 128, five isotopes) in one run.
 
 Measures (a) the whole ``run_fields`` (reading TIFFs, network, threshold, watershed, counts,
 ratios, CSVs and plot) and (b) the network alone (``predict_fields`` on arrays in memory).
@@ -29,8 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(model="sims-fcn", workdir=ROOT / "runs" / "sims-bench", fields: int = 2500, single: int = 200,
-            batch_size: int = 64, progress: bool = True) -> dict:
+def measure(
+    model="sims-fcn",
+    workdir=ROOT / "runs" / "sims-bench",
+    fields: int = 2500,
+    single: int = 200,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
     """Fields per second of ``run_fields`` and of the network alone, batched and one at a time.
 
     Parameters
@@ -62,23 +69,41 @@ def measure(model="sims-fcn", workdir=ROOT / "runs" / "sims-bench", fields: int 
     bundle = load_bundle(model)
     sources = sims.find_fields(data / "fields")
     single = min(single, len(sources))
-    res = {"model": str(bundle.path), "fields": len(sources), "field_shape": "128x128, 5 isotopes",
-           "batch_size": batch_size, "single_fields": single, "cpu_count": os.cpu_count(),
-           "machine": platform.processor() or platform.machine(), "load_average_before": os.getloadavg()[0]}
+    res = {
+        "model": str(bundle.path),
+        "fields": len(sources),
+        "field_shape": "128x128, 5 isotopes",
+        "batch_size": batch_size,
+        "single_fields": single,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "load_average_before": os.getloadavg()[0],
+    }
     # warm-up (graph tracing of both batch shapes)
-    sims.run_fields(sources[:batch_size], bundle, work / "warm", sims.SimsParams(batch_size=batch_size),
-                    overwrite=True, progress=False, plot=False)
-    sims.run_fields(sources[:2], bundle, work / "warm", sims.SimsParams(batch_size=1), overwrite=True, progress=False, plot=False)
+    sims.run_fields(
+        sources[:batch_size],
+        bundle,
+        work / "warm",
+        sims.SimsParams(batch_size=batch_size),
+        overwrite=True,
+        progress=False,
+        plot=False,
+    )
+    sims.run_fields(
+        sources[:2], bundle, work / "warm", sims.SimsParams(batch_size=1), overwrite=True, progress=False, plot=False
+    )
 
     t0 = time.perf_counter()
-    parts, _ = sims.run_fields(sources, bundle, work / "batched", sims.SimsParams(batch_size=batch_size),
-                               overwrite=True, progress=progress)
+    parts, _ = sims.run_fields(
+        sources, bundle, work / "batched", sims.SimsParams(batch_size=batch_size), overwrite=True, progress=progress
+    )
     res["run_batched_seconds"] = time.perf_counter() - t0
     res["run_batched_fields_per_s"] = len(sources) / res["run_batched_seconds"]
     res["particles"] = len(parts)
     t0 = time.perf_counter()
-    sims.run_fields(sources[:single], bundle, work / "single", sims.SimsParams(batch_size=1), overwrite=True,
-                    progress=progress)
+    sims.run_fields(
+        sources[:single], bundle, work / "single", sims.SimsParams(batch_size=1), overwrite=True, progress=progress
+    )
     res["run_single_fields_per_s"] = single / (time.perf_counter() - t0)
 
     # the network alone, on arrays in memory
@@ -97,6 +122,7 @@ def measure(model="sims-fcn", workdir=ROOT / "runs" / "sims-bench", fields: int 
 
 
 def main(argv=None) -> int:
+    """Measure the throughput from the command line; print the figures and write them as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="sims-fcn")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "sims-bench"))

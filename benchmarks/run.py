@@ -78,7 +78,10 @@ PUBLISHED = [
     ("MultiRes UNet (TSEM masks)", [0.8782, 0.6714, 0.9286, 0.0537, 0.0081, 0.8638, 0.7169, 0.2059]),
     ("MultiRes UNet (manual masks)", [0.9070, 0.7947, 0.9473, 0.0418, 0.0039, 0.1986, 0.1986, 0.0512]),
 ]
-PUBLISHED_LATER = ("later release, Keras 3, simulated data only (IoU image, IoU instance, Youden)", [0.8762, 0.5750, 0.9120])
+PUBLISHED_LATER = (
+    "later release, Keras 3, simulated data only (IoU image, IoU instance, Youden)",
+    [0.8762, 0.5750, 0.9120],
+)
 
 SIM_SEED = 1  # simulate_sem_image((768, 1024), rng=1, particle_size=28, coverage=0.14): 156 particles
 
@@ -97,16 +100,19 @@ def log(msg: str) -> None:
 
 
 def median(values) -> float:
+    """Return the median of ``values`` as a float."""
     return float(np.median(np.asarray(values, float)))
 
 
 def fmt(x: float, digits: int = 3) -> str:
+    """Format ``x`` with ``digits`` decimals; ``n/a`` for None or a non-finite float."""
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return "n/a"
     return f"{x:.{digits}f}"
 
 
 def mb(nbytes: float) -> str:
+    """Format a number of bytes in MiB, no decimals."""
     return f"{nbytes / 2**20:.0f}"
 
 
@@ -135,13 +141,49 @@ class Config:
 
     @classmethod
     def make(cls, quick: bool, full: bool, repeat: int | None) -> "Config":
+        """Return the configuration of a mode (``--quick``, ``--full`` or default); ``repeat`` overrides."""
         if quick:
-            c = cls("quick", 2, 2, (192, 256), 14.0, 0.14, (512, 512), 128, (256, 512), 128, None, 1, (178, 256),
-                    32, 8, 16, "sample", False)
+            c = cls(
+                "quick",
+                2,
+                2,
+                (192, 256),
+                14.0,
+                0.14,
+                (512, 512),
+                128,
+                (256, 512),
+                128,
+                None,
+                1,
+                (178, 256),
+                32,
+                8,
+                16,
+                "sample",
+                False,
+            )
         else:
-            c = cls("full" if full else "default", 5, 3, (768, 1024), 28.0, 0.14, (2048, 2048), 512,
-                    (1024, 2048, 4096), 256, 4096, 3, None,
-                    2500 if full else 500, 200, 64, "all", True)
+            c = cls(
+                "full" if full else "default",
+                5,
+                3,
+                (768, 1024),
+                28.0,
+                0.14,
+                (2048, 2048),
+                512,
+                (1024, 2048, 4096),
+                256,
+                4096,
+                3,
+                None,
+                2500 if full else 500,
+                200,
+                64,
+                "all",
+                True,
+            )
         if repeat:
             c.repeat = c.compare_repeat = c.eval_repeat = repeat
         return c
@@ -149,12 +191,15 @@ class Config:
 
 @dataclass
 class Context:
+    """The command-line arguments, the mode's configuration and a cache shared by the sections."""
+
     args: argparse.Namespace
     cfg: Config
     cache: dict = field(default_factory=dict)
 
     @property
     def bundle(self):
+        """The model bundle, loaded (network included) on first use; also caches its predictor."""
         if "bundle" not in self.cache:
             from particleseg.models import load_bundle
 
@@ -167,6 +212,7 @@ class Context:
 
     @property
     def predictor(self):
+        """The predictor of :attr:`bundle`."""
         self.bundle  # noqa: B018
         return self.cache["predictor"]
 
@@ -177,19 +223,23 @@ class Context:
             from particleseg.simulate import simulate_sem_image
 
             c = self.cfg
-            self.cache["sim"] = simulate_sem_image(c.image_shape, rng=SIM_SEED, particle_size=c.particle_size,
-                                                   coverage=c.coverage, empty_fraction=0.0)
+            self.cache["sim"] = simulate_sem_image(
+                c.image_shape, rng=SIM_SEED, particle_size=c.particle_size, coverage=c.coverage, empty_fraction=0.0
+            )
         return self.cache["sim"]
 
     def probabilities(self) -> np.ndarray:
+        """Return the model's probabilities for :attr:`sim`, computed once."""
         if "prob" not in self.cache:
             from particleseg.pipeline import SegmentParams, predict_probabilities
 
-            self.cache["prob"] = predict_probabilities(self.sim.image, self.bundle, SegmentParams(progress=False),
-                                                       self.predictor)
+            self.cache["prob"] = predict_probabilities(
+                self.sim.image, self.bundle, SegmentParams(progress=False), self.predictor
+            )
         return self.cache["prob"]
 
     def reproduce(self, section: str, extra: str = "") -> str:
+        """Return the line that says how to reproduce ``section`` (the command with its options)."""
         parts = ["python benchmarks/run.py"]
         if self.cfg.mode != "default":
             parts.append(f"--{self.cfg.mode}")
@@ -208,6 +258,7 @@ class Context:
 
 
 def cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo, else what :mod:`platform` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -218,6 +269,7 @@ def cpu_model() -> str:
 
 
 def memory_total() -> str:
+    """Return the total memory from /proc/meminfo in GiB, or ``unknown``."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -228,6 +280,7 @@ def memory_total() -> str:
 
 
 def git(*args: str) -> str:
+    """Return the output of ``git`` with ``args`` in the repository, empty on any failure."""
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.rstrip()
     except Exception:  # noqa: BLE001
@@ -235,6 +288,7 @@ def git(*args: str) -> str:
 
 
 def versions() -> list[tuple[str, str]]:
+    """Return (name, version) of Python, the libraries, the Keras backend and particleseg (git commit)."""
     from importlib import metadata
 
     def ver(name: str) -> str:
@@ -296,6 +350,7 @@ def accelerator() -> str | None:
 
 
 def device_line() -> str:
+    """Return the device the figures were computed on: the GPU, else the CPU model and usable cores."""
     acc = accelerator()
     if acc:
         return f"GPU: {acc}"
@@ -307,6 +362,7 @@ def device_line() -> str:
 
 
 def section_inference(ctx: Context) -> tuple[list[str], dict]:
+    """Measure inference speed and tiled against untiled inference; return the section's lines and figures."""
     from particleseg.inference import even_tile_size, predict_tiled, tile_starts
     from particleseg.pipeline import SegmentParams, predict_probabilities
     from particleseg.preprocess import normalize_input
@@ -336,9 +392,11 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
     # predict_tiled directly (SegmentParams(tile=None) means the bundle's tile, not untiled),
     # on the image normalised once as predict_probabilities does
     big_n = normalize_input(big[..., None], bundle.metadata["input"]["normalization"])
-    variants = [("untiled (one call on the padded image)", None),
-                (f"tiled, bundle default (tile {bundle.tile}, overlap {bundle.overlap})", bundle.tile),
-                (f"tiled, tile {cfg.compare_tile}, overlap {bundle.overlap}", cfg.compare_tile)]
+    variants = [
+        ("untiled (one call on the padded image)", None),
+        (f"tiled, bundle default (tile {bundle.tile}, overlap {bundle.overlap})", bundle.tile),
+        (f"tiled, tile {cfg.compare_tile}, overlap {bundle.overlap}", cfg.compare_tile),
+    ]
 
     def tiling_of(tile: int | None) -> tuple[str, float, int]:
         """Tiles as ``predict_tiled`` makes them, network megapixels, rows of the first strip."""
@@ -351,8 +409,15 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
         return f"{n} of {tw}x{th}", n * th * tw / 1e6, th
 
     def run_variant(tile: int | None, rows: int | None = None) -> np.ndarray:
-        return predict_tiled(predict, big_n[:rows] if rows else big_n, tile=tile, overlap=bundle.overlap,
-                             batch_size=4, multiple_of=m, progress=False)
+        return predict_tiled(
+            predict,
+            big_n[:rows] if rows else big_n,
+            tile=tile,
+            overlap=bundle.overlap,
+            batch_size=4,
+            multiple_of=m,
+            progress=False,
+        )
 
     log(f"inference: tiled vs untiled on {cw}x{ch}, warm-up (tiled: first strip of tiles only)")
     outs = {}
@@ -366,14 +431,17 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
             ctimes[name].append(time.perf_counter() - t0)
             if r == 0:
                 outs[name] = out
-        log(f"inference: tiled vs untiled repeat {r + 1}/{cfg.compare_repeat}: "
-            + ", ".join(f"{v[-1]:.1f} s" for v in ctimes.values()))
+        log(
+            f"inference: tiled vs untiled repeat {r + 1}/{cfg.compare_repeat}: "
+            + ", ".join(f"{v[-1]:.1f} s" for v in ctimes.values())
+        )
     diffs = {name: float(np.abs(outs[name] - outs[variants[0][0]]).max()) for name, _ in variants}
     base_name = variants[0][0]
     base = ctimes[base_name]
 
     lines = [
-        f"Device: {device_line()}. Model: `{bundle.path.relative_to(ROOT) if bundle.path.is_relative_to(ROOT) else bundle.path}` "
+        f"Device: {device_line()}. Model: "
+        f"`{bundle.path.relative_to(ROOT) if bundle.path.is_relative_to(ROOT) else bundle.path}` "
         f"({bundle.metadata['network']['architecture']}, depth {bundle.network.depth}, "
         f"{bundle.network.base_filters} base filters, heads {', '.join(bundle.heads)}), Keras `predict_on_batch` "
         f"through `particleseg.pipeline.predict_probabilities` (percentile normalisation + `predict_tiled`), "
@@ -385,19 +453,22 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
         "| image | tiling | repeats | median s | Mpx/s |",
         "| --- | --- | ---: | ---: | ---: |",
         f"| {w}x{h} | bundle default (tile {bundle.tile}: {even_tile_size(w, bundle.tile, bundle.overlap, m)}x"
-        f"{even_tile_size(h, bundle.tile, bundle.overlap, m)}, one tile) | {cfg.repeat} | {t:.2f} | **{mpx / t:.3f}** |",
+        f"{even_tile_size(h, bundle.tile, bundle.overlap, m)}, one tile) | {cfg.repeat} | {t:.2f} | "
+        f"**{mpx / t:.3f}** |",
         "",
         f"The {w}x{h} times of the repeats: {', '.join(f'{x:.2f}' for x in times)} s.",
         "",
         f"**Tiled against untiled** on the same {cw}x{ch} image (the {w}x{h} image repeated), repeats interleaved "
-        f"(untiled, default tiling, tile {cfg.compare_tile}, then again), ratio of the medians; per-repeat ratios in brackets. "
+        f"(untiled, default tiling, tile {cfg.compare_tile}, then again), ratio of the medians; "
+        "per-repeat ratios in brackets. "
         "All three call `particleseg.inference.predict_tiled(predict, image, tile=..., overlap="
         f"{bundle.overlap}, batch_size=4)` on the image normalised once; untiled is `tile=None`: one network call on "
         f"the whole image padded to a multiple of {m}. Warm-up: one call of each (tiled: the first strip of tiles). "
         "*Network pixels / image pixels*: what the network sees (tiles overlap) over the image's pixels. "
         "*Max abs difference*: largest difference of any output channel (probabilities) to the untiled output.",
         "",
-        "| tiling | tiles | network pixels / image pixels | median s | Mpx/s | time / untiled | max abs difference to untiled |",
+        "| tiling | tiles | network pixels / image pixels | median s | Mpx/s | time / untiled "
+        "| max abs difference to untiled |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, tile in variants:
@@ -405,8 +476,10 @@ def section_inference(ctx: Context) -> tuple[list[str], dict]:
         tm = median(ctimes[name])
         ratios = [a / b for a, b in zip(ctimes[name], base)]
         ratio = tm / median(base)
-        lines.append(f"| {name} | {desc} | {net_mpx / (ch * cw / 1e6):.3f} | {tm:.2f} | {ch * cw / 1e6 / tm:.3f} | "
-                     f"**{ratio:.3f}** ({', '.join(f'{x:.2f}' for x in ratios)}) | {diffs[name]:.3f} |")
+        lines.append(
+            f"| {name} | {desc} | {net_mpx / (ch * cw / 1e6):.3f} | {tm:.2f} | {ch * cw / 1e6 / tm:.3f} | "
+            f"**{ratio:.3f}** ({', '.join(f'{x:.2f}' for x in ratios)}) | {diffs[name]:.3f} |"
+        )
         if name != base_name:
             head.setdefault("tiling_ratios", []).append((name, ratio))
     lines += ["", ctx.reproduce("inference")]
@@ -464,15 +537,16 @@ def child_memory(spec: dict) -> dict:
     # input: the simulated 1024x768 image repeated, normalised as the pipeline does, written to a
     # memory-mapped .npy row block by row block; reopened read-only so no page is resident yet
     base_shape = tuple(spec["base_shape"])
-    sim = simulate_sem_image(base_shape, rng=SIM_SEED, particle_size=spec["particle_size"], coverage=spec["coverage"],
-                             empty_fraction=0.0)
+    sim = simulate_sem_image(
+        base_shape, rng=SIM_SEED, particle_size=spec["particle_size"], coverage=spec["coverage"], empty_fraction=0.0
+    )
     base = normalize_input(sim.image[..., None], bundle.metadata["input"]["normalization"])[..., 0]
     in_path, out_path = work / f"input-{size}.npy", work / f"output-{size}.npy"
     inp = np.lib.format.open_memmap(in_path, mode="w+", dtype=np.float32, shape=(size, size, 1))
     reps = -(-size // base.shape[1])
     for y0 in range(0, size, base.shape[0]):
         rows = min(base.shape[0], size - y0)
-        inp[y0:y0 + rows, :, 0] = np.tile(base[:rows], (1, reps))[:, :size]
+        inp[y0 : y0 + rows, :, 0] = np.tile(base[:rows], (1, reps))[:, :size]
     inp.flush()
     del inp
     inp = np.load(in_path, mmap_mode="r")
@@ -486,11 +560,21 @@ def child_memory(spec: dict) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     # warm-up on the first strip of tiles: the same tile and batch shapes as the full run
-    predict_tiled(predict, inp[:th], tile=tile, overlap=overlap, batch_size=batch, multiple_of=m, out=out[:th],
-                  progress=False)
+    predict_tiled(
+        predict, inp[:th], tile=tile, overlap=overlap, batch_size=batch, multiple_of=m, out=out[:th], progress=False
+    )
     t0 = time.perf_counter()
-    predict_tiled(predict, inp, tile=tile, overlap=overlap, batch_size=batch, multiple_of=m, out=out,
-                  progress=spec.get("progress", True), desc=f"{size}x{size}, tile {th}")
+    predict_tiled(
+        predict,
+        inp,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch,
+        multiple_of=m,
+        out=out,
+        progress=spec.get("progress", True),
+        desc=f"{size}x{size}, tile {th}",
+    )
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
@@ -499,18 +583,36 @@ def child_memory(spec: dict) -> dict:
     for p in (in_path, out_path):
         p.unlink(missing_ok=True)
     return {
-        "size": size, "tile_max": tile, "tile": th, "overlap": ov, "tiles": n_tiles, "batch_size": batch,
-        "seconds": seconds, "mpx_per_s": size * size / 1e6 / seconds,
-        "rss_before": before.get("VmRSS", maxrss_before), "maxrss_before": maxrss_before, "peak_rss": after,
-        "anon_before": before.get("RssAnon", 0), "peak_anon": peak["RssAnon"],
+        "size": size,
+        "tile_max": tile,
+        "tile": th,
+        "overlap": ov,
+        "tiles": n_tiles,
+        "batch_size": batch,
+        "seconds": seconds,
+        "mpx_per_s": size * size / 1e6 / seconds,
+        "rss_before": before.get("VmRSS", maxrss_before),
+        "maxrss_before": maxrss_before,
+        "peak_rss": after,
+        "anon_before": before.get("RssAnon", 0),
+        "peak_anon": peak["RssAnon"],
         "whole_arrays": size * size * (1 + k) * 4,
     }
 
 
 def run_memory_child(ctx: Context, size: int, tile: int | None) -> dict:
-    spec = {"size": size, "tile": tile, "model": str(ctx.args.model) if ctx.args.model else None,
-            "batch_size": 4, "workdir": str(ctx.args.workdir / "memory"), "base_shape": list(ctx.cfg.image_shape),
-            "particle_size": ctx.cfg.particle_size, "coverage": ctx.cfg.coverage, "progress": True}
+    """Run :func:`child_memory` for one size and tile in a fresh subprocess; return its result."""
+    spec = {
+        "size": size,
+        "tile": tile,
+        "model": str(ctx.args.model) if ctx.args.model else None,
+        "batch_size": 4,
+        "workdir": str(ctx.args.workdir / "memory"),
+        "base_shape": list(ctx.cfg.image_shape),
+        "particle_size": ctx.cfg.particle_size,
+        "coverage": ctx.cfg.coverage,
+        "progress": True,
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), _MEMORY_CHILD, json.dumps(spec)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env={**os.environ})
     results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -520,6 +622,7 @@ def run_memory_child(ctx: Context, size: int, tile: int | None) -> dict:
 
 
 def section_memory(ctx: Context) -> tuple[list[str], dict]:
+    """Measure peak memory and speed against image size; return the section's lines and figures."""
     cfg = ctx.cfg
     runs = []
     for size in cfg.memory_sizes:
@@ -534,8 +637,9 @@ def section_memory(ctx: Context) -> tuple[list[str], dict]:
         d = runs[-1][1]
         log(f"memory: {size}x{size}: {d['seconds']:.1f} s")
         head.update(big_size=d["size"], big_mpx_s=d["mpx_per_s"], big_seconds=d["seconds"])
-    head["fixed"] = [(r["size"], r["peak_anon"] - r["anon_before"], r["peak_rss"] - r["rss_before"])
-                     for k, r in runs if k == "fixed"]
+    head["fixed"] = [
+        (r["size"], r["peak_anon"] - r["anon_before"], r["peak_rss"] - r["rss_before"]) for k, r in runs if k == "fixed"
+    ]
     lines = [
         f"Device: {device_line()}. Each row runs in a fresh Python process "
         f"(`python benchmarks/run.py {_MEMORY_CHILD} SPEC`): load the model, write the normalised input "
@@ -552,31 +656,41 @@ def section_memory(ctx: Context) -> tuple[list[str], dict]:
         "before: the memory the process itself needs (network activations, tile batches, the strip buffer).",
         "- *whole-image arrays*: input and output as in-memory float32 arrays, what unstreamed inference would hold.",
         "",
-        "| image | tiling | tiles | seconds | Mpx/s | RSS before MiB | peak RSS growth MiB | peak anonymous growth MiB | whole-image arrays MiB |",
+        "| image | tiling | tiles | seconds | Mpx/s | RSS before MiB | peak RSS growth MiB "
+        "| peak anonymous growth MiB | whole-image arrays MiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind, r in runs:
-        tiling = (f"tile {r['tile']} (max {r['tile_max']}), overlap {r['overlap']}" if kind == "fixed"
-                  else f"bundle default: tile {r['tile']} (max {r['tile_max']}), overlap {r['overlap']}")
-        lines.append(f"| {r['size']}x{r['size']} | {tiling} | {r['tiles']} | {r['seconds']:.1f} | {r['mpx_per_s']:.3f} | "
-                     f"{mb(r['rss_before'])} | {mb(r['peak_rss'] - r['rss_before'])} | "
-                     f"**{mb(r['peak_anon'] - r['anon_before'])}** | {mb(r['whole_arrays'])} |")
+        tiling = (
+            f"tile {r['tile']} (max {r['tile_max']}), overlap {r['overlap']}"
+            if kind == "fixed"
+            else f"bundle default: tile {r['tile']} (max {r['tile_max']}), overlap {r['overlap']}"
+        )
+        lines.append(
+            f"| {r['size']}x{r['size']} | {tiling} | {r['tiles']} | {r['seconds']:.1f} | {r['mpx_per_s']:.3f} | "
+            f"{mb(r['rss_before'])} | {mb(r['peak_rss'] - r['rss_before'])} | "
+            f"**{mb(r['peak_anon'] - r['anon_before'])}** | {mb(r['whole_arrays'])} |"
+        )
     fixed = [r for k, r in runs if k == "fixed"]
     if len(fixed) >= 2:
         a, b = fixed[0], fixed[-1]
         ga, gb = a["peak_anon"] - a["anon_before"], b["peak_anon"] - b["anon_before"]
-        lines += ["", f"With the tile fixed, the image grows {b['size'] ** 2 / a['size'] ** 2:.0f}x in pixels "
-                      f"({a['size']}^2 to {b['size']}^2) and the peak anonymous memory {gb / max(ga, 1):.2f}x "
-                      f"({mb(ga)} to {mb(gb)} MiB); the whole-image arrays would grow "
-                      f"{b['whole_arrays'] / a['whole_arrays']:.0f}x. The working memory of `predict_tiled` is one "
-                      "strip of tiles (tile height x image width) plus one batch of tiles through the network, "
-                      "so it grows with the tile (and, through the strip buffer, with the image width), "
-                      "not with the image area."]
+        lines += [
+            "",
+            f"With the tile fixed, the image grows {b['size'] ** 2 / a['size'] ** 2:.0f}x in pixels "
+            f"({a['size']}^2 to {b['size']}^2) and the peak anonymous memory {gb / max(ga, 1):.2f}x "
+            f"({mb(ga)} to {mb(gb)} MiB); the whole-image arrays would grow "
+            f"{b['whole_arrays'] / a['whole_arrays']:.0f}x. The working memory of `predict_tiled` is one "
+            "strip of tiles (tile height x image width) plus one batch of tiles through the network, "
+            "so it grows with the tile (and, through the strip buffer, with the image width), "
+            "not with the image area.",
+        ]
     lines += ["", ctx.reproduce("memory")]
     return lines, head
 
 
 def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
+    """Time post-processing and measurement against ``regionprops_table``; return the lines and figures."""
     from skimage.measure import regionprops_table
 
     from particleseg.measure import measure_particles
@@ -591,9 +705,22 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
     border = np.zeros(image.shape, bool)
     border[[0, -1], :] = True
     border[:, [0, -1]] = True
-    props = ("label", "area", "perimeter", "equivalent_diameter_area", "feret_diameter_max", "solidity",
-             "eccentricity", "axis_major_length", "axis_minor_length", "centroid", "bbox",
-             "intensity_mean", "intensity_min", "intensity_max")
+    props = (
+        "label",
+        "area",
+        "perimeter",
+        "equivalent_diameter_area",
+        "feret_diameter_max",
+        "solidity",
+        "eccentricity",
+        "axis_major_length",
+        "axis_minor_length",
+        "centroid",
+        "bbox",
+        "intensity_mean",
+        "intensity_min",
+        "intensity_max",
+    )
     log("postprocess: warm-up")
     labels = particles_from_probabilities(prob, bundle.heads, params)
     measure_particles(labels, image, border=border)
@@ -610,7 +737,10 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
         t_pp.append(t1 - t0)
         t_meas.append(t2 - t1)
         t_skimage.append(t3 - t2)
-        log(f"postprocess: repeat {r + 1}/{cfg.repeat}: {t1 - t0:.2f} + {t2 - t1:.2f} s, regionprops_table {t3 - t2:.2f} s")
+        log(
+            f"postprocess: repeat {r + 1}/{cfg.repeat}: {t1 - t0:.2f} + {t2 - t1:.2f} s, "
+            f"regionprops_table {t3 - t2:.2f} s"
+        )
     n = len(table)
     pp, meas, skt = median(t_pp), median(t_meas), median(t_skimage)
 
@@ -624,7 +754,8 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
     ratio = meas / skt
     head = {"particles": n, "pp_s": pp, "meas_s": meas, "total_s": pp + meas, "ratio": ratio}
     lines = [
-        f"Image: the simulated {w}x{h} image of the inference figures, {int(ctx.sim.labels.max())} simulated particles; "
+        f"Image: the simulated {w}x{h} image of the inference figures, {int(ctx.sim.labels.max())} "
+        "simulated particles; "
         f"the model's probabilities (computed once, not timed) give **{n} particles**. Median of {cfg.repeat} repeats "
         "after a warm-up; the three calls of a repeat run one after the other (interleaved).",
         "",
@@ -640,7 +771,8 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
         f"**`measure_particles` / `regionprops_table` = {ratio:.2f}** (per repeat: "
         f"{', '.join(f'{a / b:.2f}' for a, b in zip(t_meas, t_skimage))}). `measure_particles` traces each "
         "particle's outline and computes ImageJ's Measure columns on it (equal to ImageJ's own, "
-        "tests/test_imagej_measurements.py), the exact Feret values by rotating calipers included, and builds a DataFrame.",
+        "tests/test_imagej_measurements.py), the exact Feret values by rotating calipers included, "
+        "and builds a DataFrame.",
         "",
         "Agreement on the descriptors both compute (relative difference, median / max over the particles): "
         f"area {agree('Area', 'area')}, perimeter {agree('Perim.', 'perimeter')}, "
@@ -655,6 +787,7 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
 
 
 def section_evaluation(ctx: Context) -> tuple[list[str], dict]:
+    """Time each metric of ``evaluate_pair`` on one pair; return the section's lines and figures."""
     import bench_metrics
 
     from particleseg.datasets import tio2_root
@@ -667,8 +800,9 @@ def section_evaluation(ctx: Context) -> tuple[list[str], dict]:
         from particleseg.simulate import simulate_sem_image
 
         shape = cfg.eval_shape or (712, 1024)
-        sim = simulate_sem_image(shape, rng=SIM_SEED, particle_size=cfg.particle_size, coverage=cfg.coverage,
-                                 empty_fraction=0.0)
+        sim = simulate_sem_image(
+            shape, rng=SIM_SEED, particle_size=cfg.particle_size, coverage=cfg.coverage, empty_fraction=0.0
+        )
         image, truth = sim.image, sim.labels
         why = "--quick" if cfg.eval_shape else f"the TiO2 data are not at {tio2_root()}"
         source = f"a simulated {shape[1]}x{shape[0]} image with its exact labels ({why})"
@@ -689,64 +823,96 @@ def section_evaluation(ctx: Context) -> tuple[list[str], dict]:
     for k in bench_metrics.steps(res):
         label = f"**{k}**" if k == "total" else k
         lines.append(f"| {label} | " + " | ".join(f"{res[n].get(k, 0.0):.3f}" for n in names) + " |")
-    lines += ["", ctx.reproduce("evaluation")
-              + (" (or `python benchmarks/bench_metrics.py --repeat 3` for the TiO2 pair alone)" if cfg.eval_shape is None else "")]
+    lines += [
+        "",
+        ctx.reproduce("evaluation")
+        + (
+            " (or `python benchmarks/bench_metrics.py --repeat 3` for the TiO2 pair alone)"
+            if cfg.eval_shape is None
+            else ""
+        ),
+    ]
     return lines, head
 
 
 def section_sims(ctx: Context) -> tuple[list[str], dict]:
+    """Measure SIMS throughput, batched against one field per call; return the section's lines and figures."""
     import bench_sims_throughput
 
     cfg = ctx.cfg
     workdir = ctx.args.workdir / "sims"
     log(f"sims: {cfg.sims_fields} fields batched ({cfg.sims_batch} per call), {cfg.sims_single} one per call")
-    r = bench_sims_throughput.measure(workdir=workdir, fields=cfg.sims_fields, single=cfg.sims_single,
-                                      batch_size=cfg.sims_batch, progress=True)
+    r = bench_sims_throughput.measure(
+        workdir=workdir, fields=cfg.sims_fields, single=cfg.sims_single, batch_size=cfg.sims_batch, progress=True
+    )
     run_ratio = r["run_batched_fields_per_s"] / r["run_single_fields_per_s"]
     net_ratio = r["network_batched_fields_per_s"] / r["network_single_fields_per_s"]
-    head = {"run_batched": r["run_batched_fields_per_s"], "run_single": r["run_single_fields_per_s"], "run_ratio": run_ratio,
-            "net_ratio": net_ratio, "fields": r["fields"]}
+    head = {
+        "run_batched": r["run_batched_fields_per_s"],
+        "run_single": r["run_single_fields_per_s"],
+        "run_ratio": run_ratio,
+        "net_ratio": net_ratio,
+        "fields": r["fields"],
+    }
     note = ""
     if cfg.mode == "default":
-        note = (f" The default run uses {cfg.sims_fields} fields instead of 2500 to keep the run short (2500 take "
-                "about 3 minutes batched on this machine); `--full` runs 2500.")
+        note = (
+            f" The default run uses {cfg.sims_fields} fields instead of 2500 to keep the run short (2500 take "
+            "about 3 minutes batched on this machine); `--full` runs 2500."
+        )
     lines = [
         f"Shipped `models/sims-fcn` on {r['fields']} simulated fields ({r['field_shape']}; "
-        f"`particleseg.sims.simulate_fields(seed=7)`, cached in `{workdir.relative_to(ROOT) if workdir.is_relative_to(ROOT) else workdir}`), "
-        f"with `bench_sims_throughput.measure(fields={cfg.sims_fields}, single={cfg.sims_single}, batch_size={cfg.sims_batch})`: "
+        "`particleseg.sims.simulate_fields(seed=7)`, cached in "
+        f"`{workdir.relative_to(ROOT) if workdir.is_relative_to(ROOT) else workdir}`), "
+        f"with `bench_sims_throughput.measure(fields={cfg.sims_fields}, single={cfg.sims_single}, "
+        f"batch_size={cfg.sims_batch})`: "
         f"the whole `sims.run_fields` (read TIFFs, network, threshold, watershed, counts, ratios, CSVs, plot) and the "
-        f"network alone (`sims.predict_fields` on arrays in memory), {cfg.sims_batch} fields per network call against one; "
+        f"network alone (`sims.predict_fields` on arrays in memory), {cfg.sims_batch} fields per network call "
+        "against one; "
         f"the one-per-call rates are measured on the first {r['single_fields']} fields. One run each (a run is "
         f"many calls), after a warm-up.{note}",
         "",
         "| | batched fields/s | one per call fields/s | batched / single |",
         "| --- | ---: | ---: | ---: |",
-        f"| whole run | {r['run_batched_fields_per_s']:.1f} | {r['run_single_fields_per_s']:.1f} | **{run_ratio:.2f}** |",
-        f"| network alone | {r['network_batched_fields_per_s']:.1f} | {r['network_single_fields_per_s']:.1f} | **{net_ratio:.2f}** |",
+        f"| whole run | {r['run_batched_fields_per_s']:.1f} | {r['run_single_fields_per_s']:.1f} | "
+        f"**{run_ratio:.2f}** |",
+        f"| network alone | {r['network_batched_fields_per_s']:.1f} | {r['network_single_fields_per_s']:.1f} | "
+        f"**{net_ratio:.2f}** |",
         "",
         f"Particles found: {r['particles']}; batched run {r['run_batched_seconds']:.1f} s. Load average "
         f"{r['load_average_before']:.1f} before, {r['load_average_after']:.1f} after.",
         "",
-        ctx.reproduce("sims") + (" (2500 fields: add `--full`, or `python benchmarks/bench_sims_throughput.py`)"
-                                 if cfg.mode == "default" else ""),
+        ctx.reproduce("sims")
+        + (
+            " (2500 fields: add `--full`, or `python benchmarks/bench_sims_throughput.py`)"
+            if cfg.mode == "default"
+            else ""
+        ),
     ]
     return lines, head
 
 
 def section_gpu(ctx: Context) -> tuple[list[str], dict]:
+    """Report the accelerator the Keras backend sees and the command for the GPU figures."""
     import keras
 
     acc = accelerator()
     backend = keras.backend.backend()
-    cmd = ("KERAS_BACKEND=torch python benchmarks/run.py --only inference,memory,postprocess "
-           "--out benchmarks/REPORT-gpu.md")
+    cmd = (
+        "KERAS_BACKEND=torch python benchmarks/run.py --only inference,memory,postprocess "
+        "--out benchmarks/REPORT-gpu.md"
+    )
     if acc:
-        lines = [f"This run computed on **{acc}** (Keras backend `{backend}`): the inference figures above are GPU "
-                 "figures. The memory section measures host memory only (not GPU memory)."]
+        lines = [
+            f"This run computed on **{acc}** (Keras backend `{backend}`): the inference figures above are GPU "
+            "figures. The memory section measures host memory only (not GPU memory)."
+        ]
         head = {"gpu": acc}
     else:
-        lines = [f"No GPU was visible to the Keras backend (`{backend}`) in this run: no GPU was lent to the machine "
-                 "that made this report, so there are no GPU figures here."]
+        lines = [
+            f"No GPU was visible to the Keras backend (`{backend}`) in this run: no GPU was lent to the machine "
+            "that made this report, so there are no GPU figures here."
+        ]
         head = {"gpu": None}
     lines += [
         "",
@@ -764,10 +930,15 @@ def section_gpu(ctx: Context) -> tuple[list[str], dict]:
     return lines, head
 
 
-def classic_labels(image: np.ndarray, method: str, min_area: int = 15, polarity: str = "bright") -> tuple[np.ndarray, np.ndarray]:
-    """Classic baseline: global threshold (``li`` or ``otsu``) of the gray values (particles
-    above it, or below it for ``polarity="dark"``), then the distance-transform watershed
-    (h-maxima, h = 1 px) and removal of particles under ``min_area``."""
+def classic_labels(
+    image: np.ndarray, method: str, min_area: int = 15, polarity: str = "bright"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment with the classic baseline: a global threshold and the distance-transform watershed.
+
+    Global threshold (``li`` or ``otsu``) of the gray values (particles above it, or below it
+    for ``polarity="dark"``), then the distance-transform watershed (h-maxima, h = 1 px) and
+    removal of particles under ``min_area``.
+    """
     from particleseg import postprocess as pp
 
     t = pp.threshold_value(image, method)
@@ -777,11 +948,12 @@ def classic_labels(image: np.ndarray, method: str, min_area: int = 15, polarity:
 
 
 def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
+    """Score the baselines and the models on the TiO2 images; return the section's lines and figures."""
+    import bench_from_scratch_tio2 as bfs
     import pandas as pd
     import tifffile
     from tqdm.auto import tqdm
 
-    import bench_from_scratch_tio2 as bfs
     from particleseg.datasets import TIO2_CROP_ROWS, evaluate_tio2, score_labels, tio2_items, tio2_root
     from particleseg.models import load_bundle
     from particleseg.postprocess import label_mask
@@ -789,8 +961,10 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
     cfg = ctx.cfg
     root = tio2_root()
     if not (root / "images").is_dir():
-        return [f"**Skipped:** the TiO2 data set is not at `{root}` (licensed CC BY-NC-ND 4.0, read in place from "
-                "`../shared/datasets/tio2-sem` or `$PARTICLESEG_TIO2`, never copied into the repository)."], {"skipped": True}
+        return [
+            f"**Skipped:** the TiO2 data set is not at `{root}` (licensed CC BY-NC-ND 4.0, read in place from "
+            "`../shared/datasets/tio2-sem` or `$PARTICLESEG_TIO2`, never copied into the repository)."
+        ], {"skipped": True}
 
     all_items = tio2_items()
     val_stems = {it.stem for it in tio2_items(split="validation")}
@@ -841,10 +1015,15 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
     if eval_root is not None:
         shutil.rmtree(eval_root)  # the symbolic links only
 
-    splits = [("train", lambda s: s not in val_stems), ("validation", lambda s: s in val_stems), ("all", lambda s: True)]
+    splits = [
+        ("train", lambda s: s not in val_stems),
+        ("validation", lambda s: s in val_stems),
+        ("all", lambda s: True),
+    ]
     lines = [
         f"Data: `{root}` (Rühle et al. 2021, CC BY-NC-ND 4.0; read in place), {len(items)} images "
-        f"({'all 32' if eval_root is None else 'with --quick only the first training and the first validation image'}), cropped to 1024x712 "
+        f"({'all 32' if eval_root is None else 'with --quick only the first training and the first validation image'}), "  # noqa: E501
+        "cropped to 1024x712 "
         "(the data bar removed). Fixed split (`particleseg.datasets.tio2_items`): sorted by name, every fourth image "
         "from the fourth is a validation image (8), the other 24 are training images. The default model was trained on "
         "simulated images only; its threshold and `min_confidence` were chosen on the training split, so its "
@@ -861,9 +1040,11 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
         "**Pipeline scores**, means over the images (label images as segmented, before the border filter): "
         "foreground IoU; instance IoU averaged over the true particles (a missed particle counts 0) and over the "
         "segmented particles (the publication's convention); F1 of one-to-one matches at IoU 0.5. "
-        "The baselines are scored with the same per-image scores as `evaluate_tio2` (`particleseg.datasets.score_labels`).",
+        "The baselines are scored with the same per-image scores as `evaluate_tio2` "
+        "(`particleseg.datasets.score_labels`).",
         "",
-        "| method | split | images | foreground IoU | instance IoU (truth-avg) | instance IoU (pred-avg) | F1@0.5 | particles found / true |",
+        "| method | split | images | foreground IoU | instance IoU (truth-avg) | instance IoU (pred-avg) | F1@0.5 "
+        "| particles found / true |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     head = {"rows": {}}
@@ -872,12 +1053,22 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
             d = df[df["image"].map(sel)]
             if not len(d):
                 continue
-            lines.append(f"| {name} | {sname} | {len(d)} | {d.foreground_iou.mean():.4f} | {d.instance_iou.mean():.4f} | "
-                         f"{d.instance_iou_pred.mean():.4f} | {d.f1_iou50.mean():.4f} | {d.n_pred.sum()} / {d.n_truth.sum()} |")
-            head["rows"][(name, sname)] = (d.foreground_iou.mean(), d.instance_iou.mean(), d.instance_iou_pred.mean(),
-                                           d.f1_iou50.mean())
-    lines += ["", "Seconds per method (all its images and its Table-1 scores): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "."]
+            lines.append(
+                f"| {name} | {sname} | {len(d)} | {d.foreground_iou.mean():.4f} | {d.instance_iou.mean():.4f} | "
+                f"{d.instance_iou_pred.mean():.4f} | {d.f1_iou50.mean():.4f} | {d.n_pred.sum()} / {d.n_truth.sum()} |"
+            )
+            head["rows"][(name, sname)] = (
+                d.foreground_iou.mean(),
+                d.instance_iou.mean(),
+                d.instance_iou_pred.mean(),
+                d.f1_iou50.mean(),
+            )
+    lines += [
+        "",
+        "Seconds per method (all its images and its Table-1 scores): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        + ".",
+    ]
     cols = bfs.TABLE1
     if cfg.accuracy_table1:
         lines += [
@@ -896,18 +1087,34 @@ def section_accuracy(ctx: Context) -> tuple[list[str], dict]:
             "| --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |",
         ]
         for name, res in table1_rows.items():
-            lines.append(f"| {name} | this run, 8 validation images | " + " | ".join(f"{res[k]:.4f}" for k, _ in cols)
-                         + f" | {res['ap']:.4f} | {res['f1_50']:.4f} |")
+            lines.append(
+                f"| {name} | this run, 8 validation images | "
+                + " | ".join(f"{res[k]:.4f}" for k, _ in cols)
+                + f" | {res['ap']:.4f} | {res['f1_50']:.4f} |"
+            )
             head["rows"][(name, "table1")] = res
         for name, vals in PUBLISHED:
-            lines.append(f"| {name} | published (Rühle et al. 2021, Table 1) | " + " | ".join(f"{v:.4f}" for v in vals)
-                         + " | | |")
+            lines.append(
+                f"| {name} | published (Rühle et al. 2021, Table 1) | "
+                + " | ".join(f"{v:.4f}" for v in vals)
+                + " | | |"
+            )
         pl_name, pl_vals = PUBLISHED_LATER
-        lines.append(f"| MultiRes UNet (simulated), {pl_name.split(' (')[0]} | published | "
-                     + " | ".join(f"{v:.4f}" for v in pl_vals) + " |" + " |" * (len(cols) - len(pl_vals) + 2))
-        lines += ["", "Best thresholds (models): " + "; ".join(
-            f"{n}: IoU (image) at {r['iou_image_thr']}, IoU (instance) at {r['iou_instance_thr']}"
-            for n, r in table1_rows.items() if isinstance(r.get("iou_image_thr"), float) and np.isfinite(r["iou_image_thr"]))]
+        lines.append(
+            f"| MultiRes UNet (simulated), {pl_name.split(' (')[0]} | published | "
+            + " | ".join(f"{v:.4f}" for v in pl_vals)
+            + " |"
+            + " |" * (len(cols) - len(pl_vals) + 2)
+        )
+        lines += [
+            "",
+            "Best thresholds (models): "
+            + "; ".join(
+                f"{n}: IoU (image) at {r['iou_image_thr']}, IoU (instance) at {r['iou_instance_thr']}"
+                for n, r in table1_rows.items()
+                if isinstance(r.get("iou_image_thr"), float) and np.isfinite(r["iou_image_thr"])
+            ),
+        ]
     else:
         lines += ["", "The Table-1 columns are not computed with `--quick` (about 18 s per image and model)."]
     extra = " ".join(f"--bundle {shlex.quote(b)}" for b in (ctx.args.bundle or []))
@@ -938,32 +1145,51 @@ RUNNERS = {
 
 
 def summary_lines(heads: dict, cfg: Config) -> list[str]:
+    """Return the summary table's lines from the sections' headline figures."""
     out = ["| figure | value | section |", "| --- | ---: | --- |"]
     if h := heads.get("inference"):
         w, hgt = cfg.image_shape[1], cfg.image_shape[0]
         out.append(f"| inference, {w}x{hgt} | {h['mpx_s']:.3f} Mpx/s | [inference](#inference-speed) |")
         for name, ratio in h.get("tiling_ratios", []):
-            out.append(f"| time {name} / untiled, {cfg.compare_shape[1]}x{cfg.compare_shape[0]} | {ratio:.3f} | "
-                       "[inference](#inference-speed) |")
+            out.append(
+                f"| time {name} / untiled, {cfg.compare_shape[1]}x{cfg.compare_shape[0]} | {ratio:.3f} | "
+                "[inference](#inference-speed) |"
+            )
     if h := heads.get("memory"):
         s = h.get("big_size")
         if s:
-            out.append(f"| inference, {s}x{s}, bundle default tiling (1 run) | {h['big_mpx_s']:.3f} Mpx/s "
-                       f"({h['big_seconds']:.0f} s) | [memory](#memory-and-speed-against-image-size) |")
+            out.append(
+                f"| inference, {s}x{s}, bundle default tiling (1 run) | {h['big_mpx_s']:.3f} Mpx/s "
+                f"({h['big_seconds']:.0f} s) | [memory](#memory-and-speed-against-image-size) |"
+            )
         fixed = h["fixed"]
-        out.append("| peak anonymous memory growth, fixed tile, " + " / ".join(f"{sz}^2" for sz, _, _ in fixed)
-                   + " | " + " / ".join(f"{mb(a)}" for _, a, _ in fixed) + " MiB | [memory](#memory-and-speed-against-image-size) |")
+        out.append(
+            "| peak anonymous memory growth, fixed tile, "
+            + " / ".join(f"{sz}^2" for sz, _, _ in fixed)
+            + " | "
+            + " / ".join(f"{mb(a)}" for _, a, _ in fixed)
+            + " MiB | [memory](#memory-and-speed-against-image-size) |"
+        )
     if h := heads.get("postprocess"):
-        out.append(f"| post-processing + measurement, {h['particles']} particles | {h['total_s']:.2f} s "
-                   f"({h['pp_s']:.2f} + {h['meas_s']:.2f}) | [post-processing](#post-processing-and-measurement) |")
-        out.append(f"| `measure_particles` / `regionprops_table` | {h['ratio']:.2f} | [post-processing](#post-processing-and-measurement) |")
+        out.append(
+            f"| post-processing + measurement, {h['particles']} particles | {h['total_s']:.2f} s "
+            f"({h['pp_s']:.2f} + {h['meas_s']:.2f}) | [post-processing](#post-processing-and-measurement) |"
+        )
+        out.append(
+            f"| `measure_particles` / `regionprops_table` | {h['ratio']:.2f} | "
+            "[post-processing](#post-processing-and-measurement) |"
+        )
     if h := heads.get("evaluation"):
         for n, t in h["totals"].items():
             out.append(f"| evaluate_pair, {h['shape']}, {n} | {t:.2f} s | [evaluation](#evaluation-metrics) |")
     if h := heads.get("sims"):
-        out.append(f"| SIMS whole run, batched / one field per call ({h['fields']} fields) | {h['run_batched']:.1f} / "
-                   f"{h['run_single']:.1f} fields/s = {h['run_ratio']:.2f} | [SIMS](#sims-batch-throughput) |")
-        out.append(f"| SIMS network alone, batched / one per call | {h['net_ratio']:.2f} | [SIMS](#sims-batch-throughput) |")
+        out.append(
+            f"| SIMS whole run, batched / one field per call ({h['fields']} fields) | {h['run_batched']:.1f} / "
+            f"{h['run_single']:.1f} fields/s = {h['run_ratio']:.2f} | [SIMS](#sims-batch-throughput) |"
+        )
+        out.append(
+            f"| SIMS network alone, batched / one per call | {h['net_ratio']:.2f} | [SIMS](#sims-batch-throughput) |"
+        )
     if "gpu" in heads:
         out.append(f"| GPU | {heads['gpu']['gpu'] or 'none lent to this run'} | [GPU](#gpu) |")
     if h := heads.get("accuracy"):
@@ -972,13 +1198,25 @@ def summary_lines(heads: dict, cfg: Config) -> list[str]:
         else:
             for (name, sname), v in h["rows"].items():
                 if sname == "validation" and not isinstance(v, dict):
-                    out.append(f"| TiO2 validation (8), {name}: foreground IoU / instance IoU (truth-avg) / F1@0.5 | "
-                               f"{v[0]:.3f} / {v[1]:.3f} / {v[3]:.3f} | [accuracy](#accuracy-on-the-tio2-sem-images) |")
+                    out.append(
+                        f"| TiO2 validation (8), {name}: foreground IoU / instance IoU (truth-avg) / F1@0.5 | "
+                        f"{v[0]:.3f} / {v[1]:.3f} / {v[3]:.3f} | [accuracy](#accuracy-on-the-tio2-sem-images) |"
+                    )
     return out
 
 
-def render(ctx: Context, started: _dt.datetime, machine: list[tuple[str, str]], vers: list[tuple[str, str]],
-           done: dict[str, list[str]], heads: dict, selected: list[str], finished: bool, elapsed: float) -> str:
+def render(
+    ctx: Context,
+    started: _dt.datetime,
+    machine: list[tuple[str, str]],
+    vers: list[tuple[str, str]],
+    done: dict[str, list[str]],
+    heads: dict,
+    selected: list[str],
+    finished: bool,
+    elapsed: float,
+) -> str:
+    """Return the whole Markdown report: header, machine, versions, summary and each section."""
     cfg = ctx.cfg
     argv = " ".join(shlex.quote(a) for a in ctx.args.argv)
     L = [
@@ -1014,6 +1252,7 @@ def render(ctx: Context, started: _dt.datetime, machine: list[tuple[str, str]], 
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(text)
@@ -1021,6 +1260,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def parse_sections(text: str | None) -> list[str]:
+    """Return the section names of a comma-separated list; exit on an unknown one."""
     if not text:
         return []
     names = [s.strip() for s in text.split(",") if s.strip()]
@@ -1031,26 +1271,43 @@ def parse_sections(text: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections and write the report after each; or be the memory child."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [_MEMORY_CHILD]:
         print("RESULT " + json.dumps(child_memory(json.loads(argv[1]))), flush=True)
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="sections: " + ", ".join(SECTIONS))
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="sections: " + ", ".join(SECTIONS),
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (about 2 min)")
     mode.add_argument("--full", action="store_true", help="SIMS figures on 2500 fields")
     ap.add_argument("--out", type=Path, default=HERE / "REPORT.md", help="report file (default benchmarks/REPORT.md)")
     ap.add_argument("--only", help="comma-separated sections to run")
     ap.add_argument("--skip", help="comma-separated sections to leave out")
-    ap.add_argument("--model", help="bundle for the speed figures and the accuracy table (default: the shipped default model)")
-    ap.add_argument("--bundle", action="append", metavar="NAME=PATH",
-                    help="another bundle for the accuracy table (repeatable), e.g. a model trained by "
-                         "'particleseg train' or 'particleseg train-from-scratch'")
-    ap.add_argument("--repeat", type=int, help="repeats of every timed measurement (default 5, 3 for the larger ones; 2/1 with --quick)")
-    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench",
-                    help="scratch folder (simulated SIMS fields, memory maps); default runs/bench")
+    ap.add_argument(
+        "--model", help="bundle for the speed figures and the accuracy table (default: the shipped default model)"
+    )
+    ap.add_argument(
+        "--bundle",
+        action="append",
+        metavar="NAME=PATH",
+        help="another bundle for the accuracy table (repeatable), e.g. a model trained by "
+        "'particleseg train' or 'particleseg train-from-scratch'",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        help="repeats of every timed measurement (default 5, 3 for the larger ones; 2/1 with --quick)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "runs" / "bench",
+        help="scratch folder (simulated SIMS fields, memory maps); default runs/bench",
+    )
     args = ap.parse_args(argv)
     args.argv = argv
     for spec in args.bundle or []:
@@ -1069,10 +1326,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def machine(final: bool) -> list[tuple[str, str]]:
         rows = [
-            ("Machine", f"{cpu_model()}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable), "
-                        f"{memory_total()} memory, {platform.system()} {platform.release()}"),
+            (
+                "Machine",
+                f"{cpu_model()}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable), "
+                f"{memory_total()} memory, {platform.system()} {platform.release()}",
+            ),
             ("Accelerator", accelerator() or "none (CPU only)"),
-            ("Load average (1 min)", f"{load0[0]:.1f} at the start" + (f", {os.getloadavg()[0]:.1f} at the end" if final else "")),
+            (
+                "Load average (1 min)",
+                f"{load0[0]:.1f} at the start" + (f", {os.getloadavg()[0]:.1f} at the end" if final else ""),
+            ),
         ]
         return rows
 
@@ -1089,8 +1352,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             failed.append(s)
-            done[s] = [f"**Failed:** `{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}` "
-                       "(traceback on the run's stderr)."]
+            done[s] = [
+                f"**Failed:** `{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}` "
+                "(traceback on the run's stderr)."
+            ]
         log(f"{s} done in {time.perf_counter() - t0:.0f} s")
         write_atomic(args.out, render(ctx, started, machine(False), vers, done, heads, selected, False, 0))
     elapsed = time.perf_counter() - t_start
