@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Fine-tune the shipped default model on about 20 images of one family of the EMPS
-development set and score it on the family's other images, beside the default model.
+"""Fine-tune the default model on one family of the EMPS development set, scored beside it.
+
+The shipped default model is fine-tuned on about 20 images of one family of the EMPS
+development set and scored on the family's other images, beside the default model.
 
 The family: **small dark particles on a bright background** (TEM-like; the manifest's
 ``dark-on-bright`` images with at least 10 particles and a median particle area under
@@ -42,12 +44,16 @@ from run import classic_labels  # noqa: E402
 
 
 def family(manifest: pd.DataFrame) -> pd.DataFrame:
-    sel = manifest[(manifest.polarity == "dark-on-bright") & (manifest.n_particles >= 10) & (manifest.median_area_px < 3000)]
+    """Return the family's rows of the manifest, sorted by the SHA-1 of their stem."""
+    sel = manifest[
+        (manifest.polarity == "dark-on-bright") & (manifest.n_particles >= 10) & (manifest.median_area_px < 3000)
+    ]
     order = sorted(sel.stem, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
     return sel.set_index("stem").loc[order].reset_index()
 
 
 def link(out: Path, stems) -> Path:
+    """Link the images and labels of ``stems`` into ``OUT/data``; return that folder."""
     data = out / "data"
     for sub in ("images", "labels"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -60,6 +66,7 @@ def link(out: Path, stems) -> Path:
 
 
 def score_models(models: dict, stems) -> pd.DataFrame:
+    """Score each model (name -> bundle) and the Otsu baseline on the images ``stems``; one row per image."""
     import tifffile
 
     from particleseg.models import load_bundle
@@ -74,12 +81,18 @@ def score_models(models: dict, stems) -> pd.DataFrame:
         for name, b in bundles.items():
             seg = segment_image(image, b, SegmentParams(crop_rows=0, progress=False), name=s)
             row.update({f"{name}_{k}": v for k, v in scores(seg.labels, truth).items()})
-        row.update({f"otsu_{k}": v for k, v in scores(classic_labels(image.astype(np.float32), "otsu", polarity="dark")[1], truth).items()})
+        row.update(
+            {
+                f"otsu_{k}": v
+                for k, v in scores(classic_labels(image.astype(np.float32), "otsu", polarity="dark")[1], truth).items()
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def main(argv=None) -> int:
+    """Fine-tune (unless OUT/model exists), score both models and Otsu; print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=20)
@@ -87,11 +100,23 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     fam = family(pd.read_csv(DATA / "manifest.csv"))
-    train, test = list(fam.stem[: args.train_images]), list(fam.stem[args.train_images:])
+    train, test = list(fam.stem[: args.train_images]), list(fam.stem[args.train_images :])
     data = link(args.out, train)
     model = args.out / "model"
-    cmd = ["particleseg", "train", "--images", str(data / "images"), "--masks", str(data / "labels"),
-           "--out", str(model), "--minutes", f"{args.minutes:g}", "--seed", str(args.seed)]
+    cmd = [
+        "particleseg",
+        "train",
+        "--images",
+        str(data / "images"),
+        "--masks",
+        str(data / "labels"),
+        "--out",
+        str(model),
+        "--minutes",
+        f"{args.minutes:g}",
+        "--seed",
+        str(args.seed),
+    ]
     print("$", shlex.join(cmd), flush=True)
     t0 = time.time()
     if not (model / "bundle.json").exists():
@@ -100,12 +125,20 @@ def main(argv=None) -> int:
     df = score_models({"default": "default", "tuned": model}, test)
     df.to_csv(args.out / "scores.csv", index=False)
     mean = df.drop(columns="stem").mean()
-    result = {"command": shlex.join(cmd), "wall_minutes": round(wall, 1), "family_images": len(fam),
-              "train": train, "scored": test, "mean": mean.round(4).to_dict()}
+    result = {
+        "command": shlex.join(cmd),
+        "wall_minutes": round(wall, 1),
+        "family_images": len(fam),
+        "train": train,
+        "scored": test,
+        "mean": mean.round(4).to_dict(),
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     for m in ("default", "tuned", "otsu"):
-        print(f"{m:8s} foreground IoU {mean[f'{m}_fg_iou']:.3f}  F1@0.5 {mean[f'{m}_f1']:.3f}  "
-              f"instance IoU {mean[f'{m}_inst_iou']:.3f}  ({len(test)} images)")
+        print(
+            f"{m:8s} foreground IoU {mean[f'{m}_fg_iou']:.3f}  F1@0.5 {mean[f'{m}_f1']:.3f}  "
+            f"instance IoU {mean[f'{m}_inst_iou']:.3f}  ({len(test)} images)"
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Does a FIB-SEM phase network gain from a second detector channel and from neighbouring
-slices? Small CPU runs on simulated stacks (:mod:`particleseg.fibsem.simulate`).
+"""Test whether a FIB-SEM phase network gains from a second detector channel and neighbouring slices.
+
+Small CPU runs on simulated stacks (:mod:`particleseg.fibsem.simulate`).
 
 Every configuration trains the same network (UNet, depth 3, 8 base filters) with the same
 budget on the same three annotated slices of a simulated stack (validation: the bottom 20 % of
@@ -92,6 +93,7 @@ def plot_results(table: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv=None):
+    """Train and evaluate the configurations asked for; write results.json, results.csv and the plot."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "fibsem-context"))
     ap.add_argument("--slices", type=int, default=32)
@@ -101,8 +103,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", type=int, nargs="*", help="run only these configurations (indices)")
     ap.add_argument("--plot-only", action="store_true", help="only redraw results.png from results.json")
-    ap.add_argument("--evaluate-only", action="store_true",
-                    help="no training: evaluate each configuration's saved OUT/configN/best.keras again")
+    ap.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: evaluate each configuration's saved OUT/configN/best.keras again",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.plot_only:
@@ -130,8 +135,17 @@ def main(argv=None):
         if args.evaluate_only and not (out / f"config{i}" / "best.keras").exists():
             continue
         stack = fibsem.open_stack([sim.channels[c] for c in chans], [sim.channel_names[c] for c in chans])
-        cfg = fibsem.PhaseTrainConfig(context=k, depth=3, base_filters=8, tile=96, batch_size=8, epochs=args.epochs,
-                                      steps_per_epoch=args.steps, validation_steps=6, seed=args.seed)
+        cfg = fibsem.PhaseTrainConfig(
+            context=k,
+            depth=3,
+            base_filters=8,
+            tile=96,
+            batch_size=8,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            validation_steps=6,
+            seed=args.seed,
+        )
         ann = {z: sim.labels[z].astype(np.int32) for z in annotated}
         t0 = time.time()
         if args.evaluate_only:
@@ -142,29 +156,41 @@ def main(argv=None):
             # the training rows (the top 80 % of each training slice)
             norm = fibsem.stack_normalization(stack, *cfg.percentiles)
             builder = fibsem.InputBuilder(stack, k, norm)
-            train_x = [builder(z)[:int(round(args.size * (1 - cfg.val_fraction)))] for z in train_z]
+            train_x = [builder(z)[: int(round(args.size * (1 - cfg.val_fraction)))] for z in train_z]
             fibsem.recalibrate_batchnorm(model, train_x, min(cfg.tile, args.size), seed=cfg.seed)
             ev = {"all": evaluate(model, sim, chans, k, None, eval_z, classes)}
             secs = results.get(name, {}).get("train_seconds", 0)
         else:
-            model, log, ev, split, _ = fibsem.train_phases(stack, ann, classes, cfg, out / f"config{i}", train_z, None,
-                                                           eval_z, verbose=0)
+            model, log, ev, split, _ = fibsem.train_phases(
+                stack, ann, classes, cfg, out / f"config{i}", train_z, None, eval_z, verbose=0
+            )
             secs = time.time() - t0
         m_rest = evaluate(model, sim, chans, k, None, rest, classes)
         m_other = evaluate(model, sim2, chans, k, None, list(range(args.slices)), classes)
-        r = {"config": name, "channels": len(chans), "context_k": k, "train_seconds": round(secs),
-             "eval_slice_accuracy": ev["all"]["accuracy"], "eval_slice_mean_iou": ev["all"]["mean_iou"],
-             "stack_accuracy": m_rest["accuracy"], "stack_mean_iou": m_rest["mean_iou"],
-             "other_stack_accuracy": m_other["accuracy"], "other_stack_mean_iou": m_other["mean_iou"]}
+        r = {
+            "config": name,
+            "channels": len(chans),
+            "context_k": k,
+            "train_seconds": round(secs),
+            "eval_slice_accuracy": ev["all"]["accuracy"],
+            "eval_slice_mean_iou": ev["all"]["mean_iou"],
+            "stack_accuracy": m_rest["accuracy"],
+            "stack_mean_iou": m_rest["mean_iou"],
+            "other_stack_accuracy": m_other["accuracy"],
+            "other_stack_mean_iou": m_other["mean_iou"],
+        }
         for c in classes:
             r[f"iou_{c}"] = m_other["per_class"][c]["iou"]
         r.update(eval_slice_per_phase(ev["all"], classes))
         results[name] = r
         results_path.write_text(json.dumps(results, indent=2))
-        print(f"{name}: eval slice acc {r['eval_slice_accuracy']:.3f} mIoU {r['eval_slice_mean_iou']:.3f}; "
-              f"other slices acc {r['stack_accuracy']:.3f} mIoU {r['stack_mean_iou']:.3f}; "
-              f"other stack acc {r['other_stack_accuracy']:.3f} mIoU {r['other_stack_mean_iou']:.3f} ({secs / 60:.1f} min)",
-              flush=True)
+        print(
+            f"{name}: eval slice acc {r['eval_slice_accuracy']:.3f} mIoU {r['eval_slice_mean_iou']:.3f}; "
+            f"other slices acc {r['stack_accuracy']:.3f} mIoU {r['stack_mean_iou']:.3f}; "
+            f"other stack acc {r['other_stack_accuracy']:.3f} mIoU {r['other_stack_mean_iou']:.3f} "
+            f"({secs / 60:.1f} min)",
+            flush=True,
+        )
     table = pd.DataFrame([results[n] for n, _, _ in CONFIGS if n in results])
     table.to_csv(out / "results.csv", index=False)
     plot_results(table, out / "results.png")

@@ -39,6 +39,7 @@ def best_matches(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def main(argv=None) -> int:
+    """Segment the validation images with the bundle; print the shortfall of IoU by cause and area."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", help="model bundle (folder, zip or a name such as default)")
     args = ap.parse_args(argv)
@@ -64,14 +65,18 @@ def main(argv=None) -> int:
     a, iou, mg = np.concatenate(areas), np.concatenate(ious), np.concatenate(merged)
     missed = iou == 0
     loss = 1 - iou
-    print(f"{len(a)} annotated particles: mean best IoU {iou.mean():.3f}; missed {missed.mean():.1%}, "
-          f"merged {mg.mean():.1%}; shortfall from merged {loss[mg].sum() / loss.sum():.0%}, "
-          f"from missed {loss[missed].sum() / loss.sum():.0%}")
+    print(
+        f"{len(a)} annotated particles: mean best IoU {iou.mean():.3f}; missed {missed.mean():.1%}, "
+        f"merged {mg.mean():.1%}; shortfall from merged {loss[mg].sum() / loss.sum():.0%}, "
+        f"from missed {loss[missed].sum() / loss.sum():.0%}"
+    )
     print("area (px²)      particles  mean IoU  missed  merged")
     for lo, hi in ((0, 50), (50, 200), (200, 800), (800, np.inf)):
         s = (a >= lo) & (a < hi)
         if s.any():
-            print(f"{lo:>5g}-{hi:<8g} {s.sum():>10d} {iou[s].mean():>9.3f} {missed[s].mean():>7.0%} {mg[s].mean():>7.0%}")
+            print(
+                f"{lo:>5g}-{hi:<8g} {s.sum():>10d} {iou[s].mean():>9.3f} {missed[s].mean():>7.0%} {mg[s].mean():>7.0%}"
+            )
     return 0
 
 

@@ -37,14 +37,18 @@ KEEP_ROWS = 704  # keep masks are 1024x704: crop images and masks to that
 
 
 def read_split(split: str):
+    """Read the training data of a TiO2 split (images, masks and keep masks cropped to 704 rows)."""
     items = tio2_items(split=split)
-    return read_training_data([it.image for it in items], [it.mask for it in items], [it.keep_mask for it in items],
-                              crop_rows=768 - KEEP_ROWS)
+    return read_training_data(
+        [it.image for it in items], [it.mask for it in items], [it.keep_mask for it in items], crop_rows=768 - KEEP_ROWS
+    )
 
 
 def particle_table(model, items, network, threshold: float) -> dict:
-    """The classifier's decisions (score >= ``threshold``) against the expert's over the
-    particles of ``items``; ROC AUC of the scores."""
+    """Compare the classifier's decisions with the expert's over the particles of ``items``.
+
+    Decisions are scores >= ``threshold``; also the ROC AUC of the scores.
+    """
     scores, expert = classifier_particle_scores(model, items, network)
     ours = scores >= threshold
     # ROC AUC from the Mann-Whitney U statistic: how well the scores rank kept above discarded
@@ -61,11 +65,15 @@ def particle_table(model, items, network, threshold: float) -> dict:
         "precision_keep": tp / max(tp + fp, 1),
         "recall_keep": tp / max(tp + fn, 1),
         "roc_auc": float(auc),
-        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
     }
 
 
 def main(argv=None) -> int:
+    """Train the particle classifier (or evaluate a saved one) and score it on the validation split."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="work folder (model, log, results.json)")
     ap.add_argument("--epochs", type=int, default=12)
@@ -83,22 +91,35 @@ def main(argv=None) -> int:
         model = keras.models.load_model(args.out / "best.keras", compile=False)
         meta = json.loads((args.out / "results.json").read_text())["classifier"]
     else:
-        model, meta = train_classifier([train[i] for i in fit_idx], [train[i] for i in choose_idx], args.out,
-                                       epochs=args.epochs, steps_per_epoch=args.steps, seed=args.seed, progress=True)
+        model, meta = train_classifier(
+            [train[i] for i in fit_idx],
+            [train[i] for i in choose_idx],
+            args.out,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            seed=args.seed,
+            progress=True,
+        )
     minutes = (time.time() - t0) / 60
-    result = {"command": f"python scripts/tio2_classifier.py --out {args.out} --epochs {args.epochs} "
-                         f"--steps {args.steps} --seed {args.seed}",
-              "train_minutes": round(minutes, 1), "classifier": meta,
-              "validation": particle_table(model, held_out, NetworkConfig.from_dict(meta["network"]), meta["threshold"])}
+    result = {
+        "command": f"python scripts/tio2_classifier.py --out {args.out} --epochs {args.epochs} "
+        f"--steps {args.steps} --seed {args.seed}",
+        "train_minutes": round(minutes, 1),
+        "classifier": meta,
+        "validation": particle_table(model, held_out, NetworkConfig.from_dict(meta["network"]), meta["threshold"]),
+    }
     if args.evaluate:
         old = json.loads((args.out / "results.json").read_text())
         result.update(command=old["command"], train_minutes=old["train_minutes"])
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     v = result["validation"]
-    print(f"threshold {meta['threshold']} (chosen on 5 training images); held-out validation particles {v['particles']} (expert kept {v['expert_kept']}): accuracy {v['accuracy']:.3f} "
-          f"(keep all: {v['accuracy_keep_all']:.3f}), balanced accuracy {v['balanced_accuracy']:.3f}, "
-          f"precision/recall of 'keep' {v['precision_keep']:.3f}/{v['recall_keep']:.3f}, ROC AUC {v['roc_auc']:.3f}; "
-          f"{result['train_minutes']} min of training")
+    print(
+        f"threshold {meta['threshold']} (chosen on 5 training images); held-out validation particles "
+        f"{v['particles']} (expert kept {v['expert_kept']}): accuracy {v['accuracy']:.3f} "
+        f"(keep all: {v['accuracy_keep_all']:.3f}), balanced accuracy {v['balanced_accuracy']:.3f}, "
+        f"precision/recall of 'keep' {v['precision_keep']:.3f}/{v['recall_keep']:.3f}, ROC AUC {v['roc_auc']:.3f}; "
+        f"{result['train_minutes']} min of training"
+    )
     return 0
 
 

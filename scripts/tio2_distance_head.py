@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Does the extra distance head raise instance IoU on the TiO2 data? Two small UNets with the
-same settings and seed, one with a foreground head only (watershed seeds from the distance
+"""Test whether the extra distance head raises instance IoU on the TiO2 data.
+
+Two small UNets with the same settings and seed, one with a foreground head only (watershed seeds from the distance
 transform of the mask), one with a foreground and a distance head (seeds from the predicted
 distance map), trained on the TiO2 training split with ``particleseg.train.train_segmentation``
 and scored on the validation split (images cropped to 1024x712) over a threshold sweep
@@ -60,19 +61,26 @@ def score_bundle(bundle, split: str = "validation") -> tuple[list[dict], dict]:
             }
             (at_default if t == "default" else per_thr[t]).append(row)
     mean = lambda rows: {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}  # noqa: E731
-    return [{"threshold": t, **mean(per_thr[t])} for t in THRESHOLDS], {"threshold": base.threshold,
-                                                                        "seed_threshold": base.seed_threshold,
-                                                                        **mean(at_default)}
+    return [{"threshold": t, **mean(per_thr[t])} for t in THRESHOLDS], {
+        "threshold": base.threshold,
+        "seed_threshold": base.seed_threshold,
+        **mean(at_default),
+    }
 
 
 def main(argv=None) -> int:
+    """Train both networks, sweep the thresholds on the validation split; print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tio2-heads")
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--base-filters", type=int, default=16)
-    ap.add_argument("--normalization", default="group", choices=("batch", "group", "none"),
-                    help="group: no running statistics, so a short run predicts as it trained (default)")
+    ap.add_argument(
+        "--normalization",
+        default="group",
+        choices=("batch", "group", "none"),
+        help="group: no running statistics, so a short run predicts as it trained (default)",
+    )
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
@@ -95,26 +103,50 @@ def main(argv=None) -> int:
             bundle = load_bundle(out)
         else:
             bundle = train_segmentation(
-                [it.image for it in items], [it.mask for it in items], out,
-                arch=args.arch, depth=args.depth, base_filters=args.base_filters, extra_head=head,
+                [it.image for it in items],
+                [it.mask for it in items],
+                out,
+                arch=args.arch,
+                depth=args.depth,
+                base_filters=args.base_filters,
+                extra_head=head,
                 normalization=args.normalization,
-                mask_kind="binary", crop_rows=768 - TIO2_CROP_ROWS, tile=args.tile, batch_size=args.batch_size,
-                epochs=args.epochs, steps_per_epoch=args.steps, validation_steps=5, patience=0, seed=args.seed,
-                name=f"tio2-unet-{head}", description="TiO2 SEM training split (CC BY-NC-ND; not for distribution)",
-                overwrite=args.overwrite, jit_compile=True, progress=True,
+                mask_kind="binary",
+                crop_rows=768 - TIO2_CROP_ROWS,
+                tile=args.tile,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                steps_per_epoch=args.steps,
+                validation_steps=5,
+                patience=0,
+                seed=args.seed,
+                name=f"tio2-unet-{head}",
+                description="TiO2 SEM training split (CC BY-NC-ND; not for distribution)",
+                overwrite=args.overwrite,
+                jit_compile=True,
+                progress=True,
             )
         minutes = (time.time() - t0) / 60
         sweep, default = score_bundle(bundle)
         best = max(sweep, key=lambda r: r["instance_iou"])
-        results[head] = {"sweep": sweep, "at_defaults": default, "best_instance_iou": best,
-                         "train_minutes": bundle.metadata["training"].get("minutes"), "minutes_total": round(minutes, 1),
-                         "held_out_train_metrics": bundle.metadata["metrics"]["validation"]}
+        results[head] = {
+            "sweep": sweep,
+            "at_defaults": default,
+            "best_instance_iou": best,
+            "train_minutes": bundle.metadata["training"].get("minutes"),
+            "minutes_total": round(minutes, 1),
+            "held_out_train_metrics": bundle.metadata["metrics"]["validation"],
+        }
         print(f"\n== {head}: defaults {default}\n   best over sweep {best}", flush=True)
         for r in sweep:
             print("   ", r)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"command": "python scripts/tio2_distance_head.py " + " ".join(argv or sys.argv[1:]),
-                                                       "results": results}, indent=1))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {"command": "python scripts/tio2_distance_head.py " + " ".join(argv or sys.argv[1:]), "results": results},
+            indent=1,
+        )
+    )
     print(f"wrote {args.out / 'results.json'}")
     return 0
 

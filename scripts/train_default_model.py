@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Regenerate the shipped artefacts from simulated data only, with fixed seeds:
+"""Regenerate the shipped artefacts from simulated data only, with fixed seeds.
+
+The artefacts:
 
 * the training images (``simulate.simulate_sem_image``; cached in ``--workdir``),
 * the default model bundle (``models/default``),
@@ -71,8 +73,10 @@ def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem"):
 
 
 def choose_postprocess(model, images, labels, heads):
-    """Threshold and seed level that maximise the instance IoU on simulated validation images
-    (never on real data)."""
+    """Choose the threshold and seed level that maximise the instance IoU on simulated validation images.
+
+    Never on real data.
+    """
     from particleseg.inference import predict_tiled
     from particleseg.models import keras_predictor
     from particleseg.train import validation_scores
@@ -84,8 +88,10 @@ def choose_postprocess(model, images, labels, heads):
 
 
 def choose_detection_on_tio2(bundle, seed_threshold: float):
-    """Threshold and ``min_confidence`` maximising the mean of foreground IoU and instance IoU
-    on the TiO2 *training* split; ``None`` when the data is absent."""
+    """Choose the threshold and ``min_confidence`` on the TiO2 *training* split.
+
+    They maximise the mean of foreground IoU and instance IoU; ``None`` when the data is absent.
+    """
     import itertools
 
     import tifffile
@@ -109,15 +115,16 @@ def choose_detection_on_tio2(bundle, seed_threshold: float):
         scores = []
         for prob, truth in cases:
             pred = particles_from_probabilities(prob, bundle.heads, params)
-            scores.append(0.5 * (metrics.foreground_iou(pred > 0, truth > 0)
-                                 + metrics.instance_iou(pred, truth, average="truth")))
+            scores.append(
+                0.5 * (metrics.foreground_iou(pred > 0, truth > 0) + metrics.instance_iou(pred, truth, average="truth"))
+            )
         if best is None or np.mean(scores) > best[0]:
             best = (float(np.mean(scores)), {"threshold": thr, "min_confidence": conf})
     return best[1]
 
 
 def make_sample(path: Path, overwrite: bool) -> None:
-    """A 1024x768 simulated SEM image with a data bar, calibrated 7.35 nm/pixel (ImageJ metadata)."""
+    """Write a 1024x768 simulated SEM image with a data bar, calibrated 7.35 nm/pixel (ImageJ metadata)."""
     from PIL import Image, ImageDraw
 
     from particleseg.io import Calibration, write_tiff
@@ -127,7 +134,11 @@ def make_sample(path: Path, overwrite: bool) -> None:
     bar = Image.new("L", (1024, 56), 0)
     draw = ImageDraw.Draw(bar)
     draw.text((12, 8), "particleseg simulated SEM", fill=255)
-    draw.text((12, 30), f"Width = {1024 * SAMPLE_PIXEL_SIZE_NM / 1000:.3f} um    Mag = 50.00 K X    Signal A = InLens", fill=255)
+    draw.text(
+        (12, 30),
+        f"Width = {1024 * SAMPLE_PIXEL_SIZE_NM / 1000:.3f} um    Mag = 50.00 K X    Signal A = InLens",
+        fill=255,
+    )
     draw.rectangle((880, 30, 880 + int(round(200 / SAMPLE_PIXEL_SIZE_NM)), 33), fill=255)
     draw.text((890, 10), "200 nm", fill=255)
     image = np.concatenate([sim.image, np.asarray(bar)], axis=0)
@@ -135,6 +146,7 @@ def make_sample(path: Path, overwrite: bool) -> None:
 
 
 def main(argv=None) -> int:
+    """Train and write the default bundle; with ``--sample-only`` only write the sample image."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "default")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "default-model")
@@ -145,8 +157,12 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--simulator", choices=("sem", "mixed"), default="sem",
-                    help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations")
+    ap.add_argument(
+        "--simulator",
+        choices=("sem", "mixed"),
+        default="sem",
+        help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations",
+    )
     ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--overwrite", action="store_true")
@@ -169,44 +185,74 @@ def main(argv=None) -> int:
     x = [normalize_percentile(im, norm["low"], norm["high"], tuple(norm["clip"]))[..., None] for im in images]
     n_val = max(2, len(x) // 20)
     config = TrainConfig(
-        network=NetworkConfig(args.arch, heads=(Head("foreground"), Head("distance")), depth=args.depth,
-                              base_filters=args.base_filters),
-        tile=256, batch_size=8, epochs=args.epochs, steps_per_epoch=args.steps, validation_steps=10,
-        learning_rate=args.learning_rate, lr_step_epochs=max(1, args.epochs // 3), lr_step_factor=0.3, patience=0,
-        seed=args.seed, jit_compile=True,
+        network=NetworkConfig(
+            args.arch, heads=(Head("foreground"), Head("distance")), depth=args.depth, base_filters=args.base_filters
+        ),
+        tile=256,
+        batch_size=8,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        validation_steps=10,
+        learning_rate=args.learning_rate,
+        lr_step_epochs=max(1, args.epochs // 3),
+        lr_step_factor=0.3,
+        patience=0,
+        seed=args.seed,
+        jit_compile=True,
         augmentation=Augmentation(brightness=0.1, contrast=0.25, gamma=0.4, noise=0.04, elastic=0.0),
     )
     initial = load_bundle(args.init).model.get_weights() if args.init else None
-    model, log = fit(x[:-n_val], labels[:-n_val], x[-n_val:], labels[-n_val:], config, args.workdir / "train",
-                     initial_weights=initial)
+    model, log = fit(
+        x[:-n_val],
+        labels[:-n_val],
+        x[-n_val:],
+        labels[-n_val:],
+        config,
+        args.workdir / "train",
+        initial_weights=initial,
+    )
     heads = [h.kind for h in config.network.heads]
     post, sim_iou = choose_postprocess(model, x[-n_val:], labels[-n_val:], heads)
     minutes = (time.time() - t0) / 60
     meta = make_metadata(
-        "default", config.network,
-        description=("Bright particles on a dark background (SEM secondary electrons); trained on simulated images only."
-                     if args.simulator == "sem" else
-                     "Particles of many shapes in SEM and TEM images (dark particles are inverted to bright by the "
-                     "pipeline); trained on simulated images only."),
-        channels=["SEM secondary electrons" if args.simulator == "sem" else "electron micrograph (SEM or TEM)"], normalization=norm, tile=1024, overlap=48,
-        particle_size_px=float(np.sqrt(np.prod(PARTICLE_SIZE_RANGE))), polarity="bright",
+        "default",
+        config.network,
+        description=(
+            "Bright particles on a dark background (SEM secondary electrons); trained on simulated images only."
+            if args.simulator == "sem"
+            else "Particles of many shapes in SEM and TEM images (dark particles are inverted to bright by the "
+            "pipeline); trained on simulated images only."
+        ),
+        channels=["SEM secondary electrons" if args.simulator == "sem" else "electron micrograph (SEM or TEM)"],
+        normalization=norm,
+        tile=1024,
+        overlap=48,
+        particle_size_px=float(np.sqrt(np.prod(PARTICLE_SIZE_RANGE))),
+        polarity="bright",
         particle_size_range_px=PARTICLE_SIZE_RANGE,
         postprocess={**post, "min_area": 15},
         training={
-            "data": (f"{args.images} simulated 512x512 images (simulator {args.simulator!r}: "
-                     + ("particleseg.simulate.simulate_sem_image" if args.simulator == "sem" else
-                        "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image")
-                     + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
-                     f"{PARTICLE_SIZE_RANGE[1]:g} px, 5 % held out for validation"
-                     + (f"; started from the weights of {args.init}" if args.init else "")),
+            "data": (
+                f"{args.images} simulated 512x512 images (simulator {args.simulator!r}: "
+                + (
+                    "particleseg.simulate.simulate_sem_image"
+                    if args.simulator == "sem"
+                    else "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image"
+                )
+                + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
+                f"{PARTICLE_SIZE_RANGE[1]:g} px, 5 % held out for validation"
+                + (f"; started from the weights of {args.init}" if args.init else "")
+            ),
             "command": "python scripts/train_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "config": config.to_dict(),
             "epochs_run": len(log),
             "minutes": round(minutes, 1),
         },
-        metrics={"simulated_validation_instance_iou": round(sim_iou, 4),
-                 "final_loss": log[-1].get("loss") if log else None,
-                 "final_val_loss": log[-1].get("val_loss") if log else None},
+        metrics={
+            "simulated_validation_instance_iou": round(sim_iou, 4),
+            "final_loss": log[-1].get("loss") if log else None,
+            "final_val_loss": log[-1].get("val_loss") if log else None,
+        },
     )
     bundle = save_bundle(args.out, model, meta, overwrite=args.overwrite, zip_copy=False)
     detection = choose_detection_on_tio2(bundle, post["seed_threshold"])
@@ -216,20 +262,25 @@ def main(argv=None) -> int:
     meta["postprocess"].update(detection)
     meta["training"]["postprocess_choice"] = (
         f"seed_threshold on simulated validation images; threshold and min_confidence on the {source} "
-        "(24 real TiO2 images, maximum of mean foreground and instance IoU)")
+        "(24 real TiO2 images, maximum of mean foreground and instance IoU)"
+    )
     write_metadata(args.out, meta)
     bundle = load_bundle(args.out)
-    print(f"saved {args.out} in {minutes:.1f} min; post-processing {bundle.postprocess}, "
-          f"simulated instance IoU {sim_iou:.3f}")
+    print(
+        f"saved {args.out} in {minutes:.1f} min; post-processing {bundle.postprocess}, "
+        f"simulated instance IoU {sim_iou:.3f}"
+    )
     if args.evaluate:
         from particleseg.datasets import evaluate_tio2, tio2_root
 
         if (tio2_root() / "images").is_dir():
             for split in ("train", "validation", "all"):
                 df = evaluate_tio2(bundle, split)
-                print(f"TiO2 {split:10s}: foreground IoU {df.foreground_iou.mean():.4f}, "
-                      f"instance IoU {df.instance_iou.mean():.4f} (pred-averaged {df.instance_iou_pred.mean():.4f}), "
-                      f"F1@0.5 {df.f1_iou50.mean():.4f}")
+                print(
+                    f"TiO2 {split:10s}: foreground IoU {df.foreground_iou.mean():.4f}, "
+                    f"instance IoU {df.instance_iou.mean():.4f} (pred-averaged {df.instance_iou_pred.mean():.4f}), "
+                    f"F1@0.5 {df.f1_iou50.mean():.4f}"
+                )
         else:
             print("TiO2 data not found; skipped the evaluation")
     return 0

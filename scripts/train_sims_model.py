@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Train the SIMS particle-detection FCN on simulated fields, choose its two parameters by a
-sweep, and evaluate it on independent simulated fields.
+"""Train the SIMS particle-detection FCN on simulated fields, sweep its two parameters, evaluate it.
+
+The FCN is trained on simulated fields, its two parameters are chosen by a sweep, and it is
+evaluated on independent simulated fields.
 
 Stages (each cached in ``--workdir``, so a stage can be re-run alone):
 
@@ -69,8 +71,10 @@ def simulated(n: int, seed: int, workdir: Path, settings):
 
 
 def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, min_significance, log):
-    """Score every (threshold, level) pair on the validation fields (detections below
-    ``min_significance`` sigma dropped, as ``run_fields`` does)."""
+    """Score every (threshold, level) pair on the validation fields.
+
+    Detections below ``min_significance`` sigma are dropped, as ``run_fields`` does.
+    """
     from particleseg import sims
     from particleseg.models import keras_predictor
 
@@ -91,17 +95,28 @@ def sweep(model, counts, labels, truth, isotopes, input_settings, min_area, min_
             parts = sims.concat_particles(tables)
             sc = sims.score_detection(parts, truth, pd.DataFrame(matches))
             empty_fp = int(sum(len(t) for t, lab in zip(tables, labels) if lab.max() == 0))
-            rows.append({"threshold": thr, "level": "none" if level is None else level, **sc,
-                         "false_particles_in_empty_fields": empty_fp})
-            log(f"  threshold {thr:.1f} level {str(level):>4}: score {sc['score']:.3f} count error {sc['count_error']:.3f} "
-                f"ratio distance {sc['ratio_distance']:.3f} recall {sc.get('recall', 0):.3f} precision {sc.get('precision', 0):.3f}")
+            rows.append(
+                {
+                    "threshold": thr,
+                    "level": "none" if level is None else level,
+                    **sc,
+                    "false_particles_in_empty_fields": empty_fp,
+                }
+            )
+            log(
+                f"  threshold {thr:.1f} level {str(level):>4}: score {sc['score']:.3f} "
+                f"count error {sc['count_error']:.3f} "
+                f"ratio distance {sc['ratio_distance']:.3f} recall {sc.get('recall', 0):.3f} "
+                f"precision {sc.get('precision', 0):.3f}"
+            )
     return pd.DataFrame(rows)
 
 
 def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
     """End to end on files: simulate a test set to disk, run ``run_fields`` on it, compare."""
-    from particleseg import sims
     import tifffile
+
+    from particleseg import sims
     from particleseg.models import load_bundle
     from particleseg.sims import simulate_fields
 
@@ -116,7 +131,11 @@ def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
     seconds = time.perf_counter() - t0
     matches = []
     for name in fields["field"]:
-        det = tifffile.imread(out / "labels" / f"{name}_labels.tif") if (out / "labels" / f"{name}_labels.tif").exists() else None
+        det = (
+            tifffile.imread(out / "labels" / f"{name}_labels.tif")
+            if (out / "labels" / f"{name}_labels.tif").exists()
+            else None
+        )
         tl = tifffile.imread(data / "masks" / f"{name}_mask.tif") if truth["field"].eq(name).any() else None
         if det is None or tl is None or det.max() == 0:
             continue
@@ -129,14 +148,20 @@ def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
     matches = pd.DataFrame(matches, columns=["field", "particle", "truth_label", "foreign"])
     sc = sims.score_detection(parts, truth, matches)
     # recovered vs true per material: counts-weighted mean of matched particles, pooled ratio
-    m = matches.merge(parts, on=["field", "particle"]).merge(truth, left_on=["field", "truth_label"],
-                                                             right_on=["field", "label"], suffixes=("", "_true"))
+    m = matches.merge(parts, on=["field", "particle"]).merge(
+        truth, left_on=["field", "truth_label"], right_on=["field", "label"], suffixes=("", "_true")
+    )
     per_material = []
     n_true = truth.groupby("material").size()
     for mat, g in m.groupby("material"):
         clean = g[g["foreign"] == 0]
-        row = {"material": mat, "true": int(n_true.get(mat, 0)), "matched": len(g),
-               "recall": len(g) / max(int(n_true.get(mat, 0)), 1), "merged": int((g["foreign"] > 0).sum())}
+        row = {
+            "material": mat,
+            "true": int(n_true.get(mat, 0)),
+            "matched": len(g),
+            "recall": len(g) / max(int(n_true.get(mat, 0)), 1),
+            "merged": int((g["foreign"] > 0).sum()),
+        }
         for iso in sims.RATIO_ISOTOPES:
             rc, ec = sims.ratio_columns(iso)
             row[f"{iso}/238U true"] = float(g[rc + "_true"].iloc[0])
@@ -145,21 +170,36 @@ def evaluate(bundle_path, n, seed, workdir: Path, settings, log):
             net, ref = clean[f"{iso}_net"].sum(), clean["238U_net"].sum()
             pooled = net / ref
             row[f"{iso}/238U pooled"] = float(pooled)
-            row[f"{iso}/238U pooled err"] = float(np.sqrt((clean[f"{iso}_net_err"] ** 2).sum()
-                                                          + pooled**2 * (clean["238U_net_err"] ** 2).sum()) / ref)
+            row[f"{iso}/238U pooled err"] = float(
+                np.sqrt((clean[f"{iso}_net_err"] ** 2).sum() + pooled**2 * (clean["238U_net_err"] ** 2).sum()) / ref
+            )
             pull = ((g[rc] - g[rc + "_true"]) / g[ec]).replace([np.inf, -np.inf], np.nan).dropna()
             row[f"{iso}/238U pull median"] = float(pull.median()) if len(pull) else float("nan")
-            row[f"{iso}/238U pull sigma"] = float((pull.quantile(0.75) - pull.quantile(0.25)) / 1.349) if len(pull) > 3 else float("nan")
+            row[f"{iso}/238U pull sigma"] = (
+                float((pull.quantile(0.75) - pull.quantile(0.25)) / 1.349) if len(pull) > 3 else float("nan")
+            )
             row[f"{iso}/238U within 3 sigma"] = float((pull.abs() < 3).mean()) if len(pull) else float("nan")
         per_material.append(row)
     empty = set(fields.loc[fields["particles"] == 0, "field"])
     true_empty = set(fields["field"]) - set(truth["field"])
-    return {"fields": len(fields), "seconds": seconds, "fields_per_second": len(fields) / seconds,
-            "true_empty_fields": len(true_empty), "true_empty_fields_with_detections": len(true_empty - empty),
-            **sc}, pd.DataFrame(per_material), parts, truth, out
+    return (
+        {
+            "fields": len(fields),
+            "seconds": seconds,
+            "fields_per_second": len(fields) / seconds,
+            "true_empty_fields": len(true_empty),
+            "true_empty_fields_with_detections": len(true_empty - empty),
+            **sc,
+        },
+        pd.DataFrame(per_material),
+        parts,
+        truth,
+        out,
+    )
 
 
 def main(argv=None):
+    """Simulate, train, sweep and evaluate; write the bundle and the summary."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "sims-fcn"), help="bundle folder to write")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "sims-work"))
@@ -173,7 +213,6 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-
 
     from particleseg import sims
     from particleseg.models import Head, NetworkConfig, make_metadata, save_bundle, write_metadata
@@ -199,14 +238,32 @@ def main(argv=None):
         return [sims.detection_input(c.sum(0), input_settings)[..., None] for c in counts]
 
     net = NetworkConfig("fcn", 1, (Head("foreground"),), depth=args.depth, base_filters=args.filters)
-    cfg = TrainConfig(network=net, tile=64, batch_size=16, epochs=args.epochs, steps_per_epoch=args.steps,
-                      validation_steps=10, learning_rate=2e-3, lr_step_epochs=max(1, args.epochs // 3),
-                      patience=0, seed=args.seed, jit_compile=False,
-                      augmentation=Augmentation(brightness=0, contrast=0, gamma=0, noise=0))
+    cfg = TrainConfig(
+        network=net,
+        tile=64,
+        batch_size=16,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        validation_steps=10,
+        learning_rate=2e-3,
+        lr_step_epochs=max(1, args.epochs // 3),
+        patience=0,
+        seed=args.seed,
+        jit_compile=False,
+        augmentation=Augmentation(brightness=0, contrast=0, gamma=0, noise=0),
+    )
     log(f"training {net.architecture} depth {net.depth} filters {net.base_filters} on {len(tr_counts)} fields")
     t0 = time.time()
-    model, history = fit(inputs(tr_counts), list(tr_labels), inputs(va_counts), list(va_labels), cfg,
-                         workdir / "train", resume=True, verbose=2)
+    model, history = fit(
+        inputs(tr_counts),
+        list(tr_labels),
+        inputs(va_counts),
+        list(va_labels),
+        cfg,
+        workdir / "train",
+        resume=True,
+        verbose=2,
+    )
     train_seconds = time.time() - t0
     if train_seconds < 60 and (workdir / "summary.json").exists():  # resumed a finished training
         train_seconds = json.loads((workdir / "summary.json").read_text()).get("train_seconds", train_seconds)
@@ -221,19 +278,39 @@ def main(argv=None):
     level = None if best["level"] == "none" else float(best["level"])
     log(f"best: threshold {best['threshold']} level {best['level']} (score {best['score']:.3f})")
 
-    post = {**sims.DEFAULT_SIMS_POSTPROCESS, "threshold": float(best["threshold"]),
-            "split": level is not None, "h": level if level is not None else 1.0, "min_significance": min_sig}
+    post = {
+        **sims.DEFAULT_SIMS_POSTPROCESS,
+        "threshold": float(best["threshold"]),
+        "split": level is not None,
+        "h": level if level is not None else 1.0,
+        "min_significance": min_sig,
+    }
     meta = make_metadata(
-        Path(args.out).name, net,
-        description=("FCN detecting uranium-bearing particles in SIMS fields of view, on the Anscombe-"
-                     "transformed sum of the uranium channels; trained on simulated fields only "
-                     "(scripts/train_sims_model.py)."),
+        Path(args.out).name,
+        net,
+        description=(
+            "FCN detecting uranium-bearing particles in SIMS fields of view, on the Anscombe-"
+            "transformed sum of the uranium channels; trained on simulated fields only "
+            "(scripts/train_sims_model.py)."
+        ),
         channels=["sum of uranium channels (Anscombe)"],
-        normalization={"method": "none"}, tile=128, overlap=16, particle_size_px=7.0, postprocess=post,
-        training={**cfg.to_dict(), "train_fields": len(tr_counts), "val_fields": len(va_counts),
-                  "seconds": round(train_seconds), "simulator": "particleseg.sims.SimsSettings()"},
-        metrics={"sweep_best": {k: (v if not isinstance(v, (np.floating, np.integer)) else v.item())
-                                for k, v in best.to_dict().items()}},
+        normalization={"method": "none"},
+        tile=128,
+        overlap=16,
+        particle_size_px=7.0,
+        postprocess=post,
+        training={
+            **cfg.to_dict(),
+            "train_fields": len(tr_counts),
+            "val_fields": len(va_counts),
+            "seconds": round(train_seconds),
+            "simulator": "particleseg.sims.SimsSettings()",
+        },
+        metrics={
+            "sweep_best": {
+                k: (v if not isinstance(v, (np.floating, np.integer)) else v.item()) for k, v in best.to_dict().items()
+            }
+        },
     )
     meta["sims"] = {"input": input_settings, "isotopes": list(sims.ISOTOPES), "required": list(sims.REQUIRED_ISOTOPES)}
     save_bundle(args.out, model, meta, overwrite=args.overwrite, zip_copy=False)
@@ -245,15 +322,21 @@ def main(argv=None):
         log(f"  {k}: {v}")
     log(per_mat.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     per_mat.to_csv(workdir / "recovered_vs_true.csv", index=False)
-    sims.plot_ratios(parts, workdir / "test_ratios.png", truth=truth, overwrite=True,
-                     title="recovered (points) vs true (x) ratios, simulated test fields")
+    sims.plot_ratios(
+        parts,
+        workdir / "test_ratios.png",
+        truth=truth,
+        overwrite=True,
+        title="recovered (points) vs true (x) ratios, simulated test fields",
+    )
     from particleseg.models import load_bundle
 
     b = load_bundle(args.out)
     b.metadata["metrics"]["test"] = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in ev.items()}
     write_metadata(args.out, b.metadata)
-    (workdir / "summary.json").write_text(json.dumps({"sweep_best": best.to_dict(), "test": ev,
-                                                      "train_seconds": train_seconds}, indent=2, default=str))
+    (workdir / "summary.json").write_text(
+        json.dumps({"sweep_best": best.to_dict(), "test": ev, "train_seconds": train_seconds}, indent=2, default=str)
+    )
     log(f"total {(time.time() - t_start) / 60:.1f} min")
 
 
