@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -204,9 +205,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwri
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp)
+        # the name before the file: whenever the file exists, the clean-up below knows it
+        # (tempfile.mkstemp returns the name after making the file, so a Ctrl-C, or SIGTERM,
+        # which the command line turns into one, arriving in between left the file behind)
+        while True:
+            tmp = _temporary_name(path)
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                break
+            except FileExistsError:
+                tmp = None
         write(tmp)
         respect_umask(tmp)
         os.replace(tmp, path)
@@ -215,14 +223,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwri
             raise
         raise OutputError(describe_os_error(exc, path.parent, path.name)) from None
     finally:
-        # tmp is still mkstemp's str when Ctrl-C (or SIGTERM, which the command line turns into
-        # it) arrives between mkstemp and the next line
         if tmp is not None:
             try:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
             except OSError:
                 pass
     return path
+
+
+def _temporary_name(path: Path) -> Path:
+    """Return a new temporary file name beside ``path`` (matching :data:`_TEMP_NAME`)."""
+    return path.parent / f"{_temp_prefix(path)}{secrets.token_hex(4)}{path.suffix}"
 
 
 def _imagej_unit(unit: str) -> str:
