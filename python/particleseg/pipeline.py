@@ -51,6 +51,7 @@ from .io import (
 )
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
+from .models.bundle import model_identity
 from .models.receptive import exact_halo
 from .params import ALIASES, bundle_defaults
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
@@ -942,10 +943,8 @@ def run_settings(
         "jobs",
     ):  # do not change the result (ONNX and Keras agree)
         resolved.pop(name, None)
-    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     settings = {
-        "model": bundle.label,
-        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+        **model_identity(bundle),
         **resolved,
         "pixel_size": pixel_size,
         "unit": unit,

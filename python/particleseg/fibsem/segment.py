@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..distributed import bundle_state, connect, map_ordered, worker_bundle, worker_cached
 from ..errors import InputError, OutputExistsError, ParticlesegError
 from ..io import check_output_folder, check_outputs, remove_stale_temporaries, write_atomic, write_csv, write_tiff
+from ..models.bundle import model_identity
 from ..pipeline import RECORD_DIR, _write_item, input_fingerprint, plan_item
 from .inputs import InputBuilder, context_indices, stack_normalization
 from .measure import plot_volume_fractions, volume_fractions
@@ -38,7 +39,6 @@ def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
     as arrays (not read from a file, whose content :func:`stack_files` covers), a hash of their
     values. A rerun skips a slice only when these are the same as recorded.
     """
-    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     arrays = [
         hashlib.sha256(np.ascontiguousarray(s.array).data).hexdigest()[:16]
         for s in stack.sources
@@ -46,8 +46,7 @@ def run_settings(stack: Stack, bundle, tile: int, overlap: int) -> dict:
     ]
     return {
         "command": "fibsem segment",
-        "model": getattr(bundle, "label", bundle.name),
-        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+        **model_identity(bundle),
         "tile": int(tile),
         "overlap": int(overlap),
         "n_slices": stack.n_slices,

@@ -403,6 +403,20 @@ def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 KIND_NAMES = {"sem": "SEM", "sims": "SIMS", "fibsem": "FIB-SEM phase"}
 
 
+def model_identity(bundle) -> dict[str, str]:
+    """Return the model part of a run's settings: the bundle's name and a hash of its metadata.
+
+    ``segment``, ``sims run`` and ``fibsem segment`` record it with every output, and a rerun
+    skips an item only when it is the same, so a retrained or edited bundle of the same name
+    redoes the work.
+    """
+    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
+    return {
+        "model": getattr(bundle, "label", bundle.name),
+        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+    }
+
+
 def bundle_kind(meta: dict[str, Any]) -> str:
     """``sem``, ``sims`` or ``fibsem``: see :attr:`Bundle.kind`."""
     kind = meta.get("kind")

@@ -7,7 +7,6 @@ its row of ``fields.csv``; a rerun takes them back when the inputs and these set
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 
 from ..errors import InputError, OutputExistsError
 from ..io import check_outputs
+from ..models.bundle import model_identity
 from ..pipeline import RECORD_DIR, plan_item
 from .fields import FieldSource
 from .params import SimsParams
@@ -34,11 +34,9 @@ def run_settings(bundle, params: SimsParams, save_labels: bool = False) -> dict:
     """
     resolved = dataclasses.asdict(params.resolved(bundle))
     resolved.pop("batch_size", None)
-    meta = json.dumps(bundle.metadata, sort_keys=True, default=str)
     settings = {
         "command": "sims run",
-        "model": getattr(bundle, "label", bundle.name),
-        "model_metadata_sha256": hashlib.sha256(meta.encode()).hexdigest()[:16],
+        **model_identity(bundle),
         **resolved,
         "save_labels": bool(save_labels),
     }
