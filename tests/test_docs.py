@@ -1,5 +1,7 @@
-"""Documentation that cannot rot: every fenced code block of README.md and docs/*.md is run, as
-written, on the sample image and tiny data.
+"""Documentation that cannot rot: every fenced code block of the documents is run.
+
+Every fenced code block of README.md and docs/*.md is run, as written, on the sample image and
+tiny data.
 
 * ``bash``/``sh`` blocks run with ``bash -e`` (each command must succeed) in a working folder
   per document, with the virtual environment first on the PATH; ``python`` blocks run in a
@@ -45,8 +47,11 @@ SAMPLE = ROOT / "python" / "particleseg" / "data" / "sample_sem.tif"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 VENV_BIN = Path(sys.executable).parent
 IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
-HAVE_IMAGEJ = bool(Path(IJ_JAR).is_file() and (os.environ.get("JAVA_HOME") or shutil.which("java"))
-                   and (os.environ.get("DISPLAY") or shutil.which("Xvfb")))
+HAVE_IMAGEJ = bool(
+    Path(IJ_JAR).is_file()
+    and (os.environ.get("JAVA_HOME") or shutil.which("java"))
+    and (os.environ.get("DISPLAY") or shutil.which("Xvfb"))
+)
 
 pytestmark = pytest.mark.docs
 
@@ -56,8 +61,17 @@ BLOCK_TIMEOUT = 900
 
 # Repository entries the blocks use by relative path, as when run from the repository root
 # (linked, not copied; no block that is run writes into them).
-LINKED = ("models", "python", "scripts", "fiji-scripts", "benchmarks", "run", "pyproject.toml",
-          "constraints.txt", "environment.yml")
+LINKED = (
+    "models",
+    "python",
+    "scripts",
+    "fiji-scripts",
+    "benchmarks",
+    "run",
+    "pyproject.toml",
+    "constraints.txt",
+    "environment.yml",
+)
 
 # Paths in the documents that stand for the user's folders.
 PLACEHOLDERS = [
@@ -107,7 +121,7 @@ def parse_blocks(doc: Path) -> list[Block]:
         body = []
         i += 1
         while i < len(lines) and not re.match(r"^\s*```\s*$", lines[i]):
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
             i += 1
         if i == len(lines):
             raise AssertionError(f"{doc.name}:{start + 1}: code block never closed")
@@ -124,17 +138,21 @@ ALL_BLOCKS = [b for doc in DOCS for b in parse_blocks(doc)]
 
 
 def _sem_crop(dst: Path, top: int = 256, left: int = 256, size: int = 512) -> Path:
-    """A ``size``-pixel square of the sample image (with its data bar when it reaches the
-    bottom) and its calibration: a user's SEM image, four times faster to segment."""
+    """Write a ``size``-pixel square of the sample image: a user's SEM image, four times faster to segment.
+
+    The square keeps its data bar when it reaches the bottom, and the calibration.
+    """
     from particleseg.io import read_image, write_tiff
 
     image, cal = read_image(SAMPLE)
-    return write_tiff(dst, image[top:top + size, left:left + size], cal)
+    return write_tiff(dst, image[top : top + size, left : left + size], cal)
 
 
 def _training_data(folder: Path, n: int = 4, size: int = 160) -> None:
-    """``folder/images/simI.tif`` and ``folder/masks/simI_labels.tif``, as docs/training.md says
-    its smoke run was made (fewer and smaller images)."""
+    """Write ``folder/images/simI.tif`` and ``folder/masks/simI_labels.tif``.
+
+    As docs/training.md says its smoke run was made (fewer and smaller images).
+    """
     from particleseg.io import write_tiff
     from particleseg.simulate import simulate_sem_image
 
@@ -145,8 +163,9 @@ def _training_data(folder: Path, n: int = 4, size: int = 160) -> None:
 
 
 def setup_readme(work: Path) -> None:
-    from particleseg.io import read_image, write_tiff
     from PIL import Image
+
+    from particleseg.io import read_image, write_tiff
 
     image, cal = read_image(SAMPLE)
     _sem_crop(work / "images" / "sem_1.tif", 256, 0)  # a user's folder of SEM images
@@ -179,12 +198,14 @@ def setup_fiji(work: Path) -> None:
 
 
 def setup_metrics(work: Path) -> None:
-    """``results/`` of `particleseg segment` (a probability map) and the manual masks the
-    command names, ``../shared/datasets/tio2-sem/masks`` (drawn disks)."""
-    from particleseg.io import write_tiff
+    """Make ``results/`` of `particleseg segment` (a probability map) and the manual masks.
+
+    The masks are those the command names, ``../shared/datasets/tio2-sem/masks`` (drawn disks).
+    """
     from scipy import ndimage as ndi
 
     from conftest import draw_disks
+    from particleseg.io import write_tiff
 
     _, labels = draw_disks((160, 160), [(40, 40, 18), (40, 78, 18), (110, 100, 25)])
     truth = ((labels > 0) & (ndi.grey_erosion(labels, size=3) == ndi.grey_dilation(labels, size=3))) * 255
@@ -202,17 +223,24 @@ def setup_from_scratch(work: Path) -> None:
     _sem_crop(work / "new-images" / "sem.tif")
 
 
-SETUP = {"README.md": setup_readme, "training.md": setup_training, "fiji.md": setup_fiji,
-         "metrics.md": setup_metrics, "from-scratch.md": setup_from_scratch}
+SETUP = {
+    "README.md": setup_readme,
+    "training.md": setup_training,
+    "fiji.md": setup_fiji,
+    "metrics.md": setup_metrics,
+    "from-scratch.md": setup_from_scratch,
+}
 
 # ImageJ macro preludes a block names with ``<!-- doc-test: setup NAME -->``.
 MACRO_SETUP = {
     # the SEM image the block's commands work on
     "sem": 'open("{work}/sem.tif");\n',
     # ... and what Segment Particles... made of it, with the mask saved as sem_mask.tif
-    "sem-segmented": ('open("{work}/sem.tif");\n'
-                      'run("Segment Particles...", "model=default probability labels mask");\n'
-                      'selectImage("sem_mask"); saveAs("Tiff", "{work}/sem_mask.tif");\n'),
+    "sem-segmented": (
+        'open("{work}/sem.tif");\n'
+        'run("Segment Particles...", "model=default probability labels mask");\n'
+        'selectImage("sem_mask"); saveAs("Tiff", "{work}/sem_mask.tif");\n'
+    ),
 }
 
 
@@ -247,11 +275,14 @@ class Workspace:
         self.outcomes: dict[int, Outcome] = {}
 
     def _link_venv(self) -> None:
-        """``.venv``: the test's environment, entry by entry, with its own stamp saying that
-        the declared dependencies are installed, so that ``./run demo`` uses it as it is
-        (``run`` compares the stamp with a hash of pyproject.toml and constraints.txt). Its
+        """Make ``.venv``: the test's environment, entry by entry, with its own stamp.
+
+        The stamp says that the declared dependencies are installed, so that ``./run demo``
+        uses it as it is (``run`` compares the stamp with a hash of pyproject.toml and
+        constraints.txt). Its
         ``bin/python`` refuses ``-m pip``: a block must never reinstall into the environment
-        the tests run in (pip would rewrite its scripts to point into this temporary folder)."""
+        the tests run in (pip would rewrite its scripts to point into this temporary folder).
+        """
         import hashlib
 
         venv, real = self.work / ".venv", VENV_BIN.parent
@@ -264,17 +295,24 @@ class Workspace:
             if entry.name != "python":
                 (venv / "bin" / entry.name).symlink_to(entry)
         guard = venv / "bin" / "python"
-        guard.write_text('#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then\n'
-                         '    echo "doc test: refusing to install into the environment the tests run in" >&2; exit 99\nfi\n'
-                         f'exec "{VENV_BIN / "python"}" "$@"\n')
+        guard.write_text(
+            '#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then\n'
+            '    echo "doc test: refusing to install into the environment the tests run in" >&2; exit 99\nfi\n'
+            f'exec "{VENV_BIN / "python"}" "$@"\n'
+        )
         guard.chmod(0o755)
         digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes())
         (venv / ".particleseg-installed").write_text(digest.hexdigest() + "\n")
 
     def env(self, block: Block) -> dict:
-        env = {**os.environ, "PATH": f"{self.work / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-               "VIRTUAL_ENV": str(VENV_BIN.parent), "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg",
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PATH": f"{self.work / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "VIRTUAL_ENV": str(VENV_BIN.parent),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "MPLBACKEND": "Agg",
+            "PYTHONUNBUFFERED": "1",
+        }
         env.pop("PYTHONPATH", None)
         for rest in block.marker("env"):
             for pair in shlex.split(rest):
@@ -288,12 +326,14 @@ class Workspace:
             quoted = re.match(r'"([^"]+)"', rest)
             assert quoted, f'{block.id}: drop marker needs "LINE START" REASON: {rest!r}'
             prefix = quoted.group(1)
-            kept = [l for l in code.splitlines() if not l.lstrip().startswith(prefix)]
-            assert len(kept) < len(code.splitlines()), f"{block.id}: drop marker {prefix!r}: no such line (stale marker)"
+            kept = [line for line in code.splitlines() if not line.lstrip().startswith(prefix)]
+            assert len(kept) < len(code.splitlines()), (
+                f"{block.id}: drop marker {prefix!r}: no such line (stale marker)"
+            )
             code = "\n".join(kept) + "\n"
         for rest in block.marker("replace"):
             args = shlex.split(rest)
-            assert len(args) == 2, f"{block.id}: replace marker needs \"OLD\" \"NEW\": {rest!r}"
+            assert len(args) == 2, f'{block.id}: replace marker needs "OLD" "NEW": {rest!r}'
             assert args[0] in code, f"{block.id}: replace marker: {args[0]!r} is not in the block (stale marker)"
             code = code.replace(*args)
         for pattern, repl in PLACEHOLDERS:
@@ -308,7 +348,7 @@ class Workspace:
 
         if block.index in self.outcomes:
             return self.outcomes[block.index]
-        for earlier in self.blocks[:block.index]:  # blocks use what earlier ones wrote
+        for earlier in self.blocks[: block.index]:  # blocks use what earlier ones wrote
             if earlier.lang in RUN and earlier.index not in self.outcomes:
                 self.run(earlier)
         skip = block.marker("skip")
@@ -334,8 +374,16 @@ class Workspace:
         t0 = time.perf_counter()
         # its own process group: a block that runs past the timeout is ended with every process
         # it started (killing bash alone left its particleseg running on, orphaned)
-        p = subprocess.Popen(cmd, cwd=self.work, env=self.env(block), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            cwd=self.work,
+            env=self.env(block),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             stdout, stderr = p.communicate(timeout=BLOCK_TIMEOUT)
             outcome = Outcome(p.returncode, stdout, stderr)
@@ -402,8 +450,11 @@ SLOW_DOCS = {b.doc for b in RUNNABLE if not b.marker("skip") and TRAINS.search(b
 
 
 @pytest.mark.timeout(2 * BLOCK_TIMEOUT)  # may run the earlier blocks of its document first
-@pytest.mark.parametrize("block", [pytest.param(b, marks=[pytest.mark.slow] if b.doc in SLOW_DOCS else [])
-                                   for b in RUNNABLE], ids=[b.id for b in RUNNABLE])
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=[pytest.mark.slow] if b.doc in SLOW_DOCS else []) for b in RUNNABLE],
+    ids=[b.id for b in RUNNABLE],
+)
 def test_block_runs_as_written(block, workspaces):
     if block.marker("skip"):
         pytest.skip(f"{block.id}: {block.marker('skip')[0]}")
@@ -414,19 +465,23 @@ def test_block_runs_as_written(block, workspaces):
     out = space.run(block)
     assert out.returncode == 0, (
         f"{block.id} failed (exit status {out.returncode}, {out.seconds:.0f} s) as written:\n{block.code}\n"
-        f"--- run as:\n{space.code(block)}\n--- stdout:\n{_tail(out.stdout)}\n--- stderr:\n{_tail(out.stderr)}")
+        f"--- run as:\n{space.code(block)}\n--- stdout:\n{_tail(out.stdout)}\n--- stderr:\n{_tail(out.stderr)}"
+    )
     for rest in block.marker("creates"):
         for rel in shlex.split(rest):
             assert (space.work / rel).exists(), f"{block.id}: the block should have written {rel}"
     after = space.blocks[block.index + 1] if block.index + 1 < len(space.blocks) else None
     if after is not None and after.marker("output"):
         assert out.stdout.strip() == after.code.strip(), (
-            f"{after.id}: the documented output differs from what {block.id} printed:\n{out.stdout}")
+            f"{after.id}: the documented output differs from what {block.id} printed:\n{out.stdout}"
+        )
 
 
 def test_a_second_segment_into_the_same_folder_adds_to_its_summary(workspaces):
-    """README's segmenting examples write three batches into one results/ folder: summary.csv
-    lists every image of all three."""
+    """README's segmenting examples write three batches into one results/ folder.
+
+    summary.csv lists every image of all three.
+    """
     import pandas as pd
 
     block = next((b for b in RUNNABLE if b.doc.name == "README.md" and "particleseg segment images/" in b.code), None)
@@ -441,8 +496,11 @@ def test_a_second_segment_into_the_same_folder_adds_to_its_summary(workspaces):
 
 
 def test_a_later_batch_adds_replaces_or_keeps_summary_rows():
-    """The rule README.md states for summary.csv: rows of earlier batches stay, an image
-    segmented again replaces its row, an image refused because its outputs exist keeps it."""
+    """The rule README.md states for summary.csv.
+
+    Rows of earlier batches stay, an image segmented again replaces its row, an image refused
+    because its outputs exist keeps it.
+    """
     import pandas as pd
 
     from particleseg.pipeline import merge_summary
