@@ -269,6 +269,12 @@ SCHEDULER = Parameter(
 BATCH_PARAMETERS: tuple[Parameter, ...] = (SCHEDULER,)
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+#: the parameters whose default is one of the bundle's post-processing settings
+#: (``postprocess.*``): what :func:`bundle_defaults` reads from a bundle besides the polarity
+#: and the classifier's threshold
+POSTPROCESS_PARAMETERS: tuple[str, ...] = tuple(
+    p.name for p in PARAMETERS if p.bundle and p.bundle.startswith("postprocess.")
+)
 #: former name -> name
 ALIASES: dict[str, str] = {a: p.name for p in PARAMETERS for a in p.aliases}
 
@@ -404,23 +410,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
     method = v.get("intensity_filter")
     size = v.get("particle_size")
     rescale = v.get("rescale")
-    kw = {
-        name: v.get(name)
-        for name in (
-            "threshold",
-            "split",
-            "seed_level",
-            "split_level",
-            "min_size",
-            "min_confidence",
-            "fill_holes",
-            "exclude_border",
-            "min_score",
-            "polarity",
-            "tile",
-            "overlap",
-        )
-    }
+    kw = {name: v.get(name) for name in (*POSTPROCESS_PARAMETERS, "min_score", "polarity", "tile", "overlap")}
     for name in ("threshold", "seed_level", "split_level", "min_confidence", "min_score"):
         if kw[name] is not None:
             kw[name] = float(kw[name])
@@ -543,6 +533,7 @@ __all__ = [
     "ALIASES",
     "SHAPE_NAMES",
     "bundle_defaults",
+    "POSTPROCESS_PARAMETERS",
     "parse_range",
     "format_range",
     "parse_crop_rows",

@@ -53,7 +53,7 @@ from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
 from .models.receptive import exact_halo
-from .params import ALIASES, bundle_defaults
+from .params import ALIASES, POSTPROCESS_PARAMETERS, bundle_defaults
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
 from .report import overview_figure
 from .workers import context
@@ -160,20 +160,9 @@ class SegmentParams:
         The defaults are those of :func:`particleseg.params.bundle_defaults`.
         """
         d = bundle_defaults(bundle)
-        names = (
-            "threshold",
-            "split",
-            "seed_level",
-            "split_level",
-            "min_size",
-            "min_confidence",
-            "fill_holes",
-            "exclude_border",
-            "polarity",
-        )
         return dataclasses.replace(
             self,
-            **{name: _first(getattr(self, name), d[name]) for name in names},
+            **{name: _first(getattr(self, name), d[name]) for name in (*POSTPROCESS_PARAMETERS, "polarity")},
             min_score=_first(self.min_score, d["min_score"] if bundle.has_classifier else None),
             tile=_first(self.tile, bundle.tile),
             overlap=_first(self.overlap, bundle.overlap),
