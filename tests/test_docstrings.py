@@ -12,6 +12,7 @@ import pytest
 MODULES = [
     "annotations",
     "autoscale",
+    "distance",
     "inference",
     "io.rois",
     "measure",

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .distance import distance_transform
 from .params import POLARITIES  # noqa: F401 - the two polarities, named once
 
 #: typical particle diameters (px) the estimate covers; outside, the user is asked for
@@ -189,12 +190,12 @@ def opening_spectrum(mask: np.ndarray, radii: np.ndarray, stop_below: float | No
     out = np.zeros(len(radii))
     if total == 0:
         return out
-    dt = ndi.distance_transform_edt(mask)
+    dt = distance_transform(mask)
     for i, r in enumerate(radii):
         core = dt >= r
         if not core.any():
             break
-        opened = ndi.distance_transform_edt(~core) <= r
+        opened = distance_transform(~core) <= r
         out[i] = (opened & mask).sum() / total
         if stop_below is not None and out[: i + 1].min() < stop_below:
             break

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .distance import distance_transform
+
 THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
 #: Names of the shape ranges (the parameter vocabulary of every route), each a column of
 #: :func:`particleseg.measure.measure_particles` (see ``measure.PARAMETER_COLUMNS``), and
@@ -181,7 +183,7 @@ def split_touching(
         empty = np.zeros(mask.shape, np.int32)
         return (empty, empty.copy()) if return_markers else empty
     if distance is None:
-        surface = ndi.distance_transform_edt(mask)
+        surface = distance_transform(mask)
         seeds = h_maxima(surface, h) if h > 0 else _local_maxima(surface)
     else:
         surface = np.where(mask, np.asarray(distance, np.float32), 0)
