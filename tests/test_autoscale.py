@@ -212,3 +212,59 @@ def test_refine_scale_ignores_fragments(default_bundle):
     assert refined is not None and refined.size_source == "detections"
     assert refined.particle_size == pytest.approx(autoscale.detection_diameter(np.bincount(labels.ravel())[1:]))
     assert 60 < refined.particle_size < 80 and refined.factor < 1
+
+
+def _counts_of(diameter: float, n: int = 4) -> np.ndarray:
+    """Label pixel counts of ``n`` particles whose typical diameter (detection_diameter) is ``diameter``."""
+    area = np.pi * (diameter * autoscale.GRANULOMETRY_TO_ECD / 2) ** 2
+    return np.array([10_000] + [round(area)] * n)
+
+
+def test_the_scale_is_refined_pass_by_pass_and_the_most_consistent_pass_wins(default_bundle):
+    from particleseg.pipeline import MAX_SCALE_PASSES, ScaleChoice, best_scale_pass, scale_consistency
+
+    target = default_bundle.particle_size_px
+    found = {1.0: 100.0, target / 100: 200.0, target / 200: 150.0, target / 150: 120.0}  # factor -> diameter
+    runs = []
+
+    def run(scale):
+        runs.append(scale.factor)
+        (diameter,) = [d for f, d in found.items() if f == pytest.approx(scale.factor, rel=1e-3)]
+        return f"pass {len(runs)}", _counts_of(diameter)
+
+    first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=True)
+    scale, result = best_scale_pass(first, "pass 0", _counts_of(100.0), run, default_bundle)
+    # 100 px seen at 1 -> x0.25: 200 px seen at 50 -> x0.12: 150 px seen at 19 -> x0.17: 120 px seen at 20
+    assert len(runs) == MAX_SCALE_PASSES - 1
+    assert runs == pytest.approx([target / 100, target / 200, target / 150], rel=1e-3)
+    assert result == "pass 3" and scale.factor == pytest.approx(target / 150, rel=1e-3)
+    assert scale.size_source == "detections" and scale.particle_size == pytest.approx(150.0, rel=1e-3)
+    fits = [
+        scale_consistency(ScaleChoice("bright", "", f, None, ""), _counts_of(d), default_bundle)
+        for f, d in found.items()
+    ]
+    assert np.argmin(fits) == 3
+
+
+def test_a_scale_tried_before_ends_the_passes_and_an_earlier_best_pass_is_run_again(default_bundle):
+    from particleseg.pipeline import ScaleChoice, best_scale_pass
+
+    runs = []
+
+    def run(scale):  # at x0.25 the network finds specks of 20 px: back to x1, tried already
+        runs.append(scale.factor)
+        return "pass 1", _counts_of(20.0)
+
+    first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=True)
+    scale, result = best_scale_pass(first, "pass 0", _counts_of(100.0), run, default_bundle)
+    assert len(runs) == 1 and scale == first and result == "pass 0"
+    runs.clear()
+    scale, result = best_scale_pass(first, "pass 0", _counts_of(100.0), run, default_bundle, keep=False)
+    assert len(runs) == 1 and scale == first and result is None  # pass 1 overwrote it: the caller reruns
+
+
+def test_a_given_scale_is_never_refined(default_bundle):
+    from particleseg.pipeline import ScaleChoice, best_scale_pass
+
+    given = ScaleChoice("bright", "given", 0.5, 50.0, "given", auto_size=False)
+    assert best_scale_pass(given, "only", _counts_of(300.0), pytest.fail, default_bundle) == (given, "only")

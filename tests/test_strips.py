@@ -246,3 +246,24 @@ def test_resampled_network_input_in_strips(monkeypatch, default_bundle):
     seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
     _compare(whole, seg)
     assert whole.scale_factor < 0.8 and whole.scale.size_source == "detections" and len(whole.table) > 5
+
+
+def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch, default_bundle):
+    """The strips keep only the last pass: when an earlier pass fits best, it runs again, same result."""
+    sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)
+    params = P.SegmentParams(progress=False)
+    # the first (estimated) scale fits best, whatever the later passes find
+    monkeypatch.setattr(P, "scale_consistency", lambda scale, counts, bundle: float(scale.size_source != "estimated"))
+    whole = P.segment_image(sim.image, default_bundle, params)
+    factors = []
+    network = P._network_at_scale
+
+    def counted(work, bundle, params, scale, predictor=None, out=None):
+        factors.append(scale.factor)
+        return network(work, bundle, params, scale, predictor, out)
+
+    monkeypatch.setattr(P, "_network_at_scale", counted)
+    seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
+    assert whole.scale.size_source == "estimated" and seg.scale == whole.scale
+    assert len(factors) >= 3 and factors[-1] == factors[0] != factors[1]  # refined, then the first again
+    _compare(whole, seg)
