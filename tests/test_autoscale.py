@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 
 from particleseg import autoscale
 from particleseg.errors import ParticlesegWarning
@@ -93,7 +94,30 @@ def test_polarity_of_a_dense_packing_that_fills_the_frame(polarity, monkeypatch)
         img = invert(img)
     assert autoscale.estimate_polarity(img) == polarity
     monkeypatch.setattr(autoscale, "CONNECTED_WEIGHT", 0.0)
+    monkeypatch.setattr(autoscale, "SOLIDITY_WEIGHT", 0.0)
     assert autoscale.estimate_polarity(img) != polarity  # the three older cues alone get it wrong
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_polarity_of_agglomerates_on_a_textured_background(polarity, monkeypatch):
+    """Flat, overlapping particles in agglomerates on a textured support: the solidity cue decides.
+
+    The textured background is the more varied class, which misleads the variance cue, and the
+    agglomerates hold much of the particle class, which weakens the connectivity cue; the
+    particles (disks, even when they overlap) are solid, the background between them is not.
+    """
+    rng = np.random.default_rng(1)
+    centres = [(int(rng.integers(0, 256)), int(rng.integers(0, 256))) for _ in range(140)]
+    particles = disks((256, 256), centres, 12, noise=0) > 100
+    texture = 25 * ndi.gaussian_filter(rng.normal(0, 1, (256, 256)), 2)
+    img = np.where(particles, 170 + rng.normal(0, 2, (256, 256)), 80 + texture).astype(np.float32)
+    if polarity == "dark":
+        img = invert(img)
+    assert autoscale.estimate_polarity(img) == polarity
+    solid, web = (autoscale._solidity(ndi.binary_opening(m)) for m in (particles, ~particles))
+    assert solid > web + 0.15  # agglomerates 0.66, the background between them 0.45
+    monkeypatch.setattr(autoscale, "SOLIDITY_WEIGHT", 0.0)
+    assert autoscale.estimate_polarity(img) != polarity  # the four older cues get it wrong
 
 
 def test_large_image_with_small_particles_uses_a_full_resolution_crop():
