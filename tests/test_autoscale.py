@@ -292,3 +292,15 @@ def test_a_given_scale_is_never_refined(default_bundle):
 
     given = ScaleChoice("bright", "given", 0.5, 50.0, "given", auto_size=False)
     assert best_scale_pass(given, "only", _counts_of(300.0), pytest.fail, default_bundle) == (given, "only")
+
+
+def test_a_bundle_without_a_training_size_segments_without_refinement(tiny_bundle):
+    # the Fiji commands on a user's bundle (found by the Fiji tests: a TypeError on None)
+    from particleseg.pipeline import ScaleChoice, best_scale_pass, scale_consistency
+
+    assert not tiny_bundle.particle_size_px
+    first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=False)
+    assert scale_consistency(first, _counts_of(30.0), tiny_bundle) == float("inf")
+    assert best_scale_pass(first, "only", _counts_of(30.0), pytest.fail, tiny_bundle) == (first, "only")
+    seg = segment_image(disks((96, 96), grid((96, 96), 8, 30), 8), tiny_bundle, SegmentParams(crop_rows=0))
+    assert seg.scale.size_source == "estimated" and seg.scale_factor == 1

@@ -698,7 +698,8 @@ def scale_consistency(scale: ScaleChoice, counts: np.ndarray, bundle: Bundle) ->
 
     The absolute log ratio of their typical diameter (:func:`particleseg.autoscale.detection_diameter`)
     times the resampling factor of the pass to the bundle's ``particle_size_px``: 0 when the
-    network saw particles of the size it was trained on; infinite without particles.
+    network saw particles of the size it was trained on; infinite without particles or for a
+    bundle that does not record its training size.
 
     Parameters
     ----------
@@ -718,7 +719,7 @@ def scale_consistency(scale: ScaleChoice, counts: np.ndarray, bundle: Bundle) ->
     0.12
     """
     size = detection_diameter(np.asarray(counts)[1:])
-    if size is None:
+    if size is None or not bundle.particle_size_px:
         return float("inf")
     return float(abs(np.log(size * scale.factor / bundle.particle_size_px)))
 
@@ -765,6 +766,8 @@ def best_scale_pass(scale: ScaleChoice, result, counts: np.ndarray, run, bundle:
     .. [1] C. Stringer et al., "Cellpose: a generalist algorithm for cellular segmentation",
            Nature Methods 18, 100-106 (2021).
     """
+    if not scale.auto_size:  # given, or a bundle without a training size: nothing to refine
+        return scale, result
     best = (scale_consistency(scale, counts, bundle), scale, result)
     tried = [scale.factor]
     while scale.auto_size and len(tried) < MAX_SCALE_PASSES:
