@@ -327,8 +327,8 @@ def segment_image(
     if strips.use_strips(work.shape, bundle.heads, params):  # a large image: in strips of rows
         return _segment_in_strips(work, crop, seen, drawn, bundle, params, cal, name, predictor)
 
-    # 2.-4. polarity and scale, network, particles (a second pass at the scale of the particles
-    # found, when the first estimate was off)
+    # 2.-4. polarity and scale, network, particles (more passes at the scale of the particles
+    # found, when the first estimate was off: best_scale_pass)
     scale, prob = scale_and_network(seen, bundle, params, name, predictor)
     labels = particles_from_probabilities(prob, bundle.heads, params)
 
