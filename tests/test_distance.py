@@ -41,12 +41,14 @@ def test_same_values_as_scipy_on_a_real_sem_mask():
     np.testing.assert_array_equal(distance.distance_transform(~mask), ndi.distance_transform_edt(~mask))
 
 
-def test_an_all_foreground_mask_of_the_largest_side_is_exact():
-    # no background pixel: SciPy's convention (distances to the nearest 0; none here) holds,
-    # and the largest squared distances near 2**24 stay exact
+def test_the_largest_side_and_a_mask_without_background_match_scipy():
+    # one background pixel in a corner: distances up to the whole side, squared still exact
+    # in float32; and no background pixel at all, where edt gives inf and SciPy is used
     mask = np.ones((8, distance._EDT_MAX_SIDE), bool)
     mask[0, 0] = False
     np.testing.assert_array_equal(distance.distance_transform(mask), ndi.distance_transform_edt(mask))
+    full = np.ones((5, 7), bool)
+    np.testing.assert_array_equal(distance.distance_transform(full), ndi.distance_transform_edt(full))
 
 
 def test_without_edt_the_results_are_the_same(monkeypatch):

@@ -770,7 +770,7 @@ def best_scale_pass(scale: ScaleChoice, result, counts: np.ndarray, run, bundle:
         return scale, result
     best = (scale_consistency(scale, counts, bundle), scale, result)
     tried = [scale.factor]
-    while scale.auto_size and len(tried) < MAX_SCALE_PASSES:
+    while len(tried) < MAX_SCALE_PASSES:
         refined = _refined(scale, counts, bundle)
         if refined is None or any(abs(np.log(refined.factor / f)) <= np.log(1.25) for f in tried):
             break
