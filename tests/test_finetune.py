@@ -324,6 +324,29 @@ def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_part
     assert scores0["score"] < 1.0
 
 
+def test_validation_chooses_seeds_from_peaks_for_a_small_particle_with_a_low_peak():
+    """Validation chooses a seed depth when a small particle's distance peak is low.
+
+    A large and a small disk touching; the network's distance map peaks at 1 in the large one
+    and at only 0.3 in the small one (a network unsure of small particles). Every seed level of
+    the first step (0.3 and up) leaves the small one without a seed, merged into the large one;
+    the peaks of the second step separate them.
+    """
+    yy, xx = np.mgrid[:64, :96]
+    truth = np.zeros((64, 96), np.int32)
+    truth[np.hypot(yy - 32, xx - 30) < 16] = 1
+    truth[(np.hypot(yy - 32, xx - 53) < 8) & (truth == 0)] = 2
+    fg = (truth > 0).astype(np.float32) * 0.99
+    dist = normalized_distance(truth)
+    dist[truth == 2] *= 0.3
+    prob = np.stack([fg, dist], -1)
+    post, scores = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5)
+    assert post["seed_depth"] > 0 and post["seed_threshold"] < 0.3
+    assert scores["particles_found"] == 2 == scores["particles_annotated"] and scores["score"] > 0.9
+    post0, scores0 = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5, seed_depths=())
+    assert post0["seed_depth"] == 0 and scores0["particles_found"] == 1
+
+
 def test_the_classifier_threshold_is_chosen_by_the_size_distribution_of_the_kept_particles():
     """The chosen classifier threshold keeps exactly the large disks the expert kept.
 

@@ -85,6 +85,56 @@ def test_seeds_from_a_distance_map():
     assert np.array_equal(lab > 0, mask)
 
 
+def _peak(shape, cy, cx, radius, height):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return height * np.clip(1 - np.hypot(yy - cy, xx - cx) / radius, 0, 1)
+
+
+def test_seed_depth_gives_a_small_particle_with_a_low_peak_its_seed():
+    """Give a small particle with a low but distinct peak its own seed.
+
+    Its distance peak (0.4) stays below the seed level, so by the seed level alone it joins its
+    neighbour; as a peak about 0.3 deep it gets its own seed, and a deeper seed depth ignores it.
+    """
+    shape = (40, 70)
+    dist = np.maximum(_peak(shape, 20, 20, 12, 1.0), _peak(shape, 20, 38, 7, 0.4)).astype(np.float32)
+    mask = dist > 0.02
+    assert ndi.label(mask)[0].max() == 1
+    assert split_touching(mask, dist, seed_threshold=0.5).max() == 1
+    lab = split_touching(mask, dist, seed_threshold=0.1, seed_depth=0.1)
+    assert lab.max() == 2
+    assert lab[20, 20] != lab[20, 38] and lab[20, 38] > 0
+    # the small peak rises 0.4 - saddle (about 0.08) = 0.32 above its saddle: deeper asks are one seed
+    assert split_touching(mask, dist, seed_threshold=0.1, seed_depth=0.4).max() == 1
+    # peaks lower than the seed level seed nothing
+    assert split_touching(mask, dist, seed_threshold=0.45, seed_depth=0.1).max() == 1
+
+
+def test_seed_depth_treats_each_region_on_its_own():
+    """Another region of the mask does not change a region's seeds (strips rely on it).
+
+    On the left, two touching particles and a small one alone whose peak (0.15) is lower than
+    the seed depth; on the right, a large particle. With the background at 0 in the h-maximum
+    transform, the large particle would raise the background, and the small one's pixels with
+    it, to a plateau that is no peak.
+    """
+    shape = (40, 120)
+    dist = np.maximum(_peak(shape, 14, 15, 10, 1.0), _peak(shape, 14, 28, 6, 0.4))
+    dist = np.maximum(dist, _peak(shape, 33, 50, 5, 0.15))
+    dist = np.maximum(dist, _peak(shape, 20, 95, 15, 0.9)).astype(np.float32)
+    mask = dist > 0.02
+    assert ndi.label(mask)[0].max() == 3
+    both, seeds = split_touching(mask, dist, seed_threshold=0.05, seed_depth=0.2, return_markers=True)
+    left = mask.copy()
+    left[:, 70:] = False
+    alone, seeds_alone = split_touching(left, dist, seed_threshold=0.05, seed_depth=0.2, return_markers=True)
+    np.testing.assert_array_equal(seeds[:, :70] > 0, seeds_alone[:, :70] > 0)
+    assert seeds[33, 50] > 0 and both.max() == 4
+    # the same particles on the left (their numbers may differ)
+    pairs = np.unique(np.stack([both[:, :70].ravel(), alone[:, :70].ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(both[:, :70])) == len(np.unique(alone[:, :70])) == 4
+
+
 def test_empty_mask_gives_no_particles():
     assert split_touching(np.zeros((20, 20), bool)).max() == 0
 

@@ -72,7 +72,7 @@ def test_particles_in_strips_equal_whole_image(sim_prob, default_bundle, rows):
         assert (bottoms - tops).max() > 2 * rows
 
 
-@pytest.mark.parametrize("variant", ["no-split", "boundary", "no-fill-no-confidence"])
+@pytest.mark.parametrize("variant", ["no-split", "boundary", "no-fill-no-confidence", "seed-depth"])
 def test_particles_in_strips_other_settings(sim_prob, default_bundle, variant):
     prob, params = sim_prob
     heads = default_bundle.heads
@@ -82,6 +82,8 @@ def test_particles_in_strips_other_settings(sim_prob, default_bundle, variant):
         prob = prob.copy()
         prob[..., 1] = 1 - prob[..., 1]
         heads = ["foreground", "boundary"]
+    elif variant == "seed-depth":  # seeds are the peaks of the distance map
+        params = dataclasses.replace(params, seed_level=0.05, seed_depth=0.1)
     else:
         params = dataclasses.replace(params, fill_holes=False, min_confidence=0.0, min_size=1)
     whole = P.particles_from_probabilities(prob, heads, params)

@@ -117,6 +117,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         aliases=("seed_threshold",),
     ),
     Parameter(
+        "seed_depth",
+        "number",
+        "watershed seeds are the peaks of the network's distance map rising this far above "
+        "their saddle, above the seed level (0: every region above the seed level; lower splits more)",
+        0.0,
+        "postprocess.seed_depth",
+        0,
+        1,
+    ),
+    Parameter(
         "split_level",
         "number",
         "h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)",
@@ -411,7 +421,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
     size = v.get("particle_size")
     rescale = v.get("rescale")
     kw = {name: v.get(name) for name in (*POSTPROCESS_PARAMETERS, "min_score", "polarity", "tile", "overlap")}
-    for name in ("threshold", "seed_level", "split_level", "min_confidence", "min_score"):
+    for name in ("threshold", "seed_level", "seed_depth", "split_level", "min_confidence", "min_score"):
         if kw[name] is not None:
             kw[name] = float(kw[name])
     for name in ("split", "fill_holes", "exclude_border"):

@@ -74,6 +74,9 @@ class SegmentParams:
     seed_level : float
         Seed level on the network's distance output (higher splits more). Formerly
         ``seed_threshold`` (still accepted, also as an attribute).
+    seed_depth : float
+        With a distance head, seeds are the peaks of its map that rise this far above their
+        saddle (and above ``seed_level``); 0: every region above ``seed_level`` seeds a particle.
     split_level : float
         h-maxima depth in pixels for the distance-transform watershed (lower splits more).
         Formerly ``h``.
@@ -133,6 +136,7 @@ class SegmentParams:
     threshold: float | None = None
     split: bool | None = None
     seed_level: float | None = None
+    seed_depth: float | None = None
     split_level: float | None = None
     min_size: int | None = None
     min_confidence: float | None = None
@@ -881,7 +885,9 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
     fg = prob[..., heads.index("foreground")]
     mask = fg > params.threshold
     if params.split:
-        labels = pp.split_touching(mask, seed_map(prob, heads), params.seed_level, params.split_level)
+        labels = pp.split_touching(
+            mask, seed_map(prob, heads), params.seed_level, params.split_level, seed_depth=params.seed_depth
+        )
     else:
         labels = pp.label_mask(mask)
     if params.fill_holes:

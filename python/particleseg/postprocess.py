@@ -144,6 +144,7 @@ def split_touching(
     seed_threshold: float = 0.5,
     h: float = 1.0,
     return_markers: bool = False,
+    seed_depth: float = 0.0,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Separate touching particles of a binary mask by a marker-controlled watershed.
 
@@ -153,17 +154,27 @@ def split_touching(
     distance : (Y, X) float array, optional
         A predicted map that is high in particle centres and falls to 0 at particle borders
         (the ``distance`` head of a network). Seeds are its connected regions above
-        ``seed_threshold``. Without it, the Euclidean distance transform of ``mask`` is used,
-        with the regional maxima deeper than ``h`` as seeds (the classic approach).
+        ``seed_threshold`` or, with ``seed_depth``, its peaks. Without it, the Euclidean
+        distance transform of ``mask`` is used, with the regional maxima deeper than ``h`` as
+        seeds (the classic approach).
     seed_threshold : float
-        Seed level on ``distance`` in [0, 1]: higher splits more.
+        Seed level on ``distance`` in [0, 1]. Without ``seed_depth``, each connected region of
+        the map above it is a seed: higher splits more, but a small particle whose peak stays
+        below it gets no seed of its own and joins a neighbour. With ``seed_depth``, peaks
+        lower than this seed nothing.
     h : float
-        h-maxima depth in pixels on the distance transform: lower splits more. Also applied
-        (scaled to ``distance``'s range) to suppress spurious seeds in the predicted map.
+        h-maxima depth in pixels on the distance transform (no ``distance``): lower splits more.
     return_markers : bool
         Also return the markers (the seeds' 8-connected regions, numbered ``1..n`` in raster
         order of their first pixel; the labels ``1..n`` grow from them, larger labels are
         the unseeded parts). :mod:`particleseg.strips` numbers particles by them.
+    seed_depth : float
+        With ``distance``: when above 0, the seeds are the peaks of the map (within the mask)
+        that rise at least this much above the saddle joining them to a higher peak (the
+        h-maxima, :func:`h_maxima`), higher than ``seed_threshold``: a small particle with a
+        low but distinct peak gets its own seed, and a plateau with shallow bumps stays one.
+        Lower splits more. Each region of the mask is treated on its own, so strips and the
+        whole image agree.
 
     Returns
     -------
@@ -188,6 +199,8 @@ def split_touching(
     else:
         surface = np.where(mask, np.asarray(distance, np.float32), 0)
         seeds = (surface > seed_threshold) & mask
+        if seed_depth > 0:
+            seeds &= _peaks(surface, mask, seed_depth)
     markers = ndi.label(seeds & mask, structure=np.ones((3, 3)))[0]
     labels = watershed(-surface, markers, mask=mask)
     # components of the mask without a seed: keep as particles of their own
@@ -221,6 +234,20 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
         return _local_maxima(image)
     hmax = reconstruction(image - h, image, method="dilation")
     return local_maxima(hmax, connectivity=2) & (image > image.min())
+
+
+def _peaks(surface: np.ndarray, mask: np.ndarray, depth: float) -> np.ndarray:
+    """Return the h-maxima of ``surface`` (in ``[0, 1]``) within ``mask``, each mask region on its own.
+
+    Outside the mask the surface is lowered to -1: a path through the background is then lower
+    than any value the h-maximum transform takes inside the mask (``depth <= 1``), so one region
+    cannot raise another's (as a background at 0 would, where the map is below ``depth``).
+    """
+    from skimage.morphology import local_maxima, reconstruction
+
+    image = np.where(mask, surface, -1.0).astype(float)
+    hmax = reconstruction(image - min(depth, 1.0), image, method="dilation")
+    return local_maxima(hmax, connectivity=2) & mask
 
 
 def _local_maxima(surface: np.ndarray) -> np.ndarray:

@@ -214,7 +214,12 @@ def _window_particles(prob: np.ndarray, heads: list[str], params):
     mask = fg > params.threshold
     if params.split:
         labels, markers = pp.split_touching(
-            mask, seed_map(prob, heads), params.seed_level, params.split_level, return_markers=True
+            mask,
+            seed_map(prob, heads),
+            params.seed_level,
+            params.split_level,
+            return_markers=True,
+            seed_depth=params.seed_depth,
         )
         n_seeded = int(markers.max(initial=0))
     else:

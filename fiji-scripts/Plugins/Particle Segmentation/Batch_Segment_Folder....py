@@ -5,6 +5,7 @@
 #@ Boolean (label="Split touching particles", description="split touching particles (watershed)", value=true) split
 #@ Boolean (label="Exclude border particles", description="reject particles touching the image border or the data bar", value=true) exclude_border
 #@ Double (label="Seed level", description="watershed seed level on the network's distance map (higher splits more)", value=0.5, min=0, max=1, style="format:0.00") seed_level
+#@ Double (label="Seed depth", description="watershed seeds are the peaks of the network's distance map rising this far above their saddle, above the seed level (0: every region above the seed level; lower splits more)", value=0, min=0, max=1, style="format:0.00") seed_depth
 #@ Double (label="Split level (px)", description="h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)", value=1, min=0, style="format:0.00") split_level
 #@ Integer (label="Min size (px)", description="remove particles of fewer pixels (noise)", value=15, min=0) min_size
 #@ Double (label="Min confidence", description="remove particles whose mean foreground probability is below this (0 keeps all)", value=0.9, min=0, max=1, style="format:0.00") min_confidence
@@ -40,4 +41,4 @@ except ImportError:  # Jython, or a Python without particleseg
              "Edit > Options > Python..., conda/pip dependencies from particleseg's environment.yml,\n"
              "'Launch in Python mode', restart Fiji. See docs/fiji.md.")
 else:
-    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, annotations=annotations, particle_size=particle_size, rescale=rescale, engine=engine, strict=strict, overwrite=overwrite, overview=overview)
+    run('Batch Segment Folder...', input=input, output=output, model=model, threshold=threshold, split=split, exclude_border=exclude_border, seed_level=seed_level, seed_depth=seed_depth, split_level=split_level, min_size=min_size, min_confidence=min_confidence, fill_holes=fill_holes, min_score=min_score, intensity_filter=intensity_filter, polarity=polarity, area=area, ecd=ecd, feret_min=feret_min, feret_max=feret_max, circularity=circularity, solidity=solidity, aspect_ratio=aspect_ratio, crop_rows=crop_rows, annotations=annotations, particle_size=particle_size, rescale=rescale, engine=engine, strict=strict, overwrite=overwrite, overview=overview)

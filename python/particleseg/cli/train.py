@@ -251,7 +251,9 @@ def run(args) -> int:
     print(
         f"validation: foreground IoU {m['foreground_iou']:.4f}, instance IoU {m['instance_iou']:.4f} "
         f"(per segmented particle {m.get('instance_iou_pred', float('nan')):.4f}), "
-        f"pixel error {m['pixel_error']:.4f} at threshold {post['threshold']} (seed level {post['seed_threshold']})"
+        f"pixel error {m['pixel_error']:.4f} at threshold {post['threshold']} (seed level {post['seed_threshold']}"
+        + (f", seed depth {post['seed_depth']}" if post.get("seed_depth") else "")
+        + ")"
     )
     if bundle.has_classifier:
         acc = bundle.metadata["classifier"]["metrics"]["validation_particle_accuracy"]

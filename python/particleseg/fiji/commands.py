@@ -317,7 +317,9 @@ def split_touching_particles(ctx: Context, v: dict) -> dict:
         if top > 1:
             dist = dist / top
     before = int(pp.label_mask(mask).max())
-    labels = pp.split_touching(mask, dist, float(v["seed_level"]), float(v["split_level"]))
+    labels = pp.split_touching(
+        mask, dist, float(v["seed_level"]), float(v["split_level"]), seed_depth=float(v["seed_depth"])
+    )
     labels = pp.relabel_sequential(pp.remove_small(labels, int(v["min_size"])))
     stem = publish.title_stem(title)
     publish.show_array(labels, publish.image_title(stem, "split"), cal, lut="labels")

@@ -183,7 +183,7 @@ def _segmentation_fields(defaults: dict[str, Any] | None) -> tuple[OptionField, 
         changes = {}
         if p.name in ("split", "exclude_border"):
             changes["group"] = "particles"
-        if p.name in ("split_level", "min_confidence", "polarity"):  # (ImageJ 1.53t clips text fields on a shared row)
+        if p.name in ("seed_depth", "min_confidence", "polarity"):  # (ImageJ 1.53t clips text fields on a shared row)
             changes["same_row"] = True
         fields.append(parameter_field(p.name, d.get(p.name), **changes))
     return tuple(fields)
@@ -276,7 +276,8 @@ def build_specs(
                     "none: the Euclidean distance transform of the mask",
                 ),
                 parameter_field("seed_level", 0.5, advanced=False),
-                parameter_field("split_level", 1.0, advanced=False, same_row=True),
+                parameter_field("seed_depth", 0.0, advanced=False, same_row=True),
+                parameter_field("split_level", 1.0, advanced=False),
                 parameter_field("min_size", 0, advanced=False),
                 OptionField("mask", "Mask image (with separating lines)", "bool", False),
                 OptionField("add", "Add to ROI Manager", "bool", False),

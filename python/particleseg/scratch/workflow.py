@@ -857,12 +857,12 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
     return {
         "base_model": cfg.base_model,
         "fake_validation_instance_iou": m.get("instance_iou"),
-        **{k: bundle.postprocess.get(k) for k in ("threshold", "seed_threshold", "min_confidence")},
+        **{k: bundle.postprocess.get(k) for k in ("threshold", "seed_threshold", "seed_depth", "min_confidence")},
     }
 
 
 def choose_postprocess(model, images, labels, heads, multiple_of: int = 16) -> tuple[dict, float]:
-    """Choose the threshold and watershed seed level that maximise the instance IoU on held-out *fake* pairs.
+    """Choose the threshold and watershed seeds that maximise the instance IoU on held-out *fake* pairs.
 
     Never on real masks. Return the post-processing settings and their instance IoU.
 

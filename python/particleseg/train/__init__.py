@@ -59,6 +59,7 @@ from .losses import (
 from .scores import (
     epoch_score,
     instance_score,
+    post_params,
     validation_scores,
 )
 from .segmentation import (
@@ -93,6 +94,7 @@ __all__ = [
     "fit",
     "fit_targets",
     "instance_score",
+    "post_params",
     "interpret_mask",
     "label_mask_4",
     "labels_from_mask",

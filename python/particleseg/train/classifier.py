@@ -12,11 +12,12 @@ from ..errors import InputError
 from ..inference import predict_tiled
 from ..measure import measure_particles
 from ..models import Head, NetworkConfig, keras_predictor
-from ..pipeline import SegmentParams, particles_from_probabilities
+from ..pipeline import particles_from_probabilities
 from ..postprocess import particle_scores
 from .augment import Augmentation
 from .data import TrainingItem
 from .loop import TrainConfig, _EtaCallback, _progress_callback, _workdir_config, fit
+from .scores import post_params
 
 
 def train_classifier(
@@ -140,15 +141,7 @@ def choose_min_score(
     from scipy.stats import ks_2samp  # slow to import (1-2 s), needed here alone (docs/architecture.md)
 
     heads = [h.kind for h in network.heads]
-    params = SegmentParams(
-        threshold=post["threshold"],
-        split=True,
-        seed_threshold=post["seed_threshold"],
-        h=1.0,
-        min_area=post["min_area"],
-        min_confidence=post.get("min_confidence") or None,
-        fill_holes=True,
-    )
+    params = post_params(post)
     predict = keras_predictor(classifier)
     ours, scores, expert = [], [], []
     for prob, it in zip(probs, items):
