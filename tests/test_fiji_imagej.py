@@ -1000,7 +1000,7 @@ def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_pat
                 for c in _components(d)
                 if str(c.getClass().getName()) == "java.awt.Checkbox"
             ]
-            min_confidence = float(str(adv.getNumericFields()[3].getText()))
+            min_confidence = float(str(adv.getNumericFields()[4].getText()))  # seed level, seed depth, split level, min size
             adv.actionPerformed(ActionEvent(adv.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
             time.sleep(0.5)
         text = str(rec.getText())
