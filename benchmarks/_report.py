@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 REPORT = Path(__file__).resolve().parent / "REPORT.md"
@@ -21,6 +22,30 @@ def cpu_info() -> str:
     except (OSError, TypeError):
         model = "CPU"
     return f"{model}, {len(os.sched_getaffinity(0))} usable cores, {os.cpu_count()} in all"
+
+
+def run_record() -> dict:
+    """Start a benchmark's result: the date, the machine and the load before it runs."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": cpu_info(),
+        "load_before": round(os.getloadavg()[0], 2),
+    }
+
+
+def reproduce_command(script: str, parser, args, options) -> str:
+    """Return the command that reruns a benchmark as it ran.
+
+    ``--report``, every option of ``options`` (argument names) not at its default in ``parser``,
+    and ``--only`` when given.
+    """
+    given = "".join(
+        f" --{name.replace('_', '-')} {getattr(args, name)}"
+        for name in options
+        if getattr(args, name) != parser.get_default(name)
+    )
+    only = f" --only {args.only}" if getattr(args, "only", None) else ""
+    return f"python benchmarks/{script} --report{given}{only}"
 
 
 def write_section(section: str, begin: str, end: str, path: Path = REPORT) -> None:

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import REPORT, cpu_info, write_section  # noqa: E402 - the benchmarks' shared helpers
+from _report import REPORT, reproduce_command, run_record, write_section  # noqa: E402 - the benchmarks' shared helpers
 
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "datasets" / "tio2-sem" / "images"
@@ -326,12 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("folder", "fibsem"), help="one part only")
     ap.add_argument("--report", action="store_true", help=f"write the section into {REPORT.name}")
     args = ap.parse_args(argv)
-    result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": cpu_info(),
-        "load_before": round(os.getloadavg()[0], 2),
-        "cores": len(os.sched_getaffinity(0)),
-    }
+    result = {**run_record(), "cores": len(os.sched_getaffinity(0))}
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     try:
         if args.only in (None, "folder"):
@@ -344,15 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     result["load_after"] = round(os.getloadavg()[0], 2)
     if args.report:
-        cmd = (
-            "python benchmarks/bench_dask.py --report"
-            + "".join(
-                f" --{k.replace('_', '-')} {v}"
-                for k, v in (("images", args.images), ("rounds", args.rounds), ("plan_slices", args.plan_slices))
-                if v != ap.get_default(k)
-            )
-            + (f" --only {args.only}" if args.only else "")
-        )
+        cmd = reproduce_command("bench_dask.py", ap, args, ("images", "rounds", "plan_slices"))
         write_section(markdown(result, cmd), BEGIN, END)
     return 0
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import REPORT, cpu_info, write_section  # noqa: E402 - the benchmarks' shared helpers
+from _report import REPORT, reproduce_command, run_record, write_section  # noqa: E402 - the benchmarks' shared helpers
 
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "datasets" / "tio2-sem" / "images"
@@ -434,11 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("startup", "batch"), help="one part only")
     ap.add_argument("--report", action="store_true", help=f"write the section into {REPORT.name}")
     args = ap.parse_args(argv)
-    result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": cpu_info(),
-        "load_before": round(os.getloadavg()[0], 2),
-    }
+    result = run_record()
     t0 = time.perf_counter()
     if args.only in (None, "startup"):
         result["startup"] = startup(args.repeats, sorted(DATA.glob("*.tif"))[0])
@@ -451,15 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = round(time.perf_counter() - t0)
     print(json.dumps({k: result[k] for k in ("date", "machine", "load_before", "load_after", "seconds")}))
     if args.report:
-        cmd = (
-            "python benchmarks/bench_startup_batch.py --report"
-            + "".join(
-                f" --{k} {v}"
-                for k, v in (("repeats", args.repeats), ("images", args.images), ("rounds", args.rounds))
-                if v != ap.get_default(k)
-            )
-            + (f" --only {args.only}" if args.only else "")
-        )
+        cmd = reproduce_command("bench_startup_batch.py", ap, args, ("repeats", "images", "rounds"))
         write_section(markdown(result, cmd), BEGIN, END)
     return 0
 

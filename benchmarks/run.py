@@ -771,7 +771,7 @@ def section_postprocess(ctx: Context) -> tuple[list[str], dict]:
         f"**`measure_particles` / `regionprops_table` = {ratio:.2f}** (per repeat: "
         f"{', '.join(f'{a / b:.2f}' for a, b in zip(t_meas, t_skimage))}). `measure_particles` traces each "
         "particle's outline and computes ImageJ's Measure columns on it (equal to ImageJ's own, "
-        "tests/test_imagej_measurements.py), the exact Feret values by rotating calipers included, "
+        "tests/fiji/test_imagej_measurements.py), the exact Feret values by rotating calipers included, "
         "and builds a DataFrame.",
         "",
         "Agreement on the descriptors both compute (relative difference, median / max over the particles): "
@@ -1251,6 +1251,28 @@ def render(
     return "\n".join(L) + "\n"
 
 
+def foreign_sections(text: str) -> str:
+    """Return the part of a report that other benchmarks own, from its first such section on.
+
+    Sections this runner does not write (``bench_startup_batch.py``, ``bench_dask.py``,
+    ``bench_memory.py`` report into the same file, each replacing only its own section) start at
+    a ``<!-- NAME: begin -->`` marker or at a ``## `` heading that is not one of this runner's.
+    """
+    own = {"Summary", *TITLES.values()}
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        marker = line.startswith("<!-- ") and line.rstrip().endswith(": begin -->")
+        if marker or (line.startswith("## ") and line[3:].strip() not in own):
+            return "".join(lines[i:])
+    return ""
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write this runner's report to ``path``, keeping the sections other benchmarks own there."""
+    kept = foreign_sections(path.read_text()) if path.exists() else ""
+    write_atomic(path, text + ("\n" + kept if kept else ""))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1357,9 +1379,9 @@ def main(argv: list[str] | None = None) -> int:
                 "(traceback on the run's stderr)."
             ]
         log(f"{s} done in {time.perf_counter() - t0:.0f} s")
-        write_atomic(args.out, render(ctx, started, machine(False), vers, done, heads, selected, False, 0))
+        write_report(args.out, render(ctx, started, machine(False), vers, done, heads, selected, False, 0))
     elapsed = time.perf_counter() - t_start
-    write_atomic(args.out, render(ctx, started, machine(True), vers, done, heads, selected, True, elapsed))
+    write_report(args.out, render(ctx, started, machine(True), vers, done, heads, selected, True, elapsed))
     log(f"wrote {args.out} ({elapsed / 60:.1f} min)" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+#: The repository root (tests are laid out as the package is: tests/fiji, tests/train, ...).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def xdist_scope(nodeid: str) -> str:

@@ -6,18 +6,17 @@ rims and dark TEM particles are not.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from conftest import REPO
 from particleseg.annotations import annotation_mask, fill_annotations
 from particleseg.io import read_image
 from particleseg.pipeline import SegmentParams, segment_image
 from particleseg.preprocess import detect_data_bar
 
-SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 
 def font(size):

@@ -6,20 +6,19 @@ given size = equivalent rescale, refinement).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage as ndi
 
+from conftest import REPO
 from particleseg import autoscale
 from particleseg.errors import ParticlesegWarning
 from particleseg.models import load_bundle
 from particleseg.pipeline import SegmentParams, choose_scale, invert, segment_image
 from particleseg.preprocess import detect_data_bar
 
-SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 
 @pytest.fixture(scope="module")

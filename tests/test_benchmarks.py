@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+from conftest import REPO
+
+RUN = REPO / "benchmarks" / "run.py"
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,25 @@ def test_quick_report_structure(runner, tiny_bundle, tmp_path):
     assert "| **total** |" in text
     assert "KERAS_BACKEND=torch python benchmarks/run.py" in text
     assert "Failed" not in text and "in progress" not in text
+
+
+def test_the_runner_keeps_the_sections_other_benchmarks_own(runner, tmp_path):
+    """Replace the runner's own sections on a rerun, keep those other benchmarks own.
+
+    bench_startup_batch, bench_dask and bench_memory report into the same file.
+    """
+    out = tmp_path / "REPORT.md"
+    foreign = (
+        "<!-- bench_startup_batch: begin -->\n## Start time and batch CPU use\n\nstart figures\n"
+        "<!-- bench_startup_batch: end -->\n\n## Memory end to end\n\nmemory figures\n"
+    )
+    runner.write_report(out, "# particleseg benchmark report\n\n## Summary\n\nold\n")
+    out.write_text(out.read_text() + "\n" + foreign)
+    runner.write_report(out, "# particleseg benchmark report\n\n## Summary\n\nnew\n\n## GPU\n\nnone\n")
+    text = out.read_text()
+    assert "old" not in text and "new" in text and text.count("## Summary") == 1
+    assert text.endswith(foreign) and text.count("start figures") == 1
+    assert runner.foreign_sections("# r\n\n## Summary\n\n## GPU\n") == ""
 
 
 def test_bad_arguments(runner, tmp_path):

@@ -1,19 +1,18 @@
 """particleseg.distance: the fast distance transform returns SciPy's values exactly."""
 
-from pathlib import Path
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
+from conftest import REPO
 from particleseg import distance
 from particleseg.autoscale import granulometric_diameter, particle_mask
 from particleseg.io import read_image
 from particleseg.preprocess import detect_data_bar
 
-SAMPLE = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 
 def _sample_mask() -> np.ndarray:

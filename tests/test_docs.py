@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT
+
 SAMPLE = ROOT / "python" / "particleseg" / "data" / "sample_sem.tif"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 VENV_BIN = Path(sys.executable).parent
@@ -215,7 +216,7 @@ def setup_metrics(work: Path) -> None:
 
 
 def setup_from_scratch(work: Path) -> None:
-    """``micrographs/`` and ``outlines/`` as tests/test_scratch.py makes them."""
+    """``micrographs/`` and ``outlines/`` as tests/scratch/test_scratch.py makes them."""
     from test_scratch import write_images, write_outlines
 
     write_images(work / "micrographs")

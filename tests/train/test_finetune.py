@@ -4,7 +4,7 @@ The base model chosen, the schedule (cosine learning rate, encoder frozen for a 
 best epoch chosen by the validation instance score, the time budget, resuming, and the bad
 inputs refused before training starts.
 
-Tiny networks on 64x64 disks (as tests/test_train.py), except one short run from the shipped
+Tiny networks on 64x64 disks (as tests/train/test_train.py), except one short run from the shipped
 default model.
 """
 
@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from test_train import disk_set
 
 from particleseg.cli import main
 from particleseg.errors import InputError
@@ -35,7 +36,6 @@ from particleseg.train import (
 )
 from particleseg.train.loop import _Replan
 from particleseg.train.segmentation import _choose_base
-from test_train import disk_set
 
 NET = NetworkConfig("unet", 1, (Head("foreground"), Head("distance")), depth=2, base_filters=4)
 

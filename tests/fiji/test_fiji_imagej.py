@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from particleseg.io import Calibration, read_image, write_tiff
 
 IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
@@ -298,14 +299,7 @@ def test_segment_folder_example_macro(ij, tmp_path, rng, tiny_bundle):
     src.mkdir()
     for i in range(2):
         write_tiff(src / f"img{i}.tif", blobs_image(rng), Calibration(3.0, "nm"))
-    macro = (
-        Path(__file__).parents[1]
-        / "fiji-scripts"
-        / "Plugins"
-        / "Particle Segmentation"
-        / "Examples"
-        / "Segment_Folder.ijm"
-    )
+    macro = REPO / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples" / "Segment_Folder.ijm"
     thr = threshold_with_particles(src / "img0.tif", tiny_bundle)
     ret = ij.run_macro_file(
         macro, f"input=[{src}] output=[{out}] model=[{tiny_bundle.path}] threshold={thr} min_size=4 crop_rows=0"
@@ -768,13 +762,7 @@ def test_scijava_script_runs_and_equals_the_dialog_route(ij, sem_image, tiny_bun
     thr = threshold_with_particles(sem_image, tiny_bundle)
     ij.run_macro(f'setBatchMode(true); open("{macro_path(sem_image)}");', end_batch_mode=False)
     imp = ij.image("sem one.tif")
-    script = (
-        Path(__file__).parents[1]
-        / "fiji-scripts"
-        / "Plugins"
-        / "Particle Segmentation"
-        / SPECS["Segment Particles..."].script_name
-    )
+    script = REPO / "fiji-scripts" / "Plugins" / "Particle Segmentation" / SPECS["Segment Particles..."].script_name
     text = script.read_text()
     spec = SPECS["Segment Particles..."]
     values = {f.key: f.default for f in spec.parameters}
@@ -808,8 +796,8 @@ def test_scijava_script_runs_and_equals_the_dialog_route(ij, sem_image, tiny_bun
 # ------------------------------------------------------------------------------------------
 # the files microscopes write: calibration from the file, and every route gives one answer
 
-SAMPLE_SEM = Path(__file__).parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
-EXAMPLES = Path(__file__).parents[1] / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples"
+SAMPLE_SEM = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
+EXAMPLES = REPO / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples"
 
 
 def _raw_zeiss_tiff() -> Path | None:
@@ -1000,7 +988,9 @@ def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_pat
                 for c in _components(d)
                 if str(c.getClass().getName()) == "java.awt.Checkbox"
             ]
-            min_confidence = float(str(adv.getNumericFields()[4].getText()))  # seed level, seed depth, split level, min size
+            min_confidence = float(
+                str(adv.getNumericFields()[4].getText())
+            )  # seed level, seed depth, split level, min size
             adv.actionPerformed(ActionEvent(adv.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
             time.sleep(0.5)
         text = str(rec.getText())
@@ -1032,7 +1022,7 @@ def _components(container):
 def test_imagej_version_is_the_one_the_docs_state(ij):
     """docs/fiji.md names the ImageJ it was checked against; the jar reports its own version."""
     version = str(jclass("ij.IJ").getVersion())
-    docs = (Path(__file__).parents[1] / "docs" / "fiji.md").read_text()
+    docs = (REPO / "docs" / "fiji.md").read_text()
     assert f"ImageJ {version}" in docs, version
 
 

@@ -1,4 +1,4 @@
-"""The napari plugin's checks in a real, headless napari (run by tests/test_napari.py).
+"""The napari plugin's checks in a real, headless napari (run by tests/napari/test_napari.py).
 
 They run in a process of their own: Qt's offscreen platform, OpenGL from Mesa on a private Xvfb display (napari's canvas
 needs a GL context), one napari.Viewer(show=False) for the module. The widget's labels must equal
@@ -31,7 +31,7 @@ pytest.importorskip("npe2")
 from particleseg.cli import main  # noqa: E402
 from particleseg.params import PARAMETERS, bundle_defaults  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SAMPLE = Path(__file__).resolve().parents[2] / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from particleseg import SegmentParams, read_image, segment_image
 from particleseg.errors import BundleError, ParticlesegWarning
 from particleseg.inference import exact_tiles, predict_tiled, tiling_plan
@@ -38,8 +38,8 @@ from particleseg.models.export import check_export, export_model, onnx_predictor
 from particleseg.models.receptive import exact_halo, receptive_field
 from particleseg.params import BY_NAME, segment_params
 
-SHIPPED = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "bundles"
-SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SHIPPED = REPO / "python" / "particleseg" / "bundles"
+SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_engine_is_a_parameter():
     assert BY_NAME["engine"].choices == ("auto", "onnx", "keras")
     assert segment_params({"engine": "keras"}).engine == "keras"
     assert segment_params({}).engine == "auto"
-    scripts = Path(__file__).resolve().parents[1] / "fiji-scripts"
+    scripts = REPO / "fiji-scripts"
     assert any("engine" in p.read_text() for p in scripts.rglob("*.py"))
 
 

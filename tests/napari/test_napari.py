@@ -1,7 +1,7 @@
 """The napari plugin (particleseg.napari).
 
 Its npe2 manifest here, and the widget, reader and sample in a real headless napari in a child
-process (tests/napari_checks.py).
+process (tests/napari/napari_checks.py).
 
 The child is a process of its own because TensorFlow, which other test files of this pytest worker
 load (the Keras bundle fixtures), and Mesa's OpenGL, which napari's canvas loads, crash a process
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO as ROOT
+
 pytest.importorskip("napari")
 pytest.importorskip("npe2")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_manifest_declares_the_widget_reader_and_sample():
@@ -48,7 +48,7 @@ def test_manifest_declares_the_widget_reader_and_sample():
     reason="napari's canvas needs OpenGL: no DISPLAY and no Xvfb (apt-get install xvfb)",
 )
 def test_widget_reader_and_sample_in_headless_napari(tmp_path):
-    """Run tests/napari_checks.py in a headless napari of its own.
+    """Run tests/napari/napari_checks.py in a headless napari of its own.
 
     The widget's fields and defaults, its labels against ``particleseg segment``'s, the threaded
     button, another bundle's defaults, the EM reader.
@@ -59,7 +59,7 @@ def test_widget_reader_and_sample_in_headless_napari(tmp_path):
             sys.executable,
             "-m",
             "pytest",
-            str(ROOT / "tests" / "napari_checks.py"),
+            str(ROOT / "tests" / "napari" / "napari_checks.py"),
             "-n",
             "0",
             "-q",

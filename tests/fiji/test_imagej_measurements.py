@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from particleseg.io import read_image
 
 IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
-SAMPLE = Path(__file__).resolve().parents[1] / "python" / "particleseg" / "data" / "sample_sem.tif"
+SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
 
 pytestmark = [
     pytest.mark.imagej,

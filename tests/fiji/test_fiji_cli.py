@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO as ROOT
 from particleseg.io import Calibration, write_tiff
 
-ROOT = Path(__file__).parents[1]
 IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
 EXAMPLES = ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples"
 
