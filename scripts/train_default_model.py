@@ -142,7 +142,7 @@ def record_detection(out: Path, meta: dict, post: dict):
     from particleseg.models import load_bundle, write_metadata
 
     meta["postprocess"].update(DEFAULT_SEEDS)
-    write_metadata(out, meta)
+    write_metadata(out, meta)  # the network's output depends on them (the scale passes count particles)
     detection = choose_detection_on_tio2(load_bundle(out), DEFAULT_SEEDS["seed_threshold"], DEFAULT_SEEDS["seed_depth"])
     source = "TiO2 training split"
     if detection is None:
@@ -233,7 +233,8 @@ def main(argv=None) -> int:
         post, sim_iou = choose_postprocess(bundle.model, x[-n_val:], labels[-n_val:], bundle.heads)
         meta["postprocess"].update(post)
         meta["metrics"]["simulated_validation_instance_iou"] = round(sim_iou, 4)
-        meta["training"]["command"] += " (post-processing chosen again with --rechoose)"
+        note = " (post-processing chosen again with --rechoose)"
+        meta["training"]["command"] = meta["training"]["command"].replace(note, "") + note
         record_detection(args.out, meta, post)
         return 0
     config = TrainConfig(

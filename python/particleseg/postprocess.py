@@ -243,7 +243,7 @@ def _peaks(surface: np.ndarray, mask: np.ndarray, depth: float) -> np.ndarray:
     with the rest of the box lowered to -1: a path through the background is then lower than any
     value the h-maximum transform takes inside the region (``depth <= 1``), so one region cannot
     raise another's (as a background at 0 would, where the map is below ``depth``), and the work
-    is that of the regions' boxes, not of the whole image (2x faster on SEM images).
+    is that of the regions' boxes, not of the whole image (3x faster on the TiO2 SEM images).
     """
     from skimage.morphology import local_maxima, reconstruction
 
