@@ -451,10 +451,19 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
 
 
 def _cli_type(p: Parameter):
-    if p.kind == "number":
-        return float
-    if p.kind == "int":
-        return int
+    if p.kind in ("number", "int"):
+        convert = float if p.kind == "number" else int
+
+        def number_type(text):
+            value = convert(text)  # ValueError: argparse says "invalid float value: 'x'"
+            low, high = p.minimum, p.maximum
+            if (low is not None and value < low) or (high is not None and value > high) or value != value:
+                span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+                raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+            return value
+
+        number_type.__name__ = convert.__name__  # argparse names the type in its message
+        return number_type
     if p.kind == "range":
 
         def range_type(text):

@@ -293,6 +293,25 @@ def test_one_vocabulary_for_the_command_line_the_dialogs_and_the_scripts():
     assert (old.seed_threshold, old.h, old.min_area, old.classifier_threshold) == (0.3, 2.0, 5, 0.7)
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seed-depth", "2", "argument --seed-depth: must be between 0 and 1, got 2"),
+        ("--threshold", "-0.1", "argument --threshold: must be between 0 and 1, got -0.1"),
+        ("--min-size", "-3", "argument --min-size: must be at least 0, got -3"),
+        ("--seed-depth", "deep", "argument --seed-depth: invalid float value: 'deep'"),
+    ],
+)
+def test_a_number_outside_its_range_is_one_line_on_the_command_line(capsys, option, value, message):
+    """The command line checks a number against its parameter's range, as the Fiji dialogs do."""
+    from particleseg.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["segment", "x.tif", "--out", "o", option, value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"particleseg segment: error: {message}"
+
+
 def test_dialog_defaults_and_labels_come_from_the_bundle_and_the_image():
     from particleseg.models import load_bundle
     from particleseg.params import bundle_defaults
