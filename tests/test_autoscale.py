@@ -62,6 +62,41 @@ def test_granulometry_sees_particles_not_agglomerates():
     assert abs(d / (2 * r) - 1) < 0.15
 
 
+def scanned_diameter(mask):
+    """Return the granulometric diameter by a scan of every radius up to the crossing (the former way)."""
+    radii = 1.1 ** np.arange(80)
+    radii = radii[radii < max(mask.shape) / 2]
+    spectrum = autoscale.opening_spectrum(mask, radii)
+    below = np.nonzero(spectrum < 0.5)[0]
+    if not len(below):
+        return float(2 * radii[-1])
+    i = below[0]
+    if i == 0:
+        return None
+    a0, a1 = spectrum[i - 1], spectrum[i]
+    t = (a0 - 0.5) / max(a0 - a1, 1e-12)
+    return float(2 * np.exp(np.log(radii[i - 1]) + t * (np.log(radii[i]) - np.log(radii[i - 1]))))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bisection_finds_the_crossing_a_scan_finds(seed):
+    """Random particles of mixed sizes and shapes, noise specks, and a real SEM image's mask."""
+    rng = np.random.default_rng(seed)
+    shape = (300, 400)
+    img = np.zeros(shape, np.float32)
+    for _ in range(int(rng.integers(5, 60))):
+        r = float(rng.uniform(1.5, 30))
+        cy, cx = int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1]))
+        ry, rx = r * rng.uniform(0.5, 1.5), r * rng.uniform(0.5, 1.5)
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        img[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 1
+    mask = (img + rng.normal(0, 0.3 * (seed % 3), shape)) > 0.5
+    assert autoscale.granulometric_diameter(mask) == scanned_diameter(mask)
+    if seed == 0:
+        sample = autoscale.particle_mask(tifffile.imread(SAMPLE)[:712].astype(np.float32), "bright")
+        assert autoscale.granulometric_diameter(sample) == scanned_diameter(sample)
+
+
 @pytest.mark.parametrize("polarity", ["bright", "dark"])
 def test_polarity_of_disks(polarity):
     img = disks((256, 256), grid((256, 256), 14, 60), 14)

@@ -55,7 +55,7 @@ from .models.bundle import model_identity
 from .models.receptive import exact_halo
 from .params import ALIASES, POSTPROCESS_PARAMETERS, bundle_defaults
 from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
-from .report import overview_figure
+from .report import overview_figure, save_png
 from .workers import context
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_mask.tif", "_prob.tif", "_rois.zip", "_particles.csv", "_overview.png")
@@ -1380,15 +1380,9 @@ def prepare_file(
 
 def overview_png(image: np.ndarray, labels: np.ndarray, table: pd.DataFrame, unit: str, title: str) -> bytes:
     """Render the overview figure (:func:`particleseg.report.overview_figure`) as PNG bytes."""
-    fig = overview_figure(image, labels, table, unit, title=title)  # (selects the Agg backend first)
-    import matplotlib.pyplot as plt  # matplotlib: lazy (docs/architecture.md), and only after Agg is selected
-
-    try:
-        buffer = BytesIO()
-        fig.savefig(buffer, dpi=100, format="png")
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+    buffer = BytesIO()
+    save_png(overview_figure(image, labels, table, unit, title=title), buffer)
+    return buffer.getvalue()
 
 
 def write_prepared(item: PreparedFile) -> dict[str, Any]:

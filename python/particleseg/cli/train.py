@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def register(sub) -> None:
     """Add the ``train`` subcommand and its options to the subparsers ``sub``."""
     p = sub.add_parser(
@@ -160,6 +170,14 @@ def register(sub) -> None:
         help="add the Dice loss to the balanced cross-entropy (default: on when fine-tuning)",
     )
     g.add_argument(
+        "--separation-weight",
+        type=_non_negative,
+        default=0.0,
+        metavar="W0",
+        help="weight the gaps between touching particles up to 1+W0 times, and small particles more "
+        "(U-Net border weights; 0: off, the paper's value is 10)",
+    )
+    g.add_argument(
         "--patience",
         type=int,
         default=15,
@@ -216,6 +234,7 @@ def run(args) -> int:
         steps_per_epoch=args.steps,
         learning_rate=args.learning_rate,
         dice=args.dice,
+        separation_weight=args.separation_weight,
         patience=args.patience,
         schedule=args.schedule,
         freeze_epochs=args.freeze_epochs,

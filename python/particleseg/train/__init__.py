@@ -70,6 +70,7 @@ from .targets import (
     labels_from_mask,
     make_targets,
     normalized_distance,
+    separation_weights,
 )
 from .tiles import (
     make_tile_sequence,
@@ -101,6 +102,7 @@ __all__ = [
     "learning_rate_schedule",
     "make_loss",
     "make_targets",
+    "separation_weights",
     "make_tile_sequence",
     "match_masks",
     "normalized_distance",

@@ -19,7 +19,7 @@ from ..io import write_atomic
 from ..models.architectures import Head, NetworkConfig, build_network
 from .augment import Augmentation
 from .losses import make_loss
-from .targets import make_targets
+from .targets import make_targets, separation_weights
 from .tiles import make_tile_sequence
 
 # Keras (to train) and matplotlib (the loss plot) are imported inside the functions that use them,
@@ -44,6 +44,7 @@ class TrainConfig:
     freeze_epochs: int = 0  # first epochs with the encoder frozen (fine-tuning warm-up)
     select: str = "val_loss"  # best epoch by "val_loss" (lowest) or "val_score" (highest, from a score function)
     dice: bool = False
+    separation_weight: float = 0.0  # w0 of the U-Net border weights (separation_weights); 0: off
     class_balance: bool = True
     patience: int = 15  # early stopping on the selection metric; 0 disables
     seed: int = 0
@@ -156,8 +157,15 @@ def fit(
     _check_pairs(train_images, train_labels, config.tile)
     _check_pairs(val_images, val_labels, config.tile)
     heads = config.network.heads
-    train_t = [make_targets(lab, heads, c) for lab, c in zip(train_labels, train_classes or [None] * len(train_labels))]
-    val_t = [make_targets(lab, heads, c) for lab, c in zip(val_labels, val_classes or [None] * len(val_labels))]
+    w0 = config.separation_weight
+
+    def targets(labels, classes):
+        return [
+            make_targets(lab, heads, c, separation_weights(lab, w0) if w0 else None)
+            for lab, c in zip(labels, classes or [None] * len(labels))
+        ]
+
+    train_t, val_t = targets(train_labels, train_classes), targets(val_labels, val_classes)
     fg_frac = float(np.mean([(lab > 0).mean() for lab in train_labels])) if config.class_balance else None
     if fg_frac is not None and fg_frac == 0:
         raise InputError("training masks are all empty: nothing to learn")
@@ -166,7 +174,7 @@ def fit(
         train_t,
         val_images,
         val_t,
-        make_loss(heads, fg_frac, config.dice),
+        make_loss(heads, fg_frac, config.dice, pixel_weights=bool(w0)),
         config,
         workdir,
         resume=resume,

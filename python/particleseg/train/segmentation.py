@@ -110,6 +110,7 @@ def train_segmentation(
     learning_rate: float | None = None,
     lr_step_epochs: int | None = None,
     dice: bool | None = None,
+    separation_weight: float = 0.0,
     patience: int = 15,
     schedule: str | None = None,
     freeze_epochs: int | None = None,
@@ -177,6 +178,10 @@ def train_segmentation(
     dice : bool
         Add the soft Dice loss to the class-balanced cross-entropy of the foreground
         (default: on when fine-tuning).
+    separation_weight : float
+        Height ``w0`` of the U-Net border weights (:func:`separation_weights`): the background
+        between touching particles and the pixels of small particles count more in the loss
+        (0: every pixel alike).
     patience : int
         Early stopping after this many epochs without a better selection metric (0: never).
     schedule : {"cosine", "step"}, optional
@@ -371,6 +376,7 @@ def train_segmentation(
         freeze_epochs=(-1 if tuning else 0) if freeze_epochs is None else freeze_epochs,
         select=select,
         dice=(tuning if dice is None else dice),
+        separation_weight=separation_weight,
         class_balance=True,
         patience=patience,
         seed=seed,
@@ -378,6 +384,8 @@ def train_segmentation(
         augmentation=augmentation or Augmentation(),
     )
     learning_rate_schedule(config)
+    if not separation_weight >= 0:
+        raise InputError(f"--separation-weight {separation_weight:g}: must be 0 (off) or positive")
     if config.select not in ("val_score", "val_loss"):
         raise InputError(f"{select}: unknown selection metric; choose val_score or val_loss")
     seg_minutes = None
