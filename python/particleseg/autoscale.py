@@ -147,16 +147,58 @@ def polarity_score(image: np.ndarray) -> float:
     frame[:bw] = frame[-bw:] = True
     frame[:, :bw] = frame[:, -bw:] = True
     frame_cue = 2 * (0.5 - hi[frame].mean())
-    s_hi, s_lo = sm[hi].std(), sm[~hi].std()
+    s_hi, s_lo = _std(sm, hi), _std(sm, ~hi)
     var_cue = float(np.tanh(np.log((s_hi + 1e-6) / (s_lo + 1e-6))))
-    z = (sm - sm.mean()) / (sm.std() + 1e-12)
-    skew_cue = float(np.tanh(np.mean(z**3)))
+    skew_cue = float(np.tanh(_skewness(sm)))
     connected_cue = _largest_share(~hi) - _largest_share(hi)
     step = max(1, int(np.ceil(max(sm.shape) / ANALYSIS_SIDE)))  # a global cue: a sample will do
     solid_cue = _solidity(ndi.binary_opening(hi[::step, ::step])) - _solidity(ndi.binary_opening(~hi[::step, ::step]))
     return float(
         0.5 * frame_cue + var_cue + 0.5 * skew_cue + CONNECTED_WEIGHT * connected_cue + SOLIDITY_WEIGHT * solid_cue
     )
+
+
+def _row_chunks(values: np.ndarray, chunk: int = 1 << 20):
+    """Slices of about ``chunk`` pixels of whole rows of a 2D array."""
+    step = max(1, chunk // max(1, values.shape[1]))
+    return [slice(y, y + step) for y in range(0, values.shape[0], step)]
+
+
+def _std(values: np.ndarray, mask: np.ndarray) -> float:
+    """Return the standard deviation of ``values[mask]`` (2D) in float64, by chunks of rows (0 if empty).
+
+    No copy of the selected pixels: at 8192x8192 that and NumPy's deviations took 0.5 GiB.
+    """
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        return 0.0
+    parts = _row_chunks(values)
+    mean = sum(float(values[s][mask[s]].sum(dtype=np.float64)) for s in parts) / n
+    m2 = sum(float(np.square(values[s][mask[s]].astype(np.float64) - mean).sum()) for s in parts)
+    return float(np.sqrt(m2 / n))
+
+
+def _skewness(values: np.ndarray) -> float:
+    """Skewness (third standardised moment) of 2D ``values``, in float64, a chunk of rows at a time.
+
+    No whole-image temporary: at 8192x8192 the z-scores and their cubes took 0.5 GiB.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(_skewness(np.array([[0.0, 0.0, 0.0, 1.0]])), 4)
+    1.1547
+    """
+    parts = _row_chunks(values)
+    n = values.size
+    mean = sum(float(values[s].sum(dtype=np.float64)) for s in parts) / n
+    m2 = m3 = 0.0
+    for s in parts:
+        d = values[s].astype(np.float64) - mean
+        d2 = d * d
+        m2 += float(d2.sum())
+        m3 += float((d2 * d).sum())
+    return float(m3 / n / (np.sqrt(m2 / n) + 1e-12) ** 3)
 
 
 def _solidity(mask: np.ndarray) -> float:

@@ -256,11 +256,11 @@ def predict_probabilities(
     ``out`` when given, see :func:`particleseg.inference.predict_tiled`).
     """
     params = (params or SegmentParams()).resolved(bundle)
-    img = np.asarray(image, np.float32)
+    img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
     bundle.check_channels(img.shape[-1])
-    img = normalize_input(img, bundle.metadata["input"]["normalization"])
+    img = normalize_input(img, bundle.metadata["input"]["normalization"])  # one float32 copy
     return predict_tiled(
         predictor or bundle.predictor(params.engine),
         img,
