@@ -66,6 +66,27 @@ def test_rescale_and_resize(rng):
     assert back.shape == (40, 60, 1)
 
 
+@pytest.mark.parametrize("src, dst", [((70, 90, 2), (102, 130)), ((300, 200, 2), (97, 61)), ((50, 40), (50, 77))])
+def test_resize_to_is_skimage_resize_in_any_strips_and_from_a_row_file(rng, src, dst):
+    """Strip by strip, from an array or a row file: the values of skimage's resize, bit for bit."""
+    from skimage.transform import resize
+
+    from particleseg.strips import RowFile
+
+    img = rng.random(src).astype(np.float32)
+    want = resize(img, dst + src[2:], order=1, preserve_range=True, anti_aliasing=False, mode="reflect")
+    whole = resize_to(img, dst, strip_rows=1 << 20)
+    assert whole.dtype == np.float32 and np.array_equal(whole, want.astype(np.float32))
+    for rows in (1, 7, 64):
+        assert np.array_equal(resize_to(img, dst, strip_rows=rows), whole)
+    store, out = RowFile(src, np.float32), RowFile(dst + src[2:], np.float32)
+    store.write(0, img)
+    resize_to(store, dst, out=out, strip_rows=16)
+    assert np.array_equal(out.read(0, dst[0]), whole)
+    with pytest.raises(ValueError, match="order 1"):
+        resize_to(img, dst, order=3)
+
+
 def test_tile_layout_covers_and_is_even():
     for length, tile in [(1024, 256), (768, 512), (4096, 1024), (256, 256)]:
         t = even_tile_size(length, tile, 32, 16)

@@ -239,7 +239,7 @@ def test_no_particles_in_strips(monkeypatch, default_bundle):
 def test_resampled_network_input_in_strips(monkeypatch, default_bundle):
     """Check particles larger than the model was trained on.
 
-    The network sees the image shrunk, its output is resampled back as a whole, then stored
+    The network sees the image shrunk; its output, in a row file, is resampled back strip by strip
     and the scale is refined from the particles found (a second network run and search).
     """
     sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)

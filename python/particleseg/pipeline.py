@@ -800,9 +800,14 @@ def _network_at_scale(
     net_in = work if scale.polarity == scale.network_polarity else invert(work)
     if scale.factor != 1:
         net_in = rescale(net_in, scale.factor)
-        if out is not None:  # resampled back as a whole, then stored
-            out[:, :] = resize_to(predict_probabilities(net_in, bundle, params, predictor), work.shape, order=1)
-            return out
+        if out is not None:  # at the network's scale into a row file, resampled back strip by strip
+            at_scale = strips.RowFile(net_in.shape[:2] + (strips.output_channels(bundle),), np.float32)
+            try:
+                predict_probabilities(net_in, bundle, params, predictor, out=at_scale)
+                del net_in
+                return resize_to(at_scale, work.shape, order=1, out=out)
+            finally:
+                at_scale.close()
     elif out is not None:
         return predict_probabilities(net_in, bundle, params, predictor, out=out)
     prob = predict_probabilities(net_in, bundle, params, predictor)
