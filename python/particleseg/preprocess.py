@@ -151,9 +151,7 @@ def rescale(image: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
     ).astype(np.float32)
 
 
-def resize_to(
-    image, shape: tuple[int, int], order: int = 1, out=None, strip_rows: int = 256
-) -> np.ndarray:
+def resize_to(image, shape: tuple[int, int], order: int = 1, out=None, strip_rows: int = 256) -> np.ndarray:
     """Resample a ``(Y, X)`` or ``(Y, X, C)`` array to the spatial ``shape`` (bilinear).
 
     The values of ``skimage.transform.resize(image, shape, order=1, mode="reflect",
