@@ -11,8 +11,13 @@ in ``--masks``, runs the same choice and writes a copy of the bundle with the ne
     python scripts/rechoose_postprocess.py runs/tio2-ft55/model --masks runs/tio2-ft55/data/masks \
         --out runs/tio2-ft55/model-seeds
 
-The network, the classifier and everything else stay as they are; the bundle's
-``metrics.validation`` and ``postprocess`` are replaced.
+The networks and everything else stay as they are; the bundle's ``metrics.validation`` and
+``postprocess`` are replaced. With ``--keep-masks`` (the held-out images' keep masks) the
+particle classifier's threshold is chosen again too, as ``train`` now chooses it
+(:func:`particleseg.train.choose_min_score` over its whole grid)::
+
+    python scripts/rechoose_postprocess.py runs/tio2-ft55-sep/model --masks runs/tio2-ft55-sep/data/masks \
+        --keep-masks runs/tio2-ft55-sep/data/keep_masks --out runs/tio2-ft55-sep/model-sizes
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ def main(argv=None) -> int:
     ap.add_argument("bundle", type=Path, help="a bundle folder written by particleseg train")
     ap.add_argument("--masks", type=Path, required=True, help="folder with the masks of the held-out images")
     ap.add_argument("--out", type=Path, required=True, help="the new bundle folder (must not exist)")
+    ap.add_argument(
+        "--keep-masks", type=Path, help="keep masks of the held-out images: choose the classifier's threshold again"
+    )
     args = ap.parse_args(argv)
 
     from particleseg.inference import predict_tiled
-    from particleseg.models import load_bundle
+    from particleseg.models import NetworkConfig, load_bundle
     from particleseg.models.bundle import write_metadata
-    from particleseg.train import read_training_data, validation_scores
+    from particleseg.train import choose_min_score, read_training_data, validation_scores
+    from particleseg.train.classifier import MIN_SCORE_RULE
 
     if args.out.exists():
         raise SystemExit(f"{args.out}: exists; give a new folder")
@@ -47,6 +56,7 @@ def main(argv=None) -> int:
     items = read_training_data(
         images,
         args.masks,
+        keep_masks=args.keep_masks,
         crop_rows=int(training.get("crop_rows") or 0),
         normalization=meta["input"]["normalization"],
         invert=bool(training.get("inverted")),
@@ -63,6 +73,16 @@ def main(argv=None) -> int:
     shutil.copytree(args.bundle, args.out)
     meta = json.loads((args.out / "bundle.json").read_text())
     meta["postprocess"].update(post)
+    if args.keep_masks is not None and meta.get("classifier"):
+        import keras
+
+        clf = meta["classifier"]
+        classifier = keras.saving.load_model(bundle.path / clf["model_file"], compile=False)
+        tile = max(512, bundle.tile) // bundle.network.multiple_of * bundle.network.multiple_of
+        mult = NetworkConfig.from_dict(clf["network"]).multiple_of
+        chosen, table = choose_min_score(classifier, bundle.network, probs, items, meta["postprocess"], tile, mult)
+        print(f"classifier threshold {clf.get('threshold')} -> {chosen} (KS and kept: {table['ks_and_kept']})")
+        clf.update(threshold=chosen, threshold_chosen_by=MIN_SCORE_RULE, size_distribution=table)
     meta.setdefault("metrics", {})["validation"] = {**meta.get("metrics", {}).get("validation", {}), **scores}
     write_metadata(args.out, meta)
     changed = {k: (old.get(k), v) for k, v in post.items() if old.get(k) != v}

@@ -47,6 +47,8 @@ class Tio2Item:
 
 def tio2_items(root: str | os.PathLike | None = None, split: str = "all") -> list[Tio2Item]:
     """Images with their manual and keep masks; ``split`` is ``all``, ``train`` or ``validation``."""
+    if split not in ("all", "train", "validation"):
+        raise ValueError(f"split {split!r}: choose all, train or validation")
     root = Path(root) if root else tio2_root()
     images = sorted((root / "images").glob("*.tif"))
     if not images:

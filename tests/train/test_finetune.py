@@ -244,6 +244,7 @@ def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
     )
     cfg = train["config"]
     assert (cfg["schedule"], cfg["select"], cfg["dice"], cfg["learning_rate"]) == ("cosine", "val_score", True, 5e-4)
+    assert cfg["separation_weight"] == 10  # the U-Net border weights, on when fine-tuning
     assert bundle.network == __import__("particleseg.models", fromlist=["load_bundle"]).load_bundle("default").network
     assert all("val_score" in logs for logs in lines) and len(lines) == 2
     m = bundle.metadata["metrics"]["validation"]

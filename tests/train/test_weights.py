@@ -89,6 +89,9 @@ def test_training_with_separation_weights_records_them(tmp_path):
     )
     meta = json.loads((bundle.path / "bundle.json").read_text())
     assert meta["training"]["config"]["separation_weight"] == 10
+    # a new network trains without them unless asked
+    plain = train_segmentation(images, labels, tmp_path / "d", **tiny, epochs=1, steps_per_epoch=1, jit_compile=False)
+    assert plain.metadata["training"]["config"]["separation_weight"] == 0
     with pytest.raises(InputError, match="--separation-weight -1: must be 0"):
         train_segmentation(images, labels, tmp_path / "c", **tiny, epochs=1, separation_weight=-1)
 

@@ -172,10 +172,9 @@ def register(sub) -> None:
     g.add_argument(
         "--separation-weight",
         type=_non_negative,
-        default=0.0,
         metavar="W0",
-        help="weight the gaps between touching particles up to 1+W0 times, and small particles more "
-        "(U-Net border weights; 0: off, the paper's value is 10)",
+        help="U-Net border weights: the gaps between touching particles weigh up to 1+W0 in the loss, "
+        "small particles up to 3x (default 10 when fine-tuning, 0 for a new network; 0: off)",
     )
     g.add_argument(
         "--patience",

@@ -832,6 +832,7 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
         freeze_epochs=tc.freeze_epochs,
         select=tc.select,
         dice=tc.dice,
+        separation_weight=tc.separation_weight,
         patience=tc.patience,
         minutes=cfg.segmentation_minutes,
         augmentation=tc.augmentation,

@@ -26,7 +26,7 @@ from ..models import (
 )
 from ..models.export import export_bundle
 from .augment import Augmentation
-from .classifier import choose_min_score, train_classifier
+from .classifier import MIN_SCORE_RULE, choose_min_score, train_classifier
 from .data import (
     NORMALIZATION,
     particle_size_px,
@@ -110,7 +110,7 @@ def train_segmentation(
     learning_rate: float | None = None,
     lr_step_epochs: int | None = None,
     dice: bool | None = None,
-    separation_weight: float = 0.0,
+    separation_weight: float | None = None,
     patience: int = 15,
     schedule: str | None = None,
     freeze_epochs: int | None = None,
@@ -178,10 +178,12 @@ def train_segmentation(
     dice : bool
         Add the soft Dice loss to the class-balanced cross-entropy of the foreground
         (default: on when fine-tuning).
-    separation_weight : float
+    separation_weight : float, optional
         Height ``w0`` of the U-Net border weights (:func:`separation_weights`): the background
-        between touching particles and the pixels of small particles count more in the loss
-        (0: every pixel alike).
+        between touching particles weighs up to ``1 + w0`` in the loss and small particles up to
+        3x (0: every pixel alike). Default: 10 (the U-Net paper's) when fine-tuning, 0 for a
+        new network. On the TiO2 fine-tune (docs/training.md) it raised the validation instance
+        IoU from 0.634 to 0.698 and foreground IoU from 0.907 to 0.921.
     patience : int
         Early stopping after this many epochs without a better selection metric (0: never).
     schedule : {"cosine", "step"}, optional
@@ -376,7 +378,7 @@ def train_segmentation(
         freeze_epochs=(-1 if tuning else 0) if freeze_epochs is None else freeze_epochs,
         select=select,
         dice=(tuning if dice is None else dice),
-        separation_weight=separation_weight,
+        separation_weight=(10.0 if tuning else 0.0) if separation_weight is None else float(separation_weight),
         class_balance=True,
         patience=patience,
         seed=seed,
@@ -384,8 +386,8 @@ def train_segmentation(
         augmentation=augmentation or Augmentation(),
     )
     learning_rate_schedule(config)
-    if not separation_weight >= 0:
-        raise InputError(f"--separation-weight {separation_weight:g}: must be 0 (off) or positive")
+    if not config.separation_weight >= 0:
+        raise InputError(f"--separation-weight {config.separation_weight:g}: must be 0 (off) or positive")
     if config.select not in ("val_score", "val_loss"):
         raise InputError(f"{select}: unknown selection metric; choose val_score or val_loss")
     seg_minutes = None
@@ -492,8 +494,10 @@ def train_segmentation(
             minutes=left,
             jit_compile=jit_compile,
         )
-        # the classifier at its threshold, or none at all: whichever keeps particles whose sizes
-        # match the expert's better on the validation images (two choices, not a noisy sweep)
+        # the classifier's threshold judged by what it exists for: the sizes of the particles it
+        # keeps on the validation images against the expert's keep masks (every threshold of
+        # choose_min_score's grid, 0 = every particle kept; the balanced-accuracy threshold is
+        # recorded beside it)
         chosen, table = choose_min_score(
             classifier,
             network,
@@ -502,15 +506,11 @@ def train_segmentation(
             post,
             infer_tile,
             NetworkConfig.from_dict(classifier_meta["network"]).multiple_of,
-            grid=(0.0, classifier_meta["threshold"]),
         )
         classifier_meta.update(
             threshold_balanced_accuracy=classifier_meta["threshold"],
             threshold=chosen,
-            threshold_chosen_by="the best balanced accuracy on the validation particles, kept "
-            "only if the minimum-Feret distribution of the particles it keeps on the validation "
-            "images is closer to the expert's keep masks (Kolmogorov-Smirnov distance) than that "
-            "of all particles (else 0: every particle kept)",
+            threshold_chosen_by=MIN_SCORE_RULE,
             size_distribution=table,
         )
 
