@@ -287,7 +287,10 @@ def granulometric_diameter(mask: np.ndarray) -> float | None:
     about 8 openings instead of one per radius up to the crossing (28 for particles of 30 px,
     0.55 s of a ``segment`` run on a 1024x768 image). An opening by a larger disk leaves at
     most what a smaller one leaves (openings by disks form a granulometry [1]_), so the
-    crossing is the one a scan of :func:`opening_spectrum` finds.
+    crossing is the one a scan of :func:`opening_spectrum` finds, except where digital disks
+    break that order near the crossing: on the particle masks of the 366 EMPS and 32 TiO2
+    images, both polarities (796 masks), 793 diameters came out the same as the scan's and 3
+    within 1 % (the scan took 220 s for all, the bisection 33 s).
 
     References
     ----------
