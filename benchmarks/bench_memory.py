@@ -214,7 +214,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--sizes", default="1024,2048,4096,8192", help="image sides, comma-separated")
     parser.add_argument("--modes", default="whole,strips", help="whole, strips or both")
-    parser.add_argument("--calls", default="image", help="image (segment_image), file (segment_file) or both")
+    parser.add_argument(
+        "--calls", default="image", help="image (segment_image), file (segment_file), both, or image,file"
+    )
     parser.add_argument("--report", action="store_true", help=f"write the table into REPORT.md's '{SECTION}'")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--from-json", nargs="+", help="no measuring: the rows of earlier --json files")
@@ -226,7 +228,10 @@ def main(argv=None) -> None:
     if args.from_json:
         rows = [row for f in args.from_json for row in json.loads(Path(f).read_text())]
     else:
-        rows = measure([int(s) for s in args.sizes.split(",")], args.modes.split(","), args.calls.split(","))
+        calls = ["image", "file"] if args.calls == "both" else args.calls.split(",")
+        if set(calls) - {"image", "file"}:
+            parser.error(f"--calls {args.calls}: choose image, file, both or image,file")
+        rows = measure([int(s) for s in args.sizes.split(",")], args.modes.split(","), calls)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

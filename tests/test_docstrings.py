@@ -20,10 +20,12 @@ MODULES = [
     "params",
     "pipeline",
     "postprocess",
+    "preprocess",
     "scratch.renderer",
     "simulate",
     "fiji.options",
     "fiji.session",
+    "train.targets",
 ]
 
 

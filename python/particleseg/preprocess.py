@@ -187,7 +187,7 @@ def resize_to(image, shape: tuple[int, int], order: int = 1, out=None, strip_row
     --------
     >>> import numpy as np
     >>> resize_to(np.array([[0.0, 4.0]]), (1, 4))
-    array([[0., 1., 3., 4.]])
+    array([[1., 1., 3., 3.]])
     """
     if order != 1:
         raise ValueError(f"resize_to interpolates bilinearly (order 1), not order {order}")
