@@ -97,6 +97,20 @@ def test_bisection_finds_the_crossing_a_scan_finds(seed):
         assert autoscale.granulometric_diameter(sample) == scanned_diameter(sample)
 
 
+def test_chunked_moments_of_the_polarity_cues_are_numpys():
+    """The class deviations and the skewness by chunks of rows: NumPy's and SciPy's values."""
+    from scipy.stats import skew
+
+    rng = np.random.default_rng(4)
+    values = rng.gamma(2.0, 10.0, (300, 70)).astype(np.float32)
+    mask = values > 20
+    assert autoscale._std(values, mask) == pytest.approx(values[mask].astype(np.float64).std(), rel=1e-12)
+    assert autoscale._std(values, np.zeros_like(mask)) == 0.0
+    assert autoscale._skewness(values) == pytest.approx(skew(values.astype(np.float64), axis=None), rel=1e-9)
+    chunked = autoscale._row_chunks(values, chunk=1000)
+    assert len(chunked) == 22 and chunked[0] == slice(0, 14)  # 14 rows of 70 pixels per chunk
+
+
 @pytest.mark.parametrize("polarity", ["bright", "dark"])
 def test_polarity_of_disks(polarity):
     img = disks((256, 256), grid((256, 256), 14, 60), 14)
