@@ -420,7 +420,7 @@ class Stage:
         """Record the time spent so far when the stage stopped before it was done."""
         rec = self.record()
         if rec and rec.get("status") != "done":
-            rec["seconds"] = round(self._base + time.time() - self._t0, 1)
+            rec["seconds"] = round(self._base + time.time() - self._t0, 3)
             self._write(rec)
 
     def _write(self, rec):
