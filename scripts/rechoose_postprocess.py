@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     meta = bundle.metadata
     training = meta.get("training") or {}
+    if args.keep_masks is not None and not meta.get("classifier"):
+        raise SystemExit(f"{args.bundle}: has no particle classifier; --keep-masks chooses its threshold")
     images = [Path(p) for p in training.get("validation_images") or []]
     if not images:
         raise SystemExit(f"{args.bundle}: records no validation images (training.validation_images)")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     shutil.copytree(args.bundle, args.out)
     meta = json.loads((args.out / "bundle.json").read_text())
     meta["postprocess"].update(post)
-    if args.keep_masks is not None and meta.get("classifier"):
+    if args.keep_masks is not None:  # (a bundle without a classifier was refused above)
         import keras
 
         clf = meta["classifier"]
@@ -91,4 +93,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from particleseg.errors import InputError
+
+    try:
+        raise SystemExit(main())
+    except InputError as exc:  # a missing or mismatched mask: one line, no traceback
+        raise SystemExit(f"rechoose_postprocess: {exc}") from None

@@ -70,10 +70,11 @@ def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
     Returns
     -------
     ndarray of float32, the shape of ``image``: a new array (one whole-image float32 array is
-    all this allocates; at 8192x8192 the former per-channel copies and stacking took 0.5 GiB more)
+    all this allocates; at 8192x8192 the former per-channel copies and stacking took 0.5 GiB more),
+    or ``image`` itself for the method ``none`` when it is float32 already
     """
     if normalization.get("method", "percentile") == "none":
-        return np.array(image, np.float32)
+        return np.asarray(image, np.float32)
     out = np.array(image, np.float32)
     low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
     clip = tuple(normalization["clip"]) if normalization.get("clip") else None

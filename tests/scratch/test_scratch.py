@@ -387,10 +387,9 @@ def test_tiny_run_produces_every_stage_and_a_bundle_that_segments(tiny_run, inpu
     result, root = tiny_run
     work = root / "work"
     cfg = ScratchConfig.preset("tiny")
-    records = [json.loads((work / stage / "stage.json").read_text()) for stage in STAGE_DIRS.values()]
-    # every stage done, with its time (a small stage can take under a millisecond on a fast machine)
-    assert all(rec["status"] == "done" and rec["seconds"] >= 0 for rec in records)
-    assert sum(rec["seconds"] for rec in records) > 0
+    for stage in STAGE_DIRS.values():
+        rec = json.loads((work / stage / "stage.json").read_text())
+        assert rec["status"] == "done" and rec["seconds"] > 0
     shapes = np.load(work / "1_shapes" / "shapes.npz")["shapes"]
     assert shapes.dtype == bool and shapes.shape[1:] == (32, 32) and 16 <= len(shapes) <= cfg.shapes.bank_size
     labels = sorted((work / "2_masks" / "labels").glob("*.tif"))

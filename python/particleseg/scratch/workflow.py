@@ -412,7 +412,7 @@ class Stage:
         """Mark the stage done, with its total time and ``summary``."""
         rec = self.record()
         rec.update(
-            status="done", finished=_now(), seconds=round(self._base + time.time() - self._t0, 1), summary=summary or {}
+            status="done", finished=_now(), seconds=round(self._base + time.time() - self._t0, 3), summary=summary or {}
         )
         self._write(rec)
 
