@@ -64,6 +64,42 @@ def test_scale_bar_label_and_panel_letter_are_found_not_the_particles(polarity):
     assert not (mask & particles).any()  # the saturated rims are not letters
 
 
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+@pytest.mark.parametrize("strip_rows", [5, 37, 100])
+def test_annotations_found_in_strips_are_those_of_the_whole_image(monkeypatch, polarity, strip_rows):
+    import importlib
+
+    annotations = importlib.import_module("particleseg.annotations")
+    img = micrograph(polarity, seed=3)
+    for dtype in (np.float32, np.uint8):
+        whole = annotation_mask(img.astype(dtype))  # 320 rows: one strip
+        monkeypatch.setattr(annotations, "STRIP_ROWS", strip_rows)
+        assert np.array_equal(annotation_mask(img.astype(dtype)), whole)
+        monkeypatch.setattr(annotations, "STRIP_ROWS", 1024)
+    assert whole[288:298, 300:381].all()  # the bar crosses strip borders
+
+
+@pytest.mark.parametrize("strip_rows", [1, 4, 9, 64])
+def test_components_in_strips_are_the_labels_of_the_whole_mask(rng, strip_rows):
+    from scipy import ndimage as ndi
+
+    from particleseg.annotations import _component, _components
+
+    img = ndi.gaussian_filter(rng.random((60, 45)), 1.2).astype(np.float32)
+    threshold = float(np.quantile(img, 0.8))
+    lab, n = ndi.label(img >= threshold, structure=np.ones((3, 3)))
+    expected = sorted(
+        ((sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), int((lab[sl] == k).sum()))
+        for k, sl in enumerate(ndi.find_objects(lab), start=1)
+    )
+    found = _components(img, True, threshold, strip_rows)
+    got = sorted(((sl[0].start, sl[0].stop, sl[1].start, sl[1].stop), count) for sl, count, _ in found)
+    assert n > 5 and got == expected
+    for sl, count, seed in found:  # each component recovered whole from its box and one pixel
+        comp = _component(img, sl, seed, True, threshold)
+        assert comp.sum() == count and np.array_equal(comp, lab[sl] == lab[seed])
+
+
 def test_fill_annotations_paints_the_bar_with_its_surroundings():
     img = micrograph()
     mask = annotation_mask(img)

@@ -22,6 +22,7 @@ MODULES = [
     "postprocess",
     "preprocess",
     "scratch.renderer",
+    "strips",
     "simulate",
     "fiji.options",
     "fiji.session",

@@ -5,7 +5,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from particleseg.inference import blend_window, even_tile_size, predict_tiled, tile_starts
-from particleseg.preprocess import detect_data_bar, normalize_input, normalize_percentile, rescale, resize_to
+from particleseg.preprocess import (
+    detect_data_bar,
+    input_normalizer,
+    normalize_input,
+    normalize_percentile,
+    rescale,
+    resize_to,
+)
 
 
 def test_percentile_normalisation_ignores_hot_pixels(rng):
@@ -30,6 +37,56 @@ def test_bundle_normalisation_is_per_channel_or_none(rng):
         assert np.allclose(out[..., c], normalize_percentile(img[..., c], 1.0, 99.0, None), atol=1e-5)
     assert normalize_input(img, {**norm, "clip": [0, 1]}).max() == 1.0
     assert np.array_equal(normalize_input(img, {"method": "none"}), img.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("flip", [False, True])
+def test_strip_normaliser_gives_the_whole_image_values_bit_for_bit(rng, dtype, channels, flip):
+    from particleseg.pipeline import invert
+
+    scale = 255 if dtype == np.uint8 else 4000
+    img = (rng.random((97, 61, channels)) * scale).astype(dtype)
+    img[0, 0] = scale  # a hot pixel
+    norm = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
+    source = invert(img) if flip else img
+    whole = normalize_input(source, norm)
+    prepare = input_normalizer(img, norm, invert=flip)
+    for y0, y1 in [(0, 97), (0, 13), (40, 97), (96, 97)]:
+        assert np.array_equal(prepare(img[y0:y1]), whole[y0:y1])
+    # a constant image falls back to the full range, as normalize_input does
+    flat = np.full((20, 30, channels), 7, dtype)
+    assert np.array_equal(input_normalizer(flat, norm, invert=flip)(flat), normalize_input(flat, norm))
+    none = {"method": "none"}
+    assert np.array_equal(input_normalizer(img, none, invert=flip)(img), source.astype(np.float32))
+
+
+def test_prepared_strips_give_the_prediction_of_the_normalised_image(rng):
+    img = (rng.random((300, 260, 1)) * 255).astype(np.uint8)
+    norm = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
+    net = lambda b: ndi.uniform_filter(b, (1, 9, 9, 1)) * 2.0  # noqa: E731
+    expected = predict_tiled(net, normalize_input(img, norm), tile=128, overlap=16, multiple_of=16)
+    got = predict_tiled(net, img, tile=128, overlap=16, multiple_of=16, prepare=input_normalizer(img, norm))
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("factor", [0.3, 0.45, 0.8, 1.7])
+@pytest.mark.parametrize("flip", [False, True])
+def test_rescale_in_strips_is_rescale_bit_for_bit(rng, dtype, factor, flip, tmp_path):
+    from particleseg.pipeline import invert
+    from particleseg.preprocess import rescale_rows, rescaled_shape
+    from particleseg.strips import RowFile
+
+    img = (ndi.gaussian_filter(rng.random((131, 97)), 2) * 3000).astype(dtype)
+    expected = rescale(invert(img) if flip else img, factor)
+    assert expected.shape == rescaled_shape(img.shape, factor)
+    for rows in (5, 64, 300):
+        assert np.array_equal(rescale_rows(img, factor, invert=flip, strip_rows=rows), expected)
+    store = RowFile(expected.shape, np.float32, tmp_path)  # into a row file, as the strips do
+    rescale_rows(img, factor, out=store, invert=flip, strip_rows=16)
+    assert np.array_equal(store.read(0, expected.shape[0]), expected)
+    store.close()
 
 
 def test_normalisation_of_an_almost_constant_image_is_finite():

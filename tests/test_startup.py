@@ -79,6 +79,10 @@ def test_import_particleseg_is_light_and_its_names_load_on_first_use():
     res = _loaded_after("import particleseg\ntry:\n    particleseg.nothing\nexcept AttributeError as e:\n    print(e)")
     assert res["out"].strip() == "module 'particleseg' has no attribute 'nothing'"
 
+    # a submodule named like a __future__ feature is the submodule (it once was the feature)
+    res = _loaded_after("from particleseg import annotations\nprint(annotations.__name__)")
+    assert res["out"].strip() == "particleseg.annotations"
+
 
 def test_star_import_and_the_models_package_give_every_public_name():
     import particleseg

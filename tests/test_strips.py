@@ -236,18 +236,22 @@ def test_no_particles_in_strips(monkeypatch, default_bundle):
     _compare(whole, seg)
 
 
-def test_resampled_network_input_in_strips(monkeypatch, default_bundle):
-    """Check particles larger than the model was trained on.
+@pytest.mark.parametrize("dark", [False, True])
+def test_resampled_network_input_in_strips(monkeypatch, default_bundle, dark):
+    """Check particles larger than the model was trained on (bright, and dark: inverted too).
 
-    The network sees the image shrunk; its output, in a row file, is resampled back strip by strip
-    and the scale is refined from the particles found (a second network run and search).
+    The network sees the image shrunk, resampled strip by strip into a row file; its output, in
+    another, is resampled back strip by strip and the scale is refined from the particles found
+    (a second network run and search).
     """
     sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)
+    image = 255 - sim.image if dark else sim.image
     params = P.SegmentParams(progress=False)
-    whole = P.segment_image(sim.image, default_bundle, params)
-    seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
+    whole = P.segment_image(image, default_bundle, params)
+    seg = _strip_run(monkeypatch, image, default_bundle, params, rows=20)
     _compare(whole, seg)
     assert whole.scale_factor < 0.8 and whole.scale.size_source == "detections" and len(whole.table) > 5
+    assert whole.scale.polarity == ("dark" if dark else "bright")
 
 
 def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch, default_bundle):

@@ -13,8 +13,8 @@ scikit-image.
 >>> result.table[["MinFeret", "Feret", "kept"]].describe()                     # doctest: +SKIP
 """
 
-from __future__ import annotations
-
+# (no ``from __future__ import annotations`` here: it would bind the name ``annotations`` in
+# this package, hiding the submodule :mod:`particleseg.annotations` until it is imported)
 import importlib
 from typing import TYPE_CHECKING
 

@@ -35,16 +35,112 @@ CORNER = 0.22
 MIN_LINE_GLYPHS = 3
 
 
-def _extremes(img: np.ndarray) -> list[tuple[np.ndarray, float, float]]:
-    """(drawn pixels, extreme value, gray-value range) for the bright and the dark extreme."""
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        return []
-    lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
+#: rows of the image analysed at a time (the components are stitched across strips)
+STRIP_ROWS = 1024
+_EIGHT = np.ones((3, 3), bool)
+
+
+def _rows(image: np.ndarray, y0: int, y1: int) -> np.ndarray:
+    """Rows ``y0:y1`` of ``image`` as float32 (the values the rules compare)."""
+    return np.asarray(image[y0:y1], np.float32)
+
+
+def _extremes(image: np.ndarray, strip_rows: int | None = None) -> list[tuple[bool, float, float, float]]:
+    """(bright, threshold, extreme value, gray-value range) of the bright and the dark extreme.
+
+    Drawn pixels are those at or above the bright threshold, or at or below the dark one. The
+    finite minimum and maximum are taken a strip of rows at a time (no whole-image copy).
+    """
+    strip_rows = strip_rows or STRIP_ROWS
+    lo, hi = np.inf, -np.inf
+    for y0 in range(0, image.shape[0], strip_rows):
+        rows = _rows(image, y0, y0 + strip_rows)
+        finite = rows[np.isfinite(rows)] if rows.dtype.kind == "f" else rows
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if not np.isfinite(lo) or hi <= lo:
         return []
     tol = EXTREME_TOLERANCE * (hi - lo)
-    return [(img >= hi - tol, hi, hi - lo), (img <= lo + tol, lo, hi - lo)]
+    return [(True, hi - tol, hi, hi - lo), (False, lo + tol, lo, hi - lo)]
+
+
+def _drawn(rows: np.ndarray, bright: bool, threshold: float) -> np.ndarray:
+    """Return the pixels of float32 ``rows`` at or beyond ``threshold`` (above it when ``bright``)."""
+    return rows >= threshold if bright else rows <= threshold
+
+
+def _components(image: np.ndarray, bright: bool, threshold: float, strip_rows: int | None = None):
+    """Find the 8-connected components of the drawn pixels, a strip of rows at a time.
+
+    Components are labelled within each strip and joined across strip borders (union-find on
+    the touching pixels of the two rows either side), so only a strip's labels are held at once
+    (a whole-image int32 label array took 1 GiB at 16384x16384).
+
+    Returns
+    -------
+    list of (bounding box, pixel count, one pixel (y, x)) in raster order of the box's first
+    row, then its first column.
+    """
+    h, strip_rows = image.shape[0], strip_rows or STRIP_ROWS
+    parent: list[int] = []
+    boxes: list[list[int]] = []  # y0, y1, x0, x1
+    counts: list[int] = []
+    seeds: list[tuple[int, int]] = []
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    above = None  # global ids of the last row of the previous strip
+    for y0 in range(0, h, strip_rows):
+        mask = _drawn(_rows(image, y0, y0 + strip_rows), bright, threshold)
+        lab, n = ndi.label(mask, structure=_EIGHT)
+        base = len(parent)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        for k, sl in enumerate(ndi.find_objects(lab, n), start=1):
+            r = sl[0].start
+            c = sl[1].start + int(np.argmax(lab[r, sl[1]] == k))
+            parent.append(base + k - 1)
+            boxes.append([sl[0].start + y0, sl[0].stop + y0, sl[1].start, sl[1].stop])
+            counts.append(int(sizes[k]))
+            seeds.append((r + y0, c))
+        if above is not None and n:
+            first = lab[0]
+            for dx in (-1, 0, 1):  # 8-connected across the border
+                a = above[max(0, -dx) : len(above) - max(0, dx)]
+                b = first[max(0, dx) : len(first) - max(0, -dx)]
+                both = (a >= 0) & (b > 0)
+                for i, j in set(zip(a[both].tolist(), (b[both] + base - 1).tolist())):
+                    ri, rj = root(i), root(j)
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)
+        last = lab[-1].astype(np.int64) + base - 1
+        last[lab[-1] == 0] = -1
+        above = last
+    merged: dict[int, list] = {}
+    for i in range(len(parent)):
+        r = root(i)
+        if r not in merged:
+            merged[r] = [boxes[i][:], counts[i], seeds[i]]
+        else:
+            m = merged[r]
+            b = m[0]
+            b[0], b[1] = min(b[0], boxes[i][0]), max(b[1], boxes[i][1])
+            b[2], b[3] = min(b[2], boxes[i][2]), max(b[3], boxes[i][3])
+            m[1] += counts[i]
+    out = [((slice(b[0], b[1]), slice(b[2], b[3])), n, seed) for b, n, seed in merged.values()]
+    return sorted(out, key=lambda c: (c[0][0].start, c[0][1].start))
+
+
+def _component(image: np.ndarray, sl, seed, bright: bool, threshold: float) -> np.ndarray:
+    """Return the component through ``seed`` within its bounding box ``sl`` (a bool mask of the box).
+
+    Labelling the box alone gives the whole component: it lies in its box and is connected.
+    """
+    lab, _ = ndi.label(_drawn(_rows(image, sl[0].start, sl[0].stop)[:, sl[1]], bright, threshold), _EIGHT)
+    return lab == lab[seed[0] - sl[0].start, seed[1] - sl[1].start]
 
 
 def _around(img: np.ndarray, sl, *masks: np.ndarray, pad: int = 3):
@@ -55,7 +151,7 @@ def _around(img: np.ndarray, sl, *masks: np.ndarray, pad: int = 3):
     """
     y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, img.shape[0])
     x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, img.shape[1])
-    box = img[y0:y1, x0:x1]
+    box = np.asarray(img[y0:y1, x0:x1], np.float32)
     placed = []
     for m in masks:
         b = np.zeros(box.shape, bool)
@@ -161,34 +257,31 @@ def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
     >>> bool(mask[183, 240]), bool(mask[100, 100])
     (True, False)
     """
-    img = np.asarray(image, np.float32)
+    img = np.asarray(image)  # in its own dtype: the rules read float32 rows and boxes of it
     shape = img.shape
     out = np.zeros(shape, bool)
-    for drawn, extreme, span in _extremes(img):
-        lab, n = ndi.label(drawn, structure=np.ones((3, 3)))
-        if n == 0:
-            continue
+    for bright, threshold, extreme, span in _extremes(img):
         bars, glyphs, boxes = [], [], []
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
-            if sl is None:
+        for sl, count, seed in _components(img, bright, threshold):
+            if count < 12:
                 continue
-            comp = lab[sl] == i
+            comp = _component(img, sl, seed, bright, threshold)
             h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-            if comp.sum() < 12 or not _is_drawn(img, comp, sl, extreme, span):
+            if not _is_drawn(img, comp, sl, extreme, span):
                 continue
             if _is_bar(comp, h, w, shape):
                 bars.append(sl)
             elif _is_box(comp, h, w, shape) and _near_corner(sl, shape):
                 boxes.append(sl)
             elif _is_glyph(img, comp, sl, shape, span):
-                glyphs.append((i, sl))
+                glyphs.append((comp, sl))
         for sl in bars:
             out[sl] |= True  # a bar's bounding box is the bar
         for sl in boxes:
             out[sl] |= True
         kept = _text_glyphs(glyphs, bars, shape)
-        for i, sl in kept:
-            out[sl] |= lab[sl] == i
+        for comp, sl in kept:
+            out[sl] |= comp
     if dilate and out.any():
         out = ndi.binary_dilation(out, iterations=int(dilate))
     return out

@@ -148,6 +148,10 @@ def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
     return np.pad(np.arange(n), (0, padded - n), mode=mode) if padded > n else np.arange(n)
 
 
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    return block if block.dtype == np.float32 else np.asarray(block, np.float32)
+
+
 def predict_tiled(
     predict: PredictFn,
     image: np.ndarray,
@@ -158,6 +162,7 @@ def predict_tiled(
     out: np.ndarray | None = None,
     progress: bool | None = None,
     desc: str = "inference",
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Predict a large image tile by tile.
 
@@ -195,12 +200,21 @@ def predict_tiled(
         of tiles at a time.
     progress : bool or None
         Show a progress bar; ``None`` shows it when there are more than 16 tiles.
+    prepare : callable, optional
+        Applied to each strip of rows ``(h, W, C)`` of ``image`` (the rows one row of tiles
+        needs) before the tiles are cut from it, for example the normalisation of
+        :func:`particleseg.preprocess.input_normalizer`; ``image`` is then used as it is (any
+        dtype, not yet normalised), so no whole-image float32 copy is made.
 
     Returns
     -------
     ndarray of float32, ``(H, W, K)``
     """
-    img = image if isinstance(image, np.ndarray) and image.dtype == np.float32 else np.asarray(image, np.float32)
+    if prepare is not None:
+        img = np.asanyarray(image)
+    else:
+        img = image if isinstance(image, np.ndarray) and image.dtype == np.float32 else np.asarray(image, np.float32)
+        prepare = _as_float32
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
@@ -226,13 +240,17 @@ def predict_tiled(
         bar = tqdm(total=n_tiles, desc=desc, unit="tile", leave=False)
     try:
         for sy, ay, by in ys:
-            rows = iy[sy : sy + th]
+            # the rows of this row of tiles, prepared once for all its tiles
+            strip = prepare(img if whole or (sy == 0 and th == h) else img[iy[sy : sy + th]])
+            if isinstance(img, np.memmap):  # read from a file: its pages need not stay
+                from .io.write import release_pages
+
+                release_pages(img)
             for b0 in range(0, len(xs), batch_size):
                 bx = xs[b0 : b0 + batch_size]
                 if whole:
-                    batch = img[None]
+                    batch = strip[None]
                 else:
-                    strip = img[rows] if not (sy == 0 and th == h) else img
                     batch = np.stack([strip[:, ix[sx : sx + tw]] for sx, _, _ in bx])
                 pred = np.asarray(predict(batch), np.float32)
                 if pred.shape[:3] != batch.shape[:3]:

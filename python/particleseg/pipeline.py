@@ -49,12 +49,21 @@ from .io import (
     write_rois,
     write_tiff,
 )
+from .io.write import release_pages
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
 from .models.receptive import exact_halo
 from .params import ALIASES, POSTPROCESS_PARAMETERS, bundle_defaults
-from .preprocess import detect_data_bar, normalize_input, rescale, resize_to
+from .preprocess import (
+    detect_data_bar,
+    input_normalizer,
+    normalize_input,
+    rescale,
+    rescale_rows,
+    rescaled_shape,
+    resize_to,
+)
 from .report import overview_figure, save_png
 from .workers import context
 
@@ -249,20 +258,27 @@ def predict_probabilities(
     params: SegmentParams | None = None,
     predictor=None,
     out=None,
+    invert: bool = False,
 ) -> np.ndarray:
     """Normalise ``image`` ((Y, X) or (Y, X, C)) as the bundle says and run tiled inference.
 
     Returns the network output ``(Y, X, K)`` float32 at the size of ``image`` (written into
-    ``out`` when given, see :func:`particleseg.inference.predict_tiled`).
+    ``out`` when given, see :func:`particleseg.inference.predict_tiled`). With ``invert`` the
+    network sees the image's gray values mirrored (:func:`invert`). The normalisation is applied a
+    strip of rows at a time (:func:`particleseg.preprocess.input_normalizer`): no whole-image
+    float32 copy. With ``out`` (a large image), ONNX Runtime's memory arena is handed back
+    afterwards, so the steps that follow do not sit on top of it.
     """
     params = (params or SegmentParams()).resolved(bundle)
-    img = np.asarray(image)
+    img = np.asanyarray(image)  # a memory map stays one (its pages are dropped as it is read)
     if img.ndim == 2:
         img = img[..., None]
     bundle.check_channels(img.shape[-1])
-    img = normalize_input(img, bundle.metadata["input"]["normalization"])  # one float32 copy
-    return predict_tiled(
-        predictor or bundle.predictor(params.engine),
+    predict = predictor or bundle.predictor(params.engine)
+    prepare = input_normalizer(img, bundle.metadata["input"]["normalization"], invert=invert)
+    release_pages(img)
+    result = predict_tiled(
+        predict,
         img,
         tile=params.tile,
         overlap=params.overlap,
@@ -270,7 +286,12 @@ def predict_probabilities(
         multiple_of=bundle.network.multiple_of,
         out=out,
         progress=params.progress,
+        prepare=prepare,
     )
+    release = getattr(predict, "release_memory", None)
+    if out is not None and release is not None:
+        release()
+    return result
 
 
 def segment_image(
@@ -475,8 +496,9 @@ def _segment_in_strips(
     lut, table = kept_first(np.arange(found.n + 1, dtype=np.int32), table)
     strips.relabel(found.store, lut)
     labels = strips.RowFile((h + crop, w), np.int32)
-    for y0 in range(0, h, strips.STRIP_ROWS):
-        labels.write(y0, found.store.read(y0, min(y0 + strips.STRIP_ROWS, h)))
+    step = strips.strip_rows_for(w)
+    for y0 in range(0, h, step):
+        labels.write(y0, found.store.read(y0, min(y0 + step, h)))
     found.store.close()
     return Segmentation(store.memmap(), labels.memmap(), table, cal, crop, scale.factor, params, scale)
 
@@ -797,21 +819,26 @@ def _network_at_scale(
     The output is at the size of ``work`` (in ``out`` when given: a
     :class:`particleseg.strips.RowFile`).
     """
-    net_in = work if scale.polarity == scale.network_polarity else invert(work)
+    flip = scale.polarity != scale.network_polarity
+    if scale.factor != 1 and out is not None:
+        # a large image: resampled strip by strip into a row file, the network's output at its
+        # scale into another, resampled back strip by strip (no whole-image array)
+        shape = rescaled_shape(work.shape, scale.factor)
+        net_in = strips.RowFile(shape, np.float32)
+        at_scale = strips.RowFile(shape + (strips.output_channels(bundle),), np.float32)
+        try:
+            rescale_rows(work, scale.factor, out=net_in, invert=flip)
+            predict_probabilities(net_in.memmap(), bundle, params, predictor, out=at_scale)
+            return resize_to(at_scale, work.shape, order=1, out=out)
+        finally:
+            net_in.close()
+            at_scale.close()
     if scale.factor != 1:
-        net_in = rescale(net_in, scale.factor)
-        if out is not None:  # at the network's scale into a row file, resampled back strip by strip
-            at_scale = strips.RowFile(net_in.shape[:2] + (strips.output_channels(bundle),), np.float32)
-            try:
-                predict_probabilities(net_in, bundle, params, predictor, out=at_scale)
-                del net_in
-                return resize_to(at_scale, work.shape, order=1, out=out)
-            finally:
-                at_scale.close()
-    elif out is not None:
-        return predict_probabilities(net_in, bundle, params, predictor, out=out)
-    prob = predict_probabilities(net_in, bundle, params, predictor)
-    return resize_to(prob, work.shape, order=1) if scale.factor != 1 else prob
+        net_in = rescale(invert(work) if flip else work, scale.factor)
+        prob = predict_probabilities(net_in, bundle, params, predictor)
+        return resize_to(prob, work.shape, order=1)
+    # as it is: inverted (if so) and normalised a strip at a time
+    return predict_probabilities(work, bundle, params, predictor, out=out, invert=flip)
 
 
 def invert(image: np.ndarray) -> np.ndarray:
@@ -1358,13 +1385,9 @@ def prepare_file(
         title = path.name if image.ndim == 2 else f"{path.name} (slice 1 of {len(stack)})"
         if large:  # sampled every k pixels (the figure shows about 500 pixels of it)
             k = strips.overview_step(stack[0].shape)
-            overview = overview_png(
-                np.ascontiguousarray(stack[0][::k, ::k]),
-                np.ascontiguousarray(labels[0][::k, ::k]),
-                first,
-                cal.unit,
-                title,
-            )
+            sampled = np.ascontiguousarray(labels[0][::k, ::k])
+            release_pages(labels[0])
+            overview = overview_png(np.ascontiguousarray(stack[0][::k, ::k]), sampled, first, cal.unit, title)
         else:
             overview = overview_png(stack[0], labels[0], first, cal.unit, title)
     return PreparedFile(

@@ -65,7 +65,7 @@ def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
 
     The method is ``percentile`` (:func:`normalize_percentile` with its ``low``, ``high`` and
     ``clip``) or ``none``. Training and inference both call this, so a network sees the same
-    values in both.
+    values in both; :func:`input_normalizer` gives the same values a strip at a time.
 
     Returns
     -------
@@ -81,6 +81,77 @@ def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
     for c in range(out.shape[-1]):
         normalize_percentile(out[..., c], low, high, clip, out=out[..., c])
     return out
+
+
+def _raster_sample(values: np.ndarray, max_samples: int) -> np.ndarray:
+    """Every ``step``-th value of ``values`` in raster order, ``step = size // max_samples``.
+
+    The sample :func:`normalize_percentile` takes (``values.ravel()[::step]``), without copying
+    a non-contiguous array (one channel of a ``(Y, X, C)`` image) whole first.
+    """
+    step = max(1, values.size // max_samples)
+    if values.flags.c_contiguous:
+        return values.reshape(-1)[::step]
+    return values[np.unravel_index(np.arange(0, values.size, step), values.shape)]
+
+
+def input_normalizer(image: np.ndarray, normalization: dict, invert: bool = False):
+    """Return a function that normalises rows of ``image`` as :func:`normalize_input` does the whole.
+
+    The percentiles (from the same regular sample of at most 4 million values) and, with
+    ``invert``, the gray-value range are taken from the whole ``(Y, X, C)`` image once; the
+    function maps any block of its rows ``(y, X, C)`` (any dtype) to float32, value for value
+    what ``normalize_input(image)[rows]`` holds (or, with ``invert``, what
+    ``normalize_input(particleseg.pipeline.invert(image))[rows]`` holds). So tiled inference
+    (:func:`particleseg.inference.predict_tiled` with ``prepare``) needs no whole-image float32
+    copy of the input: at 16384x16384 that copy alone took 1 GiB.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).integers(0, 255, (64, 48, 1)).astype(np.uint8)
+    >>> norm = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
+    >>> prepare = input_normalizer(img, norm)
+    >>> bool(np.array_equal(prepare(img[10:20]), normalize_input(img, norm)[10:20]))
+    True
+    """
+    image = np.asarray(image)
+    mirror = None
+    if invert:  # as particleseg.pipeline.invert: (max + min) - image, in float32
+        mirror = np.float32(np.float32(image.max()) + np.float32(image.min()))
+    if normalization.get("method", "percentile") == "none":
+        ranges = None
+    else:
+        low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+        clip = tuple(normalization["clip"]) if normalization.get("clip") else None
+        ranges = []
+        for c in range(image.shape[-1]):
+            channel = image[..., c]
+            sample = np.asarray(_raster_sample(channel, 4_000_000), np.float32)
+            if mirror is not None:
+                sample = mirror - sample
+            lo, hi = np.percentile(sample, [low, high])
+            if hi <= lo:  # as normalize_percentile: the full range
+                a, b = np.float32(channel.min()), np.float32(channel.max())
+                lo, hi = (float(mirror - b), float(mirror - a)) if mirror is not None else (float(a), float(b))
+            ranges.append((np.float32(lo), np.float32(1.0 / (hi - lo) if hi > lo else 1.0)))
+
+    def prepare(block: np.ndarray) -> np.ndarray:
+        out = np.array(block, np.float32)
+        if mirror is not None:
+            np.subtract(mirror, out, out=out)
+        if ranges is not None:
+            for c, (lo, scale) in enumerate(ranges):
+                view = out[..., c]
+                np.subtract(view, lo, out=view)
+                np.multiply(view, scale, out=view)
+                if clip is not None:
+                    np.clip(view, clip[0], clip[1], out=view)
+        return out
+
+    return prepare
 
 
 def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction: float = 0.3) -> int:
@@ -150,6 +221,95 @@ def rescale(image: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
         anti_aliasing=factor < 1,
         mode="reflect",
     ).astype(np.float32)
+
+
+def rescaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    """Shape of an image of ``shape`` after :func:`rescale` by ``factor`` (scikit-image's rounding).
+
+    Examples
+    --------
+    >>> rescaled_shape((768, 1024), 0.5)
+    (384, 512)
+    """
+    return tuple(int(v) for v in np.maximum(np.round(np.asarray(shape, float) * factor), 1))
+
+
+class _FloatRows:
+    """Rows of a 2D image as float32, mirrored and smoothed as whole-image calls would make them.
+
+    ``read(y0, y1)`` gives rows of ``mirror - image`` (when ``mirror`` is given, as
+    :func:`particleseg.pipeline.invert` mirrors), smoothed by
+    ``scipy.ndimage.gaussian_filter(..., sigma, mode="mirror")`` as on the whole image: each read
+    smooths its rows with a halo of the filter's radius (the image's own rows, or its top and
+    bottom edge), so the rows are exact.
+    """
+
+    def __init__(self, image: np.ndarray, sigma: tuple[float, float], mirror=None):
+        self.image, self.sigma, self.mirror = image, sigma, mirror
+        self.shape, self.dtype = tuple(image.shape), np.dtype(np.float32)
+        self.smooth = any(s > 1e-15 for s in sigma)
+        self.halo = int(4.0 * sigma[0] + 0.5) + 1 if sigma[0] > 1e-15 else 0  # radius of truncate=4
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        a, b = max(0, y0 - self.halo), min(self.shape[0], y1 + self.halo)
+        block = np.asarray(self.image[a:b], np.float32)
+        if self.mirror is not None:
+            block = self.mirror - block
+        if self.smooth:
+            block = ndi.gaussian_filter(block, self.sigma, mode="mirror")
+        return block[y0 - a : y1 - a]
+
+
+class _Clipped:
+    """Write rows into ``out`` clipped to ``[lo, hi]`` (skimage's ``clip=True`` of its warps)."""
+
+    def __init__(self, out, lo, hi):
+        self.out, self.lo, self.hi = out, lo, hi
+
+    def __setitem__(self, key, value) -> None:
+        self.out[key] = np.clip(value, self.lo, self.hi)
+
+
+def rescale_rows(image: np.ndarray, factor: float, out=None, invert: bool = False, strip_rows: int = 256):
+    """:func:`rescale` a strip of rows at a time, into ``out``: the same values, bounded memory.
+
+    ``rescale(image, factor)`` (or, with ``invert``, ``rescale(particleseg.pipeline.invert(image),
+    factor)``) value for value, without whole-image temporaries: scikit-image's anti-aliasing
+    Gaussian, its bilinear resampling (:func:`resize_to`) and its clipping to the input's range
+    are applied to the rows each output strip needs. At 16384x16384 the whole-image call held
+    about 3 GiB of float arrays at once.
+
+    Parameters
+    ----------
+    image : (Y, X) array
+        Any dtype; read by rows.
+    factor : float
+        Resampling factor (``> 1`` enlarges).
+    out : array or row store, optional
+        ``(round(Y * factor), round(X * factor))`` float32, written ``out[y0:y1, :] = rows``
+        (a :class:`particleseg.strips.RowFile`); by default a new array.
+    invert : bool
+        Mirror the gray values within their range first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).random((40, 30)).astype(np.float32)
+    >>> bool(np.array_equal(rescale_rows(img, 0.45, strip_rows=7), rescale(img, 0.45)))
+    True
+    """
+    image = np.asanyarray(image)
+    shape = rescaled_shape(image.shape, factor)
+    lo, hi = np.float32(image.min()), np.float32(image.max())
+    mirror = np.float32(lo + hi) if invert else None
+    lo, hi = (mirror - hi, mirror - lo) if invert else (lo, hi)
+    sigma = tuple(max(0.0, (i / o - 1) / 2) for i, o in zip(image.shape, shape)) if factor < 1 else (0.0, 0.0)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    resize_to(_FloatRows(image, sigma, mirror), shape, out=_Clipped(out, lo, hi), strip_rows=strip_rows)
+    return out
 
 
 def resize_to(image, shape: tuple[int, int], order: int = 1, out=None, strip_rows: int = 256) -> np.ndarray:

@@ -46,13 +46,28 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from . import postprocess as pp
+from .io.write import release_pages
 from .measure import measure_particles
 
 #: Images with more pixels than this (after cropping the data bar) are segmented in strips:
 #: larger than the default model's largest tile (2048 x 2048), which it predicts whole.
 MIN_PIXELS = 2048 * 2048
-#: Rows of a strip's core (and of each step by which a window grows).
+#: Rows of a strip's core (and of each step by which a window grows), at most.
 STRIP_ROWS = 512
+#: Pixels of a strip's core: images wider than ``STRIP_PIXELS / STRIP_ROWS`` (8192) get strips
+#: of fewer rows (at least 64), so a window's memory does not grow with the width either.
+STRIP_PIXELS = 512 * 8192
+
+
+def strip_rows_for(width: int) -> int:
+    """Rows of a strip's core for an image ``width`` pixels wide (:data:`STRIP_ROWS`, fewer when wide).
+
+    Examples
+    --------
+    >>> strip_rows_for(4096), strip_rows_for(16384)
+    (512, 256)
+    """
+    return int(min(STRIP_ROWS, max(64, STRIP_PIXELS // max(1, int(width)))))
 #: Largest network tile side on the strip path (ONNX Runtime needs about 0.5 GiB per Mpx of tile).
 TILE = 1024
 
@@ -258,12 +273,12 @@ def particles_in_strips(
     params : SegmentParams
         Resolved.
     strip_rows : int, optional
-        Rows of a strip's core; :data:`STRIP_ROWS` by default.
+        Rows of a strip's core; :func:`strip_rows_for` the width by default.
     folder : path, optional
         Where the temporary file goes (default: the system's temporary folder).
     """
     h, w = prob.shape[:2]
-    step = int(strip_rows or STRIP_ROWS)
+    step = int(strip_rows or strip_rows_for(w))
     store = RowFile((h, w), np.int32, folder)
     keys, areas, tops, bottoms = [], [], [], []
     count = 0
@@ -319,7 +334,7 @@ def particles_in_strips(
 
 def relabel(store: RowFile, lut: np.ndarray, strip_rows: int | None = None) -> None:
     """Apply ``lut`` (``lut[old] = new``) to the labels in ``store``, strip by strip."""
-    step = int(strip_rows or STRIP_ROWS)
+    step = int(strip_rows or strip_rows_for(store.shape[1]))
     for y0 in range(0, store.shape[0], step):
         y1 = min(y0 + step, store.shape[0])
         store.write(y0, lut[store.read(y0, y1)])
@@ -351,7 +366,7 @@ def measure_in_strips(
     """
     store, n = particles.store, particles.n
     h, w = store.shape
-    step = int(strip_rows or STRIP_ROWS)
+    step = int(strip_rows or strip_rows_for(w))
     tables = []
     inside = np.zeros(n + 1, np.int64) if drawn is not None else None
     means = np.zeros(n, float) if intensity is not None else None
@@ -424,12 +439,13 @@ def kept_and_mask(labels: np.ndarray, n_kept: int, strip_rows: int | None = None
     Each particle's mask is computed in a window that holds it whole, with one row more above
     and below, and the sizes of the whole particles: the result is that of the whole image.
     """
-    step = int(strip_rows or STRIP_ROWS)
     h, w = labels.shape
+    step = int(strip_rows or strip_rows_for(w))
     kept = RowFile((h, w), np.int32, folder)
     for y0 in range(0, h, step):
         lab = np.asarray(labels[y0 : y0 + step])
         kept.write(y0, np.where(lab <= n_kept, lab, 0))
+        release_pages(labels, y0, y0 + step)
     counts, top, bottom = _extents(kept, n_kept, step)
     mask = RowFile((h, w), bool, folder)
     for c0 in range(0, h, step):

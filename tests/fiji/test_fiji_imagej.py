@@ -165,6 +165,23 @@ def test_tiff_opened_by_imagej_equals_python_reader(ij, tmp_path, rng):
     assert np.array_equal(arr, ref) and cal == ref_cal == Calibration(1.5, "nm")
 
 
+def test_tiff_written_in_strips_opens_in_imagej_with_its_pixels(ij, tmp_path, rng, monkeypatch):
+    from particleseg.fiji import from_imageplus
+    from particleseg.io import write as w
+
+    monkeypatch.setattr(w, "WRITE_STRIPS_ABOVE", 1000)
+    monkeypatch.setattr(w, "WRITE_STRIP_ROWS", 16)
+    labels = rng.integers(0, 70000, (100, 60)).astype(np.int32)  # beyond uint16: float32
+    for data in (labels, labels > 35000, labels % 5000):
+        write_tiff(tmp_path / "s.tif", data, Calibration(1.5, "nm"), overwrite=True)
+        ij.run_macro(f'setBatchMode(true); open("{macro_path(tmp_path / "s.tif")}");', end_batch_mode=False)
+        arr, cal = from_imageplus(ij.image())
+        ref, ref_cal = read_image(tmp_path / "s.tif")
+        assert np.array_equal(arr, ref) and cal == ref_cal == Calibration(1.5, "nm")
+        assert np.array_equal(ref, data.astype(np.uint8) * 255 if data.dtype == bool else data)
+        ij.run_macro("close();")
+
+
 def test_rgb_is_refused_with_one_line(ij):
     from particleseg.fiji import from_imageplus
 

@@ -36,6 +36,48 @@ def test_tiff_roundtrip_keeps_calibration(tmp_path, rng):
     assert cal.unit == "nm" and cal.pixel_size == pytest.approx(7.5, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, bool])
+def test_large_images_are_written_in_strips_with_the_same_pixels(tmp_path, rng, monkeypatch, dtype):
+    from particleseg.io import write as w
+
+    data = rng.integers(0, 3000, (301, 77)).astype(dtype)
+    whole = write_tiff(tmp_path / "whole.tif", data, Calibration(2.0, "nm"))
+    monkeypatch.setattr(w, "WRITE_STRIPS_ABOVE", 100)
+    monkeypatch.setattr(w, "WRITE_STRIP_ROWS", 64)
+    # from a read-only memory map, as a large image's results come
+    np.save(tmp_path / "data.npy", data)
+    mapped = np.load(tmp_path / "data.npy", mmap_mode="r")
+    strips = write_tiff(tmp_path / "strips.tif", mapped, Calibration(2.0, "nm"))
+    a, b = tifffile.imread(whole), tifffile.imread(strips)
+    assert a.dtype == b.dtype and np.array_equal(a, b)
+    with tifffile.TiffFile(strips) as tif:
+        assert tif.pages[0].rowsperstrip == 64 and tif.imagej_metadata["unit"] == "nm"
+    assert read_image(strips)[1] == read_image(whole)[1] == Calibration(2.0, "nm")
+    assert np.array_equal(mapped, data)  # the pages it dropped are read again from the file
+
+
+def test_release_pages_drops_a_read_only_map_from_the_resident_set(tmp_path):
+    from particleseg.io.write import release_pages
+
+    def resident_file_kib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+    np.save(tmp_path / "big.npy", np.arange(16 << 20, dtype=np.int32).reshape(4096, 4096))
+    mapped = np.load(tmp_path / "big.npy", mmap_mode="r")
+    before = resident_file_kib()
+    assert int(mapped[:, ::1024].sum()) > 0 and int(mapped.sum(dtype=np.int64)) > 0  # touch every page
+    touched = resident_file_kib()
+    release_pages(mapped, 0, 2048)
+    half = resident_file_kib()
+    release_pages(mapped)
+    after = resident_file_kib()
+    assert touched - before > 50_000  # 64 MiB read
+    assert 20_000 < touched - half < 45_000 and after - before < 5_000
+    assert int(mapped[4095, 4095]) == (16 << 20) - 1
+    release_pages(np.zeros(10))  # not a map: nothing happens
+
+
 def test_micron_calibration_is_written_as_imagej_understands(tmp_path, rng):
     p = write_tiff(tmp_path / "a.tif", rng.random((20, 20)).astype(np.float32), Calibration(0.25, "µm"))
     with tifffile.TiffFile(p) as tif:
@@ -184,6 +226,25 @@ def test_rois_open_as_imagej_polygons(tmp_path):
     assert sorted(_polygon_area(r.coordinates()) for r in rois) == [42, 50]
     b = rois[0]
     assert (b.left, b.top, b.right, b.bottom) == (3, 2, 10, 8)
+
+
+def test_rois_of_a_large_label_map_are_those_of_the_whole_array(tmp_path, rng, monkeypatch):
+    import roifile
+    from scipy import ndimage as ndi
+
+    from particleseg.io import write as w
+
+    lab, _ = ndi.label(ndi.gaussian_filter(rng.random((300, 200)), 3) > 0.52)
+    whole = roifile.roiread(write_rois(tmp_path / "whole.zip", lab))
+    monkeypatch.setattr(w, "WRITE_STRIPS_ABOVE", 1000)
+    np.save(tmp_path / "lab.npy", lab.astype(np.int32))
+    mapped = np.load(tmp_path / "lab.npy", mmap_mode="r")
+    from particleseg.io.rois import _object_slices
+
+    assert _object_slices(mapped, strip_rows=7) == ndi.find_objects(lab)
+    parts = roifile.roiread(write_rois(tmp_path / "parts.zip", mapped))
+    assert len(whole) > 10 and [r.name for r in parts] == [r.name for r in whole]
+    assert all(np.array_equal(a.coordinates(), b.coordinates()) for a, b in zip(parts, whole))
 
 
 # ------------------------------------------------------------------------------------------

@@ -101,19 +101,54 @@ def trace_outline(mask: np.ndarray) -> np.ndarray:
     return pts[cross != 0]
 
 
-def label_outlines(labels: np.ndarray, ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
-    """Pixel-edge outline (see :func:`trace_outline`) of each labelled particle."""
+def _object_slices(labels: np.ndarray, strip_rows: int = 1024) -> list:
+    """``scipy.ndimage.find_objects(labels)`` of a 2D label image, a strip of rows at a time.
+
+    The same slices; for a large label image (a memory map) only a strip is read at once and
+    its pages are dropped afterwards (:func:`particleseg.io.write.release_pages`).
+    """
     from scipy import ndimage as ndi
 
-    labels = np.asarray(labels)
-    slices = ndi.find_objects(labels)
+    from .write import WRITE_STRIPS_ABOVE, release_pages
+
+    if labels.ndim != 2 or labels.size <= WRITE_STRIPS_ABOVE:
+        return ndi.find_objects(labels)
+    boxes: list = []
+    for y0 in range(0, labels.shape[0], strip_rows):
+        found = ndi.find_objects(np.asarray(labels[y0 : y0 + strip_rows]))
+        release_pages(labels, y0, y0 + strip_rows)
+        boxes.extend([None] * (len(found) - len(boxes)))
+        for i, sl in enumerate(found):
+            if sl is None:
+                continue
+            b = boxes[i]
+            top = b[0].start if b is not None else sl[0].start + y0
+            x0 = min(b[1].start, sl[1].start) if b is not None else sl[1].start
+            x1 = max(b[1].stop, sl[1].stop) if b is not None else sl[1].stop
+            boxes[i] = (slice(top, sl[0].stop + y0), slice(x0, x1))
+    return boxes
+
+
+def label_outlines(labels: np.ndarray, ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """Pixel-edge outline (see :func:`trace_outline`) of each labelled particle.
+
+    ``labels`` may be a read-only memory map of a large image: it is then read a strip, then a
+    particle's box, at a time, and the pages read are dropped as it goes.
+    """
+    from .write import release_pages
+
+    labels = np.asanyarray(labels)
+    slices = _object_slices(labels)
     wanted = set(ids) if ids is not None else None
     out = {}
     for i, sl in enumerate(slices, start=1):
         if sl is None or (wanted is not None and i not in wanted):
             continue
-        poly = trace_outline(labels[sl] == i)
+        poly = trace_outline(np.asarray(labels[sl]) == i)
         out[i] = poly + np.array([sl[1].start, sl[0].start], np.int32)
+        if i % 2000 == 0:
+            release_pages(labels)
+    release_pages(labels)
     return out
 
 
@@ -133,7 +168,7 @@ def write_rois(
 
     import roifile
 
-    labels = np.asarray(labels)
+    labels = np.asanyarray(labels)  # a memory map stays one (label_outlines reads it by parts)
     stack = labels if labels.ndim == 3 else labels[None]
     rois = []
     for z, plane in enumerate(stack):

@@ -241,6 +241,67 @@ def _imagej_unit(unit: str) -> str:
     return {"µm": "micron", "Å": "angstrom", "px": "pixel"}.get(unit, unit)
 
 
+def release_pages(array, y0: int | None = None, y1: int | None = None) -> None:
+    """Let this process's resident set drop the pages of a read-only memory map (rows ``y0:y1``).
+
+    A large image's labels and probabilities come as read-only ``numpy.memmap`` arrays on
+    temporary files; every page a reader touches stays in the process's resident set (RSS) until
+    the map is closed, although the kernel could read it again from the file. After a strip has
+    been read, ``madvise(MADV_DONTNEED)`` drops its pages, so reading a whole map in strips
+    takes memory for a strip, not for the map. Anything but a read-only memory map (mode
+    ``"r"``: nothing of it can be lost) is left alone, as are platforms without ``madvise``.
+    """
+    import mmap
+
+    mm = getattr(array, "_mmap", None)
+    if mm is None or getattr(array, "mode", None) != "r" or not hasattr(mm, "madvise"):
+        return
+    if y0 is None:
+        start, stop = 0, len(mm)
+    else:
+        base = np.frombuffer(mm, np.uint8).__array_interface__["data"][0]
+        here = array.__array_interface__["data"][0] - base
+        y1 = array.shape[0] if y1 is None else y1
+        start = max(0, here + y0 * array.strides[0])
+        stop = min(len(mm), here + y1 * array.strides[0])
+        start -= start % mmap.PAGESIZE
+    if stop > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+#: 2D images with more pixels than this are converted and written a strip of rows at a time
+#: (a large image's labels come as a memory map; converting them whole took one more
+#: whole-image array, and writing them at once read every page of the map)
+WRITE_STRIPS_ABOVE = 2048 * 2048
+#: rows per strip of such a file
+WRITE_STRIP_ROWS = 256
+
+
+def _tiff_dtype(data: np.ndarray) -> np.dtype:
+    """Return the type (one ImageJ reads) that :func:`write_tiff` writes ``data`` as."""
+    if data.dtype == bool:
+        return np.dtype(np.uint8)
+    if data.dtype.kind in "iu" and data.dtype not in (np.uint8, np.uint16):
+        if data.size == 0:
+            return np.dtype(np.uint16)
+        lo = hi = 0
+        for y0 in range(0, data.shape[0], WRITE_STRIP_ROWS):
+            block = data[y0 : y0 + WRITE_STRIP_ROWS]
+            lo, hi = min(lo, int(block.min())), max(hi, int(block.max()))
+            release_pages(data, y0, y0 + WRITE_STRIP_ROWS)
+        return np.dtype(np.uint16 if lo >= 0 and hi < 65536 else np.float32)
+    if data.dtype.kind == "f" and data.dtype != np.float32:
+        return np.dtype(np.float32)
+    return data.dtype
+
+
+def _as_tiff(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``block`` in the written type (booleans as 0/255)."""
+    if block.dtype == bool:
+        return block.astype(np.uint8) * 255
+    return np.asarray(block, dtype)
+
+
 def write_tiff(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -252,16 +313,14 @@ def write_tiff(
 
     ImageJ reads 8-bit, 16-bit and 32-bit float images; other types are converted: integers
     that fit in uint16 become uint16, wider integers become float32, booleans become 0/255 uint8.
+    A 2D image of more than :data:`WRITE_STRIPS_ABOVE` pixels (a ``numpy.memmap`` of a large
+    image's results, say) is converted and written :data:`WRITE_STRIP_ROWS` rows at a time, in
+    strips of that many rows: the same pixels, in memory bounded by the strip.
     """
     import tifffile
 
-    data = np.asarray(data)
-    if data.dtype == bool:
-        data = data.astype(np.uint8) * 255
-    elif data.dtype.kind in "iu" and data.dtype not in (np.uint8, np.uint16):
-        data = data.astype(np.uint16 if data.size == 0 or (data.min() >= 0 and data.max() < 65536) else np.float32)
-    elif data.dtype.kind == "f" and data.dtype != np.float32:
-        data = data.astype(np.float32)
+    data = np.asarray(data) if not isinstance(data, np.memmap) else data
+    dtype = _tiff_dtype(data)
     calibration = calibration or Calibration()
     metadata = {"unit": _imagej_unit(calibration.unit)}
     if data.ndim == 3:
@@ -269,9 +328,24 @@ def write_tiff(
         if z_spacing:
             metadata["spacing"] = z_spacing
     resolution = (1.0 / calibration.pixel_size, 1.0 / calibration.pixel_size)
+    options = {"imagej": True, "resolution": resolution, "metadata": metadata}
 
-    def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, data, imagej=True, resolution=resolution, metadata=metadata)
+    if data.ndim == 2 and data.size > WRITE_STRIPS_ABOVE:
+        rows = WRITE_STRIP_ROWS
+
+        def strips():
+            for y0 in range(0, data.shape[0], rows):
+                yield _as_tiff(data[y0 : y0 + rows], dtype).tobytes()
+                release_pages(data, y0, y0 + rows)
+
+        def write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, data=strips(), shape=data.shape, dtype=dtype, rowsperstrip=rows, **options)
+
+    else:
+        whole = _as_tiff(data, dtype)
+
+        def write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, whole, **options)
 
     return write_atomic(path, write, overwrite)
 
