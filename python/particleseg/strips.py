@@ -68,6 +68,8 @@ def strip_rows_for(width: int) -> int:
     (512, 256)
     """
     return int(min(STRIP_ROWS, max(64, STRIP_PIXELS // max(1, int(width)))))
+
+
 #: Largest network tile side on the strip path (ONNX Runtime needs about 0.5 GiB per Mpx of tile).
 TILE = 1024
 
