@@ -67,6 +67,11 @@ def onnx_predictor(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray
     # no busy-waiting between operators: on a shared machine (or with post-processing in another
     # thread or process) spinning threads take the CPU the other work needs
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no memory pattern (ONNX Runtime's plan of one block for all of a run's tensors, made from
+    # the first run of each input shape): the same outputs and speed (0.97-1.04x, interleaved
+    # runs of 1024 and 2048 px tiles), a third less memory at its peak (a 2048x2048 tile: 2.2
+    # instead of 3.5 GiB; 1024x1024: 0.57 instead of 0.9 GiB)
+    opts.enable_mem_pattern = False
     if INTRA_OP_THREADS:
         opts.intra_op_num_threads = int(INTRA_OP_THREADS)
     try:
