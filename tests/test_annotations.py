@@ -100,6 +100,40 @@ def test_components_in_strips_are_the_labels_of_the_whole_mask(rng, strip_rows):
         assert comp.sum() == count and np.array_equal(comp, lab[sl] == lab[seed])
 
 
+def _whole_image_fill(image, mask):
+    """The normalized convolution on the whole image (what fill_annotations did before windows)."""
+    from scipy import ndimage as ndi
+
+    img = np.asarray(image, np.float32)
+    out, todo, weight = img.copy(), mask.copy(), (~mask).astype(np.float32)
+    for sigma in (3, 8, 24, 64, 192):
+        num = ndi.gaussian_filter(np.where(mask, 0, img), sigma)
+        den = ndi.gaussian_filter(weight, sigma)
+        ready = todo & (den > 1e-3)
+        out[ready] = num[ready] / den[ready]
+        todo &= ~ready
+    if todo.any():
+        out[todo] = float(np.median(img[~mask]))
+    return out
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_fill_in_windows_gives_the_whole_image_convolution(rng, polarity):
+    img = micrograph(polarity, seed=5).astype(np.uint8)
+    mask = annotation_mask(img)
+    assert mask.any()
+    assert np.array_equal(fill_annotations(img, mask), _whole_image_fill(img, mask))
+    # an annotation that needs the widest window, one at the edge, and one no width reaches
+    noise = rng.normal(100, 5, (500, 640)).astype(np.float32)
+    wide = np.zeros(noise.shape, bool)
+    wide[100:180, 40:600] = True
+    wide[490:, 300:320] = True
+    nearly_all = np.ones(noise.shape, bool)
+    nearly_all[:2] = False
+    for m in (wide, nearly_all):
+        assert np.array_equal(fill_annotations(noise, m), _whole_image_fill(noise, m))
+
+
 def test_fill_annotations_paints_the_bar_with_its_surroundings():
     img = micrograph()
     mask = annotation_mask(img)

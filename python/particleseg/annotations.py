@@ -334,11 +334,18 @@ def _text_glyphs(glyphs, bars, shape):
     return keep
 
 
+#: widths (Gaussian sigmas, px) of the normalized convolution that paints annotations over
+FILL_SIGMAS = (3, 8, 24, 64, 192)
+
+
 def fill_annotations(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Paint the pixels of ``mask`` over with the gray values around them.
 
-    The painting is a normalized convolution at growing widths; the image is returned as
-    float32.
+    The painting is a normalized convolution at growing widths (:data:`FILL_SIGMAS`): a pixel
+    takes the Gaussian-weighted mean of the unmasked pixels around it at the first width where
+    they weigh enough. The image is returned as float32. Each annotation is painted in a window
+    around it (its box and the filter's reach, ``4 sigma``), which gives the values of the
+    whole-image convolution: no whole-image temporaries besides the result.
 
     Examples
     --------
@@ -348,21 +355,39 @@ def fill_annotations(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     >>> round(float(out.max()), 3)
     80.0
     """
-    img = np.asarray(image, np.float32)
     mask = np.asarray(mask, bool)
+    out = np.array(image, np.float32)  # the result (a copy, also when nothing is painted)
     if not mask.any():
-        return img
-    out = img.copy()
-    todo = mask.copy()
-    weight = (~mask).astype(np.float32)
-    for sigma in (3, 8, 24, 64, 192):
-        num = ndi.gaussian_filter(np.where(mask, 0, img), sigma)
-        den = ndi.gaussian_filter(weight, sigma)
-        ready = todo & (den > 1e-3)
-        out[ready] = num[ready] / den[ready]
-        todo &= ~ready
-        if not todo.any():
-            break
-    if todo.any():
-        out[todo] = float(np.median(img[~mask])) if (~mask).any() else 0.0
+        return out
+    h, w = mask.shape
+    left = []  # pixels no width reached: the median of the unmasked pixels
+    for sl, _, seed in _components(mask, True, 0.5):
+        todo = _component(mask, sl, seed, True, 0.5)
+        for sigma in FILL_SIGMAS:
+            r = int(4.0 * sigma + 0.5)  # scipy's radius (truncate 4)
+            y0, y1 = max(0, sl[0].start - r), min(h, sl[0].stop + r)
+            x0, x1 = max(0, sl[1].start - r), min(w, sl[1].stop + r)
+            m = mask[y0:y1, x0:x1]
+            # the original gray values: ``out`` is painted already where other annotations were
+            # (unmasked pixels are never painted, and masked ones weigh 0)
+            img = np.asarray(image[y0:y1, x0:x1], np.float32)
+            num = ndi.gaussian_filter(np.where(m, 0, img), sigma)
+            den = ndi.gaussian_filter((~m).astype(np.float32), sigma)
+            inner = (slice(sl[0].start - y0, sl[0].stop - y0), slice(sl[1].start - x0, sl[1].stop - x0))
+            num, den = num[inner], den[inner]
+            ready = todo & (den > 1e-3)
+            box = out[sl]
+            box[ready] = num[ready] / den[ready]
+            todo &= ~ready
+            if not todo.any():
+                break
+        if todo.any():
+            left.append((sl, todo))
+    if left:
+        unmasked = np.concatenate(
+            [np.asarray(image[y : y + 1024], np.float32)[~mask[y : y + 1024]] for y in range(0, h, 1024)]
+        )
+        fill = float(np.median(unmasked)) if unmasked.size else 0.0
+        for sl, todo in left:
+            out[sl][todo] = fill
     return out
