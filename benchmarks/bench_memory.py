@@ -68,6 +68,28 @@ def _reset_peak() -> bool:
         return False
 
 
+def with_scale_bar(image):
+    """Return the image with a burned-in scale bar and its label in the lower right, as micrographs carry.
+
+    White, about an eighth of the width long, with "500 nm" above it (annotations are found,
+    painted over and their particles rejected: the annotation path of the pipeline).
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = image.shape
+    pil = Image.fromarray(np.asarray(image, np.uint8))
+    draw = ImageDraw.Draw(pil)
+    x1, y1 = w - w // 32, h - h // 32
+    draw.rectangle([x1 - w // 8, y1 - max(4, h // 200), x1, y1], fill=255)
+    try:
+        font = ImageFont.load_default(size=max(12, h // 40))
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    draw.text((x1 - w // 10, y1 - h // 200 - h // 30), "500 nm", fill=255, font=font)
+    return np.asarray(pil)
+
+
 def child(size: int, mode: str, tile_file: str, what: str = "image") -> dict:
     """One measurement in this (fresh) process: ``segment_image`` or ``segment_file`` (``what``)."""
     import numpy as np
@@ -81,6 +103,10 @@ def child(size: int, mode: str, tile_file: str, what: str = "image") -> dict:
         strips.MIN_PIXELS = 1 << 62
     tile = np.load(tile_file)
     image = np.tile(tile, (size // tile.shape[0], size // tile.shape[1]))
+    call = what
+    what, _, extra = what.partition("+")
+    if extra == "bar":
+        image = with_scale_bar(image)
     bundle = load_bundle(None)
     params = pipeline.SegmentParams(progress=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +129,7 @@ def child(size: int, mode: str, tile_file: str, what: str = "image") -> dict:
     return {
         "size": size,
         "mode": mode,
-        "what": what,
+        "what": call,
         "particles": int(len(table)),
         "kept": int(table["kept"].sum()),
         "strips": large,
@@ -152,7 +178,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         mpx = r["size"] ** 2 / 1e6
         path = r["mode"] if r["size"] ** 2 > 2048 * 2048 else "whole (below the threshold)"
-        call = f"segment_{r['what']}"
+        name, _, extra = r["what"].partition("+")
+        call = f"segment_{name}" + (" (scale bar)" if extra == "bar" else "")
         if "error" in r:
             lines.append(f"| {call} | {r['size']}x{r['size']} | {path} | | failed: {r['error']} | | | |")
             continue
@@ -215,7 +242,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="1024,2048,4096,8192", help="image sides, comma-separated")
     parser.add_argument("--modes", default="whole,strips", help="whole, strips or both")
     parser.add_argument(
-        "--calls", default="image", help="image (segment_image), file (segment_file), both, or image,file"
+        "--calls",
+        default="image",
+        help="image (segment_image), file (segment_file), both, or image,file; image+bar, file+bar: "
+        "the image with a burned-in scale bar and label",
     )
     parser.add_argument("--report", action="store_true", help=f"write the table into REPORT.md's '{SECTION}'")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -229,8 +259,8 @@ def main(argv=None) -> None:
         rows = [row for f in args.from_json for row in json.loads(Path(f).read_text())]
     else:
         calls = ["image", "file"] if args.calls == "both" else args.calls.split(",")
-        if set(calls) - {"image", "file"}:
-            parser.error(f"--calls {args.calls}: choose image, file, both or image,file")
+        if set(calls) - {"image", "file", "image+bar", "file+bar"}:
+            parser.error(f"--calls {args.calls}: choose image, file, both or image,file (+bar: with a scale bar)")
         rows = measure([int(s) for s in args.sizes.split(",")], args.modes.split(","), calls)
     print(table(rows))
     if args.json:

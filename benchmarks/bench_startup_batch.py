@@ -429,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line; print the figures (JSON), with ``--report`` write the section."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7, help="runs of each start-up case (default 7)")
-    ap.add_argument("--images", type=int, default=32, help="images in the batch (default 32: all TiO2 images, the batch issue 16 measured)")
+    ap.add_argument(
+        "--images", type=int, default=32, help="images in the batch (default 32: all TiO2 images, as issue 16 measured)"
+    )
     ap.add_argument("--rounds", type=int, default=2, help="runs of each batch mode (default 2)")
     ap.add_argument("--only", choices=("startup", "batch"), help="one part only")
     ap.add_argument("--report", action="store_true", help=f"write the section into {REPORT.name}")
