@@ -101,7 +101,7 @@ def test_components_in_strips_are_the_labels_of_the_whole_mask(rng, strip_rows):
 
 
 def _whole_image_fill(image, mask):
-    """The normalized convolution on the whole image (what fill_annotations did before windows)."""
+    """Paint as fill_annotations did before windows: the normalized convolution of the whole image."""
     from scipy import ndimage as ndi
 
     img = np.asarray(image, np.float32)

@@ -44,6 +44,34 @@ def test_parallel_batch_writes_what_a_sequential_batch_writes(tmp_path, threshol
     assert {f"{RECORD_DIR}/img{i}.done.json" for i in range(4)} <= set(parallel)
 
 
+def test_images_above_the_strip_size_are_prepared_in_the_batch_process(tmp_path, threshold_bundle, monkeypatch):
+    """Large images' results are memory maps of temporary files: not sent over from a worker."""
+    from particleseg import pipeline, strips
+
+    src = tmp_path / "in"
+    _images(src, 4)
+    small = src / "img1.tif"  # the others are made larger than the (lowered) strip size
+    monkeypatch.setattr(strips, "MIN_PIXELS", int(np.prod(pipeline.read_image(small)[0].shape)))
+    for f in sorted(src.glob("*.tif")):
+        if f != small:
+            image, cal = pipeline.read_image(f)
+            write_tiff(f, np.pad(image, ((0, 8), (0, 0)), mode="reflect"), cal, overwrite=True)
+    here = []
+    prepare = pipeline.prepare_file
+    monkeypatch.setattr(
+        pipeline, "prepare_file", lambda path, *a, **k: here.append(Path(path).name) or prepare(path, *a, **k)
+    )
+    summary, _ = segment_files([src], tmp_path / "out2", threshold_bundle, SegmentParams(jobs=2), progress=False)
+    assert sorted(here) == ["img0.tif", "img2.tif", "img3.tif"] and summary["status"].eq("ok").all()
+    here.clear()
+    segment_files([src], tmp_path / "out1", threshold_bundle, SegmentParams(jobs=1), progress=False)
+    assert len(here) == 4
+    sequential, parallel = output_files(tmp_path / "out1"), output_files(tmp_path / "out2")
+    assert sorted(sequential) == sorted(parallel)
+    for name in sequential:
+        assert parallel[name] == sequential[name], name
+
+
 def test_the_command_line_batch_on_workers_shows_notes_and_errors_as_one_line_each(tmp_path, threshold_bundle, capsys):
     """Notes (warnings) given in a worker are printed by the batch, with their image.
 

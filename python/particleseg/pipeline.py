@@ -1541,7 +1541,9 @@ def segment_files(
     With ``params.jobs`` other than 1 (0: one per usable core) and more than one image to
     segment, worker processes prepare the next images (:func:`prepare_file`) while this process
     writes the finished ones in order (:class:`_Workers`); outputs, summary, records, callbacks
-    and the handling of errors and interruptions are those of one image after another.
+    and the handling of errors and interruptions are those of one image after another. Images
+    of more than :data:`particleseg.strips.MIN_PIXELS` pixels (segmented in strips, results on
+    temporary files) are prepared in this process, in their turn.
     """
     files = list(dict.fromkeys(list_images(paths)))  # the same file named twice is segmented once
     if not files:
@@ -1594,6 +1596,9 @@ def segment_files(
     n, i = 0, None
     jobs = batch_jobs(params.jobs if params is not None else 1, len(pending))
     workers = _Workers(jobs, bundle, params, out_dir, write_overview, calibration) if jobs > 1 else None
+    # images segmented in strips are prepared here, not in a worker: their results are memory
+    # maps of temporary files, which a worker would send over whole (gigabytes at 8192x8192)
+    large = {k for k in pending if workers is not None and image_pixels(plans[k].path) > strips.MIN_PIXELS}
 
     def prepare(k: int) -> PreparedFile:
         return prepare_file(
@@ -1615,11 +1620,12 @@ def segment_files(
                 break
             if workers is not None:  # the next images are prepared while this one is written
                 for k in pending[n : n + jobs + 1]:
-                    workers.submit(k, plans[k].path, plans[k].action == "redo" or overwrite)
+                    if k not in large:
+                        workers.submit(k, plans[k].path, plans[k].action == "redo" or overwrite)
             report(i, f, None, "start")
             t0 = time.perf_counter()
             try:
-                if workers is not None:  # its seconds: the worker's, then the writing's
+                if workers is not None and i not in large:  # its seconds: the worker's, then the writing's
                     item = workers.result(i)
                     t0 = time.perf_counter() - item.seconds
                 else:
