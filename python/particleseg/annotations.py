@@ -260,6 +260,7 @@ def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
     img = np.asarray(image)  # in its own dtype: the rules read float32 rows and boxes of it
     shape = img.shape
     out = np.zeros(shape, bool)
+    pieces = []  # (box, its pixels): what is drawn
     for bright, threshold, extreme, span in _extremes(img):
         bars, glyphs, boxes = [], [], []
         for sl, count, seed in _components(img, bright, threshold):
@@ -275,15 +276,15 @@ def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
                 boxes.append(sl)
             elif _is_glyph(img, comp, sl, shape, span):
                 glyphs.append((comp, sl))
-        for sl in bars:
-            out[sl] |= True  # a bar's bounding box is the bar
-        for sl in boxes:
-            out[sl] |= True
-        kept = _text_glyphs(glyphs, bars, shape)
-        for comp, sl in kept:
-            out[sl] |= comp
-    if dilate and out.any():
-        out = ndi.binary_dilation(out, iterations=int(dilate))
+        pieces += [(sl, True) for sl in bars + boxes]  # a bar's (or box's) bounding box is the bar
+        pieces += [(sl, comp) for comp, sl in _text_glyphs(glyphs, bars, shape)]
+    d = int(dilate or 0)
+    for sl, piece in pieces:  # each dilated in a window around it (dilating a union: the union of dilations)
+        y0, y1 = max(0, sl[0].start - d), min(shape[0], sl[0].stop + d)
+        x0, x1 = max(0, sl[1].start - d), min(shape[1], sl[1].stop + d)
+        window = np.zeros((y1 - y0, x1 - x0), bool)
+        window[sl[0].start - y0 : sl[0].stop - y0, sl[1].start - x0 : sl[1].stop - x0] = piece
+        out[y0:y1, x0:x1] |= ndi.binary_dilation(window, iterations=d) if d else window
     return out
 
 
