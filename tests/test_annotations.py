@@ -98,6 +98,8 @@ def test_components_in_strips_are_the_labels_of_the_whole_mask(rng, strip_rows):
     for sl, count, seed in found:  # each component recovered whole from its box and one pixel
         comp = _component(img, sl, seed, True, threshold)
         assert comp.sum() == count and np.array_equal(comp, lab[sl] == lab[seed])
+    large = _components(img, True, threshold, strip_rows, min_count=12)  # specks dropped as they are found
+    assert [c[:2] for c in large] == [c[:2] for c in found if c[1] >= 12] and 0 < len(large) < len(found)
 
 
 def _whole_image_fill(image, mask):

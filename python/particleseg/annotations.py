@@ -69,69 +69,91 @@ def _drawn(rows: np.ndarray, bright: bool, threshold: float) -> np.ndarray:
     return rows >= threshold if bright else rows <= threshold
 
 
-def _components(image: np.ndarray, bright: bool, threshold: float, strip_rows: int | None = None):
+def _components(
+    image: np.ndarray, bright: bool, threshold: float, strip_rows: int | None = None, min_count: int = 1
+) -> list:
     """Find the 8-connected components of the drawn pixels, a strip of rows at a time.
 
     Components are labelled within each strip and joined across strip borders (union-find on
     the touching pixels of the two rows either side), so only a strip's labels are held at once
-    (a whole-image int32 label array took 1 GiB at 16384x16384).
+    (a whole-image int32 label array took 1 GiB at 16384x16384). What is kept of them is in NumPy
+    arrays, and a component smaller than ``min_count`` pixels that lies inside one strip is
+    dropped at once: a simulated SEM image has about ten thousand specks of extreme gray value
+    per megapixel, which as Python objects took gigabytes at 16384x16384.
 
     Returns
     -------
-    list of (bounding box, pixel count, one pixel (y, x)) in raster order of the box's first
-    row, then its first column.
+    list of (bounding box, pixel count, one pixel (y, x)) of the components of at least
+    ``min_count`` pixels, in raster order of the box's first row, then its first column.
     """
     h, strip_rows = image.shape[0], strip_rows or STRIP_ROWS
-    parent: list[int] = []
-    boxes: list[list[int]] = []  # y0, y1, x0, x1
-    counts: list[int] = []
-    seeds: list[tuple[int, int]] = []
+    parts = []  # per strip: boxes (y0, y1, x0, x1), counts, seeds (y, x)
+    links = []  # pairs of part ids joined across a strip border
+    base, above = 0, None  # part ids of the last row of the previous strip (-1: none)
+    for y0 in range(0, h, strip_rows):
+        mask = _drawn(_rows(image, y0, y0 + strip_rows), bright, threshold)
+        lab, n = ndi.label(mask, structure=_EIGHT)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        edge = np.zeros(n + 1, bool)
+        edge[lab[0]] = edge[lab[-1]] = True  # may continue in the next or previous strip
+        edge[0] = False
+        keep = np.flatnonzero((sizes >= min_count) | edge)
+        keep = keep[keep > 0]
+        objects = ndi.find_objects(lab, n)
+        boxes = np.empty((len(keep), 4), np.int64)
+        seeds = np.empty((len(keep), 2), np.int64)
+        for j, k in enumerate(keep.tolist()):
+            sl = objects[k - 1]
+            r = sl[0].start
+            boxes[j] = (sl[0].start + y0, sl[0].stop + y0, sl[1].start, sl[1].stop)
+            seeds[j] = (r + y0, sl[1].start + int(np.argmax(lab[r, sl[1]] == k)))
+        ids = np.full(n + 1, -1, np.int64)
+        ids[keep] = base + np.arange(len(keep))
+        if above is not None and n:
+            first = ids[lab[0]]
+            for dx in (-1, 0, 1):  # 8-connected across the border
+                a = above[max(0, -dx) : len(above) - max(0, dx)]
+                b = first[max(0, dx) : len(first) - max(0, -dx)]
+                both = (a >= 0) & (b >= 0)
+                links.append(np.stack([a[both], b[both]], 1))
+        above = ids[lab[-1]]
+        parts.append((boxes, sizes[keep], seeds))
+        base += len(keep)
+    if not base:
+        return []
+    boxes = np.concatenate([p[0] for p in parts])
+    counts = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    seeds = np.concatenate([p[2] for p in parts])
+    parent = np.arange(base)
 
     def root(i: int) -> int:
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
-        return i
+        return int(i)
 
-    above = None  # global ids of the last row of the previous strip
-    for y0 in range(0, h, strip_rows):
-        mask = _drawn(_rows(image, y0, y0 + strip_rows), bright, threshold)
-        lab, n = ndi.label(mask, structure=_EIGHT)
-        base = len(parent)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        for k, sl in enumerate(ndi.find_objects(lab, n), start=1):
-            r = sl[0].start
-            c = sl[1].start + int(np.argmax(lab[r, sl[1]] == k))
-            parent.append(base + k - 1)
-            boxes.append([sl[0].start + y0, sl[0].stop + y0, sl[1].start, sl[1].stop])
-            counts.append(int(sizes[k]))
-            seeds.append((r + y0, c))
-        if above is not None and n:
-            first = lab[0]
-            for dx in (-1, 0, 1):  # 8-connected across the border
-                a = above[max(0, -dx) : len(above) - max(0, dx)]
-                b = first[max(0, dx) : len(first) - max(0, -dx)]
-                both = (a >= 0) & (b > 0)
-                for i, j in set(zip(a[both].tolist(), (b[both] + base - 1).tolist())):
-                    ri, rj = root(i), root(j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
-        last = lab[-1].astype(np.int64) + base - 1
-        last[lab[-1] == 0] = -1
-        above = last
-    merged: dict[int, list] = {}
-    for i in range(len(parent)):
-        r = root(i)
-        if r not in merged:
-            merged[r] = [boxes[i][:], counts[i], seeds[i]]
-        else:
-            m = merged[r]
-            b = m[0]
-            b[0], b[1] = min(b[0], boxes[i][0]), max(b[1], boxes[i][1])
-            b[2], b[3] = min(b[2], boxes[i][2]), max(b[3], boxes[i][3])
-            m[1] += counts[i]
-    out = [((slice(b[0], b[1]), slice(b[2], b[3])), n, seed) for b, n, seed in merged.values()]
-    return sorted(out, key=lambda c: (c[0][0].start, c[0][1].start))
+    pairs = np.unique(np.concatenate(links), axis=0) if links and sum(len(x) for x in links) else np.zeros((0, 2), int)
+    for i, j in pairs.tolist():
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([root(i) for i in range(base)]) if len(pairs) else parent
+    y0s, x0s = boxes[:, 0].copy(), boxes[:, 2].copy()
+    y1s, x1s, total = boxes[:, 1].copy(), boxes[:, 3].copy(), counts.copy()
+    joined = roots != np.arange(base)
+    if joined.any():  # fold each joined part into its root (the root has the smallest id)
+        r, m = roots[joined], np.flatnonzero(joined)
+        np.minimum.at(y0s, r, y0s[m])
+        np.maximum.at(y1s, r, y1s[m])
+        np.minimum.at(x0s, r, x0s[m])
+        np.maximum.at(x1s, r, x1s[m])
+        np.add.at(total, r, counts[m])
+    chosen = np.flatnonzero(~joined & (total >= min_count))
+    chosen = chosen[np.lexsort((x0s[chosen], y0s[chosen]))]
+    return [
+        ((slice(int(y0s[i]), int(y1s[i])), slice(int(x0s[i]), int(x1s[i]))), int(total[i]), tuple(seeds[i].tolist()))
+        for i in chosen
+    ]
 
 
 def _component(image: np.ndarray, sl, seed, bright: bool, threshold: float) -> np.ndarray:
@@ -263,9 +285,7 @@ def annotation_mask(image: np.ndarray, dilate: int = 2) -> np.ndarray:
     pieces = []  # (box, its pixels): what is drawn
     for bright, threshold, extreme, span in _extremes(img):
         bars, glyphs, boxes = [], [], []
-        for sl, count, seed in _components(img, bright, threshold):
-            if count < 12:
-                continue
+        for sl, _count, seed in _components(img, bright, threshold, min_count=12):
             comp = _component(img, sl, seed, bright, threshold)
             h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
             if not _is_drawn(img, comp, sl, extreme, span):
