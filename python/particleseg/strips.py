@@ -32,8 +32,20 @@ values of a predicted seed map such exact ties between two seed regions are rare
 distance transform of the mask they are common, so bundles that split by the distance
 transform (no ``distance`` or ``boundary`` head) stay on the whole-image path.
 
-Whole-image steps before the network (data-bar detection, annotation mask, polarity and
-particle-size estimates, the percentile normalisation) still work on the whole image.
+**Before and around the network** the steps work by strips or windows as well, with the same
+values as on the whole image: the annotation search labels the extreme gray values strip by
+strip and paints each annotation over in a window around it
+(:mod:`particleseg.annotations`); the polarity and particle-size estimates look at the centre
+4096 x 4096 pixels (:func:`particleseg.autoscale.analysis_crop`); the network's input is
+normalised (and inverted) a strip of rows at a time inside the tiling
+(:func:`particleseg.preprocess.input_normalizer`), resampled strip by strip into a row file when
+the particles call for another scale (:func:`particleseg.preprocess.rescale_rows`); ONNX
+Runtime's memory arena is handed back after inference; the TIFFs and ROI set of
+:func:`particleseg.pipeline.segment_file` are written strip by strip, dropping the pages of the
+memory maps they read (:func:`particleseg.io.write.release_pages`). What still grows with the
+image's area: the image itself as read (1 byte per pixel for 8-bit images), the annotation mask
+(1 byte per pixel), and, only when annotations were painted over, one float32 copy of the
+image. Images wider than 8192 pixels get strips of fewer rows (:func:`strip_rows_for`).
 """
 
 from __future__ import annotations
