@@ -1561,8 +1561,8 @@ def segment_files(
     remove_stale_temporaries(out_dir / RECORD_DIR)
     settings = run_settings(bundle, params, write_overview, **calibration)
     plans = [plan_item(f, out_dir, settings, overwrite) for f in files]
-    todo = [pl for pl in plans if pl.action in ("new", "redo")]
-    check_output_folder(out_dir, _BYTES_PER_PIXEL * sum(image_pixels(pl.path) for pl in todo))
+    pixels = {i: image_pixels(pl.path) for i, pl in enumerate(plans) if pl.action in ("new", "redo")}
+    check_output_folder(out_dir, _BYTES_PER_PIXEL * sum(pixels.values()))
 
     def report(i: int, f: Path, row: dict | None, state: str) -> None:
         if on_item is not None:
@@ -1598,7 +1598,7 @@ def segment_files(
     workers = _Workers(jobs, bundle, params, out_dir, write_overview, calibration) if jobs > 1 else None
     # images segmented in strips are prepared here, not in a worker: their results are memory
     # maps of temporary files, which a worker would send over whole (gigabytes at 8192x8192)
-    large = {k for k in pending if workers is not None and image_pixels(plans[k].path) > strips.MIN_PIXELS}
+    large = {k for k in pending if workers is not None and pixels[k] > strips.MIN_PIXELS}
 
     def prepare(k: int) -> PreparedFile:
         return prepare_file(

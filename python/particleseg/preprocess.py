@@ -42,14 +42,9 @@ def normalize_percentile(
     .. [1] M. Weigert et al., "Content-aware image restoration: pushing the limits of
            fluorescence microscopy", Nature Methods 15, 1090-1097 (2018).
     """
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
     flat = np.asarray(image).ravel()
     step = max(1, flat.size // max_samples)
-    lo, hi = np.percentile(flat[::step], [low, high])
-    if hi <= lo:  # almost constant image: fall back to the full range
-        lo, hi = float(flat.min()), float(flat.max())
-    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    lo, scale = _percentile_scale(flat[::step], low, high, lambda: (float(flat.min()), float(flat.max())))
     if out is None:
         out = np.empty(np.shape(image), np.float32)
     # in float32, as (float32(image) - lo) * scale: written into out, no whole-image temporaries
@@ -58,6 +53,19 @@ def normalize_percentile(
     if clip is not None:
         np.clip(out, clip[0], clip[1], out=out)
     return out
+
+
+def _percentile_scale(sample: np.ndarray, low: float, high: float, full_range) -> tuple:
+    """Return ``lo`` and ``1 / (hi - lo)`` of the ``low`` and ``high`` percentiles of ``sample``.
+
+    For an almost constant image (the percentiles meet) ``full_range()`` gives ``(lo, hi)``.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    lo, hi = np.percentile(sample, [low, high])
+    if hi <= lo:
+        lo, hi = full_range()
+    return lo, (1.0 / (hi - lo) if hi > lo else 1.0)
 
 
 def normalize_input(image: np.ndarray, normalization: dict) -> np.ndarray:
@@ -123,8 +131,6 @@ def input_normalizer(image: np.ndarray, normalization: dict, invert: bool = Fals
         ranges = None
     else:
         low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
         clip = tuple(normalization["clip"]) if normalization.get("clip") else None
         ranges = []
         for c in range(image.shape[-1]):
@@ -132,11 +138,13 @@ def input_normalizer(image: np.ndarray, normalization: dict, invert: bool = Fals
             sample = np.asarray(_raster_sample(channel, 4_000_000), np.float32)
             if mirror is not None:
                 sample = mirror - sample
-            lo, hi = np.percentile(sample, [low, high])
-            if hi <= lo:  # as normalize_percentile: the full range
+
+            def full(channel=channel):  # as normalize_percentile: the full range
                 a, b = np.float32(channel.min()), np.float32(channel.max())
-                lo, hi = (float(mirror - b), float(mirror - a)) if mirror is not None else (float(a), float(b))
-            ranges.append((np.float32(lo), np.float32(1.0 / (hi - lo) if hi > lo else 1.0)))
+                return (float(mirror - b), float(mirror - a)) if mirror is not None else (float(a), float(b))
+
+            lo, scale = _percentile_scale(sample, low, high, full)
+            ranges.append((np.float32(lo), np.float32(scale)))
 
     def prepare(block: np.ndarray) -> np.ndarray:
         out = np.array(block, np.float32)
