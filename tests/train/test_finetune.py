@@ -135,6 +135,55 @@ def test_the_best_epoch_is_the_one_with_the_best_validation_score(tmp_path):
     assert json.loads((tmp_path / "plan.json").read_text())["freeze_epochs"] == 1
 
 
+def test_the_best_epoch_is_chosen_only_after_the_selection_starts(tmp_path):
+    """``select_from=0.5`` of 4 epochs: epochs 0 and 1 are logged but never chosen.
+
+    A score that falls from epoch to epoch would make epoch 0 the best; with the selection from
+    the plan's second half the returned weights are epoch 2's, which a callback recorded.
+    """
+    import keras
+
+    images, labels = _data(4)
+    values = iter([0.9, 0.8, 0.5, 0.4])
+    seen = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch] = [w.copy() for w in self.model.get_weights()]
+
+    model, log = fit(
+        images[:3],
+        labels[:3],
+        images[3:],
+        labels[3:],
+        _config(select_from=0.5),
+        tmp_path,
+        verbose=0,
+        score=lambda m: next(values),
+        callbacks=[Record()],
+    )
+    assert [r["val_score"] for r in log] == pytest.approx([0.9, 0.8, 0.5, 0.4])
+    for a, b in zip(model.get_weights(), seen[2]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), seen[0]))
+
+
+def test_under_a_time_budget_training_never_stops_early_and_chooses_from_the_second_half(tmp_path):
+    images, labels, _ = disk_set(4, size=64, seed=9)
+    net = dict(base_model="none", depth=2, base_filters=4, tile=32, batch_size=2, steps_per_epoch=2, validation_steps=1)
+    with pytest.raises(InputError, match="--select-from 1: must be at least 0 and below 1"):
+        train_segmentation(images, labels, tmp_path / "a", select_from=1, progress=False, **net)
+    bundle = train_segmentation(
+        images, labels, tmp_path / "b", minutes=1.1, select="val_score", progress=False, jit_compile=False, **net
+    )
+    cfg = bundle.metadata["training"]["config"]
+    assert (cfg["patience"], cfg["select_from"]) == (0, 0.5)
+    # without a budget: early stopping as before, any epoch may be chosen
+    bundle = train_segmentation(images, labels, tmp_path / "c", epochs=2, progress=False, jit_compile=False, **net)
+    cfg = bundle.metadata["training"]["config"]
+    assert (cfg["patience"], cfg["select_from"]) == (15, 0.0)
+
+
 def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
     """Interrupted after the frozen warm-up and again in the second phase.
 

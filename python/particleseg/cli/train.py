@@ -179,8 +179,15 @@ def register(sub) -> None:
     g.add_argument(
         "--patience",
         type=int,
-        default=15,
-        help="stop after this many epochs without a better selection metric (0: never)",
+        help="stop after this many epochs without a better selection metric (0: never; default 15, "
+        "never under --minutes)",
+    )
+    g.add_argument(
+        "--select-from",
+        type=float,
+        metavar="FRACTION",
+        help="choose the best epoch among those after this fraction of the planned epochs "
+        "(default 0.5 under --minutes, else 0: any epoch)",
     )
     g.add_argument(
         "--elastic", type=float, default=0.0, metavar="PX", help="elastic deformation amplitude in pixels (0: off)"
@@ -235,6 +242,7 @@ def run(args) -> int:
         dice=args.dice,
         separation_weight=args.separation_weight,
         patience=args.patience,
+        select_from=args.select_from,
         schedule=args.schedule,
         freeze_epochs=args.freeze_epochs,
         select=args.select,

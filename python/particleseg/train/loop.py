@@ -47,6 +47,7 @@ class TrainConfig:
     separation_weight: float = 0.0  # w0 of the U-Net border weights (separation_weights); 0: off
     class_balance: bool = True
     patience: int = 15  # early stopping on the selection metric; 0 disables
+    select_from: float = 0.0  # the best epoch is chosen among the epochs after this fraction of the plan
     seed: int = 0
     jit_compile: bool | None = None  # XLA; None lets Keras decide (True trains ~1.6x faster on TF CPU)
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -280,7 +281,8 @@ def fit_targets(
                 _restore_optimizer(model, workdir / "optimizer.npz")
             frozen_now = frozen
         log = _read_log(log_path)
-        best_value = _best_logged(log, monitor, mode) if best.exists() else None
+        first = _eligible_from(config, plan_path)
+        best_value = _best_logged(log[first:], monitor, mode) if best.exists() else None
         cbs = [] if score is None else [_ScoreCallback(score)]
         planned = json.loads(plan_path.read_text()) if plan_path.exists() else {}
         if planned.get("minutes"):
@@ -292,9 +294,7 @@ def fit_targets(
                 )(e)
             ),
             keras.callbacks.CSVLogger(str(log_path), append=start > 0),
-            keras.callbacks.ModelCheckpoint(
-                str(best), monitor=monitor, mode=mode, save_best_only=True, initial_value_threshold=best_value
-            ),
+            _BestCheckpoint(best, monitor, mode, best_value, lambda: _eligible_from(config, plan_path)),
             _Checkpoint(ckpt, state_path, workdir / "optimizer.npz"),
             *callbacks,
         ]
@@ -414,6 +414,37 @@ def _best_logged(log: list[dict], monitor: str, mode: str) -> float | None:
     if not values:
         return None
     return max(values) if mode == "max" else min(values)
+
+
+def _eligible_from(config: TrainConfig, plan_path: Path) -> int:
+    """Return the first epoch (0-based) the best-epoch choice considers: ``select_from`` of the plan."""
+    return int(np.ceil(config.select_from * _planned_epochs(plan_path, config.epochs))) if config.select_from else 0
+
+
+def _BestCheckpoint(path: Path, monitor: str, mode: str, best_value: float | None, first_epoch):  # noqa: N802
+    """Save the model atomically after an epoch whose ``monitor`` beats every earlier eligible one.
+
+    ``first_epoch()`` gives the first eligible epoch (0-based), asked after every epoch because
+    a time budget's plan may be shortened on the way; earlier epochs are logged but never chosen.
+    """
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = best_value
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is None or epoch < first_epoch():
+                return
+            if self.best is None or (value > self.best if mode == "max" else value < self.best):
+                self.best = float(value)
+                tmp = path.with_name(".tmp-" + path.name)
+                self.model.save(tmp)
+                os.replace(tmp, path)
+
+    return BestCheckpoint()
 
 
 def _ScoreCallback(score):  # noqa: N802 - a class made on demand, so keras is imported lazily
