@@ -453,3 +453,43 @@ def test_a_slower_machine_shortens_the_plan(tmp_path):
     cb.on_epoch_end(2)
     state = json.loads(plan.read_text())
     assert state["epochs"] == 3 and cb.model.stop_training and state["seconds_done"] == pytest.approx(55, abs=0.5)
+
+
+def test_one_slow_epoch_does_not_cut_the_plan_for_good(tmp_path):
+    """The pace is the median of the recent epochs; the plan grows back, never beyond the first plan.
+
+    A 60-second budget planned for 10 epochs after a 10-second first epoch (5 s each). A 20-second
+    epoch (a recompilation, a passing job) shortens the plan at once only as far as the median
+    pace says; fast epochs afterwards give the epochs back, up to the 10 first planned.
+    """
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "epochs": 10,
+                "planned_epochs": 10,
+                "freeze_epochs": 1,
+                "minutes": 1.0,
+                "first_epoch_seconds": 10.0,
+                "epoch_seconds": 5.0,
+                "seconds_done": 10.0,
+            }
+        )
+    )
+    cb = _Replan(plan)
+    cb.set_model(build_network(NET))
+    cb.model.stop_training = False
+
+    def epoch(i, seconds):
+        cb.t = time.time() - seconds + 0.05
+        cb.on_epoch_end(i)
+        return json.loads(plan.read_text())
+
+    state = epoch(1, 5)  # 15 s used, 9 more fit: the plan stays at its limit
+    assert state["epochs"] == 10 and not state["shortened"]
+    state = epoch(2, 20)  # 35 s used, median pace 12.5 s: 2 more fit
+    assert state["epochs"] == 5 and state["shortened"]
+    state = epoch(3, 3)  # 38 s used, median of 5, 20, 3: 5 s, 4 more fit
+    assert state["epochs"] == 8 and state["recent_epoch_seconds"] == pytest.approx([5, 20, 3], abs=0.1)
+    state = epoch(4, 1)  # 39 s used, median 4 s: 5 more would fit, the limit allows 10
+    assert state["epochs"] == 10 and not state["shortened"] and not cb.model.stop_training

@@ -834,6 +834,7 @@ def _fine_tune_segmentation(st: Stage, ctx: dict) -> dict:
         dice=tc.dice,
         separation_weight=tc.separation_weight,
         patience=tc.patience,
+        select_from=tc.select_from,  # (the measured cpu preset: any epoch; see docs/from-scratch.md)
         minutes=cfg.segmentation_minutes,
         augmentation=tc.augmentation,
         seed=tc.seed,

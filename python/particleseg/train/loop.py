@@ -234,8 +234,9 @@ def fit_targets(
         for p in (log_path, best, ckpt, state_path, plan_path):
             p.unlink(missing_ok=True)
     if plan_path.exists():
+        # (a time budget's plan may grow back to its limit: the Replan callback ends the run)
         plan = json.loads(plan_path.read_text())
-        config = dataclasses.replace(config, epochs=plan["epochs"], freeze_epochs=plan["freeze_epochs"])
+        config = dataclasses.replace(config, epochs=plan_limit(plan), freeze_epochs=plan["freeze_epochs"])
     elif minutes is None:
         config = _resolve_freeze(config)
         _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": None})
@@ -338,6 +339,7 @@ def fit_targets(
                 plan_path,
                 {
                     "epochs": config.epochs,
+                    "planned_epochs": config.epochs,
                     "freeze_epochs": config.freeze_epochs,
                     "minutes": minutes,
                     "first_epoch_seconds": round(first, 1),
@@ -368,12 +370,35 @@ def _planned_epochs(plan_path: Path, default: int) -> int:
     return json.loads(plan_path.read_text()).get("epochs", default) if plan_path.exists() else default
 
 
-def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras is imported lazily
-    """Keep a time budget when the machine slows down.
+#: the pace of a time-budgeted run is the median duration of this many recent epochs
+PACE_EPOCHS = 5
 
-    After each epoch, adds its wall time to ``seconds_done`` in ``plan.json`` and, when the epochs
-    left would no longer fit the budget at the last epoch's pace, shortens the plan (never
-    lengthens it); stops when the plan is done. The cosine schedule follows the shortened plan
+
+def plan_limit(plan: dict) -> int:
+    """Return the most epochs a plan may have: the plan made after the first epoch.
+
+    A time budget's plan is shortened when epochs run slower and lengthened again, up to this
+    limit, when they run faster (:func:`_Replan`). Plans without a budget are fixed.
+    """
+    if not plan.get("minutes"):
+        return int(plan["epochs"])
+    if "planned_epochs" in plan:
+        return int(plan["planned_epochs"])
+    if not plan.get("first_epoch_seconds"):
+        return int(plan["epochs"])
+    # (a plan.json written before the limit was recorded: the same rule that made the plan)
+    first = plan["first_epoch_seconds"]
+    return 1 + plan_epochs(plan["minutes"] * 60 - first, plan.get("epoch_seconds") or first, minimum=1)
+
+
+def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras is imported lazily
+    """Keep a time budget when the machine slows down, and use it when the machine recovers.
+
+    After each epoch, adds its wall time to ``seconds_done`` in ``plan.json`` and plans the
+    epochs left at the pace of the median of the last :data:`PACE_EPOCHS` epochs: shorter when
+    they no longer fit, longer again (never beyond :func:`plan_limit`) when more fit; stops when
+    the plan is done. The median keeps one slow epoch (a recompilation after the warm-up, a
+    passing job) from cutting the plan short for good. The cosine schedule follows the plan
     from the next epoch on.
     """
     import keras
@@ -386,11 +411,17 @@ def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras i
             dt = time.time() - self.t
             plan = json.loads(plan_path.read_text())
             plan["seconds_done"] = round(plan.get("seconds_done", 0.0) + dt, 1)
+            recent = [*plan.get("recent_epoch_seconds", []), round(dt, 1)][-PACE_EPOCHS:]
+            plan["recent_epoch_seconds"] = recent
+            pace = max(float(np.median(recent)), 1e-9)
             done = epoch + 1
-            fit_more = int(max(0.0, plan["minutes"] * 60 - plan["seconds_done"]) // max(dt, 1e-9))
-            if done + fit_more < plan["epochs"]:
-                plan["epochs"] = max(done, done + fit_more)
-                plan["shortened"] = True
+            fit_more = int(max(0.0, plan["minutes"] * 60 - plan["seconds_done"]) // pace)
+            limit = plan_limit(plan)
+            plan["planned_epochs"] = limit
+            epochs = max(done, min(limit, done + fit_more))
+            if epochs != plan["epochs"]:
+                plan["epochs"] = epochs
+            plan["shortened"] = epochs < limit
             _write_json(plan_path, plan)
             if done >= plan["epochs"]:
                 self.model.stop_training = True

@@ -207,7 +207,8 @@ def train_segmentation(
     minutes : float, optional
         Time budget of the whole run: the epochs are planned from the measured cost of the
         first one, and the plan is shortened when later epochs run slower (other work on the
-        machine); a fifth of the budget goes to the particle classifier when there are keep
+        machine) and lengthened again, up to the first plan, when they recover (the pace is the
+        median of the last five epochs); a fifth of the budget goes to the particle classifier when there are keep
         masks; ``epochs`` is then ignored.
     augmentation : Augmentation
     seed : int
