@@ -418,10 +418,8 @@ def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras i
             fit_more = int(max(0.0, plan["minutes"] * 60 - plan["seconds_done"]) // pace)
             limit = plan_limit(plan)
             plan["planned_epochs"] = limit
-            epochs = max(done, min(limit, done + fit_more))
-            if epochs != plan["epochs"]:
-                plan["epochs"] = epochs
-            plan["shortened"] = epochs < limit
+            plan["epochs"] = max(done, min(limit, done + fit_more))
+            plan["shortened"] = plan["epochs"] < limit
             _write_json(plan_path, plan)
             if done >= plan["epochs"]:
                 self.model.stop_training = True
@@ -471,9 +469,7 @@ def _BestCheckpoint(path: Path, monitor: str, mode: str, best_value: float | Non
                 return
             if self.best is None or (value > self.best if mode == "max" else value < self.best):
                 self.best = float(value)
-                tmp = path.with_name(".tmp-" + path.name)
-                self.model.save(tmp)
-                os.replace(tmp, path)
+                write_atomic(path, self.model.save, overwrite=True)
 
     return BestCheckpoint()
 
