@@ -3,7 +3,8 @@ r"""Choose a trained bundle's post-processing again on the images it was validat
 
 ``particleseg train`` ends by choosing the threshold, the watershed seeds and the minimum
 confidence on its held-out training images (:func:`particleseg.train.validation_scores`). When
-that choice gains a setting (as the seed depth did), a bundle trained before can be brought up to
+that choice gains a setting (as the seed depth did, and whether to average the network over flips
+and rotations), a bundle trained before can be brought up to
 date without training again: this script reads the held-out images the bundle records
 (``training.validation_images``, with the same data-bar crop and inversion), matches their masks
 in ``--masks``, runs the same choice and writes a copy of the bundle with the new settings::
@@ -39,10 +40,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from particleseg.inference import predict_tiled
     from particleseg.models import NetworkConfig, load_bundle
     from particleseg.models.bundle import write_metadata
-    from particleseg.train import choose_min_score, read_training_data, validation_scores
+    from particleseg.train import choose_min_score, choose_postprocess, read_training_data
     from particleseg.train.classifier import MIN_SCORE_RULE
 
     if args.out.exists():
@@ -63,15 +63,17 @@ def main(argv=None) -> int:
         normalization=meta["input"]["normalization"],
         invert=bool(training.get("inverted")),
     )
-    predict = bundle.predictor("keras")
-    probs = [
-        predict_tiled(
-            predict, it.image, tile=bundle.tile, overlap=bundle.overlap, multiple_of=bundle.network.multiple_of
-        )
-        for it in items
-    ]
     old = dict(bundle.postprocess)
-    post, scores = validation_scores(probs, [it.labels for it in items], bundle.heads, min_area=old.get("min_area", 15))
+    post, scores, probs = choose_postprocess(
+        bundle.predictor("keras"),
+        [it.image for it in items],
+        [it.labels for it in items],
+        bundle.heads,
+        bundle.tile,
+        bundle.overlap,
+        bundle.network.multiple_of,
+        min_area=old.get("min_area", 15),
+    )
     shutil.copytree(args.bundle, args.out)
     meta = json.loads((args.out / "bundle.json").read_text())
     meta["postprocess"].update(post)

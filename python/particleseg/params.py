@@ -157,6 +157,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter("fill_holes", "bool", "fill holes inside particles", True, "postprocess.fill_holes"),
     Parameter(
+        "augment",
+        "bool",
+        "average the network's output over the 8 flips and rotations of the image "
+        "(test-time augmentation): smoother outlines, fewer spurious particles, 8x the network time",
+        False,
+        "postprocess.augment",
+    ),
+    Parameter(
         "min_score",
         "number",
         "keep particles whose particle-classifier score reaches this (bundles with a classifier; 0 keeps all)",

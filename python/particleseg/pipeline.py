@@ -33,7 +33,7 @@ from . import postprocess as pp
 from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, detection_diameter, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
-from .inference import predict_tiled
+from .inference import augmented, predict_tiled
 from .io import (
     Calibration,
     OutputError,
@@ -95,6 +95,9 @@ class SegmentParams:
         Detections whose mean foreground probability is below this are removed as uncertain
         (faint background structures the network half believes in); 0 keeps all.
     fill_holes : bool
+    augment : bool
+        Average the network's output over the 8 flips and quarter turns of the image
+        (test-time augmentation, :func:`particleseg.inference.augmented`): 8x the network time.
     exclude_border : bool
         Reject particles touching the image border (or the cropped data bar).
     intensity_filter : {"li", "otsu", "mean", "median"} or None
@@ -150,6 +153,7 @@ class SegmentParams:
     min_size: int | None = None
     min_confidence: float | None = None
     fill_holes: bool | None = None
+    augment: bool | None = None
     exclude_border: bool | None = None
     intensity_filter: str | None = None
     polarity: str | None = None
@@ -282,6 +286,8 @@ def predict_probabilities(
         img = img[..., None]
     bundle.check_channels(img.shape[-1])
     predict = predictor or bundle.predictor(params.engine)
+    if params.augment:
+        predict = augmented(predict)
     prepare = input_normalizer(img, bundle.metadata["input"]["normalization"], invert=invert)
     release_pages(img)
     result = predict_tiled(

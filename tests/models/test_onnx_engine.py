@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 from conftest import REPO
 from particleseg import SegmentParams, read_image, segment_image
 from particleseg.errors import BundleError, ParticlesegWarning
-from particleseg.inference import exact_tiles, predict_tiled, tiling_plan
+from particleseg.inference import augmented, exact_tiles, predict_tiled, tiling_plan
 from particleseg.models import (
     Head,
     NetworkConfig,
@@ -36,7 +37,7 @@ from particleseg.models import bundle as bundle_mod
 from particleseg.models import export as export_mod
 from particleseg.models.export import check_export, export_model, onnx_predictor
 from particleseg.models.receptive import exact_halo, receptive_field
-from particleseg.params import BY_NAME, segment_params
+from particleseg.params import BY_NAME, add_arguments, segment_params
 
 SHIPPED = REPO / "python" / "particleseg" / "bundles"
 SAMPLE = REPO / "python" / "particleseg" / "data" / "sample_sem.tif"
@@ -271,3 +272,73 @@ def test_a_particle_classifier_is_exported_too(tmp_path, rng):
     x = rng.random((1, 48, 64, 2)).astype(np.float32)
     onnx_out, keras_out = b.classifier_predictor("auto")(x), b.classifier_predictor("keras")(x)
     assert np.abs(onnx_out - keras_out).max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# test-time augmentation (SegmentParams.augment, particleseg.inference.augmented)
+
+
+@pytest.mark.parametrize("arch,depth", [("unet", 3), ("fcn", 3)])
+def test_augmented_tiles_give_the_augmented_whole_image(arch, depth, rng):
+    """Averaged over the 8 orientations, the tiled output is still the whole-image output."""
+    cfg, model = _random_network(arch, depth)
+    predict = augmented(keras_predictor(model))
+    halo, m = exact_halo(cfg), cfg.multiple_of
+    img = rng.random((157, 203)).astype(np.float32)  # padded at the bottom and right, as the whole image is
+    whole = predict_tiled(predict, img, tile=None, multiple_of=m, progress=False)
+    plain = predict_tiled(keras_predictor(model), img, tile=None, multiple_of=m, progress=False)
+    assert np.abs(whole - plain).max() > 1e-3  # a random network is not symmetric: the average changes it
+    for tile in (3 * halo, (4 * halo + m, 2 * halo + 2 * m)):
+        tiled = predict_tiled(predict, img, tile=tile, overlap=halo, batch_size=3, multiple_of=m, progress=False)
+        assert np.abs(tiled - whole).max() <= 1e-4, (arch, tile)
+
+
+def test_augmented_is_the_mean_over_the_eight_orientations_and_leaves_a_symmetric_network_alone(rng):
+    x = rng.random((2, 32, 48, 1)).astype(np.float32)
+    ramp = lambda b: b * np.arange(b.shape[2], dtype=np.float32)[None, None, :, None]  # noqa: E731
+    want = np.zeros_like(x)
+    for k in range(4):
+        for t in (False, True):
+            xt = np.rot90(x.transpose(0, 2, 1, 3) if t else x, k, axes=(1, 2))
+            y = np.rot90(ramp(xt), -k, axes=(1, 2))
+            want += y.transpose(0, 2, 1, 3) if t else y
+    np.testing.assert_allclose(augmented(ramp)(x), want / 8, rtol=1e-6)
+    pointwise = lambda b: 1 / (1 + np.exp(-b))  # noqa: E731
+    np.testing.assert_allclose(augmented(pointwise)(x), pointwise(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="transforms must be 1 to 8"):
+        augmented(ramp, 9)
+
+
+def test_segment_with_augment_averages_the_networks_views_of_the_image():
+    """``augment=True`` averages the network over the 8 orientations of the image.
+
+    The same name on the command line (``--augment``) and in macros; a bundle may make it its default.
+    """
+    image, _ = read_image(REPO / "python/particleseg/data/sample_sem.tif")
+    image = image[:256, :320]  # multiples of 16: no padding, so each view is exactly the turned image
+    bundle = load_bundle("default")
+    params = SegmentParams(crop_rows=0, rescale=1, polarity="bright", progress=False)
+    views = []
+    for k in range(4):
+        for t in (False, True):
+            view = np.rot90(image.T if t else image, k)
+            p = segment_image(view, bundle, params).probabilities
+            p = np.rot90(p, -k, axes=(0, 1))
+            views.append(p.transpose(1, 0, 2) if t else p)
+    tta = segment_image(image, bundle, SegmentParams(crop_rows=0, rescale=1, polarity="bright", augment=True))
+    np.testing.assert_allclose(tta.probabilities, np.mean(views, axis=0), atol=1e-5)
+    assert np.abs(tta.probabilities - views[0]).max() > 0.05
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--augment"]).augment is True
+    assert segment_params(vars(parser.parse_args([]))).augment is None  # the bundle decides
+    assert SegmentParams().resolved(bundle).augment is False
+
+
+def test_a_bundle_whose_augment_setting_is_no_flag_is_refused(tmp_path):
+    shutil.copytree(load_bundle("default").path, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    meta["postprocess"]["augment"] = "yes"
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match='postprocess.augment is "yes"; it must be true or false'):
+        load_bundle(tmp_path / "b")

@@ -63,6 +63,7 @@ DEFAULT_POSTPROCESS = {
     "min_confidence": 0.0,  # mean foreground probability a detection needs (0: keep all)
     "fill_holes": True,
     "exclude_border": True,
+    "augment": False,  # test-time augmentation (mean over the 8 flips and rotations)
 }
 
 
@@ -524,7 +525,7 @@ POSTPROCESS_RANGES = {
     "min_confidence": (0.0, 1.0, False),
     "min_significance": (0.0, math.inf, False),
 }
-POSTPROCESS_FLAGS = ("split", "fill_holes", "exclude_border")
+POSTPROCESS_FLAGS = ("split", "fill_holes", "exclude_border", "augment")
 
 
 def _is_number(v) -> bool:

@@ -57,6 +57,7 @@ from .losses import (
     make_loss,
 )
 from .scores import (
+    choose_postprocess,
     epoch_score,
     instance_score,
     post_params,
@@ -91,6 +92,7 @@ __all__ = [
     "choose_min_score",
     "classifier_particle_scores",
     "cosine_decay",
+    "choose_postprocess",
     "epoch_score",
     "fit",
     "fit_targets",

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import metrics
-from ..inference import predict_tiled
+from ..inference import augmented, predict_tiled
 from ..models import keras_predictor
 from ..models.bundle import DEFAULT_POSTPROCESS
 from ..pipeline import SegmentParams, particles_from_probabilities
@@ -116,6 +116,52 @@ def validation_scores(
         "particles_found": int(sum(len(np.unique(pr)) - 1 for pr in preds)),
         "particles_annotated": int(sum(len(np.unique(lab)) - 1 for lab in labels)),
     }
+
+
+def choose_postprocess(
+    predict,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    heads: list[str],
+    tile: int,
+    overlap: int,
+    multiple_of: int,
+    min_area: int = 15,
+) -> tuple[dict, dict, list[np.ndarray]]:
+    """Choose the post-processing and whether to average the network over flips and rotations.
+
+    The held-out ``images`` are predicted as they are and with test-time augmentation
+    (:func:`particleseg.inference.augmented`); :func:`validation_scores` chooses the settings
+    for each, and the one with the better instance score wins (``augment`` in the returned
+    settings; a tie, equal scores to three decimals, goes to the augmentation). Measured on the TiO2 validation split with a model fine-tuned for 55 minutes, the
+    average over the 8 orientations raised the instance IoU per segmented particle from 0.754 to
+    0.774 at the same settings (docs/training.md), for 8x the network time.
+
+    Returns
+    -------
+    post : dict
+        The bundle's ``postprocess`` settings, ``augment`` included.
+    scores : dict
+        :func:`validation_scores`' metrics at those settings, with ``score_plain`` and
+        ``score_augmented``: the instance scores of the two choices.
+    probs : list of ndarray
+        The network outputs the settings were chosen on.
+    """
+    runs = {}
+    for augment in (False, True):
+        fn = augmented(predict) if augment else predict
+        probs = [
+            predict_tiled(fn, im, tile=tile, overlap=overlap, multiple_of=multiple_of, progress=False) for im in images
+        ]
+        post, scores = validation_scores(probs, labels, heads, min_area=min_area)
+        runs[augment] = ({**post, "augment": augment}, scores, probs)
+    # scores equal to three decimals are a tie on a few held-out images; a tie goes to the
+    # augmentation, an average over views of the same image (an ensemble, which does not lose
+    # in expectation)
+    augment = round(runs[True][1]["score"], 3) >= round(runs[False][1]["score"], 3)
+    post, scores, probs = runs[augment]
+    scores = {**scores, "score_plain": runs[False][1]["score"], "score_augmented": runs[True][1]["score"]}
+    return post, scores, probs
 
 
 def instance_score(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -11,7 +11,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..inference import predict_tiled
 from ..io import check_outputs
 from ..models import (
     ARCHITECTURES,
@@ -42,7 +41,7 @@ from .loop import (
     fit,
     learning_rate_schedule,
 )
-from .scores import epoch_score, validation_scores
+from .scores import choose_postprocess, epoch_score
 
 
 def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
@@ -458,14 +457,16 @@ def train_segmentation(
     )
 
     # 3. defaults of the post-processing and validation metrics
-    predict = keras_predictor(model)
-    probs = [
-        predict_tiled(
-            predict, it.image, tile=infer_tile, overlap=overlap, multiple_of=network.multiple_of, progress=False
-        )
-        for it in val_items
-    ]
-    post, scores = validation_scores(probs, [it.labels for it in val_items], head_kinds, min_area=min_area)
+    post, scores, probs = choose_postprocess(
+        keras_predictor(model),
+        [it.image for it in val_items],
+        [it.labels for it in val_items],
+        head_kinds,
+        infer_tile,
+        overlap,
+        network.multiple_of,
+        min_area=min_area,
+    )
     if mask_kind == "classes":
         k = head_kinds.index("classes")
         off = sum(h.channels for h in network.heads[:k])
