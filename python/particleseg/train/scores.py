@@ -133,9 +133,10 @@ def choose_postprocess(
     The held-out ``images`` are predicted as they are and with test-time augmentation
     (:func:`particleseg.inference.augmented`); :func:`validation_scores` chooses the settings
     for each, and the one with the better instance score wins (``augment`` in the returned
-    settings; a tie, equal scores to three decimals, goes to the augmentation). Measured on the TiO2 validation split with a model fine-tuned for 55 minutes, the
-    average over the 8 orientations raised the instance IoU per segmented particle from 0.754 to
-    0.774 at the same settings (docs/training.md), for 8x the network time.
+    settings; a tie, equal scores to three decimals, goes to the augmentation). Measured on the
+    TiO2 validation split with a model fine-tuned for 55 minutes, the average over the 8
+    orientations raised the instance IoU per segmented particle from 0.754 to 0.774 at the same
+    settings (docs/training.md), for 8x the network time.
 
     Returns
     -------
