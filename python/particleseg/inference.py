@@ -58,7 +58,8 @@ def augmented(predict: PredictFn, transforms: int = 8) -> PredictFn:
     predict : callable
         Batch ``(N, h, w, C)`` float32 -> ``(N, h, w, K)``. Must accept ``(N, w, h, C)`` too.
     transforms : int
-        How many of the eight orientations (1: ``predict`` itself; 2: with the transpose...).
+        How many of the orientations of :data:`DIHEDRAL`, in its order (1: ``predict`` itself;
+        4: the four quarter turns; 8: with their transposes too).
 
     Returns
     -------
@@ -88,7 +89,10 @@ def augmented(predict: PredictFn, transforms: int = 8) -> PredictFn:
         for transpose, turns in chosen:
             x = np.ascontiguousarray(_dihedral(batch, transpose, turns))
             y = _dihedral(np.asarray(predict(x), np.float32), transpose, turns, inverse=True)
-            total = y.copy() if total is None else total.__iadd__(y)
+            if total is None:
+                total = y.copy()
+            else:
+                total += y
         return total / np.float32(len(chosen))
 
     return predict_augmented
