@@ -233,6 +233,25 @@ def test_cli_segment_with_options(tmp_path, threshold_bundle, capsys):
     assert "Area [µm^2]" in pd.read_csv(out / "a_particles.csv").columns
 
 
+def test_cli_says_when_the_network_is_averaged_over_orientations(tmp_path, threshold_bundle, capsys):
+    """``--augment`` adds one line per image; the bundle's default (off) adds none.
+
+    The threshold bundle's "network" looks the same from every orientation, so the average
+    finds the same 3 particles.
+    """
+    from particleseg.pipeline import AUGMENT_NOTE
+
+    img, _ = draw_disks((200, 200), DISKS)
+    write_tiff(tmp_path / "a.tif", img)
+    base = ["segment", str(tmp_path / "a.tif"), "--model", str(threshold_bundle.path), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr().out
+    assert "3 particles" in out and AUGMENT_NOTE not in out
+    assert main([*base, "--out", str(tmp_path / "tta"), "--augment"]) == 0
+    out = capsys.readouterr().out
+    assert "3 particles" in out and out.count(AUGMENT_NOTE) == 1
+
+
 def test_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
     img, _ = draw_disks((64, 64), [(30, 30, 8)])
     write_tiff(tmp_path / "a.tif", img)

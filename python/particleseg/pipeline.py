@@ -256,6 +256,10 @@ class Segmentation:
         return self.probabilities[..., 0]
 
 
+#: the line the command line and Fiji's Log add when the network output is averaged over the
+#: image's orientations (``augment``)
+AUGMENT_NOTE = "network output averaged over the 8 flips and quarter turns (augment)"
+
 #: after inference on an image of more pixels than this, ONNX Runtime's memory arena is handed
 #: back (:func:`predict_probabilities`)
 RELEASE_ABOVE_PIXELS = 1024 * 1024

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO as ROOT
 from particleseg.io import Calibration, write_tiff
+from particleseg.pipeline import AUGMENT_NOTE
 
 IJ_JAR = os.environ.get("PARTICLESEG_IJ_JAR", "/usr/share/java/ij.jar")
 EXAMPLES = ROOT / "fiji-scripts" / "Plugins" / "Particle Segmentation" / "Examples"
@@ -92,6 +93,7 @@ def test_run_macro_per_image_goes_on_past_a_bad_image(tmp_path, rng, tiny_bundle
         "threshold=0.5",
         "crop_rows=0",
         "min_size=4",
+        "augment=true",
     )
     assert r.returncode == 1, r.stderr  # one image failed
     summary = pd.read_csv(out / "run-macro-summary.csv")
@@ -103,6 +105,7 @@ def test_run_macro_per_image_goes_on_past_a_bad_image(tmp_path, rng, tiny_bundle
     assert "run-macro: Segment_This_Image.ijm: 3 of 4 image(s) ok, 1 failed" in r.stderr
     assert "4/4" in r.stderr  # the progress bar
     assert "Segment Particles: sem_2.tif:" in r.stdout  # ImageJ's Log, one line per image
+    assert r.stdout.count(AUGMENT_NOTE) == 3  # and the average over orientations, for each image done
 
 
 @pytest.mark.imagej

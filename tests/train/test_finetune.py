@@ -170,6 +170,24 @@ def test_the_best_epoch_is_chosen_only_after_the_selection_starts(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), seen[0]))
 
 
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(select_from=1.0), "--select-from 1: must be at least 0 and below 1"),
+        (dict(select_from=-0.1), "--select-from -0.1: must be at least 0 and below 1"),
+        (dict(separation_weight=-1.0), "--separation-weight -1: must be 0"),
+        (dict(select="val_f1"), "val_f1: unknown selection metric"),
+        (dict(schedule="linear"), "linear: unknown learning-rate schedule"),
+    ],
+)
+def test_fit_refuses_settings_it_cannot_run_before_any_work(tmp_path, kw, message):
+    """The loop itself checks its settings (direct callers of ``fit`` too), and writes nothing."""
+    images, labels = _data(4)
+    with pytest.raises(InputError, match=message):
+        fit(images[:3], labels[:3], images[3:], labels[3:], _config(**kw), tmp_path / "w", score=lambda m: 0.0)
+    assert not (tmp_path / "w").exists()
+
+
 def test_under_a_time_budget_training_never_stops_early_and_chooses_from_the_second_half(tmp_path):
     images, labels, _ = disk_set(4, size=64, seed=9)
     net = dict(base_model="none", depth=2, base_filters=4, tile=32, batch_size=2, steps_per_epoch=2, validation_steps=1)

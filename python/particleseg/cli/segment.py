@@ -92,7 +92,7 @@ def run(args) -> int:
 
     from ..distributed import segment_files
     from ..models import load_bundle
-    from ..pipeline import batch_report
+    from ..pipeline import AUGMENT_NOTE, batch_report
 
     bundle = load_bundle(args.model)
     params = params_from_args(args)
@@ -126,6 +126,7 @@ def run(args) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     ok = summary[summary["status"] == "ok"]
+    augment = params.resolved(bundle).augment
     done_earlier = set(summary.attrs.get("done_files", ()))
     for _, row in ok.iterrows():
         med = row.get("MinFeret_median")
@@ -147,6 +148,8 @@ def run(args) -> int:
                 f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
                 f"network input resampled x{row['scale_factor']:.3g}"
             )
+        if augment:
+            print(f"  {AUGMENT_NOTE}")
     print(f"{batch_report(summary)}; results in {args.out}, whose summary.csv lists every image segmented into it")
     if failures:
         if len(summary) > 1:  # one image: its error line says it all

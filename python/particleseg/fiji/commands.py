@@ -26,7 +26,7 @@ from ..errors import InputError, ParticlesegError
 from ..io import Calibration, list_images
 from ..measure import PARAMETER_COLUMNS, column_units, measure_particles
 from ..models import list_bundles, load_bundle, model_search_path, resolve_bundle
-from ..pipeline import batch_report, kept_first, segment_files, segment_image
+from ..pipeline import AUGMENT_NOTE, batch_report, kept_first, segment_files, segment_image
 from . import publish
 from .convert import calibrate_from_file, from_imageplus
 from .options import (
@@ -295,6 +295,8 @@ def segment_particles(ctx: Context, v: dict) -> dict:
     )
     if seg.scale is not None:
         ctx.log(f"  {seg.scale.describe()}")
+    if seg.params.augment:
+        ctx.log(f"  {AUGMENT_NOTE}")
     ctx.status(f"Segment Particles: {_n(out['kept'], 'particle')}")
     record(command=ctx.command, image=title, kept=out["kept"], rejected=out["rejected"], seconds=seconds, images=1)
     return out

@@ -52,6 +52,23 @@ class TrainConfig:
     jit_compile: bool | None = None  # XLA; None lets Keras decide (True trains ~1.6x faster on TF CPU)
     augmentation: Augmentation = field(default_factory=Augmentation)
 
+    def check(self) -> None:
+        """Refuse settings the loop cannot run, with one line naming the option (before any work).
+
+        Raises
+        ------
+        InputError
+            An unknown schedule or selection metric, ``select_from`` outside [0, 1), or a
+            negative ``separation_weight``.
+        """
+        learning_rate_schedule(self)
+        if self.select not in ("val_score", "val_loss"):
+            raise InputError(f"{self.select}: unknown selection metric; choose val_score or val_loss")
+        if not 0 <= self.select_from < 1:
+            raise InputError(f"--select-from {self.select_from:g}: must be at least 0 and below 1")
+        if not self.separation_weight >= 0:
+            raise InputError(f"--separation-weight {self.separation_weight:g}: must be 0 (off) or positive")
+
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict (the network as :meth:`NetworkConfig.to_dict`)."""
         d = dataclasses.asdict(self)
@@ -214,13 +231,11 @@ def fit_targets(
     """
     import keras
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if config.select not in ("val_loss", "val_score"):
-        raise InputError(f"{config.select}: unknown selection metric; choose val_loss or val_score")
+    config.check()  # before any work
     if config.select == "val_score" and score is None:
         raise InputError("selecting the best epoch by val_score needs a score function")
-    learning_rate_schedule(config)  # an unknown schedule fails before any work
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(config.seed)
     ckpt, best, log_path = workdir / "checkpoint.keras", workdir / "best.keras", workdir / "log.csv"

@@ -39,7 +39,6 @@ from .loop import (
     _progress_callback,
     _workdir_config,
     fit,
-    learning_rate_schedule,
 )
 from .scores import choose_postprocess, epoch_score
 
@@ -395,13 +394,7 @@ def train_segmentation(
         jit_compile=jit_compile,
         augmentation=augmentation or Augmentation(),
     )
-    learning_rate_schedule(config)
-    if not 0 <= config.select_from < 1:
-        raise InputError(f"--select-from {config.select_from:g}: must be at least 0 and below 1")
-    if not config.separation_weight >= 0:
-        raise InputError(f"--separation-weight {config.separation_weight:g}: must be 0 (off) or positive")
-    if config.select not in ("val_score", "val_loss"):
-        raise InputError(f"{select}: unknown selection metric; choose val_score or val_loss")
+    config.check()
     seg_minutes = None
     if minutes is not None:
         if not minutes > 0:
