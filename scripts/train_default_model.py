@@ -202,6 +202,16 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument(
+        "--recipe",
+        choices=("step", "finetune"),
+        default="step",
+        help="step: step decay, class-balanced cross-entropy, the best epoch by validation loss; finetune: the "
+        "recipe of `particleseg train` (cosine schedule, encoder frozen for the first tenth, + Dice, U-Net border "
+        "weights w0 = 10, the best epoch of the plan's second half by the instance IoU of the simulated "
+        "validation images)",
+    )
+    ap.add_argument("--minutes", type=float, help="plan the epochs to fit this budget (replaces --epochs)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--evaluate", action="store_true", help="also score the result on the TiO2 data (if present)")
     ap.add_argument("--sample-only", action="store_true", help="only regenerate the sample image")
@@ -237,6 +247,7 @@ def main(argv=None) -> int:
         meta["training"]["command"] = meta["training"]["command"].replace(note, "") + note
         record_detection(args.out, meta, post)
         return 0
+    finetune = args.recipe == "finetune"
     config = TrainConfig(
         network=NetworkConfig(
             args.arch, heads=(Head("foreground"), Head("distance")), depth=args.depth, base_filters=args.base_filters
@@ -249,12 +260,26 @@ def main(argv=None) -> int:
         learning_rate=args.learning_rate,
         lr_step_epochs=max(1, args.epochs // 3),
         lr_step_factor=0.3,
+        schedule="cosine" if finetune else "step",
+        freeze_epochs=-1 if finetune else 0,
+        select="val_score" if finetune else "val_loss",
+        dice=finetune,
+        separation_weight=10.0 if finetune else 0.0,
         patience=0,
+        select_from=0.5 if finetune else 0.0,
         seed=args.seed,
         jit_compile=True,
         augmentation=Augmentation(brightness=0.1, contrast=0.25, gamma=0.4, noise=0.04, elastic=0.0),
     )
-    initial = load_bundle(args.init).model.get_weights() if args.init else None
+    initial_bundle = load_bundle(args.init) if args.init else None
+    score = None
+    if finetune:
+        from particleseg.train import TrainingItem, epoch_score
+
+        # the instance IoU of the simulated validation images, with the initial bundle's seeds
+        post = {**(initial_bundle.postprocess if initial_bundle else {}), **DEFAULT_SEEDS, "min_area": 15}
+        items = [TrainingItem(f"val{i}", im, lab) for i, (im, lab) in enumerate(zip(x[-n_val:], labels[-n_val:]))]
+        score = epoch_score(items, config.network, post, tile=512, overlap=112)
     model, log = fit(
         x[:-n_val],
         labels[:-n_val],
@@ -262,7 +287,9 @@ def main(argv=None) -> int:
         labels[-n_val:],
         config,
         args.workdir / "train",
-        initial_weights=initial,
+        initial_weights=initial_bundle.model.get_weights() if initial_bundle else None,
+        score=score,
+        minutes=args.minutes,
     )
     heads = [h.kind for h in config.network.heads]
     post, sim_iou = choose_postprocess(model, x[-n_val:], labels[-n_val:], heads)
@@ -278,8 +305,8 @@ def main(argv=None) -> int:
         ),
         channels=["SEM secondary electrons" if args.simulator == "sem" else "electron micrograph (SEM or TEM)"],
         normalization=norm,
-        tile=1024,
-        overlap=48,
+        tile=2048,
+        overlap=112,
         particle_size_px=float(np.sqrt(np.prod(PARTICLE_SIZE_RANGE))),
         polarity="bright",
         particle_size_range_px=PARTICLE_SIZE_RANGE,

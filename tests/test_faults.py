@@ -64,7 +64,10 @@ def kill_trials(
     """Start ``particleseg ARGS`` ``trials`` times, killing it with SIGKILL each time.
 
     The kill comes once a random item (after those already done) is being written, plus a random
-    delay; returns, per trial, the number of items done when it was killed and the delay.
+    delay; returns, per trial, the number of items done when it was killed and the delay. The
+    command runs at a lower priority (nice +10) than this watcher, so that on a loaded machine
+    (the suite's other worker, a training run beside it) the watcher still sees each item start
+    instead of waking after several have finished.
     """
     killed = []
     for _ in range(trials):
@@ -79,6 +82,7 @@ def kill_trials(
             stderr=subprocess.DEVNULL,
             env=_env(),
             start_new_session=True,
+            preexec_fn=lambda: os.nice(10),
         )
         deadline = time.monotonic() + timeout
         try:

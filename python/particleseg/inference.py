@@ -211,6 +211,64 @@ def tiling_plan(shape: tuple[int, int], tile: int | tuple[int, int] | None, halo
     }
 
 
+#: Most pixels of one network tile that :func:`bounded_tile` allows: ONNX Runtime needs about
+#: 0.5 GiB per Mpx of tile for the default model, so a tile costs at most about 1.3 GiB.
+MAX_TILE_PIXELS = 2560 * 1024
+
+
+def bounded_tile(
+    shape: tuple[int, int],
+    tile: int | tuple[int, int] | None,
+    halo: int,
+    multiple_of: int = 16,
+    max_pixels: int | None = MAX_TILE_PIXELS,
+) -> int | tuple[int, int] | None:
+    """Tile sides (Y, X) for :func:`predict_tiled` of an image of ``shape``: memory bounded, fewest pixels.
+
+    Tiles are at most ``tile`` a side (as :func:`predict_tiled` takes it) and at most
+    ``max_pixels`` in area; of the layouts that fit (counts of tiles along each axis, each tile
+    as small as its count allows, :func:`exact_tiles`), the one with the fewest network pixels
+    wins, then the one with fewer tiles. ``tile`` is returned unchanged when its own layout
+    fits, or when it or ``max_pixels`` is None. Tiled prediction is exact, so the choice changes
+    the memory and the time, not the output. A 2048x2048 image, one tile of 4.2 Mpx for
+    ``tile=2048``, becomes two tiles of 1136x2048 (2.3 Mpx; 1.11 times the network pixels).
+
+    Examples
+    --------
+    >>> bounded_tile((2048, 2048), 2048, 112)
+    (1136, 2048)
+    >>> bounded_tile((768, 1024), 2048, 112)
+    2048
+    """
+    if tile is None or max_pixels is None:
+        return tile
+    ty, tx = (tile, tile) if np.isscalar(tile) else tile
+    m = multiple_of
+    hp, wp = _round_up(shape[0], m), _round_up(shape[1], m)
+
+    h = _round_up(max(0, int(halo)), m)
+
+    def layouts(length: int, most: int) -> list[tuple[int, int]]:  # (tile side, tiles), fewest tiles last
+        found = {}
+        for n in range(1, 65):
+            side = length if n == 1 else _round_up(math.ceil((length + 2 * (n - 1) * h) / n), m)
+            if side <= most:
+                t, parts = exact_tiles(length, side, halo, m)
+                found.setdefault(t, len(parts))
+            if side <= 2 * h + m:
+                break
+        return sorted(found.items())
+
+    ys, xs = layouts(hp, ty), layouts(wp, tx)
+    if ys[-1][0] * xs[-1][0] <= max_pixels:
+        return tile
+    fits = [(a * na * b * nb, na * nb, a, b) for a, na in ys for b, nb in xs if a * b <= max_pixels]
+    if not fits:
+        return (ys[0][0], xs[0][0])
+    _, _, a, b = min(fits)
+    return (a, b)
+
+
 def _pad_index(n: int, padded: int, mode: str) -> np.ndarray:
     """Source row (or column) of each row of the image padded from ``n`` to ``padded``.
 

@@ -228,7 +228,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "tile",
         "int",
         "largest tile side in pixels, at most tile x tile pixels per network call; an image "
-        "that fits is predicted whole (default: the bundle's)",
+        "that fits is predicted whole, in tiles of at most 2.5 Mpx (default: the bundle's)",
         None,
         minimum=16,
         fiji=False,

@@ -33,7 +33,7 @@ from . import postprocess as pp
 from .annotations import annotation_mask, fill_annotations
 from .autoscale import SUPPORTED_SIZE_PX, detection_diameter, estimate_particle_size, estimate_polarity
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
-from .inference import augmented, predict_tiled
+from .inference import augmented, bounded_tile, predict_tiled
 from .io import (
     Calibration,
     OutputError,
@@ -279,7 +279,10 @@ def predict_probabilities(
     ``out`` when given, see :func:`particleseg.inference.predict_tiled`). With ``invert`` the
     network sees the image's gray values mirrored (:func:`invert`). The normalisation is applied a
     strip of rows at a time (:func:`particleseg.preprocess.input_normalizer`): no whole-image
-    float32 copy. With ``out`` (a large image) or an image of more than
+    float32 copy. With exact tiles, a tile holds at most
+    :data:`particleseg.inference.MAX_TILE_PIXELS` pixels (:func:`particleseg.inference.bounded_tile`:
+    a 2048x2048 image is two tiles, not one). With
+    ``out`` (a large image) or an image of more than
     :data:`RELEASE_ABOVE_PIXELS`, ONNX Runtime's memory arena is handed back afterwards, so the
     steps that follow do not sit on top of it (smaller images keep it for the next image: growing
     it again costs about 0.07 s per megapixel of tile).
@@ -297,7 +300,10 @@ def predict_probabilities(
     result = predict_tiled(
         predict,
         img,
-        tile=params.tile,
+        # (exact tiles: the layout changes the memory, not the output)
+        tile=bounded_tile(img.shape, params.tile, params.overlap, bundle.network.multiple_of)
+        if bundle.exact_tiles
+        else params.tile,
         overlap=params.overlap,
         batch_size=params.batch_size,
         multiple_of=bundle.network.multiple_of,

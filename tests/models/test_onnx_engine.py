@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 from particleseg import SegmentParams, read_image, segment_image
 from particleseg.errors import BundleError, ParticlesegWarning
-from particleseg.inference import augmented, exact_tiles, predict_tiled, tiling_plan
+from particleseg.inference import MAX_TILE_PIXELS, augmented, bounded_tile, exact_tiles, predict_tiled, tiling_plan
 from particleseg.models import (
     Head,
     NetworkConfig,
@@ -92,6 +92,60 @@ def test_tiling_plan_overhead():
     assert tiling_plan((768, 1024), 2048, 112)["overhead"] == 1.0
     plan = tiling_plan((4096, 4096), 3072, 112)
     assert plan["tiles"] == (2, 2) and plan["overhead"] <= 1.12
+
+
+@pytest.mark.parametrize(
+    "shape,tile,halo,m,max_pixels",
+    [
+        ((2048, 2048), 2048, 112, 16, MAX_TILE_PIXELS),
+        ((1536, 2048), 2048, 112, 16, MAX_TILE_PIXELS),
+        ((2000, 1100), 2048, 112, 16, MAX_TILE_PIXELS),
+        ((157, 203), 256, 24, 8, 96 * 120),
+        ((300, 90), 512, 16, 16, 80 * 96),
+    ],
+)
+def test_bounded_tile_is_the_cheapest_layout_within_the_pixel_budget(shape, tile, halo, m, max_pixels):
+    """Against every layout of at most 12 tiles a side: none within the budget needs fewer pixels."""
+    chosen = bounded_tile(shape, tile, halo, m, max_pixels)
+    plan = tiling_plan(shape, chosen, halo, m)
+    th, tw = plan["tile"]
+    assert th * tw <= max_pixels and th <= tile and tw <= tile
+    hp, wp = plan["padded"]
+    best = min(
+        tiling_plan(shape, (a, b), halo, m)["overhead"]
+        for a in {exact_tiles(hp, s, halo, m)[0] for s in range(m, tile + 1, m)}
+        for b in {exact_tiles(wp, s, halo, m)[0] for s in range(m, tile + 1, m)}
+        if a * b <= max_pixels
+    )
+    assert plan["overhead"] == pytest.approx(best)
+
+
+def test_bounded_tile_leaves_a_fitting_or_absent_tile_alone():
+    assert bounded_tile((768, 1024), 2048, 112) == 2048  # one tile of 0.8 Mpx
+    assert bounded_tile((2048, 2048), 1024, 112) == 1024  # 1 Mpx tiles
+    assert bounded_tile((2048, 2048), None, 112) is None  # the whole image, as asked
+    assert bounded_tile((2048, 2048), 2048, 112, max_pixels=None) == 2048
+
+
+def test_segment_bounds_the_tile_of_a_2048_image():
+    """The pipeline gives the network two 1136x2048 tiles, not one 2048x2048 (4.2 Mpx) tile.
+
+    A recording stand-in for the network shows the tiles. That the output does not depend on
+    the layout is test_tiled_equals_untiled's (rectangular tiles included).
+    """
+    from particleseg import pipeline
+
+    seen = []
+
+    def record(batch):
+        seen.append(batch.shape)
+        return np.zeros(batch.shape[:3] + (2,), np.float32)
+
+    bundle = load_bundle("default")
+    image = np.random.default_rng(0).integers(0, 255, (2048, 2048), dtype=np.uint8)
+    pipeline.predict_probabilities(image, bundle, SegmentParams(progress=False), predictor=record)
+    assert seen == [(1, 1136, 2048, 1), (1, 1136, 2048, 1)]
+    assert max(h * w for _, h, w, _ in seen) <= MAX_TILE_PIXELS
 
 
 # ------------------------------------------------------------------------------------------
