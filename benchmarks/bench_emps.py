@@ -92,8 +92,9 @@ def run(limit: int | None = None, model: str | None = None, methods=METHODS, pro
                 labels = classic_labels(image.astype(np.float32), method, polarity=pol)[1]
             else:
                 params = {
-                    "auto": SegmentParams(crop_rows=0),
-                    "oracle": SegmentParams(crop_rows=0, polarity=pol, particle_size=d_true),
+                    # the defaults: a microscope's data bar found and left out as `segment` does
+                    "auto": SegmentParams(),
+                    "oracle": SegmentParams(polarity=pol, particle_size=d_true),
                     "as_is": SegmentParams(crop_rows=0, polarity="bright", rescale=1.0),
                 }[method]
                 seg = segment_image(image, bundle, params, name=r.stem, predictor=predictor)
@@ -105,6 +106,7 @@ def run(limit: int | None = None, model: str | None = None, methods=METHODS, pro
                         est_diameter=sc.particle_size or np.nan,
                         size_source=sc.size_source,
                         scale_factor=sc.factor,
+                        crop_rows=seg.crop_rows,
                     )
             for k, v in scores(labels, truth).items():
                 row[f"{method}_{k}"] = v

@@ -115,6 +115,27 @@ def test_dark_region_at_the_bottom_that_continues_upwards_is_no_data_bar(rng):
     assert detect_data_bar(img) == 0
 
 
+def test_flat_background_with_particles_cut_by_the_bottom_edge_is_no_data_bar(rng):
+    """Bright rods on a flat black background, fewer towards the bottom edge (as on 3 EMPS images).
+
+    The bottom rows are mostly black, as a data bar's are, and the rows above are not; but no
+    edge runs across the image where the black rows begin, so nothing is cropped. A bar drawn
+    under the same picture still is.
+    """
+    h, w = 300, 400
+    img = np.zeros((h, w), np.uint8)
+    cols = rng.permutation(w)
+    rods = np.clip(rng.normal(180, 20, w) + rng.normal(0, 3, (h, w)), 1, 255).astype(np.uint8)  # smooth along
+    img[:, cols[: int(0.62 * w)]] = rods[:, cols[: int(0.62 * w)]]  # 38 % black above
+    barred = img.copy()
+    img[h - 40 :, cols[int(0.48 * w) :]] = 0  # 52 % black in the last 40 rows: rods end there
+    assert all(np.mean(row == 0) > 0.5 for row in img[h - 40 :])
+    assert detect_data_bar(img) == 0
+    barred[h - 30 :] = 0
+    barred[h - 25 : h - 18, 10:120] = 255  # text
+    assert detect_data_bar(barred) == 30
+
+
 def test_rescale_and_resize(rng):
     img = rng.random((40, 60)).astype(np.float32)
     small = rescale(img, 0.5)

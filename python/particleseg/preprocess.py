@@ -207,7 +207,28 @@ def detect_data_bar(image: np.ndarray, min_fraction: float = 0.02, max_fraction:
     above = image[max(0, top + start - 20) : top + start]
     if np.mean([_mode_fraction(r) for r in above]) > 0.4:
         return 0  # the band continues into the picture: a uniform region, not a data bar
+    if _edge_share(image, top + start) < 0.25:
+        return 0  # no edge across the image at its top: a flat background with particles, not a bar
     return int(n)
+
+
+def _edge_share(image: np.ndarray, row: int, jump: float = 0.08) -> float:
+    """Share of the columns whose gray value jumps where a band starting at ``row`` begins.
+
+    The largest share over the rows within 4 above and 2 below ``row``; a jump is more than
+    ``jump`` times the picture's gray-value range (1st to 99th percentile). A data bar starts
+    with a straight edge across the image (about a third of the columns or more jump on the 19
+    bars of the EMPS development set, 80 % on the TiO2 images); a flat background that
+    reaches the bottom edge, with particles cut by it, has none (at most 15 % on the 3 such
+    EMPS images that looked like a bar by their uniform rows).
+    """
+    lo, hi = np.percentile(np.asarray(image[: row : max(1, row // 256)], np.float32), [1, 99])  # <= 256 rows
+    step = jump * max(float(hi - lo), 1e-6)
+    share = 0.0
+    for i in range(max(1, row - 4), min(image.shape[0], row + 2)):
+        diff = np.abs(np.asarray(image[i], np.float32) - np.asarray(image[i - 1], np.float32))
+        share = max(share, float((diff > step).mean()))
+    return share
 
 
 def _mode_fraction(row: np.ndarray) -> float:
