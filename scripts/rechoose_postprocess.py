@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     from particleseg.models import NetworkConfig, load_bundle
     from particleseg.models.bundle import write_metadata
-    from particleseg.train import choose_min_score, choose_postprocess, read_training_data
+    from particleseg.train import choose_min_score, choose_postprocess, min_area_choices, read_training_data
     from particleseg.train.classifier import MIN_SCORE_RULE
 
     if args.out.exists():
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         bundle.overlap,
         bundle.network.multiple_of,
         min_area=old.get("min_area", 15),
+        min_areas=min_area_choices((meta.get("scale") or {}).get("particle_size_px")),
     )
     shutil.copytree(args.bundle, args.out)
     meta = json.loads((args.out / "bundle.json").read_text())

@@ -26,6 +26,7 @@ MODULES = [
     "simulate",
     "fiji.options",
     "fiji.session",
+    "train.scores",
     "train.targets",
 ]
 

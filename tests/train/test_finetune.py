@@ -30,6 +30,7 @@ from particleseg.train import (
     epoch_score,
     fit,
     learning_rate_schedule,
+    min_area_choices,
     normalized_distance,
     set_encoder_trainable,
     train_segmentation,
@@ -392,6 +393,30 @@ def test_validation_chooses_the_minimum_confidence_that_drops_a_faint_false_part
     # without the choice, the blob stays
     post0, scores0 = validation_scores([prob], [truth], ["foreground", "distance"], min_area=5, min_confidences=(0.0,))
     assert scores0["score"] < 1.0
+
+
+def test_validation_chooses_the_smallest_area_that_drops_confident_fragments():
+    """Validation chooses, among ``min_areas``, the smallest particle area that drops fragments.
+
+    Two disks (about 450 pixels each, TiO2's size) and three confident specks of 21 pixels
+    beside them, as a network leaves at particle borders: no threshold or confidence removes
+    the specks, the smallest area of 30 does (45 would too; the smaller is kept). Without
+    ``min_areas`` the area stays ``min_area``.
+    """
+    yy, xx = np.mgrid[:96, :96]
+    truth = np.zeros((96, 96), np.int32)
+    for k, (cy, cx) in enumerate([(30, 30), (60, 64)], 1):
+        truth[np.hypot(yy - cy, xx - cx) < 12] = k
+    fg = (truth > 0).astype(np.float32) * 0.99
+    for cy, cx in [(80, 15), (10, 80), (85, 85)]:
+        fg[np.hypot(yy - cy, xx - cx) < 2.6] = 0.99  # 21 pixels each
+    prob = np.stack([fg, normalized_distance(truth)], -1)
+    heads = ["foreground", "distance"]
+    assert min_area_choices(24.0) == (15, 30, 45)
+    post, scores = validation_scores([prob], [truth], heads, min_area=15, min_areas=min_area_choices(24.0))
+    assert post["min_area"] == 30 and scores["score"] == 1.0 and scores["particles_found"] == 2
+    post0, scores0 = validation_scores([prob], [truth], heads, min_area=15)
+    assert post0["min_area"] == 15 and scores0["particles_found"] == 5 and scores0["instance_iou_pred"] < 0.5
 
 
 def test_validation_chooses_seeds_from_peaks_for_a_small_particle_with_a_low_peak():

@@ -60,6 +60,7 @@ from .scores import (
     choose_postprocess,
     epoch_score,
     instance_score,
+    min_area_choices,
     post_params,
     validation_scores,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "learning_rate_schedule",
     "make_loss",
     "make_targets",
+    "min_area_choices",
     "separation_weights",
     "make_tile_sequence",
     "match_masks",

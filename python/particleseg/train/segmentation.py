@@ -40,7 +40,7 @@ from .loop import (
     _workdir_config,
     fit,
 )
-from .scores import choose_postprocess, epoch_score
+from .scores import choose_postprocess, epoch_score, min_area_choices
 
 
 def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
@@ -427,7 +427,8 @@ def train_segmentation(
     infer_tile = max(512, tile) // network.multiple_of * network.multiple_of
     overlap = min(max(16, 2 * network.multiple_of), infer_tile // 4)
     size_px = particle_size_px([it.labels for it in train_items])
-    min_area = int(np.clip(round(0.1 * np.pi * (size_px / 2) ** 2), 1, 15)) if size_px else 15
+    min_areas = min_area_choices(size_px)
+    min_area = min_areas[0]
     score = None
     if config.select == "val_score":
         start_post = {**(base.postprocess if base else {}), "min_area": min_area}
@@ -459,6 +460,7 @@ def train_segmentation(
         overlap,
         network.multiple_of,
         min_area=min_area,
+        min_areas=min_areas,
     )
     if mask_kind == "classes":
         k = head_kinds.index("classes")
