@@ -17,6 +17,9 @@ artefacts of real backgrounds that the network half believes in; the 8 validatio
 only measured (``--evaluate``). Without the TiO2 data the recorded values below are used.
 
     python scripts/train_default_model.py --overwrite            # about 1 h on 2 CPU cores
+    python scripts/train_default_model.py --out runs/gen2/bundle --workdir runs/gen2/work --simulator mixed \
+        --images 640 --steps 60 --minutes 100 --recipe finetune --init models/default --learning-rate 4e-4 \
+        --evaluate   # the retraining of docs/other-materials.md (96 min; not shipped)
     python scripts/train_default_model.py --sample-only --overwrite
     python scripts/train_default_model.py --rechoose --out runs/generalist --workdir runs/generalist-work \
         --simulator mixed --images 320   # the post-processing only, on a trained bundle
