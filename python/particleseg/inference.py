@@ -245,7 +245,6 @@ def bounded_tile(
     ty, tx = (tile, tile) if np.isscalar(tile) else tile
     m = multiple_of
     hp, wp = _round_up(shape[0], m), _round_up(shape[1], m)
-
     h = _round_up(max(0, int(halo)), m)
 
     def layouts(length: int, most: int) -> list[tuple[int, int]]:  # (tile side, tiles), fewest tiles last
