@@ -90,8 +90,11 @@ def validation_scores(
             base = [particles_from_probabilities(p, heads, post_params(post)) for p in probs]
             # the pipeline's last steps, applied to the same particles: smallest area, then confidence
             for area, mc in itertools.product(areas, min_confidences):
-                kept = [remove_small(b, area) if area > areas[0] else b for b in base]
-                preds = [relabel_sequential(remove_uncertain(k, fg, mc) if mc else k) for k, fg in zip(kept, fgs)]
+                if area == areas[0] and not mc:
+                    preds = base  # nothing removed: already numbered 1..N
+                else:
+                    kept = [remove_small(b, area) if area > areas[0] else b for b in base]
+                    preds = [relabel_sequential(remove_uncertain(k, fg, mc) if mc else k) for k, fg in zip(kept, fgs)]
                 score = float(np.mean([instance_score(pr, lab) for pr, lab in zip(preds, labels)]))
                 if best is None or score > best[0] + 1e-12:
                     best = (score, thr, st, sd, area, mc, preds)
