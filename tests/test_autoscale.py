@@ -310,7 +310,9 @@ def test_the_scale_is_refined_pass_by_pass_and_the_most_consistent_pass_wins(def
     assert len(runs) == MAX_SCALE_PASSES - 1
     assert runs == pytest.approx([target / 100, target / 200, target / 150], rel=1e-3)
     assert result == "pass 3" and scale.factor == pytest.approx(target / 150, rel=1e-3)
-    assert scale.size_source == "detections" and scale.particle_size == pytest.approx(150.0, rel=1e-3)
+    # its scale came from the 150 px of pass 2; the size reported is what pass 3 found (4 alike)
+    assert scale.size_source == "detections"
+    assert scale.particle_size == pytest.approx(120.0 * autoscale.GRANULOMETRY_TO_ECD, rel=1e-2)
     fits = [
         scale_consistency(ScaleChoice("bright", "", f, None, ""), _counts_of(d), default_bundle)
         for f, d in found.items()
@@ -329,10 +331,11 @@ def test_a_scale_tried_before_ends_the_passes_and_an_earlier_best_pass_is_run_ag
 
     first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=True)
     scale, result = best_scale_pass(first, "pass 0", _counts_of(100.0), run, default_bundle)
-    assert len(runs) == 1 and scale == first and result == "pass 0"
+    assert len(runs) == 1 and scale.factor == first.factor and result == "pass 0"
+    assert scale.particle_size == pytest.approx(100.0 * autoscale.GRANULOMETRY_TO_ECD, rel=1e-2)  # pass 0's
     runs.clear()
     scale, result = best_scale_pass(first, "pass 0", _counts_of(100.0), run, default_bundle, keep=False)
-    assert len(runs) == 1 and scale == first and result is None  # pass 1 overwrote it: the caller reruns
+    assert len(runs) == 1 and scale.factor == first.factor and result is None  # pass 1 overwrote it: the caller reruns
 
 
 def test_a_given_scale_is_never_refined(default_bundle):
@@ -352,3 +355,25 @@ def test_a_bundle_without_a_training_size_segments_without_refinement(tiny_bundl
     assert best_scale_pass(first, "only", _counts_of(30.0), pytest.fail, tiny_bundle) == (first, "only")
     seg = segment_image(disks((96, 96), grid((96, 96), 8, 30), 8), tiny_bundle, SegmentParams(crop_rows=0))
     assert seg.scale.size_source == "estimated" and seg.scale_factor == 1
+
+
+def test_the_size_reported_is_that_of_the_particles_found(default_bundle):
+    """The summary's size is the particles' (pipeline.measured_size), not the estimate that set the scale."""
+    from particleseg.pipeline import ScaleChoice, measured_size
+
+    image = disks((256, 256), grid((256, 256), 14, 40), 14)  # disks 28 px across, in the trained range
+    seg = segment_image(image, default_bundle, SegmentParams(crop_rows=0, progress=False))
+    estimate = choose_scale(image, default_bundle, SegmentParams(crop_rows=0).resolved(default_bundle))
+    assert estimate.size_source == "estimated" and seg.scale.factor == estimate.factor == 1
+    areas = np.bincount(seg.labels.ravel())[1:]
+    assert len(areas) >= 16 and np.median(areas) == pytest.approx(np.pi * 14**2, rel=0.15)
+    assert seg.scale.size_source == "detections"
+    assert seg.scale.particle_size == pytest.approx(2 * np.sqrt(np.median(areas[areas > 0]) / np.pi), rel=1e-6)
+    assert seg.scale.particle_size != estimate.particle_size
+    # a size the user gave stays as given
+    given = segment_image(image, default_bundle, SegmentParams(crop_rows=0, particle_size=28, progress=False))
+    assert given.scale.size_source == "given" and given.scale.particle_size == 28
+    assert measured_size(given.scale, np.bincount(given.labels.ravel())) == given.scale
+    # nothing found: the estimate stays
+    first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=True)
+    assert measured_size(first, np.array([5000])) == first

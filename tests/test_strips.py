@@ -270,6 +270,7 @@ def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch
 
     monkeypatch.setattr(P, "_network_at_scale", counted)
     seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
-    assert whole.scale.size_source == "estimated" and seg.scale == whole.scale
+    # the size reported is that of the particles the kept pass found (pipeline.measured_size)
+    assert whole.scale.size_source == "detections" and seg.scale == whole.scale
     assert len(factors) >= 3 and factors[-1] == factors[0] != factors[1]  # refined, then the first again
     _compare(whole, seg)
