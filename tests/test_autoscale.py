@@ -338,6 +338,34 @@ def test_a_scale_tried_before_ends_the_passes_and_an_earlier_best_pass_is_run_ag
     assert len(runs) == 1 and scale.factor == first.factor and result is None  # pass 1 overwrote it: the caller reruns
 
 
+def test_when_no_resampled_pass_finds_anything_the_image_as_it_is_gets_a_pass(default_bundle):
+    from particleseg.pipeline import ScaleChoice, best_scale_pass
+
+    runs = []
+
+    def run(scale):  # as it is, the network finds particles of 30 px: consistent, no further pass
+        runs.append(scale.factor)
+        return f"pass {len(runs)}", _counts_of(30.0) if scale.factor == 1 else np.array([10_000])
+
+    first = ScaleChoice("bright", "estimated", 0.1, 250.0, "estimated", auto_size=True)
+    scale, result = best_scale_pass(first, "pass 0", np.array([10_000]), run, default_bundle)
+    assert runs == [1.0] and result == "pass 1" and scale.factor == 1.0
+    assert scale.size_source == "detections" and 30 < scale.particle_size < 40
+    # nothing as it is either: one extra pass, then the first pass and its estimate stand
+    runs.clear()
+    scale, result = best_scale_pass(
+        first, "pass 0", np.array([10_000]), lambda s: run(s)[:1] + (np.array([9]),), default_bundle
+    )
+    assert runs == [1.0] and result == "pass 0" and scale == first
+    # a later pass that finds nothing, after one that found particles: no pass as it is
+    runs.clear()
+    scale, result = best_scale_pass(first, "pass 0", _counts_of(50.0), run, default_bundle)
+    assert len(runs) == 1 and runs[0] != 1.0 and result == "pass 0" and scale.factor == first.factor
+    # a pass as it is that finds nothing is not repeated
+    as_is = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=True)
+    assert best_scale_pass(as_is, "only", np.array([10_000]), pytest.fail, default_bundle) == (as_is, "only")
+
+
 def test_a_given_scale_is_never_refined(default_bundle):
     from particleseg.pipeline import ScaleChoice, best_scale_pass
 
