@@ -783,8 +783,8 @@ def best_scale_pass(scale: ScaleChoice, result, counts: np.ndarray, run, bundle:
     :data:`MAX_SCALE_PASSES` passes. When no pass has found anything in the resampled image,
     the image as it is gets a pass (on the EMPS development set, 4 of the 5 images where
     nothing was found had an estimate 6 to 20 times too large; as they are, 3 of them are
-    segmented). Of the passes, the one whose particles the network saw closest to its training size
-    (:func:`scale_consistency`; the earliest on a tie) is the result. At a wrong scale the
+    segmented). Of the passes, the one whose particles the network saw closest to its
+    training size (:func:`scale_consistency`; the earliest on a tie) is the result. At a wrong scale the
     network finds fragments of large particles, or merges small ones, and their size points
     away from the scale it saw them at; at the right one it is consistent. On the EMPS
     development set (366 images) this raised F1 at IoU 0.5 from 0.642 (one refinement, kept
