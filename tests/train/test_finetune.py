@@ -22,6 +22,7 @@ from particleseg.cli import main
 from particleseg.errors import InputError
 from particleseg.io import write_tiff
 from particleseg.models import Head, NetworkConfig, build_network
+from particleseg.postprocess import particle_scores
 from particleseg.train import (
     TrainConfig,
     TrainingItem,
@@ -29,6 +30,7 @@ from particleseg.train import (
     choose_postprocess,
     epoch_score,
     fit,
+    instance_score,
     learning_rate_schedule,
     min_area_choices,
     normalized_distance,
@@ -38,6 +40,7 @@ from particleseg.train import (
     validation_scores,
 )
 from particleseg.train.loop import _Replan
+from particleseg.train.scores import _Candidates, _filtered
 from particleseg.train.segmentation import _choose_base
 
 NET = NetworkConfig("unet", 1, (Head("foreground"), Head("distance")), depth=2, base_filters=4)
@@ -419,6 +422,35 @@ def test_validation_chooses_the_smallest_area_that_drops_confident_fragments():
     assert post0["min_area"] == 15 and scores0["particles_found"] == 5 and scores0["instance_iou_pred"] < 0.5
 
 
+def test_scores_of_removed_particles_are_those_of_the_filtered_image():
+    """The grid scores every removal from one overlap table: the same numbers as the filtered image.
+
+    Proposals with fragments, a false blob, a merge and specks; every smallest area and
+    minimum confidence (everything removed, nothing removed), an empty truth and an empty
+    proposal: the score from the table equals :func:`instance_score` of the image
+    :func:`validation_scores` keeps, to the last bit, so the choices are the same.
+    """
+    rng = np.random.default_rng(5)
+    truth = draw_disks((80, 96), [(20, 20, 9), (20, 50, 7), (55, 30, 11), (60, 70, 8), (40, 85, 4)])[1]
+    pred = truth.copy()
+    pred[(truth == 3) & (np.arange(96)[None, :] >= 30)] = 7  # a particle in two pieces
+    pred[(truth == 1) | (truth == 2)] = 1  # two particles merged (they do not touch: one label)
+    pred[70:74, 5:9] = 9  # a speck
+    pred[2:14, 70:84] = 12  # a false blob
+    pred[truth == 5] = 0  # a missed particle
+    fg = np.clip(0.5 + 0.5 * rng.random(pred.shape), 0, 1).astype(np.float32)
+    fg[pred == 12] = 0.55
+    cases = [(truth, pred), (np.zeros_like(truth), pred), (truth, np.zeros_like(pred)), (truth * 0, pred * 0)]
+    # the particles' own areas and confidences too: a removal at the limit is decided alike
+    areas = (0, 10, 30, 80, 1000, *np.bincount(pred.ravel())[[9, 12]])
+    confidences = (0.0, 0.5, 0.7, 0.8, 0.99, *particle_scores(pred, fg)[1][:3])
+    for t, p in cases:
+        cand = _Candidates(p, t, fg)
+        for area in areas:
+            for mc in confidences:
+                assert cand.score(area, mc) == instance_score(_filtered(p, fg, area, mc), t), (area, mc)
+
+
 def test_validation_chooses_seeds_from_peaks_for_a_small_particle_with_a_low_peak():
     """Validation chooses a seed depth when a small particle's distance peak is low.
 
@@ -530,6 +562,50 @@ def test_a_slower_machine_shortens_the_plan(tmp_path):
     cb.on_epoch_end(2)
     state = json.loads(plan.read_text())
     assert state["epochs"] == 3 and cb.model.stop_training and state["seconds_done"] == pytest.approx(55, abs=0.5)
+
+
+def test_the_work_after_training_is_kept_out_of_the_budget(tmp_path):
+    """``reserve_scores`` times the median score call is kept for the caller's work after training.
+
+    60 s, 35 used after a 5-second epoch: 5 more would fit; with score calls of 8, 2 and 2 s (the
+    first builds the predictor) and 5 of them reserved, 10 s are kept and 3 fit.
+    """
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
+    cb = _Replan(plan, [8.0, 2.0, 2.0], reserve_scores=5)
+    cb.set_model(build_network(NET))
+    cb.model.stop_training = False
+    cb.t = time.time() - 4.95
+    cb.on_epoch_end(1)
+    state = json.loads(plan.read_text())
+    assert state["reserved_seconds"] == 10.0 and state["epochs"] == 2 + 3
+
+
+def test_an_epoch_counts_its_score_against_the_budget(tmp_path):
+    """The validation score after each epoch (here 0.4 s) is part of the epoch's time in the plan."""
+    images, labels = _data(2)
+    cfg = _config(epochs=999, select="val_score", freeze_epochs=0)
+
+    def slow_score(model):
+        time.sleep(0.4)
+        return 0.5
+
+    _, log = fit(
+        images[:3],
+        labels[:3],
+        images[3:],
+        labels[3:],
+        cfg,
+        tmp_path,
+        verbose=0,
+        minutes=0.2,
+        score=slow_score,
+        reserve_scores=3,
+    )
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert len(log) == plan["epochs"] >= 2
+    assert plan["seconds_done"] >= 0.4 * len(log) and min(plan["recent_epoch_seconds"]) >= 0.4
+    assert plan["reserved_seconds"] >= 1.2 - 0.05  # (rounded to 0.1 s)
 
 
 def test_one_slow_epoch_does_not_cut_the_plan_for_good(tmp_path):

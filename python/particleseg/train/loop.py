@@ -148,6 +148,7 @@ def fit(
     initial_weights: list[np.ndarray] | None = None,
     score: Callable[[Any], float] | None = None,
     minutes: float | None = None,
+    reserve_scores: float = 0.0,
 ):
     """Train a network on normalised images ``(Y, X, C)`` float32 and instance label images.
 
@@ -162,7 +163,10 @@ def fit(
     epochs train with the encoder frozen (:func:`set_encoder_trainable`; ``-1``: a tenth of
     the epochs, at least one). ``minutes`` plans the number of epochs to fit that budget from
     the measured cost of the first epoch (``config.epochs`` is then ignored); the plan is kept
-    in ``plan.json`` so a resumed run follows it.
+    in ``plan.json`` so a resumed run follows it. Every second of an epoch counts, the
+    ``score`` and the checkpoints included, and ``reserve_scores`` times the duration of one
+    ``score`` call is kept out of the budget for the caller's work after training (the
+    post-processing chosen on the validation images, for example).
 
     Writes into ``workdir``: ``checkpoint.keras`` (model and optimiser state after the last
     finished epoch), ``best.keras`` (best epoch), ``log.csv`` (one row per epoch), ``plan.json``
@@ -201,6 +205,7 @@ def fit(
         initial_weights=initial_weights,
         score=score,
         minutes=minutes,
+        reserve_scores=reserve_scores,
     )
 
 
@@ -219,6 +224,7 @@ def fit_targets(
     score: Callable[[Any], float] | None = None,
     minutes: float | None = None,
     val_tile: int | None = None,
+    reserve_scores: float = 0.0,
 ):
     """Run the fit loop of every network of the package: :func:`fit` with targets and loss given.
 
@@ -227,13 +233,17 @@ def fit_targets(
     :func:`particleseg.fibsem.train_phases` whose unannotated pixels are all zero) and ``loss``
     the Keras loss (:func:`make_loss`); ``val_tile`` the validation tiles' size (default
     ``config.tile``). Everything else is as in :func:`fit`: the network ``config.network``,
-    the schedule, the warm-up, the time budget, the checkpoints and the resumption.
+    the schedule, the warm-up, the time budget (``reserve_scores`` included), the checkpoints
+    and the resumption.
     """
     import keras
 
     config.check()  # before any work
     if config.select == "val_score" and score is None:
         raise InputError("selecting the best epoch by val_score needs a score function")
+    score_seconds: list[float] = []  # each call's duration: the plan counts them
+    if score is not None:
+        score = _timed(score, score_seconds)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -301,8 +311,6 @@ def fit_targets(
         best_value = _best_logged(log[first:], monitor, mode) if best.exists() else None
         cbs = [] if score is None else [_ScoreCallback(score)]
         planned = json.loads(plan_path.read_text()) if plan_path.exists() else {}
-        if planned.get("minutes"):
-            cbs.insert(0, _Replan(plan_path))
         cbs += [
             keras.callbacks.LearningRateScheduler(
                 lambda e: learning_rate_schedule(
@@ -312,6 +320,9 @@ def fit_targets(
             keras.callbacks.CSVLogger(str(log_path), append=start > 0),
             _BestCheckpoint(best, monitor, mode, best_value, lambda: _eligible_from(config, plan_path)),
             _Checkpoint(ckpt, state_path, workdir / "optimizer.npz"),
+            # after the score and the checkpoints, so an epoch's time includes them, and before
+            # the progress reports, so they show the new plan
+            *([_Replan(plan_path, score_seconds, reserve_scores)] if planned.get("minutes") else []),
             *callbacks,
         ]
         if timer is not None:
@@ -343,10 +354,12 @@ def fit_targets(
             config = dataclasses.replace(config, freeze_epochs=1 if config.freeze_epochs else 0, epochs=1)
             run(1, timer)
             first = time.time() - t0
-            full = timer.epoch_seconds() * (UNFROZEN_COST if config.freeze_epochs else 1.0)
+            scored = score_seconds[-1] if score_seconds else 0.0
+            full = timer.epoch_seconds() * (UNFROZEN_COST if config.freeze_epochs else 1.0) + scored
             # (no batch timed: the first epoch had finished before an interruption; plan from its wall time)
-            full = full or first
-            epochs = 1 + plan_epochs(minutes * 60 - first, full, minimum=1)
+            full = full if timer.epoch_seconds() else first
+            reserved = reserve_scores * scored
+            epochs = 1 + plan_epochs(minutes * 60 - reserved - first, full, minimum=1)
             config = _resolve_freeze(
                 dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0)
             )
@@ -359,6 +372,7 @@ def fit_targets(
                     "minutes": minutes,
                     "first_epoch_seconds": round(first, 1),
                     "epoch_seconds": round(full, 1),
+                    "reserved_seconds": round(reserved, 1),
                     "seconds_done": round(first, 1),
                 },
             )
@@ -403,18 +417,22 @@ def plan_limit(plan: dict) -> int:
         return int(plan["epochs"])
     # (a plan.json written before the limit was recorded: the same rule that made the plan)
     first = plan["first_epoch_seconds"]
-    return 1 + plan_epochs(plan["minutes"] * 60 - first, plan.get("epoch_seconds") or first, minimum=1)
+    budget = plan["minutes"] * 60 - plan.get("reserved_seconds", 0.0) - first
+    return 1 + plan_epochs(budget, plan.get("epoch_seconds") or first, minimum=1)
 
 
-def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras is imported lazily
+def _Replan(plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores: float = 0.0):  # noqa: N802
     """Keep a time budget when the machine slows down, and use it when the machine recovers.
 
-    After each epoch, adds its wall time to ``seconds_done`` in ``plan.json`` and plans the
+    After each epoch, adds its wall time to ``seconds_done`` in ``plan.json``, keeps
+    ``reserve_scores`` times the median of the last :data:`PACE_EPOCHS` ``score_seconds`` (the
+    durations of the score calls, the first of which also builds the predictor) out of the
+    budget as ``reserved_seconds``, and plans the
     epochs left at the pace of the median of the last :data:`PACE_EPOCHS` epochs: shorter when
     they no longer fit, longer again (never beyond :func:`plan_limit`) when more fit; stops when
     the plan is done. The median keeps one slow epoch (a recompilation after the warm-up, a
     passing job) from cutting the plan short for good. The cosine schedule follows the plan
-    from the next epoch on.
+    from the next epoch on. (A class made on demand, so keras is imported lazily.)
     """
     import keras
 
@@ -428,9 +446,12 @@ def _Replan(plan_path: Path):  # noqa: N802 - a class made on demand, so keras i
             plan["seconds_done"] = round(plan.get("seconds_done", 0.0) + dt, 1)
             recent = [*plan.get("recent_epoch_seconds", []), round(dt, 1)][-PACE_EPOCHS:]
             plan["recent_epoch_seconds"] = recent
+            if reserve_scores and score_seconds:
+                plan["reserved_seconds"] = round(reserve_scores * float(np.median(score_seconds[-PACE_EPOCHS:])), 1)
             pace = max(float(np.median(recent)), 1e-9)
             done = epoch + 1
-            fit_more = int(max(0.0, plan["minutes"] * 60 - plan["seconds_done"]) // pace)
+            left = plan["minutes"] * 60 - plan.get("reserved_seconds", 0.0) - plan["seconds_done"]
+            fit_more = int(max(0.0, left) // pace)
             limit = plan_limit(plan)
             plan["planned_epochs"] = limit
             plan["epochs"] = max(done, min(limit, done + fit_more))
@@ -500,6 +521,19 @@ def _ScoreCallback(score):  # noqa: N802 - a class made on demand, so keras is i
                 logs["val_score"] = float(score(self.model))
 
     return ScoreCallback()
+
+
+def _timed(fn: Callable, seconds: list[float]) -> Callable:
+    """``fn``, appending the duration of each call to ``seconds``."""
+
+    def timed(*args):
+        t = time.time()
+        try:
+            return fn(*args)
+        finally:
+            seconds.append(time.time() - t)
+
+    return timed
 
 
 def _EarlyStopping(monitor: str, mode: str, patience: int, log: list[dict]):  # noqa: N802

@@ -10,10 +10,11 @@ import numpy as np
 
 from .. import metrics
 from ..inference import augmented, predict_tiled
+from ..metrics.instance import _instance_ious  # the metric's own pairs, shared rather than copied
 from ..models import keras_predictor
 from ..models.bundle import DEFAULT_POSTPROCESS
 from ..pipeline import SegmentParams, particles_from_probabilities
-from ..postprocess import relabel_sequential, remove_small, remove_uncertain
+from ..postprocess import particle_scores, relabel_sequential, remove_small, remove_uncertain
 from .data import TrainingItem
 
 
@@ -88,17 +89,16 @@ def validation_scores(
         for thr, (st, sd) in grid:
             post = {"threshold": thr, "seed_threshold": st, "seed_depth": sd, "min_area": areas[0], "min_confidence": 0}
             base = [particles_from_probabilities(p, heads, post_params(post)) for p in probs]
-            # the pipeline's last steps, applied to the same particles: smallest area, then confidence
+            # the pipeline's last steps, applied to the same particles: smallest area, then
+            # confidence; scored from one overlap table per image (_Candidates)
+            cands = [_Candidates(b, lab, fg) for b, lab, fg in zip(base, labels, fgs)]
             for area, mc in itertools.product(areas, min_confidences):
-                if area == areas[0] and not mc:
-                    preds = base  # nothing removed: already numbered 1..N
-                else:
-                    kept = [remove_small(b, area) if area > areas[0] else b for b in base]
-                    preds = [relabel_sequential(remove_uncertain(k, fg, mc) if mc else k) for k, fg in zip(kept, fgs)]
-                score = float(np.mean([instance_score(pr, lab) for pr, lab in zip(preds, labels)]))
+                small = area if area > areas[0] else 0
+                score = float(np.mean([c.score(small, mc) for c in cands]))
                 if best is None or score > best[0] + 1e-12:
-                    best = (score, thr, st, sd, area, mc, preds)
-    score, thr, st, sd, min_area, mc, preds = best
+                    best = (score, thr, st, sd, area, mc, base)
+    score, thr, st, sd, min_area, mc, base = best
+    preds = [_filtered(b, fg, min_area if min_area > areas[0] else 0, mc) for b, fg in zip(base, fgs)]
     fg = float(np.mean([metrics.foreground_iou(pr > 0, lab > 0) for pr, lab in zip(preds, labels)]))
     perr = float(
         np.mean(
@@ -128,6 +128,55 @@ def validation_scores(
         "particles_found": int(sum(len(np.unique(pr)) - 1 for pr in preds)),
         "particles_annotated": int(sum(len(np.unique(lab)) - 1 for lab in labels)),
     }
+
+
+def _filtered(labels: np.ndarray, fg: np.ndarray, min_area: int, min_confidence: float) -> np.ndarray:
+    """Keep the particles of at least ``min_area`` pixels and mean ``fg`` ``min_confidence``, numbered ``1..N``."""
+    if not min_area and not min_confidence:
+        return labels  # nothing removed: already numbered 1..N
+    kept = remove_small(labels, min_area) if min_area else labels
+    return relabel_sequential(remove_uncertain(kept, fg, min_confidence) if min_confidence else kept)
+
+
+class _Candidates:
+    """The particles of one segmentation, scored against the truth with some of them removed.
+
+    :func:`instance_score` of ``_filtered(labels, fg, min_area, min_confidence)``, from one
+    overlap table: removing a particle removes its row and changes no other particle's area or
+    overlaps, so every removal is scored without labelling or counting pixels again (the same
+    numbers in the same order as :func:`instance_score` of the filtered image, so the same
+    choices; ``tests/train/test_finetune.py`` checks it).
+    """
+
+    def __init__(self, labels: np.ndarray, truth: np.ndarray, fg: np.ndarray):
+        c = metrics.contingency(truth, labels)
+        self.rows, self.cols, self.iou = _instance_ious(c)
+        self.n_truth, self.n_pred = c.n_truth, c.n_pred
+        self.area = c.pred_area  # by compact id, 0 = background
+        ids, conf = particle_scores(labels, fg)  # ascending ids: compact ids 1..n_pred
+        self.confidence = np.concatenate([[np.inf], conf])
+
+    def score(self, min_area: int, min_confidence: float) -> float:
+        kept = np.ones(self.n_pred + 1, bool)
+        kept[0] = False
+        if min_area:
+            kept &= self.area >= min_area
+        if min_confidence:
+            kept &= self.confidence >= min_confidence
+        sel = kept[self.cols]
+        best_t = np.zeros(self.n_truth + 1)
+        best_p = np.zeros(self.n_pred + 1)
+        np.maximum.at(best_t, self.rows[sel], self.iou[sel])
+        np.maximum.at(best_p, self.cols[sel], self.iou[sel])
+        n_kept = int(kept.sum())
+        return 0.5 * (_mean_best(best_t[1:], self.n_truth, n_kept) + _mean_best(best_p[kept], n_kept, self.n_truth))
+
+
+def _mean_best(best: np.ndarray, n: int, n_other: int) -> float:
+    """:func:`particleseg.metrics.instance_iou`'s average of ``best`` over ``n`` particles (1 or 0 for none)."""
+    if n == 0:
+        return 1.0 if n_other == 0 else 0.0
+    return float(best.mean())
 
 
 def min_area_choices(size_px: float | None, factors: Sequence[float] = (1, 2, 3)) -> tuple[int, ...]:
