@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from particleseg.autoscale import median_diameter
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import classic_labels  # noqa: E402 - the baseline of benchmarks/run.py, with the true polarity
 
@@ -51,8 +53,8 @@ def half(stem: str) -> str:
 
 
 def true_diameter(median_area_px: float) -> float:
-    """Equivalent circular diameter of the manifest's median particle area."""
-    return float(2 * np.sqrt(median_area_px / np.pi))
+    """Equivalent circular diameter of the manifest's median particle area (the package's size)."""
+    return median_diameter([median_area_px])
 
 
 def scores(pred: np.ndarray, truth: np.ndarray) -> dict:

@@ -478,3 +478,34 @@ def estimate_image(image: np.ndarray, polarity: str | None = None, default_polar
     size = estimate_particle_size(image, polarity)
     in_range = size is not None and SUPPORTED_SIZE_PX[0] <= size <= SUPPORTED_SIZE_PX[1]
     return ImageEstimate(polarity, score, size, in_range)
+
+
+def median_diameter(areas) -> float | None:
+    """Typical particle diameter: the equivalent circular diameter of the median particle area.
+
+    The size every part of the package reports for a set of particles, in pixels: what the
+    pipeline reports for the particles it found (:func:`particleseg.pipeline.measured_size`),
+    the training size a bundle records (:func:`particleseg.train.particle_size_px`) and the
+    truth of the EMPS benchmark. For an odd number of particles it is also the median of their
+    diameters.
+
+    Parameters
+    ----------
+    areas : array_like
+        Particle areas in pixels (zeros are ignored).
+
+    Returns
+    -------
+    float or None
+        The diameter in pixels; None without particles.
+
+    Examples
+    --------
+    >>> round(median_diameter([100, 491, 491, 2000]), 2)
+    25.0
+    >>> median_diameter([0, 0]) is None
+    True
+    """
+    areas = np.asarray(areas, dtype=float).ravel()
+    areas = areas[areas > 0]
+    return float(2 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else None

@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 from . import __version__, strips
 from . import postprocess as pp
 from .annotations import annotation_mask, fill_annotations
-from .autoscale import SUPPORTED_SIZE_PX, detection_diameter, estimate_particle_size, estimate_polarity
+from .autoscale import (
+    SUPPORTED_SIZE_PX,
+    detection_diameter,
+    estimate_particle_size,
+    estimate_polarity,
+    median_diameter,
+)
 from .errors import InputError, OutputExistsError, ParticlesegError, ParticlesegWarning
 from .inference import augmented, bounded_tile, predict_tiled
 from .io import (
@@ -874,11 +880,9 @@ def measured_size(scale: ScaleChoice, counts: np.ndarray) -> ScaleChoice:
     .. [1] C. Stringer et al., "Cellpose: a generalist algorithm for cellular segmentation",
            Nature Methods 18, 100-106 (2021).
     """
-    areas = np.asarray(counts)[1:]
-    areas = areas[areas > 0]
-    if not scale.auto_size or not len(areas):
+    size = median_diameter(np.asarray(counts)[1:])
+    if not scale.auto_size or size is None:
         return scale
-    size = float(2 * np.sqrt(np.median(areas) / np.pi))
     return dataclasses.replace(scale, particle_size=size, size_source="detections")
 
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..autoscale import median_diameter
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, Calibration, list_images, read_array, read_image
 from ..pipeline import invert as _invert
@@ -325,7 +326,7 @@ def split_validation(n: int, validation_split: float, seed: int) -> tuple[list[i
 
 
 def particle_size_px(labels: Sequence[np.ndarray]) -> float | None:
-    """Median equivalent circular diameter (pixels) of the annotated particles."""
-    areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels if lab.max() > 0] or [np.zeros(0)])
-    areas = areas[areas > 0]
-    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else None
+    """Typical diameter (pixels) of the annotated particles (:func:`particleseg.autoscale.median_diameter`)."""
+    return median_diameter(
+        np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels if lab.max() > 0] or [np.zeros(0)])
+    )
