@@ -8,7 +8,7 @@ copied) into ``OUT/data/{images,masks,keep_masks}``, then the command line is ru
 printed::
 
     particleseg train --images OUT/data/images --masks OUT/data/masks \
-        --keep-masks OUT/data/keep_masks --crop-rows 64 --out OUT/model --minutes 55 --seed 0
+        --keep-masks OUT/data/keep_masks --crop-rows 64 --out OUT/model --minutes 60 --seed 0
 
 (``--crop-rows 64``: the keep masks are 1024x704.) The 8 validation images play no part in
 training or in any choice. They are scored as :func:`particleseg.datasets.evaluate_tio2`
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     """Fine-tune with ``particleseg train`` (or take ``--model``), score it; print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="work folder (data links, model, results.json)")
-    ap.add_argument("--minutes", type=float, default=55)
+    ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="only score this bundle (e.g. default)")
     ap.add_argument("--train-args", default="", help="further options for particleseg train")
