@@ -58,9 +58,16 @@ def iou_matrix(truth_labels: np.ndarray, pred_labels: np.ndarray, return_ids: bo
     return out
 
 
-def _best_ious(c: Contingency) -> tuple[np.ndarray, np.ndarray]:
-    """Best IoU of each ground-truth particle and of each proposed particle (0 without overlap)."""
+def _best_ious(c: Contingency, kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU of each ground-truth particle and of each proposed particle (0 without overlap).
+
+    ``kept`` (bool, ``n_pred + 1``, by compact proposal id) scores the proposals as if those not
+    kept were background: removing a particle changes no other particle's area or overlaps.
+    """
     r, k, iou = _instance_ious(c)
+    if kept is not None:
+        sel = kept[k]
+        r, k, iou = r[sel], k[sel], iou[sel]
     best_t = np.zeros(c.n_truth + 1)
     best_p = np.zeros(c.n_pred + 1)
     np.maximum.at(best_t, r, iou)
@@ -103,9 +110,15 @@ def instance_iou(pred_labels: np.ndarray, truth_labels: np.ndarray, average: str
         raise ValueError(f"average must be 'truth' or 'pred', got {average!r}")
     c = contingency(truth_labels, pred_labels)
     best_t, best_p = _best_ious(c)
-    best = best_t if average == "truth" else best_p
+    if average == "truth":
+        return _mean_best(best_t, c.n_pred)
+    return _mean_best(best_p, c.n_truth)
+
+
+def _mean_best(best: np.ndarray, n_other: int) -> float:
+    """Mean of the best IoUs ``best``; without particles 1 when the other side has none either, else 0."""
     if best.size == 0:
-        return 1.0 if c.n_truth == 0 and c.n_pred == 0 else 0.0
+        return 1.0 if n_other == 0 else 0.0
     return float(best.mean())
 
 

@@ -355,9 +355,9 @@ def fit_targets(
             run(1, timer)
             first = time.time() - t0
             scored = score_seconds[-1] if score_seconds else 0.0
-            full = timer.epoch_seconds() * (UNFROZEN_COST if config.freeze_epochs else 1.0) + scored
+            per = timer.epoch_seconds()
             # (no batch timed: the first epoch had finished before an interruption; plan from its wall time)
-            full = full if timer.epoch_seconds() else first
+            full = per * (UNFROZEN_COST if config.freeze_epochs else 1.0) + scored if per else first
             reserved = reserve_scores * scored
             epochs = 1 + plan_epochs(minutes * 60 - reserved - first, full, minimum=1)
             config = _resolve_freeze(

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import metrics
 from ..inference import augmented, predict_tiled
-from ..metrics.instance import _instance_ious  # the metric's own pairs, shared rather than copied
+from ..metrics.instance import _best_ious, _mean_best  # the metric's own steps, shared rather than copied
 from ..models import keras_predictor
 from ..models.bundle import DEFAULT_POSTPROCESS
 from ..pipeline import SegmentParams, particles_from_probabilities
@@ -149,34 +149,20 @@ class _Candidates:
     """
 
     def __init__(self, labels: np.ndarray, truth: np.ndarray, fg: np.ndarray):
-        c = metrics.contingency(truth, labels)
-        self.rows, self.cols, self.iou = _instance_ious(c)
-        self.n_truth, self.n_pred = c.n_truth, c.n_pred
-        self.area = c.pred_area  # by compact id, 0 = background
+        self.table = metrics.contingency(truth, labels)
         ids, conf = particle_scores(labels, fg)  # ascending ids: compact ids 1..n_pred
         self.confidence = np.concatenate([[np.inf], conf])
 
     def score(self, min_area: int, min_confidence: float) -> float:
-        kept = np.ones(self.n_pred + 1, bool)
+        kept = np.ones(self.table.n_pred + 1, bool)
         kept[0] = False
         if min_area:
-            kept &= self.area >= min_area
+            kept &= self.table.pred_area >= min_area
         if min_confidence:
             kept &= self.confidence >= min_confidence
-        sel = kept[self.cols]
-        best_t = np.zeros(self.n_truth + 1)
-        best_p = np.zeros(self.n_pred + 1)
-        np.maximum.at(best_t, self.rows[sel], self.iou[sel])
-        np.maximum.at(best_p, self.cols[sel], self.iou[sel])
+        best_t, best_p = _best_ious(self.table, kept)
         n_kept = int(kept.sum())
-        return 0.5 * (_mean_best(best_t[1:], self.n_truth, n_kept) + _mean_best(best_p[kept], n_kept, self.n_truth))
-
-
-def _mean_best(best: np.ndarray, n: int, n_other: int) -> float:
-    """:func:`particleseg.metrics.instance_iou`'s average of ``best`` over ``n`` particles (1 or 0 for none)."""
-    if n == 0:
-        return 1.0 if n_other == 0 else 0.0
-    return float(best.mean())
+        return 0.5 * (_mean_best(best_t, n_kept) + _mean_best(best_p[kept[1:]], self.table.n_truth))
 
 
 def min_area_choices(size_px: float | None, factors: Sequence[float] = (1, 2, 3)) -> tuple[int, ...]:
