@@ -326,6 +326,22 @@ def test_fine_tuning_the_default_model_records_its_recipe(tmp_path):
     assert not bundle.metadata["scale"].get("particle_size_range_px")
 
 
+def test_a_budget_without_room_for_the_choice_after_training_is_refused(tmp_path, monkeypatch):
+    """Two epochs fit, but not the post-processing choice after them: refused before training.
+
+    The machine's cost is fixed here (an epoch 1 min, a validation score 0.1 min), so the
+    arithmetic is the check's own: 2 x (1 + 0.1) + 20 x 0.1 = 4.2 min, a minute for the bundle.
+    """
+    from particleseg.train import segmentation
+
+    monkeypatch.setattr(segmentation, "_estimate_minutes", lambda *a: (1.0, 0.1))
+    images, labels, _ = disk_set(3, size=64, seed=8)
+    too_short = r"--minutes 4 is too short: .*choice after training about 2\.0 min; give at least 5 min"
+    with pytest.raises(InputError, match=too_short):
+        train_segmentation(images, labels, tmp_path / "a", base_model="default", tile=32, minutes=4, progress=False)
+    assert not (tmp_path / "a").exists()
+
+
 def test_bad_fine_tuning_inputs_are_refused_before_training(tmp_path):
     images, labels, _ = disk_set(3, size=64, seed=8)
     two = [np.stack([im, im], -1) for im in images]  # (Y, X, C) two-channel images
@@ -609,11 +625,12 @@ def test_an_epoch_counts_its_score_against_the_budget(tmp_path):
 
 
 def test_one_slow_epoch_does_not_cut_the_plan_for_good(tmp_path):
-    """The pace is the median of the recent epochs; the plan grows back, never beyond the first plan.
+    """The pace is the median of the recent epochs; the plan grows back, and past the first plan.
 
     A 60-second budget planned for 10 epochs after a 10-second first epoch (5 s each). A 20-second
     epoch (a recompilation, a passing job) shortens the plan at once only as far as the median
-    pace says; fast epochs afterwards give the epochs back, up to the 10 first planned.
+    pace says; fast epochs afterwards give the epochs back, and once three full epochs have
+    measured the pace, more than the 10 first planned when they fit.
     """
     plan = tmp_path / "plan.json"
     plan.write_text(
@@ -644,5 +661,60 @@ def test_one_slow_epoch_does_not_cut_the_plan_for_good(tmp_path):
     assert state["epochs"] == 5 and state["shortened"]
     state = epoch(3, 3)  # 38 s used, median of 5, 20, 3: 5 s, 4 more fit
     assert state["epochs"] == 8 and state["recent_epoch_seconds"] == pytest.approx([5, 20, 3], abs=0.1)
-    state = epoch(4, 1)  # 39 s used, median 4 s: 5 more would fit, the limit allows 10
+    state = epoch(4, 1)  # 39 s used, median 4 s: 5 more fit
     assert state["epochs"] == 10 and not state["shortened"] and not cb.model.stop_training
+    state = epoch(5, 1)  # 40 s used, median of 5, 20, 3, 1, 1: 3 s, 6 more fit, past the first plan
+    assert state["epochs"] == 12 and state["grown"] and state["planned_epochs"] == 10
+
+
+def test_warm_up_epochs_do_not_grow_the_plan(tmp_path):
+    """Epochs with the encoder frozen are cheaper than full ones: their pace grows no plan past the first."""
+    plan = tmp_path / "plan.json"
+    first = {"epochs": 10, "planned_epochs": 10, "freeze_epochs": 4, "minutes": 1.0, "seconds_done": 10.0}
+    plan.write_text(json.dumps({**first, "first_epoch_seconds": 10.0, "epoch_seconds": 5.0}))
+    cb = _Replan(plan)
+    cb.set_model(build_network(NET))
+    cb.model.stop_training = False
+    for i in (1, 2, 3):  # frozen epochs of 1 s: 47 s left, 47 more would fit at their pace
+        cb.t = time.time() - 0.95
+        cb.on_epoch_end(i)
+        state = json.loads(plan.read_text())
+        assert state["epochs"] == 10 and not state["grown"]
+
+
+def test_a_plan_grows_past_a_slow_first_epoch_and_resumes_grown(tmp_path):
+    """A first epoch slowed by other work caps the run no more.
+
+    The first score call sleeps 2 s (other work on the machine), so the first plan counts 2 s
+    per epoch; the later epochs are far quicker, and once three have measured the pace the plan
+    grows past the first one within the budget. Interrupted after it grew, the run resumes to
+    the grown plan.
+    """
+    import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
+
+    images, labels = _data(2)
+    cfg = _config(epochs=999, freeze_epochs=0)
+    calls = []
+
+    def score(model):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return 0.5
+
+    class StopWhenGrown(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            path = tmp_path / "plan.json"  # (written after the first epoch)
+            if path.exists() and json.loads(path.read_text()).get("grown"):
+                raise KeyboardInterrupt
+
+    args = (images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        fit(*args, verbose=0, minutes=0.4, score=score, callbacks=[StopWhenGrown()])
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    done = json.loads((tmp_path / "state.json").read_text())["epochs_done"]
+    assert plan["epochs"] > plan["planned_epochs"] >= done
+    _, log = fit(*args, verbose=0, minutes=0.4, score=score)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert len(log) == plan["epochs"] > plan["planned_epochs"]
+    assert plan["seconds_done"] <= 24 + max(plan["recent_epoch_seconds"])

@@ -261,7 +261,8 @@ def fit_targets(
     if plan_path.exists():
         # (a time budget's plan may grow back to its limit: the Replan callback ends the run)
         plan = json.loads(plan_path.read_text())
-        config = dataclasses.replace(config, epochs=plan_limit(plan), freeze_epochs=plan["freeze_epochs"])
+        epochs = max(plan_limit(plan), int(plan["epochs"]))  # (a plan that grew past its first)
+        config = dataclasses.replace(config, epochs=epochs, freeze_epochs=plan["freeze_epochs"])
     elif minutes is None:
         config = _resolve_freeze(config)
         _write_json(plan_path, {"epochs": config.epochs, "freeze_epochs": config.freeze_epochs, "minutes": None})
@@ -344,6 +345,9 @@ def fit_targets(
         )
         if model.stop_training:
             raise _Stopped
+        # a time budget's plan may have grown past this fit's last epoch (the Replan callback
+        # ends the run when the plan is done)
+        config = dataclasses.replace(config, epochs=max(config.epochs, _planned_epochs(plan_path, config.epochs)))
         run(config.epochs)
 
     try:
@@ -402,12 +406,17 @@ def _planned_epochs(plan_path: Path, default: int) -> int:
 #: the pace of a time-budgeted run is the median duration of this many recent epochs
 PACE_EPOCHS = 5
 
+#: a time-budgeted plan may grow past its first plan once this many full epochs (encoder not
+#: frozen) have measured the pace
+GROW_AFTER = 3
+
 
 def plan_limit(plan: dict) -> int:
-    """Return the most epochs a plan may have: the plan made after the first epoch.
+    """Return the plan made after the first epoch: the most epochs a plan may have at first.
 
     A time budget's plan is shortened when epochs run slower and lengthened again, up to this
-    limit, when they run faster (:func:`_Replan`). Plans without a budget are fixed.
+    limit, when they run faster, until the pace is measured on full epochs alone; then the
+    budget alone bounds it (:func:`_Replan`). Plans without a budget are fixed.
     """
     if not plan.get("minutes"):
         return int(plan["epochs"])
@@ -429,10 +438,14 @@ def _Replan(plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores
     durations of the score calls, the first of which also builds the predictor) out of the
     budget as ``reserved_seconds``, and plans the
     epochs left at the pace of the median of the last :data:`PACE_EPOCHS` epochs: shorter when
-    they no longer fit, longer again (never beyond :func:`plan_limit`) when more fit; stops when
-    the plan is done. The median keeps one slow epoch (a recompilation after the warm-up, a
-    passing job) from cutting the plan short for good. The cosine schedule follows the plan
-    from the next epoch on. (A class made on demand, so keras is imported lazily.)
+    they no longer fit, longer again when more fit; stops when the plan is done. The median
+    keeps one slow epoch (a recompilation after the warm-up, a passing job) from cutting the
+    plan short for good. Until :data:`GROW_AFTER` full epochs (encoder not frozen) are among
+    the recent ones, the plan grows no further than the first plan (:func:`plan_limit`: warm-up
+    epochs are cheaper than full ones); then the pace is that of the recent full epochs and
+    the plan may grow past the first as far as the budget allows, so a first epoch slowed by
+    other work does not cap the run. The cosine schedule follows the plan from the next epoch
+    on. (A class made on demand, so keras is imported lazily.)
     """
     import keras
 
@@ -454,8 +467,14 @@ def _Replan(plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores
             fit_more = int(max(0.0, left) // pace)
             limit = plan_limit(plan)
             plan["planned_epochs"] = limit
-            plan["epochs"] = max(done, min(limit, done + fit_more))
+            full = min(len(recent), done - plan.get("freeze_epochs", 0))  # full epochs among the recent
+            if full >= GROW_AFTER:
+                # their pace alone: the budget bounds the plan, not the first plan
+                plan["epochs"] = done + int(max(0.0, left) // max(float(np.median(recent[-full:])), 1e-9))
+            else:
+                plan["epochs"] = max(done, min(limit, done + fit_more))
             plan["shortened"] = plan["epochs"] < limit
+            plan["grown"] = plan["epochs"] > limit
             _write_json(plan_path, plan)
             if done >= plan["epochs"]:
                 self.model.stop_training = True

@@ -72,11 +72,14 @@ def _choose_base(base_model, given_net: dict, class_names, mask_kind: str):
 RESERVE_SCORES = 20.0
 
 
-def _estimate_epoch_minutes(network, config: TrainConfig, channels: int) -> float:
-    """Estimate the cost of one training epoch on this machine in minutes, roughly.
+def _estimate_minutes(network, config: TrainConfig, channels: int, score_pixels: float = 0.0) -> tuple[float, float]:
+    """Estimate the cost of one training epoch and of one validation score here, in minutes, roughly.
 
-    Three forward passes per batch (forward, and a backward pass about twice as dear), timed on
-    one batch.
+    An epoch: three forward passes per batch (forward, and a backward pass about twice as
+    dear), timed on one batch. A score: one forward pass over ``score_pixels`` (the validation
+    images with the overlap of their tiles) at the same cost per pixel; its segmentation is not
+    counted (on the TiO2 images the network is most of a score: 4.5 s measured, about 4 s
+    estimated).
     """
     import keras  # keras: only to time a network (lazy, docs/architecture.md)
 
@@ -88,7 +91,8 @@ def _estimate_epoch_minutes(network, config: TrainConfig, channels: int) -> floa
     per = time.time() - t0
     del model
     keras.backend.clear_session()
-    return 3 * per * (config.steps_per_epoch + config.validation_steps / 3) / 60
+    epoch = 3 * per * (config.steps_per_epoch + config.validation_steps / 3) / 60
+    return epoch, per * score_pixels / (config.batch_size * config.tile**2) / 60
 
 
 def train_segmentation(
@@ -214,9 +218,11 @@ def train_segmentation(
     minutes : float, optional
         Time budget of the whole run: the epochs are planned from the measured cost of the
         first one, and the plan is shortened when later epochs run slower (other work on the
-        machine) and lengthened again, up to the first plan, when they recover (the pace is the
-        median of the last five epochs); a fifth of the budget goes to the particle classifier when there are keep
-        masks; ``epochs`` is then ignored.
+        machine) and lengthened again when they recover, past the first plan once three full
+        epochs have measured the pace (the pace is the median of the last five epochs); a
+        fifth of the budget goes to the particle classifier when there are keep masks;
+        ``epochs`` is then ignored. Refused before training when two epochs and the
+        post-processing choice after them (:data:`RESERVE_SCORES`) do not fit.
     augmentation : Augmentation
     seed : int
         Seeds the split, the weights and every batch: a run is reproducible.
@@ -404,18 +410,25 @@ def train_segmentation(
         augmentation=augmentation or Augmentation(),
     )
     config.check()
+    infer_tile = max(512, tile) // network.multiple_of * network.multiple_of
+    overlap = min(max(16, 2 * network.multiple_of), infer_tile // 4)
     seg_minutes = None
     if minutes is not None:
         if not minutes > 0:
             raise InputError(f"--minutes {minutes}: the time budget must be positive")
         # a minute for the bundle; the post-processing choice is reserved by fit (RESERVE_SCORES)
-        seg_minutes = minutes * (0.8 if keep_masks is not None else 1.0) - 1.0
-        need = _estimate_epoch_minutes(network, config, items[0].image.shape[-1])
-        if seg_minutes < 2 * need:
+        share = 0.8 if keep_masks is not None else 1.0
+        seg_minutes = minutes * share - 1.0
+        score_px = val_px * (infer_tile / (infer_tile - 2 * overlap)) ** 2 if config.select == "val_score" else 0.0
+        need, score_min = _estimate_minutes(network, config, n_ch, score_px)
+        # two epochs with their scores, and the choice after training
+        least = 2 * (need + score_min) + RESERVE_SCORES * score_min
+        if seg_minutes < least:
+            after = f" and the choice after training about {RESERVE_SCORES * score_min:.1f} min" if score_min else ""
             raise InputError(
                 f"--minutes {minutes:g} is too short: one epoch of {steps_per_epoch} batches of "
-                f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here; give at least "
-                f"{(2 * need + 1) / (0.8 if keep_masks is not None else 1.0):.0f} min, or fewer --steps"
+                f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here{after}; give at least "
+                f"{(least + 1) / share:.0f} min, or fewer --steps"
             )
 
     # 2. train (checkpointed; resumable)
@@ -434,8 +447,6 @@ def train_segmentation(
     callbacks = [_progress_callback(progress, epochs, seg_dir / "plan.json")] if callable(progress) else []
     if progress is True:
         callbacks.append(_EtaCallback(seg_dir / "plan.json", "segmentation"))
-    infer_tile = max(512, tile) // network.multiple_of * network.multiple_of
-    overlap = min(max(16, 2 * network.multiple_of), infer_tile // 4)
     size_px = particle_size_px([it.labels for it in train_items])
     min_areas = min_area_choices(size_px)
     min_area = min_areas[0]
