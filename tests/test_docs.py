@@ -216,8 +216,8 @@ def setup_metrics(work: Path) -> None:
 
 
 def setup_from_scratch(work: Path) -> None:
-    """``micrographs/`` and ``outlines/`` as tests/scratch/test_scratch.py makes them."""
-    from test_scratch import write_images, write_outlines
+    """``micrographs/`` and ``outlines/`` as the from-scratch tests make them (``conftest.write_images``)."""
+    from conftest import write_images, write_outlines
 
     write_images(work / "micrographs")
     write_outlines(work / "outlines", n=12)

@@ -15,36 +15,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import write_images, write_outlines
 from particleseg.errors import InputError, OutputExistsError
 from particleseg.scratch import ScratchConfig, train_from_scratch
 from particleseg.scratch.workflow import STAGE_DIRS
 
 # --------------------------------------------------------------------------------------------
 # synthetic inputs
-
-
-def write_outlines(folder: Path, n: int = 8, size: int = 32, seed: int = 0) -> Path:
-    from particleseg.simulate import random_particle
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        m, _ = random_particle(rng, rng.uniform(10, 18))
-        c = np.zeros((size, size), np.uint8)
-        h, w = m.shape
-        c[(size - h) // 2 : (size - h) // 2 + h, (size - w) // 2 : (size - w) // 2 + w] = m * 255
-        tifffile.imwrite(folder / f"outline{i:02d}.tif", c)
-    return folder
-
-
-def write_images(folder: Path, n: int = 3, shape=(96, 96), dtype=np.uint8) -> Path:
-    from particleseg.simulate import simulate_sem_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = simulate_sem_image(shape, i, particle_size=14.0, coverage=0.3).image
-        tifffile.imwrite(folder / f"image{i}.tif", img.astype(dtype))
-    return folder
 
 
 @pytest.fixture(scope="module")

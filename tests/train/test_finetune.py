@@ -595,6 +595,15 @@ def test_the_work_after_training_is_kept_out_of_the_budget(tmp_path):
     cb.on_epoch_end(1)
     state = json.loads(plan.read_text())
     assert state["reserved_seconds"] == 10.0 and state["epochs"] == 2 + 3
+    # without score calls (the best epoch by the validation loss) the reserve is given in seconds
+    plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
+    cb = _Replan(plan, [], reserve_scores=5, reserve_seconds=10.0)
+    cb.set_model(build_network(NET))
+    cb.model.stop_training = False
+    cb.t = time.time() - 4.95
+    cb.on_epoch_end(1)
+    state = json.loads(plan.read_text())
+    assert state["reserved_seconds"] == 10.0 and state["epochs"] == 2 + 3
 
 
 def test_an_epoch_counts_its_score_against_the_budget(tmp_path):
@@ -622,6 +631,21 @@ def test_an_epoch_counts_its_score_against_the_budget(tmp_path):
     assert len(log) == plan["epochs"] >= 2
     assert plan["seconds_done"] >= 0.4 * len(log) and min(plan["recent_epoch_seconds"]) >= 0.4
     assert plan["reserved_seconds"] >= 1.2 - 0.05  # (rounded to 0.1 s)
+
+
+def test_a_run_without_scores_keeps_its_reserve_in_seconds(tmp_path):
+    """The caller's estimate of the work after training is kept out of the budget from the first plan on.
+
+    With the best epoch chosen by the validation loss no score measures that work.
+    """
+    images, labels = _data(2)
+    cfg = _config(epochs=999, select="val_loss", freeze_epochs=0)
+    _, log = fit(
+        images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path, verbose=0, minutes=0.2, reserve_seconds=4
+    )
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["reserved_seconds"] == 4.0 and len(log) == plan["epochs"] >= 2
+    assert plan["seconds_done"] <= 12 - 4 + max(plan["recent_epoch_seconds"])
 
 
 def test_one_slow_epoch_does_not_cut_the_plan_for_good(tmp_path):

@@ -149,6 +149,7 @@ def fit(
     score: Callable[[Any], float] | None = None,
     minutes: float | None = None,
     reserve_scores: float = 0.0,
+    reserve_seconds: float = 0.0,
 ):
     """Train a network on normalised images ``(Y, X, C)`` float32 and instance label images.
 
@@ -166,7 +167,8 @@ def fit(
     in ``plan.json`` so a resumed run follows it. Every second of an epoch counts, the
     ``score`` and the checkpoints included, and ``reserve_scores`` times the duration of one
     ``score`` call is kept out of the budget for the caller's work after training (the
-    post-processing chosen on the validation images, for example).
+    post-processing chosen on the validation images, for example), and ``reserve_seconds``
+    besides (the same work estimated beforehand, when no ``score`` measures it).
 
     Writes into ``workdir``: ``checkpoint.keras`` (model and optimiser state after the last
     finished epoch), ``best.keras`` (best epoch), ``log.csv`` (one row per epoch), ``plan.json``
@@ -206,6 +208,7 @@ def fit(
         score=score,
         minutes=minutes,
         reserve_scores=reserve_scores,
+        reserve_seconds=reserve_seconds,
     )
 
 
@@ -225,6 +228,7 @@ def fit_targets(
     minutes: float | None = None,
     val_tile: int | None = None,
     reserve_scores: float = 0.0,
+    reserve_seconds: float = 0.0,
 ):
     """Run the fit loop of every network of the package: :func:`fit` with targets and loss given.
 
@@ -233,7 +237,7 @@ def fit_targets(
     :func:`particleseg.fibsem.train_phases` whose unannotated pixels are all zero) and ``loss``
     the Keras loss (:func:`make_loss`); ``val_tile`` the validation tiles' size (default
     ``config.tile``). Everything else is as in :func:`fit`: the network ``config.network``,
-    the schedule, the warm-up, the time budget (``reserve_scores`` included), the checkpoints
+    the schedule, the warm-up, the time budget (its reserves included), the checkpoints
     and the resumption.
     """
     import keras
@@ -323,7 +327,7 @@ def fit_targets(
             _Checkpoint(ckpt, state_path, workdir / "optimizer.npz"),
             # after the score and the checkpoints, so an epoch's time includes them, and before
             # the progress reports, so they show the new plan
-            *([_Replan(plan_path, score_seconds, reserve_scores)] if planned.get("minutes") else []),
+            *([_Replan(plan_path, score_seconds, reserve_scores, reserve_seconds)] if planned.get("minutes") else []),
             *callbacks,
         ]
         if timer is not None:
@@ -362,7 +366,7 @@ def fit_targets(
             per = timer.epoch_seconds()
             # (no batch timed: the first epoch had finished before an interruption; plan from its wall time)
             full = per * (UNFROZEN_COST if config.freeze_epochs else 1.0) + scored if per else first
-            reserved = reserve_scores * scored
+            reserved = reserve_scores * scored + reserve_seconds
             epochs = 1 + plan_epochs(minutes * 60 - reserved - first, full, minimum=1)
             config = _resolve_freeze(
                 dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0)
@@ -430,13 +434,15 @@ def plan_limit(plan: dict) -> int:
     return 1 + plan_epochs(budget, plan.get("epoch_seconds") or first, minimum=1)
 
 
-def _Replan(plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores: float = 0.0):  # noqa: N802
+def _Replan(  # noqa: N802
+    plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores: float = 0.0, reserve_seconds: float = 0.0
+):
     """Keep a time budget when the machine slows down, and use it when the machine recovers.
 
     After each epoch, adds its wall time to ``seconds_done`` in ``plan.json``, keeps
     ``reserve_scores`` times the median of the last :data:`PACE_EPOCHS` ``score_seconds`` (the
-    durations of the score calls, the first of which also builds the predictor) out of the
-    budget as ``reserved_seconds``, and plans the
+    durations of the score calls, the first of which also builds the predictor) and
+    ``reserve_seconds`` out of the budget as ``reserved_seconds``, and plans the
     epochs left at the pace of the median of the last :data:`PACE_EPOCHS` epochs: shorter when
     they no longer fit, longer again when more fit; stops when the plan is done. The median
     keeps one slow epoch (a recompilation after the warm-up, a passing job) from cutting the
@@ -459,8 +465,9 @@ def _Replan(plan_path: Path, score_seconds: Sequence[float] = (), reserve_scores
             plan["seconds_done"] = round(plan.get("seconds_done", 0.0) + dt, 1)
             recent = [*plan.get("recent_epoch_seconds", []), round(dt, 1)][-PACE_EPOCHS:]
             plan["recent_epoch_seconds"] = recent
-            if reserve_scores and score_seconds:
-                plan["reserved_seconds"] = round(reserve_scores * float(np.median(score_seconds[-PACE_EPOCHS:])), 1)
+            scores = reserve_scores * float(np.median(score_seconds[-PACE_EPOCHS:])) if score_seconds else 0.0
+            if scores or reserve_seconds:
+                plan["reserved_seconds"] = round(scores + reserve_seconds, 1)
             pace = max(float(np.median(recent)), 1e-9)
             done = epoch + 1
             left = plan["minutes"] * 60 - plan.get("reserved_seconds", 0.0) - plan["seconds_done"]

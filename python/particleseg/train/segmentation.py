@@ -419,17 +419,20 @@ def train_segmentation(
         # a minute for the bundle; the post-processing choice is reserved by fit (RESERVE_SCORES)
         share = 0.8 if keep_masks is not None else 1.0
         seg_minutes = minutes * share - 1.0
-        score_px = val_px * (infer_tile / (infer_tile - 2 * overlap)) ** 2 if config.select == "val_score" else 0.0
+        score_px = val_px * (infer_tile / (infer_tile - 2 * overlap)) ** 2
         need, score_min = _estimate_minutes(network, config, n_ch, score_px)
-        # two epochs with their scores, and the choice after training
-        least = 2 * (need + score_min) + RESERVE_SCORES * score_min
+        # two epochs (with their scores, when the best epoch is chosen by them), and the choice after training
+        least = 2 * (need + (score_min if config.select == "val_score" else 0.0)) + RESERVE_SCORES * score_min
         if seg_minutes < least:
-            after = f" and the choice after training about {RESERVE_SCORES * score_min:.1f} min" if score_min else ""
             raise InputError(
                 f"--minutes {minutes:g} is too short: one epoch of {steps_per_epoch} batches of "
-                f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here{after}; give at least "
+                f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here and the choice after "
+                f"training about {RESERVE_SCORES * score_min:.1f} min; give at least "
                 f"{(least + 1) / share:.0f} min, or fewer --steps"
             )
+        # without scores during training (the best epoch by the validation loss), the choice is
+        # reserved from this estimate
+        reserve_seconds = 0.0 if config.select == "val_score" else RESERVE_SCORES * score_min * 60
 
     # 2. train (checkpointed; resumable)
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
@@ -470,6 +473,7 @@ def train_segmentation(
         score=score,
         minutes=seg_minutes,
         reserve_scores=RESERVE_SCORES if score is not None else 0.0,
+        reserve_seconds=reserve_seconds if minutes is not None and score is None else 0.0,
     )
 
     # 3. defaults of the post-processing and validation metrics
