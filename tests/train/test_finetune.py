@@ -587,22 +587,20 @@ def test_the_work_after_training_is_kept_out_of_the_budget(tmp_path):
     first builds the predictor) and 5 of them reserved, 10 s are kept and 3 fit.
     """
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
-    cb = _Replan(plan, [8.0, 2.0, 2.0], reserve_scores=5)
-    cb.set_model(build_network(NET))
-    cb.model.stop_training = False
-    cb.t = time.time() - 4.95
-    cb.on_epoch_end(1)
-    state = json.loads(plan.read_text())
+
+    def after_a_5_second_epoch(*args, **kw) -> dict:
+        plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
+        cb = _Replan(plan, *args, **kw)
+        cb.set_model(build_network(NET))
+        cb.model.stop_training = False
+        cb.t = time.time() - 4.95
+        cb.on_epoch_end(1)
+        return json.loads(plan.read_text())
+
+    state = after_a_5_second_epoch([8.0, 2.0, 2.0], reserve_scores=5)
     assert state["reserved_seconds"] == 10.0 and state["epochs"] == 2 + 3
     # without score calls (the best epoch by the validation loss) the reserve is given in seconds
-    plan.write_text(json.dumps({"epochs": 10, "freeze_epochs": 1, "minutes": 1.0, "seconds_done": 30.0}))
-    cb = _Replan(plan, [], reserve_scores=5, reserve_seconds=10.0)
-    cb.set_model(build_network(NET))
-    cb.model.stop_training = False
-    cb.t = time.time() - 4.95
-    cb.on_epoch_end(1)
-    state = json.loads(plan.read_text())
+    state = after_a_5_second_epoch([], reserve_scores=5, reserve_seconds=10.0)
     assert state["reserved_seconds"] == 10.0 and state["epochs"] == 2 + 3
 
 
