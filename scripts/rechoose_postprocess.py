@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
         clf = meta["classifier"]
         classifier = keras.saving.load_model(bundle.path / clf["model_file"], compile=False)
-        tile = max(512, bundle.tile) // bundle.network.multiple_of * bundle.network.multiple_of
+        tile = bundle.tile  # the inference tile train chose (at least 512, a multiple of the network's)
         mult = NetworkConfig.from_dict(clf["network"]).multiple_of
         chosen, table = choose_min_score(classifier, bundle.network, probs, items, meta["postprocess"], tile, mult)
         print(f"classifier threshold {clf.get('threshold')} -> {chosen} (KS and kept: {table['ks_and_kept']})")
