@@ -263,7 +263,7 @@ def fit_targets(
         for p in (log_path, best, ckpt, state_path, plan_path):
             p.unlink(missing_ok=True)
     if plan_path.exists():
-        # (a time budget's plan may grow back to its limit: the Replan callback ends the run)
+        # (a time budget's plan may grow: the Replan callback ends the run)
         plan = json.loads(plan_path.read_text())
         epochs = max(plan_limit(plan), int(plan["epochs"]))  # (a plan that grew past its first)
         config = dataclasses.replace(config, epochs=epochs, freeze_epochs=plan["freeze_epochs"])

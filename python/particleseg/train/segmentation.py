@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -428,7 +429,7 @@ def train_segmentation(
                 f"--minutes {minutes:g} is too short: one epoch of {steps_per_epoch} batches of "
                 f"{batch_size} tiles {tile}x{tile} takes about {need:.1f} min here and the choice after "
                 f"training about {RESERVE_SCORES * score_min:.1f} min; give at least "
-                f"{(least + 1) / share:.0f} min, or fewer --steps"
+                f"{math.ceil((least + 1) / share)} min, or fewer --steps"
             )
         # without scores during training (the best epoch by the validation loss), the choice is
         # reserved from this estimate
