@@ -468,18 +468,15 @@ def _Replan(  # noqa: N802
             scores = reserve_scores * float(np.median(score_seconds[-PACE_EPOCHS:])) if score_seconds else 0.0
             if scores or reserve_seconds:
                 plan["reserved_seconds"] = round(scores + reserve_seconds, 1)
-            pace = max(float(np.median(recent)), 1e-9)
             done = epoch + 1
+            full = min(len(recent), done - plan.get("freeze_epochs", 0))  # full epochs among the recent
+            grow = full >= GROW_AFTER  # their pace alone: the budget bounds the plan, not the first plan
+            pace = max(float(np.median(recent[-full:] if grow else recent)), 1e-9)
             left = plan["minutes"] * 60 - plan.get("reserved_seconds", 0.0) - plan["seconds_done"]
             fit_more = int(max(0.0, left) // pace)
             limit = plan_limit(plan)
             plan["planned_epochs"] = limit
-            full = min(len(recent), done - plan.get("freeze_epochs", 0))  # full epochs among the recent
-            if full >= GROW_AFTER:
-                # their pace alone: the budget bounds the plan, not the first plan
-                plan["epochs"] = done + int(max(0.0, left) // max(float(np.median(recent[-full:])), 1e-9))
-            else:
-                plan["epochs"] = max(done, min(limit, done + fit_more))
+            plan["epochs"] = done + fit_more if grow else max(done, min(limit, done + fit_more))
             plan["shortened"] = plan["epochs"] < limit
             plan["grown"] = plan["epochs"] > limit
             _write_json(plan_path, plan)

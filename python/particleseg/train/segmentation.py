@@ -413,7 +413,7 @@ def train_segmentation(
     config.check()
     infer_tile = max(512, tile) // network.multiple_of * network.multiple_of
     overlap = min(max(16, 2 * network.multiple_of), infer_tile // 4)
-    seg_minutes = None
+    seg_minutes, reserve_seconds = None, 0.0
     if minutes is not None:
         if not minutes > 0:
             raise InputError(f"--minutes {minutes}: the time budget must be positive")
@@ -431,9 +431,10 @@ def train_segmentation(
                 f"training about {RESERVE_SCORES * score_min:.1f} min; give at least "
                 f"{math.ceil((least + 1) / share)} min, or fewer --steps"
             )
-        # without scores during training (the best epoch by the validation loss), the choice is
-        # reserved from this estimate
-        reserve_seconds = 0.0 if config.select == "val_score" else RESERVE_SCORES * score_min * 60
+        if config.select != "val_score":
+            # no scores during training (the best epoch by the validation loss): the choice is
+            # reserved from this estimate
+            reserve_seconds = RESERVE_SCORES * score_min * 60
 
     # 2. train (checkpointed; resumable)
     workdir = Path(workdir) if workdir else out.with_name(out.name + ".work")
@@ -474,7 +475,7 @@ def train_segmentation(
         score=score,
         minutes=seg_minutes,
         reserve_scores=RESERVE_SCORES if score is not None else 0.0,
-        reserve_seconds=reserve_seconds if minutes is not None and score is None else 0.0,
+        reserve_seconds=reserve_seconds,
     )
 
     # 3. defaults of the post-processing and validation metrics
