@@ -380,9 +380,32 @@ def test_a_bundle_without_a_training_size_segments_without_refinement(tiny_bundl
     assert not tiny_bundle.particle_size_px
     first = ScaleChoice("bright", "estimated", 1.0, 30.0, "estimated", auto_size=False)
     assert scale_consistency(first, _counts_of(30.0), tiny_bundle) == float("inf")
-    assert best_scale_pass(first, "only", _counts_of(30.0), pytest.fail, tiny_bundle) == (first, "only")
+    # not refined (no other pass is run), but the size reported is that of the particles found
+    counts = _counts_of(30.0)
+    scale, result = best_scale_pass(first, "only", counts, pytest.fail, tiny_bundle)
+    assert result == "only" and scale.factor == 1 and scale.size_source == "detections"
+    assert scale.particle_size == pytest.approx(2 * np.sqrt(counts[1] / np.pi))
     seg = segment_image(disks((96, 96), grid((96, 96), 8, 30), 8), tiny_bundle, SegmentParams(crop_rows=0))
-    assert seg.scale.size_source == "estimated" and seg.scale_factor == 1
+    assert seg.scale_factor == 1
+
+
+def test_a_specialist_bundle_reports_the_size_of_the_particles_found(threshold_bundle):
+    """A bundle trained at its users' scale (no trained size range) is not resampled, and reports
+    the median diameter of the particles it found as the default model does, not the classical
+    estimate (a fine-tuned TiO2 bundle said ``typical size 34 px (estimated)``)."""
+    assert "particle_size_range_px" not in threshold_bundle.metadata["scale"]
+    image = disks((256, 256), grid((256, 256), 14, 40), 14)  # disks 28 px across
+    estimate = choose_scale(image, threshold_bundle, SegmentParams(crop_rows=0).resolved(threshold_bundle))
+    assert estimate.size_source == "estimated" and not estimate.auto_size
+    seg = segment_image(image, threshold_bundle, SegmentParams(crop_rows=0, progress=False))
+    areas = np.bincount(seg.labels.ravel())[1:]
+    assert len(areas) >= 16 and seg.scale_factor == 1
+    assert seg.scale.size_source == "detections"
+    assert seg.scale.particle_size == pytest.approx(2 * np.sqrt(np.median(areas[areas > 0]) / np.pi), rel=1e-6)
+    assert seg.scale.particle_size == pytest.approx(28, rel=0.1)
+    # a scale the user set stays as set
+    rescaled = segment_image(image, threshold_bundle, SegmentParams(crop_rows=0, rescale=1.0, progress=False))
+    assert rescaled.scale.size_source == "rescale"
 
 
 def test_the_size_reported_is_that_of_the_particles_found(default_bundle):

@@ -825,7 +825,7 @@ def best_scale_pass(scale: ScaleChoice, result, counts: np.ndarray, run, bundle:
            Nature Methods 18, 100-106 (2021).
     """
     if not scale.auto_size:  # given, or a bundle without a training size: nothing to refine
-        return scale, result
+        return measured_size(scale, counts), result
     best = (scale_consistency(scale, counts, bundle), scale, result, counts)
     tried = [scale.factor]
     while len(tried) < MAX_SCALE_PASSES:
@@ -857,8 +857,10 @@ def measured_size(scale: ScaleChoice, counts: np.ndarray) -> ScaleChoice:
     masks it found as its size estimate [1]_, not the classical estimate that chose the scale. On
     the EMPS development set (366 images) the size reported came within ±25 % of the true median
     diameter on 72 % of the images instead of 67 % (benchmarks/bench_emps.py). The resampling
-    ``factor`` stays the one the network saw. A scale that was not estimated (``auto_size``
-    false), or a pass without particles, is left as it is.
+    ``factor`` stays the one the network saw. The same holds for a bundle that does not resample
+    (a specialist trained at its users' scale, without ``scale.particle_size_range_px``): its
+    size is measured on the particles found too. A size given (``--particle-size``), a scale
+    given (``--rescale``), or a pass without particles is left as it is.
 
     Parameters
     ----------
@@ -881,7 +883,7 @@ def measured_size(scale: ScaleChoice, counts: np.ndarray) -> ScaleChoice:
            Nature Methods 18, 100-106 (2021).
     """
     size = median_diameter(np.asarray(counts)[1:])
-    if not scale.auto_size or size is None:
+    if scale.size_source not in ("estimated", "detections") or size is None:
         return scale
     return dataclasses.replace(scale, particle_size=size, size_source="detections")
 
