@@ -390,9 +390,12 @@ def test_a_bundle_without_a_training_size_segments_without_refinement(tiny_bundl
 
 
 def test_a_specialist_bundle_reports_the_size_of_the_particles_found(threshold_bundle):
-    """A bundle trained at its users' scale (no trained size range) is not resampled, and reports
-    the median diameter of the particles it found as the default model does, not the classical
-    estimate (a fine-tuned TiO2 bundle said ``typical size 34 px (estimated)``)."""
+    """A bundle trained at its users' scale reports the size of the particles it found.
+
+    Such a bundle (no trained size range) is not resampled, and reports their median diameter as
+    the default model does, not the classical estimate (a fine-tuned TiO2 bundle said
+    ``typical size 34 px (estimated)``).
+    """
     assert "particle_size_range_px" not in threshold_bundle.metadata["scale"]
     image = disks((256, 256), grid((256, 256), 14, 40), 14)  # disks 28 px across
     estimate = choose_scale(image, threshold_bundle, SegmentParams(crop_rows=0).resolved(threshold_bundle))
