@@ -200,7 +200,11 @@ def register(sub) -> None:
     g.add_argument(
         "--no-resume", dest="resume", action="store_false", help="start over even if an interrupted run is found"
     )
-    g.add_argument("--xla", action="store_true", help="compile with XLA (faster on TensorFlow CPU for long runs)")
+    g.add_argument(
+        "--xla",
+        action="store_true",
+        help="compile with XLA (off by default: slower for the default network on a CPU, see docs/training.md)",
+    )
 
     g = p.add_argument_group("exports")
     g.add_argument(

@@ -49,7 +49,7 @@ class TrainConfig:
     patience: int = 15  # early stopping on the selection metric; 0 disables
     select_from: float = 0.0  # the best epoch is chosen among the epochs after this fraction of the plan
     seed: int = 0
-    jit_compile: bool | None = None  # XLA; None lets Keras decide (True trains ~1.6x faster on TF CPU)
+    jit_compile: bool | None = None  # XLA; None lets Keras decide (off on a CPU; True is slower for the default UNet)
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def check(self) -> None:
