@@ -94,6 +94,36 @@ def trained(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------
+# training tiles
+
+
+def test_the_tile_stream_is_endless_and_each_batch_follows_from_its_epoch_and_index():
+    """Batch i of a fit is batch i % steps of epoch start + i // steps, whatever the threads do."""
+    from particleseg.train import Augmentation, make_tile_sequence
+    from particleseg.train.tiles import WORKERS, tile_batch
+
+    images = [np.random.default_rng(k).random((40 + 8 * k, 48)).astype(np.float32) for k in range(3)]
+    targets = [im[..., None] * np.ones(2, np.float32) for im in images]
+    steps = 3
+    seq = make_tile_sequence(images, targets, 16, 4, steps, Augmentation(), seed=7)
+    assert seq.num_batches is None and seq.workers == WORKERS > 1  # Keras' queue, one iterator per fit
+    first = [seq[i] for i in range(2 * steps)]
+    seq.epoch = 1  # a run resumed after its first epoch
+    resumed = [seq[i] for i in range(steps)]
+    for a, b in zip(first[steps:], resumed):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    x, y = first[steps + 2]  # epoch 1, batch 2: from its seed alone
+    ex, ey = tile_batch(images, targets, 16, 4, Augmentation(), np.random.default_rng([7, 1, 2]))
+    assert np.array_equal(x, ex) and np.array_equal(y, ey) and x.shape == (4, 16, 16) and y.shape == (4, 16, 16, 2)
+    assert not np.array_equal(first[0][0], first[steps][0])  # another epoch, other tiles
+    # validation: the same tiles every epoch, not augmented
+    val = make_tile_sequence(images, targets, 16, 4, steps, Augmentation(), seed=8, shuffle=False)
+    assert all(np.array_equal(val[i][0], val[i + steps][0]) for i in range(steps))
+    vx, _ = tile_batch(images, targets, 16, 4, None, np.random.default_rng([8, 0, 1]))
+    assert np.array_equal(val[1][0], vx)
+
+
+# --------------------------------------------------------------------------------------------
 # reading masks
 
 

@@ -335,12 +335,15 @@ def fit_targets(
         if config.patience:
             cbs.append(_EarlyStopping(monitor, mode, config.patience, log))
         train_seq.epoch = start
+        # (the sequences are endless: batch i of this fit is batch i % steps of epoch start + i // steps)
         # shuffle=False: the tiles of batch b of epoch e are already random (seeded by (seed, e, b));
         # Keras' shuffling of the batch order would draw on Python's global random state, which a
         # resumed run cannot restore
         model.fit(
             train_seq,
+            steps_per_epoch=config.steps_per_epoch,
             validation_data=val_seq,
+            validation_steps=config.validation_steps,
             epochs=until,
             initial_epoch=start,
             callbacks=cbs,
