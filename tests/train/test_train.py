@@ -112,8 +112,8 @@ def test_the_tile_stream_is_endless_and_each_batch_follows_from_its_epoch_and_in
     resumed = [seq[i] for i in range(steps)]
     for a, b in zip(first[steps:], resumed):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    x, y = first[steps + 2]  # epoch 1, batch 2: from its seed alone
-    ex, ey = tile_batch(images, targets, 16, 4, Augmentation(), np.random.default_rng([7, 1, 2]))
+    x, y = first[steps + 2]  # the second epoch (numbered 2), batch 2: from its seed alone
+    ex, ey = tile_batch(images, targets, 16, 4, Augmentation(), np.random.default_rng([7, 2, 2]))
     assert np.array_equal(x, ex) and np.array_equal(y, ey) and x.shape == (4, 16, 16) and y.shape == (4, 16, 16, 2)
     assert not np.array_equal(first[0][0], first[steps][0])  # another epoch, other tiles
     # validation: the same tiles every epoch, not augmented

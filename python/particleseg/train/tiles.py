@@ -36,19 +36,21 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
     """Make an endless ``keras.utils.PyDataset`` of random tiles from large images.
 
     Give ``model.fit`` its ``steps_per_epoch`` (``validation_steps``) = ``steps``. Batch ``i``
-    of the stream is batch ``b = i % steps`` of epoch ``e = epoch + i // steps``, where
-    ``epoch`` is the attribute set before a fit (the first epoch of a resumed run), and its tiles
-    come from the seed ``(seed, e, b)`` alone (:func:`tile_batch`): a run is reproducible and a
-    resumed run sees the same batches, whatever order the worker threads finish in. With
+    of the stream is batch ``b = i % steps`` of the epoch numbered ``n = epoch + 1 + i // steps``
+    (counted from 1, as Keras prints them), where ``epoch`` is the attribute set before a fit:
+    the epochs already done, for a resumed run. Its tiles come from the seed ``(seed, n, b)``
+    alone (:func:`tile_batch`): a run is reproducible, a resumed run sees the same batches, and
+    the worker threads cannot change them. These are the batches the finite sequence before
+    2026-12-03 drew (Keras advanced its epoch counter once before the first epoch). With
     ``shuffle=False`` (validation) the tiles are the same every epoch and not augmented.
 
     The stream is endless so that Keras keeps one iterator over it for a whole fit. With a
     finite one it makes a new iterator at each epoch's end, and the old one's tf.data threads
     were found to hold up the next epoch's first batch by 30 s now and then (2 CPU cores,
-    Keras 3.15, TensorFlow: a 60-minute fine-tune lost 3 of its first 15 epochs' half minutes
-    that way), and a new iterator could start on the next epoch's batches before the epoch
-    counter moved on. :data:`WORKERS` threads cut the batches through Keras' own queue, which
-    turns tf.data's autotuning off.
+    Keras 3.15, TensorFlow: a 60-minute fine-tune lost half a minute in 12 of its 49 epochs
+    that way), and the finite sequence read an epoch counter that Keras moves on only after it
+    has made the next iterator. :data:`WORKERS` threads cut the batches through Keras' own
+    queue, which turns tf.data's autotuning off.
     """
     import keras  # keras: only to train (lazy, docs/architecture.md)
 
@@ -63,7 +65,7 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
 
         def __getitem__(self, i):
             e, b = divmod(int(i), steps)
-            rng = np.random.default_rng([seed, self.epoch + e if shuffle else 0, b])
+            rng = np.random.default_rng([seed, self.epoch + 1 + e if shuffle else 0, b])
             return tile_batch(images, targets, tile, batch_size, augment if shuffle else None, rng)
 
     return TileSequence()
