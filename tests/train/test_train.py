@@ -98,7 +98,7 @@ def trained(tmp_path_factory):
 
 
 def test_the_tile_stream_is_endless_and_each_batch_follows_from_its_epoch_and_index():
-    """Batch i of a fit is batch i % steps of epoch start + i // steps, whatever the threads do."""
+    """Batch i of a fit is batch i % steps of the epoch numbered start + 1 + i // steps, from its seed alone."""
     from particleseg.train import Augmentation, make_tile_sequence
     from particleseg.train.tiles import WORKERS, tile_batch
 

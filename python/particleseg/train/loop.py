@@ -335,7 +335,8 @@ def fit_targets(
         if config.patience:
             cbs.append(_EarlyStopping(monitor, mode, config.patience, log))
         train_seq.epoch = start
-        # (the sequences are endless: batch i of this fit is batch i % steps of epoch start + i // steps)
+        # (the sequences are endless: batch i of this fit is batch i % steps of the epoch numbered
+        # start + 1 + i // steps, train.tiles)
         # shuffle=False: the tiles of batch b of epoch e are already random (seeded by (seed, e, b));
         # Keras' shuffling of the batch order would draw on Python's global random state, which a
         # resumed run cannot restore

@@ -10,14 +10,19 @@ import numpy as np
 WORKERS = 2
 
 
-def tile_batch(images, targets, tile, batch_size, augment, rng: np.random.Generator):
+def area_weights(images) -> np.ndarray:
+    """Return the probability of drawing a tile from each image: its share of the total area."""
+    areas = np.array([im.shape[0] * im.shape[1] for im in images], float)
+    return areas / areas.sum()
+
+
+def tile_batch(images, targets, tile, batch_size, augment, rng: np.random.Generator, p=None):
     """Cut ``batch_size`` random tiles from ``images`` and ``targets`` (augmented when given).
 
-    Tiles are drawn from image ``i`` with probability proportional to its area, at uniform
-    positions, all from ``rng``. Returns the images and the targets as float32 arrays.
+    Tiles are drawn from image ``i`` with probability ``p[i]`` (default :func:`area_weights`),
+    at uniform positions, all from ``rng``. Returns the images and the targets as float32 arrays.
     """
-    areas = np.array([im.shape[0] * im.shape[1] for im in images], float)
-    p = areas / areas.sum()
+    p = area_weights(images) if p is None else p
     xs, ys = [], []
     for _ in range(batch_size):
         i = rng.choice(len(images), p=p)
@@ -58,6 +63,7 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
         def __init__(self):
             super().__init__(workers=WORKERS, use_multiprocessing=False)
             self.epoch = 0
+            self.p = area_weights(images)  # once, not per batch
 
         @property
         def num_batches(self):
@@ -66,6 +72,6 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
         def __getitem__(self, i):
             e, b = divmod(int(i), steps)
             rng = np.random.default_rng([seed, self.epoch + 1 + e if shuffle else 0, b])
-            return tile_batch(images, targets, tile, batch_size, augment if shuffle else None, rng)
+            return tile_batch(images, targets, tile, batch_size, augment if shuffle else None, rng, self.p)
 
     return TileSequence()
