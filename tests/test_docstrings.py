@@ -28,6 +28,7 @@ MODULES = [
     "fiji.session",
     "train.scores",
     "train.targets",
+    "train.tiles",
 ]
 
 

@@ -10,6 +10,7 @@ Tiny networks (depth 2, a few filters) on 64x64 images. The tests that train are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -121,6 +122,32 @@ def test_the_tile_stream_is_endless_and_each_batch_follows_from_its_epoch_and_in
     assert all(np.array_equal(val[i][0], val[i + steps][0]) for i in range(steps))
     vx, _ = tile_batch(images, targets, 16, 4, None, np.random.default_rng([8, 0, 1]))
     assert np.array_equal(val[1][0], vx)
+
+
+def test_zoom_shows_the_particles_larger_and_smaller_and_off_draws_the_earlier_tiles():
+    """``zoom`` resamples image and target alike by factors within its range; 0 changes no tile."""
+    from particleseg.train import Augmentation
+    from particleseg.train.tiles import tile_batch
+
+    yy, xx = np.mgrid[0:60, 0:80].astype(np.float32)
+    images = [xx + 100 * yy]  # a plane: a tile's slope along x is the factor it was resampled by
+    targets = [np.stack([xx, yy], -1)]
+    still = Augmentation(flips=False, rot90=False, brightness=0, contrast=0, gamma=0, noise=0)
+    # off: the tiles are cut where the draws of a run without the option put them
+    rng = np.random.default_rng(3)
+    x, y = tile_batch(images, targets, 16, 5, still, np.random.default_rng(3))
+    for k in range(5):
+        rng.choice(1, p=[1.0])
+        y0, x0 = int(rng.integers(0, 60 - 16 + 1)), int(rng.integers(0, 80 - 16 + 1))
+        assert np.array_equal(x[k], images[0][y0 : y0 + 16, x0 : x0 + 16])
+        assert np.array_equal(y[k], targets[0][y0 : y0 + 16, x0 : x0 + 16])
+    # on: each tile is the plane at one factor, image and target alike, within 1/1.5 .. 1.5
+    x, y = tile_batch(images, targets, 16, 64, dataclasses.replace(still, zoom=0.5), np.random.default_rng(4))
+    slopes = x[:, 8, 9] - x[:, 8, 8]
+    assert np.allclose(x[:, 9, 8] - x[:, 8, 8], 100 * slopes, rtol=1e-4)  # the same factor along y
+    assert np.allclose(y[..., 0] + 100 * y[..., 1], x, atol=1e-3)  # the target resampled as the image
+    assert slopes.min() >= 1 / 1.5 - 0.05 and slopes.max() <= 1.5 + 0.05
+    assert slopes.min() < 0.85 and slopes.max() > 1.15  # particles shown smaller and larger
 
 
 # --------------------------------------------------------------------------------------------

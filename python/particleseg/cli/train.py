@@ -193,6 +193,14 @@ def register(sub) -> None:
         "--elastic", type=float, default=0.0, metavar="PX", help="elastic deformation amplitude in pixels (0: off)"
     )
     g.add_argument(
+        "--zoom",
+        type=_non_negative,
+        default=0.0,
+        metavar="F",
+        help="show the particles at sizes up to 1+F times larger or smaller (tiles cut from larger or smaller "
+        "squares and resampled; 0: off)",
+    )
+    g.add_argument(
         "--classifier-epochs", type=_positive_int, help="epochs of the particle classifier (default --epochs)"
     )
     g.add_argument("--seed", type=int, default=0)
@@ -251,7 +259,7 @@ def run(args) -> int:
         freeze_epochs=args.freeze_epochs,
         select=args.select,
         minutes=args.minutes,
-        augmentation=Augmentation(elastic=args.elastic),
+        augmentation=Augmentation(elastic=args.elastic, zoom=args.zoom),
         seed=args.seed,
         keep_masks=args.keep_masks,
         classifier_epochs=args.classifier_epochs,

@@ -16,7 +16,11 @@ class Augmentation:
     ``contrast`` scales by up to this factor around the mean, ``gamma`` raises the (clipped)
     image to a power in ``[1/(1+gamma), 1+gamma]``, ``noise`` adds Gaussian noise with a
     standard deviation up to this. ``elastic`` is the displacement amplitude in pixels of a
-    smooth random deformation (0 disables it; it costs a few milliseconds per tile).
+    smooth random deformation (0 disables it; it costs a few milliseconds per tile). ``zoom``
+    shows the particles at other sizes: each tile is cut from a square ``s`` times the tile's
+    side and resampled to the tile (:func:`particleseg.train.tiles.tile_batch`), ``s`` drawn
+    log-uniformly from ``[1/(1+zoom), 1+zoom]`` (0 disables it and draws nothing, so the tiles
+    stay those of a run without it).
     """
 
     flips: bool = True
@@ -27,7 +31,14 @@ class Augmentation:
     noise: float = 0.03
     elastic: float = 0.0
     elastic_sigma: float = 10.0
+    zoom: float = 0.0
     intensity_channels: tuple[int, ...] | None = None  # channels the intensity changes apply to (None: all)
+
+    def cut_side(self, tile: int, rng: np.random.Generator) -> int:
+        """Return the side of the square to cut for a ``tile``-pixel tile (``tile`` without ``zoom``)."""
+        if not self.zoom:
+            return tile
+        return int(round(tile * np.exp(rng.uniform(-1, 1) * np.log1p(self.zoom))))
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator):
         """Augment an image and its target with random draws from ``rng``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 #: threads that cut and augment the batches while the network trains. More than one makes Keras
 #: feed the batches through its own queue, with tf.data's autotuning off (see
@@ -20,21 +21,47 @@ def tile_batch(images, targets, tile, batch_size, augment, rng: np.random.Genera
     """Cut ``batch_size`` random tiles from ``images`` and ``targets`` (augmented when given).
 
     Tiles are drawn from image ``i`` with probability ``p[i]`` (default :func:`area_weights`),
-    at uniform positions, all from ``rng``. Returns the images and the targets as float32 arrays.
+    at uniform positions, all from ``rng``. With the augmentation's ``zoom`` a tile is cut from
+    a larger or smaller square (at most the image's shorter side) and resampled to ``tile``
+    pixels, image and target alike (linear interpolation, as the elastic deformation does; the
+    distance target is relative to each particle's size, so it stays right). Returns the images
+    and the targets as float32 arrays.
     """
     p = area_weights(images) if p is None else p
     xs, ys = [], []
     for _ in range(batch_size):
         i = rng.choice(len(images), p=p)
         im, tg = images[i], targets[i]
-        y0 = int(rng.integers(0, im.shape[0] - tile + 1))
-        x0 = int(rng.integers(0, im.shape[1] - tile + 1))
-        x, y = im[y0 : y0 + tile, x0 : x0 + tile], tg[y0 : y0 + tile, x0 : x0 + tile]
+        side = tile if augment is None else min(augment.cut_side(tile, rng), im.shape[0], im.shape[1])
+        y0 = int(rng.integers(0, im.shape[0] - side + 1))
+        x0 = int(rng.integers(0, im.shape[1] - side + 1))
+        x, y = im[y0 : y0 + side, x0 : x0 + side], tg[y0 : y0 + side, x0 : x0 + side]
+        if side != tile:
+            x, y = resample_square(x, tile), resample_square(y, tile)
         if augment is not None:
             x, y = augment(x, y, rng)
         xs.append(x)
         ys.append(y)
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+
+def resample_square(a: np.ndarray, side: int) -> np.ndarray:
+    """Resample the square ``(n, n)`` or ``(n, n, C)`` array ``a`` to ``side`` pixels a side by linear interpolation.
+
+    Pixel centres map to pixel centres (the square's edges stay its edges).
+
+    Examples
+    --------
+    >>> resample_square(np.arange(16, dtype=np.float32).reshape(4, 4, 1), 2)[..., 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    n = a.shape[0]
+    c = (np.arange(side) + 0.5) * (n / side) - 0.5
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    if a.ndim == 2:
+        return ndi.map_coordinates(a, [yy, xx], order=1, mode="nearest").astype(np.float32)
+    return np.stack([resample_square(a[..., k], side) for k in range(a.shape[-1])], -1)
 
 
 def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, shuffle=True):
