@@ -681,3 +681,40 @@ def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, t
         "ImageJ metadata); measured with the pixel size given"
     )
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["pixel_size"].tolist() == [6.0]
+
+
+def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, threshold_bundle):
+    """Ctrl-C while the batch waits for the image a worker is preparing: the worker is ended.
+
+    The image is a FIFO nobody writes to, so its worker blocks in reading it until it is ended;
+    the batch's wait is interrupted as Ctrl-C interrupts it. The workers and the pool's manager
+    thread must be gone after ``close``, or the process would wait for them at exit.
+    """
+    import signal
+    import threading
+
+    from particleseg.pipeline import _Workers
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # what Ctrl-C (and SIGTERM in the CLI) raises
+
+    fifo = tmp_path / "stuck.tif"
+    os.mkfifo(fifo)
+    workers = _Workers(2, threshold_bundle, None, tmp_path / "out", False, {})
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        workers.submit(0, fifo, False)
+        manager = workers.pool._executor_manager_thread
+        processes = list(workers.pool._processes.values())
+        # a real signal: it wakes the wait for the result, as Ctrl-C does
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(KeyboardInterrupt):
+            workers.result(0)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        workers.close()
+    for proc in processes:
+        proc.join(30)  # a guard against a hang, not a timing target
+        assert not proc.is_alive()
+    manager.join(30)
+    assert not manager.is_alive()

@@ -1817,7 +1817,10 @@ class _Workers:
     def result(self, key: int) -> PreparedFile:
         """Return the prepared image of ``key`` (its warnings shown now); raise its error."""
         try:
-            item, error, notes = self.futures.pop(key).result()
+            # popped once done: interrupted while waiting, the image is still being prepared,
+            # and close() must see it to end its worker (else the process waits for it at exit)
+            item, error, notes = self.futures[key].result()
+            del self.futures[key]
         except BrokenProcessPool:
             raise ParticlesegError(
                 "a worker process of the batch ended unexpectedly (out of memory?); "
