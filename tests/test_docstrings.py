@@ -28,7 +28,6 @@ MODULES = [
     "fiji.session",
     "train.scores",
     "train.targets",
-    "train.tiles",
 ]
 
 

@@ -713,8 +713,12 @@ def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, thre
     finally:
         signal.signal(signal.SIGUSR1, previous)
         workers.close()
-    for proc in processes:
-        proc.join(30)  # a guard against a hang, not a timing target
-        assert not proc.is_alive()
-    manager.join(30)
-    assert not manager.is_alive()
+    try:
+        for proc in processes:
+            proc.join(30)  # a guard against a hang, not a timing target
+            assert not proc.is_alive()
+        manager.join(30)
+        assert not manager.is_alive()
+    finally:  # a worker left blocked would hold the test process at exit: fail, never hang
+        for proc in processes:
+            proc.kill()

@@ -38,7 +38,7 @@ class Augmentation:
         """Return the side of the square to cut for a ``tile``-pixel tile (``tile`` without ``zoom``)."""
         if not self.zoom:
             return tile
-        return int(round(tile * np.exp(rng.uniform(-1, 1) * np.log1p(self.zoom))))
+        return max(1, int(round(tile * np.exp(rng.uniform(-1, 1) * np.log1p(self.zoom)))))
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator):
         """Augment an image and its target with random draws from ``rng``.

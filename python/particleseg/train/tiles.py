@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 #: threads that cut and augment the batches while the network trains. More than one makes Keras
 #: feed the batches through its own queue, with tf.data's autotuning off (see
@@ -37,7 +36,7 @@ def tile_batch(images, targets, tile, batch_size, augment, rng: np.random.Genera
         x0 = int(rng.integers(0, im.shape[1] - side + 1))
         x, y = im[y0 : y0 + side, x0 : x0 + side], tg[y0 : y0 + side, x0 : x0 + side]
         if side != tile:
-            x, y = resample_square(x, tile), resample_square(y, tile)
+            x, y = _resized(x, tile), _resized(y, tile)
         if augment is not None:
             x, y = augment(x, y, rng)
         xs.append(x)
@@ -45,23 +44,12 @@ def tile_batch(images, targets, tile, batch_size, augment, rng: np.random.Genera
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
 
-def resample_square(a: np.ndarray, side: int) -> np.ndarray:
-    """Resample the square ``(n, n)`` or ``(n, n, C)`` array ``a`` to ``side`` pixels a side by linear interpolation.
+def _resized(a: np.ndarray, side: int) -> np.ndarray:
+    """Resample the square ``a`` (with or without channels) to ``side`` pixels a side, linearly."""
+    from skimage.transform import resize
 
-    Pixel centres map to pixel centres (the square's edges stay its edges).
-
-    Examples
-    --------
-    >>> resample_square(np.arange(16, dtype=np.float32).reshape(4, 4, 1), 2)[..., 0]
-    array([[ 2.5,  4.5],
-           [10.5, 12.5]], dtype=float32)
-    """
-    n = a.shape[0]
-    c = (np.arange(side) + 0.5) * (n / side) - 0.5
-    yy, xx = np.meshgrid(c, c, indexing="ij")
-    if a.ndim == 2:
-        return ndi.map_coordinates(a, [yy, xx], order=1, mode="nearest").astype(np.float32)
-    return np.stack([resample_square(a[..., k], side) for k in range(a.shape[-1])], -1)
+    shape = (side, side) + a.shape[2:]
+    return resize(a, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True).astype(np.float32)
 
 
 def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, shuffle=True):
