@@ -1,6 +1,11 @@
 """Reading images with calibration, writing ImageJ-compatible outputs, ROI sets."""
 
+import os
+import subprocess
+import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 import pytest
@@ -155,6 +160,57 @@ def test_missing_file_and_unsupported_type(tmp_path):
     (tmp_path / "x.bmp").write_bytes(b"BM")
     with pytest.raises(InputError, match="unsupported file type"):
         read_image(tmp_path / "x.bmp")
+
+
+def test_a_pipe_or_a_folder_named_as_an_image_is_one_line_and_never_opened(tmp_path):
+    """A pipe (or a socket, a device) and a folder with an image's name: one line each, no wait.
+
+    Opening a pipe nobody writes to blocks; the readers must not open it. A batch given both
+    and an image segments the image and reports the two.
+    """
+    from particleseg.io import read_calibration
+    from particleseg.io.read import image_pixels, read_array
+
+    pipe, folder = tmp_path / "pipe.tif", tmp_path / "folder.tif"
+    os.mkfifo(pipe)
+    folder.mkdir()
+    cases = [
+        (lambda: read_image(pipe), "pipe.tif: not a regular file (a pipe, socket or device), expected an image file"),
+        (
+            lambda: read_array(pipe, "mask"),
+            "pipe.tif: not a regular file (a pipe, socket or device), expected a mask file",
+        ),
+        (lambda: read_calibration(pipe), "pipe.tif: not a regular file"),
+        (lambda: read_image(folder), "folder.tif: is a folder, expected an image file"),
+    ]
+    with ThreadPoolExecutor(1) as pool:
+        for call, message in cases + [(lambda: image_pixels(pipe), None)]:
+            future = pool.submit(call)
+            try:
+                error = future.exception(timeout=20)
+            except FutureTimeout:
+                open(pipe, "wb").close()  # let the blocked reader go, then fail
+                pytest.fail(f"a reader opened the pipe and waited ({message})")
+            if message is None:
+                assert error is None and future.result() == 0  # the size is unknown, not read
+            else:
+                assert isinstance(error, InputError) and message in str(error), error
+    from particleseg.simulate import simulate_sem_image
+
+    tifffile.imwrite(tmp_path / "image.tif", simulate_sem_image((128, 128), rng=1, particle_size=20).image)
+    run = subprocess.run(
+        [sys.executable, "-m", "particleseg", "segment", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and err == [
+        f"particleseg: error: {folder}: is a folder, expected an image file",
+        f"particleseg: error: {pipe}: not a regular file (a pipe, socket or device), expected an image file",
+        "particleseg: 2 of 3 image(s) failed (errors above)",
+    ], run.stderr
+    assert (tmp_path / "out" / "image_labels.tif").exists()
 
 
 def test_writers_refuse_to_overwrite(tmp_path):

@@ -114,6 +114,21 @@ def _calibration_notes(path: Path, notes: list[tuple[str, str]], allow_nonsquare
         warnings.warn(message, ParticlesegWarning, stacklevel=3)
 
 
+def require_file(path: Path, what: str = "image") -> None:
+    """Raise one clear :class:`InputError` unless ``path`` is a regular file.
+
+    A missing path is "file not found"; a folder, a pipe, a socket or a device gets its own
+    line and is never opened (reading a pipe nobody writes to would wait forever). ``what``
+    names the file's role.
+    """
+    if path.is_file():
+        return
+    if not path.exists():
+        raise InputError(f"{path}: {what} file not found")
+    kind = "is a folder" if path.is_dir() else "not a regular file (a pipe, socket or device)"
+    raise InputError(f"{path}: {kind}, expected {'an' if what[0] in 'aeiou' else 'a'} {what} file")
+
+
 def read_calibration(
     path: str | os.PathLike, allow_nonsquare: bool = False, strict: bool = False
 ) -> tuple[Calibration, str]:
@@ -139,8 +154,7 @@ def read_calibration(
         em_found = formats.read_calibration(path, em_notes)
         _calibration_notes(path, em_notes, allow_nonsquare, strict)
         return em_found
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return formats.sidecar_calibration(path) or (Calibration(), "")
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)

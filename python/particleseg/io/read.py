@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import formats
 from ..errors import InputError
-from .calibration import Calibration, _calibration_notes, _tiff_calibration_and_source
+from .calibration import Calibration, _calibration_notes, _tiff_calibration_and_source, require_file
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -71,10 +71,8 @@ def read_image(
         unsupported dimensions, NaNs, an empty or constant image.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir() and not formats.is_container(path):
-        raise InputError(f"{path}: is a folder, expected an image file")
+    if not (path.is_dir() and formats.is_container(path)):  # an OME-Zarr store is a folder
+        require_file(path)
     suffix = path.suffix.lower()
     notes: list[tuple[str, str]] = []
     if formats.handles(path):  # DM3/DM4, EMD, MRC, OME-Zarr (particleseg.formats)
@@ -131,8 +129,7 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
         if not path.exists():
             raise InputError(f"{path}: {what} file not found")
         return np.squeeze(np.asarray(formats.read(path)[0]))
-    if not path.is_file():
-        raise InputError(f"{path}: {what} file not found")
+    require_file(path, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -295,6 +292,8 @@ def image_pixels(path: str | os.PathLike) -> int:
     import logging
 
     path = Path(path)
+    if not path.is_file() and not formats.is_container(path):
+        return 0  # never opened here: a pipe would block (read_image reports it)
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
