@@ -22,6 +22,7 @@ from particleseg.postprocess import (
     intensity_filter,
     label_mask,
     labels_to_mask,
+    merge_touching,
     particle_scores,
     relabel_kept_first,
     remove_small,
@@ -108,6 +109,34 @@ def test_seed_depth_gives_a_small_particle_with_a_low_peak_its_seed():
     assert split_touching(mask, dist, seed_threshold=0.1, seed_depth=0.4).max() == 1
     # peaks lower than the seed level seed nothing
     assert split_touching(mask, dist, seed_threshold=0.45, seed_depth=0.1).max() == 1
+
+
+def test_merge_touching_joins_the_pieces_the_network_saw_no_gap_between():
+    """Merge the watershed's pieces of one particle, not two particles with a gap between them.
+
+    On the left, an elongated particle the watershed cut into three pieces (its distance map has
+    three peaks); the foreground probability stays 0.99 across the cuts. On the right, two
+    particles touching along a line where the probability dips to 0.75, as between real
+    neighbours. At 0.9 the three pieces become one particle with the number of the first, the
+    two neighbours stay apart; from a level the border's mean does not reach, nothing merges.
+    """
+    shape = (40, 120)
+    dist = np.maximum.reduce([_peak(shape, 20, cx, 9, 1.0) for cx in (12, 26, 40)])
+    dist = np.maximum(dist, np.maximum(_peak(shape, 20, 80, 10, 1.0), _peak(shape, 20, 98, 10, 1.0)))
+    mask = dist > 0.02
+    labels = split_touching(mask, dist.astype(np.float32), seed_threshold=0.1, seed_depth=0.2)
+    assert labels.max() == 5 and ndi.label(mask)[1] == 2
+    fg = np.where(mask, 0.99, 0.0).astype(np.float32)
+    fg[:, 89] = np.where(mask[:, 89], 0.75, 0)  # the dip between the two neighbours on the right
+    merged = merge_touching(labels, fg, 0.9)
+    left = np.unique(labels[:, :60])[1:]
+    assert np.all(merged[labels > 0][np.isin(labels[labels > 0], left)] == left.min())
+    assert len(np.unique(merged[:, 60:])) == 3 and np.array_equal(merged[:, 60:], labels[:, 60:])
+    assert merged.dtype == np.int32
+    # the cuts on the left average 0.99, the line on the right 0.75 (0.99 at its ends)
+    assert np.array_equal(merge_touching(labels, fg, 0.995), labels)
+    assert np.array_equal(merge_touching(labels, fg, 0), labels)
+    assert len(np.unique(merge_touching(labels, fg, 0.7))) == 3  # everything that touches joins: two particles
 
 
 def test_seed_depth_treats_each_region_on_its_own():

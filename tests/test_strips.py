@@ -72,7 +72,7 @@ def test_particles_in_strips_equal_whole_image(sim_prob, default_bundle, rows):
         assert (bottoms - tops).max() > 2 * rows
 
 
-@pytest.mark.parametrize("variant", ["no-split", "boundary", "no-fill-no-confidence", "seed-depth"])
+@pytest.mark.parametrize("variant", ["no-split", "boundary", "no-fill-no-confidence", "seed-depth", "merge"])
 def test_particles_in_strips_other_settings(sim_prob, default_bundle, variant):
     prob, params = sim_prob
     heads = default_bundle.heads
@@ -84,6 +84,10 @@ def test_particles_in_strips_other_settings(sim_prob, default_bundle, variant):
         heads = ["foreground", "boundary"]
     elif variant == "seed-depth":  # seeds are the peaks of the distance map
         params = dataclasses.replace(params, seed_level=0.05, seed_depth=0.1)
+    elif variant == "merge":  # pieces with no gap between them merged: a particle keeps its first piece's number
+        params = dataclasses.replace(params, seed_level=0.05, seed_depth=0.05, merge_level=0.9)
+        unmerged = P.particles_from_probabilities(prob, heads, dataclasses.replace(params, merge_level=0.0))
+        assert P.particles_from_probabilities(prob, heads, params).max() < unmerged.max() - 5
     else:
         params = dataclasses.replace(params, fill_holes=False, min_confidence=0.0, min_size=1)
     whole = P.particles_from_probabilities(prob, heads, params)

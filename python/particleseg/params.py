@@ -127,6 +127,16 @@ PARAMETERS: tuple[Parameter, ...] = (
         1,
     ),
     Parameter(
+        "merge_level",
+        "number",
+        "after the watershed, touching particles whose shared border has at least this mean "
+        "foreground probability become one (0: never; lower merges more)",
+        0.0,
+        "postprocess.merge_level",
+        0,
+        1,
+    ),
+    Parameter(
         "split_level",
         "number",
         "h-maxima depth of the distance-transform watershed, without a distance head (lower splits more)",
@@ -429,7 +439,7 @@ def segment_params(values: dict[str, Any], where: str = "", progress: bool | Non
     size = v.get("particle_size")
     rescale = v.get("rescale")
     kw = {name: v.get(name) for name in (*POSTPROCESS_PARAMETERS, "min_score", "polarity", "tile", "overlap")}
-    for name in ("threshold", "seed_level", "seed_depth", "split_level", "min_confidence", "min_score"):
+    for name in ("threshold", "seed_level", "seed_depth", "merge_level", "split_level", "min_confidence", "min_score"):
         if kw[name] is not None:
             kw[name] = float(kw[name])
     for name in ("split", "fill_holes", "exclude_border"):

@@ -92,6 +92,10 @@ class SegmentParams:
     seed_depth : float
         With a distance head, seeds are the peaks of its map that rise this far above their
         saddle (and above ``seed_level``); 0: every region above ``seed_level`` seeds a particle.
+    merge_level : float
+        After the watershed, touching particles whose shared border has at least this mean
+        foreground probability become one (:func:`particleseg.postprocess.merge_touching`):
+        the network saw no gap between them. 0: nothing is merged.
     split_level : float
         h-maxima depth in pixels for the distance-transform watershed (lower splits more).
         Formerly ``h``.
@@ -155,6 +159,7 @@ class SegmentParams:
     split: bool | None = None
     seed_level: float | None = None
     seed_depth: float | None = None
+    merge_level: float | None = None
     split_level: float | None = None
     min_size: int | None = None
     min_confidence: float | None = None
@@ -987,7 +992,8 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
 
     Threshold the ``foreground`` channel, split touching particles by a watershed (seeded by
     the ``distance`` head, or by ``foreground * (1 - boundary)`` with a ``boundary`` head, or
-    by the distance transform of the mask without either), fill holes, remove small particles
+    by the distance transform of the mask without either), merge those the network saw no
+    gap between (``params.merge_level``), fill holes, remove small particles
     and those whose mean foreground probability is below ``params.min_confidence``.
     ``params`` must be resolved (see :meth:`SegmentParams.resolved`).
     """
@@ -997,6 +1003,8 @@ def particles_from_probabilities(prob: np.ndarray, heads: list[str], params: Seg
         labels = pp.split_touching(
             mask, seed_map(prob, heads), params.seed_level, params.split_level, seed_depth=params.seed_depth
         )
+        if params.merge_level:
+            labels = pp.merge_touching(labels, fg, params.merge_level)
     else:
         labels = pp.label_mask(mask)
     if params.fill_holes:

@@ -263,6 +263,8 @@ def _window_particles(prob: np.ndarray, heads: list[str], params):
     regions, _ = ndi.label(mask, structure=_EIGHT)
     region_of = np.zeros(n + 1, np.int64)
     region_of[1:] = regions.ravel()[first[1:]]
+    if params.split and params.merge_level:  # within one mask region; a merged particle keeps its first part's key
+        labels = pp.merge_touching(labels, fg, params.merge_level)
     if params.fill_holes:
         labels = pp.fill_holes(labels)
     labels = pp.remove_small(labels, params.min_size)

@@ -470,6 +470,37 @@ def test_scores_of_removed_particles_are_those_of_the_filtered_image():
                 assert cand.score(area, mc) == instance_score(_filtered(p, fg, area, mc), t), (area, mc)
 
 
+def test_validation_merges_the_pieces_of_a_particle_the_network_saw_no_gap_in():
+    """Validation chooses a merge level when the seeds cut a particle the foreground does not.
+
+    An elongated particle whose predicted distance map has two peaks with nothing between them
+    (as if it were two particles), the foreground probability 0.99 across; and two touching
+    disks with the probability at 0.8 on the line between them. No seed level or depth keeps the
+    long particle whole, a merge level above 0.8 does and keeps the disks apart. Without merge
+    levels it stays in two pieces.
+    """
+    yy, xx = np.mgrid[:64, :112]
+    truth = np.zeros((64, 112), np.int32)
+    halves = np.zeros_like(truth)
+    for k, cx in enumerate((18, 36), 1):
+        disc = np.hypot(yy - 20, xx - cx) < 10
+        truth[disc] = 1
+        halves[disc & (halves == 0)] = k
+    truth[np.hypot(yy - 44, xx - 70) < 11] = 2
+    truth[(np.hypot(yy - 44, xx - 91) < 11) & (truth == 0)] = 3
+    fg = (truth > 0).astype(np.float32) * 0.99
+    fg[(truth == 2) & ((np.roll(truth, -1, 1) == 3) | (np.roll(truth, -1, 0) == 3) | (np.roll(truth, 1, 0) == 3))] = 0.8
+    fg[(truth == 3) & ((np.roll(truth, 1, 1) == 2) | (np.roll(truth, -1, 0) == 2) | (np.roll(truth, 1, 0) == 2))] = 0.8
+    dist = np.where(truth == 1, normalized_distance(halves), normalized_distance(truth))
+    prob = np.stack([fg, dist], -1)
+    heads = ["foreground", "distance"]
+    post, scores = validation_scores([prob], [truth], heads, min_area=5, thresholds=(0.5,))
+    assert post["merge_level"] >= 0.9 and scores["particles_found"] == 3 == scores["particles_annotated"]
+    assert scores["score"] > 0.95
+    post0, scores0 = validation_scores([prob], [truth], heads, min_area=5, thresholds=(0.5,), merge_levels=())
+    assert post0["merge_level"] == 0 and scores0["particles_found"] == 4 and scores0["score"] < scores["score"]
+
+
 def test_validation_chooses_seeds_from_peaks_for_a_small_particle_with_a_low_peak():
     """Validation chooses a seed depth when a small particle's distance peak is low.
 

@@ -291,6 +291,7 @@ def run(args) -> int:
         f"(per segmented particle {m.get('instance_iou_pred', float('nan')):.4f}), "
         f"pixel error {m['pixel_error']:.4f} at threshold {post['threshold']} (seed level {post['seed_threshold']}"
         + (f", seed depth {post['seed_depth']}" if post.get("seed_depth") else "")
+        + (f", merge level {post['merge_level']}" if post.get("merge_level") else "")
         + ")"
     )
     if bundle.has_classifier:

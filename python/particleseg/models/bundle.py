@@ -58,6 +58,7 @@ DEFAULT_POSTPROCESS = {
     "split": True,
     "seed_threshold": 0.5,  # distance-head seeds: centre region of each particle
     "seed_depth": 0.0,  # distance-head seeds: peaks this deep (0: regions above seed_threshold)
+    "merge_level": 0.0,  # touching particles merge where their border's mean foreground reaches it (0: never)
     "h": 1.0,  # h-maxima depth (pixels) of the distance-transform watershed
     "min_area": 15,
     "min_confidence": 0.0,  # mean foreground probability a detection needs (0: keep all)
@@ -520,6 +521,7 @@ POSTPROCESS_RANGES = {
     "threshold": (0.0, 1.0, False),
     "seed_threshold": (0.0, 1.0, False),
     "seed_depth": (0.0, 1.0, False),
+    "merge_level": (0.0, 1.0, False),
     "h": (0.0, math.inf, False),
     "min_area": (0.0, math.inf, True),
     "min_confidence": (0.0, 1.0, False),

@@ -32,6 +32,7 @@ def post_params(post: dict, **changes) -> SegmentParams:
         split=True,
         seed_level=d["seed_threshold"],
         seed_depth=d["seed_depth"],
+        merge_level=d["merge_level"],
         split_level=d["h"],
         min_size=d["min_area"],
         min_confidence=d["min_confidence"] or None,
@@ -51,6 +52,7 @@ def validation_scores(
     seed_depths: Sequence[float] = (0.05, 0.1, 0.15, 0.2),
     peak_levels: Sequence[float] = (0.1, 0.3),
     min_areas: Sequence[int] | None = None,
+    merge_levels: Sequence[float] = (0.9, 0.92, 0.94, 0.96, 0.98),
 ) -> tuple[dict, dict]:
     """Choose the post-processing settings with the best instance score on the validation images.
 
@@ -60,9 +62,11 @@ def validation_scores(
     seed level (``seed_thresholds``, seed depth 0) or the peaks of the distance map at least
     a seed depth deep (``seed_depths``) and above a seed level (``peak_levels``), see
     :func:`particleseg.postprocess.split_touching`; a boundary head has seed levels only.
-    The search is in two steps: every threshold with the seed levels, then the peaks at the
+    The search is in steps: every threshold with the seed levels, then the peaks at the
     threshold the first step chose (half the watershed runs of the full grid, which gave the
-    same choice on the TiO2 images).
+    same choice on the TiO2 images), then, at those seeds, whether and from which of
+    ``merge_levels`` touching particles with no gap between them are merged
+    (:func:`particleseg.postprocess.merge_touching`).
 
     ``min_areas``, when given, are the smallest particle areas to choose from (with the
     minimum confidence, the last step: it removes fragments and specks, which lower the
@@ -83,11 +87,24 @@ def validation_scores(
     peaks = [(st, sd) for sd in seed_depths for st in peak_levels] if "distance" in heads else []
     fgs = [p[..., heads.index("foreground")] for p in probs]
     areas = sorted({int(a) for a in min_areas}) if min_areas else [int(min_area)]
+    merges = [float(m) for m in merge_levels]
     best = None
-    for step in (1, 2):
-        grid = [(thr, seed) for thr in thresholds for seed in seeds] if step == 1 else [(best[1], p) for p in peaks]
-        for thr, (st, sd) in grid:
-            post = {"threshold": thr, "seed_threshold": st, "seed_depth": sd, "min_area": areas[0], "min_confidence": 0}
+    for step in (1, 2, 3):
+        if step == 1:
+            grid = [(thr, seed, 0.0) for thr in thresholds for seed in seeds]
+        elif step == 2:
+            grid = [(best[1], p, 0.0) for p in peaks]
+        else:
+            grid = [(best[1], (best[2], best[3]), m) for m in merges]
+        for thr, (st, sd), merge in grid:
+            post = {
+                "threshold": thr,
+                "seed_threshold": st,
+                "seed_depth": sd,
+                "merge_level": merge,
+                "min_area": areas[0],
+                "min_confidence": 0,
+            }
             base = [particles_from_probabilities(p, heads, post_params(post)) for p in probs]
             # the pipeline's last steps, applied to the same particles: smallest area, then
             # confidence; scored from one overlap table per image (_Candidates)
@@ -96,8 +113,8 @@ def validation_scores(
                 small = area if area > areas[0] else 0
                 score = float(np.mean([c.score(small, mc) for c in cands]))
                 if best is None or score > best[0] + 1e-12:
-                    best = (score, thr, st, sd, area, mc, base)
-    score, thr, st, sd, min_area, mc, base = best
+                    best = (score, thr, st, sd, merge, area, mc, base)
+    score, thr, st, sd, merge, min_area, mc, base = best
     preds = [_filtered(b, fg, min_area if min_area > areas[0] else 0, mc) for b, fg in zip(base, fgs)]
     fg = float(np.mean([metrics.foreground_iou(pr > 0, lab > 0) for pr, lab in zip(preds, labels)]))
     perr = float(
@@ -115,6 +132,7 @@ def validation_scores(
         "threshold": thr,
         "seed_threshold": st,
         "seed_depth": sd,
+        "merge_level": merge,
         "min_area": min_area,
         "min_confidence": float(mc),
     }
