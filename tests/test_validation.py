@@ -221,6 +221,7 @@ def _copy_bundle(src, dst, **changes):
         ({"postprocess__min_area": -3}, "postprocess.min_area is -3; it must be a whole number of at least 0"),
         ({"postprocess__min_area": 2.5}, "postprocess.min_area is 2.5"),
         ({"postprocess__seed_threshold": 1.5}, "postprocess.seed_threshold is 1.5"),
+        ({"postprocess__merge_level": 1.2}, "postprocess.merge_level is 1.2; it must be a number from 0 to 1"),
         ({"postprocess__h": -1}, "postprocess.h is -1"),
         ({"postprocess__min_confidence": "high"}, 'postprocess.min_confidence is "high"'),
         ({"postprocess__split": "yes"}, 'postprocess.split is "yes"; it must be true or false'),
