@@ -683,34 +683,45 @@ def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, t
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["pixel_size"].tolist() == [6.0]
 
 
-def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, threshold_bundle):
+def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, threshold_bundle, monkeypatch):
     """Ctrl-C while the batch waits for the image a worker is preparing: the worker is ended.
 
-    The image is a FIFO nobody writes to, so its worker blocks in reading it until it is ended;
-    the batch's wait is interrupted as Ctrl-C interrupts it. The workers and the pool's manager
-    thread must be gone after ``close``, or the process would wait for them at exit.
+    The worker's preparation blocks until it is ended (the workers are forked here, so they
+    run the test's stand-in for ``prepare_file``, which never returns); the batch's wait is
+    interrupted as Ctrl-C interrupts it. The workers and the pool's manager thread must be gone
+    after ``close``, or the process would wait for them at exit.
     """
+    import multiprocessing
     import signal
     import threading
 
+    from particleseg import pipeline
     from particleseg.pipeline import _Workers
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt  # what Ctrl-C (and SIGTERM in the CLI) raises
 
-    fifo = tmp_path / "stuck.tif"
-    os.mkfifo(fifo)
+    def stuck(*args, **kwargs):
+        time.sleep(3600)  # a worker blocked in reading (a slow or hung file system)
+
+    monkeypatch.setattr(pipeline, "context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(pipeline, "prepare_file", stuck)
+    image = tmp_path / "stuck.tif"
+    image.write_bytes(b"")
     workers = _Workers(2, threshold_bundle, None, tmp_path / "out", False, {})
     previous = signal.signal(signal.SIGUSR1, interrupt)
+    # a real signal: it wakes the wait for the result, as Ctrl-C does
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGUSR1))
     try:
-        workers.submit(0, fifo, False)
+        workers.submit(0, image, False)
         manager = workers.pool._executor_manager_thread
         processes = list(workers.pool._processes.values())
-        # a real signal: it wakes the wait for the result, as Ctrl-C does
-        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        timer.start()
         with pytest.raises(KeyboardInterrupt):
             workers.result(0)
     finally:
+        timer.cancel()  # never a signal after the test, whatever happened
+        timer.join()
         signal.signal(signal.SIGUSR1, previous)
         workers.close()
     try:

@@ -1010,8 +1010,8 @@ def test_segment_dialog_fits_a_laptop_screen_and_has_every_parameter(ij, tmp_pat
                 if str(c.getClass().getName()) == "java.awt.Checkbox"
             ]
             min_confidence = float(
-                str(adv.getNumericFields()[4].getText())
-            )  # seed level, seed depth, split level, min size
+                str(adv.getNumericFields()[5].getText())
+            )  # seed level, seed depth, merge level, split level, min size
             adv.actionPerformed(ActionEvent(adv.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
             time.sleep(0.5)
         text = str(rec.getText())
