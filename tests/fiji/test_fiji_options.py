@@ -124,6 +124,7 @@ def test_segment_params_from_dialog_values():
         threshold=0.4,
         split=False,
         seed_level=0.6,
+        merge_level="0.93",
         split_level=2.0,
         min_size=9,
         intensity_filter="otsu",
@@ -135,6 +136,7 @@ def test_segment_params_from_dialog_values():
     )
     p = segment_params(values)
     assert (p.threshold, p.split, p.seed_level, p.split_level, p.min_size) == (0.4, False, 0.6, 2.0, 9)
+    assert p.merge_level == 0.93 and isinstance(p.merge_level, float)  # a macro's text
     assert p.intensity_filter == "otsu" and p.crop_rows == 12 and p.particle_size == 20
     assert p.shape == {"feret_min": (5.0, 50.0), "circularity": (0.5, None), "solidity": (None, 0.9)}
     values.update(
