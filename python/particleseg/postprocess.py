@@ -292,9 +292,10 @@ def merge_touching(labels: np.ndarray, foreground: np.ndarray, level: float) -> 
 
     Notes
     -----
-    Written here rather than with ``skimage.graph.rag_boundary`` and ``cut_threshold``: those
-    average the map over a band of pixels around the border, make the background a node that
-    particles can merge into, and renumber the particles, while the strips of
+    Written here rather than with ``skimage.graph.rag_boundary`` and ``cut_threshold``:
+    ``rag_boundary`` pairs each border pixel only with the smallest and the largest label around
+    it (a grey erosion and dilation) and makes the background a region particles can merge
+    into, and ``cut_threshold`` renumbers the particles, while the strips of
     :mod:`particleseg.strips` need each merged particle to keep the number of its first part.
     Measured on the TiO2 validation split with a fine-tuned model (docs/training.md).
 
