@@ -51,34 +51,48 @@ TIO2_TRAIN_DETECTION = {"threshold": 0.5, "min_confidence": 0.925}
 DEFAULT_SEEDS = {"seed_threshold": 0.1, "seed_depth": 0.15}
 
 
-def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem"):
+def simulated_pair(i: int, seed: int, simulator: str = "sem"):
+    """Image ``i`` of a simulated set and its label image, from the seed ``[seed, i]`` alone."""
+    from particleseg.simulate import simulate_micrograph, simulate_sem_image
+
+    rng = np.random.default_rng([seed, i])
+    if simulator == "mixed" and i % 2:
+        s = simulate_micrograph(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
+    else:
+        s = simulate_sem_image(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
+    return s.image, s.labels
+
+
+def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem", workers: int = 1):
     """``n`` simulated images and label images, cached as a .npz keyed by n and seed.
 
     ``simulator`` ``sem``: :func:`particleseg.simulate.simulate_sem_image` (TiO2-like SEM);
     ``mixed``: every other image from :func:`particleseg.simulate.simulate_micrograph`
-    (shapes, SEM and inverted TEM contrast, annotations), the others as ``sem``.
+    (shapes, SEM and inverted TEM contrast, annotations), the others as ``sem``. ``workers``
+    processes simulate them; each image depends on its seed alone, so the set does not depend
+    on their number.
     """
-    from tqdm.auto import tqdm
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    from particleseg.simulate import simulate_micrograph, simulate_sem_image
+    from tqdm.auto import tqdm
 
     cache = workdir / (f"sim-{n}-{seed}.npz" if simulator == "sem" else f"sim-{simulator}-{n}-{seed}.npz")
     if cache.exists():
         d = np.load(cache)
         return list(d["images"]), list(d["labels"])
-    images, labels = [], []
-    for i in tqdm(range(n), desc="simulating", unit="image"):
-        rng = np.random.default_rng([seed, i])
-        if simulator == "mixed" and i % 2:
-            s = simulate_micrograph(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
-        else:
-            s = simulate_sem_image(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
-        images.append(s.image)
-        labels.append(s.labels)
+    one = functools.partial(simulated_pair, seed=seed, simulator=simulator)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            pairs = list(tqdm(pool.map(one, range(n), chunksize=8), total=n, desc="simulating", unit="image"))
+    else:
+        pairs = [one(i) for i in tqdm(range(n), desc="simulating", unit="image")]
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(".tmp-" + cache.name)
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, images=np.stack(images), labels=np.stack(labels))
+    with open(tmp, "wb") as fh:  # (not compressed: zlib would take longer than a GPU's training)
+        np.savez(fh, images=np.stack(images), labels=np.stack(labels))
     os.replace(tmp, cache)
     return images, labels
 
@@ -195,6 +209,19 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=400, help="simulated 512x512 training images")
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--steps", type=int, default=30, help="batches per epoch")
+    ap.add_argument("--batch-size", type=int, default=8, help="tiles of 256x256 per batch")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that simulate the images, make the targets and cut the batches (1: as before, two "
+        "threads cut the batches); for a GPU. The result does not depend on it",
+    )
+    ap.add_argument(
+        "--val-images",
+        type=int,
+        help="simulated images held out for validation and the post-processing choice (default: 5 %%, at least 2)",
+    )
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--arch", default="unet")
@@ -238,10 +265,10 @@ def main(argv=None) -> int:
     from particleseg.train import Augmentation, TrainConfig, fit
 
     t0 = time.time()
-    images, labels = simulated_set(args.images, args.seed, args.workdir, args.simulator)
+    images, labels = simulated_set(args.images, args.seed, args.workdir, args.simulator, args.workers)
     norm = {"method": "percentile", "low": 1.0, "high": 99.8, "clip": [-0.5, 1.5]}
     x = [normalize_percentile(im, norm["low"], norm["high"], tuple(norm["clip"]))[..., None] for im in images]
-    n_val = max(2, len(x) // 20)
+    n_val = args.val_images or max(2, len(x) // 20)
     if args.rechoose:
         bundle = load_bundle(args.out)
         meta = bundle.metadata
@@ -258,7 +285,7 @@ def main(argv=None) -> int:
             args.arch, heads=(Head("foreground"), Head("distance")), depth=args.depth, base_filters=args.base_filters
         ),
         tile=256,
-        batch_size=8,
+        batch_size=args.batch_size,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         validation_steps=10,
@@ -274,6 +301,7 @@ def main(argv=None) -> int:
         select_from=0.5 if finetune else 0.0,
         seed=args.seed,
         jit_compile=True,
+        loader_processes=args.workers if args.workers > 1 else 0,
         augmentation=Augmentation(brightness=0.1, contrast=0.25, gamma=0.4, noise=0.04, elastic=0.0),
     )
     initial_bundle = load_bundle(args.init) if args.init else None
@@ -325,7 +353,7 @@ def main(argv=None) -> int:
                     else "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image"
                 )
                 + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
-                f"{PARTICLE_SIZE_RANGE[1]:g} px, 5 % held out for validation"
+                f"{PARTICLE_SIZE_RANGE[1]:g} px, {n_val} held out for validation"
                 + (f"; started from the weights of {args.init}" if args.init else "")
             ),
             "command": "python scripts/train_default_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),

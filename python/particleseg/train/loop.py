@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import os
 import time
@@ -50,6 +51,9 @@ class TrainConfig:
     select_from: float = 0.0  # the best epoch is chosen among the epochs after this fraction of the plan
     seed: int = 0
     jit_compile: bool | None = None  # XLA; None lets Keras decide (off on a CPU; True is slower for the default UNet)
+    # worker processes that make the targets and cut the batches (0: two threads); the batches do
+    # not depend on it (each is seeded by (seed, epoch, batch)), only the speed: for a GPU
+    loader_processes: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def check(self) -> None:
@@ -68,6 +72,8 @@ class TrainConfig:
             raise InputError(f"--select-from {self.select_from:g}: must be at least 0 and below 1")
         if not self.separation_weight >= 0:
             raise InputError(f"--separation-weight {self.separation_weight:g}: must be 0 (off) or positive")
+        if self.loader_processes < 0:
+            raise InputError(f"--loader-processes {self.loader_processes}: must be 0 (two threads) or positive")
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict (the network as :meth:`NetworkConfig.to_dict`)."""
@@ -184,10 +190,8 @@ def fit(
     w0 = config.separation_weight
 
     def targets(labels, classes):
-        return [
-            make_targets(lab, heads, c, separation_weights(lab, w0) if w0 else None)
-            for lab, c in zip(labels, classes or [None] * len(labels))
-        ]
+        jobs = list(zip(labels, classes or [None] * len(labels)))
+        return _map(functools.partial(_targets, heads=heads, w0=w0), jobs, config.loader_processes)
 
     train_t, val_t = targets(train_labels, train_classes), targets(val_labels, val_classes)
     fg_frac = float(np.mean([(lab > 0).mean() for lab in train_labels])) if config.class_balance else None
@@ -280,6 +284,7 @@ def fit_targets(
         config.steps_per_epoch,
         config.augmentation,
         config.seed,
+        processes=config.loader_processes,
     )
     val_seq = make_tile_sequence(
         val_images,
@@ -396,6 +401,27 @@ def fit_targets(
     if best.exists():
         model = keras.saving.load_model(best, compile=False)
     return model, log
+
+
+def _targets(job, heads, w0):
+    """Make the training targets of one ``(labels, classes)`` pair (a picklable worker function)."""
+    lab, c = job
+    return make_targets(lab, heads, c, separation_weights(lab, w0) if w0 else None)
+
+
+def _map(fn, items, processes: int) -> list:
+    """``[fn(x) for x in items]``, in ``processes`` worker processes when it is above 1.
+
+    The workers start from a fresh interpreter (forkserver), never as forks of a process whose
+    Keras backend may already hold threads or a GPU.
+    """
+    if processes <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * processes))))
 
 
 #: a full epoch costs about this much more than one with the encoder frozen (measured: UNet
