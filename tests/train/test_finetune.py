@@ -276,6 +276,33 @@ def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_worker_processes_train_the_same_network_as_the_threads(tmp_path):
+    """``loader_processes`` (a GPU's loader) makes the same targets and batches: the same run."""
+    images, labels = _data(4)
+    runs = {}
+    for processes in (0, 2):
+        cfg = _config(epochs=2, separation_weight=10.0, loader_processes=processes)
+        start = build_network(NET).get_weights() if not runs else runs[0][2]
+        model, log = fit(
+            images[:3],
+            labels[:3],
+            images[3:],
+            labels[3:],
+            cfg,
+            tmp_path / str(processes),
+            verbose=0,
+            score=lambda m: 0.0,
+            initial_weights=start,
+        )
+        runs[processes] = (model.get_weights(), log, start)
+    assert [r["loss"] for r in runs[2][1]] == pytest.approx([r["loss"] for r in runs[0][1]], rel=1e-5)
+    for a, b in zip(runs[0][0], runs[2][0]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(runs[0][0], runs[0][2]))  # it trained
+    with pytest.raises(InputError, match="--loader-processes -1: must be 0"):
+        fit(images[:3], labels[:3], images[3:], labels[3:], _config(loader_processes=-1), tmp_path / "n")
+
+
 def test_a_time_budget_plans_the_epochs(tmp_path):
     images, labels = _data(2)
     cfg = _config(epochs=999, select="val_loss", freeze_epochs=-1)

@@ -218,7 +218,10 @@ class Step:
 
                 def apply(name, x, training=True):
                     out, nt = models[name].stateless_call(values[name], non_trainable[name], x, training=training)
-                    if name in train and training:
+                    if training:
+                        # every model run in training mode updates its state (batch-norm
+                        # statistics), the ones this step does not train too, as on the other
+                        # backends (the generator run by the critic's step)
                         updated[name] = nt
                     return out
 
