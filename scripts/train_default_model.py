@@ -51,18 +51,6 @@ TIO2_TRAIN_DETECTION = {"threshold": 0.5, "min_confidence": 0.925}
 DEFAULT_SEEDS = {"seed_threshold": 0.1, "seed_depth": 0.15}
 
 
-def simulated_pair(i: int, seed: int, simulator: str = "sem"):
-    """Image ``i`` of a simulated set and its label image, from the seed ``[seed, i]`` alone."""
-    from particleseg.simulate import simulate_micrograph, simulate_sem_image
-
-    rng = np.random.default_rng([seed, i])
-    if simulator == "mixed" and i % 2:
-        s = simulate_micrograph(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
-    else:
-        s = simulate_sem_image(SIM_SIZE, rng, PARTICLE_SIZE_RANGE)
-    return s.image, s.labels
-
-
 def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem", workers: int = 1):
     """``n`` simulated images and label images, cached as a .npz keyed by n and seed.
 
@@ -78,11 +66,15 @@ def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem", work
 
     from tqdm.auto import tqdm
 
+    from particleseg.simulate import simulate_training_pair
+
     cache = workdir / (f"sim-{n}-{seed}.npz" if simulator == "sem" else f"sim-{simulator}-{n}-{seed}.npz")
     if cache.exists():
         d = np.load(cache)
         return list(d["images"]), list(d["labels"])
-    one = functools.partial(simulated_pair, seed=seed, simulator=simulator)
+    one = functools.partial(
+        simulate_training_pair, seed=seed, shape=SIM_SIZE, particle_size_range=PARTICLE_SIZE_RANGE, simulator=simulator
+    )
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             pairs = list(tqdm(pool.map(one, range(n), chunksize=8), total=n, desc="simulating", unit="image"))

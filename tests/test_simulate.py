@@ -57,3 +57,27 @@ def test_same_seed_same_image():
     b = simulate_micrograph((96, 96), 11)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_the_default_models_training_set_does_not_depend_on_its_worker_processes(tmp_path):
+    """``scripts/train_default_model.py --workers``: the same images, in the same order, cached once."""
+    import importlib.util
+
+    from conftest import REPO
+    from particleseg.simulate import simulate_training_pair
+
+    spec = importlib.util.spec_from_file_location("tdm", REPO / "scripts" / "train_default_model.py")
+    tdm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tdm)
+    one = tdm.simulated_set(4, 5, tmp_path / "a", "mixed", workers=1)
+    two = tdm.simulated_set(4, 5, tmp_path / "b", "mixed", workers=2)
+    for a, b in zip(one, two):
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(one[0][0], one[0][1])  # two images, not one twice
+    image, labels = simulate_training_pair(3, 5, tdm.SIM_SIZE, tdm.PARTICLE_SIZE_RANGE, "mixed")  # from its seed alone
+    np.testing.assert_array_equal(image, two[0][3])
+    np.testing.assert_array_equal(labels, two[1][3])
+    cached = tdm.simulated_set(4, 5, tmp_path / "b", "mixed", workers=2)  # read back from the cache
+    np.testing.assert_array_equal(cached[1][2], two[1][2])

@@ -689,3 +689,31 @@ def simulate_micrograph(
 
         labels = relabel_sequential(labels)
     return SemSimulation(out, labels, size)
+
+
+def simulate_training_pair(
+    i: int,
+    seed: int,
+    shape: tuple[int, int] = (512, 512),
+    particle_size_range: tuple[float, float] = (14.0, 44.0),
+    simulator: str = "sem",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return image ``i`` of a simulated training set and its label image, from the seed ``[seed, i]`` alone.
+
+    ``simulator`` ``"sem"``: :func:`simulate_sem_image` (TiO2-like SEM); ``"mixed"``: every
+    odd-numbered image from :func:`simulate_micrograph` (other shapes, SEM and inverted TEM
+    contrast, annotations), the others as ``"sem"``. Since an image depends on its index and
+    seed only, a set can be made in any order and by any number of worker processes.
+
+    Examples
+    --------
+    >>> image, labels = simulate_training_pair(1, 0, (64, 64), (8.0, 12.0), "mixed")
+    >>> image.shape == labels.shape == (64, 64)
+    True
+    """
+    rng = np.random.default_rng([seed, i])
+    if simulator == "mixed" and i % 2:
+        s = simulate_micrograph(shape, rng, particle_size_range)
+    else:
+        s = simulate_sem_image(shape, rng, particle_size_range)
+    return s.image, s.labels
