@@ -96,12 +96,18 @@ def test_training_with_separation_weights_records_them(tmp_path):
         train_segmentation(images, labels, tmp_path / "c", **tiny, epochs=1, separation_weight=-1)
 
 
-def test_the_command_line_refuses_a_negative_weight_in_one_line(capsys):
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--separation-weight", "-1", "must be at least 0, got -1"),
+        ("--loader-processes", "-1", "must be at least 0, got -1"),
+        ("--loader-processes", "2.5", "expected a whole number, got '2.5'"),
+    ],
+)
+def test_the_command_line_refuses_a_negative_weight_in_one_line(capsys, option, value, message):
     from particleseg.cli import build_parser
 
     with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["train", "--images", "i", "--masks", "m", "--out", "o", "--separation-weight", "-1"])
+        build_parser().parse_args(["train", "--images", "i", "--masks", "m", "--out", "o", option, value])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "particleseg train: error: argument --separation-weight: must be at least 0, got -1"
-    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"particleseg train: error: argument {option}: {message}"

@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return n
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -178,7 +188,7 @@ def register(sub) -> None:
     )
     g.add_argument(
         "--loader-processes",
-        type=int,
+        type=_non_negative_int,
         default=0,
         metavar="N",
         help="worker processes that cut the training tiles (default 0: two threads); for a GPU, which trains "
