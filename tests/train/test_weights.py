@@ -100,8 +100,9 @@ def test_training_with_separation_weights_records_them(tmp_path):
     "option, value, message",
     [
         ("--separation-weight", "-1", "must be at least 0, got -1"),
-        ("--loader-processes", "-1", "must be at least 0, got -1"),
-        ("--loader-processes", "2.5", "expected a whole number, got '2.5'"),
+        ("--loader-processes", "-1", "expected a whole number of at least 0, got '-1'"),
+        ("--loader-processes", "2.5", "expected a whole number of at least 0, got '2.5'"),
+        ("--batch-size", "0", "expected a positive whole number, got '0'"),
     ],
 )
 def test_the_command_line_refuses_a_negative_weight_in_one_line(capsys, option, value, message):

@@ -14,24 +14,23 @@ from ..models import ARCHITECTURES
 # (docs/architecture.md, Lazy imports).
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return n
+def _whole_number(minimum: int):
+    """Make an argparse type: a whole number of at least ``minimum``, one line naming the option otherwise."""
+    what = "a positive whole number" if minimum == 1 else f"a whole number of at least {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return n
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return n
+_positive_int = _whole_number(1)
 
 
 def _non_negative(text: str) -> float:
@@ -188,7 +187,7 @@ def register(sub) -> None:
     )
     g.add_argument(
         "--loader-processes",
-        type=_non_negative_int,
+        type=_whole_number(0),
         default=0,
         metavar="N",
         help="worker processes that cut the training tiles (default 0: two threads); for a GPU, which trains "
