@@ -61,12 +61,11 @@ def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem", work
     on their number.
     """
     import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
 
     from particleseg.simulate import simulate_training_pair
+    from particleseg.workers import map_in_processes
 
     cache = workdir / (f"sim-{n}-{seed}.npz" if simulator == "sem" else f"sim-{simulator}-{n}-{seed}.npz")
     if cache.exists():
@@ -75,11 +74,7 @@ def simulated_set(n: int, seed: int, workdir: Path, simulator: str = "sem", work
     one = functools.partial(
         simulate_training_pair, seed=seed, shape=SIM_SIZE, particle_size_range=PARTICLE_SIZE_RANGE, simulator=simulator
     )
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            pairs = list(tqdm(pool.map(one, range(n), chunksize=8), total=n, desc="simulating", unit="image"))
-    else:
-        pairs = [one(i) for i in tqdm(range(n), desc="simulating", unit="image")]
+    pairs = list(tqdm(map_in_processes(one, range(n), workers), total=n, desc="simulating", unit="image"))
     images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(".tmp-" + cache.name)

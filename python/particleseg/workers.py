@@ -1,7 +1,8 @@
 """How a batch starts its worker processes.
 
-The workers of :func:`particleseg.pipeline.segment_files` with ``jobs`` > 1. A light module (no
-NumPy), so that the command line can start the process the workers come from while it imports
+The workers of :func:`particleseg.pipeline.segment_files` with ``jobs`` > 1, and of
+:func:`map_in_processes` (the training targets of a fit with ``loader_processes``, the simulated
+sets of ``scripts/train_default_model.py``). A light module (no NumPy), so that the command line can start the process the workers come from while it imports
 the rest.
 
 Workers are forked from a ``forkserver`` that has imported :mod:`particleseg.pipeline` once
@@ -32,3 +33,20 @@ def context(start: bool = False):
 
         forkserver.ensure_running()
     return ctx
+
+
+def map_in_processes(fn, items, processes: int):
+    """Yield ``fn(x)`` for each of ``items``, in order, from ``processes`` workers when above 1.
+
+    The workers come from :func:`context` (never forked from this process, whose Keras backend
+    may hold threads or a GPU); ``fn`` must be picklable (a module-level function or a
+    ``functools.partial`` of one). With one process or fewer than two items, in this process.
+    """
+    items = list(items)
+    if processes <= 1 or len(items) < 2:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=context()) as pool:
+        yield from pool.map(fn, items, chunksize=max(1, len(items) // (4 * processes)))

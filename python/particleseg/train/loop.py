@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_atomic
 from ..models.architectures import Head, NetworkConfig, build_network
+from ..workers import map_in_processes
 from .augment import Augmentation
 from .losses import make_loss
 from .targets import make_targets, separation_weights
@@ -191,7 +192,7 @@ def fit(
 
     def targets(labels, classes):
         jobs = list(zip(labels, classes or [None] * len(labels)))
-        return _map(functools.partial(_targets, heads=heads, w0=w0), jobs, config.loader_processes)
+        return list(map_in_processes(functools.partial(_targets, heads=heads, w0=w0), jobs, config.loader_processes))
 
     train_t, val_t = targets(train_labels, train_classes), targets(val_labels, val_classes)
     fg_frac = float(np.mean([(lab > 0).mean() for lab in train_labels])) if config.class_balance else None
@@ -407,21 +408,6 @@ def _targets(job, heads, w0):
     """Make the training targets of one ``(labels, classes)`` pair (a picklable worker function)."""
     lab, c = job
     return make_targets(lab, heads, c, separation_weights(lab, w0) if w0 else None)
-
-
-def _map(fn, items, processes: int) -> list:
-    """``[fn(x) for x in items]``, in ``processes`` worker processes when it is above 1.
-
-    The workers start from a fresh interpreter (forkserver), never as forks of a process whose
-    Keras backend may already hold threads or a GPU.
-    """
-    if processes <= 1 or len(items) < 2:
-        return [fn(x) for x in items]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * processes))))
 
 
 #: a full epoch costs about this much more than one with the encoder frozen (measured: UNet
