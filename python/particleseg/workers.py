@@ -2,8 +2,8 @@
 
 The workers of :func:`particleseg.pipeline.segment_files` with ``jobs`` > 1, and of
 :func:`map_in_processes` (the training targets of a fit with ``loader_processes``, the simulated
-sets of ``scripts/train_default_model.py``). A light module (no NumPy), so that the command line can start the process the workers come from while it imports
-the rest.
+sets of ``scripts/train_default_model.py``). A light module (no NumPy), so that the command line
+can start the process the workers come from while it imports the rest.
 
 Workers are forked from a ``forkserver`` that has imported :mod:`particleseg.pipeline` once
 (``spawn`` where the system has no forkserver); never forked from the batch's own process, whose
