@@ -229,6 +229,59 @@ def test_inverted_image_segments_like_the_original(default_bundle):
     np.testing.assert_array_equal(auto.labels, ref.labels)
 
 
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+def test_a_weak_polarity_score_is_checked_by_the_network(default_bundle, polarity):
+    """Dense particles that cover 60 % of the image: the gray values alone point the wrong way.
+
+    The score is weak (and wrong), so both polarities go through the network; in the wrong one
+    the network takes the background web for particles, and the right polarity is chosen. The
+    result is the one the polarity given would have given.
+    """
+    from particleseg.simulate import simulate_sem_image
+
+    sim = simulate_sem_image((256, 256), rng=4, particle_size=24, coverage=0.6, empty_fraction=0)
+    image = sim.image if polarity == "bright" else invert(sim.image)
+    score = autoscale.polarity_score(image)
+    assert abs(score) < autoscale.POLARITY_CHECK_BELOW
+    assert autoscale.polarity_from_score(score, "bright") != polarity  # the score alone is wrong
+    auto = segment_image(image, default_bundle, SegmentParams(progress=False))
+    assert (auto.scale.polarity, auto.scale.polarity_source) == (polarity, "compared")
+    given = segment_image(image, default_bundle, SegmentParams(progress=False, polarity=polarity))
+    assert given.scale.polarity_source == "given"
+    np.testing.assert_array_equal(auto.labels, given.labels)
+    np.testing.assert_array_equal(auto.probabilities, given.probabilities)
+    assert len(auto.table) > 50
+
+
+def test_a_strong_polarity_score_is_not_checked(default_bundle, monkeypatch):
+    """Well-separated particles: the score decides alone, one polarity goes through the network."""
+    from particleseg import pipeline
+
+    image = disks((192, 192), grid((192, 192), 14, 48), 14)
+    assert autoscale.polarity_score(image) >= autoscale.POLARITY_CHECK_BELOW
+    seen = []
+    network = pipeline._network_at_scale
+
+    def counted(work, bundle, params, scale, predictor=None, out=None):
+        seen.append(scale.polarity)
+        return network(work, bundle, params, scale, predictor, out)
+
+    monkeypatch.setattr(pipeline, "_network_at_scale", counted)
+    seg = segment_image(image, default_bundle, SegmentParams(progress=False))
+    assert (seg.scale.polarity, seg.scale.polarity_source) == ("bright", "estimated")
+    assert set(seen) == {"bright"}
+
+
+def test_the_network_evidence_outweighs_a_weak_score():
+    """What the network found in each polarity decides against a weak score, not a strong one."""
+    compact_dark = dict(bright=(0.70, 0.55), dark=(0.93, 0.30))
+    assert autoscale.checked_polarity_score(0.4, **compact_dark) < 0
+    assert autoscale.checked_polarity_score(9.0, **compact_dark) > 0
+    assert autoscale.checked_polarity_score(-0.2, bright=(0.9, 0.3), dark=(0.9, 0.3)) == -0.2
+    # nothing found in one polarity: solidity does not count, the image-filling region loses
+    assert autoscale.checked_polarity_score(-0.3, bright=(0.0, 0.0), dark=(0.98, 0.9)) == pytest.approx(4.2)
+
+
 @pytest.mark.slow
 def test_particle_size_is_the_equivalent_rescale(default_bundle):
     image = tifffile.imread(SAMPLE)[:256, :256]

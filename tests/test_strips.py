@@ -174,6 +174,17 @@ def test_segment_image_in_strips_annotations_data_bar_dark(monkeypatch, default_
     assert whole.crop_rows > 0 and whole.scale.polarity == "dark" and len(whole.table) > 10
 
 
+def test_polarity_compared_in_strips_as_on_the_whole_image(monkeypatch, default_bundle):
+    """A weak polarity score: both polarities through the network, decided the same way in strips."""
+    sim = simulate_sem_image((256, 256), rng=4, particle_size=24, coverage=0.6, empty_fraction=0)
+    image = 255 - sim.image  # dark particles; the gray values alone say bright
+    params = P.SegmentParams(progress=False)
+    whole = P.segment_image(image, default_bundle, params)
+    seg = _strip_run(monkeypatch, image, default_bundle, params, rows=40)
+    _compare(whole, seg)
+    assert (whole.scale.polarity, whole.scale.polarity_source) == ("dark", "compared")
+
+
 def test_segment_file_in_strips_writes_the_same_files(monkeypatch, tmp_path, default_bundle):
     import tifffile
 
@@ -261,7 +272,7 @@ def test_resampled_network_input_in_strips(monkeypatch, default_bundle, dark):
 def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch, default_bundle):
     """The strips keep only the last pass: when an earlier pass fits best, it runs again, same result."""
     sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)
-    params = P.SegmentParams(progress=False)
+    params = P.SegmentParams(progress=False, polarity="bright")  # the passes of one polarity only
     # the first (estimated) scale fits best, whatever the later passes find
     monkeypatch.setattr(P, "scale_consistency", lambda scale, counts, bundle: float(scale.size_source != "estimated"))
     whole = P.segment_image(sim.image, default_bundle, params)
