@@ -253,6 +253,20 @@ def test_a_weak_polarity_score_is_checked_by_the_network(default_bundle, polarit
     assert len(auto.table) > 50
 
 
+def test_the_command_line_and_summary_say_the_polarity_was_compared(tmp_path, capsys):
+    import pandas as pd
+
+    from particleseg.cli import main
+    from particleseg.simulate import simulate_sem_image
+
+    sim = simulate_sem_image((256, 256), rng=4, particle_size=24, coverage=0.6, empty_fraction=0)
+    tifffile.imwrite(tmp_path / "dense.tif", invert(sim.image).astype(np.uint8))
+    assert main(["segment", str(tmp_path / "dense.tif"), "--out", str(tmp_path / "out")]) == 0
+    assert "dark particles (estimated, both polarities compared by the network)" in capsys.readouterr().out
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.loc[0, ["polarity", "polarity_source"]].tolist() == ["dark", "compared"]
+
+
 def test_a_strong_polarity_score_is_not_checked(default_bundle, monkeypatch):
     """Well-separated particles: the score decides alone, one polarity goes through the network."""
     from particleseg import pipeline

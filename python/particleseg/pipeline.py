@@ -595,9 +595,20 @@ class ScaleChoice:
     def describe(self) -> str:
         """One line for logs: ``polarity dark (estimated), particle size 112 px (detections), resampled x0.22``."""
         size = f"{self.particle_size:.0f} px ({self.size_source})" if self.particle_size else "not estimated"
-        return f"polarity {self.polarity} ({self.polarity_source}), particle size {size}, " + (
+        return f"polarity {self.polarity} ({source_words(self.polarity_source)}), particle size {size}, " + (
             f"resampled x{self.factor:.3g}" if self.factor != 1 else "not resampled"
         )
+
+
+def source_words(polarity_source: str) -> str:
+    """Say a ``polarity_source`` in a log line.
+
+    Examples
+    --------
+    >>> source_words("compared"), source_words("given")
+    ('estimated, both polarities compared by the network', 'given')
+    """
+    return "estimated, both polarities compared by the network" if polarity_source == "compared" else polarity_source
 
 
 def scale_summary(scale: ScaleChoice | None) -> dict[str, Any]:

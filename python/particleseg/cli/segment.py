@@ -92,7 +92,7 @@ def run(args) -> int:
 
     from ..distributed import segment_files
     from ..models import load_bundle
-    from ..pipeline import AUGMENT_NOTE, batch_report
+    from ..pipeline import AUGMENT_NOTE, batch_report, source_words
 
     bundle = load_bundle(args.model)
     params = params_from_args(args)
@@ -145,7 +145,7 @@ def run(args) -> int:
                 f"{size:.0f} px ({row['size_source']})" if isinstance(size, float) and size == size else "not estimated"
             )
             print(
-                f"  {row['polarity']} particles ({row['polarity_source']}), typical size {size}, "
+                f"  {row['polarity']} particles ({source_words(row['polarity_source'])}), typical size {size}, "
                 f"network input resampled x{row['scale_factor']:.3g}"
             )
         if augment:
