@@ -124,6 +124,32 @@ def test_the_tile_stream_is_endless_and_each_batch_follows_from_its_epoch_and_in
     assert np.array_equal(val[1][0], vx)
 
 
+def test_batches_from_worker_processes_come_through_shared_memory_and_equal_the_threads():
+    """A GPU's loader: each batch as its seed makes it in this process; the slots freed afterwards."""
+    import gc
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing.shared_memory import SharedMemory
+
+    from particleseg.train import Augmentation, make_tile_sequence
+    from particleseg.train.tiles import tile_batch
+
+    images = [np.random.default_rng(k).random((40 + 8 * k, 48)).astype(np.float32) for k in range(3)]
+    targets = [im[..., None] * np.ones(3, np.float32) for im in images]
+    seq = make_tile_sequence(images, targets, 16, 4, 5, Augmentation(), seed=7, processes=2)
+    with ThreadPoolExecutor(seq.workers) as threads:  # as Keras' queue calls it
+        batches = list(threads.map(seq.__getitem__, range(10)))
+    for i, (x, y) in enumerate(batches):
+        ex, ey = tile_batch(images, targets, 16, 4, Augmentation(), np.random.default_rng([7, 1 + i // 5, i % 5]))
+        assert np.array_equal(x, ex) and np.array_equal(y, ey)
+    names = seq.shared.names
+    assert len(names) == 2 * 2 * 2  # images and targets, two slots per process
+    del seq, threads
+    gc.collect()
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name)
+
+
 def test_zoom_shows_the_particles_larger_and_smaller_and_off_draws_the_earlier_tiles():
     """``zoom`` resamples image and target alike by factors within its range; 0 changes no tile."""
     from particleseg.train import Augmentation

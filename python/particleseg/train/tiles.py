@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 #: threads that cut and augment the batches while the network trains. More than one makes Keras
@@ -72,17 +74,22 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
     has made the next iterator. :data:`WORKERS` threads cut the batches through Keras' own
     queue, which turns tf.data's autotuning off.
 
-    ``processes`` > 0 cuts the batches in that many worker processes instead (Keras'
-    ``use_multiprocessing``, forked), for a GPU that trains faster than two threads can cut
-    tiles; the batches are the same, since each one depends on its seed alone.
+    ``processes`` > 0 cuts the batches in that many worker processes instead
+    (:class:`SharedMemoryBatches`), for a GPU that trains faster than two threads can cut tiles;
+    the batches are the same, since each one depends on its seed alone.
     """
     import keras  # keras: only to train (lazy, docs/architecture.md)
 
+    p = area_weights(images)  # once, not per batch
+    cut = augment if shuffle else None
+    shared = SharedMemoryBatches(images, targets, tile, batch_size, cut, p, processes) if processes > 0 else None
+
     class TileSequence(keras.utils.PyDataset):
         def __init__(self):
-            super().__init__(workers=processes or WORKERS, use_multiprocessing=processes > 0)
+            # with worker processes, these threads only wait for them and copy the batches out
+            super().__init__(workers=2 * processes if shared else WORKERS)
             self.epoch = 0
-            self.p = area_weights(images)  # once, not per batch
+            self.shared = shared
 
         @property
         def num_batches(self):
@@ -90,7 +97,99 @@ def make_tile_sequence(images, targets, tile, batch_size, steps, augment, seed, 
 
         def __getitem__(self, i):
             e, b = divmod(int(i), steps)
-            rng = np.random.default_rng([seed, self.epoch + 1 + e if shuffle else 0, b])
-            return tile_batch(images, targets, tile, batch_size, augment if shuffle else None, rng, self.p)
+            key = (seed, self.epoch + 1 + e if shuffle else 0, b)
+            if shared is not None:
+                return shared.batch(key)
+            return tile_batch(images, targets, tile, batch_size, cut, np.random.default_rng(key), p)
 
     return TileSequence()
+
+
+#: what the worker processes of :class:`SharedMemoryBatches` cut batches from, by loader id
+#: (inherited when they are forked)
+_SOURCES: dict = {}
+
+
+def _cut_into_slot(loader: int, slot: int, key: tuple) -> None:
+    """In a worker process: cut the batch of seed ``key`` into shared-memory ``slot``."""
+    src = _SOURCES[loader]
+    x, y = tile_batch(src["images"], src["targets"], src["tile"], src["batch_size"], src["augment"],
+                      np.random.default_rng(key), src["p"])  # fmt: skip
+    src["x"][slot][...] = x
+    src["y"][slot][...] = y
+
+
+class SharedMemoryBatches:
+    """Training batches cut in worker processes and handed over through shared memory.
+
+    Batch ``key`` is :func:`tile_batch` with the seed ``key`` alone, as in the threads. The
+    workers are forked from this process (they inherit the images and targets, which may be
+    gigabytes, without a copy) once :meth:`batch` is first called; each batch comes back through
+    one of ``2 * processes`` shared-memory slots made before the fork, not through a pipe. Through
+    the pipes of Keras' ``use_multiprocessing`` a batch of 32 tiles of 256x256 with 3 target
+    channels (34 MB) took 116 ms on this project's 2 CPU cores, as long as cutting it (107 ms);
+    a lent H200 waited 83-97 ms for each such batch (2026-12-04). Through shared memory it is a
+    copy out of the slot. Slots and workers go when the object is garbage-collected.
+    """
+
+    def __init__(self, images, targets, tile, batch_size, augment, p, processes: int):
+        self.processes = int(processes)
+        self.slots = 2 * self.processes
+        self.source = {
+            "images": images,
+            "targets": targets,
+            "tile": tile,
+            "batch_size": batch_size,
+            "augment": augment,
+            "p": p,
+        }
+        self.x_shape = (batch_size, tile, tile) + tuple(np.shape(images[0])[2:])
+        self.y_shape = (batch_size, tile, tile) + tuple(np.shape(targets[0])[2:])
+        self._pool = None
+        self._lock = threading.Lock()
+        self.names: list[str] = []  # of the shared-memory blocks, once started
+
+    def _start(self):
+        import multiprocessing
+        import queue
+        import weakref
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing.shared_memory import SharedMemory
+
+        n = np.dtype(np.float32).itemsize
+        memory = [SharedMemory(create=True, size=n * int(np.prod(s))) for s in (self.x_shape, self.y_shape)
+                  for _ in range(self.slots)]  # fmt: skip
+        xs = [np.ndarray(self.x_shape, np.float32, buffer=m.buf) for m in memory[: self.slots]]
+        ys = [np.ndarray(self.y_shape, np.float32, buffer=m.buf) for m in memory[self.slots :]]
+        self.id = id(self)
+        _SOURCES[self.id] = {**self.source, "x": xs, "y": ys}
+        # forked: the workers see the images, targets and slots as they are now
+        pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"))
+        self.free = queue.Queue()
+        for slot in range(self.slots):
+            self.free.put(slot)
+        self.xs, self.ys = xs, ys
+        self.names = [m.name for m in memory]
+        weakref.finalize(self, _release, pool, memory, self.id)
+        self._pool = pool
+
+    def batch(self, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Return the images and targets of the batch of seed ``key`` (float32 copies)."""
+        with self._lock:
+            if self._pool is None:
+                self._start()
+        slot = self.free.get()
+        try:
+            self._pool.submit(_cut_into_slot, self.id, slot, key).result()
+            return self.xs[slot].copy(), self.ys[slot].copy()
+        finally:
+            self.free.put(slot)
+
+
+def _release(pool, memory, loader: int) -> None:
+    """Stop the workers and free the slots of a :class:`SharedMemoryBatches`."""
+    pool.shutdown(wait=True, cancel_futures=True)
+    _SOURCES.pop(loader, None)
+    for m in memory:
+        m.close()
+        m.unlink()
