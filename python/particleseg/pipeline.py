@@ -66,7 +66,7 @@ from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
 from .models.receptive import exact_halo
-from .params import ALIASES, POSTPROCESS_PARAMETERS, bundle_defaults
+from .params import ALIASES, POLARITIES, POSTPROCESS_PARAMETERS, bundle_defaults
 from .preprocess import (
     detect_data_bar,
     input_normalizer,
@@ -770,7 +770,9 @@ def network_passes(
         passes, source = {polarity: run(polarity)}, "estimated"
     else:
         passes, said = {}, {}
-        for pol in ("bright", "dark"):
+        for pol in POLARITIES:
+            # (catch_warnings swaps the process's warning state: a warning another thread gives
+            # meanwhile may be lost; segment_files' jobs are processes, not threads)
             with warnings.catch_warnings(record=True) as said[pol]:
                 warnings.simplefilter("always")
                 passes[pol] = run(pol)
