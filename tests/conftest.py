@@ -83,6 +83,22 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Return the list of the scales (``ScaleChoice``) of every network run of the pipeline, as they come."""
+    from particleseg import pipeline
+
+    calls = []
+    network = pipeline._network_at_scale
+
+    def counted(work, bundle, params, scale, predictor=None, out=None):
+        calls.append(scale)
+        return network(work, bundle, params, scale, predictor, out)
+
+    monkeypatch.setattr(pipeline, "_network_at_scale", counted)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Return an untrained 2-level UNet bundle with foreground and distance heads (fast to run)."""

@@ -267,23 +267,13 @@ def test_the_command_line_and_summary_say_the_polarity_was_compared(tmp_path, ca
     assert summary.loc[0, ["polarity", "polarity_source"]].tolist() == ["dark", "compared"]
 
 
-def test_a_strong_polarity_score_is_not_checked(default_bundle, monkeypatch):
+def test_a_strong_polarity_score_is_not_checked(default_bundle, network_calls):
     """Well-separated particles: the score decides alone, one polarity goes through the network."""
-    from particleseg import pipeline
-
     image = disks((192, 192), grid((192, 192), 14, 48), 14)
     assert autoscale.polarity_score(image) >= autoscale.POLARITY_CHECK_BELOW
-    seen = []
-    network = pipeline._network_at_scale
-
-    def counted(work, bundle, params, scale, predictor=None, out=None):
-        seen.append(scale.polarity)
-        return network(work, bundle, params, scale, predictor, out)
-
-    monkeypatch.setattr(pipeline, "_network_at_scale", counted)
     seg = segment_image(image, default_bundle, SegmentParams(progress=False))
     assert (seg.scale.polarity, seg.scale.polarity_source) == ("bright", "estimated")
-    assert set(seen) == {"bright"}
+    assert network_calls and {scale.polarity for scale in network_calls} == {"bright"}
 
 
 def test_the_network_evidence_outweighs_a_weak_score():

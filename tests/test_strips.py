@@ -269,22 +269,16 @@ def test_resampled_network_input_in_strips(monkeypatch, default_bundle, dark):
     assert whole.scale.polarity == ("dark" if dark else "bright")
 
 
-def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch, default_bundle):
+def test_an_earlier_scale_pass_that_fits_best_is_run_again_in_strips(monkeypatch, default_bundle, network_calls):
     """The strips keep only the last pass: when an earlier pass fits best, it runs again, same result."""
     sim = simulate_sem_image((320, 320), rng=2, particle_size=70, coverage=0.35, empty_fraction=0)
     params = P.SegmentParams(progress=False, polarity="bright")  # the passes of one polarity only
     # the first (estimated) scale fits best, whatever the later passes find
     monkeypatch.setattr(P, "scale_consistency", lambda scale, counts, bundle: float(scale.size_source != "estimated"))
     whole = P.segment_image(sim.image, default_bundle, params)
-    factors = []
-    network = P._network_at_scale
-
-    def counted(work, bundle, params, scale, predictor=None, out=None):
-        factors.append(scale.factor)
-        return network(work, bundle, params, scale, predictor, out)
-
-    monkeypatch.setattr(P, "_network_at_scale", counted)
+    network_calls.clear()
     seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=20)
+    factors = [scale.factor for scale in network_calls]
     # the size reported is that of the particles the kept pass found (pipeline.measured_size)
     assert whole.scale.size_source == "detections" and seg.scale == whole.scale
     assert len(factors) >= 3 and factors[-1] == factors[0] != factors[1]  # refined, then the first again
