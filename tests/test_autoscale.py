@@ -253,6 +253,19 @@ def test_a_weak_polarity_score_is_checked_by_the_network(default_bundle, polarit
     assert len(auto.table) > 50
 
 
+def test_a_small_tile_on_an_image_enlarged_for_the_network(default_bundle):
+    """Noise taken as dark 6-px particles is enlarged x4 for the network: tiles of 64 px still work.
+
+    A tile under twice the network's halo is raised to it, as tiled prediction raises it
+    (``inference.bounded_tile`` failed with an IndexError before, 2026-12-04).
+    """
+    noise = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    seg = segment_image(noise, default_bundle, SegmentParams(polarity="dark", tile=64, crop_rows=0))
+    whole = segment_image(noise, default_bundle, SegmentParams(polarity="dark", crop_rows=0))
+    assert seg.scale.factor > 4 and seg.scale == whole.scale
+    np.testing.assert_array_equal(seg.probabilities, whole.probabilities)  # tiled = untiled
+
+
 def test_the_command_line_and_summary_say_the_polarity_was_compared(tmp_path, capsys):
     import pandas as pd
 

@@ -629,8 +629,9 @@ def test_cli_bad_pngs_give_one_line_each_and_no_library_noise(tmp_path):
     assert err == [
         "particleseg: error: rand.png: cannot read image (not a valid PNG file, or damaged)",
         "particleseg: error: trunc.png: cannot read image (image file is truncated)",
-        "particleseg: note: la.png: no particles found (polarity bright (estimated), particle size not "
-        "estimated, not resampled); if there are particles, set --polarity or --particle-size",
+        "particleseg: note: la.png: no particles found (polarity bright (estimated, both polarities compared by "
+        "the network), particle size not estimated, not resampled); if there are particles, set --polarity or "
+        "--particle-size",
         "particleseg: 2 of 3 image(s) failed (errors above)",
     ], run.stderr
     assert run.stdout.startswith("la.png: ")

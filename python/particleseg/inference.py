@@ -239,6 +239,8 @@ def bounded_tile(
     (1136, 2048)
     >>> bounded_tile((768, 1024), 2048, 112)
     2048
+    >>> bounded_tile((272, 272), 64, 112)  # a tile under twice the halo: raised, as predict_tiled does
+    64
     """
     if tile is None or max_pixels is None:
         return tile
@@ -248,6 +250,7 @@ def bounded_tile(
     h = _round_up(max(0, int(halo)), m)
 
     def layouts(length: int, most: int) -> list[tuple[int, int]]:  # (tile side, tiles), fewest tiles last
+        most = max(_round_up(int(most), m), 2 * h + m)  # as exact_tiles raises a tile under 2 halos
         found = {}
         for n in range(1, 65):
             side = length if n == 1 else _round_up(math.ceil((length + 2 * (n - 1) * h) / n), m)
