@@ -120,8 +120,9 @@ class SegmentParams:
         Reject particles whose mean gray value lies on the background side of this threshold.
     polarity : {"auto", "bright", "dark"}
         Particles brighter than the background (SEM) or darker (TEM bright field); ``"auto"``
-        (the default) estimates it per image (:func:`particleseg.autoscale.estimate_polarity`).
-        The network sees the image inverted when this differs from the bundle's
+        (the default) estimates it per image (:func:`particleseg.autoscale.estimate_polarity`),
+        and where the gray values leave it open, from the network's output in both polarities
+        (:func:`network_passes`). The network sees the image inverted when this differs from the bundle's
         ``input.polarity``.
     shape : dict
         Column -> (min, max) ranges in calibrated units, see :func:`postprocess.shape_filter`.
