@@ -128,7 +128,6 @@ def test_batches_from_worker_processes_come_through_shared_memory_and_equal_the_
     """A GPU's loader: each batch as its seed makes it in this process; the slots freed afterwards."""
     import gc
     from concurrent.futures import ThreadPoolExecutor
-    from multiprocessing.shared_memory import SharedMemory
 
     from particleseg.train import Augmentation, make_tile_sequence
     from particleseg.train.tiles import tile_batch
@@ -141,13 +140,11 @@ def test_batches_from_worker_processes_come_through_shared_memory_and_equal_the_
     for i, (x, y) in enumerate(batches):
         ex, ey = tile_batch(images, targets, 16, 4, Augmentation(), np.random.default_rng([7, 1 + i // 5, i % 5]))
         assert np.array_equal(x, ex) and np.array_equal(y, ey)
-    names = seq.shared.names
-    assert len(names) == 2 * 2 * 2  # images and targets, two slots per process
+    memory = seq.shared.memory
+    assert len(memory) == 2 * 2 * 2 and not any(m.closed for m in memory)  # images, targets; 2 slots a process
     del seq, threads
     gc.collect()
-    for name in names:
-        with pytest.raises(FileNotFoundError):
-            SharedMemory(name)
+    assert all(m.closed for m in memory)
 
 
 def test_zoom_shows_the_particles_larger_and_smaller_and_off_draws_the_earlier_tiles():

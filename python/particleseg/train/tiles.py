@@ -115,8 +115,16 @@ def _cut_into_slot(loader: int, slot: int, key: tuple) -> None:
     src = _SOURCES[loader]
     x, y = tile_batch(src["images"], src["targets"], src["tile"], src["batch_size"], src["augment"],
                       np.random.default_rng(key), src["p"])  # fmt: skip
-    src["x"][slot][...] = x
-    src["y"][slot][...] = y
+    _slot_view(src["memory"][slot], x.shape)[...] = x
+    _slot_view(src["memory"][src["slots"] + slot], y.shape)[...] = y
+
+
+def _slot_view(memory, shape) -> np.ndarray:
+    """Return a float32 array of ``shape`` on a slot's memory.
+
+    Made for each use: a slot whose views are all gone can be unmapped.
+    """
+    return np.frombuffer(memory, np.float32, int(np.prod(shape))).reshape(shape)
 
 
 class SharedMemoryBatches:
@@ -125,11 +133,12 @@ class SharedMemoryBatches:
     Batch ``key`` is :func:`tile_batch` with the seed ``key`` alone, as in the threads. The
     workers are forked from this process (they inherit the images and targets, which may be
     gigabytes, without a copy) once :meth:`batch` is first called; each batch comes back through
-    one of ``2 * processes`` shared-memory slots made before the fork, not through a pipe. Through
-    the pipes of Keras' ``use_multiprocessing`` a batch of 32 tiles of 256x256 with 3 target
-    channels (34 MB) took 116 ms on this project's 2 CPU cores, as long as cutting it (107 ms);
-    a lent H200 waited 83-97 ms for each such batch (2026-12-04). Through shared memory it is a
-    copy out of the slot. Slots and workers go when the object is garbage-collected.
+    one of ``2 * processes`` slots of anonymous shared memory mapped before the fork, not through
+    a pipe (and not through ``/dev/shm``, which containers often keep at 64 MB). Through the pipes
+    of Keras' ``use_multiprocessing`` a batch of 32 tiles of 256x256 with 3 target channels
+    (34 MB) took 116 ms on this project's 2 CPU cores, as long as cutting it (107 ms); a lent
+    H200 waited 83-97 ms for each such batch (2026-12-04). Here it is a copy out of the slot.
+    Slots and workers go when the object is garbage-collected.
     """
 
     def __init__(self, images, targets, tile, batch_size, augment, p, processes: int):
@@ -147,29 +156,26 @@ class SharedMemoryBatches:
         self.y_shape = (batch_size, tile, tile) + tuple(np.shape(targets[0])[2:])
         self._pool = None
         self._lock = threading.Lock()
-        self.names: list[str] = []  # of the shared-memory blocks, once started
+        self.memory: list = []  # the slots' mappings, once started
 
     def _start(self):
+        import mmap
         import multiprocessing
         import queue
         import weakref
         from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing.shared_memory import SharedMemory
 
         n = np.dtype(np.float32).itemsize
-        memory = [SharedMemory(create=True, size=n * int(np.prod(s))) for s in (self.x_shape, self.y_shape)
-                  for _ in range(self.slots)]  # fmt: skip
-        xs = [np.ndarray(self.x_shape, np.float32, buffer=m.buf) for m in memory[: self.slots]]
-        ys = [np.ndarray(self.y_shape, np.float32, buffer=m.buf) for m in memory[self.slots :]]
+        # anonymous MAP_SHARED mappings: shared with the processes forked after them
+        memory = [mmap.mmap(-1, n * int(np.prod(s))) for s in (self.x_shape, self.y_shape) for _ in range(self.slots)]
         self.id = id(self)
-        _SOURCES[self.id] = {**self.source, "x": xs, "y": ys}
+        _SOURCES[self.id] = {**self.source, "memory": memory, "slots": self.slots}
         # forked: the workers see the images, targets and slots as they are now
         pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"))
         self.free = queue.Queue()
         for slot in range(self.slots):
             self.free.put(slot)
-        self.xs, self.ys = xs, ys
-        self.names = [m.name for m in memory]
+        self.memory = memory
         weakref.finalize(self, _release, pool, memory, self.id)
         self._pool = pool
 
@@ -181,15 +187,15 @@ class SharedMemoryBatches:
         slot = self.free.get()
         try:
             self._pool.submit(_cut_into_slot, self.id, slot, key).result()
-            return self.xs[slot].copy(), self.ys[slot].copy()
+            x = _slot_view(self.memory[slot], self.x_shape).copy()
+            return x, _slot_view(self.memory[self.slots + slot], self.y_shape).copy()
         finally:
             self.free.put(slot)
 
 
 def _release(pool, memory, loader: int) -> None:
-    """Stop the workers and free the slots of a :class:`SharedMemoryBatches`."""
+    """Stop the workers and unmap the slots of a :class:`SharedMemoryBatches`."""
     pool.shutdown(wait=True, cancel_futures=True)
     _SOURCES.pop(loader, None)
     for m in memory:
         m.close()
-        m.unlink()
