@@ -303,6 +303,15 @@ def test_worker_processes_train_the_same_network_as_the_threads(tmp_path):
         fit(images[:3], labels[:3], images[3:], labels[3:], _config(loader_processes=-1), tmp_path / "n")
 
 
+def test_worker_processes_need_a_system_that_forks(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    with pytest.raises(InputError, match="--loader-processes 2: needs a system that forks"):
+        _config(loader_processes=2).check()
+    _config(loader_processes=0).check()  # the threads need no fork
+
+
 def test_a_time_budget_plans_the_epochs(tmp_path):
     images, labels = _data(2)
     cfg = _config(epochs=999, select="val_loss", freeze_epochs=-1)

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as _dt
 import functools
 import json
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class TrainConfig:
         Raises
         ------
         InputError
-            An unknown schedule or selection metric, ``select_from`` outside [0, 1), or a
-            negative ``separation_weight``.
+            An unknown schedule or selection metric, ``select_from`` outside [0, 1), a
+            negative ``separation_weight`` or ``loader_processes``, or worker processes on a
+            system that cannot fork them.
         """
         learning_rate_schedule(self)
         if self.select not in ("val_score", "val_loss"):
@@ -75,6 +77,9 @@ class TrainConfig:
             raise InputError(f"--separation-weight {self.separation_weight:g}: must be 0 (off) or positive")
         if self.loader_processes < 0:
             raise InputError(f"--loader-processes {self.loader_processes}: must be 0 (two threads) or positive")
+        if self.loader_processes and "fork" not in multiprocessing.get_all_start_methods():
+            # the workers inherit the training images by fork (train.tiles.SharedMemoryBatches)
+            raise InputError(f"--loader-processes {self.loader_processes}: needs a system that forks (Linux, macOS)")
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict (the network as :meth:`NetworkConfig.to_dict`)."""
