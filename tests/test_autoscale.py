@@ -289,6 +289,17 @@ def test_a_strong_polarity_score_is_not_checked(default_bundle, network_calls):
     assert network_calls and {scale.polarity for scale in network_calls} == {"bright"}
 
 
+def test_the_polarity_of_particles_already_found():
+    image = disks((128, 128), grid((128, 128), 10, 32), 10)
+    labels = np.zeros(image.shape, int)
+    labels[image > 120] = 1
+    assert autoscale.polarity_of_particles(labels, image) == "bright"
+    assert autoscale.polarity_of_particles(labels, invert(image)) == "dark"
+    # no particle, or nothing else: the gray values decide
+    assert autoscale.polarity_of_particles(np.zeros_like(labels), invert(image)) == "dark"
+    assert autoscale.polarity_of_particles(np.ones_like(labels), image) == "bright"
+
+
 def test_the_network_evidence_outweighs_a_weak_score():
     """What the network found in each polarity decides against a weak score, not a strong one."""
     compact_dark = dict(bright=(0.70, 0.55), dark=(0.93, 0.30))

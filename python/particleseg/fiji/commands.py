@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import metrics
 from .. import postprocess as pp
-from ..autoscale import estimate_polarity
+from ..autoscale import polarity_of_particles
 from ..errors import InputError, ParticlesegError
 from ..io import Calibration, list_images
 from ..measure import PARAMETER_COLUMNS, column_units, measure_particles
@@ -248,8 +248,8 @@ def _apply_filters(
         if intensity is None:
             raise InputError(f"intensity_filter={method} needs an intensity image (choose one in 'Intensity image')")
         polarity = v.get("polarity") or "auto"
-        if polarity == "auto":
-            polarity = estimate_polarity(intensity)
+        if polarity == "auto":  # the particles are known: brighter or darker than the rest
+            polarity = polarity_of_particles(labels, intensity)
         ids, keep, _thr = pp.intensity_filter(labels, intensity, method, polarity)
         order = pd.Series(keep, index=ids).reindex(table["label"].to_numpy()).to_numpy(bool)
         reject(~order, f"intensity<{method}" if polarity == "bright" else f"intensity>{method}")
