@@ -12,7 +12,10 @@ for every model:
 * **Polarity** (:func:`polarity_score`): after a global Otsu threshold, the background is the
   class that fills most of the image frame, is the more uniform of the two, lies on the
   long side of the gray-value distribution's tail, is connected around the particles, and
-  is the less solid (convex) of the two. The five cues vote with weights.
+  is the less solid (convex) of the two. The five cues vote with weights. Where the vote is
+  weak (:data:`POLARITY_CHECK_BELOW`), :func:`particleseg.pipeline.network_passes` runs the
+  network in both polarities and :func:`checked_polarity_score` adds what it found: there,
+  and there only, the polarity depends on the model.
 * **Size** (:func:`estimate_particle_size`): the granulometry [1]_ of the particle mask
   (Otsu, with the estimated polarity): the radius of the disk whose morphological opening
   removes half of the particle area, as a diameter. For touching, agglomerated particles it
