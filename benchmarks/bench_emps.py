@@ -105,6 +105,7 @@ def run(limit: int | None = None, model: str | None = None, methods=METHODS, pro
                     sc = seg.scale
                     row.update(
                         est_polarity=sc.polarity,
+                        polarity_source=sc.polarity_source,  # "compared": checked by the network
                         est_diameter=sc.particle_size or np.nan,
                         size_source=sc.size_source,
                         scale_factor=sc.factor,
@@ -142,6 +143,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             row["size within 25 %"] = float((np.abs(np.log(ratio)) <= np.log(1.25)).mean())
             row["size median |log ratio|"] = float(np.nanmedian(np.abs(np.log(ratio))))
             row["polarity correct"] = float((part["est_polarity"] == part["polarity"]).mean())
+            if "polarity_source" in part:
+                row["polarity compared"] = float((part["polarity_source"] == "compared").mean())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -166,10 +169,14 @@ def report(df: pd.DataFrame) -> list[str]:
             "| images | size estimate within ±25 % | median abs. log ratio | polarity correct |",
             "| --- | ---: | ---: | ---: |",
         ]
+        compared = "polarity compared" in s
+        if compared:  # the images whose polarity the network checked (pipeline.network_passes)
+            lines[-2] += " polarity checked by the network |"
+            lines[-1] += " ---: |"
         for name, row in s.iterrows():
             lines.append(
                 f"| {name} | {row['size within 25 %']:.3f} | {row['size median |log ratio|']:.3f} | "
-                f"{row['polarity correct']:.3f} |"
+                f"{row['polarity correct']:.3f} |" + (f" {row['polarity compared']:.3f} |" if compared else "")
             )
         conf = pd.crosstab(df["polarity"], df["est_polarity"], rownames=["true"], colnames=["estimated"])
         lines += [
