@@ -142,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="a fixed sample of this many images")
     ap.add_argument("--model", help="bundle (default: the shipped default model)")
     args = ap.parse_args(argv)
+    if not args.table and not (DATA / "manifest.csv").is_file():
+        print(f"bench_polarity_check: the EMPS set is not at {DATA} (set PARTICLESEG_EMPS)", file=sys.stderr)
+        return 2
     df = pd.read_csv(args.table) if args.table else run(args.limit, args.model)
     if args.out:
         df.to_csv(args.out, index=False)

@@ -185,6 +185,19 @@ def test_polarity_compared_in_strips_as_on_the_whole_image(monkeypatch, default_
     assert (whole.scale.polarity, whole.scale.polarity_source) == ("dark", "compared")
 
 
+def test_a_strong_polarity_in_strips_runs_the_network_as_on_the_whole_image(monkeypatch, default_bundle, network_calls):
+    """No pass of the centre crop for a polarity the gray values settle: the same network runs as whole."""
+    sim = simulate_sem_image((256, 256), rng=5, particle_size=22, coverage=0.35, empty_fraction=0)
+    params = P.SegmentParams(progress=False)
+    whole = P.segment_image(sim.image, default_bundle, params)
+    assert whole.scale.polarity_source == "estimated"
+    runs = [(c.polarity, c.factor) for c in network_calls]
+    network_calls.clear()
+    seg = _strip_run(monkeypatch, sim.image, default_bundle, params, rows=40)
+    _compare(whole, seg)
+    assert [(c.polarity, c.factor) for c in network_calls] == runs
+
+
 def test_segment_file_in_strips_writes_the_same_files(monkeypatch, tmp_path, default_bundle):
     import tifffile
 

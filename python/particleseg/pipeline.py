@@ -491,10 +491,15 @@ def _segment_in_strips(
     and labels come back memory-mapped.
     """
     h, w = work.shape
-    checked = None
-    if _polarity_open(params, bundle):  # decided on the image's centre, as on a smaller image
-        checked = network_passes(analysis_crop(seen, STRIPS_POLARITY_SIDE), bundle, params, name, predictor)[0]
-        params = dataclasses.replace(params, polarity=checked.polarity)
+    source = None
+    if _polarity_open(params, bundle):  # as network_passes decides; a weak score on the image's centre
+        score, polarity = _polarity_estimate(seen, bundle)
+        source = "estimated"
+        if abs(score) < POLARITY_CHECK_BELOW:
+            centre = analysis_crop(seen, STRIPS_POLARITY_SIDE)
+            polarity = network_passes(centre, bundle, params, name, predictor, score=score)[0].polarity
+            source = "compared"
+        params = dataclasses.replace(params, polarity=polarity)
     store = strips.RowFile((h + crop, w, strips.output_channels(bundle)), np.float32)
     net_params = strips.network_params(params, bundle)
     prob = _RowsOf(store, h)
@@ -511,8 +516,8 @@ def _segment_in_strips(
     scale, last = best_scale_pass(scale, found, found.label_counts(), rerun, bundle, keep=False)
     if last is None:  # the best pass was an earlier one: run it again
         rerun(scale)
-    if checked is not None:
-        scale = dataclasses.replace(scale, polarity_source=checked.polarity_source)
+    if source is not None:
+        scale = dataclasses.replace(scale, polarity_source=source)
     polarity = scale.polarity
     if not found.n:
         warnings.warn(
@@ -734,8 +739,19 @@ def _polarity_open(params: SegmentParams, bundle: Bundle) -> bool:
     return (params.polarity or "auto") == "auto" and "foreground" in bundle.heads
 
 
+def _polarity_estimate(seen: np.ndarray, bundle: Bundle) -> tuple[float, str]:
+    """Return the :func:`~particleseg.autoscale.polarity_score` of ``seen`` and the polarity it says."""
+    score = polarity_score(seen)
+    return score, polarity_from_score(score, bundle.metadata["input"].get("polarity", "bright"))
+
+
 def network_passes(
-    seen: np.ndarray, bundle: Bundle, params: SegmentParams, name: str = "image", predictor=None
+    seen: np.ndarray,
+    bundle: Bundle,
+    params: SegmentParams,
+    name: str = "image",
+    predictor=None,
+    score: float | None = None,
 ) -> tuple[ScaleChoice, np.ndarray, np.ndarray]:
     """Run steps 2-4 of :func:`segment_image`: polarity and scale, the network, the particles.
 
@@ -751,6 +767,9 @@ def network_passes(
     came out wrong on 12 images instead of 21, foreground IoU rose from 0.748 to 0.760, and the
     whole set took 17 % longer (benchmarks/bench_emps.py).
 
+    ``score``, when given, is the polarity score to go by (that of the whole image, for its
+    centre crop in strips); else that of ``seen``.
+
     Returns
     -------
     scale : ScaleChoice
@@ -760,9 +779,11 @@ def network_passes(
     """
     if not _polarity_open(params, bundle):
         return _network_and_particles(seen, bundle, params, name, predictor)
-    score = polarity_score(seen)
     default = bundle.metadata["input"].get("polarity", "bright")
-    polarity = polarity_from_score(score, default)
+    if score is None:
+        score, polarity = _polarity_estimate(seen, bundle)
+    else:
+        polarity = polarity_from_score(score, default)
 
     def run(pol):
         return _network_and_particles(seen, bundle, dataclasses.replace(params, polarity=pol), name, predictor)
