@@ -521,6 +521,40 @@ def test_saved_bundle_folder_respects_the_umask(tiny_bundle, tmp_path):
     assert stat.S_IMODE((tmp_path / "copy.zip").stat().st_mode) == 0o644
 
 
+def zip_h5_names(path) -> list[str]:
+    """The names of the datasets in a .keras archive's weights file."""
+    import io
+    import zipfile
+
+    import h5py
+
+    names = []
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def test_bundle_of_a_compiled_network_leaves_the_optimiser_out(tiny_bundle, tmp_path):
+    # Keras 3 writes a compiled model's Adam state into .keras files (three times the weights);
+    # a bundle keeps the weights alone, and they predict as before
+    import keras
+
+    from particleseg.models import load_bundle, save_bundle
+
+    model = keras.models.clone_model(tiny_bundle.model)
+    model.set_weights(tiny_bundle.model.get_weights())
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    x = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    model.fit(x, model.predict(x, verbose=0), epochs=1, verbose=0)  # the optimiser gets its state
+    model.save(tmp_path / "with_optimiser.keras")
+    saved = save_bundle(tmp_path / "trained", model, tiny_bundle.metadata)
+    assert "optimizer/vars/0" in zip_h5_names(tmp_path / "with_optimiser.keras")
+    assert not any(n.startswith("optimizer/vars/") for n in zip_h5_names(saved.path / "model.keras"))
+    back = load_bundle(saved.path).model
+    for a, b in zip(back.predict(x, verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_segment_outputs_respect_the_umask_and_errors_go_to_stderr(tiny_bundle, tmp_path, capsys):
     import os
     import stat

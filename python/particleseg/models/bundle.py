@@ -755,6 +755,22 @@ def tiling_metadata(network: NetworkConfig, tile: int, overlap: int) -> dict[str
     return {"tile": tile, "overlap": overlap, "receptive_field": rf, "exact": rf is not None}
 
 
+def _without_optimizer(model):
+    """The network without its optimiser's state, for a bundle (a third of the size after Adam).
+
+    Keras 3 writes a compiled model's optimiser state into ``.keras`` files and has no option to
+    leave it out (``clone_model`` compiles the clone too); a bundle is for prediction and a
+    fine-tuning starts a new optimiser, so the bundle gets an uncompiled functional model over
+    the same layers. Training resumes from the checkpoints of its work folder, never from a
+    bundle.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
 def save_bundle(
     path: str | os.PathLike,
     model,
@@ -787,9 +803,9 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         meta = dict(metadata)
-        model.save(tmp / MODEL_FILE)
+        _without_optimizer(model).save(tmp / MODEL_FILE)
         if classifier is not None:
-            classifier.save(tmp / CLASSIFIER_FILE)
+            _without_optimizer(classifier).save(tmp / CLASSIFIER_FILE)
             meta["classifier"] = {"model_file": CLASSIFIER_FILE, **(meta.get("classifier") or {})}
         for rel, src in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
