@@ -26,6 +26,7 @@ MODULES = [
     "simulate",
     "fiji.options",
     "fiji.session",
+    "train.loop",
     "train.scores",
     "train.targets",
 ]

@@ -140,6 +140,27 @@ def set_encoder_trainable(model, trainable: bool) -> int:
     return n
 
 
+def jit_setting(requested: bool | None, backend: str | None = None) -> bool | str:
+    """Keras' ``jit_compile`` for a requested setting on the Keras backend (the current one by default).
+
+    ``None`` lets Keras decide (``"auto"``). On PyTorch compilation stays off even when asked for:
+    Keras would run the step through ``torch.compile``, whose first step of the default UNet took
+    114 s on 2 CPU cores and recompiled layer by layer past torch's limit (Keras 3.15.1, torch
+    2.13, 2026-12-04; on a lent GPU the same step was still compiling after 100 s), where the
+    eager step takes a few seconds. XLA on TensorFlow and ``jax.jit`` are used as asked.
+
+    Examples
+    --------
+    >>> jit_setting(None, "tensorflow"), jit_setting(True, "jax"), jit_setting(True, "torch")
+    ('auto', True, False)
+    """
+    import keras
+
+    if requested is None:
+        return "auto"
+    return False if (backend or keras.backend.backend()) == "torch" else requested
+
+
 def plan_epochs(seconds: float, epoch_seconds: float, minimum: int = 2) -> int:
     """How many epochs of ``epoch_seconds`` fit into ``seconds`` (at least ``minimum``)."""
     return max(minimum, int(seconds // max(epoch_seconds, 1e-9)))
@@ -317,7 +338,7 @@ def fit_targets(
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate_schedule(config)(start)),
                 loss=loss,
-                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+                jit_compile=jit_setting(config.jit_compile),
             )
             if start and (workdir / "optimizer.npz").exists():
                 _restore_optimizer(model, workdir / "optimizer.npz")
