@@ -522,7 +522,7 @@ def test_saved_bundle_folder_respects_the_umask(tiny_bundle, tmp_path):
 
 
 def zip_h5_names(path) -> list[str]:
-    """The names of the datasets in a .keras archive's weights file."""
+    """Return the names of the datasets in a .keras archive's weights file."""
     import io
     import zipfile
 

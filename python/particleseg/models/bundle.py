@@ -756,7 +756,7 @@ def tiling_metadata(network: NetworkConfig, tile: int, overlap: int) -> dict[str
 
 
 def _without_optimizer(model):
-    """The network without its optimiser's state, for a bundle (a third of the size after Adam).
+    """Return the network without its optimiser's state, for a bundle (a third of the size after Adam).
 
     Keras 3 writes a compiled model's optimiser state into ``.keras`` files and has no option to
     leave it out (``clone_model`` compiles the clone too); a bundle is for prediction and a
