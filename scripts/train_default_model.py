@@ -140,10 +140,10 @@ def choose_detection_on_tio2(bundle, seed_threshold: float, seed_depth: float = 
     return best[1]
 
 
-def record_detection(out: Path, meta: dict, post: dict):
+def record_detection(out: Path, meta: dict):
     """Choose the detection settings on the TiO2 training split, write them into the bundle ``out``.
 
-    ``meta`` is the bundle's metadata with the seeds (``post``) chosen on simulated images.
+    ``meta`` is the bundle's metadata; the seeds are :data:`DEFAULT_SEEDS`.
     """
     from particleseg.models import load_bundle, write_metadata
 
@@ -156,10 +156,22 @@ def record_detection(out: Path, meta: dict, post: dict):
     meta["postprocess"].update(detection)
     meta["training"]["postprocess_choice"] = (
         f"seeds: seed_threshold {DEFAULT_SEEDS['seed_threshold']} and seed_depth {DEFAULT_SEEDS['seed_depth']} "
-        "chosen on the calibration half of the EMPS development set (F1 at IoU 0.5; simulated validation images "
-        f"chose {post['seed_threshold']} / {post.get('seed_depth', 0.0)}); threshold and min_confidence on the "
-        f"{source} (24 real TiO2 images, maximum of mean foreground and instance IoU)"
+        "chosen on the calibration half of the EMPS development set (F1 at IoU 0.5); threshold and min_confidence "
+        f"on the {source} (24 real TiO2 images, maximum of mean foreground and instance IoU)"
     )
+    write_metadata(out, meta)
+
+
+def record_simulated_choice(out: Path, meta: dict, post: dict, sim_iou: float, note: str = ""):
+    """Write what the simulated validation images chose (a record: the bundle keeps its seeds) and their score."""
+    from particleseg.models import load_bundle, write_metadata
+
+    meta["metrics"]["simulated_validation_instance_iou"] = round(sim_iou, 4)
+    meta["training"]["postprocess_choice"] += (
+        f"; the simulated validation images chose seed_threshold {post['seed_threshold']} and seed_depth "
+        f"{post.get('seed_depth', 0.0)}"
+    )
+    meta["training"]["command"] = meta["training"]["command"].replace(note, "") + note
     write_metadata(out, meta)
     bundle = load_bundle(out)
     print(f"{out}: post-processing {bundle.postprocess}")
@@ -260,11 +272,8 @@ def main(argv=None) -> int:
         bundle = load_bundle(args.out)
         meta = bundle.metadata
         post, sim_iou = choose_postprocess(bundle.model, x[-n_val:], labels[-n_val:], bundle.heads)
-        meta["postprocess"].update(post)
-        meta["metrics"]["simulated_validation_instance_iou"] = round(sim_iou, 4)
-        note = " (post-processing chosen again with --rechoose)"
-        meta["training"]["command"] = meta["training"]["command"].replace(note, "") + note
-        record_detection(args.out, meta, post)
+        record_detection(args.out, meta)
+        record_simulated_choice(args.out, meta, post, sim_iou, " (post-processing chosen again with --rechoose)")
         return 0
     finetune = args.recipe == "finetune"
     config = TrainConfig(
@@ -312,7 +321,6 @@ def main(argv=None) -> int:
         minutes=args.minutes,
     )
     heads = [h.kind for h in config.network.heads]
-    post, sim_iou = choose_postprocess(model, x[-n_val:], labels[-n_val:], heads)
     minutes = (time.time() - t0) / 60
     meta = make_metadata(
         "default",
@@ -330,7 +338,7 @@ def main(argv=None) -> int:
         particle_size_px=float(np.sqrt(np.prod(PARTICLE_SIZE_RANGE))),
         polarity="bright",
         particle_size_range_px=PARTICLE_SIZE_RANGE,
-        postprocess={**post, "min_area": 15},
+        postprocess={**DEFAULT_SEEDS, **TIO2_TRAIN_DETECTION, "min_area": 15},  # until chosen below
         training={
             "data": (
                 f"{args.images} simulated 512x512 images (simulator {args.simulator!r}: "
@@ -349,13 +357,16 @@ def main(argv=None) -> int:
             "minutes": round(minutes, 1),
         },
         metrics={
-            "simulated_validation_instance_iou": round(sim_iou, 4),
             "final_loss": log[-1].get("loss") if log else None,
             "final_val_loss": log[-1].get("val_loss") if log else None,
         },
     )
+    # saved before the choices: a run stopped during them (a GPU lease's limit) keeps its network,
+    # and --rechoose makes them again
     save_bundle(args.out, model, meta, overwrite=args.overwrite, zip_copy=False)
-    bundle = record_detection(args.out, meta, post)
+    record_detection(args.out, meta)
+    post, sim_iou = choose_postprocess(model, x[-n_val:], labels[-n_val:], heads)
+    bundle = record_simulated_choice(args.out, meta, post, sim_iou)
     print(f"saved {args.out} in {minutes:.1f} min; simulated instance IoU {sim_iou:.3f}")
     if args.evaluate:
         from particleseg.datasets import evaluate_tio2, tio2_root
