@@ -10,13 +10,14 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ParticlesegWarning
 from ..io import write_atomic
 from ..models.architectures import Head, NetworkConfig, build_network
 from ..workers import map_in_processes
@@ -143,7 +144,8 @@ def set_encoder_trainable(model, trainable: bool) -> int:
 def jit_setting(requested: bool | None, backend: str | None = None) -> bool | str:
     """Keras' ``jit_compile`` for a requested setting on the Keras backend (the current one by default).
 
-    ``None`` lets Keras decide (``"auto"``). On PyTorch compilation stays off even when asked for:
+    ``None`` lets Keras decide (``"auto"``). On PyTorch compilation stays off even when asked for
+    (with a :class:`~particleseg.errors.ParticlesegWarning` saying so):
     Keras would run the step through ``torch.compile``, whose first step of the default UNet took
     114 s on 2 CPU cores and recompiled layer by layer past torch's limit (Keras 3.15.1, torch
     2.13, 2026-12-04; on a lent GPU the same step was still compiling after 100 s), where the
@@ -151,14 +153,29 @@ def jit_setting(requested: bool | None, backend: str | None = None) -> bool | st
 
     Examples
     --------
-    >>> jit_setting(None, "tensorflow"), jit_setting(True, "jax"), jit_setting(True, "torch")
+    >>> jit_setting(None, "tensorflow"), jit_setting(True, "jax"), jit_setting(False, "torch")
     ('auto', True, False)
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as said:
+    ...     warnings.simplefilter("always")
+    ...     jit_setting(True, "torch")
+    False
+    >>> str(said[0].message).endswith("the steps run eagerly")
+    True
     """
     import keras
 
     if requested is None:
         return "auto"
-    return False if (backend or keras.backend.backend()) == "torch" else requested
+    if requested and (backend or keras.backend.backend()) == "torch":
+        warnings.warn(
+            "compiled training steps are not used on the PyTorch backend (torch.compile took minutes per step); "
+            "the steps run eagerly",
+            ParticlesegWarning,
+            stacklevel=2,
+        )
+        return False
+    return requested
 
 
 def plan_epochs(seconds: float, epoch_seconds: float, minimum: int = 2) -> int:
