@@ -1,0 +1,94 @@
+"""How much of faint particle outlines in the background a model takes for particles.
+
+Real SEM backgrounds (the TiO2 images, for example validation image 1908256) show faint
+ring-shaped outlines of particle size, where the networks retrained longer on simulated images
+put filled false particles (docs/other-materials.md). This benchmark adds such outlines to
+simulated SEM images (:func:`particleseg.simulate.simulate_sem_image`): the rims of
+particle-shaped masks (:func:`particleseg.simulate.random_particle`) at the image's particle
+size, away from the particles, 10-30 % as bright above the background as the particles' bright
+parts, blurred. It segments each image with every model given (bright polarity and the true
+particle size given, so only the network and its post-processing differ) and reports the share
+of the outlines' area taken for particles and the foreground IoU on the real particles.
+
+No real image is used; the numbers say whether a network believes in faint outlines, not how
+well it does on real data.
+
+Usage::
+
+    python benchmarks/bench_ghost_outlines.py shipped=default gpu1=runs/gpu/lr1e-3/bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def add_outlines(image: np.ndarray, labels: np.ndarray, size: float, rng: np.random.Generator, strength: float):
+    """Return ``image`` with faint particle outlines added away from the particles, and the outlines' masks.
+
+    ``strength``: the outlines' brightness above the background, as a fraction of the particles'
+    (90th percentile) above it.
+    """
+    from particleseg.simulate import random_particle
+
+    img = image.astype(np.float32)
+    bg = np.percentile(img[labels == 0], 50) if (labels == 0).any() else float(img.mean())
+    top = np.percentile(img[labels > 0], 90) if (labels > 0).any() else bg + 80
+    rims = np.zeros_like(img)
+    inside = np.zeros(img.shape, bool)
+    near = ndi.binary_dilation(labels > 0, iterations=4)
+    for _ in range(rng.poisson(12)):
+        m, _ = random_particle(rng, size * np.exp(rng.normal(0, 0.2)), rng.uniform(1.05, 1.6), 0.08)
+        y = rng.integers(0, img.shape[0] - m.shape[0])
+        x = rng.integers(0, img.shape[1] - m.shape[1])
+        win = (slice(y, y + m.shape[0]), slice(x, x + m.shape[1]))
+        if near[win][m].any():
+            continue
+        rims[win][m & ~ndi.binary_erosion(m)] = strength * (top - bg)
+        inside[win] |= m
+    out = np.clip(img + ndi.gaussian_filter(rims, 0.8), 0, 255).astype(np.uint8)
+    return out, inside
+
+
+def main(argv=None) -> int:
+    """Score each model on the same simulated images with outlines; print one line per model."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="NAME=BUNDLE (a folder, zip or installed name)")
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=77)
+    args = ap.parse_args(argv)
+
+    from particleseg.models import load_bundle
+    from particleseg.pipeline import SegmentParams, segment_image
+    from particleseg.simulate import simulate_sem_image
+
+    models = dict(m.split("=", 1) for m in args.models)
+    bundles = {name: load_bundle(path) for name, path in models.items()}
+    rows = {name: [] for name in bundles}
+    for i in range(args.images):
+        rng = np.random.default_rng([args.seed, i])
+        sim = simulate_sem_image((512, 512), rng, coverage=(0.05, 0.2), empty_fraction=0)
+        image, outlines = add_outlines(sim.image, sim.labels, sim.particle_size, rng, rng.uniform(0.1, 0.3))
+        truth = sim.labels > 0
+        params = SegmentParams(crop_rows=0, progress=False, polarity="bright", particle_size=sim.particle_size)
+        for name, bundle in bundles.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (no ONNX export, and the like: one line per image)
+                pred = segment_image(image, bundle, params, name=f"outlines{i}").labels > 0
+            rows[name].append(
+                ((pred & outlines).sum() / max(outlines.sum(), 1), (pred & truth).sum() / (pred | truth).sum())
+            )
+    print(f"{args.images} simulated 512x512 SEM images with faint particle outlines (seed {args.seed})")
+    for name, values in rows.items():
+        taken, iou = np.mean(values, axis=0)
+        print(f"{name}: outline area taken for particles {taken:.3f}; foreground IoU on the particles {iou:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
