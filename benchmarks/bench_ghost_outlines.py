@@ -3,11 +3,11 @@
 Real SEM backgrounds (the TiO2 images, for example validation image 1908256) show faint
 ring-shaped outlines of particle size, where the networks retrained longer on simulated images
 put filled false particles (docs/other-materials.md). This benchmark adds such outlines to
-simulated SEM images (:func:`particleseg.simulate.simulate_sem_image`): the rims of
-particle-shaped masks (:func:`particleseg.simulate.random_particle`) at the image's particle
-size, away from the particles, 10-30 % as bright above the background as the particles' bright
-parts, blurred. It segments each image with every model given (bright polarity and the true
-particle size given, so only the network and its post-processing differ) and reports the share
+simulated SEM images (:func:`particleseg.simulate.simulate_sem_image` with ``outlines``, as the
+``mixed-outlines`` training set has them): the rims of particle-shaped masks at the image's
+particle size, in the background, 10-30 % as bright above it as the particles' bright parts,
+blurred. It segments each image with every model given (bright polarity and the true particle
+size given, so only the network and its post-processing differ) and reports the share
 of the outlines' area taken for particles and the foreground IoU on the real particles.
 
 No real image is used; the numbers say whether a network believes in faint outlines, not how
@@ -28,31 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def add_outlines(image: np.ndarray, labels: np.ndarray, size: float, rng: np.random.Generator, strength: float):
-    """Return ``image`` with faint particle outlines added away from the particles, and the outlines' masks.
-
-    ``strength``: the outlines' brightness above the background, as a fraction of the particles'
-    (90th percentile) above it.
-    """
-    from particleseg.simulate import random_particle
-
-    img = image.astype(np.float32)
-    bg = np.percentile(img[labels == 0], 50) if (labels == 0).any() else float(img.mean())
-    top = np.percentile(img[labels > 0], 90) if (labels > 0).any() else bg + 80
-    rims = np.zeros_like(img)
-    inside = np.zeros(img.shape, bool)
-    near = ndi.binary_dilation(labels > 0, iterations=4)
-    for _ in range(rng.poisson(12)):
-        m, _ = random_particle(rng, size * np.exp(rng.normal(0, 0.2)), rng.uniform(1.05, 1.6), 0.08)
-        y = rng.integers(0, img.shape[0] - m.shape[0])
-        x = rng.integers(0, img.shape[1] - m.shape[1])
-        win = (slice(y, y + m.shape[0]), slice(x, x + m.shape[1]))
-        if near[win][m].any():
-            continue
-        rims[win][m & ~ndi.binary_erosion(m)] = strength * (top - bg)
-        inside[win] |= m
-    out = np.clip(img + ndi.gaussian_filter(rims, 0.8), 0, 255).astype(np.uint8)
-    return out, inside
+def outline_regions(plain: np.ndarray, lined: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Return the background that the outlines of ``lined`` enclose (``plain``: the same image without them)."""
+    return ndi.binary_fill_holes(lined != plain) & (labels == 0)
 
 
 def main(argv=None) -> int:
@@ -71,15 +49,20 @@ def main(argv=None) -> int:
     bundles = {name: load_bundle(path) for name, path in models.items()}
     rows = {name: [] for name in bundles}
     for i in range(args.images):
-        rng = np.random.default_rng([args.seed, i])
-        sim = simulate_sem_image((512, 512), rng, coverage=(0.05, 0.2), empty_fraction=0)
-        image, outlines = add_outlines(sim.image, sim.labels, sim.particle_size, rng, rng.uniform(0.1, 0.3))
+        strength = np.random.default_rng([args.seed, i, 1]).uniform(0.1, 0.3)
+        sim = simulate_sem_image(
+            (512, 512), np.random.default_rng([args.seed, i]), coverage=(0.05, 0.2), empty_fraction=0
+        )
+        lined = simulate_sem_image(
+            (512, 512), np.random.default_rng([args.seed, i]), coverage=(0.05, 0.2), empty_fraction=0, outlines=strength
+        )
+        outlines = outline_regions(sim.image, lined.image, sim.labels)
         truth = sim.labels > 0
         params = SegmentParams(crop_rows=0, progress=False, polarity="bright", particle_size=sim.particle_size)
         for name, bundle in bundles.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # (no ONNX export, and the like: one line per image)
-                pred = segment_image(image, bundle, params, name=f"outlines{i}").labels > 0
+                pred = segment_image(lined.image, bundle, params, name=f"outlines{i}").labels > 0
             rows[name].append(
                 ((pred & outlines).sum() / max(outlines.sum(), 1), (pred & truth).sum() / (pred | truth).sum())
             )

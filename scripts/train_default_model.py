@@ -227,9 +227,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--simulator",
-        choices=("sem", "mixed"),
+        choices=("sem", "mixed", "mixed-outlines"),
         default="sem",
-        help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations",
+        help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations; "
+        "mixed-outlines: as mixed, with faint particle-sized outlines in the SEM images' backgrounds "
+        "(benchmarks/bench_ghost_outlines.py)",
     )
     ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -351,6 +353,7 @@ def main(argv=None) -> int:
                     "particleseg.simulate.simulate_sem_image"
                     if args.simulator == "sem"
                     else "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image"
+                    + (" with faint outlines in the background" if args.simulator == "mixed-outlines" else "")
                 )
                 + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
                 f"{PARTICLE_SIZE_RANGE[1]:g} px, {n_val} held out for validation"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from particleseg.simulate import SHAPES, STYLES, shaped_particle, simulate_micrograph
+from particleseg.simulate import (
+    SHAPES,
+    STYLES,
+    shaped_particle,
+    simulate_micrograph,
+    simulate_sem_image,
+    simulate_training_pair,
+)
 
 
 @pytest.mark.parametrize("kind", SHAPES)
@@ -50,6 +57,37 @@ def test_annotations_are_background():
         assert not np.any(marked.labels[changed])
         assert not np.any((marked.labels > 0) & (plain.labels == 0))  # nothing new became a particle
     assert changed_total > 200
+
+
+def test_background_outlines_are_background_and_change_nothing_else():
+    """Faint particle-sized outlines (benchmarks/bench_ghost_outlines.py) brighten background pixels only."""
+    changed_total = 0
+    for seed in range(4):
+        plain = simulate_sem_image((256, 256), np.random.default_rng([6, seed]), (20.0, 30.0), empty_fraction=0)
+        lined = simulate_sem_image(
+            (256, 256), np.random.default_rng([6, seed]), (20.0, 30.0), empty_fraction=0, outlines=0.3
+        )
+        np.testing.assert_array_equal(plain.labels, lined.labels)
+        changed = plain.image != lined.image
+        changed_total += changed.sum()
+        assert not np.any(lined.labels[changed])  # the particles are as without
+        assert np.all(lined.image[changed] >= plain.image[changed])
+    assert changed_total > 500
+
+
+def test_training_sets_with_and_without_outlines():
+    """``mixed`` is the set it was (no outlines drawn); ``mixed-outlines`` differs in the SEM images only."""
+    for i in (0, 1, 2, 3):
+        mixed = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), "mixed")
+        lined = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), "mixed-outlines")
+        np.testing.assert_array_equal(mixed[1], lined[1])
+        if i % 2:  # from simulate_micrograph: the same image
+            np.testing.assert_array_equal(mixed[0], lined[0])
+        else:
+            sem = simulate_sem_image((128, 128), np.random.default_rng([0, i]), (14.0, 30.0))
+            np.testing.assert_array_equal(mixed[0], sem.image)
+    with pytest.raises(ValueError, match="simulator 'tem'"):
+        simulate_training_pair(0, 0, (64, 64), simulator="tem")
 
 
 def test_same_seed_same_image():

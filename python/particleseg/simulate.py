@@ -347,6 +347,26 @@ def _debris(shape, rng) -> np.ndarray:
     return ndi.gaussian_filter(out, 0.7)
 
 
+def _outlines(shape, size: float, rng: np.random.Generator) -> np.ndarray:
+    """Faint outlines of particle size for the background, in [0, 1]: the rims of particle-shaped masks.
+
+    Real SEM backgrounds show such rings (the TiO2 images), which networks trained on
+    backgrounds without them learn to fill in as particles
+    (``benchmarks/bench_ghost_outlines.py``, docs/other-materials.md).
+    """
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    for _ in range(rng.poisson(h * w / (25 * size**2))):
+        m, _ = random_particle(rng, size * np.exp(rng.normal(0, 0.2)), rng.uniform(1.05, 1.6), 0.08)
+        if m.shape[0] >= h or m.shape[1] >= w:
+            continue
+        y, x = rng.integers(0, h - m.shape[0]), rng.integers(0, w - m.shape[1])
+        rim = m & ~ndi.binary_erosion(m)
+        region = out[y : y + m.shape[0], x : x + m.shape[1]]
+        region[rim] = np.maximum(region[rim], rng.uniform(0.7, 1.0))
+    return ndi.gaussian_filter(out, 0.8)
+
+
 @dataclass
 class SemSimulation:
     """A simulated micrograph (:func:`simulate_sem_image`, :func:`simulate_micrograph`) and its truth."""
@@ -362,6 +382,7 @@ def simulate_sem_image(
     particle_size: float | tuple[float, float] = (14.0, 44.0),
     coverage: float | tuple[float, float] = (0.05, 0.45),
     empty_fraction: float = 0.04,
+    outlines: float | tuple[float, float] = 0.0,
 ) -> SemSimulation:
     """One simulated SEM image with randomised particles, agglomeration and imaging settings.
 
@@ -376,6 +397,12 @@ def simulate_sem_image(
         Fraction of the image area the particles would cover if they did not overlap.
     empty_fraction : float
         Probability of an image with background only.
+    outlines : float or (min, max)
+        Brightness of faint particle-sized outlines in the background (background, not
+        particles), as a fraction of the particles' bright parts (90th percentile) above the
+        median background (drawn uniformly from the range);
+        0: none. They come from a generator spawned from ``rng``, so the image is otherwise
+        the same as without them.
     """
     rng = np.random.default_rng(rng)
     size = rng.uniform(*particle_size) if np.ndim(particle_size) else float(particle_size)
@@ -421,6 +448,14 @@ def simulate_sem_image(
     # particle interiors well below saturation, so that the bright rims keep their contrast
     lo_t, hi_t = rng.uniform(25, 80), rng.uniform(100, 190)
     scale = (hi_t - lo_t) / max(top - bg, 1e-3)
+    if np.max(outlines) > 0:
+        # (a spawned generator: the particles, their rendering and the noise stay as without)
+        orng = rng.spawn(1)[0]
+        strength = orng.uniform(*outlines) if np.ndim(outlines) else float(outlines)
+        # relative to the particles' bright parts (90th percentile) above the median background
+        fg, back = img[labels > 0], img[labels == 0]
+        contrast = (np.percentile(fg, 90) if fg.size else top) - (np.median(back) if back.size else bg)
+        img = img + strength * contrast * _outlines(shape, size, orng) * (labels == 0)
     out = np.clip(np.round(lo_t + (img - bg) * scale), 0, 255).astype(np.uint8)
     return SemSimulation(out, labels, size)
 
@@ -432,6 +467,8 @@ def simulate_sem_image(
 SHAPES = ("blob", "sphere", "rod", "cube", "triangle", "hexagon")
 #: contrast styles of :func:`simulate_micrograph`
 STYLES = ("sem", "tem")
+#: the training sets of :func:`simulate_training_pair`
+SIMULATORS = ("sem", "mixed", "mixed-outlines")
 
 
 def _polygon_particle(xs: np.ndarray, ys: np.ndarray, dome: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -702,7 +739,9 @@ def simulate_training_pair(
 
     ``simulator`` ``"sem"``: :func:`simulate_sem_image` (TiO2-like SEM); ``"mixed"``: every
     odd-numbered image from :func:`simulate_micrograph` (other shapes, SEM and inverted TEM
-    contrast, annotations), the others as ``"sem"``. Since an image depends on its index and
+    contrast, annotations), the others as ``"sem"``; ``"mixed-outlines"``: as ``"mixed"``, the
+    SEM images with faint particle-sized outlines in their backgrounds (``outlines`` 0-0.3 of
+    :func:`simulate_sem_image`). Since an image depends on its index and
     seed only, a set can be made in any order and by any number of worker processes.
 
     Examples
@@ -712,8 +751,11 @@ def simulate_training_pair(
     True
     """
     rng = np.random.default_rng([seed, i])
-    if simulator == "mixed" and i % 2:
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator {simulator!r}: choose one of {', '.join(SIMULATORS)}")
+    if simulator != "sem" and i % 2:
         s = simulate_micrograph(shape, rng, particle_size_range)
     else:
-        s = simulate_sem_image(shape, rng, particle_size_range)
+        outlines = (0.0, 0.3) if simulator == "mixed-outlines" else 0.0
+        s = simulate_sem_image(shape, rng, particle_size_range, outlines=outlines)
     return s.image, s.labels
