@@ -41,12 +41,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=77)
     args = ap.parse_args(argv)
 
+    from particleseg.errors import ParticlesegError
     from particleseg.models import load_bundle
     from particleseg.pipeline import SegmentParams, segment_image
     from particleseg.simulate import simulate_sem_image
 
+    bad = [m for m in args.models if "=" not in m]
+    if bad:
+        ap.error(f"{bad[0]}: give each model as NAME=BUNDLE (for example shipped=default)")
     models = dict(m.split("=", 1) for m in args.models)
-    bundles = {name: load_bundle(path) for name, path in models.items()}
+    try:
+        bundles = {name: load_bundle(path) for name, path in models.items()}
+    except ParticlesegError as exc:
+        print(f"bench_ghost_outlines: {exc}", file=sys.stderr)
+        return 2
     rows = {name: [] for name in bundles}
     for i in range(args.images):
         strength = np.random.default_rng([args.seed, i, 1]).uniform(0.1, 0.3)

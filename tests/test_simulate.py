@@ -77,6 +77,7 @@ def test_background_outlines_are_background_and_change_nothing_else():
 
 def test_training_sets_with_and_without_outlines():
     """``mixed`` is the set it was (no outlines drawn); ``mixed-outlines`` differs in the SEM images only."""
+    sem_changed = 0
     for i in (0, 1, 2, 3):
         mixed = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), "mixed")
         lined = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), "mixed-outlines")
@@ -86,6 +87,8 @@ def test_training_sets_with_and_without_outlines():
         else:
             sem = simulate_sem_image((128, 128), np.random.default_rng([0, i]), (14.0, 30.0))
             np.testing.assert_array_equal(mixed[0], sem.image)
+            sem_changed += int(np.any(mixed[0] != lined[0]))
+    assert sem_changed  # (an outline strength drawn near 0 may leave one image as it was)
     with pytest.raises(ValueError, match="simulator 'tem'"):
         simulate_training_pair(0, 0, (64, 64), simulator="tem")
 

@@ -739,9 +739,9 @@ def _polarity_open(params: SegmentParams, bundle: Bundle) -> bool:
     return (params.polarity or "auto") == "auto" and "foreground" in bundle.heads
 
 
-def _polarity_estimate(seen: np.ndarray, bundle: Bundle) -> tuple[float, str]:
-    """Return the :func:`~particleseg.autoscale.polarity_score` of ``seen`` and the polarity it says."""
-    score = polarity_score(seen)
+def _polarity_estimate(seen: np.ndarray, bundle: Bundle, score: float | None = None) -> tuple[float, str]:
+    """Return the :func:`~particleseg.autoscale.polarity_score` of ``seen`` (or ``score``) and the polarity it says."""
+    score = polarity_score(seen) if score is None else score
     return score, polarity_from_score(score, bundle.metadata["input"].get("polarity", "bright"))
 
 
@@ -780,10 +780,7 @@ def network_passes(
     if not _polarity_open(params, bundle):
         return _network_and_particles(seen, bundle, params, name, predictor)
     default = bundle.metadata["input"].get("polarity", "bright")
-    if score is None:
-        score, polarity = _polarity_estimate(seen, bundle)
-    else:
-        polarity = polarity_from_score(score, default)
+    score, polarity = _polarity_estimate(seen, bundle, score)
 
     def run(pol):
         return _network_and_particles(seen, bundle, dataclasses.replace(params, polarity=pol), name, predictor)
