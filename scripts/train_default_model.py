@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         patience=0,
         select_from=0.5 if finetune else 0.0,
         seed=args.seed,
-        jit_compile=None,  # Keras decides: XLA on a GPU, not on a CPU (slower there: docs/training.md)
+        jit_compile=None,  # Keras decides: XLA on a GPU, not on a CPU (faster or slower by machine: docs/training.md)
         loader_processes=args.workers if args.workers > 1 else 0,
         augmentation=Augmentation(brightness=0.1, contrast=0.25, gamma=0.4, noise=0.04, elastic=0.0),
     )
