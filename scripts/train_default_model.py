@@ -202,6 +202,8 @@ def make_sample(path: Path, overwrite: bool) -> None:
 
 def main(argv=None) -> int:
     """Train and write the default bundle; with ``--sample-only`` only write the sample image."""
+    from particleseg.simulate import SIMULATORS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "default")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "default-model")
@@ -227,11 +229,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--simulator",
-        choices=("sem", "mixed", "mixed-outlines"),
+        choices=SIMULATORS,
         default="sem",
         help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations; "
         "mixed-outlines: as mixed, with faint particle-sized outlines in the SEM images' backgrounds "
-        "(benchmarks/bench_ghost_outlines.py)",
+        "(benchmarks/bench_ghost_outlines.py); mixed-outlines-apart: as mixed-outlines, only outlines "
+        "3 px or more from every particle",
     )
     ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -353,7 +356,8 @@ def main(argv=None) -> int:
                     "particleseg.simulate.simulate_sem_image"
                     if args.simulator == "sem"
                     else "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image"
-                    + (" with faint outlines in the background" if args.simulator == "mixed-outlines" else "")
+                    + (" with faint outlines in the background" if args.simulator.startswith("mixed-outlines") else "")
+                    + (", 3 px or more from every particle" if args.simulator == "mixed-outlines-apart" else "")
                 )
                 + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
                 f"{PARTICLE_SIZE_RANGE[1]:g} px, {n_val} held out for validation"

@@ -93,6 +93,21 @@ def test_training_sets_with_and_without_outlines():
         simulate_training_pair(0, 0, (64, 64), simulator="tem")
 
 
+def test_outlines_apart_stay_clear_of_the_particles():
+    """``mixed-outlines-apart``: outlines touching a particle are left out; nothing else changes."""
+    from scipy import ndimage as ndi
+
+    near = {"mixed-outlines": 0, "mixed-outlines-apart": 0}
+    for i in (0, 2, 4, 6):
+        mixed = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), "mixed")
+        gap = ndi.distance_transform_edt(mixed[1] == 0)
+        for name in near:
+            image, labels = simulate_training_pair(i, 0, (128, 128), (14.0, 30.0), name)
+            np.testing.assert_array_equal(labels, mixed[1])
+            near[name] += int(np.sum((image != mixed[0]) & (gap <= 1)))
+    assert near["mixed-outlines"] > 0 and near["mixed-outlines-apart"] == 0
+
+
 def test_same_seed_same_image():
     a = simulate_micrograph((96, 96), 11)
     b = simulate_micrograph((96, 96), 11)

@@ -347,12 +347,14 @@ def _debris(shape, rng) -> np.ndarray:
     return ndi.gaussian_filter(out, 0.7)
 
 
-def _outlines(shape, size: float, rng: np.random.Generator) -> np.ndarray:
+def _outlines(shape, size: float, rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
     """Faint outlines of particle size for the background, in [0, 1]: the rims of particle-shaped masks.
 
     Real SEM backgrounds show such rings (the TiO2 images), which networks trained on
     backgrounds without them learn to fill in as particles
-    (``benchmarks/bench_ghost_outlines.py``, docs/other-materials.md).
+    (``benchmarks/bench_ghost_outlines.py``, docs/other-materials.md). With ``avoid`` (a
+    boolean map) an outline that would touch it is left out (drawn with the same random
+    numbers, so the others stay where they were).
     """
     h, w = shape
     out = np.zeros(shape, np.float32)
@@ -362,6 +364,9 @@ def _outlines(shape, size: float, rng: np.random.Generator) -> np.ndarray:
             continue
         y, x = rng.integers(0, h - m.shape[0]), rng.integers(0, w - m.shape[1])
         rim = m & ~ndi.binary_erosion(m)
+        if avoid is not None and avoid[y : y + m.shape[0], x : x + m.shape[1]][m].any():
+            rng.uniform(0.7, 1.0)  # (drawn as for an outline kept)
+            continue
         region = out[y : y + m.shape[0], x : x + m.shape[1]]
         region[rim] = np.maximum(region[rim], rng.uniform(0.7, 1.0))
     return ndi.gaussian_filter(out, 0.8)
@@ -383,6 +388,7 @@ def simulate_sem_image(
     coverage: float | tuple[float, float] = (0.05, 0.45),
     empty_fraction: float = 0.04,
     outlines: float | tuple[float, float] = 0.0,
+    outline_clearance: float | None = None,
 ) -> SemSimulation:
     """One simulated SEM image with randomised particles, agglomeration and imaging settings.
 
@@ -403,6 +409,10 @@ def simulate_sem_image(
         median background (drawn uniformly from the range);
         0: none. They come from a generator spawned from ``rng``, so the image is otherwise
         the same as without them.
+    outline_clearance : float or None
+        When given, only outlines that stay at least this many pixels from every particle
+        are drawn (None: outlines may run up to a particle's edge, where their bright
+        pixels then lie right outside it).
     """
     rng = np.random.default_rng(rng)
     size = rng.uniform(*particle_size) if np.ndim(particle_size) else float(particle_size)
@@ -455,7 +465,10 @@ def simulate_sem_image(
         # relative to the particles' bright parts (90th percentile) above the median background
         fg, back = img[labels > 0], img[labels == 0]
         contrast = (np.percentile(fg, 90) if fg.size else top) - (np.median(back) if back.size else bg)
-        img = img + strength * contrast * _outlines(shape, size, orng) * (labels == 0)
+        avoid = None
+        if outline_clearance is not None:
+            avoid = ndi.distance_transform_edt(labels == 0) <= outline_clearance
+        img = img + strength * contrast * _outlines(shape, size, orng, avoid) * (labels == 0)
     out = np.clip(np.round(lo_t + (img - bg) * scale), 0, 255).astype(np.uint8)
     return SemSimulation(out, labels, size)
 
@@ -468,7 +481,7 @@ SHAPES = ("blob", "sphere", "rod", "cube", "triangle", "hexagon")
 #: contrast styles of :func:`simulate_micrograph`
 STYLES = ("sem", "tem")
 #: the training sets of :func:`simulate_training_pair`
-SIMULATORS = ("sem", "mixed", "mixed-outlines")
+SIMULATORS = ("sem", "mixed", "mixed-outlines", "mixed-outlines-apart")
 
 
 def _polygon_particle(xs: np.ndarray, ys: np.ndarray, dome: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -741,7 +754,10 @@ def simulate_training_pair(
     odd-numbered image from :func:`simulate_micrograph` (other shapes, SEM and inverted TEM
     contrast, annotations), the others as ``"sem"``; ``"mixed-outlines"``: as ``"mixed"``, the
     SEM images with faint particle-sized outlines in their backgrounds (``outlines`` 0-0.3 of
-    :func:`simulate_sem_image`). Since an image depends on its index and
+    :func:`simulate_sem_image`); ``"mixed-outlines-apart"``: as ``"mixed-outlines"``, with only
+    the outlines that stay 3 px or more from every particle (``outline_clearance``; an outline
+    that runs into a particle puts bright background pixels right outside its edge, where real
+    particles have their own bright rims). Since an image depends on its index and
     seed only, a set can be made in any order and by any number of worker processes.
 
     Examples
@@ -756,6 +772,7 @@ def simulate_training_pair(
     if simulator != "sem" and i % 2:
         s = simulate_micrograph(shape, rng, particle_size_range)
     else:
-        outlines = (0.0, 0.3) if simulator == "mixed-outlines" else 0.0
-        s = simulate_sem_image(shape, rng, particle_size_range, outlines=outlines)
+        outlines = (0.0, 0.3) if simulator.startswith("mixed-outlines") else 0.0
+        clearance = 3.0 if simulator == "mixed-outlines-apart" else None
+        s = simulate_sem_image(shape, rng, particle_size_range, outlines=outlines, outline_clearance=clearance)
     return s.image, s.labels
