@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         help="sem: TiO2-like SEM images; mixed: half of them other shapes, TEM contrast, annotations; "
         "mixed-outlines: as mixed, with faint particle-sized outlines in the SEM images' backgrounds "
         "(benchmarks/bench_ghost_outlines.py); mixed-outlines-apart: as mixed-outlines, only outlines "
-        "3 px or more from every particle",
+        "more than 3 px from every particle",
     )
     ap.add_argument("--init", type=Path, help="start from this bundle's weights (fine-tuning)")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
                     if args.simulator == "sem"
                     else "every other image particleseg.simulate.simulate_micrograph, the others simulate_sem_image"
                     + (" with faint outlines in the background" if args.simulator.startswith("mixed-outlines") else "")
-                    + (", 3 px or more from every particle" if args.simulator == "mixed-outlines-apart" else "")
+                    + (", more than 3 px from every particle" if args.simulator == "mixed-outlines-apart" else "")
                 )
                 + f", seeds [{args.seed}, i]), median particle diameter {PARTICLE_SIZE_RANGE[0]:g}-"
                 f"{PARTICLE_SIZE_RANGE[1]:g} px, {n_val} held out for validation"

@@ -353,8 +353,8 @@ def _outlines(shape, size: float, rng: np.random.Generator, avoid: np.ndarray | 
     Real SEM backgrounds show such rings (the TiO2 images), which networks trained on
     backgrounds without them learn to fill in as particles
     (``benchmarks/bench_ghost_outlines.py``, docs/other-materials.md). With ``avoid`` (a
-    boolean map) an outline that would touch it is left out (drawn with the same random
-    numbers, so the others stay where they were).
+    boolean map) an outline whose shape (rim or inside) would touch it is left out (drawn with
+    the same random numbers, so the others stay where they were).
     """
     h, w = shape
     out = np.zeros(shape, np.float32)
@@ -410,8 +410,8 @@ def simulate_sem_image(
         0: none. They come from a generator spawned from ``rng``, so the image is otherwise
         the same as without them.
     outline_clearance : float or None
-        When given, only outlines that stay at least this many pixels from every particle
-        are drawn (None: outlines may run up to a particle's edge, where their bright
+        When given, only outlines that stay more than this many pixels from every particle,
+        and enclose none, are drawn (None: outlines may run up to a particle's edge, where their bright
         pixels then lie right outside it).
     """
     rng = np.random.default_rng(rng)
@@ -755,7 +755,7 @@ def simulate_training_pair(
     contrast, annotations), the others as ``"sem"``; ``"mixed-outlines"``: as ``"mixed"``, the
     SEM images with faint particle-sized outlines in their backgrounds (``outlines`` 0-0.3 of
     :func:`simulate_sem_image`); ``"mixed-outlines-apart"``: as ``"mixed-outlines"``, with only
-    the outlines that stay 3 px or more from every particle (``outline_clearance``; an outline
+    the outlines that stay more than 3 px from every particle (``outline_clearance``; an outline
     that runs into a particle puts bright background pixels right outside its edge, where real
     particles have their own bright rims). Since an image depends on its index and
     seed only, a set can be made in any order and by any number of worker processes.
