@@ -67,7 +67,10 @@ def main(argv=None) -> int:
             key, sep, value = item.partition("=")
             if not sep or key not in meta["postprocess"]:
                 raise ValueError(f"--set {item}: give KEY=VALUE with a post-processing key of {args.b}")
-            meta["postprocess"][key] = json.loads(value)
+            try:
+                meta["postprocess"][key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"--set {item}: {value!r} is not a number, true/false or a JSON value") from None
         net_b = b.model
         net_b.set_weights(average(a.model.get_weights(), net_b.get_weights(), args.alpha))
         meta.pop("exports", None)

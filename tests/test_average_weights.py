@@ -67,6 +67,9 @@ def test_different_networks_or_settings_get_one_line(tiny_bundle, threshold_bund
         == 2
     )
     assert "--set no_such=1" in capsys.readouterr().err
+    args = [str(tiny_bundle.path), str(tiny_bundle.path), "--out", str(tmp_path / "y"), "--set", "threshold=high"]
+    assert script.main(args) == 2
+    assert "--set threshold=high: 'high' is not a number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):
         script.main([str(tiny_bundle.path), str(tiny_bundle.path), "--out", str(tmp_path / "z"), "--alpha", "2"])
