@@ -80,6 +80,8 @@ CLOSED_DIALOGS: list[tuple[str, str]] = []
 #: how often the dialog guard looks for dialogs, and how long it disposes a closed one again
 #: (longer while a macro runs: then the last DIALOG_REDISPOSE_N closed dialogs until it ends)
 DIALOG_SWEEP_S, DIALOG_REDISPOSE_S, DIALOG_REDISPOSE_N = 0.2, 10.0, 20
+#: how long the sweeper waits for the closes it posted to the event thread before it posts again
+DIALOG_SHUT_WAIT_S = 2.0
 _running_lock = threading.Lock()
 
 
@@ -197,6 +199,14 @@ def install_dialog_guard() -> None:
     ``DIALOG_REDISPOSE_S`` and, while a macro runs (:func:`macro_running`), the most recent
     ones until it ends, however long the showing thread was descheduled; and it closes any
     modal dialog whose opening event was missed.
+
+    The sweeper never waits on the event thread: ``dispose`` from another thread waits for the
+    event thread to run it (``EventQueue.invokeAndWait``), and once, under load, that wait never
+    ended while the event thread sat idle, which blocked the sweeper and with it the macro for
+    good (tests/fiji/test_fiji_imagej.py, 30 macro errors in a row). So every close and dispose
+    from another thread is posted to the event thread (``invokeLater``); the sweeper waits for
+    them at most ``DIALOG_SHUT_WAIT_S`` and then posts them again, so one lost on the way
+    costs that long, not the run.
     """
     import jpype  # Java: imported on first use, never by importing particleseg.fiji
 
@@ -205,8 +215,48 @@ def install_dialog_guard() -> None:
     WindowEvent = _j("java.awt.event.WindowEvent")
     Dialog = _j("java.awt.Dialog")
     Window = _j("java.awt.Window")
+    EventQueue = _j("java.awt.EventQueue")
     lock = threading.Lock()
     recent: list[tuple[Any, float]] = []  # (dialog, when closed)
+    unrun = threading.Condition(lock)  # notified when a posted close has run
+    n_unrun = [0]  # closes posted to the event thread and not yet run
+
+    def shut(window, closing: bool) -> None:
+        if closing:  # as the window's close box: ImageJ's dialogs then cancel and dispose themselves
+            window.dispatchEvent(WindowEvent(window, WindowEvent.WINDOW_CLOSING))
+            if not window.isVisible():
+                return
+        window.dispose()
+
+    @jpype.JImplements("java.lang.Runnable")
+    class _Shut:
+        def __init__(self, window, closing: bool):
+            self.window, self.closing = window, closing
+
+        @jpype.JOverride
+        def run(self):
+            try:
+                shut(self.window, self.closing)
+            except Exception:  # noqa: BLE001 - never break the event thread
+                pass
+            finally:
+                with unrun:
+                    n_unrun[0] -= 1
+                    unrun.notify_all()
+
+    def on_event_thread(window, closing: bool = False) -> None:
+        # at once on the event thread; from any other thread posted to it and never waited for
+        # (a dialog's dispose, also the one its WINDOW_CLOSING handler calls, would wait)
+        if bool(EventQueue.isDispatchThread()):
+            shut(window, closing)
+        else:
+            with lock:
+                n_unrun[0] += 1
+            EventQueue.invokeLater(_Shut(window, closing))
+
+    def wait_for_the_event_thread(seconds: float) -> None:
+        with unrun:
+            unrun.wait_for(lambda: n_unrun[0] <= 0, timeout=seconds)
 
     def close(window) -> None:
         if _state["guard_paused"]:
@@ -219,9 +269,7 @@ def install_dialog_guard() -> None:
         CLOSED_DIALOGS.append((title, text))
         if title != "Macro Error":  # run_macro reports those itself
             sys.stderr.write(f"ImageJ: closed dialog {title!r} (no user in a headless run): {text}\n")
-        window.dispatchEvent(WindowEvent(window, WindowEvent.WINDOW_CLOSING))
-        if window.isVisible():
-            window.dispose()
+        on_event_thread(window, closing=True)
 
     def is_modal_dialog(window) -> bool:
         return isinstance(window, Dialog) and bool(window.isModal())
@@ -240,6 +288,10 @@ def install_dialog_guard() -> None:
 
     def sweep() -> None:
         while not stop.wait(DIALOG_SWEEP_S):
+            # what the last sweep posted has run (a GenericDialog's dispose sleeps 25 ms on the
+            # event thread: posting more would queue without end on a loaded machine), or it
+            # is posted again after DIALOG_SHUT_WAIT_S
+            wait_for_the_event_thread(DIALOG_SHUT_WAIT_S)
             try:
                 now = time.monotonic()
                 running = _state["macros_running"] > 0
@@ -253,7 +305,7 @@ def install_dialog_guard() -> None:
                 for window in again:
                     if stop.is_set():  # exiting: no new call into Java (see stop_sweeper)
                         return
-                    window.dispose()
+                    on_event_thread(window)
                 for window in Window.getWindows():
                     if stop.is_set():
                         return
@@ -276,6 +328,10 @@ def install_dialog_guard() -> None:
         # machine; it makes no new Java call once stop is set)
         stop.set()
         sweeper.join(60)
+        # and the closes it posted have run: Python code on the event thread while Python
+        # finalizes would abort the process as the listener below would (a few seconds at most:
+        # an event thread that never runs them cannot be waited for)
+        wait_for_the_event_thread(5.0)
         # and before the windows are disposed at exit (environment._dispose_windows): their
         # window events would call this Python listener from the AWT thread while Python
         # finalizes, and a Java thread that Python ends there aborts the process ("FATAL:
