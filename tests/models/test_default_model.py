@@ -59,19 +59,17 @@ def test_sample_image_is_calibrated_and_segments(default_bundle):
 @pytest.mark.tio2
 @pytest.mark.slow
 def test_floor_on_real_tio2_images(default_bundle, tio2_dir):
-    """Issue 2's floor on the 32 real images, which the network never saw in training.
+    """Issue 2's floor on the 8 real validation images, which the network never saw in training.
 
     Foreground IoU >= 0.85 and mean instance IoU >= 0.55 (per manually outlined particle,
     best IoU with any segmented one). Two detection parameters of the bundle were chosen on
-    the 24 training-split images; the 8 validation images are checked on their own.
+    the 24 training-split images, so the validation images are the held-out check. (The figures
+    on all 32 images are the benchmark's, ``benchmarks/run.py accuracy``: a quarter of the
+    test's time is spent on the images that decide.)
     """
-    scores = evaluate_tio2(default_bundle, "all", root=tio2_dir, progress=False)
-    assert len(scores) == 32
-    fg, inst = scores.foreground_iou.mean(), scores.instance_iou.mean()
-    print(f"TiO2, 32 images: foreground IoU {fg:.4f}, instance IoU {inst:.4f}")
+    val = evaluate_tio2(default_bundle, "validation", root=tio2_dir, progress=False)
+    assert len(val) == 8 and set(val.image) == {i.stem for i in tio2_items(tio2_dir, "validation")}
+    fg, inst = val.foreground_iou.mean(), val.instance_iou.mean()
+    print(f"TiO2, 8 validation images: foreground IoU {fg:.4f}, instance IoU {inst:.4f}")
     assert fg >= 0.85
     assert inst >= 0.55
-
-    val = scores[scores.image.isin([i.stem for i in tio2_items(tio2_dir, "validation")])]
-    assert len(val) == 8
-    assert val.foreground_iou.mean() >= 0.85 and val.instance_iou.mean() >= 0.55

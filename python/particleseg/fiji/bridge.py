@@ -268,7 +268,10 @@ def install_dialog_guard() -> None:
         title, text = str(window.getTitle()), dialog_text(window)
         CLOSED_DIALOGS.append((title, text))
         if title != "Macro Error":  # run_macro reports those itself
-            sys.stderr.write(f"ImageJ: closed dialog {title!r} (no user in a headless run): {text}\n")
+            # (which dialog, when it has no title: one without title or text, of unknown origin,
+            # came by twice under load, docs/fiji.md)
+            what = repr(title) if window.getTitle() else f"without a title ({window.getClass().getName()})"
+            sys.stderr.write(f"ImageJ: closed dialog {what} (no user in a headless run): {text}\n")
         on_event_thread(window, closing=True)
 
     def is_modal_dialog(window) -> bool:
