@@ -782,6 +782,39 @@ def test_dialog_in_a_headless_run_is_closed_not_waited_for(ij):
     assert [t for t, _ in bridge.CLOSED_DIALOGS[n:]] == ["Question"]
 
 
+def test_a_macro_whose_command_dialog_is_canceled_stops_there(ij):
+    """Cancel in a command's dialog ends the macro with one message, as in ImageJ's macro runner.
+
+    (The macro went on before, and a later line failed further from the cause: ``"sem_1_labels"
+    not found``, after the dialog guard had closed a dialog still being built.)
+    """
+    from particleseg.fiji import MacroError, bridge
+
+    System, ActionEvent = jclass("java.lang.System"), jclass("java.awt.event.ActionEvent")
+    System.clearProperty("psg.after")
+    outcome = {}
+
+    def macro():
+        try:
+            outcome["returned"] = ij.run_macro(
+                'newImage("ramp", "8-bit ramp", 64, 64, 1);\n'
+                'run("Segment Particles...");\n'  # no options: the dialog asks
+                'call("java.lang.System.setProperty", "psg.after", "reached");'
+            )
+        except MacroError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=macro, daemon=True)
+    with bridge.dialogs_allowed():
+        thread.start()
+        dialog = _wait_for_dialog("Segment Particles")
+        dialog.actionPerformed(ActionEvent(dialog.getButtons()[1], ActionEvent.ACTION_PERFORMED, "Cancel"))
+    thread.join(HANG_SECONDS)
+    assert not thread.is_alive()
+    assert System.getProperty("psg.after") is None  # the line after the command did not run
+    assert "Segment Particles...: its dialog was canceled; the macro stops here" in outcome.get("error", ""), outcome
+
+
 def test_dialog_guard_survives_many_dialogs_in_a_row(ij):
     """Thirty macro errors in a row must each end their macro with the message.
 

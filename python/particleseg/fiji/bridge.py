@@ -200,6 +200,15 @@ def install_dialog_guard() -> None:
     ones until it ends, however long the showing thread was descheduled; and it closes any
     modal dialog whose opening event was missed.
 
+    The sweeper closes only dialogs that are displayable (have a native window, made after the
+    constructor has run): a window is in
+    ``Window.getWindows()`` from the start of its constructor, and read from the sweeper's thread a
+    dialog still being built can look modal (its modality type not yet set) and showing (its
+    visibility not yet seen as cleared), without a title. The sweeper once closed such a dialog,
+    the Segment Particles... dialog a macro's command was filling from its options, which
+    canceled the command (docs/fiji.md, ``Segment_This_Image.ijm``; in 1 of about 100 runs with
+    both cores busy, found from the thread dump of the run).
+
     The sweeper never waits on the event thread: ``dispose`` from another thread waits for the
     event thread to run it (``EventQueue.invokeAndWait``), and once, under load, that wait never
     ended while the event thread sat idle, which blocked the sweeper and with it the macro for
@@ -268,8 +277,7 @@ def install_dialog_guard() -> None:
         title, text = str(window.getTitle()), dialog_text(window)
         CLOSED_DIALOGS.append((title, text))
         if title != "Macro Error":  # run_macro reports those itself
-            # (which dialog, when it has no title: one without title or text, of unknown origin,
-            # came by twice under load, docs/fiji.md)
+            # (which dialog, when it has no title)
             what = repr(title) if window.getTitle() else f"without a title ({window.getClass().getName()})"
             sys.stderr.write(f"ImageJ: closed dialog {what} (no user in a headless run): {text}\n")
         on_event_thread(window, closing=True)
@@ -312,7 +320,9 @@ def install_dialog_guard() -> None:
                 for window in Window.getWindows():
                     if stop.is_set():
                         return
-                    if is_modal_dialog(window) and window.isShowing():
+                    # displayable first: a volatile read (Component.peer), after which the
+                    # dialog's construction is seen whole
+                    if window.isDisplayable() and is_modal_dialog(window) and window.isShowing():
                         close(window)
             except Exception:  # noqa: BLE001 - the JVM shutting down; keep the sweeper quiet
                 pass
@@ -451,7 +461,12 @@ def run_command(
             if normalized is not None:
                 Macro.setOptions(normalized)
             values = show_dialog(spec, defaults, unit, macro)
-            if values is None:  # canceled by the user
+            if values is None:  # canceled
+                if macro:
+                    # the macro ends here, as ImageJ ends a macro whose command's dialog was
+                    # canceled (GenericDialog.wasCanceled, only on the threads of its macro
+                    # runner): one that went on failed later, further from the cause
+                    raise cmds.InputError("its dialog was canceled; the macro stops here")
                 return None
             if macro:  # a check box left out takes its default, as a number does
                 given = given_booleans(spec, options)
