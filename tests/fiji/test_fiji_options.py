@@ -385,6 +385,46 @@ def test_no_display_without_xvfb(monkeypatch):
         env.VirtualDisplay()
 
 
+@pytest.mark.skipif(not __import__("shutil").which("Xvfb"), reason="needs Xvfb (apt-get install xvfb)")
+def test_the_private_display_outlives_the_thread_that_started_it_and_ends_with_the_process():
+    """Linux's parent-death signal follows the starting *thread*: Xvfb must not die with it.
+
+    (Started from a thread, it died when the thread ended and left DISPLAY naming a dead server,
+    on which napari's canvas and AWT fail.) And one that ended anyway is replaced on the next call.
+    """
+    import os
+    import subprocess
+    import time
+
+    code = (
+        "import os, threading, time\n"
+        "from particleseg.fiji import environment as env\n"
+        "t = threading.Thread(target=env.ensure_display); t.start(); t.join(); time.sleep(1)\n"
+        "d = env.virtual_display()\n"
+        "print(d.process.pid, d.process.poll() is None, os.environ['DISPLAY'] == d.display)\n"
+        "d.process.kill(); d.process.wait()\n"  # ended from outside: the next call starts another
+        "print(env.ensure_display() == os.environ['DISPLAY'] == env.virtual_display().display,"
+        " env.virtual_display().process.poll() is None, env.virtual_display().process.pid)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    r = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _, alive, named, renamed, restarted, pid = r.stdout.split()
+    assert (alive, named) == ("True", "True")  # alive after its thread ended, and DISPLAY names it
+    assert (renamed, restarted) == ("True", "True")
+    deadline = time.time() + 10
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in _state(pid)  # the second ended with the process
+
+
+def _state(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def test_imagej_and_fiji_locations(tmp_path, monkeypatch):
     monkeypatch.delenv("PARTICLESEG_IJ_JAR", raising=False)
     with pytest.raises(env.FijiError, match="nope.jar: ImageJ jar not found"):

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -106,6 +107,13 @@ class VirtualDisplay:
     It is started with ``-displayfd`` (Xvfb picks a free display number and reports it) and
     with the parent-death signal set, so it stops when this process ends, after the JVM: AWT
     must never see its X server go away while it runs.
+
+    Linux sends the parent-death signal when the *thread* that started the child ends, not the
+    process. So Xvfb is started by a thread of its own that waits on it for as long as it runs:
+    started from a short-lived thread (a worker thread, a GUI callback), it died with that
+    thread and left ``DISPLAY`` naming a dead server, on which AWT and napari's canvas fail
+    (a napari check in the test suite once failed on such a server; what ended that one is not
+    known, so :func:`ensure_display` also replaces a private Xvfb that has ended).
     """
 
     def __init__(self, width: int = 1600, height: int = 1200):
@@ -117,18 +125,33 @@ class VirtualDisplay:
                 "with --fiji DIR)"
             )
         read_fd, write_fd = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [exe, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-                pass_fds=(write_fd,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-                close_fds=True,
-            )
-        finally:
-            os.close(write_fd)
+        started, outcome = threading.Event(), {}
+
+        def parent() -> None:  # the Xvfb's parent thread, alive while the Xvfb runs
+            try:
+                outcome["process"] = subprocess.Popen(
+                    [exe, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+                    pass_fds=(write_fd,),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                    close_fds=True,
+                )
+            except BaseException as exc:  # noqa: BLE001 - raised in the starting thread below
+                outcome["error"] = exc
+            finally:
+                started.set()
+            if "process" in outcome:
+                outcome["process"].wait()
+
+        threading.Thread(target=parent, name="particleseg-xvfb", daemon=True).start()
+        started.wait()
+        os.close(write_fd)
+        if "error" in outcome:
+            os.close(read_fd)
+            raise outcome["error"]
+        self.process = outcome["process"]
         number = b""
         deadline = time.monotonic() + 20
         try:
@@ -172,8 +195,11 @@ _display: VirtualDisplay | None = None
 
 
 def ensure_display() -> str:
-    """DISPLAY to use: the one set, or a private Xvfb started now (once per process)."""
+    """DISPLAY to use: the one set, or a private Xvfb started now (once per process, again if it ended)."""
     global _display
+    ours = _display is not None and os.environ.get("DISPLAY") == _display.display
+    if ours and _display.process.poll() is not None:
+        os.environ.pop("DISPLAY")  # our Xvfb ended (killed): not a display to hand out
     if os.environ.get("DISPLAY"):
         return os.environ["DISPLAY"]
     if sys.platform == "darwin" or os.name == "nt":
