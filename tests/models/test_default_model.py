@@ -64,8 +64,7 @@ def test_floor_on_real_tio2_images(default_bundle, tio2_dir):
     Foreground IoU >= 0.85 and mean instance IoU >= 0.55 (per manually outlined particle,
     best IoU with any segmented one). Two detection parameters of the bundle were chosen on
     the 24 training-split images, so the validation images are the held-out check. (The figures
-    on all 32 images are the benchmark's, ``benchmarks/run.py accuracy``: a quarter of the
-    test's time is spent on the images that decide.)
+    on all 32 images are the benchmark's, ``benchmarks/run.py --only accuracy``.)
     """
     val = evaluate_tio2(default_bundle, "validation", root=tio2_dir, progress=False)
     assert len(val) == 8 and set(val.image) == {i.stem for i in tio2_items(tio2_dir, "validation")}

@@ -206,8 +206,8 @@ def install_dialog_guard() -> None:
     dialog still being built can look modal (its modality type not yet set) and showing (its
     visibility not yet seen as cleared), without a title. The sweeper once closed such a dialog,
     the Segment Particles... dialog a macro's command was filling from its options, which
-    canceled the command (docs/fiji.md, ``Segment_This_Image.ijm``; in 1 of about 100 runs with
-    both cores busy, found from the thread dump of the run).
+    canceled the command (docs/fiji.md, ``Segment_This_Image.ijm``; 3 times in about 90 runs with
+    both cores busy, found from a thread dump taken as it was closed).
 
     The sweeper never waits on the event thread: ``dispose`` from another thread waits for the
     event thread to run it (``EventQueue.invokeAndWait``), and once, under load, that wait never
@@ -274,11 +274,12 @@ def install_dialog_guard() -> None:
             if any(w.equals(window) for w, _ in recent):
                 return
             recent.append((window, time.monotonic()))
-        title, text = str(window.getTitle()), dialog_text(window)
+        raw_title = window.getTitle()
+        title, text = str(raw_title), dialog_text(window)
         CLOSED_DIALOGS.append((title, text))
         if title != "Macro Error":  # run_macro reports those itself
             # (which dialog, when it has no title)
-            what = repr(title) if window.getTitle() else f"without a title ({window.getClass().getName()})"
+            what = repr(title) if raw_title else f"without a title ({window.getClass().getName()})"
             sys.stderr.write(f"ImageJ: closed dialog {what} (no user in a headless run): {text}\n")
         on_event_thread(window, closing=True)
 

@@ -383,7 +383,7 @@ def fit_targets(
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate_schedule(config)(start)),
                 loss=loss,
-                jit_compile=False if eager else jit_setting(config.jit_compile),
+                jit_compile=jit_setting(config.jit_compile),  # (Keras turns it off when eager)
                 run_eagerly=eager,
             )
             if start and (workdir / "optimizer.npz").exists():
