@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import __version__, strips
+from . import __version__, interrupts, strips
 from . import postprocess as pp
 from .annotations import annotation_mask, fill_annotations
 from .autoscale import (
@@ -1671,7 +1671,7 @@ def _write_item(
         writing.unlink(missing_ok=True)
     except BaseException as exc:
         if committed:  # only the marker's removal was left
-            if isinstance(exc, KeyboardInterrupt):
+            if interrupts.as_interrupt(exc) is not None:
                 raise
             return  # the marker could not be removed: a rerun finds the complete record first
         try:
@@ -1810,6 +1810,7 @@ def segment_files(
     try:
         for n, i in enumerate(tqdm(pending, desc="segment", unit="image", disable=not progress or len(pending) < 2)):
             f = plans[i].path
+            interrupts.check()  # one a library swallowed whole
             if stop is not None and stop():
                 counts["not_started"] = len(pending) - n
                 counts["stopped"] = "canceled"
@@ -1828,6 +1829,7 @@ def segment_files(
                     item = prepare(i)
                 row = write_prepared(item)
             except (ParticlesegError, OSError, ValueError) as exc:
+                interrupts.check(exc)  # Ctrl-C or kill that a library turned into this error
                 if isinstance(exc, OutputExistsError):
                     kept_files.append(f.name)
                 msg = str(exc) if str(f) in str(exc) or _is_folder_error(exc) else f"{f}: {exc}"
@@ -1846,8 +1848,10 @@ def segment_files(
             rows[i] = row
             counts["segmented"] += 1
             report(i, f, row, "segmented")
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: whatever the moment, keep what is complete
-        interrupted = exc
+    except BaseException as exc:  # Ctrl-C, or SIGTERM in the CLI: whatever the moment, keep what is complete
+        interrupted = interrupts.as_interrupt(exc)  # (also one a library turned into another error)
+        if interrupted is None:
+            raise
         counts["stopped"] = "interrupted"
         counts["not_started"] = len(pending) - n - (1 if i is not None and rows[i] is not None else 0)
         if i is not None and rows[i] is None:

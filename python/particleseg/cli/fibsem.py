@@ -240,11 +240,11 @@ def segment(args) -> int:
 
     bundle = load_bundle(args.model)
     names = bundle.metadata.get("fibsem", {}).get("channels")
-    from .sims import terminate_as_interrupt
+    from ..interrupts import stop_on_signals
 
     try:
         with (
-            terminate_as_interrupt(),
+            stop_on_signals(),
             open_stack(args.inputs, names if names and len(names) == len(args.inputs) else None) as stack,
         ):
             fractions = segment_stack(

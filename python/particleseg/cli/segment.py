@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..errors import InputError
+from ..interrupts import stop_on_signals
 from ..params import PARAMETERS, SHAPE_NAMES, add_arguments, add_scheduler_argument, segment_params, values_from_args
 
 # The subcommand's machinery (the batch: workers, distributed, models, pipeline) is imported in the
@@ -99,22 +98,20 @@ def run(args) -> int:
     if args.no_classifier:
         params.min_score = None
         bundle.metadata["classifier"] = None
-    main_thread = threading.current_thread() is threading.main_thread()
-    # `kill` (SIGTERM) stops as Ctrl-C does, during the batch only
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        summary, failures = segment_files(
-            args.inputs,
-            args.out,
-            bundle,
-            params,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            pixel_size=args.pixel_size,
-            unit=args.unit,
-            image_width=args.image_width,
-            scheduler=args.scheduler,
-        )
+        with stop_on_signals():  # `kill` (SIGTERM) stops as Ctrl-C does, during the batch only
+            summary, failures = segment_files(
+                args.inputs,
+                args.out,
+                bundle,
+                params,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                pixel_size=args.pixel_size,
+                unit=args.unit,
+                image_width=args.image_width,
+                scheduler=args.scheduler,
+            )
     except KeyboardInterrupt:
         print(
             f"particleseg: interrupted; the images finished so far are in {args.out} with its summary.csv; "
@@ -122,9 +119,6 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     ok = summary[summary["status"] == "ok"]
     augment = params.resolved(bundle).augment
     done_earlier = set(summary.attrs.get("done_files", ()))
@@ -156,7 +150,3 @@ def run(args) -> int:
             print(f"particleseg: {len(failures)} of {len(summary)} image(s) failed (errors above)", file=sys.stderr)
         return 1
     return 0
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 
+from ..interrupts import stop_on_signals
 from ..params import add_scheduler_argument
 
 # The subcommand's machinery (particleseg.sims, the model bundles) is imported in the functions that
@@ -164,28 +162,6 @@ def register(sub) -> None:
     m.set_defaults(func=simulate)
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt():
-    """While the block runs, ``kill`` (SIGTERM) stops it as Ctrl-C does.
-
-    That is a KeyboardInterrupt: the item being written is rolled back, the reports are written;
-    the former handler is restored after it. Outside the main thread (no signals there) it does
-    nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def _pair(text: str, kind=float):
     try:
         a, b = (kind(v) for v in text.split(":"))
@@ -217,7 +193,7 @@ def run(args) -> int:
         min_significance=args.min_significance,
     )
     try:
-        with terminate_as_interrupt():
+        with stop_on_signals():
             particles, fields = run_fields(
                 args.inputs,
                 bundle,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 from collections.abc import Sequence
 
 from ..errors import InputError
+from ..interrupts import stop_on_signals
 from . import parse_crop_rows, parse_range
 
 # The subcommand's machinery (particleseg.scratch, with NumPy and Keras) is imported in the
@@ -299,10 +299,6 @@ def stage_minutes(seconds: dict, translator: str) -> dict:
     return {(translator if k == "cyclegan" else k): round(v / 60, 1) for k, v in seconds.items()}
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # so that the running stage records its time and stays resumable
-
-
 def run(args) -> int:
     """Run ``particleseg train-from-scratch``: train a model from micrographs and outlines only; return 0.
 
@@ -312,8 +308,7 @@ def run(args) -> int:
     from ..scratch import train_from_scratch
 
     config = config_from_args(args)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with stop_on_signals():  # `kill` as Ctrl-C: the running stage records its time and stays resumable
         result = train_from_scratch(
             args.images,
             args.outlines,
@@ -325,8 +320,6 @@ def run(args) -> int:
             progress=not args.quiet,
             stop_after=args.stop_after,
         )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if result is None:
         return 0
     minutes = stage_minutes(result.seconds, config.translator)

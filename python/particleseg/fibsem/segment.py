@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import interrupts
 from ..distributed import bundle_state, connect, map_ordered, worker_bundle, worker_cached
 from ..errors import InputError, OutputExistsError, ParticlesegError
 from ..io import check_output_folder, check_outputs, remove_stale_temporaries, write_atomic, write_csv, write_tiff
@@ -308,6 +309,7 @@ def _noted_local(fn, *args) -> tuple:
     try:
         return fn(*args), None, time.perf_counter() - t0
     except InputError as exc:
+        interrupts.check(exc)  # Ctrl-C or kill that a reader turned into this error
         return None, exc, time.perf_counter() - t0
 
 

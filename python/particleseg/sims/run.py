@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import interrupts
 from ..distributed import _noted, bundle_state, connect, map_ordered, worker_bundle, worker_cached
 from ..errors import InputError, ParticlesegError
 from ..io import check_output_folder, image_pixels, remove_stale_temporaries, write_atomic, write_csv, write_tiff
@@ -188,8 +189,10 @@ def run_fields(
                 results[src.name] = (row, t)
                 counts["measured"] += 1
                 bar.update(1)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the CLI: the reports of what is finished
-        interrupted = exc
+    except BaseException as exc:  # Ctrl-C, or SIGTERM in the CLI: the reports of what is finished
+        interrupted = interrupts.as_interrupt(exc)  # (also one a library turned into another error)
+        if interrupted is None:
+            raise
     finally:
         bar.close()
         cluster.close()
