@@ -112,6 +112,69 @@ def test_sigterm_rolls_back_the_current_image_and_writes_the_summary(tmp_path, t
     assert batch_report(summary) == f"{len(done)} done earlier, {3 - len(done)} segmented, 0 failed"
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_kill_while_numpy_writes_a_tiff_is_an_interruption(tmp_path, threshold_bundle, monkeypatch, capsys, signum):
+    """The moment of a failure CI saw: a signal NumPy turns into a TypeError is still Ctrl-C.
+
+    tifffile writes image data with ``ndarray.tofile``, which asks ``isinstance(file, os.PathLike)``
+    through Python code (``ABCMeta.__instancecheck__``). NumPy 2.4 replaces an interruption raised
+    there with ``TypeError: expected str, bytes or os.PathLike object, not BufferedWriter``, which
+    ended the batch with a traceback and status 1. Here the real signal comes at that moment.
+    """
+    import abc
+    import io
+    import signal
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, 3)
+    real_check = abc.ABCMeta.__instancecheck__
+    sent = []
+
+    def check(cls, instance):
+        if cls is os.PathLike and isinstance(instance, io.BufferedWriter) and not sent:
+            writing = list((out / RECORD_DIR).glob("img1.writing.json"))
+            if writing:
+                sent.append(instance.name)
+                os.kill(os.getpid(), getattr(signal, signum))
+        return real_check(cls, instance)
+
+    monkeypatch.setattr(abc.ABCMeta, "__instancecheck__", check)
+    code = main(["segment", str(src), "--out", str(out), "--model", str(threshold_bundle.path), "--quiet"])
+    monkeypatch.undo()
+    assert sent and ".img1_" in sent[0], sent  # the signal came while img1's first TIFF was written
+    assert code == 130, capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        f"particleseg: interrupted; the images finished so far are in {out} with its "
+        "summary.csv; run the same command again to go on"
+    )
+    assert _complete_or_absent(out, 3) == ["img0"]
+    summary, _ = segment_files([src], out, threshold_bundle, progress=False)
+    assert batch_report(summary) == "1 done earlier, 2 segmented, 0 failed"
+
+
+def test_stop_on_signals_restores_the_handlers_and_leaves_other_errors_alone():
+    import signal
+
+    from particleseg import interrupts
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError, match="its own"):  # no signal came: an error is the item's own
+        with interrupts.stop_on_signals():
+            assert signal.getsignal(signal.SIGTERM) is not before[1] and not interrupts.requested()
+            raise ValueError("its own")
+    with pytest.raises(KeyboardInterrupt) as caught:  # after a signal: the interruption, caused by it
+        with interrupts.stop_on_signals():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # (the handler runs here)
+            except KeyboardInterrupt:
+                raise ValueError("what a library made of it") from None
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert not interrupts.requested()
+    interrupts.check()  # outside a block: nothing to raise
+
+
 def test_rerun_redoes_an_interrupted_image_and_removes_stale_temporaries(tmp_path, threshold_bundle):
     """The state kill -9 leaves, made by hand.
 
@@ -683,6 +746,52 @@ def test_non_square_pixels_are_an_error_unless_a_pixel_size_is_given(tmp_path, t
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["pixel_size"].tolist() == [6.0]
 
 
+def test_a_worker_ended_while_it_hands_over_its_image_ends_the_pool(tmp_path, threshold_bundle, monkeypatch):
+    """The batch is interrupted while a worker hands over a large prepared image.
+
+    The worker is ended in the middle of it. The pool's manager thread must end, and no file may
+    be left. Results once went through the pool's result pipe; a worker ended in the middle of
+    one left a partial message, on which the manager thread, and the process's exit, waited for
+    ever. That hung ``particleseg segment`` after "interrupted" (with Python 3.11 here, a worker
+    terminated 1 s into sending a 200 MB result hung the manager thread in each of 5 tries).
+    """
+    import multiprocessing
+    import types
+
+    from particleseg import pipeline
+    from particleseg.pipeline import _Workers
+
+    def large(*args, **kwargs):
+        return types.SimpleNamespace(labels=np.ones((8192, 4096), np.int32))  # 128 MiB
+
+    monkeypatch.setattr(pipeline, "context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(pipeline, "prepare_file", large)
+    image = tmp_path / "large.tif"
+    image.write_bytes(b"")
+    workers = _Workers(1, threshold_bundle, None, tmp_path / "out", False, {})
+    try:
+        workers.submit(0, image, False)
+        manager = workers.pool._executor_manager_thread
+        processes = list(workers.pool._processes.values())
+        hand_over = workers.hand_overs[0]
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timing target
+        while not (hand_over.exists() and hand_over.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert hand_over.exists(), "the worker never began to hand over"
+    finally:
+        workers.close()  # as after Ctrl-C: the image is not done, so its worker is ended
+    try:
+        manager.join(60)
+        assert not manager.is_alive()
+        for proc in processes:
+            proc.join(30)
+            assert not proc.is_alive()
+        assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == []
+    finally:  # never leave a worker behind
+        for proc in processes:
+            proc.kill()
+
+
 def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, threshold_bundle, monkeypatch):
     """Ctrl-C while the batch waits for the image a worker is preparing: the worker is ended.
 
@@ -725,11 +834,13 @@ def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, thre
         signal.signal(signal.SIGUSR1, previous)
         workers.close()
     try:
-        for proc in processes:
-            proc.join(30)  # a guard against a hang, not a timing target
-            assert not proc.is_alive()
-        manager.join(30)
+        # the manager thread first: it joins the workers too, and a join that loses that race
+        # to reap a worker finds no child (ECHILD), which multiprocessing reads as "alive"
+        manager.join(30)  # a guard against a hang, not a timing target
         assert not manager.is_alive()
+        for proc in processes:
+            proc.join(30)
+            assert not proc.is_alive()
     finally:  # a worker left blocked would hold the test process at exit: fail, never hang
         for proc in processes:
             proc.kill()

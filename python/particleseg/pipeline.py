@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -61,7 +62,7 @@ from .io import (
     write_rois,
     write_tiff,
 )
-from .io.write import release_pages
+from .io.write import _temporary_name, release_pages
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
@@ -1911,8 +1912,12 @@ class _Workers:
     of one image runs beside the post-processing, measurement and writing of others, on every
     core.
 
-    The workers write nothing: an interrupted batch rolls back only the image being written (in
-    this process), and the workers are ended. They ignore Ctrl-C (the batch stops them), end
+    The workers write no outputs: an interrupted batch rolls back only the image being written
+    (in this process), and the workers are ended. Each hands its prepared image over in a file of
+    its own (a temporary file of the record folder, named by this process and removed once read
+    or when the batch ends), not through the pool's result pipe: a worker ended while it wrote a
+    large result into that pipe left a partial message there, on which the pool's manager thread
+    then waited for ever, and with it the process's exit. They ignore Ctrl-C (the batch stops them), end
     when this process dies (``kill -9``), run ONNX Runtime with their share of the cores, and
     send their warnings back, to be shown with their image. They are started by
     :func:`particleseg.workers.context` (a forkserver), never forked from this process.
@@ -1936,12 +1941,15 @@ class _Workers:
             jobs, mp_context=context(), initializer=_worker_start, initargs=(state, threads, os.getpid())
         )
         self.futures: dict[int, Any] = {}
+        self.hand_overs: dict[int, Path] = {}  # the file each image's worker writes its result to
 
     def submit(self, key: int, path: Path, overwrite: bool) -> None:
         """Start preparing ``path`` (once per ``key``)."""
         if key not in self.futures:
+            hand_over = _temporary_name(Path(self.out_dir) / RECORD_DIR / f"{Path(path).name}.prepared.pickle")
+            self.hand_overs[key] = hand_over
             self.futures[key] = self.pool.submit(
-                _worker_prepare, path, self.out_dir, self.params, overwrite, self.options
+                _worker_prepare, path, self.out_dir, self.params, overwrite, self.options, hand_over
             )
 
     def result(self, key: int) -> PreparedFile:
@@ -1949,13 +1957,22 @@ class _Workers:
         try:
             # popped once done: interrupted while waiting, the image is still being prepared,
             # and close() must see it to end its worker (else the process waits for it at exit)
-            item, error, notes = self.futures[key].result()
+            result = self.futures[key].result()
             del self.futures[key]
         except BrokenProcessPool:
             raise ParticlesegError(
                 "a worker process of the batch ended unexpectedly (out of memory?); "
                 "run again, with --jobs 1 to segment one image at a time"
             ) from None
+        hand_over = self.hand_overs[key]
+        try:
+            if result is None:
+                with open(hand_over, "rb") as fh:
+                    result = pickle.load(fh)
+        finally:
+            hand_over.unlink(missing_ok=True)
+            del self.hand_overs[key]
+        item, error, notes = result
         for message, category, filename, lineno in notes:
             warnings.warn_explicit(message, category, filename, lineno)
         if error is not None:
@@ -1972,6 +1989,9 @@ class _Workers:
         for proc in processes:
             proc.join(10)
         self.futures.clear()
+        for hand_over in self.hand_overs.values():  # results not read, or partly written
+            hand_over.unlink(missing_ok=True)
+        self.hand_overs.clear()
 
 
 _WORKER: dict[str, Any] = {}
@@ -2004,11 +2024,14 @@ def _exit_with(parent: int) -> None:
             pass
 
 
-def _worker_prepare(path: Path, out_dir: Path, params: SegmentParams, overwrite: bool, options: dict):
-    """Run :func:`prepare_file` in a worker.
+def _worker_prepare(
+    path: Path, out_dir: Path, params: SegmentParams, overwrite: bool, options: dict, hand_over: Path
+) -> tuple | None:
+    """Run :func:`prepare_file` in a worker; write its result to the file ``hand_over``.
 
-    Returns ``(item, None, notes)`` or ``(None, error, notes)``, the notes being the warnings
-    it gave.
+    The result, pickled, is ``(item, None, notes)`` or ``(None, error, notes)``, the notes being
+    the warnings it gave (:class:`_Workers` says why a file). Returns None, or the result itself
+    when the file cannot be written (a full disk).
     """
     t0 = time.perf_counter()
     item = error = None
@@ -2020,7 +2043,14 @@ def _worker_prepare(path: Path, out_dir: Path, params: SegmentParams, overwrite:
         except (ParticlesegError, OSError, ValueError) as exc:
             error = exc
     notes = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
-    return item, error, notes
+    try:
+        hand_over.parent.mkdir(parents=True, exist_ok=True)
+        with open(hand_over, "wb", opener=lambda name, flags: os.open(name, flags, 0o600)) as fh:  # the user's only
+            pickle.dump((item, error, notes), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError:  # a full disk: through the pipe, and writing the outputs will say so
+        hand_over.unlink(missing_ok=True)
+        return item, error, notes
+    return None
 
 
 def _is_folder_error(exc: BaseException) -> bool:
