@@ -14,6 +14,7 @@ MODULES = [
     "autoscale",
     "distance",
     "inference",
+    "interrupts",
     "io.rois",
     "measure",
     "models.receptive",

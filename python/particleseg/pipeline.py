@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -62,7 +64,7 @@ from .io import (
     write_rois,
     write_tiff,
 )
-from .io.write import _temporary_name, release_pages
+from .io.write import release_pages
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
@@ -1914,10 +1916,11 @@ class _Workers:
 
     The workers write no outputs: an interrupted batch rolls back only the image being written
     (in this process), and the workers are ended. Each hands its prepared image over in a file of
-    its own (a temporary file of the record folder, named by this process and removed once read
-    or when the batch ends), not through the pool's result pipe: a worker ended while it wrote a
-    large result into that pipe left a partial message there, on which the pool's manager thread
-    then waited for ever, and with it the process's exit. They ignore Ctrl-C (the batch stops them), end
+    its own, in a private temporary folder of the batch (the system's, not the output folder,
+    whose free space is the outputs'; removed once read, the folder when the batch ends), not
+    through the pool's result pipe: a worker ended while it wrote a large result into that pipe
+    left a partial message there, on which the pool's manager thread then waited for ever, and
+    with it the process's exit. They ignore Ctrl-C (the batch stops them), end
     when this process dies (``kill -9``), run ONNX Runtime with their share of the cores, and
     send their warnings back, to be shown with their image. They are started by
     :func:`particleseg.workers.context` (a forkserver), never forked from this process.
@@ -1942,11 +1945,12 @@ class _Workers:
         )
         self.futures: dict[int, Any] = {}
         self.hand_overs: dict[int, Path] = {}  # the file each image's worker writes its result to
+        self.hand_over_dir = Path(tempfile.mkdtemp(prefix="particleseg-batch-"))  # (mode 700)
 
     def submit(self, key: int, path: Path, overwrite: bool) -> None:
         """Start preparing ``path`` (once per ``key``)."""
         if key not in self.futures:
-            hand_over = _temporary_name(Path(self.out_dir) / RECORD_DIR / f"{Path(path).name}.prepared.pickle")
+            hand_over = self.hand_over_dir / f"{key}.pickle"
             self.hand_overs[key] = hand_over
             self.futures[key] = self.pool.submit(
                 _worker_prepare, path, self.out_dir, self.params, overwrite, self.options, hand_over
@@ -1989,8 +1993,7 @@ class _Workers:
         for proc in processes:
             proc.join(10)
         self.futures.clear()
-        for hand_over in self.hand_overs.values():  # results not read, or partly written
-            hand_over.unlink(missing_ok=True)
+        shutil.rmtree(self.hand_over_dir, ignore_errors=True)  # results not read, or partly written
         self.hand_overs.clear()
 
 
@@ -2044,10 +2047,9 @@ def _worker_prepare(
             error = exc
     notes = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
     try:
-        hand_over.parent.mkdir(parents=True, exist_ok=True)
-        with open(hand_over, "wb", opener=lambda name, flags: os.open(name, flags, 0o600)) as fh:  # the user's only
+        with open(hand_over, "wb") as fh:
             pickle.dump((item, error, notes), fh, protocol=pickle.HIGHEST_PROTOCOL)
-    except OSError:  # a full disk: through the pipe, and writing the outputs will say so
+    except OSError:  # a full disk, or the batch ended meanwhile: through the pipe
         hand_over.unlink(missing_ok=True)
         return item, error, notes
     return None
