@@ -180,6 +180,7 @@ def test_the_best_epoch_is_chosen_only_after_the_selection_starts(tmp_path):
         (dict(select_from=1.0), "--select-from 1: must be at least 0 and below 1"),
         (dict(select_from=-0.1), "--select-from -0.1: must be at least 0 and below 1"),
         (dict(separation_weight=-1.0), "--separation-weight -1: must be 0"),
+        (dict(ema=1.0), "--ema 1: the momentum must be at least 0 \\(off\\) and below 1"),
         (dict(select="val_f1"), "val_f1: unknown selection metric"),
         (dict(schedule="linear"), "linear: unknown learning-rate schedule"),
     ],
@@ -208,16 +209,71 @@ def test_under_a_time_budget_training_never_stops_early_and_chooses_from_the_sec
     assert (cfg["patience"], cfg["select_from"]) == (15, 0.0)
 
 
-def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path):
+def test_the_average_of_the_weights_is_validated_chosen_and_returned(tmp_path):
+    """``ema``: after every batch average = m * average + (1 - m) * weights, from the start weights.
+
+    The average, recomputed here from the weights after each batch, is what the score sees
+    and what the run returns (its best epoch, the last here), while the run's checkpoint keeps
+    the weights being trained; those are scored too, first, as ``val_score_trained``.
+    """
+    import keras
+
+    images, labels = _data(2)
+    start = [w.copy() for w in build_network(NET).get_weights()]
+    m = np.float32(0.8)
+    average = [w.copy() for w in start]
+    scored, trained = [], {}
+
+    class Record(keras.callbacks.Callback):  # after the run's callbacks: sees the trained weights
+        def on_train_batch_end(self, batch, logs=None):
+            for a, w in zip(average, self.model.get_weights()):
+                a *= m
+                a += (1 - m) * w
+
+        def on_epoch_end(self, epoch, logs=None):
+            trained[epoch] = self.model.get_weights()
+
+    def score(model):
+        scored.append(model.get_weights())
+        return float(len(scored))  # each epoch better than the last
+
+    model, log = fit(
+        images[:3],
+        labels[:3],
+        images[3:],
+        labels[3:],
+        _config(ema=0.8, learning_rate=1e-2),
+        tmp_path,
+        verbose=0,
+        score=score,
+        initial_weights=start,
+        callbacks=[Record()],
+    )
+    assert len(scored) == 8  # each epoch: the trained weights, then the average
+    assert [(r["val_score_trained"], r["val_score"]) for r in log] == [(1, 2), (3, 4), (5, 6), (7, 8)]
+    for a, s, b in zip(average, scored[-1], model.get_weights()):
+        np.testing.assert_allclose(s, a, rtol=1e-6, atol=1e-7)  # the score saw the average
+        np.testing.assert_array_equal(b, s)  # the run returns what was scored best
+    for s, t in zip(scored[-2], trained[3]):
+        np.testing.assert_array_equal(s, t)
+    assert any(not np.allclose(s, t) for s, t in zip(scored[-1], trained[3]))  # not the trained weights
+    saved = keras.saving.load_model(tmp_path / "checkpoint.keras", compile=False).get_weights()
+    for a, b in zip(saved, trained[3]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resumed_fine_tuning_equals_the_uninterrupted_run(tmp_path, ema):
     """Interrupted after the frozen warm-up and again in the second phase.
 
-    The resumed run ends with the uninterrupted run's weights and log.
+    The resumed run ends with the uninterrupted run's weights and log (with the average of
+    the weights too: it resumes from the one saved with the checkpoint).
     """
     import keras  # keras: only for the tests that build networks (lazy, docs/architecture.md)
 
     images, labels = _data(1)
     score = _score(images[3:], labels[3:])
-    cfg = _config()
+    cfg = _config(ema=ema)
     start = [
         w.copy() for w in __import__("particleseg.models", fromlist=["build_network"]).build_network(NET).get_weights()
     ]

@@ -207,6 +207,14 @@ def register(sub) -> None:
         "(default 0.5 under --minutes, else 0: any epoch)",
     )
     g.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="MOMENTUM",
+        help="validate, choose and keep an exponential moving average of the weights, updated after every "
+        "batch with this momentum (0.99: about the last 100 batches; default 0: off)",
+    )
+    g.add_argument(
         "--elastic", type=float, default=0.0, metavar="PX", help="elastic deformation amplitude in pixels (0: off)"
     )
     g.add_argument(
@@ -273,6 +281,7 @@ def run(args) -> int:
         loader_processes=args.loader_processes,
         patience=args.patience,
         select_from=args.select_from,
+        ema=args.ema,
         schedule=args.schedule,
         freeze_epochs=args.freeze_epochs,
         select=args.select,

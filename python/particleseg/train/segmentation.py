@@ -125,6 +125,7 @@ def train_segmentation(
     separation_weight: float | None = None,
     patience: int | None = None,
     select_from: float | None = None,
+    ema: float = 0.0,
     schedule: str | None = None,
     freeze_epochs: int | None = None,
     select: str | None = None,
@@ -208,6 +209,11 @@ def train_segmentation(
         Default: 0.5 under a time budget, else 0; the first half of a cosine schedule, and
         the warm-up with the encoder frozen, are not chosen however well a noisy score rates
         them.
+    ema : float
+        Momentum per batch of an exponential moving average of the weights
+        (:func:`~particleseg.train.loop.weight_average`), which is validated, chosen as the
+        best epoch and written to the bundle in place of the weights being trained (0.99:
+        about the last 100 batches; 0, the default: off).
     schedule : {"cosine", "step"}, optional
         Learning-rate schedule (default ``cosine`` when fine-tuning, else ``step``).
     freeze_epochs : int, optional
@@ -412,6 +418,7 @@ def train_segmentation(
         class_balance=True,
         patience=(0 if minutes is not None else 15) if patience is None else patience,
         select_from=(0.5 if minutes is not None else 0.0) if select_from is None else float(select_from),
+        ema=float(ema),
         seed=seed,
         jit_compile=jit_compile,
         loader_processes=loader_processes,
