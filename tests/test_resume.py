@@ -27,7 +27,7 @@ from conftest import dead_pid as _dead_pid
 from conftest import disk_images as _images
 from conftest import zip_members as _zip_members
 from particleseg.cli import main
-from particleseg.errors import InputError
+from particleseg.errors import InputError, ParticlesegError
 from particleseg.io import Calibration, stale_temporaries, write_tiff
 from particleseg.pipeline import (
     OUTPUT_SUFFIXES,
@@ -790,6 +790,55 @@ def test_a_worker_ended_while_it_hands_over_its_image_ends_the_pool(tmp_path, th
     finally:  # never leave a worker behind
         for proc in processes:
             proc.kill()
+
+
+def test_a_batch_removes_the_temporary_folders_of_killed_batches_only(tmp_path):
+    """A ``kill -9`` leaves the batch's temporary folder; the next batch removes it.
+
+    Only folders whose process is gone: a running batch's folder (this process's) and other
+    files are left alone.
+    """
+    from particleseg.pipeline import BATCH_FOLDER_PREFIX, remove_stale_batch_folders
+
+    dead = tmp_path / f"{BATCH_FOLDER_PREFIX}{_dead_pid()}-abc"
+    alive = tmp_path / f"{BATCH_FOLDER_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{BATCH_FOLDER_PREFIX}old-style"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+        (folder / "0.pickle").write_bytes(b"x" * 100)
+    assert remove_stale_batch_folders(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_a_prepared_image_removed_from_the_temporary_folder_is_one_clear_failure(
+    tmp_path, threshold_bundle, monkeypatch
+):
+    """A temporary-file cleaner removed a worker's prepared image before the batch read it."""
+    import multiprocessing
+    import types
+
+    from particleseg import pipeline
+    from particleseg.pipeline import _Workers
+
+    monkeypatch.setattr(pipeline, "context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(pipeline, "prepare_file", lambda *a, **k: types.SimpleNamespace(seconds=0))
+    image = tmp_path / "a.tif"
+    image.write_bytes(b"")
+    workers = _Workers(1, threshold_bundle, None, tmp_path / "out", False, {})
+    try:
+        assert workers.hand_over_dir.name.startswith(f"particleseg-batch-{os.getpid()}-")
+        workers.submit(0, image, False)
+        assert workers.futures[0].result(60) is None  # handed over in the file
+        workers.hand_overs[0].unlink()
+        with pytest.raises(ParticlesegError) as err:
+            workers.result(0)
+        assert str(err.value) == (
+            f"its prepared result, {workers.hand_over_dir / '0.pickle'}, was removed from the temporary "
+            "folder while the batch ran (a temporary-file cleaner?); run the batch again to segment it"
+        )
+    finally:
+        workers.close()
+    assert not workers.hand_over_dir.exists()
 
 
 def test_an_interrupt_while_waiting_for_a_worker_ends_the_workers(tmp_path, threshold_bundle, monkeypatch):

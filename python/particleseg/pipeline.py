@@ -1945,7 +1945,8 @@ class _Workers:
         )
         self.futures: dict[int, Any] = {}
         self.hand_overs: dict[int, Path] = {}  # the file each image's worker writes its result to
-        self.hand_over_dir = Path(tempfile.mkdtemp(prefix="particleseg-batch-"))  # (mode 700)
+        remove_stale_batch_folders()
+        self.hand_over_dir = Path(tempfile.mkdtemp(prefix=f"{BATCH_FOLDER_PREFIX}{os.getpid()}-"))  # (mode 700)
 
     def submit(self, key: int, path: Path, overwrite: bool) -> None:
         """Start preparing ``path`` (once per ``key``)."""
@@ -1971,8 +1972,14 @@ class _Workers:
         hand_over = self.hand_overs[key]
         try:
             if result is None:
-                with open(hand_over, "rb") as fh:
-                    result = pickle.load(fh)
+                try:
+                    with open(hand_over, "rb") as fh:
+                        result = pickle.load(fh)
+                except FileNotFoundError:
+                    raise ParticlesegError(
+                        f"its prepared result, {hand_over}, was removed from the temporary folder while the "
+                        "batch ran (a temporary-file cleaner?); run the batch again to segment it"
+                    ) from None
         finally:
             hand_over.unlink(missing_ok=True)
             del self.hand_overs[key]
@@ -1995,6 +2002,37 @@ class _Workers:
         self.futures.clear()
         shutil.rmtree(self.hand_over_dir, ignore_errors=True)  # results not read, or partly written
         self.hand_overs.clear()
+
+
+#: the name of a batch's temporary folder begins with this and the batch's process id
+BATCH_FOLDER_PREFIX = "particleseg-batch-"
+
+
+def remove_stale_batch_folders(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary folders of batches whose process is gone (a ``kill -9``).
+
+    A batch with workers (:class:`_Workers`) removes its folder in the system's temporary
+    directory (``folder``, default :func:`tempfile.gettempdir`) when it ends; a batch killed
+    outright leaves it, holding up to ``jobs + 1`` prepared images. The folder's name holds
+    the batch's process id: this user's folders whose process no longer exists are removed
+    (a folder whose process id was taken by another process is left for later). Returns the
+    folders removed.
+    """
+    removed: list[Path] = []
+    if os.name != "posix":  # (batches with workers need a forkserver: POSIX only)
+        return removed
+    for path in Path(folder or tempfile.gettempdir()).glob(BATCH_FOLDER_PREFIX + "*-*"):
+        pid = path.name[len(BATCH_FOLDER_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or path.lstat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:  # alive (another user's process), or the folder gone meanwhile
+            pass
+    return removed
 
 
 _WORKER: dict[str, Any] = {}
