@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from conftest import dead_pid as _dead_pid
 from conftest import draw_disks, tiny_phase_bundle, tiny_sims_bundle
 from conftest import zip_members as _zip_members
 from particleseg.io import Calibration, write_tiff
-from particleseg.pipeline import RECORD_DIR
+from particleseg.pipeline import BATCH_FOLDER_PREFIX, RECORD_DIR, usable_cpus
 
 SEED = int(os.environ.get("PARTICLESEG_FAULT_SEED", "15"))
 TRIALS = 3
@@ -60,11 +61,13 @@ def kill_trials(
     trials: int = TRIALS,
     timeout: float = 300,
     max_delay: float = 0.05,
+    pids: list[int] | None = None,
 ) -> list[tuple[int, float]]:
     """Start ``particleseg ARGS`` ``trials`` times, killing it with SIGKILL each time.
 
     The kill comes once a random item (after those already done) is being written, plus a random
-    delay; returns, per trial, the number of items done when it was killed and the delay. The
+    delay; returns, per trial, the number of items done when it was killed and the delay (and
+    appends each killed command's process id to ``pids``, if given). The
     command runs at a lower priority (nice +10) than this watcher, so that on a loaded machine
     (the suite's other worker, a training run beside it) the watcher still sees each item start
     instead of waking after several have finished.
@@ -84,6 +87,8 @@ def kill_trials(
             start_new_session=True,
             preexec_fn=lambda: os.nice(10),
         )
+        if pids is not None:
+            pids.append(proc.pid)
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None and time.monotonic() < deadline:
@@ -152,8 +157,16 @@ def test_segment_survives_kill_9_at_random_moments(tmp_path, threshold_bundle):
         img, _ = draw_disks((96, 96), [(30, 30, 10), (62, 64, 12), (30, 70, 8)], seed=i)
         write_tiff(src / f"img{i}.tif", img, Calibration(5.0, "nm"))
     args = ["segment", str(src), "--model", str(threshold_bundle.path), "--quiet"]
-    killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED))
+    pids: list[int] = []
+    killed = kill_trials([*args, "--out", str(out)], out, n, random.Random(SEED), pids=pids)
     print(_report(killed))
+
+    def batch_folders():  # the killed batches' temporary folders (their workers' prepared images)
+        found = Path(tempfile.gettempdir()).glob(f"{BATCH_FOLDER_PREFIX}*-*")
+        return [p for p in found if p.name[len(BATCH_FOLDER_PREFIX) :].split("-")[0] in map(str, pids)]
+
+    if usable_cpus() > 1:  # (one worker per core: a batch on one core has none, and no folder)
+        assert batch_folders(), _report(killed)
     # what a kill inside write_atomic leaves: a temporary file of the dead process (and one of an
     # earlier version, without a process id); one of a live process must stay
     dead = _dead_pid()
@@ -167,6 +180,7 @@ def test_segment_survives_kill_9_at_random_moments(tmp_path, threshold_bundle):
     assert report and int(report[1]) == killed[-1][0] and int(report[1]) + int(report[2]) == n, run.stdout
     assert any(k < n for k, _ in killed), _report(killed)
     assert _temporaries(out) == [".other.tmp1-abcdefgh.tif"] and not (out / ".img1_mask.x1y2z3w4.tif").exists()
+    assert batch_folders() == []  # removed by the batch that finished
     (out / ".other.tmp1-abcdefgh.tif").unlink()
     from particleseg.pipeline import segment_files
 
