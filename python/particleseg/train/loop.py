@@ -692,6 +692,11 @@ def weight_average(momentum: float, path: str | os.PathLike, score: Callable[[An
             state["trained"] = model.get_weights()
             model.set_weights(state["average"])
 
+    def swap_out(model):
+        if state["trained"] is not None:
+            model.set_weights(state["trained"])
+            state["trained"] = None
+
     class Average(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             if state["average"] is None:
@@ -707,18 +712,13 @@ def weight_average(momentum: float, path: str | os.PathLike, score: Callable[[An
 
         def on_epoch_end(self, epoch, logs=None):
             if score is not None and logs is not None:
-                trained = state["trained"] or self.model.get_weights()
-                self.model.set_weights(trained)
+                swap_out(self.model)  # (swapped in for the validation)
                 logs["val_score_trained"] = float(score(self.model))
-                self.model.set_weights(state["average"])
-                state["trained"] = trained
-            swap_in(self.model)  # (a fit without validation data)
+            swap_in(self.model)
 
     class SwapBack(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if state["trained"] is not None:
-                self.model.set_weights(state["trained"])
-                state["trained"] = None
+            swap_out(self.model)
             write_atomic(path, save, overwrite=True)
 
     def save(tmp: Path) -> None:
