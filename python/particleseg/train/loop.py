@@ -865,7 +865,7 @@ def plot_loss(log: list[dict], path: str | os.PathLike) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 4.4), layout="constrained")
     ep = [r["epoch"] + 1 for r in log]
     ax.plot(ep, [r["loss"] for r in log], label="training")
     if "val_loss" in log[0]:
@@ -884,7 +884,7 @@ def plot_loss(log: list[dict], path: str | os.PathLike) -> None:
         for (k, name), style in zip(scores, ("-", ":")):
             lines += right.plot(ep, [r[k] for r in log], style, color="tab:green", label=name)
         right.set_ylabel("validation instance score")
-    ax.legend(lines, [ln.get_label() for ln in lines])
+    fig.legend(lines, [ln.get_label() for ln in lines], loc="outside lower center", ncols=2, frameon=False)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite=True)
     plt.close(fig)
 
