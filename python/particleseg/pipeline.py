@@ -64,7 +64,7 @@ from .io import (
     write_rois,
     write_tiff,
 )
-from .io.write import release_pages
+from .io.write import pid_alive, release_pages
 from .measure import measure_particles, summarize, with_units
 from .models import Bundle, NetworkConfig, export, load_bundle
 from .models.bundle import model_identity
@@ -2026,12 +2026,11 @@ def remove_stale_batch_folders(folder: str | os.PathLike | None = None) -> list[
         try:
             if not pid.isdigit() or path.lstat().st_uid != os.getuid() or not path.is_dir():
                 continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        except OSError:  # the folder gone meanwhile
+            continue
+        if not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-        except OSError:  # alive (another user's process), or the folder gone meanwhile
-            pass
     return removed
 
 

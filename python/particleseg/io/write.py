@@ -138,7 +138,8 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.stem}.tmp{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Tell whether process ``pid`` exists (this one, or another user's, counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -167,7 +168,7 @@ def stale_temporaries(folder: str | os.PathLike, names: Iterable[str] = ()) -> l
             continue
         m = _TEMP_NAME.match(entry.name)
         old = _OLD_TEMP_NAME.match(entry.name)
-        if (m and not _pid_alive(int(m["pid"]))) or (old and old["stem"] + (old["suffix"] or "") in names):
+        if (m and not pid_alive(int(m["pid"]))) or (old and old["stem"] + (old["suffix"] or "") in names):
             found.append(entry)
     return sorted(found)
 
