@@ -68,23 +68,41 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def run(limit: int | None = None, model: str | None = None, methods=METHODS, progress: bool = True) -> pd.DataFrame:
-    """Segment the EMPS images (all, or a fixed sample of ``limit``) with each method; one row per image."""
+def missing(prog: str, data: Path = DATA) -> bool:
+    """Say in one line, prefixed with ``prog``, when the EMPS set is not at ``data``; return whether it is missing."""
+    if (data / "manifest.csv").is_file():
+        return False
+    print(f"{prog}: the EMPS development set is not at {data} (set PARTICLESEG_EMPS)", file=sys.stderr)
+    return True
+
+
+def emps_images(limit: int | None = None, data: Path = DATA, progress: bool = True):
+    """Yield ``(manifest row, image, label image)`` for the EMPS images, read in place.
+
+    All of them, or a fixed random sample of ``limit``; ``data`` is the folder of the set
+    (``manifest.csv``, ``images/STEM.tif``, ``labels/STEM_labels.tif``).
+    """
     import tifffile
     from tqdm.auto import tqdm
 
+    manifest = pd.read_csv(data / "manifest.csv")
+    if limit:
+        manifest = manifest.sample(limit, random_state=0)
+    for _, r in tqdm(list(manifest.iterrows()), desc="emps", disable=not progress):
+        image = tifffile.imread(data / "images" / f"{r.stem}.tif")
+        yield r, image, tifffile.imread(data / "labels" / f"{r.stem}_labels.tif")
+
+
+def run(limit: int | None = None, model: str | None = None, methods=METHODS, progress: bool = True) -> pd.DataFrame:
+    """Segment the EMPS images (all, or a fixed sample of ``limit``) with each method; one row per image."""
     from particleseg.models import load_bundle
     from particleseg.pipeline import SegmentParams, segment_image
 
-    manifest = pd.read_csv(DATA / "manifest.csv")
-    if limit:
-        manifest = manifest.sample(limit, random_state=0)
     bundle = load_bundle(model)
     predictor = _fast_predictor(bundle)
     rows = []
-    for _, r in tqdm(list(manifest.iterrows()), desc="emps", disable=not progress):
-        image = tifffile.imread(DATA / "images" / f"{r.stem}.tif")
-        truth = tifffile.imread(DATA / "labels" / f"{r.stem}_labels.tif").astype(np.int64)
+    for r, image, truth in emps_images(limit, progress=progress):
+        truth = truth.astype(np.int64)
         pol = "bright" if r.polarity == "bright-on-dark" else "dark"
         d_true = true_diameter(r.median_area_px)
         row = {"stem": r.stem, "half": half(r.stem), "polarity": pol, "diameter": d_true, "n_true": int(r.n_particles)}
@@ -199,8 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="per-image CSV")
     ap.add_argument("--report", help="Markdown summary")
     a = ap.parse_args(argv)
-    if not (DATA / "manifest.csv").is_file():
-        print(f"bench_emps: the EMPS development set is not at {DATA} (set PARTICLESEG_EMPS)", file=sys.stderr)
+    if missing("bench_emps"):
         return 2
     t0 = time.perf_counter()
     df = run(a.limit, a.model, tuple(a.methods.split(",")))
