@@ -1028,6 +1028,36 @@ def test_image_without_any_scale_is_measured_in_pixels_with_a_note(ij, tmp_path,
     assert "plain.tif: 0 particles" in log or "particles kept" in log
 
 
+def test_a_note_of_the_pipeline_is_the_command_lines_line_in_the_log(ij, tmp_path, tiny_bundle, capfd):
+    """A note (here: no particles found) is one line in ImageJ's Log, the line the command line prints.
+
+    Every time: the same image segmented twice says it twice. Notes had gone to the Python
+    process's stderr, which a Fiji user never sees.
+    """
+    import tifffile
+
+    from particleseg.cli import main
+
+    path = tmp_path / "few.tif"
+    tifffile.imwrite(path, blobs_image(np.random.default_rng(4)))
+    options = f"model=[{tiny_bundle.path}] crop_rows=0 min_size=100000"  # no particle is that large
+    capfd.readouterr()
+    for _ in range(2):
+        ij.run_macro(
+            f'setBatchMode(true); open("{macro_path(path)}"); run("Segment Particles...", "{options}");',
+            end_batch_mode=False,
+        )
+    log = capfd.readouterr().out
+    notes = [line for line in log.splitlines() if line.startswith("particleseg: note: few.tif: no particles found")]
+    assert len(notes) == 2 and notes[0] == notes[1]
+    assert "Segment Particles: few.tif: 0 particles kept" in log
+
+    args = ["segment", str(path), "--out", str(tmp_path / "cli"), "--model", str(tiny_bundle.path)]
+    assert main(args + ["--crop-rows", "0", "--min-size", "100000"]) == 0
+    # word for word, but for the image's name: its title in ImageJ, its path on the command line
+    assert notes[0].replace("few.tif", str(path)) in capfd.readouterr().err.splitlines()
+
+
 # ------------------------------------------------------------------------------------------
 # the dialog fits a 1366x768 screen
 

@@ -11,10 +11,9 @@ import argparse
 import importlib
 import os
 import sys
-import warnings
 
 from .. import __version__, params
-from ..errors import ParticlesegError, ParticlesegWarning
+from ..errors import ParticlesegError, notes_to
 
 # subcommand modules, in the order ``particleseg --help`` lists them
 SUBCOMMANDS = ("segment", "models", "evaluate", "fiji", "train", "train_from_scratch", "sims", "fibsem")
@@ -44,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", ParticlesegWarning)
-            warnings.showwarning = _show_note
+        with notes_to(_to_stderr, others=_to_stderr):
             return int(args.func(args) or 0)
     except ParticlesegError as exc:
         print(f"particleseg: error: {exc}", file=sys.stderr)
@@ -56,12 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
-    """Print a warning as one line; a :class:`ParticlesegWarning` as ``particleseg: note: ...``."""
-    if issubclass(category, ParticlesegWarning):
-        print(f"particleseg: note: {message}", file=sys.stderr)
-    else:
-        print(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), file=sys.stderr)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def parse_range(text: str) -> tuple[float | None, float | None]:

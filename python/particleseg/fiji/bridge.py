@@ -29,6 +29,9 @@ A problem in a command is shown the ImageJ way: ``IJ.error`` with the command as
 macro this aborts the macro and the macro interpreter reports it ("Macro Error ... in line N")
 like any built-in command's error. Nothing reaches the user as a Java or Python stack trace;
 unexpected failures (bugs) put their traceback in the Log window only.
+A note (:class:`~particleseg.errors.ParticlesegWarning`: no particles found, a particle-size
+estimate out of range, ...) is one line in the Log, ``particleseg: note: ...``, the line the
+command line prints (:func:`~particleseg.errors.notes_to`).
 
 Headless sessions install a *dialog guard*: any modal dialog that opens (a macro error, a
 message, a dialog without macro options) is logged and closed at once, so a batch run can
@@ -45,10 +48,11 @@ import time
 import traceback
 from typing import Any
 
-from ..errors import ParticlesegError
+from ..errors import ParticlesegError, notes_to
 from ..models import list_bundles
 from ..params import bundle_defaults
 from . import commands as cmds
+from . import publish
 from .options import (
     ADVANCED,
     COMMAND_NAMES,
@@ -500,7 +504,8 @@ def run_command(
             if record:
                 record_command(spec, values)
             return t
-        result = fn(ctx, values)
+        with notes_to(publish.log):
+            result = fn(ctx, values)
         if record:
             record_command(spec, values)
         return result
@@ -525,7 +530,8 @@ def record_command(spec: CommandSpec, values: dict) -> None:
 
 def _run_background(name, fn, ctx, values) -> None:
     try:
-        fn(ctx, values)
+        with notes_to(publish.log):
+            fn(ctx, values)
     except BaseException as exc:  # noqa: BLE001
         if not is_macro_abort(exc):
             try:
