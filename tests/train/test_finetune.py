@@ -19,7 +19,7 @@ from test_train import disk_set
 
 from conftest import draw_disks
 from particleseg.cli import main
-from particleseg.errors import InputError
+from particleseg.errors import InputError, ParticlesegWarning
 from particleseg.io import write_tiff
 from particleseg.models import Head, NetworkConfig, build_network
 from particleseg.postprocess import particle_scores
@@ -371,8 +371,14 @@ def test_worker_processes_need_a_system_that_forks(monkeypatch):
 def test_a_time_budget_plans_the_epochs(tmp_path):
     images, labels = _data(2)
     cfg = _config(epochs=999, select="val_loss", freeze_epochs=-1)
-    _, log = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path, verbose=0, minutes=0.25)
+    with pytest.warns(ParticlesegWarning, match="the time budget holds") as said:
+        _, log = fit(images[:3], labels[:3], images[3:], labels[3:], cfg, tmp_path, verbose=0, minutes=0.25)
     plan = json.loads((tmp_path / "plan.json").read_text())
+    # the user hears, when the plan is made, that the budget holds fewer epochs than the run's 999
+    notes = [str(w.message) for w in said if w.category is ParticlesegWarning]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(f"{tmp_path}: the time budget holds {plan['planned_epochs']} epochs of ")
+    assert "fewer than the 999 the run is set for" in notes[0]
     assert plan["minutes"] == 0.25 and plan["first_epoch_seconds"] > 0 and plan["epoch_seconds"] > 0
     assert 2 <= plan["epochs"] < 999 and len(log) == plan["epochs"]
     # the warm-up is a tenth of the first plan, which a plan shortened on a busy machine, or grown

@@ -215,6 +215,35 @@ def plan_epochs(seconds: float, epoch_seconds: float, minimum: int = 2) -> int:
     return max(minimum, int(seconds // max(epoch_seconds, 1e-9)))
 
 
+def short_plan_note(planned: int, wanted: int, epoch_seconds: float) -> str | None:
+    """Say when a time budget holds fewer epochs than the run is set for; None when it holds enough.
+
+    A budget is planned from this machine's pace, so the same ``--minutes`` holds many epochs
+    on fast cores and few on slow ones (the hour-long TiO2 fine-tunes of docs/training.md held
+    30 to 57 epochs on one machine's 2 cores and 7 on another's). Fewer than the run's
+    ``epochs`` (20 for fine-tuning, 50 for a new network) risks an undertrained network, which
+    the user should hear about when the plan is made, not from the scores at the end.
+
+    Examples
+    --------
+    >>> short_plan_note(30, 20, 110.0) is None
+    True
+    >>> note = short_plan_note(7, 20, 492.0)
+    >>> note[:65]
+    'the time budget holds 7 epochs of 8.2 min here, fewer than the 20'
+    >>> note.endswith("may come out undertrained; about 107 more minutes would give it 20")
+    True
+    """
+    if planned >= wanted:
+        return None
+    more = int(np.ceil((wanted - planned) * epoch_seconds / 60))
+    return (
+        f"the time budget holds {planned} epochs of {epoch_seconds / 60:.1f} min here, fewer than the "
+        f"{wanted} the run is set for: the network may come out undertrained; about {more} more minutes "
+        f"would give it {wanted}"
+    )
+
+
 def fit(
     train_images: Sequence[np.ndarray],
     train_labels: Sequence[np.ndarray],
@@ -457,6 +486,7 @@ def fit_targets(
             # a time budget: one epoch measures the cost, the plan fills the rest
             t0 = time.time()
             timer = _EpochTimer()
+            wanted = config.epochs
             config = dataclasses.replace(config, freeze_epochs=1 if config.freeze_epochs else 0, epochs=1)
             run(1, timer)
             first = time.time() - t0
@@ -469,6 +499,9 @@ def fit_targets(
             config = _resolve_freeze(
                 dataclasses.replace(config, epochs=epochs, freeze_epochs=-1 if config.freeze_epochs else 0)
             )
+            note = short_plan_note(config.epochs, wanted, full)
+            if note:
+                warnings.warn(f"{workdir}: {note}", ParticlesegWarning, stacklevel=2)
             _write_json(
                 plan_path,
                 {
