@@ -13,6 +13,7 @@ MODULES = [
     "annotations",
     "autoscale",
     "distance",
+    "errors",
     "inference",
     "interrupts",
     "io.rois",
