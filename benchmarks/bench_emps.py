@@ -68,6 +68,18 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
+def share_within_25(estimate, truth) -> float:
+    """Share of the images whose size estimate lies within ±25 % of the true diameter (in log ratio).
+
+    Examples
+    --------
+    >>> share_within_25([10, 12, 7.9, float("nan")], [10, 10, 10, 10])  # 10 / 7.9 = 1.27: outside
+    0.5
+    """
+    ratio = np.asarray(estimate, float) / np.asarray(truth, float)
+    return float((np.abs(np.log(ratio)) <= np.log(1.25)).mean())
+
+
 def missing(prog: str, data: Path = DATA) -> bool:
     """Say in one line, prefixed with ``prog``, when the EMPS set is not at ``data``; return whether it is missing."""
     if (data / "manifest.csv").is_file():
@@ -158,7 +170,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                     row[f"{m} {k}"] = part[f"{m}_{k}"].mean()
         if "est_diameter" in part:
             ratio = part["est_diameter"] / part["diameter"]
-            row["size within 25 %"] = float((np.abs(np.log(ratio)) <= np.log(1.25)).mean())
+            row["size within 25 %"] = share_within_25(part["est_diameter"], part["diameter"])
             row["size median |log ratio|"] = float(np.nanmedian(np.abs(np.log(ratio))))
             row["polarity correct"] = float((part["est_polarity"] == part["polarity"]).mean())
             if "polarity_source" in part:

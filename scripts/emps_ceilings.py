@@ -19,7 +19,7 @@ nothing else changes.
 
 Usage::
 
-    python scripts/emps_ceilings.py --out runs/emps/ceilings.csv     # 366 images, about 20 min on 2 CPU cores
+    python scripts/emps_ceilings.py --out runs/emps/ceilings.csv     # 366 images, about 15 min on 2 CPU cores
     python scripts/emps_ceilings.py --limit 20                       # a quick look
 """
 
@@ -36,10 +36,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the EMPS reader and split of bench_emps.py
-from bench_emps import DATA, _fast_predictor, emps_images, half, missing, true_diameter  # noqa: E402
+from bench_emps import DATA, _fast_predictor, emps_images, half, missing, share_within_25, true_diameter  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-WITHIN = np.log(1.25)
 
 
 @contextlib.contextmanager
@@ -101,7 +100,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     for name, part in [("all", df), *df.groupby("half")]:
         row = {"n": len(part)}
         for col in ("reported", "best_pass"):
-            row[f"{col} within 25 %"] = float((np.abs(np.log(part[col] / part["diameter"])) <= WITHIN).mean())
+            row[f"{col} within 25 %"] = share_within_25(part[col], part["diameter"])
         for col in [c for c in df if c.startswith("fg_iou")]:
             row[col] = part[col].mean()
         out[name] = row
